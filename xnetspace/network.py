@@ -1,0 +1,318 @@
+"""TransXNet network compiled from a :class:`~xnetspace.spec.NetworkSpec`, with timm registrations.
+
+Paper: "TransXNet: Learning Both Global and Local Dynamics with a Dual Dynamic Token Mixer for
+Visual Recognition", arXiv 2310.19380. Original code: github.com/LMMMEng/TransXNet.
+
+Layout (timm style): ``stem`` -> ``stages.{i}`` (each owns its ``downsample``, its relative
+position bias ``pos_bias`` and its ``blocks.{j}``) -> ``head`` (GN -> global average pool -> fc).
+Release checkpoints map onto it through :func:`xnetspace.checkpoint.convert_official_state_dict`.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, List, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, SelectAdaptivePool2d, calculate_drop_path_rates, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint
+from torch import Tensor, nn
+
+from .layers import DMixer, LayerScale, MSFFN, _conv_bn
+from .spec import NetworkSpec, StageSpec, load_preset, reduced_size, resolve_spec
+
+__all__ = ["TransXNetBlock", "TransXNetStage", "TransXNet", "build_model"]
+
+
+class TransXNetBlock(nn.Module):
+    """One TransXNet block (paper eq. 1)::
+
+        x = x + DPE(x)                                   # depthwise 7x7, bias
+        x = x + DropPath(LS1(D-Mixer(GN1(x), pos_bias)))
+        x = x + DropPath(LS2(MS-FFN(GN2(x))))
+
+    Shapes: (B, C, H, W) -> (B, C, H, W); ``pos_bias`` (1, h, N, M) already sized for this input.
+    """
+
+    def __init__(self, stage: StageSpec, drop_path: float = 0.0, drop_rate: float = 0.0,
+                 layer_scale_init_value: Optional[float] = 1e-5):
+        super().__init__()
+        dim = stage.embed_dim
+        self.dpe = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm1 = nn.GroupNorm(1, dim)
+        self.mixer = DMixer(
+            dim,
+            attn_dim=stage.attn_channels,
+            ste_dim=stage.ste_dim,
+            kernel_size=stage.idconv_kernel_size,
+            num_groups=stage.idconv_groups,
+            num_heads=stage.num_heads,
+            sr_ratio=stage.sr_ratio,
+        )
+        self.norm2 = nn.GroupNorm(1, dim)
+        self.ffn = MSFFN(dim, stage.hidden_dim, stage.ffn_kernel_sizes, drop=drop_rate)
+        use_ls = layer_scale_init_value is not None
+        self.layer_scale1 = LayerScale(dim, layer_scale_init_value) if use_ls else nn.Identity()
+        self.layer_scale2 = LayerScale(dim, layer_scale_init_value) if use_ls else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
+        x = x + self.dpe(x)
+        x = x + self.drop_path(self.layer_scale1(self.mixer(self.norm1(x), pos_bias)))
+        return x + self.drop_path(self.layer_scale2(self.ffn(self.norm2(x))))
+
+
+class TransXNetStage(nn.Module):
+    """A stage: optional downsample (3x3 conv, stride 2, no bias -> BN), then ``depth`` blocks.
+
+    Owns the stage's relative position bias ``pos_bias`` (1, h, N0, M0), sized for the spec's
+    base image size, zero-initialised and shared by all its blocks (paper eq. 4, P). For an input
+    whose (N, M) differ it is resized bicubically (``align_corners=False``) once per forward.
+    Shapes: (B, C_in, 2H, 2W) -> (B, C, H, W) (or (B, C, H, W) -> same without downsample).
+    """
+
+    def __init__(self, in_chs: Optional[int], stage: StageSpec, pos_bias_shape: Optional[Tuple[int, ...]],
+                 drop_path_rates: List[float], drop_rate: float = 0.0,
+                 layer_scale_init_value: Optional[float] = 1e-5):
+        super().__init__()
+        self.sr_ratio = stage.sr_ratio
+        self.grad_checkpointing = False
+        self.downsample = _conv_bn(in_chs, stage.embed_dim, 3, stride=2, padding=1) if in_chs else nn.Identity()
+        self.pos_bias = nn.Parameter(torch.zeros(pos_bias_shape)) if pos_bias_shape else None
+        self.blocks = nn.ModuleList(
+            TransXNetBlock(stage, dp, drop_rate, layer_scale_init_value) for dp in drop_path_rates
+        )
+
+    def resized_pos_bias(self, height: int, width: int) -> Optional[Tensor]:
+        """Position bias (1, h, N, M) for an (height, width) map: M counts the tokens after OSR."""
+        if self.pos_bias is None:
+            return None
+        size = (height * width, reduced_size(height, self.sr_ratio) * reduced_size(width, self.sr_ratio))
+        if tuple(self.pos_bias.shape[-2:]) == size:
+            return self.pos_bias
+        return F.interpolate(self.pos_bias, size=size, mode="bicubic", align_corners=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.downsample(x)
+        pos_bias = self.resized_pos_bias(x.shape[-2], x.shape[-1])
+        for block in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, pos_bias)
+            else:
+                x = block(x, pos_bias)
+        return x
+
+
+class TransXNet(nn.Module):
+    """TransXNet (paper section III, Fig. 2) built from a spec, with timm's model interface.
+
+    Args:
+        spec: the architecture. ``overrides`` replace spec fields (``num_classes``, ``in_chans``,
+            ``drop_path_rate``, ...) and are validated like the spec itself.
+
+    Shapes: ``forward`` (B, in_chans, H, W) -> (B, num_classes) logits (or (B, C_last) pooled
+    pre-logits when ``num_classes == 0``); any H, W >= 1. ``forward_features`` returns the last
+    stage's map (B, C_last, ceil(H/2^(n+1)), ...).
+
+    Raises:
+        pydantic.ValidationError: when ``spec`` with ``overrides`` is not a valid spec.
+    """
+
+    def __init__(self, spec: NetworkSpec, **overrides: Any):
+        super().__init__()
+        if overrides:
+            spec = NetworkSpec.model_validate({**spec.model_dump(), **overrides})
+        self.spec = spec
+        self.num_classes = spec.num_classes
+        self.in_chans = spec.in_chans
+        self.drop_rate = spec.drop_rate
+        self.grad_checkpointing = False
+
+        self.stem = _conv_bn(spec.in_chans, spec.embed_dims[0], 7, stride=4, padding=3)
+        dp_rates = calculate_drop_path_rates(spec.drop_path_rate, sum(spec.depths))
+        stages, self.feature_info, in_chs = [], [], None
+        for i, stage in enumerate(spec.stages):
+            first = sum(spec.depths[:i])
+            stages.append(TransXNetStage(
+                in_chs, stage, spec.pos_bias_shape(i), dp_rates[first:first + stage.depth],
+                spec.drop_rate, spec.layer_scale_init_value,
+            ))
+            in_chs = stage.embed_dim
+            self.feature_info.append(dict(num_chs=in_chs, reduction=4 * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+
+        self.num_features = self.head_hidden_size = in_chs
+        self.head = nn.Sequential(OrderedDict(
+            norm=nn.GroupNorm(1, in_chs),
+            global_pool=SelectAdaptivePool2d(pool_type="avg", flatten=True),
+            fc=nn.Linear(in_chs, spec.num_classes) if spec.num_classes else nn.Identity(),
+        ))
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # Release init: conv/linear weights truncated normal (std 0.02), biases 0, norms 1/0.
+        # IDConv banks, layer scales and position biases initialise themselves.
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # -- timm interface ---------------------------------------------------------------------------
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of storing its activations."""
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.(downsample|pos_bias)", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^head\.norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the final linear layer (``num_classes == 0``: pooled pre-logits)."""
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.head.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        if num_classes:
+            self._init_weights(self.head.fc)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
+        """Stage outputs (B, C_i, H/2^(i+2), W/2^(i+2)) for the ``indices`` taken (timm API).
+
+        ``norm`` is accepted for the timm interface; TransXNet has no per-stage output norms.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the stages (and head) that the ``indices`` taken do not need (timm API)."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_head or max_index < len(self.feature_info) - 1:
+            self.head.norm = nn.Identity() if prune_norm else self.head.norm
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, in_chans, H, W) -> last stage map (B, C_last, h, w), before the head's norm."""
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """(B, C_last, h, w) -> GN -> pool -> (B, C_last) pre-logits -> fc -> (B, num_classes)."""
+        x = self.head.global_pool(self.head.norm(x))
+        return x if pre_logits else self.head.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def build_model(spec: Union[NetworkSpec, Mapping[str, Any], str, Path], **overrides: Any) -> TransXNet:
+    """Compile a spec into a :class:`TransXNet` with release-identical initialisation.
+
+    Args:
+        spec: a NetworkSpec, a mapping of its fields, a preset name (``"transxnet_t"``) or a
+            spec file path.
+        overrides: spec fields to replace, e.g. ``num_classes=10``.
+
+    Raises:
+        xnetspace.spec.SpecError: unknown preset or unreadable/invalid spec file.
+        pydantic.ValidationError: an invalid spec mapping or override (nothing is built).
+    """
+    return TransXNet(resolve_spec(spec), **overrides)
+
+
+# -- timm registrations ----------------------------------------------------------------------------
+_RELEASE_URL = "https://github.com/LMMMEng/TransXNet/releases/download/v1.0/"
+
+
+def _cfg(url: str = "", **kwargs: Any) -> dict:
+    return {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.9,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.conv",
+        "classifier": "head.fc",
+        "paper_ids": "arXiv:2310.19380",
+        "paper_name": "TransXNet: Learning Both Global and Local Dynamics with a Dual Dynamic Token Mixer",
+        "origin_url": "https://github.com/LMMMEng/TransXNet",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "transxnet_t.in1k": _cfg(url=_RELEASE_URL + "transx-t.pth.tar", crop_pct=0.9),
+    "transxnet_s.in1k": _cfg(url=_RELEASE_URL + "transx-s.pth.tar", crop_pct=0.9),
+    "transxnet_b.in1k": _cfg(url=_RELEASE_URL + "transx-b.pth.tar", crop_pct=0.95),
+})
+
+
+def _create_transxnet(variant: str, pretrained: bool = False, **kwargs: Any) -> TransXNet:
+    from .checkpoint import checkpoint_filter_fn  # checkpoint imports this module
+
+    spec = load_preset(variant)
+    out_indices = kwargs.pop("out_indices", tuple(range(spec.num_stages)))
+    return build_model_with_cfg(
+        TransXNet, variant, pretrained, spec=spec,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        **kwargs,
+    )
+
+
+@register_model
+def transxnet_t(pretrained: bool = False, **kwargs: Any) -> TransXNet:
+    """TransXNet-T: 12.8 M params, 1.8 GFLOPs, 81.6 top-1 (paper Table I/II)."""
+    return _create_transxnet("transxnet_t", pretrained, **kwargs)
+
+
+@register_model
+def transxnet_s(pretrained: bool = False, **kwargs: Any) -> TransXNet:
+    """TransXNet-S: 26.9 M params, 4.5 GFLOPs, 83.8 top-1 (paper Table I/II)."""
+    return _create_transxnet("transxnet_s", pretrained, **kwargs)
+
+
+@register_model
+def transxnet_b(pretrained: bool = False, **kwargs: Any) -> TransXNet:
+    """TransXNet-B: 48.0 M params, 8.3 GFLOPs, 84.6 top-1 (paper Table I/II)."""
+    return _create_transxnet("transxnet_b", pretrained, **kwargs)

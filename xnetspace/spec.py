@@ -1,0 +1,414 @@
+"""Network specs: a TransXNet described stage by stage (Pydantic v2).
+
+A :class:`NetworkSpec` is the single description of an architecture in xnetspace: the builder
+(:func:`xnetspace.network.build_model`) compiles it into modules, the cost model
+(:mod:`xnetspace.cost`) counts it without building anything, and the search samples it. Every
+invalid spec is rejected here, with a message that names the stage, the field and the value, so a
+bad spec never reaches torch.
+
+Paper: "TransXNet: Learning Both Global and Local Dynamics with a Dual Dynamic Token Mixer for
+Visual Recognition", arXiv 2310.19380, section III (the network) and Table I (the variants).
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "StageSpec",
+    "NetworkSpec",
+    "SpecError",
+    "format_validation_error",
+    "load_spec",
+    "save_spec",
+    "load_preset",
+    "preset_names",
+    "resolve_spec",
+    "reduced_size",
+]
+
+# Fixed parts of the architecture (release `models/transxnet.py`): they are not search knobs.
+STEM_STRIDE = 4  # 7x7 conv, stride 4, padding 3
+IDCONV_REDUCTION = 4  # IDConv's proj: c -> c // 4 -> G * c (paper eq. 3)
+STE_REDUCTION = 8  # STE hidden width max(16, C // 8) (paper eq. 2)
+STE_MIN_CHANNELS = 16
+_WHOLE_TOL = 1e-6  # float products (0.5 * 48) must be whole within this, never rounded
+
+
+class SpecError(ValueError):
+    """A spec (or spec file) that cannot describe a TransXNet; the message says why and where."""
+
+
+def reduced_size(size: int, sr_ratio: int) -> int:
+    """Side length after OSRA's spatial reduction (paper eq. 4, OSR).
+
+    OSR is a depthwise conv of kernel ``r + 3``, stride ``r``, padding ``(r + 3) // 2``; this is its
+    output length for an input of ``size`` (``ceil(size / r)`` for even r, ``size // r + 1`` for
+    odd r). ``sr_ratio == 1`` means no reduction.
+    """
+    if sr_ratio == 1:
+        return size
+    kernel, pad = sr_ratio + 3, (sr_ratio + 3) // 2
+    return (size + 2 * pad - kernel) // sr_ratio + 1
+
+
+def _whole(value: float) -> Optional[int]:
+    """``value`` as an int when it is whole up to float error, else None (never rounds)."""
+    nearest = round(value)
+    return nearest if abs(value - nearest) <= _WHOLE_TOL * max(1.0, abs(value)) else None
+
+
+class StageSpec(BaseModel):
+    """One stage of a TransXNet: ``depth`` blocks of width ``embed_dim`` (paper Table I, one column).
+
+    Each block is DPE -> GN -> D-Mixer -> GN -> MS-FFN (paper eq. 1). The D-Mixer gives the first
+    ``(1 - attn_ratio) * embed_dim`` channels to IDConv and the last ``attn_ratio * embed_dim``
+    channels to OSRA (paper eq. 2, Table IX); 0 gives an IDConv-only mixer, 1 an OSRA-only one.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    depth: int = Field(ge=1, description="number of blocks in the stage")
+    embed_dim: int = Field(ge=1, description="channels C of the stage")
+    num_heads: int = Field(1, ge=1, description="OSRA heads; must divide the attention channels")
+    sr_ratio: int = Field(1, ge=1, description="OSRA spatial-reduction ratio r (1: none)")
+    idconv_groups: int = Field(2, ge=1, description="IDConv attention groups G (1: static DW conv)")
+    idconv_kernel_size: int = Field(7, ge=1, description="IDConv kernel size K (odd)")
+    mlp_ratio: float = Field(4.0, gt=0, description="MS-FFN hidden width / embed_dim")
+    ffn_kernel_sizes: tuple[int, ...] = Field(
+        (1, 3, 5, 7), min_length=1, description="MS-FFN depthwise kernel sizes (odd)"
+    )
+    attn_ratio: float = Field(0.5, ge=0, le=1, description="share of channels that go to OSRA")
+
+    @field_validator("idconv_kernel_size")
+    @classmethod
+    def _odd_kernel(cls, k: int) -> int:
+        if k % 2 == 0:
+            raise ValueError(f"idconv_kernel_size must be odd (padding K // 2 keeps the size), got {k}")
+        return k
+
+    @field_validator("ffn_kernel_sizes")
+    @classmethod
+    def _odd_kernels(cls, ks: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [k for k in ks if k < 1 or k % 2 == 0]
+        if bad:
+            raise ValueError(f"ffn_kernel_sizes must be odd and >= 1, got {list(ks)} (bad: {bad})")
+        return ks
+
+    @model_validator(mode="after")
+    def _channels_fit(self) -> "StageSpec":
+        # Cross-field rules: each names the fields involved and what would be valid instead.
+        c = self.embed_dim
+        attn = _whole(self.attn_ratio * c)
+        if attn is None:
+            raise ValueError(
+                f"attn_ratio {self.attn_ratio} x embed_dim {c} = {self.attn_ratio * c:g} attention "
+                f"channels, not a whole number; nearest valid attn_ratio: {self._nearest_ratios()}"
+            )
+        if 0 < attn and attn % self.num_heads:
+            raise ValueError(
+                f"attention channels {attn} (attn_ratio {self.attn_ratio} x embed_dim {c}) are not "
+                f"divisible by num_heads {self.num_heads}; nearest valid attn_ratio: "
+                f"{self._nearest_ratios()}"
+            )
+        local = c - attn
+        if 0 < local < IDCONV_REDUCTION:
+            raise ValueError(
+                f"IDConv gets {local} channels (embed_dim {c}, attn_ratio {self.attn_ratio}); it "
+                f"needs 0 or at least {IDCONV_REDUCTION} (its proj reduces by {IDCONV_REDUCTION}); "
+                f"nearest valid attn_ratio: {self._nearest_ratios()}"
+            )
+        hidden = _whole(self.mlp_ratio * c)
+        if hidden is None:
+            lo, hi = math.floor(self.mlp_ratio * c), math.ceil(self.mlp_ratio * c)
+            raise ValueError(
+                f"mlp_ratio {self.mlp_ratio} x embed_dim {c} = {self.mlp_ratio * c:g} hidden "
+                f"channels, not a whole number; use mlp_ratio {lo / c:.6g} ({lo} channels) or "
+                f"{hi / c:.6g} ({hi} channels)"
+            )
+        if hidden < len(self.ffn_kernel_sizes):
+            raise ValueError(
+                f"MS-FFN hidden width {hidden} (mlp_ratio {self.mlp_ratio} x embed_dim {c}) is "
+                f"smaller than the {len(self.ffn_kernel_sizes)} ffn_kernel_sizes: every branch "
+                f"needs a channel; raise mlp_ratio to at least {len(self.ffn_kernel_sizes) / c:.6g}"
+            )
+        return self
+
+    def _nearest_ratios(self) -> str:
+        """The valid attention shares just below and above the requested one."""
+        c = self.embed_dim
+        valid = [
+            a / c
+            for a in range(c + 1)
+            if (a == 0 or a % self.num_heads == 0) and not (0 < c - a < IDCONV_REDUCTION)
+        ]
+        below = [r for r in valid if r <= self.attn_ratio]
+        above = [r for r in valid if r > self.attn_ratio]
+        picks = ([max(below)] if below else []) + ([min(above)] if above else [])
+        return " or ".join(f"{r:.6g} ({round(r * c)} channels)" for r in picks)
+
+    # Derived widths, used by the builder and the cost model alike.
+    @property
+    def attn_channels(self) -> int:
+        """Channels that go to OSRA (the second part of the split)."""
+        return round(self.attn_ratio * self.embed_dim)
+
+    @property
+    def idconv_channels(self) -> int:
+        """Channels that go to IDConv (the first part of the split)."""
+        return self.embed_dim - self.attn_channels
+
+    @property
+    def hidden_dim(self) -> int:
+        """MS-FFN hidden width ``embed_dim * mlp_ratio``."""
+        return round(self.mlp_ratio * self.embed_dim)
+
+    @property
+    def ffn_splits(self) -> tuple[int, ...]:
+        """Channels of each MS-FFN branch: the first takes the remainder (release layout)."""
+        n, hid = len(self.ffn_kernel_sizes), self.hidden_dim
+        return (hid - (n - 1) * (hid // n),) + (hid // n,) * (n - 1)
+
+    @property
+    def ste_dim(self) -> int:
+        """Hidden width of the squeezed token enhancer, ``max(16, C // 8)``."""
+        return max(STE_MIN_CHANNELS, self.embed_dim // STE_REDUCTION)
+
+
+class NetworkSpec(BaseModel):
+    """A whole TransXNet: stem, ``len(stages)`` stages with a downsample between each, and a head.
+
+    Resolution is ``ceil(H / 4)`` after the stem and halves (rounding up) at every following stage.
+    ``image_size`` is the base image size the per-stage position biases are sized for (224 in the
+    paper); other input sizes resize them bicubically, so it does not limit the input size.
+    ``drop_rate`` is MS-FFN's dropout (the release's meaning); ``drop_path_rate`` is stochastic
+    depth, rising linearly from 0 at the first block to this value at the last (paper IV-A).
+
+    Raises:
+        pydantic.ValidationError: on any invalid field or combination, naming the stage, field and
+            value (``format_validation_error`` turns it into a short paragraph).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("custom", min_length=1)
+    stages: tuple[StageSpec, ...] = Field(min_length=1)
+    in_chans: int = Field(3, ge=1)
+    num_classes: int = Field(1000, ge=0, description="0: no classifier, the head returns pre-logits")
+    image_size: int = Field(224, ge=1, description="base image size of the position biases")
+    drop_rate: float = Field(0.0, ge=0, lt=1)
+    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+    layer_scale_init_value: Optional[float] = Field(1e-5, description="None: no layer scale")
+
+    # -- convenient views -------------------------------------------------------------------------
+    @property
+    def depths(self) -> tuple[int, ...]:
+        return tuple(s.depth for s in self.stages)
+
+    @property
+    def embed_dims(self) -> tuple[int, ...]:
+        return tuple(s.embed_dim for s in self.stages)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def stage_sizes(self, image_size: int | tuple[int, int]) -> list[tuple[int, int]]:
+        """Feature-map (H, W) of every stage for an input of ``image_size`` (int or (H, W))."""
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        h, w = math.ceil(h / STEM_STRIDE), math.ceil(w / STEM_STRIDE)
+        sizes = []
+        for _ in self.stages:
+            sizes.append((h, w))
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        return sizes
+
+    def pos_bias_shape(self, index: int) -> Optional[tuple[int, int, int, int]]:
+        """Shape (1, heads, N, M) of stage ``index``'s position bias at ``image_size``; None
+        when the stage has no attention. M uses ceil(H / r), as the release sizes it."""
+        stage = self.stages[index]
+        if stage.attn_channels == 0:
+            return None
+        h, w = self.stage_sizes(self.image_size)[index]
+        r = stage.sr_ratio
+        return (1, stage.num_heads, h * w, math.ceil(h / r) * math.ceil(w / r))
+
+    # -- conversions ------------------------------------------------------------------------------
+    @classmethod
+    def from_official_arch(
+        cls,
+        arch: Mapping[str, Any],
+        image_size: int = 224,
+        num_classes: int = 1000,
+        **overrides: Any,
+    ) -> "NetworkSpec":
+        """Spec from the release's arch dict (keys ``layers``, ``embed_dims``, ``kernel_size``,
+        ``num_groups``, ``sr_ratio``, ``num_heads``, optional ``mlp_ratios`` (default 4) and
+        ``layer_scale_init_value`` (default 1e-5)), as in ``TransXNet.arch_settings``.
+
+        ``overrides`` set other NetworkSpec fields (``name``, ``drop_path_rate``, ...).
+
+        Raises:
+            SpecError: when a required key is missing or the lists differ in length.
+            pydantic.ValidationError: when the arch is not a valid TransXNet.
+        """
+        required = ("layers", "embed_dims", "kernel_size", "num_groups", "sr_ratio", "num_heads")
+        missing = [k for k in required if k not in arch]
+        if missing:
+            raise SpecError(f"official arch dict lacks {missing}; it has {sorted(arch)}")
+        n = len(arch["layers"])
+        lists = {k: list(arch[k]) for k in required}
+        lists["mlp_ratios"] = list(arch.get("mlp_ratios", [4] * n))
+        bad = {k: len(v) for k, v in lists.items() if len(v) != n}
+        if bad:
+            raise SpecError(f"official arch lists must all have {n} entries (layers); got {bad}")
+        stages = [
+            dict(
+                depth=lists["layers"][i],
+                embed_dim=lists["embed_dims"][i],
+                num_heads=lists["num_heads"][i],
+                sr_ratio=lists["sr_ratio"][i],
+                idconv_groups=lists["num_groups"][i],
+                idconv_kernel_size=lists["kernel_size"][i],
+                mlp_ratio=lists["mlp_ratios"][i],
+            )
+            for i in range(n)
+        ]
+        fields = dict(
+            stages=stages,
+            image_size=image_size,
+            num_classes=num_classes,
+            layer_scale_init_value=arch.get("layer_scale_init_value", 1e-5),
+        )
+        return cls.model_validate({**fields, **overrides})
+
+    def to_yaml(self) -> str:
+        """The spec as YAML (stages in flow style, one line each)."""
+        data = self.model_dump(mode="json")
+        head = yaml.safe_dump({k: v for k, v in data.items() if k != "stages"}, sort_keys=False)
+        stages = "".join(
+            "  - " + yaml.safe_dump(s, default_flow_style=True, sort_keys=False, width=1000)
+            for s in data["stages"]
+        )
+        return f"{head}stages:\n{stages}"
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "NetworkSpec":
+        """Parse YAML text (``yaml.safe_load``) into a validated spec.
+
+        Raises:
+            SpecError: when the text is not YAML or not a mapping.
+            pydantic.ValidationError: when the mapping is not a valid spec.
+        """
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise SpecError(f"not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise SpecError(f"a spec must be a mapping of fields, got {type(data).__name__}")
+        return cls.model_validate(data)
+
+    def digest(self) -> str:
+        """Canonical hash of the architecture: equal for specs that build the same network,
+        whatever their ``name`` or the spelling of their numbers (4 and 4.0)."""
+        data = self.model_dump(mode="json", exclude={"name"})
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# -- files ----------------------------------------------------------------------------------------
+def format_validation_error(err: ValidationError, source: str = "spec") -> str:
+    """One paragraph from a pydantic error: each problem as ``stages[1].depth = 0: why``.
+
+    Unknown fields get a "did you mean" from the model's field names.
+    """
+    known = set(StageSpec.model_fields) | set(NetworkSpec.model_fields)
+    lines = []
+    for e in err.errors():
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            msg = "unknown field" + (f" (did you mean '{close[0]}'?)" if close else "")
+        value = "" if e["type"] in ("missing", "model_type") else f" = {e['input']!r}"
+        if e["type"] == "value_error":  # cross-field rules already name their values
+            value = ""
+        lines.append(f"  {where or '(top level)'}{value}: {msg}")
+    count = len(lines)
+    return f"invalid {source} ({count} problem{'s' if count > 1 else ''}):\n" + "\n".join(lines)
+
+
+def load_spec(path: str | Path) -> NetworkSpec:
+    """Read a spec file (``.yaml``/``.yml`` or ``.json``).
+
+    Raises:
+        SpecError: file missing or unreadable, not YAML/JSON, or not a valid spec (the message
+            lists every problem with its stage, field and value).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SpecError(f"cannot read spec file {str(path)!r}: {err.strerror}") from err
+    try:
+        if path.suffix == ".json":
+            try:
+                return NetworkSpec.model_validate(json.loads(text))
+            except json.JSONDecodeError as err:
+                raise SpecError(f"{path}: not valid JSON: {err}") from err
+        return NetworkSpec.from_yaml(text)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, f"spec file {path}")) from err
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from err
+
+
+def save_spec(spec: NetworkSpec, path: str | Path) -> Path:
+    """Write ``spec`` as YAML, or JSON when ``path`` ends in ``.json``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = spec.model_dump_json(indent=2) if path.suffix == ".json" else spec.to_yaml()
+    path.write_text(text)
+    return path
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in the package (``transxnet_t``, ``transxnet_s``, ...)."""
+    files = resources.files("xnetspace") / "presets"
+    return sorted(f.name.removesuffix(".yaml") for f in files.iterdir() if f.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> NetworkSpec:
+    """The spec of a shipped preset: the paper's exact T/S/B (Table I, release arch settings).
+
+    Raises:
+        SpecError: unknown name (the message lists the known ones).
+    """
+    file = resources.files("xnetspace") / "presets" / f"{name}.yaml"
+    if not file.is_file():
+        raise SpecError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
+    return NetworkSpec.from_yaml(file.read_text())
+
+
+def resolve_spec(spec: "NetworkSpec | Mapping[str, Any] | str | Path") -> NetworkSpec:
+    """A NetworkSpec from a spec, a mapping of its fields, a preset name or a spec file path.
+
+    Raises:
+        SpecError: unknown preset name or unreadable/invalid file.
+        pydantic.ValidationError: invalid mapping.
+    """
+    if isinstance(spec, NetworkSpec):
+        return spec
+    if isinstance(spec, Mapping):
+        return NetworkSpec.model_validate(dict(spec))
+    if isinstance(spec, Path) or Path(spec).suffix in (".yaml", ".yml", ".json") or Path(spec).exists():
+        return load_spec(spec)
+    return load_preset(str(spec))
