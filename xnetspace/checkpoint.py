@@ -53,7 +53,12 @@ _BLOCK_RULES = [
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not fit the network; the message lists the offending keys."""
+    """A checkpoint that does not fit the network; the message lists the offending keys and
+    ``problems`` holds all of them (``"missing: key"``, ``"unexpected: key"``, ``"shape: ..."``)."""
+
+    def __init__(self, message: str, problems: Optional[list[str]] = None):
+        super().__init__(message)
+        self.problems = problems or []
 
 
 def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -130,14 +135,13 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: torch.nn.Module) 
 
 def _mismatches(model: torch.nn.Module, state_dict: Mapping[str, Tensor]) -> list[str]:
     expected = model.state_dict()
-    problems = [f"missing: {k}" for k in expected if k not in state_dict]
-    problems += [f"unexpected: {k}" for k in state_dict if k not in expected]
-    problems += [
+    problems = [  # shapes first: they tell a wrong variant at a glance
         f"shape: {k} is {tuple(v.shape)} in the checkpoint, {tuple(expected[k].shape)} in the model"
         for k, v in state_dict.items()
         if k in expected and tuple(v.shape) != tuple(expected[k].shape)
     ]
-    return problems
+    problems += [f"missing: {k}" for k in expected if k not in state_dict]
+    return problems + [f"unexpected: {k}" for k in state_dict if k not in expected]
 
 
 def load_weights(model: torch.nn.Module, checkpoint: Mapping[str, Any]) -> torch.nn.Module:
@@ -151,7 +155,7 @@ def load_weights(model: torch.nn.Module, checkpoint: Mapping[str, Any]) -> torch
     problems = _mismatches(model, state_dict)
     if problems:
         shown = "\n  ".join(problems[:30]) + ("\n  ..." if len(problems) > 30 else "")
-        raise CheckpointError(f"checkpoint does not fit the network ({len(problems)} problems):\n  {shown}")
+        raise CheckpointError(f"checkpoint does not fit the network ({len(problems)} problems):\n  {shown}", problems)
     model.load_state_dict(state_dict, strict=True)
     return model
 

@@ -83,9 +83,7 @@ class StageSpec(BaseModel):
     idconv_groups: int = Field(2, ge=1, description="IDConv attention groups G (1: static DW conv)")
     idconv_kernel_size: int = Field(7, ge=1, description="IDConv kernel size K (odd)")
     mlp_ratio: float = Field(4.0, gt=0, description="MS-FFN hidden width / embed_dim")
-    ffn_kernel_sizes: tuple[int, ...] = Field(
-        (1, 3, 5, 7), min_length=1, description="MS-FFN depthwise kernel sizes (odd)"
-    )
+    ffn_kernel_sizes: tuple[int, ...] = Field((1, 3, 5, 7), description="MS-FFN depthwise kernel sizes (odd)")
     attn_ratio: float = Field(0.5, ge=0, le=1, description="share of channels that go to OSRA")
 
     @field_validator("idconv_kernel_size")
@@ -99,6 +97,8 @@ class StageSpec(BaseModel):
     @classmethod
     def _odd_kernels(cls, ks: tuple[int, ...]) -> tuple[int, ...]:
         bad = [k for k in ks if k < 1 or k % 2 == 0]
+        if not ks:
+            raise ValueError("ffn_kernel_sizes needs at least one kernel size, e.g. [1, 3, 5, 7]")
         if bad:
             raise ValueError(f"ffn_kernel_sizes must be odd and >= 1, got {list(ks)} (bad: {bad})")
         return ks
@@ -200,13 +200,22 @@ class NetworkSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field("custom", min_length=1)
-    stages: tuple[StageSpec, ...] = Field(min_length=1)
+    stages: tuple[StageSpec, ...]
     in_chans: int = Field(3, ge=1)
     num_classes: int = Field(1000, ge=0, description="0: no classifier, the head returns pre-logits")
     image_size: int = Field(224, ge=1, description="base image size of the position biases")
     drop_rate: float = Field(0.0, ge=0, lt=1)
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
     layer_scale_init_value: Optional[float] = Field(1e-5, description="None: no layer scale")
+
+    # Non-emptiness is checked here, not with min_length: pydantic's variadic tuples then also
+    # report a false length error whenever an item fails.
+    @field_validator("stages")
+    @classmethod
+    def _some_stages(cls, stages: tuple[StageSpec, ...]) -> tuple[StageSpec, ...]:
+        if not stages:
+            raise ValueError("a network needs at least one stage")
+        return stages
 
     # -- convenient views -------------------------------------------------------------------------
     @property
@@ -330,20 +339,26 @@ def format_validation_error(err: ValidationError, source: str = "spec") -> str:
 
     Unknown fields get a "did you mean" from the model's field names.
     """
-    known = set(StageSpec.model_fields) | set(NetworkSpec.model_fields)
     lines = []
     for e in err.errors():
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
-            msg = "unknown field" + (f" (did you mean '{close[0]}'?)" if close else "")
+            msg = "unknown field" + _did_you_mean(str(e["loc"][-1]), in_stage=e["loc"][0] == "stages")
         value = "" if e["type"] in ("missing", "model_type") else f" = {e['input']!r}"
         if e["type"] == "value_error":  # cross-field rules already name their values
             value = ""
         lines.append(f"  {where or '(top level)'}{value}: {msg}")
     count = len(lines)
     return f"invalid {source} ({count} problem{'s' if count > 1 else ''}):\n" + "\n".join(lines)
+
+
+def _did_you_mean(field: str, in_stage: bool) -> str:
+    here, there = (StageSpec, NetworkSpec) if in_stage else (NetworkSpec, StageSpec)
+    if field in there.model_fields:
+        return f" here: '{field}' is a field of {'the network' if in_stage else 'each entry of stages'}"
+    close = difflib.get_close_matches(field, here.model_fields, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f"; known fields: {', '.join(here.model_fields)}"
 
 
 def load_spec(path: str | Path) -> NetworkSpec:

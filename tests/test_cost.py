@@ -1,0 +1,90 @@
+"""The cost model agrees with fvcore and with the built model, to the flop and the parameter."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xnetspace import build_model, load_preset
+from xnetspace.cost import cost_report, count_flops, count_params, fvcore_flops, measure_latency, parse_image_size
+
+from .conftest import random_specs, tiny_spec
+
+SIZES = [224, (97, 131), (160, 96), (255, 255), (33, 65), (320, 288)]
+PAPER = {"transxnet_t": (12_834_808, 1.846), "transxnet_s": (26_864_068, 4.686), "transxnet_b": (48_009_002, 8.474)}
+
+
+def _check(spec, model, size) -> None:
+    """Totals, per operator kind and per part equal fvcore's; params equal the model's."""
+    report, analysis = cost_report(spec, size), fvcore_flops(model, size, spec.in_chans)
+    detail = f"\nspec: {spec.model_dump_json()}\nimage size: {size}"
+    assert report.flops == analysis.total(), detail
+    assert dict(report.flops_by_kind) == dict(analysis.by_operator()), detail
+    by_module = analysis.by_module()
+    names = ["stem"] + [f"stages.{i}" for i in range(spec.num_stages)] + ["head"]
+    assert [p.flops for p in report.parts] == [by_module[n] for n in names], detail
+    assert report.params == sum(p.numel() for p in model.parameters()), detail
+    for part, name in zip(report.parts, names):
+        assert part.params == sum(p.numel() for p in model.get_submodule(name).parameters()), detail
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_presets_agree_with_fvcore_at_six_sizes(name):
+    spec = load_preset(name)
+    model = build_model(spec).eval()
+    for size in SIZES:
+        _check(spec, model, size)
+    params, gflops = PAPER[name]
+    assert count_params(spec) == params
+    assert round(count_flops(spec, 224) / 1e9, 3) == gflops
+
+
+def test_200_random_specs_agree_with_fvcore():
+    # One failing spec is reported in full (the assertion message of _check).
+    for i, spec in enumerate(random_specs(200, seed=1234)):
+        size = [(64, 64), (97, 131), (45, 29), (32, 80)][i % 4]
+        _check(spec, build_model(spec).eval(), size)
+
+
+def test_the_random_specs_cover_the_space():
+    specs = random_specs(200, seed=1234)
+    stages = [s for spec in specs for s in spec.stages]
+    assert {s.attn_ratio for s in stages} >= {0.0, 1.0, 0.5}
+    assert {s.idconv_groups for s in stages} >= {1, 2, 3, 4}
+    assert {s.sr_ratio for s in stages} == set(range(1, 9))
+    assert {s.idconv_kernel_size for s in stages} == {1, 3, 5, 7, 9}
+    assert {k for s in stages for k in s.ffn_kernel_sizes} == {1, 3, 5, 7, 9}
+    assert {spec.num_stages for spec in specs} == {1, 2, 3, 4, 5}
+    assert {spec.layer_scale_init_value for spec in specs} == {None, 1e-5}
+
+
+def test_convolution_only_figure_is_the_papers_convention():
+    report = cost_report(load_preset("transxnet_b"), 224)
+    assert round(report.conv_flops / 1e9, 3) == 8.209  # ARCHITECTURE.md, fvcore convolutions only
+    assert report.flops_by_kind["matmul"] > 0 and report.conv_flops < report.flops
+
+
+def test_json_form_has_every_part():
+    data = cost_report(tiny_spec(), (64, 48)).to_dict()
+    assert [p["name"] for p in data["parts"]] == ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
+    assert sum(p["flops"] for p in data["parts"]) == data["flops"]
+    assert data["parts"][1]["resolution"] == [16, 12] and data["parts"][1]["stage"]["embed_dim"] == 16
+
+
+@pytest.mark.parametrize("text,expected", [("224", (224, 224)), ("97x131", (97, 131)), (64, (64, 64)),
+                                           ((32, 48), (32, 48))])
+def test_parse_image_size(text, expected):
+    assert parse_image_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "0", "ax3", "2x3x4", (0, 4)])
+def test_parse_image_size_rejects_bad_sizes(bad):
+    with pytest.raises(ValueError, match="image size"):
+        parse_image_size(bad)
+
+
+def test_measure_latency_returns_positive_milliseconds():
+    ms = measure_latency(tiny_spec(), batch_size=2, image_size=64, min_run_time=0.05)
+    assert 0 < ms < 5_000
+    model = build_model(tiny_spec())
+    assert measure_latency(tiny_spec(), image_size=32, model=model, min_run_time=0.05) > 0
+    assert not model.training and next(model.parameters()).dtype == torch.float32
