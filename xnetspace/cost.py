@@ -17,6 +17,7 @@ stage costs ``depth`` blocks. The whole count takes tens of microseconds.
 from __future__ import annotations
 
 import statistics
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional, Union
@@ -267,7 +268,9 @@ def count_flops(spec: NetworkSpec, image_size: ImageSize = 224) -> int:
 def fvcore_flops(model: torch.nn.Module, image_size: ImageSize = 224, in_chans: int = 3):
     """fvcore's ``FlopCountAnalysis`` of ``model`` (put in eval mode) on one random image, with
     its warnings silenced: the reference the cost model is tested against."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore's import calls the deprecated torch.jit.script
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     h, w = parse_image_size(image_size)
     analysis = FlopCountAnalysis(model.eval(), torch.randn(1, in_chans, h, w))
