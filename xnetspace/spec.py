@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "StageSpec",
@@ -66,6 +68,21 @@ def _whole(value: float) -> Optional[int]:
     return nearest if abs(value - nearest) <= _WHOLE_TOL * max(1.0, abs(value)) else None
 
 
+def _odd_kernel(k: int) -> int:
+    if k % 2 == 0:
+        raise ValueError("kernel sizes must be odd (padding K // 2 keeps the size)")
+    return k
+
+
+def _some_kernels(ks: tuple[int, ...]) -> tuple[int, ...]:
+    if not ks:
+        raise ValueError("ffn_kernel_sizes needs at least one kernel size, e.g. [1, 3, 5, 7]")
+    return ks
+
+
+OddKernel = Annotated[int, Field(ge=1), AfterValidator(_odd_kernel)]
+
+
 class StageSpec(BaseModel):
     """One stage of a TransXNet: ``depth`` blocks of width ``embed_dim`` (paper Table I, one column).
 
@@ -81,27 +98,12 @@ class StageSpec(BaseModel):
     num_heads: int = Field(1, ge=1, description="OSRA heads; must divide the attention channels")
     sr_ratio: int = Field(1, ge=1, description="OSRA spatial-reduction ratio r (1: none)")
     idconv_groups: int = Field(2, ge=1, description="IDConv attention groups G (1: static DW conv)")
-    idconv_kernel_size: int = Field(7, ge=1, description="IDConv kernel size K (odd)")
+    idconv_kernel_size: OddKernel = Field(7, description="IDConv kernel size K (odd)")
     mlp_ratio: float = Field(4.0, gt=0, description="MS-FFN hidden width / embed_dim")
-    ffn_kernel_sizes: tuple[int, ...] = Field((1, 3, 5, 7), description="MS-FFN depthwise kernel sizes (odd)")
+    ffn_kernel_sizes: Annotated[tuple[OddKernel, ...], AfterValidator(_some_kernels)] = Field(
+        (1, 3, 5, 7), description="MS-FFN depthwise kernel sizes (odd)"
+    )
     attn_ratio: float = Field(0.5, ge=0, le=1, description="share of channels that go to OSRA")
-
-    @field_validator("idconv_kernel_size")
-    @classmethod
-    def _odd_kernel(cls, k: int) -> int:
-        if k % 2 == 0:
-            raise ValueError(f"idconv_kernel_size must be odd (padding K // 2 keeps the size), got {k}")
-        return k
-
-    @field_validator("ffn_kernel_sizes")
-    @classmethod
-    def _odd_kernels(cls, ks: tuple[int, ...]) -> tuple[int, ...]:
-        bad = [k for k in ks if k < 1 or k % 2 == 0]
-        if not ks:
-            raise ValueError("ffn_kernel_sizes needs at least one kernel size, e.g. [1, 3, 5, 7]")
-        if bad:
-            raise ValueError(f"ffn_kernel_sizes must be odd and >= 1, got {list(ks)} (bad: {bad})")
-        return ks
 
     @model_validator(mode="after")
     def _channels_fit(self) -> "StageSpec":
@@ -345,9 +347,9 @@ def format_validation_error(err: ValidationError, source: str = "spec") -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field" + _did_you_mean(str(e["loc"][-1]), in_stage=e["loc"][0] == "stages")
-        value = "" if e["type"] in ("missing", "model_type") else f" = {e['input']!r}"
-        if e["type"] == "value_error":  # cross-field rules already name their values
-            value = ""
+        # A whole mapping as the value means a cross-field rule, whose message names its values.
+        shown = e["type"] != "missing" and not isinstance(e["input"], dict)
+        value = f" = {e['input']!r}" if shown else ""
         lines.append(f"  {where or '(top level)'}{value}: {msg}")
     count = len(lines)
     return f"invalid {source} ({count} problem{'s' if count > 1 else ''}):\n" + "\n".join(lines)
