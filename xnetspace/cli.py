@@ -19,7 +19,7 @@ from rich.table import Table
 from .checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint
 from .cost import FLOP_KINDS, CostReport, cost_report, parse_image_size
 from .network import build_model
-from .spec import NetworkSpec, SpecError, format_validation_error, resolve_spec
+from .spec import NetworkSpec, SpecError, format_validation_error, load_preset, resolve_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="xnetspace: TransXNet specs, builder, cost model and search.")
@@ -138,6 +138,73 @@ def flops(spec: str = SpecArg, image_size: str = ImageSizeOpt, as_json: bool = J
         return
     console.print(_stage_table(report))
     console.print(_kind_table(report))
+
+
+@app.command()
+def search(
+    space: str = typer.Option(..., "--space", help="space file (spaces/*.yaml) or a shipped space's name"),
+    dataset: str = typer.Option("digits", help="digits | synthetic[:N] | imagefolder:PATH | cifar10:PATH | cifar100:PATH"),
+    n_trials: int = typer.Option(20, "--n-trials", help="trials the study holds in total (a re-run continues up to N)"),
+    flops_max: Optional[str] = typer.Option(None, "--flops-max", help="FLOP budget maximum, e.g. 0.5G or 300M (overrides the space)"),
+    flops_min: Optional[str] = typer.Option(None, "--flops-min", help="FLOP budget minimum (overrides the space)"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="proxy training image size (default: the space's)"),
+    epochs: Optional[int] = typer.Option(None, help="proxy training epochs (default: the space's)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="proxy training batch size"),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate"),
+    trial_time_limit: Optional[float] = typer.Option(None, "--trial-time-limit", help="seconds one trial may train"),
+    timeout: Optional[float] = typer.Option(None, help="seconds after which this run starts no new trial"),
+    objective: str = typer.Option("top1", help="top1 | top1-flops | top1-latency"),
+    sampler: Optional[str] = typer.Option(None, help="tpe | random | nsga2 | qmc (default: tpe, nsga2 for two objectives)"),
+    pruner: Optional[str] = typer.Option(None, help="median | hyperband | none (default: median; none for two objectives)"),
+    seed: int = typer.Option(0, help="seed of the samplers and of the training"),
+    storage: Optional[str] = typer.Option(None, help="Optuna RDB URL (default: sqlite in --out)"),
+    study_name: Optional[str] = typer.Option(None, "--study-name", help="default: SPACE-DATASET-OBJECTIVE"),
+    devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... (one worker process per entry)"),
+    baseline: Optional[str] = typer.Option(None, help="paper preset to train with the same recipe, e.g. transxnet_t"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: runs/STUDY_NAME)"),
+    heartbeat: int = typer.Option(10, help="heartbeat interval in seconds; dead workers' trials are retried"),
+) -> None:
+    """Search a design space under a FLOP budget with proxy training (Optuna)."""
+    from .data import DataError
+    from .search import RunOptions, SearchError, StudyConfig, run_search
+    from .space import SpaceError, load_space, parse_count
+
+    try:
+        space_def = load_space(space)
+        if flops_min is not None or flops_max is not None:
+            space_def = space_def.with_flops(None if flops_min is None else parse_count(flops_min),
+                                             None if flops_max is None else parse_count(flops_max))
+        recipe = {k: v for k, v in dict(image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
+                                        time_limit=trial_time_limit, seed=seed).items() if v is not None}
+        train = space_def.train.model_validate({**space_def.train.model_dump(), **recipe})
+        config = StudyConfig(space=space_def, dataset=dataset, objective=objective, train=train)
+        name = study_name or f"{space_def.name}-{dataset.split(':')[0]}-{objective}"
+        two = len(config.directions) > 1
+        if two and pruner not in (None, "none"):
+            raise ValueError("multi-objective studies cannot prune (Optuna's trial.report is single-objective); "
+                             "drop --pruner")
+        options = RunOptions(
+            n_trials=n_trials, out=out or Path("runs") / name, storage=storage, study_name=name,
+            sampler=sampler or ("nsga2" if two else "tpe"), pruner=pruner or ("none" if two else "median"),
+            seed=seed, timeout=timeout, devices=[d.strip() for d in devices.split(",") if d.strip()],
+            heartbeat=heartbeat, baseline=baseline,
+        )
+        if baseline is not None:
+            load_preset(baseline)
+        _check_devices(options.devices)
+        run_search(config, options)
+    except ValidationError as err:
+        _fail(format_validation_error(err, "search options"))
+    except (SpaceError, SpecError, SearchError, DataError, ValueError) as err:
+        _fail(str(err))
+
+
+def _check_devices(devices: list[str]) -> None:
+    for device in devices:
+        if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+            raise ValueError(f"--devices entry {device!r} must be cpu, cuda or cuda:K")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--devices {device}: no CUDA device is available here")
 
 
 def main() -> None:

@@ -1,21 +1,167 @@
-"""Data: evaluation preprocessing of the presets and the bundled real photograph.
+"""Data: proxy-training datasets, the presets' evaluation preprocessing, and a real photograph.
 
-Preprocessing is timm's (``timm.data.create_transform``) with each preset's default cfg
-(crop pct 0.9 for T/S, 0.95 for B, bicubic, ImageNet mean/std; ARCHITECTURE.md).
+Datasets for proxy training (:func:`load_dataset`), each with a fixed train/validation split:
+
+- ``digits``: scikit-learn's 1,797 real handwritten digits (8x8, one channel, 10 classes),
+  offline; a stratified 80/20 split with a fixed seed.
+- ``cifar10:PATH`` / ``cifar100:PATH``: torchvision's CIFAR python files under PATH (read locally,
+  never downloaded); the last 10% of the training batches (a fixed seeded choice) validate.
+- ``imagefolder:PATH``: class-per-folder images; ``PATH/train`` and ``PATH/val`` when present,
+  else a fixed stratified 80/20 split of PATH. timm transforms (random-resized crop and flip).
+- ``synthetic`` or ``synthetic:N``: N small images (default 512) of 8 classes, each class a faint
+  fixed random pattern under noise: learnable in seconds, for tests.
+
+Small datasets live in memory as normalised (N, C, H, W) tensors resized once to the proxy size.
+Preprocessing for the presets is timm's (``timm.data.create_transform``) with each preset's
+default cfg (crop pct 0.9 for T/S, 0.95 for B, bicubic, ImageNet mean/std; ARCHITECTURE.md).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
-from timm.data import create_transform
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.models import get_pretrained_cfg
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .spec import NetworkSpec
 
-__all__ = ["eval_data_config", "eval_transform", "load_photo", "DEFAULT_PHOTO"]
+__all__ = ["DataSplit", "DataError", "load_dataset", "DATASETS", "eval_data_config", "eval_transform", "load_photo",
+           "photo_batch", "DEFAULT_PHOTO"]
+
+DATASETS = ("digits", "synthetic[:N]", "imagefolder:PATH", "cifar10:PATH", "cifar100:PATH")
+
+
+class DataError(ValueError):
+    """A dataset name or folder that cannot be read; the message says which and why."""
+
+
+@dataclass
+class DataSplit:
+    """A dataset with its fixed split. Items are ``(image (in_chans, H, W) float, label int)``."""
+
+    name: str
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    in_chans: int
+
+    def __str__(self) -> str:
+        return (f"{self.name}: {len(self.train):,} train / {len(self.val):,} val images, "
+                f"{self.num_classes} classes, {self.in_chans} channel(s)")
+
+
+def load_dataset(name: str, image_size: int, seed: int = 0) -> DataSplit:
+    """Open a proxy-training dataset by name (see the module docstring), resized to ``image_size``.
+
+    Raises:
+        DataError: unknown name, missing folder, or files that are not of the expected format.
+    """
+    kind, _, arg = name.partition(":")
+    if kind == "digits" and not arg:
+        return _digits(image_size)
+    if kind == "synthetic":
+        try:
+            count = int(arg) if arg else 512
+        except ValueError:
+            raise DataError(f"synthetic:N needs a sample count, got {arg!r}") from None
+        return _synthetic(image_size, count, seed)
+    if kind in ("cifar10", "cifar100", "imagefolder"):
+        root = Path(arg)
+        if not arg or not root.is_dir():
+            raise DataError(f"dataset {name!r}: {kind} needs an existing folder, e.g. {kind}:/data/{kind}")
+        return _cifar(kind, root, image_size) if kind.startswith("cifar") else _image_folder(root, image_size, seed)
+    raise DataError(f"unknown dataset {name!r}; use one of: {', '.join(DATASETS)}")
+
+
+def _tensor_split(name: str, x: torch.Tensor, y: torch.Tensor, val_index: np.ndarray, image_size: int,
+                  num_classes: int) -> DataSplit:
+    """Resize once, normalise with the training split's per-channel statistics, split."""
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    is_val = torch.zeros(len(x), dtype=torch.bool)
+    is_val[torch.as_tensor(val_index)] = True
+    mean = x[~is_val].mean(dim=(0, 2, 3), keepdim=True)
+    std = x[~is_val].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    x = (x - mean) / std
+    return DataSplit(name, TensorDataset(x[~is_val], y[~is_val]), TensorDataset(x[is_val], y[is_val]),
+                     num_classes, x.shape[1])
+
+
+def _stratified_val(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    from sklearn.model_selection import train_test_split
+
+    _, val = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed)
+    return np.sort(val)
+
+
+def _digits(image_size: int) -> DataSplit:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
+    y = torch.tensor(digits.target, dtype=torch.long)
+    return _tensor_split("digits", x, y, _stratified_val(digits.target, 0.2, seed=0), image_size, 10)
+
+
+def _synthetic(image_size: int, count: int, seed: int, num_classes: int = 8) -> DataSplit:
+    # Faint class patterns under unit noise: above chance in one epoch, far from 100% in three.
+    gen = torch.Generator().manual_seed(seed)
+    patterns = 0.2 * torch.randn(num_classes, 3, 8, 8, generator=gen)
+    y = torch.arange(count) % num_classes
+    x = patterns[y] + torch.randn(count, 3, 8, 8, generator=gen)
+    val = np.arange(count)[np.arange(count) % 5 == 0]  # every fifth image validates
+    return _tensor_split(f"synthetic:{count}", x, y, val, image_size, num_classes)
+
+
+def _cifar(kind: str, root: Path, image_size: int) -> DataSplit:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    base = CIFAR10 if kind == "cifar10" else CIFAR100
+
+    class LocalCIFAR(base):
+        # torchvision checks the official MD5s; subsets and re-packed copies must load too, so
+        # only the presence of the files is checked (their content is parsed right after).
+        def _check_integrity(self) -> bool:
+            return all((Path(self.root) / self.base_folder / name).is_file() for name, _ in self.train_list)
+
+    try:
+        data = LocalCIFAR(str(root), train=True, download=False)
+    except (RuntimeError, OSError, KeyError, ValueError) as err:
+        raise DataError(f"{kind}:{root}: not torchvision's CIFAR python files "
+                        f"({root}/{base.base_folder}/data_batch_1 ...): {err}") from err
+    x = torch.from_numpy(data.data).permute(0, 3, 1, 2).float() / 255.0
+    y = torch.tensor(data.targets, dtype=torch.long)
+    rng = np.random.default_rng(0)
+    val = np.sort(rng.permutation(len(y))[: max(1, len(y) // 10)])
+    return _tensor_split(f"{kind}:{root}", x, y, val, image_size, 10 if kind == "cifar10" else 100)
+
+
+def _image_folder(root: Path, image_size: int, seed: int) -> DataSplit:
+    from torchvision.datasets import ImageFolder
+
+    common = dict(input_size=(3, image_size, image_size), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                  interpolation="bicubic")
+    train_tf = create_transform(**common, is_training=True, scale=(0.35, 1.0), hflip=0.5, color_jitter=None)
+    val_tf = create_transform(**common, is_training=False, crop_pct=1.0)
+    try:
+        if (root / "train").is_dir() and (root / "val").is_dir():
+            train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
+            if train.classes != val.classes:
+                raise DataError(f"imagefolder:{root}: train and val have different classes")
+        else:
+            train, val = ImageFolder(str(root), train_tf), ImageFolder(str(root), val_tf)
+            val_index = _stratified_val(np.array(train.targets), 0.2, seed=0)
+            train_index = np.setdiff1d(np.arange(len(train)), val_index)
+            train, val = Subset(train, train_index), Subset(val, val_index)
+    except (FileNotFoundError, ValueError) as err:
+        raise DataError(f"imagefolder:{root}: {err}") from err
+    classes = (train.dataset if isinstance(train, Subset) else train).classes
+    return DataSplit(f"imagefolder:{root}", train, val, len(classes), 3)
 
 DEFAULT_PHOTO = "skimage.data.chelsea"  # a real photograph of a cat, bundled with scikit-image
 
