@@ -4,8 +4,10 @@ Datasets for proxy training (:func:`load_dataset`), each with a fixed train/vali
 
 - ``digits``: scikit-learn's 1,797 real handwritten digits (8x8, one channel, 10 classes),
   offline; a stratified 80/20 split with a fixed seed.
-- ``cifar10:PATH`` / ``cifar100:PATH``: torchvision's CIFAR python files under PATH (read locally,
-  never downloaded); the last 10% of the training batches (a fixed seeded choice) validate.
+- ``cifar10:PATH`` / ``cifar100:PATH``: CIFAR python batches as torchvision stores them
+  (``PATH/cifar-10-batches-py/data_batch_1..5``, ``PATH/cifar-100-python/train``), read locally,
+  never downloaded, with an unpickler that admits numpy arrays only; a fixed seeded 10% of the
+  training images validate (the test batch is left alone).
 - ``imagefolder:PATH``: class-per-folder images; ``PATH/train`` and ``PATH/val`` when present,
   else a fixed stratified 80/20 split of PATH. timm transforms (random-resized crop and flip).
 - ``synthetic`` or ``synthetic:N``: N small images (default 512) of 8 classes, each class a faint
@@ -17,6 +19,7 @@ default cfg (crop pct 0.9 for T/S, 0.95 for B, bicubic, ImageNet mean/std; ARCHI
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -118,27 +121,45 @@ def _synthetic(image_size: int, count: int, seed: int, num_classes: int = 8) -> 
     return _tensor_split(f"synthetic:{count}", x, y, val, image_size, num_classes)
 
 
+_CIFAR = {  # folder inside PATH, training files, label key (torchvision's python layout)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "labels", 10),
+    "cifar100": ("cifar-100-python", ["train"], "fine_labels", 100),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles of dicts of numpy arrays: allow numpy's array classes and
+    nothing else, so a data file can never run code."""
+
+    _ALLOWED = {(core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+                for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        return super().find_class(module, name)
+
+
 def _cifar(kind: str, root: Path, image_size: int) -> DataSplit:
-    from torchvision.datasets import CIFAR10, CIFAR100
-
-    base = CIFAR10 if kind == "cifar10" else CIFAR100
-
-    class LocalCIFAR(base):
-        # torchvision checks the official MD5s; subsets and re-packed copies must load too, so
-        # only the presence of the files is checked (their content is parsed right after).
-        def _check_integrity(self) -> bool:
-            return all((Path(self.root) / self.base_folder / name).is_file() for name, _ in self.train_list)
-
-    try:
-        data = LocalCIFAR(str(root), train=True, download=False)
-    except (RuntimeError, OSError, KeyError, ValueError) as err:
-        raise DataError(f"{kind}:{root}: not torchvision's CIFAR python files "
-                        f"({root}/{base.base_folder}/data_batch_1 ...): {err}") from err
-    x = torch.from_numpy(data.data).permute(0, 3, 1, 2).float() / 255.0
-    y = torch.tensor(data.targets, dtype=torch.long)
+    folder, files, label_key, num_classes = _CIFAR[kind]
+    folder = root if (root / files[0]).is_file() else root / folder
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise DataError(f"{kind}:{root}: not torchvision's CIFAR python files; missing {missing} in {folder}")
+    images, labels = [], []
+    for name in files:
+        try:
+            with open(folder / name, "rb") as f:
+                batch = _ArrayUnpickler(f, encoding="latin1").load()
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(batch[label_key])
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as err:
+            raise DataError(f"{kind}:{root}: {name} is not a CIFAR batch: {err}") from err
+    x = torch.from_numpy(np.concatenate(images)).float() / 255.0
+    y = torch.tensor(labels, dtype=torch.long)
     rng = np.random.default_rng(0)
     val = np.sort(rng.permutation(len(y))[: max(1, len(y) // 10)])
-    return _tensor_split(f"{kind}:{root}", x, y, val, image_size, 10 if kind == "cifar10" else 100)
+    return _tensor_split(f"{kind}:{root}", x, y, val, image_size, num_classes)
 
 
 def _image_folder(root: Path, image_size: int, seed: int) -> DataSplit:

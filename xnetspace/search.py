@@ -108,13 +108,15 @@ def open_study(config: StudyConfig, options: RunOptions, worker: int = 0) -> opt
     Raises:
         SearchError: an existing study of that name was made with another config.
     """
-    storage = optuna.storages.RDBStorage(
-        options.storage_url,
-        engine_kwargs={"connect_args": {"timeout": 60}} if options.storage_url.startswith("sqlite") else None,
-        heartbeat_interval=options.heartbeat,
-        grace_period=3 * options.heartbeat,
-        heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
-    )
+    with warnings.catch_warnings():  # heartbeats and retries are marked experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            options.storage_url,
+            engine_kwargs={"connect_args": {"timeout": 60}} if options.storage_url.startswith("sqlite") else None,
+            heartbeat_interval=options.heartbeat,
+            grace_period=3 * options.heartbeat,
+            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
+        )
     study = optuna.create_study(
         storage=storage, study_name=options.study_name, directions=config.directions, load_if_exists=True,
         sampler=_sampler(config, options, worker), pruner=_pruner(config, options),

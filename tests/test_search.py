@@ -1,0 +1,262 @@
+"""Studies: hard budgets, rejection and dedupe, failures that do not stop a study, resume after an
+interruption or a SIGKILL, and several workers sharing one storage."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import xnetspace.search as search_module
+from xnetspace import NetworkSpec, build_model, load_spec
+from xnetspace.cli import app
+from xnetspace.cost import cost_report
+from xnetspace.search import RunOptions, SearchError, StudyConfig, run_search
+from xnetspace.space import SearchSpace, load_space
+from xnetspace.train import Diverged, TrainConfig, TrainResult
+
+SPACE = {
+    "name": "test",
+    "stage_defaults": {"depth": 1, "mlp_ratio": [1, 2], "idconv_kernel_size": [3, 5]},
+    "stages": [{"embed_dim": {"low": 8, "high": 24, "step": 8}, "sr_ratio": [2, 4], "attn_ratio": [0.5, 1.0]},
+               {"embed_dim": {"low": 16, "high": 48, "step": 16}, "num_heads": [1, 2]}],
+    "constraints": {"image_size": 16, "flops": [0, "200k"]},
+    "train": {"image_size": 16, "epochs": 2, "batch_size": 32},
+}
+
+
+def make(tmp_path, n_trials=6, space=None, objective="top1", **options):
+    config = StudyConfig(space=SearchSpace.model_validate(space or SPACE), dataset="synthetic:128",
+                         objective=objective, train=TrainConfig(image_size=16, epochs=2, batch_size=32))
+    opts = RunOptions(n_trials=n_trials, out=tmp_path / "out", study_name="s", progress=False, heartbeat=1,
+                      sampler=options.pop("sampler", "random"), **options)
+    return config, opts
+
+
+class FakeTrainer:
+    """Stands in for proxy training: records every spec that reaches it, returns a top-1 that
+    grows with width (or raises what a test asks for)."""
+
+    def __init__(self, fail=None):
+        self.specs, self.fail = [], fail or {}
+
+    def __call__(self, spec, data, config, device, report):
+        self.specs.append(spec)
+        error = self.fail.get(len(self.specs))
+        if error is not None:
+            raise error
+        top1 = float(sum(spec.embed_dims)) / 2
+        for epoch in range(config.epochs):
+            report(epoch, top1)
+        return TrainResult(history=[top1] * config.epochs, seconds=0.01)
+
+
+def counted(study):
+    return [t for t in study.get_trials() if search_module._is_live(t)]
+
+
+def test_no_over_budget_spec_ever_reaches_the_trainer(tmp_path, monkeypatch):
+    trainer = FakeTrainer()
+    monkeypatch.setattr(search_module, "train_candidate", trainer)
+    config, options = make(tmp_path, n_trials=12)
+    outcome = run_search(config, options)
+    low, high = config.space.constraints.flops
+    assert len(trainer.specs) + sum("duplicate_of" in t.user_attrs for t in counted(outcome.study)) == 12
+    for spec in trainer.specs:
+        assert low <= cost_report(spec, 16).flops <= high
+    rejected = [t for t in outcome.study.get_trials() if t.user_attrs.get("rejected")]
+    assert rejected, "this budget is tight enough that some samples must be rejected"
+    assert all(t.user_attrs["reason"].startswith("over budget: FLOPs") for t in rejected)
+    assert sum(t.user_attrs.get("rejected_samples", 0) for t in counted(outcome.study)) == len(rejected)
+    best = outcome.best
+    assert best.user_attrs["flops"] <= high and best.values[0] == max(t.values[0] for t in counted(outcome.study))
+    best_spec = load_spec(outcome.files["best_spec"])
+    assert cost_report(best_spec, 16).flops <= high and best_spec.num_classes == 8
+    build_model(best_spec)
+
+
+def test_identical_specs_are_trained_once(tmp_path, monkeypatch):
+    trainer = FakeTrainer()
+    monkeypatch.setattr(search_module, "train_candidate", trainer)
+    single = {**SPACE, "stage_defaults": {"depth": 1, "mlp_ratio": 1},
+              "stages": [{"embed_dim": 8, "sr_ratio": 2}, {"embed_dim": 16}]}
+    config, options = make(tmp_path, n_trials=3, space=single)
+    study = run_search(config, options).study
+    assert len(trainer.specs) == 1
+    trials = counted(study)
+    assert [t.user_attrs.get("duplicate_of") for t in trials] == [None, 0, 0]
+    assert len({t.values[0] for t in trials}) == 1
+
+
+def test_failing_trials_do_not_stop_the_study(tmp_path, monkeypatch):
+    trainer = FakeTrainer(fail={1: Diverged("loss became nan at epoch 1, update 3"),
+                                2: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+                                3: RuntimeError("something else broke")})
+    monkeypatch.setattr(search_module, "train_candidate", trainer)
+    config, options = make(tmp_path, n_trials=5)
+    study = run_search(config, options).study
+    trials = counted(study)
+    assert len(trials) == 5
+    trained = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    states = {t.user_attrs.get("reason", "").split(":")[0]: t.state for t in trained[:3]}
+    assert states == {"Diverged": optuna.trial.TrialState.PRUNED, "out of memory": optuna.trial.TrialState.FAIL,
+                      "RuntimeError": optuna.trial.TrialState.FAIL}
+    assert "something else broke" in trained[2].user_attrs["traceback"]
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 2
+    rows = list(csv.DictReader(open(options.out / "trials.csv")))
+    assert {"out of memory: CUDA out of memory. Tried to allocate 2 GiB"} <= {r["reason"] for r in rows}
+
+
+def test_pruner_stops_weak_trials(tmp_path, monkeypatch):
+    class Weak(FakeTrainer):
+        def __call__(self, spec, data, config, device, report):
+            self.specs.append(spec)
+            top1 = 90.0 if len(self.specs) <= 6 else 10.0  # later trials are far worse
+            for epoch in range(config.epochs):
+                report(epoch, top1 + epoch)
+            return TrainResult(history=[top1, top1 + 1], seconds=0.01)
+
+    monkeypatch.setattr(search_module, "train_candidate", Weak())
+    config, options = make(tmp_path, n_trials=9, space={**SPACE, "train": {**SPACE["train"], "epochs": 3}})
+    config = config.model_copy(update={"train": TrainConfig(image_size=16, epochs=3, batch_size=32)})
+    study = run_search(config, options).study
+    pruned = [t for t in counted(study) if t.state == optuna.trial.TrialState.PRUNED and "duplicate_of" not in t.user_attrs]
+    assert pruned and all(t.user_attrs["reason"].startswith("pruner stopped it") for t in pruned)
+
+
+def test_short_study_on_synthetic_data_writes_every_result(tmp_path):
+    config, options = make(tmp_path, n_trials=3)
+    outcome = run_search(config, options)
+    assert {p.name for p in outcome.files.values()} == {"trials.csv", "history.png", "best_spec.yaml"}
+    assert all(p.stat().st_size > 0 for p in outcome.files.values())
+    rows = list(csv.DictReader(open(outcome.files["trials"])))
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    assert done and all(float(r["top1"]) > 0 and int(r["flops"]) <= 200_000 for r in done)
+    assert {"stage1.embed_dim", "stage2.num_heads", "reason", "rejected_samples"} <= set(rows[0])
+    spec = load_spec(outcome.files["best_spec"])
+    assert build_model(spec).eval()(torch.randn(1, 3, 16, 16)).shape == (1, 8)
+    assert outcome.study.user_attrs["xnetspace_config"]["dataset"] == "synthetic:128"
+
+
+def test_multi_objective_study_gives_a_pareto_front(tmp_path, monkeypatch):
+    monkeypatch.setattr(search_module, "train_candidate", FakeTrainer())
+    config, options = make(tmp_path, n_trials=6, objective="top1-flops", sampler="nsga2", pruner="none")
+    outcome = run_search(config, options)
+    assert outcome.files["pareto"].stat().st_size > 0
+    rows = [r for r in csv.DictReader(open(outcome.files["trials"])) if r["state"] == "COMPLETE"]
+    front = [r for r in rows if r["pareto"] == "1"]
+    assert front and all(
+        not any(float(o["top1"]) >= float(r["top1"]) and int(o["flops"]) < int(r["flops"]) for o in rows) for r in front)
+    assert outcome.best.number in {int(r["number"]) for r in front}
+
+
+def test_resume_continues_up_to_n_in_total(tmp_path, monkeypatch):
+    trainer = FakeTrainer()
+    monkeypatch.setattr(search_module, "train_candidate", trainer)
+    config, options = make(tmp_path, n_trials=3)
+    first = run_search(config, options).study
+    done = {t.number: t.values for t in counted(first)}
+    assert len(done) == 3
+    options.n_trials = 5
+    second = run_search(config, options).study
+    assert len(counted(second)) == 5
+    assert {t.number: t.values for t in counted(second) if t.number in done} == done  # nothing lost
+    assert len(run_search(config, options).study.get_trials()) == len(second.get_trials())  # already complete
+
+
+def test_resume_with_another_recipe_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(search_module, "train_candidate", FakeTrainer())
+    config, options = make(tmp_path, n_trials=1)
+    run_search(config, options)
+    other = config.model_copy(update={"train": TrainConfig(image_size=16, epochs=3, batch_size=32)})
+    with pytest.raises(SearchError, match="was created with another train"):
+        run_search(other, options)
+
+
+def _run_cli(tmp_path, *extra):
+    space = tmp_path / "space.yaml"
+    import yaml
+
+    space.write_text(yaml.safe_dump(SPACE))
+    return [sys.executable, "search/run.py", "--space", str(space), "--dataset", "synthetic:128",
+            "--out", str(tmp_path / "out"), "--heartbeat", "1", "--sampler", "random", *extra]
+
+
+def test_killed_worker_is_retried_and_nothing_is_lost(tmp_path):
+    root = Path(__file__).parent.parent
+    command = _run_cli(tmp_path, "--n-trials", "4", "--epochs", "15")
+    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    storage = f"sqlite:///{tmp_path / 'out' / 'study.db'}"
+    deadline = time.time() + 180
+    while time.time() < deadline:  # wait until a trial is training, then kill the whole run
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name="test-synthetic-top1", storage=storage).get_trials()
+        except Exception:  # noqa: BLE001 - the study is not created yet
+            continue
+        if any(t.state == optuna.trial.TrialState.RUNNING and "spec" in t.user_attrs
+               and not t.user_attrs.get("rejected") for t in trials):
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = optuna.load_study(study_name="test-synthetic-top1", storage=storage).get_trials()
+    killed = [t for t in before if t.state == optuna.trial.TrialState.RUNNING]
+    finished = {t.number: t.values for t in before if t.state == optuna.trial.TrialState.COMPLETE}
+    assert len(killed) == 1
+
+    rerun = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    study = optuna.load_study(study_name="test-synthetic-top1", storage=storage)
+    trials = study.get_trials()
+    dead = next(t for t in trials if t.number == killed[0].number)
+    assert dead.state == optuna.trial.TrialState.FAIL  # marked failed by the heartbeat
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retry) == 1 and retry[0].params == dead.params  # ... and queued again, same spec
+    live = counted(study)
+    assert len(live) == 4 and all(t.state.is_finished() for t in live)
+    assert {t.number: t.values for t in trials if t.number in finished} == finished  # nothing lost
+    trained = [t for t in live if "duplicate_of" not in t.user_attrs]
+    assert len({t.user_attrs["spec_digest"] for t in trained}) == len(trained)  # nothing trained twice
+
+
+def test_two_worker_processes_share_one_study(tmp_path):
+    config, options = make(tmp_path, n_trials=5, devices=["cpu", "cpu"])
+    config = config.model_copy(update={"train": TrainConfig(image_size=16, epochs=1, batch_size=32)})
+    study = run_search(config, options).study
+    live = counted(study)
+    assert len(live) == 5 and all(t.state.is_finished() for t in live)
+    assert {t.user_attrs["worker"] for t in live} == {0, 1}
+    trained = [t for t in live if "duplicate_of" not in t.user_attrs]
+    assert len({t.user_attrs["spec_digest"] for t in trained}) == len(trained)
+    surplus = [t for t in study.get_trials() if t.user_attrs.get("surplus")]
+    assert all(not t.user_attrs.get("spec") for t in surplus)  # a surplus trial never trains
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--space", "missing.yaml"], "cannot read space file"),
+    (["--space", "tiny_cpu", "--flops-max", "lots"], "'lots' is not a count"),
+    (["--space", "tiny_cpu", "--flops-max", "1k"], "flops range [1,500,000, 1,000] has min above max"),
+    (["--space", "tiny_cpu", "--flops-min", "0", "--flops-max", "1k"], "none of 2,002 specs drawn meets the constraints"),
+    (["--space", "tiny_cpu", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--space", "tiny_cpu", "--devices", "tpu"], "--devices entry 'tpu'"),
+    (["--space", "tiny_cpu", "--objective", "top1-flops", "--pruner", "median"], "multi-objective studies cannot prune"),
+    (["--space", "tiny_cpu", "--objective", "speed"], "objective"),
+    (["--space", "tiny_cpu", "--baseline", "transxnet_q"], "unknown preset 'transxnet_q'"),
+    (["--space", "tiny_cpu", "--epochs", "0"], "epochs = 0: Input should be greater than or equal to 1"),
+])
+def test_search_command_rejects_bad_input_with_status_2(args, message, tmp_path):
+    result = runner.invoke(app, ["search", *args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
