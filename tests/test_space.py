@@ -87,6 +87,7 @@ def test_ties_share_one_value_and_kernel_lists_are_choices():
     trial = optuna.create_study().ask()
     space.sample(trial)
     assert "tied.mlp" in trial.params and "stage1.mlp_ratio" not in trial.params
+    assert set(trial.params) == set(space.param_names())
     assert isinstance(trial.params["stage1.ffn_kernel_sizes"], str)  # "1,3" travels as text
     fixed = SearchSpace.model_validate(space_dict(stage_defaults={"depth": 1, "ffn_kernel_sizes": [1, 5]}))
     assert fixed.random_specs(1, feasible_only=False)[0].stages[0].ffn_kernel_sizes == (1, 5)
@@ -159,3 +160,15 @@ def test_parse_count(text, count):
 def test_specs_from_a_space_round_trip():
     spec = load_space("tiny_cpu").random_specs(1, seed=5)[0]
     assert NetworkSpec.from_yaml(spec.to_yaml()) == spec
+
+
+def test_space_command_prints_parameters_and_acceptance():
+    from typer.testing import CliRunner
+
+    from xnetspace.cli import app
+
+    result = CliRunner().invoke(app, ["space", "tiny_cpu", "--draws", "200", "--in-chans", "1"])
+    assert result.exit_code == 0, result.output
+    assert "parameters (30): stage1.attn_ratio" in result.output and "within budget" in result.output
+    bad = CliRunner().invoke(app, ["space", "nowhere.yaml"])
+    assert bad.exit_code == 2 and "cannot read space file" in bad.output

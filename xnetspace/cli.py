@@ -199,6 +199,27 @@ def search(
         _fail(str(err))
 
 
+@app.command()
+def space(
+    space_file: str = typer.Argument(..., help="space file (spaces/*.yaml) or a shipped space's name"),
+    draws: int = typer.Option(2000, help="random specs to draw for the statistics"),
+    num_classes: int = typer.Option(10, "--num-classes", help="classes of the dataset the space is for"),
+    in_chans: int = typer.Option(3, "--in-chans", help="input channels of the dataset"),
+) -> None:
+    """Check a design space: its Optuna parameters and how many random specs meet its budget."""
+    from .space import SpaceError, load_space
+
+    try:
+        space_def = load_space(space_file)
+        check = space_def.check(draws=draws, num_classes=num_classes, in_chans=in_chans)
+    except SpaceError as err:
+        _fail(str(err))
+    params = space_def.param_names()
+    console.print(f"space {space_def.name}: {space_def.description}")
+    console.print(f"parameters ({len(params)}): {', '.join(params)}")
+    console.print(check.summary())
+
+
 def _check_devices(devices: list[str]) -> None:
     for device in devices:
         if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):

@@ -309,6 +309,15 @@ class SearchSpace(BaseModel):
             stages.append(stage)
         return NetworkSpec.model_validate({"name": f"{self.name}_sample", **self.network, **network, "stages": stages})
 
+    def param_names(self) -> list[str]:
+        """The Optuna parameter names this space samples (``stage2.attn_ratio``, ``tied.mlp``)."""
+        trial = CornerTrial(False)
+        try:
+            self.sample(trial)
+        except ValidationError:
+            pass  # the low corner may be an invalid spec; every name was asked for on the way
+        return sorted(set(trial.names))
+
     def violations(self, spec: NetworkSpec) -> list[str]:
         """Budget violations of ``spec`` from the cost model (nothing is built)."""
         report = cost_report(spec, self.constraints.image_size)
@@ -465,18 +474,22 @@ class RandomTrial:
 
 
 class CornerTrial:
-    """Every knob at its low (or high) end: the space's smallest and largest corners."""
+    """Every knob at its low (or high) end: the space's smallest and largest corners. Records
+    the parameter names asked for in ``names``."""
 
     def __init__(self, high: bool):
-        self.high = high
+        self.high, self.names = high, []
 
     def suggest_categorical(self, name: str, choices: list) -> Any:
+        self.names.append(name)
         return choices[-1] if self.high else choices[0]
 
     def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        self.names.append(name)
         return low + step * ((high - low) // step) if self.high else low
 
     def suggest_float(self, name: str, low: float, high: float, step: Optional[float] = None, log: bool = False) -> float:
+        self.names.append(name)
         return (low + step * int((high - low) / step) if step else high) if self.high else low
 
 
