@@ -193,6 +193,9 @@ def search(
             load_preset(baseline)
         _check_devices(options.devices)
         run_search(config, options)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: completed trials are kept; run the same command again to continue", err=True)
+        raise typer.Exit(130)
     except ValidationError as err:
         _fail(format_validation_error(err, "search options"))
     except (SpaceError, SpecError, SearchError, DataError, ValueError) as err:

@@ -30,7 +30,7 @@ import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Literal, NoReturn, Optional, Sequence
 
 import optuna
 import torch
@@ -234,7 +234,8 @@ class Objective:
         live = [t.number for t in _live_slots(trial.study)]
         return trial.number in live[: self.n_trials]
 
-    def _reject(self, trial: optuna.Trial, reason: str) -> None:
+    def _reject(self, trial: optuna.Trial, reason: str) -> NoReturn:
+        """Record why the sample is not trained, give its slot back, and end the trial pruned."""
         trial.set_user_attr("rejected", True)
         trial.set_user_attr("reason", reason)
         trial.study.enqueue_trial({}, user_attrs={"slot": True})  # the slot goes back to the queue
@@ -423,7 +424,7 @@ def _baseline(config: StudyConfig, options: RunOptions, data: DataSplit) -> dict
     spec = NetworkSpec.model_validate({**load_preset(options.baseline).model_dump(),
                                        "num_classes": data.num_classes, "in_chans": data.in_chans})
     _log(options, f"training baseline {options.baseline} with the same recipe ...")
-    result = train_candidate(spec, data, config.train, options.devices[0].replace("cuda:0", "cuda"))
+    result = train_candidate(spec, data, config.train, options.devices[0])
     report = cost_report(spec, config.space.constraints.image_size)
     baseline = {"key": key, "preset": options.baseline, "top1": result.top1, "top1_history": result.history,
                 "flops": report.flops, "params": report.params, "seconds": round(result.seconds, 1)}

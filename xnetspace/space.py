@@ -28,7 +28,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
                       model_validator)
 
 from .cost import ImageSize, cost_report, parse_image_size
-from .spec import NetworkSpec, SpecError, StageSpec, format_validation_error
+from .spec import NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty
 from .train import TrainConfig
 
 __all__ = ["SearchSpace", "Constraints", "SpaceError", "load_space", "parse_count", "RandomTrial", "SpaceCheck"]
@@ -234,16 +234,9 @@ class SearchSpace(BaseModel):
     description: str = ""
     network: dict[str, Any] = Field(default_factory=dict, description="fixed NetworkSpec fields")
     stage_defaults: StageSpace = Field(default_factory=StageSpace)
-    stages: tuple[StageSpace, ...]
+    stages: Annotated[tuple[StageSpace, ...], non_empty("a space needs at least one stage")]
     constraints: Constraints = Field(default_factory=Constraints)
     train: TrainConfig = Field(default_factory=TrainConfig)
-
-    @field_validator("stages")
-    @classmethod
-    def _some_stages(cls, stages: tuple[StageSpace, ...]) -> tuple[StageSpace, ...]:
-        if not stages:
-            raise ValueError("a space needs at least one stage")
-        return stages
 
     @field_validator("network")
     @classmethod

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional
 import yaml
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
     "StageSpec",
@@ -74,10 +74,16 @@ def _odd_kernel(k: int) -> int:
     return k
 
 
-def _some_kernels(ks: tuple[int, ...]) -> tuple[int, ...]:
-    if not ks:
-        raise ValueError("ffn_kernel_sizes needs at least one kernel size, e.g. [1, 3, 5, 7]")
-    return ks
+def non_empty(message: str) -> AfterValidator:
+    """A validator refusing an empty sequence with ``message``. (Not ``min_length``: pydantic's
+    variadic tuples then also report a false length error whenever an item fails.)"""
+
+    def check(items: tuple) -> tuple:
+        if not items:
+            raise ValueError(message)
+        return items
+
+    return AfterValidator(check)
 
 
 OddKernel = Annotated[int, Field(ge=1), AfterValidator(_odd_kernel)]
@@ -100,7 +106,7 @@ class StageSpec(BaseModel):
     idconv_groups: int = Field(2, ge=1, description="IDConv attention groups G (1: static DW conv)")
     idconv_kernel_size: OddKernel = Field(7, description="IDConv kernel size K (odd)")
     mlp_ratio: float = Field(4.0, gt=0, description="MS-FFN hidden width / embed_dim")
-    ffn_kernel_sizes: Annotated[tuple[OddKernel, ...], AfterValidator(_some_kernels)] = Field(
+    ffn_kernel_sizes: Annotated[tuple[OddKernel, ...], non_empty("ffn_kernel_sizes needs at least one kernel size, e.g. [1, 3, 5, 7]")] = Field(
         (1, 3, 5, 7), description="MS-FFN depthwise kernel sizes (odd)"
     )
     attn_ratio: float = Field(0.5, ge=0, le=1, description="share of channels that go to OSRA")
@@ -202,22 +208,13 @@ class NetworkSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field("custom", min_length=1)
-    stages: tuple[StageSpec, ...]
+    stages: Annotated[tuple[StageSpec, ...], non_empty("a network needs at least one stage")]
     in_chans: int = Field(3, ge=1)
     num_classes: int = Field(1000, ge=0, description="0: no classifier, the head returns pre-logits")
     image_size: int = Field(224, ge=1, description="base image size of the position biases")
     drop_rate: float = Field(0.0, ge=0, lt=1)
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
     layer_scale_init_value: Optional[float] = Field(1e-5, description="None: no layer scale")
-
-    # Non-emptiness is checked here, not with min_length: pydantic's variadic tuples then also
-    # report a false length error whenever an item fails.
-    @field_validator("stages")
-    @classmethod
-    def _some_stages(cls, stages: tuple[StageSpec, ...]) -> tuple[StageSpec, ...]:
-        if not stages:
-            raise ValueError("a network needs at least one stage")
-        return stages
 
     # -- convenient views -------------------------------------------------------------------------
     @property
