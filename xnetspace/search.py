@@ -424,7 +424,8 @@ def _baseline(config: StudyConfig, options: RunOptions, data: DataSplit) -> dict
     spec = NetworkSpec.model_validate({**load_preset(options.baseline).model_dump(),
                                        "num_classes": data.num_classes, "in_chans": data.in_chans})
     _log(options, f"training baseline {options.baseline} with the same recipe ...")
-    result = train_candidate(spec, data, config.train, options.devices[0])
+    recipe = config.train.model_copy(update={"time_limit": None})  # a guard for candidates, not the recipe
+    result = train_candidate(spec, data, recipe, options.devices[0])
     report = cost_report(spec, config.space.constraints.image_size)
     baseline = {"key": key, "preset": options.baseline, "top1": result.top1, "top1_history": result.history,
                 "flops": report.flops, "params": report.params, "seconds": round(result.seconds, 1)}
