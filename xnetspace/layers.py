@@ -34,7 +34,7 @@ class ConvBN(ConvNormAct):
 
         conv = fold_bn(self.conv, self.bn)
         act = self.bn.act
-        return conv if isinstance(act, nn.Identity) else nn.Sequential(conv, act)
+        return (conv if isinstance(act, nn.Identity) else nn.Sequential(conv, act)).eval()
 
 
 def _conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, act: bool = False, **kwargs) -> ConvBN:
