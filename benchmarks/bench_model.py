@@ -10,9 +10,10 @@ Forms (``--forms``): ``reference`` (the training form in eval mode), ``reference
 ``deploy_cl_compiled`` (+ ``torch.compile``, for ``--compile-presets`` only; compile time and graph
 breaks printed apart). Each round times one batch of every form in turn, so load from other
 processes falls on all forms alike; tables give medians and the ratio to ``reference``. Peak memory
-is the rise above the resting state during one batch: the process's resident set on the CPU
-(Linux VmHWM, reset through /proc/self/clear_refs; small mmap threshold so freed tensors leave the
-resident set), the allocator peak on CUDA. bfloat16 runs under autocast. The training section
+is the rise above the resting state during one batch (after a warm-up batch), measured apart in a
+fresh process per form so that it never slows the timings: the resident set on the CPU (Linux
+VmHWM, reset through /proc/self/clear_refs, with a small fixed mmap threshold so that freed tensors
+leave the resident set), the allocator peak on CUDA. bfloat16 runs under autocast. The training section
 times SGD steps (forward, backward, update) of the reference form with and without gradient
 checkpointing, interleaved, with their peak memory.
 
@@ -30,6 +31,7 @@ import math
 import os
 import re
 import statistics
+import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -52,7 +54,8 @@ class PeakMemory:
     def __init__(self, device: torch.device):
         self.device = device
         self.linux = device.type == "cpu" and os.path.exists("/proc/self/clear_refs")
-        if self.linux:  # freed tensors go back to the OS at once, so the resident set follows live memory
+        if self.linux:  # freed tensors go back to the OS at once, so the resident set follows live memory;
+            # this slows large allocations, hence a separate process (probe_memory) for measuring
             ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (fixed: no dynamic raise)
 
     @staticmethod
@@ -97,6 +100,32 @@ def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int, device:
     return times
 
 
+def probe_memory(args, kind: str) -> Optional[float]:
+    """Peak MiB of ``kind`` (``eval:FORM`` or ``train:CONFIG``) for the first preset and batch size
+    in ``args``, measured by this script in a fresh process (``--probe``); None if it failed."""
+    cmd = [sys.executable, __file__, "--probe", kind, "--presets", args.presets[0], "--batch-sizes",
+           str(args.batch_sizes[0]), "--image-size", str(args.image_size), "--device", args.device,
+           "--dtype", args.dtype, "--train-preset", args.train_preset, "--train-batch-size", str(args.train_batch_size)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    found = re.findall(r"^PEAK_MIB (\S+)$", done.stdout, re.M)
+    return None if not found or found[-1] == "None" else float(found[-1])
+
+
+def run_probe(args, device: torch.device, autocast) -> None:
+    """Child side of probe_memory: one warm-up call, then the peak of one measured call."""
+    memory = PeakMemory(device)
+    kind, name = args.probe.split(":")
+    if kind == "eval":
+        x = torch.randn(args.batch_sizes[0], 3, args.image_size, args.image_size, device=device)
+        fn, _ = make_form(build_model(args.presets[0]).to(device).eval(), name, x, autocast)
+    else:
+        fn = train_steps(args, device, autocast)[name]
+    fn()
+    print(f"PEAK_MIB {memory(fn)}")
+
+
 def graph_breaks() -> int:
     from torch._dynamo.utils import counters
 
@@ -132,7 +161,7 @@ def make_form(base: torch.nn.Module, form: str, x: torch.Tensor, autocast) -> tu
     return run, note
 
 
-def bench_eval(args, device: torch.device, autocast, memory: PeakMemory) -> None:
+def bench_eval(args, device: torch.device, autocast) -> None:
     for preset in args.presets:
         base = build_model(preset).to(device).eval()
         compile_ok = args.compile_presets == ["all"] or preset in args.compile_presets
@@ -148,7 +177,9 @@ def bench_eval(args, device: torch.device, autocast, memory: PeakMemory) -> None
             rounds = args.iters or (20 if batch <= 4 else 5)
             times = interleaved_times(fns, rounds, device)
             med = {f: statistics.median(t) for f, t in times.items()}
-            peaks = {f: memory(fn) for f, fn in fns.items()}
+            del fns  # free the forms before the memory probes run
+            one = argparse.Namespace(**{**vars(args), "presets": [preset], "batch_sizes": [batch]})
+            peaks = {f: probe_memory(one, f"eval:{f}") for f in med}
             ref = med.get("reference")
             title = f"{preset}, batch {batch}, {args.image_size}x{args.image_size}, {device.type} {args.dtype}"
             print(f"\n{title} ({rounds} interleaved rounds, medians)")
@@ -164,10 +195,11 @@ def bench_eval(args, device: torch.device, autocast, memory: PeakMemory) -> None
 
 
 # -- training section ------------------------------------------------------------------------------
-def bench_train(args, device: torch.device, autocast, memory: PeakMemory) -> None:
-    preset, batch = args.train_preset, args.train_batch_size
+def train_steps(args, device: torch.device, autocast) -> dict[str, Callable[[], None]]:
+    """SGD steps of the reference form (``train_preset``), without and with gradient checkpointing."""
     torch.manual_seed(0)
-    model = build_model(preset).to(device).train()
+    model = build_model(args.train_preset).to(device).train()
+    batch = args.train_batch_size
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
     y = torch.randint(0, model.num_classes, (batch,), device=device)
@@ -182,10 +214,14 @@ def bench_train(args, device: torch.device, autocast, memory: PeakMemory) -> Non
             opt.step()
         return run
 
-    fns = {"plain": step(False), "checkpointing": step(True)}
-    times = interleaved_times(fns, args.train_steps, device)
+    return {"plain": step(False), "checkpointing": step(True)}
+
+
+def bench_train(args, device: torch.device, autocast) -> None:
+    preset, batch = args.train_preset, args.train_batch_size
+    times = interleaved_times(train_steps(args, device, autocast), args.train_steps, device)
     med = {k: statistics.median(v) for k, v in times.items()}
-    peaks = {k: memory(fn) for k, fn in fns.items()}
+    peaks = {k: probe_memory(args, f"train:{k}") for k in med}
     print(f"\ntraining step (SGD), {preset}, batch {batch}, {args.image_size}x{args.image_size}, "
           f"{device.type} {args.dtype} ({args.train_steps} interleaved steps, medians)")
     print("| form | images/s | step s | peak MiB | vs plain |")
@@ -240,6 +276,7 @@ def main() -> None:
     parser.add_argument("--train-batch-size", type=int, default=32)
     parser.add_argument("--train-steps", type=int, default=3, help="interleaved steps per configuration")
     parser.add_argument("--attention", action="store_true", help="also time OSRA's attention paths per stage")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: measure one form's memory (probe_memory)
     args = parser.parse_args()
     if args.no_compile:
         args.forms = [f for f in args.forms if not f.endswith("compiled")]
@@ -251,16 +288,17 @@ def main() -> None:
             return torch.autocast(device.type, dtype=torch.bfloat16)
     else:
         autocast = nullcontext
-    memory = PeakMemory(device)
+    if args.probe:
+        return run_probe(args, device, autocast)
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"torch {torch.__version__}, {where}, load average at start {os.getloadavg()[0]:.2f}")
     start = time.perf_counter()
-    bench_eval(args, device, autocast, memory)
+    bench_eval(args, device, autocast)
     if args.attention:
         bench_attention(args, device, autocast)
     if not args.no_train:
-        bench_train(args, device, autocast, memory)
+        bench_train(args, device, autocast)
     print(f"\ntotal {math.ceil(time.perf_counter() - start)} s, load average at end {os.getloadavg()[0]:.2f} "
           "(other processes on the machine slow every form alike but blur the ratios)")
 

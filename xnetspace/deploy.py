@@ -305,8 +305,8 @@ class FusedBlock(InferenceOnly):
 
 
 class FusedStage(InferenceOnly):
-    """A stage for inference: fused downsample, fused blocks, and the position bias resized once
-    per input size and cached (up to ``max_cached_sizes`` sizes; cleared by ``.to()``/``.half()``).
+    """A stage for inference: fused downsample, fused blocks, and the position bias (paper eq. 4, P)
+    resized once per input size and cached (up to ``max_cached_sizes`` sizes; cleared by ``.to()``/``.half()``).
 
     Under ``torch.compile``/``torch.export`` a size not yet cached is resized in the graph instead.
     Shapes: (B, C_in, 2H, 2W) -> (B, C, H, W) (or same size without downsample).

@@ -159,7 +159,8 @@ class OSRA(nn.Module):
 
     def fuse(self) -> nn.Module:
         """Inference form (:class:`xnetspace.deploy.FusedOSRA`): OSR's BNs folded (the last one, before
-        LR's zero-padded conv, as an affine map), LR's residual merged into its kernel, SDPA."""
+        LR's zero-padded conv, as an affine map), LR's residual merged into its kernel; attention
+        through SDPA off the CPU."""
         from .deploy import FusedOSRA, bn_scale_shift, merge_depthwise
 
         sr, scale, shift = None, None, None
