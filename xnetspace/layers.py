@@ -7,6 +7,7 @@ its outputs. Shapes: ``B`` batch, ``C`` channels, ``H x W`` map, ``N = H*W`` tok
 """
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence
 
 import torch
@@ -14,12 +15,31 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct, trunc_normal_
 from torch import Tensor, nn
 
-__all__ = ["LayerScale", "IDConv", "OSRA", "SqueezedTokenEnhancer", "DMixer", "MultiScaleDWConv", "MSFFN"]
+__all__ = [
+    "ConvBN", "LayerScale", "IDConv", "OSRA", "SqueezedTokenEnhancer", "DMixer", "MultiScaleDWConv", "MSFFN",
+    "dual_branch_tokens",
+]
+
+# Each module with an inference form has ``fuse()`` returning it (timm's ``reparameterize_model``
+# convention); the fused modules live in :mod:`xnetspace.deploy`, imported lazily since it imports
+# this module.
 
 
-def _conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, act: bool = False, **kwargs) -> ConvNormAct:
+class ConvBN(ConvNormAct):
+    """timm's ConvNormAct (keys ``conv``, ``bn``) whose ``fuse()`` folds the BN into the conv."""
+
+    def fuse(self) -> nn.Module:
+        """Eval-mode equivalent: the conv with BN folded in, then the activation if any."""
+        from .deploy import fold_bn
+
+        conv = fold_bn(self.conv, self.bn)
+        act = self.bn.act
+        return (conv if isinstance(act, nn.Identity) else nn.Sequential(conv, act)).eval()
+
+
+def _conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, act: bool = False, **kwargs) -> ConvBN:
     """Conv (no bias) -> BN (-> GELU): the release's ``ConvModule``; keys ``conv``, ``bn``."""
-    return ConvNormAct(in_chs, out_chs, kernel_size, bias=False, apply_act=act, act_layer=nn.GELU, **kwargs)
+    return ConvBN(in_chs, out_chs, kernel_size, bias=False, apply_act=act, act_layer=nn.GELU, **kwargs)
 
 
 class LayerScale(nn.Module):
@@ -36,6 +56,10 @@ class LayerScale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight, self.bias, groups=x.shape[1])
+
+    def scale_shift(self) -> tuple[Tensor, Tensor]:
+        """The map as ``scale * x + shift``, each (C,), for folding into a neighbouring conv."""
+        return self.weight.flatten(), self.bias
 
 
 class IDConv(nn.Module):
@@ -82,6 +106,13 @@ class IDConv(nn.Module):
         x = F.conv2d(x.reshape(1, B * C, H, W), weight, bias, padding=self.kernel_size // 2, groups=B * C)
         return x.reshape(B, C, H, W)
 
+    def fuse(self) -> nn.Module:
+        """Inference form (:class:`xnetspace.deploy.FusedIDConv`): proj's BN folded, proj run once."""
+        from .deploy import FusedIDConv
+
+        proj = nn.Sequential(self.proj[0].fuse(), copy.deepcopy(self.proj[1]))
+        return FusedIDConv(self.weight, self.bias, proj, self.kernel_size)
+
 
 class OSRA(nn.Module):
     """Overlapping spatial-reduction attention (paper section III-B2, eq. 4).
@@ -126,6 +157,21 @@ class OSRA(nn.Module):
         x = (attn @ v).transpose(-1, -2)  # (B, h, d, N)
         return x.reshape(B, C, H, W)
 
+    def fuse(self) -> nn.Module:
+        """Inference form (:class:`xnetspace.deploy.FusedOSRA`): OSR's BNs folded (the last one, before
+        LR's zero-padded conv, as an affine map), LR's residual merged into its kernel; attention
+        through SDPA off the CPU."""
+        from .deploy import FusedOSRA, bn_scale_shift, merge_depthwise
+
+        sr, scale, shift = None, None, None
+        if isinstance(self.sr, nn.Sequential):
+            sr = self.sr[0].fuse()
+            dw, bn = self.sr[1].conv, self.sr[1].bn  # depthwise 1x1 then BN: one affine map
+            scale, shift = bn_scale_shift(bn)
+            scale = scale * dw.weight.flatten()  # the 1x1 has no bias
+        return FusedOSRA(copy.deepcopy(self.q), sr, scale, shift, merge_depthwise([self.local_conv], identity=True),
+                         copy.deepcopy(self.kv), self.num_heads, self.scale)
+
 
 class SqueezedTokenEnhancer(nn.Module):
     """Squeezed token enhancer, STE (paper section III-B, eq. 2): a cheap channel/spatial mixer.
@@ -148,6 +194,18 @@ class SqueezedTokenEnhancer(nn.Module):
         x = self.bn_dw(self.act(self.conv_dw(x)))
         x = self.bn_reduce(self.act(self.conv_reduce(x)))
         return self.bn_expand(self.conv_expand(x))
+
+    def fuse(self, layer_scale: Optional[LayerScale] = None) -> nn.Module:
+        """Inference form (:class:`xnetspace.deploy.FusedSTE`): ``bn_dw`` into ``conv_reduce``,
+        ``bn_reduce`` and ``bn_expand`` into ``conv_expand`` (1x1, unpadded: exact), then
+        ``layer_scale`` (the block's LS1) into ``conv_expand`` too when given."""
+        from .deploy import FusedSTE, affine_then_conv, bn_scale_shift, conv_then_affine, fold_bn
+
+        reduce = affine_then_conv(*bn_scale_shift(self.bn_dw), self.conv_reduce)
+        expand = fold_bn(affine_then_conv(*bn_scale_shift(self.bn_reduce), self.conv_expand), self.bn_expand)
+        if layer_scale is not None:
+            expand = conv_then_affine(expand, *layer_scale.scale_shift())
+        return FusedSTE(copy.deepcopy(self.conv_dw), reduce, expand)
 
 
 class DMixer(nn.Module):
@@ -181,14 +239,30 @@ class DMixer(nn.Module):
         self.ste = SqueezedTokenEnhancer(dim, ste_dim)
 
     def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
-        if self.idconv is None:
-            x = self.osra(x, pos_bias)
-        elif self.osra is None:
-            x = self.idconv(x)
-        else:
-            x_local, x_global = x.split(self.split, dim=1)
-            x = torch.cat([self.idconv(x_local), self.osra(x_global, pos_bias)], dim=1)
+        x = dual_branch_tokens(x, pos_bias, self.split, self.idconv, self.osra)
         return self.ste(x) + x
+
+    def fuse(self, layer_scale: Optional[LayerScale] = None) -> nn.Module:
+        """Inference form (:class:`xnetspace.deploy.FusedDMixer`) with the block's LS1 folded in:
+        ``LS1(STE(Y) + Y) = STE'(Y) + w * Y``; the branches and STE fused."""
+        from .deploy import FusedDMixer
+
+        idconv = self.idconv.fuse() if isinstance(self.idconv, IDConv) else copy.deepcopy(self.idconv)
+        osra = None if self.osra is None else self.osra.fuse()
+        y_scale = None if layer_scale is None else layer_scale.scale_shift()[0]
+        return FusedDMixer(self.split, idconv, osra, self.ste.fuse(layer_scale), y_scale)
+
+
+def dual_branch_tokens(x: Tensor, pos_bias: Optional[Tensor], split: tuple[int, int],
+                       idconv: Optional[nn.Module], osra: Optional[nn.Module]) -> Tensor:
+    """D-Mixer's Y (paper eq. 2): ``concat(IDConv(X1), OSRA(X2, P))``, X1 the first ``split[0]``
+    channels, X2 the last ``split[1]``; a missing branch takes all channels. (B, C, H, W) -> same."""
+    if idconv is None:
+        return osra(x, pos_bias)
+    if osra is None:
+        return idconv(x)
+    x_local, x_global = x.split(split, dim=1)
+    return torch.cat([idconv(x_local), osra(x_global, pos_bias)], dim=1)
 
 
 class MultiScaleDWConv(nn.Module):
@@ -208,6 +282,13 @@ class MultiScaleDWConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([conv(part) for conv, part in zip(self.convs, x.split(self.splits, dim=1))], dim=1)
+
+    def fuse(self, identity: bool = False) -> nn.Conv2d:
+        """One depthwise conv of the largest kernel computing ``MSDW(x)`` (``+ x`` with ``identity``):
+        smaller kernels zero-padded and centred (exact, :func:`xnetspace.deploy.merge_depthwise`)."""
+        from .deploy import merge_depthwise
+
+        return merge_depthwise(self.convs, identity)
 
 
 class MSFFN(nn.Module):
@@ -232,3 +313,14 @@ class MSFFN(nn.Module):
         x = self.msdw(x) + x
         x = self.drop(self.norm(self.act(x)))
         return self.drop(self.fc2(x))
+
+    def fuse(self, layer_scale: Optional[LayerScale] = None) -> nn.Module:
+        """Inference form (:class:`xnetspace.deploy.FusedMSFFN`): ``MSDW(x) + x`` as one depthwise conv;
+        ``norm``, fc2's BN and ``layer_scale`` (the block's LS2) folded into fc2; ``fc1_bn`` kept as
+        an affine map (a zero-padded conv follows it, so folding it would change the borders)."""
+        from .deploy import FusedMSFFN, affine_then_conv, bn_scale_shift, conv_then_affine, fold_bn
+
+        fc2 = fold_bn(affine_then_conv(*bn_scale_shift(self.norm), self.fc2.conv), self.fc2.bn)
+        if layer_scale is not None:
+            fc2 = conv_then_affine(fc2, *layer_scale.scale_shift())
+        return FusedMSFFN(copy.deepcopy(self.fc1), *bn_scale_shift(self.fc1_bn), self.msdw.fuse(identity=True), fc2)

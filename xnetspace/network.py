@@ -9,6 +9,7 @@ Release checkpoints map onto it through :func:`xnetspace.checkpoint.convert_offi
 """
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple, Union
@@ -25,7 +26,17 @@ from torch import Tensor, nn
 from .layers import DMixer, LayerScale, MSFFN, _conv_bn
 from .spec import NetworkSpec, StageSpec, load_preset, reduced_size, resolve_spec
 
-__all__ = ["TransXNetBlock", "TransXNetStage", "TransXNet", "build_model"]
+__all__ = ["TransXNetBlock", "TransXNetStage", "TransXNet", "build_model", "resize_pos_bias"]
+
+
+def resize_pos_bias(pos_bias: Tensor, height: int, width: int, sr_ratio: int) -> Tensor:
+    """A stage's position bias (1, h, N0, M0) for an (height, width) map: (1, h, N, M), N = H*W,
+    M the tokens after OSR; resized bicubically (``align_corners=False``) unless already that size
+    (then ``pos_bias`` itself). Paper eq. 4, P."""
+    size = (height * width, reduced_size(height, sr_ratio) * reduced_size(width, sr_ratio))
+    if tuple(pos_bias.shape[-2:]) == size:
+        return pos_bias
+    return F.interpolate(pos_bias, size=size, mode="bicubic", align_corners=False)
 
 
 class TransXNetBlock(nn.Module):
@@ -65,6 +76,15 @@ class TransXNetBlock(nn.Module):
         x = x + self.drop_path(self.layer_scale1(self.mixer(self.norm1(x), pos_bias)))
         return x + self.drop_path(self.layer_scale2(self.ffn(self.norm2(x))))
 
+    def fuse(self) -> nn.Module:
+        """Inference form (:class:`xnetspace.deploy.FusedBlock`): DPE's residual in its centre tap,
+        LS1 folded into the D-Mixer, LS2 into MS-FFN's fc2; drop-path (identity in eval) dropped."""
+        from .deploy import FusedBlock, merge_depthwise
+
+        ls1, ls2 = (ls if isinstance(ls, LayerScale) else None for ls in (self.layer_scale1, self.layer_scale2))
+        return FusedBlock(merge_depthwise([self.dpe], identity=True), copy.deepcopy(self.norm1),
+                          self.mixer.fuse(ls1), copy.deepcopy(self.norm2), self.ffn.fuse(ls2))
+
 
 class TransXNetStage(nn.Module):
     """A stage: optional downsample (3x3 conv, stride 2, no bias -> BN), then ``depth`` blocks.
@@ -91,10 +111,7 @@ class TransXNetStage(nn.Module):
         """Position bias (1, h, N, M) for an (height, width) map: M counts the tokens after OSR."""
         if self.pos_bias is None:
             return None
-        size = (height * width, reduced_size(height, self.sr_ratio) * reduced_size(width, self.sr_ratio))
-        if tuple(self.pos_bias.shape[-2:]) == size:
-            return self.pos_bias
-        return F.interpolate(self.pos_bias, size=size, mode="bicubic", align_corners=False)
+        return resize_pos_bias(self.pos_bias, height, width, self.sr_ratio)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.downsample(x)
@@ -105,6 +122,14 @@ class TransXNetStage(nn.Module):
             else:
                 x = block(x, pos_bias)
         return x
+
+    def fuse(self) -> nn.Module:
+        """Inference form (:class:`xnetspace.deploy.FusedStage`): downsample's BN folded, blocks fused,
+        the resized position bias cached per input size."""
+        from .deploy import FusedStage
+
+        downsample = self.downsample.fuse() if hasattr(self.downsample, "fuse") else nn.Identity()
+        return FusedStage(downsample, self.pos_bias, self.sr_ratio, [block.fuse() for block in self.blocks])
 
 
 class TransXNet(nn.Module):
@@ -161,6 +186,28 @@ class TransXNet(nn.Module):
             trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    # -- inference form ---------------------------------------------------------------------------
+    @torch.jit.ignore
+    def reparameterize(self) -> "TransXNet":
+        """Switch to the inference form in place (:mod:`xnetspace.deploy`) and return ``self``.
+
+        The network then computes the same eval-mode function (within float rounding, checked to
+        1e-4 relative) with fewer, larger operators. A second call does nothing;
+        ``timm.utils.reparameterize_model(model)`` gives the same network. Afterwards ``train()``
+        raises ``RuntimeError`` and the state-dict keys differ: save the training form.
+        """
+        self.eval()
+        self.stem = self.stem.fuse() if hasattr(self.stem, "fuse") else self.stem
+        for i, stage in enumerate(self.stages):
+            if hasattr(stage, "fuse"):
+                self.stages[i] = stage.fuse()
+        return self
+
+    @property
+    def is_reparameterized(self) -> bool:
+        """True once :meth:`reparameterize` (or timm's ``reparameterize_model``) has run."""
+        return not any(hasattr(stage, "fuse") for stage in self.stages)
 
     # -- timm interface ---------------------------------------------------------------------------
     @torch.jit.ignore
