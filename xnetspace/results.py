@@ -112,7 +112,7 @@ def _plot_history(study: optuna.Study, path: Path) -> Path:
         ys.append(best)
     ax.step(xs, ys, where="post", color="C3", label="best so far")
     ax.set(xlabel="trial", ylabel="validation top-1 (%)", title=f"study '{study.study_name}'")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

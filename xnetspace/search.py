@@ -5,7 +5,7 @@ How a study runs (``run_search``):
 1. The space is checked before any trial: constraints no spec can meet are refused.
 2. The study lives in an Optuna RDB storage (default: SQLite in the output folder) with a
    heartbeat; a worker killed mid-trial leaves a trial that the heartbeat marks failed and
-   ``RetryFailedTrialCallback`` queues again, so nothing is lost.
+   ``RetryHeartbeatStaleTrialCallback`` queues again, so nothing is lost.
 3. ``--n-trials`` N counts the study's trials: the study holds N *slots*, queued trials that
    workers pop atomically, so any number of workers (processes, machines) sharing the storage
    run exactly N trials between them. Re-running a command tops the queue up to N again.
@@ -115,7 +115,7 @@ def open_study(config: StudyConfig, options: RunOptions, worker: int = 0) -> opt
             engine_kwargs={"connect_args": {"timeout": 60}} if options.storage_url.startswith("sqlite") else None,
             heartbeat_interval=options.heartbeat,
             grace_period=3 * options.heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
         )
     study = optuna.create_study(
         storage=storage, study_name=options.study_name, directions=config.directions, load_if_exists=True,
