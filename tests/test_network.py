@@ -126,6 +126,19 @@ def test_timm_interface():
         torch.testing.assert_close(model(x), pre)  # norm and pooling stay: pooled pre-logits
 
 
+def test_prune_intermediate_layers_keeps_what_the_taps_need():
+    model = build_model(tiny_spec()).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        full = model.forward_intermediates(x, intermediates_only=True)
+        assert model.prune_intermediate_layers(indices=[0, 1]) == [0, 1]
+        assert len(model.stages) == 2 and model.num_features == 32
+        pruned = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
+        assert model(x).shape == (1, 32, 8, 8)  # no norm, pool or classifier after the last kept stage
+    for a, b in zip(pruned, full[:2]):
+        torch.testing.assert_close(a, b)
+
+
 def test_num_classes_zero_returns_pooled_prelogits():
     model = build_model(tiny_spec(), num_classes=0).eval()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 64)

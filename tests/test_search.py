@@ -16,11 +16,11 @@ import torch
 from typer.testing import CliRunner
 
 import xnetspace.search as search_module
-from xnetspace import NetworkSpec, build_model, load_spec
+from xnetspace import build_model, load_spec
 from xnetspace.cli import app
 from xnetspace.cost import cost_report
 from xnetspace.search import RunOptions, SearchError, StudyConfig, run_search
-from xnetspace.space import SearchSpace, load_space
+from xnetspace.space import SearchSpace
 from xnetspace.train import Diverged, TrainConfig, TrainResult
 
 SPACE = {

@@ -195,7 +195,7 @@ def search(
         run_search(config, options)
     except KeyboardInterrupt:
         typer.echo("interrupted: completed trials are kept; run the same command again to continue", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except ValidationError as err:
         _fail(format_validation_error(err, "search options"))
     except (SpaceError, SpecError, SearchError, DataError, ValueError) as err:

@@ -235,8 +235,8 @@ class TransXNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the final linear layer (``num_classes == 0``: pooled pre-logits)."""
         self.num_classes = num_classes
-        if global_pool is not None:
-            self.head.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        if global_pool is not None:  # "" (no pooling) leaves the map unflattened, as in timm
+            self.head.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         if num_classes:
             self._init_weights(self.head.fc)
@@ -270,9 +270,13 @@ class TransXNet(nn.Module):
                                   prune_head: bool = True) -> List[int]:
         """Drop the stages (and head) that the ``indices`` taken do not need (timm API)."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1  # the head's norm is sized for the last stage
         self.stages = self.stages[: max_index + 1]
-        if prune_head or max_index < len(self.feature_info) - 1:
-            self.head.norm = nn.Identity() if prune_norm else self.head.norm
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_norm or prune_end:
+            self.head.norm = nn.Identity()
+        if prune_head or prune_end:
             self.reset_classifier(0, "")
         return take_indices
 
