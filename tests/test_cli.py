@@ -31,6 +31,12 @@ def test_build_preset_prints_the_stage_table_and_top5():
         assert text in out, out
 
 
+def test_build_is_reproducible_and_seeded():
+    first, again = (json.loads(_run("build", "transxnet_t", "--json", "--image-size", "64").output) for _ in range(2))
+    other = json.loads(_run("build", "transxnet_t", "--json", "--image-size", "64", "--seed", "1").output)
+    assert first["top5"] == again["top5"] and first["top5"] != other["top5"]
+
+
 def test_build_json_report(tmp_path):
     result = _run("build", "presets/transxnet_s.yaml", "--json", "--image-size", "97x131")
     assert result.exit_code == 0, result.output

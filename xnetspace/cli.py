@@ -89,12 +89,14 @@ def build(
     image: Optional[Path] = typer.Option(None, help="photograph to classify (default: scikit-image's 'chelsea')"),
     checkpoint: Optional[Path] = typer.Option(None, help="weights: a release checkpoint or one saved by --save"),
     save: Optional[Path] = typer.Option(None, help="save the network with its spec to this file"),
+    seed: int = typer.Option(0, help="seed of the random initialisation (without --checkpoint)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Build SPEC, print its per-stage cost, and classify one real photograph in eval mode."""
     from .data import DEFAULT_PHOTO, photo_batch
 
     net_spec, size = _load(spec, image_size)
+    torch.manual_seed(seed)  # the same command prints the same numbers
     model = build_model(net_spec).eval()
     try:
         if checkpoint is not None:
