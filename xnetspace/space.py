@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
-import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
                       model_validator)
 
 from .cost import ImageSize, cost_report, parse_image_size
-from .spec import NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty
+from .spec import NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty, yaml_mapping
 from .train import TrainConfig
 
 __all__ = ["SearchSpace", "Constraints", "SpaceError", "load_space", "parse_count", "RandomTrial", "SpaceCheck"]
@@ -510,13 +509,7 @@ def load_space(path: Union[str, Path]) -> SearchSpace:
 
 def _parse_space(text: str, source: str) -> SearchSpace:
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise SpaceError(f"{source}: not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise SpaceError(f"{source}: a space must be a mapping of fields")
-    try:
-        return SearchSpace.model_validate(data)
+        return SearchSpace.model_validate(yaml_mapping(text, "a space"))
     except ValidationError as err:
         raise SpaceError(format_validation_error(err, f"space file {source}").replace("knobs.", "")) from err
     except SpecError as err:

@@ -316,13 +316,7 @@ class NetworkSpec(BaseModel):
             SpecError: when the text is not YAML or not a mapping.
             pydantic.ValidationError: when the mapping is not a valid spec.
         """
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise SpecError(f"not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise SpecError(f"a spec must be a mapping of fields, got {type(data).__name__}")
-        return cls.model_validate(data)
+        return cls.model_validate(yaml_mapping(text, "a spec"))
 
     def digest(self) -> str:
         """Canonical hash of the architecture: equal for specs that build the same network,
@@ -333,6 +327,21 @@ class NetworkSpec(BaseModel):
 
 
 # -- files ----------------------------------------------------------------------------------------
+def yaml_mapping(text: str, what: str) -> dict:
+    """``yaml.safe_load`` of a file that must hold a mapping (a spec, a space).
+
+    Raises:
+        SpecError: not YAML, or not a mapping.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError(f"not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise SpecError(f"{what} must be a mapping of fields, got {type(data).__name__}")
+    return data
+
+
 def format_validation_error(err: ValidationError, source: str = "spec") -> str:
     """One paragraph from a pydantic error: each problem as ``stages[1].depth = 0: why``.
 
