@@ -260,3 +260,22 @@ def test_search_command_rejects_bad_input_with_status_2(args, message, tmp_path)
     result = runner.invoke(app, ["search", *args, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_measured_latency_is_a_constraint_and_an_objective(tmp_path, monkeypatch):
+    # A deterministic stand-in for the timer: "latency" grows with the widths.
+    monkeypatch.setattr(search_module, "measure_latency", lambda spec, *args, **kw: float(sum(spec.embed_dims)))
+    trainer = FakeTrainer()
+    monkeypatch.setattr(search_module, "train_candidate", trainer)
+    space = {**SPACE, "constraints": {**SPACE["constraints"], "max_latency_ms": 45}}
+    config, options = make(tmp_path, n_trials=6, space=space, objective="top1-latency", sampler="nsga2", pruner="none")
+    outcome = run_search(config, options)
+    assert trainer.specs and all(sum(s.embed_dims) <= 45 for s in trainer.specs)
+    trials = outcome.study.get_trials()
+    over = [t for t in trials if "latency" in t.user_attrs.get("reason", "")]
+    assert over and all(t.user_attrs["latency_ms"] > 45 and t.user_attrs.get("rejected") for t in over)
+    for t in counted(outcome.study):
+        if t.state == optuna.trial.TrialState.COMPLETE and "duplicate_of" not in t.user_attrs:
+            assert t.values[1] == t.user_attrs["latency_ms"] <= 45
+            assert t.system_attrs["constraints:latency_ms"] == t.user_attrs["latency_ms"] - 45
+    assert outcome.files["pareto"].stat().st_size > 0
