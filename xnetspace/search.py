@@ -45,7 +45,7 @@ from .train import Diverged, TimeLimitExceeded, TrainConfig, train_candidate
 
 __all__ = ["StudyConfig", "RunOptions", "SearchError", "run_search", "open_study", "Objective", "SearchOutcome"]
 
-Objective_ = Literal["top1", "top1-flops", "top1-latency"]
+ObjectiveName = Literal["top1", "top1-flops", "top1-latency"]
 _DIRECTIONS = {"top1": ["maximize"], "top1-flops": ["maximize", "minimize"], "top1-latency": ["maximize", "minimize"]}
 _CONFIG_ATTR = "xnetspace_config"
 _MAX_REJECTIONS_IN_A_ROW = 500
@@ -70,7 +70,7 @@ class StudyConfig(BaseModel):
 
     space: SearchSpace
     dataset: str = "digits"
-    objective: Objective_ = "top1"
+    objective: ObjectiveName = "top1"
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @property
@@ -314,7 +314,7 @@ class Objective:
 
 # -- workers -----------------------------------------------------------------------------------------
 def run_worker(config: StudyConfig, options: RunOptions, device: str = "cpu", worker: int = 0,
-               data: Optional[DataSplit] = None, stop: Optional[threading.Event] = None) -> None:
+               data: Optional[DataSplit] = None) -> None:
     """Run trials until the study's N slots are all done (waiting for other workers' running
     trials, which may still be requeued by the heartbeat), or ``options.timeout`` passes."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our monitor prints one line per trial
@@ -323,7 +323,7 @@ def run_worker(config: StudyConfig, options: RunOptions, device: str = "cpu", wo
     objective = Objective(config, data, options.n_trials, device, worker)
     deadline = time.monotonic() + options.timeout if options.timeout else math.inf
     poll = min(2.0, options.heartbeat / 2)
-    while time.monotonic() < deadline and not (stop and stop.is_set()):
+    while time.monotonic() < deadline:
         with warnings.catch_warnings():  # fail_stale_trials is marked experimental; optimize uses it too
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
