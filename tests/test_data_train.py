@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from xnetspace.data import DataError, load_dataset
-from xnetspace.train import Diverged, TimeLimitExceeded, TrainConfig, train_candidate
+from xnetspace.search.data import DataError, load_dataset
+from xnetspace.search.train import Diverged, TimeLimitExceeded, TrainConfig, train_candidate
 
 from .conftest import tiny_spec
 

@@ -15,13 +15,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import xnetspace.search as search_module
+import xnetspace.search.objective as objective_module
+from xnetspace.search.study import is_live
 from xnetspace import build_model, load_spec
 from xnetspace.cli import app
 from xnetspace.cost import cost_report
 from xnetspace.search import RunOptions, SearchError, StudyConfig, run_search
-from xnetspace.space import SearchSpace
-from xnetspace.train import Diverged, TrainConfig, TrainResult
+from xnetspace.search.space import SearchSpace
+from xnetspace.search.train import Diverged, TrainConfig, TrainResult
 
 SPACE = {
     "name": "test",
@@ -60,12 +61,12 @@ class FakeTrainer:
 
 
 def counted(study):
-    return [t for t in study.get_trials() if search_module._is_live(t)]
+    return [t for t in study.get_trials() if is_live(t)]
 
 
 def test_no_over_budget_spec_ever_reaches_the_trainer(tmp_path, monkeypatch):
     trainer = FakeTrainer()
-    monkeypatch.setattr(search_module, "train_candidate", trainer)
+    monkeypatch.setattr(objective_module, "train_candidate", trainer)
     config, options = make(tmp_path, n_trials=12)
     outcome = run_search(config, options)
     low, high = config.space.constraints.flops
@@ -85,7 +86,7 @@ def test_no_over_budget_spec_ever_reaches_the_trainer(tmp_path, monkeypatch):
 
 def test_identical_specs_are_trained_once(tmp_path, monkeypatch):
     trainer = FakeTrainer()
-    monkeypatch.setattr(search_module, "train_candidate", trainer)
+    monkeypatch.setattr(objective_module, "train_candidate", trainer)
     single = {**SPACE, "stage_defaults": {"depth": 1, "mlp_ratio": 1},
               "stages": [{"embed_dim": 8, "sr_ratio": 2}, {"embed_dim": 16}]}
     config, options = make(tmp_path, n_trials=3, space=single)
@@ -100,7 +101,7 @@ def test_failing_trials_do_not_stop_the_study(tmp_path, monkeypatch):
     trainer = FakeTrainer(fail={1: Diverged("loss became nan at epoch 1, update 3"),
                                 2: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
                                 3: RuntimeError("something else broke")})
-    monkeypatch.setattr(search_module, "train_candidate", trainer)
+    monkeypatch.setattr(objective_module, "train_candidate", trainer)
     config, options = make(tmp_path, n_trials=5)
     study = run_search(config, options).study
     trials = counted(study)
@@ -124,7 +125,7 @@ def test_pruner_stops_weak_trials(tmp_path, monkeypatch):
                 report(epoch, top1 + epoch)
             return TrainResult(history=[top1, top1 + 1], seconds=0.01)
 
-    monkeypatch.setattr(search_module, "train_candidate", Weak())
+    monkeypatch.setattr(objective_module, "train_candidate", Weak())
     config, options = make(tmp_path, n_trials=9, space={**SPACE, "train": {**SPACE["train"], "epochs": 3}})
     config = config.model_copy(update={"train": TrainConfig(image_size=16, epochs=3, batch_size=32)})
     study = run_search(config, options).study
@@ -147,7 +148,7 @@ def test_short_study_on_synthetic_data_writes_every_result(tmp_path):
 
 
 def test_multi_objective_study_gives_a_pareto_front(tmp_path, monkeypatch):
-    monkeypatch.setattr(search_module, "train_candidate", FakeTrainer())
+    monkeypatch.setattr(objective_module, "train_candidate", FakeTrainer())
     config, options = make(tmp_path, n_trials=6, objective="top1-flops", sampler="nsga2", pruner="none")
     outcome = run_search(config, options)
     assert outcome.files["pareto"].stat().st_size > 0
@@ -160,7 +161,7 @@ def test_multi_objective_study_gives_a_pareto_front(tmp_path, monkeypatch):
 
 def test_resume_continues_up_to_n_in_total(tmp_path, monkeypatch):
     trainer = FakeTrainer()
-    monkeypatch.setattr(search_module, "train_candidate", trainer)
+    monkeypatch.setattr(objective_module, "train_candidate", trainer)
     config, options = make(tmp_path, n_trials=3)
     first = run_search(config, options).study
     done = {t.number: t.values for t in counted(first)}
@@ -173,7 +174,7 @@ def test_resume_continues_up_to_n_in_total(tmp_path, monkeypatch):
 
 
 def test_resume_with_another_recipe_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(search_module, "train_candidate", FakeTrainer())
+    monkeypatch.setattr(objective_module, "train_candidate", FakeTrainer())
     config, options = make(tmp_path, n_trials=1)
     run_search(config, options)
     other = config.model_copy(update={"train": TrainConfig(image_size=16, epochs=3, batch_size=32)})
@@ -264,9 +265,9 @@ def test_search_command_rejects_bad_input_with_status_2(args, message, tmp_path)
 
 def test_measured_latency_is_a_constraint_and_an_objective(tmp_path, monkeypatch):
     # A deterministic stand-in for the timer: "latency" grows with the widths.
-    monkeypatch.setattr(search_module, "measure_latency", lambda spec, *args, **kw: float(sum(spec.embed_dims)))
+    monkeypatch.setattr(objective_module, "measure_latency", lambda spec, *args, **kw: float(sum(spec.embed_dims)))
     trainer = FakeTrainer()
-    monkeypatch.setattr(search_module, "train_candidate", trainer)
+    monkeypatch.setattr(objective_module, "train_candidate", trainer)
     space = {**SPACE, "constraints": {**SPACE["constraints"], "max_latency_ms": 45}}
     config, options = make(tmp_path, n_trials=6, space=space, objective="top1-latency", sampler="nsga2", pruner="none")
     outcome = run_search(config, options)

@@ -9,7 +9,7 @@ import yaml
 
 from xnetspace import NetworkSpec, load_preset
 from xnetspace.cost import cost_report
-from xnetspace.space import RandomTrial, SearchSpace, SpaceError, load_space, parse_count
+from xnetspace.search.space import RandomTrial, SearchSpace, SpaceError, load_space, parse_count
 
 SHIPPED = ["tiny_cpu", "transxnet_paper", "transxnet_stage_ratio"]
 

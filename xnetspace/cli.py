@@ -93,7 +93,7 @@ def build(
     as_json: bool = JsonOpt,
 ) -> None:
     """Build SPEC, print its per-stage cost, and classify one real photograph in eval mode."""
-    from .data import DEFAULT_PHOTO, photo_batch
+    from .search.data import DEFAULT_PHOTO, photo_batch
 
     net_spec, size = _load(spec, image_size)
     torch.manual_seed(seed)  # the same command prints the same numbers
@@ -167,9 +167,9 @@ def search(
     heartbeat: int = typer.Option(10, help="heartbeat interval in seconds; dead workers' trials are retried"),
 ) -> None:
     """Search a design space under a FLOP budget with proxy training (Optuna)."""
-    from .data import DataError
+    from .search.data import DataError
     from .search import RunOptions, SearchError, StudyConfig, run_search
-    from .space import SpaceError, load_space, parse_count
+    from .search.space import SpaceError, load_space, parse_count
 
     try:
         space_def = load_space(space)
@@ -212,7 +212,7 @@ def space(
     in_chans: int = typer.Option(3, "--in-chans", help="input channels of the dataset"),
 ) -> None:
     """Check a design space: its Optuna parameters and how many random specs meet its budget."""
-    from .space import SpaceError, load_space
+    from .search.space import SpaceError, load_space
 
     try:
         space_def = load_space(space_file)

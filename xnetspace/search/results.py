@@ -7,16 +7,28 @@ is the Pareto-optimal trial with the highest top-1 and ``trials.csv`` marks the 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .space import _human
-from .spec import NetworkSpec
+from ..spec import NetworkSpec
+from .progress import log
+from .space import human_count
 
-__all__ = ["write_results", "best_trial", "pareto_front"]
+__all__ = ["SearchOutcome", "write_results", "best_trial", "pareto_front"]
+
+
+@dataclass
+class SearchOutcome:
+    """What a finished (or interrupted) search produced."""
+
+    study: optuna.Study
+    best: Optional[FrozenTrial]
+    files: dict[str, Path] = field(default_factory=dict)
+    baseline: Optional[dict] = None
 
 
 def _candidates(study: optuna.Study) -> list[FrozenTrial]:
@@ -40,8 +52,6 @@ def best_trial(study: optuna.Study) -> Optional[FrozenTrial]:
 
 def write_results(study: optuna.Study, config, options, baseline: Optional[dict] = None):
     """Write the result files into ``options.out`` and print the best trial beside the baseline."""
-    from .search import SearchOutcome, _log
-
     out = Path(options.out)
     files = {"trials": _write_trials_csv(study, out / "trials.csv"), "history": _plot_history(study, out / "history.png")}
     if len(study.directions) > 1:
@@ -54,12 +64,12 @@ def write_results(study: optuna.Study, config, options, baseline: Optional[dict]
                   f"{'x'.join(map(str, config.space.constraints.image_size))}, {best.user_attrs['params']:,} params.\n")
         files["best_spec"] = out / "best_spec.yaml"
         files["best_spec"].write_text(header + spec.to_yaml())
-        _log(options, f"best: trial {best.number}, {_human(best.user_attrs['flops'])} FLOPs, "
-                      f"{_human(best.user_attrs['params'])} params, top-1 {best.values[0]:.2f}  -> {files['best_spec']}")
+        log(options, f"best: trial {best.number}, {human_count(best.user_attrs['flops'])} FLOPs, "
+                      f"{human_count(best.user_attrs['params'])} params, top-1 {best.values[0]:.2f}  -> {files['best_spec']}")
     if baseline:
-        _log(options, f"baseline {baseline['preset']}: {_human(baseline['flops'])} FLOPs, "
-                      f"{_human(baseline['params'])} params, top-1 {baseline['top1']:.2f} (same recipe)")
-    _log(options, "results: " + ", ".join(str(p) for p in files.values()))
+        log(options, f"baseline {baseline['preset']}: {human_count(baseline['flops'])} FLOPs, "
+                      f"{human_count(baseline['params'])} params, top-1 {baseline['top1']:.2f} (same recipe)")
+    log(options, "results: " + ", ".join(str(p) for p in files.values()))
     return SearchOutcome(study, best, files, baseline)
 
 

@@ -26,11 +26,11 @@ from typing import Annotated, Any, Optional, Union
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
                       model_validator)
 
-from .cost import ImageSize, cost_report, parse_image_size
-from .spec import NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty, yaml_mapping
+from ..cost import ImageSize, cost_report, parse_image_size
+from ..spec import NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty, yaml_mapping
 from .train import TrainConfig
 
-__all__ = ["SearchSpace", "Constraints", "SpaceError", "load_space", "parse_count", "RandomTrial", "SpaceCheck"]
+__all__ = ["SearchSpace", "Constraints", "SpaceError", "load_space", "parse_count", "human_count", "RandomTrial", "SpaceCheck"]
 
 KNOBS = tuple(StageSpec.model_fields)
 _SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
@@ -202,15 +202,16 @@ class Constraints(BaseModel):
         """Why a spec of ``flops`` and ``params`` is over budget (empty: within budget)."""
         out = []  # each message reads "<what> <value> <above max|below min> <limit>"
         if self.flops is not None and flops > self.flops[1]:
-            out.append(f"FLOPs {_human(flops)} above max {_human(self.flops[1])}")
+            out.append(f"FLOPs {human_count(flops)} above max {human_count(self.flops[1])}")
         if self.flops is not None and flops < self.flops[0]:
-            out.append(f"FLOPs {_human(flops)} below min {_human(self.flops[0])}")
+            out.append(f"FLOPs {human_count(flops)} below min {human_count(self.flops[0])}")
         if self.max_params is not None and params > self.max_params:
-            out.append(f"params {_human(params)} above max {_human(self.max_params)}")
+            out.append(f"params {human_count(params)} above max {human_count(self.max_params)}")
         return out
 
 
-def _human(count: int) -> str:
+def human_count(count: int) -> str:
+    """A count in short form: ``1558000`` -> ``1.558M`` (G, M, k suffixes; 4 significant digits)."""
     for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if count >= scale:
             return f"{count / scale:.4g}{suffix}"
@@ -374,9 +375,9 @@ class SearchSpace(BaseModel):
         c = self.constraints
         parts = [f"at {c.image_size[0]}x{c.image_size[1]}"]
         if c.flops:
-            parts.append(f"FLOPs in [{_human(c.flops[0])}, {_human(c.flops[1])}]")
+            parts.append(f"FLOPs in [{human_count(c.flops[0])}, {human_count(c.flops[1])}]")
         if c.max_params:
-            parts.append(f"params <= {_human(c.max_params)}")
+            parts.append(f"params <= {human_count(c.max_params)}")
         return ", ".join(parts)
 
     def with_flops(self, flops_min: Optional[int] = None, flops_max: Optional[int] = None) -> "SearchSpace":
@@ -409,9 +410,9 @@ class SpaceCheck:
     def summary(self) -> str:
         reasons = "; ".join(f"{r} ({n}x)" for r, n in self.top_reasons) or "none"
         return (f"{self.valid:,} of {self.draws:,} draws valid, {self.feasible:,} within budget "
-                f"({100 * self.acceptance:.1f}%); FLOPs seen {_human(self.flops_range[0])}-"
-                f"{_human(self.flops_range[1])}, params {_human(self.params_range[0])}-"
-                f"{_human(self.params_range[1])}; commonest rejections: {reasons}")
+                f"({100 * self.acceptance:.1f}%); FLOPs seen {human_count(self.flops_range[0])}-"
+                f"{human_count(self.flops_range[1])}, params {human_count(self.params_range[0])}-"
+                f"{human_count(self.params_range[1])}; commonest rejections: {reasons}")
 
 
 def _first_reason(err: ValidationError) -> str:

@@ -32,7 +32,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from timm.models import get_pretrained_cfg
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from .spec import NetworkSpec
+from ..spec import NetworkSpec
 
 __all__ = ["DataSplit", "DataError", "load_dataset", "DATASETS", "eval_data_config", "eval_transform", "load_photo",
            "photo_batch", "DEFAULT_PHOTO"]

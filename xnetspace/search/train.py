@@ -22,8 +22,8 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .network import build_model
-from .spec import NetworkSpec
+from ..network import build_model
+from ..spec import NetworkSpec
 
 __all__ = ["TrainConfig", "TrainResult", "Diverged", "TimeLimitExceeded", "train_candidate", "evaluate"]
 
@@ -80,7 +80,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> floa
 
 def train_candidate(
     spec: NetworkSpec,
-    data,  # xnetspace.data.DataSplit
+    data,  # xnetspace.search.data.DataSplit
     config: TrainConfig = TrainConfig(),
     device: str | torch.device = "cpu",
     report: Optional[Callable[[int, float], None]] = None,

@@ -1,0 +1,165 @@
+"""One trial: sample a spec, reject or deduplicate it before anything is built, train, report.
+
+Each trial samples a spec; invalid or over-budget samples are *rejected* before anything is
+built (the cost model is exact), recorded as pruned trials with the reason (which teaches the
+sampler where the budget ends), and replaced by a new slot; the trial that finally trains records
+how many samples were rejected before it. A spec identical to an earlier candidate (same
+canonical hash) is not trained again: the trial takes the earlier result. The candidate is
+proxy-trained; each epoch's top-1 is reported so a pruner can stop it. Divergence or an overrun
+time limit ends it as pruned, out-of-memory or any other error as failed, with the reason in the
+trial's user attributes; the study goes on.
+"""
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from typing import NoReturn, Optional, Sequence
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
+
+from ..cost import cost_report, measure_latency
+from ..spec import NetworkSpec
+from .data import DataSplit
+from .space import SpaceError
+from .study import StudyConfig, live_slots
+from .train import Diverged, TimeLimitExceeded, train_candidate
+
+__all__ = ["Objective", "TrialFailed", "SurplusTrial"]
+
+_MAX_REJECTIONS_IN_A_ROW = 500
+
+
+class TrialFailed(RuntimeError):
+    """A trial ended in failure with a recorded reason (out of memory, an error in training)."""
+
+
+class SurplusTrial(RuntimeError):
+    """A trial created when the study's N slots were already taken; it does nothing."""
+
+
+class Objective:
+    """The Optuna objective: sample, reject or deduplicate, train, report. Loads data once."""
+
+    def __init__(self, config: StudyConfig, data: DataSplit, n_trials: int, device: str, worker: int = 0):
+        self.config, self.data, self.n_trials = config, data, n_trials
+        self.device, self.worker = device, worker
+        self.space = config.space
+        self.rejected_in_a_row = 0
+
+    def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
+        if not self._holds_slot(trial):
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial("the study's slots were all taken")
+        try:
+            spec = self.space.sample(trial, num_classes=self.data.num_classes, in_chans=self.data.in_chans)
+        except ValidationError as err:
+            self._reject(trial, "invalid spec: " + err.errors()[0]["msg"].removeprefix("Value error, "))
+        report = cost_report(spec, self.space.constraints.image_size)
+        spec = spec.model_copy(update={"name": f"{self.space.name}_trial{trial.number}"})  # a label only
+        for key, value in dict(flops=report.flops, params=report.params, spec_digest=spec.digest(),
+                               spec=spec.model_dump(mode="json"), worker=self.worker).items():
+            trial.set_user_attr(key, value)
+        problems = self.space.constraints.violations(report.flops, report.params)
+        if problems:
+            self._reject(trial, "over budget: " + "; ".join(problems))
+        duplicate = self._earlier_candidate(trial, spec.digest())
+        if duplicate is not None:
+            return self._repeat(trial, duplicate)
+        latency = self._latency(trial, spec)
+
+        trial.set_user_attr("rejected_samples", self.rejected_in_a_row)
+        self.rejected_in_a_row = 0
+        result = self._train(trial, spec)
+        if self.config.objective == "top1-flops":
+            return result.top1, float(report.flops)
+        if self.config.objective == "top1-latency":
+            return result.top1, latency
+        return result.top1
+
+    def _holds_slot(self, trial: optuna.Trial) -> bool:
+        """Only the first N live slots (by trial number) may run: exact N whatever the races."""
+        if not trial.user_attrs.get("slot"):
+            return False
+        live = [t.number for t in live_slots(trial.study)]
+        return trial.number in live[: self.n_trials]
+
+    def _reject(self, trial: optuna.Trial, reason: str) -> NoReturn:
+        """Record why the sample is not trained, give its slot back, and end the trial pruned."""
+        trial.set_user_attr("rejected", True)
+        trial.set_user_attr("reason", reason)
+        trial.study.enqueue_trial({}, user_attrs={"slot": True})  # the slot goes back to the queue
+        self.rejected_in_a_row += 1
+        if self.rejected_in_a_row >= _MAX_REJECTIONS_IN_A_ROW:
+            raise SpaceError(f"{self.rejected_in_a_row} samples in a row were rejected (last: {reason}); "
+                             f"widen the space or the budget")
+        raise optuna.TrialPruned(reason)
+
+    def _earlier_candidate(self, trial: optuna.Trial, digest: str) -> Optional[FrozenTrial]:
+        for other in trial.study.get_trials(deepcopy=False):
+            if (other.number != trial.number and other.user_attrs.get("spec_digest") == digest
+                    and not other.user_attrs.get("rejected") and other.state != TrialState.FAIL
+                    and other.user_attrs.get("slot") and not other.user_attrs.get("surplus")):
+                if other.state == TrialState.RUNNING:
+                    self._reject(trial, f"same spec as trial {other.number}, still training")
+                return other
+        return None
+
+    def _repeat(self, trial: optuna.Trial, earlier: FrozenTrial) -> float | Sequence[float]:
+        trial.set_user_attr("duplicate_of", earlier.number)
+        for key in ("top1_history", "latency_ms", "seconds"):
+            if key in earlier.user_attrs:
+                trial.set_user_attr(key, earlier.user_attrs[key])
+        if earlier.state != TrialState.COMPLETE:
+            trial.set_user_attr("reason", f"same spec as trial {earlier.number}, which was pruned")
+            raise optuna.TrialPruned(trial.user_attrs["reason"])
+        return earlier.values if len(earlier.values) > 1 else earlier.values[0]
+
+    def _latency(self, trial: optuna.Trial, spec: NetworkSpec) -> float:
+        constraints = self.space.constraints
+        if self.config.objective != "top1-latency" and constraints.max_latency_ms is None:
+            return math.nan
+        latency = measure_latency(spec, constraints.latency_batch_size, constraints.image_size, self.device,
+                                  min_run_time=0.3)
+        trial.set_user_attr("latency_ms", latency)
+        if constraints.max_latency_ms is not None:
+            # Known only after measuring: an Optuna constraint (feasible when <= 0) that
+            # constraint-aware samplers learn from; over the limit, the spec is not trained.
+            trial.set_constraint("latency_ms", latency - constraints.max_latency_ms)
+            if latency > constraints.max_latency_ms:
+                self._reject(trial, f"over budget: latency {latency:.1f} ms above max {constraints.max_latency_ms:g} ms")
+        return latency
+
+    def _train(self, trial: optuna.Trial, spec: NetworkSpec):
+        history: list[float] = []
+        single = len(self.config.directions) == 1
+
+        def report(epoch: int, top1: float) -> None:
+            history.append(top1)
+            trial.set_user_attr("top1_history", history)
+            if single:
+                trial.report(top1, epoch)
+                if trial.should_prune():
+                    trial.set_user_attr("reason", f"pruner stopped it after epoch {epoch + 1}")
+                    raise optuna.TrialPruned(trial.user_attrs["reason"])
+
+        start = time.perf_counter()
+        try:
+            return train_candidate(spec, self.data, self.config.train, self.device, report)
+        except (Diverged, TimeLimitExceeded) as err:
+            trial.set_user_attr("reason", f"{type(err).__name__}: {err}")
+            raise optuna.TrialPruned(str(err)) from None
+        except optuna.TrialPruned:
+            raise
+        except torch.OutOfMemoryError as err:
+            trial.set_user_attr("reason", f"out of memory: {str(err).splitlines()[0]}")
+            raise TrialFailed("out of memory") from None
+        except Exception as err:  # noqa: BLE001 - any error ends this trial, never the study
+            trial.set_user_attr("reason", f"{type(err).__name__}: {err}")
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            raise TrialFailed(str(err)) from None
+        finally:
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
