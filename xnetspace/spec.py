@@ -12,6 +12,7 @@ Visual Recognition", arXiv 2310.19380, section III (the network) and Table I (th
 from __future__ import annotations
 
 import difflib
+import reprlib
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ from typing import Any, Mapping, Optional
 import yaml
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "StageSpec",
@@ -35,6 +36,25 @@ __all__ = [
     "preset_names",
     "resolve_spec",
     "reduced_size",
+    "shorten",
+    "short_repr",
+    "read_text_file",
+    "yaml_mapping",
+    "check_image_size",
+    "MAX_STAGES",
+    "MAX_DEPTH",
+    "MAX_EMBED_DIM",
+    "MAX_HEADS",
+    "MAX_SR_RATIO",
+    "MAX_IDCONV_GROUPS",
+    "MAX_KERNEL_SIZE",
+    "MAX_FFN_KERNELS",
+    "MAX_MLP_RATIO",
+    "MAX_IN_CHANS",
+    "MAX_CLASSES",
+    "MAX_IMAGE_SIZE",
+    "MAX_FILE_BYTES",
+    "MAX_YAML_NODES",
 ]
 
 # Fixed parts of the architecture (release `models/transxnet.py`): they are not search knobs.
@@ -43,6 +63,27 @@ IDCONV_REDUCTION = 4  # IDConv's proj: c -> c // 4 -> G * c (paper eq. 3)
 STE_REDUCTION = 8  # STE hidden width max(16, C // 8) (paper eq. 2)
 STE_MIN_CHANNELS = 16
 _WHOLE_TOL = 1e-6  # float products (0.5 * 48) must be whole within this, never rounded
+
+# Upper bounds where larger values are physically meaningless for an image network (the paper's
+# largest model, TransXNet-B, has depth 12, width 512, 8 heads, sr_ratio 8, kernels <= 7). They
+# keep a hostile spec from asking for billions of blocks before the memory check can refuse it.
+MAX_STAGES = 16  # each stage halves the map: 16 stages reduce 16384 px to 1 px
+MAX_DEPTH = 256  # blocks per stage (ResNet-1202 has 200 per stage)
+MAX_EMBED_DIM = 16384  # channels per stage
+MAX_HEADS = 1024
+MAX_SR_RATIO = 64
+MAX_IDCONV_GROUPS = 64
+MAX_KERNEL_SIZE = 31  # RepLKNet's largest depthwise kernel
+MAX_FFN_KERNELS = 16  # MS-FFN branches
+MAX_MLP_RATIO = 64.0
+MAX_IN_CHANS = 4096  # hyperspectral images have a few hundred bands
+MAX_CLASSES = 1_000_000
+MAX_IMAGE_SIZE = 16384  # pixels per side, for image_size and for any input size
+MAX_NAME_LENGTH = 100
+MAX_FILE_BYTES = 1 << 20  # spec and space files are a few hundred bytes; 1 MiB is generous
+MAX_YAML_NODES = 100_000  # nodes after YAML aliases expand (a "billion laughs" file has 10^9)
+SHORT_VALUE = 80  # characters of an offending value quoted in an error message
+MAX_PROBLEMS = 20  # problems listed in one validation message
 
 
 class SpecError(ValueError):
@@ -68,6 +109,55 @@ def _whole(value: float) -> Optional[int]:
     return nearest if abs(value - nearest) <= _WHOLE_TOL * max(1.0, abs(value)) else None
 
 
+def shorten(text: str, limit: int = SHORT_VALUE) -> str:
+    """``text`` cut to ``limit`` characters, ending in ``...`` when cut (error messages stay short
+    whatever the input)."""
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
+
+def short_repr(value: Any, limit: int = SHORT_VALUE) -> str:
+    """``repr(value)`` cut to ``limit`` characters. Long strings and containers are cut before
+    ``repr`` sees all of them, so a huge value costs no more than a small one."""
+    if isinstance(value, str):
+        return shorten(repr(value[: limit + 1]), limit)
+    if isinstance(value, (list, tuple)) and len(value) > limit:
+        value = list(value[:limit])
+    elif isinstance(value, dict) and len(value) > limit:
+        value = dict(list(value.items())[:limit])
+    return shorten(reprlib_repr(value), limit)
+
+
+def reprlib_repr(value: Any) -> str:
+    """``repr`` with nesting and lengths capped (``reprlib``): recursive or deep data stays short."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 3, 8, 8, 8, SHORT_VALUE, SHORT_VALUE
+    return r.repr(value)
+
+
+def check_image_size(size: tuple[int, int], what: str = "image size") -> tuple[int, int]:
+    """``size`` (H, W) when both sides lie in 1..MAX_IMAGE_SIZE pixels.
+
+    Raises:
+        SpecError: a side out of range (the message gives the bound).
+    """
+    if not all(1 <= side <= MAX_IMAGE_SIZE for side in size):
+        raise SpecError(f"{what} {shorten(str(tuple(size)))} is out of range: each side must be "
+                        f"1..{MAX_IMAGE_SIZE} pixels")
+    return size
+
+
+def _at_most(limit: int, what: str):
+    """A before-validator refusing a list longer than ``limit`` without validating its items
+    (a million-entry list is refused at once, not after a million item checks)."""
+
+    def check(items: Any) -> Any:
+        if isinstance(items, (list, tuple)) and len(items) > limit:
+            raise ValueError(f"{len(items):,} {what}; at most {limit} allowed")
+        return items
+
+    return check
+
+
 def _odd_kernel(k: int) -> int:
     if k % 2 == 0:
         raise ValueError("kernel sizes must be odd (padding K // 2 keeps the size)")
@@ -86,7 +176,7 @@ def non_empty(message: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-OddKernel = Annotated[int, Field(ge=1), AfterValidator(_odd_kernel)]
+OddKernel = Annotated[int, Field(ge=1, le=MAX_KERNEL_SIZE), AfterValidator(_odd_kernel)]
 
 
 class StageSpec(BaseModel):
@@ -97,19 +187,27 @@ class StageSpec(BaseModel):
     channels to OSRA (paper eq. 2, Table IX); 0 gives an IDConv-only mixer, 1 an OSRA-only one.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    depth: int = Field(ge=1, description="number of blocks in the stage")
-    embed_dim: int = Field(ge=1, description="channels C of the stage")
-    num_heads: int = Field(1, ge=1, description="OSRA heads; must divide the attention channels")
-    sr_ratio: int = Field(1, ge=1, description="OSRA spatial-reduction ratio r (1: none)")
-    idconv_groups: int = Field(2, ge=1, description="IDConv attention groups G (1: static DW conv)")
-    idconv_kernel_size: OddKernel = Field(7, description="IDConv kernel size K (odd)")
-    mlp_ratio: float = Field(4.0, gt=0, description="MS-FFN hidden width / embed_dim")
+    depth: int = Field(ge=1, le=MAX_DEPTH, description=f"number of blocks in the stage, 1..{MAX_DEPTH}")
+    embed_dim: int = Field(ge=1, le=MAX_EMBED_DIM, description=f"channels C of the stage, 1..{MAX_EMBED_DIM}")
+    num_heads: int = Field(1, ge=1, le=MAX_HEADS,
+                           description=f"OSRA heads, 1..{MAX_HEADS}; must divide the attention channels")
+    sr_ratio: int = Field(1, ge=1, le=MAX_SR_RATIO,
+                          description=f"OSRA spatial-reduction ratio r, 1..{MAX_SR_RATIO} (1: none)")
+    idconv_groups: int = Field(2, ge=1, le=MAX_IDCONV_GROUPS,
+                               description=f"IDConv attention groups G, 1..{MAX_IDCONV_GROUPS} (1: static DW conv)")
+    idconv_kernel_size: OddKernel = Field(7, description=f"IDConv kernel size K (odd, 1..{MAX_KERNEL_SIZE})")
+    mlp_ratio: float = Field(4.0, gt=0, le=MAX_MLP_RATIO,
+                             description=f"MS-FFN hidden width / embed_dim, finite, in (0, {MAX_MLP_RATIO:g}]")
     ffn_kernel_sizes: Annotated[tuple[OddKernel, ...], non_empty("ffn_kernel_sizes needs at least one kernel size, e.g. [1, 3, 5, 7]")] = Field(
-        (1, 3, 5, 7), description="MS-FFN depthwise kernel sizes (odd)"
+        (1, 3, 5, 7), description=f"MS-FFN depthwise kernel sizes (odd, 1..{MAX_KERNEL_SIZE}; "
+                                  f"1..{MAX_FFN_KERNELS} of them)"
     )
-    attn_ratio: float = Field(0.5, ge=0, le=1, description="share of channels that go to OSRA")
+    attn_ratio: float = Field(0.5, ge=0, le=1, description="share of channels that go to OSRA, finite, in [0, 1]")
+
+    _ffn_kernels_bounded = field_validator("ffn_kernel_sizes", mode="before")(
+        _at_most(MAX_FFN_KERNELS, "ffn_kernel_sizes"))
 
     @model_validator(mode="after")
     def _channels_fit(self) -> "StageSpec":
@@ -205,16 +303,30 @@ class NetworkSpec(BaseModel):
             value (``format_validation_error`` turns it into a short paragraph).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: str = Field("custom", min_length=1)
-    stages: Annotated[tuple[StageSpec, ...], non_empty("a network needs at least one stage")]
-    in_chans: int = Field(3, ge=1)
-    num_classes: int = Field(1000, ge=0, description="0: no classifier, the head returns pre-logits")
-    image_size: int = Field(224, ge=1, description="base image size of the position biases")
-    drop_rate: float = Field(0.0, ge=0, lt=1)
-    drop_path_rate: float = Field(0.0, ge=0, lt=1)
-    layer_scale_init_value: Optional[float] = Field(1e-5, description="None: no layer scale")
+    name: str = Field("custom", min_length=1, max_length=MAX_NAME_LENGTH,
+                      description=f"a label: 1..{MAX_NAME_LENGTH} printable characters")
+    stages: Annotated[tuple[StageSpec, ...], non_empty("a network needs at least one stage")] = Field(
+        description=f"the stages, 1..{MAX_STAGES} of them")
+    in_chans: int = Field(3, ge=1, le=MAX_IN_CHANS, description=f"input channels, 1..{MAX_IN_CHANS}")
+    num_classes: int = Field(1000, ge=0, le=MAX_CLASSES,
+                             description=f"classes, 0..{MAX_CLASSES:,}; 0: no classifier, the head returns pre-logits")
+    image_size: int = Field(224, ge=1, le=MAX_IMAGE_SIZE,
+                            description=f"base image size of the position biases, 1..{MAX_IMAGE_SIZE} pixels")
+    drop_rate: float = Field(0.0, ge=0, lt=1, description="MS-FFN dropout, in [0, 1)")
+    drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth at the last block, in [0, 1)")
+    layer_scale_init_value: Optional[float] = Field(1e-5, description="finite; None: no layer scale")
+
+    _stages_bounded = field_validator("stages", mode="before")(_at_most(MAX_STAGES, "stages"))
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, name: str) -> str:
+        # The name is printed in tables and logs: no control characters (terminal escapes).
+        if not name.isprintable():
+            raise ValueError("the name must be printable characters only (no newlines or control codes)")
+        return name
 
     # -- convenient views -------------------------------------------------------------------------
     @property
@@ -327,16 +439,92 @@ class NetworkSpec(BaseModel):
 
 
 # -- files ----------------------------------------------------------------------------------------
+def read_text_file(path: str | Path, what: str) -> str:
+    """The text of a small file (a spec, a space): at most ``MAX_FILE_BYTES``, UTF-8.
+
+    Reads no more than the limit, so ``/dev/zero`` or a multi-gigabyte file is refused at once.
+
+    Raises:
+        SpecError: missing, unreadable, not a regular file, too large, or not UTF-8 text.
+    """
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_file():
+            raise SpecError(f"{what} {shorten(str(path))!r} is not a regular file")
+        with open(path, "rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise SpecError(f"cannot read {what} {shorten(str(path))!r}: {err.strerror}") from err
+    if len(data) > MAX_FILE_BYTES:
+        raise SpecError(f"{what} {shorten(str(path))!r} is larger than {MAX_FILE_BYTES:,} bytes; "
+                        f"spec and space files are small YAML or JSON files")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{what} {shorten(str(path))!r} is not UTF-8 text (byte {err.start})") from err
+
+
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """Nodes in ``node`` with every alias expanded, counted without expanding (shared nodes are
+    counted once per use, from a memo), stopping early above ``limit``.
+
+    Raises:
+        SpecError: a node that contains itself (a recursive alias).
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise SpecError("a YAML alias refers to a node that contains it (recursive data)")
+        open_nodes.add(key)
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            children = n.value
+        elif isinstance(n, yaml.MappingNode):
+            children = [item for pair in n.value for item in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > limit:
+                break
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(node)
+
+
 def yaml_mapping(text: str, what: str) -> dict:
     """``yaml.safe_load`` of a file that must hold a mapping (a spec, a space).
 
+    The document is composed first and its size with every alias expanded is checked
+    (at most ``MAX_YAML_NODES`` nodes), so a "billion laughs" file is refused before it is built.
+
     Raises:
-        SpecError: not YAML, or not a mapping.
+        SpecError: too long, not YAML, too large once aliases expand, or not a mapping.
     """
+    if len(text) > MAX_FILE_BYTES:
+        raise SpecError(f"{what} of {len(text):,} characters is too long (at most {MAX_FILE_BYTES:,})")
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is not None:
+            nodes = _expanded_size(node, MAX_YAML_NODES)
+            if nodes > MAX_YAML_NODES:
+                raise SpecError(f"{what} has more than {MAX_YAML_NODES:,} YAML values once its aliases "
+                                f"(*name) are expanded; spec and space files have a few hundred")
+        data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as err:
-        raise SpecError(f"not valid YAML: {err}") from err
+        raise SpecError(f"not valid YAML: {shorten(str(err), 400)}") from err
+    except RecursionError:  # nesting deeper than Python's stack: no spec is like that
+        raise SpecError(f"{what} is nested too deeply to be a spec or space file") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise SpecError(f"{what} must be a mapping of fields, got {type(data).__name__}")
     return data
@@ -346,22 +534,27 @@ def format_validation_error(err: ValidationError, source: str = "spec") -> str:
     """One paragraph from a pydantic error: each problem as ``stages[1].depth = 0: why``.
 
     Unknown fields get a "did you mean" from the model's field names.
+    Values are quoted up to ``SHORT_VALUE`` characters and at most ``MAX_PROBLEMS`` problems are
+    listed (then a count of the rest), so the paragraph stays short whatever the input.
     """
     lines = []
-    for e in err.errors():
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
-        msg = e["msg"].removeprefix("Value error, ")
+    count = err.error_count()
+    for e in err.errors(include_url=False)[:MAX_PROBLEMS]:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{shorten(str(p), 40)}" for p in e["loc"]).lstrip(".")
+        msg = shorten(e["msg"].removeprefix("Value error, "), 300)
         if e["type"] == "extra_forbidden":
             msg = "unknown field" + _did_you_mean(str(e["loc"][-1]), in_stage=e["loc"][0] == "stages")
         # A whole mapping as the value means a cross-field rule, whose message names its values.
         shown = e["type"] != "missing" and not isinstance(e["input"], dict)
-        value = f" = {e['input']!r}" if shown else ""
+        value = f" = {short_repr(e['input'])}" if shown else ""
         lines.append(f"  {where or '(top level)'}{value}: {msg}")
-    count = len(lines)
-    return f"invalid {source} ({count} problem{'s' if count > 1 else ''}):\n" + "\n".join(lines)
+    if count > len(lines):
+        lines.append(f"  ... and {count - len(lines):,} more")
+    return f"invalid {source} ({count:,} problem{'s' if count > 1 else ''}):\n" + "\n".join(lines)
 
 
 def _did_you_mean(field: str, in_stage: bool) -> str:
+    field = field[:SHORT_VALUE]  # difflib on a megabyte-long key would take minutes
     here, there = (StageSpec, NetworkSpec) if in_stage else (NetworkSpec, StageSpec)
     if field in there.model_fields:
         return f" here: '{field}' is a field of {'the network' if in_stage else 'each entry of stages'}"
@@ -377,21 +570,19 @@ def load_spec(path: str | Path) -> NetworkSpec:
             lists every problem with its stage, field and value).
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise SpecError(f"cannot read spec file {str(path)!r}: {err.strerror}") from err
+    text = read_text_file(path, "spec file")
+    shown = shorten(str(path))
     try:
         if path.suffix == ".json":
             try:
                 return NetworkSpec.model_validate(json.loads(text))
-            except json.JSONDecodeError as err:
-                raise SpecError(f"{path}: not valid JSON: {err}") from err
+            except (json.JSONDecodeError, RecursionError) as err:
+                raise SpecError(f"{shown}: not valid JSON: {shorten(str(err), 300)}") from err
         return NetworkSpec.from_yaml(text)
     except ValidationError as err:
-        raise SpecError(format_validation_error(err, f"spec file {path}")) from err
+        raise SpecError(format_validation_error(err, f"spec file {shown}")) from err
     except SpecError as err:
-        raise SpecError(f"{path}: {err}") from err
+        raise SpecError(f"{shown}: {err}") from err
 
 
 def save_spec(spec: NetworkSpec, path: str | Path) -> Path:
@@ -415,9 +606,10 @@ def load_preset(name: str) -> NetworkSpec:
     Raises:
         SpecError: unknown name (the message lists the known ones).
     """
+    known = preset_names()
+    if name not in known:
+        raise SpecError(f"unknown preset {short_repr(name)}; known presets: {', '.join(known)}")
     file = resources.files("xnetspace") / "presets" / f"{name}.yaml"
-    if not file.is_file():
-        raise SpecError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
     return NetworkSpec.from_yaml(file.read_text())
 
 
@@ -432,6 +624,13 @@ def resolve_spec(spec: "NetworkSpec | Mapping[str, Any] | str | Path") -> Networ
         return spec
     if isinstance(spec, Mapping):
         return NetworkSpec.model_validate(dict(spec))
-    if isinstance(spec, Path) or Path(spec).suffix in (".yaml", ".yml", ".json") or Path(spec).exists():
+    if isinstance(spec, Path) or Path(spec).suffix in (".yaml", ".yml", ".json") or _exists(spec):
         return load_spec(spec)
     return load_preset(str(spec))
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL byte
+        return False
