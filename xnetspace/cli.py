@@ -158,6 +158,7 @@ def search(
     objective: str = typer.Option("top1", help="top1 | top1-flops | top1-latency"),
     sampler: Optional[str] = typer.Option(None, help="tpe | random | nsga2 | qmc (default: tpe, nsga2 for two objectives)"),
     pruner: Optional[str] = typer.Option(None, help="median | hyperband | none (default: median; none for two objectives)"),
+    population: bool = typer.Option(False, "--population", help="a population study for `xnetspace analyze`: --sampler random --pruner none --confirm-top 0"),
     seed: int = typer.Option(0, help="seed of the samplers and of the training"),
     storage: Optional[str] = typer.Option(None, help="Optuna RDB URL (default: sqlite in --out)"),
     study_name: Optional[str] = typer.Option(None, "--study-name", help="default: SPACE-DATASET-OBJECTIVE"),
@@ -185,6 +186,10 @@ def search(
         if two and pruner not in (None, "none"):
             raise ValueError("multi-objective studies cannot prune (Optuna's trial.report is single-objective); "
                              "drop --pruner")
+        if population:  # uniform, unpruned samples: an unbiased EDF of the space (pycls)
+            if sampler not in (None, "random") or pruner not in (None, "none"):
+                raise ValueError(f"--population means --sampler random --pruner none; drop --sampler {sampler} / --pruner {pruner}")
+            sampler, pruner = "random", "none"
         options = RunOptions(
             n_trials=n_trials, out=out or Path("runs") / name, storage=storage, study_name=name,
             sampler=sampler or ("nsga2" if two else "tpe"), pruner=pruner or ("none" if two else "median"),
@@ -224,6 +229,59 @@ def space(
     console.print(f"parameters ({len(params)}): {', '.join(params)}")
     console.print(check.summary())
 
+
+@app.command()
+def analyze(
+    runs: Optional[list[Path]] = typer.Argument(None, help="study output folders (each holds study.db), in the order to compare"),
+    storage: Optional[str] = typer.Option(None, help="an Optuna storage URL instead of folders (with --study-name)"),
+    study_names: Optional[list[str]] = typer.Option(None, "--study-name", help="a study in --storage (repeat for several)"),
+    out: Optional[Path] = typer.Option(None, help="folder for analysis.json and the figures (default: the run's folder for one run, else runs/analysis)"),
+    bins: int = typer.Option(5, help="FLOP bins of the complexity normalisation"),
+    force: bool = typer.Option(False, "--force", help="compare studies of different datasets or image sizes anyway"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Design-space analysis: error EDFs, knob importances and marginals of each study, and the
+    comparison of the first study with the others (KS statistic, bootstrap CIs)."""
+    import optuna
+
+    from .search.analysis import AnalysisError, analyze as analyze_studies, load_named_study, load_run, study_data
+    from .search.analysis_plots import write_analysis
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    runs, study_names = list(runs or []), list(study_names or [])
+    try:
+        if bool(storage) != bool(study_names):
+            raise AnalysisError("--storage and --study-name go together: give both, or study folders only")
+        if not runs and not study_names:
+            raise AnalysisError("nothing to analyse: give study output folders (RUN ...) or --storage URL --study-name NAME")
+        data = [study_data(load_run(run), str(run)) for run in runs]
+        data += [study_data(load_named_study(storage, name), f"{storage} :: {name}") for name in study_names]
+        result = analyze_studies(data, force=force, bins=bins)
+        folder = out or (runs[0] if len(data) == 1 and runs else Path("runs") / "analysis")
+        files = write_analysis(result, folder)
+    except AnalysisError as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for s in result["studies"]:
+        e = s["error"]
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(s["importance"].items())[:3]) or "none"
+        console.print(f"[bold]{s['name']}[/bold] ({s['space']}, {s['dataset']}, sampler {s['sampler']}): {s['n']} candidates, "
+                      f"{s['rejected']} samples rejected; error best {e['min']:.2f} / median {e['median']:.2f} / "
+                      f"mean {e['mean']:.2f} %; most important (fANOVA): {top}")
+        for note in s["warnings"]:
+            console.print(f"  warning: {note}", highlight=False)
+    for c in result.get("comparisons", [result["comparison"]] if "comparison" in result else []):
+        if c.get("ks_statistic") is not None:
+            lo, hi = c["mean_difference_ci95"]
+            blo, bhi = c["best_difference_ci95"]
+            console.print(f"[bold]{c['a']} vs {c['b']}[/bold]: KS {c['ks_statistic']:.3f} (p = {c['ks_pvalue']:.3g}); "
+                          f"mean error difference {c['mean_difference']:+.2f} [95% CI {lo:+.2f}, {hi:+.2f}], best "
+                          f"{c['best_difference']:+.2f} [{blo:+.2f}, {bhi:+.2f}]: {c['verdict']}")
+        for note in c["warnings"]:
+            console.print(f"  warning: {note}", highlight=False)
+    console.print("files: " + ", ".join(str(p) for p in files.values()))
 
 def _check_devices(devices: list[str]) -> None:
     for device in devices:

@@ -1,0 +1,513 @@
+"""Design-space analysis of finished studies: error EDFs, knob importances, per-knob marginals, and
+the comparison of two design spaces through their populations of trained candidates.
+
+The method is pycls's (Radosavovic et al. 2019, "On Network Design Spaces for Visual Recognition";
+2020, "Designing Network Design Spaces", section 2): sample models from each space, train them with
+one cheap recipe, and compare the *distributions* of their errors rather than the best point.
+
+- **Candidates** are a study's completed trials that trained a spec of their own: rejected
+  samples (over budget, invalid), repeats of an earlier spec (``duplicate_of``), and pruned or
+  failed trials are left out. The error of a candidate is ``100 - top-1`` in percent.
+- **EDF**: F(e) = fraction of candidates with error <= e, evaluated at each distinct error.
+  pycls writes F(e) = (1/n) sum 1[e_i < e]; the right-continuous form used here differs only at
+  the observed errors themselves, and equals ``scipy.stats.ecdf``.
+- **Complexity normalisation** (Radosavovic et al. 2019, section 4, "normalized comparison";
+  pycls's ``pycls/sweep`` plots the plain EDF only): spaces whose samples have different FLOP
+  distributions are not compared fairly, since larger models tend to have lower error. Each
+  candidate gets a weight ``w_i`` and F(e) = sum_i w_i 1[e_i <= e], with the weights chosen so that
+  every space has the *same* FLOP distribution, uniform over FLOP bins: the FLOP range of all the
+  studies analysed together is cut into ``k`` equal-width bins, and a candidate in bin ``j``
+  holding ``m_j`` of its study's candidates gets ``w = 1 / (k' * m_j)``, where ``k'`` counts the
+  bins that hold candidates of *every* study (candidates in the other bins get weight 0, and
+  the summary says how many). Then each study puts weight ``1/k'`` on each shared bin.
+- **Importance**: Optuna's fANOVA evaluator (functional ANOVA on a random forest: the share of the
+  error's variance each knob explains over the whole population) is what ``importance`` reports;
+  the PED-ANOVA evaluator (which knobs separate the best 10% of candidates from the rest) is
+  reported beside it as ``importance_ped_anova``. Neither is computed from fewer candidates than
+  knobs, and a knob that took a single value has no importance (listed in ``single_valued``).
+- **Marginals**: each knob's values against the mean error of the candidates with that value,
+  with the standard error and a 95% t-interval (knobs with more than 8 distinct numeric values are
+  grouped into quantile bins).
+- **Comparison** of two studies A and B: the two-sample Kolmogorov-Smirnov statistic of their
+  EDFs (``scipy.stats.ks_2samp``; also the largest gap of the complexity-normalised EDFs), and
+  percentile-bootstrap 95% CIs (``scipy.stats.bootstrap``, each sample resampled on its own) of
+  mean(A) - mean(B) and min(A) - min(B) in error points (negative: A is better). The bootstrap of a
+  minimum is a rough guide only: it can never produce a value below the observed best.
+
+A TPE (or NSGA-II) study is a *biased* sample: the sampler concentrates on what looked good, so
+its EDF describes the sampler as much as the space; a pruned study leaves its weakest candidates
+out. Random-sampled, unpruned studies (``xnetspace search --population``) are the right input.
+"""
+from __future__ import annotations
+
+import math
+import sqlite3
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+from scipy import stats
+
+from .study import StudyConfig, stored_settings
+
+__all__ = ["AnalysisError", "Candidate", "StudyData", "load_run", "load_named_study", "study_data", "edf",
+           "complexity_weights", "edf_distance", "importances", "marginals", "compare", "analyze",
+           "MIN_RELIABLE", "UNBIASED_SAMPLERS"]
+
+MIN_RELIABLE = 10  # fewer candidates than this: the EDF is shown but called unreliable
+UNBIASED_SAMPLERS = ("random", "qmc")
+_CONFIRM_SUFFIX = ":confirm"  # confirmation runs live in a second study of the same storage
+_MAX_LEVELS = 8  # knobs with more distinct values are binned for the marginals
+
+
+class AnalysisError(ValueError):
+    """Input that cannot be analysed (not a study, no candidates, incomparable studies)."""
+
+
+# -- reading studies ----------------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    """One trained, completed spec: its trial number, error (100 - top-1, percent), FLOPs
+    (fvcore's count at the space's constraint image size), params, and knob values."""
+
+    number: int
+    error: float
+    flops: int
+    params: int
+    spec_digest: str
+    knobs: dict[str, Any]
+
+
+@dataclass
+class StudyData:
+    """What the analysis needs from one study, read once from its storage."""
+
+    name: str
+    source: str
+    config: StudyConfig
+    settings: dict
+    candidates: list[Candidate]
+    distributions: dict[str, BaseDistribution]
+    rejected: int = 0
+    rejected_over_budget: int = 0
+    pruned: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    pruned_by_pruner: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def load_run(folder: Path | str) -> optuna.Study:
+    """The xnetspace study stored in ``FOLDER/study.db`` (the default storage of ``xnetspace
+    search --out FOLDER``); a study named ``NAME:confirm`` (confirmation runs) is not a candidate.
+
+    Raises:
+        AnalysisError: no such folder, no ``study.db`` in it, a file that is not an Optuna
+            SQLite storage, no study in it, or several (name one with ``--storage``/``--study-name``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AnalysisError(f"run folder {str(folder)!r} does not exist (give a study's output folder, "
+                            f"the --out of xnetspace search)")
+    db = folder / "study.db"
+    if not db.is_file():
+        raise AnalysisError(f"{str(folder)!r} is not a study folder: it has no study.db (the default storage of "
+                            f"xnetspace search --out); for another storage use --storage URL --study-name NAME")
+    try:  # read-only look first: opening it through Optuna would create tables in any SQLite file
+        with sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True) as con:
+            tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+    except sqlite3.DatabaseError as err:
+        raise AnalysisError(f"{str(db)!r} is not an SQLite database ({err})") from None
+    if "studies" not in tables:
+        raise AnalysisError(f"{str(db)!r} is not an Optuna storage (it has no 'studies' table)")
+    url = f"sqlite:///{db.resolve()}"
+    names = [n for n in optuna.get_all_study_names(url) if not n.endswith(_CONFIRM_SUFFIX)]
+    if not names:
+        raise AnalysisError(f"{str(db)!r} holds no study")
+    if len(names) > 1:
+        raise AnalysisError(f"{str(db)!r} holds {len(names)} studies ({', '.join(sorted(names))}); name one: "
+                            f"--storage {url} --study-name NAME")
+    return optuna.load_study(study_name=names[0], storage=url)
+
+
+def load_named_study(storage: str, study_name: str) -> optuna.Study:
+    """Study ``study_name`` in the Optuna storage URL ``storage``.
+
+    Raises:
+        AnalysisError: the storage cannot be opened or holds no study of that name.
+    """
+    try:
+        names = optuna.get_all_study_names(storage)
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy's errors for bad URLs are many kinds
+        raise AnalysisError(f"cannot open storage {storage!r}: {str(err).splitlines()[0]}") from None
+    if study_name not in names:
+        raise AnalysisError(f"storage {storage!r} has no study named {study_name!r} "
+                            f"(it has: {', '.join(sorted(names)) or 'none'})")
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def study_data(study: optuna.Study, source: str = "") -> StudyData:
+    """Read a finished (or unfinished) xnetspace study's candidates and counts.
+
+    Raises:
+        AnalysisError: the study was not made by xnetspace (no stored config).
+    """
+    config, settings = stored_settings(study)
+    if config is None:
+        raise AnalysisError(f"study {study.study_name!r} was not made by xnetspace search (it has no stored "
+                            f"config), so its trials' top-1, FLOPs and slots are unknown")
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    data = StudyData(study.study_name, source or study.study_name, config, settings, [], {})
+    for t in trials:
+        attrs = t.user_attrs
+        if attrs.get("rejected"):
+            data.rejected += 1
+            data.rejected_over_budget += str(attrs.get("reason", "")).startswith("over budget")
+        elif not attrs.get("slot"):
+            continue
+        elif "duplicate_of" in attrs:
+            data.duplicates += 1
+        elif t.state == TrialState.COMPLETE:
+            data.candidates.append(Candidate(t.number, 100.0 - float(t.values[0]), int(attrs.get("flops", 0)),
+                                             int(attrs.get("params", 0)), attrs.get("spec_digest", ""), dict(t.params)))
+            data.distributions.update(t.distributions)
+        elif t.state == TrialState.PRUNED:
+            data.pruned += 1
+            data.pruned_by_pruner += str(attrs.get("reason", "")).startswith("pruner")
+        elif t.state == TrialState.FAIL and "reason" in attrs:
+            data.failed += 1
+    return data
+
+
+# -- EDFs ---------------------------------------------------------------------------------------------
+def edf(errors: Sequence[float], weights: Optional[Sequence[float]] = None) -> tuple[list[float], list[float]]:
+    """The (weighted) empirical distribution function of ``errors``: the distinct errors, sorted,
+    and F(e) = sum of the weights of the errors <= e (plain EDF: each weight 1/n).
+
+    Args:
+        errors: n errors in percent.
+        weights: n non-negative weights (normalised here to sum 1); zero-weight errors still appear.
+
+    Raises:
+        AnalysisError: no errors, or weights of another length, negative, or summing to 0.
+    """
+    e = np.asarray(errors, dtype=float)
+    if e.size == 0:
+        raise AnalysisError("an EDF needs at least one error")
+    w = np.full(e.size, 1.0 / e.size) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != e.shape or (w < 0).any() or w.sum() <= 0:
+        raise AnalysisError(f"EDF weights must be {e.size} non-negative numbers with a positive sum")
+    values = np.unique(e)
+    cumulative = np.cumsum(w[np.argsort(e, kind="stable")])
+    cumulative /= cumulative[-1]  # the last fraction is exactly 1
+    index = np.searchsorted(np.sort(e), values, side="right") - 1  # last position of each value
+    return values.tolist(), cumulative[index].tolist()
+
+
+def edf_distance(a: tuple[list[float], list[float]], b: tuple[list[float], list[float]]) -> float:
+    """The largest gap sup_e |F_A(e) - F_B(e)| between two EDFs given as (errors, fractions),
+    the Kolmogorov-Smirnov statistic (for plain EDFs it equals ``scipy.stats.ks_2samp``'s)."""
+    grid = np.union1d(a[0], b[0])
+
+    def at(f: tuple[list[float], list[float]]) -> np.ndarray:
+        index = np.searchsorted(f[0], grid, side="right") - 1
+        return np.where(index >= 0, np.asarray(f[1])[np.maximum(index, 0)], 0.0)
+
+    return float(np.max(np.abs(at(a) - at(b))))
+
+
+def complexity_weights(flops: Sequence[Sequence[float]], bins: int = 5) -> tuple[list[np.ndarray], dict]:
+    """Weights that give each study the same FLOP distribution (Radosavovic et al. 2019, section 4):
+    uniform over the equal-width FLOP bins that hold candidates of every study.
+
+    Args:
+        flops: per study, its candidates' FLOPs (fvcore's count: one multiply-add = one flop).
+        bins: k, the number of equal-width bins over the FLOP range of all studies together.
+
+    Returns:
+        per study, one weight per candidate (each study's weights sum to 1), and a description:
+        ``bins`` (k), ``edges`` (k + 1 FLOP counts), ``shared_bins`` (k') and ``dropped`` (per
+        study, candidates with weight 0 because their bin is empty in another study).
+
+    Raises:
+        AnalysisError: bins < 1, a study without candidates, or no bin shared by all studies.
+    """
+    if bins < 1:
+        raise AnalysisError(f"bins must be at least 1, got {bins}")
+    if not flops or any(len(f) == 0 for f in flops):
+        raise AnalysisError("complexity normalisation needs candidates in every study")
+    arrays = [np.asarray(f, dtype=float) for f in flops]
+    low, high = min(a.min() for a in arrays), max(a.max() for a in arrays)
+    edges = np.linspace(low, high, bins + 1) if high > low else np.array([low, low + 1.0])
+    k = len(edges) - 1
+    # bin j holds [edges[j], edges[j+1]); the last bin also holds the maximum
+    index = [np.clip(np.searchsorted(edges, a, side="right") - 1, 0, k - 1) for a in arrays]
+    counts = [np.bincount(i, minlength=k) for i in index]
+    shared = np.logical_and.reduce([c > 0 for c in counts])
+    if not shared.any():
+        raise AnalysisError(f"no FLOP bin (of {k}) holds candidates of every study: their FLOP ranges do not "
+                            f"overlap, so no complexity-normalised comparison exists; try fewer --bins")
+    weights = []
+    for i, c in zip(index, counts):
+        w = np.where(shared[i], 1.0 / (shared.sum() * np.maximum(c[i], 1)), 0.0)
+        weights.append(w)
+    return weights, {"bins": k, "edges": edges.tolist(), "shared_bins": int(shared.sum()),
+                     "dropped": [int((w == 0).sum()) for w in weights]}
+
+
+# -- importance and marginals -------------------------------------------------------------------------
+def importances(candidates: Sequence[Candidate], distributions: dict[str, BaseDistribution],
+                seed: int = 0) -> tuple[dict[str, dict[str, float]], list[str], list[str]]:
+    """Knob importances for the error, by Optuna's fANOVA and PED-ANOVA evaluators.
+
+    Each evaluator's values are non-negative and normalised to sum 1 over the knobs that varied.
+    Repeats of a spec are not candidates, so no spec is counted twice.
+
+    Returns:
+        ``{"fanova": {knob: value}, "ped_anova": {knob: value}}`` (empty dicts where nothing can be
+        computed), the knobs that took a single value (no importance), and warnings.
+    """
+    notes: list[str] = []
+    values: dict[str, set] = {}
+    for c in candidates:
+        for knob, value in c.knobs.items():
+            values.setdefault(knob, set()).add(value)
+    single = sorted(k for k, v in values.items() if len(v) == 1)
+    varying = sorted(k for k, v in values.items() if len(v) > 1)
+    if single:
+        notes.append(f"{len(single)} knob(s) took a single value in every candidate, so they have no importance: "
+                     + ", ".join(f"{k} = {next(iter(values[k]))}" for k in single))
+    if not varying:
+        notes.append("no knob varied between candidates: no importance")
+        return {"fanova": {}, "ped_anova": {}}, single, notes
+    if len(candidates) < len(varying):
+        notes.append(f"no importance from {len(candidates)} candidates for {len(varying)} knobs "
+                     f"(it needs at least as many candidates as knobs)")
+        return {"fanova": {}, "ped_anova": {}}, single, notes
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line for a scratch study
+    try:
+        study = optuna.create_study(direction="minimize")  # in memory: the candidates only, error as the value
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    study.add_trials([optuna.trial.create_trial(params=c.knobs, distributions={k: distributions[k] for k in c.knobs},
+                                                value=c.error) for c in candidates])
+    evaluators = {"fanova": optuna.importance.FanovaImportanceEvaluator(seed=seed),
+                  "ped_anova": optuna.importance.PedAnovaImportanceEvaluator()}
+    result = {}
+    for name, evaluator in evaluators.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental-argument notices and "importances equal" notes
+            raw = optuna.importance.get_param_importances(study, evaluator=evaluator, params=varying, normalize=False)
+        raw = {k: max(0.0, float(v)) for k, v in raw.items()}
+        total = sum(raw.values())
+        if total == 0:
+            notes.append(f"{name}: every knob's importance is 0 (no knob separates the candidates' errors)")
+        result[name] = {k: (v / total if total else 0.0) for k, v in sorted(raw.items(), key=lambda kv: -kv[1])}
+    if len(candidates) < 50:
+        notes.append(f"PED-ANOVA compares the best 10% ({math.ceil(0.1 * len(candidates))} candidates) with the "
+                     f"rest; below 50 candidates it is unstable")
+    return result, single, notes
+
+
+def marginals(candidates: Sequence[Candidate]) -> dict[str, list[dict]]:
+    """Per knob, per value (or value bin): ``n``, ``mean_error``, ``sem`` (standard error of the
+    mean, ddof 1; None for n = 1) and ``ci95`` (t-interval, [lo, hi]; None for n = 1), in percent.
+    Knobs with more than 8 distinct numeric values are cut into 5 quantile bins, each shown as its
+    mean value with ``range`` [lo, hi]."""
+    knobs = sorted({k for c in candidates for k in c.knobs})
+    out: dict[str, list[dict]] = {}
+    for knob in knobs:
+        pairs = [(c.knobs[knob], c.error) for c in candidates if knob in c.knobs]
+        levels = sorted({v for v, _ in pairs}, key=lambda v: (isinstance(v, str), v))
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels)
+        if numeric and len(levels) > _MAX_LEVELS:
+            edges = np.unique(np.quantile([v for v, _ in pairs], np.linspace(0, 1, 6)))
+            groups = {}
+            for v, e in pairs:
+                j = int(np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2))
+                groups.setdefault(j, []).append((v, e))
+            rows = [_row(float(np.mean([v for v, _ in g])), [e for _, e in g], [float(edges[j]), float(edges[j + 1])])
+                    for j, g in sorted(groups.items())]
+        else:
+            rows = [_row(level, [e for v, e in pairs if v == level]) for level in levels]
+        out[knob] = rows
+    return out
+
+
+def _row(value: Any, errors: list[float], value_range: Optional[list[float]] = None) -> dict:
+    n, mean = len(errors), float(np.mean(errors))
+    sem = float(stats.sem(errors)) if n > 1 else None
+    ci = None
+    if n > 1:
+        half = float(stats.t.ppf(0.975, n - 1)) * sem
+        ci = [mean - half, mean + half]
+    row = {"value": value, "n": n, "mean_error": mean, "sem": sem, "ci95": ci}
+    if value_range is not None:
+        row["range"] = value_range
+    return row
+
+
+# -- comparison ---------------------------------------------------------------------------------------
+def compare(a: Sequence[float], b: Sequence[float], seed: int = 0, n_resamples: int = 9999) -> dict:
+    """Compare the errors of study A with those of study B (percent).
+
+    Returns:
+        ``ks_statistic`` and ``ks_pvalue`` (``scipy.stats.ks_2samp``, two-sided),
+        ``mean_difference`` and ``best_difference`` (mean(A) - mean(B), min(A) - min(B); negative:
+        A is better), and their percentile-bootstrap 95% CIs ``mean_difference_ci95``,
+        ``best_difference_ci95`` (``scipy.stats.bootstrap``, A and B resampled independently,
+        ``n_resamples`` resamples, seeded).
+
+    Raises:
+        AnalysisError: a study with fewer than 2 candidates.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size < 2 or b.size < 2:
+        raise AnalysisError(f"a comparison needs at least 2 candidates in each study (got {a.size} and {b.size})")
+    ks = stats.ks_2samp(a, b)
+    result = {"ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
+              "mean_difference": float(a.mean() - b.mean()), "best_difference": float(a.min() - b.min())}
+    for key, fn in (("mean_difference", np.mean), ("best_difference", np.min)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # identical resamples: a zero-width CI
+            boot = stats.bootstrap((a, b), lambda x, y, axis: fn(x, axis=axis) - fn(y, axis=axis), vectorized=True,
+                                   n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed))
+        result[f"{key}_ci95"] = [float(boot.confidence_interval.low), float(boot.confidence_interval.high)]
+    return result
+
+
+# -- the whole analysis -------------------------------------------------------------------------------
+def analyze(studies: Sequence[StudyData], force: bool = False, bins: int = 5, seed: int = 0) -> dict:
+    """Analyse one or more studies (the object that ``analysis.json`` holds).
+
+    Returns:
+        ``{"studies": [...], "importance_method": "fanova", "normalization": {...},
+        "comparison": {...}}`` with, per study (in the order given): ``name``, ``source``, ``space``,
+        ``dataset``, ``image_size`` (proxy training, pixels), ``sampler``, ``pruner``, ``n``
+        (candidates), ``rejected`` (samples rejected before training: over budget or invalid),
+        ``sampled``, ``pruned``, ``failed``, ``duplicates``, ``error`` (min/median/mean/max),
+        ``best``, ``edf`` and ``edf_normalized`` (``error`` and ``fraction`` lists),
+        ``importance`` (fANOVA), ``importance_ped_anova``, ``single_valued``, ``marginals`` and
+        ``warnings``. ``comparison`` (first study against the second; see :func:`compare`, plus
+        ``ks_statistic_normalized``, ``a``, ``b``, ``verdict``, ``warnings``) is present for 2+
+        studies, and ``comparisons`` lists every later study against the first when there are 3+.
+
+    Raises:
+        AnalysisError: no studies, a study without candidates, or studies of different datasets
+            or proxy image sizes without ``force``.
+    """
+    if not studies:
+        raise AnalysisError("nothing to analyse: give at least one study")
+    for s in studies:
+        if not s.candidates:
+            raise AnalysisError(f"study {s.name!r} ({s.source}) has no completed candidates yet: nothing to analyse "
+                                f"({s.rejected} rejected, {s.pruned} pruned, {s.failed} failed trials)")
+    mismatch = _mismatch(studies)
+    if mismatch and not force:
+        raise AnalysisError(f"refusing to compare studies of {mismatch}: their errors are not on one scale "
+                            f"(another task or resolution changes every error); pass --force to compare anyway")
+    try:
+        weights, normalization = complexity_weights([[c.flops for c in s.candidates] for s in studies], bins)
+    except AnalysisError as err:  # the plain analysis still stands
+        weights, normalization = [np.zeros(len(s.candidates)) for s in studies], {"error": str(err)}
+    normalization["method"] = ("equal-width FLOP bins over all studies; each study weighted uniform over the bins "
+                               "that hold candidates of every study (Radosavovic et al. 2019, section 4)")
+    result: dict[str, Any] = {"studies": [], "importance_method": "fanova", "normalization": normalization}
+    for s, w in zip(studies, weights):
+        result["studies"].append(_study_summary(s, w, seed))
+    if len(studies) >= 2:
+        pairs = [(0, j) for j in range(1, len(studies))]
+        comparisons = [_comparison(studies[i], studies[j], result["studies"][i], result["studies"][j], mismatch, seed)
+                       for i, j in pairs]
+        result["comparison"] = comparisons[0]
+        if len(comparisons) > 1:
+            result["comparisons"] = comparisons
+    return result
+
+
+def _mismatch(studies: Sequence[StudyData]) -> str:
+    datasets = {s.config.dataset for s in studies}
+    sizes = {tuple(_size(s)) for s in studies}
+    problems = []
+    if len(datasets) > 1:
+        problems.append("different datasets (" + ", ".join(f"{s.name}: {s.config.dataset}" for s in studies) + ")")
+    if len(sizes) > 1:
+        problems.append("different image sizes (" + ", ".join(f"{s.name}: {'x'.join(map(str, _size(s)))}"
+                                                             for s in studies) + ")")
+    return " and ".join(problems)
+
+
+def _size(s: StudyData) -> list[int]:
+    size = s.config.train.image_size
+    return list(size) if isinstance(size, (tuple, list)) else [int(size), int(size)]
+
+
+def _study_summary(s: StudyData, weights: np.ndarray, seed: int) -> dict:
+    errors = [c.error for c in s.candidates]
+    sampler, pruner = s.settings.get("sampler", "unknown"), s.settings.get("pruner", "unknown")
+    notes = []
+    if sampler not in UNBIASED_SAMPLERS:
+        what = "was not recorded" if sampler == "unknown" else f"is {sampler}"
+        notes.append(f"the sampler {what}: a {sampler.upper() if sampler != 'unknown' else 'TPE'} study is a biased "
+                     f"sample (it concentrates on what looked good), so its EDF describes the sampler as much as the "
+                     f"space; use a population study (xnetspace search --population) for EDFs")
+    if s.pruned_by_pruner:
+        notes.append(f"{s.pruned_by_pruner} trial(s) stopped by the pruner are not in the EDF (the weak ones): "
+                     f"it is optimistic; population studies use --pruner none")
+    if len(errors) < MIN_RELIABLE:
+        notes.append(f"only {len(errors)} completed candidates (fewer than {MIN_RELIABLE}): the EDF is not reliable "
+                     f"(pycls samples about 100 models per space)")
+    if s.failed:
+        notes.append(f"{s.failed} trial(s) failed and are not in the EDF")
+    if s.duplicates:
+        notes.append(f"{s.duplicates} trial(s) repeated an earlier spec and are counted once")
+    importance, single, importance_notes = importances(s.candidates, s.distributions, seed)
+    best = min(s.candidates, key=lambda c: (c.error, c.flops))
+    plain = edf(errors)
+    normalized = edf(errors, weights) if weights.sum() > 0 else ([], [])
+    return {
+        "name": s.name, "source": s.source, "space": s.config.space.name, "dataset": s.config.dataset,
+        "image_size": _size(s), "sampler": sampler, "pruner": pruner, "n": len(errors),
+        "rejected": s.rejected, "rejected_over_budget": s.rejected_over_budget,
+        "sampled": s.rejected + len(errors) + s.pruned + s.failed + s.duplicates,
+        "pruned": s.pruned, "failed": s.failed, "duplicates": s.duplicates,
+        "error": {"min": float(np.min(errors)), "median": float(np.median(errors)), "mean": float(np.mean(errors)),
+                  "max": float(np.max(errors))},
+        "flops": {"min": min(c.flops for c in s.candidates), "max": max(c.flops for c in s.candidates)},
+        "best": {"trial": best.number, "error": best.error, "flops": best.flops, "params": best.params,
+                 "spec_digest": best.spec_digest},
+        "edf": {"error": plain[0], "fraction": plain[1]},
+        "edf_normalized": {"error": normalized[0], "fraction": normalized[1]},
+        "importance": importance["fanova"], "importance_ped_anova": importance["ped_anova"],
+        "single_valued": single, "marginals": marginals(s.candidates), "warnings": notes + importance_notes,
+    }
+
+
+def _comparison(a: StudyData, b: StudyData, sa: dict, sb: dict, mismatch: str, seed: int) -> dict:
+    notes = [f"compared despite {mismatch} (--force)"] if mismatch else []
+    if min(sa["n"], sb["n"]) < 2:
+        return {"a": a.name, "b": b.name, "ks_statistic": None, "ks_pvalue": None, "mean_difference_ci95": None,
+                "best_difference_ci95": None, "warnings": notes + ["a comparison needs 2+ candidates in each study"]}
+    errors_a, errors_b = [c.error for c in a.candidates], [c.error for c in b.candidates]
+    result = {"a": a.name, "b": b.name, **compare(errors_a, errors_b, seed)}
+    na, nb = sa["edf_normalized"], sb["edf_normalized"]
+    result["ks_statistic_normalized"] = (edf_distance((na["error"], na["fraction"]), (nb["error"], nb["fraction"]))
+                                         if na["error"] and nb["error"] else None)
+    low, high = result["mean_difference_ci95"]
+    if low > 0 or high < 0:
+        better = b.name if low > 0 else a.name
+        result["verdict"] = f"{better} has the lower mean error (the 95% CI of the difference excludes 0)"
+    else:
+        result["verdict"] = "no detectable difference in mean error (the 95% CI of the difference contains 0)"
+    if min(sa["n"], sb["n"]) < MIN_RELIABLE:
+        notes.append(f"fewer than {MIN_RELIABLE} candidates in a study: the comparison is not reliable")
+    if {sa["sampler"], sb["sampler"]} - set(UNBIASED_SAMPLERS):
+        notes.append("a study that is not randomly sampled is compared: the difference may be the sampler's")
+    result["warnings"] = notes
+    return result

@@ -1,0 +1,120 @@
+"""Figures and files of a design-space analysis: ``analysis.json``, ``edf.png``, ``importance.png``,
+``marginals.png`` (matplotlib, Agg), all drawn from the object :func:`.analysis.analyze` returns."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+__all__ = ["write_analysis"]
+
+
+def write_analysis(result: dict, out: Path) -> dict[str, Path]:
+    """Write ``analysis.json`` and the three figures into ``out`` (created if missing).
+
+    Returns:
+        ``{"json": ..., "edf": ..., "importance": ..., "marginals": ...}``: the paths written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / "analysis.json"}
+    files["json"].write_text(json.dumps(result, indent=2) + "\n")
+    files["edf"] = _plot_edf(result, out / "edf.png")
+    files["importance"] = _plot_importance(result, out / "importance.png")
+    files["marginals"] = _plot_marginals(result, out / "marginals.png")
+    return files
+
+
+def _label(study: dict) -> str:
+    e = study["error"]
+    return f"{study['name']} (n={study['n']}, best {e['min']:.2f}, mean {e['mean']:.2f})"
+
+
+def _plot_edf(result: dict, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, study in enumerate(result["studies"]):
+        color = f"C{i}"
+        ax.step(study["edf"]["error"], study["edf"]["fraction"], where="post", color=color, label=_label(study))
+        if study["edf_normalized"]["error"]:
+            ax.step(study["edf_normalized"]["error"], study["edf_normalized"]["fraction"], where="post", color=color,
+                    linestyle="--", alpha=0.7, label=f"{study['name']}, complexity-normalised")
+    title = "error EDF of each study's candidates"
+    if "comparison" in result and result["comparison"].get("ks_statistic") is not None:
+        c = result["comparison"]
+        title += f"\nKS {c['ks_statistic']:.3f} (p = {c['ks_pvalue']:.3g}); mean(A) - mean(B) 95% CI " \
+                 f"[{c['mean_difference_ci95'][0]:.2f}, {c['mean_difference_ci95'][1]:.2f}]"
+    ax.set(xlabel="error = 100 - top-1 (%)", ylabel="fraction of candidates with error <= e", ylim=(0, 1.02),
+           title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_importance(result: dict, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    studies = result["studies"]
+    knobs: list[str] = []
+    for study in studies:  # the first study's order, then knobs only later studies have
+        knobs += [k for k in study["importance"] if k not in knobs]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.28 * max(1, len(knobs)) * max(1, len(studies)) ** 0.5))
+    if not knobs:
+        reasons = "; ".join(w for s in studies for w in s["warnings"] if "importance" in w) or "none computed"
+        ax.text(0.5, 0.5, "no knob importance:\n" + reasons, ha="center", va="center", wrap=True, fontsize=8)
+        ax.set_axis_off()
+    else:
+        height = 0.8 / len(studies)
+        for i, study in enumerate(studies):
+            ys = [k + (i - (len(studies) - 1) / 2) * height for k in range(len(knobs))]
+            ax.barh(ys, [study["importance"].get(k, 0.0) for k in knobs], height=height, color=f"C{i}",
+                    label=study["name"])
+        ax.set_yticks(range(len(knobs)), knobs, fontsize=7)
+        ax.invert_yaxis()
+        ax.set(xlabel="fANOVA importance (share of the error's variance)",
+               title="knob importance for the error (Optuna fANOVA)")
+        ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_marginals(result: dict, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    studies = result["studies"]
+    knobs = sorted({k for s in studies for k in s["marginals"]})
+    cols = min(5, max(1, len(knobs)))
+    rows = max(1, math.ceil(len(knobs) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.7 * cols, 2.2 * rows), squeeze=False)
+    for ax in axes.flat[len(knobs):]:
+        ax.set_axis_off()
+    for ax, knob in zip(axes.flat, knobs):
+        levels: list = []
+        for s in studies:
+            levels += [r["value"] for r in s["marginals"].get(knob, []) if r["value"] not in levels]
+        for i, s in enumerate(studies):
+            rows_ = s["marginals"].get(knob, [])
+            xs = [levels.index(r["value"]) + (i - (len(studies) - 1) / 2) * 0.12 for r in rows_]
+            ys = [r["mean_error"] for r in rows_]
+            err = [[(r["mean_error"] - r["ci95"][0]) if r["ci95"] else 0 for r in rows_],
+                   [(r["ci95"][1] - r["mean_error"]) if r["ci95"] else 0 for r in rows_]]
+            ax.errorbar(xs, ys, yerr=err, fmt="o", ms=3, capsize=2, color=f"C{i}", label=s["name"])
+        ax.set_xticks(range(len(levels)), [f"{v:g}" if isinstance(v, float) else str(v) for v in levels], fontsize=7)
+        ax.set_title(knob, fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    if knobs:
+        axes.flat[0].set_ylabel("mean error (%), 95% CI", fontsize=7)
+        axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
