@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
+import socket
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,80 @@ from pydantic import ValidationError
 from xnetspace import NetworkSpec
 
 DATA = Path(__file__).parent / "data"
+
+
+PG_BIN = Path(os.environ.get("XNETSPACE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_PASSWORD = "xnet-test-pw"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL 15 server for the session: ``postgresql+psycopg://`` URL prefix
+    (user ``xnet`` with password :data:`PG_PASSWORD` over TCP on 127.0.0.1; the unix socket is
+    trust-only for setting it up). PostgreSQL refuses to run as root, so as root it runs as the
+    ``postgres`` user. Skips with the reason when no server can be started; stopped at session end."""
+    try:
+        import psycopg  # noqa: F401 - the driver the storage URLs name
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install -e '.[postgres]')")
+    if not (PG_BIN / "initdb").is_file():
+        pytest.skip(f"no PostgreSQL binaries in {PG_BIN} (set XNETSPACE_PG_BIN)")
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="xnetspace-pg-"))
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root and runuser is missing: cannot start PostgreSQL as another user")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+    data, sockets = root / "data", root / "sock"
+
+    def run(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120)
+
+    with socket.socket() as s:  # a free port; the small race with other programs is acceptable in tests
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    steps = [
+        (str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"),
+        ("mkdir", "-p", str(sockets)),
+    ]
+    for step in steps:
+        done = run(*step)
+        if done.returncode:
+            shutil.rmtree(root, ignore_errors=True)
+            pytest.skip(f"cannot start PostgreSQL: {' '.join(step[:1])} failed: {done.stderr.strip()[-500:]}")
+    # Passwords over TCP (so a wrong one is refused); the unix socket trusts, for setting up only.
+    (data / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    started = run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-o", options, "-w", "start")
+    if started.returncode:
+        log = (root / "log").read_text()[-500:] if (root / "log").exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"cannot start PostgreSQL: {started.stderr.strip()[-300:]} {log}")
+    psql = [str(PG_BIN / "psql"), "-h", str(sockets), "-p", str(port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"]
+    created = run(*psql, "-c", f"CREATE ROLE xnet LOGIN CREATEDB PASSWORD '{PG_PASSWORD}'")
+    try:
+        assert created.returncode == 0, created.stderr
+        yield {"url": f"postgresql+psycopg://xnet:{PG_PASSWORD}@127.0.0.1:{port}", "port": port,
+               "psql": [*as_user, *psql]}
+    finally:
+        run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def new_database(server: dict, name: str) -> str:
+    """Create an empty database ``name`` on ``server`` (dropping one of that name); its storage URL."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in name.lower())[:50]
+    done = subprocess.run([*server["psql"], "-c", f"DROP DATABASE IF EXISTS {name}",
+                           "-c", f"CREATE DATABASE {name} OWNER xnet"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return f"{server['url']}/{name}"
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """A fresh, empty database on the session's server for one test; its storage URL."""
+    return new_database(postgres_server, request.node.name)
 
 
 @pytest.fixture(scope="session")

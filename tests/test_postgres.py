@@ -1,0 +1,212 @@
+"""One study on a real PostgreSQL server (started by conftest's ``postgres_server``): a head and
+joining workers (``xnetspace worker``) in separate processes, a worker SIGKILLed mid-trial, a
+worker on a finished study, and bad storage input."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from xnetspace.cli import app
+from xnetspace.search.study import is_live
+
+from .conftest import PG_PASSWORD, new_database
+
+ROOT = Path(__file__).parent.parent
+SPACE = {
+    "name": "pg",
+    "stage_defaults": {"depth": 1, "mlp_ratio": [1, 2], "idconv_kernel_size": [3, 5]},
+    "stages": [{"embed_dim": {"low": 8, "high": 24, "step": 8}, "sr_ratio": [2, 4], "attn_ratio": [0.5, 1.0]},
+               {"embed_dim": {"low": 16, "high": 48, "step": 16}, "num_heads": [1, 2]}],
+    "constraints": {"image_size": 16, "flops": [0, "200k"]},
+    "train": {"image_size": 16, "epochs": 1, "batch_size": 32},
+}
+# The head as a user's script would run it (no confirmation runs: this file tests the trials),
+# except that its own worker holds its first trial until the test creates the file GATE: so the
+# joined workers, not a head that starts first, run the others, whatever the machine's load.
+HEAD = """
+import json, sys, time
+from pathlib import Path
+import xnetspace.search.objective as objective
+from xnetspace.search import RunOptions, StudyConfig, run_search
+from xnetspace.search.space import SearchSpace
+from xnetspace.search.train import TrainConfig
+
+url, name, n, epochs, out, space, gate = sys.argv[1:]
+train = objective.train_candidate
+
+
+def held(*args, **kwargs):
+    while not Path(gate).exists():
+        time.sleep(0.2)
+    return train(*args, **kwargs)
+
+
+objective.train_candidate = held
+config = StudyConfig(space=SearchSpace.model_validate(json.loads(space)), dataset="synthetic:64",
+                     train=TrainConfig(image_size=16, epochs=int(epochs), batch_size=32))
+run_search(config, RunOptions(n_trials=int(n), storage=url, study_name=name, out=Path(out), sampler="random",
+                              pruner="none", heartbeat=2, confirm_top=0))
+"""
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # several processes share two cores in CI
+runner = CliRunner()
+
+
+def start_head(tmp_path: Path, url: str, name: str, n: int, epochs: int, gate: Path) -> tuple[subprocess.Popen, Path]:
+    log = tmp_path / f"head-{name}.log"
+    proc = subprocess.Popen([sys.executable, "-c", HEAD, url, name, str(n), str(epochs), str(tmp_path / name),
+                             json.dumps(SPACE), str(gate)], cwd=ROOT, env=ENV, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def printed_worker_command(proc: subprocess.Popen, log: Path) -> list[str]:
+    """The worker command the head prints once the study exists, as an argv for this interpreter."""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        lines = log.read_text().splitlines()
+        for i, line in enumerate(lines[:-1]):
+            if line.startswith("other machines join with:"):
+                argv = shlex.split(lines[i + 1])
+                assert argv[:2] == ["xnetspace", "worker"]
+                return [sys.executable, "-m", "xnetspace.cli", *argv[1:]]
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.2)
+    raise AssertionError("the head printed no worker command: " + log.read_text()[-3000:])
+
+
+def start_worker(argv: list[str], tmp_path: Path, tag: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([*argv, *extra], cwd=ROOT, env=ENV, stdout=open(tmp_path / f"{tag}.log", "w"),
+                            stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
+
+
+def check_exactly_n(study: optuna.Study, n: int) -> list:
+    live = [t for t in study.get_trials() if is_live(t)]
+    assert len(live) == n and all(t.state.is_finished() for t in live)
+    trained = [t for t in live if "duplicate_of" not in t.user_attrs and not t.user_attrs.get("rejected")]
+    assert len({t.user_attrs["spec_digest"] for t in trained}) == len(trained)  # no spec trained twice
+    assert all(not t.user_attrs.get("spec") for t in study.get_trials() if t.user_attrs.get("surplus"))
+    return live
+
+
+def wait_for(storage, what, message, timeout: float = 240):
+    """The first trial of study 'shared' for which ``what(trial)`` holds, polled from the storage."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = next((t for t in optuna.load_study(study_name="shared", storage=storage).get_trials() if what(t)), None)
+        if found is not None:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(message())
+
+
+@pytest.fixture(scope="module")
+def study_run(postgres_server, tmp_path_factory):
+    """One study of 6 trials on PostgreSQL: the head (holding its first trial, see HEAD), a worker
+    joined with the printed command and SIGKILLed while it trains a spec, then a worker with
+    ``--workers-per-device 2`` (two worker processes) that joins and finishes the study with the
+    head. Every process is killed at the end."""
+    tmp_path = tmp_path_factory.mktemp("pg")
+    url, gate = new_database(postgres_server, "study_run"), tmp_path / "gate"
+    procs: list[subprocess.Popen] = []
+    try:
+        head, log = start_head(tmp_path, url, "shared", n=6, epochs=10, gate=gate)
+        procs.append(head)
+        argv = printed_worker_command(head, log)
+        victim = start_worker(argv, tmp_path, "victim", "--worker-index", "500")
+        procs.append(victim)
+        storage = optuna.storages.RDBStorage(url)
+        target = wait_for(storage, lambda t: t.state == optuna.trial.TrialState.RUNNING and "spec" in t.user_attrs
+                          and t.user_attrs.get("worker") == 500 and not t.user_attrs.get("rejected"),
+                          lambda: (tmp_path / "victim.log").read_text()[-3000:])
+        victim.send_signal(signal.SIGKILL)  # mid-trial: the trial stays RUNNING in the storage
+        victim.wait()
+        survivor = start_worker(argv, tmp_path, "survivor", "--worker-index", "600", "--workers-per-device", "2")
+        procs.append(survivor)
+        wait_for(storage, lambda t: t.system_attrs.get("failed_trial") == target.number and t.state.is_finished(),
+                 lambda: (tmp_path / "survivor.log").read_text()[-3000:])  # the retry, run by the survivor
+        gate.touch()  # the head may train its own trial now
+        finish(head, log)
+        finish(survivor, tmp_path / "survivor.log")
+        yield {"url": url, "name": "shared", "argv": argv, "killed": target.number,
+               "survivor_log": (tmp_path / "survivor.log").read_text()}
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_head_and_two_worker_processes_finish_exactly_n(study_run):
+    study = optuna.load_study(study_name=study_run["name"], storage=study_run["url"])
+    live = check_exactly_n(study, 6)
+    workers = {t.user_attrs.get("worker") for t in study.get_trials() if "spec" in t.user_attrs}
+    assert {0, 500} <= workers <= {0, 500, 600, 601} and workers & {600, 601}, workers  # the joined processes ran trials
+    # The printed command names this storage (with its password, so it can be pasted) and study.
+    assert study_run["argv"][3:] == ["worker", "--storage", study_run["url"], "--study-name", "shared",
+                                     "--devices", "cpu"]
+    assert "joined study 'shared'" in study_run["survivor_log"] and "as worker 600..601" in study_run["survivor_log"]
+    assert PG_PASSWORD not in study_run["survivor_log"]
+    assert len(live) == 6
+
+
+def test_killed_worker_trial_is_failed_by_the_heartbeat_and_retried(study_run):
+    trials = optuna.load_study(study_name=study_run["name"], storage=study_run["url"]).get_trials()
+    dead = trials[study_run["killed"]]
+    assert dead.user_attrs["worker"] == 500
+    assert dead.state == optuna.trial.TrialState.FAIL and "reason" not in dead.user_attrs  # by the heartbeat
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retry) == 1 and retry[0].params == dead.params  # queued again with the same spec ...
+    assert retry[0].state.is_finished() and retry[0].user_attrs["worker"] in {600, 601}  # ... and run
+
+
+def test_worker_on_a_finished_study_exits_at_once(study_run):
+    before = len(optuna.load_study(study_name=study_run["name"], storage=study_run["url"]).get_trials())
+    start = time.perf_counter()
+    result = runner.invoke(app, study_run["argv"][3:])  # the printed command, in this process
+    assert result.exit_code == 0, result.output
+    assert time.perf_counter() - start < 10  # no trial is trained
+    assert len(optuna.load_study(study_name=study_run["name"], storage=study_run["url"]).get_trials()) == before
+
+
+def test_worker_refuses_another_dataset(study_run):
+    result = runner.invoke(app, ["worker", "--storage", study_run["url"], "--study-name", study_run["name"],
+                                 "--dataset", "synthetic:32"])
+    assert result.exit_code == 2 and "is not the study's dataset 'synthetic:64'" in result.output
+
+
+@pytest.mark.parametrize("case,message", [
+    ("unreachable", "cannot connect: connection failed"),
+    ("password", 'password authentication failed for user "xnet"'),
+    ("study", "--study-name 'nope': no such study in postgresql+psycopg://xnet:***@127.0.0.1"),
+    ("url", "--storage 'not a url' is not a database URL"),
+])
+def test_worker_bad_input_exits_2_with_one_paragraph(case, message, study_run, postgres_server):
+    url, name = study_run["url"], study_run["name"]
+    if case == "unreachable":
+        url = url.replace(f":{postgres_server['port']}/", ":1/")
+    elif case == "password":
+        url = url.replace(PG_PASSWORD, "wrong")
+    elif case == "study":
+        name = "nope"
+    else:
+        url = "not a url"
+    result = runner.invoke(app, ["worker", "--storage", url, "--study-name", name])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert result.output.startswith("error: ") and result.output.strip().count("\n") == 0  # one paragraph
+    assert "wrong" not in result.output and PG_PASSWORD not in result.output  # no password shown
+    if case == "study":
+        assert "the studies there: shared" in result.output

@@ -1,0 +1,141 @@
+"""Joining a study from another machine: ``xnetspace worker --storage URL --study-name NAME``.
+
+The head (``xnetspace search``) creates the study in a server database (PostgreSQL) and stores
+in it everything a worker needs: the study's config (space, dataset, recipe), the run options
+all workers share (``RunOptions.SHARED``: N, sampler, pruner, seed, heartbeat, confirmation) and
+the facts of its dataset (classes, channels, image counts). A joining worker reads them from the
+storage, never from its own command line, so every worker runs the same study; ``--dataset`` only
+says where this machine keeps the same data, and is refused when its facts differ. The worker
+then runs the ordinary worker loop (:func:`.workers.run_worker`) until the study is done.
+"""
+from __future__ import annotations
+
+import random
+import shlex
+from pathlib import Path
+from typing import Optional
+
+import optuna
+
+from .data import DataError, DataSplit, load_dataset
+from .progress import Monitor, log
+from .study import RunOptions, SearchError, StudyConfig, connect_storage, open_study, stored_settings
+from .workers import run_processes, run_worker
+
+__all__ = ["record_dataset", "dataset_facts", "read_study", "local_data", "worker_command", "join_study"]
+
+_DATA_ATTR = "xnetspace_data"
+_PATH_KINDS = ("imagefolder", "cifar10", "cifar100")  # datasets whose argument is a local folder
+
+
+def dataset_facts(data: DataSplit) -> dict:
+    """What two copies of one dataset must agree on: classes, channels, train and val image counts."""
+    return {"num_classes": data.num_classes, "in_chans": data.in_chans,
+            "train_images": len(data.train), "val_images": len(data.val)}
+
+
+def record_dataset(study: optuna.Study, data: DataSplit) -> None:
+    """Store the facts of the head's dataset in the study, for joining workers to check theirs."""
+    facts = dataset_facts(data)
+    if study.user_attrs.get(_DATA_ATTR) != facts:
+        study.set_user_attr(_DATA_ATTR, facts)
+
+
+def read_study(storage_url: str, study_name: str) -> tuple[StudyConfig, dict, Optional[dict]]:
+    """The config, shared run options and dataset facts that the head stored in the study.
+
+    Raises:
+        SearchError: a storage that cannot be opened; no study of that name there (the message
+            lists the studies it holds); a study that ``xnetspace search`` did not create.
+    """
+    storage = connect_storage(storage_url)
+    names = sorted(s.study_name for s in storage.get_all_studies())
+    if study_name not in names:
+        held = f"the studies there: {', '.join(names)}" if names else "it holds no study yet (start the head first)"
+        raise SearchError(f"--study-name {study_name!r}: no such study in {_shown(storage_url)}; {held}")
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    config, shared = stored_settings(study)
+    missing = [n for n in RunOptions.SHARED if n not in shared]
+    if config is None or missing:
+        raise SearchError(f"study {study_name!r} in {_shown(storage_url)} was not created by `xnetspace search` "
+                          f"(no stored {'config' if config is None else ', '.join(missing)}); a worker can only "
+                          f"join a study whose head stored its settings")
+    return config, shared, study.user_attrs.get(_DATA_ATTR)
+
+
+def local_data(config: StudyConfig, facts: Optional[dict], dataset: Optional[str] = None) -> DataSplit:
+    """Load the study's dataset on this machine: ``dataset`` (this machine's path to the same data)
+    or the stored name, checked against the stored facts.
+
+    Raises:
+        SearchError: another kind of dataset than the stored one, or one whose classes, channels
+            or image counts differ from the head's.
+        DataError: a dataset that cannot be read here.
+    """
+    name = dataset or config.dataset
+    kind, stored_kind = name.partition(":")[0], config.dataset.partition(":")[0]
+    if kind != stored_kind or (kind not in _PATH_KINDS and name != config.dataset):
+        raise SearchError(f"--dataset {name!r} is not the study's dataset {config.dataset!r}; only the folder "
+                          f"of an {'/'.join(_PATH_KINDS)} dataset may differ between machines")
+    try:
+        data = load_dataset(name, config.train.image_size, config.train.seed)
+    except DataError as err:
+        hint = "" if dataset else "; give this machine's path to the same data with --dataset"
+        raise DataError(f"{err}{hint}") from None
+    mine = dataset_facts(data)
+    if facts is not None and mine != facts:
+        differ = ", ".join(f"{k} {mine[k]} here, {facts[k]} on the head" for k in facts if mine.get(k) != facts[k])
+        raise SearchError(f"--dataset {name!r} is not the study's data: {differ}")
+    return data
+
+
+def worker_command(options: RunOptions) -> str:
+    """The command that joins this study from another machine (the storage URL as given)."""
+    devices = ",".join(options.devices)
+    command = ["xnetspace", "worker", "--storage", options.storage_url, "--study-name", options.study_name,
+               "--devices", devices]
+    if options.workers_per_device > 1:
+        command += ["--workers-per-device", str(options.workers_per_device)]
+    return " ".join(shlex.quote(part) for part in command)
+
+
+def join_study(storage_url: str, study_name: str, devices: list[str], workers_per_device: int = 1,
+               dataset: Optional[str] = None, timeout: Optional[float] = None, worker: Optional[int] = None,
+               progress: bool = True) -> RunOptions:
+    """Join the study ``study_name`` in ``storage_url`` and work until it is done (or ``timeout``).
+
+    Runs one worker in this process, or ``workers_per_device`` processes per entry of
+    ``devices``. Workers are numbered from ``worker`` (default: a random number from 1000 on, so
+    that machines joining the same study draw different sampler seeds; the head's are 0..K-1).
+    Started on a finished study, it returns at once without training anything.
+
+    Raises:
+        SearchError: see :func:`read_study` and :func:`local_data`; a worker process that crashed.
+        DataError: a dataset that cannot be read here.
+    """
+    config, shared, facts = read_study(storage_url, study_name)
+    data = local_data(config, facts, dataset)
+    options = RunOptions.model_validate({
+        **shared, "storage": storage_url, "study_name": study_name, "devices": devices,
+        "workers_per_device": workers_per_device, "timeout": timeout, "progress": progress,
+        "out": Path("runs") / study_name})
+    first = worker if worker is not None else random.randrange(1000, 1_000_000)
+    study = open_study(config, options, first)
+    log(options, f"{data}\njoined study '{study_name}' in {_shown(storage_url)} as worker {first}"
+                 f"{'' if len(devices) * workers_per_device == 1 else f'..{first + len(devices) * workers_per_device - 1}'}")
+    monitor = Monitor(study, options)
+    try:
+        if len(devices) * workers_per_device == 1:
+            with monitor.running():
+                run_worker(config, options, devices[0], first, data)
+        else:
+            run_processes(config, options, monitor, dataset, first)
+    finally:
+        monitor.close()
+    return options
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
