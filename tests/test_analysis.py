@@ -150,6 +150,7 @@ def test_single_valued_knob_and_too_few_candidates():
 def test_two_studies_analysed_end_to_end(tmp_path):
     a = make_study(tmp_path / "a", n=14, name="free")
     b = make_study(tmp_path / "b", n=12, shift=1.5, seed=1, rejected=5, name="fixed")
+    (b / "summary.json").write_text(json.dumps({"noise": {"seed_std": 5.0}, "best": {"trial": 7}}))
     out = tmp_path / "compare"
     result = runner.invoke(app, ["analyze", str(a), str(b), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
@@ -166,7 +167,10 @@ def test_two_studies_analysed_end_to_end(tmp_path):
         assert all(v >= 0 for v in s["importance"].values()) and s["importance"]
         assert {"stage1.embed_dim", "stage2.num_heads"} <= set(s["marginals"])
         assert not any("not reliable" in w for w in s["warnings"])
+    assert (first["seed_std"], first["confirmed_best"]) == (None, None)
+    assert (second["seed_std"], second["confirmed_best"]) == (5.0, {"trial": 7})
     c = report["comparison"]
+    assert any("within twice the proxy's seed noise (std 5.00 points)" in w for w in c["warnings"])
     assert {"ks_statistic", "ks_pvalue", "mean_difference_ci95", "best_difference_ci95", "verdict"} <= set(c)
     assert c["mean_difference_ci95"][1] < 0 and c["verdict"].startswith("free has the lower mean error")
     text = runner.invoke(app, ["analyze", str(a), str(b), "--out", str(out)])

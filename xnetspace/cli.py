@@ -254,7 +254,7 @@ def analyze(
             raise AnalysisError("--storage and --study-name go together: give both, or study folders only")
         if not runs and not study_names:
             raise AnalysisError("nothing to analyse: give study output folders (RUN ...) or --storage URL --study-name NAME")
-        data = [study_data(load_run(run), str(run)) for run in runs]
+        data = [study_data(load_run(run), str(run), run / "summary.json") for run in runs]
         data += [study_data(load_named_study(storage, name), f"{storage} :: {name}") for name in study_names]
         result = analyze_studies(data, force=force, bins=bins)
         folder = out or (runs[0] if len(data) == 1 and runs else Path("runs") / "analysis")

@@ -43,7 +43,8 @@ from __future__ import annotations
 import math
 import sqlite3
 import warnings
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -99,7 +100,8 @@ class StudyData:
     failed: int = 0
     duplicates: int = 0
     pruned_by_pruner: int = 0
-    extra: dict = field(default_factory=dict)
+    seed_std: Optional[float] = None
+    confirmed_best: Optional[dict] = None
 
 
 def load_run(folder: Path | str) -> optuna.Study:
@@ -151,8 +153,10 @@ def load_named_study(storage: str, study_name: str) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
-def study_data(study: optuna.Study, source: str = "") -> StudyData:
-    """Read a finished (or unfinished) xnetspace study's candidates and counts.
+def study_data(study: optuna.Study, source: str = "", summary: Optional[Path] = None) -> StudyData:
+    """Read a finished (or unfinished) xnetspace study's candidates and counts; with ``summary``
+    (the run's ``summary.json``, if it exists), also the proxy's seed noise (``noise.proxy_seed_std``,
+    else ``noise.seed_std``: the std of one spec's top-1 over seeds, in points) and the confirmed winner.
 
     Raises:
         AnalysisError: the study was not made by xnetspace (no stored config).
@@ -163,6 +167,14 @@ def study_data(study: optuna.Study, source: str = "") -> StudyData:
                             f"config), so its trials' top-1, FLOPs and slots are unknown")
     trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
     data = StudyData(study.study_name, source or study.study_name, config, settings, [], {})
+    if summary is not None and Path(summary).is_file():
+        try:
+            found = json.loads(Path(summary).read_text())
+            noise = found.get("noise") or {}
+            data.seed_std = noise.get("proxy_seed_std", noise.get("seed_std"))
+            data.confirmed_best = found.get("best")
+        except (ValueError, AttributeError):
+            pass  # a damaged summary costs the noise figure only
     for t in trials:
         attrs = t.user_attrs
         if attrs.get("rejected"):
@@ -393,7 +405,8 @@ def analyze(studies: Sequence[StudyData], force: bool = False, bins: int = 5, se
         (candidates), ``rejected`` (samples rejected before training: over budget or invalid),
         ``sampled``, ``pruned``, ``failed``, ``duplicates``, ``error`` (min/median/mean/max),
         ``best``, ``edf`` and ``edf_normalized`` (``error`` and ``fraction`` lists),
-        ``importance`` (fANOVA), ``importance_ped_anova``, ``single_valued``, ``marginals`` and
+        ``importance`` (fANOVA), ``importance_ped_anova``, ``single_valued``, ``marginals``,
+        ``seed_std`` and ``confirmed_best`` (from the run's ``summary.json``; None without one) and
         ``warnings``. ``comparison`` (first study against the second; see :func:`compare`, plus
         ``ks_statistic_normalized``, ``a``, ``b``, ``verdict``, ``warnings``) is present for 2+
         studies, and ``comparisons`` lists every later study against the first when there are 3+.
@@ -485,7 +498,8 @@ def _study_summary(s: StudyData, weights: np.ndarray, seed: int) -> dict:
         "edf": {"error": plain[0], "fraction": plain[1]},
         "edf_normalized": {"error": normalized[0], "fraction": normalized[1]},
         "importance": importance["fanova"], "importance_ped_anova": importance["ped_anova"],
-        "single_valued": single, "marginals": marginals(s.candidates), "warnings": notes + importance_notes,
+        "single_valued": single, "marginals": marginals(s.candidates), "seed_std": s.seed_std,
+        "confirmed_best": s.confirmed_best, "warnings": notes + importance_notes,
     }
 
 
@@ -509,5 +523,10 @@ def _comparison(a: StudyData, b: StudyData, sa: dict, sb: dict, mismatch: str, s
         notes.append(f"fewer than {MIN_RELIABLE} candidates in a study: the comparison is not reliable")
     if {sa["sampler"], sb["sampler"]} - set(UNBIASED_SAMPLERS):
         notes.append("a study that is not randomly sampled is compared: the difference may be the sampler's")
+    noise = max((x for x in (a.seed_std, b.seed_std) if x is not None), default=None)
+    if noise is not None and abs(result["best_difference"]) < 2 * noise:
+        notes.append(f"the best-error difference ({result['best_difference']:+.2f}) is within twice the proxy's seed "
+                     f"noise (std {noise:.2f} points): a population's best is partly its luckiest seed; compare the "
+                     f"confirmed bests (confirmed_best)")
     result["warnings"] = notes
     return result
