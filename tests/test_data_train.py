@@ -16,13 +16,20 @@ from .conftest import tiny_spec
 
 def test_digits_is_the_real_set_with_a_fixed_split():
     data = load_dataset("digits", 16)
-    assert (len(data.train), len(data.val), data.num_classes, data.in_chans) == (1437, 360, 10, 1)
+    assert (len(data.train), len(data.val), len(data.test), data.num_classes, data.in_chans) == (898, 360, 539, 10, 1)
     x, y = data.train[0]
     assert x.shape == (1, 16, 16)
     again = load_dataset("digits", 16)
     assert torch.equal(again.val.tensors[1], data.val.tensors[1])
-    counts = torch.bincount(data.val.tensors[1])
-    assert counts.min() >= 35  # stratified: every digit validates
+    assert torch.equal(again.test.tensors[0], data.test.tensors[0])
+    assert torch.bincount(data.val.tensors[1]).min() >= 35  # stratified: every digit validates
+    assert torch.bincount(data.test.tensors[1]).min() >= 50  # ... and is tested
+    held = data.held_out()
+    assert held.val is data.test and held.train is data.train  # confirmation scores on the test split
+    images = torch.cat([data.train.tensors[0], data.val.tensors[0], data.test.tensors[0]]).flatten(1)
+    assert len(torch.unique(images, dim=0)) == len(torch.unique(torch.cat([
+        data.train.tensors[0].flatten(1), data.val.tensors[0].flatten(1)]), dim=0)) + len(
+        torch.unique(data.test.tensors[0].flatten(1), dim=0))  # no image in two splits
 
 
 def test_synthetic_data_size_and_channels():

@@ -37,6 +37,8 @@ SPACE = {
 def make(tmp_path, n_trials=6, space=None, objective="top1", **options):
     config = StudyConfig(space=SearchSpace.model_validate(space or SPACE), dataset="synthetic:128",
                          objective=objective, train=TrainConfig(image_size=16, epochs=2, batch_size=32))
+    options.setdefault("confirm_top", 0)  # these tests are about the search; confirmation has its own
+    options.setdefault("confirm_seeds", 1)
     opts = RunOptions(n_trials=n_trials, out=tmp_path / "out", study_name="s", progress=False, heartbeat=1,
                       sampler=options.pop("sampler", "random"), **options)
     return config, opts
@@ -188,7 +190,8 @@ def _run_cli(tmp_path, *extra):
 
     space.write_text(yaml.safe_dump(SPACE))
     return [sys.executable, "search/run.py", "--space", str(space), "--dataset", "synthetic:128",
-            "--out", str(tmp_path / "out"), "--heartbeat", "1", "--sampler", "random", *extra]
+            "--out", str(tmp_path / "out"), "--heartbeat", "1", "--sampler", "random", "--confirm-top", "0",
+            "--confirm-seeds", "1", *extra]
 
 
 def test_killed_worker_is_retried_and_nothing_is_lost(tmp_path):
@@ -254,7 +257,9 @@ runner = CliRunner()
     (["--space", "tiny_cpu", "--devices", "tpu"], "--devices entry 'tpu'"),
     (["--space", "tiny_cpu", "--objective", "top1-flops", "--pruner", "median"], "multi-objective studies cannot prune"),
     (["--space", "tiny_cpu", "--objective", "speed"], "objective"),
-    (["--space", "tiny_cpu", "--baseline", "transxnet_q"], "unknown preset 'transxnet_q'"),
+    (["--space", "tiny_cpu", "--baseline", "transxnet_q"], "--baseline 'transxnet_q' is neither a preset"),
+    (["--space", "tiny_cpu", "--baseline", "random:0"], "--baseline 'random:0' is neither a preset"),
+    (["--space", "tiny_cpu", "--confirm-seeds", "1"], "a 95% confidence interval needs at least 2 seeds"),
     (["--space", "tiny_cpu", "--epochs", "0"], "epochs = 0: Input should be greater than or equal to 1"),
 ])
 def test_search_command_rejects_bad_input_with_status_2(args, message, tmp_path):

@@ -3,7 +3,10 @@
 Datasets for proxy training (:func:`load_dataset`), each with a fixed train/validation split:
 
 - ``digits``: scikit-learn's 1,797 real handwritten digits (8x8, one channel, 10 classes),
-  offline; a stratified 80/20 split with a fixed seed.
+  offline; a fixed stratified split into 898 training, 360 validation (the proxy score the
+  pruner and sampler see) and 539 test images (held out for confirmation runs, never seen by
+  the search). Half the images train: a lower-data regime where architectures differ more than
+  at the 98-99% ceiling that the full set reaches.
 - ``cifar10:PATH`` / ``cifar100:PATH``: CIFAR python batches as torchvision stores them
   (``PATH/cifar-10-batches-py/data_batch_1..5``, ``PATH/cifar-100-python/train``), read locally,
   never downloaded, with an unpickler that admits numpy arrays only; a fixed seeded 10% of the
@@ -46,16 +49,28 @@ class DataError(ValueError):
 
 @dataclass
 class DataSplit:
-    """A dataset with its fixed split. Items are ``(image (in_chans, H, W) float, label int)``."""
+    """A dataset with its fixed split. Items are ``(image (in_chans, H, W) float, label int)``.
+
+    ``val`` scores the search's proxy runs; ``test`` (None: no separate split) is held out for
+    confirmation, so the confirmed score is not the one the candidates were selected on."""
 
     name: str
     train: Dataset
     val: Dataset
     num_classes: int
     in_chans: int
+    test: Optional[Dataset] = None
+
+    def held_out(self) -> "DataSplit":
+        """The same split with the test images in place of the validation ones (confirmation
+        runs score on it); the split itself when there is no test split."""
+        if self.test is None:
+            return self
+        return DataSplit(self.name, self.train, self.test, self.num_classes, self.in_chans)
 
     def __str__(self) -> str:
-        return (f"{self.name}: {len(self.train):,} train / {len(self.val):,} val images, "
+        test = f" / {len(self.test):,} test" if self.test is not None else ""
+        return (f"{self.name}: {len(self.train):,} train / {len(self.val):,} val{test} images, "
                 f"{self.num_classes} classes, {self.in_chans} channel(s)")
 
 
@@ -83,16 +98,20 @@ def load_dataset(name: str, image_size: int, seed: int = 0) -> DataSplit:
 
 
 def _tensor_split(name: str, x: torch.Tensor, y: torch.Tensor, val_index: np.ndarray, image_size: int,
-                  num_classes: int) -> DataSplit:
+                  num_classes: int, test_index: Optional[np.ndarray] = None) -> DataSplit:
     """Resize once, normalise with the training split's per-channel statistics, split."""
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
-    is_val = torch.zeros(len(x), dtype=torch.bool)
-    is_val[torch.as_tensor(val_index)] = True
-    mean = x[~is_val].mean(dim=(0, 2, 3), keepdim=True)
-    std = x[~is_val].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    part = torch.zeros(len(x), dtype=torch.long)  # 0 train, 1 val, 2 test
+    part[torch.as_tensor(val_index)] = 1
+    if test_index is not None:
+        part[torch.as_tensor(test_index)] = 2
+    train = part == 0
+    mean = x[train].mean(dim=(0, 2, 3), keepdim=True)
+    std = x[train].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     x = (x - mean) / std
-    return DataSplit(name, TensorDataset(x[~is_val], y[~is_val]), TensorDataset(x[is_val], y[is_val]),
-                     num_classes, x.shape[1])
+    test = TensorDataset(x[part == 2], y[part == 2]) if test_index is not None else None
+    return DataSplit(name, TensorDataset(x[train], y[train]), TensorDataset(x[part == 1], y[part == 1]),
+                     num_classes, x.shape[1], test)
 
 
 def _stratified_val(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -108,7 +127,10 @@ def _digits(image_size: int) -> DataSplit:
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
     y = torch.tensor(digits.target, dtype=torch.long)
-    return _tensor_split("digits", x, y, _stratified_val(digits.target, 0.2, seed=0), image_size, 10)
+    val = _stratified_val(digits.target, 0.2, seed=0)  # the same 360 validation images as before
+    rest = np.setdiff1d(np.arange(len(y)), val)
+    test = rest[_stratified_val(digits.target[rest], 0.375, seed=0)]  # 539 of the other 1,437
+    return _tensor_split("digits", x, y, val, image_size, 10, test_index=test)
 
 
 def _synthetic(image_size: int, count: int, seed: int, num_classes: int = 8) -> DataSplit:

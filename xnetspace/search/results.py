@@ -1,12 +1,18 @@
-"""Study results on disk: ``best_spec.yaml``, ``trials.csv``, ``history.png``, ``pareto.png``.
+"""Study results on disk: ``summary.json``, ``best_spec.yaml``, ``trials.csv``, ``history.png``,
+``fidelity.png``, ``pareto.png``, and the report printed at the end of a search.
 
-The best trial is chosen among completed, trained trials only, so it is always inside the
-budget (over-budget samples are never trained). In a multi-objective study, ``best_spec.yaml``
-is the Pareto-optimal trial with the highest top-1 and ``trials.csv`` marks the front.
+With confirmation (the default), ``best_spec.yaml`` is the candidate with the best confirmed
+mean, and the report says when it is not distinguishable from the runner-up or the baseline
+(95% intervals that contain 0). Without it, the best trial by proxy score; either way among
+completed, trained trials only, so it is always inside the budget (over-budget samples are never
+trained). In a multi-objective study the proxy best is the Pareto-optimal trial with the highest
+top-1 and ``trials.csv`` marks the front.
 """
 from __future__ import annotations
 
 import csv
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -17,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..spec import NetworkSpec
 from .progress import log
 from .space import human_count
+from .study import RunOptions, StudyConfig, candidates
 
 __all__ = ["SearchOutcome", "write_results", "best_trial", "pareto_front"]
 
@@ -28,61 +35,133 @@ class SearchOutcome:
     study: optuna.Study
     best: Optional[FrozenTrial]
     files: dict[str, Path] = field(default_factory=dict)
-    baseline: Optional[dict] = None
-
-
-def _candidates(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed trials that trained a spec of their own (not a repeat of an earlier one)."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("slot") and "duplicate_of" not in t.user_attrs]
+    summary: Optional[dict] = None
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     """Non-dominated candidates (top-1 maximised, the second objective minimised)."""
-    trials = _candidates(study)
+    trials = candidates(study)
     return [t for t in trials if not any(
         o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values for o in trials)]
 
 
 def best_trial(study: optuna.Study) -> Optional[FrozenTrial]:
     """Highest top-1 (on the Pareto front for multi-objective studies); ties: fewer FLOPs."""
-    pool = pareto_front(study) if len(study.directions) > 1 else _candidates(study)
+    pool = pareto_front(study) if len(study.directions) > 1 else candidates(study)
     return max(pool, key=lambda t: (t.values[0], -t.user_attrs.get("flops", 0)), default=None)
 
 
-def write_results(study: optuna.Study, config, options, baseline: Optional[dict] = None):
-    """Write the result files into ``options.out`` and print the best trial beside the baseline."""
+def write_results(study: optuna.Study, config: StudyConfig, options: RunOptions,
+                  summary: Optional[dict] = None) -> SearchOutcome:
+    """Write the result files into ``options.out`` and print the report; ``summary`` is the
+    confirmation's (:func:`xnetspace.search.confirmation.summarize`), None without one."""
     out = Path(options.out)
-    files = {"trials": _write_trials_csv(study, out / "trials.csv"), "history": _plot_history(study, out / "history.png")}
+    files = {"trials": _write_trials_csv(study, out / "trials.csv", summary),
+             "history": _plot_history(study, out / "history.png")}
     if len(study.directions) > 1:
         files["pareto"] = _plot_pareto(study, config, out / "pareto.png")
+    if summary is not None:
+        files["summary"] = out / "summary.json"
+        files["summary"].write_text(json.dumps(_no_nan(summary), indent=2, allow_nan=False) + "\n")
+        if summary["fidelity"]["n"] >= 3:
+            files["fidelity"] = _plot_fidelity(summary, out / "fidelity.png")
     best = best_trial(study)
+    confirmed = summary["best"] if summary and summary["best"] else None
+    if confirmed is not None:
+        best = next(t for t in candidates(study) if t.number == confirmed["trial"])
     if best is not None:
         spec = NetworkSpec.model_validate(best.user_attrs["spec"])
+        score = (f"confirmed top-1 {_ci(confirmed['confirm'])} over {confirmed['confirm']['n']} seeds" if confirmed
+                 else f"proxy top-1 {best.values[0]:.2f} (one run)")
         header = (f"# Best of study '{options.study_name}' (space {config.space.name}, dataset {config.dataset}): "
-                  f"trial {best.number}, top-1 {best.values[0]:.2f},\n# {best.user_attrs['flops']:,} FLOPs at "
+                  f"trial {best.number}, {score},\n# {best.user_attrs['flops']:,} FLOPs at "
                   f"{'x'.join(map(str, config.space.constraints.image_size))}, {best.user_attrs['params']:,} params.\n")
         files["best_spec"] = out / "best_spec.yaml"
         files["best_spec"].write_text(header + spec.to_yaml())
-        log(options, f"best: trial {best.number}, {human_count(best.user_attrs['flops'])} FLOPs, "
-                      f"{human_count(best.user_attrs['params'])} params, top-1 {best.values[0]:.2f}  -> {files['best_spec']}")
-    if baseline:
-        log(options, f"baseline {baseline['preset']}: {human_count(baseline['flops'])} FLOPs, "
-                      f"{human_count(baseline['params'])} params, top-1 {baseline['top1']:.2f} (same recipe)")
+    for line in report_lines(summary, best):
+        log(options, line)
     log(options, "results: " + ", ".join(str(p) for p in files.values()))
-    return SearchOutcome(study, best, files, baseline)
+    return SearchOutcome(study, best, files, summary)
+
+
+def report_lines(summary: Optional[dict], best: Optional[FrozenTrial]) -> list[str]:
+    """The end-of-search report: the winner with its interval, the noise, the baseline, the
+    fidelity, and plain words where the differences are within noise."""
+    if summary is None or summary["best"] is None:
+        if best is None:
+            return ["no completed candidate"]
+        noise = (summary or {}).get("noise", {}).get("proxy_seed_std")
+        seeds = len((summary or {}).get("protocol", {}).get("seeds", []))
+        return [f"best by proxy score: trial {best.number}, {human_count(best.user_attrs['flops'])} FLOPs, "
+                f"{human_count(best.user_attrs['params'])} params, top-1 {best.values[0]:.2f} (one run; "
+                + (f"retrained with {seeds} other seeds its proxy top-1 varies with std {noise:.2f}: differences "
+                   f"of that size between candidates are noise)" if noise is not None
+                   else "seed noise unknown: confirm it with --confirm-top K)")]
+    p = summary["protocol"]
+    lines = [f"confirmation: {len(summary['candidates'])} candidates x {len(p['seeds'])} seeds, {p['epochs']} epochs, "
+             f"scored on the {p['split']} split" + (f" ({summary['pending']} runs not finished)" if summary["pending"] else "")]
+    if len(summary["candidates"]) < p["confirm_top"]:
+        lines.append(f"only {len(summary['candidates'])} completed candidates to confirm (--confirm-top {p['confirm_top']})")
+    for c in sorted(summary["candidates"], key=lambda c: -c["confirm"]["mean"]):
+        lines.append(f"  trial {c['trial']:4d}  {human_count(c['flops']):>7s} FLOPs  {human_count(c['params']):>7s} params  "
+                     f"proxy {c['proxy_top1']:6.2f}  confirmed {_ci(c['confirm'])}")
+    b, noise = summary["best"], summary["noise"]
+    lines.append(f"best: trial {b['trial']}, {human_count(b['flops'])} FLOPs, {human_count(b['params'])} params, "
+                 f"top-1 {_ci(b['confirm'])}")
+    lines.append(f"seed noise (pooled std over seeds) {noise['seed_std']:.2f}; spread of the candidates' means "
+                 f"(std) {noise['between_std']:.2f}")
+    leaders = summary["leaders"]
+    if leaders is not None:
+        verdict = "distinguishable" if leaders["distinguishable"] else "NOT distinguishable (within seed noise)"
+        lines.append(f"best minus runner-up: {_diff(leaders)}: {verdict}")
+    if summary["baseline"] is not None:
+        base, d = summary["baseline"], summary["difference"]
+        lines.append(f"baseline {base['name']}: {human_count(base['flops'])} FLOPs, {human_count(base['params'])} params, "
+                     f"top-1 {_ci(base['confirm'])}")
+        verdict = ("the winner is better" if d["mean"] > 0 else "the baseline is better") if d["distinguishable"] \
+            else "not distinguishable"
+        lines.append(f"winner minus baseline: {_diff(d)}: {verdict}")
+    f = summary["fidelity"]
+    if f["n"] >= 3 and not math.isnan(f["kendall_tau"]):
+        lines.append(f"proxy fidelity over {f['n']} specs: Kendall tau {f['kendall_tau']:.2f} "
+                     f"[{f['ci95']['kendall_tau'][0]:.2f}, {f['ci95']['kendall_tau'][1]:.2f}], Spearman rho "
+                     f"{f['spearman_rho']:.2f} [{f['ci95']['spearman_rho'][0]:.2f}, {f['ci95']['spearman_rho'][1]:.2f}]")
+    return lines
+
+
+def _ci(c: dict) -> str:
+    if c["n"] < 2:
+        return f"{c['mean']:.2f} (1 seed)"
+    return f"{c['mean']:.2f} +- {c['std']:.2f} (95% CI {c['ci95'][0]:.2f}-{c['ci95'][1]:.2f})"
+
+
+def _diff(d: dict) -> str:
+    return f"{d['mean']:+.2f} points (95% CI {d['ci95'][0]:+.2f} to {d['ci95'][1]:+.2f})"
+
+
+def _no_nan(value):
+    """JSON has no NaN: an undefined statistic (an interval from one seed) is written as null."""
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _state(trial: FrozenTrial) -> str:
     return "REJECTED" if trial.user_attrs.get("rejected") else trial.state.name
 
 
-def _write_trials_csv(study: optuna.Study, path: Path) -> Path:
+def _write_trials_csv(study: optuna.Study, path: Path, summary: Optional[dict] = None) -> Path:
     trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
     knobs = sorted({name for t in trials for name in t.params})
     front = {t.number for t in pareto_front(study)} if len(study.directions) > 1 else set()
+    confirmed = {c["trial"]: c["confirm"] for c in (summary or {}).get("candidates", [])}
     fields = ["number", "state", "reason", "top1", "flops", "params", "latency_ms", "seconds", "epochs",
-              "rejected_samples", "duplicate_of", "pareto", "spec_digest", *knobs]
+              "rejected_samples", "duplicate_of", "pareto", "spec_digest", "confirm_mean", "confirm_std",
+              "confirm_ci95_lo", "confirm_ci95_hi", "confirm_n", *knobs]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -97,8 +176,43 @@ def _write_trials_csv(study: optuna.Study, path: Path) -> Path:
                 "seconds": a.get("seconds", ""), "epochs": len(history) or "",
                 "rejected_samples": a.get("rejected_samples", ""), "duplicate_of": a.get("duplicate_of", ""),
                 "pareto": int(t.number in front) if front else "", "spec_digest": a.get("spec_digest", ""),
+                **_confirm_columns(confirmed.get(t.number)),
                 **{k: t.params.get(k, "") for k in knobs},
             })
+    return path
+
+
+def _confirm_columns(confirm: Optional[dict]) -> dict:
+    if confirm is None:
+        return {"confirm_mean": "", "confirm_std": "", "confirm_ci95_lo": "", "confirm_ci95_hi": "", "confirm_n": ""}
+    return {"confirm_mean": f"{confirm['mean']:.4f}", "confirm_std": f"{confirm['std']:.4f}",
+            "confirm_ci95_lo": f"{confirm['ci95'][0]:.4f}", "confirm_ci95_hi": f"{confirm['ci95'][1]:.4f}",
+            "confirm_n": confirm["n"]}
+
+
+def _plot_fidelity(summary: dict, path: Path) -> Path:
+    """Proxy score against confirmed mean (95% CI bars) for the confirmed candidates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    cands = summary["candidates"]
+    ax.errorbar([c["proxy_top1"] for c in cands], [c["confirm"]["mean"] for c in cands],
+                yerr=[[c["confirm"]["mean"] - c["confirm"]["ci95"][0] for c in cands],
+                      [c["confirm"]["ci95"][1] - c["confirm"]["mean"] for c in cands]],
+                fmt="o", capsize=3, label="confirmed candidates (95% CI)")
+    for c in cands:
+        ax.annotate(str(c["trial"]), (c["proxy_top1"], c["confirm"]["mean"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    f, p = summary["fidelity"], summary["protocol"]
+    ax.set(xlabel="proxy top-1 (%), one run", ylabel=f"confirmed top-1 (%), {p['split']} split",
+           title=f"proxy fidelity: Kendall tau {f['kendall_tau']:.2f}, Spearman rho {f['spearman_rho']:.2f} (n={f['n']})")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
     return path
 
 
@@ -135,7 +249,7 @@ def _plot_pareto(study: optuna.Study, config, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    trials, front = _candidates(study), sorted(pareto_front(study), key=lambda t: t.values[1])
+    trials, front = candidates(study), sorted(pareto_front(study), key=lambda t: t.values[1])
     scale, unit = (1e6, "MFLOPs") if config.objective == "top1-flops" else (1.0, "latency (ms)")
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.scatter([t.values[1] / scale for t in trials], [t.values[0] for t in trials], s=18, color="C0", label="trials")

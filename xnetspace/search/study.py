@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -21,11 +21,12 @@ from .space import SearchSpace
 from .train import TrainConfig
 
 __all__ = ["StudyConfig", "RunOptions", "SearchError", "ObjectiveName", "open_study", "is_live", "live_slots",
-           "ensure_slots", "SlotState", "slot_state"]
+           "candidates", "ensure_slots", "SlotState", "slot_state", "store_run_options", "stored_settings", "connect_storage"]
 
 ObjectiveName = Literal["top1", "top1-flops", "top1-latency"]
 _DIRECTIONS = {"top1": ["maximize"], "top1-flops": ["maximize", "minimize"], "top1-latency": ["maximize", "minimize"]}
 _CONFIG_ATTR = "xnetspace_config"
+_RUN_ATTR = "xnetspace_run"
 
 
 class SearchError(RuntimeError):
@@ -62,8 +63,17 @@ class RunOptions(BaseModel):
     timeout: Optional[float] = Field(None, gt=0, description="seconds after which no new trial starts")
     devices: list[str] = Field(default_factory=lambda: ["cpu"])
     heartbeat: int = Field(10, ge=1, description="heartbeat interval in seconds (grace: 3 intervals)")
-    baseline: Optional[str] = None
+    baseline: Optional[str] = Field(None, description="a preset scaled to the budget, or random:N")
+    confirm_top: int = Field(3, ge=0, description="candidates retrained after the search (0: none)")
+    confirm_seeds: int = Field(3, ge=1, description="seeds per confirmed candidate")
+    confirm_epochs: Optional[int] = Field(None, ge=1, description="confirmation epochs (default: 2x the proxy's)")
+    fidelity_sample: int = Field(0, ge=0, description="random in-budget candidates added to the confirmed set")
+    workers_per_device: int = Field(1, ge=1, description="worker processes per entry of devices")
     progress: bool = True
+
+    # What every worker of the study must agree on; the head stores it, joining workers read it.
+    SHARED: ClassVar[tuple[str, ...]] = ("n_trials", "sampler", "pruner", "seed", "heartbeat", "baseline",
+                                         "confirm_top", "confirm_seeds", "confirm_epochs", "fidelity_sample")
 
     @property
     def storage_url(self) -> str:
@@ -75,17 +85,10 @@ def open_study(config: StudyConfig, options: RunOptions, worker: int = 0) -> opt
     """Create or load the study in ``options.storage_url`` with heartbeat and retries.
 
     Raises:
-        SearchError: an existing study of that name was made with another config.
+        SearchError: an existing study of that name was made with another config; a storage that
+            cannot be opened (see :func:`connect_storage`).
     """
-    with warnings.catch_warnings():  # heartbeats and retries are marked experimental in Optuna
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(
-            options.storage_url,
-            engine_kwargs={"connect_args": {"timeout": 60}} if options.storage_url.startswith("sqlite") else None,
-            heartbeat_interval=options.heartbeat,
-            grace_period=3 * options.heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-        )
+    storage = connect_storage(options.storage_url, options.heartbeat)
     study = optuna.create_study(
         storage=storage, study_name=options.study_name, directions=config.directions, load_if_exists=True,
         sampler=_sampler(config, options, worker), pruner=_pruner(config, options),
@@ -99,6 +102,58 @@ def open_study(config: StudyConfig, options: RunOptions, worker: int = 0) -> opt
         raise SearchError(f"study '{options.study_name}' in {options.storage_url} was created with another "
                           f"{', '.join(changed)}; use a new --study-name (or --out) for a new study")
     return study
+
+
+def connect_storage(url: str, heartbeat: Optional[int] = None) -> optuna.storages.RDBStorage:
+    """Open the Optuna RDB storage at ``url`` (SQLite, PostgreSQL ``postgresql+psycopg://``, MySQL),
+    with a heartbeat every ``heartbeat`` seconds (grace: 3 intervals) whose stale trials are failed
+    and queued again, when given.
+
+    Server databases get ``pool_pre_ping`` (a connection the server dropped is replaced before use,
+    not handed to a trial) and a 10 s connect timeout; SQLite waits up to 60 s for its file lock.
+
+    Raises:
+        SearchError: a malformed URL, a missing driver, an unreachable server, refused credentials
+            or a missing database, in one paragraph without the password.
+    """
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        raise SearchError(f"--storage {url!r} is not a database URL; use e.g. sqlite:///study.db or "
+                          f"postgresql+psycopg://USER:PASSWORD@HOST:5432/DB") from None
+    sqlite = url.startswith("sqlite")
+    engine = {"connect_args": {"timeout": 60}} if sqlite else {
+        "pool_pre_ping": True, "pool_recycle": 3600, "connect_args": {"connect_timeout": 10}}
+    try:
+        with warnings.catch_warnings():  # heartbeats and retries are marked experimental in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            beat = {} if heartbeat is None else dict(
+                heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
+    except ImportError as err:  # SQLAlchemy's missing-driver error
+        raise SearchError(f"--storage {shown}: the database driver is not installed ({err}); for PostgreSQL "
+                          f"install the extra: pip install -e '.[postgres]'") from None
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as err:
+        raise SearchError(f"--storage {shown}: {err}") from None
+    except sqlalchemy.exc.SQLAlchemyError as err:  # unreachable, wrong password, no such database
+        reason = " ".join(str(getattr(err, "orig", None) or err).split())
+        raise SearchError(f"--storage {shown}: cannot connect: {reason}") from None
+
+
+def store_run_options(study: optuna.Study, options: RunOptions) -> None:
+    """Record the options every worker must share (``RunOptions.SHARED``) in the study; the head
+    calls this on every run, so a re-run with another ``--confirm-top`` is what workers follow."""
+    study.set_user_attr(_RUN_ATTR, options.model_dump(mode="json", include=set(RunOptions.SHARED)))
+
+
+def stored_settings(study: optuna.Study) -> tuple[Optional[StudyConfig], dict]:
+    """The study's config and shared run options as the head stored them (None, {} if absent)."""
+    config = study.user_attrs.get(_CONFIG_ATTR)
+    return (StudyConfig.model_validate(config) if config is not None else None), dict(study.user_attrs.get(_RUN_ATTR, {}))
 
 
 def _sampler(config: StudyConfig, options: RunOptions, worker: int) -> optuna.samplers.BaseSampler:
@@ -136,6 +191,12 @@ def is_live(trial: FrozenTrial) -> bool:
 def live_slots(study: optuna.Study) -> list[FrozenTrial]:
     """The trials that hold slots, by trial number (the first N run; see :func:`is_live`)."""
     return sorted((t for t in study.get_trials(deepcopy=False) if is_live(t)), key=lambda t: t.number)
+
+
+def candidates(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed trials that trained a spec of their own (not a repeat of an earlier one)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("slot") and "duplicate_of" not in t.user_attrs]
 
 
 def ensure_slots(study: optuna.Study, n_trials: int) -> int:

@@ -1,0 +1,187 @@
+"""Confirmation: seeds, intervals, the confirmed winner, the budget-scaled baseline, fidelity, and
+an interrupted confirmation that resumes without training anything twice."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import optuna
+import pytest
+from scipy import stats
+
+import xnetspace.search.confirmation as confirmation_module
+import xnetspace.search.objective as objective_module
+from xnetspace import NetworkSpec, load_preset
+from xnetspace.cost import count_flops
+from xnetspace.scaling import ScalingError, scale_to_budget
+from xnetspace.search import RunOptions, StudyConfig, run_search
+from xnetspace.search.confirmation import CONFIRM_SUFFIX, ConfirmError, baseline_spec
+from xnetspace.search.space import SearchSpace
+from xnetspace.search.stats import mean_difference, pooled_seed_std, rank_fidelity, seed_summary
+from xnetspace.search.train import TrainConfig, TrainResult
+
+from .test_search import SPACE
+
+
+class SeedTrainer:
+    """Proxy runs (seed 0) score wide networks high; confirmation runs (seeds 1, 2, ...) score
+    narrow ones high, with a small seed effect: the confirmed winner is not the proxy's."""
+
+    def __init__(self, interrupt_at=None):
+        self.calls, self.interrupt_at = [], interrupt_at
+
+    def __call__(self, spec, data, config, device, report=None):
+        self.calls.append((spec.digest(), config.seed, config.epochs))
+        confirming = [c for c in self.calls if c[1] != 0]
+        if config.seed != 0 and len(confirming) == self.interrupt_at:
+            raise KeyboardInterrupt
+        width = float(sum(spec.embed_dims))
+        top1 = width / 2 if config.seed == 0 else 100 - width / 2 + 0.1 * config.seed
+        for epoch in range(config.epochs):
+            if report is not None:
+                report(epoch, top1)
+        return TrainResult(history=[top1] * config.epochs, seconds=0.01)
+
+
+def make(tmp_path, n_trials=8, **options):
+    config = StudyConfig(space=SearchSpace.model_validate(SPACE), dataset="synthetic:128",
+                         train=TrainConfig(image_size=16, epochs=2, batch_size=32))
+    return config, RunOptions(n_trials=n_trials, out=tmp_path / "out", study_name="s", progress=False, heartbeat=1,
+                              sampler="random", pruner="none", **options)
+
+
+@pytest.fixture
+def trainer(monkeypatch):
+    fake = SeedTrainer()
+    monkeypatch.setattr(objective_module, "train_candidate", fake)
+    monkeypatch.setattr(confirmation_module, "train_candidate", fake)
+    return fake
+
+
+# -- statistics against scipy on known numbers --------------------------------------------------------
+def test_seed_summary_is_the_t_interval():
+    s = seed_summary([96.0, 97.0, 98.0])
+    half = 4.302652729749464 / math.sqrt(3)  # t(0.975, 2) x s / sqrt(n), s = 1
+    assert s["mean"] == pytest.approx(97.0) and s["std"] == pytest.approx(1.0) and s["n"] == 3
+    assert s["ci95"] == pytest.approx([97.0 - half, 97.0 + half])
+    assert math.isnan(seed_summary([97.0])["ci95"][0])
+
+
+def test_mean_difference_is_welchs_interval():
+    a, b = [97.1, 96.4, 97.9, 97.0], [95.2, 96.0, 95.5]
+    d = mean_difference(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert d["mean"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert d["ci95"] == pytest.approx([ref.low, ref.high])
+    assert d["distinguishable"] == (ref.low > 0)
+    assert not mean_difference([97.0, 96.0], [96.5, 97.5])["distinguishable"]  # CI contains 0
+
+
+def test_pooled_seed_std():
+    assert pooled_seed_std([[1.0, 3.0], [2.0, 2.0, 2.0], [5.0]]) == pytest.approx(math.sqrt(2.0 / 3.0))
+
+
+def test_rank_fidelity_on_known_rankings():
+    f = rank_fidelity([1, 2, 3, 4, 5], [2, 1, 4, 3, 5])
+    assert f["kendall_tau"] == pytest.approx(0.6)  # 8 concordant, 2 discordant pairs of 10
+    assert f["spearman_rho"] == pytest.approx(0.8)  # 1 - 6 * 4 / (5 * 24)
+    assert f["n"] == 5
+    for name in ("kendall_tau", "spearman_rho"):
+        lo, hi = f["ci95"][name]
+        assert -1 <= lo <= f[name] <= hi <= 1
+    assert math.isnan(rank_fidelity([1, 2], [2, 1])["kendall_tau"])  # too few to rank
+
+
+# -- budget scaling -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["transxnet_t", "transxnet_s", "transxnet_b"])
+@pytest.mark.parametrize("max_flops,size", [(3_000_000, 32), (60_000_000, 64), (900_000_000, 224)])
+def test_scaled_presets_land_inside_the_budget(preset, max_flops, size):
+    spec = scale_to_budget(load_preset(preset), max_flops, size, num_classes=10)
+    flops = count_flops(spec, (size, size))
+    assert 0.85 * max_flops <= flops <= max_flops  # close to the maximum, never past it
+    assert NetworkSpec.model_validate(spec.model_dump()) == spec  # a valid spec
+    assert len(spec.stages) == 4 and spec.num_classes == 10
+
+
+def test_scaling_refuses_a_budget_it_cannot_meet():
+    with pytest.raises(ScalingError, match="fits the budget"):
+        scale_to_budget(load_preset("transxnet_t"), 1_000, 32)
+    space = SearchSpace.model_validate({**SPACE, "constraints": {"image_size": 16, "flops": [0, "200k"], "max_params": "1k"}})
+    with pytest.raises(ConfirmError, match="--baseline transxnet_t"):
+        baseline_spec("transxnet_t", space, 8, 3)
+
+
+# -- the confirmation phase ------------------------------------------------------------------------------
+def test_the_winner_is_the_best_confirmed_mean_not_the_best_proxy(tmp_path, trainer):
+    config, options = make(tmp_path, confirm_top=3, confirm_seeds=2, confirm_epochs=3, baseline="transxnet_t")
+    outcome = run_search(config, options)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    cands = summary["candidates"]
+    assert len(cands) == 3 and all(c["confirm"]["n"] == 2 and len(c["confirm"]["scores"]) == 2 for c in cands)
+    proxy_best = max(cands, key=lambda c: c["proxy_top1"])
+    assert summary["best"]["trial"] == max(cands, key=lambda c: c["confirm"]["mean"])["trial"] != proxy_best["trial"]
+    assert outcome.best.number == summary["best"]["trial"]
+    assert f"trial {summary['best']['trial']}, confirmed top-1" in (tmp_path / "out" / "best_spec.yaml").read_text()
+    # the proxy ranks the candidates backwards: tau = -1 over the 3 confirmed ones
+    assert summary["fidelity"]["n"] == 3 and summary["fidelity"]["kendall_tau"] == pytest.approx(-1.0)
+    base = summary["baseline"]
+    assert base["name"].startswith("transxnet_t_x") and base["flops"] <= 200_000 and base["confirm"]["n"] == 2
+    assert summary["difference"]["mean"] == pytest.approx(summary["best"]["confirm"]["mean"] - base["confirm"]["mean"])
+    assert summary["noise"]["seed_std"] == pytest.approx(0.1 / math.sqrt(2))  # seeds 1, 2 differ by 0.1
+    # confirmation used new seeds and the longer schedule, each run once
+    confirm_calls = [c for c in trainer.calls if c[1] != 0]
+    assert {c[1] for c in confirm_calls} == {1, 2} and {c[2] for c in confirm_calls} == {3}
+    assert len(confirm_calls) == len(set(confirm_calls)) == 4 * 2
+    rows = (tmp_path / "out" / "trials.csv").read_text().splitlines()
+    assert "confirm_mean" in rows[0] and sum(1 for r in rows[1:] if r.split(",")[-1] != "") >= 1
+    assert (tmp_path / "out" / "fidelity.png").stat().st_size > 0
+
+
+def test_random_control_and_fidelity_sample(tmp_path, trainer):
+    config, options = make(tmp_path, n_trials=5, confirm_top=2, confirm_seeds=2, baseline="random:3", fidelity_sample=2)
+    outcome = run_search(config, options)
+    summary = outcome.summary
+    assert summary["baseline"]["name"].startswith("best of random:3") and summary["baseline"]["confirm"]["n"] == 2
+    assert summary["fidelity"]["n"] == 2 + 2  # the confirmed candidates and the random sample
+    searched = len([t for t in outcome.study.get_trials() if t.user_attrs.get("top1_history")
+                    and "duplicate_of" not in t.user_attrs])
+    proxy_runs = [c for c in trainer.calls if c[1] == 0]
+    assert len(proxy_runs) == searched + 3  # each of the 3 random specs got one proxy run
+    assert summary["pending"] == 0
+
+
+def test_more_candidates_asked_than_completed_confirms_what_there_is(tmp_path, trainer, capsys):
+    config, options = make(tmp_path, n_trials=2, confirm_top=5, confirm_seeds=2)
+    options.progress = True
+    summary = run_search(config, options).summary
+    assert len(summary["candidates"]) <= 2
+    assert "completed candidates to confirm (--confirm-top 5)" in capsys.readouterr().out
+
+
+def test_an_interrupted_confirmation_resumes_without_training_twice(tmp_path, monkeypatch):
+    config, options = make(tmp_path, n_trials=4, confirm_top=2, confirm_seeds=3)
+    first = SeedTrainer(interrupt_at=3)  # Ctrl-C during the 3rd confirmation run
+    for module in (objective_module, confirmation_module):
+        monkeypatch.setattr(module, "train_candidate", first)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config, options)
+    done_before = [c for c in first.calls if c[1] != 0][:2]  # the two confirmation runs that finished
+    second = SeedTrainer()
+    for module in (objective_module, confirmation_module):
+        monkeypatch.setattr(module, "train_candidate", second)
+    summary = run_search(config, options).summary
+    assert [c for c in second.calls if c[1] == 0] == []  # no search trial retrained
+    assert not set(done_before) & set(second.calls)  # no finished confirmation run retrained
+    assert len(second.calls) == len(set(second.calls)) == 2 * 3 - 2
+    assert all(c["confirm"]["n"] == 3 for c in summary["candidates"]) and summary["pending"] == 0
+    storage = options.storage_url
+    jobs = optuna.load_study(study_name="s" + CONFIRM_SUFFIX, storage=storage).get_trials()
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in jobs) == 6
+
+
+def test_population_studies_still_measure_the_seed_noise(tmp_path, trainer):
+    config, options = make(tmp_path, n_trials=4, confirm_top=0, confirm_seeds=3)
+    summary = run_search(config, options).summary
+    assert summary["candidates"] == [] and summary["best"] is None
+    assert summary["noise"]["proxy_seed_std"] == pytest.approx(0.1)  # seeds 1, 2, 3 at the proxy recipe

@@ -1,0 +1,97 @@
+"""Scores as measurements with an error: seed statistics, differences, and rank fidelity.
+
+Every function takes plain lists of scores (top-1 in percent) and returns plain dicts that go
+into ``summary.json`` as they are. Intervals are two-sided 95%:
+
+- one candidate over seeds: Student's t interval of the mean, ``mean +- t(0.975, n-1) s/sqrt(n)``;
+- a difference of two means: Welch's t interval (unequal variances, Welch-Satterthwaite degrees
+  of freedom), the usual comparison of two independently seeded trainings;
+- rank fidelity of a proxy: Kendall tau-b and Spearman rho (``scipy.stats``), with a paired
+  percentile bootstrap interval over candidates (2,000 resamples; resamples with no ranking,
+  all scores tied, are dropped).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+from scipy import stats
+
+__all__ = ["seed_summary", "mean_difference", "pooled_seed_std", "rank_fidelity"]
+
+
+def seed_summary(scores: Sequence[float]) -> dict:
+    """``{mean, std, ci95: [lo, hi], n, scores}`` of one spec's scores over seeds.
+
+    ``std`` is the sample standard deviation (n - 1); ``ci95`` is the t interval of the mean,
+    ``[nan, nan]`` with fewer than 2 scores (no interval can be given from one run).
+    """
+    x = np.asarray(scores, dtype=float)
+    n = len(x)
+    mean = float(x.mean()) if n else math.nan
+    std = float(x.std(ddof=1)) if n > 1 else math.nan
+    if n > 1 and std > 0:
+        lo, hi = stats.t.interval(0.95, n - 1, loc=mean, scale=std / math.sqrt(n))
+    elif n > 1:
+        lo = hi = mean
+    else:
+        lo = hi = math.nan
+    return {"mean": mean, "std": std, "ci95": [float(lo), float(hi)], "n": n, "scores": [float(v) for v in x]}
+
+
+def mean_difference(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Mean of ``a`` minus mean of ``b`` with Welch's 95% t interval.
+
+    Returns ``{mean, ci95: [lo, hi], distinguishable}``; ``distinguishable`` is False when the
+    interval contains 0 (and when either side has fewer than 2 scores: no interval).
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    diff = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
+        return {"mean": diff, "ci95": [math.nan, math.nan], "distinguishable": False}
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(vx + vy)
+    if se == 0:
+        return {"mean": diff, "ci95": [diff, diff], "distinguishable": diff != 0}
+    dof = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    lo, hi = stats.t.interval(0.95, dof, loc=diff, scale=se)
+    return {"mean": diff, "ci95": [float(lo), float(hi)], "distinguishable": bool(lo > 0 or hi < 0)}
+
+
+def pooled_seed_std(groups: Sequence[Sequence[float]]) -> float:
+    """Seed noise: the pooled within-spec standard deviation, ``sqrt(sum (n_i - 1) s_i^2 /
+    sum (n_i - 1))`` over the specs with 2 or more scores (nan if none)."""
+    num = sum((len(g) - 1) * np.var(g, ddof=1) for g in groups if len(g) > 1)
+    dof = sum(len(g) - 1 for g in groups if len(g) > 1)
+    return float(math.sqrt(num / dof)) if dof else math.nan
+
+
+def rank_fidelity(proxy: Sequence[float], confirmed: Sequence[float], seed: int = 0) -> dict:
+    """How well the proxy score ranks candidates as the confirmed score does.
+
+    Returns ``{kendall_tau, spearman_rho, n, ci95: {kendall_tau: [lo, hi], spearman_rho: [lo, hi]}}``;
+    values are nan with fewer than 3 candidates or a constant side (no ranking to compare).
+    """
+    x, y = np.asarray(proxy, dtype=float), np.asarray(confirmed, dtype=float)
+    n = len(x)
+    nan2 = [math.nan, math.nan]
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"kendall_tau": math.nan, "spearman_rho": math.nan, "n": n,
+                "ci95": {"kendall_tau": nan2, "spearman_rho": nan2}}
+    tau = float(stats.kendalltau(x, y).statistic)
+    rho = float(stats.spearmanr(x, y).statistic)
+    # Paired percentile bootstrap over candidates. Written out rather than scipy.stats.bootstrap
+    # because a resample whose scores are all tied has no rank correlation (nan), which must be
+    # dropped, not allowed to turn the whole interval into nan.
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(2000, n))
+    ci = {}
+    for name, fn in (("kendall_tau", stats.kendalltau), ("spearman_rho", stats.spearmanr)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # constant resamples warn before they return nan
+            values = np.array([fn(x[i], y[i]).statistic for i in draws], dtype=float)
+        values = values[np.isfinite(values)]
+        ci[name] = [float(v) for v in np.percentile(values, [2.5, 97.5])] if len(values) else nan2
+    return {"kendall_tau": tau, "spearman_rho": rho, "n": n, "ci95": ci}
