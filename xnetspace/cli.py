@@ -1,7 +1,9 @@
 """Command line: ``xnetspace build SPEC`` and ``xnetspace flops SPEC``.
 
 SPEC is a spec file (``.yaml``/``.json``) or a preset name (``transxnet_t``). Bad input (spec,
-checkpoint, image, option) exits with status 2 and one paragraph on stderr, never a traceback.
+checkpoint, image, option) exits with status 2 and one paragraph on stderr, never a traceback;
+Ctrl-C exits 130; an internal error (a bug) exits 1 with one paragraph naming a log file that
+holds its traceback (:func:`main`).
 """
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ import torch
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint
 from .cost import FLOP_KINDS, CostReport, cost_report, parse_image_size
 from .network import build_model
-from .spec import NetworkSpec, SpecError, format_validation_error, load_preset, resolve_spec
+from .spec import NetworkSpec, SpecError, format_validation_error, load_preset, resolve_spec, save_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="xnetspace: TransXNet specs, builder, cost model and search.")
@@ -31,17 +34,27 @@ ImageSizeOpt = typer.Option("224", "--image-size", help="input size H or HxW, in
 JsonOpt = typer.Option(False, "--json", help="print one JSON object instead of tables")
 
 
+MAX_MESSAGE = 3000  # characters of one error paragraph; the sources already keep values short
+
+
 def _fail(message: str) -> None:
+    if len(message) > MAX_MESSAGE:  # last guard: a message never floods the terminal
+        message = f"{message[:MAX_MESSAGE]} ... ({len(message) - MAX_MESSAGE:,} more characters)"
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
 
 def _load(spec_arg: str, image_size: str) -> tuple[NetworkSpec, tuple[int, int]]:
+    from .spec import check_image_size, shorten
+
     try:
-        return resolve_spec(spec_arg), parse_image_size(image_size)
+        if len(image_size) > 40:  # "16384x16384" is 11 characters; int() of 5,000 digits fails
+            raise ValueError(f"--image-size {shorten(image_size, 40)!r} must be H or HxW, e.g. 224 or 224x192")
+        size = check_image_size(parse_image_size(image_size), "--image-size")
+        return resolve_spec(spec_arg), size
     except ValidationError as err:
-        _fail(format_validation_error(err, f"spec {spec_arg}"))
-    except (SpecError, ValueError) as err:
+        _fail(format_validation_error(err, f"spec {shorten(spec_arg)}"))
+    except (SpecError, ValueError, OSError) as err:
         _fail(str(err))
 
 
@@ -51,7 +64,7 @@ def _gflops(flops: int) -> str:
 
 def _stage_table(report: CostReport) -> Table:
     h, w = report.image_size
-    table = Table(title=f"{report.spec.name} at {h}x{w}: {report.params:,} params, "
+    table = Table(title=f"{escape(report.spec.name)} at {h}x{w}: {report.params:,} params, "
                         f"{_gflops(report.flops)} GFLOPs ({_gflops(report.conv_flops)} in convolutions)")
     for col in ("part", "depth", "width", "heads", "G", "mlp", "attn", "sr", "resolution", "params", "GFLOPs"):
         table.add_column(col, justify="left" if col == "part" else "right")
@@ -90,19 +103,27 @@ def build(
     checkpoint: Optional[Path] = typer.Option(None, help="weights: a release checkpoint or one saved by --save"),
     save: Optional[Path] = typer.Option(None, help="save the network with its spec to this file"),
     seed: int = typer.Option(0, help="seed of the random initialisation (without --checkpoint)"),
+    force: bool = typer.Option(False, "--force", help="build and run even when the memory estimate exceeds the memory available"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Build SPEC, print its per-stage cost, and classify one real photograph in eval mode."""
+    """Build SPEC, print its per-stage cost, and classify one real photograph in eval mode.
+
+    Refused at once (exit 2) when the network and its forward at --image-size would need more
+    memory than is available (xnetspace.memory.check_memory), unless --force.
+    """
+    from .memory import check_memory
     from .search.data import DEFAULT_PHOTO, photo_batch
 
     net_spec, size = _load(spec, image_size)
-    torch.manual_seed(seed)  # the same command prints the same numbers
-    model = build_model(net_spec).eval()
     try:
+        if not force:
+            check_memory(net_spec, size)
+        torch.manual_seed(seed)  # the same command prints the same numbers
+        model = build_model(net_spec, force=True).eval()  # checked above, with the forward
         if checkpoint is not None:
             load_weights(model, read_checkpoint(checkpoint))
         batch = photo_batch(net_spec, size, image)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
+    except (CheckpointError, SpecError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
     with torch.inference_mode():
         output = model(batch)
@@ -115,7 +136,7 @@ def build(
         probs, classes = output.softmax(-1)[0].topk(min(5, net_spec.num_classes))
         result["top5"] = [{"class": int(c), "prob": float(p)} for p, c in zip(probs, classes)]
     if save is not None:
-        result["saved"] = str(save_checkpoint(model, save))
+        result["saved"] = str(_save(model, save))
 
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -130,6 +151,22 @@ def build(
         console.print(f"saved to {result['saved']}")
 
 
+def _save(model: torch.nn.Module, path: Path) -> Path:
+    """save_checkpoint through a temporary file beside ``path``: a failed save (unwritable folder,
+    full disk) leaves no half-written file and an existing file intact."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        save_checkpoint(model, partial)
+        partial.replace(path)
+    except OSError as err:
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:  # the folder itself is missing or not a folder: nothing was written
+            pass
+        _fail(f"cannot save the network to {str(path)!r}: {err.strerror or err}")
+    return path
+
+
 @app.command()
 def flops(spec: str = SpecArg, image_size: str = ImageSizeOpt, as_json: bool = JsonOpt) -> None:
     """Exact params and FLOPs of SPEC from the spec alone, by stage and operator kind."""
@@ -140,6 +177,39 @@ def flops(spec: str = SpecArg, image_size: str = ImageSizeOpt, as_json: bool = J
         return
     console.print(_stage_table(report))
     console.print(_kind_table(report))
+
+
+@app.command()
+def scale(
+    preset: str = typer.Argument(..., help="preset name or spec file to scale"),
+    flops_max: str = typer.Option(..., "--flops", help="FLOP budget maximum, e.g. 3M or 1.2G (fvcore count)"),
+    image_size: str = ImageSizeOpt,
+    flops_min: Optional[str] = typer.Option(None, "--flops-min", help="FLOP budget minimum"),
+    max_params: Optional[str] = typer.Option(None, "--max-params", help="parameter maximum, e.g. 1.5M"),
+    save: Optional[Path] = typer.Option(None, help="write the scaled spec to this YAML file"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Scale a preset to a FLOP budget (depth, width and heads x one factor; xnetspace/scaling.py)."""
+    from .scaling import scale_to_budget
+    from .search.space import parse_count
+
+    net_spec, size = _load(preset, image_size)
+    try:
+        scaled = scale_to_budget(net_spec, parse_count(flops_max), size,
+                                 min_flops=parse_count(flops_min) if flops_min else None,
+                                 max_params=parse_count(max_params) if max_params else None)
+        if save is not None:
+            save_spec(scaled, save)
+    except (SpecError, ValueError, OSError) as err:
+        _fail(str(err))
+    report = cost_report(scaled, size)
+    if as_json:
+        typer.echo(json.dumps({"flops": report.flops, "params": report.params, "image_size": list(size),
+                               "spec": scaled.model_dump(mode="json"), "saved": str(save) if save else None}))
+        return
+    console.print(_stage_table(report))
+    if save is not None:
+        console.print(f"saved to {save}")
 
 
 @app.command()
@@ -163,9 +233,14 @@ def search(
     storage: Optional[str] = typer.Option(None, help="Optuna RDB URL (default: sqlite in --out)"),
     study_name: Optional[str] = typer.Option(None, "--study-name", help="default: SPACE-DATASET-OBJECTIVE"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... (one worker process per entry)"),
-    baseline: Optional[str] = typer.Option(None, help="paper preset to train with the same recipe, e.g. transxnet_t"),
+    baseline: Optional[str] = typer.Option(None, help="PRESET (scaled to the study's budget) or random:N (best of N random in-budget specs), confirmed like the candidates"),
+    confirm_top: int = typer.Option(3, "--confirm-top", help="candidates retrained after the search with several seeds (0: none)"),
+    confirm_seeds: int = typer.Option(3, "--confirm-seeds", help="seeds per confirmed candidate (>= 2 for a 95% CI)"),
+    confirm_epochs: Optional[int] = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: twice the proxy's)"),
+    fidelity_sample: int = typer.Option(0, "--fidelity-sample", help="random in-budget specs added to the confirmed set for Kendall tau"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: runs/STUDY_NAME)"),
     heartbeat: int = typer.Option(10, help="heartbeat interval in seconds; dead workers' trials are retried"),
+    workers_per_device: int = typer.Option(1, "--workers-per-device", help="worker processes per device (CPU workers split the cores)"),
 ) -> None:
     """Search a design space under a FLOP budget with proxy training (Optuna)."""
     from .search.data import DataError
@@ -194,10 +269,10 @@ def search(
             n_trials=n_trials, out=out or Path("runs") / name, storage=storage, study_name=name,
             sampler=sampler or ("nsga2" if two else "tpe"), pruner=pruner or ("none" if two else "median"),
             seed=seed, timeout=timeout, devices=[d.strip() for d in devices.split(",") if d.strip()],
-            heartbeat=heartbeat, baseline=baseline,
+            heartbeat=heartbeat, baseline=baseline, workers_per_device=workers_per_device,
+            confirm_top=0 if population else confirm_top, confirm_seeds=confirm_seeds,
+            confirm_epochs=confirm_epochs, fidelity_sample=fidelity_sample,
         )
-        if baseline is not None:
-            load_preset(baseline)
         _check_devices(options.devices)
         run_search(config, options)
     except KeyboardInterrupt:
@@ -210,24 +285,63 @@ def search(
 
 
 @app.command()
+def worker(
+    storage: str = typer.Option(..., help="the study's Optuna RDB URL, e.g. postgresql+psycopg://USER:PW@HOST/DB"),
+    study_name: str = typer.Option(..., "--study-name", help="the study to join (the head prints it)"),
+    devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... on this machine"),
+    workers_per_device: int = typer.Option(1, "--workers-per-device", help="worker processes per device (CPU workers split the cores)"),
+    dataset: Optional[str] = typer.Option(None, help="this machine's path to the study's data, e.g. imagefolder:/data/x (checked against the head's)"),
+    timeout: Optional[float] = typer.Option(None, help="seconds after which this worker starts no new trial"),
+    worker_index: Optional[int] = typer.Option(None, "--worker-index", help="number of the first worker (seeds its sampler; default: random from 1000)"),
+) -> None:
+    """Join a study that `xnetspace search` created in a server database and run its trials until it is done.
+
+    The study's space, dataset, recipe, N, sampler and pruner come from the storage, not from this
+    command line. Exits 0 when the study's trials are all done (at once on a finished study).
+    """
+    from .search.data import DataError
+    from .search.join import join_study
+    from .search.study import SearchError
+
+    try:
+        device_list = [d.strip() for d in devices.split(",") if d.strip()]
+        if workers_per_device < 1:
+            raise ValueError(f"--workers-per-device {workers_per_device} must be at least 1")
+        _check_devices(device_list)
+        join_study(storage, study_name, device_list, workers_per_device, dataset, timeout, worker_index)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: this worker's running trials are retried by the others (heartbeat)", err=True)
+        raise typer.Exit(130) from None
+    except ValidationError as err:
+        _fail(format_validation_error(err, "worker options"))
+    except (SearchError, DataError, ValueError) as err:
+        _fail(str(err))
+
+
+@app.command()
 def space(
     space_file: str = typer.Argument(..., help="space file (spaces/*.yaml) or a shipped space's name"),
-    draws: int = typer.Option(2000, help="random specs to draw for the statistics"),
+    draws: int = typer.Option(2000, min=1, max=100_000, help="random specs to draw for the statistics (1..100,000)"),
     num_classes: int = typer.Option(10, "--num-classes", help="classes of the dataset the space is for"),
     in_chans: int = typer.Option(3, "--in-chans", help="input channels of the dataset"),
 ) -> None:
     """Check a design space: its Optuna parameters and how many random specs meet its budget."""
     from .search.space import SpaceError, load_space
+    from .spec import read_text_file
 
     try:
+        if Path(space_file).exists():  # refuse /dev/zero or a huge file before reading it
+            read_text_file(space_file, "space file")
         space_def = load_space(space_file)
         check = space_def.check(draws=draws, num_classes=num_classes, in_chans=in_chans)
-    except SpaceError as err:
+    except ValidationError as err:
+        _fail(format_validation_error(err, "space options (--num-classes, --in-chans)"))
+    except (SpaceError, SpecError, ValueError, OSError) as err:
         _fail(str(err))
     params = space_def.param_names()
-    console.print(f"space {space_def.name}: {space_def.description}")
-    console.print(f"parameters ({len(params)}): {', '.join(params)}")
-    console.print(check.summary())
+    console.print(f"space {space_def.name}: {space_def.description}", markup=False, highlight=False)
+    console.print(f"parameters ({len(params)}): {', '.join(params)}", markup=False, highlight=False)
+    console.print(check.summary(), markup=False, highlight=False)
 
 
 @app.command()
@@ -296,7 +410,48 @@ def _check_devices(devices: list[str]) -> None:
 
 
 def main() -> None:
-    app()
+    """The ``xnetspace`` console script: ``app()`` with every way out turned into a short answer.
+
+    Exit status: 0 done; 2 bad input (one paragraph, also for unknown options); 130 Ctrl-C (a short
+    line); 1 an internal error (a bug): one paragraph naming a log file with the traceback,
+    never the traceback itself.
+    """
+    try:
+        app()
+    except SystemExit as done:
+        # typer turns Ctrl-C into exit 130 silently (Exit raised from the KeyboardInterrupt);
+        # commands that catch it themselves say more and raise Exit(130) from None.
+        if done.code == 130 and isinstance(getattr(done.__context__, "__cause__", None), KeyboardInterrupt):
+            typer.echo("interrupted (Ctrl-C); nothing was saved by this command", err=True)
+        raise
+    except KeyboardInterrupt:
+        typer.echo("interrupted (Ctrl-C); nothing was saved by this command", err=True)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the last guard: a bug gets a log file, not a traceback
+        from .spec import shorten
+
+        log = _error_log(err)
+        where = f"the traceback is in {log}" if log else "no log file could be written"
+        typer.echo(f"internal error: {type(err).__name__}: {shorten(str(err), 200)}. This is a bug in "
+                   f"xnetspace, not a problem with your input; {where} (please attach it to a bug report).",
+                   err=True)
+        sys.exit(1)
+
+
+def _error_log(err: BaseException) -> Optional[Path]:
+    """Write ``err``'s traceback and the command line to a new file in the temporary folder."""
+    import tempfile
+    import traceback
+
+    try:
+        folder = Path(tempfile.gettempdir()) / "xnetspace-logs"
+        folder.mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="error-", suffix=".log", dir=folder)
+        with open(fd, "w") as file:
+            file.write(f"command: {sys.argv!r}\n\n{''.join(traceback.format_exception(err))}")
+        return Path(name)
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":
