@@ -22,7 +22,8 @@ from rich.table import Table
 from .checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint
 from .cost import FLOP_KINDS, CostReport, cost_report, parse_image_size
 from .network import build_model
-from .spec import NetworkSpec, SpecError, format_validation_error, load_preset, resolve_spec, save_spec
+from .spec import (MAX_CLASSES, MAX_IN_CHANS, NetworkSpec, SpecError, format_validation_error, load_preset,
+                   resolve_spec, save_spec)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="xnetspace: TransXNet specs, builder, cost model and search.")
@@ -234,7 +235,7 @@ def search(
     study_name: Optional[str] = typer.Option(None, "--study-name", help="default: SPACE-DATASET-OBJECTIVE"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... (one worker process per entry)"),
     baseline: Optional[str] = typer.Option(None, help="PRESET (scaled to the study's budget) or random:N (best of N random in-budget specs), confirmed like the candidates"),
-    confirm_top: int = typer.Option(3, "--confirm-top", help="candidates retrained after the search with several seeds (0: none)"),
+    confirm_top: int = typer.Option(5, "--confirm-top", help="candidates retrained after the search with several seeds (0: none)"),
     confirm_seeds: int = typer.Option(3, "--confirm-seeds", help="seeds per confirmed candidate (>= 2 for a 95% CI)"),
     confirm_epochs: Optional[int] = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: twice the proxy's)"),
     fidelity_sample: int = typer.Option(0, "--fidelity-sample", help="random in-budget specs added to the confirmed set for Kendall tau"),
@@ -322,16 +323,13 @@ def worker(
 def space(
     space_file: str = typer.Argument(..., help="space file (spaces/*.yaml) or a shipped space's name"),
     draws: int = typer.Option(2000, min=1, max=100_000, help="random specs to draw for the statistics (1..100,000)"),
-    num_classes: int = typer.Option(10, "--num-classes", help="classes of the dataset the space is for"),
-    in_chans: int = typer.Option(3, "--in-chans", help="input channels of the dataset"),
+    num_classes: int = typer.Option(10, "--num-classes", min=0, max=MAX_CLASSES, help="classes of the dataset the space is for"),
+    in_chans: int = typer.Option(3, "--in-chans", min=1, max=MAX_IN_CHANS, help="input channels of the dataset"),
 ) -> None:
     """Check a design space: its Optuna parameters and how many random specs meet its budget."""
     from .search.space import SpaceError, load_space
-    from .spec import read_text_file
 
     try:
-        if Path(space_file).exists():  # refuse /dev/zero or a huge file before reading it
-            read_text_file(space_file, "space file")
         space_def = load_space(space_file)
         check = space_def.check(draws=draws, num_classes=num_classes, in_chans=in_chans)
     except ValidationError as err:

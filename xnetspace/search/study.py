@@ -64,7 +64,7 @@ class RunOptions(BaseModel):
     devices: list[str] = Field(default_factory=lambda: ["cpu"])
     heartbeat: int = Field(10, ge=1, description="heartbeat interval in seconds (grace: 3 intervals)")
     baseline: Optional[str] = Field(None, description="a preset scaled to the budget, or random:N")
-    confirm_top: int = Field(3, ge=0, description="candidates retrained after the search (0: none)")
+    confirm_top: int = Field(5, ge=0, description="candidates retrained after the search (0: none)")
     confirm_seeds: int = Field(3, ge=1, description="seeds per confirmed candidate")
     confirm_epochs: Optional[int] = Field(None, ge=1, description="confirmation epochs (default: 2x the proxy's)")
     fidelity_sample: int = Field(0, ge=0, description="random in-budget candidates added to the confirmed set")
