@@ -519,7 +519,9 @@ def yaml_mapping(text: str, what: str) -> dict:
                 raise SpecError(f"{what} has more than {MAX_YAML_NODES:,} YAML values once its aliases "
                                 f"(*name) are expanded; spec and space files have a few hundred")
         data = None if node is None else loader.construct_document(node)
-    except yaml.YAMLError as err:
+    except SpecError:
+        raise
+    except (yaml.YAMLError, ValueError, TypeError) as err:  # ValueError: an int of 5,000 digits
         raise SpecError(f"not valid YAML: {shorten(str(err), 400)}") from err
     except RecursionError:  # nesting deeper than Python's stack: no spec is like that
         raise SpecError(f"{what} is nested too deeply to be a spec or space file") from None
@@ -576,7 +578,7 @@ def load_spec(path: str | Path) -> NetworkSpec:
         if path.suffix == ".json":
             try:
                 return NetworkSpec.model_validate(json.loads(text))
-            except (json.JSONDecodeError, RecursionError) as err:
+            except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
                 raise SpecError(f"{shown}: not valid JSON: {shorten(str(err), 300)}") from err
         return NetworkSpec.from_yaml(text)
     except ValidationError as err:
