@@ -27,7 +27,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
                       model_validator)
 
 from ..cost import ImageSize, cost_report, parse_image_size
-from ..spec import NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty, yaml_mapping
+from ..spec import NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty, read_text_file, yaml_mapping
 from .train import TrainConfig
 
 __all__ = ["SearchSpace", "Constraints", "SpaceError", "load_space", "parse_count", "human_count", "RandomTrial", "SpaceCheck"]
@@ -502,9 +502,9 @@ def load_space(path: Union[str, Path]) -> SearchSpace:
         if shipped.is_file():
             return _parse_space(shipped.read_text(), str(path))
     try:
-        text = path.read_text()
-    except OSError as err:
-        raise SpaceError(f"cannot read space file {str(path)!r}: {err.strerror}") from err
+        text = read_text_file(path, "space file")  # at most 1 MiB: /dev/zero is refused, not read
+    except SpecError as err:
+        raise SpaceError(str(err)) from err
     return _parse_space(text, str(path))
 
 
