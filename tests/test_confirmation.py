@@ -97,7 +97,7 @@ def test_rank_fidelity_on_known_rankings():
 @pytest.mark.parametrize("preset", ["transxnet_t", "transxnet_s", "transxnet_b"])
 @pytest.mark.parametrize("max_flops,size", [(3_000_000, 32), (60_000_000, 64), (900_000_000, 224)])
 def test_scaled_presets_land_inside_the_budget(preset, max_flops, size):
-    spec = scale_to_budget(load_preset(preset), max_flops, size, num_classes=10)
+    spec = scale_to_budget(load_preset(preset), max_flops, size, network={"num_classes": 10})
     flops = count_flops(spec, (size, size))
     assert 0.85 * max_flops <= flops <= max_flops  # close to the maximum, never past it
     assert NetworkSpec.model_validate(spec.model_dump()) == spec  # a valid spec
@@ -110,6 +110,13 @@ def test_scaling_refuses_a_budget_it_cannot_meet():
     space = SearchSpace.model_validate({**SPACE, "constraints": {"image_size": 16, "flops": [0, "200k"], "max_params": "1k"}})
     with pytest.raises(ConfirmError, match="--baseline transxnet_t"):
         baseline_spec("transxnet_t", space, 8, 3)
+
+
+def test_the_baseline_is_counted_like_the_candidates():
+    space = SearchSpace.model_validate({**SPACE, "network": {"image_size": 16, "drop_path_rate": 0.0}})
+    spec = baseline_spec("transxnet_t", space, 8, 3)  # the space's fixed fields and the data's classes
+    assert (spec.image_size, spec.num_classes, spec.in_chans) == (16, 8, 3)
+    assert count_flops(spec, (16, 16)) <= 200_000
 
 
 # -- the confirmation phase ------------------------------------------------------------------------------

@@ -67,13 +67,14 @@ def scale_spec(spec: NetworkSpec, s: float) -> NetworkSpec:
 
 def scale_to_budget(spec: NetworkSpec, max_flops: int, image_size: ImageSize = 224, *,
                     min_flops: Optional[int] = None, max_params: Optional[int] = None,
-                    **network: Any) -> NetworkSpec:
+                    network: Optional[dict[str, Any]] = None) -> NetworkSpec:
     """The largest scaled version of ``spec`` within a FLOP budget (FLOPs at ``image_size``,
     counted as fvcore does: one multiply-add = one flop).
 
     Args:
-        network: network fields to set before scaling (``num_classes``, ``in_chans``,
-            ``image_size`` of the position biases, ...), so that the baseline is counted as the
+        image_size: the input size the FLOPs are counted at (int or (H, W)).
+        network: network fields to set before scaling (``num_classes``, ``in_chans``, the
+            position biases' ``image_size``, ...), so that the baseline is counted as the
             candidates are.
 
     Raises:

@@ -112,7 +112,7 @@ def baseline_spec(name: str, space: SearchSpace, num_classes: int, in_chans: int
     network = {**space.network, "num_classes": num_classes, "in_chans": in_chans}
     try:
         return scale_to_budget(load_preset(name), c.flops[1] if c.flops else 10 ** 18, c.image_size,
-                               min_flops=c.flops[0] if c.flops else None, max_params=c.max_params, **network)
+                               min_flops=c.flops[0] if c.flops else None, max_params=c.max_params, network=network)
     except (ScalingError, SpecError, ValidationError) as err:
         raise ConfirmError(f"--baseline {name}: {err}") from None
 
