@@ -245,7 +245,7 @@ def search(
 ) -> None:
     """Search a design space under a FLOP budget with proxy training (Optuna)."""
     from .search.data import DataError
-    from .search import RunOptions, SearchError, StudyConfig, run_search
+    from .search import RunOptions, SearchError, StudyConfig, progress_summary, run_search
     from .search.space import SpaceError, load_space, parse_count
 
     try:
@@ -277,12 +277,15 @@ def search(
         _check_devices(options.devices)
         run_search(config, options)
     except KeyboardInterrupt:
-        typer.echo("interrupted: completed trials are kept; run the same command again to continue", err=True)
+        done = progress_summary(options) if "options" in locals() else "nothing started"
+        typer.echo(f"interrupted: {done}; the study is kept: re-run the same command to continue", err=True)
         raise typer.Exit(130) from None
     except ValidationError as err:
         _fail(format_validation_error(err, "search options"))
     except (SpaceError, SpecError, SearchError, DataError, ValueError) as err:
         _fail(str(err))
+    except OSError as err:  # an unwritable --out, a full disk while writing results
+        _fail(f"cannot write the study's files: {err.strerror or err} ({err.filename or 'the output folder'})")
 
 
 @app.command()

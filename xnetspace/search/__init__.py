@@ -13,8 +13,8 @@ Arrows point one way, down toward the spec (nothing here is imported by the netw
 ``xnetspace search`` (``xnetspace/cli.py``) is the command line over it.
 """
 from .results import SearchOutcome, best_trial, pareto_front, write_results
-from .runner import run_search
+from .runner import progress_summary, run_search
 from .study import ObjectiveName, RunOptions, SearchError, StudyConfig, open_study
 
-__all__ = ["run_search", "StudyConfig", "RunOptions", "SearchError", "SearchOutcome", "ObjectiveName", "open_study",
+__all__ = ["run_search", "progress_summary", "StudyConfig", "RunOptions", "SearchError", "SearchOutcome", "ObjectiveName", "open_study",
            "best_trial", "pareto_front", "write_results"]

@@ -18,7 +18,7 @@ from .join import record_dataset, worker_command
 from .study import RunOptions, StudyConfig, ensure_slots, open_study, slot_state, store_run_options
 from .workers import run_processes, run_worker
 
-__all__ = ["run_search"]
+__all__ = ["run_search", "progress_summary"]
 
 
 def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
@@ -58,3 +58,13 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
         summary = summarize(study, open_confirm_study(options), config, options, data)
         outcome = write_results(study, config, options, summary)
     return outcome
+
+
+def progress_summary(options: RunOptions) -> str:
+    """``"7 of 20 trials done"`` read from the study's storage (for the line printed when a run
+    is interrupted); a plain phrase when the storage cannot be read."""
+    try:
+        study = optuna.load_study(study_name=options.study_name, storage=options.storage_url)
+        return f"{slot_state(study, options.n_trials).done} of {options.n_trials} trials done"
+    except Exception:  # noqa: BLE001 - an interrupted run must still exit with its short line
+        return "the trials that finished are kept"
