@@ -8,7 +8,9 @@ import yaml
 from pydantic import ValidationError
 
 from xnetspace import NetworkSpec, SpecError, format_validation_error, load_preset, load_spec, save_spec
-from xnetspace.spec import preset_names, reduced_size
+from xnetspace.spec import (MAX_DEPTH, MAX_EMBED_DIM, MAX_FILE_BYTES, MAX_HEADS, MAX_IDCONV_GROUPS, MAX_IMAGE_SIZE,
+                            MAX_IN_CHANS, MAX_SR_RATIO, StageSpec, preset_names, read_text_file, reduced_size,
+                            resolve_spec, short_repr, yaml_mapping)
 
 from .conftest import random_specs, tiny_spec
 
@@ -160,3 +162,64 @@ def test_load_spec_errors_name_the_file(tmp_path):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(SpecError, match="unknown preset 'transxnet_x'.*transxnet_b, transxnet_s, transxnet_t"):
         load_preset("transxnet_x")
+
+
+@pytest.mark.parametrize("model,field,limit", [
+    (StageSpec, "depth", MAX_DEPTH), (StageSpec, "embed_dim", MAX_EMBED_DIM), (StageSpec, "num_heads", MAX_HEADS),
+    (StageSpec, "sr_ratio", MAX_SR_RATIO), (StageSpec, "idconv_groups", MAX_IDCONV_GROUPS),
+    (NetworkSpec, "in_chans", MAX_IN_CHANS), (NetworkSpec, "image_size", MAX_IMAGE_SIZE),
+])
+def test_sizes_have_upper_bounds_stated_in_their_descriptions(model, field, limit):
+    assert str(limit) in model.model_fields[field].description
+    stage = {"depth": 1, "embed_dim": 16, "num_heads": 1}
+    data = {"stages": [{**stage, field: limit + 1}]} if model is StageSpec else {"stages": [stage], field: limit + 1}
+    with pytest.raises(ValidationError, match=f"less than or equal to {limit}"):
+        NetworkSpec.model_validate(data)
+    fits = {"stages": [{**stage, field: limit}]} if field in ("depth", "idconv_groups", "sr_ratio") else None
+    if fits:  # the bound itself is allowed
+        assert getattr(NetworkSpec.model_validate(fits).stages[0], field) == limit
+
+
+@pytest.mark.parametrize("field,value", [("layer_scale_init_value", float("inf")), ("layer_scale_init_value", float("nan")),
+                                         ("drop_rate", float("nan")), ("drop_path_rate", float("-inf"))])
+def test_float_fields_are_finite(field, value):
+    with pytest.raises(ValidationError, match="finite number"):
+        NetworkSpec.model_validate({"stages": [{"depth": 1, "embed_dim": 16}], field: value})
+    with pytest.raises(ValidationError, match="finite number"):
+        StageSpec(depth=1, embed_dim=16, mlp_ratio=float("nan"))
+
+
+def test_error_messages_quote_values_short():
+    assert short_repr("x" * 10_000) == repr("x" * 80)[:77] + "..."
+    assert len(short_repr(list(range(10**6)))) <= 80
+    loop = []
+    loop.append(loop)
+    assert len(short_repr(loop)) <= 80
+    with pytest.raises(ValidationError) as err:
+        NetworkSpec.model_validate({"stages": [{"depth": "d" * 100_000, "embed_dim": 16}] * 3, **{f"x{i}": 1 for i in range(40)}})
+    message = format_validation_error(err.value)
+    assert "(43 problems)" in message and "... and 23 more" in message and len(message) < 3000
+
+
+def test_yaml_aliases_that_expand_hugely_are_refused_but_small_ones_work():
+    text = "a: &a [1, 2]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+    nested = "".join(f"l{i}: &l{i} [*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}]\n"
+                     for i in range(1, 8)).replace("*l0", "*b")
+    assert yaml_mapping(text, "a spec")["b"][9] == [1, 2]
+    with pytest.raises(SpecError, match="more than 100,000 YAML values"):
+        yaml_mapping(text + nested, "a spec")
+    with pytest.raises(SpecError, match="recursive"):
+        yaml_mapping("a: &a [1, *a]\n", "a spec")
+
+
+def test_read_text_file_refuses_devices_large_and_binary_files(tmp_path):
+    with pytest.raises(SpecError, match="not a regular file"):
+        read_text_file("/dev/zero", "spec file")
+    (tmp_path / "big.yaml").write_bytes(b"#" * (MAX_FILE_BYTES + 1))
+    with pytest.raises(SpecError, match="larger than 1,048,576 bytes"):
+        read_text_file(tmp_path / "big.yaml", "spec file")
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SpecError, match="not UTF-8"):
+        read_text_file(tmp_path / "bin.yaml", "spec file")
+    with pytest.raises(SpecError, match="unknown preset"):
+        resolve_spec("p" * 5000)  # too long a name for the file system: a preset name, unknown

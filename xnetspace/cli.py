@@ -155,6 +155,8 @@ def build(
 def _save(model: torch.nn.Module, path: Path) -> Path:
     """save_checkpoint through a temporary file beside ``path``: a failed save (unwritable folder,
     full disk) leaves no half-written file and an existing file intact."""
+    from .spec import shorten
+
     partial = path.with_name(path.name + ".partial")
     try:
         save_checkpoint(model, partial)
@@ -164,7 +166,8 @@ def _save(model: torch.nn.Module, path: Path) -> Path:
             partial.unlink(missing_ok=True)
         except OSError:  # the folder itself is missing or not a folder: nothing was written
             pass
-        _fail(f"cannot save the network to {str(path)!r}: {err.strerror or err}")
+        where = f" ({shorten(str(err.filename))})" if err.filename and str(err.filename) != str(partial) else ""
+        _fail(f"cannot save the network to {shorten(str(path))!r}: {err.strerror or err}{where}")
     return path
 
 

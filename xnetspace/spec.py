@@ -510,8 +510,9 @@ def yaml_mapping(text: str, what: str) -> dict:
     """
     if len(text) > MAX_FILE_BYTES:
         raise SpecError(f"{what} of {len(text):,} characters is too long (at most {MAX_FILE_BYTES:,})")
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # its reader refuses control characters here already
         node = loader.get_single_node()
         if node is not None:
             nodes = _expanded_size(node, MAX_YAML_NODES)
@@ -526,7 +527,8 @@ def yaml_mapping(text: str, what: str) -> dict:
     except RecursionError:  # nesting deeper than Python's stack: no spec is like that
         raise SpecError(f"{what} is nested too deeply to be a spec or space file") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise SpecError(f"{what} must be a mapping of fields, got {type(data).__name__}")
     return data
@@ -577,9 +579,10 @@ def load_spec(path: str | Path) -> NetworkSpec:
     try:
         if path.suffix == ".json":
             try:
-                return NetworkSpec.model_validate(json.loads(text))
+                data = json.loads(text)
             except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
-                raise SpecError(f"{shown}: not valid JSON: {shorten(str(err), 300)}") from err
+                raise SpecError(f"not valid JSON: {shorten(str(err), 300)}") from err
+            return NetworkSpec.model_validate(data)
         return NetworkSpec.from_yaml(text)
     except ValidationError as err:
         raise SpecError(format_validation_error(err, f"spec file {shown}")) from err
