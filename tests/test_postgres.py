@@ -192,6 +192,7 @@ def test_worker_refuses_another_dataset(study_run):
     ("password", 'password authentication failed for user "xnet"'),
     ("study", "--study-name 'nope': no such study in postgresql+psycopg://xnet:***@127.0.0.1"),
     ("url", "--storage 'not a url' is not a database URL"),
+    ("workers", "--workers-per-device 0 must be at least 1"),
 ])
 def test_worker_bad_input_exits_2_with_one_paragraph(case, message, study_run, postgres_server):
     url, name = study_run["url"], study_run["name"]
@@ -201,9 +202,10 @@ def test_worker_bad_input_exits_2_with_one_paragraph(case, message, study_run, p
         url = url.replace(PG_PASSWORD, "wrong")
     elif case == "study":
         name = "nope"
-    else:
+    elif case == "url":
         url = "not a url"
-    result = runner.invoke(app, ["worker", "--storage", url, "--study-name", name])
+    extra = ["--workers-per-device", "0"] if case == "workers" else []
+    result = runner.invoke(app, ["worker", "--storage", url, "--study-name", name, *extra])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert result.output.startswith("error: ") and result.output.strip().count("\n") == 0  # one paragraph

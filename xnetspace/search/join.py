@@ -113,6 +113,7 @@ def join_study(storage_url: str, study_name: str, devices: list[str], workers_pe
         SearchError: see :func:`read_study` and :func:`local_data`; a worker process that crashed.
         DataError: a dataset that cannot be read here.
     """
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the monitor prints one line per trial
     config, shared, facts = read_study(storage_url, study_name)
     data = local_data(config, facts, dataset)
     options = RunOptions.model_validate({
