@@ -293,19 +293,29 @@ class TransXNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def build_model(spec: Union[NetworkSpec, Mapping[str, Any], str, Path], **overrides: Any) -> TransXNet:
+def build_model(spec: Union[NetworkSpec, Mapping[str, Any], str, Path], force: bool = False,
+                **overrides: Any) -> TransXNet:
     """Compile a spec into a :class:`TransXNet` with release-identical initialisation.
 
     Args:
         spec: a NetworkSpec, a mapping of its fields, a preset name (``"transxnet_t"``) or a
             spec file path.
+        force: build even when the parameters would not fit in the memory available now.
         overrides: spec fields to replace, e.g. ``num_classes=10``.
 
     Raises:
         xnetspace.spec.SpecError: unknown preset or unreadable/invalid spec file.
+        xnetspace.memory.MemoryLimitError: (without ``force``) the network's parameters would not
+            fit in the memory available (:func:`xnetspace.memory.check_memory`; nothing is built).
         pydantic.ValidationError: an invalid spec mapping or override (nothing is built).
     """
-    return TransXNet(resolve_spec(spec), **overrides)
+    from .memory import check_memory
+
+    spec = resolve_spec(spec)
+    fields = {k: v for k, v in overrides.items() if k in NetworkSpec.model_fields}
+    if not force:  # refuse at once what the allocator would refuse after minutes of swapping
+        check_memory(NetworkSpec.model_validate({**spec.model_dump(), **fields}) if fields else spec)
+    return TransXNet(spec, **overrides)
 
 
 # -- timm registrations ----------------------------------------------------------------------------
