@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from xnetspace import build_model, load_preset
-from xnetspace.cost import cost_report, count_flops, count_params, fvcore_flops, measure_latency, parse_image_size
+from xnetspace.cost import cost_report, count_flops, count_params, fvcore_flops, parse_image_size
+from xnetspace.latency import measure_latency
 
 from .conftest import random_specs, tiny_spec
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from xnetspace import build_model
 from xnetspace.deploy import FusedStage, InferenceOnly, affine_then_conv, merge_depthwise
-from xnetspace.layers import IDConv, MSFFN, OSRA, DMixer, LayerScale, SqueezedTokenEnhancer, _conv_bn
+from xnetspace.layers import IDConv, MSFFN, OSRA, DMixer, LayerScale, SqueezedTokenEnhancer, conv_bn
 from xnetspace.network import TransXNetBlock, TransXNetStage
 
 from .conftest import tiny_spec
@@ -63,8 +63,8 @@ def check_fused(module: nn.Module, *inputs, tol: float = TOL, **kwargs) -> nn.Mo
 # -- per fused operator ----------------------------------------------------------------------------
 @pytest.mark.parametrize("act,kernel,stride,groups", [(False, 7, 4, 1), (False, 3, 2, 1), (True, 5, 2, 8), (True, 1, 1, 1)])
 def test_conv_bn_folds(act, kernel, stride, groups):
-    conv_bn = randomize(_conv_bn(8, 8, kernel, act=act, stride=stride, padding=kernel // 2, groups=groups))
-    fused = check_fused(conv_bn, torch.randn(2, 8, 17, 13))
+    conv_bn_module = randomize(conv_bn(8, 8, kernel, act=act, stride=stride, padding=kernel // 2, groups=groups))
+    fused = check_fused(conv_bn_module, torch.randn(2, 8, 17, 13))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
 
 

@@ -1,6 +1,13 @@
 """xnetspace: the design space of TransXNet (arXiv 2310.19380), its exact builder and its search.
 
-Importing the package registers ``transxnet_t``, ``transxnet_s`` and ``transxnet_b`` with timm.
+Importing the package registers ``transxnet_t``, ``transxnet_s``, ``transxnet_b`` and ``transxnet``
+(any spec: ``timm.create_model("transxnet", spec=...)``) with timm.
+
+Imports point one way, down toward the spec (``tests/test_imports.py`` keeps it so). The network
+and its cost: spec -> cost; spec -> ops -> deploy -> layers -> network -> (checkpoint, latency,
+timm_models), with release (the authors' key layout, pure dicts) below checkpoint and timm_models.
+The search and its evidence (``xnetspace.search``) import the network side, never the reverse;
+the command line (cli) sits on top.
 """
 from .checkpoint import (
     CheckpointError,
@@ -10,6 +17,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .network import TransXNet, build_model
+from . import timm_models  # noqa: F401 - registers the timm names
 from .spec import (
     NetworkSpec,
     SpecError,

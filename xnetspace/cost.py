@@ -1,4 +1,5 @@
-"""Cost model: exact params and FLOPs of a spec without building it, and measured latency.
+"""Cost model: exact params and FLOPs of a spec without building it (measured latency, which needs
+the built network, is :func:`xnetspace.latency.measure_latency`).
 
 FLOPs are counted as fvcore counts them (one multiply-add = one flop), operator kind by operator
 kind, for one image in eval mode, so that ``count_flops(spec, (H, W))`` equals
@@ -16,11 +17,10 @@ stage costs ``depth`` blocks. The whole count takes tens of microseconds.
 """
 from __future__ import annotations
 
-import statistics
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Union
 
 import torch
 
@@ -34,7 +34,6 @@ __all__ = [
     "count_params",
     "count_flops",
     "fvcore_flops",
-    "measure_latency",
     "parse_image_size",
 ]
 
@@ -278,33 +277,3 @@ def fvcore_flops(model: torch.nn.Module, image_size: ImageSize = 224, in_chans: 
     analysis.uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
     return analysis
-
-
-def measure_latency(
-    spec: NetworkSpec,
-    batch_size: int = 1,
-    image_size: ImageSize = 224,
-    device: Union[str, torch.device] = "cpu",
-    dtype: torch.dtype = torch.float32,
-    model: Optional[torch.nn.Module] = None,
-    min_run_time: float = 1.0,
-) -> float:
-    """Median milliseconds of one eval forward pass of a (batch_size, in_chans, H, W) batch.
-
-    Uses ``torch.utils.benchmark.Timer`` (which warms up and synchronises CUDA) and runs for at
-    least ``min_run_time`` seconds. ``model`` replaces ``build_model(spec)`` (e.g. a deploy form).
-    """
-    from torch.utils import benchmark
-
-    from .network import build_model
-
-    h, w = parse_image_size(image_size)
-    device = torch.device(device)
-    model = (model if model is not None else build_model(spec)).eval().to(device=device, dtype=dtype)
-    x = torch.randn(batch_size, spec.in_chans, h, w, device=device, dtype=dtype)
-    with torch.inference_mode():
-        for _ in range(2):  # warm-up outside the timer: first calls allocate and pick kernels
-            model(x)
-        timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
-        measurement = timer.blocked_autorange(min_run_time=min_run_time)
-    return statistics.median(measurement.times) * 1e3

@@ -3,7 +3,10 @@
 The paper names its own speed limit (arXiv 2310.19380, section V): "potentially inefficient
 operators (e.g. multi-kernel depthwise convolutions in MS-FFN)". ``TransXNet.reparameterize()``
 (or ``timm.utils.reparameterize_model``, which calls the ``fuse()`` method of every module that has
-one) replaces each training module by the module below that computes the same eval-mode function:
+one) replaces each training module by the module below that computes the same eval-mode function.
+This module holds the exact folds and the fused modules only; it imports neither the training
+modules nor the network (their ``fuse()`` methods build the modules here), so the arrows point
+one way: :mod:`xnetspace.ops` -> deploy -> :mod:`xnetspace.layers` -> :mod:`xnetspace.network`.
 
 - every BN next to a convolution is folded into it where that is exact: after any conv (stem,
   downsamples, IDConv's proj, OSR, fc2) or before an unpadded 1x1 conv (STE's ``bn_dw`` and
@@ -36,8 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .layers import dual_branch_tokens
-from .network import resize_pos_bias
+from .ops import DualBranchTokens, resize_pos_bias
 
 __all__ = [
     "bn_scale_shift",
@@ -245,7 +247,7 @@ class FusedOSRA(InferenceOnly):
         return x.reshape(B, C, H, W)
 
 
-class FusedDMixer(InferenceOnly):
+class FusedDMixer(InferenceOnly, DualBranchTokens):
     """D-Mixer (paper eq. 2) with the block's layer scale LS1 folded in:
     ``LS1(STE(Y) + Y) = STE'(Y) + w * Y`` (STE' has w and LS1's bias in its last conv).
 
@@ -256,12 +258,12 @@ class FusedDMixer(InferenceOnly):
     def __init__(self, split: Tuple[int, int], idconv: Optional[nn.Module], osra: Optional[nn.Module],
                  ste: FusedSTE, y_scale: Optional[Tensor] = None):
         super().__init__()
-        self.split, self.idconv, self.osra, self.ste = split, idconv, osra, ste
+        self.split, self.idconv, self.osra, self.ste = tuple(split), idconv, osra, ste
         self.y_scale = None if y_scale is None else _affine_param(y_scale)
         self.eval()
 
     def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None, shortcut: Optional[Tensor] = None) -> Tensor:
-        y = dual_branch_tokens(x, pos_bias, self.split, self.idconv, self.osra)
+        y = self.dual_branch_tokens(x, pos_bias)
         out = self.ste(y)
         if shortcut is not None:
             out = out + shortcut

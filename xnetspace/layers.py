@@ -8,21 +8,25 @@ its outputs. Shapes: ``B`` batch, ``C`` channels, ``H x W`` map, ``N = H*W`` tok
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from timm.layers import ConvNormAct, trunc_normal_
 from torch import Tensor, nn
 
+from .deploy import (FusedDMixer, FusedIDConv, FusedMSFFN, FusedOSRA, FusedSTE, affine_then_conv, bn_scale_shift,
+                     conv_then_affine, fold_bn, merge_depthwise)
+from .ops import DualBranchTokens
+
 __all__ = [
-    "ConvBN", "LayerScale", "IDConv", "OSRA", "SqueezedTokenEnhancer", "DMixer", "MultiScaleDWConv", "MSFFN",
-    "dual_branch_tokens",
+    "ConvBN", "conv_bn", "LayerScale", "IDConv", "OSRA", "SqueezedTokenEnhancer", "DMixer", "MultiScaleDWConv",
+    "MSFFN",
 ]
 
 # Each module with an inference form has ``fuse()`` returning it (timm's ``reparameterize_model``
-# convention); the fused modules live in :mod:`xnetspace.deploy`, imported lazily since it imports
-# this module.
+# convention), built from the folds and fused modules of :mod:`xnetspace.deploy`, which imports
+# nothing from here.
 
 
 class ConvBN(ConvNormAct):
@@ -30,15 +34,17 @@ class ConvBN(ConvNormAct):
 
     def fuse(self) -> nn.Module:
         """Eval-mode equivalent: the conv with BN folded in, then the activation if any."""
-        from .deploy import fold_bn
-
         conv = fold_bn(self.conv, self.bn)
         act = self.bn.act
         return (conv if isinstance(act, nn.Identity) else nn.Sequential(conv, act)).eval()
 
 
-def _conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, act: bool = False, **kwargs) -> ConvBN:
-    """Conv (no bias) -> BN (-> GELU): the release's ``ConvModule``; keys ``conv``, ``bn``."""
+def conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, act: bool = False, **kwargs) -> ConvBN:
+    """Conv (no bias) -> BN (-> GELU when ``act``): the release's ``ConvModule``; keys ``conv``, ``bn``.
+
+    Shapes: (B, in_chs, H, W) -> (B, out_chs, H', W'); ``kwargs`` (stride, padding, groups) go to
+    timm's ``ConvNormAct``. Used for the stem, the downsamples, IDConv's proj, OSR and fc2.
+    """
     return ConvBN(in_chs, out_chs, kernel_size, bias=False, apply_act=act, act_layer=nn.GELU, **kwargs)
 
 
@@ -57,7 +63,7 @@ class LayerScale(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight, self.bias, groups=x.shape[1])
 
-    def scale_shift(self) -> tuple[Tensor, Tensor]:
+    def scale_shift(self) -> Tuple[Tensor, Tensor]:
         """The map as ``scale * x + shift``, each (C,), for folding into a neighbouring conv."""
         return self.weight.flatten(), self.bias
 
@@ -83,13 +89,13 @@ class IDConv(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_groups, dim))
         self.pool = nn.AdaptiveAvgPool2d(kernel_size)
         self.proj = nn.Sequential(
-            _conv_bn(dim, dim // reduction, act=True),
+            conv_bn(dim, dim // reduction, act=True),
             nn.Conv2d(dim // reduction, dim * num_groups, 1),
         )
         trunc_normal_(self.weight, std=0.02)
         trunc_normal_(self.bias, std=0.02)
 
-    def dynamic_weight_bias(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def dynamic_weight_bias(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Per-sample kernel (B*C, 1, K, K) and bias (B*C,) for input ``x`` (B, C, H, W)."""
         B, C, H, W = x.shape
         G, K = self.num_groups, self.kernel_size
@@ -108,8 +114,6 @@ class IDConv(nn.Module):
 
     def fuse(self) -> nn.Module:
         """Inference form (:class:`xnetspace.deploy.FusedIDConv`): proj's BN folded, proj run once."""
-        from .deploy import FusedIDConv
-
         proj = nn.Sequential(self.proj[0].fuse(), copy.deepcopy(self.proj[1]))
         return FusedIDConv(self.weight, self.bias, proj, self.kernel_size)
 
@@ -134,8 +138,8 @@ class OSRA(nn.Module):
         if sr_ratio > 1:
             k = sr_ratio + 3
             self.sr = nn.Sequential(
-                _conv_bn(dim, dim, k, stride=sr_ratio, padding=k // 2, groups=dim, act=True),
-                _conv_bn(dim, dim, 1, groups=dim),
+                conv_bn(dim, dim, k, stride=sr_ratio, padding=k // 2, groups=dim, act=True),
+                conv_bn(dim, dim, 1, groups=dim),
             )
         else:
             self.sr = nn.Identity()
@@ -161,8 +165,6 @@ class OSRA(nn.Module):
         """Inference form (:class:`xnetspace.deploy.FusedOSRA`): OSR's BNs folded (the last one, before
         LR's zero-padded conv, as an affine map), LR's residual merged into its kernel; attention
         through SDPA off the CPU."""
-        from .deploy import FusedOSRA, bn_scale_shift, merge_depthwise
-
         sr, scale, shift = None, None, None
         if isinstance(self.sr, nn.Sequential):
             sr = self.sr[0].fuse()
@@ -199,8 +201,6 @@ class SqueezedTokenEnhancer(nn.Module):
         """Inference form (:class:`xnetspace.deploy.FusedSTE`): ``bn_dw`` into ``conv_reduce``,
         ``bn_reduce`` and ``bn_expand`` into ``conv_expand`` (1x1, unpadded: exact), then
         ``layer_scale`` (the block's LS1) into ``conv_expand`` too when given."""
-        from .deploy import FusedSTE, affine_then_conv, bn_scale_shift, conv_then_affine, fold_bn
-
         reduce = affine_then_conv(*bn_scale_shift(self.bn_dw), self.conv_reduce)
         expand = fold_bn(affine_then_conv(*bn_scale_shift(self.bn_reduce), self.conv_expand), self.bn_expand)
         if layer_scale is not None:
@@ -208,7 +208,7 @@ class SqueezedTokenEnhancer(nn.Module):
         return FusedSTE(copy.deepcopy(self.conv_dw), reduce, expand)
 
 
-class DMixer(nn.Module):
+class DMixer(DualBranchTokens):
     """Dual dynamic token mixer, D-Mixer (paper section III-B, eq. 2).
 
     The first ``dim - attn_dim`` channels go through IDConv (a static depthwise conv when
@@ -239,30 +239,16 @@ class DMixer(nn.Module):
         self.ste = SqueezedTokenEnhancer(dim, ste_dim)
 
     def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
-        x = dual_branch_tokens(x, pos_bias, self.split, self.idconv, self.osra)
+        x = self.dual_branch_tokens(x, pos_bias)
         return self.ste(x) + x
 
     def fuse(self, layer_scale: Optional[LayerScale] = None) -> nn.Module:
         """Inference form (:class:`xnetspace.deploy.FusedDMixer`) with the block's LS1 folded in:
         ``LS1(STE(Y) + Y) = STE'(Y) + w * Y``; the branches and STE fused."""
-        from .deploy import FusedDMixer
-
         idconv = self.idconv.fuse() if isinstance(self.idconv, IDConv) else copy.deepcopy(self.idconv)
         osra = None if self.osra is None else self.osra.fuse()
         y_scale = None if layer_scale is None else layer_scale.scale_shift()[0]
         return FusedDMixer(self.split, idconv, osra, self.ste.fuse(layer_scale), y_scale)
-
-
-def dual_branch_tokens(x: Tensor, pos_bias: Optional[Tensor], split: tuple[int, int],
-                       idconv: Optional[nn.Module], osra: Optional[nn.Module]) -> Tensor:
-    """D-Mixer's Y (paper eq. 2): ``concat(IDConv(X1), OSRA(X2, P))``, X1 the first ``split[0]``
-    channels, X2 the last ``split[1]``; a missing branch takes all channels. (B, C, H, W) -> same."""
-    if idconv is None:
-        return osra(x, pos_bias)
-    if osra is None:
-        return idconv(x)
-    x_local, x_global = x.split(split, dim=1)
-    return torch.cat([idconv(x_local), osra(x_global, pos_bias)], dim=1)
 
 
 class MultiScaleDWConv(nn.Module):
@@ -281,13 +267,12 @@ class MultiScaleDWConv(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([conv(part) for conv, part in zip(self.convs, x.split(self.splits, dim=1))], dim=1)
+        parts = torch.split(x, self.splits, dim=1)  # indexed, not zipped: FX cannot iterate a traced tuple
+        return torch.cat([conv(parts[i]) for i, conv in enumerate(self.convs)], dim=1)
 
     def fuse(self, identity: bool = False) -> nn.Conv2d:
         """One depthwise conv of the largest kernel computing ``MSDW(x)`` (``+ x`` with ``identity``):
         smaller kernels zero-padded and centred (exact, :func:`xnetspace.deploy.merge_depthwise`)."""
-        from .deploy import merge_depthwise
-
         return merge_depthwise(self.convs, identity)
 
 
@@ -304,7 +289,7 @@ class MSFFN(nn.Module):
         self.fc1_bn = nn.BatchNorm2d(hidden_dim)
         self.msdw = MultiScaleDWConv(hidden_dim, kernel_sizes)
         self.norm = nn.BatchNorm2d(hidden_dim)
-        self.fc2 = _conv_bn(hidden_dim, dim)
+        self.fc2 = conv_bn(hidden_dim, dim)
         self.act = nn.GELU()
         self.drop = nn.Dropout(drop)
 
@@ -318,8 +303,6 @@ class MSFFN(nn.Module):
         """Inference form (:class:`xnetspace.deploy.FusedMSFFN`): ``MSDW(x) + x`` as one depthwise conv;
         ``norm``, fc2's BN and ``layer_scale`` (the block's LS2) folded into fc2; ``fc1_bn`` kept as
         an affine map (a zero-padded conv follows it, so folding it would change the borders)."""
-        from .deploy import FusedMSFFN, affine_then_conv, bn_scale_shift, conv_then_affine, fold_bn
-
         fc2 = fold_bn(affine_then_conv(*bn_scale_shift(self.norm), self.fc2.conv), self.fc2.bn)
         if layer_scale is not None:
             fc2 = conv_then_affine(fc2, *layer_scale.scale_shift())

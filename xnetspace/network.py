@@ -1,11 +1,13 @@
-"""TransXNet network compiled from a :class:`~xnetspace.spec.NetworkSpec`, with timm registrations.
+"""TransXNet network compiled from a :class:`~xnetspace.spec.NetworkSpec`, with timm's model interface.
 
 Paper: "TransXNet: Learning Both Global and Local Dynamics with a Dual Dynamic Token Mixer for
 Visual Recognition", arXiv 2310.19380. Original code: github.com/LMMMEng/TransXNet.
 
 Layout (timm style): ``stem`` -> ``stages.{i}`` (each owns its ``downsample``, its relative
 position bias ``pos_bias`` and its ``blocks.{j}``) -> ``head`` (GN -> global average pool -> fc).
-Release checkpoints map onto it through :func:`xnetspace.checkpoint.convert_official_state_dict`.
+Release checkpoints map onto it through :func:`xnetspace.release.convert_official_state_dict`; the
+timm registrations live in :mod:`xnetspace.timm_models`. The network scripts (``torch.jit.script``)
+and traces (``torch.fx``, e.g. torchvision's ``create_feature_extractor``) like timm's own models.
 """
 from __future__ import annotations
 
@@ -15,28 +17,22 @@ from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+import torch.fx
 from timm.layers import DropPath, SelectAdaptivePool2d, calculate_drop_path_rates, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import checkpoint
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
-from .layers import DMixer, LayerScale, MSFFN, _conv_bn
-from .spec import NetworkSpec, StageSpec, load_preset, reduced_size, resolve_spec
+from .deploy import FusedBlock, FusedStage, merge_depthwise
+from .layers import DMixer, LayerScale, MSFFN, conv_bn
+from .ops import resize_pos_bias
+from .spec import NetworkSpec, StageSpec, resolve_spec
 
-__all__ = ["TransXNetBlock", "TransXNetStage", "TransXNet", "build_model", "resize_pos_bias"]
+__all__ = ["TransXNetBlock", "TransXNetStage", "TransXNet", "build_model"]
 
-
-def resize_pos_bias(pos_bias: Tensor, height: int, width: int, sr_ratio: int) -> Tensor:
-    """A stage's position bias (1, h, N0, M0) for an (height, width) map: (1, h, N, M), N = H*W,
-    M the tokens after OSR; resized bicubically (``align_corners=False``) unless already that size
-    (then ``pos_bias`` itself). Paper eq. 4, P."""
-    size = (height * width, reduced_size(height, sr_ratio) * reduced_size(width, sr_ratio))
-    if tuple(pos_bias.shape[-2:]) == size:
-        return pos_bias
-    return F.interpolate(pos_bias, size=size, mode="bicubic", align_corners=False)
+# torchvision's FX tracer (create_feature_extractor) keeps the call as one node: its size arithmetic
+# on traced shapes cannot be traced. (timm's tracer knows it from register_notrace_function.)
+torch.fx.wrap("resize_pos_bias")
 
 
 class TransXNetBlock(nn.Module):
@@ -79,8 +75,6 @@ class TransXNetBlock(nn.Module):
     def fuse(self) -> nn.Module:
         """Inference form (:class:`xnetspace.deploy.FusedBlock`): DPE's residual in its centre tap,
         LS1 folded into the D-Mixer, LS2 into MS-FFN's fc2; drop-path (identity in eval) dropped."""
-        from .deploy import FusedBlock, merge_depthwise
-
         ls1, ls2 = (ls if isinstance(ls, LayerScale) else None for ls in (self.layer_scale1, self.layer_scale2))
         return FusedBlock(merge_depthwise([self.dpe], identity=True), copy.deepcopy(self.norm1),
                           self.mixer.fuse(ls1), copy.deepcopy(self.norm2), self.ffn.fuse(ls2))
@@ -101,7 +95,7 @@ class TransXNetStage(nn.Module):
         super().__init__()
         self.sr_ratio = stage.sr_ratio
         self.grad_checkpointing = False
-        self.downsample = _conv_bn(in_chs, stage.embed_dim, 3, stride=2, padding=1) if in_chs else nn.Identity()
+        self.downsample = conv_bn(in_chs, stage.embed_dim, 3, stride=2, padding=1) if in_chs else nn.Identity()
         self.pos_bias = nn.Parameter(torch.zeros(pos_bias_shape)) if pos_bias_shape else None
         self.blocks = nn.ModuleList(
             TransXNetBlock(stage, dp, drop_rate, layer_scale_init_value) for dp in drop_path_rates
@@ -126,10 +120,15 @@ class TransXNetStage(nn.Module):
     def fuse(self) -> nn.Module:
         """Inference form (:class:`xnetspace.deploy.FusedStage`): downsample's BN folded, blocks fused,
         the resized position bias cached per input size."""
-        from .deploy import FusedStage
-
         downsample = self.downsample.fuse() if hasattr(self.downsample, "fuse") else nn.Identity()
         return FusedStage(downsample, self.pos_bias, self.sr_ratio, [block.fuse() for block in self.blocks])
+
+
+def _pool(pool_type: str, num_classes: int) -> SelectAdaptivePool2d:
+    # "" keeps the map (timm: flatten only when pooling); a linear head cannot follow a map.
+    if not pool_type and num_classes:
+        raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got num_classes={num_classes}")
+    return SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
 
 
 class TransXNet(nn.Module):
@@ -138,16 +137,23 @@ class TransXNet(nn.Module):
     Args:
         spec: the architecture. ``overrides`` replace spec fields (``num_classes``, ``in_chans``,
             ``drop_path_rate``, ...) and are validated like the spec itself.
+        global_pool: the head's pooling, timm's ``SelectAdaptivePool2d`` type (``"avg"``, ``"max"``,
+            ``"avgmax"``, ...; ``""``: none, the head then returns the normed map). Not part of the
+            spec: it changes no weight.
 
     Shapes: ``forward`` (B, in_chans, H, W) -> (B, num_classes) logits (or (B, C_last) pooled
-    pre-logits when ``num_classes == 0``); any H, W >= 1. ``forward_features`` returns the last
-    stage's map (B, C_last, ceil(H/2^(n+1)), ...).
+    pre-logits when ``num_classes == 0``; (B, C_last, h, w) with ``global_pool=""`` too); any
+    H, W >= 1. ``forward_features`` returns the last stage's map (B, C_last, ceil(H/2^(n+1)), ...).
 
     Raises:
         pydantic.ValidationError: when ``spec`` with ``overrides`` is not a valid spec.
+        ValueError: an unknown ``global_pool`` (timm's message), or ``global_pool=""`` with
+            ``num_classes > 0`` (a linear layer needs a pooled vector).
     """
 
-    def __init__(self, spec: NetworkSpec, **overrides: Any):
+    __jit_unused_properties__ = ["is_reparameterized"]  # hasattr() is not scriptable; not needed there
+
+    def __init__(self, spec: NetworkSpec, global_pool: str = "avg", **overrides: Any):
         super().__init__()
         if overrides:
             spec = NetworkSpec.model_validate({**spec.model_dump(), **overrides})
@@ -157,7 +163,7 @@ class TransXNet(nn.Module):
         self.drop_rate = spec.drop_rate
         self.grad_checkpointing = False
 
-        self.stem = _conv_bn(spec.in_chans, spec.embed_dims[0], 7, stride=4, padding=3)
+        self.stem = conv_bn(spec.in_chans, spec.embed_dims[0], 7, stride=4, padding=3)
         dp_rates = calculate_drop_path_rates(spec.drop_path_rate, sum(spec.depths))
         stages, self.feature_info, in_chs = [], [], None
         for i, stage in enumerate(spec.stages):
@@ -173,7 +179,7 @@ class TransXNet(nn.Module):
         self.num_features = self.head_hidden_size = in_chs
         self.head = nn.Sequential(OrderedDict(
             norm=nn.GroupNorm(1, in_chs),
-            global_pool=SelectAdaptivePool2d(pool_type="avg", flatten=True),
+            global_pool=_pool(global_pool, spec.num_classes),
             fc=nn.Linear(in_chs, spec.num_classes) if spec.num_classes else nn.Identity(),
         ))
         self.apply(self._init_weights)
@@ -233,10 +239,17 @@ class TransXNet(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the final linear layer (``num_classes == 0``: pooled pre-logits)."""
+        """Replace the final linear layer (``num_classes == 0``: pooled pre-logits) and, when
+        given, the pooling (``""``: none, as in timm).
+
+        Raises:
+            ValueError: ``global_pool=""`` with ``num_classes > 0``, or an unknown pool type.
+        """
+        if global_pool is not None:
+            self.head.global_pool = _pool(global_pool, num_classes)
+        elif num_classes and self.head.global_pool.is_identity():
+            raise ValueError(f"num_classes={num_classes} needs a pooled head; pass global_pool='avg' too")
         self.num_classes = num_classes
-        if global_pool is not None:  # "" (no pooling) leaves the map unflattened, as in timm
-            self.head.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         if num_classes:
             self._init_weights(self.head.fc)
@@ -301,7 +314,8 @@ def build_model(spec: Union[NetworkSpec, Mapping[str, Any], str, Path], force: b
         spec: a NetworkSpec, a mapping of its fields, a preset name (``"transxnet_t"``) or a
             spec file path.
         force: build even when the parameters would not fit in the memory available now.
-        overrides: spec fields to replace, e.g. ``num_classes=10``.
+        overrides: spec fields to replace, e.g. ``num_classes=10``; and ``global_pool`` (see
+            :class:`TransXNet`).
 
     Raises:
         xnetspace.spec.SpecError: unknown preset or unreadable/invalid spec file.
@@ -316,64 +330,3 @@ def build_model(spec: Union[NetworkSpec, Mapping[str, Any], str, Path], force: b
     if not force:  # refuse at once what the allocator would refuse after minutes of swapping
         check_memory(NetworkSpec.model_validate({**spec.model_dump(), **fields}) if fields else spec)
     return TransXNet(spec, **overrides)
-
-
-# -- timm registrations ----------------------------------------------------------------------------
-_RELEASE_URL = "https://github.com/LMMMEng/TransXNet/releases/download/v1.0/"
-
-
-def _cfg(url: str = "", **kwargs: Any) -> dict:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv",
-        "classifier": "head.fc",
-        "paper_ids": "arXiv:2310.19380",
-        "paper_name": "TransXNet: Learning Both Global and Local Dynamics with a Dual Dynamic Token Mixer",
-        "origin_url": "https://github.com/LMMMEng/TransXNet",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({
-    "transxnet_t.in1k": _cfg(url=_RELEASE_URL + "transx-t.pth.tar", crop_pct=0.9),
-    "transxnet_s.in1k": _cfg(url=_RELEASE_URL + "transx-s.pth.tar", crop_pct=0.9),
-    "transxnet_b.in1k": _cfg(url=_RELEASE_URL + "transx-b.pth.tar", crop_pct=0.95),
-})
-
-
-def _create_transxnet(variant: str, pretrained: bool = False, **kwargs: Any) -> TransXNet:
-    from .checkpoint import checkpoint_filter_fn  # checkpoint imports this module
-
-    spec = load_preset(variant)
-    out_indices = kwargs.pop("out_indices", tuple(range(spec.num_stages)))
-    return build_model_with_cfg(
-        TransXNet, variant, pretrained, spec=spec,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
-        **kwargs,
-    )
-
-
-@register_model
-def transxnet_t(pretrained: bool = False, **kwargs: Any) -> TransXNet:
-    """TransXNet-T: 12.8 M params, 1.8 GFLOPs, 81.6 top-1 (paper Table I/II)."""
-    return _create_transxnet("transxnet_t", pretrained, **kwargs)
-
-
-@register_model
-def transxnet_s(pretrained: bool = False, **kwargs: Any) -> TransXNet:
-    """TransXNet-S: 26.9 M params, 4.5 GFLOPs, 83.8 top-1 (paper Table I/II)."""
-    return _create_transxnet("transxnet_s", pretrained, **kwargs)
-
-
-@register_model
-def transxnet_b(pretrained: bool = False, **kwargs: Any) -> TransXNet:
-    """TransXNet-B: 48.0 M params, 8.3 GFLOPs, 84.6 top-1 (paper Table I/II)."""
-    return _create_transxnet("transxnet_b", pretrained, **kwargs)

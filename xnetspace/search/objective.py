@@ -21,7 +21,8 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
-from ..cost import cost_report, measure_latency
+from ..cost import cost_report
+from ..latency import measure_latency
 from ..spec import NetworkSpec
 from .data import DataSplit
 from .space import SpaceError

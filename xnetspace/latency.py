@@ -1,0 +1,47 @@
+"""Measured latency of a built network: the one cost that the spec alone cannot give.
+
+It sits above :mod:`xnetspace.network` (it builds the network), while :mod:`xnetspace.cost`
+counts params and FLOPs from the spec without building anything.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Optional, Union
+
+import torch
+from torch.utils import benchmark
+
+from .cost import ImageSize, parse_image_size
+from .network import build_model
+from .spec import NetworkSpec
+
+__all__ = ["measure_latency"]
+
+
+def measure_latency(
+    spec: NetworkSpec,
+    batch_size: int = 1,
+    image_size: ImageSize = 224,
+    device: Union[str, torch.device] = "cpu",
+    dtype: torch.dtype = torch.float32,
+    model: Optional[torch.nn.Module] = None,
+    min_run_time: float = 1.0,
+) -> float:
+    """Median milliseconds of one eval forward pass of a (batch_size, in_chans, H, W) batch.
+
+    Uses ``torch.utils.benchmark.Timer`` (which warms up and synchronises CUDA) and runs for at
+    least ``min_run_time`` seconds. ``model`` replaces ``build_model(spec)`` (e.g. a deploy form).
+
+    Raises:
+        ValueError: an image size that is not a positive H or (H, W).
+    """
+    h, w = parse_image_size(image_size)
+    device = torch.device(device)
+    model = (model if model is not None else build_model(spec)).eval().to(device=device, dtype=dtype)
+    x = torch.randn(batch_size, spec.in_chans, h, w, device=device, dtype=dtype)
+    with torch.inference_mode():
+        for _ in range(2):  # warm-up outside the timer: first calls allocate and pick kernels
+            model(x)
+        timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
+        measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    return statistics.median(measurement.times) * 1e3
