@@ -136,6 +136,12 @@ def build(
     if net_spec.num_classes:
         probs, classes = output.softmax(-1)[0].topk(min(5, net_spec.num_classes))
         result["top5"] = [{"class": int(c), "prob": float(p)} for p, c in zip(probs, classes)]
+        if net_spec.num_classes == 1000:  # ImageNet-1k, the release's class order; names ship with timm
+            from timm.data import ImageNetInfo
+
+            names = ImageNetInfo()
+            for top in result["top5"]:
+                top["name"] = names.index_to_description(top["class"])
     if save is not None:
         result["saved"] = str(_save(model, save))
 
@@ -147,7 +153,8 @@ def build(
                   f"weights: {result['checkpoint'] or 'random init'}")
     console.print(f"output shape: {tuple(output.shape)}")
     for rank, top in enumerate(result.get("top5", []), start=1):
-        console.print(f"  top-{rank}: class {top['class']:4d}  p = {top['prob']:.4f}")
+        console.print(f"  top-{rank}: class {top['class']:4d}  p = {top['prob']:.4f}"
+                      + (f"  {top['name']}" if "name" in top else ""))
     if save is not None:
         console.print(f"saved to {result['saved']}")
 

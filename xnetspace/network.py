@@ -9,8 +9,8 @@ Release checkpoints map onto it through :func:`xnetspace.release.convert_officia
 timm registrations live in :mod:`xnetspace.timm_models`. The network scripts (``torch.jit.script``)
 and traces (``torch.fx``, e.g. torchvision's ``create_feature_extractor``) like timm's own models.
 """
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: FX writes the forward's annotations into the code
+# it generates, and the string "Tensor" would not script (timm's fx + TorchScript test).
 import copy
 from collections import OrderedDict
 from pathlib import Path
