@@ -9,7 +9,6 @@ import statistics
 from typing import Optional, Union
 
 import torch
-from torch.utils import benchmark
 
 from .cost import ImageSize, parse_image_size
 from .network import build_model
@@ -42,6 +41,8 @@ def measure_latency(
     with torch.inference_mode():
         for _ in range(2):  # warm-up outside the timer: first calls allocate and pick kernels
             model(x)
+        from torch.utils import benchmark  # imported here: its import logs a CUDA warning on CPU-only machines
+
         timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
         measurement = timer.blocked_autorange(min_run_time=min_run_time)
     return statistics.median(measurement.times) * 1e3
