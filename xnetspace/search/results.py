@@ -108,8 +108,8 @@ def report_lines(summary: Optional[dict], best: Optional[FrozenTrial]) -> list[s
     b, noise = summary["best"], summary["noise"]
     lines.append(f"best: trial {b['trial']}, {human_count(b['flops'])} FLOPs, {human_count(b['params'])} params, "
                  f"top-1 {_ci(b['confirm'])}")
-    lines.append(f"seed noise (pooled std over seeds) {noise['seed_std']:.2f}; spread of the candidates' means "
-                 f"(std) {noise['between_std']:.2f}")
+    spread = "" if math.isnan(noise["between_std"]) else f"; spread of the candidates' means (std) {noise['between_std']:.2f}"
+    lines.append(f"seed noise (pooled std over seeds) {noise['seed_std']:.2f}{spread}")
     leaders = summary["leaders"]
     if leaders is not None:
         verdict = "distinguishable" if leaders["distinguishable"] else "NOT distinguishable (within seed noise)"

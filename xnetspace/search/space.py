@@ -100,7 +100,19 @@ Knob = Union[Fixed, Choices, Range, TieRef]
 
 
 def _as_definition(knob: str, raw: Any) -> Any:
-    """Shorthand -> explicit definition (``4`` -> fixed, ``[4, 8]`` -> choices)."""
+    """Shorthand -> explicit definition (``4`` -> fixed, ``[4, 8]`` -> choices).
+
+    Raises:
+        ValueError: a definition that cannot be read; the message starts with the knob's name.
+    """
+    try:
+        return _read_definition(knob, raw)
+    except ValidationError as err:  # a Range/Choices of its own: say which knob it was for
+        problem = err.errors()[0]
+        raise ValueError(f"{knob}: {problem['msg'].removeprefix('Value error, ')}") from None
+
+
+def _read_definition(knob: str, raw: Any) -> Any:
     if isinstance(raw, dict):
         if set(raw) == {"tie"}:
             return TieRef(**raw)
