@@ -22,14 +22,8 @@ from xnetspace.search.space import SearchSpace
 from xnetspace.search.study import store_run_options
 from xnetspace.search.train import TrainConfig, TrainResult
 
-SPACE = {  # small enough that a budget of 200 kFLOPs at 16x16 rejects some samples
-    "name": "test",
-    "stage_defaults": {"depth": 1, "mlp_ratio": [1, 2], "idconv_kernel_size": [3, 5]},
-    "stages": [{"embed_dim": {"low": 8, "high": 24, "step": 8}, "sr_ratio": [2, 4], "attn_ratio": [0.5, 1.0]},
-               {"embed_dim": {"low": 16, "high": 48, "step": 16}, "num_heads": [1, 2]}],
-    "constraints": {"image_size": 16, "flops": [0, "200k"]},
-    "train": {"image_size": 16, "epochs": 2, "batch_size": 32},
-}
+from .test_search import SPACE  # the tiny space: a budget of 200 kFLOPs at 16x16 rejects some samples
+
 
 KNOBS = {"stage1.embed_dim": IntDistribution(8, 24, step=8), "stage1.attn_ratio": CategoricalDistribution([0.5, 1.0]),
          "stage2.num_heads": CategoricalDistribution([1, 2])}
