@@ -192,10 +192,7 @@ def _confirm_columns(confirm: Optional[dict]) -> dict:
 
 def _plot_fidelity(summary: dict, path: Path) -> Path:
     """Proxy score against confirmed mean (95% CI bars) for the confirmed candidates."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     cands = summary["candidates"]
@@ -210,17 +207,11 @@ def _plot_fidelity(summary: dict, path: Path) -> Path:
     ax.set(xlabel="proxy top-1 (%), one run", ylabel=f"confirmed top-1 (%), {p['split']} split",
            title=f"proxy fidelity: Kendall tau {f['kendall_tau']:.2f}, Spearman rho {f['spearman_rho']:.2f} (n={f['n']})")
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _plot_history(study: optuna.Study, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     done = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("top1_history") and not t.user_attrs.get("rejected")]
@@ -237,17 +228,11 @@ def _plot_history(study: optuna.Study, path: Path) -> Path:
     ax.step(xs, ys, where="post", color="C3", label="best so far")
     ax.set(xlabel="trial", ylabel="validation top-1 (%)", title=f"study '{study.study_name}'")
     ax.legend(loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _plot_pareto(study: optuna.Study, config, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     trials, front = candidates(study), sorted(pareto_front(study), key=lambda t: t.values[1])
     scale, unit = (1e6, "MFLOPs") if config.objective == "top1-flops" else (1.0, "latency (ms)")
@@ -256,7 +241,21 @@ def _plot_pareto(study: optuna.Study, config, path: Path) -> Path:
     ax.plot([t.values[1] / scale for t in front], [t.values[0] for t in front], "o-", color="C3", label="Pareto front")
     ax.set(xlabel=unit, ylabel="validation top-1 (%)", title=f"study '{study.study_name}': top-1 vs {unit}")
     ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (studies run on machines without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
