@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .ops import DualBranchTokens, resize_pos_bias
+from .ops import DualBranchTokens, bmm_attention, merged_depthwise_kernel, resize_pos_bias
 
 __all__ = [
     "bn_scale_shift",
@@ -119,23 +119,18 @@ def merge_depthwise(convs: Sequence[nn.Conv2d], identity: bool = False) -> nn.Co
     Raises:
         ValueError: a conv that is not depthwise with stride 1 and padding k // 2 (odd k).
     """
-    size = max(c.kernel_size[0] for c in convs)
-    weights, biases = [], []
     for c in convs:
         k = c.kernel_size[0]
         if c.groups != c.in_channels or c.out_channels != c.in_channels or c.stride != (1, 1) \
                 or c.kernel_size != (k, k) or k % 2 == 0 or tuple(c.padding) != (k // 2, k // 2):
             raise ValueError(f"merge_depthwise needs odd-kernel depthwise convs, stride 1, padding k//2: {c}")
-        weights.append(F.pad(c.weight, [(size - k) // 2] * 4))
-        biases.append(_bias(c))
-    weight = torch.cat(weights)
-    if identity:
-        weight[:, 0, size // 2, size // 2] += 1
+    weight = merged_depthwise_kernel([c.weight for c in convs], identity)
+    size = weight.shape[-1]
     ref = convs[0].weight
     out = nn.Conv2d(len(weight), len(weight), size, padding=size // 2, groups=len(weight),
                     device=ref.device, dtype=ref.dtype)
     out.weight.copy_(weight)
-    out.bias.copy_(torch.cat(biases))
+    out.bias.copy_(torch.cat([_bias(c) for c in convs]))
     return out
 
 
@@ -235,16 +230,8 @@ class FusedOSRA(InferenceOnly):
             q, k, v = (t.reshape(B, h, d, -1).transpose(-1, -2) for t in (q, k, v))  # (B, h, N|M, d)
             mask = None if pos_bias is None else pos_bias.to(q.dtype)
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale).transpose(-1, -2)
-        else:
-            q = q.reshape(B * h, d, H * W).transpose(1, 2)  # (B*h, N, d)
-            k, v = k.reshape(B * h, d, -1), v.reshape(B * h, d, -1)  # (B*h, d, M)
-            if pos_bias is None:
-                attn = torch.bmm(q, k).mul_(self.scale)
-            else:
-                bias = pos_bias.expand(B, -1, -1, -1).reshape(B * h, H * W, -1)
-                attn = torch.baddbmm(bias, q, k, alpha=self.scale)  # (B*h, N, M)
-            x = torch.bmm(v, attn.softmax(dim=-1).transpose(1, 2))  # (B*h, d, N): no transposed copy
-        return x.reshape(B, C, H, W)
+            return x.reshape(B, C, H, W)
+        return bmm_attention(q, k, v, h, self.scale, pos_bias)
 
 
 class FusedDMixer(InferenceOnly, DualBranchTokens):

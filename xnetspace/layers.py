@@ -8,29 +8,50 @@ its outputs. Shapes: ``B`` batch, ``C`` channels, ``H x W`` map, ``N = H*W`` tok
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from timm.layers import ConvNormAct, trunc_normal_
 from torch import Tensor, nn
 
 from .deploy import (FusedDMixer, FusedIDConv, FusedMSFFN, FusedOSRA, FusedSTE, affine_then_conv, bn_scale_shift,
                      conv_then_affine, fold_bn, merge_depthwise)
-from .ops import DualBranchTokens
+from .ops import DualBranchTokens, bmm_attention, depthwise_same, merged_depthwise_kernel, pointwise
+
+torch.fx.wrap("depthwise_same")  # a leaf for torchvision's FX tracer too (timm's knows it already)
 
 __all__ = [
-    "ConvBN", "conv_bn", "LayerScale", "IDConv", "OSRA", "SqueezedTokenEnhancer", "DMixer", "MultiScaleDWConv",
-    "MSFFN",
+    "ConvBN", "conv_bn", "PointwiseConv2d", "DepthwiseConv2d", "LayerScale", "IDConv", "OSRA",
+    "SqueezedTokenEnhancer", "DMixer", "MultiScaleDWConv", "MSFFN",
 ]
 
 # Each module with an inference form has ``fuse()`` returning it (timm's ``reparameterize_model``
 # convention), built from the folds and fused modules of :mod:`xnetspace.deploy`, which imports
 # nothing from here.
+#
+# Modules with a ``fast`` attribute also have a fast *training* form (``fast = True``, set for the
+# whole network by ``TransXNet.set_train_form("fast")``): the same function, train mode included,
+# with the same parameters and fewer operators; what each merges is said in its ``forward``.
 
 
 class ConvBN(ConvNormAct):
-    """timm's ConvNormAct (keys ``conv``, ``bn``) whose ``fuse()`` folds the BN into the conv."""
+    """timm's ConvNormAct (keys ``conv``, ``bn``) whose ``fuse()`` folds the BN into the conv.
+
+    Its fast form runs a dense 1x1 conv as a matmul (:func:`xnetspace.ops.pointwise`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        conv = self.conv
+        self.dense_1x1 = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 \
+            and tuple(conv.padding) == (0, 0)
+        self.fast = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fast and self.dense_1x1:
+            return self.bn(pointwise(x, self.conv.weight, self.conv.bias))
+        return self.bn(self.conv(x))  # no anti-aliasing layer here (timm's ``aa``)
 
     def fuse(self) -> nn.Module:
         """Eval-mode equivalent: the conv with BN folded in, then the activation if any."""
@@ -48,6 +69,37 @@ def conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, act: bool = False, 
     return ConvBN(in_chs, out_chs, kernel_size, bias=False, apply_act=act, act_layer=nn.GELU, **kwargs)
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """Dense 1x1 conv: an ``nn.Conv2d`` (same keys, same initialisation); its fast form is one
+    matmul (:func:`xnetspace.ops.pointwise`). Shapes: (B, C_in, H, W) -> (B, C_out, H, W)."""
+
+    def __init__(self, in_chs: int, out_chs: int, bias: bool = True):
+        super().__init__(in_chs, out_chs, 1, bias=bias)
+        self.fast = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fast:
+            return pointwise(x, self.weight, self.bias)
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """Depthwise K x K conv, stride 1, padding K // 2, with a bias: an ``nn.Conv2d`` (same keys).
+
+    Its fast form runs it the fastest exact way for the map's size (a batched matmul on small
+    maps; :func:`xnetspace.ops.depthwise_same`). Shapes: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, dim: int, kernel_size: int):
+        super().__init__(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.fast = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fast:
+            return depthwise_same(x, self.weight, self.bias, self.groups)
+        return self._conv_forward(x, self.weight, self.bias)
+
+
 class LayerScale(nn.Module):
     """Per-channel affine map ``w * x + b`` as a depthwise 1x1 conv (paper eq. 1, LS).
 
@@ -59,8 +111,11 @@ class LayerScale(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.full((dim, 1, 1, 1), float(init_value)))
         self.bias = nn.Parameter(torch.zeros(dim))
+        self.fast = False
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fast:  # one elementwise multiply-add, in either memory format
+            return torch.addcmul(self.bias.reshape(-1, 1, 1), x, self.weight.reshape(-1, 1, 1))
         return F.conv2d(x, self.weight, self.bias, groups=x.shape[1])
 
     def scale_shift(self) -> Tuple[Tensor, Tensor]:
@@ -90,10 +145,11 @@ class IDConv(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(kernel_size)
         self.proj = nn.Sequential(
             conv_bn(dim, dim // reduction, act=True),
-            nn.Conv2d(dim // reduction, dim * num_groups, 1),
+            PointwiseConv2d(dim // reduction, dim * num_groups),
         )
         trunc_normal_(self.weight, std=0.02)
         trunc_normal_(self.bias, std=0.02)
+        self.fast = False
 
     def dynamic_weight_bias(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Per-sample kernel (B*C, 1, K, K) and bias (B*C,) for input ``x`` (B, C, H, W)."""
@@ -109,6 +165,8 @@ class IDConv(nn.Module):
         B, C, H, W = x.shape
         weight, bias = self.dynamic_weight_bias(x)
         # The batch folds into the channels so one grouped conv applies B*C different kernels.
+        if self.fast:  # the kernels cropped to the taps that reach the map (exact)
+            return depthwise_same(x.reshape(1, B * C, H, W), weight, bias, B * C).reshape(B, C, H, W)
         x = F.conv2d(x.reshape(1, B * C, H, W), weight, bias, padding=self.kernel_size // 2, groups=B * C)
         return x.reshape(B, C, H, W)
 
@@ -133,8 +191,8 @@ class OSRA(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.q = nn.Conv2d(dim, dim, 1)
-        self.kv = nn.Conv2d(dim, dim * 2, 1)
+        self.q = PointwiseConv2d(dim, dim)
+        self.kv = PointwiseConv2d(dim, dim * 2)
         if sr_ratio > 1:
             k = sr_ratio + 3
             self.sr = nn.Sequential(
@@ -144,10 +202,17 @@ class OSRA(nn.Module):
         else:
             self.sr = nn.Identity()
         self.local_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.fast = False
 
     def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
         B, C, H, W = x.shape
         h = self.num_heads
+        if self.fast:  # LR's residual in the centre tap of its kernel; attention by (b)addbmm
+            kv = self.sr(x)
+            kv = depthwise_same(kv, merged_depthwise_kernel([self.local_conv.weight], identity=True),
+                                self.local_conv.bias, C)
+            k, v = self.kv(kv).chunk(2, dim=1)
+            return bmm_attention(self.q(x), k, v, h, self.scale, pos_bias)
         q = self.q(x).reshape(B, h, C // h, -1).transpose(-1, -2)  # (B, h, N, d)
         kv = self.sr(x)
         kv = self.local_conv(kv) + kv
@@ -184,11 +249,11 @@ class SqueezedTokenEnhancer(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.conv_dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.conv_dw = DepthwiseConv2d(dim, 3)
         self.bn_dw = nn.BatchNorm2d(dim)
-        self.conv_reduce = nn.Conv2d(dim, hidden_dim, 1)
+        self.conv_reduce = PointwiseConv2d(dim, hidden_dim)
         self.bn_reduce = nn.BatchNorm2d(hidden_dim)
-        self.conv_expand = nn.Conv2d(hidden_dim, dim, 1)
+        self.conv_expand = PointwiseConv2d(hidden_dim, dim)
         self.bn_expand = nn.BatchNorm2d(dim)
         self.act = nn.GELU()
 
@@ -234,7 +299,7 @@ class DMixer(DualBranchTokens):
         if local_dim and num_groups > 1:
             self.idconv = IDConv(local_dim, kernel_size, num_groups)
         elif local_dim:  # G = 1: softmax over one group is 1, IDConv is a static DW conv
-            self.idconv = nn.Conv2d(local_dim, local_dim, kernel_size, padding=kernel_size // 2, groups=local_dim)
+            self.idconv = DepthwiseConv2d(local_dim, kernel_size)
         self.osra = OSRA(attn_dim, num_heads, sr_ratio) if attn_dim else None
         self.ste = SqueezedTokenEnhancer(dim, ste_dim)
 
@@ -266,6 +331,18 @@ class MultiScaleDWConv(nn.Module):
             nn.Conv2d(c, c, k, padding=k // 2, groups=c) for c, k in zip(self.splits, kernel_sizes)
         )
 
+    def merged(self, identity: bool = False) -> Tuple[Tensor, Tensor]:
+        """The branches as one depthwise kernel (C, 1, K, K) and bias (C,), K the largest kernel,
+        plus the identity when asked (:func:`xnetspace.ops.merged_depthwise_kernel`; differentiable)."""
+        weights: List[Tensor] = []
+        biases: List[Tensor] = []
+        for conv in self.convs:
+            bias = conv.bias
+            assert bias is not None  # built with biases; refines Optional for TorchScript
+            weights.append(conv.weight)
+            biases.append(bias)
+        return merged_depthwise_kernel(weights, identity), torch.cat(biases)
+
     def forward(self, x: Tensor) -> Tensor:
         parts = torch.split(x, self.splits, dim=1)  # indexed, not zipped: FX cannot iterate a traced tuple
         return torch.cat([conv(parts[i]) for i, conv in enumerate(self.convs)], dim=1)
@@ -285,17 +362,22 @@ class MSFFN(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, kernel_sizes: Sequence[int] = (1, 3, 5, 7), drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden_dim, 1, bias=False)
+        self.fc1 = PointwiseConv2d(dim, hidden_dim, bias=False)
         self.fc1_bn = nn.BatchNorm2d(hidden_dim)
         self.msdw = MultiScaleDWConv(hidden_dim, kernel_sizes)
         self.norm = nn.BatchNorm2d(hidden_dim)
         self.fc2 = conv_bn(hidden_dim, dim)
         self.act = nn.GELU()
         self.drop = nn.Dropout(drop)
+        self.fast = False
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.fc1_bn(self.act(self.fc1(x)))
-        x = self.msdw(x) + x
+        if self.fast:  # MSDW's branches and the identity as one depthwise conv (kernel merged each step)
+            weight, bias = self.msdw.merged(identity=True)
+            x = depthwise_same(x, weight, bias, weight.shape[0])
+        else:
+            x = self.msdw(x) + x
         x = self.drop(self.norm(self.act(x)))
         return self.drop(self.fc2(x))
 

@@ -25,14 +25,17 @@ from torch import Tensor, nn
 
 from .deploy import FusedBlock, FusedStage, merge_depthwise
 from .layers import DMixer, LayerScale, MSFFN, conv_bn
-from .ops import resize_pos_bias
+from .ops import depthwise_same, merged_depthwise_kernel, resize_pos_bias
 from .spec import NetworkSpec, StageSpec, resolve_spec
 
-__all__ = ["TransXNetBlock", "TransXNetStage", "TransXNet", "build_model"]
+__all__ = ["TransXNetBlock", "TransXNetStage", "TransXNet", "build_model", "TRAIN_FORMS"]
+
+TRAIN_FORMS = ("reference", "fast")
 
 # torchvision's FX tracer (create_feature_extractor) keeps the call as one node: its size arithmetic
 # on traced shapes cannot be traced. (timm's tracer knows it from register_notrace_function.)
 torch.fx.wrap("resize_pos_bias")
+torch.fx.wrap("depthwise_same")
 
 
 class TransXNetBlock(nn.Module):
@@ -66,9 +69,14 @@ class TransXNetBlock(nn.Module):
         self.layer_scale1 = LayerScale(dim, layer_scale_init_value) if use_ls else nn.Identity()
         self.layer_scale2 = LayerScale(dim, layer_scale_init_value) if use_ls else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.fast = False
 
     def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
-        x = x + self.dpe(x)
+        if self.fast:  # DPE's residual in the centre tap of its kernel
+            dpe = merged_depthwise_kernel([self.dpe.weight], identity=True)
+            x = depthwise_same(x, dpe, self.dpe.bias, x.shape[1])
+        else:
+            x = x + self.dpe(x)
         x = x + self.drop_path(self.layer_scale1(self.mixer(self.norm1(x), pos_bias)))
         return x + self.drop_path(self.layer_scale2(self.ffn(self.norm2(x))))
 
@@ -151,7 +159,7 @@ class TransXNet(nn.Module):
             ``num_classes > 0`` (a linear layer needs a pooled vector).
     """
 
-    __jit_unused_properties__ = ["is_reparameterized"]  # hasattr() is not scriptable; not needed there
+    __jit_unused_properties__ = ["is_reparameterized", "train_form"]  # not scriptable (hasattr); not needed there
 
     def __init__(self, spec: NetworkSpec, global_pool: str = "avg", **overrides: Any):
         super().__init__()
@@ -214,6 +222,40 @@ class TransXNet(nn.Module):
     def is_reparameterized(self) -> bool:
         """True once :meth:`reparameterize` (or timm's ``reparameterize_model``) has run."""
         return not any(hasattr(stage, "fuse") for stage in self.stages)
+
+    # -- training forms ---------------------------------------------------------------------------
+    @torch.jit.ignore
+    def set_train_form(self, form: str = "fast") -> "TransXNet":
+        """Switch between the two training forms in place and return ``self``; either way back.
+
+        ``"reference"`` (what :func:`build_model` gives) runs every operator as the release does.
+        ``"fast"`` computes the same function, in train and eval mode, with fewer or cheaper
+        operators: DPE's, LR's and MS-FFN's residuals and MS-FFN's four depthwise branches go into
+        one kernel per conv, assembled from the same parameters at every step (differentiable, so
+        gradients reach them as before); depthwise convs on small maps run as batched matmuls and
+        dense 1x1 convs as matmuls (:mod:`xnetspace.ops`); the layer scales are multiply-adds; and
+        OSRA's attention is one ``baddbmm`` + ``bmm``. Contiguous (NCHW) inputs take the matmul
+        paths. Parameters and state-dict keys are the same in both forms, so
+        checkpoints and optimizers carry over; outputs and gradients agree within float rounding
+        (tests/test_train_form.py). Proxy training uses the fast form (``TrainConfig.train_form``).
+
+        Raises:
+            ValueError: ``form`` not in :data:`TRAIN_FORMS`.
+            RuntimeError: the network is re-parameterised (inference only; it has no training form).
+        """
+        if form not in TRAIN_FORMS:
+            raise ValueError(f"train form must be one of {', '.join(TRAIN_FORMS)}, got {str(form)[:80]!r}")
+        if self.is_reparameterized:
+            raise RuntimeError("a re-parameterised TransXNet is inference-only and has no training form")
+        for module in self.modules():
+            if hasattr(module, "fast"):
+                module.fast = form == "fast"
+        return self
+
+    @property
+    def train_form(self) -> str:
+        """``"fast"`` or ``"reference"``: the form :meth:`set_train_form` last set."""
+        return "fast" if any(getattr(m, "fast", False) for m in self.modules()) else "reference"
 
     # -- timm interface ---------------------------------------------------------------------------
     @torch.jit.ignore

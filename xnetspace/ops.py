@@ -1,6 +1,7 @@
 """Pieces shared by TransXNet's training form (:mod:`xnetspace.layers`, :mod:`xnetspace.network`)
-and its inference form (:mod:`xnetspace.deploy`): the D-Mixer's two-branch token mixing and the
-resizing of a stage's position bias.
+and its inference form (:mod:`xnetspace.deploy`): the D-Mixer's two-branch token mixing, the
+resizing of a stage's position bias, and the merging of depthwise kernels (differentiable: the
+fast training form merges them every step, the inference form once).
 
 They sit below both forms so that each form imports them and neither imports the other's
 internals. Both are written so that ``torch.jit.script`` compiles them and ``torch.fx`` traces
@@ -9,7 +10,7 @@ Paper: arXiv 2310.19380, eq. 2 (D-Mixer) and eq. 4 (OSRA's position bias P).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from .spec import reduced_size
 
-__all__ = ["DualBranchTokens", "resize_pos_bias"]
+__all__ = ["DualBranchTokens", "resize_pos_bias", "merged_depthwise_kernel", "bmm_attention", "depthwise_same", "pointwise"]
 
 
 class DualBranchTokens(nn.Module):
@@ -54,3 +55,103 @@ def resize_pos_bias(pos_bias: Tensor, height: int, width: int, sr_ratio: int) ->
     if pos_bias.shape[-2] == n and pos_bias.shape[-1] == m:
         return pos_bias
     return F.interpolate(pos_bias, size=[n, m], mode="bicubic", align_corners=False)
+
+
+def merged_depthwise_kernel(weights: List[Tensor], identity: bool = False) -> Tensor:
+    """Depthwise kernels (C_i, 1, k_i, k_i), odd k_i, as one (sum C_i, 1, K, K) kernel, K = max k_i.
+
+    Each kernel is zero-padded to K x K and centred, so under padding K // 2 it reads the same taps
+    as before under padding k_i // 2; the groups' outputs come out concatenated in order. With
+    ``identity`` the centre tap gains 1, so the conv also adds its input (a residual ``x + conv(x)``
+    as one conv). Exact and differentiable: the gradient reaches every ``weights[i]``.
+    """
+    size = 1
+    for w in weights:
+        size = max(size, w.shape[-1])
+    padded: List[Tensor] = []
+    for w in weights:
+        pad = (size - w.shape[-1]) // 2
+        padded.append(F.pad(w, [pad, pad, pad, pad]) if pad else w)
+    weight = torch.cat(padded) if len(padded) > 1 else padded[0]
+    if identity:
+        centre = torch.zeros(size * size, dtype=weight.dtype, device=weight.device)
+        centre[size * size // 2] = 1.0
+        weight = weight + centre.reshape(1, 1, size, size)
+    return weight
+
+
+def bmm_attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, scale: float,
+                  pos_bias: Optional[Tensor] = None) -> Tensor:
+    """``softmax(q^T k * scale + P) v`` per head, with one ``baddbmm`` (scale and bias fused) and
+    one ``bmm`` that needs no transposed copy of the attention map (paper eq. 4).
+
+    Shapes: ``q`` (B, C, H, W); ``k``, ``v`` (B, C, h, w); ``pos_bias`` P (1 or B, heads, H*W, h*w);
+    heads split the channels head-major; returns (B, C, H, W). On the CPU this measured faster
+    than ``scaled_dot_product_attention`` for TransXNet's shapes (``benchmarks/bench_model.py``).
+    """
+    B, C, H, W = q.shape
+    d = C // num_heads
+    q = q.reshape(B * num_heads, d, H * W).transpose(1, 2)  # (B*h, N, d)
+    k, v = k.reshape(B * num_heads, d, -1), v.reshape(B * num_heads, d, -1)  # (B*h, d, M)
+    if pos_bias is None:
+        attn = torch.bmm(q, k) * scale
+    else:
+        bias = pos_bias.expand(B, -1, -1, -1).reshape(B * num_heads, H * W, -1)
+        attn = torch.baddbmm(bias, q, k, alpha=scale)  # (B*h, N, M)
+    return torch.bmm(v, attn.softmax(dim=-1).transpose(1, 2)).reshape(B, C, H, W)  # (B*h, d, N) first
+
+
+@register_notrace_function  # its path depends on the map size: one node under FX
+def depthwise_same(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int) -> Tensor:
+    """``F.conv2d(x, weight, bias, padding=K // 2, groups=groups)`` for odd K x K kernels and stride
+    1, computed the fastest exact way for the map's size.
+
+    A depthwise conv on an H x W map is, per channel, a linear map of its N = H*W pixels: an N x N
+    matrix whose entries are kernel taps (zero where a tap would read padding). When N <= 2 K^2
+    (TransXNet's 7x7 kernels on the 8x8 to 1x1 maps of 32x32 inputs) the matrices, gathered from
+    the kernel, and one batched matmul do fewer multiply-adds than the conv (N^2 against N K^2)
+    and ran 2-40x faster than oneDNN's depthwise conv on the CPU, forward and backward together
+    (batch 64); larger maps use the conv, as do batches under 8 (IDConv's per-sample kernels fold
+    the batch into the channels, so nothing amortises gathering the matrices). Exact: the same
+    products, summed in another order. The conv path crops the kernel to the taps that can reach
+    the map (on a 2x2 map a 7x7 kernel is a 3x3 one), which is exact too.
+
+    Shapes: ``x`` (B, C, H, W); ``weight`` (C, 1, K, K); ``bias`` (C,) or None; returns (B, C, H, W).
+    """
+    k = weight.shape[-1]
+    B, C, H, W = x.shape
+    n = H * W
+    if groups != C or weight.shape[0] != C or n > 2 * k * k or B < 8 or not x.is_contiguous():
+        # a tap more than H - 1 rows (W - 1 columns) from the centre reads only zero padding
+        kh, kw = min(k, 2 * H - 1), min(k, 2 * W - 1)
+        if kh < k or kw < k:
+            weight = weight[:, :, (k - kh) // 2:(k + kh) // 2, (k - kw) // 2:(k + kw) // 2]
+        return F.conv2d(x, weight, bias, padding=[kh // 2, kw // 2], groups=groups)
+    # index[o, i]: the tap that carries input pixel i to output pixel o; k*k (a zero) if none
+    rows = torch.arange(H, device=x.device).repeat_interleave(W)
+    cols = torch.arange(W, device=x.device).repeat(H)
+    dy = rows.unsqueeze(0) - rows.unsqueeze(1) + k // 2
+    dx = cols.unsqueeze(0) - cols.unsqueeze(1) + k // 2
+    inside = (dy >= 0) & (dy < k) & (dx >= 0) & (dx < k)
+    index = torch.where(inside, dy * k + dx, k * k)
+    taps = torch.cat([weight.reshape(C, k * k), weight.new_zeros(C, 1)], dim=1)
+    out = torch.einsum("com,bcm->bco", taps[:, index], x.reshape(B, C, n)).reshape(B, C, H, W)
+    return out if bias is None else out + bias.reshape(-1, 1, 1)
+
+
+def pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """A dense 1x1 conv (stride 1, no padding) as one matmul over the flattened map: on the CPU,
+    for contiguous (NCHW) maps of 8x8 and smaller, this ran up to 2x faster than oneDNN's conv,
+    forward and backward together (batch 64). Exact up to the order of the sums; other memory
+    formats go to the conv.
+
+    Shapes: ``x`` (B, C_in, H, W); ``weight`` (C_out, C_in, 1, 1); ``bias`` (C_out,) or None;
+    returns (B, C_out, H, W).
+    """
+    B, C, H, W = x.shape
+    if not x.is_contiguous():
+        return F.conv2d(x, weight, bias)
+    out = torch.matmul(weight.reshape(weight.shape[0], C), x.reshape(B, C, H * W))  # (B, C_out, N)
+    if bias is not None:
+        out = out + bias.reshape(-1, 1)
+    return out.reshape(B, -1, H, W)

@@ -1,0 +1,175 @@
+"""Fast training form: the same function as the reference form in train mode (outputs and
+gradients), the same parameters and keys, switchable both ways; and the trainer's batching."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from xnetspace import build_model
+from xnetspace.layers import MSFFN, OSRA, LayerScale
+from xnetspace.network import TransXNetBlock
+from xnetspace.search.data import load_dataset
+from xnetspace.search.train import TensorBatches, TrainConfig, train_candidate
+
+from .conftest import random_specs, tiny_spec
+from .test_deploy import randomize, rel_err
+
+TOL = 1e-5  # float32 rounding of a differently ordered sum
+
+
+def set_fast(module: nn.Module, fast: bool) -> nn.Module:
+    for m in module.modules():
+        if hasattr(m, "fast"):
+            m.fast = fast
+    return module
+
+
+def outputs_and_grads(module: nn.Module, *inputs: torch.Tensor, fast: bool):
+    """Train-mode output and the gradients of every parameter and input for a fixed random
+    upstream gradient, with ``module`` in the given form (its BN statistics restored after)."""
+    module = set_fast(copy.deepcopy(module), fast).train()
+    inputs = [x.clone().requires_grad_(True) for x in inputs]
+    out = module(*inputs)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+    grads = {name: p.grad for name, p in module.named_parameters()}
+    grads.update({f"input{i}": x.grad for i, x in enumerate(inputs)})
+    return out.detach(), grads
+
+
+def check_same_function(module: nn.Module, *inputs: torch.Tensor, tol: float = TOL) -> None:
+    ref, ref_grads = outputs_and_grads(module, *inputs, fast=False)
+    out, grads = outputs_and_grads(module, *inputs, fast=True)
+    assert out.shape == ref.shape and rel_err(out, ref) < tol, rel_err(out, ref)
+    assert grads.keys() == ref_grads.keys()
+    # Relative to the largest gradient: some are exactly zero in exact arithmetic (a bias before a
+    # train-mode BN), and their float rounding has no scale of its own.
+    scale = max(g.abs().max().item() for g in ref_grads.values() if g is not None)
+    for name, grad in ref_grads.items():
+        if grad is None:
+            assert grads[name] is None, name
+        else:
+            err = (grads[name] - grad).abs().max().item() / scale
+            assert err < tol, (name, err)
+
+
+# -- per operator ----------------------------------------------------------------------------------
+def test_layer_scale_as_multiply_add():
+    check_same_function(randomize(LayerScale(12)), torch.randn(3, 12, 5, 7))
+
+
+@pytest.mark.parametrize("kernel_sizes", [(1, 3, 5, 7), (3,), (1, 5), (3, 5, 9)])
+def test_msffn_branches_and_identity_merged_every_step(kernel_sizes):
+    check_same_function(randomize(MSFFN(12, 26, kernel_sizes)), torch.randn(3, 12, 7, 5))
+
+
+@pytest.mark.parametrize("heads,sr_ratio,size", [(1, 1, (4, 4)), (2, 2, (7, 5)), (4, 4, (9, 11))])
+def test_osra_residual_kernel_and_bmm_attention(heads, sr_ratio, size):
+    osra = randomize(OSRA(16, heads, sr_ratio))
+    x = torch.randn(3, 16, *size)
+    m = ((size[0] - 1) // sr_ratio + 1) * ((size[1] - 1) // sr_ratio + 1)
+    check_same_function(osra, x, torch.randn(1, heads, size[0] * size[1], m))
+
+
+@pytest.mark.parametrize("stage", [
+    dict(depth=1, embed_dim=16, num_heads=2, sr_ratio=2),  # both branches, IDConv with G = 2
+    dict(depth=1, embed_dim=16, num_heads=1, sr_ratio=1, idconv_groups=1),  # G = 1: static DW conv
+    dict(depth=1, embed_dim=16, num_heads=2, sr_ratio=2, attn_ratio=0.0),  # IDConv only
+    dict(depth=1, embed_dim=16, num_heads=2, sr_ratio=2, attn_ratio=1.0),  # OSRA only
+])
+def test_block_with_dpe_residual_in_its_kernel(stage):
+    spec = tiny_spec(stages=[stage])
+    block = randomize(TransXNetBlock(spec.stages[0]))
+    x = torch.randn(3, 16, 6, 5)
+    r = stage["sr_ratio"]
+    m = ((6 - 1) // r + 1) * ((5 - 1) // r + 1)  # tokens after OSR
+    check_same_function(block, x, torch.randn(1, stage["num_heads"], 30, m))
+
+
+# -- whole networks --------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", [tiny_spec(), *random_specs(6, seed=12)], ids=lambda s: s.digest()[:8])
+@pytest.mark.parametrize("size", [(32, 32), (37, 29)])
+def test_networks_compute_the_same_function_in_train_mode(spec, size):
+    """In float64: train-mode norms over a handful of values (a batch of 4 on 1x1 maps) amplify
+    rounding through a whole network, to 1e-4 in float32; any real difference (a tap, a padding,
+    a residual) shows at 1e-2 or more."""
+    torch.manual_seed(0)
+    model = randomize(build_model(spec, drop_path_rate=0.0)).double()
+    check_same_function(model, torch.randn(4, spec.in_chans, *size, dtype=torch.float64), tol=1e-7)
+
+
+def test_switching_back_and_forth_keeps_parameters_keys_and_outputs():
+    torch.manual_seed(0)
+    model = randomize(build_model(tiny_spec()))
+    x = torch.randn(2, 3, 40, 40)
+    keys, state = list(model.state_dict()), copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        ref = model(x)
+        assert model.set_train_form("fast") is model and model.train_form == "fast"
+        fast = model(x)
+        assert model.set_train_form("reference").train_form == "reference"
+        back = model(x)
+    assert list(model.state_dict()) == keys
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert torch.equal(back, ref) and rel_err(fast, ref) < TOL
+
+
+def test_a_checkpoint_saved_in_one_form_loads_in_the_other(tmp_path):
+    torch.manual_seed(0)
+    fast = randomize(build_model(tiny_spec())).set_train_form("fast")
+    torch.save(fast.state_dict(), tmp_path / "fast.pt")
+    reference = build_model(tiny_spec())
+    reference.load_state_dict(torch.load(tmp_path / "fast.pt", weights_only=True), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(fast.eval()(x), reference.eval()(x)) < TOL
+
+
+def test_bad_forms_are_refused():
+    model = build_model(tiny_spec())
+    with pytest.raises(ValueError, match="one of reference, fast, got 'quick'"):
+        model.set_train_form("quick")
+    model.reparameterize()
+    with pytest.raises(RuntimeError, match="inference-only"):
+        model.set_train_form("fast")
+
+
+def test_fast_form_scripts():
+    torch.manual_seed(0)
+    model = randomize(build_model(tiny_spec())).set_train_form("fast")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(torch.jit.script(model)(x), model(x)) < TOL
+
+
+# -- training --------------------------------------------------------------------------------------
+def test_tensor_batches_are_the_dataloaders_batches():
+    data = TensorDataset(torch.randn(50, 1, 4, 4), torch.arange(50))
+    loader = DataLoader(data, batch_size=8, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(3))
+    ours = TensorBatches(data, 8, torch.device("cpu"), shuffle=True, drop_last=True,
+                         generator=torch.Generator().manual_seed(3))
+    assert len(ours) == len(loader) == 6
+    for _ in range(2):  # two epochs: each draws a new order
+        for (x, y), (x_ref, y_ref) in zip(ours, loader, strict=True):
+            assert torch.equal(y, y_ref) and torch.equal(x, x_ref)
+    plain = TensorBatches(data, 16, torch.device("cpu"))
+    assert [len(y) for _, y in plain] == [16, 16, 16, 2]
+
+
+def test_both_forms_train_to_the_same_losses():
+    """A few epochs of the proxy recipe in each form: the same validation scores, the fast form
+    with channels_last and a fused AdamW, the reference with the release's operators."""
+    data = load_dataset("synthetic:200", 16)
+    spec = tiny_spec(stages=[dict(depth=1, embed_dim=16, num_heads=1, sr_ratio=2),
+                             dict(depth=1, embed_dim=32, num_heads=2, sr_ratio=1)])
+    config = dict(image_size=16, epochs=3, batch_size=16, lr=2e-3)
+    fast = train_candidate(spec, data, TrainConfig(**config, train_form="fast"))
+    reference = train_candidate(spec, data, TrainConfig(**config, train_form="reference"))
+    assert TrainConfig().train_form == "fast"
+    assert len(fast.losses) == len(reference.losses) == 3 * (160 // 16)
+    diffs = [abs(a - b) / abs(b) for a, b in zip(fast.losses, reference.losses)]
+    assert max(diffs) < 1e-3, max(diffs)
+    assert max(abs(a - b) for a, b in zip(fast.history, reference.history)) <= 100 / 40  # one val image at most
