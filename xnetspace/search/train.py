@@ -5,6 +5,12 @@ paper section IV-A) at proxy scale, built from timm's optimizer and scheduler fa
 and the data order are fixed, so a spec trains the same way every time. On CUDA the forward runs
 under bf16 autocast with channels_last memory.
 
+Speed (issue 12; ``benchmarks/bench_train.py`` measures it): by default the network trains in its
+fast form (:meth:`xnetspace.network.TransXNet.set_train_form`) with a fused AdamW; in-memory
+datasets are batched by indexing their tensors on the device, without a DataLoader, and evaluated
+in large batches under ``inference_mode``. ``train_form="reference"`` trains the release's
+operators with torch's plain AdamW, for comparison.
+
 Failures are typed so a search can record why a trial ended: :class:`Diverged` (NaN/inf loss),
 :class:`TimeLimitExceeded` (the trial's time limit), and CUDA out-of-memory (torch's own error).
 """
@@ -13,16 +19,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Literal, Optional, Tuple, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
-from ..network import build_model
+from ..network import TRAIN_FORMS, build_model
 from ..spec import NetworkSpec
 
 __all__ = ["TrainConfig", "TrainResult", "Diverged", "TimeLimitExceeded", "train_candidate", "evaluate"]
@@ -44,6 +50,8 @@ class TrainConfig(BaseModel):
     seed: int = 0
     time_limit: Optional[float] = Field(None, gt=0)
     num_workers: int = Field(0, ge=0, description="DataLoader workers (image folders decode images)")
+    train_form: Literal[TRAIN_FORMS] = Field(
+        "fast", description="fast: the fast training form and a fused AdamW; reference: the release's operators")
 
 
 class Diverged(RuntimeError):
@@ -56,23 +64,78 @@ class TimeLimitExceeded(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """Validation top-1 (percent) after each epoch; ``top1`` is the last one."""
+    """Validation top-1 (percent) after each epoch (``top1`` is the last one) and the training
+    loss of every update."""
 
     history: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
 
     @property
     def top1(self) -> float:
         return self.history[-1]
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
-    """Top-1 accuracy in percent of ``model`` (eval mode) over ``loader``."""
+Batches = Union[DataLoader, "TensorBatches"]
+
+
+class TensorBatches:
+    """Mini-batches of an in-memory dataset by indexing its tensors, held on ``device``: no
+    DataLoader workers, no per-sample collation.
+
+    With ``shuffle`` each pass draws from ``generator`` exactly what ``DataLoader(shuffle=True,
+    generator=generator)`` draws (its base seed and two ``randperm``), so the batches and hence the
+    trained weights are the ones a DataLoader gives, and studies run before stay reproducible. Yields ``(x, y)``: (b, C, H, W), (b,).
+    """
+
+    def __init__(self, dataset: TensorDataset, batch_size: int, device: torch.device, shuffle: bool = False,
+                 drop_last: bool = False, generator: Optional[torch.Generator] = None,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        x, y = dataset.tensors
+        self.x = x.to(device).contiguous(memory_format=memory_format)
+        self.y = y.to(device)
+        self.batch_size, self.shuffle, self.drop_last, self.generator = batch_size, shuffle, drop_last, generator
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.y)
+        if self.shuffle:
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # DataLoader's base seed
+            order = torch.randperm(n, generator=self.generator).to(self.y.device)
+        else:
+            order = None
+        for i in range(len(self)):
+            batch = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            if order is None:
+                yield self.x[batch], self.y[batch]
+            else:
+                yield self.x[order[batch]], self.y[order[batch]]
+        if self.shuffle:  # RandomSampler draws one more permutation (an empty remainder) at the end
+            torch.randperm(n, generator=self.generator)
+
+
+def batches(dataset, batch_size: int, device: torch.device, shuffle: bool = False, drop_last: bool = False,
+            generator: Optional[torch.Generator] = None, num_workers: int = 0,
+            memory_format: torch.memory_format = torch.contiguous_format) -> Batches:
+    """:class:`TensorBatches` for an in-memory ``TensorDataset``, a DataLoader for anything else
+    (image folders decode and augment per sample)."""
+    if isinstance(dataset, TensorDataset):
+        return TensorBatches(dataset, batch_size, device, shuffle, drop_last, generator, memory_format)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator,
+                      num_workers=num_workers)
+
+
+def evaluate(model: nn.Module, loader, device: torch.device) -> float:
+    """Top-1 accuracy in percent of ``model`` (eval mode) over ``loader`` (a DataLoader,
+    :class:`TensorBatches`, or any iterable of ``(images, labels)`` batches)."""
     model.eval()
     correct, total = 0, 0  # whole counts: equal accuracies compare equal
     with torch.inference_mode(), _autocast(device):
         for x, y in loader:
-            x, y = _to(x, device), y.to(device)
+            x, y = x.to(device, non_blocking=True), y.to(device)
             correct += int((model(x).argmax(dim=-1) == y).sum())
             total += len(y)
     return 100.0 * correct / total
@@ -94,35 +157,42 @@ def train_candidate(
 
     Raises:
         Diverged: NaN/inf loss. TimeLimitExceeded: past ``config.time_limit``.
+        ValueError: ``batch_size`` larger than the training set.
         torch.OutOfMemoryError: on a device that ran out of memory.
     """
     start = time.perf_counter()
     device = torch.device(device)
+    fast = config.train_form == "fast"
     torch.manual_seed(config.seed)
     model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model.set_train_form(config.train_form)
+    layout = training_memory_format(device)
+    model = model.to(memory_format=layout)
     gen = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                              generator=gen, num_workers=config.num_workers)
-    val_loader = DataLoader(data.val, batch_size=max(config.batch_size, 128), num_workers=config.num_workers)
-    if len(train_loader) == 0:
+    train_batches = batches(data.train, config.batch_size, device, shuffle=True, drop_last=True, generator=gen,
+                            num_workers=config.num_workers, memory_format=layout)
+    val_batches = batches(data.val, max(config.batch_size, _EVAL_BATCH), device, num_workers=config.num_workers,
+                          memory_format=layout)
+    if len(train_batches) == 0:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train)} training images")
 
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay)
+    # fused AdamW: one kernel over all parameters instead of a dozen per parameter (same update)
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay,
+                                    **(dict(fused=True) if fast else {}))
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=config.epochs,
                                        warmup_epochs=config.warmup_epochs, step_on_epochs=False,
-                                       updates_per_epoch=len(train_loader))
+                                       updates_per_epoch=len(train_batches))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     result, updates = TrainResult(), 0
     for epoch in range(config.epochs):
         model.train()
-        for x, y in train_loader:
-            x, y = _to(x, device), y.to(device)
+        for x, y in train_batches:
+            x, y = _to(x, device, layout), y.to(device)
             with _autocast(device):
                 loss = loss_fn(model(x), y)
-            if not math.isfinite(loss.item()):
-                raise Diverged(f"loss became {loss.item()} at epoch {epoch + 1}, update {updates + 1}")
+            result.losses.append(loss.item())
+            if not math.isfinite(result.losses[-1]):
+                raise Diverged(f"loss became {result.losses[-1]} at epoch {epoch + 1}, update {updates + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -131,16 +201,26 @@ def train_candidate(
             if config.time_limit and time.perf_counter() - start > config.time_limit:
                 raise TimeLimitExceeded(f"past the {config.time_limit:g} s time limit in epoch {epoch + 1}")
         scheduler.step(epoch + 1)
-        result.history.append(evaluate(model, val_loader, device))
+        result.history.append(evaluate(model, val_batches, device))
         result.seconds = time.perf_counter() - start
         if report is not None:
             report(epoch, result.history[-1])
     return result
 
 
-def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+_EVAL_BATCH = 1024  # evaluation keeps no activations: large batches, few calls
+
+
+def training_memory_format(device: torch.device) -> torch.memory_format:
+    """The memory format proxy training uses: channels_last on CUDA (cuDNN's fast layout under
+    bf16); contiguous NCHW on the CPU, where the fast form's matmul paths for small maps need it
+    (with channels_last the fast form measured about 15% slower on tiny_cpu candidates)."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def _to(x: torch.Tensor, device: torch.device,
+        memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    return x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
 
 
 def _autocast(device: torch.device):
