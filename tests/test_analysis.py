@@ -177,7 +177,8 @@ def test_population_search_keeps_rejections_and_analyses(tmp_path, monkeypatch):
     space.write_text(json.dumps(SPACE))  # JSON is YAML
     out = tmp_path / "pop"
     result = runner.invoke(app, ["search", "--space", str(space), "--dataset", "synthetic:128", "--population",
-                                 "--n-trials", "12", "--out", str(out), "--image-size", "16", "--epochs", "1"])
+                                 "--n-trials", "12", "--out", str(out), "--image-size", "16", "--epochs", "1",
+                                 "--workers-per-device", "1"])
     assert result.exit_code == 0, result.output
     study = load_run(out)
     settings = study.user_attrs["xnetspace_run"]

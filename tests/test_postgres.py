@@ -55,7 +55,7 @@ objective.train_candidate = held
 config = StudyConfig(space=SearchSpace.model_validate(json.loads(space)), dataset="synthetic:64",
                      train=TrainConfig(image_size=16, epochs=int(epochs), batch_size=32))
 run_search(config, RunOptions(n_trials=int(n), storage=url, study_name=name, out=Path(out), sampler="random",
-                              pruner="none", heartbeat=2, confirm_top=0))
+                              pruner="none", heartbeat=2, confirm_top=0, workers_per_device=1))
 """
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # several processes share two cores in CI
 runner = CliRunner()
@@ -156,7 +156,7 @@ def test_head_and_two_worker_processes_finish_exactly_n(study_run):
     assert {0, 500} <= workers <= {0, 500, 600, 601} and workers & {600, 601}, workers  # the joined processes ran trials
     # The printed command names this storage (with its password, so it can be pasted) and study.
     assert study_run["argv"][3:] == ["worker", "--storage", study_run["url"], "--study-name", "shared",
-                                     "--devices", "cpu"]
+                                     "--devices", "cpu", "--workers-per-device", "1"]
     assert "joined study 'shared'" in study_run["survivor_log"] and "as worker 600..601" in study_run["survivor_log"]
     assert PG_PASSWORD not in study_run["survivor_log"]
     assert len(live) == 6

@@ -39,6 +39,7 @@ def make(tmp_path, n_trials=6, space=None, objective="top1", **options):
                          objective=objective, train=TrainConfig(image_size=16, epochs=2, batch_size=32))
     options.setdefault("confirm_top", 0)  # these tests are about the search; confirmation has its own
     options.setdefault("confirm_seeds", 1)
+    options.setdefault("workers_per_device", 1)  # in-process, where the fake trainers are patched in
     opts = RunOptions(n_trials=n_trials, out=tmp_path / "out", study_name="s", progress=False, heartbeat=1,
                       sampler=options.pop("sampler", "random"), **options)
     return config, opts
@@ -191,7 +192,7 @@ def _run_cli(tmp_path, *extra):
     space.write_text(yaml.safe_dump(SPACE))
     return [sys.executable, "search/run.py", "--space", str(space), "--dataset", "synthetic:128",
             "--out", str(tmp_path / "out"), "--heartbeat", "1", "--sampler", "random", "--confirm-top", "0",
-            "--confirm-seeds", "1", *extra]
+            "--confirm-seeds", "1", "--workers-per-device", "1", *extra]
 
 
 def test_killed_worker_is_retried_and_nothing_is_lost(tmp_path):
@@ -230,6 +231,18 @@ def test_killed_worker_is_retried_and_nothing_is_lost(tmp_path):
     assert {t.number: t.values for t in trials if t.number in finished} == finished  # nothing lost
     trained = [t for t in live if "duplicate_of" not in t.user_attrs]
     assert len({t.user_attrs["spec_digest"] for t in trained}) == len(trained)  # nothing trained twice
+
+
+def test_cpu_studies_default_to_one_single_thread_worker_per_core(monkeypatch):
+    from xnetspace.search import study as study_module
+    from xnetspace.search.workers import cpu_share
+
+    monkeypatch.setattr(study_module, "usable_cores", lambda: 2)
+    assert RunOptions().workers == 2 and RunOptions(workers_per_device=1).workers == 1
+    assert RunOptions(devices=["cuda:0", "cuda:1"]).workers == 1  # one per GPU
+    monkeypatch.setattr(study_module, "usable_cores", lambda: 64)
+    assert RunOptions().workers == study_module.MAX_AUTO_CPU_WORKERS
+    assert cpu_share(RunOptions().workers) >= 1
 
 
 def test_two_worker_processes_share_one_study(tmp_path):

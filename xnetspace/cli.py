@@ -22,7 +22,7 @@ from rich.table import Table
 from .checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint
 from .cost import FLOP_KINDS, CostReport, cost_report, parse_image_size
 from .network import build_model
-from .spec import (MAX_CLASSES, MAX_IN_CHANS, NetworkSpec, SpecError, format_validation_error, load_preset,
+from .spec import (MAX_CLASSES, MAX_IN_CHANS, NetworkSpec, SpecError, format_validation_error,
                    resolve_spec, save_spec)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -248,10 +248,10 @@ def search(
     confirm_top: int = typer.Option(5, "--confirm-top", help="candidates retrained after the search with several seeds (0: none)"),
     confirm_seeds: int = typer.Option(3, "--confirm-seeds", help="seeds per confirmed candidate (>= 2 for a 95% CI)"),
     confirm_epochs: Optional[int] = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: twice the proxy's)"),
-    fidelity_sample: int = typer.Option(0, "--fidelity-sample", help="random in-budget specs added to the confirmed set for Kendall tau"),
+    fidelity_sample: int = typer.Option(5, "--fidelity-sample", help="random in-budget specs confirmed beside the top candidates, for Kendall tau and the spread between architectures (0: none; none without confirmation)"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: runs/STUDY_NAME)"),
     heartbeat: int = typer.Option(10, help="heartbeat interval in seconds; dead workers' trials are retried"),
-    workers_per_device: int = typer.Option(1, "--workers-per-device", help="worker processes per device (CPU workers split the cores)"),
+    workers_per_device: Optional[int] = typer.Option(None, "--workers-per-device", help="worker processes per device (default: one single-thread worker per CPU core, at most 8; one per GPU)"),
 ) -> None:
     """Search a design space under a FLOP budget with proxy training (Optuna)."""
     from .search.data import DataError
@@ -303,7 +303,7 @@ def worker(
     storage: str = typer.Option(..., help="the study's Optuna RDB URL, e.g. postgresql+psycopg://USER:PW@HOST/DB"),
     study_name: str = typer.Option(..., "--study-name", help="the study to join (the head prints it)"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... on this machine"),
-    workers_per_device: int = typer.Option(1, "--workers-per-device", help="worker processes per device (CPU workers split the cores)"),
+    workers_per_device: Optional[int] = typer.Option(None, "--workers-per-device", help="worker processes per device (default: one single-thread worker per CPU core, at most 8; one per GPU)"),
     dataset: Optional[str] = typer.Option(None, help="this machine's path to the study's data, e.g. imagefolder:/data/x (checked against the head's)"),
     timeout: Optional[float] = typer.Option(None, help="seconds after which this worker starts no new trial"),
     worker_index: Optional[int] = typer.Option(None, "--worker-index", help="number of the first worker (seeds its sampler; default: random from 1000)"),
@@ -319,7 +319,7 @@ def worker(
 
     try:
         device_list = [d.strip() for d in devices.split(",") if d.strip()]
-        if workers_per_device < 1:
+        if workers_per_device is not None and workers_per_device < 1:
             raise ValueError(f"--workers-per-device {workers_per_device} must be at least 1")
         _check_devices(device_list)
         join_study(storage, study_name, device_list, workers_per_device, dataset, timeout, worker_index)

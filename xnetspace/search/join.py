@@ -94,18 +94,18 @@ def worker_command(options: RunOptions) -> str:
     devices = ",".join(options.devices)
     command = ["xnetspace", "worker", "--storage", options.storage_url, "--study-name", options.study_name,
                "--devices", devices]
-    if options.workers_per_device > 1:
+    if options.workers_per_device is not None:  # else each machine takes its own default
         command += ["--workers-per-device", str(options.workers_per_device)]
     return " ".join(shlex.quote(part) for part in command)
 
 
-def join_study(storage_url: str, study_name: str, devices: list[str], workers_per_device: int = 1,
+def join_study(storage_url: str, study_name: str, devices: list[str], workers_per_device: Optional[int] = None,
                dataset: Optional[str] = None, timeout: Optional[float] = None, worker: Optional[int] = None,
                progress: bool = True) -> RunOptions:
     """Join the study ``study_name`` in ``storage_url`` and work until it is done (or ``timeout``).
 
     Runs one worker in this process, or ``workers_per_device`` processes per entry of
-    ``devices``. Workers are numbered from ``worker`` (default: a random number from 1000 on, so
+    ``devices`` (None: :attr:`RunOptions.workers`'s default). Workers are numbered from ``worker`` (default: a random number from 1000 on, so
     that machines joining the same study draw different sampler seeds; the head's are 0..K-1).
     Started on a finished study, it returns at once without training anything.
 
@@ -122,11 +122,12 @@ def join_study(storage_url: str, study_name: str, devices: list[str], workers_pe
         "out": Path("runs") / study_name})
     first = worker if worker is not None else random.randrange(1000, 1_000_000)
     study = open_study(config, options, first)
+    count = len(devices) * options.workers
     log(options, f"{data}\njoined study '{study_name}' in {_shown(storage_url)} as worker {first}"
-                 f"{'' if len(devices) * workers_per_device == 1 else f'..{first + len(devices) * workers_per_device - 1}'}")
+                 f"{'' if count == 1 else f'..{first + count - 1}'}")
     monitor = Monitor(study, options)
     try:
-        if len(devices) * workers_per_device == 1:
+        if count == 1:
             with monitor.running():
                 run_worker(config, options, devices[0], first, data)
         else:

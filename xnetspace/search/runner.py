@@ -48,7 +48,7 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
 
     monitor = Monitor(study, options)
     try:
-        if len(options.devices) * options.workers_per_device == 1:
+        if len(options.devices) * options.workers == 1:
             with monitor.running():
                 run_worker(config, options, options.devices[0], 0, data)
         else:

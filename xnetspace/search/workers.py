@@ -14,8 +14,8 @@ import optuna
 from .confirmation import ConfirmObjective, confirmation_state, enqueue_jobs, open_confirm_study, plan_jobs
 from .data import DataSplit, load_dataset
 from .objective import Objective, SurplusTrial, TrialFailed
-from .progress import Monitor
-from .study import RunOptions, SearchError, StudyConfig, open_study, slot_state
+from .progress import POLL_SECONDS, Monitor
+from .study import RunOptions, SearchError, StudyConfig, open_study, slot_state, usable_cores
 
 __all__ = ["run_worker", "worker_process", "run_processes", "cpu_share"]
 
@@ -83,13 +83,12 @@ def worker_process(config_json: str, options_json: str, device: str, worker: int
 def cpu_share(workers: int) -> int:
     """Threads each of ``workers`` CPU worker processes gets: the cores this process may use,
     split evenly (at least 1), so K workers do not oversubscribe the machine."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, workers))
+    return max(1, usable_cores() // max(1, workers))
 
 
 def run_processes(config: StudyConfig, options: RunOptions, monitor: Optional[Monitor] = None,
                   dataset: Optional[str] = None, first_worker: int = 0) -> None:
-    """``options.workers_per_device`` spawned worker processes per entry of ``options.devices``
+    """``options.workers`` spawned worker processes per entry of ``options.devices``
     (a device repeated in the list gets as many more), polled by ``monitor``.
 
     Workers are numbered from ``first_worker`` (the sampler's seed offset, see ``open_study``).
@@ -101,7 +100,7 @@ def run_processes(config: StudyConfig, options: RunOptions, monitor: Optional[Mo
         SearchError: a worker process that exited with an error (after all others ended).
     """
     ctx = mp.get_context("spawn")  # fresh interpreters: CUDA_VISIBLE_DEVICES is set before CUDA starts
-    devices = [d for d in options.devices for _ in range(options.workers_per_device)]
+    devices = [d for d in options.devices for _ in range(options.workers)]
     threads = cpu_share(devices.count("cpu"))
     procs = [ctx.Process(target=worker_process,
                          args=(config.model_dump_json(), options.model_dump_json(), d, first_worker + i, dataset,
@@ -113,7 +112,7 @@ def run_processes(config: StudyConfig, options: RunOptions, monitor: Optional[Mo
         while any(p.is_alive() for p in procs):
             if monitor is not None:
                 monitor.poll()
-            time.sleep(1.0)
+            time.sleep(POLL_SECONDS)
     finally:
         for p in procs:
             if p.is_alive():
