@@ -18,7 +18,7 @@ from xnetspace.scaling import ScalingError, scale_to_budget
 from xnetspace.search import RunOptions, StudyConfig, run_search
 from xnetspace.search.confirmation import CONFIRM_SUFFIX, ConfirmError, baseline_spec
 from xnetspace.search.space import SearchSpace
-from xnetspace.search.stats import mean_difference, pooled_seed_std, rank_fidelity, seed_summary
+from xnetspace.search.stats import mean_difference, pooled_seed_std, rank_fidelity, seed_summary, separation
 from xnetspace.search.train import TrainConfig, TrainResult
 
 from .test_search import SPACE
@@ -45,9 +45,11 @@ class SeedTrainer:
 
 
 def make(tmp_path, n_trials=8, **options):
+    options.setdefault("fidelity_sample", 0)
     config = StudyConfig(space=SearchSpace.model_validate(SPACE), dataset="synthetic:128",
                          train=TrainConfig(image_size=16, epochs=2, batch_size=32))
     return config, RunOptions(n_trials=n_trials, out=tmp_path / "out", study_name="s", progress=False, heartbeat=1,
+                              workers_per_device=1,
                               sampler="random", pruner="none", **options)
 
 
@@ -80,6 +82,20 @@ def test_mean_difference_is_welchs_interval():
 
 def test_pooled_seed_std():
     assert pooled_seed_std([[1.0, 3.0], [2.0, 2.0, 2.0], [5.0]]) == pytest.approx(math.sqrt(2.0 / 3.0))
+
+
+def test_separation_is_the_one_way_anova():
+    groups = [[96.1, 96.4, 96.3], [95.0, 95.2, 94.9], [96.2, 96.0]]
+    sep = separation(groups)
+    expected = stats.f_oneway(*groups)
+    assert sep["f"] == pytest.approx(expected.statistic) and sep["p"] == pytest.approx(expected.pvalue)
+    assert sep["separated"] and sep["n"] == 3
+    assert sep["between_std"] == pytest.approx(np.std([96.2667, 95.0333, 96.1], ddof=1), abs=1e-3)
+    assert sep["seed_std"] == pytest.approx(pooled_seed_std(groups))
+    same = separation([[96.0, 96.5], [96.5, 96.0], [96.2, 96.3]])  # equal means: nothing beyond noise
+    assert not same["separated"] and same["p"] > 0.9
+    assert separation([[96.0, 96.0], [95.0, 95.0]])["separated"]  # no seed noise at all, different means
+    assert math.isnan(separation([[96.0, 96.5], [95.0]])["f"])  # one spec with 2+ scores: no test
 
 
 def test_rank_fidelity_on_known_rankings():
@@ -151,6 +167,9 @@ def test_random_control_and_fidelity_sample(tmp_path, trainer):
     summary = outcome.summary
     assert summary["baseline"]["name"].startswith("best of random:3") and summary["baseline"]["confirm"]["n"] == 2
     assert summary["fidelity"]["n"] == 2 + 2  # the confirmed candidates and the random sample
+    assert len(summary["fidelity_sample"]) == 2 and all(x["confirm"]["n"] == 2 for x in summary["fidelity_sample"])
+    assert summary["separation"]["candidates"]["n"] == 2
+    assert summary["separation"]["all"]["n"] == 2 + 2 + 1  # candidates, random sample, baseline
     searched = len([t for t in outcome.study.get_trials() if t.user_attrs.get("top1_history")
                     and "duplicate_of" not in t.user_attrs])
     proxy_runs = [c for c in trainer.calls if c[1] == 0]

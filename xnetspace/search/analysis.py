@@ -51,7 +51,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 from scipy import stats
 
 from .study import StudyConfig, stored_settings

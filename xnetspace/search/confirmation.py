@@ -31,7 +31,6 @@ import math
 import random
 import statistics
 import time
-import warnings
 from typing import Literal, Optional
 
 import optuna
@@ -44,7 +43,7 @@ from ..spec import NetworkSpec, SpecError, load_preset, preset_names
 from .data import DataSplit
 from .objective import SurplusTrial, TrialFailed
 from .space import RandomTrial, SearchSpace
-from .stats import mean_difference, pooled_seed_std, rank_fidelity, seed_summary
+from .stats import mean_difference, pooled_seed_std, rank_fidelity, seed_summary, separation
 from .study import RunOptions, SearchError, StudyConfig, candidates, connect_storage
 from .train import train_candidate
 
@@ -196,12 +195,13 @@ def plan_jobs(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
         confirm("baseline", spec.name, spec.model_dump(mode="json"))
 
     n_random = int(options.baseline.split(":")[1]) if (options.baseline or "").startswith("random:") else 0
-    pool = _random_pool(config, max(n_random, options.fidelity_sample), num_classes, in_chans)
+    n_fidelity = options.fidelity_sample if options.confirm_top else 0  # no confirmed set to add to
+    pool = _random_pool(config, max(n_random, n_fidelity), num_classes, in_chans)
     proxy_jobs = {i: ConfirmJob(role="random", label=spec.name, spec=spec.model_dump(mode="json"),
                                 seed=config.train.seed, epochs=config.train.epochs, proxy=True)
                   for i, spec in enumerate(pool)}
     jobs.extend(proxy_jobs.values())
-    for spec in pool[:options.fidelity_sample]:
+    for spec in pool[:n_fidelity]:
         confirm("fidelity", spec.name, spec.model_dump(mode="json"))
     if n_random:
         results = _results(cstudy)
@@ -275,7 +275,11 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     ``confirm``) or None, ``difference`` (best minus baseline: ``mean``, ``ci95``,
     ``distinguishable``), ``leaders`` (best minus runner-up, the same fields), ``noise``
     (``seed_std``: pooled over every spec confirmed with 2+ seeds; ``between_std``: the std of
-    the candidates' confirmed means), ``fidelity`` (``kendall_tau``, ``spearman_rho``, ``n``,
+    the candidates' confirmed means), ``separation`` (whether confirmed specs differ beyond seed
+    noise, :func:`xnetspace.search.stats.separation`: ``candidates`` over the top K, ``all`` over
+    every confirmed spec: the top K, the fidelity sample and the baseline), ``fidelity_sample``
+    (the random specs confirmed for ``fidelity``: ``label``, ``proxy_top1``, ``spec_digest``,
+    ``flops``, ``params``, ``confirm``), ``fidelity`` (``kendall_tau``, ``spearman_rho``, ``n``,
     ``ci95``) and ``protocol`` (seeds, epochs, split). Every ``confirm`` is ``{mean, std, ci95,
     n, scores}`` with scores in percent, one per seed.
     """
@@ -314,8 +318,13 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
                   if role == "fidelity" and g["scores"] and label in proxy_scores]
     noise_groups = [g["scores"] for (role, _), g in groups.items() if role != "random" and len(g["scores"]) > 1]
     means = [c["confirm"]["mean"] for c in confirmed]
+    sampled = [{"label": label, "proxy_top1": proxy_scores.get(label), **described(g["job"], g["scores"])}
+               for (role, label), g in groups.items() if role == "fidelity" and g["scores"]]
+    top_groups = [c["confirm"]["scores"] for c in confirmed]
+    all_groups = top_groups + [x["confirm"]["scores"] for x in sampled] + ([baseline["confirm"]["scores"]] if baseline else [])
     return {
         "candidates": confirmed,
+        "fidelity_sample": sampled,
         "best": best,
         "baseline": baseline,
         "difference": mean_difference(best["confirm"]["scores"], baseline["confirm"]["scores"])
@@ -326,6 +335,7 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
                   "between_std": statistics.stdev(means) if len(means) > 1 else math.nan,
                   "proxy_seed_std": next((statistics.stdev(g["scores"]) for (role, _), g in groups.items()
                                           if role == "noise" and len(g["scores"]) > 1), None)},
+        "separation": {"candidates": separation(top_groups), "all": separation(all_groups)},
         "fidelity": rank_fidelity([p for p, _ in fid_pairs], [c for _, c in fid_pairs], seed=config.train.seed),
         "protocol": {"seeds": [config.train.seed + 1 + i for i in range(options.confirm_seeds)],
                      "epochs": options.confirm_epochs or 2 * config.train.epochs,

@@ -110,6 +110,16 @@ def report_lines(summary: Optional[dict], best: Optional[FrozenTrial]) -> list[s
                  f"top-1 {_ci(b['confirm'])}")
     spread = "" if math.isnan(noise["between_std"]) else f"; spread of the candidates' means (std) {noise['between_std']:.2f}"
     lines.append(f"seed noise (pooled std over seeds) {noise['seed_std']:.2f}{spread}")
+    for x in sorted(summary.get("fidelity_sample", []), key=lambda x: -x["confirm"]["mean"]):
+        proxy = "  -   " if x["proxy_top1"] is None else f"{x['proxy_top1']:6.2f}"
+        lines.append(f"  random {x['label']:>10s}  {human_count(x['flops']):>7s} FLOPs  {human_count(x['params']):>7s} params  "
+                     f"proxy {proxy}  confirmed {_ci(x['confirm'])}")
+    for name, words in (("candidates", "the top candidates"), ("all", "all confirmed specs")):
+        sep = summary.get("separation", {}).get(name)
+        if sep and sep["n"] >= 2 and not (name == "all" and sep["n"] == len(summary["candidates"])):
+            verdict = "they differ beyond seed noise" if sep["separated"] else "no difference beyond seed noise"
+            lines.append(f"{words} ({sep['n']}): spread of means {sep['between_std']:.2f} against seed noise "
+                         f"{sep['seed_std']:.2f}, one-way ANOVA F {sep['f']:.2f}, p {sep['p']:.3g}: {verdict}")
     leaders = summary["leaders"]
     if leaders is not None:
         verdict = "distinguishable" if leaders["distinguishable"] else "NOT distinguishable (within seed noise)"

@@ -6,6 +6,8 @@ into ``summary.json`` as they are. Intervals are two-sided 95%:
 - one candidate over seeds: Student's t interval of the mean, ``mean +- t(0.975, n-1) s/sqrt(n)``;
 - a difference of two means: Welch's t interval (unequal variances, Welch-Satterthwaite degrees
   of freedom), the usual comparison of two independently seeded trainings;
+- whether specs differ at all beyond seed noise: one-way ANOVA over their seed groups
+  (``scipy.stats.f_oneway``), with the spread of their means beside the pooled seed noise;
 - rank fidelity of a proxy: Kendall tau-b and Spearman rho (``scipy.stats``), with a paired
   percentile bootstrap interval over candidates (2,000 resamples; resamples with no ranking,
   all scores tied, are dropped).
@@ -19,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["seed_summary", "mean_difference", "pooled_seed_std", "rank_fidelity"]
+__all__ = ["seed_summary", "mean_difference", "pooled_seed_std", "separation", "rank_fidelity"]
 
 
 def seed_summary(scores: Sequence[float]) -> dict:
@@ -66,6 +68,30 @@ def pooled_seed_std(groups: Sequence[Sequence[float]]) -> float:
     num = sum((len(g) - 1) * np.var(g, ddof=1) for g in groups if len(g) > 1)
     dof = sum(len(g) - 1 for g in groups if len(g) > 1)
     return float(math.sqrt(num / dof)) if dof else math.nan
+
+
+def separation(groups: Sequence[Sequence[float]]) -> dict:
+    """Do these specs' scores differ by more than seed noise? One group of scores (over seeds) per spec.
+
+    Returns ``{n, between_std, seed_std, f, p, separated}``: the number of specs, the std of their
+    means, the pooled seed std (:func:`pooled_seed_std`), the one-way ANOVA F statistic and its p
+    value (``scipy.stats.f_oneway``: H0, every spec has the same expected score), and
+    ``separated`` = p < 0.05. F and p are nan (and ``separated`` False) with fewer than 2 specs of
+    2+ scores; p is 0 when the seed groups have no spread at all but their means differ.
+    """
+    groups = [list(g) for g in groups if len(g) > 1]
+    means = [float(np.mean(g)) for g in groups]
+    out = {"n": len(groups), "between_std": float(np.std(means, ddof=1)) if len(means) > 1 else math.nan,
+           "seed_std": pooled_seed_std(groups), "f": math.nan, "p": math.nan, "separated": False}
+    if len(groups) < 2:
+        return out
+    if out["seed_std"] == 0:  # f_oneway divides by the within-group variance
+        differ = np.ptp(means) > 0
+        out.update(f=math.inf if differ else math.nan, p=0.0 if differ else 1.0, separated=bool(differ))
+        return out
+    result = stats.f_oneway(*groups)
+    out.update(f=float(result.statistic), p=float(result.pvalue), separated=bool(result.pvalue < 0.05))
+    return out
 
 
 def rank_fidelity(proxy: Sequence[float], confirmed: Sequence[float], seed: int = 0) -> dict:
