@@ -147,7 +147,8 @@ def main() -> None:
     args.image_size = args.image_size or space.train.image_size
     args.batch_size = args.batch_size or space.train.batch_size
     data = load_dataset(args.dataset, args.image_size)
-    specs = {f"{space.name}[{i}]": s for i, s in enumerate(space.random_specs(args.samples, seed=args.seed))}
+    sample = space.random_specs(args.samples, seed=args.seed, num_classes=data.num_classes, in_chans=data.in_chans)
+    specs = {f"{space.name}[{i}]": s for i, s in enumerate(sample)}  # in budget with the dataset's head and stem
     specs.update({name: resolve_spec(name) for name in args.spec})
 
     mm = matmul_gflops(device, dtype)

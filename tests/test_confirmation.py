@@ -92,6 +92,7 @@ def test_separation_is_the_one_way_anova():
     assert sep["separated"] and sep["n"] == 3
     assert sep["between_std"] == pytest.approx(np.std([96.2667, 95.0333, 96.1], ddof=1), abs=1e-3)
     assert sep["seed_std"] == pytest.approx(pooled_seed_std(groups))
+    assert sep["architecture_std"] == pytest.approx(math.sqrt(sep["between_std"] ** 2 - sep["seed_std"] ** 2 / (8 / 3)))
     same = separation([[96.0, 96.5], [96.5, 96.0], [96.2, 96.3]])  # equal means: nothing beyond noise
     assert not same["separated"] and same["p"] > 0.9
     assert separation([[96.0, 96.0], [95.0, 95.0]])["separated"]  # no seed noise at all, different means

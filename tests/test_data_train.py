@@ -17,6 +17,13 @@ from .conftest import tiny_spec
 def test_digits_is_the_real_set_with_a_fixed_split():
     data = load_dataset("digits", 16)
     assert (len(data.train), len(data.val), len(data.test), data.num_classes, data.in_chans) == (898, 360, 539, 10, 1)
+    few = load_dataset("digits:300", 16)
+    assert len(few.train) == 300 and torch.bincount(few.train.tensors[1]).min() >= 28  # stratified: every digit
+    assert torch.equal(few.test.tensors[1], data.test.tensors[1]) and torch.equal(few.val.tensors[1], data.val.tensors[1])
+    assert len(load_dataset("digits:50", 16).train) == 50
+    for bad in ("digits:9", "digits:899", "digits:many"):
+        with pytest.raises(DataError, match="digits:N"):
+            load_dataset(bad, 16)
     x, y = data.train[0]
     assert x.shape == (1, 16, 16)
     again = load_dataset("digits", 16)
@@ -79,7 +86,7 @@ def test_image_folder_split_and_train_val_layout(tmp_path):
 
 
 @pytest.mark.parametrize("name,message", [("mnist", "unknown dataset 'mnist'"), ("cifar10:/no/such", "needs an existing folder"),
-                                          ("synthetic:many", "needs a sample count")])
+                                          ("synthetic:many", "synthetic:N needs a count")])
 def test_bad_dataset_names(name, message):
     with pytest.raises(DataError, match=message):
         load_dataset(name, 32)

@@ -226,7 +226,7 @@ def scale(
 @app.command()
 def search(
     space: str = typer.Option(..., "--space", help="space file (spaces/*.yaml) or a shipped space's name"),
-    dataset: str = typer.Option("digits", help="digits | synthetic[:N] | imagefolder:PATH | cifar10:PATH | cifar100:PATH"),
+    dataset: str = typer.Option("digits", help="digits[:N] (N training images, default all 898) | synthetic[:N] | imagefolder:PATH | cifar10:PATH | cifar100:PATH"),
     n_trials: int = typer.Option(20, "--n-trials", help="trials the study holds in total (a re-run continues up to N)"),
     flops_max: Optional[str] = typer.Option(None, "--flops-max", help="FLOP budget maximum, e.g. 0.5G or 300M (overrides the space)"),
     flops_min: Optional[str] = typer.Option(None, "--flops-min", help="FLOP budget minimum (overrides the space)"),

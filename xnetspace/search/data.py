@@ -2,13 +2,13 @@
 
 Datasets for proxy training (:func:`load_dataset`), each with a fixed train/validation split:
 
-- ``digits``: scikit-learn's 1,797 real handwritten digits (8x8, one channel, 10 classes),
-  offline; a fixed stratified split into 898 training, 360 validation (the proxy score the
-  pruner and sampler see) and 539 test images (held out for confirmation runs, never seen by
-  the search). Half the images train, to keep candidates off the 98-99% ceiling of the full set;
-  whether that lets the default study tell its candidates apart is measured, not assumed: see
-  README, "Search" (on the default study it did not: spread of confirmed means 0.16 points
-  against a seed noise of 0.18).
+- ``digits`` or ``digits:N``: scikit-learn's 1,797 real handwritten digits (8x8, one channel,
+  10 classes), offline; a fixed stratified split into 898 training images (``digits:N``: a fixed
+  stratified subset of N of them, 10 to 898), 360 validation (the proxy score the pruner and
+  sampler see) and 539 test images (held out for confirmation runs, never seen by the search).
+  Whether a split lets a study tell its candidates apart is measured, not assumed: README,
+  "Search" (with 898 and with 300 training images, architectures differed by no more than the
+  seed noise on the default study).
 - ``cifar10:PATH`` / ``cifar100:PATH``: CIFAR python batches as torchvision stores them
   (``PATH/cifar-10-batches-py/data_batch_1..5``, ``PATH/cifar-100-python/train``), read locally,
   never downloaded, with an unpickler that admits numpy arrays only; a fixed seeded 10% of the
@@ -42,7 +42,8 @@ from ..spec import NetworkSpec
 __all__ = ["DataSplit", "DataError", "load_dataset", "DATASETS", "eval_data_config", "eval_transform", "load_photo",
            "photo_batch", "DEFAULT_PHOTO"]
 
-DATASETS = ("digits", "synthetic[:N]", "imagefolder:PATH", "cifar10:PATH", "cifar100:PATH")
+DATASETS = ("digits[:N]", "synthetic[:N]", "imagefolder:PATH", "cifar10:PATH", "cifar100:PATH")
+DIGITS_TRAIN = 898  # training images of the default digits task: all that are not val or test
 
 
 class DataError(ValueError):
@@ -83,13 +84,13 @@ def load_dataset(name: str, image_size: int, seed: int = 0) -> DataSplit:
         DataError: unknown name, missing folder, or files that are not of the expected format.
     """
     kind, _, arg = name.partition(":")
-    if kind == "digits" and not arg:
-        return _digits(image_size)
+    if kind == "digits":
+        count = _count(name, arg, DIGITS_TRAIN)
+        if not 10 <= count <= 898:
+            raise DataError(f"digits:N takes 10 to 898 training images, got {count:,}")
+        return _digits(image_size, count)
     if kind == "synthetic":
-        try:
-            count = int(arg) if arg else 512
-        except ValueError:
-            raise DataError(f"synthetic:N needs a sample count, got {arg[:80]!r}") from None
+        count = _count(name, arg, 512)
         if not 10 <= count <= 1_000_000:
             raise DataError(f"synthetic:N takes 10 to 1,000,000 samples, got {count:,}")
         return _synthetic(image_size, count, seed)
@@ -99,6 +100,13 @@ def load_dataset(name: str, image_size: int, seed: int = 0) -> DataSplit:
             raise DataError(f"dataset {name!r}: {kind} needs an existing folder, e.g. {kind}:/data/{kind}")
         return _cifar(kind, root, image_size) if kind.startswith("cifar") else _image_folder(root, image_size, seed)
     raise DataError(f"unknown dataset {name!r}; use one of: {', '.join(DATASETS)}")
+
+
+def _count(name: str, arg: str, default: int) -> int:
+    try:
+        return int(arg) if arg else default
+    except ValueError:
+        raise DataError(f"{name.partition(':')[0]}:N needs a count, got {arg[:80]!r}") from None
 
 
 def _tensor_split(name: str, x: torch.Tensor, y: torch.Tensor, val_index: np.ndarray, image_size: int,
@@ -125,16 +133,23 @@ def _stratified_val(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return np.sort(val)
 
 
-def _digits(image_size: int) -> DataSplit:
+def _digits(image_size: int, n_train: int) -> DataSplit:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
-    y = torch.tensor(digits.target, dtype=torch.long)
     val = _stratified_val(digits.target, 0.2, seed=0)  # the same 360 validation images as before
-    rest = np.setdiff1d(np.arange(len(y)), val)
+    rest = np.setdiff1d(np.arange(len(digits.target)), val)
     test = rest[_stratified_val(digits.target[rest], 0.375, seed=0)]  # 539 of the other 1,437
-    return _tensor_split("digits", x, y, val, image_size, 10, test_index=test)
+    train = np.setdiff1d(rest, test)  # 898
+    if n_train < len(train):  # a fixed stratified subset; the other training images are not used
+        train = np.sort(train[_stratified_val(digits.target[train], n_train / len(train), seed=0)])
+    keep = np.sort(np.concatenate([train, val, test]))
+    position = {int(i): k for k, i in enumerate(keep)}
+    x = torch.tensor(digits.images[keep], dtype=torch.float32).unsqueeze(1) / 16.0  # (n, 1, 8, 8)
+    y = torch.tensor(digits.target[keep], dtype=torch.long)
+    name = "digits" if n_train == DIGITS_TRAIN else f"digits:{n_train}"
+    return _tensor_split(name, x, y, np.array([position[int(i)] for i in val]), image_size, 10,
+                         test_index=np.array([position[int(i)] for i in test]))
 
 
 def _synthetic(image_size: int, count: int, seed: int, num_classes: int = 8) -> DataSplit:

@@ -118,8 +118,9 @@ def report_lines(summary: Optional[dict], best: Optional[FrozenTrial]) -> list[s
         sep = summary.get("separation", {}).get(name)
         if sep and sep["n"] >= 2 and not (name == "all" and sep["n"] == len(summary["candidates"])):
             verdict = "they differ beyond seed noise" if sep["separated"] else "no difference beyond seed noise"
-            lines.append(f"{words} ({sep['n']}): spread of means {sep['between_std']:.2f} against seed noise "
-                         f"{sep['seed_std']:.2f}, one-way ANOVA F {sep['f']:.2f}, p {sep['p']:.3g}: {verdict}")
+            lines.append(f"{words} ({sep['n']}): spread of means {sep['between_std']:.2f} (architectures alone "
+                         f"{sep['architecture_std']:.2f}) against seed noise {sep['seed_std']:.2f}, one-way ANOVA "
+                         f"F {sep['f']:.2f}, p {sep['p']:.3g}: {verdict}")
     leaders = summary["leaders"]
     if leaders is not None:
         verdict = "distinguishable" if leaders["distinguishable"] else "NOT distinguishable (within seed noise)"

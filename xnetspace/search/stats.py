@@ -73,18 +73,24 @@ def pooled_seed_std(groups: Sequence[Sequence[float]]) -> float:
 def separation(groups: Sequence[Sequence[float]]) -> dict:
     """Do these specs' scores differ by more than seed noise? One group of scores (over seeds) per spec.
 
-    Returns ``{n, between_std, seed_std, f, p, separated}``: the number of specs, the std of their
-    means, the pooled seed std (:func:`pooled_seed_std`), the one-way ANOVA F statistic and its p
-    value (``scipy.stats.f_oneway``: H0, every spec has the same expected score), and
-    ``separated`` = p < 0.05. F and p are nan (and ``separated`` False) with fewer than 2 specs of
+    Returns ``{n, between_std, seed_std, architecture_std, f, p, separated}``: the number of specs,
+    the std of their means, the pooled seed std (:func:`pooled_seed_std`), the std of the specs'
+    expected scores once the seed noise in their means is taken out (the random-effects ANOVA
+    estimate ``sqrt(max(0, between_std^2 - seed_std^2 / n_seeds))``, ``n_seeds`` the mean group
+    size: how far architectures really differ, to compare with the seed noise of one run), the
+    one-way ANOVA F statistic and its p value (``scipy.stats.f_oneway``: H0, every spec has the
+    same expected score), and ``separated`` = p < 0.05. F and p are nan (and ``separated`` False) with fewer than 2 specs of
     2+ scores; p is 0 when the seed groups have no spread at all but their means differ.
     """
     groups = [list(g) for g in groups if len(g) > 1]
     means = [float(np.mean(g)) for g in groups]
     out = {"n": len(groups), "between_std": float(np.std(means, ddof=1)) if len(means) > 1 else math.nan,
-           "seed_std": pooled_seed_std(groups), "f": math.nan, "p": math.nan, "separated": False}
+           "seed_std": pooled_seed_std(groups), "architecture_std": math.nan, "f": math.nan, "p": math.nan,
+           "separated": False}
     if len(groups) < 2:
         return out
+    n_seeds = float(np.mean([len(g) for g in groups]))
+    out["architecture_std"] = math.sqrt(max(0.0, out["between_std"] ** 2 - out["seed_std"] ** 2 / n_seeds))
     if out["seed_std"] == 0:  # f_oneway divides by the within-group variance
         differ = np.ptp(means) > 0
         out.update(f=math.inf if differ else math.nan, p=0.0 if differ else 1.0, separated=bool(differ))
