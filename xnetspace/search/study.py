@@ -83,8 +83,8 @@ class RunOptions(BaseModel):
         """Worker processes per entry of ``devices``: ``workers_per_device`` when given, else one
         per CPU core on the CPU (each single-threaded; at most :data:`MAX_AUTO_CPU_WORKERS`) and
         one per GPU. Small proxy networks keep one core busy better than two: on 2 cores two
-        single-thread workers finished the default study in 5 min 36 s against 1 worker's
-        (README, "Proxy-training speed")."""
+        single-thread workers finished the default study in 5 min 36 s, one two-thread worker in
+        6 min 58 s (README, "Proxy-training speed")."""
         if self.workers_per_device is not None:
             return self.workers_per_device
         return min(usable_cores(), MAX_AUTO_CPU_WORKERS) if self.devices == ["cpu"] else 1
