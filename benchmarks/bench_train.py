@@ -32,14 +32,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.optim import create_optimizer_v2
 
 from bench_model import PeakMemory, interleaved_times
 from xnetspace import build_model
 from xnetspace.cost import cost_report
 from xnetspace.search.data import load_dataset
 from xnetspace.search.space import load_space
-from xnetspace.search.train import TensorBatches, train_candidate, training_memory_format
+from xnetspace.search.train import TensorBatches, adamw, train_candidate, training_memory_format
 from xnetspace.spec import resolve_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,11 +55,9 @@ class Stepper:
     """One form of one spec: model, optimizer and a cycle of batches; ``step()`` trains one batch."""
 
     def __init__(self, base: torch.nn.Module, form: str, batches: list, device: torch.device, autocast):
-        fast = form == "fast"
         self.memory_format = training_memory_format(device)
         self.model = copy.deepcopy(base).set_train_form(form).to(memory_format=self.memory_format).train()
-        self.optimizer = create_optimizer_v2(self.model, opt="adamw", lr=1e-3, weight_decay=0.05,
-                                             **(dict(fused=True) if fast else {}))
+        self.optimizer = adamw(self.model, 1e-3, 0.05, form)
         self.batches = [(x.contiguous(memory_format=self.memory_format), y) for x, y in batches]
         self.autocast, self.losses, self.i = autocast, [], 0
 

@@ -85,7 +85,8 @@ class TensorBatches:
 
     With ``shuffle`` each pass draws from ``generator`` exactly what ``DataLoader(shuffle=True,
     generator=generator)`` draws (its base seed and two ``randperm``), so the batches and hence the
-    trained weights are the ones a DataLoader gives, and studies run before stay reproducible. Yields ``(x, y)``: (b, C, H, W), (b,).
+    trained weights are the ones a DataLoader gives, and studies run before stay reproducible.
+    Yields ``(x, y)``: (b, C, H, W), (b,).
     """
 
     def __init__(self, dataset: TensorDataset, batch_size: int, device: torch.device, shuffle: bool = False,
@@ -162,7 +163,6 @@ def train_candidate(
     """
     start = time.perf_counter()
     device = torch.device(device)
-    fast = config.train_form == "fast"
     torch.manual_seed(config.seed)
     model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans).to(device)
     model.set_train_form(config.train_form)
@@ -176,9 +176,7 @@ def train_candidate(
     if len(train_batches) == 0:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train)} training images")
 
-    # fused AdamW: one kernel over all parameters instead of a dozen per parameter (same update)
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay,
-                                    **(dict(fused=True) if fast else {}))
+    optimizer = adamw(model, config.lr, config.weight_decay, config.train_form)
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=config.epochs,
                                        warmup_epochs=config.warmup_epochs, step_on_epochs=False,
                                        updates_per_epoch=len(train_batches))
@@ -206,6 +204,13 @@ def train_candidate(
         if report is not None:
             report(epoch, result.history[-1])
     return result
+
+
+def adamw(model: nn.Module, lr: float, weight_decay: float, train_form: str) -> torch.optim.Optimizer:
+    """timm's AdamW (no weight decay on biases and norms); for the fast form torch's fused kernel,
+    one pass over all parameters instead of a dozen small ops per parameter (the same update)."""
+    return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=weight_decay,
+                               **(dict(fused=True) if train_form == "fast" else {}))
 
 
 _EVAL_BATCH = 1024  # evaluation keeps no activations: large batches, few calls
