@@ -37,7 +37,7 @@ def make_study(folder, n=12, dataset="synthetic:128", image_size=16, sampler="ra
     folder.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{folder / 'study.db'}"
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    config = StudyConfig(space=SearchSpace.model_validate(SPACE), dataset=dataset,
+    config = StudyConfig(space=SearchSpace.model_validate(SPACE), dataset=dataset, objective="top1",
                          train=TrainConfig(image_size=image_size, epochs=2, batch_size=32))
     study.set_user_attr("xnetspace_config", config.model_dump(mode="json"))
     store_run_options(study, RunOptions(n_trials=max(n, 1), sampler=sampler, pruner=pruner))
@@ -62,9 +62,10 @@ def make_study(folder, n=12, dataset="synthetic:128", image_size=16, sampler="ra
 def fake_trainer(spec, data, config, device, report):
     """Stands in for proxy training: a top-1 that grows with width, reported every epoch."""
     top1 = float(sum(spec.embed_dims)) / 2
+    loss = 10 / top1
     for epoch in range(config.epochs):
-        report(epoch, top1)
-    return TrainResult(history=[top1] * config.epochs, seconds=0.01)
+        report(epoch, TrainResult(history=[top1] * (epoch + 1), loss_history=[loss] * (epoch + 1)))
+    return TrainResult(history=[top1] * config.epochs, loss_history=[loss] * config.epochs, seconds=0.01)
 
 
 def candidates(errors, flops=None, knobs=None):

@@ -18,6 +18,7 @@ from xnetspace.scaling import ScalingError, scale_to_budget
 from xnetspace.search import RunOptions, StudyConfig, run_search
 from xnetspace.search.confirmation import CONFIRM_SUFFIX, ConfirmError, baseline_spec
 from xnetspace.search.space import SearchSpace
+from xnetspace.search.study import candidates
 from xnetspace.search.stats import mean_difference, pooled_seed_std, rank_fidelity, seed_summary, separation
 from xnetspace.search.train import TrainConfig, TrainResult
 
@@ -38,15 +39,16 @@ class SeedTrainer:
             raise KeyboardInterrupt
         width = float(sum(spec.embed_dims))
         top1 = width / 2 if config.seed == 0 else 100 - width / 2 + 0.1 * config.seed
+        loss = 10 / width + 0.01 * config.seed  # the wide networks' cross-entropy is lowest
         for epoch in range(config.epochs):
             if report is not None:
-                report(epoch, top1)
-        return TrainResult(history=[top1] * config.epochs, seconds=0.01)
+                report(epoch, TrainResult(history=[top1] * (epoch + 1), loss_history=[loss] * (epoch + 1)))
+        return TrainResult(history=[top1] * config.epochs, loss_history=[loss] * config.epochs, seconds=0.01)
 
 
 def make(tmp_path, n_trials=8, **options):
     options.setdefault("fidelity_sample", 0)
-    config = StudyConfig(space=SearchSpace.model_validate(SPACE), dataset="synthetic:128",
+    config = StudyConfig(space=SearchSpace.model_validate(SPACE), dataset="synthetic:128", objective="top1",
                          train=TrainConfig(image_size=16, epochs=2, batch_size=32))
     return config, RunOptions(n_trials=n_trials, out=tmp_path / "out", study_name="s", progress=False, heartbeat=1,
                               workers_per_device=1,
@@ -162,6 +164,32 @@ def test_the_winner_is_the_best_confirmed_mean_not_the_best_proxy(tmp_path, trai
     assert (tmp_path / "out" / "fidelity.png").stat().st_size > 0
 
 
+def test_a_loss_study_ranks_and_confirms_by_cross_entropy(tmp_path, trainer):
+    config, options = make(tmp_path, confirm_top=3, confirm_seeds=2, confirm_epochs=3, baseline="transxnet_t")
+    config = config.model_copy(update={"objective": "loss"})
+    outcome = run_search(config, options)
+    summary = outcome.summary
+    assert outcome.study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert summary["score"] == {"name": "loss", "unit": "nats", "direction": "minimize"}
+    cands = summary["candidates"]
+    searched = sorted(t.value for t in candidates(outcome.study))
+    assert sorted(c["proxy_score"] for c in cands) == pytest.approx(searched[:3])  # the lowest proxy losses
+    # lowest confirmed cross-entropy wins (the widest), where top-1 would have picked the narrowest
+    assert summary["best"]["trial"] == min(cands, key=lambda c: c["confirm"]["mean"])["trial"]
+    assert summary["best"]["trial"] != max(cands, key=lambda c: c["confirm_top1"]["mean"])["trial"]
+    assert all(c["confirm"]["scores"] == pytest.approx([10 / (2 * c["proxy_top1"]) + 0.01 * s for s in (1, 2)])
+               for c in cands)
+    assert all(c["confirm_top1"]["scores"] == pytest.approx([100 - c["proxy_top1"] + 0.1 * s for s in (1, 2)])
+               for c in cands)
+    assert summary["difference"]["mean"] == pytest.approx(summary["best"]["confirm"]["mean"]
+                                                          - summary["baseline"]["confirm"]["mean"])
+    assert summary["fidelity"]["kendall_tau"] == pytest.approx(1.0)  # the proxy loss ranks as the confirmed one
+    assert outcome.best.number == summary["best"]["trial"]
+    assert "confirmed cross-entropy" in (tmp_path / "out" / "best_spec.yaml").read_text()
+    header = (tmp_path / "out" / "trials.csv").read_text().splitlines()[0].split(",")
+    assert header[3:5] == ["top1", "loss"]
+
+
 def test_random_control_and_fidelity_sample(tmp_path, trainer):
     config, options = make(tmp_path, n_trials=5, confirm_top=2, confirm_seeds=2, baseline="random:3", fidelity_sample=2)
     outcome = run_search(config, options)
@@ -212,3 +240,14 @@ def test_population_studies_still_measure_the_seed_noise(tmp_path, trainer):
     summary = run_search(config, options).summary
     assert summary["candidates"] == [] and summary["best"] is None
     assert summary["noise"]["proxy_seed_std"] == pytest.approx(0.1)  # seeds 1, 2, 3 at the proxy recipe
+
+
+def test_scores_know_their_direction():
+    from xnetspace.search.score import LOSS, TOP1, score_of
+
+    assert TOP1.improves(0.5) and not TOP1.improves(-0.5) and LOSS.improves(-0.01) and not LOSS.improves(0.01)
+    assert sorted([96.0, 97.5, 95.0], key=TOP1.rank_key)[0] == 97.5
+    assert sorted([0.31, 0.12, 0.2], key=LOSS.rank_key)[0] == 0.12
+    assert score_of("loss") is LOSS and score_of("top1") is TOP1 and score_of("top1-flops") is TOP1
+    result = TrainResult(history=[90.0, 95.0], loss_history=[0.4, 0.2])
+    assert TOP1.of(result) == 95.0 and LOSS.of(result) == 0.2

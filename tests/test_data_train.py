@@ -1,6 +1,7 @@
 """Datasets (digits, synthetic, image folders, CIFAR files written here) and the proxy trainer."""
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
@@ -8,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from xnetspace.network import build_model
 from xnetspace.search.data import DataError, load_dataset
-from xnetspace.search.train import Diverged, TimeLimitExceeded, TrainConfig, train_candidate
+from xnetspace.search.train import (Diverged, TensorBatches, TimeLimitExceeded, TrainConfig, evaluate,
+                                    train_candidate)
 
 from .conftest import tiny_spec
 
@@ -122,7 +125,21 @@ def test_training_learns_and_is_reproducible():
     again = train_candidate(tiny_spec(), data, config)
     assert len(first.history) == 2 and [e for e, _ in seen] == [0, 1]
     assert first.history == again.history  # fixed seeds, fixed data order
+    assert first.loss_history == again.loss_history and len(first.loss_history) == 2
     assert first.top1 > 100 / 8  # above chance
+    assert 0 < first.loss < math.log(8)  # below the cross-entropy of a uniform guess over 8 classes
+
+
+def test_evaluate_gives_top1_and_plain_cross_entropy():
+    data = load_dataset("synthetic:64", 16)
+    model = build_model(tiny_spec(), num_classes=data.num_classes, in_chans=data.in_chans)
+    x, y = data.val.tensors
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    top1, loss = evaluate(model, TensorBatches(data.val, 5, torch.device("cpu")), torch.device("cpu"))  # uneven batches
+    assert top1 == pytest.approx(100.0 * float((logits.argmax(-1) == y).float().mean()))
+    assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5)  # no label smoothing
 
 
 def test_nan_loss_raises_diverged():

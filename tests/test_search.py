@@ -58,9 +58,10 @@ class FakeTrainer:
         if error is not None:
             raise error
         top1 = float(sum(spec.embed_dims)) / 2
+        loss = 10 / top1
         for epoch in range(config.epochs):
-            report(epoch, top1)
-        return TrainResult(history=[top1] * config.epochs, seconds=0.01)
+            report(epoch, TrainResult(history=[top1] * (epoch + 1), loss_history=[loss] * (epoch + 1)))
+        return TrainResult(history=[top1] * config.epochs, loss_history=[loss] * config.epochs, seconds=0.01)
 
 
 def counted(study):
@@ -125,7 +126,7 @@ def test_pruner_stops_weak_trials(tmp_path, monkeypatch):
             self.specs.append(spec)
             top1 = 90.0 if len(self.specs) <= 6 else 10.0  # later trials are far worse
             for epoch in range(config.epochs):
-                report(epoch, top1 + epoch)
+                report(epoch, TrainResult(history=[top1 + e for e in range(epoch + 1)]))
             return TrainResult(history=[top1, top1 + 1], seconds=0.01)
 
     monkeypatch.setattr(objective_module, "train_candidate", Weak())
@@ -205,7 +206,7 @@ def test_killed_worker_is_retried_and_nothing_is_lost(tmp_path):
     while time.time() < deadline:  # wait until a trial is training, then kill the whole run
         time.sleep(0.5)
         try:
-            trials = optuna.load_study(study_name="test-synthetic-top1", storage=storage).get_trials()
+            trials = optuna.load_study(study_name="test-synthetic-loss", storage=storage).get_trials()
         except Exception:  # noqa: BLE001 - the study is not created yet
             continue
         if any(t.state == optuna.trial.TrialState.RUNNING and "spec" in t.user_attrs
@@ -213,14 +214,14 @@ def test_killed_worker_is_retried_and_nothing_is_lost(tmp_path):
             break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = optuna.load_study(study_name="test-synthetic-top1", storage=storage).get_trials()
+    before = optuna.load_study(study_name="test-synthetic-loss", storage=storage).get_trials()
     killed = [t for t in before if t.state == optuna.trial.TrialState.RUNNING]
     finished = {t.number: t.values for t in before if t.state == optuna.trial.TrialState.COMPLETE}
     assert len(killed) == 1
 
     rerun = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    study = optuna.load_study(study_name="test-synthetic-top1", storage=storage)
+    study = optuna.load_study(study_name="test-synthetic-loss", storage=storage)
     trials = study.get_trials()
     dead = next(t for t in trials if t.number == killed[0].number)
     assert dead.state == optuna.trial.TrialState.FAIL  # marked failed by the heartbeat

@@ -236,7 +236,7 @@ def search(
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate"),
     trial_time_limit: Optional[float] = typer.Option(None, "--trial-time-limit", help="seconds one trial may train"),
     timeout: Optional[float] = typer.Option(None, help="seconds after which this run starts no new trial"),
-    objective: str = typer.Option("top1", help="top1 | top1-flops | top1-latency"),
+    objective: str = typer.Option("loss", help="loss | top1 | top1-flops | top1-latency (loss: validation cross-entropy, the default; README, \"Search\")"),
     sampler: Optional[str] = typer.Option(None, help="tpe | random | nsga2 | qmc (default: tpe, nsga2 for two objectives)"),
     pruner: Optional[str] = typer.Option(None, help="median | hyperband | none (default: median; none for two objectives)"),
     population: bool = typer.Option(False, "--population", help="a population study for `xnetspace analyze`: --sampler random --pruner none --confirm-top 0"),

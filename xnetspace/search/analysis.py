@@ -7,7 +7,8 @@ one cheap recipe, and compare the *distributions* of their errors rather than th
 
 - **Candidates** are a study's completed trials that trained a spec of their own: rejected
   samples (over budget, invalid), repeats of an earlier spec (``duplicate_of``), and pruned or
-  failed trials are left out. The error of a candidate is ``100 - top-1`` in percent.
+  failed trials are left out. The error of a candidate is ``100 - top-1`` in percent (in a
+  ``loss`` study too: its trials record top-1 beside the cross-entropy they were ranked by).
 - **EDF**: F(e) = fraction of candidates with error <= e, evaluated at each distinct error.
   pycls writes F(e) = (1/n) sum 1[e_i < e]; the right-continuous form used here differs only at
   the observed errors themselves, and equals ``scipy.stats.ecdf``.
@@ -171,7 +172,8 @@ def study_data(study: optuna.Study, source: str = "", summary: Optional[Path] = 
         try:
             found = json.loads(Path(summary).read_text())
             noise = found.get("noise") or {}
-            data.seed_std = noise.get("proxy_seed_std", noise.get("seed_std"))
+            if (found.get("score") or {}).get("name", "top1") == "top1":  # a loss study's noise is in nats
+                data.seed_std = noise.get("proxy_seed_std", noise.get("seed_std"))
             data.confirmed_best = found.get("best")
         except (ValueError, AttributeError):
             pass  # a damaged summary costs the noise figure only
@@ -185,7 +187,8 @@ def study_data(study: optuna.Study, source: str = "", summary: Optional[Path] = 
         elif "duplicate_of" in attrs:
             data.duplicates += 1
         elif t.state == TrialState.COMPLETE:
-            data.candidates.append(Candidate(t.number, 100.0 - float(t.values[0]), int(attrs.get("flops", 0)),
+            top1 = (attrs.get("top1_history") or [t.values[0]])[-1]  # a loss study's value is its cross-entropy
+            data.candidates.append(Candidate(t.number, 100.0 - float(top1), int(attrs.get("flops", 0)),
                                              int(attrs.get("params", 0)), attrs.get("spec_digest", ""), dict(t.params)))
             data.distributions.update(t.distributions)
         elif t.state == TrialState.PRUNED:

@@ -150,8 +150,15 @@ def _results(cstudy: optuna.Study) -> dict[str, list[FrozenTrial]]:
 
 
 def _score(trials: list[FrozenTrial]) -> Optional[float]:
+    """The study's score of a finished job (None while it is not finished)."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     return done[0].value if done else None
+
+
+def _top1(trials: list[FrozenTrial]) -> Optional[float]:
+    """The top-1 of a finished job, whatever the study's score."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("top1_history")]
+    return done[0].user_attrs["top1_history"][-1] if done else None
 
 
 def _random_pool(config: StudyConfig, count: int, num_classes: int, in_chans: int) -> list[NetworkSpec]:
@@ -185,7 +192,8 @@ def plan_jobs(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
         jobs.extend(ConfirmJob(role=role, label=label, spec=spec, seed=s, trial=trial, proxy=proxy,
                                epochs=config.train.epochs if proxy else epochs) for s in seeds)
 
-    ranked = sorted(candidates(study), key=lambda t: (-t.values[0], t.user_attrs.get("flops", 0), t.number))
+    rank = config.score.rank_key
+    ranked = sorted(candidates(study), key=lambda t: (rank(t.values[0]), t.user_attrs.get("flops", 0), t.number))
     for t in ranked[:options.confirm_top]:
         confirm("candidate", f"trial {t.number}", t.user_attrs["spec"], t.number)
     if not options.confirm_top and ranked and options.confirm_seeds > 1:
@@ -207,7 +215,7 @@ def plan_jobs(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
         results = _results(cstudy)
         scores = {i: _score(results.get(job.key(config), [])) for i, job in proxy_jobs.items() if i < n_random}
         if all(v is not None for v in scores.values()):
-            best = max(scores, key=lambda i: (scores[i], -i))
+            best = min(scores, key=lambda i: (rank(scores[i]), i))
             confirm("baseline", f"best of {options.baseline}: {pool[best].name}", pool[best].model_dump(mode="json"))
     return jobs
 
@@ -233,7 +241,8 @@ def confirmation_state(cstudy: optuna.Study) -> tuple[int, int, int]:
 
 
 class ConfirmObjective:
-    """Runs one popped job: trains its spec with its seed and schedule, returns top-1 (percent)."""
+    """Runs one popped job: trains its spec with its seed and schedule, returns the study's score
+    (top-1 in percent, or cross-entropy in nats for the ``loss`` objective) and records both."""
 
     def __init__(self, config: StudyConfig, data: DataSplit, device: str, worker: int = 0):
         self.config, self.data, self.device, self.worker = config, data, device, worker
@@ -261,7 +270,8 @@ class ConfirmObjective:
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
         trial.set_user_attr("top1_history", result.history)
-        return result.top1
+        trial.set_user_attr("loss_history", result.loss_history)
+        return self.config.score.of(result)
 
 
 # -- the evidence --------------------------------------------------------------------------------------
@@ -269,60 +279,72 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
               data: DataSplit) -> Optional[dict]:
     """The confirmation's results as ``summary.json`` holds them (None before any job finished).
 
-    Keys: ``candidates`` (one per confirmed candidate: ``trial``, ``spec_digest``,
-    ``proxy_top1``, ``flops``, ``params``, ``confirm``), ``best`` (the candidate with the best
-    confirmed mean; ties: fewer FLOPs), ``baseline`` (``name``, ``flops``, ``params``,
-    ``confirm``) or None, ``difference`` (best minus baseline: ``mean``, ``ci95``,
-    ``distinguishable``), ``leaders`` (best minus runner-up, the same fields), ``noise``
-    (``seed_std``: pooled over every spec confirmed with 2+ seeds; ``between_std``: the std of
-    the candidates' confirmed means), ``separation`` (whether confirmed specs differ beyond seed
-    noise, :func:`xnetspace.search.stats.separation`: ``candidates`` over the top K, ``all`` over
-    every confirmed spec: the top K, the fidelity sample and the baseline), ``fidelity_sample``
-    (the random specs confirmed for ``fidelity``: ``label``, ``proxy_top1``, ``spec_digest``,
-    ``flops``, ``params``, ``confirm``), ``fidelity`` (``kendall_tau``, ``spearman_rho``, ``n``,
-    ``ci95``) and ``protocol`` (seeds, epochs, split). Every ``confirm`` is ``{mean, std, ci95,
-    n, scores}`` with scores in percent, one per seed.
+    Keys: ``score`` (``name``: ``top1`` or ``loss``, ``unit``, ``direction``: the score every
+    ``confirm``, ``proxy_score``, difference and ranking below is in), ``candidates`` (one per
+    confirmed candidate: ``trial``, ``spec_digest``, ``proxy_top1``, ``proxy_score``, ``flops``,
+    ``params``, ``confirm``), ``best`` (the candidate with the best confirmed mean; ties: fewer
+    FLOPs), ``baseline`` (``name``, ``flops``, ``params``, ``confirm``) or None, ``difference``
+    (best minus baseline: ``mean``, ``ci95``, ``distinguishable``), ``leaders`` (best minus
+    runner-up, the same fields), ``noise`` (``seed_std``: pooled over every spec confirmed with 2+
+    seeds; ``between_std``: the std of the candidates' confirmed means), ``separation`` (whether
+    confirmed specs differ beyond seed noise, :func:`xnetspace.search.stats.separation`:
+    ``candidates`` over the top K, ``all`` over every confirmed spec: the top K, the fidelity
+    sample and the baseline), ``fidelity_sample`` (the random specs confirmed for ``fidelity``:
+    ``label``, ``proxy_top1``, ``proxy_score``, ``spec_digest``, ``flops``, ``params``,
+    ``confirm``), ``fidelity`` (proxy score against confirmed mean: ``kendall_tau``,
+    ``spearman_rho``, ``n``, ``ci95``) and ``protocol`` (seeds, epochs, split). Every ``confirm``
+    is ``{mean, std, ci95, n, scores}``, one score per seed: top-1 in percent, or cross-entropy in
+    nats for the ``loss`` objective, where each confirmed spec also has ``confirm_top1`` (the same
+    runs' top-1) to read beside it.
     """
+    score = config.score
     jobs = plan_jobs(study, cstudy, config, options, data.num_classes, data.in_chans)
     results = _results(cstudy)
     groups: dict[tuple[str, str], dict] = {}
     for job in jobs:
-        entry = groups.setdefault((job.role, job.label), {"job": job, "scores": [], "proxy": job.proxy})
-        score = _score(results.get(job.key(config), []))
-        if score is not None:
-            entry["scores"].append(score)
+        entry = groups.setdefault((job.role, job.label), {"job": job, "scores": [], "top1": [], "proxy": job.proxy})
+        runs = results.get(job.key(config), [])
+        if _score(runs) is not None:
+            entry["scores"].append(_score(runs))
+            entry["top1"].append(_top1(runs))
     if not any(g["scores"] for g in groups.values()):
         return None
     size = config.space.constraints.image_size
 
-    def described(job: ConfirmJob, scores: list[float]) -> dict:
-        spec = NetworkSpec.model_validate(job.spec)
+    def described(g: dict) -> dict:
+        spec = NetworkSpec.model_validate(g["job"].spec)
         report = cost_report(spec, size)
-        return {"spec_digest": spec.digest(), "flops": report.flops, "params": report.params,
-                "confirm": seed_summary(scores)}
+        out = {"spec_digest": spec.digest(), "flops": report.flops, "params": report.params,
+               "confirm": seed_summary(g["scores"])}
+        if score.name != "top1" and None not in g["top1"]:
+            out["confirm_top1"] = seed_summary(g["top1"])
+        return out
 
     trials = {t.number: t for t in candidates(study)}
     confirmed = []
     for (role, _), g in groups.items():
         if role == "candidate" and g["scores"]:
             t = trials[g["job"].trial]
-            confirmed.append({"trial": t.number, "proxy_top1": t.values[0], **described(g["job"], g["scores"])})
-    best = max(confirmed, key=lambda c: (c["confirm"]["mean"], -c["flops"]), default=None)
-    ranked = sorted(confirmed, key=lambda c: (-c["confirm"]["mean"], c["flops"]))
-    baseline = next(({"name": label, **described(g["job"], g["scores"])} for (role, label), g in groups.items()
+            proxy_top1 = (t.user_attrs.get("top1_history") or [t.values[0]])[-1]
+            confirmed.append({"trial": t.number, "proxy_top1": proxy_top1, "proxy_score": t.values[0], **described(g)})
+    ranked = sorted(confirmed, key=lambda c: (score.rank_key(c["confirm"]["mean"]), c["flops"]))
+    best = ranked[0] if ranked else None
+    baseline = next(({"name": label, **described(g)} for (role, label), g in groups.items()
                      if role == "baseline" and g["scores"]), None)
 
-    proxy_scores = {g["job"].label: g["scores"][0] for (role, _), g in groups.items() if role == "random" and g["scores"]}
-    fid_pairs = [(c["proxy_top1"], c["confirm"]["mean"]) for c in confirmed]
-    fid_pairs += [(proxy_scores[label], seed_summary(g["scores"])["mean"]) for (role, label), g in groups.items()
-                  if role == "fidelity" and g["scores"] and label in proxy_scores]
+    proxies = {g["job"].label: g for (role, _), g in groups.items() if role == "random" and g["scores"]}
+    fid_pairs = [(c["proxy_score"], c["confirm"]["mean"]) for c in confirmed]
+    fid_pairs += [(proxies[label]["scores"][0], seed_summary(g["scores"])["mean"]) for (role, label), g in groups.items()
+                  if role == "fidelity" and g["scores"] and label in proxies]
     noise_groups = [g["scores"] for (role, _), g in groups.items() if role != "random" and len(g["scores"]) > 1]
     means = [c["confirm"]["mean"] for c in confirmed]
-    sampled = [{"label": label, "proxy_top1": proxy_scores.get(label), **described(g["job"], g["scores"])}
+    sampled = [{"label": label, "proxy_top1": proxies[label]["top1"][0] if label in proxies else None,
+                "proxy_score": proxies[label]["scores"][0] if label in proxies else None, **described(g)}
                for (role, label), g in groups.items() if role == "fidelity" and g["scores"]]
     top_groups = [c["confirm"]["scores"] for c in confirmed]
     all_groups = top_groups + [x["confirm"]["scores"] for x in sampled] + ([baseline["confirm"]["scores"]] if baseline else [])
     return {
+        "score": {"name": score.name, "unit": score.unit, "direction": score.direction},
         "candidates": confirmed,
         "fidelity_sample": sampled,
         "best": best,

@@ -5,9 +5,9 @@ built (the cost model is exact), recorded as pruned trials with the reason (whic
 sampler where the budget ends), and replaced by a new slot; the trial that finally trains records
 how many samples were rejected before it. A spec identical to an earlier candidate (same
 canonical hash) is not trained again: the trial takes the earlier result. The candidate is
-proxy-trained; each epoch's top-1 is reported so a pruner can stop it. Divergence or an overrun
-time limit ends it as pruned, out-of-memory or any other error as failed, with the reason in the
-trial's user attributes; the study goes on.
+proxy-trained; each epoch's score (top-1, or cross-entropy for the ``loss`` objective) is reported
+so a pruner can stop it. Divergence or an overrun time limit ends it as pruned, out-of-memory or
+any other error as failed, with the reason in the trial's user attributes; the study goes on.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from ..spec import NetworkSpec
 from .data import DataSplit
 from .space import SpaceError
 from .study import StudyConfig, live_slots
-from .train import Diverged, TimeLimitExceeded, train_candidate
+from .train import Diverged, TimeLimitExceeded, TrainResult, train_candidate
 
 __all__ = ["Objective", "TrialFailed", "SurplusTrial"]
 
@@ -79,7 +79,7 @@ class Objective:
             return result.top1, float(report.flops)
         if self.config.objective == "top1-latency":
             return result.top1, latency
-        return result.top1
+        return self.config.score.of(result)
 
     def _holds_slot(self, trial: optuna.Trial) -> bool:
         """Only the first N live slots (by trial number) may run: exact N whatever the races."""
@@ -111,7 +111,7 @@ class Objective:
 
     def _repeat(self, trial: optuna.Trial, earlier: FrozenTrial) -> float | Sequence[float]:
         trial.set_user_attr("duplicate_of", earlier.number)
-        for key in ("top1_history", "latency_ms", "seconds"):
+        for key in ("top1_history", "loss_history", "latency_ms", "seconds"):
             if key in earlier.user_attrs:
                 trial.set_user_attr(key, earlier.user_attrs[key])
         if earlier.state != TrialState.COMPLETE:
@@ -135,14 +135,14 @@ class Objective:
         return latency
 
     def _train(self, trial: optuna.Trial, spec: NetworkSpec):
-        history: list[float] = []
-        single = len(self.config.directions) == 1
+        single, score = len(self.config.directions) == 1, self.config.score
 
-        def report(epoch: int, top1: float) -> None:
-            history.append(top1)
-            trial.set_user_attr("top1_history", history)
+        def report(epoch: int, result: TrainResult) -> None:
+            trial.set_user_attr("top1_history", list(result.history))
+            if result.loss_history:
+                trial.set_user_attr("loss_history", list(result.loss_history))
             if single:
-                trial.report(top1, epoch)
+                trial.report(score.of(result), epoch)
                 if trial.should_prune():
                     trial.set_user_attr("reason", f"pruner stopped it after epoch {epoch + 1}")
                     raise optuna.TrialPruned(trial.user_attrs["reason"])

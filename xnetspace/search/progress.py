@@ -69,12 +69,15 @@ class Monitor:
 
 
 def trial_line(trial: FrozenTrial) -> str:
-    """``trial 12  COMPLETE  14.2M FLOPs  0.31M params  top-1 97.50  12.3 s  (3 rejected)``."""
+    """``trial 12  COMPLETE  14.2M FLOPs  0.31M params  top-1 97.50  loss 0.1234  12.3 s  (3 rejected)``
+    (the last epoch's validation top-1 and cross-entropy)."""
     a = trial.user_attrs
-    top1 = f"top-1 {trial.values[0]:6.2f}" if trial.values else (
-        f"top-1 {a['top1_history'][-1]:6.2f}" if a.get("top1_history") else "top-1    -  ")
+    top1 = f"top-1 {a['top1_history'][-1]:6.2f}" if a.get("top1_history") else "top-1    -  "
     parts = [f"trial {trial.number:4d}", f"{trial.state.name:8s}", f"{human_count(a.get('flops', 0)):>7s} FLOPs",
-             f"{human_count(a.get('params', 0)):>7s} params", top1, f"{a.get('seconds', 0):6.1f} s"]
+             f"{human_count(a.get('params', 0)):>7s} params", top1]
+    if a.get("loss_history"):
+        parts.append(f"loss {a['loss_history'][-1]:.4f}")
+    parts.append(f"{a.get('seconds', 0):6.1f} s")
     if a.get("rejected_samples"):
         parts.append(f"({a['rejected_samples']} rejected before)")
     if "duplicate_of" in a:

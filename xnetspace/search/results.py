@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Optional
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from ..spec import NetworkSpec
 from .progress import log
+from .score import LOSS, TOP1, Score
 from .space import human_count
 from .study import RunOptions, StudyConfig, candidates
 
@@ -46,9 +48,11 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def best_trial(study: optuna.Study) -> Optional[FrozenTrial]:
-    """Highest top-1 (on the Pareto front for multi-objective studies); ties: fewer FLOPs."""
+    """Best proxy score: highest top-1, or lowest cross-entropy in a ``loss`` study (on the Pareto
+    front for multi-objective studies); ties: fewer FLOPs."""
     pool = pareto_front(study) if len(study.directions) > 1 else candidates(study)
-    return max(pool, key=lambda t: (t.values[0], -t.user_attrs.get("flops", 0)), default=None)
+    sign = 1.0 if study.directions[0] == StudyDirection.MAXIMIZE else -1.0
+    return max(pool, key=lambda t: (sign * t.values[0], -t.user_attrs.get("flops", 0)), default=None)
 
 
 def write_results(study: optuna.Study, config: StudyConfig, options: RunOptions,
@@ -57,7 +61,7 @@ def write_results(study: optuna.Study, config: StudyConfig, options: RunOptions,
     confirmation's (:func:`xnetspace.search.confirmation.summarize`), None without one."""
     out = Path(options.out)
     files = {"trials": _write_trials_csv(study, out / "trials.csv", summary),
-             "history": _plot_history(study, out / "history.png")}
+             "history": _plot_history(study, config.score, out / "history.png")}
     if len(study.directions) > 1:
         files["pareto"] = _plot_pareto(study, config, out / "pareto.png")
     if summary is not None:
@@ -69,69 +73,77 @@ def write_results(study: optuna.Study, config: StudyConfig, options: RunOptions,
     confirmed = summary["best"] if summary and summary["best"] else None
     if confirmed is not None:
         best = next(t for t in candidates(study) if t.number == confirmed["trial"])
+    score = config.score
     if best is not None:
         spec = NetworkSpec.model_validate(best.user_attrs["spec"])
-        score = (f"confirmed top-1 {_ci(confirmed['confirm'])} over {confirmed['confirm']['n']} seeds" if confirmed
-                 else f"proxy top-1 {best.values[0]:.2f} (one run)")
+        score_words = (f"confirmed {score.label} {_ci(confirmed['confirm'], score)} over {confirmed['confirm']['n']} seeds"
+                       if confirmed else f"proxy {score.label} {score.format(best.values[0])} (one run)")
         header = (f"# Best of study '{options.study_name}' (space {config.space.name}, dataset {config.dataset}): "
-                  f"trial {best.number}, {score},\n# {best.user_attrs['flops']:,} FLOPs at "
+                  f"trial {best.number}, {score_words},\n# {best.user_attrs['flops']:,} FLOPs at "
                   f"{'x'.join(map(str, config.space.constraints.image_size))}, {best.user_attrs['params']:,} params.\n")
         files["best_spec"] = out / "best_spec.yaml"
         files["best_spec"].write_text(header + spec.to_yaml())
-    for line in report_lines(summary, best):
+    for line in report_lines(summary, best, score):
         log(options, line)
     log(options, "results: " + ", ".join(str(p) for p in files.values()))
     return SearchOutcome(study, best, files, summary)
 
 
-def report_lines(summary: Optional[dict], best: Optional[FrozenTrial]) -> list[str]:
+def report_lines(summary: Optional[dict], best: Optional[FrozenTrial], score: Score = TOP1) -> list[str]:
     """The end-of-search report: the winner with its interval, the noise, the baseline, the
-    fidelity, and plain words where the differences are within noise."""
+    fidelity, and plain words where the differences are within noise. Scores are ``score``'s
+    (top-1 in percent, or cross-entropy in nats)."""
+    name, fmt = score.label, score.format
     if summary is None or summary["best"] is None:
         if best is None:
             return ["no completed candidate"]
         noise = (summary or {}).get("noise", {}).get("proxy_seed_std")
         seeds = len((summary or {}).get("protocol", {}).get("seeds", []))
         return [f"best by proxy score: trial {best.number}, {human_count(best.user_attrs['flops'])} FLOPs, "
-                f"{human_count(best.user_attrs['params'])} params, top-1 {best.values[0]:.2f} (one run; "
-                + (f"retrained with {seeds} other seeds its proxy top-1 varies with std {noise:.2f}: differences "
+                f"{human_count(best.user_attrs['params'])} params, {name} {fmt(best.values[0])} (one run; "
+                + (f"retrained with {seeds} other seeds its proxy {name} varies with std {fmt(noise)}: differences "
                    f"of that size between candidates are noise)" if noise is not None
                    else "seed noise unknown: confirm it with --confirm-top K)")]
     p = summary["protocol"]
     lines = [f"confirmation: {len(summary['candidates'])} candidates x {len(p['seeds'])} seeds, {p['epochs']} epochs, "
-             f"scored on the {p['split']} split" + (f" ({summary['pending']} runs not finished)" if summary["pending"] else "")]
+             f"scored by {name} ({score.unit}, {'higher' if score.maximize else 'lower'} is better) on the {p['split']} "
+             f"split" + (f" ({summary['pending']} runs not finished)" if summary["pending"] else "")]
     if len(summary["candidates"]) < p["confirm_top"]:
         lines.append(f"only {len(summary['candidates'])} completed candidates to confirm (--confirm-top {p['confirm_top']})")
-    for c in sorted(summary["candidates"], key=lambda c: -c["confirm"]["mean"]):
-        lines.append(f"  trial {c['trial']:4d}  {human_count(c['flops']):>7s} FLOPs  {human_count(c['params']):>7s} params  "
-                     f"proxy {c['proxy_top1']:6.2f}  confirmed {_ci(c['confirm'])}")
+
+    def row(entry: dict) -> str:
+        proxy = "-" if entry.get("proxy_score") is None else fmt(entry["proxy_score"])
+        top1 = f"  top-1 {entry['confirm_top1']['mean']:.2f}" if "confirm_top1" in entry else ""
+        return (f"{human_count(entry['flops']):>7s} FLOPs  {human_count(entry['params']):>7s} params  "
+                f"proxy {proxy:>7s}  confirmed {_ci(entry['confirm'], score)}{top1}")
+
+    for c in sorted(summary["candidates"], key=lambda c: score.rank_key(c["confirm"]["mean"])):
+        lines.append(f"  trial {c['trial']:4d}  " + row(c))
     b, noise = summary["best"], summary["noise"]
     lines.append(f"best: trial {b['trial']}, {human_count(b['flops'])} FLOPs, {human_count(b['params'])} params, "
-                 f"top-1 {_ci(b['confirm'])}")
-    spread = "" if math.isnan(noise["between_std"]) else f"; spread of the candidates' means (std) {noise['between_std']:.2f}"
-    lines.append(f"seed noise (pooled std over seeds) {noise['seed_std']:.2f}{spread}")
-    for x in sorted(summary.get("fidelity_sample", []), key=lambda x: -x["confirm"]["mean"]):
-        proxy = "  -   " if x["proxy_top1"] is None else f"{x['proxy_top1']:6.2f}"
-        lines.append(f"  random {x['label']:>10s}  {human_count(x['flops']):>7s} FLOPs  {human_count(x['params']):>7s} params  "
-                     f"proxy {proxy}  confirmed {_ci(x['confirm'])}")
-    for name, words in (("candidates", "the top candidates"), ("all", "all confirmed specs")):
-        sep = summary.get("separation", {}).get(name)
-        if sep and sep["n"] >= 2 and not (name == "all" and sep["n"] == len(summary["candidates"])):
+                 f"{name} {_ci(b['confirm'], score)}")
+    spread = "" if math.isnan(noise["between_std"]) else f"; spread of the candidates' means (std) {fmt(noise['between_std'])}"
+    lines.append(f"seed noise (pooled std over seeds) {fmt(noise['seed_std'])}{spread}")
+    for x in sorted(summary.get("fidelity_sample", []), key=lambda x: score.rank_key(x["confirm"]["mean"])):
+        lines.append(f"  random {x['label']:>10s}  " + row(x))
+    for key, words in (("candidates", "the top candidates"), ("all", "all confirmed specs")):
+        sep = summary.get("separation", {}).get(key)
+        if sep and sep["n"] >= 2 and not (key == "all" and sep["n"] == len(summary["candidates"])):
             verdict = "they differ beyond seed noise" if sep["separated"] else "no difference beyond seed noise"
-            lines.append(f"{words} ({sep['n']}): spread of means {sep['between_std']:.2f} (architectures alone "
-                         f"{sep['architecture_std']:.2f}) against seed noise {sep['seed_std']:.2f}, one-way ANOVA "
+            lines.append(f"{words} ({sep['n']}): spread of means {fmt(sep['between_std'])} (architectures alone "
+                         f"{fmt(sep['architecture_std'])}) against seed noise {fmt(sep['seed_std'])}, one-way ANOVA "
                          f"F {sep['f']:.2f}, p {sep['p']:.3g}: {verdict}")
     leaders = summary["leaders"]
     if leaders is not None:
         verdict = "distinguishable" if leaders["distinguishable"] else "NOT distinguishable (within seed noise)"
-        lines.append(f"best minus runner-up: {_diff(leaders)}: {verdict}")
+        lines.append(f"best minus runner-up: {_diff(leaders, score)}: {verdict}")
     if summary["baseline"] is not None:
         base, d = summary["baseline"], summary["difference"]
         lines.append(f"baseline {base['name']}: {human_count(base['flops'])} FLOPs, {human_count(base['params'])} params, "
-                     f"top-1 {_ci(base['confirm'])}")
-        verdict = ("the winner is better" if d["mean"] > 0 else "the baseline is better") if d["distinguishable"] \
-            else "not distinguishable"
-        lines.append(f"winner minus baseline: {_diff(d)}: {verdict}")
+                     f"{name} {_ci(base['confirm'], score)}")
+        verdict = ("the winner is better" if score.improves(d["mean"]) else "the baseline is better") \
+            if d["distinguishable"] else "not distinguishable"
+        lines.append(f"winner minus baseline: {_diff(d, score)}: {verdict}")
     f = summary["fidelity"]
     if f["n"] >= 3 and not math.isnan(f["kendall_tau"]):
         lines.append(f"proxy fidelity over {f['n']} specs: Kendall tau {f['kendall_tau']:.2f} "
@@ -140,14 +152,17 @@ def report_lines(summary: Optional[dict], best: Optional[FrozenTrial]) -> list[s
     return lines
 
 
-def _ci(c: dict) -> str:
+def _ci(c: dict, score: Score = TOP1) -> str:
+    fmt = score.format
     if c["n"] < 2:
-        return f"{c['mean']:.2f} (1 seed)"
-    return f"{c['mean']:.2f} +- {c['std']:.2f} (95% CI {c['ci95'][0]:.2f}-{c['ci95'][1]:.2f})"
+        return f"{fmt(c['mean'])} (1 seed)"
+    return f"{fmt(c['mean'])} +- {fmt(c['std'])} (95% CI {fmt(c['ci95'][0])}-{fmt(c['ci95'][1])})"
 
 
-def _diff(d: dict) -> str:
-    return f"{d['mean']:+.2f} points (95% CI {d['ci95'][0]:+.2f} to {d['ci95'][1]:+.2f})"
+def _diff(d: dict, score: Score = TOP1) -> str:
+    unit = "points" if score.name == "top1" else score.unit
+    sign = f"+.{score.digits}f"
+    return f"{d['mean']:{sign}} {unit} (95% CI {d['ci95'][0]:{sign}} to {d['ci95'][1]:{sign}})"
 
 
 def _no_nan(value):
@@ -170,7 +185,7 @@ def _write_trials_csv(study: optuna.Study, path: Path, summary: Optional[dict] =
     knobs = sorted({name for t in trials for name in t.params})
     front = {t.number for t in pareto_front(study)} if len(study.directions) > 1 else set()
     confirmed = {c["trial"]: c["confirm"] for c in (summary or {}).get("candidates", [])}
-    fields = ["number", "state", "reason", "top1", "flops", "params", "latency_ms", "seconds", "epochs",
+    fields = ["number", "state", "reason", "top1", "loss", "flops", "params", "latency_ms", "seconds", "epochs",
               "rejected_samples", "duplicate_of", "pareto", "spec_digest", "confirm_mean", "confirm_std",
               "confirm_ci95_lo", "confirm_ci95_hi", "confirm_n", *knobs]
     with path.open("w", newline="") as f:
@@ -178,10 +193,11 @@ def _write_trials_csv(study: optuna.Study, path: Path, summary: Optional[dict] =
         writer.writeheader()
         for t in trials:
             a = t.user_attrs
-            history = a.get("top1_history", [])
+            history, losses = a.get("top1_history", []), a.get("loss_history", [])
             writer.writerow({
                 "number": t.number, "state": _state(t), "reason": a.get("reason", ""),
-                "top1": f"{t.values[0]:.4f}" if t.values else (f"{history[-1]:.4f}" if history else ""),
+                "top1": f"{history[-1]:.4f}" if history else (f"{t.values[0]:.4f}" if t.values else ""),
+                "loss": f"{losses[-1]:.6f}" if losses else "",
                 "flops": a.get("flops", ""), "params": a.get("params", ""),
                 "latency_ms": f"{a['latency_ms']:.3f}" if "latency_ms" in a else "",
                 "seconds": a.get("seconds", ""), "epochs": len(history) or "",
@@ -207,21 +223,22 @@ def _plot_fidelity(summary: dict, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     cands = summary["candidates"]
-    ax.errorbar([c["proxy_top1"] for c in cands], [c["confirm"]["mean"] for c in cands],
+    score = LOSS if summary.get("score", {}).get("name") == "loss" else TOP1
+    ax.errorbar([c["proxy_score"] for c in cands], [c["confirm"]["mean"] for c in cands],
                 yerr=[[c["confirm"]["mean"] - c["confirm"]["ci95"][0] for c in cands],
                       [c["confirm"]["ci95"][1] - c["confirm"]["mean"] for c in cands]],
                 fmt="o", capsize=3, label="confirmed candidates (95% CI)")
     for c in cands:
-        ax.annotate(str(c["trial"]), (c["proxy_top1"], c["confirm"]["mean"]), textcoords="offset points",
+        ax.annotate(str(c["trial"]), (c["proxy_score"], c["confirm"]["mean"]), textcoords="offset points",
                     xytext=(4, 4), fontsize=8)
     f, p = summary["fidelity"], summary["protocol"]
-    ax.set(xlabel="proxy top-1 (%), one run", ylabel=f"confirmed top-1 (%), {p['split']} split",
+    ax.set(xlabel=f"proxy {score.label} ({score.unit}), one run", ylabel=f"confirmed {score.label} ({score.unit}), {p['split']} split",
            title=f"proxy fidelity: Kendall tau {f['kendall_tau']:.2f}, Spearman rho {f['spearman_rho']:.2f} (n={f['n']})")
     ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
 
 
-def _plot_history(study: optuna.Study, path: Path) -> Path:
+def _plot_history(study: optuna.Study, score: Score, path: Path) -> Path:
     plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -229,15 +246,17 @@ def _plot_history(study: optuna.Study, path: Path) -> Path:
     complete = [t for t in done if t.state == TrialState.COMPLETE]
     stopped = [t for t in done if t.state != TrialState.COMPLETE]
     ax.scatter([t.number for t in complete], [t.values[0] for t in complete], s=18, label="completed")
-    ax.scatter([t.number for t in stopped], [t.user_attrs["top1_history"][-1] for t in stopped], marker="x",
+    last = "top1_history" if score.name == "top1" else "loss_history"
+    stopped = [t for t in stopped if t.user_attrs.get(last)]
+    ax.scatter([t.number for t in stopped], [t.user_attrs[last][-1] for t in stopped], marker="x",
                s=18, color="grey", label="pruned / failed (last epoch)")
-    best, xs, ys = -float("inf"), [], []
+    best, xs, ys = None, [], []
     for t in sorted(complete, key=lambda t: t.number):
-        best = max(best, t.values[0])
+        best = t.values[0] if best is None else min(best, t.values[0], key=score.rank_key)
         xs.append(t.number)
         ys.append(best)
     ax.step(xs, ys, where="post", color="C3", label="best so far")
-    ax.set(xlabel="trial", ylabel="validation top-1 (%)", title=f"study '{study.study_name}'")
+    ax.set(xlabel="trial", ylabel=f"validation {score.label} ({score.unit})", title=f"study '{study.study_name}'")
     ax.legend(loc="best")
     return _save(fig, path)
 

@@ -18,14 +18,16 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field
 
+from .score import Score, score_of
 from .space import SearchSpace
 from .train import TrainConfig
 
 __all__ = ["StudyConfig", "RunOptions", "usable_cores", "MAX_AUTO_CPU_WORKERS", "SearchError", "ObjectiveName", "open_study", "is_live", "live_slots",
            "candidates", "ensure_slots", "SlotState", "slot_state", "store_run_options", "stored_settings", "connect_storage"]
 
-ObjectiveName = Literal["top1", "top1-flops", "top1-latency"]
-_DIRECTIONS = {"top1": ["maximize"], "top1-flops": ["maximize", "minimize"], "top1-latency": ["maximize", "minimize"]}
+ObjectiveName = Literal["top1", "loss", "top1-flops", "top1-latency"]
+_DIRECTIONS = {"top1": ["maximize"], "loss": ["minimize"], "top1-flops": ["maximize", "minimize"],
+               "top1-latency": ["maximize", "minimize"]}
 _CONFIG_ATTR = "xnetspace_config"
 _RUN_ATTR = "xnetspace_run"
 
@@ -41,12 +43,17 @@ class StudyConfig(BaseModel):
 
     space: SearchSpace
     dataset: str = "digits"
-    objective: ObjectiveName = "top1"
+    objective: ObjectiveName = "loss"
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @property
     def directions(self) -> list[str]:
         return _DIRECTIONS[self.objective]
+
+    @property
+    def score(self) -> Score:
+        """The score candidates are ranked and confirmed by (the first objective)."""
+        return score_of(self.objective)
 
 
 class RunOptions(BaseModel):

@@ -1,4 +1,5 @@
-"""Proxy training: a few epochs of a candidate on a small dataset, reporting validation top-1.
+"""Proxy training: a few epochs of a candidate on a small dataset, reporting validation top-1 and
+cross-entropy.
 
 The recipe follows the paper's ImageNet one in kind (AdamW, cosine schedule, label smoothing;
 paper section IV-A) at proxy scale, built from timm's optimizer and scheduler factories. Seeds
@@ -64,16 +65,22 @@ class TimeLimitExceeded(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """Validation top-1 (percent) after each epoch (``top1`` is the last one) and the training
-    loss of every update."""
+    """Validation top-1 (percent) and validation cross-entropy (nats per image, no label
+    smoothing) after each epoch (``top1`` and ``loss`` are the last ones), and the training loss
+    of every update."""
 
     history: list[float] = field(default_factory=list)
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
+    loss_history: list[float] = field(default_factory=list)
 
     @property
     def top1(self) -> float:
         return self.history[-1]
+
+    @property
+    def loss(self) -> float:
+        return self.loss_history[-1]
 
 
 Batches = Union[DataLoader, "TensorBatches"]
@@ -129,17 +136,22 @@ def batches(dataset, batch_size: int, device: torch.device, shuffle: bool = Fals
                       num_workers=num_workers)
 
 
-def evaluate(model: nn.Module, loader, device: torch.device) -> float:
-    """Top-1 accuracy in percent of ``model`` (eval mode) over ``loader`` (a DataLoader,
-    :class:`TensorBatches`, or any iterable of ``(images, labels)`` batches)."""
+def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
+    """``(top-1 in percent, mean cross-entropy in nats)`` of ``model`` (eval mode) over ``loader``
+    (a DataLoader, :class:`TensorBatches`, or any iterable of ``(images, labels)`` batches). The
+    cross-entropy is the plain negative log-likelihood of the true class, without the label
+    smoothing of training, computed in float32."""
     model.eval()
-    correct, total = 0, 0  # whole counts: equal accuracies compare equal
-    with torch.inference_mode(), _autocast(device):
+    correct, total, nll = 0, 0, 0.0  # whole counts: equal accuracies compare equal
+    with torch.inference_mode():
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device)
-            correct += int((model(x).argmax(dim=-1) == y).sum())
+            with _autocast(device):
+                logits = model(x)
+            correct += int((logits.argmax(dim=-1) == y).sum())
+            nll += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
             total += len(y)
-    return 100.0 * correct / total
+    return 100.0 * correct / total, nll / total
 
 
 def train_candidate(
@@ -147,14 +159,14 @@ def train_candidate(
     data,  # xnetspace.search.data.DataSplit
     config: TrainConfig = TrainConfig(),
     device: str | torch.device = "cpu",
-    report: Optional[Callable[[int, float], None]] = None,
+    report: Optional[Callable[[int, TrainResult], None]] = None,
 ) -> TrainResult:
     """Train ``spec`` from scratch on ``data.train`` and validate each epoch on ``data.val``.
 
     Args:
         spec: the network; its ``num_classes``/``in_chans`` are set to the dataset's.
-        report: called as ``report(epoch, top1)`` after every epoch (a pruner hook: it may raise
-            ``optuna.TrialPruned`` to stop).
+        report: called as ``report(epoch, result)`` after every epoch with the result so far (a
+            pruner hook: it may raise ``optuna.TrialPruned`` to stop).
 
     Raises:
         Diverged: NaN/inf loss. TimeLimitExceeded: past ``config.time_limit``.
@@ -199,10 +211,12 @@ def train_candidate(
             if config.time_limit and time.perf_counter() - start > config.time_limit:
                 raise TimeLimitExceeded(f"past the {config.time_limit:g} s time limit in epoch {epoch + 1}")
         scheduler.step(epoch + 1)
-        result.history.append(evaluate(model, val_batches, device))
+        top1, val_loss = evaluate(model, val_batches, device)
+        result.history.append(top1)
+        result.loss_history.append(val_loss)
         result.seconds = time.perf_counter() - start
         if report is not None:
-            report(epoch, result.history[-1])
+            report(epoch, result)
     return result
 
 
