@@ -184,6 +184,7 @@ def test_a_loss_study_ranks_and_confirms_by_cross_entropy(tmp_path, trainer):
     assert summary["difference"]["mean"] == pytest.approx(summary["best"]["confirm"]["mean"]
                                                           - summary["baseline"]["confirm"]["mean"])
     assert summary["fidelity"]["kendall_tau"] == pytest.approx(1.0)  # the proxy loss ranks as the confirmed one
+    assert summary["separation_top1"]["candidates"] == separation([c["confirm_top1"]["scores"] for c in cands])
     assert outcome.best.number == summary["best"]["trial"]
     assert "confirmed cross-entropy" in (tmp_path / "out" / "best_spec.yaml").read_text()
     header = (tmp_path / "out" / "trials.csv").read_text().splitlines()[0].split(",")

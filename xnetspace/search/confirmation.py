@@ -289,7 +289,8 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     seeds; ``between_std``: the std of the candidates' confirmed means), ``separation`` (whether
     confirmed specs differ beyond seed noise, :func:`xnetspace.search.stats.separation`:
     ``candidates`` over the top K, ``all`` over every confirmed spec: the top K, the fidelity
-    sample and the baseline), ``fidelity_sample`` (the random specs confirmed for ``fidelity``:
+    sample and the baseline; in a ``loss`` study ``separation_top1`` beside it, the same runs by
+    top-1), ``fidelity_sample`` (the random specs confirmed for ``fidelity``:
     ``label``, ``proxy_top1``, ``proxy_score``, ``spec_digest``, ``flops``, ``params``,
     ``confirm``), ``fidelity`` (proxy score against confirmed mean: ``kendall_tau``,
     ``spearman_rho``, ``n``, ``ci95``) and ``protocol`` (seeds, epochs, split). Every ``confirm``
@@ -341,8 +342,11 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     sampled = [{"label": label, "proxy_top1": proxies[label]["top1"][0] if label in proxies else None,
                 "proxy_score": proxies[label]["scores"][0] if label in proxies else None, **described(g)}
                for (role, label), g in groups.items() if role == "fidelity" and g["scores"]]
-    top_groups = [c["confirm"]["scores"] for c in confirmed]
-    all_groups = top_groups + [x["confirm"]["scores"] for x in sampled] + ([baseline["confirm"]["scores"]] if baseline else [])
+    def separations(key: str) -> dict:
+        top = [c[key]["scores"] for c in confirmed if key in c]
+        rest = [x[key]["scores"] for x in sampled + ([baseline] if baseline else []) if key in x]
+        return {"candidates": separation(top), "all": separation(top + rest)}
+
     return {
         "score": {"name": score.name, "unit": score.unit, "direction": score.direction},
         "candidates": confirmed,
@@ -357,7 +361,8 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
                   "between_std": statistics.stdev(means) if len(means) > 1 else math.nan,
                   "proxy_seed_std": next((statistics.stdev(g["scores"]) for (role, _), g in groups.items()
                                           if role == "noise" and len(g["scores"]) > 1), None)},
-        "separation": {"candidates": separation(top_groups), "all": separation(all_groups)},
+        "separation": separations("confirm"),
+        **({"separation_top1": separations("confirm_top1")} if score.name != "top1" else {}),
         "fidelity": rank_fidelity([p for p, _ in fid_pairs], [c for _, c in fid_pairs], seed=config.train.seed),
         "protocol": {"seeds": [config.train.seed + 1 + i for i in range(options.confirm_seeds)],
                      "epochs": options.confirm_epochs or 2 * config.train.epochs,

@@ -126,13 +126,14 @@ def report_lines(summary: Optional[dict], best: Optional[FrozenTrial], score: Sc
     lines.append(f"seed noise (pooled std over seeds) {fmt(noise['seed_std'])}{spread}")
     for x in sorted(summary.get("fidelity_sample", []), key=lambda x: score.rank_key(x["confirm"]["mean"])):
         lines.append(f"  random {x['label']:>10s}  " + row(x))
-    for key, words in (("candidates", "the top candidates"), ("all", "all confirmed specs")):
-        sep = summary.get("separation", {}).get(key)
-        if sep and sep["n"] >= 2 and not (key == "all" and sep["n"] == len(summary["candidates"])):
-            verdict = "they differ beyond seed noise" if sep["separated"] else "no difference beyond seed noise"
-            lines.append(f"{words} ({sep['n']}): spread of means {fmt(sep['between_std'])} (architectures alone "
-                         f"{fmt(sep['architecture_std'])}) against seed noise {fmt(sep['seed_std'])}, one-way ANOVA "
-                         f"F {sep['f']:.2f}, p {sep['p']:.3g}: {verdict}")
+    for field, by, by_fmt in (("separation", "", fmt), ("separation_top1", " by top-1", TOP1.format)):
+        for key, words in (("candidates", "the top candidates"), ("all", "all confirmed specs")):
+            sep = summary.get(field, {}).get(key)
+            if sep and sep["n"] >= 2 and not (key == "all" and sep["n"] == len(summary["candidates"])):
+                verdict = "they differ beyond seed noise" if sep["separated"] else "no difference beyond seed noise"
+                lines.append(f"{words} ({sep['n']}){by}: spread of means {by_fmt(sep['between_std'])} (architectures "
+                             f"alone {by_fmt(sep['architecture_std'])}) against seed noise {by_fmt(sep['seed_std'])}, "
+                             f"one-way ANOVA F {sep['f']:.2f}, p {sep['p']:.3g}: {verdict}")
     leaders = summary["leaders"]
     if leaders is not None:
         verdict = "distinguishable" if leaders["distinguishable"] else "NOT distinguishable (within seed noise)"
@@ -218,21 +219,26 @@ def _confirm_columns(confirm: Optional[dict]) -> dict:
 
 
 def _plot_fidelity(summary: dict, path: Path) -> Path:
-    """Proxy score against confirmed mean (95% CI bars) for the confirmed candidates."""
+    """Proxy score against confirmed mean (95% CI bars): the confirmed candidates (labelled by
+    trial) and the random fidelity sample, the specs the rank correlation is computed over."""
     plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    cands = summary["candidates"]
     score = LOSS if summary.get("score", {}).get("name") == "loss" else TOP1
-    ax.errorbar([c["proxy_score"] for c in cands], [c["confirm"]["mean"] for c in cands],
-                yerr=[[c["confirm"]["mean"] - c["confirm"]["ci95"][0] for c in cands],
-                      [c["confirm"]["ci95"][1] - c["confirm"]["mean"] for c in cands]],
-                fmt="o", capsize=3, label="confirmed candidates (95% CI)")
-    for c in cands:
+    sampled = [x for x in summary.get("fidelity_sample", []) if x.get("proxy_score") is not None]
+    for entries, fmt, label in ((summary["candidates"], "o", "confirmed candidates"), (sampled, "s", "random specs")):
+        if not entries:
+            continue
+        means = [e["confirm"]["mean"] for e in entries]
+        ax.errorbar([e["proxy_score"] for e in entries], means, fmt=fmt, capsize=3, label=f"{label} (95% CI)",
+                    yerr=[[m - e["confirm"]["ci95"][0] for m, e in zip(means, entries)],
+                          [e["confirm"]["ci95"][1] - m for m, e in zip(means, entries)]])
+    for c in summary["candidates"]:
         ax.annotate(str(c["trial"]), (c["proxy_score"], c["confirm"]["mean"]), textcoords="offset points",
                     xytext=(4, 4), fontsize=8)
     f, p = summary["fidelity"], summary["protocol"]
-    ax.set(xlabel=f"proxy {score.label} ({score.unit}), one run", ylabel=f"confirmed {score.label} ({score.unit}), {p['split']} split",
+    ax.set(xlabel=f"proxy {score.label} ({score.unit}), one run",
+           ylabel=f"confirmed {score.label} ({score.unit}), {p['split']} split",
            title=f"proxy fidelity: Kendall tau {f['kendall_tau']:.2f}, Spearman rho {f['spearman_rho']:.2f} (n={f['n']})")
     ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
