@@ -126,9 +126,9 @@ def report_lines(summary: Optional[dict], best: Optional[FrozenTrial], score: Sc
     lines.append(f"seed noise (pooled std over seeds) {fmt(noise['seed_std'])}{spread}")
     for x in sorted(summary.get("fidelity_sample", []), key=lambda x: score.rank_key(x["confirm"]["mean"])):
         lines.append(f"  random {x['label']:>10s}  " + row(x))
-    for field, by, by_fmt in (("separation", "", fmt), ("separation_top1", " by top-1", TOP1.format)):
+    for section, by, by_fmt in (("separation", "", fmt), ("separation_top1", " by top-1", TOP1.format)):
         for key, words in (("candidates", "the top candidates"), ("all", "all confirmed specs")):
-            sep = summary.get(field, {}).get(key)
+            sep = summary.get(section, {}).get(key)
             if sep and sep["n"] >= 2 and not (key == "all" and sep["n"] == len(summary["candidates"])):
                 verdict = "they differ beyond seed noise" if sep["separated"] else "no difference beyond seed noise"
                 lines.append(f"{words} ({sep['n']}){by}: spread of means {by_fmt(sep['between_std'])} (architectures "
