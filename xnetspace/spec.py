@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional
 import yaml
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "StageSpec",
@@ -40,6 +40,8 @@ __all__ = [
     "short_repr",
     "read_text_file",
     "yaml_mapping",
+    "Int",
+    "Float",
     "check_image_size",
     "MAX_STAGES",
     "MAX_DEPTH",
@@ -176,7 +178,18 @@ def non_empty(message: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-OddKernel = Annotated[int, Field(ge=1, le=MAX_KERNEL_SIZE), AfterValidator(_odd_kernel)]
+def _not_bool(value: Any) -> Any:
+    """Refuse ``true``/``false`` where a number is meant (pydantic reads them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"a number is needed, not the boolean {str(value).lower()}")
+    return value
+
+
+# Numbers that refuse booleans: `depth: true` is a mistake, not a depth of 1. 4.0 stays a valid int
+# and 4 a valid float, as pydantic's lax mode reads them.
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+OddKernel = Annotated[Int, Field(ge=1, le=MAX_KERNEL_SIZE), AfterValidator(_odd_kernel)]
 
 
 class StageSpec(BaseModel):
@@ -189,22 +202,22 @@ class StageSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    depth: int = Field(ge=1, le=MAX_DEPTH, description=f"number of blocks in the stage, 1..{MAX_DEPTH}")
-    embed_dim: int = Field(ge=1, le=MAX_EMBED_DIM, description=f"channels C of the stage, 1..{MAX_EMBED_DIM}")
-    num_heads: int = Field(1, ge=1, le=MAX_HEADS,
+    depth: Int = Field(ge=1, le=MAX_DEPTH, description=f"number of blocks in the stage, 1..{MAX_DEPTH}")
+    embed_dim: Int = Field(ge=1, le=MAX_EMBED_DIM, description=f"channels C of the stage, 1..{MAX_EMBED_DIM}")
+    num_heads: Int = Field(1, ge=1, le=MAX_HEADS,
                            description=f"OSRA heads, 1..{MAX_HEADS}; must divide the attention channels")
-    sr_ratio: int = Field(1, ge=1, le=MAX_SR_RATIO,
+    sr_ratio: Int = Field(1, ge=1, le=MAX_SR_RATIO,
                           description=f"OSRA spatial-reduction ratio r, 1..{MAX_SR_RATIO} (1: none)")
-    idconv_groups: int = Field(2, ge=1, le=MAX_IDCONV_GROUPS,
+    idconv_groups: Int = Field(2, ge=1, le=MAX_IDCONV_GROUPS,
                                description=f"IDConv attention groups G, 1..{MAX_IDCONV_GROUPS} (1: static DW conv)")
     idconv_kernel_size: OddKernel = Field(7, description=f"IDConv kernel size K (odd, 1..{MAX_KERNEL_SIZE})")
-    mlp_ratio: float = Field(4.0, gt=0, le=MAX_MLP_RATIO,
+    mlp_ratio: Float = Field(4.0, gt=0, le=MAX_MLP_RATIO,
                              description=f"MS-FFN hidden width / embed_dim, finite, in (0, {MAX_MLP_RATIO:g}]")
     ffn_kernel_sizes: Annotated[tuple[OddKernel, ...], non_empty("ffn_kernel_sizes needs at least one kernel size, e.g. [1, 3, 5, 7]")] = Field(
         (1, 3, 5, 7), description=f"MS-FFN depthwise kernel sizes (odd, 1..{MAX_KERNEL_SIZE}; "
                                   f"1..{MAX_FFN_KERNELS} of them)"
     )
-    attn_ratio: float = Field(0.5, ge=0, le=1, description="share of channels that go to OSRA, finite, in [0, 1]")
+    attn_ratio: Float = Field(0.5, ge=0, le=1, description="share of channels that go to OSRA, finite, in [0, 1]")
 
     _ffn_kernels_bounded = field_validator("ffn_kernel_sizes", mode="before")(
         _at_most(MAX_FFN_KERNELS, "ffn_kernel_sizes"))
@@ -309,14 +322,14 @@ class NetworkSpec(BaseModel):
                       description=f"a label: 1..{MAX_NAME_LENGTH} printable characters")
     stages: Annotated[tuple[StageSpec, ...], non_empty("a network needs at least one stage")] = Field(
         description=f"the stages, 1..{MAX_STAGES} of them")
-    in_chans: int = Field(3, ge=1, le=MAX_IN_CHANS, description=f"input channels, 1..{MAX_IN_CHANS}")
-    num_classes: int = Field(1000, ge=0, le=MAX_CLASSES,
+    in_chans: Int = Field(3, ge=1, le=MAX_IN_CHANS, description=f"input channels, 1..{MAX_IN_CHANS}")
+    num_classes: Int = Field(1000, ge=0, le=MAX_CLASSES,
                              description=f"classes, 0..{MAX_CLASSES:,}; 0: no classifier, the head returns pre-logits")
-    image_size: int = Field(224, ge=1, le=MAX_IMAGE_SIZE,
+    image_size: Int = Field(224, ge=1, le=MAX_IMAGE_SIZE,
                             description=f"base image size of the position biases, 1..{MAX_IMAGE_SIZE} pixels")
-    drop_rate: float = Field(0.0, ge=0, lt=1, description="MS-FFN dropout, in [0, 1)")
-    drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth at the last block, in [0, 1)")
-    layer_scale_init_value: Optional[float] = Field(1e-5, description="finite; None: no layer scale")
+    drop_rate: Float = Field(0.0, ge=0, lt=1, description="MS-FFN dropout, in [0, 1)")
+    drop_path_rate: Float = Field(0.0, ge=0, lt=1, description="stochastic depth at the last block, in [0, 1)")
+    layer_scale_init_value: Optional[Float] = Field(1e-5, description="finite; None: no layer scale")
 
     _stages_bounded = field_validator("stages", mode="before")(_at_most(MAX_STAGES, "stages"))
 
@@ -499,14 +512,48 @@ def _expanded_size(node: yaml.Node, limit: int) -> int:
     return size(node)
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_unique_keys(node: yaml.Node, what: str) -> None:
+    """Refuse a mapping that repeats a key: ``yaml.safe_load`` silently keeps the last one, so
+    ``depth: 2`` then ``depth: 4`` would build depth 4 with no word. Merge keys (``<<``) are not
+    keys of their own. Walks each node once (aliases share nodes), without recursion.
+
+    Raises:
+        SpecError: the first repeated key, with the lines of both (1-based).
+    """
+    stack, seen_nodes = [node], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen_nodes:
+            continue
+        seen_nodes.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            first: dict[tuple[str, str], yaml.Node] = {}
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE_TAG:
+                    earlier = first.setdefault((key.tag, key.value), key)
+                    if earlier is not key:
+                        lines = (earlier.start_mark.line + 1, key.start_mark.line + 1)
+                        where = f"twice on line {lines[0]}" if lines[0] == lines[1] else "on lines %d and %d" % lines
+                        raise SpecError(f"{what} repeats the key {shorten(key.value, 40)!r} in one mapping, {where}; "
+                                        f"YAML would keep only the last one without a word: remove one of them")
+                stack.extend((key, value))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+
+
 def yaml_mapping(text: str, what: str) -> dict:
     """``yaml.safe_load`` of a file that must hold a mapping (a spec, a space).
 
     The document is composed first and its size with every alias expanded is checked
-    (at most ``MAX_YAML_NODES`` nodes), so a "billion laughs" file is refused before it is built.
+    (at most ``MAX_YAML_NODES`` nodes), so a "billion laughs" file is refused before it is built,
+    and a mapping that repeats a key is refused (``safe_load`` would keep the last one silently).
 
     Raises:
-        SpecError: too long, not YAML, too large once aliases expand, or not a mapping.
+        SpecError: too long, not YAML, too large once aliases expand, a repeated key (named, with
+            its lines), or not a mapping.
     """
     if len(text) > MAX_FILE_BYTES:
         raise SpecError(f"{what} of {len(text):,} characters is too long (at most {MAX_FILE_BYTES:,})")
@@ -519,6 +566,8 @@ def yaml_mapping(text: str, what: str) -> dict:
             if nodes > MAX_YAML_NODES:
                 raise SpecError(f"{what} has more than {MAX_YAML_NODES:,} YAML values once its aliases "
                                 f"(*name) are expanded; spec and space files have a few hundred")
+        if node is not None:
+            _check_unique_keys(node, what)
         data = None if node is None else loader.construct_document(node)
     except SpecError:
         raise
@@ -566,12 +615,28 @@ def _did_you_mean(field: str, in_stage: bool) -> str:
     return f" (did you mean '{close[0]}'?)" if close else f"; known fields: {', '.join(here.model_fields)}"
 
 
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook``: a dict, refusing a key that an object repeats
+    (``json.loads`` alone keeps the last one silently).
+
+    Raises:
+        SpecError: the repeated key, named.
+    """
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise SpecError(f"the key {shorten(key, 40)!r} appears twice in one JSON object; JSON readers keep "
+                            f"only the last one without a word: remove one of them")
+        data[key] = value
+    return data
+
+
 def load_spec(path: str | Path) -> NetworkSpec:
     """Read a spec file (``.yaml``/``.yml`` or ``.json``).
 
     Raises:
-        SpecError: file missing or unreadable, not YAML/JSON, or not a valid spec (the message
-            lists every problem with its stage, field and value).
+        SpecError: file missing or unreadable, not YAML/JSON, a key repeated in one mapping, or
+            not a valid spec (the message lists every problem with its stage, field and value).
     """
     path = Path(path)
     text = read_text_file(path, "spec file")
@@ -579,7 +644,9 @@ def load_spec(path: str | Path) -> NetworkSpec:
     try:
         if path.suffix == ".json":
             try:
-                data = json.loads(text)
+                data = json.loads(text, object_pairs_hook=_unique_pairs)
+            except SpecError:
+                raise
             except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
                 raise SpecError(f"not valid JSON: {shorten(str(err), 300)}") from err
             return NetworkSpec.model_validate(data)

@@ -27,7 +27,8 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
                       model_validator)
 
 from ..cost import ImageSize, cost_report, parse_image_size
-from ..spec import NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty, read_text_file, yaml_mapping
+from ..spec import (Float, Int, NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty,
+                    read_text_file, yaml_mapping)
 from .train import TrainConfig
 
 __all__ = ["SearchSpace", "Constraints", "SpaceError", "load_space", "parse_count", "human_count", "RandomTrial", "SpaceCheck"]
@@ -76,9 +77,9 @@ class Choices(_Def):
 
 
 class Range(_Def):
-    low: float
-    high: float
-    step: Optional[float] = None
+    low: Float
+    high: Float
+    step: Optional[Float] = None
     log: bool = False
 
     @model_validator(mode="after")
@@ -109,7 +110,8 @@ def _as_definition(knob: str, raw: Any) -> Any:
         return _read_definition(knob, raw)
     except ValidationError as err:  # a Range/Choices of its own: say which knob it was for
         problem = err.errors()[0]
-        raise ValueError(f"{knob}: {problem['msg'].removeprefix('Value error, ')}") from None
+        where = ".".join([knob, *(str(p) for p in problem["loc"])])  # depth.low
+        raise ValueError(f"{where}: {problem['msg'].removeprefix('Value error, ')}") from None
 
 
 def _read_definition(knob: str, raw: Any) -> Any:
@@ -195,8 +197,8 @@ class Constraints(BaseModel):
     image_size: Union[int, tuple[int, int]] = 224
     flops: Optional[tuple[Count, Count]] = None
     max_params: Optional[Count] = None
-    max_latency_ms: Optional[float] = Field(None, gt=0)
-    latency_batch_size: int = Field(1, ge=1)
+    max_latency_ms: Optional[Float] = Field(None, gt=0)
+    latency_batch_size: Int = Field(1, ge=1)
 
     @field_validator("flops")
     @classmethod

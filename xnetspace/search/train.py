@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..network import TRAIN_FORMS, build_model
-from ..spec import NetworkSpec
+from ..spec import Float, Int, NetworkSpec
 
 __all__ = ["TrainConfig", "TrainResult", "Diverged", "TimeLimitExceeded", "train_candidate", "evaluate"]
 
@@ -41,16 +41,16 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image_size: int = Field(32, ge=8)
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(64, ge=2, description="at least 2: IDConv's batch norm sees one value per sample")
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_epochs: int = Field(0, ge=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
-    time_limit: Optional[float] = Field(None, gt=0)
-    num_workers: int = Field(0, ge=0, description="DataLoader workers (image folders decode images)")
+    image_size: Int = Field(32, ge=8)
+    epochs: Int = Field(5, ge=1)
+    batch_size: Int = Field(64, ge=2, description="at least 2: IDConv's batch norm sees one value per sample")
+    lr: Float = Field(2e-3, gt=0)
+    weight_decay: Float = Field(0.05, ge=0)
+    warmup_epochs: Int = Field(0, ge=0)
+    label_smoothing: Float = Field(0.1, ge=0, lt=1)
+    seed: Int = 0
+    time_limit: Optional[Float] = Field(None, gt=0)
+    num_workers: Int = Field(0, ge=0, description="DataLoader workers (image folders decode images)")
     train_form: Literal[TRAIN_FORMS] = Field(
         "fast", description="fast: the fast training form and a fused AdamW; reference: the release's operators")
 
