@@ -92,9 +92,15 @@ def convert_official_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Tens
     A state dict already in our layout passes through unchanged.
 
     Raises:
-        CheckpointError: keys that fit neither layout (all of them listed).
+        CheckpointError: keys that fit neither layout (all of them listed), or entries that are
+            not a text key with a tensor (the first few named).
     """
-    state_dict = clean_state_dict(dict(_unwrap(state_dict)))
+    state_dict = dict(_unwrap(state_dict))
+    odd = [f"{k!r} ({type(v).__name__})" for k, v in state_dict.items() if not (isinstance(k, str) and isinstance(v, Tensor))]
+    if odd:
+        raise CheckpointError(f"{len(odd)} entries of the state dict are not a name with a tensor: "
+                              f"{', '.join(x[:100] for x in odd[:5])}{' ...' if len(odd) > 5 else ''}")
+    state_dict = clean_state_dict(state_dict)
     if _is_ours(state_dict):
         return dict(state_dict)
     out, unknown = {}, []
