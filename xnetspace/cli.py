@@ -7,8 +7,12 @@ holds its traceback (:func:`main`).
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -19,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_weights, nonfinite_keys, read_checkpoint, save_checkpoint
 from .cost import FLOP_KINDS, CostReport, cost_report, parse_image_size
 from .network import build_model
 from .spec import (MAX_CLASSES, MAX_IN_CHANS, NetworkSpec, SpecError, format_validation_error,
@@ -102,23 +106,34 @@ def build(
     image_size: str = ImageSizeOpt,
     image: Optional[Path] = typer.Option(None, help="photograph to classify (default: scikit-image's 'chelsea')"),
     checkpoint: Optional[Path] = typer.Option(None, help="weights: a release checkpoint or one saved by --save"),
-    save: Optional[Path] = typer.Option(None, help="save the network with its spec to this file"),
+    save: Optional[str] = typer.Option(None, help="save the network with its spec to this file (a regular file; a symlink is followed)"),
     seed: int = typer.Option(0, help="seed of the random initialisation (without --checkpoint)"),
-    force: bool = typer.Option(False, "--force", help="build and run even when the memory estimate exceeds the memory available"),
+    force: bool = typer.Option(False, "--force", help="build and run even when the memory or time estimate exceeds the limit"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Build SPEC, print its per-stage cost, and classify one real photograph in eval mode.
 
-    Refused at once (exit 2) when the network and its forward at --image-size would need more
-    memory than is available (xnetspace.memory.check_memory), unless --force.
+    The per-stage table (from the spec alone) is printed first. Refused at once (exit 2), unless
+    --force, when the network and its forward at --image-size would need more memory than is
+    available (xnetspace.memory.check_memory) or take longer than a minute on this machine
+    (xnetspace.timing.check_time), and before building when --save names no writable regular file.
+    Weights that are not finite (NaN or inf, from --checkpoint) are reported on stderr as a
+    warning (``nonfinite_weights`` in --json); the command still exits 0 with the outputs they give.
     """
     from .memory import check_memory
     from .search.data import DEFAULT_PHOTO, photo_batch
+    from .timing import check_time
 
     net_spec, size = _load(spec, image_size)
+    target = None if save is None else _save_target(save)
+    if not as_json:  # what the spec alone tells, before anything is built
+        console.print(_stage_table(cost_report(net_spec, size)))
     try:
         if not force:
             check_memory(net_spec, size)
+            seconds = check_time(net_spec, size)
+            if seconds >= 5 and not as_json:
+                console.print(f"building and running once: about {seconds:.0f} s (estimated for this machine now)")
         torch.manual_seed(seed)  # the same command prints the same numbers
         model = build_model(net_spec, force=True).eval()  # checked above, with the forward
         if checkpoint is not None:
@@ -126,12 +141,21 @@ def build(
         batch = photo_batch(net_spec, size, image)
     except (CheckpointError, SpecError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
+    bad_weights = nonfinite_keys(model.state_dict()) if checkpoint is not None else []
+    if bad_weights:
+        from .spec import shorten
+
+        typer.echo(f"warning: {len(bad_weights)} weight tensors of {shorten(str(checkpoint))} are not finite (NaN or "
+                   f"inf), e.g. {', '.join(shorten(k, 80) for k in bad_weights[:3])}; the outputs below are not "
+                   f"meaningful", err=True)
     with torch.inference_mode():
         output = model(batch)
     result = cost_report(net_spec, size).to_dict()
     result |= {"image": str(image) if image else DEFAULT_PHOTO,
                "checkpoint": str(checkpoint) if checkpoint else None,
                "output_shape": list(output.shape)}
+    if checkpoint is not None:
+        result["nonfinite_weights"] = bad_weights
     result["stages"] = [p for p in result.pop("parts") if "stage" in p]
     if net_spec.num_classes:
         probs, classes = output.softmax(-1)[0].topk(min(5, net_spec.num_classes))
@@ -142,40 +166,103 @@ def build(
             names = ImageNetInfo()
             for top in result["top5"]:
                 top["name"] = names.index_to_description(top["class"])
-    if save is not None:
-        result["saved"] = str(_save(model, save))
+    if target is not None:
+        _save(model, save, target)
+        result["saved"] = save
 
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    console.print(_stage_table(cost_report(net_spec, size)))
     console.print(f"input: {result['image']}, preprocessed to {tuple(batch.shape)}; "
                   f"weights: {result['checkpoint'] or 'random init'}")
     console.print(f"output shape: {tuple(output.shape)}")
     for rank, top in enumerate(result.get("top5", []), start=1):
         console.print(f"  top-{rank}: class {top['class']:4d}  p = {top['prob']:.4f}"
                       + (f"  {top['name']}" if "name" in top else ""))
-    if save is not None:
-        console.print(f"saved to {result['saved']}")
+    if target is not None:
+        through = f" (the symlink's target, {target})" if _through_link(save, target) else ""
+        console.print(f"saved to {save}{through}", markup=False, highlight=False)
 
 
-def _save(model: torch.nn.Module, path: Path) -> Path:
-    """save_checkpoint through a temporary file beside ``path``: a failed save (unwritable folder,
-    full disk) leaves no half-written file and an existing file intact."""
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+def _save_target(where: str) -> Path:
+    """The regular file that ``--save WHERE`` writes: WHERE itself, or the file a symlink (even a
+    dangling one) points to. Checked before anything is built.
+
+    Refuses (exit 2, via :func:`_fail`): an empty name or one with a NUL byte, a symlink loop, a
+    target that exists but is not a regular file (a folder, a device such as /dev/full, a FIFO, a
+    socket: none is ever replaced or written into) or is read-only, and a folder where no file can
+    be made (tried with an unnamed temporary file).
+    """
     from .spec import shorten
 
-    partial = path.with_name(path.name + ".partial")
+    shown = shorten(where)
+    if not where.strip():
+        _fail("--save needs a file name, got an empty one")
+    if "\0" in where:
+        _fail(f"--save {shown!r}: a file name cannot hold a NUL byte")
     try:
-        save_checkpoint(model, partial)
-        partial.replace(path)
-    except OSError as err:
-        try:
-            partial.unlink(missing_ok=True)
-        except OSError:  # the folder itself is missing or not a folder: nothing was written
+        target = Path(where).resolve()  # follows every symlink; a dangling one gives its target
+        mode = target.stat().st_mode if target.exists() else None
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python 3.11)
+        _fail(f"cannot save the network to {shown!r}: {getattr(err, 'strerror', None) or err}")
+    link = f" (the symlink's target, {shorten(str(target))!r})" if _through_link(where, target) else ""
+    if mode is not None:
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), None)
+        if kind is not None or not stat.S_ISREG(mode):
+            _fail(f"cannot save the network to {shown!r}: it is {kind or 'not a regular file'}{link}, not a "
+                  f"regular file; --save writes a checkpoint file and never replaces anything else")
+        if not mode & 0o222:
+            _fail(f"cannot save the network to {shown!r}: the file is read-only{link}; make it writable "
+                  f"(chmod u+w) or choose another name")
+    folder = target.parent  # missing folders are made at saving; the first existing one must take a file
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        with tempfile.TemporaryFile(dir=folder):  # an unnamed file where the file system allows one
             pass
-        where = f" ({shorten(str(err.filename))})" if err.filename and str(err.filename) != str(partial) else ""
-        _fail(f"cannot save the network to {shorten(str(path))!r}: {err.strerror or err}{where}")
-    return path
+    except OSError as err:
+        _fail(f"cannot save the network to {shown!r}: {err.strerror or err} (no new file can be made in "
+              f"{shorten(str(folder))!r})")
+    return target
+
+
+def _through_link(where: str, target: Path) -> bool:
+    """Whether a symlink led from ``where`` to ``target``."""
+    return str(target) != os.path.abspath(where)
+
+
+def _save(model: torch.nn.Module, where: str, target: Path) -> None:
+    """save_checkpoint into a temporary file beside ``target`` (the resolved ``--save`` path),
+    synced, then renamed over it: a failed save (full disk, unwritable folder) leaves no
+    half-written file and an existing file intact, and a symlink stays a symlink.
+
+    Refuses (exit 2, via :func:`_fail`) any error of the file system, naming it (ENOSPC: "No space
+    left on device").
+    """
+    from .spec import shorten
+
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    created = False
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # ours alone; mode per umask
+        created = True
+        save_checkpoint(model, partial)
+        os.replace(partial, target)
+    except OSError as err:
+        if created:
+            try:
+                partial.unlink()
+            except OSError:
+                pass
+        step = f" (no new file can be made in {shorten(str(target.parent))!r})" if str(err.filename) == str(partial) else ""
+        _fail(f"cannot save the network to {shorten(where)!r}: {err.strerror or err}{step}")
 
 
 @app.command()
