@@ -454,10 +454,13 @@ def analyze(
 ) -> None:
     """Design-space analysis: error EDFs, knob importances and marginals of each study, and the
     comparison of the first study with the others (KS statistic, bootstrap CIs)."""
+    import warnings
+
     import optuna
 
     from .search.analysis import AnalysisError, analyze as analyze_studies, load_named_study, load_run, study_data
     from .search.analysis_plots import write_analysis
+    from .spec import shorten
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     runs, study_names = list(runs or []), list(study_names or [])
@@ -466,13 +469,18 @@ def analyze(
             raise AnalysisError("--storage and --study-name go together: give both, or study folders only")
         if not runs and not study_names:
             raise AnalysisError("nothing to analyse: give study output folders (RUN ...) or --storage URL --study-name NAME")
-        data = [study_data(load_run(run), str(run), run / "summary.json") for run in runs]
-        data += [study_data(load_named_study(storage, name), f"{storage} :: {name}") for name in study_names]
-        result = analyze_studies(data, force=force, bins=bins)
-        folder = out or (runs[0] if len(data) == 1 and runs else Path("runs") / "analysis")
-        files = write_analysis(result, folder)
+        with warnings.catch_warnings(record=True) as caught:  # numerical libraries' notices: one line each
+            warnings.simplefilter("always")
+            data = [study_data(load_run(run), str(run), run / "summary.json") for run in runs]
+            data += [study_data(load_named_study(storage, name), f"{storage} :: {name}") for name in study_names]
+            result = analyze_studies(data, force=force, bins=bins)
+            folder = out or (runs[0] if len(data) == 1 and runs else Path("runs") / "analysis")
+            files = write_analysis(result, folder)
     except AnalysisError as err:
         _fail(str(err))
+    for message in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught
+                                 if not issubclass(w.category, (DeprecationWarning, FutureWarning))):
+        typer.echo(f"warning: {shorten(message.splitlines()[0], 200)}", err=True)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

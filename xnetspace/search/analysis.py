@@ -101,6 +101,7 @@ class StudyData:
     failed: int = 0
     duplicates: int = 0
     pruned_by_pruner: int = 0
+    unreadable: int = 0  # completed trials whose top-1 is not a finite number (a damaged or edited storage)
     seed_std: Optional[float] = None
     confirmed_best: Optional[dict] = None
 
@@ -115,7 +116,8 @@ def load_run(folder: Path | str) -> optuna.Study:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise AnalysisError(f"run folder {str(folder)!r} does not exist (give a study's output folder, "
+        what = "is a file, not a study folder" if folder.exists() else "does not exist"
+        raise AnalysisError(f"run folder {str(folder)!r} {what} (give a study's output folder, "
                             f"the --out of xnetspace search)")
     db = folder / "study.db"
     if not db.is_file():
@@ -154,6 +156,15 @@ def load_named_study(storage: str, study_name: str) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
+def _finite(value: Any) -> Optional[float]:
+    """``value`` as a finite float, else None (NaN, inf, text, a list...)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def study_data(study: optuna.Study, source: str = "", summary: Optional[Path] = None) -> StudyData:
     """Read a finished (or unfinished) xnetspace study's candidates and counts; with ``summary``
     (the run's ``summary.json``, if it exists), also the proxy's seed noise (``noise.proxy_seed_std``,
@@ -187,8 +198,11 @@ def study_data(study: optuna.Study, source: str = "", summary: Optional[Path] = 
         elif "duplicate_of" in attrs:
             data.duplicates += 1
         elif t.state == TrialState.COMPLETE:
-            top1 = (attrs.get("top1_history") or [t.values[0]])[-1]  # a loss study's value is its cross-entropy
-            data.candidates.append(Candidate(t.number, 100.0 - float(top1), int(attrs.get("flops", 0)),
+            top1 = _finite((attrs.get("top1_history") or [t.values[0]])[-1])  # a loss study's value is its cross-entropy
+            if top1 is None:
+                data.unreadable += 1
+                continue
+            data.candidates.append(Candidate(t.number, 100.0 - top1, int(attrs.get("flops", 0)),
                                              int(attrs.get("params", 0)), attrs.get("spec_digest", ""), dict(t.params)))
             data.distributions.update(t.distributions)
         elif t.state == TrialState.PRUNED:
@@ -299,6 +313,9 @@ def importances(candidates: Sequence[Candidate], distributions: dict[str, BaseDi
                      + ", ".join(f"{k} = {next(iter(values[k]))}" for k in single))
     if not varying:
         notes.append("no knob varied between candidates: no importance")
+        return {"fanova": {}, "ped_anova": {}}, single, notes
+    if len({c.error for c in candidates}) == 1:  # fANOVA divides by the errors' variance
+        notes.append("every candidate has the same error: no knob can explain a difference, no importance")
         return {"fanova": {}, "ped_anova": {}}, single, notes
     if len(candidates) < len(varying):
         notes.append(f"no importance from {len(candidates)} candidates for {len(varying)} knobs "
@@ -423,7 +440,8 @@ def analyze(studies: Sequence[StudyData], force: bool = False, bins: int = 5, se
     for s in studies:
         if not s.candidates:
             raise AnalysisError(f"study {s.name!r} ({s.source}) has no completed candidates yet: nothing to analyse "
-                                f"({s.rejected} rejected, {s.pruned} pruned, {s.failed} failed trials)")
+                                f"({s.rejected} rejected, {s.pruned} pruned, {s.failed} failed trials"
+                                f"{f', {s.unreadable} without a finite top-1' if s.unreadable else ''})")
     mismatch = _mismatch(studies)
     if mismatch and not force:
         raise AnalysisError(f"refusing to compare studies of {mismatch}: their errors are not on one scale "
@@ -483,6 +501,9 @@ def _study_summary(s: StudyData, weights: np.ndarray, seed: int) -> dict:
         notes.append(f"{s.failed} trial(s) failed and are not in the EDF")
     if s.duplicates:
         notes.append(f"{s.duplicates} trial(s) repeated an earlier spec and are counted once")
+    if s.unreadable:
+        notes.append(f"{s.unreadable} completed trial(s) have no finite top-1 (NaN, inf or not a number in the "
+                     f"storage) and are not in the EDF")
     importance, single, importance_notes = importances(s.candidates, s.distributions, seed)
     best = min(s.candidates, key=lambda c: (c.error, c.flops))
     plain = edf(errors)

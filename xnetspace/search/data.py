@@ -203,6 +203,27 @@ def _cifar(kind: str, root: Path, image_size: int) -> DataSplit:
     return _tensor_split(f"{kind}:{root}", x, y, val, image_size, num_classes)
 
 
+def _check_split_size(root: Path, classes: list[str], targets: list[int]) -> None:
+    """Refuse an image folder too small for the fixed stratified 80/20 split, before
+    scikit-learn does in its own words: every class needs 2 images (one on each side), and the
+    validation fifth (ceil(n / 5) images) and the rest must each hold one image per class, so k
+    classes need at least max(2k, 5k - 4) images in all.
+
+    Raises:
+        DataError: the folder, its counts and what the split needs.
+    """
+    counts = np.bincount(np.asarray(targets, dtype=int), minlength=len(classes))
+    n, k = int(counts.sum()), len(classes)
+    need = max(2 * k, 5 * k - 4)
+    if counts.min() >= 2 and n >= need:
+        return
+    short = ", ".join(f"{c!r} has {m}" for c, m in zip(classes, counts) if m < 2)
+    raise DataError(f"imagefolder:{root}: {n} image(s) in {k} class folder(s) are too few for the fixed "
+                    f"stratified 80/20 split, which needs at least 2 images in every class and {need} "
+                    f"in all{f' ({short[:200]})' if short else ''}; add images, or give {root}/train and "
+                    f"{root}/val folders")
+
+
 def _image_folder(root: Path, image_size: int, seed: int) -> DataSplit:
     from torchvision.datasets import ImageFolder
 
@@ -217,9 +238,12 @@ def _image_folder(root: Path, image_size: int, seed: int) -> DataSplit:
                 raise DataError(f"imagefolder:{root}: train and val have different classes")
         else:
             train, val = ImageFolder(str(root), train_tf), ImageFolder(str(root), val_tf)
+            _check_split_size(root, train.classes, train.targets)
             val_index = _stratified_val(np.array(train.targets), 0.2, seed=0)
             train_index = np.setdiff1d(np.arange(len(train)), val_index)
             train, val = Subset(train, train_index), Subset(val, val_index)
+    except DataError:
+        raise
     except (FileNotFoundError, ValueError) as err:
         raise DataError(f"imagefolder:{root}: {err}") from err
     classes = (train.dataset if isinstance(train, Subset) else train).classes
