@@ -127,6 +127,7 @@ def _write_inputs(tmp: Path) -> None:
         "space_bool_choice.yaml": "name: x\nstages: [{embed_dim: 16, depth: [1, true]}]\n",
         "space_bool_range.yaml": "name: x\nstages: [{embed_dim: 16, depth: {low: true, high: 3}}]\n",
         "space_bool_train.yaml": "name: x\nstages: [{embed_dim: 16, depth: 1}]\ntrain: {epochs: true}\n",
+        "space_bool_size.yaml": "name: x\nstages: [{embed_dim: 16, depth: 1}]\nconstraints: {image_size: [32, false]}\n",
         "huge_blocks.yaml": "stages: [" + ", ".join(["{depth: 256, embed_dim: 16}"] * 16) + "]\n",
     }
     for name, text in files.items():
@@ -331,6 +332,7 @@ CASES = [
     (["space", "space_bool_choice.yaml"], ["depth", "True", "boolean"]),
     (["space", "space_bool_range.yaml"], ["depth.low", "boolean"]),
     (["space", "space_bool_train.yaml"], ["train.epochs = True", "boolean"]),
+    (["space", "space_bool_size.yaml"], ["constraints.image_size = [32, False]", "not booleans"]),
     # -- analyze (issue 22) -------------------------------------------------------------------------
     (["analyze", "ok.yaml"], ["'ok.yaml' is a file, not a study folder"]),
 ]

@@ -207,6 +207,13 @@ class Constraints(BaseModel):
             raise ValueError(f"flops range [{flops[0]:,}, {flops[1]:,}] has min above max")
         return flops
 
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size_not_bool(cls, size: Any) -> Any:
+        if isinstance(size, bool) or (isinstance(size, (list, tuple)) and any(isinstance(v, bool) for v in size)):
+            raise ValueError("the sides are numbers, not booleans (true/false)")
+        return size
+
     @field_validator("image_size")
     @classmethod
     def _size(cls, size: ImageSize) -> tuple[int, int]:
