@@ -5,9 +5,10 @@
 Run `python search/run.py --help` for every option. Re-running the same command continues the
 study (up to --n-trials in total); results go to runs/STUDY_NAME unless --out says otherwise.
 """
-import typer
+import sys
 
-from xnetspace.cli import search
+from xnetspace.cli import main
 
 if __name__ == "__main__":
-    typer.run(search)
+    sys.argv[1:1] = ["search"]  # the `xnetspace search` command, with its exits (2, 130, 1 with a log)
+    main()

@@ -18,6 +18,7 @@ from xnetspace.cli import app
 from xnetspace.search import RunOptions, StudyConfig
 from xnetspace.search.analysis import (AnalysisError, Candidate, analyze, compare, complexity_weights, edf,
                                        edf_distance, importances, load_run, study_data)
+from xnetspace.search.records import KEY
 from xnetspace.search.space import SearchSpace
 from xnetspace.search.study import store_run_options
 from xnetspace.search.train import TrainConfig, TrainResult
@@ -44,18 +45,18 @@ def make_study(folder, n=12, dataset="synthetic:128", image_size=16, sampler="ra
     rng = np.random.default_rng(seed)
     knobs = knobs or KNOBS
     for i in range(rejected):
-        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={
-            "slot": True, "rejected": True, "reason": "over budget: FLOPs 300k above max 200k"}))
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={KEY: {
+            "slot": True, "rejected": True, "reason": "over budget: FLOPs 300k above max 200k"}}))
     for i in range(n):
         params = {k: d.to_external_repr(int(rng.integers(len(d.choices)))) if isinstance(d, CategoricalDistribution)
                   else int(rng.choice([8, 16, 24])) for k, d in knobs.items()}
         error = 10 - params.get("stage1.embed_dim", 16) / 8 + shift + float(rng.normal(0, 0.2))
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=knobs, value=100 - error, user_attrs={
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=knobs, value=100 - error, user_attrs={KEY: {
             "slot": True, "flops": 100_000 + 5_000 * i, "params": 20_000, "spec_digest": f"d{i}",
-            "rejected_samples": 0, "top1_history": [100 - error]}))
+            "runs": [{"seed": 0, "top1": [100 - error]}]}}))
     if n:
         study.add_trial(optuna.trial.create_trial(params=params, distributions=knobs, value=100 - error,
-                                                  user_attrs={"slot": True, "duplicate_of": n - 1 + rejected}))
+                                                  user_attrs={KEY: {"slot": True, "duplicate_of": n - 1 + rejected}}))
     return folder
 
 

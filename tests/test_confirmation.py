@@ -18,6 +18,7 @@ from xnetspace.scaling import ScalingError, scale_to_budget
 from xnetspace.search import RunOptions, StudyConfig, run_search
 from xnetspace.search.confirmation import CONFIRM_SUFFIX, ConfirmError, baseline_spec
 from xnetspace.search.space import SearchSpace
+from xnetspace.search.records import read_job, read_trial
 from xnetspace.search.study import candidates
 from xnetspace.search.stats import mean_difference, pooled_seed_std, rank_fidelity, seed_summary, separation
 from xnetspace.search.train import TrainConfig, TrainResult
@@ -200,8 +201,8 @@ def test_random_control_and_fidelity_sample(tmp_path, trainer):
     assert len(summary["fidelity_sample"]) == 2 and all(x["confirm"]["n"] == 2 for x in summary["fidelity_sample"])
     assert summary["separation"]["candidates"]["n"] == 2
     assert summary["separation"]["all"]["n"] == 2 + 2 + 1  # candidates, random sample, baseline
-    searched = len([t for t in outcome.study.get_trials() if t.user_attrs.get("top1_history")
-                    and "duplicate_of" not in t.user_attrs])
+    searched = len([t for t in outcome.study.get_trials() if read_trial(t).runs
+                    and read_trial(t).duplicate_of is None])
     proxy_runs = [c for c in trainer.calls if c[1] == 0]
     assert len(proxy_runs) == searched + 3  # each of the 3 random specs got one proxy run
     assert summary["pending"] == 0
@@ -233,7 +234,7 @@ def test_an_interrupted_confirmation_resumes_without_training_twice(tmp_path, mo
     assert all(c["confirm"]["n"] == 3 for c in summary["candidates"]) and summary["pending"] == 0
     storage = options.storage_url
     jobs = optuna.load_study(study_name="s" + CONFIRM_SUFFIX, storage=storage).get_trials()
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in jobs) == 6
+    assert sum(len(read_job(t).runs) for t in jobs if t.state == optuna.trial.TrialState.COMPLETE) == 6
 
 
 def test_population_studies_still_measure_the_seed_noise(tmp_path, trainer):
@@ -252,3 +253,18 @@ def test_scores_know_their_direction():
     assert score_of("loss") is LOSS and score_of("top1") is TOP1 and score_of("top1-flops") is TOP1
     result = TrainResult(history=[90.0, 95.0], loss_history=[0.4, 0.2])
     assert TOP1.of(result) == 95.0 and LOSS.of(result) == 0.2
+
+
+def test_confirmation_shows_its_progress(tmp_path, trainer, capsys):
+    config, options = make(tmp_path, n_trials=4, confirm_top=2, confirm_seeds=2, baseline="random:2")
+    options.progress = True
+    run_search(config, options)
+    out = capsys.readouterr()
+    lines = (out.out + out.err).replace("\r", "\n").splitlines()
+    confirmed = [line for line in lines if line.startswith("confirmed ")]
+    assert any(line.startswith("confirmed baseline best of random:2: test_random") for line in confirmed)
+    assert any(line.startswith("confirmed random test_random0 (proxy): top-1 ") for line in confirmed)
+    candidates = [line for line in confirmed if line.startswith("confirmed candidate trial ")]
+    assert len(candidates) == 2 and all(line.endswith("(2 seeds)") and "top-1 " in line for line in candidates)
+    bars = [line for line in lines if line.startswith("confirmation:")]
+    assert bars and any("100%" in line and ("run/s" in line or "s/run" in line) for line in bars)  # with its rate

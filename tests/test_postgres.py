@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from xnetspace.cli import app
-from xnetspace.search.study import is_live
+from xnetspace.search.records import is_live, read_trial
 
 from .conftest import PG_PASSWORD, new_database
 
@@ -95,9 +95,9 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
 def check_exactly_n(study: optuna.Study, n: int) -> list:
     live = [t for t in study.get_trials() if is_live(t)]
     assert len(live) == n and all(t.state.is_finished() for t in live)
-    trained = [t for t in live if "duplicate_of" not in t.user_attrs and not t.user_attrs.get("rejected")]
-    assert len({t.user_attrs["spec_digest"] for t in trained}) == len(trained)  # no spec trained twice
-    assert all(not t.user_attrs.get("spec") for t in study.get_trials() if t.user_attrs.get("surplus"))
+    trained = [t for t in live if read_trial(t).duplicate_of is None and not read_trial(t).rejected]
+    assert len({read_trial(t).spec_digest for t in trained}) == len(trained)  # no spec trained twice
+    assert all(read_trial(t).spec is None for t in study.get_trials() if read_trial(t).surplus)
     return live
 
 
@@ -128,8 +128,8 @@ def study_run(postgres_server, tmp_path_factory):
         victim = start_worker(argv, tmp_path, "victim", "--worker-index", "500")
         procs.append(victim)
         storage = optuna.storages.RDBStorage(url)
-        target = wait_for(storage, lambda t: t.state == optuna.trial.TrialState.RUNNING and "spec" in t.user_attrs
-                          and t.user_attrs.get("worker") == 500 and not t.user_attrs.get("rejected"),
+        target = wait_for(storage, lambda t: t.state == optuna.trial.TrialState.RUNNING and read_trial(t).spec is not None
+                          and read_trial(t).worker == 500 and not read_trial(t).rejected,
                           lambda: (tmp_path / "victim.log").read_text()[-3000:])
         victim.send_signal(signal.SIGKILL)  # mid-trial: the trial stays RUNNING in the storage
         victim.wait()
@@ -152,7 +152,7 @@ def study_run(postgres_server, tmp_path_factory):
 def test_head_and_two_worker_processes_finish_exactly_n(study_run):
     study = optuna.load_study(study_name=study_run["name"], storage=study_run["url"])
     live = check_exactly_n(study, 6)
-    workers = {t.user_attrs.get("worker") for t in study.get_trials() if "spec" in t.user_attrs}
+    workers = {read_trial(t).worker for t in study.get_trials() if read_trial(t).spec is not None}
     assert {0, 500} <= workers <= {0, 500, 600, 601} and workers & {600, 601}, workers  # the joined processes ran trials
     # The printed command names this storage (with its password, so it can be pasted) and study.
     assert study_run["argv"][3:] == ["worker", "--storage", study_run["url"], "--study-name", "shared",
@@ -165,11 +165,11 @@ def test_head_and_two_worker_processes_finish_exactly_n(study_run):
 def test_killed_worker_trial_is_failed_by_the_heartbeat_and_retried(study_run):
     trials = optuna.load_study(study_name=study_run["name"], storage=study_run["url"]).get_trials()
     dead = trials[study_run["killed"]]
-    assert dead.user_attrs["worker"] == 500
-    assert dead.state == optuna.trial.TrialState.FAIL and "reason" not in dead.user_attrs  # by the heartbeat
+    assert read_trial(dead).worker == 500
+    assert dead.state == optuna.trial.TrialState.FAIL and read_trial(dead).reason is None  # by the heartbeat
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retry) == 1 and retry[0].params == dead.params  # queued again with the same spec ...
-    assert retry[0].state.is_finished() and retry[0].user_attrs["worker"] in {600, 601}  # ... and run
+    assert retry[0].state.is_finished() and read_trial(retry[0]).worker in {600, 601}  # ... and run
 
 
 def test_worker_on_a_finished_study_exits_at_once(study_run):

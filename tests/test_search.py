@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 import xnetspace.search.objective as objective_module
-from xnetspace.search.study import is_live
+from xnetspace.search.records import is_live, read_trial
 from xnetspace import build_model, load_spec
 from xnetspace.cli import app
 from xnetspace.cost import cost_report
@@ -74,15 +74,15 @@ def test_no_over_budget_spec_ever_reaches_the_trainer(tmp_path, monkeypatch):
     config, options = make(tmp_path, n_trials=12)
     outcome = run_search(config, options)
     low, high = config.space.constraints.flops
-    assert len(trainer.specs) + sum("duplicate_of" in t.user_attrs for t in counted(outcome.study)) == 12
+    assert len(trainer.specs) + sum(read_trial(t).duplicate_of is not None for t in counted(outcome.study)) == 12
     for spec in trainer.specs:
         assert low <= cost_report(spec, 16).flops <= high
-    rejected = [t for t in outcome.study.get_trials() if t.user_attrs.get("rejected")]
+    rejected = [t for t in outcome.study.get_trials() if read_trial(t).rejected]
     assert rejected, "this budget is tight enough that some samples must be rejected"
-    assert all(t.user_attrs["reason"].startswith("over budget: FLOPs") for t in rejected)
-    assert sum(t.user_attrs.get("rejected_samples", 0) for t in counted(outcome.study)) == len(rejected)
+    assert all(read_trial(t).reason.startswith("over budget: FLOPs") for t in rejected)
+    assert sum(read_trial(t).rejected_samples for t in counted(outcome.study)) == len(rejected)
     best = outcome.best
-    assert best.user_attrs["flops"] <= high and best.values[0] == max(t.values[0] for t in counted(outcome.study))
+    assert read_trial(best).flops <= high and best.values[0] == max(t.values[0] for t in counted(outcome.study))
     best_spec = load_spec(outcome.files["best_spec"])
     assert cost_report(best_spec, 16).flops <= high and best_spec.num_classes == 8
     build_model(best_spec)
@@ -97,7 +97,7 @@ def test_identical_specs_are_trained_once(tmp_path, monkeypatch):
     study = run_search(config, options).study
     assert len(trainer.specs) == 1
     trials = counted(study)
-    assert [t.user_attrs.get("duplicate_of") for t in trials] == [None, 0, 0]
+    assert [read_trial(t).duplicate_of for t in trials] == [None, 0, 0]
     assert len({t.values[0] for t in trials}) == 1
 
 
@@ -110,11 +110,11 @@ def test_failing_trials_do_not_stop_the_study(tmp_path, monkeypatch):
     study = run_search(config, options).study
     trials = counted(study)
     assert len(trials) == 5
-    trained = [t for t in trials if "duplicate_of" not in t.user_attrs]
-    states = {t.user_attrs.get("reason", "").split(":")[0]: t.state for t in trained[:3]}
+    trained = [t for t in trials if read_trial(t).duplicate_of is None]
+    states = {(read_trial(t).reason or "").split(":")[0]: t.state for t in trained[:3]}
     assert states == {"Diverged": optuna.trial.TrialState.PRUNED, "out of memory": optuna.trial.TrialState.FAIL,
                       "RuntimeError": optuna.trial.TrialState.FAIL}
-    assert "something else broke" in trained[2].user_attrs["traceback"]
+    assert "something else broke" in read_trial(trained[2]).traceback
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 2
     rows = list(csv.DictReader(open(options.out / "trials.csv")))
     assert {"out of memory: CUDA out of memory. Tried to allocate 2 GiB"} <= {r["reason"] for r in rows}
@@ -133,8 +133,8 @@ def test_pruner_stops_weak_trials(tmp_path, monkeypatch):
     config, options = make(tmp_path, n_trials=9, space={**SPACE, "train": {**SPACE["train"], "epochs": 3}})
     config = config.model_copy(update={"train": TrainConfig(image_size=16, epochs=3, batch_size=32)})
     study = run_search(config, options).study
-    pruned = [t for t in counted(study) if t.state == optuna.trial.TrialState.PRUNED and "duplicate_of" not in t.user_attrs]
-    assert pruned and all(t.user_attrs["reason"].startswith("pruner stopped it") for t in pruned)
+    pruned = [t for t in counted(study) if t.state == optuna.trial.TrialState.PRUNED and read_trial(t).duplicate_of is None]
+    assert pruned and all(read_trial(t).reason.startswith("pruner stopped it") for t in pruned)
 
 
 def test_short_study_on_synthetic_data_writes_every_result(tmp_path):
@@ -209,8 +209,8 @@ def test_killed_worker_is_retried_and_nothing_is_lost(tmp_path):
             trials = optuna.load_study(study_name="test-synthetic-loss", storage=storage).get_trials()
         except Exception:  # noqa: BLE001 - the study is not created yet
             continue
-        if any(t.state == optuna.trial.TrialState.RUNNING and "spec" in t.user_attrs
-               and not t.user_attrs.get("rejected") for t in trials):
+        if any(t.state == optuna.trial.TrialState.RUNNING and read_trial(t).spec is not None
+               and not read_trial(t).rejected for t in trials):
             break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -230,8 +230,8 @@ def test_killed_worker_is_retried_and_nothing_is_lost(tmp_path):
     live = counted(study)
     assert len(live) == 4 and all(t.state.is_finished() for t in live)
     assert {t.number: t.values for t in trials if t.number in finished} == finished  # nothing lost
-    trained = [t for t in live if "duplicate_of" not in t.user_attrs]
-    assert len({t.user_attrs["spec_digest"] for t in trained}) == len(trained)  # nothing trained twice
+    trained = [t for t in live if read_trial(t).duplicate_of is None]
+    assert len({read_trial(t).spec_digest for t in trained}) == len(trained)  # nothing trained twice
 
 
 def test_cpu_studies_default_to_one_single_thread_worker_per_core(monkeypatch):
@@ -252,11 +252,11 @@ def test_two_worker_processes_share_one_study(tmp_path):
     study = run_search(config, options).study
     live = counted(study)
     assert len(live) == 5 and all(t.state.is_finished() for t in live)
-    assert {t.user_attrs["worker"] for t in live} == {0, 1}
-    trained = [t for t in live if "duplicate_of" not in t.user_attrs]
-    assert len({t.user_attrs["spec_digest"] for t in trained}) == len(trained)
-    surplus = [t for t in study.get_trials() if t.user_attrs.get("surplus")]
-    assert all(not t.user_attrs.get("spec") for t in surplus)  # a surplus trial never trains
+    assert {read_trial(t).worker for t in live} == {0, 1}
+    trained = [t for t in live if read_trial(t).duplicate_of is None]
+    assert len({read_trial(t).spec_digest for t in trained}) == len(trained)
+    surplus = [t for t in study.get_trials() if read_trial(t).surplus]
+    assert all(read_trial(t).spec is None for t in surplus)  # a surplus trial never trains
 
 
 runner = CliRunner()
@@ -292,10 +292,32 @@ def test_measured_latency_is_a_constraint_and_an_objective(tmp_path, monkeypatch
     outcome = run_search(config, options)
     assert trainer.specs and all(sum(s.embed_dims) <= 45 for s in trainer.specs)
     trials = outcome.study.get_trials()
-    over = [t for t in trials if "latency" in t.user_attrs.get("reason", "")]
-    assert over and all(t.user_attrs["latency_ms"] > 45 and t.user_attrs.get("rejected") for t in over)
+    over = [t for t in trials if "latency" in (read_trial(t).reason or "")]
+    assert over and all(read_trial(t).latency_ms > 45 and read_trial(t).rejected for t in over)
     for t in counted(outcome.study):
-        if t.state == optuna.trial.TrialState.COMPLETE and "duplicate_of" not in t.user_attrs:
-            assert t.values[1] == t.user_attrs["latency_ms"] <= 45
-            assert t.system_attrs["constraints:latency_ms"] == t.user_attrs["latency_ms"] - 45
+        if t.state == optuna.trial.TrialState.COMPLETE and read_trial(t).duplicate_of is None:
+            assert t.values[1] == read_trial(t).latency_ms <= 45
+            assert t.system_attrs["constraints:latency_ms"] == read_trial(t).latency_ms - 45
     assert outcome.files["pareto"].stat().st_size > 0
+
+
+def test_a_study_of_any_size_starts_at_once(tmp_path):
+    """Slots are queued a few at a time: --n-trials 10^12 says where it stands within seconds and
+    stores a handful of queued trials, not a trillion."""
+    command = _run_cli(tmp_path, "--n-trials", "1000000000000")
+    proc = subprocess.Popen(command, cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines, start = [], time.monotonic()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "0 of 1000000000000 trials done" in line:
+                break
+        seconds = time.monotonic() - start
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert "0 of 1000000000000 trials done" in lines[-1], "".join(lines)[-2000:]
+    assert seconds < 60  # imports and the dataset included; queuing N slots one by one took minutes
+    study = optuna.load_study(study_name="test-synthetic-loss", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    assert 0 < len(study.get_trials()) <= 10

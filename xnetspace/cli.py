@@ -342,7 +342,7 @@ def search(
 ) -> None:
     """Search a design space under a FLOP budget with proxy training (Optuna)."""
     from .search.data import DataError
-    from .search import RunOptions, SearchError, StudyConfig, progress_summary, run_search
+    from .search import RunOptions, SearchError, StudyConfig, WorkerCrashed, progress_summary, run_search
     from .search.space import SpaceError, load_space, parse_count
 
     try:
@@ -379,6 +379,8 @@ def search(
         raise typer.Exit(130) from None
     except ValidationError as err:
         _fail(format_validation_error(err, "search options"))
+    except WorkerCrashed as err:  # not the user's input: exit 1, the logs named
+        _crashed(err)
     except (SpaceError, SpecError, SearchError, DataError, ValueError) as err:
         _fail(str(err))
     except OSError as err:  # an unwritable --out, a full disk while writing results
@@ -401,8 +403,8 @@ def worker(
     command line. Exits 0 when the study's trials are all done (at once on a finished study).
     """
     from .search.data import DataError
+    from .search.errors import SearchError, WorkerCrashed
     from .search.join import join_study
-    from .search.study import SearchError
 
     try:
         device_list = [d.strip() for d in devices.split(",") if d.strip()]
@@ -415,6 +417,8 @@ def worker(
         raise typer.Exit(130) from None
     except ValidationError as err:
         _fail(format_validation_error(err, "worker options"))
+    except WorkerCrashed as err:
+        _crashed(err)
     except (SearchError, DataError, ValueError) as err:
         _fail(str(err))
 
@@ -507,6 +511,12 @@ def analyze(
             say(f"  warning: {note}")
     say("files: " + ", ".join(str(p) for p in files.values()))
 
+def _crashed(err: Exception) -> None:
+    """Exit 1 (not bad input) with the one paragraph naming each lost worker's log file."""
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(1)
+
+
 def _check_devices(devices: list[str]) -> None:
     for device in devices:
         if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
@@ -536,28 +546,14 @@ def main() -> None:
     except Exception as err:  # noqa: BLE001 - the last guard: a bug gets a log file, not a traceback
         from .spec import shorten
 
-        log = _error_log(err)
+        from .logs import error_log
+
+        log = error_log(err)
         where = f"the traceback is in {log}" if log else "no log file could be written"
         typer.echo(f"internal error: {type(err).__name__}: {shorten(str(err), 200)}. This is a bug in "
                    f"xnetspace, not a problem with your input; {where} (please attach it to a bug report).",
                    err=True)
         sys.exit(1)
-
-
-def _error_log(err: BaseException) -> Optional[Path]:
-    """Write ``err``'s traceback and the command line to a new file in the temporary folder."""
-    import tempfile
-    import traceback
-
-    try:
-        folder = Path(tempfile.gettempdir()) / "xnetspace-logs"
-        folder.mkdir(exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="error-", suffix=".log", dir=folder)
-        with open(fd, "w") as file:
-            file.write(f"command: {sys.argv!r}\n\n{''.join(traceback.format_exception(err))}")
-        return Path(name)
-    except OSError:
-        return None
 
 
 if __name__ == "__main__":

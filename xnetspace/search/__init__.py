@@ -14,7 +14,8 @@ Arrows point one way, down toward the spec (nothing here is imported by the netw
 """
 from .results import SearchOutcome, best_trial, pareto_front, write_results
 from .runner import progress_summary, run_search
-from .study import ObjectiveName, RunOptions, SearchError, StudyConfig, open_study
+from .errors import SearchError, WorkerCrashed
+from .study import ObjectiveName, RunOptions, StudyConfig, open_study
 
-__all__ = ["run_search", "progress_summary", "StudyConfig", "RunOptions", "SearchError", "SearchOutcome", "ObjectiveName", "open_study",
+__all__ = ["run_search", "progress_summary", "StudyConfig", "RunOptions", "SearchError", "WorkerCrashed", "SearchOutcome", "ObjectiveName", "open_study",
            "best_trial", "pareto_front", "write_results"]

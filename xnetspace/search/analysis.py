@@ -53,8 +53,10 @@ import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
+from pydantic import ValidationError
 from scipy import stats
 
+from .records import read_trial
 from .study import StudyConfig, stored_settings
 
 __all__ = ["AnalysisError", "Candidate", "StudyData", "load_run", "load_named_study", "study_data", "edf",
@@ -177,7 +179,7 @@ def study_data(study: optuna.Study, source: str = "", summary: Optional[Path] = 
     if config is None:
         raise AnalysisError(f"study {study.study_name!r} was not made by xnetspace search (it has no stored "
                             f"config), so its trials' top-1, FLOPs and slots are unknown")
-    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    trials = study.get_trials(deepcopy=False)
     data = StudyData(study.study_name, source or study.study_name, config, settings, [], {})
     if summary is not None and Path(summary).is_file():
         try:
@@ -189,26 +191,32 @@ def study_data(study: optuna.Study, source: str = "", summary: Optional[Path] = 
         except (ValueError, AttributeError):
             pass  # a damaged summary costs the noise figure only
     for t in trials:
-        attrs = t.user_attrs
-        if attrs.get("rejected"):
-            data.rejected += 1
-            data.rejected_over_budget += str(attrs.get("reason", "")).startswith("over budget")
-        elif not attrs.get("slot"):
+        try:
+            r = read_trial(t)
+        except ValidationError:  # a damaged or edited storage
+            data.unreadable += 1
             continue
-        elif "duplicate_of" in attrs:
+        if r.surplus:
+            continue
+        if r.rejected:
+            data.rejected += 1
+            data.rejected_over_budget += (r.reason or "").startswith("over budget")
+        elif not r.slot:
+            continue
+        elif r.duplicate_of is not None:
             data.duplicates += 1
         elif t.state == TrialState.COMPLETE:
-            top1 = _finite((attrs.get("top1_history") or [t.values[0]])[-1])  # a loss study's value is its cross-entropy
+            top1 = _finite(r.final("top1"))
             if top1 is None:
                 data.unreadable += 1
                 continue
-            data.candidates.append(Candidate(t.number, 100.0 - top1, int(attrs.get("flops", 0)),
-                                             int(attrs.get("params", 0)), attrs.get("spec_digest", ""), dict(t.params)))
+            data.candidates.append(Candidate(t.number, 100.0 - top1, r.flops or 0, r.params or 0,
+                                             r.spec_digest or "", dict(t.params)))
             data.distributions.update(t.distributions)
         elif t.state == TrialState.PRUNED:
             data.pruned += 1
-            data.pruned_by_pruner += str(attrs.get("reason", "")).startswith("pruner")
-        elif t.state == TrialState.FAIL and "reason" in attrs:
+            data.pruned_by_pruner += (r.reason or "").startswith("pruner")
+        elif t.state == TrialState.FAIL and r.reason is not None:
             data.failed += 1
     return data
 

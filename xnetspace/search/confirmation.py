@@ -44,7 +44,10 @@ from .data import DataSplit
 from .objective import SurplusTrial, TrialFailed
 from .space import RandomTrial, SearchSpace
 from .stats import mean_difference, pooled_seed_std, rank_fidelity, seed_summary, separation
-from .study import RunOptions, SearchError, StudyConfig, candidates, connect_storage
+from .records import RunRecord, counts_as_job, job_attrs, read_job, read_trial, write
+from .score import TOP1, Score
+from .storage import connect_storage
+from .study import RunOptions, SearchError, StudyConfig, candidates
 from .train import train_candidate
 
 __all__ = ["ConfirmJob", "ConfirmError", "check_baseline", "baseline_spec", "open_confirm_study", "plan_jobs",
@@ -60,9 +63,9 @@ class ConfirmError(SearchError):
 
 
 class ConfirmJob(BaseModel):
-    """One training run of the confirmation phase.
+    """One training job of the confirmation phase: a spec trained with each of ``seeds``.
 
-    ``proxy`` runs use the search's recipe and validation split (the score a search trial would
+    ``proxy`` jobs use the search's recipe and validation split (the score a search trial would
     give); the others use ``epochs`` and the held-out split.
     """
 
@@ -71,15 +74,15 @@ class ConfirmJob(BaseModel):
     role: Role
     label: str
     spec: dict
-    seed: int
+    seeds: tuple[int, ...]
     epochs: int
     proxy: bool = False
     trial: Optional[int] = None
 
     def key(self, config: StudyConfig) -> str:
-        """Identity of the run: spec, seed, schedule, split and recipe (never trained twice)."""
+        """Identity of the job: spec, seeds, schedule, split and recipe (never trained twice)."""
         digest = NetworkSpec.model_validate(self.spec).digest()
-        blob = json.dumps([digest, self.seed, self.epochs, self.proxy, config.train.model_dump(mode="json"),
+        blob = json.dumps([digest, list(self.seeds), self.epochs, self.proxy, config.train.model_dump(mode="json"),
                            config.dataset], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -125,40 +128,28 @@ def check_options(options: RunOptions) -> None:
 
 
 # -- the confirmation study ----------------------------------------------------------------------------
-def open_confirm_study(options: RunOptions) -> optuna.Study:
-    """The study ``NAME:confirm`` beside the search's, holding the confirmation runs."""
+def open_confirm_study(options: RunOptions, score: Score) -> optuna.Study:
+    """The study ``NAME:confirm`` beside the search's, holding the confirmation runs; its direction
+    is the study score's (what optuna-dashboard shows; the runs' values are that score)."""
     storage = connect_storage(options.storage_url, options.heartbeat)
     return optuna.create_study(storage=storage, study_name=options.study_name + CONFIRM_SUFFIX,
-                               direction="maximize", load_if_exists=True,
+                               direction=score.direction, load_if_exists=True,
                                sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
 
 
-def _done_or_queued(trial: FrozenTrial) -> bool:
-    """A job trial that counts: queued, running, finished; heartbeat failures (no reason) are
-    queued again by the retry callback, so they do not count themselves."""
-    if trial.user_attrs.get("surplus") or "job" not in trial.user_attrs:
-        return False
-    return trial.state != TrialState.FAIL or "reason" in trial.user_attrs
-
-
 def _results(cstudy: optuna.Study) -> dict[str, list[FrozenTrial]]:
+    """The counted job trials (:func:`~.records.counts_as_job`) by job key."""
     by_key: dict[str, list[FrozenTrial]] = {}
     for t in cstudy.get_trials(deepcopy=False):
-        if _done_or_queued(t):
-            by_key.setdefault(t.user_attrs["key"], []).append(t)
+        if counts_as_job(t):
+            by_key.setdefault(read_job(t).key, []).append(t)
     return by_key
 
 
-def _score(trials: list[FrozenTrial]) -> Optional[float]:
-    """The study's score of a finished job (None while it is not finished)."""
+def _runs(trials: list[FrozenTrial]) -> Optional[list[RunRecord]]:
+    """The runs of a finished job, one per seed (None while it is not finished)."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    return done[0].value if done else None
-
-
-def _top1(trials: list[FrozenTrial]) -> Optional[float]:
-    """The top-1 of a finished job, whatever the study's score."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("top1_history")]
-    return done[0].user_attrs["top1_history"][-1] if done else None
+    return read_job(done[0]).runs if done else None
 
 
 def _random_pool(config: StudyConfig, count: int, num_classes: int, in_chans: int) -> list[NetworkSpec]:
@@ -185,19 +176,19 @@ def plan_jobs(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     state gives the same list). Jobs that depend on proxy runs (the best of random:N) appear once
     those runs are done."""
     epochs = options.confirm_epochs or 2 * config.train.epochs
-    seeds = [config.train.seed + 1 + i for i in range(options.confirm_seeds)]
+    seeds = tuple(config.train.seed + 1 + i for i in range(options.confirm_seeds))
     jobs: list[ConfirmJob] = []
 
     def confirm(role: Role, label: str, spec: dict, trial: Optional[int] = None, proxy: bool = False) -> None:
-        jobs.extend(ConfirmJob(role=role, label=label, spec=spec, seed=s, trial=trial, proxy=proxy,
-                               epochs=config.train.epochs if proxy else epochs) for s in seeds)
+        jobs.append(ConfirmJob(role=role, label=label, spec=spec, seeds=seeds, trial=trial, proxy=proxy,
+                               epochs=config.train.epochs if proxy else epochs))
 
     rank = config.score.rank_key
-    ranked = sorted(candidates(study), key=lambda t: (rank(t.values[0]), t.user_attrs.get("flops", 0), t.number))
+    ranked = sorted(candidates(study), key=lambda t: (rank(t.values[0]), read_trial(t).flops or 0, t.number))
     for t in ranked[:options.confirm_top]:
-        confirm("candidate", f"trial {t.number}", t.user_attrs["spec"], t.number)
+        confirm("candidate", f"trial {t.number}", read_trial(t).spec, t.number)
     if not options.confirm_top and ranked and options.confirm_seeds > 1:
-        confirm("noise", f"trial {ranked[0].number}", ranked[0].user_attrs["spec"], ranked[0].number, proxy=True)
+        confirm("noise", f"trial {ranked[0].number}", read_trial(ranked[0]).spec, ranked[0].number, proxy=True)
     if options.baseline and not options.baseline.startswith("random:"):
         spec = baseline_spec(options.baseline, config.space, num_classes, in_chans)
         confirm("baseline", spec.name, spec.model_dump(mode="json"))
@@ -206,15 +197,16 @@ def plan_jobs(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     n_fidelity = options.fidelity_sample if options.confirm_top else 0  # no confirmed set to add to
     pool = _random_pool(config, max(n_random, n_fidelity), num_classes, in_chans)
     proxy_jobs = {i: ConfirmJob(role="random", label=spec.name, spec=spec.model_dump(mode="json"),
-                                seed=config.train.seed, epochs=config.train.epochs, proxy=True)
+                                seeds=(config.train.seed,), epochs=config.train.epochs, proxy=True)
                   for i, spec in enumerate(pool)}
     jobs.extend(proxy_jobs.values())
     for spec in pool[:n_fidelity]:
         confirm("fidelity", spec.name, spec.model_dump(mode="json"))
     if n_random:
         results = _results(cstudy)
-        scores = {i: _score(results.get(job.key(config), [])) for i, job in proxy_jobs.items() if i < n_random}
-        if all(v is not None for v in scores.values()):
+        runs = {i: _runs(results.get(job.key(config), [])) for i, job in proxy_jobs.items() if i < n_random}
+        if all(v is not None for v in runs.values()):
+            scores = {i: config.score.of_run(r[0]) for i, r in runs.items()}
             best = min(scores, key=lambda i: (rank(scores[i]), i))
             confirm("baseline", f"best of {options.baseline}: {pool[best].name}", pool[best].model_dump(mode="json"))
     return jobs
@@ -227,7 +219,7 @@ def enqueue_jobs(cstudy: optuna.Study, config: StudyConfig, jobs: list[ConfirmJo
     for job in jobs:
         key = job.key(config)
         if key not in present:
-            cstudy.enqueue_trial({}, user_attrs={"job": job.model_dump(mode="json"), "key": key})
+            cstudy.enqueue_trial({}, user_attrs=job_attrs(job.model_dump(mode="json"), key))
             present.add(key)
             queued += 1
     return queued
@@ -235,43 +227,54 @@ def enqueue_jobs(cstudy: optuna.Study, config: StudyConfig, jobs: list[ConfirmJo
 
 def confirmation_state(cstudy: optuna.Study) -> tuple[int, int, int]:
     """(finished, running, waiting) job trials."""
-    trials = [t for t in cstudy.get_trials(deepcopy=False) if _done_or_queued(t)]
+    trials = [t for t in cstudy.get_trials(deepcopy=False) if counts_as_job(t)]
     return (sum(t.state.is_finished() for t in trials), sum(t.state == TrialState.RUNNING for t in trials),
             sum(t.state == TrialState.WAITING for t in trials))
 
 
 class ConfirmObjective:
-    """Runs one popped job: trains its spec with its seed and schedule, returns the study's score
-    (top-1 in percent, or cross-entropy in nats for the ``loss`` objective) and records both."""
+    """Runs one popped job: trains its spec with each of its seeds and its schedule, records every
+    run (top-1 and cross-entropy per epoch) and returns the mean of the study's score over them
+    (top-1 in percent, or cross-entropy in nats for the ``loss`` objective)."""
 
     def __init__(self, config: StudyConfig, data: DataSplit, device: str, worker: int = 0):
         self.config, self.data, self.device, self.worker = config, data, device, worker
 
     def __call__(self, trial: optuna.Trial) -> float:
-        attrs = trial.user_attrs
-        if "job" not in attrs:  # ask() made a fresh trial: another worker took the last job
-            trial.set_user_attr("surplus", True)
+        record = read_job(trial)
+        if record.job is None:  # ask() made a fresh trial: another worker took the last job
+            write(trial, record.model_copy(update={"surplus": True}))
             raise SurplusTrial("no confirmation job left")
-        job = ConfirmJob.model_validate(attrs["job"])
+        job = ConfirmJob.model_validate(record.job)
+        # Workers planning at once may queue one job twice. It is trained by the lowest-numbered
+        # unfinished trial of its key (and not at all once one is complete), so of two copies
+        # exactly one trains, whichever order they are popped and checked in.
         for other in trial.study.get_trials(deepcopy=False):
-            if other.number < trial.number and other.user_attrs.get("key") == attrs["key"] and _done_or_queued(other) \
-                    and other.state in (TrialState.COMPLETE, TrialState.RUNNING):
-                trial.set_user_attr("surplus", True)  # the same run, trained (or training) elsewhere
-                raise SurplusTrial(f"same run as job trial {other.number}")
-        recipe = self.config.train.model_copy(update={"epochs": job.epochs, "seed": job.seed, "time_limit": None})
+            if other.number != trial.number and counts_as_job(other) and read_job(other).key == record.key and (
+                    other.state == TrialState.COMPLETE or (not other.state.is_finished() and other.number < trial.number)):
+                write(trial, record.model_copy(update={"surplus": True}))
+                raise SurplusTrial(f"same job as trial {other.number}")
         split = self.data if job.proxy else self.data.held_out()
-        trial.set_user_attr("worker", self.worker)
+        # Runs an interrupted copy of this job finished (Ctrl-C, a killed worker) are kept, not redone.
+        done = {r.seed: r for other in trial.study.get_trials(deepcopy=False)
+                if other.number != trial.number and read_job(other).key == record.key for r in read_job(other).runs}
+        record = record.model_copy(update={"worker": self.worker, "runs": [done[s] for s in job.seeds if s in done]})
         start = time.perf_counter()
         try:
-            result = train_candidate(NetworkSpec.model_validate(job.spec), split, recipe, self.device)
+            for seed in [s for s in job.seeds if s not in done]:
+                recipe = self.config.train.model_copy(update={"epochs": job.epochs, "seed": seed, "time_limit": None})
+                result = train_candidate(NetworkSpec.model_validate(job.spec), split, recipe, self.device)
+                record.runs.append(RunRecord.of(seed, result))
+                if len(record.runs) < len(job.seeds):
+                    write(trial, record)  # each finished run is kept, whatever happens to the rest
+            record.runs.sort(key=lambda r: job.seeds.index(r.seed))
         except Exception as err:  # noqa: BLE001 - a failed run is recorded, never the end of the study
-            trial.set_user_attr("reason", f"{type(err).__name__}: {str(err)[:300]}")
+            record.reason = f"{type(err).__name__}: {str(err)[:300]}"
             raise TrialFailed(str(err)) from None
         finally:
-            trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
-        trial.set_user_attr("top1_history", result.history)
-        trial.set_user_attr("loss_history", result.loss_history)
-        return self.config.score.of(result)
+            record.seconds = round(time.perf_counter() - start, 2)
+            write(trial, record)
+        return statistics.fmean(self.config.score.of_run(r) for r in record.runs)
 
 
 # -- the evidence --------------------------------------------------------------------------------------
@@ -304,10 +307,9 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     groups: dict[tuple[str, str], dict] = {}
     for job in jobs:
         entry = groups.setdefault((job.role, job.label), {"job": job, "scores": [], "top1": [], "proxy": job.proxy})
-        runs = results.get(job.key(config), [])
-        if _score(runs) is not None:
-            entry["scores"].append(_score(runs))
-            entry["top1"].append(_top1(runs))
+        for run in _runs(results.get(job.key(config), [])) or []:
+            entry["scores"].append(score.of_run(run))
+            entry["top1"].append(TOP1.of_run(run))
     if not any(g["scores"] for g in groups.values()):
         return None
     size = config.space.constraints.image_size
@@ -326,7 +328,7 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     for (role, _), g in groups.items():
         if role == "candidate" and g["scores"]:
             t = trials[g["job"].trial]
-            proxy_top1 = (t.user_attrs.get("top1_history") or [t.values[0]])[-1]
+            proxy_top1 = read_trial(t).final("top1")
             confirmed.append({"trial": t.number, "proxy_top1": proxy_top1, "proxy_score": t.values[0], **described(g)})
     ranked = sorted(confirmed, key=lambda c: (score.rank_key(c["confirm"]["mean"]), c["flops"]))
     best = ranked[0] if ranked else None
@@ -368,5 +370,5 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
                      "epochs": options.confirm_epochs or 2 * config.train.epochs,
                      "split": "test" if data.test is not None else "val", "proxy_epochs": config.train.epochs,
                      "confirm_top": options.confirm_top},
-        "pending": sum(1 for j in jobs if _score(results.get(j.key(config), [])) is None),
+        "pending": sum(1 for j in jobs if _runs(results.get(j.key(config), [])) is None),
     }

@@ -19,8 +19,10 @@ import optuna
 
 from .data import DataError, DataSplit, load_dataset
 from .progress import Monitor, log
-from .study import RunOptions, SearchError, StudyConfig, connect_storage, open_study, stored_settings
-from .workers import run_processes, run_worker
+from .confirmation import open_confirm_study
+from .storage import connect_storage, shown_url
+from .study import RunOptions, SearchError, StudyConfig, open_study, stored_settings
+from .workers import check_lost, run_processes, run_worker
 
 __all__ = ["record_dataset", "dataset_facts", "read_study", "local_data", "worker_command", "join_study"]
 
@@ -52,12 +54,12 @@ def read_study(storage_url: str, study_name: str) -> tuple[StudyConfig, dict, Op
     names = sorted(s.study_name for s in storage.get_all_studies())
     if study_name not in names:
         held = f"the studies there: {', '.join(names)}" if names else "it holds no study yet (start the head first)"
-        raise SearchError(f"--study-name {study_name!r}: no such study in {_shown(storage_url)}; {held}")
+        raise SearchError(f"--study-name {study_name!r}: no such study in {shown_url(storage_url)}; {held}")
     study = optuna.load_study(study_name=study_name, storage=storage)
     config, shared = stored_settings(study)
     missing = [n for n in RunOptions.SHARED if n not in shared]
     if config is None or missing:
-        raise SearchError(f"study {study_name!r} in {_shown(storage_url)} was not created by `xnetspace search` "
+        raise SearchError(f"study {study_name!r} in {shown_url(storage_url)} was not created by `xnetspace search` "
                           f"(no stored {'config' if config is None else ', '.join(missing)}); a worker can only "
                           f"join a study whose head stored its settings")
     return config, shared, study.user_attrs.get(_DATA_ATTR)
@@ -110,7 +112,8 @@ def join_study(storage_url: str, study_name: str, devices: list[str], workers_pe
     Started on a finished study, it returns at once without training anything.
 
     Raises:
-        SearchError: see :func:`read_study` and :func:`local_data`; a worker process that crashed.
+        SearchError: see :func:`read_study` and :func:`local_data`.
+        WorkerCrashed: worker processes crashed and left the study unfinished.
         DataError: a dataset that cannot be read here.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the monitor prints one line per trial
@@ -123,21 +126,17 @@ def join_study(storage_url: str, study_name: str, devices: list[str], workers_pe
     first = worker if worker is not None else random.randrange(1000, 1_000_000)
     study = open_study(config, options, first)
     count = len(devices) * options.workers
-    log(options, f"{data}\njoined study '{study_name}' in {_shown(storage_url)} as worker {first}"
+    log(options, f"{data}\njoined study '{study_name}' in {shown_url(storage_url)} as worker {first}"
                  f"{'' if count == 1 else f'..{first + count - 1}'}")
-    monitor = Monitor(study, options)
+    monitor = Monitor(study, options, config.score, lambda: open_confirm_study(options, config.score))
+    lost = []
     try:
         if count == 1:
             with monitor.running():
                 run_worker(config, options, devices[0], first, data)
         else:
-            run_processes(config, options, monitor, dataset, first)
+            lost = run_processes(config, options, monitor, dataset, first)
     finally:
         monitor.close()
+    check_lost(lost, study, options, config.score)
     return options
-
-
-def _shown(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

@@ -7,7 +7,8 @@ how many samples were rejected before it. A spec identical to an earlier candida
 canonical hash) is not trained again: the trial takes the earlier result. The candidate is
 proxy-trained; each epoch's score (top-1, or cross-entropy for the ``loss`` objective) is reported
 so a pruner can stop it. Divergence or an overrun time limit ends it as pruned, out-of-memory or
-any other error as failed, with the reason in the trial's user attributes; the study goes on.
+any other error as failed, with the reason in the trial's record (:mod:`.records`); the study
+goes on.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from ..cost import cost_report
 from ..latency import measure_latency
 from ..spec import NetworkSpec
 from .data import DataSplit
+from .records import RunRecord, TrialRecord, is_live, read_trial, slot_attrs, write
 from .space import SpaceError
 from .study import StudyConfig, live_slots
 from .train import Diverged, TimeLimitExceeded, TrainResult, train_candidate
@@ -53,28 +55,29 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
         if not self._holds_slot(trial):
-            trial.set_user_attr("surplus", True)
+            write(trial, read_trial(trial).model_copy(update={"surplus": True}))
             raise SurplusTrial("the study's slots were all taken")
+        record = TrialRecord(slot=True, worker=self.worker)
         try:
             spec = self.space.sample(trial, num_classes=self.data.num_classes, in_chans=self.data.in_chans)
         except ValidationError as err:
-            self._reject(trial, "invalid spec: " + err.errors()[0]["msg"].removeprefix("Value error, "))
+            self._reject(trial, record, "invalid spec: " + err.errors()[0]["msg"].removeprefix("Value error, "))
         report = cost_report(spec, self.space.constraints.image_size)
         spec = spec.model_copy(update={"name": f"{self.space.name}_trial{trial.number}"})  # a label only
-        for key, value in dict(flops=report.flops, params=report.params, spec_digest=spec.digest(),
-                               spec=spec.model_dump(mode="json"), worker=self.worker).items():
-            trial.set_user_attr(key, value)
+        record = record.model_copy(update=dict(flops=report.flops, params=report.params, spec_digest=spec.digest(),
+                                               spec=spec.model_dump(mode="json")))
         problems = self.space.constraints.violations(report.flops, report.params)
         if problems:
-            self._reject(trial, "over budget: " + "; ".join(problems))
-        duplicate = self._earlier_candidate(trial, spec.digest())
+            self._reject(trial, record, "over budget: " + "; ".join(problems))
+        record.rejected_samples = self.rejected_in_a_row
+        write(trial, record)  # before looking for the spec elsewhere: a worker that drew it too sees it
+        duplicate = self._earlier_candidate(trial, record)
         if duplicate is not None:
-            return self._repeat(trial, duplicate)
-        latency = self._latency(trial, spec)
+            return self._repeat(trial, record, duplicate)
+        latency = self._latency(trial, record, spec)
 
-        trial.set_user_attr("rejected_samples", self.rejected_in_a_row)
         self.rejected_in_a_row = 0
-        result = self._train(trial, spec)
+        result = self._train(trial, record, spec)
         if self.config.objective == "top1-flops":
             return result.top1, float(report.flops)
         if self.config.objective == "top1-latency":
@@ -83,84 +86,94 @@ class Objective:
 
     def _holds_slot(self, trial: optuna.Trial) -> bool:
         """Only the first N live slots (by trial number) may run: exact N whatever the races."""
-        if not trial.user_attrs.get("slot"):
+        if not read_trial(trial).slot:
             return False
         live = [t.number for t in live_slots(trial.study)]
         return trial.number in live[: self.n_trials]
 
-    def _reject(self, trial: optuna.Trial, reason: str) -> NoReturn:
+    def _reject(self, trial: optuna.Trial, record: TrialRecord, reason: str) -> NoReturn:
         """Record why the sample is not trained, give its slot back, and end the trial pruned."""
-        trial.set_user_attr("rejected", True)
-        trial.set_user_attr("reason", reason)
-        trial.study.enqueue_trial({}, user_attrs={"slot": True})  # the slot goes back to the queue
+        write(trial, record.model_copy(update={"rejected": True, "reason": reason}))
+        trial.study.enqueue_trial({}, user_attrs=slot_attrs())  # the slot goes back to the queue
         self.rejected_in_a_row += 1
         if self.rejected_in_a_row >= _MAX_REJECTIONS_IN_A_ROW:
             raise SpaceError(f"{self.rejected_in_a_row} samples in a row were rejected (last: {reason}); "
                              f"widen the space or the budget")
         raise optuna.TrialPruned(reason)
 
-    def _earlier_candidate(self, trial: optuna.Trial, digest: str) -> Optional[FrozenTrial]:
-        for other in trial.study.get_trials(deepcopy=False):
-            if (other.number != trial.number and other.user_attrs.get("spec_digest") == digest
-                    and not other.user_attrs.get("rejected") and other.state != TrialState.FAIL
-                    and other.user_attrs.get("slot") and not other.user_attrs.get("surplus")):
+    def _earlier_candidate(self, trial: optuna.Trial, record: TrialRecord) -> Optional[FrozenTrial]:
+        """An earlier trial that trained (or is training) the same spec. One still training
+        rejects this sample: of two workers that drew one spec at once, neither trains it twice."""
+        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                    TrialState.RUNNING)):
+            theirs = read_trial(other)
+            if other.number != trial.number and theirs.spec_digest == record.spec_digest and is_live(other):
                 if other.state == TrialState.RUNNING:
-                    self._reject(trial, f"same spec as trial {other.number}, still training")
+                    self._reject(trial, record, f"same spec as trial {other.number}, still training")
                 return other
         return None
 
-    def _repeat(self, trial: optuna.Trial, earlier: FrozenTrial) -> float | Sequence[float]:
-        trial.set_user_attr("duplicate_of", earlier.number)
-        for key in ("top1_history", "loss_history", "latency_ms", "seconds"):
-            if key in earlier.user_attrs:
-                trial.set_user_attr(key, earlier.user_attrs[key])
+    def _repeat(self, trial: optuna.Trial, record: TrialRecord, earlier: FrozenTrial) -> float | Sequence[float]:
+        theirs = read_trial(earlier)
+        record = record.model_copy(update=dict(duplicate_of=earlier.number, runs=theirs.runs,
+                                               latency_ms=theirs.latency_ms, seconds=theirs.seconds))
         if earlier.state != TrialState.COMPLETE:
-            trial.set_user_attr("reason", f"same spec as trial {earlier.number}, which was pruned")
-            raise optuna.TrialPruned(trial.user_attrs["reason"])
+            record.reason = f"same spec as trial {earlier.number}, which was pruned"
+            write(trial, record)
+            raise optuna.TrialPruned(record.reason)
+        write(trial, record)
         return earlier.values if len(earlier.values) > 1 else earlier.values[0]
 
-    def _latency(self, trial: optuna.Trial, spec: NetworkSpec) -> float:
+    def _latency(self, trial: optuna.Trial, record: TrialRecord, spec: NetworkSpec) -> float:
         constraints = self.space.constraints
         if self.config.objective != "top1-latency" and constraints.max_latency_ms is None:
             return math.nan
         latency = measure_latency(spec, constraints.latency_batch_size, constraints.image_size, self.device,
                                   min_run_time=0.3)
-        trial.set_user_attr("latency_ms", latency)
+        record.latency_ms = latency
         if constraints.max_latency_ms is not None:
             # Known only after measuring: an Optuna constraint (feasible when <= 0) that
             # constraint-aware samplers learn from; over the limit, the spec is not trained.
             trial.set_constraint("latency_ms", latency - constraints.max_latency_ms)
             if latency > constraints.max_latency_ms:
-                self._reject(trial, f"over budget: latency {latency:.1f} ms above max {constraints.max_latency_ms:g} ms")
+                self._reject(trial, record, f"over budget: latency {latency:.1f} ms above max "
+                                            f"{constraints.max_latency_ms:g} ms")
         return latency
 
-    def _train(self, trial: optuna.Trial, spec: NetworkSpec):
+    def _train(self, trial: optuna.Trial, record: TrialRecord, spec: NetworkSpec) -> TrainResult:
+        """Train the candidate, reporting each epoch's score to the pruner; the record gets its run
+        (the epochs done, also when it is stopped) and the reason it ended early, in one write."""
         single, score = len(self.config.directions) == 1, self.config.score
+        seed = self.config.train.seed
+        so_far = TrainResult()
 
         def report(epoch: int, result: TrainResult) -> None:
-            trial.set_user_attr("top1_history", list(result.history))
-            if result.loss_history:
-                trial.set_user_attr("loss_history", list(result.loss_history))
+            nonlocal so_far
+            so_far = result
             if single:
                 trial.report(score.of(result), epoch)
                 if trial.should_prune():
-                    trial.set_user_attr("reason", f"pruner stopped it after epoch {epoch + 1}")
-                    raise optuna.TrialPruned(trial.user_attrs["reason"])
+                    record.reason = f"pruner stopped it after epoch {epoch + 1}"
+                    raise optuna.TrialPruned(record.reason)
 
         start = time.perf_counter()
         try:
-            return train_candidate(spec, self.data, self.config.train, self.device, report)
+            so_far = train_candidate(spec, self.data, self.config.train, self.device, report)
+            return so_far
         except (Diverged, TimeLimitExceeded) as err:
-            trial.set_user_attr("reason", f"{type(err).__name__}: {err}")
+            record.reason = f"{type(err).__name__}: {err}"
             raise optuna.TrialPruned(str(err)) from None
         except optuna.TrialPruned:
             raise
         except torch.OutOfMemoryError as err:
-            trial.set_user_attr("reason", f"out of memory: {str(err).splitlines()[0]}")
+            record.reason = f"out of memory: {str(err).splitlines()[0]}"
             raise TrialFailed("out of memory") from None
         except Exception as err:  # noqa: BLE001 - any error ends this trial, never the study
-            trial.set_user_attr("reason", f"{type(err).__name__}: {err}")
-            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            record.reason = f"{type(err).__name__}: {err}"
+            record.traceback = traceback.format_exc()[-4000:]
             raise TrialFailed(str(err)) from None
         finally:
-            trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
+            if so_far.history:
+                record.runs = [RunRecord.of(seed, so_far)]
+            record.seconds = round(time.perf_counter() - start, 2)
+            write(trial, record)

@@ -1,15 +1,19 @@
-"""What a running study shows on the terminal: a progress bar over the N trials, read from the
-storage so that it sees every worker's trials, and one line per finished trial."""
+"""What a running study shows on the terminal, read from the storage so that it sees every
+worker's work: a progress bar over the N trials with one line per finished trial, then a bar over
+the confirmation runs with one line per confirmed spec, and a line whenever a worker is lost."""
 from __future__ import annotations
 
 import contextlib
+import statistics
 import threading
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
+from .records import counts_as_job, is_live, read_job, read_trial
+from .score import Score
 from .space import human_count
-from .study import RunOptions, is_live, slot_state
+from .study import RunOptions, slot_state
 
 __all__ = ["Monitor", "log", "trial_line", "POLL_SECONDS"]
 
@@ -25,25 +29,71 @@ def log(options: RunOptions, message: str) -> None:
 
 
 class Monitor:
-    """Progress bar over the study's N trials and one line per finished trial, read from the
-    storage so that it sees every worker's trials."""
+    """Progress of a study as its storage shows it: the trials' bar (N slots) and, once they are
+    done, the confirmation's bar (its queued, running and finished runs; the total grows as runs
+    that wait on others are planned), each with rate and ETA, and a line per finished trial and
+    per confirmed spec. ``confirm_study`` is a callable opening the ``NAME:confirm`` study (it is
+    opened only when the trials are done)."""
 
-    def __init__(self, study: optuna.Study, options: RunOptions):
+    def __init__(self, study: optuna.Study, options: RunOptions, score: Score, confirm_study=None):
         from tqdm import tqdm
 
-        self.study, self.options = study, options
+        self.study, self.options, self.score = study, options, score
+        self._confirm_study, self.cstudy = confirm_study, None
         self.seen: set[int] = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        self.confirming = False  # the bar counts confirmation runs
+        # Specs confirmed before this run are not announced again (a resumed study).
+        self.confirmed: set[str] = set() if confirm_study is None else {
+            label for label, jobs in _job_groups(confirm_study()).items() if all(t.state.is_finished() for t in jobs)}
         self.bar = tqdm(total=options.n_trials, desc="trials", unit="trial", disable=not options.progress,
                         initial=slot_state(study, options.n_trials).done, dynamic_ncols=True, mininterval=0)
 
+    def log(self, message: str) -> None:
+        """A line above the bar (nothing when progress output is off)."""
+        if self.options.progress:
+            self.bar.write(message)
+
     def poll(self) -> None:
+        if self.cstudy is None:
+            self._poll_trials()
+        if self.cstudy is not None:
+            self._poll_confirmation()
+
+    def _poll_trials(self) -> None:
+        live = []
         for trial in self.study.get_trials(deepcopy=False):
-            if trial.state.is_finished() and trial.number not in self.seen:
-                self.seen.add(trial.number)
-                if is_live(trial):
-                    self.bar.write(trial_line(trial))
-        done = slot_state(self.study, self.options.n_trials).done
+            if is_live(trial):
+                live.append(trial)
+                if trial.state.is_finished() and trial.number not in self.seen:
+                    self.seen.add(trial.number)
+                    self.log(trial_line(trial))
+        done = sum(t.state.is_finished() for t in live[:self.options.n_trials])
         if done != self.bar.n:  # redraw only on progress: logs get one bar line per trial
+            self.bar.update(done - self.bar.n)
+        if done >= self.options.n_trials and self._confirm_study is not None:
+            self.cstudy = self._confirm_study()
+
+    def _poll_confirmation(self) -> None:
+        groups = _job_groups(self.cstudy)
+        total = sum(len(runs) for runs in groups.values())
+        done = sum(t.state.is_finished() for runs in groups.values() for t in runs)
+        if not total:
+            return
+        if not self.confirming:
+            from tqdm import tqdm
+
+            self.confirming = True
+            self.bar.close()
+            self.bar = tqdm(total=total, desc="confirmation", unit="run", disable=not self.options.progress,
+                            initial=done, dynamic_ncols=True, mininterval=0)
+        if total != self.bar.total:
+            self.bar.total = total
+            self.bar.refresh()
+        for label, runs in groups.items():
+            if label not in self.confirmed and all(t.state.is_finished() for t in runs):
+                self.confirmed.add(label)
+                self.log(confirmed_line(label, runs, self.score))
+        if done != self.bar.n:
             self.bar.update(done - self.bar.n)
 
     @contextlib.contextmanager
@@ -68,20 +118,46 @@ class Monitor:
         self.bar.close()
 
 
+def _job_groups(cstudy: optuna.Study) -> dict[str, list[FrozenTrial]]:
+    """The confirmation study's counted jobs (:func:`~.records.counts_as_job`), grouped by what they
+    confirm: ``"candidate trial 12"``, ``"random tiny_cpu_random3 (proxy)"``."""
+    groups: dict[str, list[FrozenTrial]] = {}
+    for t in cstudy.get_trials(deepcopy=False):
+        if counts_as_job(t):
+            job = read_job(t).job
+            label = f"{job['role']} {job['label']}" + (" (proxy)" if job.get("proxy") else "")
+            groups.setdefault(label, []).append(t)
+    return groups
+
+
+def confirmed_line(label: str, jobs: list[FrozenTrial], score: Score) -> str:
+    """``confirmed candidate trial 12: cross-entropy 0.1968 +- 0.0069 (3 seeds)``."""
+    values = [score.of_run(r) for t in jobs if t.state == TrialState.COMPLETE for r in read_job(t).runs]
+    failed = [read_job(t).reason for t in jobs if t.state != TrialState.COMPLETE]
+    if not values:
+        text = "no run finished"
+    elif len(values) == 1:
+        text = f"{score.label} {score.format(values[0])} (1 seed)"
+    else:
+        text = (f"{score.label} {score.format(statistics.mean(values))} +- "
+                f"{score.format(statistics.stdev(values))} ({len(values)} seeds)")
+    return f"confirmed {label}: {text}" + (f"; failed: {failed[0]}" if failed else "")
+
+
 def trial_line(trial: FrozenTrial) -> str:
     """``trial 12  COMPLETE  14.2M FLOPs  0.31M params  top-1 97.50  loss 0.1234  12.3 s  (3 rejected)``
-    (the last epoch's validation top-1 and cross-entropy)."""
-    a = trial.user_attrs
-    top1 = f"top-1 {a['top1_history'][-1]:6.2f}" if a.get("top1_history") else "top-1    -  "
-    parts = [f"trial {trial.number:4d}", f"{trial.state.name:8s}", f"{human_count(a.get('flops', 0)):>7s} FLOPs",
-             f"{human_count(a.get('params', 0)):>7s} params", top1]
-    if a.get("loss_history"):
-        parts.append(f"loss {a['loss_history'][-1]:.4f}")
-    parts.append(f"{a.get('seconds', 0):6.1f} s")
-    if a.get("rejected_samples"):
-        parts.append(f"({a['rejected_samples']} rejected before)")
-    if "duplicate_of" in a:
-        parts.append(f"(same spec as trial {a['duplicate_of']})")
-    if a.get("reason"):
-        parts.append(f"[{a['reason']}]")
+    (the last epoch's validation top-1 and cross-entropy, averaged over the trial's seeds)."""
+    r = read_trial(trial)
+    top1, loss = r.final("top1"), r.final("loss")
+    parts = [f"trial {trial.number:4d}", f"{trial.state.name:8s}", f"{human_count(r.flops or 0):>7s} FLOPs",
+             f"{human_count(r.params or 0):>7s} params", f"top-1 {top1:6.2f}" if top1 is not None else "top-1    -  "]
+    if loss is not None:
+        parts.append(f"loss {loss:.4f}")
+    parts.append(f"{r.seconds or 0:6.1f} s")
+    if r.rejected_samples:
+        parts.append(f"({r.rejected_samples} rejected before)")
+    if r.duplicate_of is not None:
+        parts.append(f"(same spec as trial {r.duplicate_of})")
+    if r.reason:
+        parts.append(f"[{r.reason}]")
     return "  ".join(parts)

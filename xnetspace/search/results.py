@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..spec import NetworkSpec
 from .progress import log
+from .records import read_trial
 from .score import LOSS, TOP1, Score
 from .space import human_count
 from .study import RunOptions, StudyConfig, candidates
@@ -52,7 +53,7 @@ def best_trial(study: optuna.Study) -> Optional[FrozenTrial]:
     front for multi-objective studies); ties: fewer FLOPs."""
     pool = pareto_front(study) if len(study.directions) > 1 else candidates(study)
     sign = 1.0 if study.directions[0] == StudyDirection.MAXIMIZE else -1.0
-    return max(pool, key=lambda t: (sign * t.values[0], -t.user_attrs.get("flops", 0)), default=None)
+    return max(pool, key=lambda t: (sign * t.values[0], -(read_trial(t).flops or 0)), default=None)
 
 
 def write_results(study: optuna.Study, config: StudyConfig, options: RunOptions,
@@ -75,12 +76,13 @@ def write_results(study: optuna.Study, config: StudyConfig, options: RunOptions,
         best = next(t for t in candidates(study) if t.number == confirmed["trial"])
     score = config.score
     if best is not None:
-        spec = NetworkSpec.model_validate(best.user_attrs["spec"])
+        record = read_trial(best)
+        spec = NetworkSpec.model_validate(record.spec)
         score_words = (f"confirmed {score.label} {_ci(confirmed['confirm'], score)} over {confirmed['confirm']['n']} seeds"
                        if confirmed else f"proxy {score.label} {score.format(best.values[0])} (one run)")
         header = (f"# Best of study '{options.study_name}' (space {config.space.name}, dataset {config.dataset}): "
-                  f"trial {best.number}, {score_words},\n# {best.user_attrs['flops']:,} FLOPs at "
-                  f"{'x'.join(map(str, config.space.constraints.image_size))}, {best.user_attrs['params']:,} params.\n")
+                  f"trial {best.number}, {score_words},\n# {record.flops:,} FLOPs at "
+                  f"{'x'.join(map(str, config.space.constraints.image_size))}, {record.params:,} params.\n")
         files["best_spec"] = out / "best_spec.yaml"
         files["best_spec"].write_text(header + spec.to_yaml())
     for line in report_lines(summary, best, score):
@@ -99,8 +101,9 @@ def report_lines(summary: Optional[dict], best: Optional[FrozenTrial], score: Sc
             return ["no completed candidate"]
         noise = (summary or {}).get("noise", {}).get("proxy_seed_std")
         seeds = len((summary or {}).get("protocol", {}).get("seeds", []))
-        return [f"best by proxy score: trial {best.number}, {human_count(best.user_attrs['flops'])} FLOPs, "
-                f"{human_count(best.user_attrs['params'])} params, {name} {fmt(best.values[0])} (one run; "
+        record = read_trial(best)
+        return [f"best by proxy score: trial {best.number}, {human_count(record.flops)} FLOPs, "
+                f"{human_count(record.params)} params, {name} {fmt(best.values[0])} (one run; "
                 + (f"retrained with {seeds} other seeds its proxy {name} varies with std {fmt(noise)}: differences "
                    f"of that size between candidates are noise)" if noise is not None
                    else "seed noise unknown: confirm it with --confirm-top K)")]
@@ -178,12 +181,13 @@ def _no_nan(value):
 
 
 def _state(trial: FrozenTrial) -> str:
-    return "REJECTED" if trial.user_attrs.get("rejected") else trial.state.name
+    return "REJECTED" if read_trial(trial).rejected else trial.state.name
 
 
 def _write_trials_csv(study: optuna.Study, path: Path, summary: Optional[dict] = None) -> Path:
-    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
-    knobs = sorted({name for t in trials for name in t.params})
+    trials = [(t, read_trial(t)) for t in study.get_trials(deepcopy=False)]
+    trials = [(t, r) for t, r in trials if not r.surplus]
+    knobs = sorted({name for t, _ in trials for name in t.params})
     front = {t.number for t in pareto_front(study)} if len(study.directions) > 1 else set()
     confirmed = {c["trial"]: c["confirm"] for c in (summary or {}).get("candidates", [])}
     fields = ["number", "state", "reason", "top1", "loss", "flops", "params", "latency_ms", "seconds", "epochs",
@@ -192,22 +196,26 @@ def _write_trials_csv(study: optuna.Study, path: Path, summary: Optional[dict] =
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        for t in trials:
-            a = t.user_attrs
-            history, losses = a.get("top1_history", []), a.get("loss_history", [])
+        for t, r in trials:
+            top1, loss = r.final("top1"), r.final("loss")
             writer.writerow({
-                "number": t.number, "state": _state(t), "reason": a.get("reason", ""),
-                "top1": f"{history[-1]:.4f}" if history else (f"{t.values[0]:.4f}" if t.values else ""),
-                "loss": f"{losses[-1]:.6f}" if losses else "",
-                "flops": a.get("flops", ""), "params": a.get("params", ""),
-                "latency_ms": f"{a['latency_ms']:.3f}" if "latency_ms" in a else "",
-                "seconds": a.get("seconds", ""), "epochs": len(history) or "",
-                "rejected_samples": a.get("rejected_samples", ""), "duplicate_of": a.get("duplicate_of", ""),
-                "pareto": int(t.number in front) if front else "", "spec_digest": a.get("spec_digest", ""),
+                "number": t.number, "state": _state(t), "reason": r.reason or "",
+                "top1": f"{top1:.4f}" if top1 is not None else (f"{t.values[0]:.4f}" if t.values else ""),
+                "loss": f"{loss:.6f}" if loss is not None else "",
+                "flops": _blank(r.flops), "params": _blank(r.params),
+                "latency_ms": f"{r.latency_ms:.3f}" if r.latency_ms is not None else "",
+                "seconds": _blank(r.seconds), "epochs": len(r.top1_history) or "",
+                "rejected_samples": r.rejected_samples if r.spec else "", "duplicate_of": _blank(r.duplicate_of),
+                "pareto": int(t.number in front) if front else "", "spec_digest": r.spec_digest or "",
                 **_confirm_columns(confirmed.get(t.number)),
                 **{k: t.params.get(k, "") for k in knobs},
             })
     return path
+
+
+def _blank(value) -> object:
+    """A CSV cell: empty for None."""
+    return "" if value is None else value
 
 
 def _confirm_columns(confirm: Optional[dict]) -> dict:
@@ -248,13 +256,11 @@ def _plot_history(study: optuna.Study, score: Score, path: Path) -> Path:
     plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    done = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("top1_history") and not t.user_attrs.get("rejected")]
+    done = [t for t in study.get_trials(deepcopy=False) if read_trial(t).runs and not read_trial(t).rejected]
     complete = [t for t in done if t.state == TrialState.COMPLETE]
-    stopped = [t for t in done if t.state != TrialState.COMPLETE]
+    stopped = [(t.number, read_trial(t).final(score.name)) for t in done if t.state != TrialState.COMPLETE]
     ax.scatter([t.number for t in complete], [t.values[0] for t in complete], s=18, label="completed")
-    last = "top1_history" if score.name == "top1" else "loss_history"
-    stopped = [t for t in stopped if t.user_attrs.get(last)]
-    ax.scatter([t.number for t in stopped], [t.user_attrs[last][-1] for t in stopped], marker="x",
+    ax.scatter([n for n, _ in stopped], [v for _, v in stopped], marker="x",
                s=18, color="grey", label="pruned / failed (last epoch)")
     best, xs, ys = None, [], []
     for t in sorted(complete, key=lambda t: t.number):

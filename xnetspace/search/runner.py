@@ -12,11 +12,11 @@ import optuna
 
 from .confirmation import baseline_spec, check_options, open_confirm_study, summarize
 from .data import load_dataset
+from .join import record_dataset, worker_command
 from .progress import Monitor, log
 from .results import SearchOutcome, write_results
-from .join import record_dataset, worker_command
-from .study import RunOptions, StudyConfig, ensure_slots, open_study, slot_state, store_run_options
-from .workers import run_processes, run_worker
+from .study import RunOptions, StudyConfig, open_study, slot_state, store_run_options, top_up_slots
+from .workers import SLOTS_AHEAD, check_lost, run_processes, run_worker
 
 __all__ = ["run_search", "progress_summary"]
 
@@ -26,7 +26,9 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
 
     Raises:
         SpaceError: constraints no spec in the space can meet.
-        SearchError: a resumed study with another config; a worker process that crashed.
+        SearchError: a resumed study with another config.
+        WorkerCrashed: worker processes crashed and left the study unfinished (the results so far
+            are written first).
         xnetspace.search.data.DataError: a dataset that cannot be read.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -37,7 +39,7 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
     if options.baseline and not options.baseline.startswith("random:"):  # refused before anything trains
         baseline_spec(options.baseline, config.space, data.num_classes, data.in_chans)
     study = open_study(config, options)
-    ensure_slots(study, options.n_trials)
+    top_up_slots(study, options.n_trials, SLOTS_AHEAD * len(options.devices) * options.workers)
     store_run_options(study, options)  # what joining workers read (join.read_study)
     record_dataset(study, data)
     if not options.storage_url.startswith("sqlite"):
@@ -46,17 +48,19 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
                   f"study '{options.study_name}' in {options.storage_url}: "
                   f"{slot_state(study, options.n_trials).done} of {options.n_trials} trials done")
 
-    monitor = Monitor(study, options)
+    monitor = Monitor(study, options, config.score, lambda: open_confirm_study(options, config.score))
+    lost = []
     try:
         if len(options.devices) * options.workers == 1:
             with monitor.running():
                 run_worker(config, options, options.devices[0], 0, data)
         else:
-            run_processes(config, options, monitor)
+            lost = run_processes(config, options, monitor)
     finally:
         monitor.close()
-        summary = summarize(study, open_confirm_study(options), config, options, data)
+        summary = summarize(study, open_confirm_study(options, config.score), config, options, data)
         outcome = write_results(study, config, options, summary)
+    check_lost(lost, study, options, config.score)
     return outcome
 
 

@@ -37,6 +37,10 @@ class Score:
         """The score of a :class:`~xnetspace.search.train.TrainResult` (its last epoch)."""
         return result.top1 if self.name == "top1" else result.loss
 
+    def of_run(self, run) -> float:
+        """The score of a :class:`~xnetspace.search.records.RunRecord` (its last epoch)."""
+        return (run.top1 if self.name == "top1" else run.loss)[-1]
+
     def rank_key(self, value: float) -> float:
         """Sort key: ascending order puts the best score first."""
         return -value if self.maximize else value

@@ -1,15 +1,17 @@
 """The study: its config, its Optuna storage and its N slots.
 
 ``--n-trials`` N counts the study's trials: the study holds N *slots*, queued trials that
-workers pop atomically, so any number of workers (processes, machines) sharing the storage run
-exactly N trials between them. Re-running a command tops the queue up to N again. The storage
-has a heartbeat: a worker killed mid-trial leaves a trial that the heartbeat marks failed and
+workers pop atomically (:mod:`.storage`), so any number of workers (processes, machines)
+sharing the storage run exactly N trials between them. Slots are queued a few at a time, ahead
+of the workers (:func:`top_up_slots`), so a study of any N starts at once; only the first N live
+slots by trial number may train, so a slot queued twice by racing workers is surplus, never an
+N+1-th trial. Re-running a command continues up to N. The storage has a heartbeat: a worker
+killed mid-trial leaves a trial that the heartbeat marks failed and
 ``RetryHeartbeatStaleTrialCallback`` queues again, so nothing is lost.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Optional
@@ -18,22 +20,21 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import SearchError
+from .records import is_candidate, is_live, slot_attrs
 from .score import Score, score_of
 from .space import SearchSpace
+from .storage import connect_storage
 from .train import TrainConfig
 
-__all__ = ["StudyConfig", "RunOptions", "usable_cores", "MAX_AUTO_CPU_WORKERS", "SearchError", "ObjectiveName", "open_study", "is_live", "live_slots",
-           "candidates", "ensure_slots", "SlotState", "slot_state", "store_run_options", "stored_settings", "connect_storage"]
+__all__ = ["StudyConfig", "RunOptions", "usable_cores", "MAX_AUTO_CPU_WORKERS", "SearchError", "ObjectiveName", "open_study", "live_slots",
+           "candidates", "top_up_slots", "SlotState", "slot_state", "store_run_options", "stored_settings"]
 
 ObjectiveName = Literal["top1", "loss", "top1-flops", "top1-latency"]
 _DIRECTIONS = {"top1": ["maximize"], "loss": ["minimize"], "top1-flops": ["maximize", "minimize"],
                "top1-latency": ["maximize", "minimize"]}
 _CONFIG_ATTR = "xnetspace_config"
 _RUN_ATTR = "xnetspace_run"
-
-
-class SearchError(RuntimeError):
-    """A study that cannot run as asked (e.g. resumed with another recipe); the message says why."""
 
 
 class StudyConfig(BaseModel):
@@ -125,46 +126,6 @@ def open_study(config: StudyConfig, options: RunOptions, worker: int = 0) -> opt
     return study
 
 
-def connect_storage(url: str, heartbeat: Optional[int] = None) -> optuna.storages.RDBStorage:
-    """Open the Optuna RDB storage at ``url`` (SQLite, PostgreSQL ``postgresql+psycopg://``, MySQL),
-    with a heartbeat every ``heartbeat`` seconds (grace: 3 intervals) whose stale trials are failed
-    and queued again, when given.
-
-    Server databases get ``pool_pre_ping`` (a connection the server dropped is replaced before use,
-    not handed to a trial) and a 10 s connect timeout; SQLite waits up to 60 s for its file lock.
-
-    Raises:
-        SearchError: a malformed URL, a missing driver, an unreachable server, refused credentials
-            or a missing database, in one paragraph without the password.
-    """
-    import sqlalchemy.exc
-    from sqlalchemy.engine import make_url
-
-    try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except (sqlalchemy.exc.ArgumentError, ValueError):
-        raise SearchError(f"--storage {url!r} is not a database URL; use e.g. sqlite:///study.db or "
-                          f"postgresql+psycopg://USER:PASSWORD@HOST:5432/DB") from None
-    sqlite = url.startswith("sqlite")
-    engine = {"connect_args": {"timeout": 60}} if sqlite else {
-        "pool_pre_ping": True, "pool_recycle": 3600, "connect_args": {"connect_timeout": 10}}
-    try:
-        with warnings.catch_warnings():  # heartbeats and retries are marked experimental in Optuna
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            beat = {} if heartbeat is None else dict(
-                heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
-    except ImportError as err:  # SQLAlchemy's missing-driver error
-        raise SearchError(f"--storage {shown}: the database driver is not installed ({err}); for PostgreSQL "
-                          f"install the extra: pip install -e '.[postgres]'") from None
-    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as err:
-        raise SearchError(f"--storage {shown}: {err}") from None
-    except sqlalchemy.exc.SQLAlchemyError as err:  # unreachable, wrong password, no such database
-        reason = " ".join(str(getattr(err, "orig", None) or err).split())
-        raise SearchError(f"--storage {shown}: cannot connect: {reason}") from None
-
-
 def store_run_options(study: optuna.Study, options: RunOptions) -> None:
     """Record the options every worker must share (``RunOptions.SHARED``) in the study; the head
     calls this on every run, so a re-run with another ``--confirm-top`` is what workers follow."""
@@ -204,19 +165,6 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def is_live(trial: FrozenTrial) -> bool:
-    """Does the trial hold one of the study's N slots (running, queued, or counted as done)?
-
-    Rejected samples and surplus trials hold none; a failure without a recorded reason is a
-    heartbeat failure that the retry callback queues again, so it holds none either."""
-    attrs = trial.user_attrs
-    if not attrs.get("slot") or attrs.get("rejected") or attrs.get("surplus"):
-        return False
-    if trial.state == TrialState.FAIL:
-        return "reason" in attrs  # failures without a reason are heartbeat failures, queued again
-    return True
-
-
 def live_slots(study: optuna.Study) -> list[FrozenTrial]:
     """The trials that hold slots, by trial number (the first N run; see :func:`is_live`)."""
     return sorted((t for t in study.get_trials(deepcopy=False) if is_live(t)), key=lambda t: t.number)
@@ -224,30 +172,39 @@ def live_slots(study: optuna.Study) -> list[FrozenTrial]:
 
 def candidates(study: optuna.Study) -> list[FrozenTrial]:
     """Completed trials that trained a spec of their own (not a repeat of an earlier one)."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("slot") and "duplicate_of" not in t.user_attrs]
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_candidate(t)]
 
 
-def ensure_slots(study: optuna.Study, n_trials: int) -> int:
-    """Queue empty slots until the study holds ``n_trials``; returns how many were queued."""
-    missing = n_trials - len(live_slots(study))
-    for _ in range(max(0, missing)):
-        study.enqueue_trial({}, user_attrs={"slot": True})
-    return max(0, missing)
+def top_up_slots(study: optuna.Study, n_trials: int, ahead: int) -> "SlotState":
+    """Queue empty slots until ``ahead`` of them wait, never more than ``n_trials`` live slots in
+    all, and return the state of the N slots. Workers call it before they pop one, so the queue
+    stays a few slots ahead of them whatever N is."""
+    live = live_slots(study)
+    state = _count(live, n_trials)
+    missing = max(0, min(n_trials - len(live), ahead - state.waiting - state.extra))
+    for _ in range(missing):
+        study.enqueue_trial({}, user_attrs=slot_attrs())
+    state.waiting += missing
+    return state
 
 
 @dataclass
 class SlotState:
-    """How many of the study's N slots are finished, running and queued."""
+    """How many of the study's N slots are finished, running and queued, and how many slots
+    beyond the N wait (queued twice by racing workers: popped, they end as surplus)."""
 
     done: int
     running: int
     waiting: int
+    extra: int = 0
 
 
 def slot_state(study: optuna.Study, n_trials: int) -> SlotState:
     """Count the first ``n_trials`` live slots by state (read from the storage: every worker's)."""
-    live = live_slots(study)[:n_trials]
-    states = [t.state for t in live]
+    return _count(live_slots(study), n_trials)
+
+
+def _count(live: list[FrozenTrial], n_trials: int) -> SlotState:
+    states = [t.state for t in live[:n_trials]]
     return SlotState(sum(s.is_finished() for s in states), states.count(TrialState.RUNNING),
-                     states.count(TrialState.WAITING))
+                     states.count(TrialState.WAITING), sum(t.state == TrialState.WAITING for t in live[n_trials:]))

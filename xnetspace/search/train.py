@@ -66,13 +66,15 @@ class TimeLimitExceeded(RuntimeError):
 @dataclass
 class TrainResult:
     """Validation top-1 (percent) and validation cross-entropy (nats per image, no label
-    smoothing) after each epoch (``top1`` and ``loss`` are the last ones), and the training loss
-    of every update."""
+    smoothing) after each epoch (``top1`` and ``loss`` are the last ones), the training loss of
+    every update (``losses``, label-smoothed, what the optimiser minimised) and its mean per epoch
+    (``train_loss_history``; their sum is the training-speed estimate, :attr:`tse`)."""
 
     history: list[float] = field(default_factory=list)
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
     loss_history: list[float] = field(default_factory=list)
+    train_loss_history: list[float] = field(default_factory=list)
 
     @property
     def top1(self) -> float:
@@ -81,6 +83,12 @@ class TrainResult:
     @property
     def loss(self) -> float:
         return self.loss_history[-1]
+
+    @property
+    def tse(self) -> float:
+        """Training-speed estimate (Ru et al., NeurIPS 2021, "Speedy Performance Estimation for
+        Neural Architecture Search"): the sum over epochs of the epoch's mean training loss."""
+        return math.fsum(self.train_loss_history)
 
 
 Batches = Union[DataLoader, "TensorBatches"]
@@ -211,6 +219,8 @@ def train_candidate(
             if config.time_limit and time.perf_counter() - start > config.time_limit:
                 raise TimeLimitExceeded(f"past the {config.time_limit:g} s time limit in epoch {epoch + 1}")
         scheduler.step(epoch + 1)
+        epoch_losses = result.losses[-len(train_batches):]
+        result.train_loss_history.append(math.fsum(epoch_losses) / len(epoch_losses))
         top1, val_loss = evaluate(model, val_batches, device)
         result.history.append(top1)
         result.loss_history.append(val_loss)

@@ -1,23 +1,41 @@
-"""Workers: the loop that runs trials until the study's slots are done, in this process or in
-spawned processes (one per device), all on one storage."""
+"""Workers: the loop that runs trials until the study's slots are done, then the confirmation
+jobs, in this process or in spawned processes (one or more per device), all on one storage.
+
+Several workers share the storage safely (:mod:`.storage`: a queued trial is popped by exactly
+one of them). What a worker can still meet is a trial that another process finished first: the
+heartbeat failed it while this worker was slow, or a duplicate job was trained elsewhere. Optuna
+then refuses to change its state (``UpdateFinishedTrialError``, "Cannot tell a COMPLETE trial");
+the worker notes it in ``OUT/workers.log`` and goes on, since the other process's result stands.
+A worker process that crashes writes its traceback to ``$TMPDIR/xnetspace-logs/`` and the head
+prints one line naming the file when it happens.
+"""
 from __future__ import annotations
 
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
 import warnings
-from typing import Optional
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Optional
 
 import optuna
 
+from ..logs import LOG_FOLDER, error_log
 from .confirmation import ConfirmObjective, confirmation_state, enqueue_jobs, open_confirm_study, plan_jobs
 from .data import DataSplit, load_dataset
 from .objective import Objective, SurplusTrial, TrialFailed
 from .progress import POLL_SECONDS, Monitor
-from .study import RunOptions, SearchError, StudyConfig, open_study, slot_state, usable_cores
+from .errors import WorkerCrashed
+from .study import RunOptions, StudyConfig, open_study, slot_state, top_up_slots, usable_cores
 
-__all__ = ["run_worker", "worker_process", "run_processes", "cpu_share"]
+__all__ = ["run_worker", "worker_process", "run_processes", "cpu_share", "LostWorker", "SLOTS_AHEAD", "work_left",
+           "check_lost"]
+
+SLOTS_AHEAD = 2  # queued slots each worker keeps ahead of itself (few: a study of any N starts at once)
 
 
 def run_worker(config: StudyConfig, options: RunOptions, device: str = "cpu", worker: int = 0,
@@ -33,15 +51,15 @@ def run_worker(config: StudyConfig, options: RunOptions, device: str = "cpu", wo
     objective = Objective(config, data, options.n_trials, device, worker)
     while time.monotonic() < deadline:
         _fail_stale(study)
-        state = slot_state(study, options.n_trials)
-        if state.waiting == 0:
-            if state.running == 0:
-                break
+        state = top_up_slots(study, options.n_trials, SLOTS_AHEAD)
+        if state.done >= options.n_trials and not state.extra:
+            break
+        if state.waiting + state.extra == 0:
             time.sleep(poll)  # another worker's trial, or a dead one the heartbeat will requeue
             continue
-        study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial))
+        _run_one(study, objective, options, worker)
 
-    cstudy = open_confirm_study(options)
+    cstudy = open_confirm_study(options, config.score)
     objective = ConfirmObjective(config, data, device, worker)
     while time.monotonic() < deadline:
         _fail_stale(cstudy)
@@ -53,7 +71,36 @@ def run_worker(config: StudyConfig, options: RunOptions, device: str = "cpu", wo
                 break
             time.sleep(poll)
             continue
-        cstudy.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial))
+        _run_one(cstudy, objective, options, worker)
+
+
+def _run_one(study: optuna.Study, objective: Callable, options: RunOptions, worker: int) -> None:
+    """Pop one queued trial and run it; a trial that another process finished first is noted in
+    ``OUT/workers.log`` and left as that process finished it (module docstring)."""
+    try:
+        study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial))
+    except Exception as err:  # noqa: BLE001 - only a lost race is absorbed; anything else propagates
+        if not _lost_race(err):
+            raise
+        _note(options, f"worker {worker}, study '{study.study_name}': {str(err).rstrip('.')}: the trial was "
+                       f"finished by another process (the heartbeat, when this worker seemed dead); that result "
+                       f"stands; going on")
+
+
+def _lost_race(err: Exception) -> bool:
+    """Optuna's refusals to change a trial that is already finished."""
+    return isinstance(err, optuna.exceptions.UpdateFinishedTrialError) or (
+        isinstance(err, ValueError) and str(err).startswith("Cannot tell a "))
+
+
+def _note(options: RunOptions, message: str) -> None:
+    """Append a timestamped line to ``OUT/workers.log`` (nothing if the folder is not writable)."""
+    try:
+        options.out.mkdir(parents=True, exist_ok=True)
+        with open(options.out / "workers.log", "a") as log:
+            log.write(f"{datetime.now().isoformat(timespec='seconds')} {message}\n")
+    except OSError:
+        pass
 
 
 def _fail_stale(study: optuna.Study) -> None:
@@ -62,22 +109,35 @@ def _fail_stale(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def crash_log(name: str, pid: int) -> Path:
+    """Where worker process ``name`` (pid ``pid``) writes its traceback if it crashes."""
+    return LOG_FOLDER / f"{name}-{pid}.log"
+
+
 def worker_process(config_json: str, options_json: str, device: str, worker: int,
                    dataset: Optional[str] = None, threads: Optional[int] = None) -> None:
     """Entry point of a spawned worker; ``device`` ``cuda:K`` pins the process to GPU K.
 
     ``dataset`` is this machine's path to the study's data (default: the stored one; the caller has
-    checked it); ``threads`` caps torch's intra-op threads (CPU workers share the cores)."""
-    if device.startswith("cuda:"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
-        device = "cuda"
-    if threads is not None:
-        import torch
+    checked it); ``threads`` caps torch's intra-op threads (CPU workers share the cores). A crash
+    writes its traceback to :func:`crash_log` (never to the terminal) and exits with status 1;
+    Ctrl-C (which the head receives too) exits with 130."""
+    try:
+        if device.startswith("cuda:"):
+            os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+            device = "cuda"
+        if threads is not None:
+            import torch
 
-        torch.set_num_threads(threads)
-    config = StudyConfig.model_validate_json(config_json)
-    data = load_dataset(dataset, config.train.image_size, config.train.seed) if dataset else None
-    run_worker(config, RunOptions.model_validate_json(options_json), device, worker, data)
+            torch.set_num_threads(threads)
+        config = StudyConfig.model_validate_json(config_json)
+        data = load_dataset(dataset, config.train.image_size, config.train.seed) if dataset else None
+        run_worker(config, RunOptions.model_validate_json(options_json), device, worker, data)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BaseException as err:  # noqa: BLE001 - a crash goes to its log file, not the terminal
+        error_log(err, crash_log(mp.current_process().name, os.getpid()).stem)
+        sys.exit(1)
 
 
 def cpu_share(workers: int) -> int:
@@ -86,20 +146,47 @@ def cpu_share(workers: int) -> int:
     return max(1, usable_cores() // max(1, workers))
 
 
+def _context() -> mp.context.BaseContext:
+    """Fresh worker processes, which start CUDA themselves after ``CUDA_VISIBLE_DEVICES`` is set:
+    forked from a server process that has imported this module once (torch, timm, Optuna: seconds
+    of imports per process), where the platform has one; else spawned interpreters."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
+@dataclass(frozen=True)
+class LostWorker:
+    """A worker process that ended with an error: its name, exit code (negative: killed by
+    that signal) and the log file holding its traceback (None when it was killed)."""
+
+    name: str
+    exitcode: int
+    log: Optional[Path]
+
+    def describe(self) -> str:
+        if self.exitcode < 0:
+            return (f"worker {self.name} was killed by signal {-self.exitcode} (out of memory?); the heartbeat "
+                    f"retries its running trial")
+        where = f"its traceback is in {self.log}" if self.log else "it left no traceback"
+        return f"worker {self.name} crashed (exit code {self.exitcode}); {where}"
+
+
 def run_processes(config: StudyConfig, options: RunOptions, monitor: Optional[Monitor] = None,
-                  dataset: Optional[str] = None, first_worker: int = 0) -> None:
+                  dataset: Optional[str] = None, first_worker: int = 0) -> list[LostWorker]:
     """``options.workers`` spawned worker processes per entry of ``options.devices``
-    (a device repeated in the list gets as many more), polled by ``monitor``.
+    (a device repeated in the list gets as many more), polled by ``monitor``; returns the workers
+    that ended with an error (each reported by ``monitor`` when it happened).
 
     Workers are numbered from ``first_worker`` (the sampler's seed offset, see ``open_study``).
     CPU workers split the cores: each sets ``torch.set_num_threads`` to :func:`cpu_share` of
-    them. A worker that dies (killed, out of host memory) leaves its trial to the heartbeat, which
-    fails it and queues it again for the others; they keep running.
-
-    Raises:
-        SearchError: a worker process that exited with an error (after all others ended).
+    them. A worker that dies (crashed, killed, out of host memory) leaves its trial to the
+    heartbeat, which fails it and queues it again for the others; they keep running. Whether
+    the study got done anyway is the caller's to judge.
     """
-    ctx = mp.get_context("spawn")  # fresh interpreters: CUDA_VISIBLE_DEVICES is set before CUDA starts
+    ctx = _context()
     devices = [d for d in options.devices for _ in range(options.workers)]
     threads = cpu_share(devices.count("cpu"))
     procs = [ctx.Process(target=worker_process,
@@ -108,10 +195,21 @@ def run_processes(config: StudyConfig, options: RunOptions, monitor: Optional[Mo
                          name=f"xnetspace-worker-{first_worker + i}") for i, d in enumerate(devices)]
     for p in procs:
         p.start()
+    lost: dict[str, LostWorker] = {}
+
+    def check() -> None:
+        for p in procs:
+            if p.exitcode and p.name not in lost:
+                log = crash_log(p.name, p.pid) if p.pid else None
+                lost[p.name] = LostWorker(p.name, p.exitcode, log if log and log.is_file() else None)
+                if monitor is not None:
+                    monitor.log(lost[p.name].describe())
+
     try:
         while any(p.is_alive() for p in procs):
             if monitor is not None:
                 monitor.poll()
+            check()
             time.sleep(POLL_SECONDS)
     finally:
         for p in procs:
@@ -120,6 +218,26 @@ def run_processes(config: StudyConfig, options: RunOptions, monitor: Optional[Mo
             p.join()
     if monitor is not None:
         monitor.poll()
-    crashed = [f"{p.name} (exit code {p.exitcode})" for p in procs if p.exitcode]
-    if crashed:
-        raise SearchError(f"worker process(es) crashed: {', '.join(crashed)}")
+    check()
+    return list(lost.values())
+
+
+def work_left(study: optuna.Study, options: RunOptions, score) -> bool:
+    """Does the study still have trials or queued/running confirmation runs to do?"""
+    if slot_state(study, options.n_trials).done < options.n_trials:
+        return True
+    _, running, waiting = confirmation_state(open_confirm_study(options, score))
+    return running + waiting > 0
+
+
+def check_lost(lost: list[LostWorker], study: optuna.Study, options: RunOptions, score) -> None:
+    """A lost worker is an error only if its study was left unfinished: the others (or a heartbeat
+    retry) may have done its work.
+
+    Raises:
+        WorkerCrashed: workers were lost and work is left (each named, with its log file).
+    """
+    if lost and work_left(study, options, score):
+        raise WorkerCrashed("worker processes ended before the study was done: "
+                            + "; ".join(w.describe() for w in lost)
+                            + ". The study is kept: re-run the same command to continue it")

@@ -1,0 +1,18 @@
+"""The errors the search half raises for input or situations a user can fix (the command line
+maps each to exit status 2 and one paragraph)."""
+from __future__ import annotations
+
+__all__ = ["SearchError", "StorageError", "WorkerCrashed"]
+
+
+class SearchError(RuntimeError):
+    """A study that cannot run as asked (e.g. resumed with another recipe); the message says why."""
+
+
+class StorageError(SearchError):
+    """A storage URL that cannot be opened; the message says why, without the password."""
+
+
+class WorkerCrashed(SearchError):
+    """Worker processes crashed and left the study unfinished; the message names each one and
+    the log file with its traceback."""
