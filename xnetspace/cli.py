@@ -453,11 +453,12 @@ def analyze(
     study_names: Optional[list[str]] = typer.Option(None, "--study-name", help="a study in --storage (repeat for several)"),
     out: Optional[Path] = typer.Option(None, help="folder for analysis.json and the figures (default: the run's folder for one run, else runs/analysis)"),
     bins: int = typer.Option(5, help="FLOP bins of the complexity normalisation"),
-    force: bool = typer.Option(False, "--force", help="compare studies of different datasets or image sizes anyway"),
+    force: bool = typer.Option(False, "--force", help="compare studies of different datasets, image sizes or scores anyway (different scores: by top-1 error)"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Design-space analysis: error EDFs, knob importances and marginals of each study, and the
-    comparison of the first study with the others (KS statistic, bootstrap CIs)."""
+    """Design-space analysis in the studies' score (cross-entropy in a loss study, top-1 error in a
+    top1 study): EDFs, knob importances and marginals of each study, and the comparison of the
+    first study with the others (KS statistic, bootstrap CIs)."""
     import warnings
 
     import optuna
@@ -492,12 +493,15 @@ def analyze(
     def say(line: str) -> None:  # names and messages are text, not rich markup
         console.print(line, markup=False, highlight=False)
 
+    score = result["score"]
+    d = 4 if score["unit"] == "nats" else 2  # decimals of the score
+    say(f"score: {score['label']} ({score['unit']}, lower is better)" + (f"; {score['note']}" if "note" in score else ""))
     for s in result["studies"]:
         e = s["error"]
         top = ", ".join(f"{k} {v:.2f}" for k, v in list(s["importance"].items())[:3]) or "none"
         say(f"{s['name']} ({s['space']}, {s['dataset']}, sampler {s['sampler']}): {s['n']} candidates, "
-                      f"{s['rejected']} samples rejected; error best {e['min']:.2f} / median {e['median']:.2f} / "
-                      f"mean {e['mean']:.2f} %; most important (fANOVA): {top}")
+                      f"{s['rejected']} samples rejected; error best {e['min']:.{d}f} / median {e['median']:.{d}f} / "
+                      f"mean {e['mean']:.{d}f} {score['unit']}; most important (fANOVA): {top}")
         for note in s["warnings"]:
             say(f"  warning: {note}")
     for c in result.get("comparisons", [result["comparison"]] if "comparison" in result else []):
@@ -505,8 +509,8 @@ def analyze(
             lo, hi = c["mean_difference_ci95"]
             blo, bhi = c["best_difference_ci95"]
             say(f"{c['a']} vs {c['b']}: KS {c['ks_statistic']:.3f} (p = {c['ks_pvalue']:.3g}); "
-                          f"mean error difference {c['mean_difference']:+.2f} [95% CI {lo:+.2f}, {hi:+.2f}], best "
-                          f"{c['best_difference']:+.2f} [{blo:+.2f}, {bhi:+.2f}]: {c['verdict']}")
+                          f"mean error difference {c['mean_difference']:+.{d}f} [95% CI {lo:+.{d}f}, {hi:+.{d}f}], best "
+                          f"{c['best_difference']:+.{d}f} [{blo:+.{d}f}, {bhi:+.{d}f}]: {c['verdict']}")
         for note in c["warnings"]:
             say(f"  warning: {note}")
     say("files: " + ", ".join(str(p) for p in files.values()))

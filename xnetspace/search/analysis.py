@@ -7,8 +7,16 @@ one cheap recipe, and compare the *distributions* of their errors rather than th
 
 - **Candidates** are a study's completed trials that trained a spec of their own: rejected
   samples (over budget, invalid), repeats of an earlier spec (``duplicate_of``), and pruned or
-  failed trials are left out. The error of a candidate is ``100 - top-1`` in percent (in a
-  ``loss`` study too: its trials record top-1 beside the cross-entropy they were ranked by).
+  failed trials are left out.
+- **The score** is the study's own (:attr:`StudyConfig.score`): in a ``loss`` study the
+  "error" of a candidate is its validation cross-entropy in nats, in a ``top1`` study (and the
+  two-objective ones) its top-1 error ``100 - top-1`` in percent; lower is better in both. A
+  candidate trained with several seeds counts once, with the mean over its runs of the last
+  epoch (:meth:`TrialRecord.final`). The top-1 error is kept beside the score in every study
+  (``top1_error``, ``edf_top1_error``), and ``score`` in ``analysis.json`` names what "error"
+  means there. Studies of different scores are compared only with ``force``, and then by top-1
+  error (cross-entropy can tell architectures apart where top-1 cannot, README "Search", but
+  nats and percent are not one scale).
 - **EDF**: F(e) = fraction of candidates with error <= e, evaluated at each distinct error.
   pycls writes F(e) = (1/n) sum 1[e_i < e]; the right-continuous form used here differs only at
   the observed errors themselves, and equals ``scipy.stats.ecdf``.
@@ -45,7 +53,7 @@ import math
 import sqlite3
 import warnings
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -56,12 +64,14 @@ from optuna.trial import TrialState
 from pydantic import ValidationError
 from scipy import stats
 
+from .analysis_schema import AnalysisResult, ScoreInfo
 from .records import read_trial
+from .score import LOSS
 from .study import StudyConfig, stored_settings
 
 __all__ = ["AnalysisError", "Candidate", "StudyData", "load_run", "load_named_study", "study_data", "edf",
            "complexity_weights", "edf_distance", "importances", "marginals", "compare", "analyze",
-           "MIN_RELIABLE", "UNBIASED_SAMPLERS"]
+           "MIN_RELIABLE", "UNBIASED_SAMPLERS", "score_info", "TOP1_ERROR", "CROSS_ENTROPY"]
 
 MIN_RELIABLE = 10  # fewer candidates than this: the EDF is shown but called unreliable
 UNBIASED_SAMPLERS = ("random", "qmc")
@@ -73,11 +83,24 @@ class AnalysisError(ValueError):
     """Input that cannot be analysed (not a study, no candidates, incomparable studies)."""
 
 
+CROSS_ENTROPY = ScoreInfo(name="loss", label="validation cross-entropy", unit="nats", direction="minimize")
+TOP1_ERROR = ScoreInfo(name="top1_error", label="top-1 error (100 - top-1)", unit="%", direction="minimize")
+
+
+def score_info(config: StudyConfig) -> ScoreInfo:
+    """What a study's candidates are analysed by: cross-entropy (nats) in a ``loss`` study, top-1
+    error (percent) otherwise; lower is better in both."""
+    return CROSS_ENTROPY if config.score == LOSS else TOP1_ERROR
+
+
 # -- reading studies ----------------------------------------------------------------------------------
 @dataclass
 class Candidate:
-    """One trained, completed spec: its trial number, error (100 - top-1, percent), FLOPs
-    (fvcore's count at the space's constraint image size), params, and knob values."""
+    """One trained, completed spec: its trial number, error (the study's score, lower is better:
+    cross-entropy in nats in a ``loss`` study, ``100 - top-1`` in percent otherwise; the mean over
+    its runs), FLOPs (fvcore's count at the space's constraint image size), params, knob values
+    (the trial's Optuna parameters), the top-1 error beside the score (None if a run recorded no
+    top-1) and the spec it trained (``NetworkSpec`` fields as stored; None in hand-made studies)."""
 
     number: int
     error: float
@@ -85,6 +108,8 @@ class Candidate:
     params: int
     spec_digest: str
     knobs: dict[str, Any]
+    top1_error: Optional[float] = None
+    spec: Optional[dict[str, Any]] = None
 
 
 @dataclass
@@ -103,9 +128,14 @@ class StudyData:
     failed: int = 0
     duplicates: int = 0
     pruned_by_pruner: int = 0
-    unreadable: int = 0  # completed trials whose top-1 is not a finite number (a damaged or edited storage)
-    seed_std: Optional[float] = None
+    unreadable: int = 0  # completed trials whose score is not a finite number (a damaged or edited storage)
+    seed_std: Optional[float] = None  # in the study's score (points of top-1, or nats)
     confirmed_best: Optional[dict] = None
+
+    @property
+    def score(self) -> ScoreInfo:
+        """What ``Candidate.error`` is in this study (:func:`score_info`)."""
+        return score_info(self.config)
 
 
 def load_run(folder: Path | str) -> optuna.Study:
@@ -168,9 +198,11 @@ def _finite(value: Any) -> Optional[float]:
 
 
 def study_data(study: optuna.Study, source: str = "", summary: Optional[Path] = None) -> StudyData:
-    """Read a finished (or unfinished) xnetspace study's candidates and counts; with ``summary``
-    (the run's ``summary.json``, if it exists), also the proxy's seed noise (``noise.proxy_seed_std``,
-    else ``noise.seed_std``: the std of one spec's top-1 over seeds, in points) and the confirmed winner.
+    """Read a finished (or unfinished) xnetspace study's candidates and counts, each in the study's
+    score (:func:`score_info`; the mean over a candidate's runs) with its top-1 error beside it;
+    with ``summary`` (the run's ``summary.json``, if it exists), also the proxy's seed noise
+    (``noise.proxy_seed_std``, else ``noise.seed_std``: the std of one spec's score over seeds, in
+    the study's score: points of top-1 or nats) and the confirmed winner.
 
     Raises:
         AnalysisError: the study was not made by xnetspace (no stored config).
@@ -185,7 +217,7 @@ def study_data(study: optuna.Study, source: str = "", summary: Optional[Path] = 
         try:
             found = json.loads(Path(summary).read_text())
             noise = found.get("noise") or {}
-            if (found.get("score") or {}).get("name", "top1") == "top1":  # a loss study's noise is in nats
+            if (found.get("score") or {}).get("name", "top1") == config.score.name:  # the noise's unit is the score's
                 data.seed_std = noise.get("proxy_seed_std", noise.get("seed_std"))
             data.confirmed_best = found.get("best")
         except (ValueError, AttributeError):
@@ -207,11 +239,13 @@ def study_data(study: optuna.Study, source: str = "", summary: Optional[Path] = 
             data.duplicates += 1
         elif t.state == TrialState.COMPLETE:
             top1 = _finite(r.final("top1"))
-            if top1 is None:
+            value = top1 if config.score.name == "top1" else _finite(r.final("loss"))
+            if value is None:
                 data.unreadable += 1
                 continue
-            data.candidates.append(Candidate(t.number, 100.0 - top1, r.flops or 0, r.params or 0,
-                                             r.spec_digest or "", dict(t.params)))
+            error = 100.0 - value if config.score.name == "top1" else value
+            data.candidates.append(Candidate(t.number, error, r.flops or 0, r.params or 0, r.spec_digest or "",
+                                             dict(t.params), None if top1 is None else 100.0 - top1, r.spec))
             data.distributions.update(t.distributions)
         elif t.state == TrialState.PRUNED:
             data.pruned += 1
@@ -424,24 +458,30 @@ def compare(a: Sequence[float], b: Sequence[float], seed: int = 0, n_resamples: 
 
 # -- the whole analysis -------------------------------------------------------------------------------
 def analyze(studies: Sequence[StudyData], force: bool = False, bins: int = 5, seed: int = 0) -> dict:
-    """Analyse one or more studies (the object that ``analysis.json`` holds).
+    """Analyse one or more studies in their score (the object that ``analysis.json`` holds: the
+    JSON form of :class:`~xnetspace.search.analysis_schema.AnalysisResult`, validated against it).
 
     Returns:
-        ``{"studies": [...], "importance_method": "fanova", "normalization": {...},
-        "comparison": {...}}`` with, per study (in the order given): ``name``, ``source``, ``space``,
-        ``dataset``, ``image_size`` (proxy training, pixels), ``sampler``, ``pruner``, ``n``
-        (candidates), ``rejected`` (samples rejected before training: over budget or invalid),
-        ``sampled``, ``pruned``, ``failed``, ``duplicates``, ``error`` (min/median/mean/max),
-        ``best``, ``edf`` and ``edf_normalized`` (``error`` and ``fraction`` lists),
+        ``{"score": {...}, "studies": [...], "importance_method": "fanova", "normalization": {...},
+        "comparison": {...}}``. ``score`` (``name``: ``loss`` or ``top1_error``, ``label``,
+        ``unit``: nats or %, ``direction``: minimize, ``note``) says what every "error" below is.
+        Per study (in the order given): ``name``, ``source``, ``space``, ``dataset``,
+        ``image_size`` (proxy training, pixels), ``sampler``, ``pruner``, ``n`` (candidates),
+        ``rejected`` (samples rejected before training: over budget or invalid), ``sampled``,
+        ``pruned``, ``failed``, ``duplicates``, ``error`` (min/median/mean/max), ``top1_error``
+        (the same of the top-1 error, None if no candidate recorded top-1), ``best``, ``edf``,
+        ``edf_normalized`` and ``edf_top1_error`` (``error`` and ``fraction`` lists),
         ``importance`` (fANOVA), ``importance_ped_anova``, ``single_valued``, ``marginals``,
-        ``seed_std`` and ``confirmed_best`` (from the run's ``summary.json``; None without one) and
-        ``warnings``. ``comparison`` (first study against the second; see :func:`compare`, plus
-        ``ks_statistic_normalized``, ``a``, ``b``, ``verdict``, ``warnings``) is present for 2+
-        studies, and ``comparisons`` lists every later study against the first when there are 3+.
+        ``seed_std`` (in the score's unit) and ``confirmed_best`` (from the run's ``summary.json``;
+        None without one) and ``warnings``. ``comparison`` (first study against the second; see
+        :func:`compare`, plus ``ks_statistic_normalized``, ``a``, ``b``, ``verdict``,
+        ``warnings``) is present for 2+ studies, and ``comparisons`` lists every later study
+        against the first when there are 3+.
 
     Raises:
-        AnalysisError: no studies, a study without candidates, or studies of different datasets
-            or proxy image sizes without ``force``.
+        AnalysisError: no studies, a study without candidates, or studies of different datasets,
+            proxy image sizes or scores without ``force`` (with ``force``, studies of different
+            scores are compared by top-1 error, and ``score.note`` says so).
     """
     if not studies:
         raise AnalysisError("nothing to analyse: give at least one study")
@@ -449,28 +489,51 @@ def analyze(studies: Sequence[StudyData], force: bool = False, bins: int = 5, se
         if not s.candidates:
             raise AnalysisError(f"study {s.name!r} ({s.source}) has no completed candidates yet: nothing to analyse "
                                 f"({s.rejected} rejected, {s.pruned} pruned, {s.failed} failed trials"
-                                f"{f', {s.unreadable} without a finite top-1' if s.unreadable else ''})")
+                                f"{f', {s.unreadable} without a finite {_word(s.score)}' if s.unreadable else ''})")
     mismatch = _mismatch(studies)
     if mismatch and not force:
-        raise AnalysisError(f"refusing to compare studies of {mismatch}: their errors are not on one scale "
-                            f"(another task or resolution changes every error); pass --force to compare anyway")
+        what = ("their errors are not on one scale (another task or resolution changes every error)"
+                if "different scores" not in mismatch else
+                "cross-entropy in nats and top-1 error in percent are not one scale")
+        raise AnalysisError(f"refusing to compare studies of {mismatch}: {what}; pass --force to compare anyway"
+                            + (" (by top-1 error)" if "different scores" in mismatch else ""))
+    score = studies[0].score
+    if len({s.score.name for s in studies}) > 1:  # forced: the one score every study recorded
+        studies = [_by_top1_error(s) for s in studies]
+        score = TOP1_ERROR.model_copy(update={"note": "the studies rank by different scores ("
+                                              + ", ".join(f"{s.name}: {s.config.score.label}" for s in studies)
+                                              + "); compared by top-1 error, which all of them record (--force)"})
     try:
         weights, normalization = complexity_weights([[c.flops for c in s.candidates] for s in studies], bins)
     except AnalysisError as err:  # the plain analysis still stands
         weights, normalization = [np.zeros(len(s.candidates)) for s in studies], {"error": str(err)}
     normalization["method"] = ("equal-width FLOP bins over all studies; each study weighted uniform over the bins "
                                "that hold candidates of every study (Radosavovic et al. 2019, section 4)")
-    result: dict[str, Any] = {"studies": [], "importance_method": "fanova", "normalization": normalization}
+    result: dict[str, Any] = {"score": score.model_dump(exclude_none=True), "studies": [],
+                              "importance_method": "fanova", "normalization": normalization}
     for s, w in zip(studies, weights):
-        result["studies"].append(_study_summary(s, w, seed))
+        result["studies"].append(_study_summary(s, w, seed, score))
     if len(studies) >= 2:
         pairs = [(0, j) for j in range(1, len(studies))]
-        comparisons = [_comparison(studies[i], studies[j], result["studies"][i], result["studies"][j], mismatch, seed)
-                       for i, j in pairs]
+        comparisons = [_comparison(studies[i], studies[j], result["studies"][i], result["studies"][j], mismatch, seed,
+                                   score) for i, j in pairs]
         result["comparison"] = comparisons[0]
         if len(comparisons) > 1:
             result["comparisons"] = comparisons
-    return result
+    return AnalysisResult.model_validate(result).model_dump(exclude_unset=True)
+
+
+def _word(score: ScoreInfo) -> str:
+    return "cross-entropy" if score.name == "loss" else "top-1"
+
+
+def _by_top1_error(s: StudyData) -> StudyData:
+    """The study with each candidate's error replaced by its top-1 error (candidates without a
+    recorded top-1 counted as unreadable); the seed noise is kept only if it was in top-1 points."""
+    if s.score.name == "top1_error":
+        return s
+    kept = [replace(c, error=c.top1_error) for c in s.candidates if c.top1_error is not None]
+    return replace(s, candidates=kept, unreadable=s.unreadable + len(s.candidates) - len(kept), seed_std=None)
 
 
 def _mismatch(studies: Sequence[StudyData]) -> str:
@@ -482,6 +545,8 @@ def _mismatch(studies: Sequence[StudyData]) -> str:
     if len(sizes) > 1:
         problems.append("different image sizes (" + ", ".join(f"{s.name}: {'x'.join(map(str, _size(s)))}"
                                                              for s in studies) + ")")
+    if len({s.score.name for s in studies}) > 1:
+        problems.append("different scores (" + ", ".join(f"{s.name}: {s.config.score.label}" for s in studies) + ")")
     return " and ".join(problems)
 
 
@@ -490,8 +555,14 @@ def _size(s: StudyData) -> list[int]:
     return list(size) if isinstance(size, (tuple, list)) else [int(size), int(size)]
 
 
-def _study_summary(s: StudyData, weights: np.ndarray, seed: int) -> dict:
+def _five(values: Sequence[float]) -> dict:
+    return {"min": float(np.min(values)), "median": float(np.median(values)), "mean": float(np.mean(values)),
+            "max": float(np.max(values))}
+
+
+def _study_summary(s: StudyData, weights: np.ndarray, seed: int, score: ScoreInfo) -> dict:
     errors = [c.error for c in s.candidates]
+    top1_errors = [c.top1_error for c in s.candidates if c.top1_error is not None]
     sampler, pruner = s.settings.get("sampler", "unknown"), s.settings.get("pruner", "unknown")
     notes = []
     if sampler not in UNBIASED_SAMPLERS:
@@ -510,32 +581,33 @@ def _study_summary(s: StudyData, weights: np.ndarray, seed: int) -> dict:
     if s.duplicates:
         notes.append(f"{s.duplicates} trial(s) repeated an earlier spec and are counted once")
     if s.unreadable:
-        notes.append(f"{s.unreadable} completed trial(s) have no finite top-1 (NaN, inf or not a number in the "
-                     f"storage) and are not in the EDF")
+        notes.append(f"{s.unreadable} completed trial(s) have no finite {_word(score)} (NaN, inf or not a number in "
+                     f"the storage) and are not in the EDF")
     importance, single, importance_notes = importances(s.candidates, s.distributions, seed)
     best = min(s.candidates, key=lambda c: (c.error, c.flops))
     plain = edf(errors)
     normalized = edf(errors, weights) if weights.sum() > 0 else ([], [])
+    plain_top1 = edf(top1_errors) if top1_errors else ([], [])
     return {
         "name": s.name, "source": s.source, "space": s.config.space.name, "dataset": s.config.dataset,
         "image_size": _size(s), "sampler": sampler, "pruner": pruner, "n": len(errors),
         "rejected": s.rejected, "rejected_over_budget": s.rejected_over_budget,
         "sampled": s.rejected + len(errors) + s.pruned + s.failed + s.duplicates,
         "pruned": s.pruned, "failed": s.failed, "duplicates": s.duplicates,
-        "error": {"min": float(np.min(errors)), "median": float(np.median(errors)), "mean": float(np.mean(errors)),
-                  "max": float(np.max(errors))},
+        "error": _five(errors), "top1_error": _five(top1_errors) if top1_errors else None,
         "flops": {"min": min(c.flops for c in s.candidates), "max": max(c.flops for c in s.candidates)},
         "best": {"trial": best.number, "error": best.error, "flops": best.flops, "params": best.params,
                  "spec_digest": best.spec_digest},
         "edf": {"error": plain[0], "fraction": plain[1]},
         "edf_normalized": {"error": normalized[0], "fraction": normalized[1]},
+        "edf_top1_error": {"error": plain_top1[0], "fraction": plain_top1[1]},
         "importance": importance["fanova"], "importance_ped_anova": importance["ped_anova"],
         "single_valued": single, "marginals": marginals(s.candidates), "seed_std": s.seed_std,
         "confirmed_best": s.confirmed_best, "warnings": notes + importance_notes,
     }
 
 
-def _comparison(a: StudyData, b: StudyData, sa: dict, sb: dict, mismatch: str, seed: int) -> dict:
+def _comparison(a: StudyData, b: StudyData, sa: dict, sb: dict, mismatch: str, seed: int, score: ScoreInfo) -> dict:
     notes = [f"compared despite {mismatch} (--force)"] if mismatch else []
     if min(sa["n"], sb["n"]) < 2:
         return {"a": a.name, "b": b.name, "ks_statistic": None, "ks_pvalue": None, "mean_difference_ci95": None,
@@ -557,8 +629,9 @@ def _comparison(a: StudyData, b: StudyData, sa: dict, sb: dict, mismatch: str, s
         notes.append("a study that is not randomly sampled is compared: the difference may be the sampler's")
     noise = max((x for x in (a.seed_std, b.seed_std) if x is not None), default=None)
     if noise is not None and abs(result["best_difference"]) < 2 * noise:
-        notes.append(f"the best-error difference ({result['best_difference']:+.2f}) is within twice the proxy's seed "
-                     f"noise (std {noise:.2f} points): a population's best is partly its luckiest seed; compare the "
-                     f"confirmed bests (confirmed_best)")
+        digits, unit = (2, "points") if score.unit == "%" else (4, score.unit)
+        notes.append(f"the best-error difference ({result['best_difference']:+.{digits}f}) is within twice the proxy's "
+                     f"seed noise (std {noise:.{digits}f} {unit}): a population's best is partly its luckiest seed; "
+                     f"compare the confirmed bests (confirmed_best)")
     result["warnings"] = notes
     return result

@@ -1,12 +1,13 @@
 """Figures and files of a design-space analysis: ``analysis.json``, ``edf.png``, ``importance.png``,
-``marginals.png`` (matplotlib, Agg), all drawn from the object :func:`.analysis.analyze` returns."""
+``marginals.png`` (matplotlib, Agg), all drawn from the object :func:`.analysis.analyze` returns,
+in the score it names (cross-entropy in a ``loss`` study, with the top-1 error EDF beside it)."""
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
 
-__all__ = ["write_analysis"]
+__all__ = ["write_analysis", "axis_label"]
 
 
 def write_analysis(result: dict, out: Path) -> dict[str, Path]:
@@ -28,30 +29,52 @@ def write_analysis(result: dict, out: Path) -> dict[str, Path]:
     return files
 
 
-def _label(study: dict) -> str:
-    e = study["error"]
-    return f"{study['name']} (n={study['n']}, best {e['min']:.2f}, mean {e['mean']:.2f})"
+def _label(study: dict, key: str = "error", digits: int = 2) -> str:
+    e = study[key]
+    return f"{study['name']} (n={study['n']}, best {e['min']:.{digits}f}, mean {e['mean']:.{digits}f})"
+
+
+def axis_label(score: dict) -> str:
+    """The x-axis words of an EDF of ``score`` (the ``score`` object of analysis.json)."""
+    return ("validation cross-entropy (nats)" if score["name"] == "loss" else "error = 100 - top-1 (%)")
 
 
 def _plot_edf(result: dict, path: Path) -> Path:
+    """EDFs in the analysis's score; in a cross-entropy analysis the top-1 error EDFs beside them."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    score = result["score"]
+    beside = score["name"] == "loss" and any(s["edf_top1_error"]["error"] for s in result["studies"])
+    fig, axes = plt.subplots(1, 2 if beside else 1, figsize=(12 if beside else 7, 4.5), squeeze=False)
+    ax = axes[0][0]
+    digits = 4 if score["name"] == "loss" else 2
     for i, study in enumerate(result["studies"]):
         color = f"C{i}"
-        ax.step(study["edf"]["error"], study["edf"]["fraction"], where="post", color=color, label=_label(study))
+        ax.step(study["edf"]["error"], study["edf"]["fraction"], where="post", color=color,
+                label=_label(study, digits=digits))
         if study["edf_normalized"]["error"]:
             ax.step(study["edf_normalized"]["error"], study["edf_normalized"]["fraction"], where="post", color=color,
                     linestyle="--", alpha=0.7, label=f"{study['name']}, complexity-normalised")
-    title = "error EDF of each study's candidates"
+    title = f"EDF of each study's candidates: {score['label']}"
     if "comparison" in result and result["comparison"].get("ks_statistic") is not None:
         c = result["comparison"]
         title += f"\nKS {c['ks_statistic']:.3f} (p = {c['ks_pvalue']:.3g}); mean(A) - mean(B) 95% CI " \
-                 f"[{c['mean_difference_ci95'][0]:.2f}, {c['mean_difference_ci95'][1]:.2f}]"
-    ax.set(xlabel="error = 100 - top-1 (%)", ylabel="fraction of candidates with error <= e", ylim=(0, 1.02),
-           title=title)
+                 f"[{c['mean_difference_ci95'][0]:.{digits}f}, {c['mean_difference_ci95'][1]:.{digits}f}]"
+    ax.set(xlabel=axis_label(score), ylabel="fraction of candidates with error <= e", ylim=(0, 1.02), title=title)
+    ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=7)
+    if beside:
+        ax = axes[0][1]
+        for i, study in enumerate(result["studies"]):
+            if study["edf_top1_error"]["error"]:
+                ax.step(study["edf_top1_error"]["error"], study["edf_top1_error"]["fraction"], where="post",
+                        color=f"C{i}", label=_label(study, "top1_error"))
+        ax.set(xlabel="error = 100 - top-1 (%)", ylabel="fraction of candidates with error <= e", ylim=(0, 1.02),
+               title="the same candidates' top-1 error (beside the score)")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -78,8 +101,8 @@ def _plot_importance(result: dict, path: Path) -> Path:
                     label=study["name"])
         ax.set_yticks(range(len(knobs)), knobs, fontsize=7)
         ax.invert_yaxis()
-        ax.set(xlabel="fANOVA importance (share of the error's variance)",
-               title="knob importance for the error (Optuna fANOVA)")
+        ax.set(xlabel=f"fANOVA importance (share of the variance of the {result['score']['label']})",
+               title="knob importance (Optuna fANOVA)")
         ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -112,7 +135,8 @@ def _plot_marginals(result: dict, path: Path) -> Path:
         ax.set_title(knob, fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
     if knobs:
-        axes.flat[0].set_ylabel("mean error (%), 95% CI", fontsize=7)
+        unit = result["score"]["unit"]
+        axes.flat[0].set_ylabel(f"mean {'cross-entropy' if unit == 'nats' else 'error'} ({unit}), 95% CI", fontsize=7)
         axes.flat[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -1,0 +1,219 @@
+"""The files of the design-space tools as Pydantic models: ``analysis.json`` (``xnetspace analyze``,
+:class:`AnalysisResult`) and ``refine.json`` (``xnetspace refine``, :class:`RefineResult`).
+
+Every model forbids unknown fields, so a file parsed back into its model is checked field by field
+(the tests do this with real outputs). Their JSON Schemas are kept in ``docs/schemas/``:
+``python -m xnetspace.search.analysis_schema docs/schemas`` writes them (:func:`write_schemas`),
+and a test fails when a written schema differs from the model's current one.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ScoreInfo", "AnalysisResult", "StudySummary", "Comparison", "RefineResult", "RefineStep",
+           "schemas", "write_schemas"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScoreInfo(_Strict):
+    """What "error" means in a file: the score analysed, its unit, and its direction."""
+
+    name: Literal["loss", "top1_error"] = Field(description="loss: validation cross-entropy; top1_error: 100 - top-1")
+    label: str
+    unit: Literal["nats", "%"]
+    direction: Literal["minimize"] = Field(description="lower is better")
+    note: Optional[str] = Field(None, description="why this score was used when it is not the studies' own")
+
+
+class Five(_Strict):
+    """Minimum, median, mean and maximum, in the score's unit."""
+
+    min: float
+    median: float
+    mean: float
+    max: float
+
+
+class EDF(_Strict):
+    """F(e): the (weighted) fraction of candidates with error <= e, at each distinct error."""
+
+    error: list[float]
+    fraction: list[float]
+
+
+class FlopRange(_Strict):
+    min: int
+    max: int
+
+
+class Best(_Strict):
+    trial: int
+    error: float
+    flops: int
+    params: int
+    spec_digest: str
+
+
+class MarginalRow(_Strict):
+    """One value (or quantile bin, with ``range``) of a knob: candidates, mean error, SEM, t-interval."""
+
+    value: Any
+    n: int
+    mean_error: float
+    sem: Optional[float]
+    ci95: Optional[list[float]]
+    range: Optional[list[float]] = None
+
+
+class StudySummary(_Strict):
+    """One study of an analysis (see :func:`xnetspace.search.analysis.analyze`)."""
+
+    name: str
+    source: str
+    space: str
+    dataset: str
+    image_size: list[int]
+    sampler: str
+    pruner: str
+    n: int = Field(description="candidates: completed trials that trained a spec of their own")
+    rejected: int
+    rejected_over_budget: int
+    sampled: int
+    pruned: int
+    failed: int
+    duplicates: int
+    error: Five
+    top1_error: Optional[Five]
+    flops: FlopRange
+    best: Best
+    edf: EDF
+    edf_normalized: EDF
+    edf_top1_error: EDF
+    importance: dict[str, float] = Field(description="Optuna fANOVA, normalised to sum 1")
+    importance_ped_anova: dict[str, float]
+    single_valued: list[str]
+    marginals: dict[str, list[MarginalRow]]
+    seed_std: Optional[float] = Field(description="std of one spec's score over seeds, in the score's unit")
+    confirmed_best: Optional[dict[str, Any]]
+    warnings: list[str]
+
+
+class Comparison(_Strict):
+    """Study ``a`` against study ``b`` (differences are a - b; negative: a is better)."""
+
+    a: str
+    b: str
+    ks_statistic: Optional[float]
+    ks_pvalue: Optional[float]
+    mean_difference: Optional[float] = None
+    best_difference: Optional[float] = None
+    mean_difference_ci95: Optional[list[float]]
+    best_difference_ci95: Optional[list[float]]
+    ks_statistic_normalized: Optional[float] = None
+    verdict: Optional[str] = None
+    warnings: list[str]
+
+
+class Normalization(_Strict):
+    """The complexity normalisation (absent fields: it could not be made, ``error`` says why)."""
+
+    method: str
+    bins: Optional[int] = None
+    edges: Optional[list[float]] = None
+    shared_bins: Optional[int] = None
+    dropped: Optional[list[int]] = None
+    error: Optional[str] = None
+
+
+class AnalysisResult(_Strict):
+    """``analysis.json``: the score, each study's summary, and the comparisons."""
+
+    score: ScoreInfo
+    studies: list[StudySummary]
+    importance_method: Literal["fanova"]
+    normalization: Normalization
+    comparison: Optional[Comparison] = None
+    comparisons: Optional[list[Comparison]] = None
+
+
+# -- refine.json ---------------------------------------------------------------------------------------
+class Evidence(_Strict):
+    """A constrained subset against the members it was drawn from (errors in the score's unit)."""
+
+    members: int = Field(description="members the subset was drawn from")
+    satisfying: int = Field(description="members that satisfy the constraint")
+    ks_statistic: Optional[float] = Field(description="scipy.stats.ks_2samp, satisfying against the others")
+    ks_pvalue: Optional[float]
+    edf_gap: Optional[float] = Field(description="sup |F_subset - F_members| of the plain EDFs")
+    edf_gap_normalized: Optional[float] = Field(description="the same of the complexity-normalised EDFs")
+    mean_difference: Optional[float] = Field(description="mean(subset) - mean(members), complexity-normalised "
+                                                         "when normalised is true")
+    mean_difference_ci95: Optional[list[float]] = Field(description="percentile bootstrap over the members")
+    mean_difference_plain: Optional[float]
+    mean_difference_plain_ci95: Optional[list[float]]
+    normalized: bool = Field(description="whether the mean difference and its CI are complexity-normalised")
+
+
+class RefineStep(_Strict):
+    """One candidate constraint: what it is, the evidence, the verdict."""
+
+    kind: Literal["tie", "monotone", "schedule", "width_rule", "fix"]
+    knob: str
+    description: str
+    order: Optional[int] = Field(None, description="its place in the greedy order (None: never tested there)")
+    first_test: Optional[Evidence] = Field(description="against all members")
+    test: Optional[Evidence] = Field(description="against the members left by the constraints accepted before it")
+    verdict: Literal["accepted", "rejected", "not applicable"]
+    reason: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class RefineResult(_Strict):
+    """``refine.json``: the study refined, the rule, each step, and the knobs before and after."""
+
+    study: str
+    source: str
+    space: str
+    refined_space: str
+    refined_space_file: str
+    score: ScoreInfo
+    members: int
+    rule: str
+    knobs_before: list[str]
+    knobs_after: list[str]
+    steps: list[RefineStep]
+    accepted: list[str]
+    members_left: int
+    warnings: list[str]
+    verify: Optional[dict[str, Any]] = None
+
+
+def schemas() -> dict[str, dict]:
+    """File name -> JSON Schema of each model (``analysis.schema.json``, ``refine.schema.json``)."""
+    return {"analysis.schema.json": AnalysisResult.model_json_schema(),
+            "refine.schema.json": RefineResult.model_json_schema()}
+
+
+def write_schemas(folder: Path | str) -> list[Path]:
+    """Write :func:`schemas` into ``folder`` (created if missing); returns the paths written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in schemas().items():
+        path = folder / name
+        path.write_text(json.dumps(schema, indent=2) + "\n")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":  # python -m xnetspace.search.analysis_schema docs/schemas
+    for path in write_schemas(sys.argv[1] if len(sys.argv) > 1 else "docs/schemas"):
+        print(path)
