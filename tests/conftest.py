@@ -95,6 +95,21 @@ def postgres_url(postgres_server, request):
     return new_database(postgres_server, request.node.name)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prepared_cache(tmp_path_factory):
+    """Image folders that tests prepare are cached in a session folder, never in ~/.cache
+    (xnetspace/search/prepare.py; subprocesses inherit the variable). Tests of the cache itself
+    point it at their own tmp_path."""
+    folder = tmp_path_factory.mktemp("xnetspace-cache")
+    before = os.environ.get("XNETSPACE_CACHE")
+    os.environ["XNETSPACE_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("XNETSPACE_CACHE", None)
+    else:
+        os.environ["XNETSPACE_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def parity():
     """The release's outputs for a small random network (see ARCHITECTURE.md, parity_small.pt)."""

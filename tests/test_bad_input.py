@@ -350,9 +350,9 @@ SEARCH_CASES = [
     pytest.param(SEARCH + ["--space", "/dev/zero"], ["/dev/zero", "not a regular file"]),
     pytest.param(SEARCH + ["--space", "space_laughs.yaml"], ["space_laughs.yaml", "100,000 YAML values"]),
     pytest.param(SEARCH + ["--dataset", "imagefolder:one_image"],
-                 ["imagefolder:one_image", "1 image(s) in 1 class", "at least 2 images in every class", "'cat' has 1"]),
+                 ["imagefolder:one_image", "1 image(s) in 1 class", "at least 3 images in every class", "'cat' has 1"]),
     pytest.param(SEARCH + ["--dataset", "imagefolder:one_per_class"],
-                 ["imagefolder:one_per_class", "2 image(s) in 2 class", "6 in all", "'dog' has 1"]),
+                 ["imagefolder:one_per_class", "2 image(s) in 2 class", "60/20/20", "'dog' has 1"]),
     pytest.param(SEARCH + ["--space", "space_dup.yaml"], ["space_dup.yaml", "repeats the key 'embed_dim'"]),
 ]
 
@@ -548,9 +548,9 @@ def test_booleans_are_refused_but_whole_floats_and_int_ratios_are_numbers():
 def test_a_too_small_image_folder_says_what_the_split_needs(hostile):
     from xnetspace.search.data import DataError, load_dataset
 
-    with pytest.raises(DataError, match=r"^imagefolder:one_image: 1 image\(s\) in 1 class folder\(s\) .* 2 in all"):
+    with pytest.raises(DataError, match=r"^imagefolder:one_image: 1 image\(s\) in 1 class folder\(s\) .* at least 3 images in every"):
         load_dataset("imagefolder:one_image", 16)
-    with pytest.raises(DataError, match=r"needs at least 2 images in every class and 6 in all \('cat' has 1, 'dog' has 1\)"):
+    with pytest.raises(DataError, match=r"60/20/20 train/val/test split, which needs at least 3 images in every class \('cat' has 1, 'dog' has 1\)"):
         load_dataset("imagefolder:one_per_class", 16)
 
 

@@ -80,12 +80,13 @@ def _write_image_folder(root, classes=3, per_class=6):
 def test_image_folder_split_and_train_val_layout(tmp_path):
     _write_image_folder(tmp_path / "flat")
     data = load_dataset(f"imagefolder:{tmp_path / 'flat'}", 32)
-    assert (len(data.train), len(data.val), data.num_classes) == (14, 4, 3)
+    assert (len(data.train), len(data.val), len(data.test), data.num_classes) == (12, 3, 3, 3)  # 60/20/20 per class
     assert data.train[0][0].shape == (3, 32, 32) and data.val[0][0].shape == (3, 32, 32)
+    assert data.held_out().val is data.test
     _write_image_folder(tmp_path / "split" / "train")
     _write_image_folder(tmp_path / "split" / "val", per_class=2)
     data = load_dataset(f"imagefolder:{tmp_path / 'split'}", 32)
-    assert (len(data.train), len(data.val)) == (18, 6)
+    assert (len(data.train), len(data.val), data.test) == (18, 6, None)
 
 
 @pytest.mark.parametrize("name,message", [("mnist", "unknown dataset 'mnist'"), ("cifar10:/no/such", "needs an existing folder"),

@@ -322,6 +322,7 @@ def search(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="proxy training batch size"),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate"),
     trial_time_limit: Optional[float] = typer.Option(None, "--trial-time-limit", help="seconds one trial may train"),
+    augment: Optional[str] = typer.Option(None, help="augmentation of the training batches: none | flip | crop-flip | rrc-flip (default: the space's; docs/data.md)"),
     timeout: Optional[float] = typer.Option(None, help="seconds after which this run starts no new trial"),
     objective: str = typer.Option("loss", help="loss | top1 | top1-flops | top1-latency (loss: validation cross-entropy, the default; README, \"Search\")"),
     sampler: Optional[str] = typer.Option(None, help="tpe | random | nsga2 | qmc (default: tpe, nsga2 for two objectives)"),
@@ -351,7 +352,7 @@ def search(
             space_def = space_def.with_flops(None if flops_min is None else parse_count(flops_min),
                                              None if flops_max is None else parse_count(flops_max))
         recipe = {k: v for k, v in dict(image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                                        time_limit=trial_time_limit, seed=seed).items() if v is not None}
+                                        time_limit=trial_time_limit, seed=seed, augment=augment).items() if v is not None}
         train = space_def.train.model_validate({**space_def.train.model_dump(), **recipe})
         config = StudyConfig(space=space_def, dataset=dataset, objective=objective, train=train)
         name = study_name or f"{space_def.name}-{dataset.split(':')[0]}-{objective}"
@@ -385,6 +386,76 @@ def search(
         _fail(str(err))
     except OSError as err:  # an unwritable --out, a full disk while writing results
         _fail(f"cannot write the study's files: {err.strerror or err} ({err.filename or 'the output folder'})")
+
+
+@app.command()
+def prepare(
+    dataset: str = typer.Argument(..., help="imagefolder:PATH, a folder of class folders (PATH/train and PATH/val [PATH/test] when present)"),
+    image_size: int = typer.Option(..., "--image-size", help="proxy training image size S in pixels (stored at ceil(1.25 S) for random-resized crops)"),
+    out: Optional[Path] = typer.Option(None, help="write the prepared .npz here, for --dataset imagefolder:FILE (default: the cache, where a study on imagefolder:PATH finds it)"),
+    workers: Optional[int] = typer.Option(None, help="decoding threads (default: the usable cores, at most 16)"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Decode an image folder once at the proxy resolution and store it as uint8 tensors.
+
+    Every image is decoded once, its shorter side resized to ceil(1.25 S) and the centre square
+    kept; images, labels, class names and the fixed train/val/test split go into one .npz file
+    (xnetspace/search/prepare.py). Without --out it goes to the cache folder ($XNETSPACE_CACHE,
+    else $XDG_CACHE_HOME/xnetspace or ~/.cache/xnetspace), keyed by the folder's file list, sizes,
+    modification times and S: a study on imagefolder:PATH at --image-size S then decodes nothing.
+    Images that cannot be read are counted and listed, never fatal.
+    """
+    import time
+
+    from .search.data import DataError
+    from .search.prepare import list_image_folder, load_or_prepare, prepare_image_folder
+
+    try:
+        kind, _, arg = dataset.partition(":")
+        if kind != "imagefolder" or not arg:
+            raise ValueError(f"prepare takes imagefolder:PATH, got {dataset[:200]!r} (digits, synthetic and CIFAR "
+                             f"files are read into memory directly)")
+        if not Path(arg).is_dir():
+            raise ValueError(f"imagefolder:{arg[:200]}: no such folder")
+        if not 8 <= image_size <= 1024:
+            raise ValueError(f"--image-size {image_size} must be 8 to 1024 pixels (the proxy training size)")
+        if workers is not None and not 1 <= workers <= 256:
+            raise ValueError(f"--workers {workers} must be 1 to 256")
+        if out is not None and out.is_dir():
+            raise ValueError(f"--out {out} is a folder; give a file name, e.g. {out / 'prepared.npz'}")
+        if out is not None and not out.parent.is_dir():
+            raise ValueError(f"--out {out}: the folder {out.parent} does not exist")
+        start = time.perf_counter()
+        if out is None:
+            prepared, path, hit = load_or_prepare(Path(arg), image_size, log=lambda line: None, workers=workers,
+                                                  progress=None if as_json else True)
+        else:
+            prepared = prepare_image_folder(list_image_folder(Path(arg)), image_size, workers,
+                                            None if as_json else True)
+            prepared.save(out)
+            path, hit = out, False
+        seconds = time.perf_counter() - start
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing was written", err=True)
+        raise typer.Exit(130) from None
+    except (DataError, ValueError) as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"cannot write the prepared file: {err.strerror or err} ({err.filename or out})")
+    if as_json:
+        typer.echo(json.dumps({"file": str(path) if path else None, "cache_hit": hit, "seconds": seconds,
+                               "images": len(prepared.labels), **prepared.counts(), "classes": len(prepared.classes),
+                               "image_size": prepared.image_size, "stored_size": prepared.stored_size,
+                               "unreadable": [{"path": p, "error": e} for p, e in prepared.unreadable]}))
+        return
+    typer.echo(prepared.summary())
+    for p, e in prepared.unreadable[5:]:  # the summary names the first five
+        typer.echo(f"  unreadable: {p} ({e})")
+    where = f"in the cache: {path}" if out is None else str(path)
+    if path is None:
+        typer.echo(f"not written: the cache folder cannot be written (set XNETSPACE_CACHE); {seconds:.1f} s")
+    else:
+        typer.echo(f"{'already prepared' if hit else f'prepared in {seconds:.1f} s'}, {where}")
 
 
 @app.command()

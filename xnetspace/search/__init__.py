@@ -2,7 +2,7 @@
 
 Arrows point one way, down toward the spec (nothing here is imported by the network half)::
 
-    space, data, train          what a candidate is and how it is trained
+    space, data, train          what a candidate is and how it is trained (data: prepare, batches)
       -> study                  config, storage, the N slots
         -> objective            one trial: sample, reject, train, report
           -> progress, workers  terminal output; the trial loop, in processes

@@ -10,22 +10,28 @@ Datasets for proxy training (:func:`load_dataset`), each with a fixed train/vali
   "Search" (with 898 and with 300 training images, architectures differed by no more than the
   seed noise on the default study).
 - ``cifar10:PATH`` / ``cifar100:PATH``: CIFAR python batches as torchvision stores them
-  (``PATH/cifar-10-batches-py/data_batch_1..5``, ``PATH/cifar-100-python/train``), read locally,
-  never downloaded, with an unpickler that admits numpy arrays only; a fixed seeded 10% of the
-  training images validate (the test batch is left alone).
-- ``imagefolder:PATH``: class-per-folder images; ``PATH/train`` and ``PATH/val`` when present,
-  else a fixed stratified 80/20 split of PATH. timm transforms (random-resized crop and flip).
+  (``PATH/cifar-10-batches-py/data_batch_1..5`` and ``test_batch``, ``PATH/cifar-100-python/train``
+  and ``test``), read locally, never downloaded, with an unpickler that admits numpy arrays only; a
+  fixed seeded 10% of the training images validate, and the official test batch (when present) is
+  the held-out split for confirmation runs.
+- ``imagefolder:PATH``: class-per-folder images, prepared once at the proxy resolution and cached
+  (:mod:`.prepare`: ``PATH/train``, ``PATH/val`` [, ``PATH/test``] when present, else a fixed
+  stratified 60/20/20 train/val/test split of PATH); ``imagefolder:FILE`` reads a file that
+  ``xnetspace prepare`` wrote. No image is decoded after the preparation.
 - ``synthetic`` or ``synthetic:N``: N small images (default 512) of 8 classes, each class a faint
   fixed random pattern under noise: learnable in seconds, for tests.
 
-Small datasets live in memory as normalised (N, C, H, W) tensors resized once to the proxy size.
+Every dataset lives in memory and is batched on the device (:mod:`.batches`): digits and synthetic
+as normalised (N, C, H, W) float tensors resized once to the proxy size, CIFAR and image folders as
+uint8 images (:class:`~xnetspace.search.batches.ImageTensors`) that each batch converts, augments
+(``TrainConfig.augment``), resizes and normalises on the device.
 Preprocessing for the presets is timm's (``timm.data.create_transform``) with each preset's
 default cfg (crop pct 0.9 for T/S, 0.95 for B, bicubic, ImageNet mean/std; ARCHITECTURE.md).
 """
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -33,11 +39,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import create_transform
 from timm.models import get_pretrained_cfg
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from ..spec import NetworkSpec
+from .batches import ImageTensors
+from .errors import DataError
+from .prepare import PreparedFolder, load_or_prepare, load_prepared
 
 __all__ = ["DataSplit", "DataError", "load_dataset", "DATASETS", "eval_data_config", "eval_transform", "load_photo",
            "photo_batch", "DEFAULT_PHOTO"]
@@ -46,16 +55,14 @@ DATASETS = ("digits[:N]", "synthetic[:N]", "imagefolder:PATH", "cifar10:PATH", "
 DIGITS_TRAIN = 898  # training images of the default digits task: all that are not val or test
 
 
-class DataError(ValueError):
-    """A dataset name or folder that cannot be read; the message says which and why."""
-
-
 @dataclass
 class DataSplit:
     """A dataset with its fixed split. Items are ``(image (in_chans, H, W) float, label int)``.
 
     ``val`` scores the search's proxy runs; ``test`` (None: no separate split) is held out for
-    confirmation, so the confirmed score is not the one the candidates were selected on."""
+    confirmation, so the confirmed score is not the one the candidates were selected on.
+    ``unreadable`` lists the images a preparation could not decode (left out), ``prepared`` the
+    prepared file the images came from (None: not from one, or not cached)."""
 
     name: str
     train: Dataset
@@ -63,18 +70,24 @@ class DataSplit:
     num_classes: int
     in_chans: int
     test: Optional[Dataset] = None
+    unreadable: tuple[str, ...] = ()
+    prepared: Optional[str] = None
 
     def held_out(self) -> "DataSplit":
         """The same split with the test images in place of the validation ones (confirmation
         runs score on it); the split itself when there is no test split."""
         if self.test is None:
             return self
-        return DataSplit(self.name, self.train, self.test, self.num_classes, self.in_chans)
+        return replace(self, val=self.test, test=None)
 
     def __str__(self) -> str:
         test = f" / {len(self.test):,} test" if self.test is not None else ""
-        return (f"{self.name}: {len(self.train):,} train / {len(self.val):,} val{test} images, "
+        line = (f"{self.name}: {len(self.train):,} train / {len(self.val):,} val{test} images, "
                 f"{self.num_classes} classes, {self.in_chans} channel(s)")
+        if self.unreadable:
+            line += (f"; {len(self.unreadable):,} unreadable image(s) left out (listed in "
+                     f"{self.prepared or 'the preparation summary'})")
+        return line
 
 
 def load_dataset(name: str, image_size: int, seed: int = 0) -> DataSplit:
@@ -96,9 +109,12 @@ def load_dataset(name: str, image_size: int, seed: int = 0) -> DataSplit:
         return _synthetic(image_size, count, seed)
     if kind in ("cifar10", "cifar100", "imagefolder"):
         root = Path(arg)
+        if kind == "imagefolder" and arg and root.is_file():
+            return _prepared_split(load_prepared(root), f"imagefolder:{root}", image_size, str(root))
         if not arg or not root.is_dir():
-            raise DataError(f"dataset {name!r}: {kind} needs an existing folder, e.g. {kind}:/data/{kind}")
-        return _cifar(kind, root, image_size) if kind.startswith("cifar") else _image_folder(root, image_size, seed)
+            also = " (or a file that `xnetspace prepare` wrote)" if kind == "imagefolder" else ""
+            raise DataError(f"dataset {name!r}: {kind} needs an existing folder{also}, e.g. {kind}:/data/{kind}")
+        return _cifar(kind, root, image_size) if kind.startswith("cifar") else _image_folder(root, image_size)
     raise DataError(f"unknown dataset {name!r}; use one of: {', '.join(DATASETS)}")
 
 
@@ -162,9 +178,9 @@ def _synthetic(image_size: int, count: int, seed: int, num_classes: int = 8) -> 
     return _tensor_split(f"synthetic:{count}", x, y, val, image_size, num_classes)
 
 
-_CIFAR = {  # folder inside PATH, training files, label key (torchvision's python layout)
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "labels", 10),
-    "cifar100": ("cifar-100-python", ["train"], "fine_labels", 100),
+_CIFAR = {  # folder inside PATH, training files, test file, label key (torchvision's python layout)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels", 10),
+    "cifar100": ("cifar-100-python", ["train"], "test", "fine_labels", 100),
 }
 
 
@@ -181,12 +197,8 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _cifar(kind: str, root: Path, image_size: int) -> DataSplit:
-    folder, files, label_key, num_classes = _CIFAR[kind]
-    folder = root if (root / files[0]).is_file() else root / folder
-    missing = [f for f in files if not (folder / f).is_file()]
-    if missing:
-        raise DataError(f"{kind}:{root}: not torchvision's CIFAR python files; missing {missing} in {folder}")
+def _read_cifar(kind: str, root: Path, folder: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3, 32, 32) uint8 images and (N,) labels of the batch files."""
     images, labels = [], []
     for name in files:
         try:
@@ -196,58 +208,76 @@ def _cifar(kind: str, root: Path, image_size: int) -> DataSplit:
             labels.extend(batch[label_key])
         except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as err:
             raise DataError(f"{kind}:{root}: {name} is not a CIFAR batch: {err}") from err
-    x = torch.from_numpy(np.concatenate(images)).float() / 255.0
-    y = torch.tensor(labels, dtype=torch.long)
+    return np.concatenate(images), np.asarray(labels, dtype=np.int64)
+
+
+def _cifar(kind: str, root: Path, image_size: int) -> DataSplit:
+    """uint8 images batched on the device; normalised with the training split's per-channel
+    statistics of the images resized to ``image_size``, computed as they were when the images
+    were held as floats, so the batches without augmentation are bit for bit the same."""
+    folder, files, test_file, label_key, num_classes = _CIFAR[kind]
+    folder = root if (root / files[0]).is_file() else root / folder
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise DataError(f"{kind}:{root}: not torchvision's CIFAR python files; missing {missing} in {folder}")
+    x, y = _read_cifar(kind, root, folder, files, label_key)
     rng = np.random.default_rng(0)
-    val = np.sort(rng.permutation(len(y))[: max(1, len(y) // 10)])
-    return _tensor_split(f"{kind}:{root}", x, y, val, image_size, num_classes)
+    val = np.zeros(len(y), dtype=bool)
+    val[rng.permutation(len(y))[: max(1, len(y) // 10)]] = True
+    mean, std = _train_statistics(torch.from_numpy(x[~val]), image_size)
+    channels_last = x.transpose(0, 2, 3, 1)
+
+    def part(images: np.ndarray, labels: np.ndarray) -> ImageTensors:
+        return ImageTensors(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), image_size, mean, std)
+
+    test = None
+    if (folder / test_file).is_file():
+        tx, ty = _read_cifar(kind, root, folder, [test_file], label_key)
+        test = part(tx.transpose(0, 2, 3, 1), ty)
+    return DataSplit(f"{kind}:{root}", part(channels_last[~val], y[~val]), part(channels_last[val], y[val]),
+                     num_classes, 3, test)
 
 
-def _check_split_size(root: Path, classes: list[str], targets: list[int]) -> None:
-    """Refuse an image folder too small for the fixed stratified 80/20 split, before
-    scikit-learn does in its own words: every class needs 2 images (one on each side), and the
-    validation fifth (ceil(n / 5) images) and the rest must each hold one image per class, so k
-    classes need at least max(2k, 5k - 4) images in all.
+def _train_statistics(train: torch.Tensor, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (C,) of (N, C, H, W) uint8 training images as floats in [0, 1]
+    resized to ``image_size`` (the float operations of :func:`_tensor_split`)."""
+    x = F.interpolate(train.float() / 255.0, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                      antialias=True)
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return mean.flatten(), std.flatten()
+
+
+def _image_folder(root: Path, image_size: int) -> DataSplit:
+    prepared, path, _ = load_or_prepare(root, image_size)
+    return _prepared_split(prepared, f"imagefolder:{root}", image_size, str(path) if path else None)
+
+
+def _prepared_split(prepared: PreparedFolder, name: str, image_size: int, source: Optional[str]) -> DataSplit:
+    """The DataSplit of a prepared image folder: :class:`ImageTensors` per split, resized from the
+    stored side to ``image_size`` by each batch.
 
     Raises:
-        DataError: the folder, its counts and what the split needs.
+        DataError: a train or val split without a readable image.
     """
-    counts = np.bincount(np.asarray(targets, dtype=int), minlength=len(classes))
-    n, k = int(counts.sum()), len(classes)
-    need = max(2 * k, 5 * k - 4)
-    if counts.min() >= 2 and n >= need:
-        return
-    short = ", ".join(f"{c!r} has {m}" for c, m in zip(classes, counts) if m < 2)
-    raise DataError(f"imagefolder:{root}: {n} image(s) in {k} class folder(s) are too few for the fixed "
-                    f"stratified 80/20 split, which needs at least 2 images in every class and {need} "
-                    f"in all{f' ({short[:200]})' if short else ''}; add images, or give {root}/train and "
-                    f"{root}/val folders")
-
-
-def _image_folder(root: Path, image_size: int, seed: int) -> DataSplit:
-    from torchvision.datasets import ImageFolder
-
-    common = dict(input_size=(3, image_size, image_size), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                  interpolation="bicubic")
-    train_tf = create_transform(**common, is_training=True, scale=(0.35, 1.0), hflip=0.5, color_jitter=None)
-    val_tf = create_transform(**common, is_training=False, crop_pct=1.0)
-    try:
-        if (root / "train").is_dir() and (root / "val").is_dir():
-            train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
-            if train.classes != val.classes:
-                raise DataError(f"imagefolder:{root}: train and val have different classes")
+    images = torch.from_numpy(prepared.images)
+    labels = torch.from_numpy(prepared.labels)
+    grouped = bool(np.all(np.diff(prepared.split) >= 0))  # as prepare stores them: each split a view, no copy
+    parts = {}
+    for index, split in enumerate(("train", "val", "test")):
+        if grouped:
+            lo, hi = np.searchsorted(prepared.split, [index, index + 1])
+            keep = slice(int(lo), int(hi))
         else:
-            train, val = ImageFolder(str(root), train_tf), ImageFolder(str(root), val_tf)
-            _check_split_size(root, train.classes, train.targets)
-            val_index = _stratified_val(np.array(train.targets), 0.2, seed=0)
-            train_index = np.setdiff1d(np.arange(len(train)), val_index)
-            train, val = Subset(train, train_index), Subset(val, val_index)
-    except DataError:
-        raise
-    except (FileNotFoundError, ValueError) as err:
-        raise DataError(f"imagefolder:{root}: {err}") from err
-    classes = (train.dataset if isinstance(train, Subset) else train).classes
-    return DataSplit(f"imagefolder:{root}", train, val, len(classes), 3)
+            keep = torch.from_numpy(prepared.split == index)
+        parts[split] = ImageTensors(images[keep], labels[keep], image_size, prepared.mean, prepared.std)
+    for split in ("train", "val"):
+        if len(parts[split]) == 0:
+            raise DataError(f"{name}: the {split} split holds no readable image ({len(prepared.unreadable):,} "
+                            f"unreadable)")
+    return DataSplit(name, parts["train"], parts["val"], len(prepared.classes), 3,
+                     parts["test"] if len(parts["test"]) else None, tuple(p for p, _ in prepared.unreadable), source)
+
 
 DEFAULT_PHOTO = "skimage.data.chelsea"  # a real photograph of a cat, bundled with scikit-image
 

@@ -2,7 +2,7 @@
 maps each to exit status 2 and one paragraph)."""
 from __future__ import annotations
 
-__all__ = ["SearchError", "StorageError", "WorkerCrashed"]
+__all__ = ["SearchError", "StorageError", "WorkerCrashed", "DataError"]
 
 
 class SearchError(RuntimeError):
@@ -16,3 +16,7 @@ class StorageError(SearchError):
 class WorkerCrashed(SearchError):
     """Worker processes crashed and left the study unfinished; the message names each one and
     the log file with its traceback."""
+
+
+class DataError(ValueError):
+    """A dataset name, folder or prepared file that cannot be read; the message says which and why."""

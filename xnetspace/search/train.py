@@ -20,17 +20,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal, Optional, Tuple, Union
+from typing import Callable, Literal, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from ..network import TRAIN_FORMS, build_model
 from ..spec import Float, Int, NetworkSpec
+from .batches import AUGMENTS, Batches, TensorBatches, batches  # noqa: F401 - TensorBatches, Batches: re-exported
 
 __all__ = ["TrainConfig", "TrainResult", "Diverged", "TimeLimitExceeded", "train_candidate", "evaluate"]
 
@@ -53,6 +53,9 @@ class TrainConfig(BaseModel):
     num_workers: Int = Field(0, ge=0, description="DataLoader workers (image folders decode images)")
     train_form: Literal[TRAIN_FORMS] = Field(
         "fast", description="fast: the fast training form and a fused AdamW; reference: the release's operators")
+    augment: Literal[AUGMENTS] = Field(
+        "none", description="augmentation of the training batches, drawn on the device from the seed's own generator "
+                            "(xnetspace/search/batches.py; validation never augments)")
 
 
 class Diverged(RuntimeError):
@@ -89,59 +92,6 @@ class TrainResult:
         """Training-speed estimate (Ru et al., NeurIPS 2021, "Speedy Performance Estimation for
         Neural Architecture Search"): the sum over epochs of the epoch's mean training loss."""
         return math.fsum(self.train_loss_history)
-
-
-Batches = Union[DataLoader, "TensorBatches"]
-
-
-class TensorBatches:
-    """Mini-batches of an in-memory dataset by indexing its tensors, held on ``device``: no
-    DataLoader workers, no per-sample collation.
-
-    With ``shuffle`` each pass draws from ``generator`` exactly what ``DataLoader(shuffle=True,
-    generator=generator)`` draws (its base seed and two ``randperm``), so the batches and hence the
-    trained weights are the ones a DataLoader gives, and studies run before stay reproducible.
-    Yields ``(x, y)``: (b, C, H, W), (b,).
-    """
-
-    def __init__(self, dataset: TensorDataset, batch_size: int, device: torch.device, shuffle: bool = False,
-                 drop_last: bool = False, generator: Optional[torch.Generator] = None,
-                 memory_format: torch.memory_format = torch.contiguous_format):
-        x, y = dataset.tensors
-        self.x = x.to(device).contiguous(memory_format=memory_format)
-        self.y = y.to(device)
-        self.batch_size, self.shuffle, self.drop_last, self.generator = batch_size, shuffle, drop_last, generator
-
-    def __len__(self) -> int:
-        n = len(self.y)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.y)
-        if self.shuffle:
-            torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # DataLoader's base seed
-            order = torch.randperm(n, generator=self.generator).to(self.y.device)
-        else:
-            order = None
-        for i in range(len(self)):
-            batch = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            if order is None:
-                yield self.x[batch], self.y[batch]
-            else:
-                yield self.x[order[batch]], self.y[order[batch]]
-        if self.shuffle:  # RandomSampler draws one more permutation (an empty remainder) at the end
-            torch.randperm(n, generator=self.generator)
-
-
-def batches(dataset, batch_size: int, device: torch.device, shuffle: bool = False, drop_last: bool = False,
-            generator: Optional[torch.Generator] = None, num_workers: int = 0,
-            memory_format: torch.memory_format = torch.contiguous_format) -> Batches:
-    """:class:`TensorBatches` for an in-memory ``TensorDataset``, a DataLoader for anything else
-    (image folders decode and augment per sample)."""
-    if isinstance(dataset, TensorDataset):
-        return TensorBatches(dataset, batch_size, device, shuffle, drop_last, generator, memory_format)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator,
-                      num_workers=num_workers)
 
 
 def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
@@ -190,7 +140,8 @@ def train_candidate(
     model = model.to(memory_format=layout)
     gen = torch.Generator().manual_seed(config.seed)
     train_batches = batches(data.train, config.batch_size, device, shuffle=True, drop_last=True, generator=gen,
-                            num_workers=config.num_workers, memory_format=layout)
+                            num_workers=config.num_workers, memory_format=layout, augment=config.augment,
+                            seed=config.seed)
     val_batches = batches(data.val, max(config.batch_size, _EVAL_BATCH), device, num_workers=config.num_workers,
                           memory_format=layout)
     if len(train_batches) == 0:
