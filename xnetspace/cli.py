@@ -514,6 +514,8 @@ def space(
     params = space_def.param_names()
     console.print(f"space {space_def.name}: {space_def.description}", markup=False, highlight=False)
     console.print(f"parameters ({len(params)}): {', '.join(params)}", markup=False, highlight=False)
+    if space_def.rules_summary():
+        console.print(f"rules: {space_def.rules_summary()}", markup=False, highlight=False)
     console.print(check.summary(), markup=False, highlight=False)
 
 

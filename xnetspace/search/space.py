@@ -1,8 +1,9 @@
-"""Design spaces: per-stage ranges and choices for every spec knob, ties, and budgets.
+"""Design spaces: per-stage ranges and choices for every spec knob, ties, rules, and budgets.
 
-A :class:`SearchSpace` (a ``spaces/*.yaml`` file) turns an ``optuna.Trial``, or a random
-generator, into a :class:`~xnetspace.spec.NetworkSpec`, like pycls's AnyNet design space: per-stage
-parameters zipped into stages. Every knob of :class:`~xnetspace.spec.StageSpec` can be
+A :class:`SearchSpace` (a ``spaces/*.yaml`` file; the whole syntax: docs/spaces.md) turns an
+``optuna.Trial``, or a random generator, into a :class:`~xnetspace.spec.NetworkSpec`, like pycls's
+AnyNet design space: per-stage parameters zipped into stages. Every knob of
+:class:`~xnetspace.spec.StageSpec` can be (:mod:`.space_knobs`)
 
 - fixed: ``attn_ratio: 0.5`` (for ``ffn_kernel_sizes`` a list of ints, ``[1, 3, 5, 7]``);
 - a list of choices: ``sr_ratio: [4, 8]`` or ``{choices: [4, 8]}`` (kernel lists: a list of lists);
@@ -10,8 +11,12 @@ parameters zipped into stages. Every knob of :class:`~xnetspace.spec.StageSpec` 
 - tied across stages: add ``tie: NAME`` to the definition; every knob naming the same tie takes
   one shared value (``{tie: NAME}`` alone refers to a tie defined elsewhere).
 
-Optuna parameter names are ``stage{i}.{knob}`` (stages counted from 1) and ``tied.{NAME}``.
-``constraints`` are hard budgets checked from the cost model before anything is built.
+``rules:`` (:mod:`.space_rules`) adds parametrised forms with few knobs: RegNet's quantized linear
+width rule (``width``), linear schedules across stages (``schedules``) and non-decreasing knobs
+(``monotone``). Optuna parameter names are ``stage{i}.{knob}`` (stages counted from 1),
+``tied.{NAME}``, ``width.{w0,wa,wm,depth}``, ``schedule.{knob}.{first,last}`` and
+``stage{a}-{b}.{knob}`` (a monotone chain). ``constraints`` are hard budgets checked from the
+cost model before anything is built.
 """
 from __future__ import annotations
 
@@ -20,145 +25,24 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
-                      model_validator)
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator)
 
 from ..cost import ImageSize, cost_report, parse_image_size
 from ..spec import (Float, Int, NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty,
                     read_text_file, yaml_mapping)
+from .space_knobs import (FLOAT_KNOBS, INT_KNOBS, KNOBS, Choices, CornerTrial, Count, Fixed, Knob, RandomTrial, Range,
+                          SpaceError, TieRef, as_definition, check_values, finite_values, parse_count, suggest)
+from .space_rules import (MAX_MONOTONE_COMBINATIONS, Rules, interpolate, monotone_chains, nondecreasing,
+                          quantum_problem, round_scheduled, smallest_quantum)
 from .train import TrainConfig
 
-__all__ = ["SearchSpace", "Constraints", "SpaceError", "load_space", "parse_count", "human_count", "RandomTrial", "SpaceCheck"]
-
-KNOBS = tuple(StageSpec.model_fields)
-_SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-
-
-class SpaceError(ValueError):
-    """A space file that cannot describe a search, or constraints no spec can meet."""
-
-
-def parse_count(value: Union[int, float, str]) -> int:
-    """``300M``, ``0.5G``, ``2.5k``, ``1e9`` or a number -> an integer count (FLOPs, params).
-
-    Raises:
-        ValueError: text that is not a non-negative number with an optional k/M/G/T suffix.
-    """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    else:
-        match = re.fullmatch(r"\s*([0-9.]+(?:e[+-]?\d+)?)\s*([kmgt]?)\s*", str(value).lower())
-        if not match:
-            raise ValueError(f"{value!r} is not a count such as 300M, 0.5G or 1200000")
-        number = float(match[1]) * _SUFFIXES[match[2]]
-    if number < 0 or not math.isfinite(number):
-        raise ValueError(f"{value!r} must be a non-negative number")
-    return int(round(number))
-
-
-Count = Annotated[int, BeforeValidator(parse_count)]
-
-
-# -- knob definitions ---------------------------------------------------------------------------------
-class _Def(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    tie: Optional[str] = None
-
-
-class Fixed(_Def):
-    value: Any
-
-
-class Choices(_Def):
-    choices: tuple[Any, ...] = Field(min_length=1)
-
-
-class Range(_Def):
-    low: Float
-    high: Float
-    step: Optional[Float] = None
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _sane(self) -> "Range":
-        if self.low > self.high:
-            raise ValueError(f"low {self.low:g} is above high {self.high:g}")
-        if self.step is not None and self.step <= 0:
-            raise ValueError(f"step must be positive, got {self.step:g}")
-        if self.log and (self.low <= 0 or self.step is not None):
-            raise ValueError("log ranges need low > 0 and no step")
-        return self
-
-
-class TieRef(_Def):
-    tie: str
-
-
-Knob = Union[Fixed, Choices, Range, TieRef]
-
-
-def _as_definition(knob: str, raw: Any) -> Any:
-    """Shorthand -> explicit definition (``4`` -> fixed, ``[4, 8]`` -> choices).
-
-    Raises:
-        ValueError: a definition that cannot be read; the message starts with the knob's name.
-    """
-    try:
-        return _read_definition(knob, raw)
-    except ValidationError as err:  # a Range/Choices of its own: say which knob it was for
-        problem = err.errors()[0]
-        where = ".".join([knob, *(str(p) for p in problem["loc"])])  # depth.low
-        raise ValueError(f"{where}: {problem['msg'].removeprefix('Value error, ')}") from None
-
-
-def _read_definition(knob: str, raw: Any) -> Any:
-    if isinstance(raw, dict):
-        if set(raw) == {"tie"}:
-            return TieRef(**raw)
-        if "choices" in raw:
-            return Choices(**raw)
-        if {"low", "high"} & set(raw):
-            return Range(**raw)
-        if "value" in raw:
-            return Fixed(**raw)
-        raise ValueError(f"a {knob} definition needs value, choices, low/high or tie; got keys {sorted(raw)}")
-    if isinstance(raw, (list, tuple)):
-        if knob == "ffn_kernel_sizes" and all(not isinstance(v, (list, tuple)) for v in raw):
-            return Fixed(value=tuple(raw))  # one kernel list is a fixed value
-        return Choices(choices=tuple(tuple(v) if isinstance(v, list) else v for v in raw))
-    return Fixed(value=raw)
-
-
-_FIELD_TYPES = {
-    name: TypeAdapter(Annotated[(field.annotation, *field.metadata)]) for name, field in StageSpec.model_fields.items()
-}
-
-
-def _check_values(knob: str, definition: Knob) -> None:
-    """Each value a definition can produce must be a valid value of the knob on its own."""
-    if isinstance(definition, TieRef):
-        return
-    if isinstance(definition, Range):
-        if knob not in _INT_KNOBS | _FLOAT_KNOBS:
-            raise ValueError(f"{knob} takes a value or a list of choices, not a range")
-        bounds = (definition.low, definition.high, definition.step or 1)
-        if knob in _INT_KNOBS and not all(float(v).is_integer() for v in bounds):
-            raise ValueError(f"{knob} is a whole number: low, high and step must be whole")
-        values = [definition.low, definition.high]
-    else:
-        values = [definition.value] if isinstance(definition, Fixed) else list(definition.choices)
-    for value in values:
-        try:
-            _FIELD_TYPES[knob].validate_python(value)
-        except ValidationError as err:
-            raise ValueError(f"{knob} value {value!r} is not valid: {err.errors()[0]['msg']}") from None
-
-
-_INT_KNOBS = {k for k, f in StageSpec.model_fields.items() if f.annotation is int}
-_FLOAT_KNOBS = {"mlp_ratio", "attn_ratio"}
+__all__ = ["SearchSpace", "Constraints", "SpaceError", "load_space", "parse_count", "human_count", "RandomTrial",
+           "SpaceCheck", "CornerTrial", "space_yaml", "space_data"]
 
 
 class StageSpace(BaseModel):
@@ -176,14 +60,14 @@ class StageSpace(BaseModel):
             unknown = sorted(set(data) - set(KNOBS))
             if unknown:
                 raise ValueError(f"unknown knob(s) {unknown}; knobs are {', '.join(KNOBS)}")
-            return {"knobs": {k: _as_definition(k, v) for k, v in data.items()}}
+            return {"knobs": {k: as_definition(k, v) for k, v in data.items()}}
         return data
 
     @field_validator("knobs")
     @classmethod
     def _values_valid(cls, knobs: dict[str, Knob]) -> dict[str, Knob]:
         for name, definition in knobs.items():
-            _check_values(name, definition)
+            check_values(name, definition)
         return knobs
 
 
@@ -246,7 +130,9 @@ class SearchSpace(BaseModel):
 
     Raises:
         pydantic.ValidationError: unknown fields or knobs, invalid values or ranges, ties whose
-            definitions differ, a tie referenced but never defined.
+            definitions differ, a tie referenced but never defined; rules that clash with the
+            stages (a knob set both by a rule and a stage, a tied or continuous monotone knob, a
+            quantum that can give invalid widths), each naming the field and the value.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -256,6 +142,7 @@ class SearchSpace(BaseModel):
     network: dict[str, Any] = Field(default_factory=dict, description="fixed NetworkSpec fields")
     stage_defaults: StageSpace = Field(default_factory=StageSpace)
     stages: Annotated[tuple[StageSpace, ...], non_empty("a space needs at least one stage")]
+    rules: Rules = Field(default_factory=Rules, description="width rule, schedules, monotone knobs")
     constraints: Constraints = Field(default_factory=Constraints)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
@@ -278,7 +165,7 @@ class SearchSpace(BaseModel):
     def _ties_consistent(self) -> "SearchSpace":
         for i, stage in enumerate(self.stage_definitions(), start=1):
             for knob in ("depth", "embed_dim"):
-                if knob not in stage:
+                if knob not in stage and self.rules.width is None:
                     raise ValueError(f"stage {i} does not define {knob} (in stages or stage_defaults)")
         defined: dict[str, Knob] = {}
         for stage in self.stage_definitions():
@@ -292,6 +179,102 @@ class SearchSpace(BaseModel):
                 if isinstance(definition, TieRef) and definition.tie not in defined:
                     raise ValueError(f"{knob} refers to tie '{definition.tie}', which no knob defines")
         return self
+
+    @model_validator(mode="after")
+    def _rules_fit(self) -> "SearchSpace":
+        rules, n = self.rules, len(self.stages)
+        set_by = {k: "rules.width" for k in (("embed_dim", "depth") if rules.width else ())}
+        set_by |= {k: f"rules.schedules.{k}" for k in rules.schedules}
+        for knob, rule in set_by.items():
+            place = self._defined_at(knob)
+            if place:
+                raise ValueError(f"{rule} sets {knob} in every stage, but {place} defines it too; remove one")
+        for knob in rules.monotone:
+            if knob in set_by:
+                what = "its widths never decrease already" if set_by[knob] == "rules.width" and knob == "embed_dim" \
+                    else "it cannot also be monotone"
+                raise ValueError(f"rules.monotone: {knob} is set by {set_by[knob]}; {what}")
+            self._monotone_options(knob)  # raises for ties, continuous ranges, too many or no combinations
+        if rules.width:
+            low = rules.width.depth.low if isinstance(rules.width.depth, Range) else \
+                max(finite_values(rules.width.depth, whole=True))
+            most = rules.width.depth.high if isinstance(rules.width.depth, Range) else low
+            if most < n:
+                raise ValueError(f"rules.width.depth is at most {most:g} blocks, fewer than the {n} stages")
+            sets = [{k: self._values(i, k) for k in ("attn_ratio", "num_heads", "mlp_ratio")} for i in range(n)]
+            problem = quantum_problem(rules.width.quantum, sets)
+            if problem:
+                smallest = smallest_quantum(sets)
+                hint = (f"the smallest quantum that keeps every stage valid is {smallest} (every valid one is a "
+                        f"multiple of it)" if smallest else "no quantum up to 4096 keeps every stage valid")
+                raise ValueError(f"rules.width.quantum {rules.width.quantum} can give invalid widths: {problem}; {hint}")
+        return self
+
+    def _defined_at(self, knob: str) -> Optional[str]:
+        """Where stages or stage_defaults define ``knob`` (``stages[2].embed_dim``), or None."""
+        if knob in self.stage_defaults.knobs:
+            return f"stage_defaults.{knob}"
+        return next((f"stages[{i}].{knob}" for i, s in enumerate(self.stages) if knob in s.knobs), None)
+
+    def _values(self, index: int, knob: str) -> Optional[list]:
+        """The finite values ``knob`` can take in stage ``index`` (None: continuous, or rounded to
+        a valid value by a schedule without ``values``)."""
+        whole = knob in INT_KNOBS
+        if knob in self.rules.schedules:
+            schedule = self.rules.schedules[knob]
+            if schedule.values is not None:
+                return list(schedule.values)
+            if whole:  # rounded to whole numbers between the extremes of first and last
+                ends = [finite_values(d, whole=True) or [d.low, d.high] for d in (schedule.first, schedule.last)]
+                return list(range(int(min(map(min, ends))), int(max(map(max, ends))) + 1))
+            return None
+        definition = self.stage_definitions()[index].get(knob)
+        if definition is None:
+            return [StageSpec.model_fields[knob].default]
+        if isinstance(definition, TieRef) or definition.tie:
+            definition = self._tie_definitions()[definition.tie]
+        return finite_values(definition, whole)
+
+    @cached_property
+    def monotone_options(self) -> dict[str, dict[tuple[int, int], list[tuple]]]:
+        """Per monotone knob, its chains (first, last stage index, from 0) and each chain's
+        non-decreasing combinations (computed once)."""
+        return {knob: self._monotone_options(knob) for knob in self.rules.monotone}
+
+    def _monotone_options(self, knob: str) -> dict[tuple[int, int], list[tuple]]:
+        """The chains of a monotone knob (first, last stage index) and each chain's non-decreasing
+        combinations.
+
+        Raises:
+            ValueError: the knob is tied or continuous in a stage, a chain has no non-decreasing
+                combination or more than MAX_MONOTONE_COMBINATIONS.
+        """
+        values = []
+        for i, stage in enumerate(self.stage_definitions()):
+            definition = stage.get(knob)
+            if definition is not None and definition.tie:
+                raise ValueError(f"rules.monotone: {knob} is tied (tie '{definition.tie}') in stage {i + 1}: a tied "
+                                 f"knob is one value in all its stages; drop the tie or the monotone entry")
+            if isinstance(definition, Range) and definition.log:
+                raise ValueError(f"rules.monotone: {knob} of stage {i + 1} is a log range; monotone knobs are drawn "
+                                 f"uniformly over their non-decreasing combinations: give a step or choices")
+            found = self._values(i, knob)
+            if found is None:
+                raise ValueError(f"rules.monotone: {knob} of stage {i + 1} is a continuous range; give it a step "
+                                 f"or choices")
+            values.append(found)
+        options = {}
+        for a, b in monotone_chains(values):
+            try:
+                combos = nondecreasing(values[a:b + 1])
+            except ValueError:
+                raise ValueError(f"rules.monotone: {knob} of stages {a + 1}-{b + 1} has more than "
+                                 f"{MAX_MONOTONE_COMBINATIONS:,} non-decreasing combinations (one Optuna parameter "
+                                 f"holds them all); use fewer values or steps, or rules.width") from None
+            if not combos:
+                raise ValueError(f"rules.monotone: {knob} of stages {a + 1}-{b + 1} has no non-decreasing combination")
+            options[(a, b)] = combos
+        return options
 
     def stage_definitions(self) -> list[dict[str, Knob]]:
         """Per stage, every knob's definition: the stage's own over ``stage_defaults``."""
@@ -311,17 +294,64 @@ class SearchSpace(BaseModel):
             pydantic.ValidationError: the drawn combination is not a valid spec (e.g. attention
                 channels not divisible by the drawn heads); callers count it as a rejected sample.
         """
-        ties = self._tie_definitions()
-        stages = []
-        for i, definitions in enumerate(self.stage_definitions(), start=1):
-            stage = {}
-            for knob, definition in definitions.items():
+        ties, rules, definitions = self._tie_definitions(), self.rules, self.stage_definitions()
+        n = len(definitions)
+        stages: list[dict[str, Any]] = [{} for _ in range(n)]
+        problems = []  # raised after every parameter was asked for (param_names relies on it)
+        if rules.width is not None:
+            drawn = rules.width.draw(trial)
+            try:
+                dims, depths = rules.width.stages(*drawn, n)
+                for stage, dim, depth in zip(stages, dims, depths):
+                    stage.update(embed_dim=dim, depth=depth)
+            except ValueError as err:
+                problems.append(str(err))
+        for knob in rules.monotone:
+            for (a, b), combos in self.monotone_options[knob].items():
+                labels = {",".join(f"{v:g}" for v in combo): combo for combo in combos}
+                combo = labels[trial.suggest_categorical(f"stage{a + 1}-{b + 1}.{knob}", list(labels))]
+                for i, value in zip(range(a, b + 1), combo):
+                    stages[i][knob] = int(value) if knob in INT_KNOBS else value
+        for i, stage_definitions in enumerate(definitions):
+            for knob, definition in stage_definitions.items():
+                if knob in stages[i] or knob in rules.schedules:
+                    continue
+                whole = knob in INT_KNOBS
                 if definition.tie:
-                    stage[knob] = _suggest(trial, f"tied.{definition.tie}", knob, ties[definition.tie])
+                    stages[i][knob] = suggest(trial, f"tied.{definition.tie}", ties[definition.tie], whole, knob)
                 else:
-                    stage[knob] = _suggest(trial, f"stage{i}.{knob}", knob, definition)
-            stages.append(stage)
+                    stages[i][knob] = suggest(trial, f"stage{i + 1}.{knob}", definition, whole, knob)
+        scheduled = {}
+        for knob, schedule in rules.schedules.items():
+            whole = knob in INT_KNOBS
+            first = suggest(trial, f"schedule.{knob}.first", schedule.first, whole)
+            last = suggest(trial, f"schedule.{knob}.last", schedule.last, whole)
+            scheduled[knob] = interpolate(first, last, n, schedule.log)
+        if problems:
+            raise ValidationError.from_exception_data("NetworkSpec", [
+                {"type": "value_error", "loc": ("rules",), "input": None, "ctx": {"error": ValueError(p)}}
+                for p in problems])
+        defaults = StageSpec.model_fields
+        for knob in sorted(scheduled, key=lambda k: k in ("mlp_ratio", "attn_ratio")):  # the ratios need the heads
+            for stage, x in zip(stages, scheduled[knob]):
+                stage[knob] = round_scheduled(
+                    knob, x, rules.schedules[knob].values, stage.get("embed_dim"),
+                    stage.get("num_heads", defaults["num_heads"].default),
+                    len(stage.get("ffn_kernel_sizes", defaults["ffn_kernel_sizes"].default)))
         return NetworkSpec.model_validate({"name": f"{self.name}_sample", **self.network, **network, "stages": stages})
+
+    def rules_summary(self) -> str:
+        """One line on the space's rules (empty without rules): ``width rule (w0, wa, wm, depth;
+        quantum 16); schedules: attn_ratio; monotone: num_heads (stages 3-4 coupled)``."""
+        parts, rules = [], self.rules
+        if rules.width is not None:
+            parts.append(f"width rule (w0, wa, wm, depth; quantum {rules.width.quantum}) sets embed_dim and depth")
+        if rules.schedules:
+            parts.append("schedules: " + ", ".join(rules.schedules))
+        for knob, chains in self.monotone_options.items():
+            coupled = ", ".join(f"stages {a + 1}-{b + 1}: {len(c)} combinations" for (a, b), c in chains.items())
+            parts.append(f"monotone {knob} ({coupled or 'implied by the stages'})")
+        return "; ".join(parts)
 
     def param_names(self) -> list[str]:
         """The Optuna parameter names this space samples (``stage2.attn_ratio``, ``tied.mlp``)."""
@@ -413,6 +443,113 @@ class SearchSpace(BaseModel):
         return SearchSpace.model_validate(data)
 
 
+# -- writing a space -----------------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    """Tuples as lists, whole floats as ints: what a person would write in YAML."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _count_text(count: int) -> Union[int, str]:
+    """``1500000`` -> ``"1.5M"`` when the short form reads back the same count, else the number."""
+    text = human_count(count)
+    return text if text != str(count) and parse_count(text) == count else count
+
+
+def _short(definition: Knob) -> Any:
+    """A knob definition in the shortest form that reads back the same."""
+    if isinstance(definition, TieRef):
+        return {"tie": definition.tie}
+    if isinstance(definition, Fixed):
+        return {"value": _plain(definition.value), "tie": definition.tie} if definition.tie else _plain(definition.value)
+    if isinstance(definition, Choices):
+        if definition.tie:
+            return {"choices": _plain(definition.choices), "tie": definition.tie}
+        return _plain(definition.choices)
+    out = {"low": _plain(definition.low), "high": _plain(definition.high)}
+    if definition.step is not None:
+        out["step"] = _plain(definition.step)
+    if definition.log:
+        out["log"] = True
+    if definition.tie:
+        out["tie"] = definition.tie
+    return out
+
+
+def space_data(space: "SearchSpace") -> dict:
+    """``space`` as the mapping a space file holds, in the short forms (``[4, 8]`` for choices);
+    ``SearchSpace.model_validate(space_data(space)) == space``."""
+    data: dict[str, Any] = {"name": space.name}
+    if space.description:
+        data["description"] = space.description
+    if space.network:
+        data["network"] = _plain(space.network)
+    rules = space.rules
+    if not rules.empty:
+        data["rules"] = {}
+        if rules.width is not None:
+            w = rules.width
+            data["rules"]["width"] = {k: _short(getattr(w, k)) for k in ("w0", "wa", "wm", "depth")}
+            data["rules"]["width"]["quantum"] = w.quantum
+        if rules.schedules:
+            data["rules"]["schedules"] = {}
+            for knob, schedule in rules.schedules.items():
+                entry = {"first": _short(schedule.first), "last": _short(schedule.last)}
+                if schedule.values is not None:
+                    entry["values"] = _plain(schedule.values)
+                if schedule.log:
+                    entry["log"] = True
+                data["rules"]["schedules"][knob] = entry
+        if rules.monotone:
+            data["rules"]["monotone"] = list(rules.monotone)
+    if space.stage_defaults.knobs:
+        data["stage_defaults"] = {k: _short(d) for k, d in space.stage_defaults.knobs.items()}
+    data["stages"] = [_Flow({k: _short(d) for k, d in stage.knobs.items()}) for stage in space.stages]
+    c = space.constraints
+    constraints: dict[str, Any] = {"image_size": c.image_size[0] if c.image_size[0] == c.image_size[1]
+                                   else list(c.image_size)}
+    if c.flops is not None:
+        constraints["flops"] = [_count_text(v) for v in c.flops]
+    if c.max_params is not None:
+        constraints["max_params"] = c.max_params
+    if c.max_latency_ms is not None:
+        constraints["max_latency_ms"] = c.max_latency_ms
+    if c.latency_batch_size != 1:
+        constraints["latency_batch_size"] = c.latency_batch_size
+    data["constraints"] = constraints
+    data["train"] = _Block(space.train.model_dump(mode="json"))  # in full: later default changes leave it as it is
+    return data
+
+
+class _Flow(dict):
+    """A mapping written on one line (``- {depth: 2, embed_dim: 64}``), as the shipped spaces write stages."""
+
+
+class _Block(dict):
+    """A mapping written one key a line."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Flow, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data,
+                                                                             flow_style=True))
+_Dumper.add_representer(_Block, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data,
+                                                                              flow_style=False))
+
+
+def space_yaml(space: "SearchSpace", header: str = "") -> str:
+    """``space`` as a readable space file (YAML; ``header`` lines become ``#`` comments on top).
+    :func:`load_space` of the text gives ``space`` back."""
+    comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    return comment + yaml.dump(space_data(space), Dumper=_Dumper, sort_keys=False, default_flow_style=None,
+                               width=1000)
+
+
 @dataclass
 class SpaceCheck:
     """What :meth:`SearchSpace.check` saw: draws, valid ones, feasible ones, ranges, reasons."""
@@ -438,73 +575,7 @@ class SpaceCheck:
 
 def _first_reason(err: ValidationError) -> str:
     e = err.errors()[0]
-    return re.sub(r"[0-9.]+", "#", e["msg"].removeprefix("Value error, "))[:80]
-
-
-def _encode(value: Any) -> Any:
-    """Optuna categoricals hold scalars: kernel lists travel as "1,3,5,7"."""
-    return ",".join(map(str, value)) if isinstance(value, tuple) else value
-
-
-def _decode(knob: str, value: Any) -> Any:
-    return tuple(int(v) for v in value.split(",")) if knob == "ffn_kernel_sizes" and isinstance(value, str) else value
-
-
-def _suggest(trial: Any, name: str, knob: str, definition: Knob) -> Any:
-    if isinstance(definition, Fixed):
-        return definition.value
-    if isinstance(definition, Choices):
-        return _decode(knob, trial.suggest_categorical(name, [_encode(c) for c in definition.choices]))
-    if knob in _INT_KNOBS:
-        return trial.suggest_int(name, int(definition.low), int(definition.high),
-                                 step=int(definition.step or 1), log=definition.log)
-    return trial.suggest_float(name, definition.low, definition.high, step=definition.step, log=definition.log)
-
-
-class RandomTrial:
-    """Uniform draws with Optuna's ``suggest_*`` signatures, for random specs without a study."""
-
-    def __init__(self, rng: random.Random):
-        self.rng, self.params = rng, {}
-
-    def suggest_categorical(self, name: str, choices: list) -> Any:
-        return self.params.setdefault(name, self.rng.choice(choices))
-
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
-        if log:
-            value = round(math.exp(self.rng.uniform(math.log(low), math.log(high))))
-        else:
-            value = low + step * self.rng.randint(0, (high - low) // step)
-        return self.params.setdefault(name, value)
-
-    def suggest_float(self, name: str, low: float, high: float, step: Optional[float] = None, log: bool = False) -> float:
-        if step:
-            value = low + step * self.rng.randint(0, int(round((high - low) / step)))
-        elif log:
-            value = math.exp(self.rng.uniform(math.log(low), math.log(high)))
-        else:
-            value = self.rng.uniform(low, high)
-        return self.params.setdefault(name, value)
-
-
-class CornerTrial:
-    """Every knob at its low (or high) end: the space's smallest and largest corners. Records
-    the parameter names asked for in ``names``."""
-
-    def __init__(self, high: bool):
-        self.high, self.names = high, []
-
-    def suggest_categorical(self, name: str, choices: list) -> Any:
-        self.names.append(name)
-        return choices[-1] if self.high else choices[0]
-
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
-        self.names.append(name)
-        return low + step * ((high - low) // step) if self.high else low
-
-    def suggest_float(self, name: str, low: float, high: float, step: Optional[float] = None, log: bool = False) -> float:
-        self.names.append(name)
-        return (low + step * int((high - low) / step) if step else high) if self.high else low
+    return re.sub(r"(?<![\w.])\d+(?:\.\d+)?", "#", e["msg"].removeprefix("Value error, "))[:80]  # w0 stays w0
 
 
 def load_space(path: Union[str, Path]) -> SearchSpace:
