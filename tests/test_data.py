@@ -97,6 +97,7 @@ def test_prepared_file_holds_uint8_images_labels_classes_and_the_split(tmp_path,
         assert np.abs(images[i].reshape(-1, 3).mean(0) - COLOURS[labels[i]]).max() < 12
     prepared = load_prepared(out)
     assert prepared.counts() == {"train": 15, "val": 3, "test": 3}
+    assert isinstance(prepared.images, np.memmap) and np.array_equal(prepared.images, images)  # mapped, not read
 
     again = list_image_folder(root)  # the split is fixed: the same folder splits the same way
     assert {p: s for p, s in zip(again.paths, again.split)} == {p: s for p, s in zip(paths, split)}
@@ -269,6 +270,25 @@ def test_augmented_batches_depend_on_the_seed_alone(augment, kind):
     plain = _epochs(TensorBatches(data, 5, cpu, shuffle=True, drop_last=True, seed=3))
     assert [torch.equal(y, v) for (_, y), (_, v) in zip(alone, plain)] == [True] * len(plain)  # the same order
     assert not all(torch.equal(x, u) for (x, _), (u, _) in zip(alone, plain))  # ... augmented
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("augment", ["flip", "crop-flip", "rrc-flip"])
+def test_augmented_batches_on_cuda_draw_from_a_cuda_generator_of_the_seed(augment):
+    data, cuda = _uint8_data(), torch.device("cuda")
+
+    def run(seed):
+        return TensorBatches(data, 5, cuda, shuffle=True, drop_last=True, augment=augment, seed=seed,
+                             memory_format=torch.channels_last)
+
+    assert run(3).augment_generator.device.type == "cuda" and run(3).generator.device.type == "cpu"
+    alone = _epochs(run(3))
+    assert alone[0][0].is_cuda and alone[0][0].is_contiguous(memory_format=torch.channels_last)
+    assert _same(alone, _epochs(run(3))) and not _same(alone, _epochs(run(4)))
+    a, b = run(3), run(5)
+    assert _same(alone, [(xa.clone(), ya.clone()) for _ in range(2) for (xa, ya), _ in zip(a, b)])
+    on_cpu = _epochs(TensorBatches(data, 5, torch.device("cpu"), shuffle=True, drop_last=True, augment=augment, seed=3))
+    assert all(torch.equal(y.cpu(), v) for (_, y), (_, v) in zip(alone, on_cpu))  # the order: a CPU generator
 
 
 def test_flip_and_crop_flip_are_mirrors_and_shifts_of_the_plain_images():

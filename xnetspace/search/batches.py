@@ -115,6 +115,8 @@ class ImageTensors(Dataset):
         iterators over one dataset, e.g. one per packed seed, share one copy); mean and std
         shaped (1, C, 1, 1)."""
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" share one copy
+            device = torch.device("cuda", torch.cuda.current_device())
         key = str(device)
         if key not in self._on:
             shape = (1, self.channels, 1, 1)

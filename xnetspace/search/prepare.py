@@ -31,6 +31,10 @@ the small size and training from memory.
    ``unreadable_errors``    ... and why (the exception), one per path
    ======================  ======================================================================
 
+Reading a prepared file maps its images from the file (copy-on-write, :func:`load_prepared`):
+nothing is read until a batch needs it, and the worker processes of a study on one machine share
+one copy in the page cache.
+
 Unreadable images (corrupt, truncated, not images) are counted and listed in the file and in the
 summary, never silently dropped and never fatal.
 
@@ -48,6 +52,7 @@ import hashlib
 import json
 import math
 import os
+import struct
 import sys
 import time
 import zipfile
@@ -235,7 +240,9 @@ class PreparedFolder:
 
 
 def load_prepared(path: Union[str, Path]) -> PreparedFolder:
-    """Read a prepared file (``allow_pickle=False``: no code can run) and check its arrays.
+    """Read a prepared file (``allow_pickle=False``: no code can run) and check its arrays; the
+    images are a copy-on-write ``np.memmap`` of the file when stored uncompressed (as
+    :meth:`PreparedFolder.save` stores them).
 
     Raises:
         DataError: not a readable file of this format and version, or arrays that disagree.
@@ -248,8 +255,9 @@ def load_prepared(path: Union[str, Path]) -> PreparedFolder:
             if int(z["version"]) != VERSION:
                 raise DataError(f"{path}: prepared file version {int(z['version'])}, this xnetspace reads "
                                 f"{VERSION}; prepare the folder again")
+            images = _mapped(path, "images.npy")
             prepared = PreparedFolder(
-                images=z["images"], labels=z["labels"].astype(np.int64), split=z["split"].astype(np.int8),
+                images=z["images"] if images is None else images, labels=z["labels"].astype(np.int64), split=z["split"].astype(np.int8),
                 paths=z["paths"].tolist(), classes=z["classes"].tolist(), image_size=int(z["image_size"]),
                 stored_size=int(z["stored_size"]), root=str(z["root"]), key=str(z["key"]),
                 unreadable=list(zip(z["unreadable_paths"].tolist(), z["unreadable_errors"].tolist())),
@@ -263,6 +271,35 @@ def load_prepared(path: Union[str, Path]) -> PreparedFolder:
         raise DataError(f"{path}: not a readable prepared image folder ({type(err).__name__}: {err})") from err
     _check(prepared, path)
     return prepared
+
+
+def _mapped(path: Path, member: str) -> Optional[np.ndarray]:
+    """An uncompressed ``.npy`` member of an ``.npz`` (``np.savez`` stores them so) mapped from the
+    file copy-on-write: nothing is read until used, and the processes of a study on one machine
+    share its pages. None when the member is compressed or its layout is not the expected one."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            return None
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        start = info.header_offset + 30 + name_length + extra_length
+        f.seek(start)
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is None:
+            return None
+        shape, fortran, dtype = read(f)
+        offset = f.tell()
+    if dtype.hasobject or offset - start + math.prod(shape) * dtype.itemsize != info.file_size:
+        return None
+    if math.prod(shape) == 0:
+        return np.empty(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 def _check(p: PreparedFolder, path: Path) -> None:
