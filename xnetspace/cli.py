@@ -588,6 +588,83 @@ def analyze(
             say(f"  warning: {note}")
     say("files: " + ", ".join(str(p) for p in files.values()))
 
+@app.command()
+def refine(
+    run: Path = typer.Argument(..., help="a population study's output folder (xnetspace search --population --out RUN)"),
+    out: Path = typer.Option(..., help="folder for refine.json, refined_space.yaml and refine_edf.png"),
+    verify: int = typer.Option(0, "--verify", min=0, help="then sample and train a fresh population of N from the refined space and compare it with the original (0: no)"),
+    force: bool = typer.Option(False, "--force", help="refine a study that is not a population study (another sampler, a pruner)"),
+    seed: int = typer.Option(0, help="seed of the bootstraps, fANOVA and the --verify study"),
+    devices: str = typer.Option("cpu", help="--verify: cpu | cuda | cuda:0,cuda:1,..."),
+    workers_per_device: Optional[int] = typer.Option(None, "--workers-per-device", help="--verify: worker processes per device"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Refine a design space from a population study (pycls's AnyNet-to-RegNet step): test candidate
+    constraints (ties, non-decreasing widths/depths/heads, an attention-share schedule, a fitted
+    RegNet width rule, fixing knobs of nil importance) against the population's EDFs, and write the
+    refined space with the accepted ones. The rule and its reasons: docs/design_spaces.md."""
+    import warnings
+
+    import optuna
+
+    from .search.analysis import AnalysisError, load_run, study_data
+    from .search.analysis_schema import RefineResult
+    from .search.data import DataError
+    from .search.errors import SearchError, WorkerCrashed
+    from .search.refine import refine as refine_study
+    from .search.refine_plots import write_refine
+    from .search.space import SpaceError
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fANOVA's and scipy's notices; refine.json says what matters
+            data = study_data(load_run(run), str(run), run / "summary.json")
+            refinement = refine_study(data, force=force, seed=seed)
+        files = write_refine(refinement, out)
+        if verify:
+            from .search.refine_verify import verify as verify_refinement
+
+            device_list = [d.strip() for d in devices.split(",") if d.strip()]
+            _check_devices(device_list)
+            checked = verify_refinement(refinement, data, out, verify, device_list, workers_per_device, seed,
+                                        progress=not as_json)
+            refinement.result["verify"] = checked
+            refinement.result = RefineResult.model_validate(refinement.result).model_dump(exclude_unset=True)
+            files["json"].write_text(json.dumps(refinement.result, indent=2) + "\n")
+    except WorkerCrashed as err:
+        _crashed(err)
+    except (AnalysisError, SpaceError, SpecError, SearchError, DataError, ValueError) as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"cannot write the refinement: {err.strerror or err} ({err.filename or out})")
+    result = refinement.result
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False)
+
+    score = result["score"]
+    say(f"{result['study']} ({result['space']}): {result['members']} members, {score['label']} ({score['unit']})")
+    for step in sorted(result["steps"], key=lambda s: (s["order"] is None, s["order"] or 0)):
+        test = step["test"] or step["first_test"]
+        where = f"{test['satisfying']}/{test['members']}" if test else "-"
+        say(f"  {step['verdict']:<14} {where:>8}  {step['description']}: {step['reason']}")
+    say(f"accepted {len(result['accepted'])}; knobs {len(result['knobs_before'])} -> {len(result['knobs_after'])}; "
+        f"members satisfying all accepted: {result['members_left']}")
+    if result.get("verify"):
+        c = result["verify"]["comparison"]
+        if c.get("mean_difference_ci95"):
+            lo, hi = c["mean_difference_ci95"]
+            say(f"verify: {result['verify']['members']} fresh members; refined minus original mean {c['mean_difference']:+.4g} "
+                f"[95% CI {lo:+.4g}, {hi:+.4g}], KS {c['ks_statistic']:.3f} (p = {c['ks_pvalue']:.3g}): {c['verdict']}")
+    for note in result["warnings"]:
+        say(f"  note: {note}")
+    say("files: " + ", ".join(str(p) for p in files.values()))
+
+
 def _crashed(err: Exception) -> None:
     """Exit 1 (not bad input) with the one paragraph naming each lost worker's log file."""
     typer.echo(f"error: {err}", err=True)

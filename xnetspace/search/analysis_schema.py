@@ -15,7 +15,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ScoreInfo", "AnalysisResult", "StudySummary", "Comparison", "RefineResult", "RefineStep",
+__all__ = ["ScoreInfo", "AnalysisResult", "StudySummary", "Comparison", "RefineResult", "RefineStep", "Evidence",
+           "Verification",
            "schemas", "write_schemas"]
 
 
@@ -160,6 +161,7 @@ class Evidence(_Strict):
     mean_difference_plain: Optional[float]
     mean_difference_plain_ci95: Optional[list[float]]
     normalized: bool = Field(description="whether the mean difference and its CI are complexity-normalised")
+    bins: Optional[int] = Field(description="FLOP bins of the normalisation (fewer for small subsets)")
 
 
 class RefineStep(_Strict):
@@ -169,11 +171,23 @@ class RefineStep(_Strict):
     knob: str
     description: str
     order: Optional[int] = Field(None, description="its place in the greedy order (None: never tested there)")
-    first_test: Optional[Evidence] = Field(description="against all members")
-    test: Optional[Evidence] = Field(description="against the members left by the constraints accepted before it")
-    verdict: Literal["accepted", "rejected", "not applicable"]
+    first_test: Optional[Evidence] = Field(None, description="against all members")
+    test: Optional[Evidence] = Field(None, description="in the greedy pass: against the members left by the "
+                                                       "constraints accepted before it")
+    verdict: Literal["accepted", "rejected", "undecided", "not applicable"]
     reason: str
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Verification(_Strict):
+    """``--verify N``: a fresh population of the refined space against the original population."""
+
+    folder: str = Field(description="the verification study's output folder (with its analysis.json)")
+    requested: int
+    members: int
+    comparison: Comparison = Field(description="a: the refined space's population, b: the original")
+    knobs_before: int
+    knobs_after: int
 
 
 class RefineResult(_Strict):
@@ -191,9 +205,11 @@ class RefineResult(_Strict):
     knobs_after: list[str]
     steps: list[RefineStep]
     accepted: list[str]
-    members_left: int
+    members_left: int = Field(description="members that satisfy every accepted constraint")
+    final_test: Optional[Evidence] = Field(description="those members against all (None: nothing accepted)")
+    importance: dict[str, float] = Field(description="fANOVA importance of each varying knob over the members")
     warnings: list[str]
-    verify: Optional[dict[str, Any]] = None
+    verify: Optional[Verification] = None
 
 
 def schemas() -> dict[str, dict]:

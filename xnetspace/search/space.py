@@ -201,7 +201,7 @@ class SearchSpace(BaseModel):
             most = rules.width.depth.high if isinstance(rules.width.depth, Range) else low
             if most < n:
                 raise ValueError(f"rules.width.depth is at most {most:g} blocks, fewer than the {n} stages")
-            sets = [{k: self._values(i, k) for k in ("attn_ratio", "num_heads", "mlp_ratio")} for i in range(n)]
+            sets = [{k: self.stage_values(i, k) for k in ("attn_ratio", "num_heads", "mlp_ratio")} for i in range(n)]
             problem = quantum_problem(rules.width.quantum, sets)
             if problem:
                 smallest = smallest_quantum(sets)
@@ -216,10 +216,12 @@ class SearchSpace(BaseModel):
             return f"stage_defaults.{knob}"
         return next((f"stages[{i}].{knob}" for i, s in enumerate(self.stages) if knob in s.knobs), None)
 
-    def _values(self, index: int, knob: str) -> Optional[list]:
-        """The finite values ``knob`` can take in stage ``index`` (None: continuous, or rounded to
-        a valid value by a schedule without ``values``)."""
+    def stage_values(self, index: int, knob: str) -> Optional[list]:
+        """The finite values ``knob`` can take in stage ``index`` (from 0; None: continuous, set by
+        the width rule, or rounded to a valid value by a schedule without ``values``)."""
         whole = knob in INT_KNOBS
+        if self.rules.width is not None and knob in ("embed_dim", "depth"):
+            return None
         if knob in self.rules.schedules:
             schedule = self.rules.schedules[knob]
             if schedule.values is not None:
@@ -258,7 +260,7 @@ class SearchSpace(BaseModel):
             if isinstance(definition, Range) and definition.log:
                 raise ValueError(f"rules.monotone: {knob} of stage {i + 1} is a log range; monotone knobs are drawn "
                                  f"uniformly over their non-decreasing combinations: give a step or choices")
-            found = self._values(i, knob)
+            found = self.stage_values(i, knob)
             if found is None:
                 raise ValueError(f"rules.monotone: {knob} of stage {i + 1} is a continuous range; give it a step "
                                  f"or choices")

@@ -1,0 +1,193 @@
+"""`xnetspace refine`: candidate constraints tested against a population whose right answer is
+known (non-decreasing widths help, a tied MLP ratio hurts), the evidence against scipy, the
+refined space file, refine.json against its model, --verify, and bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+from pydantic import ValidationError
+from scipy import stats
+from typer.testing import CliRunner
+
+import xnetspace.search.confirmation as confirmation_module
+import xnetspace.search.objective as objective_module
+from xnetspace.cli import app
+from xnetspace.cost import cost_report
+from xnetspace.search import RunOptions, StudyConfig
+from xnetspace.search.analysis import complexity_weights, load_run, study_data
+from xnetspace.search.analysis_schema import RefineResult
+from xnetspace.search.records import KEY
+from xnetspace.search.refine import evidence, fit_width_rule, refine
+from xnetspace.search.space import SearchSpace, load_space
+from xnetspace.search.space_rules import regnet_widths
+from xnetspace.search.study import store_run_options
+from xnetspace.search.train import TrainConfig
+
+from .test_analysis import fake_trainer
+
+runner = CliRunner()
+SPACE = {  # every stage takes every width, so about 1 in 7 draws has non-decreasing widths
+    "name": "pop",
+    "network": {"image_size": 16, "drop_path_rate": 0.0},
+    "stage_defaults": {"depth": [1, 2], "embed_dim": [16, 32, 48, 64], "mlp_ratio": [2, 4],
+                       "idconv_kernel_size": [3, 5], "attn_ratio": [0.25, 0.5, 0.75], "num_heads": [1, 2]},
+    "stages": [{"sr_ratio": [1, 2]}, {"sr_ratio": 1}, {"sr_ratio": 1}, {"sr_ratio": 1}],
+    "constraints": {"image_size": 16},
+    "train": {"image_size": 16, "epochs": 1, "batch_size": 32},
+}
+
+
+def known_error(spec) -> float:
+    """The truth the population is made from (cross-entropy, nats): widths that never decrease
+    are 0.1 better, an MLP ratio tied across stages is 0.08 worse, nothing else matters."""
+    widths, mlp = spec.embed_dims, {s.mlp_ratio for s in spec.stages}
+    return 0.4 - 0.1 * (list(widths) == sorted(widths)) + 0.08 * (len(mlp) == 1)
+
+
+def make_population(folder, n=130, seed=0, sampler="random", pruner="none", name="pop", space=None):
+    """A finished population (loss) study made as `xnetspace search --population` makes one:
+    Optuna's random sampler draws each spec from the space; errors from known_error + noise.
+    Made in memory, then copied into FOLDER/study.db in one go (fast)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    space = SearchSpace.model_validate(space or SPACE)
+    study = optuna.create_study(study_name=name, direction="minimize", sampler=optuna.samplers.RandomSampler(seed=seed))
+    config = StudyConfig(space=space, dataset="synthetic:128", objective="loss",
+                         train=TrainConfig(image_size=16, epochs=1, batch_size=32))
+    study.set_user_attr("xnetspace_config", config.model_dump(mode="json"))
+    store_run_options(study, RunOptions(n_trials=n, sampler=sampler, pruner=pruner, confirm_top=0))
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        trial = study.ask()
+        spec = space.sample(trial, num_classes=10)
+        report = cost_report(spec, 16)
+        loss = known_error(spec) + float(rng.normal(0, 0.01))
+        trial.set_user_attr(KEY, {"slot": True, "flops": report.flops, "params": report.params,
+                                  "spec_digest": f"d{i}", "spec": spec.model_dump(mode="json"),
+                                  "runs": [{"seed": 0, "top1": [90.0], "loss": [loss]}]})
+        study.tell(trial, loss)
+    optuna.copy_study(from_study_name=name, from_storage=study._storage, to_storage=f"sqlite:///{folder / 'study.db'}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory):
+    return make_population(tmp_path_factory.mktemp("refine") / "pop")
+
+
+# -- evidence --------------------------------------------------------------------------------------------
+def test_evidence_against_scipy_and_the_complexity_weights():
+    rng = np.random.default_rng(4)
+    errors, flops = rng.normal(5, 0.5, 60), rng.uniform(1e6, 3e6, 60)
+    mask = np.arange(60) % 3 == 0
+    errors[mask] -= 1.5  # the subset is 1.5 points better than the rest
+    result = evidence(errors, flops, mask, n_resamples=999)
+    ks = stats.ks_2samp(errors[mask], errors[~mask])
+    assert (result["ks_statistic"], result["ks_pvalue"]) == pytest.approx((ks.statistic, ks.pvalue))
+    assert result["mean_difference_plain"] == pytest.approx(errors[mask].mean() - errors.mean())
+    (ws, wm), _ = complexity_weights([flops[mask], flops], bins=4)  # 20 members: 4 bins of 5 on average
+    assert result["bins"] == 4
+    assert result["normalized"] and result["mean_difference"] == pytest.approx(ws @ errors[mask] - wm @ errors)
+    for key in ("mean_difference_ci95", "mean_difference_plain_ci95"):
+        low, high = result[key]
+        assert low < high < 0  # 1 point better than all (1.5 x 2/3), noise 0.5: clearly below 0
+    same = evidence(errors, flops, np.ones(60, bool), n_resamples=999)
+    assert same["mean_difference"] == pytest.approx(0) and same["ks_statistic"] is None
+    assert evidence(errors, flops, np.arange(60) == 0)["mean_difference_ci95"] is None  # one member: no CI
+
+
+def test_the_width_rule_fit_recovers_a_rule_and_measures_a_miss():
+    grid = {"w0": np.arange(16, 129, 16.0), "wa": np.linspace(0.5, 128, 256), "wm": np.linspace(1.2, 4.0, 57)}
+    widths, _ = regnet_widths(16, 16.0, 2.0, 8, 16)  # 16, 32, 64 x3, 128 x3
+    error, fit = fit_width_rule(widths, 16, 4, grid)
+    assert error == 0 and regnet_widths(fit["w0"], fit["wa"], fit["wm"], 8, 16)[0] == widths
+    error, _ = fit_width_rule([16, 48, 48, 64, 64, 64, 128, 128], 16, 4, grid)
+    assert 0 < error < 0.2  # one block 1.5x off (log 1.5 / 8 blocks = 0.05) or so
+    assert fit_width_rule([16, 16, 16], 16, 4, grid) == (float("inf"), None)  # 3 blocks cannot make 4 stages
+
+
+# -- refine on a population with a known answer ----------------------------------------------------------
+def test_refine_finds_the_known_answer(population):
+    data = study_data(load_run(population))
+    refinement = refine(data, n_resamples=999)
+    result = refinement.result
+    RefineResult.model_validate(result)
+    assert result["score"]["name"] == "loss" and result["members"] == 130
+    steps = {(s["kind"], s["knob"]): s for s in result["steps"]}
+    widths = steps[("monotone", "embed_dim")]
+    assert widths["verdict"] == "accepted" and widths["order"] == 1  # the strongest evidence, first
+    assert widths["first_test"]["mean_difference_ci95"][1] < -0.05  # about 0.1 nats better, as made
+    mlp = steps[("tie", "mlp_ratio")]
+    assert mlp["verdict"] == "rejected" and mlp["first_test"]["mean_difference_ci95"][0] > 0.03  # 0.08 worse
+    assert steps[("tie", "embed_dim")]["verdict"] in ("accepted", "undecided", "rejected")  # tested, every value shared
+    assert steps[("monotone", "depth")]["first_test"] is not None
+    assert "embed_dim non-decreasing across stages" in result["accepted"][0]
+    space = refinement.space
+    assert "embed_dim" in space.rules.monotone and len(result["knobs_after"]) < len(result["knobs_before"])
+    for spec in space.random_specs(30, seed=1, num_classes=10):
+        assert list(spec.embed_dims) == sorted(spec.embed_dims)
+    left = result["members_left"]  # at least 10 (the rule), at most those with non-decreasing widths
+    assert 10 <= left <= sum(1 for c in data.candidates if _nondecreasing_widths(c.spec))
+    assert result["final_test"]["satisfying"] == left
+
+
+def _nondecreasing_widths(spec: dict) -> bool:
+    widths = [s["embed_dim"] for s in spec["stages"]]
+    return widths == sorted(widths)
+
+
+def test_the_command_writes_the_refined_space_and_the_evidence(population, tmp_path):
+    out = tmp_path / "refined"
+    result = runner.invoke(app, ["refine", str(population), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report == json.loads((out / "refine.json").read_text())
+    RefineResult.model_validate(report)
+    with pytest.raises(ValidationError, match="extra"):
+        RefineResult.model_validate({**report, "surprise": 1})
+    space = load_space(out / "refined_space.yaml")
+    assert space.name == "pop_refined" and "embed_dim" in space.rules.monotone
+    assert sorted(space.param_names()) == sorted(report["knobs_after"])
+    text = (out / "refined_space.yaml").read_text()
+    assert text.startswith("# pop_refined: refined by `xnetspace refine` from study pop (130 members")
+    assert "1. embed_dim non-decreasing across stages" in text
+    assert (out / "refine_edf.png").stat().st_size > 5000
+
+
+def test_verify_samples_the_refined_space_and_compares(tmp_path, monkeypatch):
+    monkeypatch.setattr(objective_module, "train_candidate", fake_trainer)
+    monkeypatch.setattr(confirmation_module, "train_candidate", fake_trainer)  # the seed-noise run of a population
+    population = make_population(tmp_path / "pop", n=40, seed=3)
+    out = tmp_path / "refined"
+    result = runner.invoke(app, ["refine", str(population), "--out", str(out), "--verify", "8",
+                                 "--workers-per-device", "1"])
+    assert result.exit_code == 0, result.output
+    assert "accepted" in result.output and "knobs 2" in result.output and "verify: " in result.output
+    report = json.loads((out / "refine.json").read_text())
+    RefineResult.model_validate(report)
+    checked = report["verify"]
+    assert checked["requested"] == 8 and 2 <= checked["members"] <= 8
+    assert checked["comparison"]["a"] == "pop_refined-verify" and checked["comparison"]["b"] == "pop"
+    assert (out / "verify" / "analysis.json").is_file() and (out / "verify" / "edf.png").is_file()
+    fresh = study_data(load_run(out / "verify"))
+    refined = load_space(out / "refined_space.yaml")
+    assert fresh.config.space == refined and fresh.settings["sampler"] == "random"
+    for c in fresh.candidates:  # every fresh member lies in the refined space
+        for knob in refined.rules.monotone:
+            values = [s[knob] for s in c.spec["stages"]]
+            assert values == sorted(values)
+
+
+# -- bad input -------------------------------------------------------------------------------------------
+def test_refine_refuses_what_is_not_a_population(tmp_path):
+    tpe = make_population(tmp_path / "tpe", n=25, sampler="tpe", pruner="median")
+    result = runner.invoke(app, ["refine", str(tpe), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "is not a population study (sampler tpe, pruner median)" in result.output
+    assert "Traceback" not in result.output
+    small = make_population(tmp_path / "small", n=12)
+    result = runner.invoke(app, ["refine", str(small), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "has 12 members with a stored spec; refine needs at least 20" in result.output
+    result = runner.invoke(app, ["refine", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "does not exist" in result.output

@@ -1,0 +1,660 @@
+"""Refining a design space from one population study: pycls's AnyNet-to-RegNet step
+(Radosavovic et al. 2020, "Designing Network Design Spaces", section 3).
+
+A population study (``xnetspace search --population``: random sampler, no pruner) is a uniform
+sample of its space with each member's error in the study's score (cross-entropy in nats in a
+``loss`` study, top-1 error in percent otherwise; lower is better). Each *candidate constraint*
+picks the members that satisfy it:
+
+- ``tie``: a knob takes one value in every stage;
+- ``monotone``: widths, depths or heads never decrease from one stage to the next;
+- ``schedule``: the attention share runs linearly from the first to the last stage (rounded to
+  the share values the space allows);
+- ``width_rule``: the stage widths and depths follow RegNet's quantized linear rule within
+  ``FIT_TOLERANCE`` (mean absolute log-ratio of the block widths, pycls's ``e_fit``), with the
+  rule's w0, wa, wm and depth ranges fitted to the best quarter of the members;
+- ``fix``: a knob whose fANOVA importance is nil (below ``NIL_SHARE`` of an equal share) is
+  fixed at the value whose members have the lowest mean error.
+
+**Evidence**, for the satisfying subset S of members M (the whole population, or the members
+left by the constraints accepted before): the EDFs of S and M (plain and complexity-normalised,
+:func:`~.analysis.complexity_weights`), the largest gap between them, the two-sample
+Kolmogorov-Smirnov test of S against M minus S (``scipy.stats.ks_2samp``: disjoint samples), and
+a percentile-bootstrap 95% CI (``scipy.stats.bootstrap``, members resampled, S and M together) of
+mean(S) - mean(M), complexity-normalised: the mean over the FLOP bins that hold members of S of
+each bin's mean, as pycls's normalised EDF weighs them (equal-width bins over the members' FLOPs,
+5 or fewer so that S has at least 5 members per bin on average: :func:`bins_for`).
+
+**Acceptance rule**: a constraint is accepted when at least ``MIN_SUBSET`` members of M satisfy it
+and the 95% CI of the normalised mean(S) - mean(M) does not lie above 0 (the constrained subset
+is not detectably worse); rejected when the CI lies above 0; undecided with fewer members. This
+is pycls's criterion (keep a constraint that simplifies the space without a loss in the error
+EDF): a population of ~100 cannot show that a constraint helps, only that it does not hurt.
+Candidates are tested on all members first; those not rejected are then accepted greedily in
+order of evidence (the upper end of that CI, lowest first), each re-tested on the members that
+satisfy every constraint accepted before it. A constraint that cannot be written into the space
+together with the accepted ones is not applicable.
+
+Caveats: dozens of tests at 95% each; ``fix`` and ``width_rule`` pick their values from the
+same errors they are then tested on (the subset looks better than it is), and the greedy
+subsets shrink. ``--verify N`` answers all three: a fresh population of the refined space,
+compared with the original (:func:`~.analysis.analyze`).
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+from optuna.distributions import IntDistribution
+from pydantic import ValidationError
+from scipy import stats
+
+from ..spec import NetworkSpec
+from .analysis import (MIN_RELIABLE, UNBIASED_SAMPLERS, AnalysisError, Candidate, StudyData, complexity_weights,
+                       edf, edf_distance, importances, marginals)
+from .analysis_schema import RefineResult
+from .space import SearchSpace, SpaceError, space_data
+from .space_knobs import INT_KNOBS, KNOBS
+from .space_rules import interpolate, monotone_chains, smallest_quantum
+
+__all__ = ["refine", "Refinement", "evidence", "bins_for", "fit_width_rule", "MIN_SUBSET", "MIN_MEMBERS", "FIT_TOLERANCE",
+           "NIL_SHARE", "BEST_FRACTION"]
+
+MIN_SUBSET = MIN_RELIABLE  # members that must satisfy a constraint before it can be accepted
+MIN_MEMBERS = 2 * MIN_SUBSET  # a population smaller than this is refused
+FIT_TOLERANCE = 0.1  # mean |log(width / rule width)| over the blocks: widths within about 10%
+NIL_SHARE = 0.25  # fANOVA importance below this share of an equal share (1 / knobs): nil
+BEST_FRACTION = 0.25  # the best members, to which the width rule is fitted
+BINS = 5  # FLOP bins of the complexity normalisation (analyze's default), at most
+PER_BIN = 5  # satisfying members per bin on average, at least (bins_for)
+MONOTONE_CANDIDATES = ("embed_dim", "depth", "num_heads")
+
+
+@dataclass
+class Member:
+    """One population member: trial number, error (study score), FLOPs, spec, Optuna params."""
+
+    number: int
+    error: float
+    flops: int
+    spec: NetworkSpec
+    params: dict[str, Any]
+
+    def values(self, knob: str) -> list:
+        return [getattr(s, knob) for s in self.spec.stages]
+
+
+@dataclass
+class Constraint:
+    """A candidate constraint: which members satisfy it and how it is written into a space."""
+
+    kind: str
+    knob: str
+    description: str
+    satisfied: np.ndarray  # bool per member
+    apply: Callable[[dict], None]  # edits space_data(space) in place; may raise ValueError
+    details: dict[str, Any] = field(default_factory=dict)
+    not_applicable: Optional[str] = None
+
+
+@dataclass
+class Refinement:
+    """What :func:`refine` found: the result (``refine.json``), the refined space, and the
+    data the figures need."""
+
+    result: dict
+    space: SearchSpace
+    errors: np.ndarray
+    flops: np.ndarray
+    masks: dict[str, np.ndarray]  # step description -> satisfied; plus "subset before" masks
+    within: dict[str, np.ndarray]
+
+
+# -- evidence -----------------------------------------------------------------------------------------
+def _plain_difference(e: np.ndarray, m: np.ndarray, axis: int = -1) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (e * m).sum(axis) / m.sum(axis) - e.mean(axis)
+
+
+def _normalized_difference(e: np.ndarray, m: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mean over the FLOP bins holding members of S of (S's bin mean - M's bin mean), which is
+    sum_i w_i e_i of :func:`complexity_weights` for S minus the same for M (``b``: bin indices)."""
+    total_s = total_m = 0.0
+    shared = 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for j in range(int(np.max(b)) + 1):
+            in_bin = b == j
+            count_s = (m * in_bin).sum(axis)
+            has = count_s > 0
+            mean_s = np.where(has, (e * m * in_bin).sum(axis) / np.maximum(count_s, 1), 0.0)
+            mean_m = np.where(has, (e * in_bin).sum(axis) / np.maximum(in_bin.sum(axis), 1), 0.0)
+            total_s, total_m, shared = total_s + mean_s, total_m + mean_m, shared + has
+        return (total_s - total_m) / shared
+
+
+def _bins(flops: np.ndarray, bins: int) -> np.ndarray:
+    """Bin of each FLOP count among ``bins`` equal-width bins over their range (complexity_weights')."""
+    low, high = float(flops.min()), float(flops.max())
+    if high <= low:
+        return np.zeros(len(flops), dtype=int)
+    edges = np.linspace(low, high, bins + 1)
+    return np.clip(np.searchsorted(edges, flops, side="right") - 1, 0, bins - 1)
+
+
+def bins_for(satisfying: int) -> int:
+    """FLOP bins for a subset of ``satisfying`` members: ``BINS``, fewer for small subsets (at
+    least ``PER_BIN`` members of the subset per bin on average), since a bin holding one member
+    weighs as much as a bin holding twenty."""
+    return max(1, min(BINS, satisfying // PER_BIN))
+
+
+def _ci(data: tuple, statistic: Callable, seed: int, n_resamples: int) -> Optional[list[float]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate resamples: a zero-width or NaN interval, handled below
+        boot = stats.bootstrap(data, statistic, paired=True, vectorized=True, n_resamples=n_resamples,
+                               method="percentile", rng=np.random.default_rng(seed))
+    low, high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
+    return [low, high] if math.isfinite(low) and math.isfinite(high) else None
+
+
+def evidence(errors: Sequence[float], flops: Sequence[float], satisfied: Sequence[bool], seed: int = 0,
+             n_resamples: int = 1999) -> dict:
+    """Compare the members that satisfy a constraint (S) with all of them (M).
+
+    Args:
+        errors: per member, the error (lower is better), in the study's score.
+        flops: per member, FLOPs (fvcore's count: one multiply-add = one flop).
+        satisfied: per member, whether it satisfies the constraint.
+
+    Returns:
+        ``members``, ``satisfying``, ``ks_statistic`` and ``ks_pvalue`` (S against M minus S;
+        None when either has fewer than 2), ``edf_gap`` and ``edf_gap_normalized`` (sup |F_S -
+        F_M|), ``mean_difference`` and its ``mean_difference_ci95`` (complexity-normalised when
+        ``normalized``; over ``bins`` FLOP bins, :func:`bins_for`), ``mean_difference_plain`` and
+        ``mean_difference_plain_ci95``. Values are
+        None where S has fewer than 2 members or a CI is undefined.
+    """
+    e, f, m = np.asarray(errors, float), np.asarray(flops, float), np.asarray(satisfied, bool)
+    out: dict[str, Any] = {"members": int(e.size), "satisfying": int(m.sum()), "ks_statistic": None,
+                           "ks_pvalue": None, "edf_gap": None, "edf_gap_normalized": None, "mean_difference": None,
+                           "mean_difference_ci95": None, "mean_difference_plain": None,
+                           "mean_difference_plain_ci95": None, "normalized": False, "bins": None}
+    if m.sum() < 2:
+        return out
+    if (~m).sum() >= 2:
+        ks = stats.ks_2samp(e[m], e[~m])
+        out["ks_statistic"], out["ks_pvalue"] = float(ks.statistic), float(ks.pvalue)
+    out["edf_gap"] = edf_distance(edf(e[m]), edf(e))
+    out["mean_difference_plain"] = float(e[m].mean() - e.mean())
+    mf = m.astype(float)
+    out["mean_difference_plain_ci95"] = _ci((e, mf), _plain_difference, seed, n_resamples)
+    bins = out["bins"] = bins_for(int(m.sum()))
+    try:
+        (ws, wm), _ = complexity_weights([f[m], f], bins=bins)
+    except AnalysisError:
+        ws = None
+    if ws is not None:
+        out["edf_gap_normalized"] = edf_distance(edf(e[m], ws), edf(e, wm))
+        out["mean_difference"] = float(ws @ e[m] - wm @ e)
+        out["mean_difference_ci95"] = _ci((e, mf, _bins(f, bins)), _normalized_difference, seed, n_resamples)
+        out["normalized"] = out["mean_difference_ci95"] is not None
+    if not out["normalized"]:
+        out["mean_difference"], out["mean_difference_ci95"] = out["mean_difference_plain"], \
+            out["mean_difference_plain_ci95"]
+    return out
+
+
+def _verdict(test: dict) -> tuple[str, str]:
+    if test["satisfying"] < MIN_SUBSET:
+        return "undecided", (f"only {test['satisfying']} of {test['members']} members satisfy it (fewer than "
+                             f"{MIN_SUBSET}); test it on a fresh population of the refined space")
+    ci = test["mean_difference_ci95"]
+    what = "complexity-normalised " if test["normalized"] else ""
+    if ci is None:
+        return "undecided", "no confidence interval could be computed"
+    if ci[0] > 0:
+        return "rejected", (f"worse: the 95% CI of the {what}mean difference [{ci[0]:+.4g}, {ci[1]:+.4g}] lies "
+                            f"above 0")
+    return "accepted", (f"not worse: the 95% CI of the {what}mean difference [{ci[0]:+.4g}, {ci[1]:+.4g}] does not "
+                        f"lie above 0, {test['satisfying']} of {test['members']} members")
+
+
+# -- the width rule fit -------------------------------------------------------------------------------
+def fit_width_rule(blocks: Sequence[int], quantum: int, num_stages: int, grid: dict[str, np.ndarray],
+                   cache: Optional[dict] = None) -> tuple[float, Optional[dict]]:
+    """The RegNet rule (w0, wa, wm over ``grid``; depth = len(blocks)) closest to the per-block
+    widths ``blocks`` among rules that give exactly ``num_stages`` stages: pycls's ``e_fit``, the
+    mean over blocks of |log(width / rule width)|.
+
+    Returns:
+        (e_fit, ``{"w0", "wa", "wm", "depth"}``), or (inf, None) when no rule of the grid gives
+        ``num_stages`` stages with this depth.
+    """
+    depth = len(blocks)
+    key = (depth, quantum)
+    if cache is None or key not in cache:
+        w0, wa, wm = np.meshgrid(grid["w0"], grid["wa"], grid["wm"], indexing="ij")
+        w0, wa, wm = w0.ravel(), wa.ravel(), wm.ravel()
+        u = w0[:, None] + wa[:, None] * np.arange(depth)[None, :]
+        steps = np.round(np.log(u / w0[:, None]) / np.log(wm[:, None]))
+        widths = np.round(w0[:, None] * wm[:, None] ** steps / quantum) * quantum
+        distinct = 1 + (np.diff(widths, axis=1) != 0).sum(axis=1)
+        valid = (distinct == num_stages) & (steps.max(axis=1) + 1 == num_stages) & (widths.min(axis=1) > 0)
+        entry = (w0[valid], wa[valid], wm[valid], np.log(widths[valid]))
+        if cache is not None:
+            cache[key] = entry
+    else:
+        entry = cache[key]
+    w0, wa, wm, log_widths = entry
+    if w0.size == 0:
+        return math.inf, None
+    errors = np.abs(log_widths - np.log(np.asarray(blocks, float))[None, :]).mean(axis=1)
+    best = int(np.argmin(errors))
+    return float(errors[best]), {"w0": int(w0[best]), "wa": float(wa[best]), "wm": float(wm[best]), "depth": depth}
+
+
+def _blocks(spec: NetworkSpec) -> list[int]:
+    return [s.embed_dim for s in spec.stages for _ in range(s.depth)]
+
+
+# -- candidate constraints ----------------------------------------------------------------------------
+def _remove(data: dict, knob: str) -> None:
+    data.get("stage_defaults", {}).pop(knob, None)
+    for stage in data["stages"]:
+        stage.pop(knob, None)
+
+
+def _rules(data: dict) -> dict:
+    return data.setdefault("rules", {})
+
+
+def _tie_constraints(space: SearchSpace, members: list[Member]) -> list[Constraint]:
+    out = []
+    n = len(space.stages)
+    for knob in KNOBS:
+        sets = [space.stage_values(i, knob) for i in range(n)]
+        if n < 2 or knob in space.rules.schedules or (space.rules.width and knob in ("embed_dim", "depth")):
+            continue
+        definitions = [d.get(knob) for d in space.stage_definitions()]
+        if all(d is not None and d.tie for d in definitions) and len({d.tie for d in definitions}) == 1:
+            continue  # tied already
+        if all(s is not None and len(set(s)) == 1 for s in sets) and len({s[0] for s in sets}) == 1:
+            continue  # one value everywhere already
+        satisfied = np.array([len(set(m.values(knob))) == 1 for m in members])
+        if any(s is None for s in sets):
+            reason = f"{knob} is continuous in some stage; a tie needs finite values"
+            out.append(Constraint("tie", knob, f"{knob} tied across stages", satisfied, lambda d: None,
+                                  not_applicable=reason))
+            continue
+        common = sorted(set.intersection(*(set(s) for s in sets)), key=lambda v: (str(type(v)), v))
+        if not common:
+            out.append(Constraint("tie", knob, f"{knob} tied across stages", satisfied, lambda d: None,
+                                  not_applicable=f"no {knob} value is allowed in every stage"))
+            continue
+
+        def apply(data: dict, knob: str = knob) -> None:
+            current = SearchSpace.model_validate(data)
+            sets = [current.stage_values(i, knob) for i in range(len(current.stages))]
+            if any(s is None for s in sets):
+                raise ValueError(f"{knob} is no longer a per-stage knob")
+            values = sorted(set.intersection(*(set(s) for s in sets)), key=lambda v: (str(type(v)), v))
+            if not values:
+                raise ValueError(f"no {knob} value is left in every stage")
+            _remove(data, knob)
+            plain = [list(v) if isinstance(v, tuple) else v for v in values]
+            data.setdefault("stage_defaults", {})[knob] = ({"choices": plain, "tie": knob} if len(plain) > 1
+                                                           else plain[0])
+
+        out.append(Constraint("tie", knob, f"{knob} tied across stages (one of {_show(common)})", satisfied, apply,
+                              {"values": [list(v) if isinstance(v, tuple) else v for v in common]}))
+    return out
+
+
+def _show(values: Sequence) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def _monotone_constraints(space: SearchSpace, members: list[Member]) -> list[Constraint]:
+    out = []
+    for knob in MONOTONE_CANDIDATES:
+        satisfied = np.array([all(a <= b for a, b in zip(m.values(knob), m.values(knob)[1:])) for m in members])
+        description = f"{knob} non-decreasing across stages"
+        reason = None
+        if knob in space.rules.monotone:
+            continue
+        if space.rules.width and knob in ("embed_dim", "depth"):
+            reason = f"{knob} is set by the width rule"
+        elif knob in space.rules.schedules:
+            reason = f"{knob} follows a schedule"
+        else:
+            sets = [space.stage_values(i, knob) for i in range(len(space.stages))]
+            if any(s is None for s in sets):
+                reason = f"{knob} is continuous in some stage"
+            elif not monotone_chains(sets):
+                reason = f"the stages' {knob} ranges never overlap: it is non-decreasing already"
+
+        def apply(data: dict, knob: str = knob) -> None:
+            rules = _rules(data)
+            rules["monotone"] = [*rules.get("monotone", []), knob]
+
+        out.append(Constraint("monotone", knob, description, satisfied, apply, not_applicable=reason))
+    return out
+
+
+def _nearest(x: float, options: Sequence[float]) -> float:
+    return min(options, key=lambda v: (abs(v - x), v))
+
+
+def _schedule_constraints(space: SearchSpace, members: list[Member]) -> list[Constraint]:
+    knob, n = "attn_ratio", len(space.stages)
+    if n < 3 or knob in space.rules.schedules:
+        return []
+    sets = [space.stage_values(i, knob) for i in range(n)]
+    description = "attn_ratio linear from the first to the last stage"
+    if any(s is None for s in sets):
+        return [Constraint("schedule", knob, description, np.zeros(len(members), bool), lambda d: None,
+                           not_applicable="attn_ratio is continuous in some stage")]
+    values = sorted(set().union(*(set(s) for s in sets)))
+    if len(values) < 2:
+        return []
+    satisfied = []
+    for m in members:
+        shares = m.values(knob)
+        line = [_nearest(x, values) for x in interpolate(shares[0], shares[-1], n)]
+        satisfied.append(all(math.isclose(a, b) for a, b in zip(shares, line)))
+
+    def apply(data: dict) -> None:
+        current = SearchSpace.model_validate(data)
+        stages = current.stage_definitions()
+        first, last = stages[0].get(knob), stages[-1].get(knob)
+        if first is None or last is None or first.tie or last.tie:
+            raise ValueError("attn_ratio is tied or unset at an end")
+        ends = space_data(current)
+        short = {**ends.get("stage_defaults", {}), **ends["stages"][0]}[knob], \
+            {**ends.get("stage_defaults", {}), **ends["stages"][-1]}[knob]
+        _remove(data, knob)
+        _rules(data).setdefault("schedules", {})[knob] = {"first": short[0], "last": short[1], "values": values}
+
+    return [Constraint("schedule", knob, f"{description} (rounded to {_show(values)})", np.array(satisfied), apply,
+                       {"values": values})]
+
+
+def _width_constraint(space: SearchSpace, members: list[Member], errors: np.ndarray) -> list[Constraint]:
+    n = len(space.stages)
+    description = "stage widths and depths from RegNet's quantized linear rule"
+    if space.rules.width is not None or n < 2:
+        return []
+    sets = [{k: space.stage_values(i, k) for k in ("attn_ratio", "num_heads", "mlp_ratio")} for i in range(n)]
+    smallest = smallest_quantum(sets)
+    if smallest is None:
+        return [Constraint("width_rule", "embed_dim", description, np.zeros(len(members), bool), lambda d: None,
+                           not_applicable="no quantum keeps every stage's heads and ratios valid")]
+    quantum = smallest * 8 // math.gcd(smallest, 8)  # pycls's 8, or a multiple the stages need
+    widest = max(max(_blocks(m.spec)) for m in members)
+    grid = {"w0": np.arange(quantum, widest + 1, quantum, dtype=float), "wa": np.linspace(0.5, widest, 64),
+            "wm": np.linspace(1.2, 4.0, 29)}
+    cache: dict = {}
+    fits = [fit_width_rule(_blocks(m.spec), quantum, n, grid, cache) for m in members]
+    order = np.argsort(errors, kind="stable")
+    best = [fits[i][1] for i in order[: max(1, int(math.ceil(BEST_FRACTION * len(members))))]
+            if fits[i][0] <= FIT_TOLERANCE]
+    satisfied = np.zeros(len(members), bool)
+    if len(best) < 3:
+        return [Constraint("width_rule", "embed_dim", description, satisfied, lambda d: None,
+                           {"quantum": quantum, "fit_tolerance": FIT_TOLERANCE},
+                           not_applicable=f"{len(best)} of the best {BEST_FRACTION:.0%} of the members follow a "
+                                          f"{n}-stage rule within e_fit {FIT_TOLERANCE} (3 needed to fit ranges)")]
+    ranges = {k: (min(b[k] for b in best), max(b[k] for b in best)) for k in ("w0", "wa", "wm", "depth")}
+    inside = {k: (grid[k] >= ranges[k][0] - 1e-9) & (grid[k] <= ranges[k][1] + 1e-9) for k in ("w0", "wa", "wm")}
+    narrow = {k: grid[k][inside[k]] for k in inside}
+    narrow_cache: dict = {}
+    for i, m in enumerate(members):
+        blocks = _blocks(m.spec)
+        if ranges["depth"][0] <= len(blocks) <= ranges["depth"][1]:
+            satisfied[i] = fit_width_rule(blocks, quantum, n, narrow, narrow_cache)[0] <= FIT_TOLERANCE
+
+    def definition(k: str, low: float, high: float) -> Any:
+        if low == high:
+            return int(low) if k in ("w0", "depth") else round(low, 4)
+        if k == "w0":
+            return {"low": int(low), "high": int(high), "step": quantum}
+        if k == "depth":
+            return {"low": int(low), "high": int(high)}
+        return {"low": round(low, 4), "high": round(high, 4)}
+
+    rule = {k: definition(k, *ranges[k]) for k in ("w0", "wa", "wm", "depth")} | {"quantum": quantum}
+
+    def apply(data: dict) -> None:
+        rules = _rules(data)
+        if "depth" in rules.get("monotone", []):
+            raise ValueError("depth is monotone; the width rule sets the depths")
+        rules["monotone"] = [k for k in rules.get("monotone", []) if k != "embed_dim"]  # implied by the rule
+        if not rules["monotone"]:
+            rules.pop("monotone")
+        for knob in ("embed_dim", "depth"):
+            _remove(data, knob)
+        rules["width"] = rule
+
+    details = {"quantum": quantum, "fit_tolerance": FIT_TOLERANCE, "rule": rule, "fitted_best": len(best),
+               "fits_within_tolerance": int(sum(f[0] <= FIT_TOLERANCE for f in fits))}
+    return [Constraint("width_rule", "embed_dim", f"{description} (w0 {_span(ranges['w0'])}, wa {_span(ranges['wa'])}, "
+                                                  f"wm {_span(ranges['wm'])}, depth {_span(ranges['depth'])}, "
+                                                  f"quantum {quantum})", satisfied, apply, details)]
+
+
+def _span(pair: tuple[float, float]) -> str:
+    low, high = pair
+    return f"{low:.3g}" if low == high else f"{low:.3g}-{high:.3g}"
+
+
+_STAGE = re.compile(r"stage(\d+)\.(\w+)")
+_CHAIN = re.compile(r"stage(\d+)-(\d+)\.(\w+)")
+
+
+def _set_param(data: dict, name: str, value: Any) -> None:
+    """Fix Optuna parameter ``name`` at ``value`` in the space data (raises ValueError when the
+    parameter is no longer there to fix)."""
+    current = SearchSpace.model_validate(data)
+    if name not in current.param_names():
+        raise ValueError(f"{name} is no longer a parameter of the space")
+    if match := _CHAIN.fullmatch(name):
+        a, b, knob = int(match[1]), int(match[2]), match[3]
+        for i, v in zip(range(a - 1, b), str(value).split(",")):
+            data["stages"][i][knob] = int(float(v)) if knob in INT_KNOBS else float(v)
+    elif match := _STAGE.fullmatch(name):
+        data["stages"][int(match[1]) - 1][match[2]] = value
+    elif name.startswith("tied."):
+        tie = name[len("tied."):]
+        for where in [data.get("stage_defaults", {}), *data["stages"]]:
+            for knob, definition in list(where.items()):
+                if isinstance(definition, dict) and definition.get("tie") == tie:
+                    where[knob] = value
+    elif name.startswith("width."):
+        _rules(data)["width"][name[len("width."):]] = value
+    elif name.startswith("schedule."):
+        _, knob, end = name.split(".")
+        _rules(data)["schedules"][knob][end] = value
+    else:
+        raise ValueError(f"cannot fix {name}")
+
+
+def _fix_constraints(space: SearchSpace, members: list[Member], candidates: list[Candidate], distributions: dict,
+                     seed: int) -> tuple[list[Constraint], dict]:
+    importance, single, notes = importances(candidates, distributions, seed)
+    fanova = importance["fanova"]
+    if not fanova:
+        return [], {"importance": {}, "notes": notes}
+    threshold = NIL_SHARE / len(fanova)
+    table = marginals(candidates)
+    out = []
+    for knob, value in sorted(fanova.items(), key=lambda kv: kv[1]):
+        if value >= threshold:
+            continue
+        rows = [r for r in table.get(knob, []) if r["n"] >= 3] or table.get(knob, [])
+        row = min(rows, key=lambda r: r["mean_error"])
+        if "range" in row:  # a binned numeric knob: the members of the bin, fixed at its mean
+            low, high = row["range"]
+            satisfied = np.array([low <= m.params.get(knob, math.nan) <= high for m in members])
+            whole = isinstance(distributions[knob], IntDistribution)
+            fixed: Any = int(round(row["value"])) if whole else float(f"{row['value']:.4g}")
+        else:
+            fixed = row["value"]
+            satisfied = np.array([_same(m.params.get(knob), fixed) for m in members])
+        out.append(Constraint("fix", knob, f"{knob} fixed at {fixed} (fANOVA importance {value:.3f}, below "
+                                           f"{threshold:.3f})", satisfied,
+                              lambda data, knob=knob, fixed=fixed: _set_param(data, knob, fixed),
+                              {"importance": value, "value": fixed, "threshold": threshold}))
+    return out, {"importance": fanova, "notes": notes, "single_valued": single}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+# -- refine -------------------------------------------------------------------------------------------
+def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int = 1999) -> Refinement:
+    """Test candidate constraints on a population study and build the refined space.
+
+    Args:
+        data: the population study (:func:`~.analysis.study_data`); members are its candidates
+            with a stored spec.
+        force: refine a study that is not a population study (another sampler, a pruner).
+
+    Returns:
+        A :class:`Refinement`: ``result`` is ``refine.json``
+        (:class:`~.analysis_schema.RefineResult`), ``space`` the refined space.
+
+    Raises:
+        AnalysisError: a study that is not a population study (without ``force``), or with fewer
+            than ``MIN_MEMBERS`` members.
+    """
+    sampler, pruner = data.settings.get("sampler", "unknown"), data.settings.get("pruner", "unknown")
+    if not force and (sampler not in UNBIASED_SAMPLERS or pruner != "none" or data.pruned_by_pruner):
+        raise AnalysisError(f"study {data.name!r} is not a population study (sampler {sampler}, pruner {pruner}): "
+                            f"its members are not a uniform sample of the space, so subsets of them say little "
+                            f"about subspaces; run xnetspace search --population, or pass --force")
+    candidates = [c for c in data.candidates if c.spec is not None]
+    members = [Member(c.number, c.error, c.flops, NetworkSpec.model_validate(c.spec), c.knobs) for c in candidates]
+    if len(members) < MIN_MEMBERS:
+        raise AnalysisError(f"study {data.name!r} has {len(members)} members with a stored spec; refine needs at "
+                            f"least {MIN_MEMBERS} (each constraint needs {MIN_SUBSET} members that satisfy it; pycls "
+                            f"sampled 100 or more per space)")
+    space = data.config.space
+    errors = np.array([m.error for m in members])
+    flops = np.array([m.flops for m in members], float)
+    constraints = (_tie_constraints(space, members) + _monotone_constraints(space, members)
+                   + _schedule_constraints(space, members) + _width_constraint(space, members, errors))
+    fixes, importance_info = _fix_constraints(space, members, candidates, data.distributions, seed)
+    constraints += fixes
+
+    steps: list[dict] = []
+    everyone = np.ones(len(members), bool)
+    masks, within = {}, {}
+    for c in constraints:
+        step = {"kind": c.kind, "knob": c.knob, "description": c.description, "order": None, "first_test": None,
+                "test": None, "verdict": "not applicable", "reason": c.not_applicable or "", "details": c.details}
+        if c.not_applicable is None:
+            try:  # written into the original space alone, it must give a valid space
+                alone = _fresh(space)
+                c.apply(alone)
+                SearchSpace.model_validate(alone)
+            except (ValueError, ValidationError) as err:
+                c.not_applicable = f"cannot be written into the space: {_first_line(err)}"
+                step["reason"] = c.not_applicable
+        if c.not_applicable is None:
+            step["first_test"] = evidence(errors, flops, c.satisfied, seed, n_resamples)
+            step["verdict"], step["reason"] = _verdict(step["first_test"])
+            masks[c.description] = c.satisfied
+            within[c.description] = everyone
+        steps.append(step)
+
+    # greedy: strongest evidence first, each re-tested within the members left
+    ranked = sorted((i for i, s in enumerate(steps) if s["verdict"] == "accepted"),
+                    key=lambda i: (steps[i]["first_test"]["mean_difference_ci95"][1], -steps[i]["first_test"]["satisfying"]))
+    current, refined_data, accepted = everyone.copy(), _fresh(space), []
+    for order, i in enumerate(ranked, start=1):
+        c, step = constraints[i], steps[i]
+        step["order"] = order
+        trial_data = _copy(refined_data)
+        try:
+            c.apply(trial_data)
+            SearchSpace.model_validate(trial_data)
+        except (ValueError, ValidationError) as err:
+            step["verdict"], step["reason"] = "not applicable", (f"cannot be combined with the constraints accepted "
+                                                                 f"before it: {_first_line(err)}")
+            continue
+        test = evidence(errors[current], flops[current], c.satisfied[current], seed, n_resamples)
+        step["test"] = test
+        step["verdict"], step["reason"] = _verdict(test)
+        within[c.description] = current.copy()
+        if step["verdict"] == "accepted":
+            refined_data, current = trial_data, current & c.satisfied
+            accepted.append(c.description)
+        elif step["verdict"] == "undecided":
+            step["reason"] += " (after the constraints accepted before it)"
+
+    refined_data["name"] = f"{space.name}_refined"
+    refined_data["description"] = (f"{space.name} refined by xnetspace refine from study {data.name} "
+                                   f"({len(members)} members): {len(accepted)} constraint(s) accepted")
+    refined_data["train"] = data.config.train.model_dump(mode="json")  # the recipe the population was trained with
+    try:
+        refined = SearchSpace.model_validate(refined_data)
+    except ValidationError as err:  # every step was validated: a bug if it happens
+        raise SpaceError(f"the refined space is not valid: {_first_line(err)}") from err
+    warnings_ = [f"{sum(s['first_test'] is not None for s in steps)} constraints were tested at 95% each: some "
+                 f"verdicts are chance; --verify N samples a fresh population of the refined space and compares it "
+                 f"with this one",
+                 "fix and width_rule take their values from the errors they are then tested on (their subsets look "
+                 "better than they are); --verify is the unbiased check"]
+    if len(members) < 100:
+        warnings_.append(f"{len(members)} members: pycls sampled 100 or more per space; subsets are small and the "
+                         f"greedy steps shrink them fast")
+    if sampler not in UNBIASED_SAMPLERS or pruner != "none":
+        warnings_.append(f"refined with --force from a study with sampler {sampler}, pruner {pruner}: not a uniform "
+                         f"sample")
+    score = data.score
+    result = {
+        "study": data.name, "source": data.source, "space": space.name, "refined_space": refined.name,
+        "refined_space_file": "refined_space.yaml", "score": score.model_dump(exclude_none=True),
+        "members": len(members), "rule": _RULE,
+        "knobs_before": space.param_names(), "knobs_after": refined.param_names(), "steps": steps,
+        "accepted": accepted, "members_left": int(current.sum()),
+        "final_test": evidence(errors, flops, current, seed, n_resamples) if accepted else None,
+        "importance": importance_info["importance"], "warnings": warnings_,
+    }
+    result = RefineResult.model_validate(result).model_dump(exclude_unset=True)
+    masks["all accepted constraints"], within["all accepted constraints"] = current, everyone
+    return Refinement(result, refined, errors, flops, masks, within)
+
+
+_RULE = (f"accept a constraint when at least {MIN_SUBSET} members satisfy it and the 95% bootstrap CI of "
+         f"mean(satisfying) - mean(members), complexity-normalised, does not lie above 0 (not detectably worse); "
+         f"reject when it lies above 0; undecided with fewer members. Tested on all members, then accepted greedily "
+         f"by the upper end of that CI (lowest first), each re-tested on the members that satisfy every constraint "
+         f"accepted before it.")
+
+
+def _fresh(space: SearchSpace) -> dict:
+    return _copy(space_data(space))
+
+
+def _copy(data: Any) -> Any:
+    """A deep copy of plain data (dicts, lists, scalars)."""
+    if isinstance(data, dict):
+        return {k: _copy(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_copy(v) for v in data]
+    return data
+
+
+def _first_line(err: Exception) -> str:
+    if isinstance(err, ValidationError):
+        e = err.errors()[0]
+        return f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+    return str(err).splitlines()[0]
