@@ -12,7 +12,9 @@ picks the members that satisfy it:
   the share values the space allows);
 - ``width_rule``: the stage widths and depths follow RegNet's quantized linear rule within
   ``FIT_TOLERANCE`` (mean absolute log-ratio of the block widths, pycls's ``e_fit``), with the
-  rule's w0, wa, wm and depth ranges fitted to the best quarter of the members;
+  rule's w0, wa, wm and depth ranges fitted to the best quarter of the members (written into
+  the space, it replaces monotone widths, which it implies, and monotone depths: it sets the
+  depths itself);
 - ``fix``: a knob whose fANOVA importance is nil (below ``NIL_SHARE`` of an equal share) is
   fixed at the value whose members have the lowest mean error.
 
@@ -272,6 +274,14 @@ def _rules(data: dict) -> dict:
     return data.setdefault("rules", {})
 
 
+def _drop_monotone(data: dict, knob: str) -> None:
+    rules = data.get("rules", {})
+    if knob in rules.get("monotone", []):
+        rules["monotone"] = [k for k in rules["monotone"] if k != knob]
+        if not rules["monotone"]:
+            rules.pop("monotone")
+
+
 def _tie_constraints(space: SearchSpace, members: list[Member]) -> list[Constraint]:
     out = []
     n = len(space.stages)
@@ -305,6 +315,7 @@ def _tie_constraints(space: SearchSpace, members: list[Member]) -> list[Constrai
             if not values:
                 raise ValueError(f"no {knob} value is left in every stage")
             _remove(data, knob)
+            _drop_monotone(data, knob)  # a tied knob never decreases
             plain = [list(v) if isinstance(v, tuple) else v for v in values]
             data.setdefault("stage_defaults", {})[knob] = ({"choices": plain, "tie": knob} if len(plain) > 1
                                                            else plain[0])
@@ -429,15 +440,10 @@ def _width_constraint(space: SearchSpace, members: list[Member], errors: np.ndar
     rule = {k: definition(k, *ranges[k]) for k in ("w0", "wa", "wm", "depth")} | {"quantum": quantum}
 
     def apply(data: dict) -> None:
-        rules = _rules(data)
-        if "depth" in rules.get("monotone", []):
-            raise ValueError("depth is monotone; the width rule sets the depths")
-        rules["monotone"] = [k for k in rules.get("monotone", []) if k != "embed_dim"]  # implied by the rule
-        if not rules["monotone"]:
-            rules.pop("monotone")
-        for knob in ("embed_dim", "depth"):
+        for knob in ("embed_dim", "depth"):  # the rule sets both: widths never decrease, depths are its run lengths
+            _drop_monotone(data, knob)
             _remove(data, knob)
-        rules["width"] = rule
+        _rules(data)["width"] = rule
 
     details = {"quantum": quantum, "fit_tolerance": FIT_TOLERANCE, "rule": rule, "fitted_best": len(best),
                "fits_within_tolerance": int(sum(f[0] <= FIT_TOLERANCE for f in fits))}
@@ -599,7 +605,7 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
         elif step["verdict"] == "undecided":
             step["reason"] += " (after the constraints accepted before it)"
 
-    refined_data["name"] = f"{space.name}_refined"
+    refined_data["name"] = _refined_name(space.name)
     refined_data["description"] = (f"{space.name} refined by xnetspace refine from study {data.name} "
                                    f"({len(members)} members): {len(accepted)} constraint(s) accepted")
     refined_data["train"] = data.config.train.model_dump(mode="json")  # the recipe the population was trained with
@@ -640,6 +646,14 @@ _RULE = (f"accept a constraint when at least {MIN_SUBSET} members satisfy it and
          f"accepted before it.")
 
 
+def _refined_name(name: str) -> str:
+    """``tiny_cpu`` -> ``tiny_cpu_refined`` -> ``tiny_cpu_refined2`` -> ``tiny_cpu_refined3``."""
+    match = re.fullmatch(r"(.*)_refined(\d*)", name)
+    if match is None:
+        return f"{name}_refined"
+    return f"{match[1]}_refined{int(match[2] or 1) + 1}"
+
+
 def _fresh(space: SearchSpace) -> dict:
     return _copy(space_data(space))
 
@@ -656,5 +670,6 @@ def _copy(data: Any) -> Any:
 def _first_line(err: Exception) -> str:
     if isinstance(err, ValidationError):
         e = err.errors()[0]
-        return f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+        where = ".".join(map(str, e["loc"]))
+        return f"{where + ': ' if where else ''}{e['msg'].removeprefix('Value error, ')}"
     return str(err).splitlines()[0]
