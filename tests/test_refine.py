@@ -12,8 +12,6 @@ from pydantic import ValidationError
 from scipy import stats
 from typer.testing import CliRunner
 
-import xnetspace.search.confirmation as confirmation_module
-import xnetspace.search.objective as objective_module
 from xnetspace.cli import app
 from xnetspace.cost import cost_report
 from xnetspace.search import RunOptions, StudyConfig
@@ -157,8 +155,7 @@ def test_the_command_writes_the_refined_space_and_the_evidence(population, tmp_p
 
 
 def test_verify_samples_the_refined_space_and_compares(tmp_path, monkeypatch):
-    monkeypatch.setattr(objective_module, "train_candidate", fake_trainer)
-    monkeypatch.setattr(confirmation_module, "train_candidate", fake_trainer)  # the seed-noise run of a population
+    _use_fake_trainer(monkeypatch)
     population = make_population(tmp_path / "pop", n=40, seed=3)
     out = tmp_path / "refined"
     result = runner.invoke(app, ["refine", str(population), "--out", str(out), "--verify", "8",
@@ -180,6 +177,21 @@ def test_verify_samples_the_refined_space_and_compares(tmp_path, monkeypatch):
             assert values == sorted(values)
 
 
+def _use_fake_trainer(monkeypatch) -> None:
+    """Every training of a study goes to test_analysis.fake_trainer (conftest.use_trainer where
+    the search has it; before it, the two modules that trained)."""
+    try:
+        from .conftest import use_trainer
+    except ImportError:
+        import xnetspace.search.confirmation as confirmation_module
+        import xnetspace.search.objective as objective_module
+
+        monkeypatch.setattr(objective_module, "train_candidate", fake_trainer)
+        monkeypatch.setattr(confirmation_module, "train_candidate", fake_trainer)
+    else:
+        use_trainer(monkeypatch, fake_trainer)
+
+
 # -- bad input -------------------------------------------------------------------------------------------
 def test_refine_refuses_what_is_not_a_population(tmp_path):
     tpe = make_population(tmp_path / "tpe", n=25, sampler="tpe", pruner="median")
@@ -191,3 +203,62 @@ def test_refine_refuses_what_is_not_a_population(tmp_path):
     assert result.exit_code == 2 and "has 12 members with a stored spec; refine needs at least 20" in result.output
     result = runner.invoke(app, ["refine", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+RULE_SPACE = {  # non-decreasing widths already (a second round, as pycls's AnyNetXE before RegNet)
+    "name": "pop_refined",
+    "network": {"image_size": 16, "drop_path_rate": 0.0},
+    "rules": {"monotone": ["embed_dim", "depth"]},
+    "stage_defaults": {"depth": [1, 2, 3], "embed_dim": [16, 32, 48, 64, 96, 128], "mlp_ratio": [2, 4],
+                       "attn_ratio": 0.5, "num_heads": 1},
+    "stages": [{}, {}, {}, {}],
+    "constraints": {"image_size": 16},
+    "train": {"image_size": 16, "epochs": 1, "batch_size": 32},
+}
+
+
+def test_the_width_rule_is_fitted_and_written_when_rule_networks_are_better(tmp_path):
+    import xnetspace.search.refine as refine_module
+
+    grid = {"w0": np.arange(8, 129, 8.0), "wa": np.linspace(0.5, 128, 64), "wm": np.linspace(1.2, 4.0, 29)}
+    cache: dict = {}
+
+    def follows(spec) -> bool:  # pycls's quantum 8: these stages (heads 1, attn_ratio 0.5) need no more
+        blocks = [s.embed_dim for s in spec.stages for _ in range(s.depth)]
+        return fit_width_rule(blocks, 8, 4, grid, cache)[0] <= refine_module.FIT_TOLERANCE
+
+    global known_error
+    plain = known_error
+    known_error = lambda spec: 0.4 - 0.1 * follows(spec)  # noqa: E731 - the truth of this population
+    try:
+        folder = make_population(tmp_path / "rule", n=90, seed=5, space=RULE_SPACE, name="rule")
+    finally:
+        known_error = plain
+    result = runner.invoke(app, ["refine", str(folder), "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    step = next(s for s in report["steps"] if s["kind"] == "width_rule")
+    assert step["verdict"] == "accepted" and step["first_test"]["mean_difference_ci95"][1] < 0
+    space = load_space(tmp_path / "out" / "refined_space.yaml")
+    assert space.name == "pop_refined2" and space.rules.width is not None and space.rules.width.quantum == 8
+    assert "embed_dim" not in space.rules.monotone and "depth" not in space.rules.monotone  # the rule sets both
+    assert not any(n.endswith(("embed_dim", "depth")) and n.startswith("stage") for n in space.param_names())
+    rule = step["details"]["rule"]
+    for spec in space.random_specs(10, seed=2, num_classes=10):  # the rule's networks: within its depth range
+        blocks = [s.embed_dim for s in spec.stages for _ in range(s.depth)]
+        low, high = (rule["depth"]["low"], rule["depth"]["high"]) if isinstance(rule["depth"], dict) else \
+            (rule["depth"],) * 2
+        assert low <= len(blocks) <= high and blocks == sorted(blocks)
+
+
+def test_analysis_splits_monotone_chains_into_stage_values(tmp_path):
+    from xnetspace.search.analysis import analyze
+
+    folder = make_population(tmp_path / "chains", n=24, seed=1, space=RULE_SPACE, name="chains")
+    data = study_data(load_run(folder))
+    for c in data.candidates:  # "stage1-4.embed_dim" = "16,32,32,64" became four numbers
+        assert [c.knobs[f"stage{i}.embed_dim"] for i in range(1, 5)] == [s["embed_dim"] for s in c.spec["stages"]]
+        assert not any("-" in k for k in c.knobs)
+    assert data.distributions["stage2.depth"].low == 1 and data.distributions["stage2.depth"].high == 3
+    study = analyze([data])["studies"][0]
+    assert {"stage1.embed_dim", "stage4.embed_dim", "stage3.depth"} <= set(study["marginals"])

@@ -50,6 +50,7 @@ out. Random-sampled, unpruned studies (``xnetspace search --population``) are th
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 import warnings
 import json
@@ -59,7 +60,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from pydantic import ValidationError
 from scipy import stats
@@ -70,7 +71,7 @@ from .score import LOSS
 from .study import StudyConfig, stored_settings
 
 __all__ = ["AnalysisError", "Candidate", "StudyData", "load_run", "load_named_study", "study_data", "edf",
-           "complexity_weights", "edf_distance", "importances", "marginals", "compare", "analyze",
+           "complexity_weights", "edf_distance", "importances", "marginals", "compare", "analyze", "stage_params",
            "MIN_RELIABLE", "UNBIASED_SAMPLERS", "score_info", "TOP1_ERROR", "CROSS_ENTROPY"]
 
 MIN_RELIABLE = 10  # fewer candidates than this: the EDF is shown but called unreliable
@@ -244,15 +245,46 @@ def study_data(study: optuna.Study, source: str = "", summary: Optional[Path] = 
                 data.unreadable += 1
                 continue
             error = 100.0 - value if config.score.name == "top1" else value
+            params, distributions = stage_params(t.params, t.distributions)
             data.candidates.append(Candidate(t.number, error, r.flops or 0, r.params or 0, r.spec_digest or "",
-                                             dict(t.params), None if top1 is None else 100.0 - top1, r.spec))
-            data.distributions.update(t.distributions)
+                                             params, None if top1 is None else 100.0 - top1, r.spec))
+            data.distributions.update(distributions)
         elif t.state == TrialState.PRUNED:
             data.pruned += 1
             data.pruned_by_pruner += (r.reason or "").startswith("pruner")
         elif t.state == TrialState.FAIL and r.reason is not None:
             data.failed += 1
     return data
+
+
+_CHAIN = re.compile(r"stage(\d+)-(\d+)\.(\w+)")
+
+
+def stage_params(params: dict[str, Any], distributions: dict[str, BaseDistribution]
+                 ) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
+    """A trial's parameters with each monotone chain (``stage3-4.embed_dim`` = ``"48,96"``, one
+    categorical over the chain's non-decreasing combinations, :mod:`.space_rules`) split into its
+    stages' values (``stage3.embed_dim`` = 48, ``stage4.embed_dim`` = 96), each a numeric range
+    over the values the chain allows in that stage: importances and marginals per stage, as in a
+    space without the constraint (fANOVA would one-hot encode every combination)."""
+    out_params, out_dists = {}, {}
+    for name, value in params.items():
+        match = _CHAIN.fullmatch(name)
+        dist = distributions[name]
+        if match is None or not isinstance(dist, CategoricalDistribution) or not isinstance(value, str):
+            out_params[name], out_dists[name] = value, dist
+            continue
+        first, knob = int(match[1]), match[3]
+        combos = [[float(v) for v in str(c).split(",")] for c in dist.choices]
+        for offset, v in enumerate(value.split(",")):
+            stage = f"stage{first + offset}.{knob}"
+            seen = sorted({c[offset] for c in combos})
+            whole = all(x.is_integer() for x in seen)
+            out_params[stage] = int(float(v)) if whole else float(v)
+            out_dists[stage] = (IntDistribution(int(seen[0]), int(seen[-1])) if whole and seen[0] < seen[-1] else
+                                FloatDistribution(seen[0], seen[-1]) if seen[0] < seen[-1] else
+                                CategoricalDistribution([out_params[stage]]))
+    return out_params, out_dists
 
 
 # -- EDFs ---------------------------------------------------------------------------------------------

@@ -465,7 +465,9 @@ def _set_param(data: dict, name: str, value: Any) -> None:
     """Fix Optuna parameter ``name`` at ``value`` in the space data (raises ValueError when the
     parameter is no longer there to fix)."""
     current = SearchSpace.model_validate(data)
-    if name not in current.param_names():
+    stage = _STAGE.fullmatch(name)
+    in_chain = stage is not None and stage[2] in current.rules.monotone  # analysis splits chains into stages
+    if name not in current.param_names() and not in_chain:
         raise ValueError(f"{name} is no longer a parameter of the space")
     if match := _CHAIN.fullmatch(name):
         a, b, knob = int(match[1]), int(match[2]), match[3]
