@@ -87,6 +87,7 @@ class Member:
     params: dict[str, Any]
 
     def values(self, knob: str) -> list:
+        """``knob``'s value in each stage, first to last."""
         return [getattr(s, knob) for s in self.spec.stages]
 
 

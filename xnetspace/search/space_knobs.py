@@ -198,6 +198,7 @@ def encode(value: Any) -> Any:
 
 
 def decode(knob: str, value: Any) -> Any:
+    """The inverse of :func:`encode` for ``knob`` ("1,3,5,7" -> (1, 3, 5, 7) for kernel lists)."""
     return tuple(int(v) for v in value.split(",")) if knob == "ffn_kernel_sizes" and isinstance(value, str) else value
 
 
