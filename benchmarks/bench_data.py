@@ -26,6 +26,11 @@ repeats its epoch until the round lasts ``--min-seconds``), so load from other p
 both alike. Printed: images per second of each path (median over rounds, with the min..max), their
 ratio, and the one-off preparation time (``prep_s``, decoding with ``--prepare-workers`` threads).
 Target (issue 24): the prepared path at least 10x faster per epoch.
+
+Torch runs one thread by default (``--threads``), as each CPU worker of a study does: on a machine
+that other processes keep busy, torch's own thread pool (one thread per core) stalls on every
+small operation (measured on a shared 2-core machine: gathering one batch of 64 images took 0.4
+ms with one thread and 12 ms with two), which would time the machine's load, not the data path.
 """
 from __future__ import annotations
 
@@ -149,7 +154,8 @@ def main() -> None:
     parser.add_argument("--prepare-workers", type=int, default=None, help="decoding threads of the preparation")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=1.0, help="shortest prepared-path round")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1, as each CPU worker of a study runs; 0: torch's default)")
     parser.add_argument("--keep", action="store_true", help="keep the folder and prepared file written")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = parser.parse_args()
