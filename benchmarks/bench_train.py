@@ -1,9 +1,20 @@
-"""Proxy-training throughput: the reference and the fast training form side by side in one run.
+"""Proxy-training throughput: the reference and the fast training form side by side in one run;
+with ``--pack``, S seeded replicas trained as one pack against S separate runs.
 
     python benchmarks/bench_train.py                       # 8 candidates of spaces/tiny_cpu.yaml, CPU
     python benchmarks/bench_train.py --spec presets/transxnet_t.yaml --samples 0 --no-trial
     python benchmarks/bench_train.py --json                # the last line is one JSON object
     python benchmarks/bench_train.py --device cuda --dtype bfloat16 --batch-size 256
+    python benchmarks/bench_train.py --pack 1,2,4,8 --json  # packs (xnetspace/pack.py)
+
+``--pack S,...``: for each spec and each S, a pack of S replicas (seeds 0..S-1, each with its own
+batches) takes one step while the S separate networks (the same weights, the same batches) take
+one step each, in turn, so load falls on both alike; both in the fast form with fused AdamW.
+Printed per spec and S: replica-images per second packed (``packed_img_s``) and separate
+(``separate_img_s``), their ratio (``pack_ratio``), the largest relative difference between a
+replica's losses in the pack and alone (``max_loss_rel_diff``), and ``batch_bound_img_s``: one
+network stepping on an S-times larger batch, the same operators with S times the data, which
+bounds what packing can gain (a pack does at least that much work).
 
 For each spec (a fixed seeded sample of the default space's in-budget candidates, plus every
 ``--spec``), both forms start from the same weights and take the same digits batches, one step of
@@ -24,6 +35,7 @@ epochs of digits) in each form. Targets (issue 12): CPU, 2 threads, median ratio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -36,6 +48,7 @@ import torch.nn.functional as F
 from bench_model import PeakMemory, interleaved_times
 from xnetspace import build_model
 from xnetspace.cost import cost_report
+from xnetspace.pack import Pack
 from xnetspace.search.data import load_dataset
 from xnetspace.search.space import load_space
 from xnetspace.search.train import TensorBatches, adamw, train_candidate, training_memory_format
@@ -94,6 +107,96 @@ def bench_spec(label: str, spec, data, args, device, autocast, mm_gflops: float)
     return row
 
 
+class PackStepper:
+    """S replicas of one spec as a :class:`~xnetspace.pack.Pack` or as S separate networks (the
+    same initial weights either way); ``step()`` trains each replica on its next batch."""
+
+    def __init__(self, bases: list, batches: list[list], device: torch.device, packed: bool):
+        self.packed, self.i = packed, 0
+        nets = [copy.deepcopy(b).set_train_form("fast").train() for b in bases]
+        if packed:
+            self.pack = Pack(nets)
+            self.optimizers = [adamw(self.pack, 1e-3, 0.05, "fast", nets[0])]
+            self.batches = [(torch.stack([b[i][0] for b in batches]), torch.stack([b[i][1] for b in batches]))
+                            for i in range(len(batches[0]))]
+        else:
+            self.nets = nets
+            self.optimizers = [adamw(n, 1e-3, 0.05, "fast") for n in nets]
+            self.batches = list(zip(*batches))
+        self.losses: list[list[float]] = [[] for _ in bases]
+
+    def step(self) -> None:
+        batch = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        if self.packed:
+            x, y = batch
+            logits = self.pack(x)
+            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none",
+                                     label_smoothing=0.1).view(len(self.losses), -1).mean(1)
+            total, values = losses.sum(), losses.tolist()
+            self.optimizers[0].zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizers[0].step()
+        else:
+            values = []
+            for net, opt, (x, y) in zip(self.nets, self.optimizers, batch):
+                loss = F.cross_entropy(net(x), y, label_smoothing=0.1)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                values.append(loss.item())
+        for mine, value in zip(self.losses, values):
+            mine.append(value)
+
+
+def bench_pack(label: str, spec, data, args, device, sizes: list[int]) -> dict:
+    spec = spec.model_copy(update={"num_classes": data.num_classes, "in_chans": data.in_chans})
+    out = {"spec": label, "mflops": cost_report(spec, args.image_size).flops / 1e6, "packs": {}}
+    for size in sizes:
+        bases, batches = [], []
+        for seed in range(size):
+            torch.manual_seed(seed)
+            bases.append(build_model(spec).to(device))
+            batches.append(list(TensorBatches(data.train, args.batch_size, device, shuffle=True, drop_last=True,
+                                              generator=torch.Generator().manual_seed(seed))))
+        big = torch.cat([b[0][0] for b in batches]), torch.cat([b[0][1] for b in batches])
+        bound = Stepper(bases[0], "fast", [big], device, contextlib.nullcontext)
+        runs = {"packed": PackStepper(bases, batches, device, True), "separate": PackStepper(bases, batches, device, False)}
+        times = interleaved_times({**{k: v.step for k, v in runs.items()}, "bound": bound.step}, args.steps, device)
+        img = {k: size * args.batch_size / statistics.median(t) for k, t in times.items()}
+        diff = max(abs(a - b) / abs(b) for p, q in zip(runs["packed"].losses, runs["separate"].losses)
+                   for a, b in zip(p, q))
+        out["packs"][size] = dict(packed_img_s=img["packed"], separate_img_s=img["separate"],
+                                  pack_ratio=img["packed"] / img["separate"], batch_bound_img_s=img["bound"],
+                                  bound_ratio=img["bound"] / img["separate"], max_loss_rel_diff=diff)
+    return out
+
+
+def pack_main(args, space, data, specs: dict, device) -> None:
+    sizes = sorted({int(s) for s in args.pack.split(",")})
+    rows = [bench_pack(label, spec, data, args, device, sizes) for label, spec in specs.items()]
+    print(f"\npacked training, batch {args.batch_size} per replica, {args.image_size}x{args.image_size}, "
+          f"{data.name.split(':')[0]}, {device.type}, {torch.get_num_threads()} threads, fast form "
+          f"({args.steps} interleaved steps each, medians); replica-images per second")
+    print("| spec | S | packed | separate | pack ratio | S-times batch (bound) | bound ratio | loss rel diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for size, p in r["packs"].items():
+            print(f"| {r['spec']} | {size} | {p['packed_img_s']:.0f} | {p['separate_img_s']:.0f} | {p['pack_ratio']:.2f}x "
+                  f"| {p['batch_bound_img_s']:.0f} | {p['bound_ratio']:.2f}x | {p['max_loss_rel_diff']:.1e} |")
+    summary = dict(device=device.type, threads=torch.get_num_threads(), batch_size=args.batch_size,
+                   image_size=args.image_size, specs=len(rows), rows=rows, median={})
+    for size in sizes:
+        summary["median"][size] = {key: statistics.median(r["packs"][size][key] for r in rows)
+                                   for key in ("packed_img_s", "separate_img_s", "pack_ratio", "bound_ratio")}
+        summary["median"][size]["max_loss_rel_diff"] = max(r["packs"][size]["max_loss_rel_diff"] for r in rows)
+        m = summary["median"][size]
+        print(f"S = {size}: median pack ratio {m['pack_ratio']:.2f}x (bound {m['bound_ratio']:.2f}x) over "
+              f"{len(rows)} specs; largest loss difference {m['max_loss_rel_diff']:.1e}")
+    if args.json:
+        print(json.dumps(summary))
+
+
 def peak_memory(rows: list, device: torch.device) -> None:
     """Peak of one step per form, after every timing (the probe slows allocations on the CPU)."""
     probe = PeakMemory(device)
@@ -131,6 +234,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    parser.add_argument("--pack", default=None, help="S,... : packs of S replicas against S separate runs")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,6 +252,9 @@ def main() -> None:
     specs = {f"{space.name}[{i}]": s for i, s in enumerate(sample)}  # in budget with the dataset's head and stem
     specs.update({name: resolve_spec(name) for name in args.spec})
 
+    if args.pack:
+        pack_main(args, space, data, specs, device)
+        return
     mm = matmul_gflops(device, dtype)
     rows = [bench_spec(label, spec, data, args, device, autocast, mm) for label, spec in specs.items()]
     peak_memory(rows, device)

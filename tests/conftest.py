@@ -172,3 +172,33 @@ def random_specs(count: int, seed: int = 0) -> list[NetworkSpec]:
         except ValidationError:
             continue
     return specs
+
+
+def seeds_trainer(fake):
+    """``train_seeds``'s interface over a fake single-seed trainer ``fake(spec, data, config, device,
+    report)`` (the seeds trained one after another, each with ``config.seed`` set to it)."""
+    def train(spec, data, seeds, config, device="cpu", report=None, pack=True):
+        results = []
+        for seed in seeds:
+            hook = None if report is None else (lambda epoch, result: report(epoch, results + [result]))
+            results.append(fake(spec, data, config.model_copy(update={"seed": seed}), device, hook))
+        return results
+
+    return train
+
+
+def fake_zero_cost(spec, data, seed, batch_size=64, device="cpu"):
+    """Zero-cost scores from the spec alone, in microseconds (the real ones build and run a network)."""
+    width = float(sum(spec.embed_dims))
+    return {"synflow": width / 10, "naswot": width + seed, "grad_norm": 100.0 / width}
+
+
+def use_trainer(monkeypatch, fake) -> None:
+    """Every training a study does (search trials, the random control, confirmation jobs) goes to
+    ``fake`` instead, and zero-cost scores come from :func:`fake_zero_cost`."""
+    import xnetspace.search.jobs as jobs
+    import xnetspace.search.objective as objective
+
+    for module in (objective, jobs):
+        monkeypatch.setattr(module, "train_seeds", seeds_trainer(fake))
+        monkeypatch.setattr(module, "zero_cost_scores", fake_zero_cost)

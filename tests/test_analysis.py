@@ -25,6 +25,8 @@ from xnetspace.search.train import TrainConfig, TrainResult
 
 from .test_search import SPACE  # the tiny space: a budget of 200 kFLOPs at 16x16 rejects some samples
 
+from .conftest import use_trainer
+
 
 KNOBS = {"stage1.embed_dim": IntDistribution(8, 24, step=8), "stage1.attn_ratio": CategoricalDistribution([0.5, 1.0]),
          "stage2.num_heads": CategoricalDistribution([1, 2])}
@@ -174,7 +176,7 @@ def test_two_studies_analysed_end_to_end(tmp_path):
 
 
 def test_population_search_keeps_rejections_and_analyses(tmp_path, monkeypatch):
-    monkeypatch.setattr(objective_module, "train_candidate", fake_trainer)
+    use_trainer(monkeypatch, fake_trainer)
     space = tmp_path / "space.yaml"
     space.write_text(json.dumps(SPACE))  # JSON is YAML
     out = tmp_path / "pop"

@@ -10,7 +10,6 @@ import optuna
 import pytest
 from scipy import stats
 
-import xnetspace.search.confirmation as confirmation_module
 import xnetspace.search.objective as objective_module
 from xnetspace import NetworkSpec, load_preset
 from xnetspace.cost import count_flops
@@ -23,6 +22,7 @@ from xnetspace.search.study import candidates
 from xnetspace.search.stats import mean_difference, pooled_seed_std, rank_fidelity, seed_summary, separation
 from xnetspace.search.train import TrainConfig, TrainResult
 
+from .conftest import use_trainer
 from .test_search import SPACE
 
 
@@ -49,6 +49,7 @@ class SeedTrainer:
 
 def make(tmp_path, n_trials=8, **options):
     options.setdefault("fidelity_sample", 0)
+    options.setdefault("baseline", "none")  # these tests ask for the controls they are about
     config = StudyConfig(space=SearchSpace.model_validate(SPACE), dataset="synthetic:128", objective="top1",
                          train=TrainConfig(image_size=16, epochs=2, batch_size=32))
     return config, RunOptions(n_trials=n_trials, out=tmp_path / "out", study_name="s", progress=False, heartbeat=1,
@@ -59,8 +60,7 @@ def make(tmp_path, n_trials=8, **options):
 @pytest.fixture
 def trainer(monkeypatch):
     fake = SeedTrainer()
-    monkeypatch.setattr(objective_module, "train_candidate", fake)
-    monkeypatch.setattr(confirmation_module, "train_candidate", fake)
+    use_trainer(monkeypatch, fake)
     return fake
 
 
@@ -158,7 +158,8 @@ def test_the_winner_is_the_best_confirmed_mean_not_the_best_proxy(tmp_path, trai
     assert summary["noise"]["seed_std"] == pytest.approx(0.1 / math.sqrt(2))  # seeds 1, 2 differ by 0.1
     # confirmation used new seeds and the longer schedule, each run once
     confirm_calls = [c for c in trainer.calls if c[1] != 0]
-    assert {c[1] for c in confirm_calls} == {1, 2} and {c[2] for c in confirm_calls} == {3}
+    assert {c[1] for c in confirm_calls} == set(summary["protocol"]["seeds"]) == {1000, 1001}  # never a proxy seed
+    assert {c[2] for c in confirm_calls} == {3}
     assert len(confirm_calls) == len(set(confirm_calls)) == 4 * 2
     rows = (tmp_path / "out" / "trials.csv").read_text().splitlines()
     assert "confirm_mean" in rows[0] and sum(1 for r in rows[1:] if r.split(",")[-1] != "") >= 1
@@ -178,9 +179,9 @@ def test_a_loss_study_ranks_and_confirms_by_cross_entropy(tmp_path, trainer):
     # lowest confirmed cross-entropy wins (the widest), where top-1 would have picked the narrowest
     assert summary["best"]["trial"] == min(cands, key=lambda c: c["confirm"]["mean"])["trial"]
     assert summary["best"]["trial"] != max(cands, key=lambda c: c["confirm_top1"]["mean"])["trial"]
-    assert all(c["confirm"]["scores"] == pytest.approx([10 / (2 * c["proxy_top1"]) + 0.01 * s for s in (1, 2)])
+    assert all(c["confirm"]["scores"] == pytest.approx([10 / (2 * c["proxy_top1"]) + 0.01 * s for s in (1000, 1001)])
                for c in cands)
-    assert all(c["confirm_top1"]["scores"] == pytest.approx([100 - c["proxy_top1"] + 0.1 * s for s in (1, 2)])
+    assert all(c["confirm_top1"]["scores"] == pytest.approx([100 - c["proxy_top1"] + 0.1 * s for s in (1000, 1001)])
                for c in cands)
     assert summary["difference"]["mean"] == pytest.approx(summary["best"]["confirm"]["mean"]
                                                           - summary["baseline"]["confirm"]["mean"])
@@ -218,19 +219,17 @@ def test_more_candidates_asked_than_completed_confirms_what_there_is(tmp_path, t
 
 def test_an_interrupted_confirmation_resumes_without_training_twice(tmp_path, monkeypatch):
     config, options = make(tmp_path, n_trials=4, confirm_top=2, confirm_seeds=3)
-    first = SeedTrainer(interrupt_at=3)  # Ctrl-C during the 3rd confirmation run
-    for module in (objective_module, confirmation_module):
-        monkeypatch.setattr(module, "train_candidate", first)
+    first = SeedTrainer(interrupt_at=4)  # Ctrl-C in the 2nd confirmation job (each job: one spec, 3 seeds)
+    use_trainer(monkeypatch, first)
     with pytest.raises(KeyboardInterrupt):
         run_search(config, options)
-    done_before = [c for c in first.calls if c[1] != 0][:2]  # the two confirmation runs that finished
+    done_before = [c for c in first.calls if c[1] != 0][:3]  # the first job's three runs, which finished
     second = SeedTrainer()
-    for module in (objective_module, confirmation_module):
-        monkeypatch.setattr(module, "train_candidate", second)
+    use_trainer(monkeypatch, second)
     summary = run_search(config, options).summary
     assert [c for c in second.calls if c[1] == 0] == []  # no search trial retrained
-    assert not set(done_before) & set(second.calls)  # no finished confirmation run retrained
-    assert len(second.calls) == len(set(second.calls)) == 2 * 3 - 2
+    assert not set(done_before) & set(second.calls)  # no finished confirmation job retrained
+    assert len(second.calls) == len(set(second.calls)) == 3  # the interrupted job, whole (its seeds train as one pack)
     assert all(c["confirm"]["n"] == 3 for c in summary["candidates"]) and summary["pending"] == 0
     storage = options.storage_url
     jobs = optuna.load_study(study_name="s" + CONFIRM_SUFFIX, storage=storage).get_trials()
@@ -267,4 +266,4 @@ def test_confirmation_shows_its_progress(tmp_path, trainer, capsys):
     candidates = [line for line in confirmed if line.startswith("confirmed candidate trial ")]
     assert len(candidates) == 2 and all(line.endswith("(2 seeds)") and "top-1 " in line for line in candidates)
     bars = [line for line in lines if line.startswith("confirmation:")]
-    assert bars and any("100%" in line and ("run/s" in line or "s/run" in line) for line in bars)  # with its rate
+    assert bars and any("100%" in line and ("job/s" in line or "s/job" in line) for line in bars)  # with its rate

@@ -42,7 +42,7 @@ from xnetspace.search.space import SearchSpace
 from xnetspace.search.train import TrainConfig
 
 url, name, n, epochs, out, space, gate = sys.argv[1:]
-train = objective.train_candidate
+train = objective.train_seeds
 
 
 def held(*args, **kwargs):
@@ -51,7 +51,7 @@ def held(*args, **kwargs):
     return train(*args, **kwargs)
 
 
-objective.train_candidate = held
+objective.train_seeds = held
 config = StudyConfig(space=SearchSpace.model_validate(json.loads(space)), dataset="synthetic:64",
                      train=TrainConfig(image_size=16, epochs=int(epochs), batch_size=32))
 run_search(config, RunOptions(n_trials=int(n), storage=url, study_name=name, out=Path(out), sampler="random",

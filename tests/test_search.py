@@ -24,6 +24,8 @@ from xnetspace.search import RunOptions, SearchError, StudyConfig, run_search
 from xnetspace.search.space import SearchSpace
 from xnetspace.search.train import Diverged, TrainConfig, TrainResult
 
+from .conftest import use_trainer
+
 SPACE = {
     "name": "test",
     "stage_defaults": {"depth": 1, "mlp_ratio": [1, 2], "idconv_kernel_size": [3, 5]},
@@ -70,7 +72,7 @@ def counted(study):
 
 def test_no_over_budget_spec_ever_reaches_the_trainer(tmp_path, monkeypatch):
     trainer = FakeTrainer()
-    monkeypatch.setattr(objective_module, "train_candidate", trainer)
+    use_trainer(monkeypatch, trainer)
     config, options = make(tmp_path, n_trials=12)
     outcome = run_search(config, options)
     low, high = config.space.constraints.flops
@@ -90,7 +92,7 @@ def test_no_over_budget_spec_ever_reaches_the_trainer(tmp_path, monkeypatch):
 
 def test_identical_specs_are_trained_once(tmp_path, monkeypatch):
     trainer = FakeTrainer()
-    monkeypatch.setattr(objective_module, "train_candidate", trainer)
+    use_trainer(monkeypatch, trainer)
     single = {**SPACE, "stage_defaults": {"depth": 1, "mlp_ratio": 1},
               "stages": [{"embed_dim": 8, "sr_ratio": 2}, {"embed_dim": 16}]}
     config, options = make(tmp_path, n_trials=3, space=single)
@@ -105,7 +107,7 @@ def test_failing_trials_do_not_stop_the_study(tmp_path, monkeypatch):
     trainer = FakeTrainer(fail={1: Diverged("loss became nan at epoch 1, update 3"),
                                 2: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
                                 3: RuntimeError("something else broke")})
-    monkeypatch.setattr(objective_module, "train_candidate", trainer)
+    use_trainer(monkeypatch, trainer)
     config, options = make(tmp_path, n_trials=5)
     study = run_search(config, options).study
     trials = counted(study)
@@ -129,7 +131,7 @@ def test_pruner_stops_weak_trials(tmp_path, monkeypatch):
                 report(epoch, TrainResult(history=[top1 + e for e in range(epoch + 1)]))
             return TrainResult(history=[top1, top1 + 1], seconds=0.01)
 
-    monkeypatch.setattr(objective_module, "train_candidate", Weak())
+    use_trainer(monkeypatch, Weak())
     config, options = make(tmp_path, n_trials=9, space={**SPACE, "train": {**SPACE["train"], "epochs": 3}})
     config = config.model_copy(update={"train": TrainConfig(image_size=16, epochs=3, batch_size=32)})
     study = run_search(config, options).study
@@ -152,7 +154,7 @@ def test_short_study_on_synthetic_data_writes_every_result(tmp_path):
 
 
 def test_multi_objective_study_gives_a_pareto_front(tmp_path, monkeypatch):
-    monkeypatch.setattr(objective_module, "train_candidate", FakeTrainer())
+    use_trainer(monkeypatch, FakeTrainer())
     config, options = make(tmp_path, n_trials=6, objective="top1-flops", sampler="nsga2", pruner="none")
     outcome = run_search(config, options)
     assert outcome.files["pareto"].stat().st_size > 0
@@ -165,7 +167,7 @@ def test_multi_objective_study_gives_a_pareto_front(tmp_path, monkeypatch):
 
 def test_resume_continues_up_to_n_in_total(tmp_path, monkeypatch):
     trainer = FakeTrainer()
-    monkeypatch.setattr(objective_module, "train_candidate", trainer)
+    use_trainer(monkeypatch, trainer)
     config, options = make(tmp_path, n_trials=3)
     first = run_search(config, options).study
     done = {t.number: t.values for t in counted(first)}
@@ -178,7 +180,7 @@ def test_resume_continues_up_to_n_in_total(tmp_path, monkeypatch):
 
 
 def test_resume_with_another_recipe_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(objective_module, "train_candidate", FakeTrainer())
+    use_trainer(monkeypatch, FakeTrainer())
     config, options = make(tmp_path, n_trials=1)
     run_search(config, options)
     other = config.model_copy(update={"train": TrainConfig(image_size=16, epochs=3, batch_size=32)})
@@ -286,7 +288,7 @@ def test_measured_latency_is_a_constraint_and_an_objective(tmp_path, monkeypatch
     # A deterministic stand-in for the timer: "latency" grows with the widths.
     monkeypatch.setattr(objective_module, "measure_latency", lambda spec, *args, **kw: float(sum(spec.embed_dims)))
     trainer = FakeTrainer()
-    monkeypatch.setattr(objective_module, "train_candidate", trainer)
+    use_trainer(monkeypatch, trainer)
     space = {**SPACE, "constraints": {**SPACE["constraints"], "max_latency_ms": 45}}
     config, options = make(tmp_path, n_trials=6, space=space, objective="top1-latency", sampler="nsga2", pruner="none")
     outcome = run_search(config, options)

@@ -20,6 +20,7 @@ import optuna
 import pytest
 
 from xnetspace.search.confirmation import CONFIRM_SUFFIX
+from xnetspace.search.control import CONTROL_SUFFIX
 from xnetspace.search.records import counts_as_job, read_job, read_trial
 from xnetspace.search.study import live_slots
 
@@ -38,31 +39,39 @@ HEAD = '''
 import json, os, random, sys, time
 from pathlib import Path
 
-import xnetspace.search.confirmation as confirmation
+import xnetspace.search.jobs as jobs
 import xnetspace.search.objective as objective
 from xnetspace.search.train import TrainResult
 
 LOG = os.environ["STRESS_LOG"]
 
 
-def fake_train(phase, spec, data, config, device="cpu", report=None):
-    """Proxy training in a few tens of milliseconds; every call is appended to LOG."""
+def fake_train(phase, spec, data, seeds, config, device="cpu", report=None, pack=True):
+    """Proxy training of a pack of seeds in a few tens of milliseconds; every run is appended to LOG."""
     time.sleep(random.uniform(0.01, 0.08))
     with open(LOG, "a") as log:
-        log.write(json.dumps({"phase": phase, "pid": os.getpid(), "digest": spec.digest(), "seed": config.seed,
-                              "epochs": config.epochs, "split": len(data.val)}) + "\\n")
+        for seed in seeds:
+            log.write(json.dumps({"phase": phase, "pid": os.getpid(), "digest": spec.digest(), "seed": seed,
+                                  "epochs": config.epochs, "split": len(data.val)}) + "\\n")
     top1 = float(sum(spec.embed_dims)) + spec.stages[0].mlp_ratio
-    result = TrainResult()
+    results = [TrainResult() for _ in seeds]
     for epoch in range(config.epochs):
-        result.history.append(top1)
-        result.loss_history.append(10.0 / top1)
+        for result in results:
+            result.history.append(top1)
+            result.loss_history.append(10.0 / top1)
+            result.train_loss_history.append(20.0 / top1)
         if report is not None:
-            report(epoch, result)
-    return result
+            report(epoch, results)
+    return results
 
 
-objective.train_candidate = lambda *args, **kwargs: fake_train("search", *args, **kwargs)
-confirmation.train_candidate = lambda *args, **kwargs: fake_train("confirm", *args, **kwargs)
+def fake_zero_cost(spec, data, seed, batch_size=64, device="cpu"):
+    return {"synflow": 1.0, "naswot": float(sum(spec.embed_dims)), "grad_norm": 1.0}
+
+
+objective.train_seeds = lambda *args, **kwargs: fake_train("search", *args, **kwargs)
+jobs.train_seeds = lambda *args, **kwargs: fake_train("confirm", *args, **kwargs)
+objective.zero_cost_scores = jobs.zero_cost_scores = fake_zero_cost
 
 import xnetspace.search.workers as workers
 
@@ -88,7 +97,7 @@ if __name__ == "__main__":
     config = StudyConfig(space=space, dataset="synthetic:64", train=space.train)
     run_search(config, RunOptions(n_trials=int(n), storage=storage, study_name="stress", out=Path(out),
                                   sampler="random", heartbeat=5, workers_per_device=4, confirm_top=3,
-                                  confirm_seeds=2, fidelity_sample=2, baseline="random:3",
+                                  confirm_seeds=2, fidelity_sample=2, baseline="random:3,random:auto",
                                   progress=len(sys.argv) > 5))
 '''
 
@@ -125,14 +134,18 @@ def check_round(storage: str, n: int, trained: list[dict]) -> None:
     surplus_ran = [t.number for t in study.get_trials() if read_trial(t).surplus and read_trial(t).spec_digest]
     assert not surplus_ran, f"surplus trials sampled a spec: {surplus_ran}"
 
-    search_runs = Counter(r["digest"] for r in trained if r["phase"] == "search")
-    twice = {d: c for d, c in search_runs.items() if c > 1}
-    assert not twice, f"specs trained more than once: {twice}"
+    # Search trials and the random control's (its own study: the same spec may train once in each).
+    logged = Counter(r["digest"] for r in trained if r["phase"] == "search")
+    claimed = Counter()
+    for name in ("stress", "stress" + CONTROL_SUFFIX):
+        mine = Counter(read_trial(t).spec_digest for t in optuna.load_study(study_name=name, storage=storage).get_trials()
+                       if read_trial(t).runs and read_trial(t).duplicate_of is None)
+        twice = {d: c for d, c in mine.items() if c > 1}
+        assert not twice, f"specs trained more than once in {name}: {twice}"
+        claimed += mine
+    assert logged == claimed, "every training is a trial's, and every trial's training happened once"
     completed = [t for t in slots if t.state == optuna.trial.TrialState.COMPLETE]
-    untrained = {t.number for t in completed if read_trial(t).spec_digest not in search_runs}
-    assert not untrained, f"completed trials whose spec never reached the trainer: {untrained}"
-    training_trials = [t for t in study.get_trials() if read_trial(t).runs and read_trial(t).duplicate_of is None]
-    assert len(search_runs) == len(training_trials), "a trial claims a training that never happened"
+    assert all(read_trial(t).spec_digest in logged for t in completed)
 
     cstudy = optuna.load_study(study_name="stress" + CONFIRM_SUFFIX, storage=storage)
     assert cstudy.direction == optuna.study.StudyDirection.MINIMIZE  # the loss objective's direction
@@ -179,16 +192,17 @@ def test_a_trial_finished_by_another_process_is_noted_and_the_worker_goes_on(tmp
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     stolen = []
 
-    def trainer(spec, data, config, device, report):
+    def trainer(spec, data, seeds, config, device="cpu", report=None, pack=True):
         if not stolen:  # the first trial is failed under it, as the heartbeat fails a stalled worker's trial
             other = optuna.load_study(study_name="s", storage=storage)
             running = [t for t in other.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
             other._storage.set_trial_state_values(running[0]._trial_id, optuna.trial.TrialState.FAIL)
             stolen.append(running[0].number)
-        return TrainResult(history=[50.0] * config.epochs, loss_history=[1.0] * config.epochs,
-                           train_loss_history=[1.0] * config.epochs)
+        return [TrainResult(history=[50.0] * config.epochs, loss_history=[1.0] * config.epochs,
+                            train_loss_history=[1.0] * config.epochs) for _ in seeds]
 
-    monkeypatch.setattr(objective, "train_candidate", trainer)
+    monkeypatch.setattr(objective, "train_seeds", trainer)
+    monkeypatch.setattr(objective, "zero_cost_scores", lambda *args, **kwargs: {})
     space = SearchSpace.model_validate(SPACE)
     options = RunOptions(n_trials=3, storage=storage, study_name="s", out=tmp_path / "out", sampler="random",
                          pruner="none", confirm_top=0, confirm_seeds=1, workers_per_device=1, progress=False)

@@ -324,7 +324,9 @@ def search(
     trial_time_limit: Optional[float] = typer.Option(None, "--trial-time-limit", help="seconds one trial may train"),
     augment: Optional[str] = typer.Option(None, help="augmentation of the training batches: none | flip | crop-flip | rrc-flip (default: the space's; docs/data.md)"),
     timeout: Optional[float] = typer.Option(None, help="seconds after which this run starts no new trial"),
-    objective: str = typer.Option("loss", help="loss | top1 | top1-flops | top1-latency (loss: validation cross-entropy, the default; README, \"Search\")"),
+    objective: str = typer.Option("loss", help="what candidates are ranked by: loss (validation cross-entropy, the default) | top1 | tse (training-speed estimate) | synflow | naswot | grad_norm (zero-cost, no training) | top1-flops | top1-latency (docs/search.md)"),
+    proxy_seeds: int = typer.Option(1, "--proxy-seeds", help="seeds a candidate is trained with at most; its score is their mean"),
+    race: Optional[float] = typer.Option(None, "--race", help="z: a candidate worse than the incumbent by more than z standard errors after half its seeds gets no more (default: every candidate gets all)"),
     sampler: Optional[str] = typer.Option(None, help="tpe | random | nsga2 | qmc (default: tpe, nsga2 for two objectives)"),
     pruner: Optional[str] = typer.Option(None, help="median | hyperband | none (default: median; none for two objectives)"),
     population: bool = typer.Option(False, "--population", help="a population study for `xnetspace analyze`: --sampler random --pruner none --confirm-top 0"),
@@ -332,7 +334,7 @@ def search(
     storage: Optional[str] = typer.Option(None, help="Optuna RDB URL (default: sqlite in --out)"),
     study_name: Optional[str] = typer.Option(None, "--study-name", help="default: SPACE-DATASET-OBJECTIVE"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... (one worker process per entry)"),
-    baseline: Optional[str] = typer.Option(None, help="PRESET (scaled to the study's budget) or random:N (best of N random in-budget specs), confirmed like the candidates"),
+    baseline: Optional[str] = typer.Option(None, help="controls confirmed like the winner, comma-separated: PRESET (scaled to the study's budget), random:auto (random search at equal compute; the default with confirmation), random:N (best of N random in-budget specs), none"),
     confirm_top: int = typer.Option(5, "--confirm-top", help="candidates retrained after the search with several seeds (0: none)"),
     confirm_seeds: int = typer.Option(3, "--confirm-seeds", help="seeds per confirmed candidate (>= 2 for a 95% CI)"),
     confirm_epochs: Optional[int] = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: twice the proxy's)"),
@@ -354,7 +356,8 @@ def search(
         recipe = {k: v for k, v in dict(image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
                                         time_limit=trial_time_limit, seed=seed, augment=augment).items() if v is not None}
         train = space_def.train.model_validate({**space_def.train.model_dump(), **recipe})
-        config = StudyConfig(space=space_def, dataset=dataset, objective=objective, train=train)
+        config = StudyConfig(space=space_def, dataset=dataset, objective=objective, train=train,
+                             proxy_seeds=proxy_seeds, race=race)
         name = study_name or f"{space_def.name}-{dataset.split(':')[0]}-{objective}"
         two = len(config.directions) > 1
         if two and pruner not in (None, "none"):
@@ -386,6 +389,75 @@ def search(
         _fail(str(err))
     except OSError as err:  # an unwritable --out, a full disk while writing results
         _fail(f"cannot write the study's files: {err.strerror or err} ({err.filename or 'the output folder'})")
+
+
+@app.command()
+def fidelity(
+    space: str = typer.Argument(..., help="space file (spaces/*.yaml) or a shipped space's name"),
+    dataset: str = typer.Option("digits", help="as for search"),
+    n_specs: int = typer.Option(30, "--n-specs", help="random in-budget specs of the space"),
+    seeds: int = typer.Option(4, help="K: seeds per spec under the proxy recipe and under the confirmation recipe"),
+    confirm_epochs: Optional[int] = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: twice the proxy's)"),
+    out: Path = typer.Option(..., help="folder for fidelity.db, runs.csv, fidelity.json and fidelity.png (re-running resumes)"),
+    seed: int = typer.Option(0, help="seed of the spec sample"),
+    devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,..."),
+    workers_per_device: Optional[int] = typer.Option(None, "--workers-per-device", help="worker processes per device (default: one per CPU core, at most 8; one per GPU)"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """How well each cheap score ranks the space's specs, against the noise ceiling (docs/fidelity.md).
+
+    Trains N random in-budget specs with K seeds under the space's proxy recipe and K others under
+    the confirmation recipe, keeps every run in runs.csv, and gives Kendall tau, Spearman rho and
+    precision@5 of every score (proxy cross-entropy from 1..K seeds and earlier epochs, top-1, TSE,
+    zero-cost scores, FLOPs, params) against the specs' K-seed confirmed mean, with bootstrap 95%
+    intervals, beside the noise ceiling (half the confirmation seeds against the other half).
+    """
+    from .search.data import DataError
+    from .search.errors import SearchError, WorkerCrashed
+    from .search.fidelity import FidelityConfig, run_fidelity
+    from .search.space import SpaceError, load_space
+
+    try:
+        space_def = load_space(space)
+        config = FidelityConfig(space=space_def, dataset=dataset, n_specs=n_specs, seeds=seeds, seed=seed,
+                                confirm_epochs=confirm_epochs, train=space_def.train)
+        device_list = [d.strip() for d in devices.split(",") if d.strip()]
+        _check_devices(device_list)
+        result = run_fidelity(config, out, device_list, workers_per_device, progress=not as_json)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the finished runs are kept; re-run the same command to continue", err=True)
+        raise typer.Exit(130) from None
+    except ValidationError as err:
+        _fail(format_validation_error(err, "fidelity options"))
+    except WorkerCrashed as err:
+        _crashed(err)
+    except (SpaceError, SpecError, SearchError, DataError, ValueError) as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"cannot write the fidelity study's files: {err.strerror or err} ({err.filename or out})")
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    c = result["ceiling"]
+    console.print(f"{result['n_specs']} specs x {result['seeds']} seeds; target: {result['target']}; noise ceiling "
+                  f"(Kendall tau, half the seeds against the other half): {_tau(c['kendall_tau'], c['ci95'])}",
+                  markup=False, highlight=False)
+    for s in result["scores"]:
+        console.print(f"  {s['name']:>18s}  tau {_tau(s['kendall_tau'], s['ci95']['kendall_tau'])}  rho "
+                      f"{_tau(s['spearman_rho'], s['ci95']['spearman_rho'])}  precision@5 {s['precision_at_5']:.2f}",
+                      markup=False, highlight=False)
+    for r in result["racing"]:
+        console.print(f"  racing z={r['z']:g}: {100 * r['fraction_of_runs']:.0f}% of the runs, tau {r['kendall_tau']:.2f}, "
+                      f"the best spec kept all its seeds {100 * r['best_kept_all_seeds']:.0f}% of the time",
+                      markup=False, highlight=False)
+    console.print(f"files: {out / 'runs.csv'}, {out / 'fidelity.json'}, {out / 'fidelity.png'}", markup=False,
+                  highlight=False)
+
+
+def _tau(value, ci) -> str:
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
 @app.command()

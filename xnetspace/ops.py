@@ -143,7 +143,9 @@ def pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """A dense 1x1 conv (stride 1, no padding) as one matmul over the flattened map: on the CPU,
     for contiguous (NCHW) maps of 8x8 and smaller, this ran up to 2x faster than oneDNN's conv,
     forward and backward together (batch 64). Exact up to the order of the sums; other memory
-    formats go to the conv.
+    formats go to the conv. Written as an einsum so that under ``torch.func.vmap`` (packed
+    replicas, :mod:`xnetspace.pack`) it is one batched matmul over the replicas rather than one per
+    replica and image (a packed training step of 4 tiny_cpu replicas: 310 ms against 450 ms).
 
     Shapes: ``x`` (B, C_in, H, W); ``weight`` (C_out, C_in, 1, 1); ``bias`` (C_out,) or None;
     returns (B, C_out, H, W).
@@ -151,7 +153,7 @@ def pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     B, C, H, W = x.shape
     if not x.is_contiguous():
         return F.conv2d(x, weight, bias)
-    out = torch.matmul(weight.reshape(weight.shape[0], C), x.reshape(B, C, H * W))  # (B, C_out, N)
+    out = torch.einsum("oc,bcn->bon", weight.reshape(weight.shape[0], C), x.reshape(B, C, H * W))  # (B, C_out, N)
     if bias is not None:
         out = out + bias.reshape(-1, 1)
     return out.reshape(B, -1, H, W)

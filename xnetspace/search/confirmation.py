@@ -1,106 +1,64 @@
-"""Confirmation: after the search, retrain the leading candidates with several seeds on a longer
-schedule, beside a baseline at the same budget, and measure how well the proxy ranked them.
+"""Confirmation: after the search, retrain the leading candidates with new seeds on a longer
+schedule, beside controls at the same budget, and measure how well the proxy ranked them against
+the noise ceiling.
 
 One proxy run per candidate selects seed noise as readily as architecture (Yang et al., "NAS
 Evaluation is Frustratingly Hard", ICLR 2020); so the study does what careful NAS papers do by
 hand. After its N trials:
 
 - the top ``confirm_top`` distinct candidates by proxy score are retrained with
-  ``confirm_seeds`` new seeds (the proxy's seed + 1, + 2, ...) for ``confirm_epochs`` epochs and
-  scored on the dataset's held-out test split (the validation split when it has none), which the
-  search never saw;
-- the baseline, a paper preset scaled to the study's budget (:mod:`xnetspace.scaling`), or the
-  best by proxy score of N random in-budget specs (``random:N``: the random-search control of Li
-  & Talwalkar, UAI 2019), is confirmed the same way;
-- ``fidelity_sample`` random in-budget specs get a proxy run and a confirmation too, so the rank
-  correlation of proxy and confirmed scores is not measured on the top of the ranking only;
-- with ``confirm_top`` 0, the best candidate is still retrained at the proxy recipe with the
-  new seeds, to measure the seed noise of the proxy score.
+  ``confirm_seeds`` new seeds (``train.seed + 1000``, ``+ 1001``, ...: never a proxy run's) for
+  ``confirm_epochs`` epochs and scored on the dataset's held-out test split (the validation split
+  when it has none), which the search never saw;
+- the controls (``RunOptions.baselines``), each confirmed the same way: a paper preset scaled to
+  the study's budget (:mod:`xnetspace.scaling`); ``random:auto``, the best candidate of random
+  search given the same proxy compute as the search (:mod:`.control`; Li & Talwalkar, UAI 2019);
+  ``random:N``, the best by proxy score of N random in-budget specs;
+- ``fidelity_sample`` random in-budget specs get the proxy evaluation and a confirmation too, so
+  the rank correlation of proxy and confirmed scores is not measured on the top of the ranking
+  only, and the noise ceiling (half the confirmation seeds against the other half) is measured
+  on the same specs;
+- with ``confirm_top`` 0 and one proxy seed, the best candidate is still retrained at the proxy
+  recipe with the new seeds, to measure the seed noise of the proxy score.
 
-Runs are *jobs*: trials of a second Optuna study, ``NAME:confirm``, in the same storage, queued
-as WAITING trials that any worker pops (so they are spread over all workers and devices, and
-the heartbeat retries a killed worker's run). The plan is a pure function of what is finished,
-so re-planning after a crash or from another worker queues nothing twice; a job's key (spec,
-seed, schedule, recipe) is trained once, whatever the races.
+The runs are jobs (:mod:`.jobs`) of a second Optuna study, ``NAME:confirm``, in the same storage:
+spread over all workers, retried by the heartbeat, never trained twice.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
 import statistics
-import time
 from typing import Literal, Optional
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
-from pydantic import BaseModel, ConfigDict, ValidationError
+from optuna.trial import TrialState
+from pydantic import ValidationError
 
 from ..cost import cost_report
 from ..scaling import ScalingError, scale_to_budget
 from ..spec import NetworkSpec, SpecError, load_preset, preset_names
+from .control import control_best, spent
 from .data import DataSplit
-from .objective import SurplusTrial, TrialFailed
-from .space import RandomTrial, SearchSpace
-from .stats import mean_difference, pooled_seed_std, rank_fidelity, seed_summary, separation
-from .records import RunRecord, counts_as_job, job_attrs, read_job, read_trial, write
+from .errors import SearchError
+from .jobs import Job, finished_record, job_results, open_job_study
+from .records import JobRecord, read_trial
 from .score import TOP1, Score
-from .storage import connect_storage
-from .study import RunOptions, SearchError, StudyConfig, candidates
-from .train import train_candidate
+from .space import RandomTrial, SearchSpace
+from .stats import mean_difference, noise_ceiling, pooled_seed_std, rank_fidelity, seed_summary, separation
+from .study import RunOptions, StudyConfig, candidates
 
-__all__ = ["ConfirmJob", "ConfirmError", "check_baseline", "baseline_spec", "open_confirm_study", "plan_jobs",
-           "enqueue_jobs", "ConfirmObjective", "confirmation_state", "summarize", "check_options", "CONFIRM_SUFFIX"]
+__all__ = ["ConfirmError", "CONFIRM_SUFFIX", "CONFIRM_SEED_OFFSET", "baseline_spec", "check_options",
+           "open_confirm_study", "confirm_seeds", "plan_jobs", "control_finished", "summarize"]
 
 CONFIRM_SUFFIX = ":confirm"
+CONFIRM_SEED_OFFSET = 1000  # confirmation seeds: train.seed + 1000 + i, apart from every proxy seed
 Role = Literal["candidate", "baseline", "random", "fidelity", "noise"]
 
 
 class ConfirmError(SearchError):
-    """Confirmation options that cannot work (a baseline that is neither a preset nor random:N,
-    a budget no scaled preset meets, a CI asked of fewer than 2 seeds)."""
-
-
-class ConfirmJob(BaseModel):
-    """One training job of the confirmation phase: a spec trained with each of ``seeds``.
-
-    ``proxy`` jobs use the search's recipe and validation split (the score a search trial would
-    give); the others use ``epochs`` and the held-out split.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    role: Role
-    label: str
-    spec: dict
-    seeds: tuple[int, ...]
-    epochs: int
-    proxy: bool = False
-    trial: Optional[int] = None
-
-    def key(self, config: StudyConfig) -> str:
-        """Identity of the job: spec, seeds, schedule, split and recipe (never trained twice)."""
-        digest = NetworkSpec.model_validate(self.spec).digest()
-        blob = json.dumps([digest, list(self.seeds), self.epochs, self.proxy, config.train.model_dump(mode="json"),
-                           config.dataset], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-# -- options checked before anything trains ------------------------------------------------------------
-def check_baseline(name: Optional[str]) -> None:
-    """Refuse a baseline that is neither a preset name nor ``random:N`` (N >= 1).
-
-    Raises:
-        ConfirmError: with the accepted forms.
-    """
-    if name is None or name in preset_names():
-        return
-    kind, _, count = name.partition(":")
-    if kind == "random" and count.isdigit() and int(count) >= 1:
-        return
-    raise ConfirmError(f"--baseline {name!r} is neither a preset ({', '.join(preset_names())}) nor random:N "
-                       f"(the best of N random in-budget specs, e.g. random:8)")
+    """Confirmation options that cannot work (a budget no scaled preset meets, a CI asked of
+    fewer than 2 seeds)."""
 
 
 def baseline_spec(name: str, space: SearchSpace, num_classes: int, in_chans: int) -> NetworkSpec:
@@ -121,35 +79,19 @@ def baseline_spec(name: str, space: SearchSpace, num_classes: int, in_chans: int
 
 def check_options(options: RunOptions) -> None:
     """Raises ConfirmError for options no confirmation can honour (a CI from one seed)."""
-    check_baseline(options.baseline)
-    if (options.confirm_top or options.baseline) and options.confirm_seeds < 2:
+    if (options.confirm_top or options.baselines) and options.confirm_seeds < 2:
         raise ConfirmError(f"--confirm-seeds {options.confirm_seeds}: a 95% confidence interval needs at least "
-                           f"2 seeds per candidate (use 2 or more, or --confirm-top 0 without --baseline)")
+                           f"2 seeds per candidate (use 2 or more, or --confirm-top 0 --baseline none)")
 
 
-# -- the confirmation study ----------------------------------------------------------------------------
 def open_confirm_study(options: RunOptions, score: Score) -> optuna.Study:
-    """The study ``NAME:confirm`` beside the search's, holding the confirmation runs; its direction
-    is the study score's (what optuna-dashboard shows; the runs' values are that score)."""
-    storage = connect_storage(options.storage_url, options.heartbeat)
-    return optuna.create_study(storage=storage, study_name=options.study_name + CONFIRM_SUFFIX,
-                               direction=score.direction, load_if_exists=True,
-                               sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
+    """The study ``NAME:confirm`` beside the search's, holding the confirmation jobs."""
+    return open_job_study(options.storage_url, options.study_name + CONFIRM_SUFFIX, options.heartbeat, score)
 
 
-def _results(cstudy: optuna.Study) -> dict[str, list[FrozenTrial]]:
-    """The counted job trials (:func:`~.records.counts_as_job`) by job key."""
-    by_key: dict[str, list[FrozenTrial]] = {}
-    for t in cstudy.get_trials(deepcopy=False):
-        if counts_as_job(t):
-            by_key.setdefault(read_job(t).key, []).append(t)
-    return by_key
-
-
-def _runs(trials: list[FrozenTrial]) -> Optional[list[RunRecord]]:
-    """The runs of a finished job, one per seed (None while it is not finished)."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    return read_job(done[0]).runs if done else None
+def confirm_seeds(config: StudyConfig, options: RunOptions) -> tuple[int, ...]:
+    """The confirmation runs' seeds: ``train.seed + 1000 + i``, apart from every proxy seed."""
+    return tuple(config.train.seed + CONFIRM_SEED_OFFSET + i for i in range(options.confirm_seeds))
 
 
 def _random_pool(config: StudyConfig, count: int, num_classes: int, in_chans: int) -> list[NetworkSpec]:
@@ -170,147 +112,107 @@ def _random_pool(config: StudyConfig, count: int, num_classes: int, in_chans: in
     return pool
 
 
+def _proxy_value(config: StudyConfig, record: JobRecord, spec: dict) -> Optional[float]:
+    """The study's proxy score of a random spec's proxy job (params and FLOPs from the spec)."""
+    if config.proxy.name in ("params", "flops"):
+        report = cost_report(NetworkSpec.model_validate(spec), config.space.constraints.image_size)
+        return float(report.params if config.proxy.name == "params" else report.flops)
+    return config.proxy.of(record)
+
+
 def plan_jobs(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, options: RunOptions,
-              num_classes: int, in_chans: int) -> list[ConfirmJob]:
+              num_classes: int, in_chans: int, control: Optional[optuna.Study] = None) -> list[Job]:
     """Every job the finished search calls for, given what has finished so far (pure: the same
-    state gives the same list). Jobs that depend on proxy runs (the best of random:N) appear once
-    those runs are done."""
+    state gives the same list). Jobs that wait on other results appear once those are done: the
+    best of ``random:N`` after its specs' proxy jobs, the ``random:auto`` control's best once the
+    control study (``control``) has spent the search's compute."""
     epochs = options.confirm_epochs or 2 * config.train.epochs
-    seeds = tuple(config.train.seed + 1 + i for i in range(options.confirm_seeds))
-    jobs: list[ConfirmJob] = []
+    seeds = confirm_seeds(config, options)
+    jobs: list[Job] = []
 
     def confirm(role: Role, label: str, spec: dict, trial: Optional[int] = None, proxy: bool = False) -> None:
-        jobs.append(ConfirmJob(role=role, label=label, spec=spec, seeds=seeds, trial=trial, proxy=proxy,
-                               epochs=config.train.epochs if proxy else epochs))
+        jobs.append(Job(role=role, label=label, spec=spec, seeds=seeds, trial=trial, proxy=proxy,
+                        epochs=config.train.epochs if proxy else epochs))
 
-    rank = config.score.rank_key
+    rank = config.proxy.rank_key
     ranked = sorted(candidates(study), key=lambda t: (rank(t.values[0]), read_trial(t).flops or 0, t.number))
     for t in ranked[:options.confirm_top]:
         confirm("candidate", f"trial {t.number}", read_trial(t).spec, t.number)
-    if not options.confirm_top and ranked and options.confirm_seeds > 1:
+    if not options.confirm_top and ranked and options.confirm_seeds > 1 and config.proxy_seeds == 1 \
+            and config.proxy.trains:
         confirm("noise", f"trial {ranked[0].number}", read_trial(ranked[0]).spec, ranked[0].number, proxy=True)
-    if options.baseline and not options.baseline.startswith("random:"):
-        spec = baseline_spec(options.baseline, config.space, num_classes, in_chans)
-        confirm("baseline", spec.name, spec.model_dump(mode="json"))
 
-    n_random = int(options.baseline.split(":")[1]) if (options.baseline or "").startswith("random:") else 0
+    n_random = max([int(b.split(":")[1]) for b in options.baselines if b.startswith("random:") and b != "random:auto"],
+                   default=0)
     n_fidelity = options.fidelity_sample if options.confirm_top else 0  # no confirmed set to add to
     pool = _random_pool(config, max(n_random, n_fidelity), num_classes, in_chans)
-    proxy_jobs = {i: ConfirmJob(role="random", label=spec.name, spec=spec.model_dump(mode="json"),
-                                seeds=(config.train.seed,), epochs=config.train.epochs, proxy=True)
-                  for i, spec in enumerate(pool)}
-    jobs.extend(proxy_jobs.values())
+    proxy_jobs = [Job(role="random", label=spec.name, spec=spec.model_dump(mode="json"), proxy=True, zero_cost=True,
+                      seeds=config.proxy_seed_list if config.proxy.trains else (), epochs=config.train.epochs)
+                  for spec in pool]
+    jobs.extend(proxy_jobs)
     for spec in pool[:n_fidelity]:
         confirm("fidelity", spec.name, spec.model_dump(mode="json"))
-    if n_random:
-        results = _results(cstudy)
-        runs = {i: _runs(results.get(job.key(config), [])) for i, job in proxy_jobs.items() if i < n_random}
-        if all(v is not None for v in runs.values()):
-            scores = {i: config.score.of_run(r[0]) for i, r in runs.items()}
-            best = min(scores, key=lambda i: (rank(scores[i]), i))
-            confirm("baseline", f"best of {options.baseline}: {pool[best].name}", pool[best].model_dump(mode="json"))
+    results = job_results(cstudy)
+    for name in options.baselines:
+        if name in preset_names():
+            spec = baseline_spec(name, config.space, num_classes, in_chans)
+            confirm("baseline", spec.name, spec.model_dump(mode="json"))
+        elif name == "random:auto":
+            best = control_best(control, config) if control is not None and control_finished(control, study) else None
+            if best is not None:
+                confirm("baseline", f"random search at equal compute: trial {best.number}", read_trial(best).spec)
+        else:
+            n = int(name.split(":")[1])
+            records = [finished_record(results.get(job.key(config.train, config.dataset), [])) for job in proxy_jobs[:n]]
+            if all(r is not None for r in records):
+                values = [_proxy_value(config, r, job.spec) for r, job in zip(records, proxy_jobs)]
+                best = min(range(n), key=lambda i: (rank(values[i]), i))
+                confirm("baseline", f"best of {name}: {pool[best].name}", pool[best].model_dump(mode="json"))
     return jobs
 
 
-def enqueue_jobs(cstudy: optuna.Study, config: StudyConfig, jobs: list[ConfirmJob]) -> int:
-    """Queue the jobs that are not queued, running or finished yet; returns how many."""
-    present = set(_results(cstudy))
-    queued = 0
-    for job in jobs:
-        key = job.key(config)
-        if key not in present:
-            cstudy.enqueue_trial({}, user_attrs=job_attrs(job.model_dump(mode="json"), key))
-            present.add(key)
-            queued += 1
-    return queued
-
-
-def confirmation_state(cstudy: optuna.Study) -> tuple[int, int, int]:
-    """(finished, running, waiting) job trials."""
-    trials = [t for t in cstudy.get_trials(deepcopy=False) if counts_as_job(t)]
-    return (sum(t.state.is_finished() for t in trials), sum(t.state == TrialState.RUNNING for t in trials),
-            sum(t.state == TrialState.WAITING for t in trials))
-
-
-class ConfirmObjective:
-    """Runs one popped job: trains its spec with each of its seeds and its schedule, records every
-    run (top-1 and cross-entropy per epoch) and returns the mean of the study's score over them
-    (top-1 in percent, or cross-entropy in nats for the ``loss`` objective)."""
-
-    def __init__(self, config: StudyConfig, data: DataSplit, device: str, worker: int = 0):
-        self.config, self.data, self.device, self.worker = config, data, device, worker
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        record = read_job(trial)
-        if record.job is None:  # ask() made a fresh trial: another worker took the last job
-            write(trial, record.model_copy(update={"surplus": True}))
-            raise SurplusTrial("no confirmation job left")
-        job = ConfirmJob.model_validate(record.job)
-        # Workers planning at once may queue one job twice. It is trained by the lowest-numbered
-        # unfinished trial of its key (and not at all once one is complete), so of two copies
-        # exactly one trains, whichever order they are popped and checked in.
-        for other in trial.study.get_trials(deepcopy=False):
-            if other.number != trial.number and counts_as_job(other) and read_job(other).key == record.key and (
-                    other.state == TrialState.COMPLETE or (not other.state.is_finished() and other.number < trial.number)):
-                write(trial, record.model_copy(update={"surplus": True}))
-                raise SurplusTrial(f"same job as trial {other.number}")
-        split = self.data if job.proxy else self.data.held_out()
-        # Runs an interrupted copy of this job finished (Ctrl-C, a killed worker) are kept, not redone.
-        done = {r.seed: r for other in trial.study.get_trials(deepcopy=False)
-                if other.number != trial.number and read_job(other).key == record.key for r in read_job(other).runs}
-        record = record.model_copy(update={"worker": self.worker, "runs": [done[s] for s in job.seeds if s in done]})
-        start = time.perf_counter()
-        try:
-            for seed in [s for s in job.seeds if s not in done]:
-                recipe = self.config.train.model_copy(update={"epochs": job.epochs, "seed": seed, "time_limit": None})
-                result = train_candidate(NetworkSpec.model_validate(job.spec), split, recipe, self.device)
-                record.runs.append(RunRecord.of(seed, result))
-                if len(record.runs) < len(job.seeds):
-                    write(trial, record)  # each finished run is kept, whatever happens to the rest
-            record.runs.sort(key=lambda r: job.seeds.index(r.seed))
-        except Exception as err:  # noqa: BLE001 - a failed run is recorded, never the end of the study
-            record.reason = f"{type(err).__name__}: {str(err)[:300]}"
-            raise TrialFailed(str(err)) from None
-        finally:
-            record.seconds = round(time.perf_counter() - start, 2)
-            write(trial, record)
-        return statistics.fmean(self.config.score.of_run(r) for r in record.runs)
+def control_finished(control: optuna.Study, study: optuna.Study) -> bool:
+    """Has the random-search control spent the search's compute (and nothing of it still runs)?"""
+    unfinished = control.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+    return not unfinished and spent(control) >= spent(study)
 
 
 # -- the evidence --------------------------------------------------------------------------------------
 def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, options: RunOptions,
-              data: DataSplit) -> Optional[dict]:
+              data: DataSplit, control: Optional[optuna.Study] = None) -> Optional[dict]:
     """The confirmation's results as ``summary.json`` holds them (None before any job finished).
 
     Keys: ``score`` (``name``: ``top1`` or ``loss``, ``unit``, ``direction``: the score every
-    ``confirm``, ``proxy_score``, difference and ranking below is in), ``candidates`` (one per
-    confirmed candidate: ``trial``, ``spec_digest``, ``proxy_top1``, ``proxy_score``, ``flops``,
-    ``params``, ``confirm``), ``best`` (the candidate with the best confirmed mean; ties: fewer
-    FLOPs), ``baseline`` (``name``, ``flops``, ``params``, ``confirm``) or None, ``difference``
-    (best minus baseline: ``mean``, ``ci95``, ``distinguishable``), ``leaders`` (best minus
-    runner-up, the same fields), ``noise`` (``seed_std``: pooled over every spec confirmed with 2+
-    seeds; ``between_std``: the std of the candidates' confirmed means), ``separation`` (whether
-    confirmed specs differ beyond seed noise, :func:`xnetspace.search.stats.separation`:
-    ``candidates`` over the top K, ``all`` over every confirmed spec: the top K, the fidelity
-    sample and the baseline; in a ``loss`` study ``separation_top1`` beside it, the same runs by
-    top-1), ``fidelity_sample`` (the random specs confirmed for ``fidelity``:
-    ``label``, ``proxy_top1``, ``proxy_score``, ``spec_digest``, ``flops``, ``params``,
-    ``confirm``), ``fidelity`` (proxy score against confirmed mean: ``kendall_tau``,
-    ``spearman_rho``, ``n``, ``ci95``) and ``protocol`` (seeds, epochs, split). Every ``confirm``
-    is ``{mean, std, ci95, n, scores}``, one score per seed: top-1 in percent, or cross-entropy in
-    nats for the ``loss`` objective, where each confirmed spec also has ``confirm_top1`` (the same
-    runs' top-1) to read beside it.
+    ``confirm``, difference and ranking below is in) and ``proxy`` (the score the search ranked
+    by: ``name``, ``direction``), ``candidates`` (one per confirmed candidate: ``trial``,
+    ``spec_digest``, ``proxy_top1``, ``proxy_score``, ``proxy_seeds``, ``flops``, ``params``,
+    ``confirm``), ``best`` (the candidate with the best confirmed mean; ties: fewer FLOPs),
+    ``baselines`` (one per control: ``name``, ``flops``, ``params``, ``confirm``, ``difference``:
+    best minus it, ``mean``, ``ci95``, ``distinguishable``), ``baseline`` and ``difference`` (the
+    first control's), ``leaders`` (best minus runner-up), ``noise`` (``seed_std``: pooled over
+    every spec confirmed with 2+ seeds; ``between_std``: the std of the candidates' confirmed
+    means), ``separation`` (whether confirmed specs differ beyond seed noise,
+    :func:`~.stats.separation`: ``candidates`` over the top K, ``all`` over every confirmed spec;
+    in a ``loss`` study ``separation_top1`` beside it), ``fidelity_sample`` (the random specs
+    confirmed for ``fidelity``: ``label``, ``proxy_top1``, ``proxy_score``, ``spec_digest``,
+    ``flops``, ``params``, ``confirm``), ``fidelity`` (proxy score against confirmed mean:
+    ``kendall_tau``, ``spearman_rho``, ``n``, ``ci95``, ``ceiling``: the noise ceiling,
+    :func:`~.stats.noise_ceiling` over the same specs, and ``fraction_of_ceiling``), ``compute``
+    (replica-epochs of proxy training: ``search``, ``control``), ``protocol`` (seeds, epochs,
+    split) and ``pending``. Every ``confirm`` is ``{mean, std, ci95, n, scores}``, one score per
+    seed, with ``confirm_top1`` (the same runs' top-1) beside it in a ``loss`` study.
     """
-    score = config.score
-    jobs = plan_jobs(study, cstudy, config, options, data.num_classes, data.in_chans)
-    results = _results(cstudy)
+    score, proxy = config.score, config.proxy
+    jobs = plan_jobs(study, cstudy, config, options, data.num_classes, data.in_chans, control)
+    results = job_results(cstudy)
     groups: dict[tuple[str, str], dict] = {}
     for job in jobs:
-        entry = groups.setdefault((job.role, job.label), {"job": job, "scores": [], "top1": [], "proxy": job.proxy})
-        for run in _runs(results.get(job.key(config), [])) or []:
+        record = finished_record(results.get(job.key(config.train, config.dataset), []))
+        entry = groups.setdefault((job.role, job.label), {"job": job, "scores": [], "top1": [], "record": record})
+        for run in (record.runs if record is not None else []):
             entry["scores"].append(score.of_run(run))
             entry["top1"].append(TOP1.of_run(run))
-    if not any(g["scores"] for g in groups.values()):
+    if not any(g["scores"] for (role, _), g in groups.items() if role != "random"):
         return None
     size = config.space.constraints.image_size
 
@@ -319,7 +221,7 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
         report = cost_report(spec, size)
         out = {"spec_digest": spec.digest(), "flops": report.flops, "params": report.params,
                "confirm": seed_summary(g["scores"])}
-        if score.name != "top1" and None not in g["top1"]:
+        if score.name != "top1":
             out["confirm_top1"] = seed_summary(g["top1"])
         return out
 
@@ -328,35 +230,53 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     for (role, _), g in groups.items():
         if role == "candidate" and g["scores"]:
             t = trials[g["job"].trial]
-            proxy_top1 = read_trial(t).final("top1")
-            confirmed.append({"trial": t.number, "proxy_top1": proxy_top1, "proxy_score": t.values[0], **described(g)})
+            record = read_trial(t)
+            confirmed.append({"trial": t.number, "proxy_top1": record.final("top1"), "proxy_score": t.values[0],
+                              "proxy_seeds": len(record.runs), **described(g)})
     ranked = sorted(confirmed, key=lambda c: (score.rank_key(c["confirm"]["mean"]), c["flops"]))
     best = ranked[0] if ranked else None
-    baseline = next(({"name": label, **described(g)} for (role, label), g in groups.items()
-                     if role == "baseline" and g["scores"]), None)
+    baselines = []
+    for (role, label), g in groups.items():
+        if role == "baseline" and g["scores"]:
+            entry = {"name": label, **described(g)}
+            entry["difference"] = mean_difference(best["confirm"]["scores"], g["scores"]) if best else None
+            baselines.append(entry)
 
-    proxies = {g["job"].label: g for (role, _), g in groups.items() if role == "random" and g["scores"]}
-    fid_pairs = [(c["proxy_score"], c["confirm"]["mean"]) for c in confirmed]
-    fid_pairs += [(proxies[label]["scores"][0], seed_summary(g["scores"])["mean"]) for (role, label), g in groups.items()
-                  if role == "fidelity" and g["scores"] and label in proxies]
+    proxies = {g["job"].label: g for (role, _), g in groups.items() if role == "random" and g["record"] is not None}
+    sampled = []
+    for (role, label), g in groups.items():
+        if role == "fidelity" and g["scores"]:
+            p = proxies.get(label)
+            sampled.append({"label": label, "proxy_top1": p["record"].final("top1") if p else None,
+                            "proxy_score": _proxy_value(config, p["record"], p["job"].spec) if p else None,
+                            **described(g)})
+    fid = [(c["proxy_score"], c["confirm"]) for c in confirmed]
+    fid += [(x["proxy_score"], x["confirm"]) for x in sampled if x["proxy_score"] is not None]
+    # The rank correlation is oriented so that +1 means the proxy ranks as the confirmation does.
+    sign = 1.0 if proxy.maximize == score.maximize else -1.0
+    fidelity = rank_fidelity([sign * p for p, _ in fid], [c["mean"] for _, c in fid], seed=config.train.seed)
+    fidelity["ceiling"] = noise_ceiling([c["scores"] for _, c in fid], seed=config.train.seed)
+    tau, ceiling = fidelity["kendall_tau"], fidelity["ceiling"]["kendall_tau"]
+    fidelity["fraction_of_ceiling"] = tau / ceiling if ceiling and math.isfinite(tau) and ceiling > 0 else math.nan
+
     noise_groups = [g["scores"] for (role, _), g in groups.items() if role != "random" and len(g["scores"]) > 1]
     means = [c["confirm"]["mean"] for c in confirmed]
-    sampled = [{"label": label, "proxy_top1": proxies[label]["top1"][0] if label in proxies else None,
-                "proxy_score": proxies[label]["scores"][0] if label in proxies else None, **described(g)}
-               for (role, label), g in groups.items() if role == "fidelity" and g["scores"]]
+
     def separations(key: str) -> dict:
         top = [c[key]["scores"] for c in confirmed if key in c]
-        rest = [x[key]["scores"] for x in sampled + ([baseline] if baseline else []) if key in x]
+        rest = [x[key]["scores"] for x in sampled + baselines if key in x]
         return {"candidates": separation(top), "all": separation(top + rest)}
 
     return {
         "score": {"name": score.name, "unit": score.unit, "direction": score.direction},
+        "proxy": {"name": proxy.name, "label": proxy.label, "direction": proxy.direction,
+                  "seeds": config.proxy_seeds, "race": config.race},
         "candidates": confirmed,
         "fidelity_sample": sampled,
         "best": best,
-        "baseline": baseline,
-        "difference": mean_difference(best["confirm"]["scores"], baseline["confirm"]["scores"])
-        if best and baseline else None,
+        "baselines": baselines,
+        "baseline": baselines[0] if baselines else None,
+        "difference": baselines[0]["difference"] if baselines else None,
         "leaders": mean_difference(ranked[0]["confirm"]["scores"], ranked[1]["confirm"]["scores"])
         if len(ranked) > 1 else None,
         "noise": {"seed_std": pooled_seed_std(noise_groups),
@@ -365,10 +285,12 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
                                           if role == "noise" and len(g["scores"]) > 1), None)},
         "separation": separations("confirm"),
         **({"separation_top1": separations("confirm_top1")} if score.name != "top1" else {}),
-        "fidelity": rank_fidelity([p for p, _ in fid_pairs], [c for _, c in fid_pairs], seed=config.train.seed),
-        "protocol": {"seeds": [config.train.seed + 1 + i for i in range(options.confirm_seeds)],
+        "fidelity": fidelity,
+        "compute": {"search": spent(study), "control": spent(control) if control is not None else None,
+                    "unit": "replica-epochs of proxy training"},
+        "protocol": {"seeds": list(confirm_seeds(config, options)),
                      "epochs": options.confirm_epochs or 2 * config.train.epochs,
                      "split": "test" if data.test is not None else "val", "proxy_epochs": config.train.epochs,
-                     "confirm_top": options.confirm_top},
-        "pending": sum(1 for j in jobs if _runs(results.get(j.key(config), [])) is None),
+                     "proxy_seeds": list(config.proxy_seed_list), "confirm_top": options.confirm_top},
+        "pending": sum(1 for j in jobs if finished_record(results.get(j.key(config.train, config.dataset), [])) is None),
     }

@@ -20,3 +20,13 @@ class WorkerCrashed(SearchError):
 
 class DataError(ValueError):
     """A dataset name, folder or prepared file that cannot be read; the message says which and why."""
+
+
+class TrialFailed(RuntimeError):
+    """A trial or job ended in failure with a recorded reason (out of memory, an error in
+    training); the study goes on."""
+
+
+class SurplusTrial(RuntimeError):
+    """A trial created when there was nothing left for it to do (the study's N slots taken, a job
+    run elsewhere); it does nothing."""

@@ -19,7 +19,7 @@ import optuna
 
 from .data import DataError, DataSplit, load_dataset
 from .progress import Monitor, log
-from .confirmation import open_confirm_study
+from .control import open_control_study
 from .storage import connect_storage, shown_url
 from .study import RunOptions, SearchError, StudyConfig, open_study, stored_settings
 from .workers import check_lost, run_processes, run_worker
@@ -128,7 +128,8 @@ def join_study(storage_url: str, study_name: str, devices: list[str], workers_pe
     count = len(devices) * options.workers
     log(options, f"{data}\njoined study '{study_name}' in {shown_url(storage_url)} as worker {first}"
                  f"{'' if count == 1 else f'..{first + count - 1}'}")
-    monitor = Monitor(study, options, config.score, lambda: open_confirm_study(options, config.score))
+    control = open_control_study(config, options, first) if "random:auto" in options.baselines else None
+    monitor = Monitor(study, options, config, control)
     lost = []
     try:
         if count == 1:

@@ -13,6 +13,7 @@ goes on.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import traceback
 from typing import NoReturn, Optional, Sequence
@@ -26,22 +27,17 @@ from ..cost import cost_report
 from ..latency import measure_latency
 from ..spec import NetworkSpec
 from .data import DataSplit
+from .errors import SurplusTrial, TrialFailed
 from .records import RunRecord, TrialRecord, is_live, read_trial, slot_attrs, write
 from .space import SpaceError
-from .study import StudyConfig, live_slots
-from .train import Diverged, TimeLimitExceeded, TrainResult, train_candidate
+from .study import StudyConfig, candidates, live_slots
+from .stats import pooled_seed_std
+from .train import Diverged, TimeLimitExceeded, TrainResult, train_seeds
+from .zero_cost import zero_cost_scores
 
-__all__ = ["Objective", "TrialFailed", "SurplusTrial"]
+__all__ = ["Objective"]
 
 _MAX_REJECTIONS_IN_A_ROW = 500
-
-
-class TrialFailed(RuntimeError):
-    """A trial ended in failure with a recorded reason (out of memory, an error in training)."""
-
-
-class SurplusTrial(RuntimeError):
-    """A trial created when the study's N slots were already taken; it does nothing."""
 
 
 class Objective:
@@ -54,8 +50,9 @@ class Objective:
         self.rejected_in_a_row = 0
 
     def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
+        earlier = read_trial(trial)  # a retried trial (the heartbeat's) carries its first attempt's record
         if not self._holds_slot(trial):
-            write(trial, read_trial(trial).model_copy(update={"surplus": True}))
+            write(trial, earlier.model_copy(update={"surplus": True}))
             raise SurplusTrial("the study's slots were all taken")
         record = TrialRecord(slot=True, worker=self.worker)
         try:
@@ -77,12 +74,15 @@ class Objective:
         latency = self._latency(trial, record, spec)
 
         self.rejected_in_a_row = 0
-        result = self._train(trial, record, spec)
+        if earlier.spec_digest == record.spec_digest:  # runs and scores it finished are not trained again
+            record.runs, record.zero_cost = earlier.runs, earlier.zero_cost
+        self._evaluate(trial, record, spec)
+        value = self.config.proxy.of(record)
         if self.config.objective == "top1-flops":
-            return result.top1, float(report.flops)
+            return value, float(report.flops)
         if self.config.objective == "top1-latency":
-            return result.top1, latency
-        return self.config.score.of(result)
+            return value, latency
+        return value
 
     def _holds_slot(self, trial: optuna.Trial) -> bool:
         """Only the first N live slots (by trial number) may run: exact N whatever the races."""
@@ -115,8 +115,9 @@ class Objective:
 
     def _repeat(self, trial: optuna.Trial, record: TrialRecord, earlier: FrozenTrial) -> float | Sequence[float]:
         theirs = read_trial(earlier)
-        record = record.model_copy(update=dict(duplicate_of=earlier.number, runs=theirs.runs,
-                                               latency_ms=theirs.latency_ms, seconds=theirs.seconds))
+        record = record.model_copy(update=dict(duplicate_of=earlier.number, runs=theirs.runs, zero_cost=theirs.zero_cost,
+                                               latency_ms=theirs.latency_ms, seconds=theirs.seconds,
+                                               race=theirs.race))
         if earlier.state != TrialState.COMPLETE:
             record.reason = f"same spec as trial {earlier.number}, which was pruned"
             write(trial, record)
@@ -140,26 +141,29 @@ class Objective:
                                             f"{constraints.max_latency_ms:g} ms")
         return latency
 
-    def _train(self, trial: optuna.Trial, record: TrialRecord, spec: NetworkSpec) -> TrainResult:
-        """Train the candidate, reporting each epoch's score to the pruner; the record gets its run
-        (the epochs done, also when it is stopped) and the reason it ended early, in one write."""
-        single, score = len(self.config.directions) == 1, self.config.score
-        seed = self.config.train.seed
-        so_far = TrainResult()
+    def _evaluate(self, trial: optuna.Trial, record: TrialRecord, spec: NetworkSpec) -> None:
+        """The candidate's scores, into its record: zero-cost scores at initialisation, then (for a
+        proxy that trains) its first seeds as one pack, each epoch's mean proxy score reported to
+        the pruner, then the other seeds if racing keeps it a contender (:meth:`_contender`).
 
-        def report(epoch: int, result: TrainResult) -> None:
-            nonlocal so_far
-            so_far = result
-            if single:
-                trial.report(score.of(result), epoch)
-                if trial.should_prune():
-                    record.reason = f"pruner stopped it after epoch {epoch + 1}"
-                    raise optuna.TrialPruned(record.reason)
-
+        Ends early: divergence or the time limit as pruned, out of memory or any other error as
+        failed, each with its reason in the record, which keeps the epochs done.
+        """
+        config, proxy = self.config, self.config.proxy
+        seeds = config.proxy_seed_list
+        full = [r for r in record.runs if r.epochs == config.train.epochs and r.seed in seeds]
+        record.runs = full
         start = time.perf_counter()
         try:
-            so_far = train_candidate(spec, self.data, self.config.train, self.device, report)
-            return so_far
+            if not record.zero_cost:
+                record.zero_cost = zero_cost_scores(spec, self.data, seeds[0], config.train.batch_size, self.device)
+            if not proxy.trains:
+                return
+            self._train(trial, record, spec, [s for s in seeds[:config.first_seeds] if not record.run(s)], report=True)
+            rest = [s for s in seeds[config.first_seeds:] if not record.run(s)]
+            if rest and self._contender(trial, record):
+                write(trial, record)  # the first seeds are kept whatever happens to the rest
+                self._train(trial, record, spec, rest, report=False)
         except (Diverged, TimeLimitExceeded) as err:
             record.reason = f"{type(err).__name__}: {err}"
             raise optuna.TrialPruned(str(err)) from None
@@ -173,7 +177,59 @@ class Objective:
             record.traceback = traceback.format_exc()[-4000:]
             raise TrialFailed(str(err)) from None
         finally:
-            if so_far.history:
-                record.runs = [RunRecord.of(seed, so_far)]
+            record.runs.sort(key=lambda r: seeds.index(r.seed))
             record.seconds = round(time.perf_counter() - start, 2)
             write(trial, record)
+
+    def _train(self, trial: optuna.Trial, record: TrialRecord, spec: NetworkSpec, seeds: list[int],
+               report: bool) -> None:
+        """Train ``seeds`` as one pack; their runs (the epochs done, also when stopped) go into the
+        record. With ``report``, each epoch's mean proxy score goes to the pruner."""
+        if not seeds:
+            return
+        single, proxy = len(self.config.directions) == 1, self.config.proxy
+        so_far: list[TrainResult] = []
+
+        def hook(epoch: int, results: list[TrainResult]) -> None:
+            so_far[:] = results
+            if report and single:
+                trial.report(statistics.fmean(proxy.of_run(RunRecord.of(s, r)) for s, r in zip(seeds, results)), epoch)
+                if trial.should_prune():
+                    record.reason = f"pruner stopped it after epoch {epoch + 1}"
+                    raise optuna.TrialPruned(record.reason)
+
+        try:
+            so_far[:] = train_seeds(spec, self.data, seeds, self.config.train, self.device, hook)
+        finally:
+            record.runs += [RunRecord.of(s, r) for s, r in zip(seeds, so_far) if r.history]
+
+    def _contender(self, trial: optuna.Trial, record: TrialRecord) -> bool:
+        """Racing over seeds: after its first seeds, does the candidate still deserve the rest?
+
+        It does unless the study measures its mean as worse than the incumbent's (the best mean
+        of the candidates that got every seed) by more than ``race`` standard errors:
+        ``gap > z * sigma * sqrt(1/k + 1/n)``, with ``sigma`` the study's pooled seed std of the
+        proxy score (candidates with 2+ seeds; 3 such candidates at least, else every candidate
+        goes on), k and n the two means' seeds. A paired test over seeds (Optuma's WilcoxonPruner)
+        cannot decide with so few: with 3 seeds the smallest two-sided Wilcoxon p is 0.25.
+        """
+        config, proxy = self.config, self.config.proxy
+        if config.race is None:
+            return True
+        groups = []
+        for t in candidates(trial.study):
+            theirs = read_trial(t)
+            groups.append((t.number, [proxy.of_run(r) for r in theirs.runs if r.epochs == config.train.epochs]))
+        sigma = pooled_seed_std([g for _, g in groups if len(g) > 1])
+        full = [(n, g) for n, g in groups if len(g) == config.proxy_seeds]
+        if sum(len(g) > 1 for _, g in groups) < 3 or not full or not math.isfinite(sigma):
+            return True
+        number, best = min(full, key=lambda item: proxy.rank_key(statistics.fmean(item[1])))
+        mine = [proxy.of_run(r) for r in record.runs]
+        gap = proxy.rank_key(statistics.fmean(mine)) - proxy.rank_key(statistics.fmean(best))
+        bound = config.race * sigma * math.sqrt(1 / len(mine) + 1 / len(best))
+        if gap > bound:
+            record.race = (f"{len(mine)} of {config.proxy_seeds} seeds: {proxy.label} worse than trial {number}'s by "
+                           f"{gap:.4g} > {config.race:g} x {sigma * math.sqrt(1 / len(mine) + 1 / len(best)):.4g}")
+            return False
+        return True

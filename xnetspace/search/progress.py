@@ -6,14 +6,17 @@ from __future__ import annotations
 import contextlib
 import statistics
 import threading
+from typing import Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from .confirmation import control_finished, open_confirm_study
+from .control import spent
 from .records import counts_as_job, is_live, read_job, read_trial
 from .score import Score
 from .space import human_count
-from .study import RunOptions, slot_state
+from .study import RunOptions, StudyConfig, slot_state
 
 __all__ = ["Monitor", "log", "trial_line", "POLL_SECONDS"]
 
@@ -29,24 +32,39 @@ def log(options: RunOptions, message: str) -> None:
 
 
 class Monitor:
-    """Progress of a study as its storage shows it: the trials' bar (N slots) and, once they are
-    done, the confirmation's bar (its queued, running and finished runs; the total grows as runs
-    that wait on others are planned), each with rate and ETA, and a line per finished trial and
-    per confirmed spec. ``confirm_study`` is a callable opening the ``NAME:confirm`` study (it is
-    opened only when the trials are done)."""
+    """Progress of a study as its storage shows it, phase by phase, each with its bar (rate and
+    ETA) and a line per finished item: the search's N trials; the random-search control's trials
+    (``control``, :mod:`.control`; its bar counts replica-epochs up to the search's); the
+    confirmation's jobs (the total grows as jobs that wait on others are planned), a line per
+    confirmed spec. Items finished before this run started are not announced again."""
 
-    def __init__(self, study: optuna.Study, options: RunOptions, score: Score, confirm_study=None):
+    def __init__(self, study: optuna.Study, options: RunOptions, config: StudyConfig,
+                 control: Optional[optuna.Study] = None):
+        self.study, self.options, self.config, self.control = study, options, config, control
+        self.cstudy = open_confirm_study(options, config.score)
+        self.phase = "trials"
+        self.seen: set[tuple[str, int]] = {(s.study_name, t.number) for s in (study, control) if s is not None
+                                           for t in s.get_trials(deepcopy=False) if t.state.is_finished()}
+        self.confirmed: set[str] = {label for label, jobs in _job_groups(self.cstudy).items()
+                                    if all(t.state.is_finished() for t in jobs)}
+        self.bar = self._bar(options.n_trials, "trials", "trial", slot_state(study, options.n_trials).done)
+
+    def _bar(self, total: int, desc: str, unit: str, initial: int):
         from tqdm import tqdm
 
-        self.study, self.options, self.score = study, options, score
-        self._confirm_study, self.cstudy = confirm_study, None
-        self.seen: set[int] = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-        self.confirming = False  # the bar counts confirmation runs
-        # Specs confirmed before this run are not announced again (a resumed study).
-        self.confirmed: set[str] = set() if confirm_study is None else {
-            label for label, jobs in _job_groups(confirm_study()).items() if all(t.state.is_finished() for t in jobs)}
-        self.bar = tqdm(total=options.n_trials, desc="trials", unit="trial", disable=not options.progress,
-                        initial=slot_state(study, options.n_trials).done, dynamic_ncols=True, mininterval=0)
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self.options.progress, initial=initial,
+                    dynamic_ncols=True, mininterval=0)
+
+    def _next_bar(self, total: int, desc: str, unit: str, initial: int) -> None:
+        self.bar.close()
+        self.bar = self._bar(total, desc, unit, initial)
+
+    def _advance(self, done: int, total: Optional[int] = None) -> None:
+        if total is not None and total != self.bar.total:
+            self.bar.total = total
+            self.bar.refresh()
+        if done != self.bar.n:  # redraw only on progress: logs get one bar line per item
+            self.bar.update(done - self.bar.n)
 
     def log(self, message: str) -> None:
         """A line above the bar (nothing when progress output is off)."""
@@ -54,47 +72,47 @@ class Monitor:
             self.bar.write(message)
 
     def poll(self) -> None:
-        if self.cstudy is None:
-            self._poll_trials()
-        if self.cstudy is not None:
+        if self.phase == "trials" and self._poll_trials(self.study, self.options.n_trials):
+            self.phase = "control" if self.control is not None else "confirmation"
+            if self.control is not None:
+                self._next_bar(spent(self.study), "random control", "epoch", spent(self.control))
+        if self.phase == "control":
+            self._poll_trials(self.control, None, prefix="random ")
+            self._advance(min(spent(self.control), self.bar.total))
+            if control_finished(self.control, self.study):
+                self.phase = "confirmation"
+        if self.phase in ("confirmation", "confirming"):
             self._poll_confirmation()
 
-    def _poll_trials(self) -> None:
+    def _poll_trials(self, study: optuna.Study, n_trials: Optional[int], prefix: str = "") -> bool:
+        """Announce finished trials; with ``n_trials``, advance the bar; True when N are done."""
         live = []
-        for trial in self.study.get_trials(deepcopy=False):
+        for trial in study.get_trials(deepcopy=False):
             if is_live(trial):
                 live.append(trial)
-                if trial.state.is_finished() and trial.number not in self.seen:
-                    self.seen.add(trial.number)
-                    self.log(trial_line(trial))
-        done = sum(t.state.is_finished() for t in live[:self.options.n_trials])
-        if done != self.bar.n:  # redraw only on progress: logs get one bar line per trial
-            self.bar.update(done - self.bar.n)
-        if done >= self.options.n_trials and self._confirm_study is not None:
-            self.cstudy = self._confirm_study()
+                if trial.state.is_finished() and (study.study_name, trial.number) not in self.seen:
+                    self.seen.add((study.study_name, trial.number))
+                    self.log(prefix + trial_line(trial))
+        if n_trials is None:
+            return False
+        done = sum(t.state.is_finished() for t in live[:n_trials])
+        self._advance(done)
+        return done >= n_trials
 
     def _poll_confirmation(self) -> None:
         groups = _job_groups(self.cstudy)
-        total = sum(len(runs) for runs in groups.values())
-        done = sum(t.state.is_finished() for runs in groups.values() for t in runs)
+        total = sum(len(jobs) for jobs in groups.values())
+        done = sum(t.state.is_finished() for jobs in groups.values() for t in jobs)
         if not total:
             return
-        if not self.confirming:
-            from tqdm import tqdm
-
-            self.confirming = True
-            self.bar.close()
-            self.bar = tqdm(total=total, desc="confirmation", unit="run", disable=not self.options.progress,
-                            initial=done, dynamic_ncols=True, mininterval=0)
-        if total != self.bar.total:
-            self.bar.total = total
-            self.bar.refresh()
-        for label, runs in groups.items():
-            if label not in self.confirmed and all(t.state.is_finished() for t in runs):
+        if self.phase != "confirming":
+            self.phase = "confirming"
+            self._next_bar(total, "confirmation", "job", done)
+        self._advance(done, total)
+        for label, jobs in groups.items():
+            if label not in self.confirmed and all(t.state.is_finished() for t in jobs):
                 self.confirmed.add(label)
-                self.log(confirmed_line(label, runs, self.score))
-        if done != self.bar.n:
-            self.bar.update(done - self.bar.n)
+                self.log(confirmed_line(label, jobs, self.config.score))
 
     @contextlib.contextmanager
     def running(self):

@@ -60,17 +60,25 @@ class _Record(BaseModel):
     worker: Optional[int] = None
     seconds: Optional[float] = None
     runs: list[RunRecord] = Field(default_factory=list)
+    zero_cost: dict[str, float] = Field(default_factory=dict)  # scores at initialisation (search/zero_cost.py)
 
     def run(self, seed: int) -> Optional[RunRecord]:
         """The finished run with ``seed`` (None if there is none)."""
         return next((r for r in self.runs if r.seed == seed), None)
 
+    def final(self, name: str) -> Optional[float]:
+        """Mean over the runs of their last epoch's ``top1`` or ``loss`` (None without a run)."""
+        values = [getattr(r, name)[-1] for r in self.runs if getattr(r, name)]
+        return math.fsum(values) / len(values) if values else None
+
 
 class TrialRecord(_Record):
-    """A search trial: its slot, the sampled spec and its cost, and its runs (one per seed).
+    """A search trial: its slot, the sampled spec and its cost, its zero-cost scores and its runs
+    (one per seed).
 
     ``rejected``: the sample was invalid or over budget and never trained (its slot went back to
-    the queue); ``duplicate_of``: the same spec as that earlier trial, whose result it took."""
+    the queue); ``duplicate_of``: the same spec as that earlier trial, whose result it took;
+    ``race``: why it got fewer seeds than the others."""
 
     slot: bool = False
     rejected: bool = False
@@ -81,6 +89,7 @@ class TrialRecord(_Record):
     params: Optional[int] = None
     latency_ms: Optional[float] = None
     duplicate_of: Optional[int] = None
+    race: Optional[str] = None  # why racing gave it fewer seeds than the study's proxy_seeds
 
     @property
     def top1_history(self) -> list[float]:
@@ -92,10 +101,6 @@ class TrialRecord(_Record):
         """Validation cross-entropy per epoch of the first run."""
         return self.runs[0].loss if self.runs else []
 
-    def final(self, name: str) -> Optional[float]:
-        """Mean over the runs of their last epoch's ``top1`` or ``loss`` (None without a run)."""
-        values = [getattr(r, name)[-1] for r in self.runs if getattr(r, name)]
-        return math.fsum(values) / len(values) if values else None
 
 
 class JobRecord(_Record):

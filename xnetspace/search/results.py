@@ -22,9 +22,11 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from ..spec import NetworkSpec
+from .plots import pyplot, save_figure
 from .progress import log
 from .records import read_trial
-from .score import LOSS, TOP1, Score
+from .score import LOSS, PROXIES, TOP1, Score
+from .zero_cost import ZERO_COST
 from .space import human_count
 from .study import RunOptions, StudyConfig, candidates
 
@@ -102,11 +104,13 @@ def report_lines(summary: Optional[dict], best: Optional[FrozenTrial], score: Sc
         noise = (summary or {}).get("noise", {}).get("proxy_seed_std")
         seeds = len((summary or {}).get("protocol", {}).get("seeds", []))
         record = read_trial(best)
+        runs = len(record.runs)
         return [f"best by proxy score: trial {best.number}, {human_count(record.flops)} FLOPs, "
-                f"{human_count(record.params)} params, {name} {fmt(best.values[0])} (one run; "
+                f"{human_count(record.params)} params, proxy {_num(best.values[0])} "
+                f"({runs} seed{'s' if runs != 1 else ''}; "
                 + (f"retrained with {seeds} other seeds its proxy {name} varies with std {fmt(noise)}: differences "
                    f"of that size between candidates are noise)" if noise is not None
-                   else "seed noise unknown: confirm it with --confirm-top K)")]
+                   else "confirm it with --confirm-top K)")]
     p = summary["protocol"]
     lines = [f"confirmation: {len(summary['candidates'])} candidates x {len(p['seeds'])} seeds, {p['epochs']} epochs, "
              f"scored by {name} ({score.unit}, {'higher' if score.maximize else 'lower'} is better) on the {p['split']} "
@@ -115,7 +119,7 @@ def report_lines(summary: Optional[dict], best: Optional[FrozenTrial], score: Sc
         lines.append(f"only {len(summary['candidates'])} completed candidates to confirm (--confirm-top {p['confirm_top']})")
 
     def row(entry: dict) -> str:
-        proxy = "-" if entry.get("proxy_score") is None else fmt(entry["proxy_score"])
+        proxy = "-" if entry.get("proxy_score") is None else _num(entry["proxy_score"])
         top1 = f"  top-1 {entry['confirm_top1']['mean']:.2f}" if "confirm_top1" in entry else ""
         return (f"{human_count(entry['flops']):>7s} FLOPs  {human_count(entry['params']):>7s} params  "
                 f"proxy {proxy:>7s}  confirmed {_ci(entry['confirm'], score)}{top1}")
@@ -141,19 +145,33 @@ def report_lines(summary: Optional[dict], best: Optional[FrozenTrial], score: Sc
     if leaders is not None:
         verdict = "distinguishable" if leaders["distinguishable"] else "NOT distinguishable (within seed noise)"
         lines.append(f"best minus runner-up: {_diff(leaders, score)}: {verdict}")
-    if summary["baseline"] is not None:
-        base, d = summary["baseline"], summary["difference"]
+    for base in summary.get("baselines", []):
+        d = base["difference"]
         lines.append(f"baseline {base['name']}: {human_count(base['flops'])} FLOPs, {human_count(base['params'])} params, "
                      f"{name} {_ci(base['confirm'], score)}")
         verdict = ("the winner is better" if score.improves(d["mean"]) else "the baseline is better") \
             if d["distinguishable"] else "not distinguishable"
-        lines.append(f"winner minus baseline: {_diff(d, score)}: {verdict}")
+        lines.append(f"  winner minus it: {_diff(d, score)}: {verdict}")
+    compute = summary.get("compute") or {}
+    if compute.get("control") is not None:
+        lines.append(f"proxy training spent: search {compute['search']}, random control {compute['control']} "
+                     f"replica-epochs")
     f = summary["fidelity"]
     if f["n"] >= 3 and not math.isnan(f["kendall_tau"]):
         lines.append(f"proxy fidelity over {f['n']} specs: Kendall tau {f['kendall_tau']:.2f} "
                      f"[{f['ci95']['kendall_tau'][0]:.2f}, {f['ci95']['kendall_tau'][1]:.2f}], Spearman rho "
                      f"{f['spearman_rho']:.2f} [{f['ci95']['spearman_rho'][0]:.2f}, {f['ci95']['spearman_rho'][1]:.2f}]")
+        c = f.get("ceiling") or {}
+        if c.get("kendall_tau") is not None and math.isfinite(c["kendall_tau"]):
+            lines.append(f"noise ceiling (Kendall tau between the means of two halves of the {c['seeds']} confirmation "
+                         f"seeds, over the same {c['n']} specs): {c['kendall_tau']:.2f} [{c['ci95'][0]:.2f}, "
+                         f"{c['ci95'][1]:.2f}]; the proxy reaches {100 * f['fraction_of_ceiling']:.0f}% of it")
     return lines
+
+
+def _num(value: float) -> str:
+    """A proxy score in 4 significant digits (cross-entropy, top-1, log10 synflow, params alike)."""
+    return f"{value:.4g}"
 
 
 def _ci(c: dict, score: Score = TOP1) -> str:
@@ -185,28 +203,41 @@ def _state(trial: FrozenTrial) -> str:
 
 
 def _write_trials_csv(study: optuna.Study, path: Path, summary: Optional[dict] = None) -> Path:
+    """One row per trial (surplus ones left out): state, reason, the proxy score and how many seeds
+    it is the mean of, the last epoch's validation top-1 and cross-entropy (means over seeds),
+    TSE, zero-cost scores, FLOPs, params, one column per proxy seed (its validation cross-entropy
+    and top-1), the confirmed mean/std/CI of confirmed candidates, and the knobs."""
     trials = [(t, read_trial(t)) for t in study.get_trials(deepcopy=False)]
     trials = [(t, r) for t, r in trials if not r.surplus]
     knobs = sorted({name for t, _ in trials for name in t.params})
+    seeds = sorted({run.seed for _, r in trials for run in r.runs})
     front = {t.number for t in pareto_front(study)} if len(study.directions) > 1 else set()
     confirmed = {c["trial"]: c["confirm"] for c in (summary or {}).get("candidates", [])}
-    fields = ["number", "state", "reason", "top1", "loss", "flops", "params", "latency_ms", "seconds", "epochs",
-              "rejected_samples", "duplicate_of", "pareto", "spec_digest", "confirm_mean", "confirm_std",
-              "confirm_ci95_lo", "confirm_ci95_hi", "confirm_n", *knobs]
+    tse = PROXIES["tse"]
+    fields = ["number", "state", "reason", "top1", "loss", "proxy", "n_seeds", "tse", *ZERO_COST, "flops", "params",
+              "latency_ms", "seconds", "epochs", "rejected_samples", "duplicate_of", "race", "pareto", "spec_digest",
+              *[f"{kind}_seed{s}" for s in seeds for kind in ("loss", "top1")],
+              "confirm_mean", "confirm_std", "confirm_ci95_lo", "confirm_ci95_hi", "confirm_n", *knobs]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for t, r in trials:
-            top1, loss = r.final("top1"), r.final("loss")
+            top1, loss, tse_value = r.final("top1"), r.final("loss"), tse.of(r)
             writer.writerow({
                 "number": t.number, "state": _state(t), "reason": r.reason or "",
-                "top1": f"{top1:.4f}" if top1 is not None else (f"{t.values[0]:.4f}" if t.values else ""),
+                "proxy": f"{t.values[0]:.6g}" if t.values else "", "n_seeds": len(r.runs) or "",
+                "top1": f"{top1:.4f}" if top1 is not None else "",
                 "loss": f"{loss:.6f}" if loss is not None else "",
+                "tse": f"{tse_value:.6f}" if tse_value is not None else "",
+                **{name: f"{r.zero_cost[name]:.6g}" if name in r.zero_cost else "" for name in ZERO_COST},
                 "flops": _blank(r.flops), "params": _blank(r.params),
                 "latency_ms": f"{r.latency_ms:.3f}" if r.latency_ms is not None else "",
                 "seconds": _blank(r.seconds), "epochs": len(r.top1_history) or "",
                 "rejected_samples": r.rejected_samples if r.spec else "", "duplicate_of": _blank(r.duplicate_of),
-                "pareto": int(t.number in front) if front else "", "spec_digest": r.spec_digest or "",
+                "race": r.race or "", "pareto": int(t.number in front) if front else "",
+                "spec_digest": r.spec_digest or "",
+                **{f"{kind}_seed{run.seed}": f"{getattr(run, kind)[-1]:.6f}" for run in r.runs
+                   for kind in ("loss", "top1") if getattr(run, kind)},
                 **_confirm_columns(confirmed.get(t.number)),
                 **{k: t.params.get(k, "") for k in knobs},
             })
@@ -229,7 +260,7 @@ def _confirm_columns(confirm: Optional[dict]) -> dict:
 def _plot_fidelity(summary: dict, path: Path) -> Path:
     """Proxy score against confirmed mean (95% CI bars): the confirmed candidates (labelled by
     trial) and the random fidelity sample, the specs the rank correlation is computed over."""
-    plt = _pyplot()
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     score = LOSS if summary.get("score", {}).get("name") == "loss" else TOP1
@@ -249,11 +280,11 @@ def _plot_fidelity(summary: dict, path: Path) -> Path:
            ylabel=f"confirmed {score.label} ({score.unit}), {p['split']} split",
            title=f"proxy fidelity: Kendall tau {f['kendall_tau']:.2f}, Spearman rho {f['spearman_rho']:.2f} (n={f['n']})")
     ax.legend(loc="best", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_history(study: optuna.Study, score: Score, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     done = [t for t in study.get_trials(deepcopy=False) if read_trial(t).runs and not read_trial(t).rejected]
@@ -270,11 +301,11 @@ def _plot_history(study: optuna.Study, score: Score, path: Path) -> Path:
     ax.step(xs, ys, where="post", color="C3", label="best so far")
     ax.set(xlabel="trial", ylabel=f"validation {score.label} ({score.unit})", title=f"study '{study.study_name}'")
     ax.legend(loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_pareto(study: optuna.Study, config, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
 
     trials, front = candidates(study), sorted(pareto_front(study), key=lambda t: t.values[1])
     scale, unit = (1e6, "MFLOPs") if config.objective == "top1-flops" else (1.0, "latency (ms)")
@@ -283,21 +314,4 @@ def _plot_pareto(study: optuna.Study, config, path: Path) -> Path:
     ax.plot([t.values[1] / scale for t in front], [t.values[0] for t in front], "o-", color="C3", label="Pareto front")
     ax.set(xlabel=unit, ylabel="validation top-1 (%)", title=f"study '{study.study_name}': top-1 vs {unit}")
     ax.legend(loc="lower right")
-    return _save(fig, path)
-
-
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (studies run on machines without a display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
-    return path
+    return save_figure(fig, path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import optuna
 
 from .confirmation import baseline_spec, check_options, open_confirm_study, summarize
+from .control import open_control_study
 from .data import load_dataset
 from .join import record_dataset, worker_command
 from .progress import Monitor, log
@@ -36,8 +37,9 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
     data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
     check = config.space.check(num_classes=data.num_classes, in_chans=data.in_chans)
     check_options(options)
-    if options.baseline and not options.baseline.startswith("random:"):  # refused before anything trains
-        baseline_spec(options.baseline, config.space, data.num_classes, data.in_chans)
+    for name in options.baselines:  # a preset no scaling fits the budget is refused before anything trains
+        if not name.startswith("random:"):
+            baseline_spec(name, config.space, data.num_classes, data.in_chans)
     study = open_study(config, options)
     top_up_slots(study, options.n_trials, SLOTS_AHEAD * len(options.devices) * options.workers)
     store_run_options(study, options)  # what joining workers read (join.read_study)
@@ -48,7 +50,8 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
                   f"study '{options.study_name}' in {options.storage_url}: "
                   f"{slot_state(study, options.n_trials).done} of {options.n_trials} trials done")
 
-    monitor = Monitor(study, options, config.score, lambda: open_confirm_study(options, config.score))
+    control = open_control_study(config, options) if "random:auto" in options.baselines else None
+    monitor = Monitor(study, options, config, control)
     lost = []
     try:
         if len(options.devices) * options.workers == 1:
@@ -58,7 +61,7 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
             lost = run_processes(config, options, monitor)
     finally:
         monitor.close()
-        summary = summarize(study, open_confirm_study(options, config.score), config, options, data)
+        summary = summarize(study, open_confirm_study(options, config.score), config, options, data, control)
         outcome = write_results(study, config, options, summary)
     check_lost(lost, study, options, config.score)
     return outcome

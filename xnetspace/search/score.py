@@ -1,17 +1,25 @@
-"""The score a study ranks candidates by: validation top-1 or validation cross-entropy.
+"""Scores: what a confirmation measures (:class:`Score`) and what a search ranks by (:class:`Proxy`).
 
-Top-1 on a small split moves in steps of one image and saturates when every candidate is nearly
-right; the mean cross-entropy (negative log-likelihood of the true class, in nats, without label
-smoothing) is continuous and still ranks networks that classify the same images correctly by how
-confidently they do it. Which one lets a study tell architectures apart is measured: README,
-"Search" (issue 8).
+A study's *score* is what its confirmation runs measure on the held-out split: validation
+cross-entropy (``LOSS``, nats, lower is better) or top-1 (``TOP1``, percent). Top-1 on a small
+split moves in steps of one image and saturates when every candidate is nearly right; the mean
+cross-entropy (negative log-likelihood of the true class, without label smoothing) is continuous
+and still ranks networks that classify the same images correctly by how confidently they do it.
+
+A study's *proxy* is what its search ranks candidates by, cheaper than a confirmation: the
+validation cross-entropy or top-1 after the proxy recipe (mean over the candidate's seeds), the
+training-speed estimate (TSE: Ru et al., NeurIPS 2021, the sum over epochs of the mean training
+loss), a zero-cost score at initialisation (:mod:`.zero_cost`), or params / FLOPs (the baselines
+any proxy must beat). How well each ranks what the confirmation measures is measured by the
+fidelity study (:mod:`.fidelity`; docs/fidelity.md).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Optional
 
-__all__ = ["Score", "TOP1", "LOSS", "score_of"]
+__all__ = ["Score", "TOP1", "LOSS", "score_of", "Proxy", "PROXIES", "proxy_of"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,62 @@ LOSS = Score("loss", "cross-entropy", "nats", maximize=False, digits=4)
 
 
 def score_of(objective: str) -> Score:
-    """The score behind a study objective: ``loss`` ranks by cross-entropy; ``top1`` and the
-    two-objective ``top1-flops``/``top1-latency`` by top-1."""
-    return LOSS if objective == "loss" else TOP1
+    """The score a study of ``objective`` confirms by: top-1 for ``top1`` and the two-objective
+    ``top1-flops``/``top1-latency``; cross-entropy for every other objective."""
+    return TOP1 if objective.startswith("top1") else LOSS
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """A score a search can rank candidates by, read from a trial's record
+    (:class:`~xnetspace.search.records.TrialRecord`, or a confirmation job's).
+
+    ``maximize``: a higher value predicts a better network; ``trains``: it needs proxy training
+    (else it is known at initialisation or from the spec alone).
+    """
+
+    name: str
+    label: str
+    maximize: bool
+    trains: bool
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.maximize else "minimize"
+
+    def rank_key(self, value: float) -> float:
+        return -value if self.maximize else value
+
+    def of_run(self, run) -> float:
+        """The proxy's value of one run (one seed); only for proxies that train."""
+        if self.name == "tse":
+            return math.fsum(run.train_loss)
+        return (run.top1 if self.name == "top1" else run.loss)[-1]
+
+    def of(self, record: Any) -> Optional[float]:
+        """The proxy's value of a trial: the mean over its runs for a trained proxy, the stored
+        zero-cost score, or its params / FLOPs; None when the record lacks it."""
+        if self.trains:
+            values = [self.of_run(r) for r in record.runs if r.top1]
+            return math.fsum(values) / len(values) if values else None
+        if self.name in ("params", "flops"):
+            value = getattr(record, self.name, None)
+            return None if value is None else float(value)
+        return record.zero_cost.get(self.name)
+
+
+PROXIES = {p.name: p for p in (
+    Proxy("loss", "validation cross-entropy", maximize=False, trains=True),
+    Proxy("top1", "validation top-1", maximize=True, trains=True),
+    Proxy("tse", "training-speed estimate (TSE)", maximize=False, trains=True),
+    Proxy("synflow", "synflow at initialisation (log10)", maximize=True, trains=False),
+    Proxy("naswot", "NASWOT at initialisation", maximize=True, trains=False),
+    Proxy("grad_norm", "grad_norm at initialisation", maximize=True, trains=False),
+    Proxy("params", "parameter count", maximize=True, trains=False),
+    Proxy("flops", "FLOPs", maximize=True, trains=False),
+)}
+
+
+def proxy_of(objective: str) -> Proxy:
+    """The proxy a study of ``objective`` ranks by (top-1 for the two-objective studies)."""
+    return PROXIES["top1" if objective.startswith("top1") else objective]

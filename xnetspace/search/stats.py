@@ -14,6 +14,7 @@ into ``summary.json`` as they are. Intervals are two-sided 95%:
 """
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from typing import Sequence
@@ -21,7 +22,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["seed_summary", "mean_difference", "pooled_seed_std", "separation", "rank_fidelity"]
+__all__ = ["seed_summary", "mean_difference", "pooled_seed_std", "separation", "rank_fidelity", "noise_ceiling",
+           "precision_at_k"]
 
 
 def seed_summary(scores: Sequence[float]) -> dict:
@@ -127,3 +129,67 @@ def rank_fidelity(proxy: Sequence[float], confirmed: Sequence[float], seed: int 
         values = values[np.isfinite(values)]
         ci[name] = [float(v) for v in np.percentile(values, [2.5, 97.5])] if len(values) else nan2
     return {"kendall_tau": tau, "spearman_rho": rho, "n": n, "ci95": ci}
+
+
+def _kendall(x: np.ndarray, y: np.ndarray) -> float:
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(stats.kendalltau(x, y).statistic)
+
+
+def _halves(k: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Every unordered pair of disjoint halves of ``k`` seed positions (``k // 2`` each; with
+    ``k`` odd one seed is left out of each pair)."""
+    h, pairs = k // 2, set()
+    for a in itertools.combinations(range(k), h):
+        rest = [i for i in range(k) if i not in a]
+        for b in itertools.combinations(rest, h):
+            pairs.add(tuple(sorted((a, b))))
+    return sorted(pairs)
+
+
+def noise_ceiling(scores: Sequence[Sequence[float]], seed: int = 0, resamples: int = 1000) -> dict:
+    """The noise ceiling of a rank correlation with these specs' confirmed scores: Kendall tau
+    between the means of two disjoint halves of each spec's seeds (one row of ``scores`` per
+    spec, one column per seed, the same seeds for every spec), averaged over every way of halving
+    the seeds. No score, however good, ranks the specs' means better than one half of their own
+    seeds ranks them against the other half, up to the extra seeds in a full mean.
+
+    Returns ``{kendall_tau, ci95: [lo, hi], n, seeds, splits}``: the interval is a percentile
+    bootstrap over specs (each resample recomputes the averaged tau); nan with fewer than 3 specs
+    or 2 seeds (rows with other lengths than the commonest are left out).
+    """
+    rows = [list(r) for r in scores]
+    k = max((len(r) for r in rows), key=lambda n: sum(len(r) == n for r in rows), default=0)
+    m = np.array([r for r in rows if len(r) == k], dtype=float)
+    out = {"kendall_tau": math.nan, "ci95": [math.nan, math.nan], "n": len(m), "seeds": k, "splits": 0}
+    if len(m) < 3 or k < 2:
+        return out
+    splits = _halves(k)
+    means = [(m[:, list(a)].mean(axis=1), m[:, list(b)].mean(axis=1)) for a, b in splits]
+
+    def averaged(index: np.ndarray) -> float:
+        values = [_kendall(a[index], b[index]) for a, b in means]
+        values = [v for v in values if math.isfinite(v)]
+        return float(np.mean(values)) if values else math.nan
+
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        boot = np.array([averaged(rng.integers(0, len(m), size=len(m))) for _ in range(resamples)])
+    boot = boot[np.isfinite(boot)]
+    out.update(kendall_tau=averaged(np.arange(len(m))), splits=len(splits),
+               ci95=[float(v) for v in np.percentile(boot, [2.5, 97.5])] if len(boot) else [math.nan, math.nan])
+    return out
+
+
+def precision_at_k(predicted: Sequence[float], actual: Sequence[float], k: int = 5, maximize: bool = False) -> float:
+    """Of the ``k`` specs ranked best by ``predicted``, the fraction that are among the ``k`` best
+    by ``actual`` (both ranked in the direction ``maximize``); nan with fewer than ``k`` specs."""
+    p, a = np.asarray(predicted, dtype=float), np.asarray(actual, dtype=float)
+    if len(p) < k:
+        return math.nan
+    sign = -1.0 if maximize else 1.0
+    top_p = set(np.argsort(sign * p, kind="stable")[:k])
+    top_a = set(np.argsort(sign * a, kind="stable")[:k])
+    return len(top_p & top_a) / k

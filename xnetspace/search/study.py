@@ -18,21 +18,21 @@ from typing import ClassVar, Literal, Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..spec import preset_names
 from .errors import SearchError
 from .records import is_candidate, is_live, slot_attrs
-from .score import Score, score_of
+from .score import Proxy, Score, proxy_of, score_of
 from .space import SearchSpace
 from .storage import connect_storage
 from .train import TrainConfig
 
 __all__ = ["StudyConfig", "RunOptions", "usable_cores", "MAX_AUTO_CPU_WORKERS", "SearchError", "ObjectiveName", "open_study", "live_slots",
-           "candidates", "top_up_slots", "SlotState", "slot_state", "store_run_options", "stored_settings"]
+           "candidates", "top_up_slots", "SlotState", "slot_state", "store_run_options", "stored_settings",
+           "make_sampler", "make_pruner"]
 
-ObjectiveName = Literal["top1", "loss", "top1-flops", "top1-latency"]
-_DIRECTIONS = {"top1": ["maximize"], "loss": ["minimize"], "top1-flops": ["maximize", "minimize"],
-               "top1-latency": ["maximize", "minimize"]}
+ObjectiveName = Literal["loss", "top1", "tse", "synflow", "naswot", "grad_norm", "top1-flops", "top1-latency"]
 _CONFIG_ATTR = "xnetspace_config"
 _RUN_ATTR = "xnetspace_run"
 
@@ -46,15 +46,38 @@ class StudyConfig(BaseModel):
     dataset: str = "digits"
     objective: ObjectiveName = "loss"
     train: TrainConfig = Field(default_factory=TrainConfig)
+    proxy_seeds: int = Field(1, ge=1, le=64, description="seeds a candidate is trained with at most (its score "
+                                                          "is the mean over them)")
+    race: Optional[float] = Field(None, gt=0, description="z: a candidate whose mean after its first seeds is worse "
+                                                          "than the incumbent's by more than z standard errors "
+                                                          "gets no more seeds (None: every candidate gets all)")
 
     @property
     def directions(self) -> list[str]:
-        return _DIRECTIONS[self.objective]
+        if self.objective in ("top1-flops", "top1-latency"):
+            return ["maximize", "minimize"]
+        return [self.proxy.direction]
 
     @property
     def score(self) -> Score:
-        """The score candidates are ranked and confirmed by (the first objective)."""
+        """The score confirmation runs measure (cross-entropy, or top-1 for top-1 objectives)."""
         return score_of(self.objective)
+
+    @property
+    def proxy(self) -> Proxy:
+        """The score the search ranks candidates by (:mod:`.score`)."""
+        return proxy_of(self.objective)
+
+    @property
+    def proxy_seed_list(self) -> tuple[int, ...]:
+        """The seeds of a candidate's proxy runs: ``train.seed``, ``train.seed + 1``, ... (the first
+        :attr:`first_seeds` of them trained first, as one pack)."""
+        return tuple(self.train.seed + k for k in range(self.proxy_seeds))
+
+    @property
+    def first_seeds(self) -> int:
+        """Seeds every candidate gets before racing decides on the rest: half of them, at least one."""
+        return max(1, self.proxy_seeds // 2)
 
 
 class RunOptions(BaseModel):
@@ -72,7 +95,10 @@ class RunOptions(BaseModel):
     timeout: Optional[float] = Field(None, gt=0, description="seconds after which no new trial starts")
     devices: list[str] = Field(default_factory=lambda: ["cpu"])
     heartbeat: int = Field(10, ge=1, description="heartbeat interval in seconds (grace: 3 intervals)")
-    baseline: Optional[str] = Field(None, description="a preset scaled to the budget, or random:N")
+    baseline: Optional[str] = Field(None, description="comma-separated controls confirmed beside the winner: a preset "
+                                                       "scaled to the budget, random:auto (random search at equal "
+                                                       "compute), random:N (the best of N random specs) or none; "
+                                                       "default random:auto when confirmation is on")
     confirm_top: int = Field(5, ge=0, description="candidates retrained after the search (0: none)")
     confirm_seeds: int = Field(3, ge=1, description="seeds per confirmed candidate")
     confirm_epochs: Optional[int] = Field(None, ge=1, description="confirmation epochs (default: 2x the proxy's)")
@@ -101,6 +127,32 @@ class RunOptions(BaseModel):
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
 
+    @field_validator("baseline")
+    @classmethod
+    def _known_baselines(cls, value: Optional[str]) -> Optional[str]:
+        for name in _split(value):
+            kind, _, count = name.partition(":")
+            if name in ("none", "random:auto") or name in preset_names() or (
+                    kind == "random" and count.isdigit() and int(count) >= 1):
+                continue
+            raise ValueError(f"--baseline {name!r} is neither a preset ({', '.join(preset_names())}), random:auto (random search "
+                             f"at equal compute), random:N (the best of N random in-budget specs, e.g. random:8) "
+                             f"nor none")
+        return value
+
+    @property
+    def baselines(self) -> list[str]:
+        """The controls confirmed beside the winner, in the order given (the first is the summary's
+        ``baseline``): ``--baseline`` as given; by default random search at equal compute
+        (``random:auto``) when candidates are confirmed, none otherwise."""
+        if self.baseline is None:
+            return ["random:auto"] if self.confirm_top else []
+        return [name for name in _split(self.baseline) if name != "none"]
+
+
+def _split(value: Optional[str]) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
 
 # -- the study ---------------------------------------------------------------------------------------
 def open_study(config: StudyConfig, options: RunOptions, worker: int = 0) -> optuna.Study:
@@ -113,10 +165,15 @@ def open_study(config: StudyConfig, options: RunOptions, worker: int = 0) -> opt
     storage = connect_storage(options.storage_url, options.heartbeat)
     study = optuna.create_study(
         storage=storage, study_name=options.study_name, directions=config.directions, load_if_exists=True,
-        sampler=_sampler(config, options, worker), pruner=_pruner(config, options),
+        sampler=make_sampler(config, options, worker), pruner=make_pruner(config, options),
     )
     stored = study.user_attrs.get(_CONFIG_ATTR)
     mine = config.model_dump(mode="json")
+    if stored is not None:
+        try:  # fields added since the study was made take their defaults, as when it was made
+            stored = StudyConfig.model_validate(stored).model_dump(mode="json")
+        except ValidationError:
+            pass  # compared as stored: it differs
     if stored is None:
         study.set_user_attr(_CONFIG_ATTR, mine)
     elif stored != mine:
@@ -138,7 +195,9 @@ def stored_settings(study: optuna.Study) -> tuple[Optional[StudyConfig], dict]:
     return (StudyConfig.model_validate(config) if config is not None else None), dict(study.user_attrs.get(_RUN_ATTR, {}))
 
 
-def _sampler(config: StudyConfig, options: RunOptions, worker: int) -> optuna.samplers.BaseSampler:
+def make_sampler(config: StudyConfig, options: RunOptions, worker: int) -> optuna.samplers.BaseSampler:
+    """``options.sampler`` seeded for worker ``worker`` (workers of one study draw different
+    sequences): TPE (multivariate), random, QMC or NSGA-II."""
     seed = options.seed + 1000 * worker  # workers must not propose the same sequence
     if options.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(2, options.n_trials // 3)))
@@ -149,7 +208,9 @@ def _sampler(config: StudyConfig, options: RunOptions, worker: int) -> optuna.sa
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, options.n_trials // 4)))
 
 
-def _pruner(config: StudyConfig, options: RunOptions) -> optuna.pruners.BasePruner:
+def make_pruner(config: StudyConfig, options: RunOptions) -> optuna.pruners.BasePruner:
+    """``options.pruner`` (median: Optuna's MedianPruner after 5 trials and 1 epoch; hyperband over
+    the proxy's epochs); none for two-objective studies, which Optuna cannot prune."""
     if len(config.directions) > 1 or options.pruner == "none":
         return optuna.pruners.NopPruner()  # multi-objective studies cannot prune
     if options.pruner == "hyperband":

@@ -20,19 +20,21 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
 from ..network import TRAIN_FORMS, build_model
+from ..pack import Pack
 from ..spec import Float, Int, NetworkSpec
 from .batches import AUGMENTS, Batches, TensorBatches, batches  # noqa: F401 - TensorBatches, Batches: re-exported
 
-__all__ = ["TrainConfig", "TrainResult", "Diverged", "TimeLimitExceeded", "train_candidate", "evaluate"]
+__all__ = ["TrainConfig", "TrainResult", "Diverged", "TimeLimitExceeded", "train_candidate", "train_seeds", "evaluate",
+           "evaluate_pack", "autocast_dtype"]
 
 
 class TrainConfig(BaseModel):
@@ -56,6 +58,10 @@ class TrainConfig(BaseModel):
     augment: Literal[AUGMENTS] = Field(
         "none", description="augmentation of the training batches, drawn on the device from the seed's own generator "
                             "(xnetspace/search/batches.py; validation never augments)")
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="bfloat16: the forward under bf16 autocast; auto: bfloat16 on CUDA, float32 elsewhere")
+    channels_last: Optional[bool] = Field(
+        None, description="channels_last memory for the network and a lone run's batches (None: on CUDA only)")
 
 
 class Diverged(RuntimeError):
@@ -94,7 +100,8 @@ class TrainResult:
         return math.fsum(self.train_loss_history)
 
 
-def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader, device: torch.device, config: Optional[TrainConfig] = None
+             ) -> tuple[float, float]:
     """``(top-1 in percent, mean cross-entropy in nats)`` of ``model`` (eval mode) over ``loader``
     (a DataLoader, :class:`TensorBatches`, or any iterable of ``(images, labels)`` batches). The
     cross-entropy is the plain negative log-likelihood of the true class, without the label
@@ -104,7 +111,7 @@ def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, flo
     with torch.inference_mode():
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device)
-            with _autocast(device):
+            with _autocast(device, config):
                 logits = model(x)
             correct += int((logits.argmax(dim=-1) == y).sum())
             nll += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
@@ -119,7 +126,8 @@ def train_candidate(
     device: str | torch.device = "cpu",
     report: Optional[Callable[[int, TrainResult], None]] = None,
 ) -> TrainResult:
-    """Train ``spec`` from scratch on ``data.train`` and validate each epoch on ``data.val``.
+    """Train ``spec`` from scratch on ``data.train`` with ``config.seed`` and validate each epoch
+    on ``data.val`` (:func:`train_seeds` with one seed).
 
     Args:
         spec: the network; its ``num_classes``/``in_chans`` are set to the dataset's.
@@ -131,71 +139,163 @@ def train_candidate(
         ValueError: ``batch_size`` larger than the training set.
         torch.OutOfMemoryError: on a device that ran out of memory.
     """
+    hook = None if report is None else (lambda epoch, results: report(epoch, results[0]))
+    return train_seeds(spec, data, [config.seed], config, device, hook)[0]
+
+
+def train_seeds(
+    spec: NetworkSpec,
+    data,  # xnetspace.search.data.DataSplit
+    seeds: Sequence[int],
+    config: TrainConfig = TrainConfig(),
+    device: str | torch.device = "cpu",
+    report: Optional[Callable[[int, list[TrainResult]], None]] = None,
+    pack: bool = True,
+) -> list[TrainResult]:
+    """Train ``spec`` once per seed, all at once as one :class:`~xnetspace.pack.Pack` (or one after
+    another with ``pack=False``), and validate each epoch on ``data.val``; one result per seed.
+
+    Each seed's run is the run that seed makes alone (``config`` with ``seed`` replaced): the same
+    initialisation (``torch.manual_seed(seed)`` before building), the same batches and
+    augmentations (its own generators, :mod:`.batches`), its own BatchNorm statistics and AdamW
+    state; the same schedule. A pack's loss is the sum of the replicas' mean losses, so each
+    replica gets its own gradients (``tests/test_train_seeds.py`` checks the histories against
+    separate runs). ``seconds`` of each result is the wall time of the whole pack. A pack trains
+    in float32 and contiguous memory whatever ``precision`` and ``channels_last`` say: under
+    ``vmap`` autocast reaches some operators and not others (convolutions stay float32, matmuls
+    turn bf16), which mixes dtypes; so on CUDA a seed trained alone (bf16 by default) and the same
+    seed in a pack differ by bf16 rounding.
+
+    Args:
+        report: called as ``report(epoch, results)`` after every epoch with every seed's result
+            so far (a pruner hook: it may raise ``optuna.TrialPruned`` to stop).
+
+    Raises:
+        Diverged: a NaN/inf loss in any seed's run. TimeLimitExceeded: past ``config.time_limit``.
+        ValueError: no seeds, repeated seeds, or a ``batch_size`` larger than the training set.
+        torch.OutOfMemoryError: on a device that ran out of memory.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"train_seeds needs distinct seeds, got {seeds}")
+    if not pack and len(seeds) > 1:
+        results: list[TrainResult] = []
+        for seed in seeds:
+            done = results.copy()
+            hook = None if report is None else (lambda epoch, mine: report(epoch, done + mine))
+            results += train_seeds(spec, data, [seed], config, device, hook)
+        return results
     start = time.perf_counter()
     device = torch.device(device)
-    torch.manual_seed(config.seed)
-    model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans).to(device)
-    model.set_train_form(config.train_form)
-    layout = training_memory_format(device)
-    model = model.to(memory_format=layout)
-    gen = torch.Generator().manual_seed(config.seed)
-    train_batches = batches(data.train, config.batch_size, device, shuffle=True, drop_last=True, generator=gen,
-                            num_workers=config.num_workers, memory_format=layout, augment=config.augment,
-                            seed=config.seed)
+    packed = len(seeds) > 1
+    # A pack stacks the replicas' tensors and batches into (S, ...): contiguous, whatever the device.
+    layout = torch.contiguous_format if packed else training_memory_format(device, config)
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans).to(device)
+        models.append(model.set_train_form(config.train_form).to(memory_format=layout))
+    net = Pack(models) if packed else models[0]
+    train_batches = [batches(data.train, config.batch_size, device, shuffle=True, drop_last=True,
+                             generator=torch.Generator().manual_seed(seed), num_workers=config.num_workers,
+                             memory_format=layout, augment=config.augment, seed=seed) for seed in seeds]
     val_batches = batches(data.val, max(config.batch_size, _EVAL_BATCH), device, num_workers=config.num_workers,
                           memory_format=layout)
-    if len(train_batches) == 0:
+    steps = len(train_batches[0])
+    if steps == 0:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train)} training images")
 
-    optimizer = adamw(model, config.lr, config.weight_decay, config.train_form)
+    optimizer = adamw(net, config.lr, config.weight_decay, config.train_form, models[0] if packed else None)
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=config.epochs,
                                        warmup_epochs=config.warmup_epochs, step_on_epochs=False,
-                                       updates_per_epoch=len(train_batches))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    result, updates = TrainResult(), 0
+                                       updates_per_epoch=steps)
+    results, updates = [TrainResult() for _ in seeds], 0
     for epoch in range(config.epochs):
-        model.train()
-        for x, y in train_batches:
+        net.train()
+        epoch_batches = [iter(b) for b in train_batches]
+        for _ in range(steps):
+            pairs = [next(it) for it in epoch_batches]
+            x = pairs[0][0] if not packed else torch.stack([x for x, _ in pairs])
+            y = pairs[0][1] if not packed else torch.stack([y for _, y in pairs])
             x, y = _to(x, device, layout), y.to(device)
-            with _autocast(device):
-                loss = loss_fn(model(x), y)
-            result.losses.append(loss.item())
-            if not math.isfinite(result.losses[-1]):
-                raise Diverged(f"loss became {result.losses[-1]} at epoch {epoch + 1}, update {updates + 1}")
+            with _autocast(device, None if packed else config):  # packs train in float32 (see below)
+                logits = net(x)  # (B, classes), or (S, B, classes) for a pack
+                losses = nn.functional.cross_entropy(logits.flatten(0, -2).float(), y.flatten(), reduction="none",
+                                                     label_smoothing=config.label_smoothing).view(len(seeds), -1).mean(1)
+            values = losses.tolist()
+            for result, seed, value in zip(results, seeds, values):
+                result.losses.append(value)
+                if not math.isfinite(value):
+                    where = f" (seed {seed})" if packed else ""
+                    raise Diverged(f"loss became {value}{where} at epoch {epoch + 1}, update {updates + 1}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.sum().backward()
             optimizer.step()
             updates += 1
             scheduler.step_update(num_updates=updates)
             if config.time_limit and time.perf_counter() - start > config.time_limit:
                 raise TimeLimitExceeded(f"past the {config.time_limit:g} s time limit in epoch {epoch + 1}")
+        for it in epoch_batches:  # run each iterator to its end: an epoch's last draws are part of its seed's stream
+            for _ in it:
+                raise AssertionError("the seeds' training sets differ in length")
         scheduler.step(epoch + 1)
-        epoch_losses = result.losses[-len(train_batches):]
-        result.train_loss_history.append(math.fsum(epoch_losses) / len(epoch_losses))
-        top1, val_loss = evaluate(model, val_batches, device)
-        result.history.append(top1)
-        result.loss_history.append(val_loss)
-        result.seconds = time.perf_counter() - start
+        scores = evaluate_pack(net, val_batches, device) if packed else [evaluate(net, val_batches, device, config)]
+        for result, (top1, val_loss) in zip(results, scores):
+            epoch_losses = result.losses[-steps:]
+            result.train_loss_history.append(math.fsum(epoch_losses) / len(epoch_losses))
+            result.history.append(top1)
+            result.loss_history.append(val_loss)
+            result.seconds = time.perf_counter() - start
         if report is not None:
-            report(epoch, result)
-    return result
+            report(epoch, results)
+    return results
 
 
-def adamw(model: nn.Module, lr: float, weight_decay: float, train_form: str) -> torch.optim.Optimizer:
+def adamw(model, lr: float, weight_decay: float, train_form: str, like: Optional[nn.Module] = None
+          ) -> torch.optim.Optimizer:
     """timm's AdamW (no weight decay on biases and norms); for the fast form torch's fused kernel,
-    one pass over all parameters instead of a dozen small ops per parameter (the same update)."""
-    return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=weight_decay,
-                               **(dict(fused=True) if train_form == "fast" else {}))
+    one pass over all parameters instead of a dozen small ops per parameter (the same update).
+
+    ``model`` is a network, or a :class:`~xnetspace.pack.Pack` with ``like`` one of its replicas:
+    the pack's stacked parameters then get the groups timm gives the replica's (AdamW is
+    element-wise, so on the stacked tensors it is each replica's own optimizer)."""
+    fused = dict(fused=True) if train_form == "fast" else {}
+    if like is None:
+        return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=weight_decay, **fused)
+    names = {id(p): name for name, p in like.named_parameters()}
+    groups = [{**group, "params": [model.params[names[id(p)]] for p in group["params"]]}
+              for group in param_groups_weight_decay(like, weight_decay)]
+    return create_optimizer_v2(groups, opt="adamw", lr=lr, weight_decay=weight_decay, **fused)
 
 
 _EVAL_BATCH = 1024  # evaluation keeps no activations: large batches, few calls
 
 
-def training_memory_format(device: torch.device) -> torch.memory_format:
-    """The memory format proxy training uses: channels_last on CUDA (cuDNN's fast layout under
-    bf16); contiguous NCHW on the CPU, where the fast form's matmul paths for small maps need it
-    (with channels_last the fast form measured about 15% slower on tiny_cpu candidates)."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+def evaluate_pack(pack: Pack, loader, device: torch.device) -> list[tuple[float, float]]:
+    """:func:`evaluate` for every replica of ``pack`` at once (in float32): ``[(top-1 %,
+    cross-entropy), ...]``, one pair per replica, on the same images."""
+    pack.eval()
+    correct, nll, total = torch.zeros(pack.size, dtype=torch.long), torch.zeros(pack.size, dtype=torch.float64), 0
+    with torch.inference_mode():
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device)
+            logits = pack(x).float()  # (S, b, classes)
+            correct += (logits.argmax(dim=-1) == y).sum(dim=1).cpu()
+            nll += nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(pack.size), reduction="none"
+                                               ).view(pack.size, -1).sum(dim=1).double().cpu()
+            total += len(y)
+    return [(100.0 * int(c) / total, float(n) / total) for c, n in zip(correct, nll)]
+
+
+def training_memory_format(device: torch.device, config: Optional[TrainConfig] = None) -> torch.memory_format:
+    """The memory format proxy training uses: ``config.channels_last`` when set, else channels_last
+    on CUDA (cuDNN's fast layout under bf16) and contiguous NCHW on the CPU, where the fast form's
+    matmul paths for small maps need it (with channels_last the fast form measured about 15% slower
+    on tiny_cpu candidates)."""
+    wanted = config.channels_last if config is not None else None
+    if wanted is None:
+        wanted = device.type == "cuda"
+    return torch.channels_last if wanted else torch.contiguous_format
 
 
 def _to(x: torch.Tensor, device: torch.device,
@@ -203,5 +303,14 @@ def _to(x: torch.Tensor, device: torch.device,
     return x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast_dtype(device: torch.device, config: Optional[TrainConfig] = None) -> Optional[torch.dtype]:
+    """bfloat16 when ``config.precision`` asks for it (or is ``auto`` on CUDA), else None (float32)."""
+    precision = config.precision if config is not None else "auto"
+    if precision == "bfloat16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _autocast(device: torch.device, config: Optional[TrainConfig] = None):
+    dtype = autocast_dtype(device, config)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

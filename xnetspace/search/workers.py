@@ -25,24 +25,35 @@ from typing import Callable, Optional
 import optuna
 
 from ..logs import LOG_FOLDER, error_log
-from .confirmation import ConfirmObjective, confirmation_state, enqueue_jobs, open_confirm_study, plan_jobs
+from .confirmation import open_confirm_study, plan_jobs
+from .control import control_top_up, open_control_study, spent
 from .data import DataSplit, load_dataset
-from .objective import Objective, SurplusTrial, TrialFailed
+from .errors import SurplusTrial, TrialFailed
+from .jobs import JobObjective, enqueue_jobs, job_state
+from .objective import Objective
 from .progress import POLL_SECONDS, Monitor
 from .errors import WorkerCrashed
 from .study import RunOptions, StudyConfig, open_study, slot_state, top_up_slots, usable_cores
 
-__all__ = ["run_worker", "worker_process", "run_processes", "cpu_share", "LostWorker", "SLOTS_AHEAD", "work_left",
-           "check_lost"]
+__all__ = ["run_worker", "worker_process", "guarded", "run_processes", "spawn_workers", "run_one", "fail_stale",
+           "cpu_share", "LostWorker", "SLOTS_AHEAD", "work_left", "check_lost", "control_max_trials"]
 
 SLOTS_AHEAD = 2  # queued slots each worker keeps ahead of itself (few: a study of any N starts at once)
+
+
+def control_max_trials(options: RunOptions) -> int:
+    """The most trials the random control may hold (repeats of an earlier spec spend nothing, so
+    in a space of few specs it must stop on a count): ten times the search's N, at least 100."""
+    return max(10 * options.n_trials, 100)
 
 
 def run_worker(config: StudyConfig, options: RunOptions, device: str = "cpu", worker: int = 0,
                data: Optional[DataSplit] = None) -> None:
     """Run trials until the study's N slots are all done (waiting for other workers' running
-    trials, which may still be requeued by the heartbeat), then the confirmation jobs until they
-    are all done (see :mod:`.confirmation`), or until ``options.timeout`` passes."""
+    trials, which may still be requeued by the heartbeat), then the random-search control's trials
+    until it has spent the search's compute (with ``random:auto``, :mod:`.control`), then the
+    confirmation jobs until they are all done (:mod:`.confirmation`), or until ``options.timeout``
+    passes."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our monitor prints one line per trial
     study = open_study(config, options, worker)
     data = data or load_dataset(config.dataset, config.train.image_size, config.train.seed)
@@ -50,39 +61,56 @@ def run_worker(config: StudyConfig, options: RunOptions, device: str = "cpu", wo
     poll = min(2.0, options.heartbeat / 2)
     objective = Objective(config, data, options.n_trials, device, worker)
     while time.monotonic() < deadline:
-        _fail_stale(study)
+        fail_stale(study)
         state = top_up_slots(study, options.n_trials, SLOTS_AHEAD)
         if state.done >= options.n_trials and not state.extra:
             break
         if state.waiting + state.extra == 0:
             time.sleep(poll)  # another worker's trial, or a dead one the heartbeat will requeue
             continue
-        _run_one(study, objective, options, worker)
+        run_one(study, objective, options.out, worker)
+
+    control = None
+    if "random:auto" in options.baselines and time.monotonic() < deadline:
+        control = open_control_study(config, options, worker)
+        cap = control_max_trials(options)
+        objective = Objective(config, data, cap, device, worker)
+        target, per_trial = spent(study), config.proxy_seeds * config.train.epochs
+        while time.monotonic() < deadline:
+            fail_stale(control)
+            _, running, waiting = control_top_up(control, target, per_trial, cap)
+            if waiting == 0:
+                if running == 0:
+                    break
+                time.sleep(poll)
+                continue
+            run_one(control, objective, options.out, worker)
 
     cstudy = open_confirm_study(options, config.score)
-    objective = ConfirmObjective(config, data, device, worker)
+    objective = JobObjective(config.train, data, config.score, device, worker)
     while time.monotonic() < deadline:
-        _fail_stale(cstudy)
+        fail_stale(cstudy)
         # Re-planned every round: jobs that wait on others' results (random:N) appear when ready.
-        enqueue_jobs(cstudy, config, plan_jobs(study, cstudy, config, options, data.num_classes, data.in_chans))
-        _, running, waiting = confirmation_state(cstudy)
+        plan = plan_jobs(study, cstudy, config, options, data.num_classes, data.in_chans, control)
+        enqueue_jobs(cstudy, plan, config.train, config.dataset)
+        _, running, waiting = job_state(cstudy)
         if waiting == 0:
             if running == 0:
                 break
             time.sleep(poll)
             continue
-        _run_one(cstudy, objective, options, worker)
+        run_one(cstudy, objective, options.out, worker)
 
 
-def _run_one(study: optuna.Study, objective: Callable, options: RunOptions, worker: int) -> None:
+def run_one(study: optuna.Study, objective: Callable, out: Path, worker: int) -> None:
     """Pop one queued trial and run it; a trial that another process finished first is noted in
-    ``OUT/workers.log`` and left as that process finished it (module docstring)."""
+    ``out/workers.log`` and left as that process finished it (module docstring)."""
     try:
         study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial))
     except Exception as err:  # noqa: BLE001 - only a lost race is absorbed; anything else propagates
         if not _lost_race(err):
             raise
-        _note(options, f"worker {worker}, study '{study.study_name}': {str(err).rstrip('.')}: the trial was "
+        _note(out, f"worker {worker}, study '{study.study_name}': {str(err).rstrip('.')}: the trial was "
                        f"finished by another process (the heartbeat, when this worker seemed dead); that result "
                        f"stands; going on")
 
@@ -93,17 +121,17 @@ def _lost_race(err: Exception) -> bool:
         isinstance(err, ValueError) and str(err).startswith("Cannot tell a "))
 
 
-def _note(options: RunOptions, message: str) -> None:
-    """Append a timestamped line to ``OUT/workers.log`` (nothing if the folder is not writable)."""
+def _note(out: Path, message: str) -> None:
+    """Append a timestamped line to ``out/workers.log`` (nothing if the folder is not writable)."""
     try:
-        options.out.mkdir(parents=True, exist_ok=True)
-        with open(options.out / "workers.log", "a") as log:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "workers.log", "a") as log:
             log.write(f"{datetime.now().isoformat(timespec='seconds')} {message}\n")
     except OSError:
         pass
 
 
-def _fail_stale(study: optuna.Study) -> None:
+def fail_stale(study: optuna.Study) -> None:
     with warnings.catch_warnings():  # fail_stale_trials is marked experimental; optimize uses it too
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -116,12 +144,24 @@ def crash_log(name: str, pid: int) -> Path:
 
 def worker_process(config_json: str, options_json: str, device: str, worker: int,
                    dataset: Optional[str] = None, threads: Optional[int] = None) -> None:
-    """Entry point of a spawned worker; ``device`` ``cuda:K`` pins the process to GPU K.
+    """Entry point of a spawned search worker (:func:`guarded`): :func:`run_worker` on ``device``.
 
     ``dataset`` is this machine's path to the study's data (default: the stored one; the caller has
-    checked it); ``threads`` caps torch's intra-op threads (CPU workers share the cores). A crash
-    writes its traceback to :func:`crash_log` (never to the terminal) and exits with status 1;
-    Ctrl-C (which the head receives too) exits with 130."""
+    checked it); ``threads`` caps torch's intra-op threads (CPU workers share the cores)."""
+
+    def work(device: str) -> None:
+        config = StudyConfig.model_validate_json(config_json)
+        data = load_dataset(dataset, config.train.image_size, config.train.seed) if dataset else None
+        run_worker(config, RunOptions.model_validate_json(options_json), device, worker, data)
+
+    guarded(work, device, threads)
+
+
+def guarded(work: Callable[[str], None], device: str, threads: Optional[int] = None) -> None:
+    """Run ``work(device)`` as a worker process: ``device`` ``cuda:K`` pins the process to GPU K
+    (``CUDA_VISIBLE_DEVICES``, set before CUDA starts; ``work`` then gets ``cuda``); ``threads``
+    caps torch's intra-op threads. A crash writes its traceback to :func:`crash_log` (never to
+    the terminal) and exits with status 1; Ctrl-C (which the head receives too) exits with 130."""
     try:
         if device.startswith("cuda:"):
             os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
@@ -130,9 +170,7 @@ def worker_process(config_json: str, options_json: str, device: str, worker: int
             import torch
 
             torch.set_num_threads(threads)
-        config = StudyConfig.model_validate_json(config_json)
-        data = load_dataset(dataset, config.train.image_size, config.train.seed) if dataset else None
-        run_worker(config, RunOptions.model_validate_json(options_json), device, worker, data)
+        work(device)
     except KeyboardInterrupt:
         sys.exit(130)
     except BaseException as err:  # noqa: BLE001 - a crash goes to its log file, not the terminal
@@ -176,22 +214,31 @@ class LostWorker:
 
 def run_processes(config: StudyConfig, options: RunOptions, monitor: Optional[Monitor] = None,
                   dataset: Optional[str] = None, first_worker: int = 0) -> list[LostWorker]:
-    """``options.workers`` spawned worker processes per entry of ``options.devices``
-    (a device repeated in the list gets as many more), polled by ``monitor``; returns the workers
-    that ended with an error (each reported by ``monitor`` when it happened).
+    """``options.workers`` worker processes per entry of ``options.devices`` (a device repeated
+    in the list gets as many more) running :func:`run_worker`, polled by ``monitor``; returns the
+    workers that ended with an error (each reported by ``monitor`` when it happened).
 
     Workers are numbered from ``first_worker`` (the sampler's seed offset, see ``open_study``).
-    CPU workers split the cores: each sets ``torch.set_num_threads`` to :func:`cpu_share` of
-    them. A worker that dies (crashed, killed, out of host memory) leaves its trial to the
-    heartbeat, which fails it and queues it again for the others; they keep running. Whether
-    the study got done anyway is the caller's to judge.
+    A worker that dies (crashed, killed, out of host memory) leaves its trial to the heartbeat,
+    which fails it and queues it again for the others; they keep running. Whether the study got
+    done anyway is the caller's to judge.
     """
-    ctx = _context()
     devices = [d for d in options.devices for _ in range(options.workers)]
+    return spawn_workers(worker_process, devices, lambda i, d, threads: (
+        config.model_dump_json(), options.model_dump_json(), d, first_worker + i, dataset, threads),
+        first_worker, monitor)
+
+
+def spawn_workers(target: Callable, devices: list[str], arguments: Callable[[int, str, Optional[int]], tuple],
+                  first_worker: int = 0, monitor=None) -> list[LostWorker]:
+    """One process per entry of ``devices`` running ``target(*arguments(i, device, threads))``,
+    named ``xnetspace-worker-N``, until all have ended; ``monitor`` (anything with ``poll()`` and
+    ``log(line)``) is polled meanwhile. CPU workers split the cores: ``threads`` is
+    :func:`cpu_share` of them for a CPU worker, None for a GPU one. Returns the workers that ended
+    with an error, each reported to ``monitor`` when it happened."""
+    ctx = _context()
     threads = cpu_share(devices.count("cpu"))
-    procs = [ctx.Process(target=worker_process,
-                         args=(config.model_dump_json(), options.model_dump_json(), d, first_worker + i, dataset,
-                               threads if d == "cpu" else None),
+    procs = [ctx.Process(target=target, args=arguments(i, d, threads if d == "cpu" else None),
                          name=f"xnetspace-worker-{first_worker + i}") for i, d in enumerate(devices)]
     for p in procs:
         p.start()
@@ -226,7 +273,7 @@ def work_left(study: optuna.Study, options: RunOptions, score) -> bool:
     """Does the study still have trials or queued/running confirmation runs to do?"""
     if slot_state(study, options.n_trials).done < options.n_trials:
         return True
-    _, running, waiting = confirmation_state(open_confirm_study(options, score))
+    _, running, waiting = job_state(open_confirm_study(options, score))
     return running + waiting > 0
 
 

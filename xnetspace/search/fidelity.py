@@ -1,0 +1,428 @@
+"""The fidelity study: how well each cheap score ranks a space's specs, against the noise ceiling.
+
+``xnetspace fidelity SPACE --dataset D --n-specs M --seeds K --out DIR`` trains M random in-budget
+specs of SPACE with K seeds under the space's proxy recipe (on the validation split) and K other
+seeds under the confirmation recipe (twice the epochs, on the held-out test split), and records
+every run (per-epoch training loss, validation or test cross-entropy and top-1) with each spec's
+zero-cost scores, FLOPs and params. Then, for every score a search could rank by:
+
+- the proxy's validation cross-entropy from 1 seed, and its mean over 2..K seeds; the same after
+  each earlier epoch of the proxy recipe; the proxy's top-1; TSE (Ru et al., NeurIPS 2021) from 1
+  seed and K seeds; each zero-cost score (Abdelfattah et al., ICLR 2021); FLOPs and params (the
+  baselines any proxy must beat: ZiCo, ICLR 2023),
+
+it gives Kendall tau, Spearman rho and precision@5 against the specs' K-seed confirmed mean, with
+paired-bootstrap 95% intervals, beside the **noise ceiling**: Kendall tau between the means of two
+disjoint halves of the confirmation seeds (:func:`~.stats.noise_ceiling`), the most any score can
+reach when the target is itself a noisy mean. It also replays racing over seeds on the recorded
+runs (``racing``): for each threshold z, the seeds a search would have spent and the ranking it
+would have got (:func:`racing_replay`).
+
+The runs are jobs (:mod:`.jobs`) of an Optuna study in ``DIR/fidelity.db``: a killed or interrupted
+fidelity study resumes with the same command and trains nothing twice, and worker processes share
+the cores. ``DIR/runs.csv`` holds the raw runs, ``DIR/fidelity.json`` the analysis (which
+:func:`analyze_runs` recomputes from ``runs.csv`` alone), ``DIR/fidelity.png`` the figure.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import optuna
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from scipy import stats as scipy_stats
+
+from ..cost import cost_report
+from ..spec import NetworkSpec, SpecError
+from .confirmation import CONFIRM_SEED_OFFSET
+from .data import DataSplit, load_dataset
+from .errors import SearchError, WorkerCrashed
+from .plots import pyplot, save_figure
+from .jobs import Job, JobObjective, enqueue_jobs, finished_record, job_results, job_state, open_job_study
+from .score import LOSS
+from .space import RandomTrial, SearchSpace
+from .stats import noise_ceiling, pooled_seed_std, precision_at_k, rank_fidelity
+from .train import TrainConfig
+from .zero_cost import ZERO_COST
+
+__all__ = ["FidelityConfig", "run_fidelity", "analyze_runs", "read_runs", "racing_replay", "FIDELITY_STUDY"]
+
+FIDELITY_STUDY = "fidelity"
+_CONFIG_ATTR = "xnetspace_fidelity"
+
+
+class FidelityConfig(BaseModel):
+    """What defines a fidelity study (resuming it with another is refused)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    space: SearchSpace
+    dataset: str = "digits"
+    n_specs: int = Field(30, ge=3, le=10_000)
+    seeds: int = Field(4, ge=2, le=64, description="K: seeds per spec and recipe")
+    confirm_epochs: Optional[int] = Field(None, ge=1, description="default: twice the proxy's")
+    seed: int = 0
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @property
+    def epochs(self) -> int:
+        return self.confirm_epochs or 2 * self.train.epochs
+
+    @property
+    def proxy_seeds(self) -> tuple[int, ...]:
+        return tuple(self.train.seed + k for k in range(self.seeds))
+
+    @property
+    def confirm_seeds(self) -> tuple[int, ...]:
+        return tuple(self.train.seed + CONFIRM_SEED_OFFSET + k for k in range(self.seeds))
+
+
+def specs(config: FidelityConfig, num_classes: int, in_chans: int) -> list[NetworkSpec]:
+    """The M distinct in-budget specs, drawn uniformly from the space with ``config.seed``."""
+    rng, space, pool, seen = random.Random(config.seed), config.space, [], set()
+    for _ in range(200 * config.n_specs + 1000):
+        if len(pool) == config.n_specs:
+            break
+        try:
+            spec = space.sample(RandomTrial(rng), num_classes=num_classes, in_chans=in_chans)
+        except (ValidationError, SpecError):
+            continue
+        report = cost_report(spec, space.constraints.image_size)
+        if space.constraints.violations(report.flops, report.params) or spec.digest() in seen:
+            continue
+        seen.add(spec.digest())
+        pool.append(spec.model_copy(update={"name": f"{space.name}_fidelity{len(pool)}"}))
+    if len(pool) < config.n_specs:
+        raise SearchError(f"space '{space.name}' gave only {len(pool)} distinct in-budget specs of the "
+                          f"{config.n_specs} asked (--n-specs)")
+    return pool
+
+
+def plan(config: FidelityConfig, pool: list[NetworkSpec]) -> list[Job]:
+    """Two jobs per spec: its K proxy runs (with its zero-cost scores) and its K confirmation runs."""
+    jobs = []
+    for i, spec in enumerate(pool):
+        data = spec.model_dump(mode="json")
+        jobs.append(Job(role="proxy", label=f"spec {i}", spec=data, seeds=config.proxy_seeds,
+                        epochs=config.train.epochs, proxy=True, zero_cost=True))
+        jobs.append(Job(role="confirm", label=f"spec {i}", spec=data, seeds=config.confirm_seeds, epochs=config.epochs))
+    return jobs
+
+
+def _open(config: FidelityConfig, out: Path, heartbeat: int = 10) -> optuna.Study:
+    study = open_job_study(f"sqlite:///{(out / 'fidelity.db').resolve()}", FIDELITY_STUDY, heartbeat, LOSS)
+    mine, stored = config.model_dump(mode="json"), study.user_attrs.get(_CONFIG_ATTR)
+    if stored is None:
+        study.set_user_attr(_CONFIG_ATTR, mine)
+    elif stored != mine:
+        raise SearchError(f"{out} holds a fidelity study of another space, dataset, size or recipe; "
+                          f"use another --out")
+    return study
+
+
+def _work(config_json: str, out: str, device: str, worker: int, poll: float = 2.0) -> None:
+    """One worker: pop and train jobs until none is queued or running."""
+    from .workers import fail_stale, run_one
+
+    config = FidelityConfig.model_validate_json(config_json)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = _open(config, Path(out))
+    data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
+    objective = JobObjective(config.train, data, LOSS, device, worker)
+    while True:
+        fail_stale(study)
+        _, running, waiting = job_state(study)
+        if waiting == 0:
+            if running == 0:
+                return
+            time.sleep(poll)
+            continue
+        run_one(study, objective, Path(out), worker)
+
+
+def _process(config_json: str, out: str, device: str, worker: int, threads: Optional[int]) -> None:
+    from .workers import guarded
+
+    guarded(lambda d: _work(config_json, out, d, worker), device, threads)
+
+
+def run_fidelity(config: FidelityConfig, out: Path, devices: Sequence[str] = ("cpu",),
+                 workers_per_device: Optional[int] = None, progress: bool = True) -> dict:
+    """Train (or resume) the fidelity study in ``out`` and write ``runs.csv``, ``fidelity.json``
+    and ``fidelity.png``; returns the analysis (:func:`analyze_runs`).
+
+    Raises:
+        SearchError: a space without M distinct in-budget specs; ``out`` holding another study;
+            worker processes that crashed before the study was done.
+        xnetspace.search.data.DataError: a dataset that cannot be read.
+    """
+    from .study import MAX_AUTO_CPU_WORKERS, usable_cores
+    from .workers import spawn_workers
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
+    pool = specs(config, data.num_classes, data.in_chans)
+    study = _open(config, out)
+    jobs = plan(config, pool)
+    enqueue_jobs(study, jobs, config.train, config.dataset)
+    per_device = workers_per_device or (min(usable_cores(), MAX_AUTO_CPU_WORKERS) if list(devices) == ["cpu"] else 1)
+    start = time.perf_counter()
+    monitor = _Monitor(study, len(jobs), progress)
+    try:
+        lost = spawn_workers(_process, [d for d in devices for _ in range(per_device)],
+                             lambda i, d, threads: (config.model_dump_json(), str(out), d, i, threads),
+                             monitor=monitor)
+    finally:
+        monitor.close()
+    _, running, waiting = job_state(study)
+    if lost and running + waiting:
+        raise WorkerCrashed("fidelity workers ended before the study was done: "
+                            + "; ".join(w.describe() for w in lost) + ". Re-run the same command to continue it")
+    rows = _runs_table(study, jobs, pool, config, data)
+    _write_runs(rows, out / "runs.csv")
+    result = analyze_runs(rows, seed=config.seed)
+    result["seconds_this_run"] = round(time.perf_counter() - start, 1)
+    result["seconds_trained"] = round(sum(float(r["seconds"]) for r in rows if r["first_of_job"]), 1)
+    result["config"] = {"space": config.space.name, "dataset": config.dataset, "n_specs": config.n_specs,
+                        "seeds": config.seeds, "proxy_epochs": config.train.epochs, "confirm_epochs": config.epochs,
+                        "split": "test" if data.test is not None else "val"}
+    (out / "fidelity.json").write_text(json.dumps(_no_nan(result), indent=2) + "\n")
+    _plot(result, out / "fidelity.png")
+    return result
+
+
+class _Monitor:
+    """A bar over the study's jobs (every worker's, read from the storage)."""
+
+    def __init__(self, study: optuna.Study, total: int, progress: bool):
+        from tqdm import tqdm
+
+        self.study = study
+        self.bar = tqdm(total=total, desc="fidelity", unit="job", disable=not progress, initial=job_state(study)[0],
+                        dynamic_ncols=True, mininterval=0)
+
+    def poll(self) -> None:
+        done = job_state(self.study)[0]
+        if done != self.bar.n:
+            self.bar.update(done - self.bar.n)
+
+    def log(self, line: str) -> None:
+        self.bar.write(line)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# -- the runs table ------------------------------------------------------------------------------------
+_LISTS = ("train_loss", "loss", "top1")
+
+
+def _runs_table(study: optuna.Study, jobs: list[Job], pool: list[NetworkSpec], config: FidelityConfig,
+                data: DataSplit) -> list[dict]:
+    results = job_results(study)
+    size = config.space.constraints.image_size
+    rows = []
+    for job in jobs:
+        record = finished_record(results.get(job.key(config.train, config.dataset), []))
+        if record is None:
+            continue
+        index = int(job.label.split()[-1])
+        spec = pool[index]
+        report = cost_report(spec, size)
+        knobs = {f"stage{i}.{k}": (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+                 for i, stage in enumerate(spec.model_dump(mode="json")["stages"], start=1) for k, v in stage.items()}
+        for n, run in enumerate(record.runs):
+            rows.append({"spec": index, "spec_digest": spec.digest(), "recipe": job.role, "seed": run.seed,
+                         "epochs": run.epochs, "flops": report.flops, "params": report.params,
+                         **{name: record.zero_cost.get(name, "") for name in ZERO_COST},
+                         **{name: ";".join(f"{v:.6g}" for v in getattr(run, name)) for name in _LISTS},
+                         "seconds": record.seconds or 0.0, "first_of_job": n == 0, **knobs})
+    return rows
+
+
+def _write_runs(rows: list[dict], path: Path) -> Path:
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_runs(path: Path | str) -> list[dict]:
+    """``runs.csv`` as the rows :func:`analyze_runs` takes."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- the analysis --------------------------------------------------------------------------------------
+def _specs_of(rows: list[dict]) -> dict[int, dict]:
+    """Per spec: its proxy runs and confirmation runs (seed order), zero-cost scores, FLOPs, params."""
+    out: dict[int, dict] = {}
+    for row in rows:
+        spec = out.setdefault(int(row["spec"]), {"proxy": [], "confirm": [], "row": row})
+        run = {name: [float(v) for v in str(row[name]).split(";") if v != ""] for name in _LISTS}
+        run["seed"] = int(row["seed"])
+        spec[row["recipe"]].append(run)
+    for spec in out.values():
+        for recipe in ("proxy", "confirm"):
+            spec[recipe].sort(key=lambda r: r["seed"])
+    return out
+
+
+def _score(name: str, label: str, values: Sequence[float], target: Sequence[float], maximize: bool,
+           seed: int) -> dict:
+    sign = -1.0 if maximize else 1.0  # oriented so that +1 means: ranks the specs as the confirmation does
+    fid = rank_fidelity([sign * v for v in values], target, seed=seed)
+    return {"name": name, "label": label, "kendall_tau": fid["kendall_tau"], "spearman_rho": fid["spearman_rho"],
+            "ci95": fid["ci95"], "n": fid["n"],
+            "precision_at_5": precision_at_k([sign * v for v in values], target, k=5),
+            "precision_at_5_ci95": _bootstrap_precision([sign * v for v in values], target, seed)}
+
+
+def _bootstrap_precision(values: Sequence[float], target: Sequence[float], seed: int, resamples: int = 1000) -> list:
+    x, y = np.asarray(values, dtype=float), np.asarray(target, dtype=float)
+    if len(x) < 5:
+        return [math.nan, math.nan]
+    rng = np.random.default_rng(seed)
+    draws = [precision_at_k(x[i], y[i], k=5) for i in (rng.integers(0, len(x), size=len(x)) for _ in range(resamples))]
+    return [float(v) for v in np.percentile(draws, [2.5, 97.5])]
+
+
+def analyze_runs(rows: list[dict], seed: int = 0) -> dict:
+    """Rank fidelity of every score against the K-seed confirmed mean cross-entropy, the noise
+    ceiling, and racing replayed on the recorded runs, from the runs table alone (``runs.csv``:
+    :func:`read_runs`). Specs missing a recipe's runs are left out.
+
+    Returns ``{"target", "n_specs", "seeds", "ceiling", "scores": [...], "racing": [...],
+    "noise"}``; each score: ``name``, ``label``, ``kendall_tau``, ``spearman_rho``, ``ci95``
+    (paired bootstrap over specs), ``precision_at_5`` (with ``precision_at_5_ci95``),
+    ``fraction_of_ceiling``.
+    """
+    specs_ = {k: v for k, v in _specs_of(rows).items() if v["proxy"] and v["confirm"]}
+    keys = sorted(specs_)
+    k = min(len(specs_[i]["proxy"]) for i in keys) if keys else 0
+    target = [statistics.fmean(r["loss"][-1] for r in specs_[i]["confirm"]) for i in keys]
+    scores = []
+
+    def add(name: str, label: str, values: list[float], maximize: bool = False) -> None:
+        scores.append(_score(name, label, values, target, maximize, seed))
+
+    proxy = {i: specs_[i]["proxy"] for i in keys}
+    epochs = min(len(r["loss"]) for i in keys for r in proxy[i]) if keys else 0
+    for s in range(1, k + 1):
+        add(f"loss@{s}", f"proxy cross-entropy, mean of {s} seed{'s' if s > 1 else ''}",
+            [statistics.fmean(r["loss"][-1] for r in proxy[i][:s]) for i in keys])
+    for e in range(1, epochs):
+        add(f"loss@1/epoch{e}", f"proxy cross-entropy after epoch {e} of {epochs}, 1 seed",
+            [proxy[i][0]["loss"][e - 1] for i in keys])
+        add(f"loss@{k}/epoch{e}", f"proxy cross-entropy after epoch {e} of {epochs}, mean of {k} seeds",
+            [statistics.fmean(r["loss"][e - 1] for r in proxy[i]) for i in keys])
+    add("top1@1", "proxy top-1, 1 seed", [proxy[i][0]["top1"][-1] for i in keys], maximize=True)
+    add(f"top1@{k}", f"proxy top-1, mean of {k} seeds", [statistics.fmean(r["top1"][-1] for r in proxy[i])
+                                                         for i in keys], maximize=True)
+    add("tse@1", "TSE (sum of epoch training losses), 1 seed", [math.fsum(proxy[i][0]["train_loss"]) for i in keys])
+    add(f"tse@{k}", f"TSE, mean of {k} seeds", [statistics.fmean(math.fsum(r["train_loss"]) for r in proxy[i])
+                                                for i in keys])
+    for name in ZERO_COST:
+        values = [float(specs_[i]["row"][name]) for i in keys]
+        if all(math.isfinite(v) for v in values):
+            add(name, f"{name} at initialisation", values, maximize=True)
+    add("params", "parameter count", [float(specs_[i]["row"]["params"]) for i in keys], maximize=True)
+    add("flops", "FLOPs", [float(specs_[i]["row"]["flops"]) for i in keys], maximize=True)
+
+    ceiling = noise_ceiling([[r["loss"][-1] for r in specs_[i]["confirm"]] for i in keys], seed=seed)
+    for entry in scores:
+        c, t = ceiling["kendall_tau"], entry["kendall_tau"]
+        entry["fraction_of_ceiling"] = t / c if c and c > 0 and math.isfinite(t) else math.nan
+    seed_std = pooled_seed_std([[r["loss"][-1] for r in proxy[i]] for i in keys])
+    arch = math.sqrt(max(0.0, statistics.pvariance([statistics.fmean(r["loss"][-1] for r in proxy[i]) for i in keys])
+                         - seed_std ** 2 / k)) if k and len(keys) > 1 else math.nan
+    return {"target": f"confirmed cross-entropy, mean of {min(len(specs_[i]['confirm']) for i in keys) if keys else 0} "
+                      f"seeds, held-out split",
+            "n_specs": len(keys), "seeds": k, "ceiling": ceiling, "scores": scores,
+            "noise": {"proxy_seed_std": seed_std, "proxy_architecture_std": arch,
+                      "confirm_seed_std": pooled_seed_std([[r["loss"][-1] for r in specs_[i]["confirm"]] for i in keys])},
+            "racing": [racing_replay(proxy, target, z, seed=seed) for z in (0.5, 1.0, 2.0)] if k >= 2 else []}
+
+
+def racing_replay(proxy: dict[int, list[dict]], target: Sequence[float], z: float, seed: int = 0,
+                  orders: int = 20) -> dict:
+    """Racing over seeds replayed on recorded runs: specs arrive in a random order; each gets its
+    first half of the seeds; it gets the rest unless its mean proxy cross-entropy is worse than the
+    incumbent's (the best fully evaluated so far) by more than ``z`` standard errors (the pooled
+    seed std of the specs evaluated so far), as :class:`~.objective.Objective` races. Averaged
+    over ``orders`` random orders: the fraction of the seed-runs spent, Kendall tau of the
+    resulting scores against ``target``, and how often the spec with the best target keeps all
+    its seeds and ranks first."""
+    keys = sorted(proxy)
+    k = min(len(proxy[i]) for i in keys)
+    first = max(1, k // 2)
+    rng = random.Random(seed)
+    spent, taus, kept_best, found_best = [], [], [], []
+    best_true = keys[int(np.argmin(target))]
+    for _ in range(orders):
+        order = keys[:]
+        rng.shuffle(order)
+        seen: dict[int, list[float]] = {}
+        for i in order:
+            runs = [r["loss"][-1] for r in proxy[i]]
+            mine = runs[:first]
+            full = [v for v in seen.values() if len(v) == k]
+            sigma = pooled_seed_std([v for v in seen.values() if len(v) > 1])
+            go_on = True
+            if full and sum(len(v) > 1 for v in seen.values()) >= 3 and math.isfinite(sigma):
+                best = min(full, key=statistics.fmean)
+                gap = statistics.fmean(mine) - statistics.fmean(best)
+                go_on = gap <= z * sigma * math.sqrt(1 / len(mine) + 1 / len(best))
+            seen[i] = runs if go_on else mine
+        spent.append(sum(len(v) for v in seen.values()) / (k * len(keys)))
+        scores = [statistics.fmean(seen[i]) for i in keys]
+        taus.append(float(scipy_stats.kendalltau(scores, target).statistic))
+        kept_best.append(len(seen[best_true]) == k)
+        found_best.append(keys[int(np.argmin(scores))] == best_true)
+    return {"z": z, "first_seeds": first, "seeds": k, "fraction_of_runs": statistics.fmean(spent),
+            "kendall_tau": statistics.fmean(taus), "best_kept_all_seeds": statistics.fmean(kept_best),
+            "best_ranked_first": statistics.fmean(found_best)}
+
+
+def _no_nan(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _plot(result: dict, path: Path) -> Optional[Path]:
+    """Kendall tau of each score (95% CI) against the noise ceiling's band."""
+    scores = [s for s in result["scores"] if s["kendall_tau"] is not None and math.isfinite(s["kendall_tau"])]
+    if not scores:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(scores) + 1.5))
+    y = np.arange(len(scores))
+    taus = [s["kendall_tau"] for s in scores]
+    lo = [t - s["ci95"]["kendall_tau"][0] for t, s in zip(taus, scores)]
+    hi = [s["ci95"]["kendall_tau"][1] - t for t, s in zip(taus, scores)]
+    ax.errorbar(taus, y, xerr=[lo, hi], fmt="o", capsize=3)
+    c = result["ceiling"]
+    if c["kendall_tau"] is not None and math.isfinite(c["kendall_tau"]):
+        ax.axvspan(c["ci95"][0], c["ci95"][1], color="C2", alpha=0.2, label="noise ceiling (95% CI)")
+        ax.axvline(c["kendall_tau"], color="C2")
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_yticks(y, [s["name"] for s in scores], fontsize=8)
+    ax.set(xlabel=f"Kendall tau against the {result['target']}",
+           title=f"fidelity over {result['n_specs']} specs x {result['seeds']} seeds")
+    ax.legend(loc="lower right", fontsize=8)
+    return save_figure(fig, path)
