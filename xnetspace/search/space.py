@@ -20,7 +20,6 @@ cost model before anything is built.
 """
 from __future__ import annotations
 
-import math
 import random
 import re
 from collections import Counter
@@ -35,7 +34,7 @@ from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from ..cost import ImageSize, cost_report, parse_image_size
 from ..spec import (Float, Int, NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty,
                     read_text_file, yaml_mapping)
-from .space_knobs import (FLOAT_KNOBS, INT_KNOBS, KNOBS, Choices, CornerTrial, Count, Fixed, Knob, RandomTrial, Range,
+from .space_knobs import (INT_KNOBS, KNOBS, Choices, CornerTrial, Count, Fixed, Knob, RandomTrial, Range,
                           SpaceError, TieRef, as_definition, check_values, finite_values, parse_count, suggest)
 from .space_rules import (MAX_MONOTONE_COMBINATIONS, Rules, interpolate, monotone_chains, nondecreasing,
                           quantum_problem, round_scheduled, smallest_quantum)
