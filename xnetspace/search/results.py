@@ -11,7 +11,6 @@ top-1 and ``trials.csv`` marks the front.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from .plots import pyplot, save_figure
 from .progress import log
 from .records import read_trial
 from .score import LOSS, PROXIES, TOP1, Score
+from .summary import Summary
 from .zero_cost import ZERO_COST
 from .space import human_count
 from .study import RunOptions, StudyConfig, candidates
@@ -69,7 +69,7 @@ def write_results(study: optuna.Study, config: StudyConfig, options: RunOptions,
         files["pareto"] = _plot_pareto(study, config, out / "pareto.png")
     if summary is not None:
         files["summary"] = out / "summary.json"
-        files["summary"].write_text(json.dumps(_no_nan(summary), indent=2, allow_nan=False) + "\n")
+        files["summary"].write_text(Summary.model_validate(_no_nan(summary)).model_dump_json(indent=2) + "\n")
         if summary["fidelity"]["n"] >= 3:
             files["fidelity"] = _plot_fidelity(summary, out / "fidelity.png")
     best = best_trial(study)

@@ -25,7 +25,11 @@ __all__ = ["run_search", "progress_summary"]
 def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
     """Check the space, open or resume the study, run the workers, write the results.
 
+    ``options`` are resolved for ``config`` first (:meth:`RunOptions.resolved`: study name, output
+    folder, sampler and pruner defaults), as ``xnetspace search`` does.
+
     Raises:
+        ValueError: options that do not fit the study (a pruner for two objectives, ...).
         SpaceError: constraints no spec in the space can meet.
         SearchError: a resumed study with another config.
         WorkerCrashed: worker processes crashed and left the study unfinished (the results so far
@@ -33,6 +37,7 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
         xnetspace.search.data.DataError: a dataset that cannot be read.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    options = options.resolved(config)
     options.out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
     check = config.space.check(num_classes=data.num_classes, in_chans=data.in_chans)

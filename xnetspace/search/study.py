@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -52,6 +52,23 @@ class StudyConfig(BaseModel):
                                                           "than the incumbent's by more than z standard errors "
                                                           "gets no more seeds (None: every candidate gets all)")
 
+    @classmethod
+    def create(cls, space: SearchSpace, dataset: str = "digits", objective: str = "loss", *, proxy_seeds: int = 1,
+               race: Optional[float] = None, flops_min: Optional[int] = None, flops_max: Optional[int] = None,
+               **recipe: Any) -> "StudyConfig":
+        """A study of ``space`` with its FLOP budget and training recipe overridden where given
+        (``recipe``: TrainConfig fields such as ``epochs``, ``lr``, ``seed``; None means the space's).
+
+        Raises:
+            pydantic.ValidationError: an invalid field or recipe value.
+            SpaceError: a budget whose minimum is above its maximum.
+        """
+        if flops_min is not None or flops_max is not None:
+            space = space.with_flops(flops_min, flops_max)
+        recipe = {k: v for k, v in recipe.items() if v is not None}
+        train = TrainConfig.model_validate({**space.train.model_dump(), **recipe})
+        return cls(space=space, dataset=dataset, objective=objective, train=train, proxy_seeds=proxy_seeds, race=race)
+
     @property
     def directions(self) -> list[str]:
         if self.objective in ("top1-flops", "top1-latency"):
@@ -86,14 +103,19 @@ class RunOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_trials: int = Field(20, ge=1)
-    out: Path = Path("runs/study")
+    out: Optional[Path] = Field(None, description="output folder (default: runs/STUDY_NAME)")
     storage: Optional[str] = None
-    study_name: str = "study"
-    sampler: Literal["tpe", "random", "nsga2", "qmc"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    study_name: Optional[str] = Field(None, description="default: SPACE-DATASET-OBJECTIVE")
+    sampler: Optional[Literal["tpe", "random", "nsga2", "qmc"]] = Field(
+        None, description="default: nsga2 for two objectives, random for a population, else tpe")
+    pruner: Optional[Literal["median", "hyperband", "none"]] = Field(
+        None, description="default: none for two objectives or a population, else median")
+    population: bool = Field(False, description="a population study for analyze/refine: random sampler, no pruner, "
+                                                "no confirmation")
     seed: int = 0
     timeout: Optional[float] = Field(None, gt=0, description="seconds after which no new trial starts")
-    devices: list[str] = Field(default_factory=lambda: ["cpu"])
+    devices: list[str] = Field(default_factory=lambda: ["cpu"], description="cpu, cuda or cuda:K, one worker "
+                                                                            "group each (a comma-separated text too)")
     heartbeat: int = Field(10, ge=1, description="heartbeat interval in seconds (grace: 3 intervals)")
     baseline: Optional[str] = Field(None, description="comma-separated controls confirmed beside the winner: a preset "
                                                        "scaled to the budget, random:auto (random search at equal "
@@ -125,7 +147,53 @@ class RunOptions(BaseModel):
 
     @property
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
+        if self.storage:
+            return self.storage
+        if self.out is None:
+            raise SearchError("these run options have no output folder yet: resolve them for a study first")
+        return f"sqlite:///{(self.out / 'study.db').resolve()}"
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _device_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [d.strip() for d in value.split(",") if d.strip()]
+        for device in value if isinstance(value, list) else []:
+            if not isinstance(device, str) or not (device in ("cpu", "cuda") or (
+                    device.startswith("cuda:") and device[5:].isdigit())):
+                raise ValueError(f"device {device!r} must be cpu, cuda or cuda:K")
+        return value
+
+    def resolved(self, config: StudyConfig) -> "RunOptions":
+        """These options with every default that depends on the study filled in: the study name
+        (``SPACE-DATASET-OBJECTIVE``), the output folder (``runs/NAME``), the sampler and pruner
+        (NSGA-II and no pruner for two objectives; random sampling, no pruner and no confirmation
+        for a population study; else TPE and the median pruner). :func:`~.runner.run_search` and
+        ``xnetspace search`` both run on the resolved options.
+
+        Raises:
+            ValueError: a pruner asked of a two-objective study (Optuna cannot prune them), a
+                population study with another sampler or a pruner, or a CUDA device on a machine
+                without CUDA.
+        """
+        two = len(config.directions) > 1
+        if two and self.pruner not in (None, "none"):
+            raise ValueError("two-objective studies cannot prune (Optuna's trial.report is single-objective); "
+                             "drop --pruner")
+        if self.population and (self.sampler not in (None, "random") or self.pruner not in (None, "none")):
+            raise ValueError(f"--population means --sampler random --pruner none; drop --sampler {self.sampler} / "
+                             f"--pruner {self.pruner}")
+        if any(d.startswith("cuda") for d in self.devices):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"--devices {','.join(self.devices)}: no CUDA device is available here")
+        name = self.study_name or f"{config.space.name}-{config.dataset.split(':')[0]}-{config.objective}"
+        return self.model_copy(update=dict(
+            study_name=name, out=self.out or Path("runs") / name,
+            sampler=self.sampler or ("random" if self.population else "nsga2" if two else "tpe"),
+            pruner=self.pruner or ("none" if self.population or two else "median"),
+            confirm_top=0 if self.population else self.confirm_top))
 
     @field_validator("baseline")
     @classmethod
