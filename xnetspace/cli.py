@@ -121,7 +121,7 @@ def build(
     warning (``nonfinite_weights`` in --json); the command still exits 0 with the outputs they give.
     """
     from .memory import check_memory
-    from .search.data import DEFAULT_PHOTO, photo_batch
+    from .photo import DEFAULT_PHOTO, photo_batch
     from .timing import check_time
 
     net_spec, size = _load(spec, image_size)

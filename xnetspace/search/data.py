@@ -1,4 +1,4 @@
-"""Data: proxy-training datasets, the presets' evaluation preprocessing, and a real photograph.
+"""Data: proxy-training datasets with their fixed splits.
 
 Datasets for proxy training (:func:`load_dataset`), each with a fixed train/validation split:
 
@@ -25,31 +25,26 @@ Every dataset lives in memory and is batched on the device (:mod:`.batches`): di
 as normalised (N, C, H, W) float tensors resized once to the proxy size, CIFAR and image folders as
 uint8 images (:class:`~xnetspace.search.batches.ImageTensors`) that each batch converts, augments
 (``TrainConfig.augment``), resizes and normalises on the device.
-Preprocessing for the presets is timm's (``timm.data.create_transform``) with each preset's
-default cfg (crop pct 0.9 for T/S, 0.95 for B, bicubic, ImageNet mean/std; ARCHITECTURE.md).
+The presets' evaluation preprocessing and the photograph ``xnetspace build`` classifies are
+:mod:`xnetspace.photo`.
 """
 from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from timm.data import create_transform
-from timm.models import get_pretrained_cfg
 from torch.utils.data import Dataset, TensorDataset
 
-from ..spec import NetworkSpec
 from .batches import ImageTensors
 from .errors import DataError
 from .prepare import PreparedFolder, load_or_prepare, load_prepared
 
-__all__ = ["DataSplit", "DataError", "load_dataset", "DATASETS", "eval_data_config", "eval_transform", "load_photo",
-           "photo_batch", "DEFAULT_PHOTO"]
+__all__ = ["DataSplit", "DataError", "load_dataset", "DATASETS"]
 
 DATASETS = ("digits[:N]", "synthetic[:N]", "imagefolder:PATH", "cifar10:PATH", "cifar100:PATH")
 DIGITS_TRAIN = 898  # training images of the default digits task: all that are not val or test
@@ -277,53 +272,3 @@ def _prepared_split(prepared: PreparedFolder, name: str, image_size: int, source
                             f"unreadable)")
     return DataSplit(name, parts["train"], parts["val"], len(prepared.classes), 3,
                      parts["test"] if len(parts["test"]) else None, tuple(p for p, _ in prepared.unreadable), source)
-
-
-DEFAULT_PHOTO = "skimage.data.chelsea"  # a real photograph of a cat, bundled with scikit-image
-
-
-def eval_data_config(spec: NetworkSpec, image_size: tuple[int, int]) -> dict:
-    """timm data config for ``spec``: its preset's cfg when it has one (by ``spec.name``), else
-    the T/S defaults; ``input_size`` is (in_chans, H, W)."""
-    cfg = get_pretrained_cfg(spec.name) if spec.name.startswith("transxnet_") else None
-    cfg = cfg or get_pretrained_cfg("transxnet_t")
-    mean, std = cfg.mean, cfg.std
-    if spec.in_chans == 1:  # a grey photograph: one channel with the average statistics
-        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    return dict(input_size=(spec.in_chans, *image_size), interpolation=cfg.interpolation,
-                mean=mean, std=std, crop_pct=cfg.crop_pct)
-
-
-def eval_transform(spec: NetworkSpec, image_size: tuple[int, int]):
-    """PIL image -> (in_chans, H, W) float tensor: resize, center crop, normalise (timm)."""
-    return create_transform(**eval_data_config(spec, image_size), is_training=False)
-
-
-def load_photo(path: Optional[Union[str, Path]] = None, in_chans: int = 3) -> Image.Image:
-    """The image at ``path``, or scikit-image's bundled photograph; RGB, or grey for 1 channel.
-
-    Raises:
-        ValueError: ``in_chans`` other than 1 or 3, or a file that is not an image.
-        FileNotFoundError: no file at ``path``.
-    """
-    if in_chans not in (1, 3):
-        raise ValueError(f"a photograph gives 1 or 3 channels; the spec has in_chans {in_chans}")
-    if path is None:
-        from skimage import data
-
-        image = Image.fromarray(data.chelsea())
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no image file at {str(path)!r}")
-        try:
-            image = Image.open(path)
-            image.load()
-        except Exception as err:  # noqa: BLE001 - PIL raises several kinds for unreadable files
-            raise ValueError(f"{path} is not a readable image: {err}") from err
-    return image.convert("L" if in_chans == 1 else "RGB")
-
-
-def photo_batch(spec: NetworkSpec, image_size: tuple[int, int], path: Optional[Union[str, Path]] = None) -> torch.Tensor:
-    """One preprocessed photograph as a (1, in_chans, H, W) batch."""
-    return eval_transform(spec, image_size)(load_photo(path, spec.in_chans)).unsqueeze(0)
