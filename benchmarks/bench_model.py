@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from xnetspace import build_model, load_preset
-from xnetspace.layers import OSRA
+from xnetspace.model.osra import OSRA
 
 ALL_FORMS = ["reference", "reference_cl", "reference_compiled", "deploy", "deploy_cl", "deploy_cl_compiled"]
 PAPER_TABLE_XI = {"transxnet_t": 857, "transxnet_s": 417, "transxnet_b": 250}  # RTX 3090, batch 128

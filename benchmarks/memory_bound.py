@@ -15,7 +15,7 @@ import gc
 import torch
 
 from xnetspace.memory import estimate_memory
-from xnetspace.network import build_model
+from xnetspace.model import build_model
 
 CASES = [
     ("transxnet_t", 224), ("transxnet_t", 512), ("transxnet_s", 224), ("transxnet_b", 224),

@@ -32,10 +32,10 @@ from xnetspace.cli import app
 import xnetspace.timing as timing
 from xnetspace.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from xnetspace.memory import MemoryLimitError, check_memory, estimate_memory
-from xnetspace.network import build_model
+from xnetspace.model import build_model
 from xnetspace.timing import Speed, TimeLimitError, check_time, estimate_seconds, measure_speed
-from xnetspace.spec import (MAX_EMBED_DIM, NetworkSpec, SpecError, StageSpec, format_validation_error,
-                            load_preset, yaml_mapping)
+from xnetspace.spec import MAX_EMBED_DIM, NetworkSpec, SpecError, StageSpec, format_validation_error, load_preset
+from xnetspace.text import yaml_mapping
 
 from .conftest import random_specs
 
@@ -632,7 +632,7 @@ def test_memory_estimate_is_exact_for_the_network_and_bounds_a_measured_forward(
     # Peak resident memory of a real forward, measured in a fresh process (VmHWM after a reset), for
     # an attention-heavy and an MS-FFN-heavy network, where the feature maps dominate.
     code = (
-        "import ctypes, gc, torch; from xnetspace.network import build_model; from xnetspace.memory import estimate_memory\n"
+        "import ctypes, gc, torch; from xnetspace.model import build_model; from xnetspace.memory import estimate_memory\n"
         "def kb(k): return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(k)) * 1024\n"
         "attn = {'stages': [{'depth': 2, 'embed_dim': 32, 'num_heads': 4, 'attn_ratio': 1}]}\n"
         "ffn = {'stages': [{'depth': 2, 'embed_dim': 64, 'mlp_ratio': 8, 'attn_ratio': 0, 'idconv_groups': 1}]}\n"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from xnetspace.network import build_model
+from xnetspace.model import build_model
 from xnetspace.search.data import DataError, load_dataset
 from xnetspace.search.train import (Diverged, TensorBatches, TimeLimitExceeded, TrainConfig, evaluate,
                                     train_candidate)

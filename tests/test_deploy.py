@@ -10,9 +10,13 @@ import torch
 from torch import nn
 
 from xnetspace import build_model
-from xnetspace.deploy import FusedStage, InferenceOnly, affine_then_conv, merge_depthwise
-from xnetspace.layers import IDConv, MSFFN, OSRA, DMixer, LayerScale, SqueezedTokenEnhancer, conv_bn
-from xnetspace.network import TransXNetBlock, TransXNetStage
+from xnetspace.model.block import FusedStage, TransXNetBlock, TransXNetStage
+from xnetspace.model.convs import LayerScale, conv_bn
+from xnetspace.model.ffn import MSFFN
+from xnetspace.model.folds import InferenceOnly, affine_then_conv, merge_depthwise
+from xnetspace.model.idconv import IDConv
+from xnetspace.model.mixer import DMixer, SqueezedTokenEnhancer
+from xnetspace.model.osra import OSRA
 
 from .conftest import tiny_spec
 

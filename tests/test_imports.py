@@ -39,8 +39,13 @@ def resolve(importer: str, node: ast.ImportFrom) -> str:
 def imports(name: str) -> list[tuple[str, str, int]]:
     """(module imported, name taken from it or "", line) for each intra-package import in ``name``."""
     tree = ast.parse(MODULES[name].read_text(), filename=str(MODULES[name]))
+    return imports_in(name, ast.walk(tree))  # ast.walk reaches imports inside functions and classes too
+
+
+def imports_in(name: str, nodes) -> list[tuple[str, str, int]]:
+    """As :func:`imports`, for the given AST nodes of module ``name`` only."""
     found = []
-    for node in ast.walk(tree):  # ast.walk reaches imports inside functions and classes too
+    for node in nodes:
         if isinstance(node, ast.Import):
             found += [(alias.name, "", node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -106,10 +111,11 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str]:
 
 def test_the_scan_sees_the_package_and_lazy_imports():
     # Guards the checker itself: the package is found, and an import inside a function is an edge.
-    assert {"xnetspace.spec", "xnetspace.network", "xnetspace.cli"} <= set(MODULES)
+    assert {"xnetspace.spec", "xnetspace.model.network", "xnetspace.cli"} <= set(MODULES)
     assert "xnetspace.search" in MODULES and is_package("xnetspace.search")
     edges = graph()
-    assert "xnetspace.spec" in edges["xnetspace.network"]
+    assert "xnetspace.spec" in edges["xnetspace.model.network"]
+    assert "xnetspace.memory" in edges["xnetspace.model.network"]  # imported inside build_model
     assert any(m.startswith("xnetspace.search") for m in edges["xnetspace.cli"])  # cli imports them in commands
 
 
@@ -146,3 +152,42 @@ def test_no_private_name_crosses_a_module_border(name):
                 and node.attr.startswith("_") and not node.attr.startswith("__")):
             problems.append(f"line {node.lineno}: {aliases[node.value.id]}.{node.attr}")
     assert not problems, f"{name} uses private names of other modules: {problems}"
+
+
+def build_command_modules() -> set[str]:
+    """The package modules ``xnetspace build`` can import: cli's top-level imports, those inside
+    ``build`` and inside the cli functions it calls, everything they import in turn, and the
+    packages above each (importing ``a.b`` runs ``a``)."""
+    tree = ast.parse(MODULES["xnetspace.cli"].read_text())
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    nodes = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    todo, seen = ["build"], set()
+    while todo:
+        function = functions[todo.pop()]
+        seen.add(function.name)
+        for node in ast.walk(function):
+            nodes.append(node)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in functions:
+                if node.func.id not in seen:
+                    todo.append(node.func.id)
+    edges, reached = graph(), set()
+    todo = []
+    for mod, _, _ in imports_in("xnetspace.cli", nodes):
+        while mod not in MODULES and "." in mod:
+            mod = mod.rsplit(".", 1)[0]
+        todo.append(mod)
+    while todo:
+        mod = todo.pop()
+        if mod in reached:
+            continue
+        reached.add(mod)
+        parts = mod.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))] + sorted(edges[mod])
+    return reached
+
+
+def test_build_command_never_imports_the_search_side():
+    reached = build_command_modules()
+    assert {"xnetspace.model.network", "xnetspace.photo", "xnetspace.memory", "xnetspace.timing"} <= reached
+    search = sorted(m for m in reached if m.startswith("xnetspace.search"))
+    assert not search, f"xnetspace build imports the search side: {search}"

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from xnetspace import build_model, load_preset
-from xnetspace.layers import IDConv, OSRA
+from xnetspace.model.idconv import IDConv
+from xnetspace.model.osra import OSRA
 
 from .conftest import tiny_spec
 

@@ -25,6 +25,7 @@ from xnetspace.search.study import store_run_options
 from xnetspace.search.train import TrainConfig
 
 from .test_analysis import fake_trainer
+from .conftest import use_trainer
 
 runner = CliRunner()
 SPACE = {  # every stage takes every width, so about 1 in 7 draws has non-decreasing widths
@@ -178,18 +179,8 @@ def test_verify_samples_the_refined_space_and_compares(tmp_path, monkeypatch):
 
 
 def _use_fake_trainer(monkeypatch) -> None:
-    """Every training of a study goes to test_analysis.fake_trainer (conftest.use_trainer where
-    the search has it; before it, the two modules that trained)."""
-    try:
-        from .conftest import use_trainer
-    except ImportError:
-        import xnetspace.search.confirmation as confirmation_module
-        import xnetspace.search.objective as objective_module
-
-        monkeypatch.setattr(objective_module, "train_candidate", fake_trainer)
-        monkeypatch.setattr(confirmation_module, "train_candidate", fake_trainer)
-    else:
-        use_trainer(monkeypatch, fake_trainer)
+    """Every training of a study goes to test_analysis.fake_trainer."""
+    use_trainer(monkeypatch, fake_trainer)
 
 
 # -- bad input -------------------------------------------------------------------------------------------

@@ -270,7 +270,7 @@ runner = CliRunner()
     (["--space", "tiny_cpu", "--flops-max", "1k"], "flops range [1,500,000, 1,000] has min above max"),
     (["--space", "tiny_cpu", "--flops-min", "0", "--flops-max", "1k"], "none of 2,002 specs drawn meets the constraints"),
     (["--space", "tiny_cpu", "--dataset", "mnist"], "unknown dataset 'mnist'"),
-    (["--space", "tiny_cpu", "--devices", "tpu"], "--devices entry 'tpu'"),
+    (["--space", "tiny_cpu", "--devices", "tpu"], "devices = ['tpu']: device 'tpu' must be cpu, cuda or cuda:K"),
     (["--space", "tiny_cpu", "--objective", "top1-flops", "--pruner", "median"], "multi-objective studies cannot prune"),
     (["--space", "tiny_cpu", "--objective", "speed"], "objective"),
     (["--space", "tiny_cpu", "--baseline", "transxnet_q"], "--baseline 'transxnet_q' is neither a preset"),

@@ -10,8 +10,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from xnetspace import build_model
-from xnetspace.layers import MSFFN, OSRA, LayerScale
-from xnetspace.network import TransXNetBlock
+from xnetspace.model.block import TransXNetBlock
+from xnetspace.model.convs import LayerScale
+from xnetspace.model.ffn import MSFFN
+from xnetspace.model.osra import OSRA
 from xnetspace.search.data import load_dataset
 from xnetspace.search.train import TensorBatches, TrainConfig, train_candidate
 

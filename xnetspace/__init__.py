@@ -3,11 +3,23 @@
 Importing the package registers ``transxnet_t``, ``transxnet_s``, ``transxnet_b`` and ``transxnet``
 (any spec: ``timm.create_model("transxnet", spec=...)``) with timm.
 
-Imports point one way, down toward the spec (``tests/test_imports.py`` keeps it so). The network
-and its cost: spec -> cost; spec -> ops -> deploy -> layers -> network -> (checkpoint, latency,
-timm_models), with release (the authors' key layout, pure dicts) below checkpoint and timm_models.
-The search and its evidence (``xnetspace.search``) import the network side, never the reverse;
-the command line (cli) sits on top.
+Layout, from the bottom up (imports point one way, down toward the spec; ``tests/test_imports.py``
+keeps it so)::
+
+    errors, text          SpecError; reading spec and space files safely, short quotes
+    spec                  the spec model: StageSpec, NetworkSpec, bounds, presets, load/save
+    model/                one module per operator family (stem, dpe, idconv, osra, mixer, ffn,
+                          block, head) over the shared kernels, folds and convs (xnetspace.model)
+    cost, memory          walkers summing those operators' cost() over a spec: params, FLOPs,
+                          bytes
+    model/network         the network: TransXNet, build_model (which checks memory first)
+    timing, scaling       build-time estimate; specs scaled to a FLOP budget
+    release               the authors' key layout (pure dicts), below checkpoint and timm_models
+    checkpoint, pack,     files, packed replicas, timm registrations, measured latency, the
+    timm_models, latency, presets' evaluation preprocessing and a photograph (build's input)
+    photo
+    search/               the search and its evidence: imports the model side, never the reverse
+    cli                   the command line, on top (``build`` imports nothing from search/)
 """
 from .checkpoint import (
     CheckpointError,
@@ -16,7 +28,7 @@ from .checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from .network import TransXNet, build_model
+from .model import TransXNet, build_model
 from . import timm_models  # noqa: F401 - registers the timm names
 from .spec import (
     NetworkSpec,

@@ -18,9 +18,10 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from .network import TransXNet, build_model
+from .model import TransXNet, build_model
 from .release import CheckpointError, checkpoint_filter_fn, convert_official_state_dict
-from .spec import NetworkSpec, format_validation_error, shorten
+from .spec import NetworkSpec, format_validation_error
+from .text import shorten
 
 __all__ = [
     "CheckpointError",

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from .checkpoint import CheckpointError, load_weights, nonfinite_keys, read_checkpoint, save_checkpoint
 from .cost import FLOP_KINDS, CostReport, cost_report, parse_image_size
-from .network import build_model
+from .model import build_model
 from .spec import (MAX_CLASSES, MAX_IN_CHANS, NetworkSpec, SpecError, format_validation_error,
                    resolve_spec, save_spec)
 
@@ -50,7 +50,8 @@ def _fail(message: str) -> None:
 
 
 def _load(spec_arg: str, image_size: str) -> tuple[NetworkSpec, tuple[int, int]]:
-    from .spec import check_image_size, shorten
+    from .spec import check_image_size
+    from .text import shorten
 
     try:
         if len(image_size) > 40:  # "16384x16384" is 11 characters; int() of 5,000 digits fails
@@ -143,7 +144,7 @@ def build(
         _fail(str(err))
     bad_weights = nonfinite_keys(model.state_dict()) if checkpoint is not None else []
     if bad_weights:
-        from .spec import shorten
+        from .text import shorten
 
         typer.echo(f"warning: {len(bad_weights)} weight tensors of {shorten(str(checkpoint))} are not finite (NaN or "
                    f"inf), e.g. {', '.join(shorten(k, 80) for k in bad_weights[:3])}; the outputs below are not "
@@ -197,7 +198,7 @@ def _save_target(where: str) -> Path:
     socket: none is ever replaced or written into) or is read-only, and a folder where no file can
     be made (tried with an unnamed temporary file).
     """
-    from .spec import shorten
+    from .text import shorten
 
     shown = shorten(where)
     if not where.strip():
@@ -245,7 +246,7 @@ def _save(model: torch.nn.Module, where: str, target: Path) -> None:
     Refuses (exit 2, via :func:`_fail`) any error of the file system, naming it (ENOSPC: "No space
     left on device").
     """
-    from .spec import shorten
+    from .text import shorten
 
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     created = False
@@ -610,7 +611,7 @@ def analyze(
 
     from .search.analysis import AnalysisError, analyze as analyze_studies, load_named_study, load_run, study_data
     from .search.analysis_plots import write_analysis
-    from .spec import shorten
+    from .text import shorten
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     runs, study_names = list(runs or []), list(study_names or [])
@@ -770,7 +771,7 @@ def main() -> None:
         typer.echo("interrupted (Ctrl-C); nothing was saved by this command", err=True)
         sys.exit(130)
     except Exception as err:  # noqa: BLE001 - the last guard: a bug gets a log file, not a traceback
-        from .spec import shorten
+        from .text import shorten
 
         from .logs import error_log
 

@@ -4,16 +4,14 @@ the built network, is :func:`xnetspace.latency.measure_latency`).
 FLOPs are counted as fvcore counts them (one multiply-add = one flop), operator kind by operator
 kind, for one image in eval mode, so that ``count_flops(spec, (H, W))`` equals
 ``fvcore.nn.FlopCountAnalysis(build_model(spec).eval(), torch.randn(1, in_chans, H, W)).total()``
-exactly. fvcore's rules, which this module mirrors (``fvcore/nn/jit_handles.py``):
+exactly (fvcore's rules: :mod:`xnetspace.model.complexity`).
 
-- conv: ``prod(weight.shape) * H_out * W_out``; matmul ``(.., n, k) @ (.., k, m)``: ``numel(a) * m``;
-  linear: ``in * out``;
-- batch_norm (eval): 2 per element; group_norm: 5 per element; adaptive_avg_pool2d: 1 per input
-  element; elementwise ops, softmax, GELU, mean and the bicubic resize of position biases: 0.
-
-Like pycls's ``complexity()`` methods, each function below mirrors one module of
-:mod:`xnetspace.layers` / :mod:`xnetspace.network`; every block of a stage costs the same, so a
-stage costs ``depth`` blocks. The whole count takes tens of microseconds.
+This module only walks a spec: stem, stages, head (:func:`network_cost`). What each part costs is
+written beside its construction, in its operator's module (pycls's ``complexity()``): the static
+``cost(hw, ...)`` of :class:`~xnetspace.model.stem.Stem`, :class:`~xnetspace.model.block.TransXNetStage`
+(which sums its downsample and ``depth`` blocks, each of which sums DPE, the D-Mixer's IDConv,
+OSRA and STE, and MS-FFN) and :func:`~xnetspace.model.head.head_cost`. The whole count takes tens
+of microseconds.
 """
 from __future__ import annotations
 
@@ -24,13 +22,18 @@ from typing import Union
 
 import torch
 
-from .spec import NetworkSpec, StageSpec, reduced_size
+from .model.block import TransXNetStage
+from .model.complexity import Cost
+from .model.head import head_cost
+from .model.stem import Stem
+from .spec import NetworkSpec
 
 __all__ = [
     "FLOP_KINDS",
     "PartCost",
     "CostReport",
     "cost_report",
+    "network_cost",
     "count_params",
     "count_flops",
     "fvcore_flops",
@@ -139,76 +142,25 @@ class CostReport:
         }
 
 
-# -- one function per module, mirroring construction ------------------------------------------------
-def _conv(part: PartCost, c_in: int, c_out: int, k: int, n_out: int, groups: int = 1, bias: bool = True) -> None:
-    weight = c_out * (c_in // groups) * k * k
-    part.add("conv", weight * n_out, weight + (c_out if bias else 0))
+# -- the walk ------------------------------------------------------------------------------------------
+def network_cost(spec: NetworkSpec, image_size: ImageSize = 224) -> list[tuple[str, tuple[int, int], Cost]]:
+    """``(name, map size, cost)`` of each part of ``build_model(spec)`` in forward order: ``stem``,
+    ``stage1``..``stageN``, ``head``, for one (in_chans, H, W) image. The map size is the part's
+    output (for the head: its input).
 
-
-def _bn(part: PartCost, c: int, n: int) -> None:
-    part.add("batch_norm", 2 * c * n, 2 * c)
-
-
-def _conv_bn(part: PartCost, c_in: int, c_out: int, k: int, n_out: int, groups: int = 1) -> None:
-    _conv(part, c_in, c_out, k, n_out, groups, bias=False)
-    _bn(part, c_out, n_out)
-
-
-def _idconv(part: PartCost, c: int, k: int, g: int, n: int) -> None:
-    r = c // 4
-    maps = k * k + 1  # proj runs twice: on the K x K pooled map and on the 1 x 1 mean
-    banks, proj = g * c * k * k + g * c, c * r + r * g * c + g * c  # proj: 1x1 (no bias), 1x1 (bias)
-    part.add("conv", (c * r + r * g * c) * maps + c * k * k * n, banks + proj)
-    part.add("batch_norm", 2 * r * maps, 2 * r)
-    part.add("adaptive_avg_pool2d", c * n)
-
-
-def _osra(part: PartCost, c: int, heads: int, r: int, hw: tuple[int, int]) -> None:
-    n = hw[0] * hw[1]
-    m = reduced_size(hw[0], r) * reduced_size(hw[1], r)
-    _conv(part, c, c, 1, n)  # q
-    if r > 1:
-        _conv_bn(part, c, c, r + 3, m, groups=c)
-        _conv_bn(part, c, c, 1, m, groups=c)
-    _conv(part, c, c, 3, m, groups=c)  # local refinement
-    _conv(part, c, 2 * c, 1, m)  # kv
-    part.add("matmul", 2 * c * n * m)  # q @ k and attn @ v
-
-
-def _ste(part: PartCost, c: int, hidden: int, n: int) -> None:
-    _conv(part, c, c, 3, n, groups=c)
-    _bn(part, c, n)
-    _conv(part, c, hidden, 1, n)
-    _bn(part, hidden, n)
-    _conv(part, hidden, c, 1, n)
-    _bn(part, c, n)
-
-
-def _msffn(part: PartCost, stage: StageSpec, n: int) -> None:
-    c, hid = stage.embed_dim, stage.hidden_dim
-    _conv(part, c, hid, 1, n, bias=False)
-    _bn(part, hid, n)
-    for ch, k in zip(stage.ffn_splits, stage.ffn_kernel_sizes):
-        _conv(part, ch, ch, k, n, groups=ch)
-    _bn(part, hid, n)
-    _conv_bn(part, hid, c, 1, n)
-
-
-def _block(part: PartCost, stage: StageSpec, hw: tuple[int, int], layer_scale: bool) -> None:
-    c, n = stage.embed_dim, hw[0] * hw[1]
-    _conv(part, c, c, 7, n, groups=c)  # DPE
-    part.add("group_norm", 2 * 5 * c * n, 2 * 2 * c)  # norm1, norm2
-    if stage.idconv_channels and stage.idconv_groups > 1:
-        _idconv(part, stage.idconv_channels, stage.idconv_kernel_size, stage.idconv_groups, n)
-    elif stage.idconv_channels:
-        _conv(part, stage.idconv_channels, stage.idconv_channels, stage.idconv_kernel_size, n,
-              groups=stage.idconv_channels)
-    if stage.attn_channels:
-        _osra(part, stage.attn_channels, stage.num_heads, stage.sr_ratio, hw)
-    _ste(part, c, stage.ste_dim, n)
-    _msffn(part, stage, n)
-    if layer_scale:
-        part.add("conv", 2 * c * n, 2 * 2 * c)
+    Raises:
+        ValueError: an image size that is not one or two positive integers.
+    """
+    size = parse_image_size(image_size)
+    sizes = spec.stage_sizes(size)
+    parts = [("stem", sizes[0], Stem.cost(size, sizes[0], spec.in_chans, spec.embed_dims[0]))]
+    in_chs, in_hw = None, sizes[0]
+    for i, (stage, hw) in enumerate(zip(spec.stages, sizes)):
+        cost = TransXNetStage.cost(hw, in_hw, in_chs, stage, spec.pos_bias_shape(i), spec.layer_scale_init_value)
+        parts.append((f"stage{i + 1}", hw, cost))
+        in_chs, in_hw = stage.embed_dim, hw
+    parts.append(("head", sizes[-1], head_cost(sizes[-1], in_chs, spec.num_classes)))
+    return parts
 
 
 def cost_report(spec: NetworkSpec, image_size: ImageSize = 224) -> CostReport:
@@ -221,32 +173,7 @@ def cost_report(spec: NetworkSpec, image_size: ImageSize = 224) -> CostReport:
         ValueError: an image size that is not one or two positive integers.
     """
     size = parse_image_size(image_size)
-    sizes = spec.stage_sizes(size)
-    stem = PartCost("stem", size=sizes[0])
-    _conv_bn(stem, spec.in_chans, spec.embed_dims[0], 7, sizes[0][0] * sizes[0][1])
-    parts = [stem]
-    c_prev = None
-    for i, (stage, hw) in enumerate(zip(spec.stages, sizes)):
-        part = PartCost(f"stage{i + 1}", size=hw)
-        if c_prev is not None:
-            _conv_bn(part, c_prev, stage.embed_dim, 3, hw[0] * hw[1])
-        bias_shape = spec.pos_bias_shape(i)
-        if bias_shape:
-            part.params += bias_shape[1] * bias_shape[2] * bias_shape[3]
-        block = PartCost("block")
-        _block(block, stage, hw, spec.layer_scale_init_value is not None)
-        part.params += stage.depth * block.params
-        for kind, flops in block.flops_by_kind.items():
-            part.flops_by_kind[kind] += stage.depth * flops
-        parts.append(part)
-        c_prev = stage.embed_dim
-    head = PartCost("head", size=sizes[-1])
-    n_last = sizes[-1][0] * sizes[-1][1]
-    head.add("group_norm", 5 * c_prev * n_last, 2 * c_prev)
-    head.add("adaptive_avg_pool2d", c_prev * n_last)
-    if spec.num_classes:
-        head.add("linear", c_prev * spec.num_classes, c_prev * spec.num_classes + spec.num_classes)
-    parts.append(head)
+    parts = [PartCost(name, cost.params, Counter(cost.flops), hw) for name, hw, cost in network_cost(spec, size)]
     return CostReport(spec, size, parts)
 
 

@@ -1,6 +1,6 @@
 """Measured latency of a built network: the one cost that the spec alone cannot give.
 
-It sits above :mod:`xnetspace.network` (it builds the network), while :mod:`xnetspace.cost`
+It sits above :mod:`xnetspace.model.network` (it builds the network), while :mod:`xnetspace.cost`
 counts params and FLOPs from the spec without building anything.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 
 from .cost import ImageSize, parse_image_size
-from .network import build_model
+from .model import build_model
 from .spec import NetworkSpec
 
 __all__ = ["measure_latency"]

@@ -6,15 +6,19 @@ one eval forward pass at batch 1; :func:`check_memory` refuses a spec whose esti
 memory available now (:func:`available_memory`), so that ``build_model`` and ``xnetspace build``
 answer at once instead of swapping for minutes or dying in the allocator.
 
-The activation bound follows the forward of :mod:`xnetspace.network` stage by stage (at stage
+The activation bound follows the forward of :mod:`xnetspace.model` stage by stage (at stage
 resolution ``N = H*W`` tokens, ``C`` channels, MS-FFN width ``D``, ``A`` attention channels, ``h``
 heads, ``M`` tokens after OSR): it adds every tensor that can be alive at once in one block --
-the residual stream and its copies (``8 C N``), MS-FFN's fc1/GELU/BN/branch/concat maps and
-oneDNN's blocked copies of them (``6 D N``), OSRA's queries, keys, values and outputs
-(``4 A N + 4 A M``), the attention logits with their bias sum and softmax (``3 h N M``) and the
-resized position bias the whole stage keeps (``h N M``) -- plus the input map of the stage's
-downsample, and takes the largest stage; then multiplies by 2 for the allocator's slack (glibc
-keeps freed blocks for reuse) and adds 32 MB of kernel workspaces. The preprocessed photograph
+the residual stream and its copies (``8 C N``, :class:`~xnetspace.model.block.TransXNetBlock`),
+MS-FFN's fc1/GELU/BN/branch/concat maps and oneDNN's blocked copies of them (``6 D N``,
+:class:`~xnetspace.model.ffn.MSFFN`), OSRA's queries, keys, values and outputs (``4 A N + 4 A M``)
+and the attention logits with their bias sum and softmax (``3 h N M``,
+:class:`~xnetspace.model.osra.OSRA`), and the resized position bias the whole stage keeps
+(``h N M``) -- plus the input map of the stage (its downsample's input), and takes the largest
+stage (or the stem: the image, the stem conv's and its BN's outputs); then multiplies by 2 for
+the allocator's slack (glibc keeps freed blocks for reuse) and adds 32 MB of kernel workspaces.
+Each term is the ``activations`` of its operator's ``cost()``, beside its construction; this
+module only walks a spec (:func:`xnetspace.cost.network_cost`). The preprocessed photograph
 counts ``16 in_chans H W`` bytes (the decoded and resized image and the float tensors made from
 it). Checked against the peak resident memory of a real forward on the CPU
 (``benchmarks/memory_bound.py``, ``tests/test_bad_input.py``): the bound was 1.3 to 3.7 times the
@@ -27,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .cost import ImageSize, count_params, parse_image_size
-from .spec import NetworkSpec, SpecError, reduced_size
+from .cost import ImageSize, count_params, network_cost, parse_image_size
+from .spec import NetworkSpec, SpecError
 
 __all__ = ["MemoryEstimate", "MemoryLimitError", "estimate_memory", "available_memory", "check_memory",
            "count_buffers", "human_bytes"]
@@ -83,35 +87,15 @@ def human_bytes(count: float) -> str:
 def count_buffers(spec: NetworkSpec) -> tuple[int, int]:
     """``(floats, counters)``: BatchNorm running-mean/var elements and ``num_batches_tracked``
     counters (int64) of ``build_model(spec)``, without building it. Every BN of C channels holds
-    2 C floats and one counter; the BNs are those of :mod:`xnetspace.layers` (stem, downsamples,
-    IDConv's proj, OSR, STE, MS-FFN)."""
-    channels = [spec.embed_dims[0]] + list(spec.embed_dims[1:])  # stem, then each downsample
-    for stage in spec.stages:
-        block = [stage.embed_dim, stage.ste_dim, stage.embed_dim]  # STE
-        block += [stage.hidden_dim, stage.hidden_dim, stage.embed_dim]  # MS-FFN
-        if stage.idconv_channels and stage.idconv_groups > 1:
-            block.append(stage.idconv_channels // 4)  # IDConv's proj (reduction 4)
-        if stage.attn_channels and stage.sr_ratio > 1:
-            block += [stage.attn_channels] * 2  # OSR
-        channels += block * stage.depth
-    return 2 * sum(channels), len(channels)
+    2 C floats and one counter; the BNs are counted by the operators that hold them (stem,
+    downsamples, IDConv's proj, OSR, STE, MS-FFN)."""
+    parts = [cost for _, _, cost in network_cost(spec, spec.image_size)]
+    return sum(c.norm_floats for c in parts), sum(c.norms for c in parts)
 
 
 def _activation_floats(spec: NetworkSpec, size: tuple[int, int]) -> int:
     """Upper bound on the floats alive at once in one eval forward at batch 1 (module docstring)."""
-    h, w = size
-    sizes = spec.stage_sizes(size)
-    n0 = sizes[0][0] * sizes[0][1]
-    peak = spec.in_chans * h * w + 2 * spec.embed_dims[0] * n0  # stem: image, conv and BN outputs
-    prev = spec.embed_dims[0] * n0
-    for stage, (sh, sw) in zip(spec.stages, sizes):
-        n, c = sh * sw, stage.embed_dim
-        m = reduced_size(sh, stage.sr_ratio) * reduced_size(sw, stage.sr_ratio)
-        a, heads = stage.attn_channels, stage.num_heads if stage.attn_channels else 0
-        live = prev + 8 * c * n + 6 * stage.hidden_dim * n + 4 * a * n + 4 * a * m + 4 * heads * n * m
-        peak = max(peak, live)
-        prev = c * n
-    return peak
+    return max(cost.activations for _, _, cost in network_cost(spec, size))
 
 
 def estimate_memory(spec: NetworkSpec, image_size: Optional[ImageSize] = None) -> MemoryEstimate:

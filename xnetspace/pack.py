@@ -14,7 +14,7 @@ tensors; a loss summed over replicas gives each its own gradients; an element-wi
 each replica's running statistics. So a replica trained in a pack is the network its seed gives
 trained alone, up to float rounding (``tests/test_pack.py``), as long as training draws no random
 numbers inside the network: with dropout or drop-path each replica gets its own masks, but not
-those a lone run would draw. Any replica comes out as an ordinary :class:`~xnetspace.network.
+those a lone run would draw. Any replica comes out as an ordinary :class:`~xnetspace.model.
 TransXNet` (:meth:`Pack.replica`): to save it, re-parameterise it or load it in timm.
 
 How much packing saves depends on the device. On the 2-core CPU this was written on, a training
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .network import TransXNet
+from .model import TransXNet
 
 __all__ = ["Pack"]
 
@@ -49,7 +49,7 @@ def _back_to_input_dtype(module: nn.Module, args: tuple, output: Tensor) -> Tens
 
 
 class Pack:
-    """S replicas of one :class:`~xnetspace.network.TransXNet` run as one network.
+    """S replicas of one :class:`~xnetspace.model.network.TransXNet` run as one network.
 
     Args:
         models: S networks of the same spec (their own initialisations, e.g. one per seed), all

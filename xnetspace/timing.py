@@ -55,8 +55,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from .cost import ImageSize, count_flops, count_params, parse_image_size
-from .spec import NetworkSpec, SpecError, StageSpec, reduced_size
+from .cost import ImageSize, count_flops, count_params, network_cost, parse_image_size
+from .spec import NetworkSpec, SpecError, StageSpec
 
 __all__ = ["Speed", "TimeLimitError", "measure_speed", "estimate_seconds", "check_time", "TIME_LIMIT"]
 
@@ -82,7 +82,7 @@ def measure_speed() -> Speed:
     was."""
     import torch
 
-    from .network import TransXNetBlock
+    from .model.block import TransXNetBlock
 
     a, b = torch.randn(512, 512), torch.randn(512, 512)
     a @ b  # the first call loads the kernels
@@ -118,13 +118,8 @@ def _chain(blocks: list, x, bias):
 
 def _logits(spec: NetworkSpec, size: tuple[int, int]) -> int:
     """Attention logits of one forward: ``heads x N x M`` per block, plus the stage's resize of
-    its position bias (the same count once more per stage)."""
-    total = 0
-    for stage, (h, w) in zip(spec.stages, spec.stage_sizes(size)):
-        if stage.attn_channels:
-            m = reduced_size(h, stage.sr_ratio) * reduced_size(w, stage.sr_ratio)
-            total += (stage.depth + 1) * stage.num_heads * h * w * m
-    return total
+    its position bias (the same count once more per stage): each OSRA's and stage's ``cost()``."""
+    return sum(cost.logits for _, _, cost in network_cost(spec, size))
 
 
 def estimate_seconds(spec: NetworkSpec, image_size: ImageSize, speed: Speed) -> float:

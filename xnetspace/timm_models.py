@@ -17,7 +17,7 @@ from typing import Any, Mapping, Union
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .network import TransXNet
+from .model import TransXNet
 from .release import checkpoint_filter_fn
 from .spec import NetworkSpec, load_preset, resolve_spec
 

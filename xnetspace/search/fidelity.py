@@ -52,7 +52,8 @@ from .stats import noise_ceiling, pooled_seed_std, precision_at_k, rank_fidelity
 from .train import TrainConfig
 from .zero_cost import ZERO_COST
 
-__all__ = ["FidelityConfig", "run_fidelity", "analyze_runs", "read_runs", "racing_replay", "FIDELITY_STUDY"]
+__all__ = ["FidelityConfig", "run_fidelity", "analyze_runs", "read_runs", "racing_replay", "report_lines",
+           "FIDELITY_STUDY"]
 
 FIDELITY_STUDY = "fidelity"
 _CONFIG_ATTR = "xnetspace_fidelity"
@@ -426,3 +427,26 @@ def _plot(result: dict, path: Path) -> Optional[Path]:
            title=f"fidelity over {result['n_specs']} specs x {result['seeds']} seeds")
     ax.legend(loc="lower right", fontsize=8)
     return save_figure(fig, path)
+
+
+def report_lines(result: dict) -> list[str]:
+    """The fidelity study in words: the ceiling, each score's rank correlations, racing replayed."""
+
+    def ci(value, interval) -> str:
+        if value is None or not math.isfinite(value):
+            return "n/a"
+        return f"{value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]"
+
+    c = result["ceiling"]
+    lines = [f"{result['n_specs']} specs x {result['seeds']} seeds; target: {result['target']}; noise ceiling (Kendall "
+             f"tau between the means of two halves of the seeds): {ci(c['kendall_tau'], c['ci95'])}"]
+    for s in result["scores"]:
+        fraction = s.get("fraction_of_ceiling")
+        share = "" if fraction is None or not math.isfinite(fraction) else f"  ({100 * fraction:.0f}% of the ceiling)"
+        lines.append(f"  {s['name']:>18s}  tau {ci(s['kendall_tau'], s['ci95']['kendall_tau'])}  rho "
+                     f"{ci(s['spearman_rho'], s['ci95']['spearman_rho'])}  precision@5 {s['precision_at_5']:.2f}{share}")
+    for r in result["racing"]:
+        lines.append(f"  racing z={r['z']:g}: {100 * r['fraction_of_runs']:.0f}% of the runs, tau {r['kendall_tau']:.2f}, "
+                     f"the best spec kept all its seeds {100 * r['best_kept_all_seeds']:.0f}% of the time and ranked "
+                     f"first {100 * r['best_ranked_first']:.0f}%")
+    return lines

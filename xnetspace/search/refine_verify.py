@@ -1,6 +1,7 @@
 """``xnetspace refine --verify N``: a fresh population of the refined space, trained with the
-original study's dataset, objective and recipe through the normal search machinery (random
-sampler, no pruner, no confirmation), and compared with the original population
+original study's dataset, objective, recipe and proxy seeds through the normal search machinery
+(random sampler, no pruner, no confirmation: what ``xnetspace search --population`` runs), and
+compared with the original population
 (:func:`~.analysis.analyze`: EDFs, Kolmogorov-Smirnov, bootstrap CIs)."""
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from .analysis import StudyData, analyze, load_run, study_data
 from .analysis_plots import write_analysis
 from .refine import Refinement
 from .runner import run_search
-from .study import RunOptions, StudyConfig
+from .study import RunOptions
 
 __all__ = ["verify"]
 
@@ -30,8 +31,7 @@ def verify(refinement: Refinement, original: StudyData, out: Path, n: int, devic
         what :func:`~.runner.run_search` and :func:`~.analysis.analyze` raise.
     """
     folder = Path(out) / "verify"
-    config = StudyConfig(space=refinement.space, dataset=original.config.dataset,
-                         objective=original.config.objective, train=original.config.train)
+    config = original.config.model_copy(update={"space": refinement.space})  # its dataset, objective, recipe, seeds
     options = RunOptions(n_trials=n, out=folder, study_name=f"{refinement.space.name}-verify", sampler="random",
                          pruner="none", confirm_top=0, seed=seed, devices=devices or ["cpu"],
                          workers_per_device=workers_per_device, progress=progress)

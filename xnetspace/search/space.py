@@ -32,8 +32,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator)
 
 from ..cost import ImageSize, cost_report, parse_image_size
-from ..spec import (Float, Int, NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty,
-                    read_text_file, yaml_mapping)
+from ..spec import Float, Int, NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty
+from ..text import read_text_file, yaml_mapping
 from .space_knobs import (INT_KNOBS, KNOBS, Choices, CornerTrial, Count, Fixed, Knob, RandomTrial, Range,
                           SpaceError, TieRef, as_definition, check_values, finite_values, parse_count, suggest)
 from .space_rules import (MAX_MONOTONE_COMBINATIONS, Rules, interpolate, monotone_chains, nondecreasing,

@@ -7,7 +7,7 @@ and the data order are fixed, so a spec trains the same way every time. On CUDA 
 under bf16 autocast with channels_last memory.
 
 Speed (issue 12; ``benchmarks/bench_train.py`` measures it): by default the network trains in its
-fast form (:meth:`xnetspace.network.TransXNet.set_train_form`) with a fused AdamW; in-memory
+fast form (:meth:`xnetspace.model.TransXNet.set_train_form`) with a fused AdamW; in-memory
 datasets are batched by indexing their tensors on the device, without a DataLoader, and evaluated
 in large batches under ``inference_mode``. ``train_form="reference"`` trains the release's
 operators with torch's plain AdamW, for comparison.
@@ -28,7 +28,7 @@ from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
-from ..network import TRAIN_FORMS, build_model
+from ..model import TRAIN_FORMS, build_model
 from ..pack import Pack
 from ..spec import Float, Int, NetworkSpec
 from .batches import AUGMENTS, Batches, TensorBatches, batches  # noqa: F401 - TensorBatches, Batches: re-exported

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..network import build_model
+from ..model import build_model
 from ..spec import NetworkSpec
 from .batches import batches
 

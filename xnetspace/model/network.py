@@ -1,142 +1,35 @@
 """TransXNet network compiled from a :class:`~xnetspace.spec.NetworkSpec`, with timm's model interface.
 
 Paper: "TransXNet: Learning Both Global and Local Dynamics with a Dual Dynamic Token Mixer for
-Visual Recognition", arXiv 2310.19380. Original code: github.com/LMMMEng/TransXNet.
+Visual Recognition", arXiv 2310.19380, section III and Fig. 2. Original code: github.com/LMMMEng/TransXNet.
 
 Layout (timm style): ``stem`` -> ``stages.{i}`` (each owns its ``downsample``, its relative
 position bias ``pos_bias`` and its ``blocks.{j}``) -> ``head`` (GN -> global average pool -> fc).
-Release checkpoints map onto it through :func:`xnetspace.release.convert_official_state_dict`; the
-timm registrations live in :mod:`xnetspace.timm_models`. The network scripts (``torch.jit.script``)
-and traces (``torch.fx``, e.g. torchvision's ``create_feature_extractor``) like timm's own models.
+The parts are the operator modules of :mod:`xnetspace.model`; this module wires them, switches
+the training forms (:meth:`TransXNet.set_train_form`) and the inference form
+(:meth:`TransXNet.reparameterize`), and compiles a spec (:func:`build_model`). Release checkpoints
+map onto it through :func:`xnetspace.release.convert_official_state_dict`; the timm registrations
+live in :mod:`xnetspace.timm_models`. The network scripts (``torch.jit.script``) and traces
+(``torch.fx``, e.g. torchvision's ``create_feature_extractor``) like timm's own models.
 """
 # No ``from __future__ import annotations`` here: FX writes the forward's annotations into the code
 # it generates, and the string "Tensor" would not script (timm's fx + TorchScript test).
-import copy
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple, Union
 
 import torch
-import torch.fx
-from timm.layers import DropPath, SelectAdaptivePool2d, calculate_drop_path_rates, trunc_normal_
-from timm.models import checkpoint
+from timm.layers import calculate_drop_path_rates, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from .deploy import FusedBlock, FusedStage, merge_depthwise
-from .layers import DMixer, LayerScale, MSFFN, conv_bn
-from .ops import depthwise_same, merged_depthwise_kernel, resize_pos_bias
-from .spec import NetworkSpec, StageSpec, resolve_spec
+from ..spec import NetworkSpec, resolve_spec
+from .block import TransXNetStage
+from .head import head, head_pool
+from .stem import Stem
 
-__all__ = ["TransXNetBlock", "TransXNetStage", "TransXNet", "build_model", "TRAIN_FORMS"]
+__all__ = ["TransXNet", "build_model", "TRAIN_FORMS"]
 
 TRAIN_FORMS = ("reference", "fast")
-
-# torchvision's FX tracer (create_feature_extractor) keeps the call as one node: its size arithmetic
-# on traced shapes cannot be traced. (timm's tracer knows it from register_notrace_function.)
-torch.fx.wrap("resize_pos_bias")
-torch.fx.wrap("depthwise_same")
-
-
-class TransXNetBlock(nn.Module):
-    """One TransXNet block (paper eq. 1)::
-
-        x = x + DPE(x)                                   # depthwise 7x7, bias
-        x = x + DropPath(LS1(D-Mixer(GN1(x), pos_bias)))
-        x = x + DropPath(LS2(MS-FFN(GN2(x))))
-
-    Shapes: (B, C, H, W) -> (B, C, H, W); ``pos_bias`` (1, h, N, M) already sized for this input.
-    """
-
-    def __init__(self, stage: StageSpec, drop_path: float = 0.0, drop_rate: float = 0.0,
-                 layer_scale_init_value: Optional[float] = 1e-5):
-        super().__init__()
-        dim = stage.embed_dim
-        self.dpe = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
-        self.norm1 = nn.GroupNorm(1, dim)
-        self.mixer = DMixer(
-            dim,
-            attn_dim=stage.attn_channels,
-            ste_dim=stage.ste_dim,
-            kernel_size=stage.idconv_kernel_size,
-            num_groups=stage.idconv_groups,
-            num_heads=stage.num_heads,
-            sr_ratio=stage.sr_ratio,
-        )
-        self.norm2 = nn.GroupNorm(1, dim)
-        self.ffn = MSFFN(dim, stage.hidden_dim, stage.ffn_kernel_sizes, drop=drop_rate)
-        use_ls = layer_scale_init_value is not None
-        self.layer_scale1 = LayerScale(dim, layer_scale_init_value) if use_ls else nn.Identity()
-        self.layer_scale2 = LayerScale(dim, layer_scale_init_value) if use_ls else nn.Identity()
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.fast = False
-
-    def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
-        if self.fast:  # DPE's residual in the centre tap of its kernel
-            dpe = merged_depthwise_kernel([self.dpe.weight], identity=True)
-            x = depthwise_same(x, dpe, self.dpe.bias, x.shape[1])
-        else:
-            x = x + self.dpe(x)
-        x = x + self.drop_path(self.layer_scale1(self.mixer(self.norm1(x), pos_bias)))
-        return x + self.drop_path(self.layer_scale2(self.ffn(self.norm2(x))))
-
-    def fuse(self) -> nn.Module:
-        """Inference form (:class:`xnetspace.deploy.FusedBlock`): DPE's residual in its centre tap,
-        LS1 folded into the D-Mixer, LS2 into MS-FFN's fc2; drop-path (identity in eval) dropped."""
-        ls1, ls2 = (ls if isinstance(ls, LayerScale) else None for ls in (self.layer_scale1, self.layer_scale2))
-        return FusedBlock(merge_depthwise([self.dpe], identity=True), copy.deepcopy(self.norm1),
-                          self.mixer.fuse(ls1), copy.deepcopy(self.norm2), self.ffn.fuse(ls2))
-
-
-class TransXNetStage(nn.Module):
-    """A stage: optional downsample (3x3 conv, stride 2, no bias -> BN), then ``depth`` blocks.
-
-    Owns the stage's relative position bias ``pos_bias`` (1, h, N0, M0), sized for the spec's
-    base image size, zero-initialised and shared by all its blocks (paper eq. 4, P). For an input
-    whose (N, M) differ it is resized bicubically (``align_corners=False``) once per forward.
-    Shapes: (B, C_in, 2H, 2W) -> (B, C, H, W) (or (B, C, H, W) -> same without downsample).
-    """
-
-    def __init__(self, in_chs: Optional[int], stage: StageSpec, pos_bias_shape: Optional[Tuple[int, ...]],
-                 drop_path_rates: List[float], drop_rate: float = 0.0,
-                 layer_scale_init_value: Optional[float] = 1e-5):
-        super().__init__()
-        self.sr_ratio = stage.sr_ratio
-        self.grad_checkpointing = False
-        self.downsample = conv_bn(in_chs, stage.embed_dim, 3, stride=2, padding=1) if in_chs else nn.Identity()
-        self.pos_bias = nn.Parameter(torch.zeros(pos_bias_shape)) if pos_bias_shape else None
-        self.blocks = nn.ModuleList(
-            TransXNetBlock(stage, dp, drop_rate, layer_scale_init_value) for dp in drop_path_rates
-        )
-
-    def resized_pos_bias(self, height: int, width: int) -> Optional[Tensor]:
-        """Position bias (1, h, N, M) for an (height, width) map: M counts the tokens after OSR."""
-        if self.pos_bias is None:
-            return None
-        return resize_pos_bias(self.pos_bias, height, width, self.sr_ratio)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.downsample(x)
-        pos_bias = self.resized_pos_bias(x.shape[-2], x.shape[-1])
-        for block in self.blocks:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(block, x, pos_bias)
-            else:
-                x = block(x, pos_bias)
-        return x
-
-    def fuse(self) -> nn.Module:
-        """Inference form (:class:`xnetspace.deploy.FusedStage`): downsample's BN folded, blocks fused,
-        the resized position bias cached per input size."""
-        downsample = self.downsample.fuse() if hasattr(self.downsample, "fuse") else nn.Identity()
-        return FusedStage(downsample, self.pos_bias, self.sr_ratio, [block.fuse() for block in self.blocks])
-
-
-def _pool(pool_type: str, num_classes: int) -> SelectAdaptivePool2d:
-    # "" keeps the map (timm: flatten only when pooling); a linear head cannot follow a map.
-    if not pool_type and num_classes:
-        raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got num_classes={num_classes}")
-    return SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
 
 
 class TransXNet(nn.Module):
@@ -171,7 +64,7 @@ class TransXNet(nn.Module):
         self.drop_rate = spec.drop_rate
         self.grad_checkpointing = False
 
-        self.stem = conv_bn(spec.in_chans, spec.embed_dims[0], 7, stride=4, padding=3)
+        self.stem = Stem(spec.in_chans, spec.embed_dims[0])
         dp_rates = calculate_drop_path_rates(spec.drop_path_rate, sum(spec.depths))
         stages, self.feature_info, in_chs = [], [], None
         for i, stage in enumerate(spec.stages):
@@ -185,11 +78,7 @@ class TransXNet(nn.Module):
         self.stages = nn.Sequential(*stages)
 
         self.num_features = self.head_hidden_size = in_chs
-        self.head = nn.Sequential(OrderedDict(
-            norm=nn.GroupNorm(1, in_chs),
-            global_pool=_pool(global_pool, spec.num_classes),
-            fc=nn.Linear(in_chs, spec.num_classes) if spec.num_classes else nn.Identity(),
-        ))
+        self.head = head(in_chs, spec.num_classes, global_pool)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -204,7 +93,8 @@ class TransXNet(nn.Module):
     # -- inference form ---------------------------------------------------------------------------
     @torch.jit.ignore
     def reparameterize(self) -> "TransXNet":
-        """Switch to the inference form in place (:mod:`xnetspace.deploy`) and return ``self``.
+        """Switch to the inference form in place (each operator's ``fuse()``; the folds are
+        :mod:`xnetspace.model.folds`) and return ``self``.
 
         The network then computes the same eval-mode function (within float rounding, checked to
         1e-4 relative) with fewer, larger operators. A second call does nothing;
@@ -233,7 +123,7 @@ class TransXNet(nn.Module):
         operators: DPE's, LR's and MS-FFN's residuals and MS-FFN's four depthwise branches go into
         one kernel per conv, assembled from the same parameters at every step (differentiable, so
         gradients reach them as before); depthwise convs on small maps run as batched matmuls and
-        dense 1x1 convs as matmuls (:mod:`xnetspace.ops`); the layer scales are multiply-adds; and
+        dense 1x1 convs as matmuls (:mod:`xnetspace.model.kernels`); the layer scales are multiply-adds; and
         OSRA's attention is one ``baddbmm`` + ``bmm``. Contiguous (NCHW) inputs take the matmul
         paths. Parameters and state-dict keys are the same in both forms, so
         checkpoints and optimizers carry over; outputs and gradients agree within float rounding
@@ -288,7 +178,7 @@ class TransXNet(nn.Module):
             ValueError: ``global_pool=""`` with ``num_classes > 0``, or an unknown pool type.
         """
         if global_pool is not None:
-            self.head.global_pool = _pool(global_pool, num_classes)
+            self.head.global_pool = head_pool(global_pool, num_classes)
         elif num_classes and self.head.global_pool.is_identity():
             raise ValueError(f"num_classes={num_classes} needs a pooled head; pass global_pool='avg' too")
         self.num_classes = num_classes
@@ -365,7 +255,7 @@ def build_model(spec: Union[NetworkSpec, Mapping[str, Any], str, Path], force: b
             fit in the memory available (:func:`xnetspace.memory.check_memory`; nothing is built).
         pydantic.ValidationError: an invalid spec mapping or override (nothing is built).
     """
-    from .memory import check_memory
+    from ..memory import check_memory
 
     spec = resolve_spec(spec)
     fields = {k: v for k, v in overrides.items() if k in NetworkSpec.model_fields}

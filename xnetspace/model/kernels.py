@@ -1,12 +1,12 @@
-"""Pieces shared by TransXNet's training form (:mod:`xnetspace.layers`, :mod:`xnetspace.network`)
-and its inference form (:mod:`xnetspace.deploy`): the D-Mixer's two-branch token mixing, the
-resizing of a stage's position bias, and the merging of depthwise kernels (differentiable: the
-fast training form merges them every step, the inference form once).
+"""Kernels several TransXNet operators share: depthwise kernels merged into one, and exact
+matmul forms of small-map depthwise and dense 1x1 convolutions (the fast training form's).
 
-They sit below both forms so that each form imports them and neither imports the other's
-internals. Both are written so that ``torch.jit.script`` compiles them and ``torch.fx`` traces
-the modules that use them (:func:`resize_pos_bias` is a leaf of the FX graph).
-Paper: arXiv 2310.19380, eq. 2 (D-Mixer) and eq. 4 (OSRA's position bias P).
+Used by the fast training forms of DPE (:mod:`.dpe`), IDConv (:mod:`.idconv`), OSRA's local
+refinement (:mod:`.osra`), STE (through :mod:`.convs`) and MS-FFN (:mod:`.ffn`), and by the folds
+into the inference form (:func:`xnetspace.model.folds.merge_depthwise`). Written so that
+``torch.jit.script`` compiles them; :func:`depthwise_same` is a leaf of FX graphs (each module that
+calls it also registers it with ``torch.fx.wrap``). Paper: arXiv 2310.19380, eq. 1 (DPE), eq. 4
+(LR) and section III-C (MS-FFN's multi-kernel depthwise convolutions).
 """
 from __future__ import annotations
 
@@ -15,46 +15,9 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
-from torch import Tensor, nn
+from torch import Tensor
 
-from .spec import reduced_size
-
-__all__ = ["DualBranchTokens", "resize_pos_bias", "merged_depthwise_kernel", "bmm_attention", "depthwise_same", "pointwise"]
-
-
-class DualBranchTokens(nn.Module):
-    """Base of both D-Mixer forms: computes Y = ``concat(IDConv(X1), OSRA(X2, P))`` (paper eq. 2).
-
-    Subclasses set ``split`` ((C1, C2), C1 + C2 = C), ``idconv`` (None when C1 = 0) and ``osra``
-    (None when C2 = 0); X1 is the first C1 channels, X2 the last C2, and a missing branch leaves
-    all channels to the other. Shapes: (B, C, H, W) -> (B, C, H, W); ``pos_bias`` (1 or B, h, N, M).
-    """
-
-    def dual_branch_tokens(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
-        """Y for input ``x`` (B, C, H, W) and the stage's resized position bias."""
-        if self.idconv is None:
-            return self.osra(x, pos_bias)
-        if self.osra is None:
-            return self.idconv(x)
-        c_local = self.split[0]
-        x_local, x_global = x[:, :c_local], x[:, c_local:]  # views, as split() gives
-        return torch.cat([self.idconv(x_local), self.osra(x_global, pos_bias)], dim=1)
-
-
-@register_notrace_function  # timm's FX tracer (features_only with feature_cls="fx") keeps it as one node
-def resize_pos_bias(pos_bias: Tensor, height: int, width: int, sr_ratio: int) -> Tensor:
-    """A stage's position bias (1, h, N0, M0) for an (height, width) map: (1, h, N, M), N = H*W,
-    M the tokens after OSR; resized bicubically (``align_corners=False``) unless already that size
-    (then ``pos_bias`` itself). Paper eq. 4, P.
-
-    Under ``torch.fx`` tracing ``height``/``width`` are proxies, so the modules that call this
-    register it as a leaf (``torch.fx.wrap``) rather than tracing its size arithmetic.
-    """
-    n = height * width
-    m = reduced_size(height, sr_ratio) * reduced_size(width, sr_ratio)
-    if pos_bias.shape[-2] == n and pos_bias.shape[-1] == m:
-        return pos_bias
-    return F.interpolate(pos_bias, size=[n, m], mode="bicubic", align_corners=False)
+__all__ = ["merged_depthwise_kernel", "depthwise_same", "pointwise"]
 
 
 def merged_depthwise_kernel(weights: List[Tensor], identity: bool = False) -> Tensor:
@@ -78,27 +41,6 @@ def merged_depthwise_kernel(weights: List[Tensor], identity: bool = False) -> Te
         centre[size * size // 2] = 1.0
         weight = weight + centre.reshape(1, 1, size, size)
     return weight
-
-
-def bmm_attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, scale: float,
-                  pos_bias: Optional[Tensor] = None) -> Tensor:
-    """``softmax(q^T k * scale + P) v`` per head, with one ``baddbmm`` (scale and bias fused) and
-    one ``bmm`` that needs no transposed copy of the attention map (paper eq. 4).
-
-    Shapes: ``q`` (B, C, H, W); ``k``, ``v`` (B, C, h, w); ``pos_bias`` P (1 or B, heads, H*W, h*w);
-    heads split the channels head-major; returns (B, C, H, W). On the CPU this measured faster
-    than ``scaled_dot_product_attention`` for TransXNet's shapes (``benchmarks/bench_model.py``).
-    """
-    B, C, H, W = q.shape
-    d = C // num_heads
-    q = q.reshape(B * num_heads, d, H * W).transpose(1, 2)  # (B*h, N, d)
-    k, v = k.reshape(B * num_heads, d, -1), v.reshape(B * num_heads, d, -1)  # (B*h, d, M)
-    if pos_bias is None:
-        attn = torch.bmm(q, k) * scale
-    else:
-        bias = pos_bias.expand(B, -1, -1, -1).reshape(B * num_heads, H * W, -1)
-        attn = torch.baddbmm(bias, q, k, alpha=scale)  # (B*h, N, M)
-    return torch.bmm(v, attn.softmax(dim=-1).transpose(1, 2)).reshape(B, C, H, W)  # (B*h, d, N) first
 
 
 @register_notrace_function  # its path depends on the map size: one node under FX

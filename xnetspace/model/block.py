@@ -1,0 +1,220 @@
+"""The TransXNet block (paper section III, eq. 1) and the stage (Fig. 2), each with its inference form.
+
+A block is DPE -> GN -> D-Mixer (LS1) -> GN -> MS-FFN (LS2) with residuals and drop-path; a stage
+is an optional downsample, ``depth`` blocks, and the relative position bias P its blocks' OSRA
+share (paper eq. 4). The operators are the modules beside this one (:mod:`.dpe`, :mod:`.mixer`,
+:mod:`.ffn`, :mod:`.stem`); the block and stage only wire them, fold the layer scales in their
+inference forms (:class:`FusedBlock`, :class:`FusedStage`, which caches P resized per input size)
+and sum their costs.
+"""
+# No ``from __future__ import annotations`` here, as in :mod:`.network`: the block and stage are the
+# modules FX traces through with the network (their annotations must be real types).
+import copy
+import math
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.fx
+from timm.layers import DropPath
+from timm.models import checkpoint
+from torch import Tensor, nn
+
+from ..spec import StageSpec
+from . import complexity
+from .complexity import Cost
+from .convs import LayerScale
+from .dpe import DPE
+from .ffn import MSFFN, FusedMSFFN
+from .folds import InferenceOnly
+from .mixer import DMixer, FusedDMixer
+from .osra import OSRA, resize_pos_bias
+from .stem import Downsample
+
+__all__ = ["TransXNetBlock", "FusedBlock", "TransXNetStage", "FusedStage", "mixer_args"]
+
+# torchvision's FX tracer (create_feature_extractor) keeps the call as one node: its size arithmetic
+# on traced shapes cannot be traced. (timm's tracer knows it from register_notrace_function.)
+torch.fx.wrap("resize_pos_bias")
+
+
+def mixer_args(stage: StageSpec) -> Dict[str, Any]:
+    """The D-Mixer's arguments after ``dim`` for a stage: the split, STE's width, IDConv's knobs
+    and OSRA's (:meth:`~xnetspace.model.osra.OSRA.knobs`, passed through unread)."""
+    return dict(attn_dim=stage.attn_channels, ste_dim=stage.ste_dim, kernel_size=stage.idconv_kernel_size,
+                num_groups=stage.idconv_groups, **OSRA.knobs(stage))
+
+
+class TransXNetBlock(nn.Module):
+    """One TransXNet block (paper eq. 1)::
+
+        x = x + DPE(x)                                   # depthwise 7x7, bias (model.dpe.DPE)
+        x = x + DropPath(LS1(D-Mixer(GN1(x), pos_bias)))
+        x = x + DropPath(LS2(MS-FFN(GN2(x))))
+
+    Shapes: (B, C, H, W) -> (B, C, H, W); ``pos_bias`` (1, h, N, M) already sized for this input.
+    """
+
+    def __init__(self, stage: StageSpec, drop_path: float = 0.0, drop_rate: float = 0.0,
+                 layer_scale_init_value: Optional[float] = 1e-5):
+        super().__init__()
+        dim = stage.embed_dim
+        self.dpe = DPE(dim)
+        self.norm1 = nn.GroupNorm(1, dim)
+        self.mixer = DMixer(dim, **mixer_args(stage))
+        self.norm2 = nn.GroupNorm(1, dim)
+        self.ffn = MSFFN(dim, stage.hidden_dim, stage.ffn_kernel_sizes, drop=drop_rate)
+        use_ls = layer_scale_init_value is not None
+        self.layer_scale1 = LayerScale(dim, layer_scale_init_value) if use_ls else nn.Identity()
+        self.layer_scale2 = LayerScale(dim, layer_scale_init_value) if use_ls else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
+        x = self.dpe(x)  # x + DPE(x)
+        x = x + self.drop_path(self.layer_scale1(self.mixer(self.norm1(x), pos_bias)))
+        return x + self.drop_path(self.layer_scale2(self.ffn(self.norm2(x))))
+
+    def fuse(self) -> nn.Module:
+        """Inference form (:class:`FusedBlock`): DPE's residual in its centre tap,
+        LS1 folded into the D-Mixer, LS2 into MS-FFN's fc2; drop-path (identity in eval) dropped."""
+        ls1, ls2 = (ls if isinstance(ls, LayerScale) else None for ls in (self.layer_scale1, self.layer_scale2))
+        return FusedBlock(self.dpe.fuse(), copy.deepcopy(self.norm1),
+                          self.mixer.fuse(ls1), copy.deepcopy(self.norm2), self.ffn.fuse(ls2))
+
+    @staticmethod
+    def cost(hw: Tuple[int, int], stage: StageSpec, layer_scale_init_value: Optional[float] = 1e-5) -> Cost:
+        """DPE, GN1, D-Mixer, GN2, MS-FFN (and the layer scales). Activations: the parts' plus the
+        residual stream and its copies (8 C N)."""
+        dim, n = stage.embed_dim, hw[0] * hw[1]
+        cost = (DPE.cost(hw, dim) + complexity.group_norm(dim, n) + DMixer.cost(hw, dim, **mixer_args(stage))
+                + complexity.group_norm(dim, n) + MSFFN.cost(hw, dim, stage.hidden_dim, stage.ffn_kernel_sizes))
+        if layer_scale_init_value is not None:
+            cost += LayerScale.cost(hw, dim) + LayerScale.cost(hw, dim)
+        cost.activations += 8 * dim * n
+        return cost
+
+
+class FusedBlock(InferenceOnly):
+    """TransXNet block (paper eq. 1) for inference: ``x = DPE'(x)`` (residual in the centre tap),
+    ``x = D-Mixer'(GN1(x), P, shortcut=x)`` (LS1 folded), ``x = x + MS-FFN'(GN2(x))`` (LS2 folded).
+    Shapes: (B, C, H, W) -> same.
+    """
+
+    def __init__(self, dpe: nn.Conv2d, norm1: nn.Module, mixer: FusedDMixer, norm2: nn.Module, ffn: FusedMSFFN):
+        super().__init__()
+        self.dpe, self.norm1, self.mixer, self.norm2, self.ffn = dpe, norm1, mixer, norm2, ffn
+        self.eval()
+
+    def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
+        x = self.dpe(x)
+        x = self.mixer(self.norm1(x), pos_bias, shortcut=x)
+        return x + self.ffn(self.norm2(x))
+
+
+class TransXNetStage(nn.Module):
+    """A stage: optional downsample (3x3 conv, stride 2, no bias -> BN), then ``depth`` blocks.
+
+    Owns the stage's relative position bias ``pos_bias`` (1, h, N0, M0), sized for the spec's
+    base image size, zero-initialised and shared by all its blocks (paper eq. 4, P). For an input
+    whose (N, M) differ it is resized bicubically (``align_corners=False``) once per forward.
+    Shapes: (B, C_in, 2H, 2W) -> (B, C, H, W) (or (B, C, H, W) -> same without downsample).
+    """
+
+    def __init__(self, in_chs: Optional[int], stage: StageSpec, pos_bias_shape: Optional[Tuple[int, ...]],
+                 drop_path_rates: List[float], drop_rate: float = 0.0,
+                 layer_scale_init_value: Optional[float] = 1e-5):
+        super().__init__()
+        self.sr_ratio = stage.sr_ratio
+        self.grad_checkpointing = False
+        self.downsample = Downsample(in_chs, stage.embed_dim) if in_chs else nn.Identity()
+        self.pos_bias = nn.Parameter(torch.zeros(pos_bias_shape)) if pos_bias_shape else None
+        self.blocks = nn.ModuleList(
+            TransXNetBlock(stage, dp, drop_rate, layer_scale_init_value) for dp in drop_path_rates
+        )
+
+    def resized_pos_bias(self, height: int, width: int) -> Optional[Tensor]:
+        """Position bias (1, h, N, M) for an (height, width) map: M counts the tokens after OSR."""
+        if self.pos_bias is None:
+            return None
+        return resize_pos_bias(self.pos_bias, height, width, self.sr_ratio)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.downsample(x)
+        pos_bias = self.resized_pos_bias(x.shape[-2], x.shape[-1])
+        for block in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, pos_bias)
+            else:
+                x = block(x, pos_bias)
+        return x
+
+    def fuse(self) -> nn.Module:
+        """Inference form (:class:`FusedStage`): downsample's BN folded, blocks fused,
+        the resized position bias cached per input size."""
+        downsample = self.downsample.fuse() if hasattr(self.downsample, "fuse") else nn.Identity()
+        return FusedStage(downsample, self.pos_bias, self.sr_ratio, [block.fuse() for block in self.blocks])
+
+    @staticmethod
+    def cost(hw: Tuple[int, int], in_hw: Tuple[int, int], in_chs: Optional[int], stage: StageSpec,
+             pos_bias_shape: Optional[Tuple[int, ...]], layer_scale_init_value: Optional[float] = 1e-5) -> Cost:
+        """The downsample (from an ``in_hw`` map of ``in_chs`` channels to ``hw``), the position bias
+        and ``depth`` blocks. Activations: the stage's input map, one block's, and the resized
+        position bias the stage keeps (1, h, N, M): as many floats as one block's logits, which
+        are also computed once more for the resize."""
+        cost = Cost(params=math.prod(pos_bias_shape) if pos_bias_shape else 0)
+        if in_chs:
+            cost += Downsample.cost(hw, in_chs, stage.embed_dim)
+        block = TransXNetBlock.cost(hw, stage, layer_scale_init_value)
+        cost += block.times(stage.depth)
+        if pos_bias_shape:
+            cost.activations += block.logits
+            cost.logits += block.logits
+        cost.activations += (in_chs or stage.embed_dim) * in_hw[0] * in_hw[1]
+        return cost
+
+
+class FusedStage(InferenceOnly):
+    """A stage for inference: fused downsample, fused blocks, and the position bias (paper eq. 4, P)
+    resized once per input size and cached (up to ``max_cached_sizes`` sizes; cleared by ``.to()``/``.half()``).
+
+    Under ``torch.compile``/``torch.export`` a size not yet cached is resized in the graph instead.
+    Shapes: (B, C_in, 2H, 2W) -> (B, C, H, W) (or same size without downsample).
+    """
+
+    max_cached_sizes = 8
+
+    def __init__(self, downsample: nn.Module, pos_bias: Optional[Tensor], sr_ratio: int,
+                 blocks: Sequence[FusedBlock]):
+        super().__init__()
+        self.sr_ratio = sr_ratio
+        self.grad_checkpointing = False  # kept for set_grad_checkpointing(); nothing to checkpoint
+        self.downsample = downsample
+        self.register_buffer("pos_bias", None if pos_bias is None else pos_bias.detach().clone())
+        self.blocks = nn.ModuleList(blocks)
+        self._pos_bias_cache: "OrderedDict[Tuple[int, int], Tensor]" = OrderedDict()
+        self.eval()
+
+    def _apply(self, fn, recurse: bool = True):
+        self._pos_bias_cache.clear()  # cached tensors would keep the old device/dtype
+        return super()._apply(fn, recurse)
+
+    def resized_pos_bias(self, height: int, width: int) -> Optional[Tensor]:
+        """Position bias (1, h, N, M) for an (height, width) map, from the cache when it is there."""
+        if self.pos_bias is None:
+            return None
+        key = (height, width)
+        bias = self._pos_bias_cache.get(key)
+        if bias is None:
+            bias = resize_pos_bias(self.pos_bias, height, width, self.sr_ratio)
+            if not torch.compiler.is_compiling():
+                if len(self._pos_bias_cache) >= self.max_cached_sizes:
+                    self._pos_bias_cache.popitem(last=False)
+                self._pos_bias_cache[key] = bias
+        return bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.downsample(x)
+        pos_bias = self.resized_pos_bias(x.shape[-2], x.shape[-1])
+        for block in self.blocks:
+            x = block(x, pos_bias)
+        return x

@@ -1,0 +1,122 @@
+"""Input-dependent depthwise convolution, IDConv (paper section III-B1, eq. 3): the D-Mixer's local
+branch.
+
+Reference form: the pooled context through proj, a softmax over G kernel banks, and one grouped
+conv applying each sample's own kernel. Fast training form: the same, with the kernels cropped to
+the taps that reach the map (:func:`~xnetspace.model.kernels.depthwise_same`). Inference form:
+:class:`FusedIDConv` (proj's BN folded, proj run once on both contexts). With one group the softmax
+is 1 and IDConv is a static depthwise conv (:class:`~xnetspace.model.convs.DepthwiseConv2d`, which
+the D-Mixer uses then).
+"""
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from typing import Tuple
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from torch import Tensor, nn
+
+from . import complexity
+from .complexity import Cost
+from .convs import ConvBN, PointwiseConv2d, conv_bn
+from .folds import InferenceOnly
+from .kernels import depthwise_same
+
+torch.fx.wrap("depthwise_same")  # a leaf for torchvision's FX tracer too (timm's knows it already)
+
+__all__ = ["IDConv", "FusedIDConv"]
+
+
+class IDConv(nn.Module):
+    """Input-dependent depthwise convolution (paper section III-B1, eq. 3).
+
+    G static kernel banks ``weight`` (G, C, K, K) and bias banks ``bias`` (G, C) are mixed per
+    sample by attention weights, softmax over G, that ``proj`` (1x1 conv C -> C//4 -> BN -> GELU
+    -> 1x1 conv C//4 -> G*C) computes from the input pooled to K x K (for the kernel) and to 1 x 1
+    (for the bias). Each sample is then convolved with its own depthwise kernel, padding K // 2.
+
+    Shapes: (B, C, H, W) -> (B, C, H, W). Requires ``num_groups >= 2`` (with one group the softmax
+    is 1: use a static depthwise conv, as :class:`~xnetspace.model.mixer.DMixer` does).
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 7, num_groups: int = 2, reduction: int = 4):
+        super().__init__()
+        if num_groups < 2:
+            raise ValueError(f"IDConv needs num_groups >= 2, got {num_groups}")
+        self.num_groups, self.kernel_size = num_groups, kernel_size
+        self.weight = nn.Parameter(torch.empty(num_groups, dim, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(num_groups, dim))
+        self.pool = nn.AdaptiveAvgPool2d(kernel_size)
+        self.proj = nn.Sequential(
+            conv_bn(dim, dim // reduction, act=True),
+            PointwiseConv2d(dim // reduction, dim * num_groups),
+        )
+        trunc_normal_(self.weight, std=0.02)
+        trunc_normal_(self.bias, std=0.02)
+        self.fast = False
+
+    def dynamic_weight_bias(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """Per-sample kernel (B*C, 1, K, K) and bias (B*C,) for input ``x`` (B, C, H, W)."""
+        B, C, H, W = x.shape
+        G, K = self.num_groups, self.kernel_size
+        scale = self.proj(self.pool(x)).reshape(B, G, C, K, K).softmax(dim=1)
+        weight = (scale * self.weight.unsqueeze(0)).sum(dim=1)  # (B, C, K, K)
+        scale = self.proj(x.mean(dim=(-2, -1), keepdim=True)).reshape(B, G, C).softmax(dim=1)
+        bias = (scale * self.bias.unsqueeze(0)).sum(dim=1)  # (B, C)
+        return weight.reshape(B * C, 1, K, K), bias.flatten()
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        weight, bias = self.dynamic_weight_bias(x)
+        # The batch folds into the channels so one grouped conv applies B*C different kernels.
+        if self.fast:  # the kernels cropped to the taps that reach the map (exact)
+            return depthwise_same(x.reshape(1, B * C, H, W), weight, bias, B * C).reshape(B, C, H, W)
+        x = F.conv2d(x.reshape(1, B * C, H, W), weight, bias, padding=self.kernel_size // 2, groups=B * C)
+        return x.reshape(B, C, H, W)
+
+    def fuse(self) -> nn.Module:
+        """Inference form (:class:`FusedIDConv`): proj's BN folded, proj run once."""
+        proj = nn.Sequential(self.proj[0].fuse(), copy.deepcopy(self.proj[1]))
+        return FusedIDConv(self.weight, self.bias, proj, self.kernel_size)
+
+    @staticmethod
+    def cost(hw: Tuple[int, int], dim: int, kernel_size: int = 7, num_groups: int = 2, reduction: int = 4) -> Cost:
+        """The banks, proj (run on the K x K pooled map and on the 1 x 1 mean: K*K + 1 pixels), the
+        pooling (the mean counts 0) and the per-sample depthwise conv (no parameters of its own)."""
+        n, maps = hw[0] * hw[1], kernel_size * kernel_size + 1
+        banks = Cost(params=num_groups * dim * kernel_size * kernel_size + num_groups * dim)
+        proj = ConvBN.cost((maps, 1), dim, dim // reduction) + PointwiseConv2d.cost((maps, 1), dim // reduction,
+                                                                                     dim * num_groups)
+        dynamic = Cost(Counter(conv=dim * kernel_size * kernel_size * n))  # weight (B*C, 1, K, K)
+        return banks + complexity.adaptive_avg_pool(dim, n) + proj + dynamic
+
+
+class FusedIDConv(InferenceOnly):
+    """Input-dependent depthwise conv (paper eq. 3) with proj's BN folded and proj run once.
+
+    proj is pointwise, so the K x K pooled map and the global mean go through it together as one
+    (B, C, K*K + 1, 1) map. Shapes: (B, C, H, W) -> same.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor, proj: nn.Module, kernel_size: int):
+        super().__init__()
+        self.num_groups, self.kernel_size = weight.shape[0], kernel_size
+        self.weight = nn.Parameter(weight.detach().flatten(2).clone())  # (G, C, K*K)
+        self.bias = nn.Parameter(bias.detach().clone())  # (G, C)
+        self.proj = proj
+        self.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        G, K = self.num_groups, self.kernel_size
+        context = torch.cat([F.adaptive_avg_pool2d(x, K).flatten(2), x.mean(dim=(-2, -1)).unsqueeze(-1)], dim=2)
+        scale = self.proj(context.unsqueeze(-1)).reshape(B, G, C, K * K + 1).softmax(dim=1)
+        weight = (scale[..., :-1] * self.weight).sum(dim=1)  # (B, C, K*K)
+        bias = (scale[..., -1] * self.bias).sum(dim=1)  # (B, C)
+        x = F.conv2d(x.reshape(1, B * C, H, W), weight.reshape(B * C, 1, K, K), bias.flatten(),
+                     padding=K // 2, groups=B * C)
+        return x.reshape(B, C, H, W)

@@ -1,0 +1,169 @@
+"""The dual dynamic token mixer, D-Mixer (paper section III-B, eq. 2), and its squeezed token
+enhancer, STE: ``Y = concat(IDConv(X1), OSRA(X2, P))``, then ``STE(Y) + Y``.
+
+The two branches are :mod:`.idconv` and :mod:`.osra`; this module splits the channels between
+them (:class:`DualBranchTokens`, shared by both forms), holds STE, and folds the block's first
+layer scale into the inference form (:class:`FusedDMixer`, :class:`FusedSTE`). The D-Mixer has
+no fast training form of its own: its parts have theirs.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import complexity
+from .complexity import Cost
+from .convs import DepthwiseConv2d, LayerScale, PointwiseConv2d
+from .folds import InferenceOnly, affine_param, affine_then_conv, bn_scale_shift, conv_then_affine, fold_bn
+from .idconv import IDConv
+from .osra import OSRA
+
+__all__ = ["DualBranchTokens", "SqueezedTokenEnhancer", "FusedSTE", "DMixer", "FusedDMixer"]
+
+
+class DualBranchTokens(nn.Module):
+    """Base of both D-Mixer forms: computes Y = ``concat(IDConv(X1), OSRA(X2, P))`` (paper eq. 2).
+
+    Subclasses set ``split`` ((C1, C2), C1 + C2 = C), ``idconv`` (None when C1 = 0) and ``osra``
+    (None when C2 = 0); X1 is the first C1 channels, X2 the last C2, and a missing branch leaves
+    all channels to the other. Shapes: (B, C, H, W) -> (B, C, H, W); ``pos_bias`` (1 or B, h, N, M).
+    """
+
+    def dual_branch_tokens(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
+        """Y for input ``x`` (B, C, H, W) and the stage's resized position bias."""
+        if self.idconv is None:
+            return self.osra(x, pos_bias)
+        if self.osra is None:
+            return self.idconv(x)
+        c_local = self.split[0]
+        x_local, x_global = x[:, :c_local], x[:, c_local:]  # views, as split() gives
+        return torch.cat([self.idconv(x_local), self.osra(x_global, pos_bias)], dim=1)
+
+
+class SqueezedTokenEnhancer(nn.Module):
+    """Squeezed token enhancer, STE (paper section III-B, eq. 2): a cheap channel/spatial mixer.
+
+    DW 3x3 -> GELU -> BN -> 1x1 C -> c' -> GELU -> BN -> 1x1 c' -> C -> BN, c' = max(16, C // 8).
+    Shapes: (B, C, H, W) -> (B, C, H, W). The D-Mixer adds its input back (``STE(Y) + Y``).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.conv_dw = DepthwiseConv2d(dim, 3)
+        self.bn_dw = nn.BatchNorm2d(dim)
+        self.conv_reduce = PointwiseConv2d(dim, hidden_dim)
+        self.bn_reduce = nn.BatchNorm2d(hidden_dim)
+        self.conv_expand = PointwiseConv2d(hidden_dim, dim)
+        self.bn_expand = nn.BatchNorm2d(dim)
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.bn_dw(self.act(self.conv_dw(x)))
+        x = self.bn_reduce(self.act(self.conv_reduce(x)))
+        return self.bn_expand(self.conv_expand(x))
+
+    def fuse(self, layer_scale: Optional[LayerScale] = None) -> nn.Module:
+        """Inference form (:class:`FusedSTE`): ``bn_dw`` into ``conv_reduce``,
+        ``bn_reduce`` and ``bn_expand`` into ``conv_expand`` (1x1, unpadded: exact), then
+        ``layer_scale`` (the block's LS1) into ``conv_expand`` too when given."""
+        reduce = affine_then_conv(*bn_scale_shift(self.bn_dw), self.conv_reduce)
+        expand = fold_bn(affine_then_conv(*bn_scale_shift(self.bn_reduce), self.conv_expand), self.bn_expand)
+        if layer_scale is not None:
+            expand = conv_then_affine(expand, *layer_scale.scale_shift())
+        return FusedSTE(copy.deepcopy(self.conv_dw), reduce, expand)
+
+    @staticmethod
+    def cost(hw: Tuple[int, int], dim: int, hidden_dim: int) -> Cost:
+        n = hw[0] * hw[1]
+        return (DepthwiseConv2d.cost(hw, dim, 3) + complexity.batch_norm(dim, n)
+                + PointwiseConv2d.cost(hw, dim, hidden_dim) + complexity.batch_norm(hidden_dim, n)
+                + PointwiseConv2d.cost(hw, hidden_dim, dim) + complexity.batch_norm(dim, n))
+
+
+class FusedSTE(InferenceOnly):
+    """Squeezed token enhancer (paper eq. 2) with its three BNs folded:
+    DW 3x3 -> GELU -> 1x1 C -> c' -> GELU -> 1x1 c' -> C. Shapes: (B, C, H, W) -> same."""
+
+    def __init__(self, conv_dw: nn.Conv2d, conv_reduce: nn.Conv2d, conv_expand: nn.Conv2d):
+        super().__init__()
+        self.conv_dw, self.conv_reduce, self.conv_expand = conv_dw, conv_reduce, conv_expand
+        self.act = nn.GELU()
+        self.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv_expand(self.act(self.conv_reduce(self.act(self.conv_dw(x)))))
+
+
+class DMixer(DualBranchTokens):
+    """Dual dynamic token mixer, D-Mixer (paper section III-B, eq. 2).
+
+    The first ``dim - attn_dim`` channels go through IDConv (a static depthwise conv when
+    ``num_groups == 1``), the last ``attn_dim`` through OSRA; the concatenation Y gives
+    ``STE(Y) + Y``. ``attn_dim`` 0 or ``dim`` leaves out the unused branch. ``kernel_size`` and
+    ``num_groups`` are IDConv's; ``osra_knobs`` (``num_heads``, ``sr_ratio``: :meth:`OSRA.knobs`) go
+    to OSRA as they are. Shapes: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, dim: int, attn_dim: int, ste_dim: int, kernel_size: int = 7, num_groups: int = 2,
+                 **osra_knobs: int):
+        super().__init__()
+        local_dim = dim - attn_dim
+        self.split = (local_dim, attn_dim)
+        self.idconv: Optional[nn.Module] = None
+        if local_dim and num_groups > 1:
+            self.idconv = IDConv(local_dim, kernel_size, num_groups)
+        elif local_dim:  # G = 1: softmax over one group is 1, IDConv is a static DW conv
+            self.idconv = DepthwiseConv2d(local_dim, kernel_size)
+        self.osra = OSRA(attn_dim, **osra_knobs) if attn_dim else None
+        self.ste = SqueezedTokenEnhancer(dim, ste_dim)
+
+    def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
+        x = self.dual_branch_tokens(x, pos_bias)
+        return self.ste(x) + x
+
+    def fuse(self, layer_scale: Optional[LayerScale] = None) -> nn.Module:
+        """Inference form (:class:`FusedDMixer`) with the block's LS1 folded in:
+        ``LS1(STE(Y) + Y) = STE'(Y) + w * Y``; the branches and STE fused."""
+        idconv = self.idconv.fuse() if isinstance(self.idconv, IDConv) else copy.deepcopy(self.idconv)
+        osra = None if self.osra is None else self.osra.fuse()
+        y_scale = None if layer_scale is None else layer_scale.scale_shift()[0]
+        return FusedDMixer(self.split, idconv, osra, self.ste.fuse(layer_scale), y_scale)
+
+    @staticmethod
+    def cost(hw: Tuple[int, int], dim: int, attn_dim: int, ste_dim: int, kernel_size: int = 7, num_groups: int = 2,
+             **osra_knobs: int) -> Cost:
+        local_dim = dim - attn_dim
+        cost = Cost()
+        if local_dim and num_groups > 1:
+            cost += IDConv.cost(hw, local_dim, kernel_size, num_groups)
+        elif local_dim:
+            cost += DepthwiseConv2d.cost(hw, local_dim, kernel_size)
+        if attn_dim:
+            cost += OSRA.cost(hw, attn_dim, **osra_knobs)
+        return cost + SqueezedTokenEnhancer.cost(hw, dim, ste_dim)
+
+
+class FusedDMixer(InferenceOnly, DualBranchTokens):
+    """D-Mixer (paper eq. 2) with the block's layer scale LS1 folded in:
+    ``LS1(STE(Y) + Y) = STE'(Y) + w * Y`` (STE' has w and LS1's bias in its last conv).
+
+    ``forward(x, pos_bias, shortcut)`` adds ``shortcut`` (the block's residual) in the same pass.
+    Shapes: (B, C, H, W) -> same.
+    """
+
+    def __init__(self, split: Tuple[int, int], idconv: Optional[nn.Module], osra: Optional[nn.Module],
+                 ste: FusedSTE, y_scale: Optional[Tensor] = None):
+        super().__init__()
+        self.split, self.idconv, self.osra, self.ste = tuple(split), idconv, osra, ste
+        self.y_scale = None if y_scale is None else affine_param(y_scale)
+        self.eval()
+
+    def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None, shortcut: Optional[Tensor] = None) -> Tensor:
+        y = self.dual_branch_tokens(x, pos_bias)
+        out = self.ste(y)
+        if shortcut is not None:
+            out = out + shortcut
+        return out + y if self.y_scale is None else torch.addcmul(out, y, self.y_scale)
