@@ -1,11 +1,13 @@
 """The errors the search half raises for input or situations a user can fix (the command line
-maps each to exit status 2 and one paragraph)."""
+maps each to one paragraph and exit status 2; :class:`WorkerCrashed` to exit status 1)."""
 from __future__ import annotations
+
+from ..errors import ReportedError
 
 __all__ = ["SearchError", "StorageError", "WorkerCrashed", "DataError"]
 
 
-class SearchError(RuntimeError):
+class SearchError(RuntimeError, ReportedError):
     """A study that cannot run as asked (e.g. resumed with another recipe); the message says why."""
 
 
@@ -15,7 +17,9 @@ class StorageError(SearchError):
 
 class WorkerCrashed(SearchError):
     """Worker processes crashed and left the study unfinished; the message names each one and
-    the log file with its traceback."""
+    the log file with its traceback. Not the user's input: the command line exits with 1."""
+
+    exit_status = 1
 
 
 class DataError(ValueError):
