@@ -36,7 +36,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from scipy import stats as scipy_stats
 
 from ..cost import cost_report
@@ -70,7 +70,18 @@ class FidelityConfig(BaseModel):
     seeds: int = Field(4, ge=2, le=64, description="K: seeds per spec and recipe")
     confirm_epochs: Optional[int] = Field(None, ge=1, description="default: twice the proxy's")
     seed: int = 0
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the proxy recipe (default: the space's)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _space_recipe(cls, data: Any) -> Any:
+        """Without ``train``, the space's own recipe (what ``xnetspace fidelity`` trains with)."""
+        if isinstance(data, dict) and data.get("train") is None:
+            space = data.get("space")
+            recipe = space.train if isinstance(space, SearchSpace) else space.get("train") if isinstance(space, dict) else None
+            if recipe is not None:
+                data = {**data, "train": recipe}
+        return data
 
     @property
     def epochs(self) -> int:
@@ -154,19 +165,26 @@ def _process(config_json: str, out: str, device: str, worker: int, threads: Opti
     guarded(lambda d: _work(config_json, out, d, worker), device, threads)
 
 
-def run_fidelity(config: FidelityConfig, out: Path, devices: Sequence[str] = ("cpu",),
+def run_fidelity(config: FidelityConfig, out: Path, devices: str | Sequence[str] = ("cpu",),
                  workers_per_device: Optional[int] = None, progress: bool = True) -> dict:
     """Train (or resume) the fidelity study in ``out`` and write ``runs.csv``, ``fidelity.json``
     and ``fidelity.png``; returns the analysis (:func:`analyze_runs`).
 
+    ``devices``: a list or a comma-separated text (cpu, cuda, cuda:K); ``workers_per_device``
+    worker processes on each (default: one per CPU core on the CPU, at most 8; one per GPU).
+
     Raises:
-        SearchError: a space without M distinct in-budget specs; ``out`` holding another study;
-            worker processes that crashed before the study was done.
+        ValueError: a device that is none, CUDA where there is none, fewer than one worker per
+            device (checked before anything is written).
+        SearchError: a space without M distinct in-budget specs; ``out`` holding another study.
+        WorkerCrashed: worker processes that crashed before the study was done.
         xnetspace.search.data.DataError: a dataset that cannot be read.
     """
-    from .study import MAX_AUTO_CPU_WORKERS, usable_cores
+    from .study import check_devices, device_workers
     from .workers import spawn_workers
 
+    devices = check_devices(devices)
+    per_device = device_workers(devices, workers_per_device)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
@@ -174,7 +192,6 @@ def run_fidelity(config: FidelityConfig, out: Path, devices: Sequence[str] = ("c
     study = _open(config, out)
     jobs = plan(config, pool)
     enqueue_jobs(study, jobs, config.train, config.dataset)
-    per_device = workers_per_device or (min(usable_cores(), MAX_AUTO_CPU_WORKERS) if list(devices) == ["cpu"] else 1)
     start = time.perf_counter()
     monitor = _Monitor(study, len(jobs), progress)
     try:
@@ -429,24 +446,24 @@ def _plot(result: dict, path: Path) -> Optional[Path]:
     return save_figure(fig, path)
 
 
-def report_lines(result: dict) -> list[str]:
-    """The fidelity study in words: the ceiling, each score's rank correlations, racing replayed."""
+def report_lines(result: dict, out: Optional[Path] = None) -> list[str]:
+    """The fidelity study in words (``xnetspace fidelity``): the noise ceiling, each score's rank
+    correlations with their 95% intervals, racing replayed, and the files in ``out`` when given."""
 
     def ci(value, interval) -> str:
-        if value is None or not math.isfinite(value):
+        if value is None or value != value:
             return "n/a"
         return f"{value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]"
 
     c = result["ceiling"]
-    lines = [f"{result['n_specs']} specs x {result['seeds']} seeds; target: {result['target']}; noise ceiling (Kendall "
-             f"tau between the means of two halves of the seeds): {ci(c['kendall_tau'], c['ci95'])}"]
+    lines = [f"{result['n_specs']} specs x {result['seeds']} seeds; target: {result['target']}; noise ceiling "
+             f"(Kendall tau, half the seeds against the other half): {ci(c['kendall_tau'], c['ci95'])}"]
     for s in result["scores"]:
-        fraction = s.get("fraction_of_ceiling")
-        share = "" if fraction is None or not math.isfinite(fraction) else f"  ({100 * fraction:.0f}% of the ceiling)"
         lines.append(f"  {s['name']:>18s}  tau {ci(s['kendall_tau'], s['ci95']['kendall_tau'])}  rho "
-                     f"{ci(s['spearman_rho'], s['ci95']['spearman_rho'])}  precision@5 {s['precision_at_5']:.2f}{share}")
+                     f"{ci(s['spearman_rho'], s['ci95']['spearman_rho'])}  precision@5 {s['precision_at_5']:.2f}")
     for r in result["racing"]:
         lines.append(f"  racing z={r['z']:g}: {100 * r['fraction_of_runs']:.0f}% of the runs, tau {r['kendall_tau']:.2f}, "
-                     f"the best spec kept all its seeds {100 * r['best_kept_all_seeds']:.0f}% of the time and ranked "
-                     f"first {100 * r['best_ranked_first']:.0f}%")
+                     f"the best spec kept all its seeds {100 * r['best_kept_all_seeds']:.0f}% of the time")
+    if out is not None:
+        lines.append(f"files: {out / 'runs.csv'}, {out / 'fidelity.json'}, {out / 'fidelity.png'}")
     return lines

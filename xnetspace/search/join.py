@@ -21,7 +21,7 @@ from .data import DataError, DataSplit, load_dataset
 from .progress import Monitor, log
 from .control import open_control_study
 from .storage import connect_storage, shown_url
-from .study import RunOptions, SearchError, StudyConfig, open_study, stored_settings
+from .study import RunOptions, SearchError, StudyConfig, check_devices, device_workers, open_study, stored_settings
 from .workers import check_lost, run_processes, run_worker
 
 __all__ = ["record_dataset", "dataset_facts", "read_study", "local_data", "worker_command", "join_study"]
@@ -101,7 +101,7 @@ def worker_command(options: RunOptions) -> str:
     return " ".join(shlex.quote(part) for part in command)
 
 
-def join_study(storage_url: str, study_name: str, devices: list[str], workers_per_device: Optional[int] = None,
+def join_study(storage_url: str, study_name: str, devices: str | list[str], workers_per_device: Optional[int] = None,
                dataset: Optional[str] = None, timeout: Optional[float] = None, worker: Optional[int] = None,
                progress: bool = True) -> RunOptions:
     """Join the study ``study_name`` in ``storage_url`` and work until it is done (or ``timeout``).
@@ -112,10 +112,14 @@ def join_study(storage_url: str, study_name: str, devices: list[str], workers_pe
     Started on a finished study, it returns at once without training anything.
 
     Raises:
+        ValueError: a device that is none (or CUDA where there is none), fewer than one worker
+            per device; both checked before the storage is read.
         SearchError: see :func:`read_study` and :func:`local_data`.
         WorkerCrashed: worker processes crashed and left the study unfinished.
         DataError: a dataset that cannot be read here.
     """
+    devices = check_devices(devices)
+    device_workers(devices, workers_per_device)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the monitor prints one line per trial
     config, shared, facts = read_study(storage_url, study_name)
     data = local_data(config, facts, dataset)

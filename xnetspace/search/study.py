@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -28,7 +28,8 @@ from .space import SearchSpace
 from .storage import connect_storage
 from .train import TrainConfig
 
-__all__ = ["StudyConfig", "RunOptions", "usable_cores", "MAX_AUTO_CPU_WORKERS", "SearchError", "ObjectiveName", "open_study", "live_slots",
+__all__ = ["StudyConfig", "RunOptions", "usable_cores", "MAX_AUTO_CPU_WORKERS", "check_devices", "device_workers",
+           "SearchError", "ObjectiveName", "open_study", "live_slots",
            "candidates", "top_up_slots", "SlotState", "slot_state", "store_run_options", "stored_settings",
            "make_sampler", "make_pruner"]
 
@@ -141,9 +142,7 @@ class RunOptions(BaseModel):
         one per GPU. Small proxy networks keep one core busy better than two: on 2 cores two
         single-thread workers finished the default study in 5 min 36 s, one two-thread worker in
         6 min 58 s (README, "Proxy-training speed")."""
-        if self.workers_per_device is not None:
-            return self.workers_per_device
-        return min(usable_cores(), MAX_AUTO_CPU_WORKERS) if self.devices == ["cpu"] else 1
+        return device_workers(self.devices, self.workers_per_device)
 
     @property
     def storage_url(self) -> str:
@@ -156,13 +155,7 @@ class RunOptions(BaseModel):
     @field_validator("devices", mode="before")
     @classmethod
     def _device_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [d.strip() for d in value.split(",") if d.strip()]
-        for device in value if isinstance(value, list) else []:
-            if not isinstance(device, str) or not (device in ("cpu", "cuda") or (
-                    device.startswith("cuda:") and device[5:].isdigit())):
-                raise ValueError(f"device {device!r} must be cpu, cuda or cuda:K")
-        return value
+        return check_devices(value, here=False) if isinstance(value, (str, list)) else value
 
     def resolved(self, config: StudyConfig) -> "RunOptions":
         """These options with every default that depends on the study filled in: the study name
@@ -178,16 +171,12 @@ class RunOptions(BaseModel):
         """
         two = len(config.directions) > 1
         if two and self.pruner not in (None, "none"):
-            raise ValueError("two-objective studies cannot prune (Optuna's trial.report is single-objective); "
+            raise ValueError("multi-objective studies cannot prune (Optuna's trial.report is single-objective); "
                              "drop --pruner")
         if self.population and (self.sampler not in (None, "random") or self.pruner not in (None, "none")):
             raise ValueError(f"--population means --sampler random --pruner none; drop --sampler {self.sampler} / "
                              f"--pruner {self.pruner}")
-        if any(d.startswith("cuda") for d in self.devices):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ValueError(f"--devices {','.join(self.devices)}: no CUDA device is available here")
+        check_devices(self.devices)
         name = self.study_name or f"{config.space.name}-{config.dataset.split(':')[0]}-{config.objective}"
         return self.model_copy(update=dict(
             study_name=name, out=self.out or Path("runs") / name,
@@ -216,6 +205,42 @@ class RunOptions(BaseModel):
         if self.baseline is None:
             return ["random:auto"] if self.confirm_top else []
         return [name for name in _split(self.baseline) if name != "none"]
+
+
+def check_devices(devices: str | Sequence[str], here: bool = True) -> list[str]:
+    """The devices of ``--devices`` as a list: a comma-separated text or a list, each entry cpu,
+    cuda or cuda:K; with ``here``, CUDA entries also need a CUDA device on this machine (the head's
+    options are checked without it: they may be meant for other machines).
+
+    Raises:
+        ValueError: an entry that names no device, or CUDA asked of a machine without it.
+    """
+    if isinstance(devices, str):
+        devices = [d.strip() for d in devices.split(",") if d.strip()]
+    for device in devices:
+        if not isinstance(device, str) or not (device in ("cpu", "cuda") or (
+                device.startswith("cuda:") and device[5:].isdigit())):
+            raise ValueError(f"device {device!r} must be cpu, cuda or cuda:K")
+    if here and any(d.startswith("cuda") for d in devices):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--devices {','.join(devices)}: no CUDA device is available here")
+    return list(devices)
+
+
+def device_workers(devices: Sequence[str], asked: Optional[int] = None) -> int:
+    """Worker processes per entry of ``devices``: ``asked`` when given, else one per CPU core on
+    the CPU (at most :data:`MAX_AUTO_CPU_WORKERS`; each single-threaded) and one per GPU.
+
+    Raises:
+        ValueError: ``asked`` below 1.
+    """
+    if asked is not None:
+        if asked < 1:
+            raise ValueError(f"--workers-per-device {asked} must be at least 1")
+        return asked
+    return min(usable_cores(), MAX_AUTO_CPU_WORKERS) if list(devices) == ["cpu"] else 1
 
 
 def _split(value: Optional[str]) -> list[str]:
