@@ -72,7 +72,8 @@ from .study import StudyConfig, stored_settings
 
 __all__ = ["AnalysisError", "Candidate", "StudyData", "load_run", "load_named_study", "study_data", "edf",
            "complexity_weights", "edf_distance", "importances", "marginals", "compare", "analyze", "stage_params",
-           "MIN_RELIABLE", "UNBIASED_SAMPLERS", "score_info", "TOP1_ERROR", "CROSS_ENTROPY"]
+           "MIN_RELIABLE", "UNBIASED_SAMPLERS", "score_info", "TOP1_ERROR", "CROSS_ENTROPY", "run_analysis",
+           "report_lines"]
 
 MIN_RELIABLE = 10  # fewer candidates than this: the EDF is shown but called unreliable
 UNBIASED_SAMPLERS = ("random", "qmc")
@@ -553,6 +554,68 @@ def analyze(studies: Sequence[StudyData], force: bool = False, bins: int = 5, se
         if len(comparisons) > 1:
             result["comparisons"] = comparisons
     return AnalysisResult.model_validate(result).model_dump(exclude_unset=True)
+
+
+def run_analysis(runs: Sequence[Path | str] = (), storage: Optional[str] = None, study_names: Sequence[str] = (),
+                 out: Optional[Path] = None, bins: int = 5, force: bool = False) -> tuple[dict, dict[str, Path], list[str]]:
+    """``xnetspace analyze``: load the studies in the folders ``runs`` (each with its
+    ``summary.json``) and those named ``study_names`` in ``storage``, :func:`analyze` them in that
+    order and write ``analysis.json`` and the figures into ``out`` (default: the run's folder for
+    one run, else ``runs/analysis``).
+
+    Returns:
+        ``(the analysis, {"json": ..., "edf": ..., ...} the files written, notices)``: the notices
+        are the numerical libraries' warnings met on the way, each once and on one line.
+
+    Raises:
+        AnalysisError: ``storage`` without ``study_names`` or the reverse, nothing to analyse, and
+            what :func:`load_run`, :func:`load_named_study` and :func:`analyze` raise.
+    """
+    from ..text import shorten
+    from .analysis_plots import write_analysis
+
+    runs, study_names = [Path(r) for r in runs], list(study_names)
+    if bool(storage) != bool(study_names):
+        raise AnalysisError("--storage and --study-name go together: give both, or study folders only")
+    if not runs and not study_names:
+        raise AnalysisError("nothing to analyse: give study output folders (RUN ...) or --storage URL --study-name NAME")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings(record=True) as caught:  # numerical libraries' notices: one line each
+        warnings.simplefilter("always")
+        data = [study_data(load_run(run), str(run), run / "summary.json") for run in runs]
+        data += [study_data(load_named_study(storage, name), f"{storage} :: {name}") for name in study_names]
+        result = analyze(data, force=force, bins=bins)
+        files = write_analysis(result, out or (runs[0] if len(data) == 1 and runs else Path("runs") / "analysis"))
+    notices = dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught
+                            if not issubclass(w.category, (DeprecationWarning, FutureWarning)))
+    return result, files, [shorten(notice.splitlines()[0], 200) for notice in notices]
+
+
+def report_lines(result: dict, files: Optional[dict[str, Path]] = None) -> list[str]:
+    """:func:`analyze`'s result in words (``xnetspace analyze``): the score, each study's errors,
+    most important knobs and warnings, each comparison, and the files written when given."""
+    score = result["score"]
+    d = 4 if score["unit"] == "nats" else 2  # decimals of the score
+    lines = [f"score: {score['label']} ({score['unit']}, lower is better)"
+             + (f"; {score['note']}" if "note" in score else "")]
+    for s in result["studies"]:
+        e = s["error"]
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(s["importance"].items())[:3]) or "none"
+        lines.append(f"{s['name']} ({s['space']}, {s['dataset']}, sampler {s['sampler']}): {s['n']} candidates, "
+                     f"{s['rejected']} samples rejected; error best {e['min']:.{d}f} / median {e['median']:.{d}f} / "
+                     f"mean {e['mean']:.{d}f} {score['unit']}; most important (fANOVA): {top}")
+        lines += [f"  warning: {note}" for note in s["warnings"]]
+    for c in result.get("comparisons", [result["comparison"]] if "comparison" in result else []):
+        if c.get("ks_statistic") is not None:
+            lo, hi = c["mean_difference_ci95"]
+            blo, bhi = c["best_difference_ci95"]
+            lines.append(f"{c['a']} vs {c['b']}: KS {c['ks_statistic']:.3f} (p = {c['ks_pvalue']:.3g}); mean error "
+                         f"difference {c['mean_difference']:+.{d}f} [95% CI {lo:+.{d}f}, {hi:+.{d}f}], best "
+                         f"{c['best_difference']:+.{d}f} [{blo:+.{d}f}, {bhi:+.{d}f}]: {c['verdict']}")
+        lines += [f"  warning: {note}" for note in c["warnings"]]
+    if files is not None:
+        lines.append("files: " + ", ".join(str(p) for p in files.values()))
+    return lines
 
 
 def _word(score: ScoreInfo) -> str:

@@ -69,7 +69,7 @@ from .errors import DataError
 
 __all__ = ["FORMAT", "VERSION", "CACHE_ENV", "SPLITS", "stored_side", "cache_dir", "Listing", "list_image_folder",
            "folder_key", "decode_image", "PreparedFolder", "prepare_image_folder", "load_prepared", "cached_file",
-           "load_or_prepare"]
+           "load_or_prepare", "Preparation", "prepare_dataset", "report_lines"]
 
 FORMAT = "xnetspace-imagefolder"
 VERSION = 1
@@ -436,3 +436,72 @@ def _read_cache(path: Path) -> Optional[PreparedFolder]:
         return load_prepared(path)
     except DataError:
         return None  # a damaged or older cache entry: prepared again and replaced
+
+
+@dataclass
+class Preparation:
+    """What ``xnetspace prepare`` did (:func:`prepare_dataset`): the prepared folder, the file it is
+    in (None: the cache folder could not be written), whether it was already in the cache, the
+    seconds it took and whether the file is the cache's (no ``out`` given)."""
+
+    prepared: PreparedFolder
+    path: Optional[Path]
+    hit: bool
+    seconds: float
+    cached: bool
+
+    def to_dict(self) -> dict:
+        """The JSON object of ``xnetspace prepare --json``."""
+        p = self.prepared
+        return {"file": str(self.path) if self.path else None, "cache_hit": self.hit, "seconds": self.seconds,
+                "images": len(p.labels), **p.counts(), "classes": len(p.classes), "image_size": p.image_size,
+                "stored_size": p.stored_size, "unreadable": [{"path": f, "error": e} for f, e in p.unreadable]}
+
+
+def prepare_dataset(dataset: str, image_size: int, out: Optional[Path] = None, workers: Optional[int] = None,
+                    progress: bool = True) -> Preparation:
+    """``xnetspace prepare``: prepare ``imagefolder:PATH`` at ``image_size`` into the cache (where a
+    study on it finds it; :func:`load_or_prepare`) or, with ``out``, into that file.
+
+    Raises:
+        ValueError: not ``imagefolder:PATH``, no such folder, an image size outside 8..1024, a
+            thread count outside 1..256, an ``out`` that is a folder or in a folder that does not exist.
+        DataError: from :func:`list_image_folder`.
+        OSError: ``out`` cannot be written.
+    """
+    kind, _, arg = dataset.partition(":")
+    if kind != "imagefolder" or not arg:
+        raise ValueError(f"prepare takes imagefolder:PATH, got {dataset[:200]!r} (digits, synthetic and CIFAR "
+                         f"files are read into memory directly)")
+    if not Path(arg).is_dir():
+        raise ValueError(f"imagefolder:{arg[:200]}: no such folder")
+    if not 8 <= image_size <= 1024:
+        raise ValueError(f"--image-size {image_size} must be 8 to 1024 pixels (the proxy training size)")
+    if workers is not None and not 1 <= workers <= 256:
+        raise ValueError(f"--workers {workers} must be 1 to 256")
+    if out is not None and out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name, e.g. {out / 'prepared.npz'}")
+    if out is not None and not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist")
+    start = time.perf_counter()
+    if out is None:
+        prepared, path, hit = load_or_prepare(Path(arg), image_size, log=lambda line: None, workers=workers,
+                                              progress=True if progress else None)
+    else:
+        prepared = prepare_image_folder(list_image_folder(Path(arg)), image_size, workers, True if progress else None)
+        prepared.save(out)
+        path, hit = out, False
+    return Preparation(prepared, path, hit, time.perf_counter() - start, cached=out is None)
+
+
+def report_lines(run: Preparation) -> list[str]:
+    """:func:`prepare_dataset`'s run in words: the folder's summary, the unreadable images the
+    summary does not name, and where the file is (or that it could not be written)."""
+    lines = [run.prepared.summary()]
+    lines += [f"  unreadable: {p} ({e})" for p, e in run.prepared.unreadable[5:]]  # the summary names the first five
+    if run.path is None:
+        lines.append(f"not written: the cache folder cannot be written (set XNETSPACE_CACHE); {run.seconds:.1f} s")
+    else:
+        where = f"in the cache: {run.path}" if run.cached else str(run.path)
+        lines.append(f"{'already prepared' if run.hit else f'prepared in {run.seconds:.1f} s'}, {where}")
+    return lines

@@ -48,6 +48,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -63,7 +64,7 @@ from .space import SearchSpace, SpaceError, space_data
 from .space_knobs import INT_KNOBS, KNOBS
 from .space_rules import interpolate, monotone_chains, smallest_quantum
 
-__all__ = ["refine", "Refinement", "evidence", "bins_for", "fit_width_rule", "MIN_SUBSET", "MIN_MEMBERS", "FIT_TOLERANCE",
+__all__ = ["refine", "Refinement", "report_lines", "evidence", "bins_for", "fit_width_rule", "MIN_SUBSET", "MIN_MEMBERS", "FIT_TOLERANCE",
            "NIL_SHARE", "BEST_FRACTION"]
 
 MIN_SUBSET = MIN_RELIABLE  # members that must satisfy a constraint before it can be accepted
@@ -640,6 +641,31 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
     result = RefineResult.model_validate(result).model_dump(exclude_unset=True)
     masks["all accepted constraints"], within["all accepted constraints"] = current, everyone
     return Refinement(result, refined, errors, flops, masks, within)
+
+
+def report_lines(result: dict, files: Optional[dict[str, Path]] = None) -> list[str]:
+    """``refine.json`` in words (``xnetspace refine``): each tested constraint with its verdict, the
+    members that satisfy it and why, the knobs before and after, the --verify comparison when
+    there is one, the notes, and the files written when given."""
+    score = result["score"]
+    lines = [f"{result['study']} ({result['space']}): {result['members']} members, {score['label']} ({score['unit']})"]
+    for step in sorted(result["steps"], key=lambda s: (s["order"] is None, s["order"] or 0)):
+        test = step["test"] or step["first_test"]
+        where = f"{test['satisfying']}/{test['members']}" if test else "-"
+        lines.append(f"  {step['verdict']:<14} {where:>8}  {step['description']}: {step['reason']}")
+    lines.append(f"accepted {len(result['accepted'])}; knobs {len(result['knobs_before'])} -> "
+                 f"{len(result['knobs_after'])}; members satisfying all accepted: {result['members_left']}")
+    if result.get("verify"):
+        c = result["verify"]["comparison"]
+        if c.get("mean_difference_ci95"):
+            lo, hi = c["mean_difference_ci95"]
+            lines.append(f"verify: {result['verify']['members']} fresh members; refined minus original mean "
+                         f"{c['mean_difference']:+.4g} [95% CI {lo:+.4g}, {hi:+.4g}], KS {c['ks_statistic']:.3f} "
+                         f"(p = {c['ks_pvalue']:.3g}): {c['verdict']}")
+    lines += [f"  note: {note}" for note in result["warnings"]]
+    if files is not None:
+        lines.append("files: " + ", ".join(str(p) for p in files.values()))
+    return lines
 
 
 _RULE = (f"accept a constraint when at least {MIN_SUBSET} members satisfy it and the 95% bootstrap CI of "

@@ -1,20 +1,60 @@
-"""``xnetspace refine --verify N``: a fresh population of the refined space, trained with the
-original study's dataset, objective, recipe and proxy seeds through the normal search machinery
-(random sampler, no pruner, no confirmation: what ``xnetspace search --population`` runs), and
-compared with the original population
+"""``xnetspace refine``'s whole run (:func:`refine_run`: refine a population study's folder, write
+its files, verify when asked) and ``--verify N`` (:func:`verify`): a fresh population of the
+refined space, trained with the original study's dataset, objective, recipe and proxy seeds
+through the normal search machinery (random sampler, no pruner, no confirmation: what
+``xnetspace search --population`` runs), and compared with the original population
 (:func:`~.analysis.analyze`: EDFs, Kolmogorov-Smirnov, bootstrap CIs)."""
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
+
+import optuna
 
 from .analysis import StudyData, analyze, load_run, study_data
 from .analysis_plots import write_analysis
-from .refine import Refinement
+from .analysis_schema import RefineResult
+from .refine import Refinement, refine
+from .refine_plots import write_refine
 from .runner import run_search
-from .study import RunOptions
+from .study import RunOptions, check_devices
 
-__all__ = ["verify"]
+__all__ = ["refine_run", "verify"]
+
+
+def refine_run(run: Path, out: Path, n_verify: int = 0, force: bool = False, seed: int = 0,
+               devices: str | Sequence[str] = ("cpu",), workers_per_device: Optional[int] = None,
+               progress: bool = True) -> tuple[dict, dict[str, Path]]:
+    """Refine the population study in the folder ``run`` (:func:`~.refine.refine`), write
+    ``refine.json``, the refined space and its figure into ``out``, and with ``n_verify`` train
+    and compare a fresh population of that many members (:func:`verify`; its ``devices`` are
+    checked before anything is refined), adding it to ``refine.json``.
+
+    Returns:
+        ``(refine.json's object, {"json": ..., "space": ..., "edf": ...})``.
+
+    Raises:
+        AnalysisError: not a study folder, too few members, not a population study (without ``force``).
+        ValueError: a device that is none, or CUDA where there is none.
+        OSError: files that cannot be written.
+        and what :func:`verify` raises.
+    """
+    if n_verify:
+        devices = check_devices(devices)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fANOVA's and scipy's notices; refine.json says what matters
+        data = study_data(load_run(run), str(run), Path(run) / "summary.json")
+        refinement = refine(data, force=force, seed=seed)
+    files = write_refine(refinement, out)
+    if n_verify:
+        checked = verify(refinement, data, out, n_verify, list(devices), workers_per_device, seed, progress=progress)
+        refinement.result["verify"] = checked
+        refinement.result = RefineResult.model_validate(refinement.result).model_dump(exclude_unset=True)
+        files["json"].write_text(json.dumps(refinement.result, indent=2) + "\n")
+    return refinement.result, files
 
 
 def verify(refinement: Refinement, original: StudyData, out: Path, n: int, devices: Optional[list[str]] = None,
