@@ -1,4 +1,9 @@
-"""Command line: ``xnetspace build SPEC`` and ``xnetspace flops SPEC``.
+"""Command line: ``xnetspace build SPEC``, ``xnetspace flops SPEC``, ``search``, ``analyze``, ...
+
+A command parses its options, calls the library and maps the library's errors (:func:`_answers`);
+the rules and the words it prints live beside the code that makes each result (``report_lines``
+of :mod:`xnetspace.build_report`, :mod:`.search.analysis`, :mod:`.search.refine`, ...), so that
+Python callers get the same. tests/test_cli.py keeps every command body within 40 lines.
 
 SPEC is a spec file (``.yaml``/``.json``) or a preset name (``transxnet_t``). Bad input (spec,
 checkpoint, image, option) exits with status 2 and one paragraph on stderr, never a traceback;
@@ -7,27 +12,23 @@ holds its traceback (:func:`main`).
 """
 from __future__ import annotations
 
-import errno
 import json
-import os
-import stat
 import sys
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from .checkpoint import CheckpointError, load_weights, nonfinite_keys, read_checkpoint, save_checkpoint
-from .cost import FLOP_KINDS, CostReport, cost_report, parse_image_size
+from .build_report import kind_table, stage_table
+from .checkpoint import load_weights, read_checkpoint, save_checkpoint
+from .cost import cost_report, parse_image_size
+from .errors import ReportedError
 from .model import build_model
-from .spec import (MAX_CLASSES, MAX_IN_CHANS, NetworkSpec, SpecError, format_validation_error,
-                   resolve_spec, save_spec)
+from .spec import MAX_CLASSES, MAX_IN_CHANS, NetworkSpec, format_validation_error, resolve_spec, save_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="xnetspace: TransXNet specs, builder, cost model and search.")
@@ -49,56 +50,57 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+@contextmanager
+def _answers(options: Optional[str] = None, *, writing: Optional[str] = None, place: object = None,
+             interrupted: Union[str, Callable[[], str], None] = None) -> Iterator[None]:
+    """The library's answers to bad input, as the command line gives them: one paragraph on stderr
+    (``error: ...``, via :func:`_fail`) and exit 2 for a ValueError (SpecError, SpaceError,
+    DataError, CheckpointError, AnalysisError, ...), an OSError and a
+    :class:`~xnetspace.errors.ReportedError` (SearchError, ...); a ReportedError with another
+    ``exit_status`` (WorkerCrashed: 1) exits with that, its message whole.
+
+    Args:
+        options: what a pydantic ValidationError is about ("search options"): its problems are
+            listed (:func:`format_validation_error`); None: its text, as any ValueError.
+        writing: what an OSError failed to write ("the study's files"): ``cannot write WRITING:
+            why (file)``, the file being the error's, else ``place``; None: the error's text.
+        interrupted: the line Ctrl-C prints before exit 130 (or a function giving it); None:
+            Ctrl-C goes on to :func:`main`.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        typer.echo(interrupted() if callable(interrupted) else interrupted, err=True)
+        raise typer.Exit(130) from None
+    except ValidationError as err:
+        _fail(str(err) if options is None else format_validation_error(err, options))
+    except ReportedError as err:
+        if err.exit_status != 2:  # not the user's input (worker processes died): the logs named
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(err.exit_status) from None
+        _fail(str(err))
+    except ValueError as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(str(err) if writing is None else f"cannot write {writing}: {err.strerror or err} ({err.filename or place})")
+
+
+def _devices(devices: str) -> list[str]:
+    """``--devices cpu,cuda:0`` as a list (the library checks each entry)."""
+    return [d.strip() for d in devices.split(",") if d.strip()]
+
+
 def _load(spec_arg: str, image_size: str) -> tuple[NetworkSpec, tuple[int, int]]:
     from .spec import check_image_size
     from .text import shorten
 
-    try:
+    with _answers(f"spec {shorten(spec_arg)}"):
         if len(image_size) > 40:  # "16384x16384" is 11 characters; int() of 5,000 digits fails
             raise ValueError(f"--image-size {shorten(image_size, 40)!r} must be H or HxW, e.g. 224 or 224x192")
         size = check_image_size(parse_image_size(image_size), "--image-size")
         return resolve_spec(spec_arg), size
-    except ValidationError as err:
-        _fail(format_validation_error(err, f"spec {shorten(spec_arg)}"))
-    except (SpecError, ValueError, OSError) as err:
-        _fail(str(err))
-
-
-def _gflops(flops: int) -> str:
-    return f"{flops / 1e9:.3f}"
-
-
-def _stage_table(report: CostReport) -> Table:
-    h, w = report.image_size
-    table = Table(title=f"{escape(report.spec.name)} at {h}x{w}: {report.params:,} params, "
-                        f"{_gflops(report.flops)} GFLOPs ({_gflops(report.conv_flops)} in convolutions)")
-    for col in ("part", "depth", "width", "heads", "G", "mlp", "attn", "sr", "resolution", "params", "GFLOPs"):
-        table.add_column(col, justify="left" if col == "part" else "right")
-    for part in report.parts:
-        if part.name.startswith("stage"):
-            s = report.spec.stages[int(part.name[5:]) - 1]
-            knobs = (s.depth, s.embed_dim, s.num_heads if s.attn_channels else "-",
-                     s.idconv_groups if s.idconv_channels else "-", f"{s.mlp_ratio:g}",
-                     f"{s.attn_ratio:g}", s.sr_ratio if s.attn_channels else "-")
-        else:
-            knobs = ("",) * 7
-        table.add_row(part.name, *map(str, knobs), f"{part.size[0]}x{part.size[1]}",
-                      f"{part.params:,}", _gflops(part.flops))
-    table.add_row("total", *("",) * 8, f"{report.params:,}", _gflops(report.flops), style="bold")
-    return table
-
-
-def _kind_table(report: CostReport) -> Table:
-    table = Table(title="FLOPs by operator kind (fvcore's names; one multiply-add = one flop)")
-    table.add_column("part")
-    for kind in FLOP_KINDS:
-        table.add_column(f"{kind}", justify="right")
-    table.add_column("total", justify="right")
-    for part in report.parts:
-        table.add_row(part.name, *(f"{part.flops_by_kind[k]:,}" for k in FLOP_KINDS), f"{part.flops:,}")
-    total = report.flops_by_kind
-    table.add_row("total", *(f"{total[k]:,}" for k in FLOP_KINDS), f"{report.flops:,}", style="bold")
-    return table
 
 
 @app.command()
@@ -121,149 +123,38 @@ def build(
     Weights that are not finite (NaN or inf, from --checkpoint) are reported on stderr as a
     warning (``nonfinite_weights`` in --json); the command still exits 0 with the outputs they give.
     """
-    from .memory import check_memory
-    from .photo import DEFAULT_PHOTO, photo_batch
-    from .timing import check_time
+    from .build_report import build_notice, check_build, classify, nonfinite_warning, report_lines
+    from .photo import photo_batch
+    from .save import save_target, save_to, saved_line
 
     net_spec, size = _load(spec, image_size)
-    target = None if save is None else _save_target(save)
+    with _answers():
+        target = None if save is None else save_target(save)
     if not as_json:  # what the spec alone tells, before anything is built
-        console.print(_stage_table(cost_report(net_spec, size)))
-    try:
-        if not force:
-            check_memory(net_spec, size)
-            seconds = check_time(net_spec, size)
-            if seconds >= 5 and not as_json:
-                console.print(f"building and running once: about {seconds:.0f} s (estimated for this machine now)")
+        console.print(stage_table(cost_report(net_spec, size)))
+    with _answers():
+        notice = None if force else build_notice(check_build(net_spec, size))
+        if notice and not as_json:
+            console.print(notice)
         torch.manual_seed(seed)  # the same command prints the same numbers
         model = build_model(net_spec, force=True).eval()  # checked above, with the forward
         if checkpoint is not None:
             load_weights(model, read_checkpoint(checkpoint))
         batch = photo_batch(net_spec, size, image)
-    except (CheckpointError, SpecError, FileNotFoundError, ValueError) as err:
-        _fail(str(err))
-    bad_weights = nonfinite_keys(model.state_dict()) if checkpoint is not None else []
-    if bad_weights:
-        from .text import shorten
-
-        typer.echo(f"warning: {len(bad_weights)} weight tensors of {shorten(str(checkpoint))} are not finite (NaN or "
-                   f"inf), e.g. {', '.join(shorten(k, 80) for k in bad_weights[:3])}; the outputs below are not "
-                   f"meaningful", err=True)
-    with torch.inference_mode():
-        output = model(batch)
-    result = cost_report(net_spec, size).to_dict()
-    result |= {"image": str(image) if image else DEFAULT_PHOTO,
-               "checkpoint": str(checkpoint) if checkpoint else None,
-               "output_shape": list(output.shape)}
-    if checkpoint is not None:
-        result["nonfinite_weights"] = bad_weights
-    result["stages"] = [p for p in result.pop("parts") if "stage" in p]
-    if net_spec.num_classes:
-        probs, classes = output.softmax(-1)[0].topk(min(5, net_spec.num_classes))
-        result["top5"] = [{"class": int(c), "prob": float(p)} for p, c in zip(probs, classes)]
-        if net_spec.num_classes == 1000:  # ImageNet-1k, the release's class order; names ship with timm
-            from timm.data import ImageNetInfo
-
-            names = ImageNetInfo()
-            for top in result["top5"]:
-                top["name"] = names.index_to_description(top["class"])
+    result = classify(model, batch, net_spec, size, image, checkpoint)
+    if warning := nonfinite_warning(result):
+        typer.echo(warning, err=True)
     if target is not None:
-        _save(model, save, target)
+        with _answers():
+            save_to(save, target, lambda path: save_checkpoint(model, path))
         result["saved"] = save
-
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    console.print(f"input: {result['image']}, preprocessed to {tuple(batch.shape)}; "
-                  f"weights: {result['checkpoint'] or 'random init'}")
-    console.print(f"output shape: {tuple(output.shape)}")
-    for rank, top in enumerate(result.get("top5", []), start=1):
-        console.print(f"  top-{rank}: class {top['class']:4d}  p = {top['prob']:.4f}"
-                      + (f"  {top['name']}" if "name" in top else ""))
+    for line in report_lines(result, tuple(batch.shape)):
+        console.print(line)
     if target is not None:
-        through = f" (the symlink's target, {target})" if _through_link(save, target) else ""
-        console.print(f"saved to {save}{through}", markup=False, highlight=False)
-
-
-_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
-
-
-def _save_target(where: str) -> Path:
-    """The regular file that ``--save WHERE`` writes: WHERE itself, or the file a symlink (even a
-    dangling one) points to. Checked before anything is built.
-
-    Refuses (exit 2, via :func:`_fail`): an empty name or one with a NUL byte, a symlink loop, a
-    target that exists but is not a regular file (a folder, a device such as /dev/full, a FIFO, a
-    socket: none is ever replaced or written into) or is read-only, and a folder where no file can
-    be made (tried with an unnamed temporary file).
-    """
-    from .text import shorten
-
-    shown = shorten(where)
-    if not where.strip():
-        _fail("--save needs a file name, got an empty one")
-    if "\0" in where:
-        _fail(f"--save {shown!r}: a file name cannot hold a NUL byte")
-    try:
-        target = Path(where).resolve()  # follows every symlink; a dangling one gives its target
-        mode = target.stat().st_mode if target.exists() else None
-    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python 3.11)
-        _fail(f"cannot save the network to {shown!r}: {getattr(err, 'strerror', None) or err}")
-    link = f" (the symlink's target, {shorten(str(target))!r})" if _through_link(where, target) else ""
-    if mode is not None:
-        kind = next((name for test, name in _FILE_KINDS if test(mode)), None)
-        if kind is not None or not stat.S_ISREG(mode):
-            _fail(f"cannot save the network to {shown!r}: it is {kind or 'not a regular file'}{link}, not a "
-                  f"regular file; --save writes a checkpoint file and never replaces anything else")
-        if not mode & 0o222:
-            _fail(f"cannot save the network to {shown!r}: the file is read-only{link}; make it writable "
-                  f"(chmod u+w) or choose another name")
-    folder = target.parent  # missing folders are made at saving; the first existing one must take a file
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        if not folder.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
-        with tempfile.TemporaryFile(dir=folder):  # an unnamed file where the file system allows one
-            pass
-    except OSError as err:
-        _fail(f"cannot save the network to {shown!r}: {err.strerror or err} (no new file can be made in "
-              f"{shorten(str(folder))!r})")
-    return target
-
-
-def _through_link(where: str, target: Path) -> bool:
-    """Whether a symlink led from ``where`` to ``target``."""
-    return str(target) != os.path.abspath(where)
-
-
-def _save(model: torch.nn.Module, where: str, target: Path) -> None:
-    """save_checkpoint into a temporary file beside ``target`` (the resolved ``--save`` path),
-    synced, then renamed over it: a failed save (full disk, unwritable folder) leaves no
-    half-written file and an existing file intact, and a symlink stays a symlink.
-
-    Refuses (exit 2, via :func:`_fail`) any error of the file system, naming it (ENOSPC: "No space
-    left on device").
-    """
-    from .text import shorten
-
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    created = False
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # ours alone; mode per umask
-        created = True
-        save_checkpoint(model, partial)
-        os.replace(partial, target)
-    except OSError as err:
-        if created:
-            try:
-                partial.unlink()
-            except OSError:
-                pass
-        step = f" (no new file can be made in {shorten(str(target.parent))!r})" if str(err.filename) == str(partial) else ""
-        _fail(f"cannot save the network to {shorten(where)!r}: {err.strerror or err}{step}")
+        console.print(saved_line(save, target), markup=False, highlight=False)
 
 
 @app.command()
@@ -274,8 +165,8 @@ def flops(spec: str = SpecArg, image_size: str = ImageSizeOpt, as_json: bool = J
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
-    console.print(_stage_table(report))
-    console.print(_kind_table(report))
+    console.print(stage_table(report))
+    console.print(kind_table(report))
 
 
 @app.command()
@@ -293,20 +184,18 @@ def scale(
     from .search.space import parse_count
 
     net_spec, size = _load(preset, image_size)
-    try:
+    with _answers():
         scaled = scale_to_budget(net_spec, parse_count(flops_max), size,
                                  min_flops=parse_count(flops_min) if flops_min else None,
                                  max_params=parse_count(max_params) if max_params else None)
         if save is not None:
             save_spec(scaled, save)
-    except (SpecError, ValueError, OSError) as err:
-        _fail(str(err))
     report = cost_report(scaled, size)
     if as_json:
         typer.echo(json.dumps({"flops": report.flops, "params": report.params, "image_size": list(size),
                                "spec": scaled.model_dump(mode="json"), "saved": str(save) if save else None}))
         return
-    console.print(_stage_table(report))
+    console.print(stage_table(report))
     if save is not None:
         console.print(f"saved to {save}")
 
@@ -345,51 +234,28 @@ def search(
     workers_per_device: Optional[int] = typer.Option(None, "--workers-per-device", help="worker processes per device (default: one single-thread worker per CPU core, at most 8; one per GPU)"),
 ) -> None:
     """Search a design space under a FLOP budget with proxy training (Optuna)."""
-    from .search.data import DataError
-    from .search import RunOptions, SearchError, StudyConfig, WorkerCrashed, progress_summary, run_search
-    from .search.space import SpaceError, load_space, parse_count
+    from .search import RunOptions, StudyConfig, progress_summary, run_search
+    from .search.space import load_space, parse_count
 
-    try:
-        space_def = load_space(space)
-        if flops_min is not None or flops_max is not None:
-            space_def = space_def.with_flops(None if flops_min is None else parse_count(flops_min),
-                                             None if flops_max is None else parse_count(flops_max))
-        recipe = {k: v for k, v in dict(image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                                        time_limit=trial_time_limit, seed=seed, augment=augment).items() if v is not None}
-        train = space_def.train.model_validate({**space_def.train.model_dump(), **recipe})
-        config = StudyConfig(space=space_def, dataset=dataset, objective=objective, train=train,
-                             proxy_seeds=proxy_seeds, race=race)
-        name = study_name or f"{space_def.name}-{dataset.split(':')[0]}-{objective}"
-        two = len(config.directions) > 1
-        if two and pruner not in (None, "none"):
-            raise ValueError("multi-objective studies cannot prune (Optuna's trial.report is single-objective); "
-                             "drop --pruner")
-        if population:  # uniform, unpruned samples: an unbiased EDF of the space (pycls)
-            if sampler not in (None, "random") or pruner not in (None, "none"):
-                raise ValueError(f"--population means --sampler random --pruner none; drop --sampler {sampler} / --pruner {pruner}")
-            sampler, pruner = "random", "none"
-        options = RunOptions(
-            n_trials=n_trials, out=out or Path("runs") / name, storage=storage, study_name=name,
-            sampler=sampler or ("nsga2" if two else "tpe"), pruner=pruner or ("none" if two else "median"),
-            seed=seed, timeout=timeout, devices=[d.strip() for d in devices.split(",") if d.strip()],
-            heartbeat=heartbeat, baseline=baseline, workers_per_device=workers_per_device,
-            confirm_top=0 if population else confirm_top, confirm_seeds=confirm_seeds,
-            confirm_epochs=confirm_epochs, fidelity_sample=fidelity_sample,
-        )
-        _check_devices(options.devices)
-        run_search(config, options)
-    except KeyboardInterrupt:
-        done = progress_summary(options) if "options" in locals() else "nothing started"
-        typer.echo(f"interrupted: {done}; the study is kept: re-run the same command to continue", err=True)
-        raise typer.Exit(130) from None
-    except ValidationError as err:
-        _fail(format_validation_error(err, "search options"))
-    except WorkerCrashed as err:  # not the user's input: exit 1, the logs named
-        _crashed(err)
-    except (SpaceError, SpecError, SearchError, DataError, ValueError) as err:
-        _fail(str(err))
-    except OSError as err:  # an unwritable --out, a full disk while writing results
-        _fail(f"cannot write the study's files: {err.strerror or err} ({err.filename or 'the output folder'})")
+    started: list[RunOptions] = []  # the options once resolved: what an interrupted run reports on
+
+    def interrupted() -> str:
+        done = progress_summary(started[0]) if started else "nothing started"
+        return f"interrupted: {done}; the study is kept: re-run the same command to continue"
+
+    with _answers("search options", writing="the study's files", place="the output folder", interrupted=interrupted):
+        config = StudyConfig.create(
+            load_space(space), dataset, objective, proxy_seeds=proxy_seeds, race=race,
+            flops_min=None if flops_min is None else parse_count(flops_min),
+            flops_max=None if flops_max is None else parse_count(flops_max), image_size=image_size, epochs=epochs,
+            batch_size=batch_size, lr=lr, time_limit=trial_time_limit, seed=seed, augment=augment)
+        started.append(RunOptions(
+            n_trials=n_trials, out=out, storage=storage, study_name=study_name, sampler=sampler, pruner=pruner,
+            population=population, seed=seed, timeout=timeout, devices=_devices(devices), heartbeat=heartbeat,
+            baseline=baseline, workers_per_device=workers_per_device, confirm_top=confirm_top,
+            confirm_seeds=confirm_seeds, confirm_epochs=confirm_epochs, fidelity_sample=fidelity_sample,
+        ).resolved(config))
+        run_search(config, started[0])
 
 
 @app.command()
@@ -413,52 +279,19 @@ def fidelity(
     zero-cost scores, FLOPs, params) against the specs' K-seed confirmed mean, with bootstrap 95%
     intervals, beside the noise ceiling (half the confirmation seeds against the other half).
     """
-    from .search.data import DataError
-    from .search.errors import SearchError, WorkerCrashed
-    from .search.fidelity import FidelityConfig, run_fidelity
-    from .search.space import SpaceError, load_space
+    from .search.fidelity import FidelityConfig, report_lines, run_fidelity
+    from .search.space import load_space
 
-    try:
-        space_def = load_space(space)
-        config = FidelityConfig(space=space_def, dataset=dataset, n_specs=n_specs, seeds=seeds, seed=seed,
-                                confirm_epochs=confirm_epochs, train=space_def.train)
-        device_list = [d.strip() for d in devices.split(",") if d.strip()]
-        _check_devices(device_list)
-        result = run_fidelity(config, out, device_list, workers_per_device, progress=not as_json)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: the finished runs are kept; re-run the same command to continue", err=True)
-        raise typer.Exit(130) from None
-    except ValidationError as err:
-        _fail(format_validation_error(err, "fidelity options"))
-    except WorkerCrashed as err:
-        _crashed(err)
-    except (SpaceError, SpecError, SearchError, DataError, ValueError) as err:
-        _fail(str(err))
-    except OSError as err:
-        _fail(f"cannot write the fidelity study's files: {err.strerror or err} ({err.filename or out})")
+    with _answers("fidelity options", writing="the fidelity study's files", place=out,
+                  interrupted="interrupted: the finished runs are kept; re-run the same command to continue"):
+        config = FidelityConfig(space=load_space(space), dataset=dataset, n_specs=n_specs, seeds=seeds, seed=seed,
+                                confirm_epochs=confirm_epochs)
+        result = run_fidelity(config, out, _devices(devices), workers_per_device, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
         return
-    c = result["ceiling"]
-    console.print(f"{result['n_specs']} specs x {result['seeds']} seeds; target: {result['target']}; noise ceiling "
-                  f"(Kendall tau, half the seeds against the other half): {_tau(c['kendall_tau'], c['ci95'])}",
-                  markup=False, highlight=False)
-    for s in result["scores"]:
-        console.print(f"  {s['name']:>18s}  tau {_tau(s['kendall_tau'], s['ci95']['kendall_tau'])}  rho "
-                      f"{_tau(s['spearman_rho'], s['ci95']['spearman_rho'])}  precision@5 {s['precision_at_5']:.2f}",
-                      markup=False, highlight=False)
-    for r in result["racing"]:
-        console.print(f"  racing z={r['z']:g}: {100 * r['fraction_of_runs']:.0f}% of the runs, tau {r['kendall_tau']:.2f}, "
-                      f"the best spec kept all its seeds {100 * r['best_kept_all_seeds']:.0f}% of the time",
-                      markup=False, highlight=False)
-    console.print(f"files: {out / 'runs.csv'}, {out / 'fidelity.json'}, {out / 'fidelity.png'}", markup=False,
-                  highlight=False)
-
-
-def _tau(value, ci) -> str:
-    if value is None or value != value:
-        return "n/a"
-    return f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+    for line in report_lines(result, out):
+        console.print(line, markup=False, highlight=False)
 
 
 @app.command()
@@ -478,57 +311,15 @@ def prepare(
     modification times and S: a study on imagefolder:PATH at --image-size S then decodes nothing.
     Images that cannot be read are counted and listed, never fatal.
     """
-    import time
+    from .search.prepare import prepare_dataset, report_lines
 
-    from .search.data import DataError
-    from .search.prepare import list_image_folder, load_or_prepare, prepare_image_folder
-
-    try:
-        kind, _, arg = dataset.partition(":")
-        if kind != "imagefolder" or not arg:
-            raise ValueError(f"prepare takes imagefolder:PATH, got {dataset[:200]!r} (digits, synthetic and CIFAR "
-                             f"files are read into memory directly)")
-        if not Path(arg).is_dir():
-            raise ValueError(f"imagefolder:{arg[:200]}: no such folder")
-        if not 8 <= image_size <= 1024:
-            raise ValueError(f"--image-size {image_size} must be 8 to 1024 pixels (the proxy training size)")
-        if workers is not None and not 1 <= workers <= 256:
-            raise ValueError(f"--workers {workers} must be 1 to 256")
-        if out is not None and out.is_dir():
-            raise ValueError(f"--out {out} is a folder; give a file name, e.g. {out / 'prepared.npz'}")
-        if out is not None and not out.parent.is_dir():
-            raise ValueError(f"--out {out}: the folder {out.parent} does not exist")
-        start = time.perf_counter()
-        if out is None:
-            prepared, path, hit = load_or_prepare(Path(arg), image_size, log=lambda line: None, workers=workers,
-                                                  progress=None if as_json else True)
-        else:
-            prepared = prepare_image_folder(list_image_folder(Path(arg)), image_size, workers,
-                                            None if as_json else True)
-            prepared.save(out)
-            path, hit = out, False
-        seconds = time.perf_counter() - start
-    except KeyboardInterrupt:
-        typer.echo("interrupted: nothing was written", err=True)
-        raise typer.Exit(130) from None
-    except (DataError, ValueError) as err:
-        _fail(str(err))
-    except OSError as err:
-        _fail(f"cannot write the prepared file: {err.strerror or err} ({err.filename or out})")
+    with _answers(writing="the prepared file", place=out, interrupted="interrupted: nothing was written"):
+        run = prepare_dataset(dataset, image_size, out, workers, progress=not as_json)
     if as_json:
-        typer.echo(json.dumps({"file": str(path) if path else None, "cache_hit": hit, "seconds": seconds,
-                               "images": len(prepared.labels), **prepared.counts(), "classes": len(prepared.classes),
-                               "image_size": prepared.image_size, "stored_size": prepared.stored_size,
-                               "unreadable": [{"path": p, "error": e} for p, e in prepared.unreadable]}))
+        typer.echo(json.dumps(run.to_dict()))
         return
-    typer.echo(prepared.summary())
-    for p, e in prepared.unreadable[5:]:  # the summary names the first five
-        typer.echo(f"  unreadable: {p} ({e})")
-    where = f"in the cache: {path}" if out is None else str(path)
-    if path is None:
-        typer.echo(f"not written: the cache folder cannot be written (set XNETSPACE_CACHE); {seconds:.1f} s")
-    else:
-        typer.echo(f"{'already prepared' if hit else f'prepared in {seconds:.1f} s'}, {where}")
+    for line in report_lines(run):
+        typer.echo(line)
 
 
 @app.command()
@@ -546,25 +337,11 @@ def worker(
     The study's space, dataset, recipe, N, sampler and pruner come from the storage, not from this
     command line. Exits 0 when the study's trials are all done (at once on a finished study).
     """
-    from .search.data import DataError
-    from .search.errors import SearchError, WorkerCrashed
     from .search.join import join_study
 
-    try:
-        device_list = [d.strip() for d in devices.split(",") if d.strip()]
-        if workers_per_device is not None and workers_per_device < 1:
-            raise ValueError(f"--workers-per-device {workers_per_device} must be at least 1")
-        _check_devices(device_list)
-        join_study(storage, study_name, device_list, workers_per_device, dataset, timeout, worker_index)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: this worker's running trials are retried by the others (heartbeat)", err=True)
-        raise typer.Exit(130) from None
-    except ValidationError as err:
-        _fail(format_validation_error(err, "worker options"))
-    except WorkerCrashed as err:
-        _crashed(err)
-    except (SearchError, DataError, ValueError) as err:
-        _fail(str(err))
+    with _answers("worker options",
+                  interrupted="interrupted: this worker's running trials are retried by the others (heartbeat)"):
+        join_study(storage, study_name, _devices(devices), workers_per_device, dataset, timeout, worker_index)
 
 
 @app.command()
@@ -575,15 +352,11 @@ def space(
     in_chans: int = typer.Option(3, "--in-chans", min=1, max=MAX_IN_CHANS, help="input channels of the dataset"),
 ) -> None:
     """Check a design space: its Optuna parameters and how many random specs meet its budget."""
-    from .search.space import SpaceError, load_space
+    from .search.space import load_space
 
-    try:
+    with _answers("space options (--num-classes, --in-chans)"):
         space_def = load_space(space_file)
         check = space_def.check(draws=draws, num_classes=num_classes, in_chans=in_chans)
-    except ValidationError as err:
-        _fail(format_validation_error(err, "space options (--num-classes, --in-chans)"))
-    except (SpaceError, SpecError, ValueError, OSError) as err:
-        _fail(str(err))
     params = space_def.param_names()
     console.print(f"space {space_def.name}: {space_def.description}", markup=False, highlight=False)
     console.print(f"parameters ({len(params)}): {', '.join(params)}", markup=False, highlight=False)
@@ -605,61 +378,18 @@ def analyze(
     """Design-space analysis in the studies' score (cross-entropy in a loss study, top-1 error in a
     top1 study): EDFs, knob importances and marginals of each study, and the comparison of the
     first study with the others (KS statistic, bootstrap CIs)."""
-    import warnings
+    from .search.analysis import report_lines, run_analysis
 
-    import optuna
-
-    from .search.analysis import AnalysisError, analyze as analyze_studies, load_named_study, load_run, study_data
-    from .search.analysis_plots import write_analysis
-    from .text import shorten
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    runs, study_names = list(runs or []), list(study_names or [])
-    try:
-        if bool(storage) != bool(study_names):
-            raise AnalysisError("--storage and --study-name go together: give both, or study folders only")
-        if not runs and not study_names:
-            raise AnalysisError("nothing to analyse: give study output folders (RUN ...) or --storage URL --study-name NAME")
-        with warnings.catch_warnings(record=True) as caught:  # numerical libraries' notices: one line each
-            warnings.simplefilter("always")
-            data = [study_data(load_run(run), str(run), run / "summary.json") for run in runs]
-            data += [study_data(load_named_study(storage, name), f"{storage} :: {name}") for name in study_names]
-            result = analyze_studies(data, force=force, bins=bins)
-            folder = out or (runs[0] if len(data) == 1 and runs else Path("runs") / "analysis")
-            files = write_analysis(result, folder)
-    except AnalysisError as err:
-        _fail(str(err))
-    for message in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught
-                                 if not issubclass(w.category, (DeprecationWarning, FutureWarning))):
-        typer.echo(f"warning: {shorten(message.splitlines()[0], 200)}", err=True)
+    with _answers():
+        result, files, notices = run_analysis(runs or [], storage, study_names or [], out, bins, force)
+    for notice in notices:
+        typer.echo(f"warning: {notice}", err=True)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-
-    def say(line: str) -> None:  # names and messages are text, not rich markup
+    for line in report_lines(result, files):  # names and messages are text, not rich markup
         console.print(line, markup=False, highlight=False)
 
-    score = result["score"]
-    d = 4 if score["unit"] == "nats" else 2  # decimals of the score
-    say(f"score: {score['label']} ({score['unit']}, lower is better)" + (f"; {score['note']}" if "note" in score else ""))
-    for s in result["studies"]:
-        e = s["error"]
-        top = ", ".join(f"{k} {v:.2f}" for k, v in list(s["importance"].items())[:3]) or "none"
-        say(f"{s['name']} ({s['space']}, {s['dataset']}, sampler {s['sampler']}): {s['n']} candidates, "
-                      f"{s['rejected']} samples rejected; error best {e['min']:.{d}f} / median {e['median']:.{d}f} / "
-                      f"mean {e['mean']:.{d}f} {score['unit']}; most important (fANOVA): {top}")
-        for note in s["warnings"]:
-            say(f"  warning: {note}")
-    for c in result.get("comparisons", [result["comparison"]] if "comparison" in result else []):
-        if c.get("ks_statistic") is not None:
-            lo, hi = c["mean_difference_ci95"]
-            blo, bhi = c["best_difference_ci95"]
-            say(f"{c['a']} vs {c['b']}: KS {c['ks_statistic']:.3f} (p = {c['ks_pvalue']:.3g}); "
-                          f"mean error difference {c['mean_difference']:+.{d}f} [95% CI {lo:+.{d}f}, {hi:+.{d}f}], best "
-                          f"{c['best_difference']:+.{d}f} [{blo:+.{d}f}, {bhi:+.{d}f}]: {c['verdict']}")
-        for note in c["warnings"]:
-            say(f"  warning: {note}")
-    say("files: " + ", ".join(str(p) for p in files.values()))
 
 @app.command()
 def refine(
@@ -676,80 +406,17 @@ def refine(
     constraints (ties, non-decreasing widths/depths/heads, an attention-share schedule, a fitted
     RegNet width rule, fixing knobs of nil importance) against the population's EDFs, and write the
     refined space with the accepted ones. The rule and its reasons: docs/design_spaces.md."""
-    import warnings
+    from .search.refine import report_lines
+    from .search.refine_verify import refine_run
 
-    import optuna
-
-    from .search.analysis import AnalysisError, load_run, study_data
-    from .search.analysis_schema import RefineResult
-    from .search.data import DataError
-    from .search.errors import SearchError, WorkerCrashed
-    from .search.refine import refine as refine_study
-    from .search.refine_plots import write_refine
-    from .search.space import SpaceError
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # fANOVA's and scipy's notices; refine.json says what matters
-            data = study_data(load_run(run), str(run), run / "summary.json")
-            refinement = refine_study(data, force=force, seed=seed)
-        files = write_refine(refinement, out)
-        if verify:
-            from .search.refine_verify import verify as verify_refinement
-
-            device_list = [d.strip() for d in devices.split(",") if d.strip()]
-            _check_devices(device_list)
-            checked = verify_refinement(refinement, data, out, verify, device_list, workers_per_device, seed,
-                                        progress=not as_json)
-            refinement.result["verify"] = checked
-            refinement.result = RefineResult.model_validate(refinement.result).model_dump(exclude_unset=True)
-            files["json"].write_text(json.dumps(refinement.result, indent=2) + "\n")
-    except WorkerCrashed as err:
-        _crashed(err)
-    except (AnalysisError, SpaceError, SpecError, SearchError, DataError, ValueError) as err:
-        _fail(str(err))
-    except OSError as err:
-        _fail(f"cannot write the refinement: {err.strerror or err} ({err.filename or out})")
-    result = refinement.result
+    with _answers(writing="the refinement", place=out):
+        result, files = refine_run(run, out, verify, force, seed, _devices(devices), workers_per_device,
+                                   progress=not as_json)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-
-    def say(line: str) -> None:
+    for line in report_lines(result, files):
         console.print(line, markup=False, highlight=False)
-
-    score = result["score"]
-    say(f"{result['study']} ({result['space']}): {result['members']} members, {score['label']} ({score['unit']})")
-    for step in sorted(result["steps"], key=lambda s: (s["order"] is None, s["order"] or 0)):
-        test = step["test"] or step["first_test"]
-        where = f"{test['satisfying']}/{test['members']}" if test else "-"
-        say(f"  {step['verdict']:<14} {where:>8}  {step['description']}: {step['reason']}")
-    say(f"accepted {len(result['accepted'])}; knobs {len(result['knobs_before'])} -> {len(result['knobs_after'])}; "
-        f"members satisfying all accepted: {result['members_left']}")
-    if result.get("verify"):
-        c = result["verify"]["comparison"]
-        if c.get("mean_difference_ci95"):
-            lo, hi = c["mean_difference_ci95"]
-            say(f"verify: {result['verify']['members']} fresh members; refined minus original mean {c['mean_difference']:+.4g} "
-                f"[95% CI {lo:+.4g}, {hi:+.4g}], KS {c['ks_statistic']:.3f} (p = {c['ks_pvalue']:.3g}): {c['verdict']}")
-    for note in result["warnings"]:
-        say(f"  note: {note}")
-    say("files: " + ", ".join(str(p) for p in files.values()))
-
-
-def _crashed(err: Exception) -> None:
-    """Exit 1 (not bad input) with the one paragraph naming each lost worker's log file."""
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(1)
-
-
-def _check_devices(devices: list[str]) -> None:
-    for device in devices:
-        if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-            raise ValueError(f"--devices entry {device!r} must be cpu, cuda or cuda:K")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--devices {device}: no CUDA device is available here")
 
 
 def main() -> None:
