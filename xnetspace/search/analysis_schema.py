@@ -1,9 +1,11 @@
 """The files of the design-space tools as Pydantic models: ``analysis.json`` (``xnetspace analyze``,
-:class:`AnalysisResult`) and ``refine.json`` (``xnetspace refine``, :class:`RefineResult`).
+:class:`AnalysisResult`) and ``refine.json`` (``xnetspace refine``, :class:`RefineResult`); and
+the place every JSON Schema of the files xnetspace writes is exported from (:func:`schemas`: these
+two and ``summary.json``'s, :class:`~.summary.Summary`).
 
 Every model forbids unknown fields, so a file parsed back into its model is checked field by field
 (the tests do this with real outputs). Their JSON Schemas are kept in ``docs/schemas/``:
-``python -m xnetspace.search.analysis_schema docs/schemas`` writes them (:func:`write_schemas`),
+``python -m xnetspace.search.analysis_schema docs/schemas`` writes them all (:func:`write_schemas`),
 and a test fails when a written schema differs from the model's current one.
 """
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .summary import Summary
 
 __all__ = ["ScoreInfo", "AnalysisResult", "StudySummary", "Comparison", "RefineResult", "RefineStep", "Evidence",
            "Verification",
@@ -213,9 +217,11 @@ class RefineResult(_Strict):
 
 
 def schemas() -> dict[str, dict]:
-    """File name -> JSON Schema of each model (``analysis.schema.json``, ``refine.schema.json``)."""
+    """File name -> JSON Schema of each file model (``analysis.schema.json``, ``refine.schema.json``,
+    ``summary.schema.json``)."""
     return {"analysis.schema.json": AnalysisResult.model_json_schema(),
-            "refine.schema.json": RefineResult.model_json_schema()}
+            "refine.schema.json": RefineResult.model_json_schema(),
+            "summary.schema.json": Summary.model_json_schema()}
 
 
 def write_schemas(folder: Path | str) -> list[Path]:
