@@ -227,7 +227,7 @@ def search(
     baseline: Optional[str] = typer.Option(None, help="controls confirmed like the winner, comma-separated: PRESET (scaled to the study's budget), random:auto (random search at equal compute; the default with confirmation), random:N (best of N random in-budget specs), none"),
     confirm_top: int = typer.Option(5, "--confirm-top", help="candidates retrained after the search with several seeds (0: none)"),
     confirm_seeds: int = typer.Option(3, "--confirm-seeds", help="seeds per confirmed candidate (>= 2 for a 95% CI)"),
-    confirm_epochs: Optional[int] = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: twice the proxy's)"),
+    confirm_epochs: Optional[int] = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: the proxy's)"),
     fidelity_sample: int = typer.Option(5, "--fidelity-sample", help="random in-budget specs confirmed beside the top candidates, for Kendall tau and the spread between architectures (0: none; none without confirmation)"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: runs/STUDY_NAME)"),
     heartbeat: int = typer.Option(10, help="heartbeat interval in seconds; dead workers' trials are retried"),

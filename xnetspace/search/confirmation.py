@@ -126,7 +126,7 @@ def plan_jobs(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     state gives the same list). Jobs that wait on other results appear once those are done: the
     best of ``random:N`` after its specs' proxy jobs, the ``random:auto`` control's best once the
     control study (``control``) has spent the search's compute."""
-    epochs = options.confirm_epochs or 2 * config.train.epochs
+    epochs = options.epochs_to_confirm(config.train)
     seeds = confirm_seeds(config, options)
     jobs: list[Job] = []
 
@@ -289,7 +289,7 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
         "compute": {"search": spent(study), "control": spent(control) if control is not None else None,
                     "unit": "replica-epochs of proxy training"},
         "protocol": {"seeds": list(confirm_seeds(config, options)),
-                     "epochs": options.confirm_epochs or 2 * config.train.epochs,
+                     "epochs": options.epochs_to_confirm(config.train),
                      "split": "test" if data.test is not None else "val", "proxy_epochs": config.train.epochs,
                      "proxy_seeds": list(config.proxy_seed_list), "confirm_top": options.confirm_top},
         "pending": sum(1 for j in jobs if finished_record(results.get(j.key(config.train, config.dataset), [])) is None),

@@ -356,6 +356,17 @@ def analyze_runs(rows: list[dict], seed: int = 0) -> dict:
             add(name, f"{name} at initialisation", values, maximize=True)
     add("params", "parameter count", [float(specs_[i]["row"]["params"]) for i in keys], maximize=True)
     add("flops", "FLOPs", [float(specs_[i]["row"]["flops"]) for i in keys], maximize=True)
+    # Each recipe against itself: s seeds against the mean of its other K - s (so no seed is on both
+    # sides). For the confirmation recipe, what a proxy as long as the target buys; for the proxy
+    # recipe, how well one seed ranks the objective a study of that recipe confirms.
+    for recipe, short in (("confirm", "confirmation"), ("proxy", "proxy")):
+        runs = {i: specs_[i][recipe] for i in keys}
+        kr = min(len(runs[i]) for i in keys) if keys else 0
+        for s in range(1, kr // 2 + 1):
+            scores.append(_score(f"{recipe}@{s}/self", f"the {short} recipe itself, {s} seed{'s' if s > 1 else ''}, "
+                                 f"against the mean of its other {kr - s} (not the target)",
+                                 [statistics.fmean(r["loss"][-1] for r in runs[i][:s]) for i in keys],
+                                 [statistics.fmean(r["loss"][-1] for r in runs[i][s:]) for i in keys], False, seed))
 
     ceiling = noise_ceiling([[r["loss"][-1] for r in specs_[i]["confirm"]] for i in keys], seed=seed)
     for entry in scores:

@@ -124,7 +124,8 @@ class RunOptions(BaseModel):
                                                        "default random:auto when confirmation is on")
     confirm_top: int = Field(5, ge=0, description="candidates retrained after the search (0: none)")
     confirm_seeds: int = Field(3, ge=1, description="seeds per confirmed candidate")
-    confirm_epochs: Optional[int] = Field(None, ge=1, description="confirmation epochs (default: 2x the proxy's)")
+    confirm_epochs: Optional[int] = Field(None, ge=1, description="confirmation epochs (default: the proxy's; "
+                                                                 "docs/fidelity.md says why)")
     fidelity_sample: int = Field(5, ge=0, description="random in-budget candidates added to the confirmed set "
                                                       "(none when confirm_top is 0)")
     workers_per_device: Optional[int] = Field(
@@ -134,6 +135,13 @@ class RunOptions(BaseModel):
     # What every worker of the study must agree on; the head stores it, joining workers read it.
     SHARED: ClassVar[tuple[str, ...]] = ("n_trials", "sampler", "pruner", "seed", "heartbeat", "baseline",
                                          "confirm_top", "confirm_seeds", "confirm_epochs", "fidelity_sample")
+
+    def epochs_to_confirm(self, train: TrainConfig) -> int:
+        """Confirmation epochs: ``confirm_epochs``, else the proxy's own. Confirmation re-measures the
+        study's objective with fresh seeds on held-out data; a longer recipe is another objective,
+        and on the default task the 3-epoch proxy ranks specs against their 6-epoch order (fidelity
+        study, docs/fidelity.md)."""
+        return self.confirm_epochs or train.epochs
 
     @property
     def workers(self) -> int:
