@@ -34,8 +34,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,7 @@ class PeakMemory:
         with open("/proc/self/status") as f:
             return int(re.search(rf"{key}:\s+(\d+) kB", f.read()).group(1)) * 1024
 
-    def __call__(self, fn: Callable[[], object]) -> Optional[float]:
+    def __call__(self, fn: Callable[[], object]) -> float | None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -100,7 +100,7 @@ def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int, device:
     return times
 
 
-def probe_memory(args, kind: str) -> Optional[float]:
+def probe_memory(args, kind: str) -> float | None:
     """Peak MiB of ``kind`` (``eval:FORM`` or ``train:CONFIG``) for the first preset and batch size
     in ``args``, measured by this script in a fresh process (``--probe``); None if it failed."""
     cmd = [sys.executable, __file__, "--probe", kind, "--presets", args.presets[0], "--batch-sizes",
@@ -133,7 +133,7 @@ def graph_breaks() -> int:
 
 
 # -- eval section ----------------------------------------------------------------------------------
-def make_form(base: torch.nn.Module, form: str, x: torch.Tensor, autocast) -> tuple[Callable, Optional[str]]:
+def make_form(base: torch.nn.Module, form: str, x: torch.Tensor, autocast) -> tuple[Callable, str | None]:
     """A callable running ``form`` on ``x`` (compiled ones compiled here) and a note (compile time)."""
     model = copy.deepcopy(base)
     if form.startswith("deploy"):

@@ -44,8 +44,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from bench_model import PeakMemory, interleaved_times
+
 from xnetspace import build_model
 from xnetspace.cost import cost_report
 from xnetspace.pack import Pack

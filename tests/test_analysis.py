@@ -13,20 +13,27 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from scipy import stats
 from typer.testing import CliRunner
 
-import xnetspace.search.objective as objective_module
 from xnetspace.cli import app
 from xnetspace.search import RunOptions, StudyConfig
-from xnetspace.search.analysis import (AnalysisError, Candidate, analyze, compare, complexity_weights, edf,
-                                       edf_distance, importances, load_run, study_data)
+from xnetspace.search.analysis import (
+    AnalysisError,
+    Candidate,
+    analyze,
+    compare,
+    complexity_weights,
+    edf,
+    edf_distance,
+    importances,
+    load_run,
+    study_data,
+)
 from xnetspace.search.records import KEY
 from xnetspace.search.space import SearchSpace
 from xnetspace.search.study import store_run_options
 from xnetspace.search.train import TrainConfig, TrainResult
 
-from .test_search import SPACE  # the tiny space: a budget of 200 kFLOPs at 16x16 rejects some samples
-
 from .conftest import use_trainer
-
+from .test_search import SPACE  # the tiny space: a budget of 200 kFLOPs at 16x16 rejects some samples
 
 KNOBS = {"stage1.embed_dim": IntDistribution(8, 24, step=8), "stage1.attn_ratio": CategoricalDistribution([0.5, 1.0]),
          "stage2.num_heads": CategoricalDistribution([1, 2])}

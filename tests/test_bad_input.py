@@ -28,14 +28,14 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 import xnetspace.cli as cli
-from xnetspace.cli import app
 import xnetspace.timing as timing
 from xnetspace.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xnetspace.cli import app
 from xnetspace.memory import MemoryLimitError, check_memory, estimate_memory
 from xnetspace.model import build_model
-from xnetspace.timing import Speed, TimeLimitError, check_time, estimate_seconds, measure_speed
 from xnetspace.spec import MAX_EMBED_DIM, NetworkSpec, SpecError, StageSpec, format_validation_error, load_preset
 from xnetspace.text import yaml_mapping
+from xnetspace.timing import Speed, TimeLimitError, check_time, estimate_seconds, measure_speed
 
 from .conftest import random_specs
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xnetspace import (CheckpointError, NetworkSpec, build_model, convert_official_state_dict, load_checkpoint,
-                       load_preset, load_weights, save_checkpoint)
+from xnetspace import (
+    CheckpointError,
+    NetworkSpec,
+    build_model,
+    convert_official_state_dict,
+    load_checkpoint,
+    load_preset,
+    load_weights,
+    save_checkpoint,
+)
 
 from .conftest import release_state_dict, tiny_spec
 

@@ -10,16 +10,15 @@ import optuna
 import pytest
 from scipy import stats
 
-import xnetspace.search.objective as objective_module
 from xnetspace import NetworkSpec, load_preset
 from xnetspace.cost import count_flops
 from xnetspace.scaling import ScalingError, scale_to_budget
 from xnetspace.search import RunOptions, StudyConfig, run_search
 from xnetspace.search.confirmation import CONFIRM_SUFFIX, ConfirmError, baseline_spec
-from xnetspace.search.space import SearchSpace
 from xnetspace.search.records import read_job, read_trial
-from xnetspace.search.study import candidates
+from xnetspace.search.space import SearchSpace
 from xnetspace.search.stats import mean_difference, pooled_seed_std, rank_fidelity, seed_summary, separation
+from xnetspace.search.study import candidates
 from xnetspace.search.train import TrainConfig, TrainResult
 
 from .conftest import use_trainer

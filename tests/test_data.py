@@ -20,8 +20,15 @@ from xnetspace.search import RunOptions, StudyConfig, run_search
 from xnetspace.search.batches import AUGMENTS, ImageTensors, TensorBatches, batches
 from xnetspace.search.confirmation import open_confirm_study
 from xnetspace.search.data import DataError, load_dataset
-from xnetspace.search.prepare import (SPLITS, cache_dir, decode_image, list_image_folder, load_or_prepare,
-                                      load_prepared, stored_side)
+from xnetspace.search.prepare import (
+    SPLITS,
+    cache_dir,
+    decode_image,
+    list_image_folder,
+    load_or_prepare,
+    load_prepared,
+    stored_side,
+)
 from xnetspace.search.records import read_job, read_trial
 from xnetspace.search.score import score_of
 from xnetspace.search.space import SearchSpace

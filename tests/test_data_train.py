@@ -11,8 +11,7 @@ from PIL import Image
 
 from xnetspace.model import build_model
 from xnetspace.search.data import DataError, load_dataset
-from xnetspace.search.train import (Diverged, TensorBatches, TimeLimitExceeded, TrainConfig, evaluate,
-                                    train_candidate)
+from xnetspace.search.train import Diverged, TensorBatches, TimeLimitExceeded, TrainConfig, evaluate, train_candidate
 
 from .conftest import tiny_spec
 

@@ -12,7 +12,6 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-import xnetspace.search.jobs as jobs_module
 from xnetspace.cli import app
 from xnetspace.search import RunOptions, StudyConfig, run_search
 from xnetspace.search.control import CONTROL_SUFFIX, spent

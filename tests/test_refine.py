@@ -24,8 +24,8 @@ from xnetspace.search.space_rules import regnet_widths
 from xnetspace.search.study import store_run_options
 from xnetspace.search.train import TrainConfig
 
-from .test_analysis import fake_trainer
 from .conftest import use_trainer
+from .test_analysis import fake_trainer
 
 runner = CliRunner()
 SPACE = {  # every stage takes every width, so about 1 in 7 draws has non-decreasing widths

@@ -16,11 +16,11 @@ import torch
 from typer.testing import CliRunner
 
 import xnetspace.search.objective as objective_module
-from xnetspace.search.records import is_live, read_trial
 from xnetspace import build_model, load_spec
 from xnetspace.cli import app
 from xnetspace.cost import cost_report
 from xnetspace.search import RunOptions, SearchError, StudyConfig, run_search
+from xnetspace.search.records import is_live, read_trial
 from xnetspace.search.space import SearchSpace
 from xnetspace.search.train import Diverged, TrainConfig, TrainResult
 

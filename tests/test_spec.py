@@ -9,8 +9,18 @@ from pydantic import ValidationError
 
 from xnetspace import NetworkSpec, SpecError, format_validation_error, load_preset, load_spec, save_spec
 from xnetspace.model.osra import reduced_size
-from xnetspace.spec import (MAX_DEPTH, MAX_EMBED_DIM, MAX_HEADS, MAX_IDCONV_GROUPS, MAX_IMAGE_SIZE, MAX_IN_CHANS,
-                            MAX_SR_RATIO, StageSpec, preset_names, resolve_spec)
+from xnetspace.spec import (
+    MAX_DEPTH,
+    MAX_EMBED_DIM,
+    MAX_HEADS,
+    MAX_IDCONV_GROUPS,
+    MAX_IMAGE_SIZE,
+    MAX_IN_CHANS,
+    MAX_SR_RATIO,
+    StageSpec,
+    preset_names,
+    resolve_spec,
+)
 from xnetspace.text import MAX_FILE_BYTES, read_text_file, short_repr, yaml_mapping
 
 from .conftest import random_specs, tiny_spec

@@ -5,7 +5,6 @@ photograph as a JSON-able result and as lines of text.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 from rich.markup import escape
@@ -75,7 +74,7 @@ def check_build(spec: NetworkSpec, image_size: tuple[int, int]) -> float:
     return check_time(spec, image_size)
 
 
-def build_notice(seconds: float) -> Optional[str]:
+def build_notice(seconds: float) -> str | None:
     """The line announcing a build of ``seconds`` (estimated), when it is long enough to say so."""
     if seconds < NOTICE_SECONDS:
         return None
@@ -83,7 +82,7 @@ def build_notice(seconds: float) -> Optional[str]:
 
 
 def classify(model: torch.nn.Module, batch: torch.Tensor, spec: NetworkSpec, image_size: tuple[int, int],
-             image: Optional[Path] = None, checkpoint: Optional[Path] = None) -> dict:
+             image: Path | None = None, checkpoint: Path | None = None) -> dict:
     """Run ``model`` (``spec``, in eval mode) once on ``batch`` (the photograph ``image``, default
     scikit-image's chelsea) and report: the spec's cost (:meth:`CostReport.to_dict`; its parts
     as ``stages``), ``image``, ``checkpoint``, ``output_shape``, ``nonfinite_weights`` (with a
@@ -111,7 +110,7 @@ def classify(model: torch.nn.Module, batch: torch.Tensor, spec: NetworkSpec, ima
     return result
 
 
-def nonfinite_warning(result: dict) -> Optional[str]:
+def nonfinite_warning(result: dict) -> str | None:
     """The warning for weights of the checkpoint that are not finite (:func:`classify`), if any."""
     bad = result.get("nonfinite_weights")
     if not bad:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import pickle
 import stat
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -64,7 +65,7 @@ def load_weights(model: torch.nn.Module, checkpoint: Mapping[str, Any]) -> torch
     return model
 
 
-def read_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` with errors that say, in one paragraph, what went wrong.
 
     A file whose pickle names Python callables (code that unpickling would run) is refused without
@@ -124,7 +125,7 @@ def nonfinite_keys(state_dict: Mapping[str, Any]) -> list[str]:
             if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
-def save_checkpoint(model: TransXNet, path: Union[str, Path], **extra: Any) -> Path:
+def save_checkpoint(model: TransXNet, path: str | Path, **extra: Any) -> Path:
     """Save ``model``'s weights with its spec, so the file alone rebuilds the network.
 
     ``extra`` entries (plain numbers, strings, lists, tensors) are stored beside them. The file is
@@ -145,7 +146,7 @@ def save_checkpoint(model: TransXNet, path: Union[str, Path], **extra: Any) -> P
     return path
 
 
-def load_checkpoint(path: Union[str, Path], spec: Optional[NetworkSpec] = None) -> TransXNet:
+def load_checkpoint(path: str | Path, spec: NetworkSpec | None = None) -> TransXNet:
     """Rebuild a network from a checkpoint file and load its weights strictly.
 
     Our own files carry their spec; a release file needs ``spec`` (e.g. ``load_preset(...)``).

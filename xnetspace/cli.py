@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
 
 import torch
 import typer
@@ -51,8 +51,8 @@ def _fail(message: str) -> None:
 
 
 @contextmanager
-def _answers(options: Optional[str] = None, *, writing: Optional[str] = None, place: object = None,
-             interrupted: Union[str, Callable[[], str], None] = None) -> Iterator[None]:
+def _answers(options: str | None = None, *, writing: str | None = None, place: object = None,
+             interrupted: str | Callable[[], str] | None = None) -> Iterator[None]:
     """The library's answers to bad input, as the command line gives them: one paragraph on stderr
     (``error: ...``, via :func:`_fail`) and exit 2 for a ValueError (SpecError, SpaceError,
     DataError, CheckpointError, AnalysisError, ...), an OSError and a
@@ -107,9 +107,9 @@ def _load(spec_arg: str, image_size: str) -> tuple[NetworkSpec, tuple[int, int]]
 def build(
     spec: str = SpecArg,
     image_size: str = ImageSizeOpt,
-    image: Optional[Path] = typer.Option(None, help="photograph to classify (default: scikit-image's 'chelsea')"),
-    checkpoint: Optional[Path] = typer.Option(None, help="weights: a release checkpoint or one saved by --save"),
-    save: Optional[str] = typer.Option(None, help="save the network with its spec to this file (a regular file; a symlink is followed)"),
+    image: Path | None = typer.Option(None, help="photograph to classify (default: scikit-image's 'chelsea')"),
+    checkpoint: Path | None = typer.Option(None, help="weights: a release checkpoint or one saved by --save"),
+    save: str | None = typer.Option(None, help="save the network with its spec to this file (a regular file; a symlink is followed)"),
     seed: int = typer.Option(0, help="seed of the random initialisation (without --checkpoint)"),
     force: bool = typer.Option(False, "--force", help="build and run even when the memory or time estimate exceeds the limit"),
     as_json: bool = JsonOpt,
@@ -174,9 +174,9 @@ def scale(
     preset: str = typer.Argument(..., help="preset name or spec file to scale"),
     flops_max: str = typer.Option(..., "--flops", help="FLOP budget maximum, e.g. 3M or 1.2G (fvcore count)"),
     image_size: str = ImageSizeOpt,
-    flops_min: Optional[str] = typer.Option(None, "--flops-min", help="FLOP budget minimum"),
-    max_params: Optional[str] = typer.Option(None, "--max-params", help="parameter maximum, e.g. 1.5M"),
-    save: Optional[Path] = typer.Option(None, help="write the scaled spec to this YAML file"),
+    flops_min: str | None = typer.Option(None, "--flops-min", help="FLOP budget minimum"),
+    max_params: str | None = typer.Option(None, "--max-params", help="parameter maximum, e.g. 1.5M"),
+    save: Path | None = typer.Option(None, help="write the scaled spec to this YAML file"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Scale a preset to a FLOP budget (depth, width and heads x one factor; xnetspace/scaling.py)."""
@@ -205,33 +205,33 @@ def search(
     space: str = typer.Option(..., "--space", help="space file (spaces/*.yaml) or a shipped space's name"),
     dataset: str = typer.Option("digits", help="digits[:N] (N training images, default all 898) | synthetic[:N] | imagefolder:PATH | cifar10:PATH | cifar100:PATH"),
     n_trials: int = typer.Option(20, "--n-trials", help="trials the study holds in total (a re-run continues up to N)"),
-    flops_max: Optional[str] = typer.Option(None, "--flops-max", help="FLOP budget maximum, e.g. 0.5G or 300M (overrides the space)"),
-    flops_min: Optional[str] = typer.Option(None, "--flops-min", help="FLOP budget minimum (overrides the space)"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="proxy training image size (default: the space's)"),
-    epochs: Optional[int] = typer.Option(None, help="proxy training epochs (default: the space's)"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="proxy training batch size"),
-    lr: Optional[float] = typer.Option(None, help="AdamW learning rate"),
-    trial_time_limit: Optional[float] = typer.Option(None, "--trial-time-limit", help="seconds one trial may train"),
-    augment: Optional[str] = typer.Option(None, help="augmentation of the training batches: none | flip | crop-flip | rrc-flip (default: the space's; docs/data.md)"),
-    timeout: Optional[float] = typer.Option(None, help="seconds after which this run starts no new trial"),
+    flops_max: str | None = typer.Option(None, "--flops-max", help="FLOP budget maximum, e.g. 0.5G or 300M (overrides the space)"),
+    flops_min: str | None = typer.Option(None, "--flops-min", help="FLOP budget minimum (overrides the space)"),
+    image_size: int | None = typer.Option(None, "--image-size", help="proxy training image size (default: the space's)"),
+    epochs: int | None = typer.Option(None, help="proxy training epochs (default: the space's)"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="proxy training batch size"),
+    lr: float | None = typer.Option(None, help="AdamW learning rate"),
+    trial_time_limit: float | None = typer.Option(None, "--trial-time-limit", help="seconds one trial may train"),
+    augment: str | None = typer.Option(None, help="augmentation of the training batches: none | flip | crop-flip | rrc-flip (default: the space's; docs/data.md)"),
+    timeout: float | None = typer.Option(None, help="seconds after which this run starts no new trial"),
     objective: str = typer.Option("loss", help="what candidates are ranked by: loss (validation cross-entropy, the default) | top1 | tse (training-speed estimate) | synflow | naswot | grad_norm (zero-cost, no training) | top1-flops | top1-latency (docs/search.md)"),
     proxy_seeds: int = typer.Option(1, "--proxy-seeds", help="seeds a candidate is trained with at most; its score is their mean"),
-    race: Optional[float] = typer.Option(None, "--race", help="z: a candidate worse than the incumbent by more than z standard errors after half its seeds gets no more (default: every candidate gets all)"),
-    sampler: Optional[str] = typer.Option(None, help="tpe | random | nsga2 | qmc (default: tpe, nsga2 for two objectives)"),
-    pruner: Optional[str] = typer.Option(None, help="median | hyperband | none (default: median; none for two objectives)"),
+    race: float | None = typer.Option(None, "--race", help="z: a candidate worse than the incumbent by more than z standard errors after half its seeds gets no more (default: every candidate gets all)"),
+    sampler: str | None = typer.Option(None, help="tpe | random | nsga2 | qmc (default: tpe, nsga2 for two objectives)"),
+    pruner: str | None = typer.Option(None, help="median | hyperband | none (default: median; none for two objectives)"),
     population: bool = typer.Option(False, "--population", help="a population study for `xnetspace analyze`: --sampler random --pruner none --confirm-top 0"),
     seed: int = typer.Option(0, help="seed of the samplers and of the training"),
-    storage: Optional[str] = typer.Option(None, help="Optuna RDB URL (default: sqlite in --out)"),
-    study_name: Optional[str] = typer.Option(None, "--study-name", help="default: SPACE-DATASET-OBJECTIVE"),
+    storage: str | None = typer.Option(None, help="Optuna RDB URL (default: sqlite in --out)"),
+    study_name: str | None = typer.Option(None, "--study-name", help="default: SPACE-DATASET-OBJECTIVE"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... (one worker process per entry)"),
-    baseline: Optional[str] = typer.Option(None, help="controls confirmed like the winner, comma-separated: PRESET (scaled to the study's budget), random:auto (random search at equal compute; the default with confirmation), random:N (best of N random in-budget specs), none"),
+    baseline: str | None = typer.Option(None, help="controls confirmed like the winner, comma-separated: PRESET (scaled to the study's budget), random:auto (random search at equal compute; the default with confirmation), random:N (best of N random in-budget specs), none"),
     confirm_top: int = typer.Option(5, "--confirm-top", help="candidates retrained after the search with several seeds (0: none)"),
     confirm_seeds: int = typer.Option(3, "--confirm-seeds", help="seeds per confirmed candidate (>= 2 for a 95% CI)"),
-    confirm_epochs: Optional[int] = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: the proxy's)"),
+    confirm_epochs: int | None = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: the proxy's)"),
     fidelity_sample: int = typer.Option(5, "--fidelity-sample", help="random in-budget specs confirmed beside the top candidates, for Kendall tau and the spread between architectures (0: none; none without confirmation)"),
-    out: Optional[Path] = typer.Option(None, help="output folder (default: runs/STUDY_NAME)"),
+    out: Path | None = typer.Option(None, help="output folder (default: runs/STUDY_NAME)"),
     heartbeat: int = typer.Option(10, help="heartbeat interval in seconds; dead workers' trials are retried"),
-    workers_per_device: Optional[int] = typer.Option(None, "--workers-per-device", help="worker processes per device (default: one single-thread worker per CPU core, at most 8; one per GPU)"),
+    workers_per_device: int | None = typer.Option(None, "--workers-per-device", help="worker processes per device (default: one single-thread worker per CPU core, at most 8; one per GPU)"),
 ) -> None:
     """Search a design space under a FLOP budget with proxy training (Optuna)."""
     from .search import RunOptions, StudyConfig, progress_summary, run_search
@@ -264,11 +264,11 @@ def fidelity(
     dataset: str = typer.Option("digits", help="as for search"),
     n_specs: int = typer.Option(30, "--n-specs", help="random in-budget specs of the space"),
     seeds: int = typer.Option(4, help="K: seeds per spec under the proxy recipe and under the confirmation recipe"),
-    confirm_epochs: Optional[int] = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: twice the proxy's)"),
+    confirm_epochs: int | None = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: twice the proxy's)"),
     out: Path = typer.Option(..., help="folder for fidelity.db, runs.csv, fidelity.json and fidelity.png (re-running resumes)"),
     seed: int = typer.Option(0, help="seed of the spec sample"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,..."),
-    workers_per_device: Optional[int] = typer.Option(None, "--workers-per-device", help="worker processes per device (default: one per CPU core, at most 8; one per GPU)"),
+    workers_per_device: int | None = typer.Option(None, "--workers-per-device", help="worker processes per device (default: one per CPU core, at most 8; one per GPU)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """How well each cheap score ranks the space's specs, against the noise ceiling (docs/fidelity.md).
@@ -298,8 +298,8 @@ def fidelity(
 def prepare(
     dataset: str = typer.Argument(..., help="imagefolder:PATH, a folder of class folders (PATH/train and PATH/val [PATH/test] when present)"),
     image_size: int = typer.Option(..., "--image-size", help="proxy training image size S in pixels (stored at ceil(1.25 S) for random-resized crops)"),
-    out: Optional[Path] = typer.Option(None, help="write the prepared .npz here, for --dataset imagefolder:FILE (default: the cache, where a study on imagefolder:PATH finds it)"),
-    workers: Optional[int] = typer.Option(None, help="decoding threads (default: the usable cores, at most 16)"),
+    out: Path | None = typer.Option(None, help="write the prepared .npz here, for --dataset imagefolder:FILE (default: the cache, where a study on imagefolder:PATH finds it)"),
+    workers: int | None = typer.Option(None, help="decoding threads (default: the usable cores, at most 16)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Decode an image folder once at the proxy resolution and store it as uint8 tensors.
@@ -327,10 +327,10 @@ def worker(
     storage: str = typer.Option(..., help="the study's Optuna RDB URL, e.g. postgresql+psycopg://USER:PW@HOST/DB"),
     study_name: str = typer.Option(..., "--study-name", help="the study to join (the head prints it)"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... on this machine"),
-    workers_per_device: Optional[int] = typer.Option(None, "--workers-per-device", help="worker processes per device (default: one single-thread worker per CPU core, at most 8; one per GPU)"),
-    dataset: Optional[str] = typer.Option(None, help="this machine's path to the study's data, e.g. imagefolder:/data/x (checked against the head's)"),
-    timeout: Optional[float] = typer.Option(None, help="seconds after which this worker starts no new trial"),
-    worker_index: Optional[int] = typer.Option(None, "--worker-index", help="number of the first worker (seeds its sampler; default: random from 1000)"),
+    workers_per_device: int | None = typer.Option(None, "--workers-per-device", help="worker processes per device (default: one single-thread worker per CPU core, at most 8; one per GPU)"),
+    dataset: str | None = typer.Option(None, help="this machine's path to the study's data, e.g. imagefolder:/data/x (checked against the head's)"),
+    timeout: float | None = typer.Option(None, help="seconds after which this worker starts no new trial"),
+    worker_index: int | None = typer.Option(None, "--worker-index", help="number of the first worker (seeds its sampler; default: random from 1000)"),
 ) -> None:
     """Join a study that `xnetspace search` created in a server database and run its trials until it is done.
 
@@ -367,10 +367,10 @@ def space(
 
 @app.command()
 def analyze(
-    runs: Optional[list[Path]] = typer.Argument(None, help="study output folders (each holds study.db), in the order to compare"),
-    storage: Optional[str] = typer.Option(None, help="an Optuna storage URL instead of folders (with --study-name)"),
-    study_names: Optional[list[str]] = typer.Option(None, "--study-name", help="a study in --storage (repeat for several)"),
-    out: Optional[Path] = typer.Option(None, help="folder for analysis.json and the figures (default: the run's folder for one run, else runs/analysis)"),
+    runs: list[Path] | None = typer.Argument(None, help="study output folders (each holds study.db), in the order to compare"),
+    storage: str | None = typer.Option(None, help="an Optuna storage URL instead of folders (with --study-name)"),
+    study_names: list[str] | None = typer.Option(None, "--study-name", help="a study in --storage (repeat for several)"),
+    out: Path | None = typer.Option(None, help="folder for analysis.json and the figures (default: the run's folder for one run, else runs/analysis)"),
     bins: int = typer.Option(5, help="FLOP bins of the complexity normalisation"),
     force: bool = typer.Option(False, "--force", help="compare studies of different datasets, image sizes or scores anyway (different scores: by top-1 error)"),
     as_json: bool = JsonOpt,
@@ -399,7 +399,7 @@ def refine(
     force: bool = typer.Option(False, "--force", help="refine a study that is not a population study (another sampler, a pruner)"),
     seed: int = typer.Option(0, help="seed of the bootstraps, fANOVA and the --verify study"),
     devices: str = typer.Option("cpu", help="--verify: cpu | cuda | cuda:0,cuda:1,..."),
-    workers_per_device: Optional[int] = typer.Option(None, "--workers-per-device", help="--verify: worker processes per device"),
+    workers_per_device: int | None = typer.Option(None, "--workers-per-device", help="--verify: worker processes per device"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Refine a design space from a population study (pycls's AnyNet-to-RegNet step): test candidate
@@ -438,9 +438,8 @@ def main() -> None:
         typer.echo("interrupted (Ctrl-C); nothing was saved by this command", err=True)
         sys.exit(130)
     except Exception as err:  # noqa: BLE001 - the last guard: a bug gets a log file, not a traceback
-        from .text import shorten
-
         from .logs import error_log
+        from .text import shorten
 
         log = error_log(err)
         where = f"the traceback is in {log}" if log else "no log file could be written"

@@ -53,7 +53,7 @@ FLOP_KINDS = {
 ImageSize = Union[int, tuple[int, int]]
 
 
-def parse_image_size(size: Union[ImageSize, str]) -> tuple[int, int]:
+def parse_image_size(size: ImageSize | str) -> tuple[int, int]:
     """``224``, ``(224, 192)``, ``"224"`` or ``"224x192"`` -> (H, W).
 
     Raises:

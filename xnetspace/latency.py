@@ -6,7 +6,6 @@ counts params and FLOPs from the spec without building anything.
 from __future__ import annotations
 
 import statistics
-from typing import Optional, Union
 
 import torch
 
@@ -21,9 +20,9 @@ def measure_latency(
     spec: NetworkSpec,
     batch_size: int = 1,
     image_size: ImageSize = 224,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-    model: Optional[torch.nn.Module] = None,
+    model: torch.nn.Module | None = None,
     min_run_time: float = 1.0,
 ) -> float:
     """Median milliseconds of one eval forward pass of a (batch_size, in_chans, H, W) batch.

@@ -7,14 +7,13 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Optional
 
 __all__ = ["LOG_FOLDER", "error_log"]
 
 LOG_FOLDER = Path(tempfile.gettempdir()) / "xnetspace-logs"
 
 
-def error_log(err: BaseException, name: Optional[str] = None) -> Optional[Path]:
+def error_log(err: BaseException, name: str | None = None) -> Path | None:
     """Write ``err``'s traceback and the command line to ``LOG_FOLDER/NAME.log`` (a new unique
     ``error-*.log`` without ``name``); returns its path, None when no file could be written."""
     try:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from .cost import ImageSize, count_params, network_cost, parse_image_size
 from .spec import NetworkSpec, SpecError
@@ -60,7 +59,7 @@ class MemoryEstimate:
     model: int
     activations: int = 0
     input: int = 0
-    image_size: Optional[tuple[int, int]] = None
+    image_size: tuple[int, int] | None = None
 
     @property
     def total(self) -> int:
@@ -98,7 +97,7 @@ def _activation_floats(spec: NetworkSpec, size: tuple[int, int]) -> int:
     return max(cost.activations for _, _, cost in network_cost(spec, size))
 
 
-def estimate_memory(spec: NetworkSpec, image_size: Optional[ImageSize] = None) -> MemoryEstimate:
+def estimate_memory(spec: NetworkSpec, image_size: ImageSize | None = None) -> MemoryEstimate:
     """Bytes of ``build_model(spec)`` and, given ``image_size`` (H or (H, W) pixels), of one eval
     forward of a (1, in_chans, H, W) photograph through it. Takes well under a millisecond.
 
@@ -114,7 +113,7 @@ def estimate_memory(spec: NetworkSpec, image_size: Optional[ImageSize] = None) -
     return MemoryEstimate(model, activations, 4 * FLOAT_BYTES * spec.in_chans * size[0] * size[1], size)
 
 
-def _read_int(path: str) -> Optional[int]:
+def _read_int(path: str) -> int | None:
     try:
         text = Path(path).read_text().strip()
     except OSError:
@@ -122,7 +121,7 @@ def _read_int(path: str) -> Optional[int]:
     return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
 
 
-def available_memory() -> Optional[int]:
+def available_memory() -> int | None:
     """Bytes a new allocation can get now: ``MemAvailable`` from ``/proc/meminfo`` (free pages
     when there is none), lowered to the headroom under a cgroup memory limit (v2 or v1) when one
     is set; None when the system tells neither (then nothing is refused)."""
@@ -149,8 +148,8 @@ def available_memory() -> Optional[int]:
     return available
 
 
-def check_memory(spec: NetworkSpec, image_size: Optional[ImageSize] = None,
-                 available: Optional[int] = None) -> MemoryEstimate:
+def check_memory(spec: NetworkSpec, image_size: ImageSize | None = None,
+                 available: int | None = None) -> MemoryEstimate:
     """The estimate of ``spec`` (and of a forward at ``image_size``) when it fits in
     ``available`` bytes (default: :func:`available_memory` now).
 

@@ -26,7 +26,7 @@ S replicas run in about the time of one (``benchmarks/bench_train.py --pack``).
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -91,13 +91,13 @@ class Pack:
         return vmap(self._forward, in_dims=(0, 0, None if shared else 0), randomness="different")(
             self.params, self.buffers, x)
 
-    def train(self, mode: bool = True) -> "Pack":
+    def train(self, mode: bool = True) -> Pack:
         """Train mode (BatchNorm batch statistics and their running averages) or eval mode."""
         self._network.train(mode)
         self._training = mode
         return self
 
-    def eval(self) -> "Pack":
+    def eval(self) -> Pack:
         return self.train(False)
 
     @property
@@ -115,7 +115,7 @@ class Pack:
         stacked = {**self.params, **self.buffers}
         return {name: stacked[name][index].detach() for name in names}
 
-    def replica(self, index: int, device: Optional[torch.device | str] = None) -> TransXNet:
+    def replica(self, index: int, device: torch.device | str | None = None) -> TransXNet:
         """Replica ``index`` as an ordinary network (its own copy of the weights), in the pack's
         training form and mode, on ``device`` (default: the pack's).
 

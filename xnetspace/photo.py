@@ -8,7 +8,6 @@ bundled ``chelsea`` (a cat), so nothing is downloaded.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 from PIL import Image
@@ -39,7 +38,7 @@ def eval_transform(spec: NetworkSpec, image_size: tuple[int, int]):
     return create_transform(**eval_data_config(spec, image_size), is_training=False)
 
 
-def load_photo(path: Optional[Union[str, Path]] = None, in_chans: int = 3) -> Image.Image:
+def load_photo(path: str | Path | None = None, in_chans: int = 3) -> Image.Image:
     """The image at ``path``, or scikit-image's bundled photograph; RGB, or grey for 1 channel.
 
     Raises:
@@ -59,11 +58,11 @@ def load_photo(path: Optional[Union[str, Path]] = None, in_chans: int = 3) -> Im
         try:
             image = Image.open(path)
             image.load()
-        except Exception as err:  # noqa: BLE001 - PIL raises several kinds for unreadable files
+        except Exception as err:  # PIL raises several kinds for unreadable files (re-raised as one)
             raise ValueError(f"{path} is not a readable image: {err}") from err
     return image.convert("L" if in_chans == 1 else "RGB")
 
 
-def photo_batch(spec: NetworkSpec, image_size: tuple[int, int], path: Optional[Union[str, Path]] = None) -> torch.Tensor:
+def photo_batch(spec: NetworkSpec, image_size: tuple[int, int], path: str | Path | None = None) -> torch.Tensor:
     """One preprocessed photograph as a (1, in_chans, H, W) batch."""
     return eval_transform(spec, image_size)(load_photo(path, spec.in_chans)).unsqueeze(0)

@@ -7,7 +7,8 @@ checkpoint layout".
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from timm.models import clean_state_dict
@@ -43,7 +44,7 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the network; the message lists the offending keys and
     ``problems`` holds all of them (``"missing: key"``, ``"unexpected: key"``, ``"shape: ..."``)."""
 
-    def __init__(self, message: str, problems: Optional[list[str]] = None):
+    def __init__(self, message: str, problems: list[str] | None = None):
         super().__init__(message)
         self.problems = problems or []
 
@@ -56,7 +57,7 @@ def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
     return checkpoint
 
 
-def _rename(key: str) -> Optional[str]:
+def _rename(key: str) -> str | None:
     """Our name for a release key, or None when the key is not of the release's layout."""
     if m := re.fullmatch(r"patch_embed\.proj\.(.+)", key):
         return f"stem.{m[1]}"

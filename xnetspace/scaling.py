@@ -21,7 +21,7 @@ nothing is built.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -66,8 +66,8 @@ def scale_spec(spec: NetworkSpec, s: float) -> NetworkSpec:
 
 
 def scale_to_budget(spec: NetworkSpec, max_flops: int, image_size: ImageSize = 224, *,
-                    min_flops: Optional[int] = None, max_params: Optional[int] = None,
-                    network: Optional[dict[str, Any]] = None) -> NetworkSpec:
+                    min_flops: int | None = None, max_params: int | None = None,
+                    network: dict[str, Any] | None = None) -> NetworkSpec:
     """The largest scaled version of ``spec`` within a FLOP budget (FLOPs at ``image_size``,
     counted as fvcore does: one multiply-add = one flop).
 
@@ -84,7 +84,7 @@ def scale_to_budget(spec: NetworkSpec, max_flops: int, image_size: ImageSize = 2
     size = parse_image_size(image_size)
     base = NetworkSpec.model_validate({**spec.model_dump(), **network}) if network else spec
 
-    def fits_max(s: float) -> Optional[tuple[int, NetworkSpec]]:
+    def fits_max(s: float) -> tuple[int, NetworkSpec] | None:
         scaled = scale_spec(base, s)
         flops = count_flops(scaled, size)
         if flops > max_flops or (max_params is not None and count_params(scaled) > max_params):

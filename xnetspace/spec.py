@@ -15,14 +15,22 @@ import difflib
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Annotated, Any
 
 import yaml
-from typing import Annotated
-
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import SpecError
 from .text import SHORT_VALUE, read_text_file, short_repr, shorten, unique_pairs, yaml_mapping
@@ -80,7 +88,7 @@ MAX_NAME_LENGTH = 100
 MAX_PROBLEMS = 20  # problems listed in one validation message
 
 
-def _whole(value: float) -> Optional[int]:
+def _whole(value: float) -> int | None:
     """``value`` as an int when it is whole up to float error, else None (never rounds)."""
     nearest = round(value)
     return nearest if abs(value - nearest) <= _WHOLE_TOL * max(1.0, abs(value)) else None
@@ -173,7 +181,7 @@ class StageSpec(BaseModel):
         _at_most(MAX_FFN_KERNELS, "ffn_kernel_sizes"))
 
     @model_validator(mode="after")
-    def _channels_fit(self) -> "StageSpec":
+    def _channels_fit(self) -> StageSpec:
         # Cross-field rules: each names the fields involved and what would be valid instead.
         c = self.embed_dim
         attn = _whole(self.attn_ratio * c)
@@ -279,7 +287,7 @@ class NetworkSpec(BaseModel):
                             description=f"base image size of the position biases, 1..{MAX_IMAGE_SIZE} pixels")
     drop_rate: Float = Field(0.0, ge=0, lt=1, description="MS-FFN dropout, in [0, 1)")
     drop_path_rate: Float = Field(0.0, ge=0, lt=1, description="stochastic depth at the last block, in [0, 1)")
-    layer_scale_init_value: Optional[Float] = Field(1e-5, description="finite; None: no layer scale")
+    layer_scale_init_value: Float | None = Field(1e-5, description="finite; None: no layer scale")
 
     _stages_bounded = field_validator("stages", mode="before")(_at_most(MAX_STAGES, "stages"))
 
@@ -314,7 +322,7 @@ class NetworkSpec(BaseModel):
             h, w = math.ceil(h / 2), math.ceil(w / 2)
         return sizes
 
-    def pos_bias_shape(self, index: int) -> Optional[tuple[int, int, int, int]]:
+    def pos_bias_shape(self, index: int) -> tuple[int, int, int, int] | None:
         """Shape (1, heads, N, M) of stage ``index``'s position bias at ``image_size``; None
         when the stage has no attention. M uses ceil(H / r), as the release sizes it."""
         stage = self.stages[index]
@@ -332,7 +340,7 @@ class NetworkSpec(BaseModel):
         image_size: int = 224,
         num_classes: int = 1000,
         **overrides: Any,
-    ) -> "NetworkSpec":
+    ) -> NetworkSpec:
         """Spec from the release's arch dict (keys ``layers``, ``embed_dims``, ``kernel_size``,
         ``num_groups``, ``sr_ratio``, ``num_heads``, optional ``mlp_ratios`` (default 4) and
         ``layer_scale_init_value`` (default 1e-5)), as in ``TransXNet.arch_settings``.
@@ -384,7 +392,7 @@ class NetworkSpec(BaseModel):
         return f"{head}stages:\n{stages}"
 
     @classmethod
-    def from_yaml(cls, text: str) -> "NetworkSpec":
+    def from_yaml(cls, text: str) -> NetworkSpec:
         """Parse YAML text (``yaml.safe_load``) into a validated spec.
 
         Raises:
@@ -487,7 +495,7 @@ def load_preset(name: str) -> NetworkSpec:
     return NetworkSpec.from_yaml(file.read_text())
 
 
-def resolve_spec(spec: "NetworkSpec | Mapping[str, Any] | str | Path") -> NetworkSpec:
+def resolve_spec(spec: NetworkSpec | Mapping[str, Any] | str | Path) -> NetworkSpec:
     """A NetworkSpec from a spec, a mapping of its fields, a preset name or a spec file path.
 
     Raises:

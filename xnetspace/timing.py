@@ -53,7 +53,6 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 from .cost import ImageSize, count_flops, count_params, network_cost, parse_image_size
 from .spec import NetworkSpec, SpecError, StageSpec
@@ -141,7 +140,7 @@ class TimeLimitError(SpecError):
 
 
 def check_time(spec: NetworkSpec, image_size: ImageSize, limit: float = TIME_LIMIT,
-               speed: Optional[Speed] = None) -> float:
+               speed: Speed | None = None) -> float:
     """The estimated seconds of building ``spec`` and one forward at ``image_size`` when they are
     at most ``limit`` (``speed``: default :func:`measure_speed` now).
 

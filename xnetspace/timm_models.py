@@ -11,8 +11,9 @@ Paper: arXiv 2310.19380 (Tables I/II); weights: github.com/LMMMEng/TransXNet rel
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -71,7 +72,7 @@ def _create_transxnet(variant: str, spec: NetworkSpec, pretrained: bool = False,
 
 
 @register_model
-def transxnet(pretrained: bool = False, spec: Union[NetworkSpec, Mapping[str, Any], str, Path] = "transxnet_t",
+def transxnet(pretrained: bool = False, spec: NetworkSpec | Mapping[str, Any] | str | Path = "transxnet_t",
               **kwargs: Any) -> TransXNet:
     """Any spec as a timm model: ``timm.create_model("transxnet", spec=SPEC, **timm_kwargs)``.
 

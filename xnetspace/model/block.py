@@ -12,7 +12,8 @@ and sum their costs.
 import copy
 import math
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.fx
@@ -38,7 +39,7 @@ __all__ = ["TransXNetBlock", "FusedBlock", "TransXNetStage", "FusedStage", "mixe
 torch.fx.wrap("resize_pos_bias")
 
 
-def mixer_args(stage: StageSpec) -> Dict[str, Any]:
+def mixer_args(stage: StageSpec) -> dict[str, Any]:
     """The D-Mixer's arguments after ``dim`` for a stage: the split, STE's width, IDConv's knobs
     and OSRA's (:meth:`~xnetspace.model.osra.OSRA.knobs`, passed through unread)."""
     return dict(attn_dim=stage.attn_channels, ste_dim=stage.ste_dim, kernel_size=stage.idconv_kernel_size,
@@ -56,7 +57,7 @@ class TransXNetBlock(nn.Module):
     """
 
     def __init__(self, stage: StageSpec, drop_path: float = 0.0, drop_rate: float = 0.0,
-                 layer_scale_init_value: Optional[float] = 1e-5):
+                 layer_scale_init_value: float | None = 1e-5):
         super().__init__()
         dim = stage.embed_dim
         self.dpe = DPE(dim)
@@ -69,7 +70,7 @@ class TransXNetBlock(nn.Module):
         self.layer_scale2 = LayerScale(dim, layer_scale_init_value) if use_ls else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, pos_bias: Tensor | None = None) -> Tensor:
         x = self.dpe(x)  # x + DPE(x)
         x = x + self.drop_path(self.layer_scale1(self.mixer(self.norm1(x), pos_bias)))
         return x + self.drop_path(self.layer_scale2(self.ffn(self.norm2(x))))
@@ -82,7 +83,7 @@ class TransXNetBlock(nn.Module):
                           self.mixer.fuse(ls1), copy.deepcopy(self.norm2), self.ffn.fuse(ls2))
 
     @staticmethod
-    def cost(hw: Tuple[int, int], stage: StageSpec, layer_scale_init_value: Optional[float] = 1e-5) -> Cost:
+    def cost(hw: tuple[int, int], stage: StageSpec, layer_scale_init_value: float | None = 1e-5) -> Cost:
         """DPE, GN1, D-Mixer, GN2, MS-FFN (and the layer scales). Activations: the parts' plus the
         residual stream and its copies (8 C N)."""
         dim, n = stage.embed_dim, hw[0] * hw[1]
@@ -105,7 +106,7 @@ class FusedBlock(InferenceOnly):
         self.dpe, self.norm1, self.mixer, self.norm2, self.ffn = dpe, norm1, mixer, norm2, ffn
         self.eval()
 
-    def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, pos_bias: Tensor | None = None) -> Tensor:
         x = self.dpe(x)
         x = self.mixer(self.norm1(x), pos_bias, shortcut=x)
         return x + self.ffn(self.norm2(x))
@@ -120,9 +121,9 @@ class TransXNetStage(nn.Module):
     Shapes: (B, C_in, 2H, 2W) -> (B, C, H, W) (or (B, C, H, W) -> same without downsample).
     """
 
-    def __init__(self, in_chs: Optional[int], stage: StageSpec, pos_bias_shape: Optional[Tuple[int, ...]],
-                 drop_path_rates: List[float], drop_rate: float = 0.0,
-                 layer_scale_init_value: Optional[float] = 1e-5):
+    def __init__(self, in_chs: int | None, stage: StageSpec, pos_bias_shape: tuple[int, ...] | None,
+                 drop_path_rates: list[float], drop_rate: float = 0.0,
+                 layer_scale_init_value: float | None = 1e-5):
         super().__init__()
         self.sr_ratio = stage.sr_ratio
         self.grad_checkpointing = False
@@ -132,7 +133,7 @@ class TransXNetStage(nn.Module):
             TransXNetBlock(stage, dp, drop_rate, layer_scale_init_value) for dp in drop_path_rates
         )
 
-    def resized_pos_bias(self, height: int, width: int) -> Optional[Tensor]:
+    def resized_pos_bias(self, height: int, width: int) -> Tensor | None:
         """Position bias (1, h, N, M) for an (height, width) map: M counts the tokens after OSR."""
         if self.pos_bias is None:
             return None
@@ -155,8 +156,8 @@ class TransXNetStage(nn.Module):
         return FusedStage(downsample, self.pos_bias, self.sr_ratio, [block.fuse() for block in self.blocks])
 
     @staticmethod
-    def cost(hw: Tuple[int, int], in_hw: Tuple[int, int], in_chs: Optional[int], stage: StageSpec,
-             pos_bias_shape: Optional[Tuple[int, ...]], layer_scale_init_value: Optional[float] = 1e-5) -> Cost:
+    def cost(hw: tuple[int, int], in_hw: tuple[int, int], in_chs: int | None, stage: StageSpec,
+             pos_bias_shape: tuple[int, ...] | None, layer_scale_init_value: float | None = 1e-5) -> Cost:
         """The downsample (from an ``in_hw`` map of ``in_chs`` channels to ``hw``), the position bias
         and ``depth`` blocks. Activations: the stage's input map, one block's, and the resized
         position bias the stage keeps (1, h, N, M): as many floats as one block's logits, which
@@ -183,7 +184,7 @@ class FusedStage(InferenceOnly):
 
     max_cached_sizes = 8
 
-    def __init__(self, downsample: nn.Module, pos_bias: Optional[Tensor], sr_ratio: int,
+    def __init__(self, downsample: nn.Module, pos_bias: Tensor | None, sr_ratio: int,
                  blocks: Sequence[FusedBlock]):
         super().__init__()
         self.sr_ratio = sr_ratio
@@ -191,14 +192,14 @@ class FusedStage(InferenceOnly):
         self.downsample = downsample
         self.register_buffer("pos_bias", None if pos_bias is None else pos_bias.detach().clone())
         self.blocks = nn.ModuleList(blocks)
-        self._pos_bias_cache: "OrderedDict[Tuple[int, int], Tensor]" = OrderedDict()
+        self._pos_bias_cache: OrderedDict[tuple[int, int], Tensor] = OrderedDict()
         self.eval()
 
     def _apply(self, fn, recurse: bool = True):
         self._pos_bias_cache.clear()  # cached tensors would keep the old device/dtype
         return super()._apply(fn, recurse)
 
-    def resized_pos_bias(self, height: int, width: int) -> Optional[Tensor]:
+    def resized_pos_bias(self, height: int, width: int) -> Tensor | None:
         """Position bias (1, h, N, M) for an (height, width) map, from the cache when it is there."""
         if self.pos_bias is None:
             return None

@@ -49,14 +49,14 @@ class Cost:
     def total_flops(self) -> int:
         return sum(self.flops.values())
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         flops = Counter(self.flops)
         flops.update(other.flops)
         return Cost(flops, self.params + other.params, self.norms + other.norms,
                     self.norm_floats + other.norm_floats, self.activations + other.activations,
                     self.logits + other.logits)
 
-    def times(self, count: int) -> "Cost":
+    def times(self, count: int) -> Cost:
         """``count`` copies run one after the other (a stage's blocks): every count multiplied,
         except ``activations`` (one copy's tensors are freed before the next runs)."""
         flops = Counter({kind: count * value for kind, value in self.flops.items()})

@@ -8,8 +8,6 @@ Paper: arXiv 2310.19380, section III (the release's ``ConvModule``) and eq. 1 (L
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -50,7 +48,7 @@ class ConvBN(ConvNormAct):
         return (conv if isinstance(act, nn.Identity) else nn.Sequential(conv, act)).eval()
 
     @staticmethod
-    def cost(hw: Tuple[int, int], in_chs: int, out_chs: int, kernel_size: int = 1, groups: int = 1) -> Cost:
+    def cost(hw: tuple[int, int], in_chs: int, out_chs: int, kernel_size: int = 1, groups: int = 1) -> Cost:
         """Cost at the (H, W) output map ``hw`` (the stride and padding only set that size)."""
         n = hw[0] * hw[1]
         return complexity.conv(in_chs, out_chs, kernel_size, n, groups, bias=False) + complexity.batch_norm(out_chs, n)
@@ -79,7 +77,7 @@ class PointwiseConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight, self.bias)
 
     @staticmethod
-    def cost(hw: Tuple[int, int], in_chs: int, out_chs: int, bias: bool = True) -> Cost:
+    def cost(hw: tuple[int, int], in_chs: int, out_chs: int, bias: bool = True) -> Cost:
         return complexity.conv(in_chs, out_chs, 1, hw[0] * hw[1], bias=bias)
 
 
@@ -100,7 +98,7 @@ class DepthwiseConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight, self.bias)
 
     @staticmethod
-    def cost(hw: Tuple[int, int], dim: int, kernel_size: int) -> Cost:
+    def cost(hw: tuple[int, int], dim: int, kernel_size: int) -> Cost:
         return complexity.conv(dim, dim, kernel_size, hw[0] * hw[1], groups=dim)
 
 
@@ -122,11 +120,11 @@ class LayerScale(nn.Module):
             return torch.addcmul(self.bias.reshape(-1, 1, 1), x, self.weight.reshape(-1, 1, 1))
         return F.conv2d(x, self.weight, self.bias, groups=x.shape[1])
 
-    def scale_shift(self) -> Tuple[Tensor, Tensor]:
+    def scale_shift(self) -> tuple[Tensor, Tensor]:
         """The map as ``scale * x + shift``, each (C,), for folding into a neighbouring conv."""
         return self.weight.flatten(), self.bias
 
     @staticmethod
-    def cost(hw: Tuple[int, int], dim: int) -> Cost:
+    def cost(hw: tuple[int, int], dim: int) -> Cost:
         """As fvcore counts the reference form's depthwise 1x1 conv: one flop per element."""
         return complexity.conv(dim, dim, 1, hw[0] * hw[1], groups=dim)

@@ -8,8 +8,6 @@ residual merged (:meth:`DPE.fuse`).
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch.fx
 from torch import Tensor, nn
 
@@ -44,5 +42,5 @@ class DPE(nn.Conv2d):
         return merge_depthwise([self], identity=True)
 
     @staticmethod
-    def cost(hw: Tuple[int, int], dim: int) -> Cost:
+    def cost(hw: tuple[int, int], dim: int) -> Cost:
         return complexity.conv(dim, dim, DPE_KERNEL, hw[0] * hw[1], groups=dim)

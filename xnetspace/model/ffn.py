@@ -9,7 +9,7 @@ merged once; ``norm``, fc2's BN and the block's second layer scale folded into f
 from __future__ import annotations
 
 import copy
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.fx
@@ -18,7 +18,15 @@ from torch import Tensor, nn
 from . import complexity
 from .complexity import Cost
 from .convs import ConvBN, LayerScale, PointwiseConv2d, conv_bn
-from .folds import InferenceOnly, affine_param, affine_then_conv, bn_scale_shift, conv_then_affine, fold_bn, merge_depthwise
+from .folds import (
+    InferenceOnly,
+    affine_param,
+    affine_then_conv,
+    bn_scale_shift,
+    conv_then_affine,
+    fold_bn,
+    merge_depthwise,
+)
 from .kernels import depthwise_same, merged_depthwise_kernel
 
 torch.fx.wrap("depthwise_same")  # a leaf for torchvision's FX tracer too (timm's knows it already)
@@ -26,7 +34,7 @@ torch.fx.wrap("depthwise_same")  # a leaf for torchvision's FX tracer too (timm'
 __all__ = ["split_channels", "MultiScaleDWConv", "MSFFN", "FusedMSFFN"]
 
 
-def split_channels(dim: int, count: int) -> List[int]:
+def split_channels(dim: int, count: int) -> list[int]:
     """Channels of ``count`` consecutive groups of ``dim``: the first takes the remainder
     (release ``MultiScaleDWConv``; :attr:`xnetspace.spec.StageSpec.ffn_splits`)."""
     return [dim - (count - 1) * (dim // count)] + [dim // count] * (count - 1)
@@ -46,11 +54,11 @@ class MultiScaleDWConv(nn.Module):
             nn.Conv2d(c, c, k, padding=k // 2, groups=c) for c, k in zip(self.splits, kernel_sizes)
         )
 
-    def merged(self, identity: bool = False) -> Tuple[Tensor, Tensor]:
+    def merged(self, identity: bool = False) -> tuple[Tensor, Tensor]:
         """The branches as one depthwise kernel (C, 1, K, K) and bias (C,), K the largest kernel,
         plus the identity when asked (:func:`~xnetspace.model.kernels.merged_depthwise_kernel`; differentiable)."""
-        weights: List[Tensor] = []
-        biases: List[Tensor] = []
+        weights: list[Tensor] = []
+        biases: list[Tensor] = []
         for conv in self.convs:
             bias = conv.bias
             assert bias is not None  # built with biases; refines Optional for TorchScript
@@ -68,7 +76,7 @@ class MultiScaleDWConv(nn.Module):
         return merge_depthwise(self.convs, identity)
 
     @staticmethod
-    def cost(hw: Tuple[int, int], dim: int, kernel_sizes: Sequence[int] = (1, 3, 5, 7)) -> Cost:
+    def cost(hw: tuple[int, int], dim: int, kernel_sizes: Sequence[int] = (1, 3, 5, 7)) -> Cost:
         n = hw[0] * hw[1]
         total = Cost()
         for c, k in zip(split_channels(dim, len(kernel_sizes)), kernel_sizes):
@@ -104,7 +112,7 @@ class MSFFN(nn.Module):
         x = self.drop(self.norm(self.act(x)))
         return self.drop(self.fc2(x))
 
-    def fuse(self, layer_scale: Optional[LayerScale] = None) -> nn.Module:
+    def fuse(self, layer_scale: LayerScale | None = None) -> nn.Module:
         """Inference form (:class:`FusedMSFFN`): ``MSDW(x) + x`` as one depthwise conv;
         ``norm``, fc2's BN and ``layer_scale`` (the block's LS2) folded into fc2; ``fc1_bn`` kept as
         an affine map (a zero-padded conv follows it, so folding it would change the borders)."""
@@ -114,7 +122,7 @@ class MSFFN(nn.Module):
         return FusedMSFFN(copy.deepcopy(self.fc1), *bn_scale_shift(self.fc1_bn), self.msdw.fuse(identity=True), fc2)
 
     @staticmethod
-    def cost(hw: Tuple[int, int], dim: int, hidden_dim: int, kernel_sizes: Sequence[int] = (1, 3, 5, 7),
+    def cost(hw: tuple[int, int], dim: int, hidden_dim: int, kernel_sizes: Sequence[int] = (1, 3, 5, 7),
              drop: float = 0.0) -> Cost:
         """fc1, fc1_bn, MSDW, norm and fc2. Activations: fc1's, GELU's, BN's, the branches' and their
         concatenation's maps and oneDNN's blocked copies of them (6 x hidden x N)."""

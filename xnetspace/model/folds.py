@@ -30,7 +30,7 @@ keys differ from the training form: save and load the training form, then re-par
 from __future__ import annotations
 
 import copy
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -62,7 +62,7 @@ def _bias(conv: nn.Conv2d) -> Tensor:
     return conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
 
 
-def bn_scale_shift(bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
+def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """Eval-mode BN (running statistics) as ``scale * x + shift``, each (C,)."""
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
@@ -139,7 +139,7 @@ class InferenceOnly(nn.Module):
             statistics, no dropout or drop-path), so the training form must be trained instead.
     """
 
-    def train(self, mode: bool = True) -> "InferenceOnly":
+    def train(self, mode: bool = True) -> InferenceOnly:
         if mode:
             raise RuntimeError(
                 f"{type(self).__name__} is part of a re-parameterised (inference-only) TransXNet and "

@@ -7,7 +7,6 @@ variants and nothing to fold.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Tuple
 
 from timm.layers import SelectAdaptivePool2d
 from torch import nn
@@ -41,7 +40,7 @@ def head(in_chs: int, num_classes: int, global_pool: str = "avg") -> nn.Sequenti
     ))
 
 
-def head_cost(hw: Tuple[int, int], in_chs: int, num_classes: int) -> Cost:
+def head_cost(hw: tuple[int, int], in_chs: int, num_classes: int) -> Cost:
     """Cost on an (H, W) input map ``hw``, with average pooling (the default). Activations are not
     counted: the last stage's bound covers its output map."""
     n = hw[0] * hw[1]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from typing import Tuple
 
 import torch
 import torch.fx
@@ -59,7 +58,7 @@ class IDConv(nn.Module):
         trunc_normal_(self.bias, std=0.02)
         self.fast = False
 
-    def dynamic_weight_bias(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+    def dynamic_weight_bias(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample kernel (B*C, 1, K, K) and bias (B*C,) for input ``x`` (B, C, H, W)."""
         B, C, H, W = x.shape
         G, K = self.num_groups, self.kernel_size
@@ -84,7 +83,7 @@ class IDConv(nn.Module):
         return FusedIDConv(self.weight, self.bias, proj, self.kernel_size)
 
     @staticmethod
-    def cost(hw: Tuple[int, int], dim: int, kernel_size: int = 7, num_groups: int = 2, reduction: int = 4) -> Cost:
+    def cost(hw: tuple[int, int], dim: int, kernel_size: int = 7, num_groups: int = 2, reduction: int = 4) -> Cost:
         """The banks, proj (run on the K x K pooled map and on the 1 x 1 mean: K*K + 1 pixels), the
         pooling (the mean counts 0) and the per-sample depthwise conv (no parameters of its own)."""
         n, maps = hw[0] * hw[1], kernel_size * kernel_size + 1

@@ -10,8 +10,6 @@ calls it also registers it with ``torch.fx.wrap``). Paper: arXiv 2310.19380, eq.
 """
 from __future__ import annotations
 
-from typing import List, Optional
-
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
@@ -20,7 +18,7 @@ from torch import Tensor
 __all__ = ["merged_depthwise_kernel", "depthwise_same", "pointwise"]
 
 
-def merged_depthwise_kernel(weights: List[Tensor], identity: bool = False) -> Tensor:
+def merged_depthwise_kernel(weights: list[Tensor], identity: bool = False) -> Tensor:
     """Depthwise kernels (C_i, 1, k_i, k_i), odd k_i, as one (sum C_i, 1, K, K) kernel, K = max k_i.
 
     Each kernel is zero-padded to K x K and centred, so under padding K // 2 it reads the same taps
@@ -31,7 +29,7 @@ def merged_depthwise_kernel(weights: List[Tensor], identity: bool = False) -> Te
     size = 1
     for w in weights:
         size = max(size, w.shape[-1])
-    padded: List[Tensor] = []
+    padded: list[Tensor] = []
     for w in weights:
         pad = (size - w.shape[-1]) // 2
         padded.append(F.pad(w, [pad, pad, pad, pad]) if pad else w)
@@ -44,7 +42,7 @@ def merged_depthwise_kernel(weights: List[Tensor], identity: bool = False) -> Te
 
 
 @register_notrace_function  # its path depends on the map size: one node under FX
-def depthwise_same(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int) -> Tensor:
+def depthwise_same(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
     """``F.conv2d(x, weight, bias, padding=K // 2, groups=groups)`` for odd K x K kernels and stride
     1, computed the fastest exact way for the map's size.
 
@@ -81,7 +79,7 @@ def depthwise_same(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: in
     return out if bias is None else out + bias.reshape(-1, 1, 1)
 
 
-def pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """A dense 1x1 conv (stride 1, no padding) as one matmul over the flattened map: on the CPU,
     for contiguous (NCHW) maps of 8x8 and smaller, this ran up to 2x faster than oneDNN's conv,
     forward and backward together (batch 64). Exact up to the order of the sums; other memory

@@ -9,7 +9,6 @@ no fast training form of its own: its parts have theirs.
 from __future__ import annotations
 
 import copy
-from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +31,7 @@ class DualBranchTokens(nn.Module):
     all channels to the other. Shapes: (B, C, H, W) -> (B, C, H, W); ``pos_bias`` (1 or B, h, N, M).
     """
 
-    def dual_branch_tokens(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
+    def dual_branch_tokens(self, x: Tensor, pos_bias: Tensor | None = None) -> Tensor:
         """Y for input ``x`` (B, C, H, W) and the stage's resized position bias."""
         if self.idconv is None:
             return self.osra(x, pos_bias)
@@ -65,7 +64,7 @@ class SqueezedTokenEnhancer(nn.Module):
         x = self.bn_reduce(self.act(self.conv_reduce(x)))
         return self.bn_expand(self.conv_expand(x))
 
-    def fuse(self, layer_scale: Optional[LayerScale] = None) -> nn.Module:
+    def fuse(self, layer_scale: LayerScale | None = None) -> nn.Module:
         """Inference form (:class:`FusedSTE`): ``bn_dw`` into ``conv_reduce``,
         ``bn_reduce`` and ``bn_expand`` into ``conv_expand`` (1x1, unpadded: exact), then
         ``layer_scale`` (the block's LS1) into ``conv_expand`` too when given."""
@@ -76,7 +75,7 @@ class SqueezedTokenEnhancer(nn.Module):
         return FusedSTE(copy.deepcopy(self.conv_dw), reduce, expand)
 
     @staticmethod
-    def cost(hw: Tuple[int, int], dim: int, hidden_dim: int) -> Cost:
+    def cost(hw: tuple[int, int], dim: int, hidden_dim: int) -> Cost:
         n = hw[0] * hw[1]
         return (DepthwiseConv2d.cost(hw, dim, 3) + complexity.batch_norm(dim, n)
                 + PointwiseConv2d.cost(hw, dim, hidden_dim) + complexity.batch_norm(hidden_dim, n)
@@ -112,7 +111,7 @@ class DMixer(DualBranchTokens):
         super().__init__()
         local_dim = dim - attn_dim
         self.split = (local_dim, attn_dim)
-        self.idconv: Optional[nn.Module] = None
+        self.idconv: nn.Module | None = None
         if local_dim and num_groups > 1:
             self.idconv = IDConv(local_dim, kernel_size, num_groups)
         elif local_dim:  # G = 1: softmax over one group is 1, IDConv is a static DW conv
@@ -120,11 +119,11 @@ class DMixer(DualBranchTokens):
         self.osra = OSRA(attn_dim, **osra_knobs) if attn_dim else None
         self.ste = SqueezedTokenEnhancer(dim, ste_dim)
 
-    def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, pos_bias: Tensor | None = None) -> Tensor:
         x = self.dual_branch_tokens(x, pos_bias)
         return self.ste(x) + x
 
-    def fuse(self, layer_scale: Optional[LayerScale] = None) -> nn.Module:
+    def fuse(self, layer_scale: LayerScale | None = None) -> nn.Module:
         """Inference form (:class:`FusedDMixer`) with the block's LS1 folded in:
         ``LS1(STE(Y) + Y) = STE'(Y) + w * Y``; the branches and STE fused."""
         idconv = self.idconv.fuse() if isinstance(self.idconv, IDConv) else copy.deepcopy(self.idconv)
@@ -133,7 +132,7 @@ class DMixer(DualBranchTokens):
         return FusedDMixer(self.split, idconv, osra, self.ste.fuse(layer_scale), y_scale)
 
     @staticmethod
-    def cost(hw: Tuple[int, int], dim: int, attn_dim: int, ste_dim: int, kernel_size: int = 7, num_groups: int = 2,
+    def cost(hw: tuple[int, int], dim: int, attn_dim: int, ste_dim: int, kernel_size: int = 7, num_groups: int = 2,
              **osra_knobs: int) -> Cost:
         local_dim = dim - attn_dim
         cost = Cost()
@@ -154,14 +153,14 @@ class FusedDMixer(InferenceOnly, DualBranchTokens):
     Shapes: (B, C, H, W) -> same.
     """
 
-    def __init__(self, split: Tuple[int, int], idconv: Optional[nn.Module], osra: Optional[nn.Module],
-                 ste: FusedSTE, y_scale: Optional[Tensor] = None):
+    def __init__(self, split: tuple[int, int], idconv: nn.Module | None, osra: nn.Module | None,
+                 ste: FusedSTE, y_scale: Tensor | None = None):
         super().__init__()
         self.split, self.idconv, self.osra, self.ste = tuple(split), idconv, osra, ste
         self.y_scale = None if y_scale is None else affine_param(y_scale)
         self.eval()
 
-    def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None, shortcut: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, pos_bias: Tensor | None = None, shortcut: Tensor | None = None) -> Tensor:
         y = self.dual_branch_tokens(x, pos_bias)
         out = self.ste(y)
         if shortcut is not None:

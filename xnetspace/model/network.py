@@ -14,8 +14,9 @@ live in :mod:`xnetspace.timm_models`. The network scripts (``torch.jit.script``)
 """
 # No ``from __future__ import annotations`` here: FX writes the forward's annotations into the code
 # it generates, and the string "Tensor" would not script (timm's fx + TorchScript test).
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Tuple, Union
+from typing import Any
 
 import torch
 from timm.layers import calculate_drop_path_rates, trunc_normal_
@@ -170,7 +171,7 @@ class TransXNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the final linear layer (``num_classes == 0``: pooled pre-logits) and, when
         given, the pooling (``""``: none, as in timm).
 
@@ -189,12 +190,12 @@ class TransXNet(nn.Module):
     def forward_intermediates(
         self,
         x: Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
+        indices: int | list[int] | None = None,
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Stage outputs (B, C_i, H/2^(i+2), W/2^(i+2)) for the ``indices`` taken (timm API).
 
         ``norm`` is accepted for the timm interface; TransXNet has no per-stage output norms.
@@ -211,8 +212,8 @@ class TransXNet(nn.Module):
                 intermediates.append(x)
         return intermediates if intermediates_only else (x, intermediates)
 
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> List[int]:
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
         """Drop the stages (and head) that the ``indices`` taken do not need (timm API)."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         prune_end = max_index < len(self.stages) - 1  # the head's norm is sized for the last stage
@@ -238,7 +239,7 @@ class TransXNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def build_model(spec: Union[NetworkSpec, Mapping[str, Any], str, Path], force: bool = False,
+def build_model(spec: NetworkSpec | Mapping[str, Any] | str | Path, force: bool = False,
                 **overrides: Any) -> TransXNet:
     """Compile a spec into a :class:`TransXNet` with release-identical initialisation.
 

@@ -11,7 +11,6 @@ stage, which resizes it once per input size (:func:`resize_pos_bias`) for all it
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional, Tuple
 
 import torch
 import torch.fx
@@ -61,7 +60,7 @@ def resize_pos_bias(pos_bias: Tensor, height: int, width: int, sr_ratio: int) ->
 
 
 def bmm_attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, scale: float,
-                  pos_bias: Optional[Tensor] = None) -> Tensor:
+                  pos_bias: Tensor | None = None) -> Tensor:
     """``softmax(q^T k * scale + P) v`` per head, with one ``baddbmm`` (scale and bias fused) and
     one ``bmm`` that needs no transposed copy of the attention map (paper eq. 4).
 
@@ -109,7 +108,7 @@ class OSRA(nn.Module):
         self.local_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.fast = False
 
-    def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, pos_bias: Tensor | None = None) -> Tensor:
         B, C, H, W = x.shape
         h = self.num_heads
         if self.fast:  # LR's residual in the centre tap of its kernel; attention by (b)addbmm
@@ -145,13 +144,13 @@ class OSRA(nn.Module):
                          copy.deepcopy(self.kv), self.num_heads, self.scale)
 
     @staticmethod
-    def knobs(stage: StageSpec) -> Dict[str, int]:
+    def knobs(stage: StageSpec) -> dict[str, int]:
         """OSRA's constructor arguments (other than ``dim``) from a stage spec: what the D-Mixer
         passes through to it unread, so that a new OSRA knob changes the spec and this module only."""
         return dict(num_heads=stage.num_heads, sr_ratio=stage.sr_ratio)
 
     @staticmethod
-    def cost(hw: Tuple[int, int], dim: int, num_heads: int = 1, sr_ratio: int = 1) -> Cost:
+    def cost(hw: tuple[int, int], dim: int, num_heads: int = 1, sr_ratio: int = 1) -> Cost:
         """q (on the N tokens), kv, OSR and LR (on the M tokens after OSR), and the two attention
         matmuls (q k and attn v). Activations: queries, keys, values and outputs (4 C N + 4 C M),
         the logits with their bias sum and softmax (3 h N M). Logits: h N M."""
@@ -177,18 +176,18 @@ class FusedOSRA(InferenceOnly):
     one. Shapes: (B, C, H, W) -> same; ``pos_bias`` (1 or B, h, N, M).
     """
 
-    def __init__(self, q: nn.Conv2d, sr: Optional[nn.Module], sr_scale: Optional[Tensor],
-                 sr_shift: Optional[Tensor], local_conv: nn.Conv2d, kv: nn.Conv2d, num_heads: int, scale: float):
+    def __init__(self, q: nn.Conv2d, sr: nn.Module | None, sr_scale: Tensor | None,
+                 sr_shift: Tensor | None, local_conv: nn.Conv2d, kv: nn.Conv2d, num_heads: int, scale: float):
         super().__init__()
         self.num_heads, self.scale = num_heads, scale
-        self.fused_attn: Optional[bool] = None
+        self.fused_attn: bool | None = None
         self.q, self.kv, self.local_conv = q, kv, local_conv
         self.sr = sr
         self.sr_scale = None if sr_scale is None else affine_param(sr_scale)
         self.sr_shift = None if sr_shift is None else affine_param(sr_shift)
         self.eval()
 
-    def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, pos_bias: Tensor | None = None) -> Tensor:
         B, C, H, W = x.shape
         h, d = self.num_heads, C // self.num_heads
         q = self.q(x)

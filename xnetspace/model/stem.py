@@ -7,8 +7,6 @@ Both are :class:`~xnetspace.model.convs.ConvBN` (keys ``conv``, ``bn``; the rele
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 from torch import nn
 
 from .complexity import Cost
@@ -28,7 +26,7 @@ class Stem(ConvBN):
                          stride=4, padding=3)
 
     @staticmethod
-    def cost(hw: Tuple[int, int], out_hw: Tuple[int, int], in_chans: int, dim: int) -> Cost:
+    def cost(hw: tuple[int, int], out_hw: tuple[int, int], in_chans: int, dim: int) -> Cost:
         """Cost on an (H, W) image ``hw`` with an ``out_hw`` output map. Activations: the image, the
         conv's output and the BN's."""
         cost = ConvBN.cost(out_hw, in_chans, dim, STEM_KERNEL)
@@ -45,6 +43,6 @@ class Downsample(ConvBN):
                          stride=2, padding=1)
 
     @staticmethod
-    def cost(hw: Tuple[int, int], in_chs: int, dim: int) -> Cost:
+    def cost(hw: tuple[int, int], in_chs: int, dim: int) -> Cost:
         """Cost at the (H, W) output map ``hw``."""
         return ConvBN.cost(hw, in_chs, dim, DOWNSAMPLE_KERNEL)

@@ -49,14 +49,15 @@ out. Random-sampled, unpruned studies (``xnetspace search --population``) are th
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import sqlite3
 import warnings
-import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -110,8 +111,8 @@ class Candidate:
     params: int
     spec_digest: str
     knobs: dict[str, Any]
-    top1_error: Optional[float] = None
-    spec: Optional[dict[str, Any]] = None
+    top1_error: float | None = None
+    spec: dict[str, Any] | None = None
 
 
 @dataclass
@@ -131,8 +132,8 @@ class StudyData:
     duplicates: int = 0
     pruned_by_pruner: int = 0
     unreadable: int = 0  # completed trials whose score is not a finite number (a damaged or edited storage)
-    seed_std: Optional[float] = None  # in the study's score (points of top-1, or nats)
-    confirmed_best: Optional[dict] = None
+    seed_std: float | None = None  # in the study's score (points of top-1, or nats)
+    confirmed_best: dict | None = None
 
     @property
     def score(self) -> ScoreInfo:
@@ -190,7 +191,7 @@ def load_named_study(storage: str, study_name: str) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
-def _finite(value: Any) -> Optional[float]:
+def _finite(value: Any) -> float | None:
     """``value`` as a finite float, else None (NaN, inf, text, a list...)."""
     try:
         number = float(value)
@@ -199,7 +200,7 @@ def _finite(value: Any) -> Optional[float]:
     return number if math.isfinite(number) else None
 
 
-def study_data(study: optuna.Study, source: str = "", summary: Optional[Path] = None) -> StudyData:
+def study_data(study: optuna.Study, source: str = "", summary: Path | None = None) -> StudyData:
     """Read a finished (or unfinished) xnetspace study's candidates and counts, each in the study's
     score (:func:`score_info`; the mean over a candidate's runs) with its top-1 error beside it;
     with ``summary`` (the run's ``summary.json``, if it exists), also the proxy's seed noise
@@ -289,7 +290,7 @@ def stage_params(params: dict[str, Any], distributions: dict[str, BaseDistributi
 
 
 # -- EDFs ---------------------------------------------------------------------------------------------
-def edf(errors: Sequence[float], weights: Optional[Sequence[float]] = None) -> tuple[list[float], list[float]]:
+def edf(errors: Sequence[float], weights: Sequence[float] | None = None) -> tuple[list[float], list[float]]:
     """The (weighted) empirical distribution function of ``errors``: the distinct errors, sorted,
     and F(e) = sum of the weights of the errors <= e (plain EDF: each weight 1/n).
 
@@ -447,7 +448,7 @@ def marginals(candidates: Sequence[Candidate]) -> dict[str, list[dict]]:
     return out
 
 
-def _row(value: Any, errors: list[float], value_range: Optional[list[float]] = None) -> dict:
+def _row(value: Any, errors: list[float], value_range: list[float] | None = None) -> dict:
     n, mean = len(errors), float(np.mean(errors))
     sem = float(stats.sem(errors)) if n > 1 else None
     ci = None
@@ -556,8 +557,8 @@ def analyze(studies: Sequence[StudyData], force: bool = False, bins: int = 5, se
     return AnalysisResult.model_validate(result).model_dump(exclude_unset=True)
 
 
-def run_analysis(runs: Sequence[Path | str] = (), storage: Optional[str] = None, study_names: Sequence[str] = (),
-                 out: Optional[Path] = None, bins: int = 5, force: bool = False) -> tuple[dict, dict[str, Path], list[str]]:
+def run_analysis(runs: Sequence[Path | str] = (), storage: str | None = None, study_names: Sequence[str] = (),
+                 out: Path | None = None, bins: int = 5, force: bool = False) -> tuple[dict, dict[str, Path], list[str]]:
     """``xnetspace analyze``: load the studies in the folders ``runs`` (each with its
     ``summary.json``) and those named ``study_names`` in ``storage``, :func:`analyze` them in that
     order and write ``analysis.json`` and the figures into ``out`` (default: the run's folder for
@@ -591,7 +592,7 @@ def run_analysis(runs: Sequence[Path | str] = (), storage: Optional[str] = None,
     return result, files, [shorten(notice.splitlines()[0], 200) for notice in notices]
 
 
-def report_lines(result: dict, files: Optional[dict[str, Path]] = None) -> list[str]:
+def report_lines(result: dict, files: dict[str, Path] | None = None) -> list[str]:
     """:func:`analyze`'s result in words (``xnetspace analyze``): the score, each study's errors,
     most important knobs and warnings, each comparison, and the files written when given."""
     score = result["score"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,7 +35,7 @@ class ScoreInfo(_Strict):
     label: str
     unit: Literal["nats", "%"]
     direction: Literal["minimize"] = Field(description="lower is better")
-    note: Optional[str] = Field(None, description="why this score was used when it is not the studies' own")
+    note: str | None = Field(None, description="why this score was used when it is not the studies' own")
 
 
 class Five(_Strict):
@@ -73,9 +73,9 @@ class MarginalRow(_Strict):
     value: Any
     n: int
     mean_error: float
-    sem: Optional[float]
-    ci95: Optional[list[float]]
-    range: Optional[list[float]] = None
+    sem: float | None
+    ci95: list[float] | None
+    range: list[float] | None = None
 
 
 class StudySummary(_Strict):
@@ -96,7 +96,7 @@ class StudySummary(_Strict):
     failed: int
     duplicates: int
     error: Five
-    top1_error: Optional[Five]
+    top1_error: Five | None
     flops: FlopRange
     best: Best
     edf: EDF
@@ -106,8 +106,8 @@ class StudySummary(_Strict):
     importance_ped_anova: dict[str, float]
     single_valued: list[str]
     marginals: dict[str, list[MarginalRow]]
-    seed_std: Optional[float] = Field(description="std of one spec's score over seeds, in the score's unit")
-    confirmed_best: Optional[dict[str, Any]]
+    seed_std: float | None = Field(description="std of one spec's score over seeds, in the score's unit")
+    confirmed_best: dict[str, Any] | None
     warnings: list[str]
 
 
@@ -116,14 +116,14 @@ class Comparison(_Strict):
 
     a: str
     b: str
-    ks_statistic: Optional[float]
-    ks_pvalue: Optional[float]
-    mean_difference: Optional[float] = None
-    best_difference: Optional[float] = None
-    mean_difference_ci95: Optional[list[float]]
-    best_difference_ci95: Optional[list[float]]
-    ks_statistic_normalized: Optional[float] = None
-    verdict: Optional[str] = None
+    ks_statistic: float | None
+    ks_pvalue: float | None
+    mean_difference: float | None = None
+    best_difference: float | None = None
+    mean_difference_ci95: list[float] | None
+    best_difference_ci95: list[float] | None
+    ks_statistic_normalized: float | None = None
+    verdict: str | None = None
     warnings: list[str]
 
 
@@ -131,11 +131,11 @@ class Normalization(_Strict):
     """The complexity normalisation (absent fields: it could not be made, ``error`` says why)."""
 
     method: str
-    bins: Optional[int] = None
-    edges: Optional[list[float]] = None
-    shared_bins: Optional[int] = None
-    dropped: Optional[list[int]] = None
-    error: Optional[str] = None
+    bins: int | None = None
+    edges: list[float] | None = None
+    shared_bins: int | None = None
+    dropped: list[int] | None = None
+    error: str | None = None
 
 
 class AnalysisResult(_Strict):
@@ -145,8 +145,8 @@ class AnalysisResult(_Strict):
     studies: list[StudySummary]
     importance_method: Literal["fanova"]
     normalization: Normalization
-    comparison: Optional[Comparison] = None
-    comparisons: Optional[list[Comparison]] = None
+    comparison: Comparison | None = None
+    comparisons: list[Comparison] | None = None
 
 
 # -- refine.json ---------------------------------------------------------------------------------------
@@ -155,17 +155,17 @@ class Evidence(_Strict):
 
     members: int = Field(description="members the subset was drawn from")
     satisfying: int = Field(description="members that satisfy the constraint")
-    ks_statistic: Optional[float] = Field(description="scipy.stats.ks_2samp, satisfying against the others")
-    ks_pvalue: Optional[float]
-    edf_gap: Optional[float] = Field(description="sup |F_subset - F_members| of the plain EDFs")
-    edf_gap_normalized: Optional[float] = Field(description="the same of the complexity-normalised EDFs")
-    mean_difference: Optional[float] = Field(description="mean(subset) - mean(members), complexity-normalised "
+    ks_statistic: float | None = Field(description="scipy.stats.ks_2samp, satisfying against the others")
+    ks_pvalue: float | None
+    edf_gap: float | None = Field(description="sup |F_subset - F_members| of the plain EDFs")
+    edf_gap_normalized: float | None = Field(description="the same of the complexity-normalised EDFs")
+    mean_difference: float | None = Field(description="mean(subset) - mean(members), complexity-normalised "
                                                          "when normalised is true")
-    mean_difference_ci95: Optional[list[float]] = Field(description="percentile bootstrap over the members")
-    mean_difference_plain: Optional[float]
-    mean_difference_plain_ci95: Optional[list[float]]
+    mean_difference_ci95: list[float] | None = Field(description="percentile bootstrap over the members")
+    mean_difference_plain: float | None
+    mean_difference_plain_ci95: list[float] | None
     normalized: bool = Field(description="whether the mean difference and its CI are complexity-normalised")
-    bins: Optional[int] = Field(description="FLOP bins of the normalisation (fewer for small subsets)")
+    bins: int | None = Field(description="FLOP bins of the normalisation (fewer for small subsets)")
 
 
 class RefineStep(_Strict):
@@ -174,9 +174,9 @@ class RefineStep(_Strict):
     kind: Literal["tie", "monotone", "schedule", "width_rule", "fix"]
     knob: str
     description: str
-    order: Optional[int] = Field(None, description="its place in the greedy order (None: never tested there)")
-    first_test: Optional[Evidence] = Field(None, description="against all members")
-    test: Optional[Evidence] = Field(None, description="in the greedy pass: against the members left by the "
+    order: int | None = Field(None, description="its place in the greedy order (None: never tested there)")
+    first_test: Evidence | None = Field(None, description="against all members")
+    test: Evidence | None = Field(None, description="in the greedy pass: against the members left by the "
                                                        "constraints accepted before it")
     verdict: Literal["accepted", "rejected", "undecided", "not applicable"]
     reason: str
@@ -210,10 +210,10 @@ class RefineResult(_Strict):
     steps: list[RefineStep]
     accepted: list[str]
     members_left: int = Field(description="members that satisfy every accepted constraint")
-    final_test: Optional[Evidence] = Field(description="those members against all (None: nothing accepted)")
+    final_test: Evidence | None = Field(description="those members against all (None: nothing accepted)")
     importance: dict[str, float] = Field(description="fANOVA importance of each varying knob over the members")
     warnings: list[str]
-    verify: Optional[Verification] = None
+    verify: Verification | None = None
 
 
 def schemas() -> dict[str, dict]:

@@ -36,7 +36,8 @@ it is never the order's stream. Neither touches torch's global random state.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Literal, Optional, Sequence, Tuple, Union
+from collections.abc import Iterator, Sequence
+from typing import Literal, Union
 
 import numpy as np
 import torch
@@ -110,7 +111,7 @@ class ImageTensors(Dataset):
         images, _, mean, std = self.on(self.images.device)
         return self.transform(images[i:i + 1], "none", None, mean, std)[0], int(self.labels[i])
 
-    def on(self, device: Union[str, torch.device]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def on(self, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(images, labels, mean, std)`` on ``device``, copied there once and kept (several
         iterators over one dataset, e.g. one per packed seed, share one copy); mean and std
         shaped (1, C, 1, 1)."""
@@ -124,7 +125,7 @@ class ImageTensors(Dataset):
                              self.std.view(shape).to(device))
         return self._on[key]
 
-    def transform(self, images: torch.Tensor, augment: str, generator: Optional[torch.Generator],
+    def transform(self, images: torch.Tensor, augment: str, generator: torch.Generator | None,
                   mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         """(b, S', S', C) uint8 -> (b, C, S, S) float32: to [0, 1], :func:`augment_batch`, then
         ``(x - mean) / std`` (the order of the float operations the in-memory datasets used before,
@@ -134,8 +135,8 @@ class ImageTensors(Dataset):
         return (x - mean) / std
 
 
-def augment_batch(x: torch.Tensor, augment: str, size: Tuple[int, int],
-                  generator: Optional[torch.Generator]) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, augment: str, size: tuple[int, int],
+                  generator: torch.Generator | None) -> torch.Tensor:
     """Augment a batch and resize it: (b, C, H, W) float -> (b, C, size[0], size[1]) (module
     docstring for what each ``augment`` means). All random draws come from ``generator`` (on
     ``x``'s device), a fixed number per batch: the same generator state gives the same batch.
@@ -178,7 +179,7 @@ def _pad_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out.permute(0, 3, 1, 2)
 
 
-def _random_resized_crop(x: torch.Tensor, size: Tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+def _random_resized_crop(x: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
     """timm's random-resized-crop distribution, vectorised: per image, RRC_TRIES (scale, log ratio)
     pairs, the first whose box fits, else the whole image; a uniform position; resampled by
     ``roi_align``."""
@@ -228,14 +229,14 @@ class TensorBatches:
         ValueError: an unknown ``augment``. TypeError: a dataset of another kind.
     """
 
-    def __init__(self, dataset: Union[TensorDataset, ImageTensors], batch_size: int, device: torch.device,
-                 shuffle: bool = False, drop_last: bool = False, generator: Optional[torch.Generator] = None,
+    def __init__(self, dataset: TensorDataset | ImageTensors, batch_size: int, device: torch.device,
+                 shuffle: bool = False, drop_last: bool = False, generator: torch.Generator | None = None,
                  memory_format: torch.memory_format = torch.contiguous_format, augment: str = "none",
-                 seed: Optional[int] = None, dtype: torch.dtype = torch.float32):
+                 seed: int | None = None, dtype: torch.dtype = torch.float32):
         if augment not in AUGMENTS:
             raise ValueError(f"augment {augment!r}: use one of {', '.join(AUGMENTS)}")
         device = torch.device(device)
-        self.images: Optional[ImageTensors] = None
+        self.images: ImageTensors | None = None
         if isinstance(dataset, ImageTensors):
             self.images = dataset
             self.x, self.y, self.mean, self.std = dataset.on(device)
@@ -257,7 +258,7 @@ class TensorBatches:
         n = len(self.y)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
         if self.shuffle:
             torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # DataLoader's base seed
@@ -270,7 +271,7 @@ class TensorBatches:
         if self.shuffle:  # RandomSampler draws one more permutation (an empty remainder) at the end
             torch.randperm(n, generator=self.generator)
 
-    def _batch(self, index) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self, index) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.x[index], self.y[index]
         if self.images is not None:
             x = self.images.transform(x, self.augment, self.augment_generator, self.mean, self.std)
@@ -285,9 +286,9 @@ Batches = Union[DataLoader, TensorBatches]
 
 
 def batches(dataset, batch_size: int, device: torch.device, shuffle: bool = False, drop_last: bool = False,
-            generator: Optional[torch.Generator] = None, num_workers: int = 0,
+            generator: torch.Generator | None = None, num_workers: int = 0,
             memory_format: torch.memory_format = torch.contiguous_format, augment: str = "none",
-            seed: Optional[int] = None) -> Batches:
+            seed: int | None = None) -> Batches:
     """:class:`TensorBatches` for an in-memory ``TensorDataset`` or :class:`ImageTensors`, a
     DataLoader for any other dataset (which does its own per-sample transforms).
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from typing import Literal, Optional
+from typing import Literal
 
 import optuna
 from optuna.trial import TrialState
@@ -112,7 +112,7 @@ def _random_pool(config: StudyConfig, count: int, num_classes: int, in_chans: in
     return pool
 
 
-def _proxy_value(config: StudyConfig, record: JobRecord, spec: dict) -> Optional[float]:
+def _proxy_value(config: StudyConfig, record: JobRecord, spec: dict) -> float | None:
     """The study's proxy score of a random spec's proxy job (params and FLOPs from the spec)."""
     if config.proxy.name in ("params", "flops"):
         report = cost_report(NetworkSpec.model_validate(spec), config.space.constraints.image_size)
@@ -121,7 +121,7 @@ def _proxy_value(config: StudyConfig, record: JobRecord, spec: dict) -> Optional
 
 
 def plan_jobs(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, options: RunOptions,
-              num_classes: int, in_chans: int, control: Optional[optuna.Study] = None) -> list[Job]:
+              num_classes: int, in_chans: int, control: optuna.Study | None = None) -> list[Job]:
     """Every job the finished search calls for, given what has finished so far (pure: the same
     state gives the same list). Jobs that wait on other results appear once those are done: the
     best of ``random:N`` after its specs' proxy jobs, the ``random:auto`` control's best once the
@@ -130,7 +130,7 @@ def plan_jobs(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     seeds = confirm_seeds(config, options)
     jobs: list[Job] = []
 
-    def confirm(role: Role, label: str, spec: dict, trial: Optional[int] = None, proxy: bool = False) -> None:
+    def confirm(role: Role, label: str, spec: dict, trial: int | None = None, proxy: bool = False) -> None:
         jobs.append(Job(role=role, label=label, spec=spec, seeds=seeds, trial=trial, proxy=proxy,
                         epochs=config.train.epochs if proxy else epochs))
 
@@ -179,7 +179,7 @@ def control_finished(control: optuna.Study, study: optuna.Study) -> bool:
 
 # -- the evidence --------------------------------------------------------------------------------------
 def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, options: RunOptions,
-              data: DataSplit, control: Optional[optuna.Study] = None) -> Optional[dict]:
+              data: DataSplit, control: optuna.Study | None = None) -> dict | None:
     """The confirmation's results as ``summary.json`` holds them (None before any job finished).
 
     Keys: ``score`` (``name``: ``top1`` or ``loss``, ``unit``, ``direction``: the score every

@@ -13,8 +13,6 @@ search's, so it stops within one trial's compute of the search's (the summary gi
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -63,7 +61,7 @@ def control_top_up(control: optuna.Study, target: int, per_trial: int, max_trial
     return done, running, waiting
 
 
-def control_best(control: optuna.Study, config: StudyConfig) -> Optional[FrozenTrial]:
+def control_best(control: optuna.Study, config: StudyConfig) -> FrozenTrial | None:
     """The control's best candidate by the study's proxy score (ties: fewer FLOPs, earlier)."""
     pool = candidates(control)
     return min(pool, key=lambda t: (config.proxy.rank_key(t.values[0]), read_trial(t).flops or 0, t.number),

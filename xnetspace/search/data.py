@@ -33,7 +33,6 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -64,11 +63,11 @@ class DataSplit:
     val: Dataset
     num_classes: int
     in_chans: int
-    test: Optional[Dataset] = None
+    test: Dataset | None = None
     unreadable: tuple[str, ...] = ()
-    prepared: Optional[str] = None
+    prepared: str | None = None
 
-    def held_out(self) -> "DataSplit":
+    def held_out(self) -> DataSplit:
         """The same split with the test images in place of the validation ones (confirmation
         runs score on it); the split itself when there is no test split."""
         if self.test is None:
@@ -121,7 +120,7 @@ def _count(name: str, arg: str, default: int) -> int:
 
 
 def _tensor_split(name: str, x: torch.Tensor, y: torch.Tensor, val_index: np.ndarray, image_size: int,
-                  num_classes: int, test_index: Optional[np.ndarray] = None) -> DataSplit:
+                  num_classes: int, test_index: np.ndarray | None = None) -> DataSplit:
     """Resize once, normalise with the training split's per-channel statistics, split."""
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
     part = torch.zeros(len(x), dtype=torch.long)  # 0 train, 1 val, 2 test
@@ -248,7 +247,7 @@ def _image_folder(root: Path, image_size: int) -> DataSplit:
     return _prepared_split(prepared, f"imagefolder:{root}", image_size, str(path) if path else None)
 
 
-def _prepared_split(prepared: PreparedFolder, name: str, image_size: int, source: Optional[str]) -> DataSplit:
+def _prepared_split(prepared: PreparedFolder, name: str, image_size: int, source: str | None) -> DataSplit:
     """The DataSplit of a prepared image folder: :class:`ImageTensors` per split, resized from the
     stored side to ``image_size`` by each batch.
 

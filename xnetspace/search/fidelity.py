@@ -31,8 +31,9 @@ import math
 import random
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -44,8 +45,8 @@ from ..spec import NetworkSpec, SpecError
 from .confirmation import CONFIRM_SEED_OFFSET
 from .data import DataSplit, load_dataset
 from .errors import SearchError, WorkerCrashed
-from .plots import pyplot, save_figure
 from .jobs import Job, JobObjective, enqueue_jobs, finished_record, job_results, job_state, open_job_study
+from .plots import pyplot, save_figure
 from .score import LOSS
 from .space import RandomTrial, SearchSpace
 from .stats import noise_ceiling, pooled_seed_std, precision_at_k, rank_fidelity
@@ -68,7 +69,7 @@ class FidelityConfig(BaseModel):
     dataset: str = "digits"
     n_specs: int = Field(30, ge=3, le=10_000)
     seeds: int = Field(4, ge=2, le=64, description="K: seeds per spec and recipe")
-    confirm_epochs: Optional[int] = Field(None, ge=1, description="default: twice the proxy's")
+    confirm_epochs: int | None = Field(None, ge=1, description="default: twice the proxy's")
     seed: int = 0
     train: TrainConfig = Field(default_factory=TrainConfig, description="the proxy recipe (default: the space's)")
 
@@ -159,14 +160,14 @@ def _work(config_json: str, out: str, device: str, worker: int, poll: float = 2.
         run_one(study, objective, Path(out), worker)
 
 
-def _process(config_json: str, out: str, device: str, worker: int, threads: Optional[int]) -> None:
+def _process(config_json: str, out: str, device: str, worker: int, threads: int | None) -> None:
     from .workers import guarded
 
     guarded(lambda d: _work(config_json, out, d, worker), device, threads)
 
 
 def run_fidelity(config: FidelityConfig, out: Path, devices: str | Sequence[str] = ("cpu",),
-                 workers_per_device: Optional[int] = None, progress: bool = True) -> dict:
+                 workers_per_device: int | None = None, progress: bool = True) -> dict:
     """Train (or resume) the fidelity study in ``out`` and write ``runs.csv``, ``fidelity.json``
     and ``fidelity.png``; returns the analysis (:func:`analyze_runs`).
 
@@ -433,7 +434,7 @@ def _no_nan(value: Any) -> Any:
     return value
 
 
-def _plot(result: dict, path: Path) -> Optional[Path]:
+def _plot(result: dict, path: Path) -> Path | None:
     """Kendall tau of each score (95% CI) against the noise ceiling's band."""
     scores = [s for s in result["scores"] if s["kendall_tau"] is not None and math.isfinite(s["kendall_tau"])]
     if not scores:
@@ -457,7 +458,7 @@ def _plot(result: dict, path: Path) -> Optional[Path]:
     return save_figure(fig, path)
 
 
-def report_lines(result: dict, out: Optional[Path] = None) -> list[str]:
+def report_lines(result: dict, out: Path | None = None) -> list[str]:
     """The fidelity study in words (``xnetspace fidelity``): the noise ceiling, each score's rank
     correlations with their 95% intervals, racing replayed, and the files in ``out`` when given."""
 

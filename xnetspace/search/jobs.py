@@ -16,7 +16,6 @@ import hashlib
 import json
 import statistics
 import time
-from typing import Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -52,7 +51,7 @@ class Job(BaseModel):
     seeds: tuple[int, ...]
     epochs: int
     proxy: bool = False
-    trial: Optional[int] = None
+    trial: int | None = None
     zero_cost: bool = False
 
     def key(self, train: TrainConfig, dataset: str) -> str:
@@ -63,7 +62,7 @@ class Job(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def open_job_study(storage_url: str, name: str, heartbeat: Optional[int], score: Score) -> optuna.Study:
+def open_job_study(storage_url: str, name: str, heartbeat: int | None, score: Score) -> optuna.Study:
     """The study ``name`` holding jobs, created if missing; its direction is ``score``'s (the jobs'
     values are that score, what optuna-dashboard shows)."""
     return optuna.create_study(storage=connect_storage(storage_url, heartbeat), study_name=name,
@@ -80,13 +79,13 @@ def job_results(study: optuna.Study) -> dict[str, list[FrozenTrial]]:
     return by_key
 
 
-def finished_record(trials: list[FrozenTrial]) -> Optional[JobRecord]:
+def finished_record(trials: list[FrozenTrial]) -> JobRecord | None:
     """The record of a finished job (None while it is not finished)."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     return read_job(done[0]) if done else None
 
 
-def finished_runs(trials: list[FrozenTrial]) -> Optional[list[RunRecord]]:
+def finished_runs(trials: list[FrozenTrial]) -> list[RunRecord] | None:
     """The runs of a finished job, one per seed (None while it is not finished)."""
     record = finished_record(trials)
     return None if record is None else record.runs

@@ -13,13 +13,12 @@ from __future__ import annotations
 import random
 import shlex
 from pathlib import Path
-from typing import Optional
 
 import optuna
 
+from .control import open_control_study
 from .data import DataError, DataSplit, load_dataset
 from .progress import Monitor, log
-from .control import open_control_study
 from .storage import connect_storage, shown_url
 from .study import RunOptions, SearchError, StudyConfig, check_devices, device_workers, open_study, stored_settings
 from .workers import check_lost, run_processes, run_worker
@@ -43,7 +42,7 @@ def record_dataset(study: optuna.Study, data: DataSplit) -> None:
         study.set_user_attr(_DATA_ATTR, facts)
 
 
-def read_study(storage_url: str, study_name: str) -> tuple[StudyConfig, dict, Optional[dict]]:
+def read_study(storage_url: str, study_name: str) -> tuple[StudyConfig, dict, dict | None]:
     """The config, shared run options and dataset facts that the head stored in the study.
 
     Raises:
@@ -65,7 +64,7 @@ def read_study(storage_url: str, study_name: str) -> tuple[StudyConfig, dict, Op
     return config, shared, study.user_attrs.get(_DATA_ATTR)
 
 
-def local_data(config: StudyConfig, facts: Optional[dict], dataset: Optional[str] = None) -> DataSplit:
+def local_data(config: StudyConfig, facts: dict | None, dataset: str | None = None) -> DataSplit:
     """Load the study's dataset on this machine: ``dataset`` (this machine's path to the same data)
     or the stored name, checked against the stored facts.
 
@@ -101,8 +100,8 @@ def worker_command(options: RunOptions) -> str:
     return " ".join(shlex.quote(part) for part in command)
 
 
-def join_study(storage_url: str, study_name: str, devices: str | list[str], workers_per_device: Optional[int] = None,
-               dataset: Optional[str] = None, timeout: Optional[float] = None, worker: Optional[int] = None,
+def join_study(storage_url: str, study_name: str, devices: str | list[str], workers_per_device: int | None = None,
+               dataset: str | None = None, timeout: float | None = None, worker: int | None = None,
                progress: bool = True) -> RunOptions:
     """Join the study ``study_name`` in ``storage_url`` and work until it is done (or ``timeout``).
 

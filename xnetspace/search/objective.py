@@ -16,7 +16,8 @@ import math
 import statistics
 import time
 import traceback
-from typing import NoReturn, Optional, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 import optuna
 import torch
@@ -30,8 +31,8 @@ from .data import DataSplit
 from .errors import SurplusTrial, TrialFailed
 from .records import RunRecord, TrialRecord, is_live, read_trial, slot_attrs, write
 from .space import SpaceError
-from .study import StudyConfig, candidates, live_slots
 from .stats import pooled_seed_std
+from .study import StudyConfig, candidates, live_slots
 from .train import Diverged, TimeLimitExceeded, TrainResult, train_seeds
 from .zero_cost import zero_cost_scores
 
@@ -101,7 +102,7 @@ class Objective:
                              f"widen the space or the budget")
         raise optuna.TrialPruned(reason)
 
-    def _earlier_candidate(self, trial: optuna.Trial, record: TrialRecord) -> Optional[FrozenTrial]:
+    def _earlier_candidate(self, trial: optuna.Trial, record: TrialRecord) -> FrozenTrial | None:
         """An earlier trial that trained (or is training) the same spec. One still training
         rejects this sample: of two workers that drew one spec at once, neither trains it twice."""
         for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,

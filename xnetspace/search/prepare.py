@@ -56,10 +56,10 @@ import struct
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -109,7 +109,7 @@ class Listing:
     stats: list[tuple[int, int]]
 
 
-def list_image_folder(root: Union[str, Path]) -> Listing:
+def list_image_folder(root: str | Path) -> Listing:
     """List and split the images of ``root`` (module docstring, step 1), decoding nothing.
 
     Raises:
@@ -122,7 +122,7 @@ def list_image_folder(root: Union[str, Path]) -> Listing:
     parts = [p for p in SPLITS if (root / p).is_dir()]
     given = "train" in parts and "val" in parts
     folders = [(SPLITS.index(p), root / p) for p in parts] if given else [(-1, root)]
-    classes: Optional[list[str]] = None
+    classes: list[str] | None = None
     paths, labels, split = [], [], []
     try:
         for part, folder in folders:
@@ -172,7 +172,7 @@ def folder_key(listing: Listing, image_size: int, stored: int) -> str:
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def decode_image(path: Union[str, Path], side: int) -> np.ndarray:
+def decode_image(path: str | Path, side: int) -> np.ndarray:
     """One image as (side, side, 3) uint8 RGB: shorter side resized to ``side`` (bicubic), centre
     square kept. Raises whatever Pillow raises for a file it cannot read."""
     with Image.open(path) as image:
@@ -214,7 +214,7 @@ class PreparedFolder:
             line += f"; {len(self.unreadable):,} unreadable image(s) left out: {named}{more}"
         return line
 
-    def save(self, path: Union[str, Path]) -> None:
+    def save(self, path: str | Path) -> None:
         """Write the ``.npz`` file atomically (a temporary file beside it, then renamed).
 
         Raises:
@@ -239,7 +239,7 @@ class PreparedFolder:
             tmp.unlink(missing_ok=True)
 
 
-def load_prepared(path: Union[str, Path]) -> PreparedFolder:
+def load_prepared(path: str | Path) -> PreparedFolder:
     """Read a prepared file (``allow_pickle=False``: no code can run) and check its arrays; the
     images are a copy-on-write ``np.memmap`` of the file when stored uncompressed (as
     :meth:`PreparedFolder.save` stores them).
@@ -273,7 +273,7 @@ def load_prepared(path: Union[str, Path]) -> PreparedFolder:
     return prepared
 
 
-def _mapped(path: Path, member: str) -> Optional[np.ndarray]:
+def _mapped(path: Path, member: str) -> np.ndarray | None:
     """An uncompressed ``.npy`` member of an ``.npz`` (``np.savez`` stores them so) mapped from the
     file copy-on-write: nothing is read until used, and the processes of a study on one machine
     share its pages. None when the member is compressed or its layout is not the expected one."""
@@ -317,8 +317,8 @@ def _check(p: PreparedFolder, path: Path) -> None:
         raise DataError(f"{path}: a damaged prepared file: {'; '.join(problems)}")
 
 
-def prepare_image_folder(listing: Listing, image_size: int, workers: Optional[int] = None,
-                         progress: Optional[bool] = None) -> PreparedFolder:
+def prepare_image_folder(listing: Listing, image_size: int, workers: int | None = None,
+                         progress: bool | None = None) -> PreparedFolder:
     """Decode and resize every listed image once (module docstring, step 2).
 
     Args:
@@ -377,8 +377,8 @@ def cached_file(listing: Listing, image_size: int) -> Path:
     return cache_dir() / f"imagefolder-{image_size}px-{key[:32]}.npz"
 
 
-def load_or_prepare(root: Union[str, Path], image_size: int, log: Optional[Callable[[str], None]] = None,
-                    workers: Optional[int] = None, progress: Optional[bool] = None) -> tuple[PreparedFolder, Optional[Path], bool]:
+def load_or_prepare(root: str | Path, image_size: int, log: Callable[[str], None] | None = None,
+                    workers: int | None = None, progress: bool | None = None) -> tuple[PreparedFolder, Path | None, bool]:
     """The prepared ``root`` at ``image_size`` from the cache, prepared and cached first on a miss.
 
     Returns ``(prepared, cache file, hit)``; the file is None when the cache folder cannot be
@@ -390,7 +390,7 @@ def load_or_prepare(root: Union[str, Path], image_size: int, log: Optional[Calla
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     listing = list_image_folder(root)
-    path: Optional[Path] = cached_file(listing, image_size)
+    path: Path | None = cached_file(listing, image_size)
     hit = _read_cache(path)
     if hit is not None:
         return hit, path, True
@@ -429,7 +429,7 @@ def _no_cache(folder: Path, err: OSError, root) -> str:
             f"in memory only (set {CACHE_ENV} to a writable folder to keep it)")
 
 
-def _read_cache(path: Path) -> Optional[PreparedFolder]:
+def _read_cache(path: Path) -> PreparedFolder | None:
     if not path.is_file():
         return None
     try:
@@ -445,7 +445,7 @@ class Preparation:
     seconds it took and whether the file is the cache's (no ``out`` given)."""
 
     prepared: PreparedFolder
-    path: Optional[Path]
+    path: Path | None
     hit: bool
     seconds: float
     cached: bool
@@ -458,7 +458,7 @@ class Preparation:
                 "stored_size": p.stored_size, "unreadable": [{"path": f, "error": e} for f, e in p.unreadable]}
 
 
-def prepare_dataset(dataset: str, image_size: int, out: Optional[Path] = None, workers: Optional[int] = None,
+def prepare_dataset(dataset: str, image_size: int, out: Path | None = None, workers: int | None = None,
                     progress: bool = True) -> Preparation:
     """``xnetspace prepare``: prepare ``imagefolder:PATH`` at ``image_size`` into the cache (where a
     study on it finds it; :func:`load_or_prepare`) or, with ``out``, into that file.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import statistics
 import threading
-from typing import Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -39,7 +38,7 @@ class Monitor:
     confirmed spec. Items finished before this run started are not announced again."""
 
     def __init__(self, study: optuna.Study, options: RunOptions, config: StudyConfig,
-                 control: Optional[optuna.Study] = None):
+                 control: optuna.Study | None = None):
         self.study, self.options, self.config, self.control = study, options, config, control
         self.cstudy = open_confirm_study(options, config.score)
         self.phase = "trials"
@@ -59,7 +58,7 @@ class Monitor:
         self.bar.close()
         self.bar = self._bar(total, desc, unit, initial)
 
-    def _advance(self, done: int, total: Optional[int] = None) -> None:
+    def _advance(self, done: int, total: int | None = None) -> None:
         if total is not None and total != self.bar.total:
             self.bar.total = total
             self.bar.refresh()
@@ -84,7 +83,7 @@ class Monitor:
         if self.phase in ("confirmation", "confirming"):
             self._poll_confirmation()
 
-    def _poll_trials(self, study: optuna.Study, n_trials: Optional[int], prefix: str = "") -> bool:
+    def _poll_trials(self, study: optuna.Study, n_trials: int | None, prefix: str = "") -> bool:
         """Announce finished trials; with ``n_trials``, advance the bar; True when N are done."""
         live = []
         for trial in study.get_trials(deepcopy=False):

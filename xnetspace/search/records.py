@@ -15,7 +15,7 @@ again), :func:`is_candidate` (a completed trial that trained a spec of its own) 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -45,7 +45,7 @@ class RunRecord(BaseModel):
         return len(self.top1)
 
     @classmethod
-    def of(cls, seed: int, result: Any) -> "RunRecord":
+    def of(cls, seed: int, result: Any) -> RunRecord:
         """The record of a :class:`~xnetspace.search.train.TrainResult` (so far) trained with ``seed``."""
         return cls(seed=seed, top1=list(result.history), loss=list(result.loss_history),
                    train_loss=list(result.train_loss_history), seconds=round(result.seconds, 2))
@@ -55,18 +55,18 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     surplus: bool = False  # created when there was nothing left to do; it did nothing
-    reason: Optional[str] = None  # why it was rejected, pruned or failed
-    traceback: Optional[str] = None
-    worker: Optional[int] = None
-    seconds: Optional[float] = None
+    reason: str | None = None  # why it was rejected, pruned or failed
+    traceback: str | None = None
+    worker: int | None = None
+    seconds: float | None = None
     runs: list[RunRecord] = Field(default_factory=list)
     zero_cost: dict[str, float] = Field(default_factory=dict)  # scores at initialisation (search/zero_cost.py)
 
-    def run(self, seed: int) -> Optional[RunRecord]:
+    def run(self, seed: int) -> RunRecord | None:
         """The finished run with ``seed`` (None if there is none)."""
         return next((r for r in self.runs if r.seed == seed), None)
 
-    def final(self, name: str) -> Optional[float]:
+    def final(self, name: str) -> float | None:
         """Mean over the runs of their last epoch's ``top1`` or ``loss`` (None without a run)."""
         values = [getattr(r, name)[-1] for r in self.runs if getattr(r, name)]
         return math.fsum(values) / len(values) if values else None
@@ -83,13 +83,13 @@ class TrialRecord(_Record):
     slot: bool = False
     rejected: bool = False
     rejected_samples: int = 0
-    spec: Optional[dict[str, Any]] = None
-    spec_digest: Optional[str] = None
-    flops: Optional[int] = None
-    params: Optional[int] = None
-    latency_ms: Optional[float] = None
-    duplicate_of: Optional[int] = None
-    race: Optional[str] = None  # why racing gave it fewer seeds than the study's proxy_seeds
+    spec: dict[str, Any] | None = None
+    spec_digest: str | None = None
+    flops: int | None = None
+    params: int | None = None
+    latency_ms: float | None = None
+    duplicate_of: int | None = None
+    race: str | None = None  # why racing gave it fewer seeds than the study's proxy_seeds
 
     @property
     def top1_history(self) -> list[float]:
@@ -107,8 +107,8 @@ class JobRecord(_Record):
     """A confirmation run: the job (see :class:`xnetspace.search.confirmation.ConfirmJob`, kept as
     plain data here) and its identity ``key`` (spec, seeds, schedule, split and recipe)."""
 
-    job: Optional[dict[str, Any]] = None
-    key: Optional[str] = None
+    job: dict[str, Any] | None = None
+    key: str | None = None
 
 
 _R = TypeVar("_R", TrialRecord, JobRecord)

@@ -47,9 +47,10 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from optuna.distributions import IntDistribution
@@ -57,8 +58,18 @@ from pydantic import ValidationError
 from scipy import stats
 
 from ..spec import NetworkSpec
-from .analysis import (MIN_RELIABLE, UNBIASED_SAMPLERS, AnalysisError, Candidate, StudyData, complexity_weights,
-                       edf, edf_distance, importances, marginals)
+from .analysis import (
+    MIN_RELIABLE,
+    UNBIASED_SAMPLERS,
+    AnalysisError,
+    Candidate,
+    StudyData,
+    complexity_weights,
+    edf,
+    edf_distance,
+    importances,
+    marginals,
+)
 from .analysis_schema import RefineResult
 from .space import SearchSpace, SpaceError, space_data
 from .space_knobs import INT_KNOBS, KNOBS
@@ -102,7 +113,7 @@ class Constraint:
     satisfied: np.ndarray  # bool per member
     apply: Callable[[dict], None]  # edits space_data(space) in place; may raise ValueError
     details: dict[str, Any] = field(default_factory=dict)
-    not_applicable: Optional[str] = None
+    not_applicable: str | None = None
 
 
 @dataclass
@@ -156,7 +167,7 @@ def bins_for(satisfying: int) -> int:
     return max(1, min(BINS, satisfying // PER_BIN))
 
 
-def _ci(data: tuple, statistic: Callable, seed: int, n_resamples: int) -> Optional[list[float]]:
+def _ci(data: tuple, statistic: Callable, seed: int, n_resamples: int) -> list[float] | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate resamples: a zero-width or NaN interval, handled below
         boot = stats.bootstrap(data, statistic, paired=True, vectorized=True, n_resamples=n_resamples,
@@ -229,7 +240,7 @@ def _verdict(test: dict) -> tuple[str, str]:
 
 # -- the width rule fit -------------------------------------------------------------------------------
 def fit_width_rule(blocks: Sequence[int], quantum: int, num_stages: int, grid: dict[str, np.ndarray],
-                   cache: Optional[dict] = None) -> tuple[float, Optional[dict]]:
+                   cache: dict | None = None) -> tuple[float, dict | None]:
     """The RegNet rule (w0, wa, wm over ``grid``; depth = len(blocks)) closest to the per-block
     widths ``blocks`` among rules that give exactly ``num_stages`` stages: pycls's ``e_fit``, the
     mean over blocks of |log(width / rule width)|.
@@ -643,7 +654,7 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
     return Refinement(result, refined, errors, flops, masks, within)
 
 
-def report_lines(result: dict, files: Optional[dict[str, Path]] = None) -> list[str]:
+def report_lines(result: dict, files: dict[str, Path] | None = None) -> list[str]:
     """``refine.json`` in words (``xnetspace refine``): each tested constraint with its verdict, the
     members that satisfy it and why, the knobs before and after, the --verify comparison when
     there is one, the notes, and the files written when given."""

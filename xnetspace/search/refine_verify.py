@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import optuna
 
@@ -25,7 +25,7 @@ __all__ = ["refine_run", "verify"]
 
 
 def refine_run(run: Path, out: Path, n_verify: int = 0, force: bool = False, seed: int = 0,
-               devices: str | Sequence[str] = ("cpu",), workers_per_device: Optional[int] = None,
+               devices: str | Sequence[str] = ("cpu",), workers_per_device: int | None = None,
                progress: bool = True) -> tuple[dict, dict[str, Path]]:
     """Refine the population study in the folder ``run`` (:func:`~.refine.refine`), write
     ``refine.json``, the refined space and its figure into ``out``, and with ``n_verify`` train
@@ -57,8 +57,8 @@ def refine_run(run: Path, out: Path, n_verify: int = 0, force: bool = False, see
     return refinement.result, files
 
 
-def verify(refinement: Refinement, original: StudyData, out: Path, n: int, devices: Optional[list[str]] = None,
-           workers_per_device: Optional[int] = None, seed: int = 0, progress: bool = True) -> dict:
+def verify(refinement: Refinement, original: StudyData, out: Path, n: int, devices: list[str] | None = None,
+           workers_per_device: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Sample and train ``n`` members of the refined space in ``out/verify`` (resumable: the same
     command continues it) and compare them with ``original``.
 

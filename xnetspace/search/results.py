@@ -14,7 +14,6 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import optuna
 from optuna.study import StudyDirection
@@ -25,10 +24,10 @@ from .plots import pyplot, save_figure
 from .progress import log
 from .records import read_trial
 from .score import LOSS, PROXIES, TOP1, Score
-from .summary import Summary
-from .zero_cost import ZERO_COST
 from .space import human_count
 from .study import RunOptions, StudyConfig, candidates
+from .summary import Summary
+from .zero_cost import ZERO_COST
 
 __all__ = ["SearchOutcome", "write_results", "best_trial", "pareto_front"]
 
@@ -38,9 +37,9 @@ class SearchOutcome:
     """What a finished (or interrupted) search produced."""
 
     study: optuna.Study
-    best: Optional[FrozenTrial]
+    best: FrozenTrial | None
     files: dict[str, Path] = field(default_factory=dict)
-    summary: Optional[dict] = None
+    summary: dict | None = None
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
@@ -50,7 +49,7 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
         o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values for o in trials)]
 
 
-def best_trial(study: optuna.Study) -> Optional[FrozenTrial]:
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
     """Best proxy score: highest top-1, or lowest cross-entropy in a ``loss`` study (on the Pareto
     front for multi-objective studies); ties: fewer FLOPs."""
     pool = pareto_front(study) if len(study.directions) > 1 else candidates(study)
@@ -59,7 +58,7 @@ def best_trial(study: optuna.Study) -> Optional[FrozenTrial]:
 
 
 def write_results(study: optuna.Study, config: StudyConfig, options: RunOptions,
-                  summary: Optional[dict] = None) -> SearchOutcome:
+                  summary: dict | None = None) -> SearchOutcome:
     """Write the result files into ``options.out`` and print the report; ``summary`` is the
     confirmation's (:func:`xnetspace.search.confirmation.summarize`), None without one."""
     out = Path(options.out)
@@ -93,7 +92,7 @@ def write_results(study: optuna.Study, config: StudyConfig, options: RunOptions,
     return SearchOutcome(study, best, files, summary)
 
 
-def report_lines(summary: Optional[dict], best: Optional[FrozenTrial], score: Score = TOP1) -> list[str]:
+def report_lines(summary: dict | None, best: FrozenTrial | None, score: Score = TOP1) -> list[str]:
     """The end-of-search report: the winner with its interval, the noise, the baseline, the
     fidelity, and plain words where the differences are within noise. Scores are ``score``'s
     (top-1 in percent, or cross-entropy in nats)."""
@@ -202,7 +201,7 @@ def _state(trial: FrozenTrial) -> str:
     return "REJECTED" if read_trial(trial).rejected else trial.state.name
 
 
-def _write_trials_csv(study: optuna.Study, path: Path, summary: Optional[dict] = None) -> Path:
+def _write_trials_csv(study: optuna.Study, path: Path, summary: dict | None = None) -> Path:
     """One row per trial (surplus ones left out): state, reason, the proxy score and how many seeds
     it is the mean of, the last epoch's validation top-1 and cross-entropy (means over seeds),
     TSE, zero-cost scores, FLOPs, params, one column per proxy seed (its validation cross-entropy
@@ -249,7 +248,7 @@ def _blank(value) -> object:
     return "" if value is None else value
 
 
-def _confirm_columns(confirm: Optional[dict]) -> dict:
+def _confirm_columns(confirm: dict | None) -> dict:
     if confirm is None:
         return {"confirm_mean": "", "confirm_std": "", "confirm_ci95_lo": "", "confirm_ci95_hi": "", "confirm_n": ""}
     return {"confirm_mean": f"{confirm['mean']:.4f}", "confirm_std": f"{confirm['std']:.4f}",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 __all__ = ["Score", "TOP1", "LOSS", "score_of", "Proxy", "PROXIES", "proxy_of"]
 
@@ -98,7 +98,7 @@ class Proxy:
             return math.fsum(run.train_loss)
         return (run.top1 if self.name == "top1" else run.loss)[-1]
 
-    def of(self, record: Any) -> Optional[float]:
+    def of(self, record: Any) -> float | None:
         """The proxy's value of a trial: the mean over its runs for a trained proxy, the stored
         zero-cost score, or its params / FLOPs; None when the record lacks it."""
         if self.trains:

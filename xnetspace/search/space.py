@@ -26,18 +26,42 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator)
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from ..cost import ImageSize, cost_report, parse_image_size
 from ..spec import Float, Int, NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty
 from ..text import read_text_file, yaml_mapping
-from .space_knobs import (INT_KNOBS, KNOBS, Choices, CornerTrial, Count, Fixed, Knob, RandomTrial, Range,
-                          SpaceError, TieRef, as_definition, check_values, finite_values, parse_count, suggest)
-from .space_rules import (MAX_MONOTONE_COMBINATIONS, Rules, interpolate, monotone_chains, nondecreasing,
-                          quantum_problem, round_scheduled, smallest_quantum)
+from .space_knobs import (
+    INT_KNOBS,
+    KNOBS,
+    Choices,
+    CornerTrial,
+    Count,
+    Fixed,
+    Knob,
+    RandomTrial,
+    Range,
+    SpaceError,
+    TieRef,
+    as_definition,
+    check_values,
+    finite_values,
+    parse_count,
+    suggest,
+)
+from .space_rules import (
+    MAX_MONOTONE_COMBINATIONS,
+    Rules,
+    interpolate,
+    monotone_chains,
+    nondecreasing,
+    quantum_problem,
+    round_scheduled,
+    smallest_quantum,
+)
 from .train import TrainConfig
 
 __all__ = ["SearchSpace", "Constraints", "SpaceError", "load_space", "parse_count", "human_count", "RandomTrial",
@@ -77,15 +101,15 @@ class Constraints(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image_size: Union[int, tuple[int, int]] = 224
-    flops: Optional[tuple[Count, Count]] = None
-    max_params: Optional[Count] = None
-    max_latency_ms: Optional[Float] = Field(None, gt=0)
+    image_size: int | tuple[int, int] = 224
+    flops: tuple[Count, Count] | None = None
+    max_params: Count | None = None
+    max_latency_ms: Float | None = Field(None, gt=0)
     latency_batch_size: Int = Field(1, ge=1)
 
     @field_validator("flops")
     @classmethod
-    def _ordered(cls, flops: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
+    def _ordered(cls, flops: tuple[int, int] | None) -> tuple[int, int] | None:
         if flops is not None and flops[0] > flops[1]:
             raise ValueError(f"flops range [{flops[0]:,}, {flops[1]:,}] has min above max")
         return flops
@@ -161,7 +185,7 @@ class SearchSpace(BaseModel):
         return network
 
     @model_validator(mode="after")
-    def _ties_consistent(self) -> "SearchSpace":
+    def _ties_consistent(self) -> SearchSpace:
         for i, stage in enumerate(self.stage_definitions(), start=1):
             for knob in ("depth", "embed_dim"):
                 if knob not in stage and self.rules.width is None:
@@ -180,9 +204,9 @@ class SearchSpace(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _rules_fit(self) -> "SearchSpace":
+    def _rules_fit(self) -> SearchSpace:
         rules, n = self.rules, len(self.stages)
-        set_by = {k: "rules.width" for k in (("embed_dim", "depth") if rules.width else ())}
+        set_by = dict.fromkeys(("embed_dim", "depth") if rules.width else (), "rules.width")
         set_by |= {k: f"rules.schedules.{k}" for k in rules.schedules}
         for knob, rule in set_by.items():
             place = self._defined_at(knob)
@@ -209,13 +233,13 @@ class SearchSpace(BaseModel):
                 raise ValueError(f"rules.width.quantum {rules.width.quantum} can give invalid widths: {problem}; {hint}")
         return self
 
-    def _defined_at(self, knob: str) -> Optional[str]:
+    def _defined_at(self, knob: str) -> str | None:
         """Where stages or stage_defaults define ``knob`` (``stages[2].embed_dim``), or None."""
         if knob in self.stage_defaults.knobs:
             return f"stage_defaults.{knob}"
         return next((f"stages[{i}].{knob}" for i, s in enumerate(self.stages) if knob in s.knobs), None)
 
-    def stage_values(self, index: int, knob: str) -> Optional[list]:
+    def stage_values(self, index: int, knob: str) -> list | None:
         """The finite values ``knob`` can take in stage ``index`` (from 0; None: continuous, set by
         the width rule, or rounded to a valid value by a schedule without ``values``)."""
         whole = knob in INT_KNOBS
@@ -390,7 +414,7 @@ class SearchSpace(BaseModel):
             specs.append(spec)
         return specs
 
-    def check(self, draws: int = 2000, seed: int = 0, **network: Any) -> "SpaceCheck":
+    def check(self, draws: int = 2000, seed: int = 0, **network: Any) -> SpaceCheck:
         """Draw the space's corners and ``draws`` random specs and count how many are valid
         and within budget, so that an impossible space is refused before any trial runs.
 
@@ -432,7 +456,7 @@ class SearchSpace(BaseModel):
             parts.append(f"params <= {human_count(c.max_params)}")
         return ", ".join(parts)
 
-    def with_flops(self, flops_min: Optional[int] = None, flops_max: Optional[int] = None) -> "SearchSpace":
+    def with_flops(self, flops_min: int | None = None, flops_max: int | None = None) -> SearchSpace:
         """A copy with the FLOP budget replaced (command-line overrides), validated again."""
         low, high = self.constraints.flops or (0, None)
         low = low if flops_min is None else flops_min
@@ -454,7 +478,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _count_text(count: int) -> Union[int, str]:
+def _count_text(count: int) -> int | str:
     """``1500000`` -> ``"1.5M"`` when the short form reads back the same count, else the number."""
     text = human_count(count)
     return text if text != str(count) and parse_count(text) == count else count
@@ -480,7 +504,7 @@ def _short(definition: Knob) -> Any:
     return out
 
 
-def space_data(space: "SearchSpace") -> dict:
+def space_data(space: SearchSpace) -> dict:
     """``space`` as the mapping a space file holds, in the short forms (``[4, 8]`` for choices);
     ``SearchSpace.model_validate(space_data(space)) == space``."""
     data: dict[str, Any] = {"name": space.name}
@@ -543,7 +567,7 @@ _Dumper.add_representer(_Block, lambda dumper, data: dumper.represent_mapping("t
                                                                               flow_style=False))
 
 
-def space_yaml(space: "SearchSpace", header: str = "") -> str:
+def space_yaml(space: SearchSpace, header: str = "") -> str:
     """``space`` as a readable space file (YAML; ``header`` lines become ``#`` comments on top).
     :func:`load_space` of the text gives ``space`` back."""
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
@@ -579,7 +603,7 @@ def _first_reason(err: ValidationError) -> str:
     return re.sub(r"(?<![\w.])\d+(?:\.\d+)?", "#", e["msg"].removeprefix("Value error, "))[:80]  # w0 stays w0
 
 
-def load_space(path: Union[str, Path]) -> SearchSpace:
+def load_space(path: str | Path) -> SearchSpace:
     """Read a space file (YAML, ``yaml.safe_load``); a bare name loads ``spaces/NAME.yaml``
     shipped with the package.
 

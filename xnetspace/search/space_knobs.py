@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
@@ -36,7 +36,7 @@ class SpaceError(ValueError):
     """A space file that cannot describe a search, or constraints no spec can meet."""
 
 
-def parse_count(value: Union[int, float, str]) -> int:
+def parse_count(value: int | float | str) -> int:
     """``300M``, ``0.5G``, ``2.5k``, ``1e9`` or a number -> an integer count (FLOPs, params).
 
     Raises:
@@ -60,7 +60,7 @@ Count = Annotated[int, BeforeValidator(parse_count)]
 # -- knob definitions ---------------------------------------------------------------------------------
 class _Def(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    tie: Optional[str] = None
+    tie: str | None = None
 
 
 class Fixed(_Def):
@@ -80,11 +80,11 @@ class Range(_Def):
 
     low: Float
     high: Float
-    step: Optional[Float] = None
+    step: Float | None = None
     log: bool = False
 
     @model_validator(mode="after")
-    def _sane(self) -> "Range":
+    def _sane(self) -> Range:
         if self.low > self.high:
             raise ValueError(f"low {self.low:g} is above high {self.high:g}")
         if self.step is not None and self.step <= 0:
@@ -174,7 +174,7 @@ def check_values(knob: str, definition: Knob) -> None:
         validate_knob_value(knob, value)
 
 
-def finite_values(definition: Knob, whole: bool) -> Optional[list]:
+def finite_values(definition: Knob, whole: bool) -> list | None:
     """Every value ``definition`` can produce, in order (ranges: low, low + step, ... <= high;
     whole ranges without a step: every integer), or None for a continuous range. A TieRef gives
     None (its values are its tie's)."""
@@ -231,7 +231,7 @@ class RandomTrial:
             value = low + step * self.rng.randint(0, (high - low) // step)
         return self.params.setdefault(name, value)
 
-    def suggest_float(self, name: str, low: float, high: float, step: Optional[float] = None, log: bool = False) -> float:
+    def suggest_float(self, name: str, low: float, high: float, step: float | None = None, log: bool = False) -> float:
         if step:
             value = low + step * self.rng.randint(0, int(round((high - low) / step)))
         elif log:
@@ -256,6 +256,6 @@ class CornerTrial:
         self.names.append(name)
         return low + step * ((high - low) // step) if self.high else low
 
-    def suggest_float(self, name: str, low: float, high: float, step: Optional[float] = None, log: bool = False) -> float:
+    def suggest_float(self, name: str, low: float, high: float, step: float | None = None, log: bool = False) -> float:
         self.names.append(name)
         return (low + step * int((high - low) / step) if step else high) if self.high else low

@@ -28,13 +28,22 @@ set many stage values, each sampled by Optuna and producing an ordinary
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from ..spec import IDCONV_REDUCTION, Int
-from .space_knobs import (INT_KNOBS, Fixed, Knob, Range, as_definition, check_values, finite_values, suggest,
-                          validate_knob_value)
+from .space_knobs import (
+    INT_KNOBS,
+    Fixed,
+    Knob,
+    Range,
+    as_definition,
+    check_values,
+    finite_values,
+    suggest,
+    validate_knob_value,
+)
 
 __all__ = ["WidthRule", "Schedule", "Rules", "SCHEDULE_KNOBS", "MONOTONE_KNOBS", "MAX_MONOTONE_COMBINATIONS",
            "regnet_widths", "interpolate", "round_scheduled", "monotone_chains", "nondecreasing",
@@ -47,7 +56,7 @@ MAX_MONOTONE_COMBINATIONS = 2000  # one categorical parameter; Optuna stores its
 _EPS = 1e-9
 
 
-def whole_value(value: float) -> Optional[int]:
+def whole_value(value: float) -> int | None:
     """``value`` as an int when it is whole up to float error, else None."""
     nearest = round(value)
     return nearest if abs(value - nearest) <= 1e-6 * max(1.0, abs(value)) else None  # the spec's tolerance
@@ -119,7 +128,7 @@ class WidthRule(BaseModel):
     quantum: Int = Field(8, ge=1, le=4096, description="every width is a multiple of it (channels)")
 
     @model_validator(mode="after")
-    def _values(self) -> "WidthRule":
+    def _values(self) -> WidthRule:
         for name in ("w0", "depth"):
             _whole_definition(name, getattr(self, name))
         (w0_low, _), (wa_low, _), (wm_low, _), (d_low, _) = (_extent(self.w0), _extent(self.wa), _extent(self.wm),
@@ -179,12 +188,12 @@ class Schedule(BaseModel):
 
     first: Annotated[Knob, _definition("first")]
     last: Annotated[Knob, _definition("last")]
-    values: Optional[tuple[float, ...]] = Field(None, min_length=1, description="the values a stage may take")
+    values: tuple[float, ...] | None = Field(None, min_length=1, description="the values a stage may take")
     log: bool = False
 
     @field_validator("values")
     @classmethod
-    def _sorted(cls, values: Optional[tuple[float, ...]]) -> Optional[tuple[float, ...]]:
+    def _sorted(cls, values: tuple[float, ...] | None) -> tuple[float, ...] | None:
         return None if values is None else tuple(sorted(set(values)))
 
 
@@ -202,7 +211,7 @@ def _nearest(x: float, options: list[float]) -> float:
     return min(options, key=lambda v: (abs(v - x), v))  # ties: the smaller
 
 
-def round_scheduled(knob: str, x: float, values: Optional[tuple[float, ...]], embed_dim: Optional[int],
+def round_scheduled(knob: str, x: float, values: tuple[float, ...] | None, embed_dim: int | None,
                     num_heads: int, ffn_kernels: int) -> float | int:
     """One stage's value of a scheduled knob: the nearest of ``values``, or the nearest valid value
     (whole for integer knobs; whole MS-FFN channels for ``mlp_ratio``, at least one per FFN
@@ -258,7 +267,7 @@ def nondecreasing(values: list[list[float]], limit: int = MAX_MONOTONE_COMBINATI
 
 
 # -- the quantum --------------------------------------------------------------------------------------
-def quantum_problem(quantum: int, stages: list[dict[str, Optional[list]]]) -> Optional[str]:
+def quantum_problem(quantum: int, stages: list[dict[str, list | None]]) -> str | None:
     """Why widths that are multiples of ``quantum`` can be invalid, or None. ``stages``: per
     stage, the finite values of ``attn_ratio``, ``num_heads`` and ``mlp_ratio`` it can take
     (None: rounded to a valid value by a schedule, or a continuous range, not checked)."""
@@ -277,7 +286,7 @@ def quantum_problem(quantum: int, stages: list[dict[str, Optional[list]]]) -> Op
     return None
 
 
-def smallest_quantum(stages: list[dict[str, Optional[list]]], limit: int = 4096) -> Optional[int]:
+def smallest_quantum(stages: list[dict[str, list | None]], limit: int = 4096) -> int | None:
     """The smallest quantum :func:`quantum_problem` accepts (every valid one is a multiple of it),
     or None below ``limit``."""
     return next((q for q in range(1, limit + 1) if quantum_problem(q, stages) is None), None)
@@ -289,7 +298,7 @@ class Rules(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    width: Optional[WidthRule] = None
+    width: WidthRule | None = None
     schedules: dict[str, Schedule] = Field(default_factory=dict)
     monotone: tuple[str, ...] = ()
 

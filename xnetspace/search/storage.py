@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import optuna
 from sqlalchemy import event
@@ -79,7 +80,7 @@ def shown_url(url: str) -> str:
         return url
 
 
-def connect_storage(url: str, heartbeat: Optional[int] = None) -> optuna.storages.RDBStorage:
+def connect_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
     """Open the Optuna RDB storage at ``url`` (SQLite, PostgreSQL ``postgresql+psycopg://``, MySQL),
     with a heartbeat every ``heartbeat`` seconds (grace: 3 intervals) whose stale trials are failed
     and queued again, when given.

@@ -12,9 +12,10 @@ killed mid-trial leaves a trial that the heartbeat marks failed and
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional, Sequence
+from typing import Any, ClassVar, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -49,14 +50,14 @@ class StudyConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     proxy_seeds: int = Field(1, ge=1, le=64, description="seeds a candidate is trained with at most (its score "
                                                           "is the mean over them)")
-    race: Optional[float] = Field(None, gt=0, description="z: a candidate whose mean after its first seeds is worse "
+    race: float | None = Field(None, gt=0, description="z: a candidate whose mean after its first seeds is worse "
                                                           "than the incumbent's by more than z standard errors "
                                                           "gets no more seeds (None: every candidate gets all)")
 
     @classmethod
     def create(cls, space: SearchSpace, dataset: str = "digits", objective: str = "loss", *, proxy_seeds: int = 1,
-               race: Optional[float] = None, flops_min: Optional[int] = None, flops_max: Optional[int] = None,
-               **recipe: Any) -> "StudyConfig":
+               race: float | None = None, flops_min: int | None = None, flops_max: int | None = None,
+               **recipe: Any) -> StudyConfig:
         """A study of ``space`` with its FLOP budget and training recipe overridden where given
         (``recipe``: TrainConfig fields such as ``epochs``, ``lr``, ``seed``; None means the space's).
 
@@ -104,31 +105,31 @@ class RunOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_trials: int = Field(20, ge=1)
-    out: Optional[Path] = Field(None, description="output folder (default: runs/STUDY_NAME)")
-    storage: Optional[str] = None
-    study_name: Optional[str] = Field(None, description="default: SPACE-DATASET-OBJECTIVE")
-    sampler: Optional[Literal["tpe", "random", "nsga2", "qmc"]] = Field(
+    out: Path | None = Field(None, description="output folder (default: runs/STUDY_NAME)")
+    storage: str | None = None
+    study_name: str | None = Field(None, description="default: SPACE-DATASET-OBJECTIVE")
+    sampler: Literal["tpe", "random", "nsga2", "qmc"] | None = Field(
         None, description="default: nsga2 for two objectives, random for a population, else tpe")
-    pruner: Optional[Literal["median", "hyperband", "none"]] = Field(
+    pruner: Literal["median", "hyperband", "none"] | None = Field(
         None, description="default: none for two objectives or a population, else median")
     population: bool = Field(False, description="a population study for analyze/refine: random sampler, no pruner, "
                                                 "no confirmation")
     seed: int = 0
-    timeout: Optional[float] = Field(None, gt=0, description="seconds after which no new trial starts")
+    timeout: float | None = Field(None, gt=0, description="seconds after which no new trial starts")
     devices: list[str] = Field(default_factory=lambda: ["cpu"], description="cpu, cuda or cuda:K, one worker "
                                                                             "group each (a comma-separated text too)")
     heartbeat: int = Field(10, ge=1, description="heartbeat interval in seconds (grace: 3 intervals)")
-    baseline: Optional[str] = Field(None, description="comma-separated controls confirmed beside the winner: a preset "
+    baseline: str | None = Field(None, description="comma-separated controls confirmed beside the winner: a preset "
                                                        "scaled to the budget, random:auto (random search at equal "
                                                        "compute), random:N (the best of N random specs) or none; "
                                                        "default random:auto when confirmation is on")
     confirm_top: int = Field(5, ge=0, description="candidates retrained after the search (0: none)")
     confirm_seeds: int = Field(3, ge=1, description="seeds per confirmed candidate")
-    confirm_epochs: Optional[int] = Field(None, ge=1, description="confirmation epochs (default: the proxy's; "
+    confirm_epochs: int | None = Field(None, ge=1, description="confirmation epochs (default: the proxy's; "
                                                                  "docs/fidelity.md says why)")
     fidelity_sample: int = Field(5, ge=0, description="random in-budget candidates added to the confirmed set "
                                                       "(none when confirm_top is 0)")
-    workers_per_device: Optional[int] = Field(
+    workers_per_device: int | None = Field(
         None, ge=1, description="worker processes per entry of devices (None: see RunOptions.workers)")
     progress: bool = True
 
@@ -165,7 +166,7 @@ class RunOptions(BaseModel):
     def _device_list(cls, value: Any) -> Any:
         return check_devices(value, here=False) if isinstance(value, (str, list)) else value
 
-    def resolved(self, config: StudyConfig) -> "RunOptions":
+    def resolved(self, config: StudyConfig) -> RunOptions:
         """These options with every default that depends on the study filled in: the study name
         (``SPACE-DATASET-OBJECTIVE``), the output folder (``runs/NAME``), the sampler and pruner
         (NSGA-II and no pruner for two objectives; random sampling, no pruner and no confirmation
@@ -194,7 +195,7 @@ class RunOptions(BaseModel):
 
     @field_validator("baseline")
     @classmethod
-    def _known_baselines(cls, value: Optional[str]) -> Optional[str]:
+    def _known_baselines(cls, value: str | None) -> str | None:
         for name in _split(value):
             kind, _, count = name.partition(":")
             if name in ("none", "random:auto") or name in preset_names() or (
@@ -237,7 +238,7 @@ def check_devices(devices: str | Sequence[str], here: bool = True) -> list[str]:
     return list(devices)
 
 
-def device_workers(devices: Sequence[str], asked: Optional[int] = None) -> int:
+def device_workers(devices: Sequence[str], asked: int | None = None) -> int:
     """Worker processes per entry of ``devices``: ``asked`` when given, else one per CPU core on
     the CPU (at most :data:`MAX_AUTO_CPU_WORKERS`; each single-threaded) and one per GPU.
 
@@ -251,7 +252,7 @@ def device_workers(devices: Sequence[str], asked: Optional[int] = None) -> int:
     return min(usable_cores(), MAX_AUTO_CPU_WORKERS) if list(devices) == ["cpu"] else 1
 
 
-def _split(value: Optional[str]) -> list[str]:
+def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
@@ -290,7 +291,7 @@ def store_run_options(study: optuna.Study, options: RunOptions) -> None:
     study.set_user_attr(_RUN_ATTR, options.model_dump(mode="json", include=set(RunOptions.SHARED)))
 
 
-def stored_settings(study: optuna.Study) -> tuple[Optional[StudyConfig], dict]:
+def stored_settings(study: optuna.Study) -> tuple[StudyConfig | None, dict]:
     """The study's config and shared run options as the head stored them (None, {} if absent)."""
     config = study.user_attrs.get(_CONFIG_ATTR)
     return (StudyConfig.model_validate(config) if config is not None else None), dict(study.user_attrs.get(_RUN_ATTR, {}))
@@ -337,7 +338,7 @@ def candidates(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_candidate(t)]
 
 
-def top_up_slots(study: optuna.Study, n_trials: int, ahead: int) -> "SlotState":
+def top_up_slots(study: optuna.Study, n_trials: int, ahead: int) -> SlotState:
     """Queue empty slots until ``ahead`` of them wait, never more than ``n_trials`` live slots in
     all, and return the state of the N slots. Workers call it before they pop one, so the queue
     stays a few slots ahead of them whatever N is."""

@@ -62,7 +62,7 @@ class _Confirmed(_Strict):
     flops: int = Field(description="fvcore count at the space's constraint image size (one multiply-add = one flop)")
     params: int
     confirm: Confirm
-    confirm_top1: Optional[Confirm] = Field(None, description="the same runs' top-1 (%), in a loss study")
+    confirm_top1: Confirm | None = Field(None, description="the same runs' top-1 (%), in a loss study")
 
 
 class Candidate(_Confirmed):
@@ -86,7 +86,7 @@ class Baseline(_Confirmed):
     """A control confirmed like the winner."""
 
     name: str
-    difference: Optional[Difference] = Field(description="best minus this control")
+    difference: Difference | None = Field(description="best minus this control")
 
 
 class Noise(_Strict):
@@ -141,7 +141,7 @@ class Fidelity(_Strict):
 
 class Compute(_Strict):
     search: int
-    control: Optional[int] = Field(description="the random-search control's (null without random:auto)")
+    control: int | None = Field(description="the random-search control's (null without random:auto)")
     unit: str
 
 
@@ -161,14 +161,14 @@ class Summary(_Strict):
     proxy: ProxyInfo
     candidates: list[Candidate]
     fidelity_sample: list[Sampled]
-    best: Optional[Candidate]
+    best: Candidate | None
     baselines: list[Baseline]
-    baseline: Optional[Baseline] = Field(description="the first of baselines")
-    difference: Optional[Difference] = Field(description="best minus the first baseline")
-    leaders: Optional[Difference] = Field(description="best minus runner-up")
+    baseline: Baseline | None = Field(description="the first of baselines")
+    difference: Difference | None = Field(description="best minus the first baseline")
+    leaders: Difference | None = Field(description="best minus runner-up")
     noise: Noise
     separation: Separations
-    separation_top1: Optional[Separations] = Field(None, description="the same runs by top-1 (a loss study)")
+    separation_top1: Separations | None = Field(None, description="the same runs by top-1 (a loss study)")
     fidelity: Fidelity
     compute: Compute
     protocol: Protocol

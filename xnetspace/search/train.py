@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional, Sequence
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,7 +52,7 @@ class TrainConfig(BaseModel):
     warmup_epochs: Int = Field(0, ge=0)
     label_smoothing: Float = Field(0.1, ge=0, lt=1)
     seed: Int = 0
-    time_limit: Optional[Float] = Field(None, gt=0)
+    time_limit: Float | None = Field(None, gt=0)
     num_workers: Int = Field(0, ge=0, description="DataLoader workers (image folders decode images)")
     train_form: Literal[TRAIN_FORMS] = Field(
         "fast", description="fast: the fast training form and a fused AdamW; reference: the release's operators")
@@ -60,7 +61,7 @@ class TrainConfig(BaseModel):
                             "(xnetspace/search/batches.py; validation never augments)")
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="bfloat16: the forward under bf16 autocast; auto: bfloat16 on CUDA, float32 elsewhere")
-    channels_last: Optional[bool] = Field(
+    channels_last: bool | None = Field(
         None, description="channels_last memory for the network and a lone run's batches (None: on CUDA only)")
 
 
@@ -100,7 +101,7 @@ class TrainResult:
         return math.fsum(self.train_loss_history)
 
 
-def evaluate(model: nn.Module, loader, device: torch.device, config: Optional[TrainConfig] = None
+def evaluate(model: nn.Module, loader, device: torch.device, config: TrainConfig | None = None
              ) -> tuple[float, float]:
     """``(top-1 in percent, mean cross-entropy in nats)`` of ``model`` (eval mode) over ``loader``
     (a DataLoader, :class:`TensorBatches`, or any iterable of ``(images, labels)`` batches). The
@@ -124,7 +125,7 @@ def train_candidate(
     data,  # xnetspace.search.data.DataSplit
     config: TrainConfig = TrainConfig(),
     device: str | torch.device = "cpu",
-    report: Optional[Callable[[int, TrainResult], None]] = None,
+    report: Callable[[int, TrainResult], None] | None = None,
 ) -> TrainResult:
     """Train ``spec`` from scratch on ``data.train`` with ``config.seed`` and validate each epoch
     on ``data.val`` (:func:`train_seeds` with one seed).
@@ -149,7 +150,7 @@ def train_seeds(
     seeds: Sequence[int],
     config: TrainConfig = TrainConfig(),
     device: str | torch.device = "cpu",
-    report: Optional[Callable[[int, list[TrainResult]], None]] = None,
+    report: Callable[[int, list[TrainResult]], None] | None = None,
     pack: bool = True,
 ) -> list[TrainResult]:
     """Train ``spec`` once per seed, all at once as one :class:`~xnetspace.pack.Pack` (or one after
@@ -251,7 +252,7 @@ def train_seeds(
     return results
 
 
-def adamw(model, lr: float, weight_decay: float, train_form: str, like: Optional[nn.Module] = None
+def adamw(model, lr: float, weight_decay: float, train_form: str, like: nn.Module | None = None
           ) -> torch.optim.Optimizer:
     """timm's AdamW (no weight decay on biases and norms); for the fast form torch's fused kernel,
     one pass over all parameters instead of a dozen small ops per parameter (the same update).
@@ -287,7 +288,7 @@ def evaluate_pack(pack: Pack, loader, device: torch.device) -> list[tuple[float,
     return [(100.0 * int(c) / total, float(n) / total) for c, n in zip(correct, nll)]
 
 
-def training_memory_format(device: torch.device, config: Optional[TrainConfig] = None) -> torch.memory_format:
+def training_memory_format(device: torch.device, config: TrainConfig | None = None) -> torch.memory_format:
     """The memory format proxy training uses: ``config.channels_last`` when set, else channels_last
     on CUDA (cuDNN's fast layout under bf16) and contiguous NCHW on the CPU, where the fast form's
     matmul paths for small maps need it (with channels_last the fast form measured about 15% slower
@@ -303,7 +304,7 @@ def _to(x: torch.Tensor, device: torch.device,
     return x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
 
 
-def autocast_dtype(device: torch.device, config: Optional[TrainConfig] = None) -> Optional[torch.dtype]:
+def autocast_dtype(device: torch.device, config: TrainConfig | None = None) -> torch.dtype | None:
     """bfloat16 when ``config.precision`` asks for it (or is ``auto`` on CUDA), else None (float32)."""
     precision = config.precision if config is not None else "auto"
     if precision == "bfloat16" or (precision == "auto" and device.type == "cuda"):
@@ -311,6 +312,6 @@ def autocast_dtype(device: torch.device, config: Optional[TrainConfig] = None) -
     return None
 
 
-def _autocast(device: torch.device, config: Optional[TrainConfig] = None):
+def _autocast(device: torch.device, config: TrainConfig | None = None):
     dtype = autocast_dtype(device, config)
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

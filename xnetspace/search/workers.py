@@ -17,10 +17,10 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Optional
 
 import optuna
 
@@ -28,11 +28,10 @@ from ..logs import LOG_FOLDER, error_log
 from .confirmation import open_confirm_study, plan_jobs
 from .control import control_top_up, open_control_study, spent
 from .data import DataSplit, load_dataset
-from .errors import SurplusTrial, TrialFailed
+from .errors import SurplusTrial, TrialFailed, WorkerCrashed
 from .jobs import JobObjective, enqueue_jobs, job_state
 from .objective import Objective
 from .progress import POLL_SECONDS, Monitor
-from .errors import WorkerCrashed
 from .study import RunOptions, StudyConfig, open_study, slot_state, top_up_slots, usable_cores
 
 __all__ = ["run_worker", "worker_process", "guarded", "run_processes", "spawn_workers", "run_one", "fail_stale",
@@ -48,7 +47,7 @@ def control_max_trials(options: RunOptions) -> int:
 
 
 def run_worker(config: StudyConfig, options: RunOptions, device: str = "cpu", worker: int = 0,
-               data: Optional[DataSplit] = None) -> None:
+               data: DataSplit | None = None) -> None:
     """Run trials until the study's N slots are all done (waiting for other workers' running
     trials, which may still be requeued by the heartbeat), then the random-search control's trials
     until it has spent the search's compute (with ``random:auto``, :mod:`.control`), then the
@@ -107,7 +106,7 @@ def run_one(study: optuna.Study, objective: Callable, out: Path, worker: int) ->
     ``out/workers.log`` and left as that process finished it (module docstring)."""
     try:
         study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial))
-    except Exception as err:  # noqa: BLE001 - only a lost race is absorbed; anything else propagates
+    except Exception as err:  # only a lost race is absorbed; anything else propagates
         if not _lost_race(err):
             raise
         _note(out, f"worker {worker}, study '{study.study_name}': {str(err).rstrip('.')}: the trial was "
@@ -143,7 +142,7 @@ def crash_log(name: str, pid: int) -> Path:
 
 
 def worker_process(config_json: str, options_json: str, device: str, worker: int,
-                   dataset: Optional[str] = None, threads: Optional[int] = None) -> None:
+                   dataset: str | None = None, threads: int | None = None) -> None:
     """Entry point of a spawned search worker (:func:`guarded`): :func:`run_worker` on ``device``.
 
     ``dataset`` is this machine's path to the study's data (default: the stored one; the caller has
@@ -157,7 +156,7 @@ def worker_process(config_json: str, options_json: str, device: str, worker: int
     guarded(work, device, threads)
 
 
-def guarded(work: Callable[[str], None], device: str, threads: Optional[int] = None) -> None:
+def guarded(work: Callable[[str], None], device: str, threads: int | None = None) -> None:
     """Run ``work(device)`` as a worker process: ``device`` ``cuda:K`` pins the process to GPU K
     (``CUDA_VISIBLE_DEVICES``, set before CUDA starts; ``work`` then gets ``cuda``); ``threads``
     caps torch's intra-op threads. A crash writes its traceback to :func:`crash_log` (never to
@@ -202,7 +201,7 @@ class LostWorker:
 
     name: str
     exitcode: int
-    log: Optional[Path]
+    log: Path | None
 
     def describe(self) -> str:
         if self.exitcode < 0:
@@ -212,8 +211,8 @@ class LostWorker:
         return f"worker {self.name} crashed (exit code {self.exitcode}); {where}"
 
 
-def run_processes(config: StudyConfig, options: RunOptions, monitor: Optional[Monitor] = None,
-                  dataset: Optional[str] = None, first_worker: int = 0) -> list[LostWorker]:
+def run_processes(config: StudyConfig, options: RunOptions, monitor: Monitor | None = None,
+                  dataset: str | None = None, first_worker: int = 0) -> list[LostWorker]:
     """``options.workers`` worker processes per entry of ``options.devices`` (a device repeated
     in the list gets as many more) running :func:`run_worker`, polled by ``monitor``; returns the
     workers that ended with an error (each reported by ``monitor`` when it happened).
@@ -229,7 +228,7 @@ def run_processes(config: StudyConfig, options: RunOptions, monitor: Optional[Mo
         first_worker, monitor)
 
 
-def spawn_workers(target: Callable, devices: list[str], arguments: Callable[[int, str, Optional[int]], tuple],
+def spawn_workers(target: Callable, devices: list[str], arguments: Callable[[int, str, int | None], tuple],
                   first_worker: int = 0, monitor=None) -> list[LostWorker]:
     """One process per entry of ``devices`` running ``target(*arguments(i, device, threads))``,
     named ``xnetspace-worker-N``, until all have ended; ``monitor`` (anything with ``poll()`` and
