@@ -208,8 +208,10 @@ def main() -> None:
     print(f"\ntraining batches of {args.image_size}x{args.image_size}, batch {args.batch_size}, random-resized crop "
           f"+ flip, {device.type}, {summary['threads']} torch threads, {args.num_workers} loader workers "
           f"(median over {args.rounds} rounds, min..max):")
-    print(f"  decode   {decode_img_s:10,.0f} img/s  ({summary['decode_img_s_range'][0]:,.0f}..{summary['decode_img_s_range'][1]:,.0f})")
-    print(f"  prepared {prepared_img_s:10,.0f} img/s  ({summary['prepared_img_s_range'][0]:,.0f}..{summary['prepared_img_s_range'][1]:,.0f})")
+    decode_low, decode_high = summary["decode_img_s_range"]
+    prepared_low, prepared_high = summary["prepared_img_s_range"]
+    print(f"  decode   {decode_img_s:10,.0f} img/s  ({decode_low:,.0f}..{decode_high:,.0f})")
+    print(f"  prepared {prepared_img_s:10,.0f} img/s  ({prepared_low:,.0f}..{prepared_high:,.0f})")
     print(f"  ratio {summary['ratio']:.1f}x (target >= 10x); one-off preparation {prep_s:.1f} s "
           f"({summary['prep_img_s']:,.0f} img/s, {summary['prepare_workers']} threads)")
     if args.json:

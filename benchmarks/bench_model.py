@@ -1,6 +1,6 @@
 """Reference vs deploy TransXNet, side by side in one run: images/s, latency, peak memory, ratios.
 
-    python benchmarks/bench_model.py                                   # CPU float32: T/S/B, batch 1 and 32, training step
+    python benchmarks/bench_model.py                                 # CPU float32: T/S/B, batch 1 and 32, training step
     python benchmarks/bench_model.py --presets transxnet_t --batch-sizes 1 32 --train-batch-size 32
     python benchmarks/bench_model.py --no-compile --no-train --attention   # quick, plus the attention kernels
     python benchmarks/bench_model.py --device cuda --dtype bfloat16 --batch-sizes 128 --compile-presets all

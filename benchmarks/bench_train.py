@@ -182,8 +182,9 @@ def pack_main(args, space, data, specs: dict, device) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         for size, p in r["packs"].items():
-            print(f"| {r['spec']} | {size} | {p['packed_img_s']:.0f} | {p['separate_img_s']:.0f} | {p['pack_ratio']:.2f}x "
-                  f"| {p['batch_bound_img_s']:.0f} | {p['bound_ratio']:.2f}x | {p['max_loss_rel_diff']:.1e} |")
+            print(f"| {r['spec']} | {size} | {p['packed_img_s']:.0f} | {p['separate_img_s']:.0f} "
+                  f"| {p['pack_ratio']:.2f}x | {p['batch_bound_img_s']:.0f} | {p['bound_ratio']:.2f}x "
+                  f"| {p['max_loss_rel_diff']:.1e} |")
     summary = dict(device=device.type, threads=torch.get_num_threads(), batch_size=args.batch_size,
                    image_size=args.image_size, specs=len(rows), rows=rows, median={})
     for size in sizes:
@@ -262,9 +263,9 @@ def main() -> None:
         whole_trials(rows, {k: v.model_copy(update={"num_classes": data.num_classes, "in_chans": data.in_chans})
                             for k, v in specs.items()}, data, space.train, device)
 
-    print(f"\nproxy training step, batch {args.batch_size}, {args.image_size}x{args.image_size}, {data.name.split(':')[0]}, "
-          f"{device.type} {args.dtype}, {torch.get_num_threads()} threads ({args.steps} interleaved steps per form, "
-          f"medians); 2048^2 matmul: {mm:.1f} GFLOP/s")
+    print(f"\nproxy training step, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
+          f"{data.name.split(':')[0]}, {device.type} {args.dtype}, {torch.get_num_threads()} threads "
+          f"({args.steps} interleaved steps per form, medians); 2048^2 matmul: {mm:.1f} GFLOP/s")
     print("| spec | MFLOPs | reference img/s | fast img/s | ratio | GFLOP/s ref / fast (% of matmul) "
           "| peak MiB ref / fast | loss rel diff | trial s ref / fast (top-1) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -284,7 +285,7 @@ def main() -> None:
         fast_img_s=statistics.median(r["img_s"]["fast"] for r in sample),
         ratio=statistics.median(r["ratio"] for r in sample),
         max_loss_rel_diff=max(r["loss_diff"] for r in rows),
-        rows=[{k: v for k, v in r.items()} for r in rows],
+        rows=[dict(r) for r in rows],
     )
     if not args.no_trial:
         summary["trial_s_reference"] = sum(r["trial_s"]["reference"] for r in sample)

@@ -53,7 +53,7 @@ def make_study(folder, n=12, dataset="synthetic:128", image_size=16, sampler="ra
     store_run_options(study, RunOptions(n_trials=max(n, 1), sampler=sampler, pruner=pruner))
     rng = np.random.default_rng(seed)
     knobs = knobs or KNOBS
-    for i in range(rejected):
+    for _ in range(rejected):
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={KEY: {
             "slot": True, "rejected": True, "reason": "over budget: FLOPs 300k above max 200k"}}))
     for i in range(n):
@@ -129,7 +129,7 @@ def test_ks_distance_and_bootstrap_against_scipy():
 def test_importance_on_a_small_finished_study(tmp_path):
     data = study_data(load_run(make_study(tmp_path / "a", n=20)))
     assert len(data.candidates) == 20 and data.rejected == 3 and data.duplicates == 1
-    result, single, notes = importances(data.candidates, data.distributions)
+    result, single, _ = importances(data.candidates, data.distributions)
     for name in ("fanova", "ped_anova"):
         values = result[name]
         assert set(values) == set(KNOBS) and all(v >= 0 for v in values.values())

@@ -43,7 +43,8 @@ runner = CliRunner()
 MAX_OUTPUT = 3500  # characters: one paragraph (the CLI caps a message at 3,000), or the per-stage table
 MAX_SECONDS = 5.0  # per case, in process (imports excluded); the issue asks for well under 10 s
 
-OK_SPEC = "name: ok\nnum_classes: 10\nstages:\n  - {depth: 1, embed_dim: 16, num_heads: 1, sr_ratio: 2}\n  - {depth: 1, embed_dim: 32, num_heads: 2}\n"
+OK_SPEC = ("name: ok\nnum_classes: 10\nstages:\n  - {depth: 1, embed_dim: 16, num_heads: 1, sr_ratio: 2}\n"
+           "  - {depth: 1, embed_dim: 32, num_heads: 2}\n")
 STAGE = "{depth: 1, embed_dim: 16}"
 
 
@@ -127,7 +128,8 @@ def _write_inputs(tmp: Path) -> None:
         "space_bool_choice.yaml": "name: x\nstages: [{embed_dim: 16, depth: [1, true]}]\n",
         "space_bool_range.yaml": "name: x\nstages: [{embed_dim: 16, depth: {low: true, high: 3}}]\n",
         "space_bool_train.yaml": "name: x\nstages: [{embed_dim: 16, depth: 1}]\ntrain: {epochs: true}\n",
-        "space_bool_size.yaml": "name: x\nstages: [{embed_dim: 16, depth: 1}]\nconstraints: {image_size: [32, false]}\n",
+        "space_bool_size.yaml": ("name: x\nstages: [{embed_dim: 16, depth: 1}]\n"
+                                 "constraints: {image_size: [32, false]}\n"),
         "huge_blocks.yaml": "stages: [" + ", ".join(["{depth: 256, embed_dim: 16}"] * 16) + "]\n",
     }
     for name, text in files.items():
@@ -550,7 +552,8 @@ def test_a_too_small_image_folder_says_what_the_split_needs(hostile):
 
     with pytest.raises(DataError, match=r"^imagefolder:one_image: 1 image\(s\) in 1 class folder\(s\) .* at least 3 images in every"):
         load_dataset("imagefolder:one_image", 16)
-    with pytest.raises(DataError, match=r"60/20/20 train/val/test split, which needs at least 3 images in every class \('cat' has 1, 'dog' has 1\)"):
+    with pytest.raises(DataError, match=(r"60/20/20 train/val/test split, which needs at least 3 images in every class "
+                                          r"\('cat' has 1, 'dog' has 1\)")):
         load_dataset("imagefolder:one_per_class", 16)
 
 
@@ -632,7 +635,8 @@ def test_memory_estimate_is_exact_for_the_network_and_bounds_a_measured_forward(
     # Peak resident memory of a real forward, measured in a fresh process (VmHWM after a reset), for
     # an attention-heavy and an MS-FFN-heavy network, where the feature maps dominate.
     code = (
-        "import ctypes, gc, torch; from xnetspace.model import build_model; from xnetspace.memory import estimate_memory\n"
+        "import ctypes, gc, torch; from xnetspace.model import build_model; "
+        "from xnetspace.memory import estimate_memory\n"
         "def kb(k): return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(k)) * 1024\n"
         "attn = {'stages': [{'depth': 2, 'embed_dim': 32, 'num_heads': 4, 'attn_ratio': 1}]}\n"
         "ffn = {'stages': [{'depth': 2, 'embed_dim': 64, 'mlp_ratio': 8, 'attn_ratio': 0, 'idconv_groups': 1}]}\n"

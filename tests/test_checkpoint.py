@@ -83,7 +83,7 @@ def test_mismatched_checkpoint_is_refused_with_the_offending_keys():
 
 
 def test_wrong_variant_is_refused():
-    with pytest.raises(CheckpointError, match="shape: stages.0.blocks.0.dpe.weight") as info:
+    with pytest.raises(CheckpointError, match=r"shape: stages\.0\.blocks\.0\.dpe\.weight") as info:
         load_weights(build_model("transxnet_t"), release_state_dict("s"))
     assert "unexpected: stages.1.blocks.3.dpe.weight" in info.value.problems
     assert "missing: stages.0.blocks.0.dpe.weight" not in info.value.problems

@@ -107,7 +107,7 @@ def test_prepared_file_holds_uint8_images_labels_classes_and_the_split(tmp_path,
     assert isinstance(prepared.images, np.memmap) and np.array_equal(prepared.images, images)  # mapped, not read
 
     again = list_image_folder(root)  # the split is fixed: the same folder splits the same way
-    assert {p: s for p, s in zip(again.paths, again.split)} == {p: s for p, s in zip(paths, split)}
+    assert dict(zip(again.paths, again.split)) == dict(zip(paths, split))
 
 
 def test_train_val_test_folders_are_the_split(tmp_path, cache):

@@ -26,7 +26,7 @@ def test_digits_is_the_real_set_with_a_fixed_split():
     for bad in ("digits:9", "digits:899", "digits:many"):
         with pytest.raises(DataError, match="digits:N"):
             load_dataset(bad, 16)
-    x, y = data.train[0]
+    x, _ = data.train[0]
     assert x.shape == (1, 16, 16)
     again = load_dataset("digits", 16)
     assert torch.equal(again.val.tensors[1], data.val.tensors[1])

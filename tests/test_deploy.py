@@ -220,7 +220,7 @@ def test_deploy_form_runs_at_several_sizes_with_a_cached_position_bias():
 def test_deploy_form_refuses_training_but_passes_gradients():
     model = randomize(build_model(tiny_spec()), seed=14)
     fused = copy.deepcopy(model).reparameterize()
-    with pytest.raises(RuntimeError, match="re-parameterised .* cannot train"):
+    with pytest.raises(RuntimeError, match=r"re-parameterised .* cannot train"):
         fused.train()
     assert isinstance(fused.stages[0], InferenceOnly)
     fused.eval()

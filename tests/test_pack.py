@@ -57,7 +57,7 @@ def test_a_replica_comes_out_as_an_ordinary_network_that_timm_and_deploy_take(tm
     pack.eval()
     with torch.no_grad():
         packed = pack(x)  # the same images for every replica
-    for i, seed in enumerate(seeds):
+    for i, _seed in enumerate(seeds):
         net = pack.replica(i).eval()
         assert isinstance(net, xs.TransXNet) and net.train_form == "fast"
         with torch.no_grad():

@@ -52,7 +52,7 @@ def test_optuna_trials_give_valid_specs_inside_the_space():
         trial = study.ask()
         try:
             spec = space.sample(trial, num_classes=7)
-        except Exception as err:  # only cross-field invalid draws may fail, as pydantic errors
+        except Exception as err:  # noqa: BLE001 - only cross-field invalid draws may fail, as pydantic errors
             assert type(err).__name__ == "ValidationError"
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue

@@ -53,9 +53,9 @@ def test_from_official_arch_reads_the_parity_arch(parity):
 
 
 def test_from_official_arch_rejects_missing_keys_and_ragged_lists():
-    with pytest.raises(SpecError, match="lacks .*num_heads"):
+    with pytest.raises(SpecError, match=r"lacks .*num_heads"):
         NetworkSpec.from_official_arch({k: v for k, v in T_ARCH.items() if k != "num_heads"})
-    with pytest.raises(SpecError, match="must all have 4 entries.*sr_ratio"):
+    with pytest.raises(SpecError, match=r"must all have 4 entries.*sr_ratio"):
         NetworkSpec.from_official_arch({**T_ARCH, "sr_ratio": [8, 4, 2]})
 
 
@@ -97,9 +97,11 @@ INVALID = [
     ("even FFN kernel", {}, dict(ffn_kernel_sizes=[1, 3, 4]), r"stages\[0\]\.ffn_kernel_sizes\[2\] = 4: kernel sizes must be odd"),
     ("no FFN kernels", {}, dict(ffn_kernel_sizes=[]), r"ffn_kernel_sizes needs at least one"),
     ("attn channels not divisible by heads", {}, dict(num_heads=5),
-     r"attention channels 24 .*not divisible by num_heads 5; nearest valid attn_ratio: 0.416667 \(20 channels\) or 0.520833 \(25 channels\)"),
+     r"attention channels 24 .*not divisible by num_heads 5; "
+     r"nearest valid attn_ratio: 0.416667 \(20 channels\) or 0.520833 \(25 channels\)"),
     ("attention share not whole", {}, dict(attn_ratio=0.3, num_heads=1),
-     r"attn_ratio 0.3 x embed_dim 48 = 14.4 .*not a whole number; nearest valid attn_ratio: 0.291667 \(14 channels\) or 0.3125 \(15 channels\)"),
+     r"attn_ratio 0.3 x embed_dim 48 = 14.4 .*not a whole number; "
+     r"nearest valid attn_ratio: 0.291667 \(14 channels\) or 0.3125 \(15 channels\)"),
     ("attention share above 1", {}, dict(attn_ratio=1.5), r"stages\[0\]\.attn_ratio = 1.5: .*less than or equal to 1"),
     ("IDConv with too few channels", {}, dict(attn_ratio=46 / 48, num_heads=1), r"IDConv gets 2 channels"),
     ("mlp ratio not whole", {}, dict(mlp_ratio=3.3), r"mlp_ratio 3.3 x embed_dim 48 = 158.4 .*use mlp_ratio 3.29167 \(158 channels\) or 3.3125 \(159 channels\)"),
@@ -153,7 +155,7 @@ def test_load_spec_errors_name_the_file(tmp_path):
         load_spec(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("stages: [{depth: 1, embed_dim: 48,")
-    with pytest.raises(SpecError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(SpecError, match=r"bad\.yaml: not valid YAML"):
         load_spec(bad)
     bad.write_text("- just\n- a list\n")
     with pytest.raises(SpecError, match="must be a mapping"):
@@ -171,7 +173,7 @@ def test_load_spec_errors_name_the_file(tmp_path):
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(SpecError, match="unknown preset 'transxnet_x'.*transxnet_b, transxnet_s, transxnet_t"):
+    with pytest.raises(SpecError, match=r"unknown preset 'transxnet_x'.*transxnet_b, transxnet_s, transxnet_t"):
         load_preset("transxnet_x")
 
 
@@ -214,7 +216,8 @@ def test_error_messages_quote_values_short():
 
 def test_yaml_aliases_that_expand_hugely_are_refused_but_small_ones_work():
     text = "a: &a [1, 2]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-    nested = "".join(f"l{i}: &l{i} [*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}]\n"
+    nested = "".join(f"l{i}: &l{i} [*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, "
+                     f"*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}]\n"
                      for i in range(1, 8)).replace("*l0", "*b")
     assert yaml_mapping(text, "a spec")["b"][9] == [1, 2]
     with pytest.raises(SpecError, match="more than 100,000 YAML values"):

@@ -75,7 +75,7 @@ def test_global_pool_and_num_classes_at_construction():
         pooled = model.forward_head(model.forward_features(x), pre_logits=True)
         torch.testing.assert_close(pooled, model.head.norm(model.forward_features(x)).amax(dim=(2, 3)))
         assert model(x).shape == (1, 7)
-    with pytest.raises(ValueError, match="global_pool=''.*num_classes=0"):
+    with pytest.raises(ValueError, match=r"global_pool=''.*num_classes=0"):
         tiny_model(global_pool="")  # a linear head cannot follow an unpooled map
 
 

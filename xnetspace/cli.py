@@ -203,7 +203,8 @@ def scale(
 @app.command()
 def search(
     space: str = typer.Option(..., "--space", help="space file (spaces/*.yaml) or a shipped space's name"),
-    dataset: str = typer.Option("digits", help="digits[:N] (N training images, default all 898) | synthetic[:N] | imagefolder:PATH | cifar10:PATH | cifar100:PATH"),
+    dataset: str = typer.Option("digits", help=("digits[:N] (N training images, default all 898) | synthetic[:N] | imagefolder:PATH "
+                                                       "| cifar10:PATH | cifar100:PATH")),
     n_trials: int = typer.Option(20, "--n-trials", help="trials the study holds in total (a re-run continues up to N)"),
     flops_max: str | None = typer.Option(None, "--flops-max", help="FLOP budget maximum, e.g. 0.5G or 300M (overrides the space)"),
     flops_min: str | None = typer.Option(None, "--flops-min", help="FLOP budget minimum (overrides the space)"),
@@ -212,11 +213,17 @@ def search(
     batch_size: int | None = typer.Option(None, "--batch-size", help="proxy training batch size"),
     lr: float | None = typer.Option(None, help="AdamW learning rate"),
     trial_time_limit: float | None = typer.Option(None, "--trial-time-limit", help="seconds one trial may train"),
-    augment: str | None = typer.Option(None, help="augmentation of the training batches: none | flip | crop-flip | rrc-flip (default: the space's; docs/data.md)"),
+    augment: str | None = typer.Option(None, help=("augmentation of the training batches: none | flip | crop-flip | rrc-flip "
+                                                             "(default: the space's; docs/data.md)")),
     timeout: float | None = typer.Option(None, help="seconds after which this run starts no new trial"),
-    objective: str = typer.Option("loss", help="what candidates are ranked by: loss (validation cross-entropy, the default) | top1 | tse (training-speed estimate) | synflow | naswot | grad_norm (zero-cost, no training) | top1-flops | top1-latency (docs/search.md)"),
+    objective: str = typer.Option("loss", help=(
+        "what candidates are ranked by: loss (validation cross-entropy, the default) | top1 "
+        "| tse (training-speed estimate) | synflow | naswot | grad_norm (zero-cost, no training) "
+        "| top1-flops | top1-latency (docs/search.md)")),
     proxy_seeds: int = typer.Option(1, "--proxy-seeds", help="seeds a candidate is trained with at most; its score is their mean"),
-    race: float | None = typer.Option(None, "--race", help="z: a candidate worse than the incumbent by more than z standard errors after half its seeds gets no more (default: every candidate gets all)"),
+    race: float | None = typer.Option(None, "--race", help=(
+        "z: a candidate worse than the incumbent by more than z standard errors after half its seeds "
+        "gets no more (default: every candidate gets all)")),
     sampler: str | None = typer.Option(None, help="tpe | random | nsga2 | qmc (default: tpe, nsga2 for two objectives)"),
     pruner: str | None = typer.Option(None, help="median | hyperband | none (default: median; none for two objectives)"),
     population: bool = typer.Option(False, "--population", help="a population study for `xnetspace analyze`: --sampler random --pruner none --confirm-top 0"),
@@ -224,11 +231,16 @@ def search(
     storage: str | None = typer.Option(None, help="Optuna RDB URL (default: sqlite in --out)"),
     study_name: str | None = typer.Option(None, "--study-name", help="default: SPACE-DATASET-OBJECTIVE"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... (one worker process per entry)"),
-    baseline: str | None = typer.Option(None, help="controls confirmed like the winner, comma-separated: PRESET (scaled to the study's budget), random:auto (random search at equal compute; the default with confirmation), random:N (best of N random in-budget specs), none"),
+    baseline: str | None = typer.Option(None, help=(
+        "controls confirmed like the winner, comma-separated: PRESET (scaled to the study's budget), "
+        "random:auto (random search at equal compute; the default with confirmation), "
+        "random:N (best of N random in-budget specs), none")),
     confirm_top: int = typer.Option(5, "--confirm-top", help="candidates retrained after the search with several seeds (0: none)"),
     confirm_seeds: int = typer.Option(3, "--confirm-seeds", help="seeds per confirmed candidate (>= 2 for a 95% CI)"),
     confirm_epochs: int | None = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: the proxy's)"),
-    fidelity_sample: int = typer.Option(5, "--fidelity-sample", help="random in-budget specs confirmed beside the top candidates, for Kendall tau and the spread between architectures (0: none; none without confirmation)"),
+    fidelity_sample: int = typer.Option(5, "--fidelity-sample", help=(
+        "random in-budget specs confirmed beside the top candidates, for Kendall tau and the spread "
+        "between architectures (0: none; none without confirmation)")),
     out: Path | None = typer.Option(None, help="output folder (default: runs/STUDY_NAME)"),
     heartbeat: int = typer.Option(10, help="heartbeat interval in seconds; dead workers' trials are retried"),
     workers_per_device: int | None = typer.Option(None, "--workers-per-device", help="worker processes per device (default: one single-thread worker per CPU core, at most 8; one per GPU)"),
@@ -298,7 +310,9 @@ def fidelity(
 def prepare(
     dataset: str = typer.Argument(..., help="imagefolder:PATH, a folder of class folders (PATH/train and PATH/val [PATH/test] when present)"),
     image_size: int = typer.Option(..., "--image-size", help="proxy training image size S in pixels (stored at ceil(1.25 S) for random-resized crops)"),
-    out: Path | None = typer.Option(None, help="write the prepared .npz here, for --dataset imagefolder:FILE (default: the cache, where a study on imagefolder:PATH finds it)"),
+    out: Path | None = typer.Option(None, help=(
+        "write the prepared .npz here, for --dataset imagefolder:FILE "
+        "(default: the cache, where a study on imagefolder:PATH finds it)")),
     workers: int | None = typer.Option(None, help="decoding threads (default: the usable cores, at most 16)"),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -395,7 +409,9 @@ def analyze(
 def refine(
     run: Path = typer.Argument(..., help="a population study's output folder (xnetspace search --population --out RUN)"),
     out: Path = typer.Option(..., help="folder for refine.json, refined_space.yaml and refine_edf.png"),
-    verify: int = typer.Option(0, "--verify", min=0, help="then sample and train a fresh population of N from the refined space and compare it with the original (0: no)"),
+    verify: int = typer.Option(0, "--verify", min=0, help=(
+        "then sample and train a fresh population of N from the refined space and compare it with the "
+        "original (0: no)")),
     force: bool = typer.Option(False, "--force", help="refine a study that is not a population study (another sampler, a pruner)"),
     seed: int = typer.Option(0, help="seed of the bootstraps, fANOVA and the --verify study"),
     devices: str = typer.Option("cpu", help="--verify: cpu | cuda | cuda:0,cuda:1,..."),

@@ -18,7 +18,6 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Union
 
 import torch
 
@@ -50,7 +49,7 @@ FLOP_KINDS = {
     "linear": "classifier",
 }
 
-ImageSize = Union[int, tuple[int, int]]
+ImageSize = int | tuple[int, int]
 
 
 def parse_image_size(size: ImageSize | str) -> tuple[int, int]:
@@ -60,7 +59,7 @@ def parse_image_size(size: ImageSize | str) -> tuple[int, int]:
         ValueError: not one or two positive integers.
     """
     if isinstance(size, str):
-        parts = size.lower().replace("×", "x").split("x")
+        parts = size.lower().replace("×", "x").split("x")  # noqa: RUF001 - a times sign between the sides reads as an x
         try:
             size = tuple(int(p) for p in parts)
         except ValueError:
@@ -124,7 +123,7 @@ class CostReport:
 
     def to_dict(self) -> dict:
         """Plain-JSON form: totals, per-kind FLOPs and one entry per part."""
-        stages = {i: s for i, s in enumerate(self.spec.stages, start=1)}
+        stages = dict(enumerate(self.spec.stages, start=1))
         return {
             "name": self.spec.name,
             "image_size": list(self.image_size),

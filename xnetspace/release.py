@@ -1,8 +1,8 @@
 """The authors' release (github LMMMEng/TransXNet) key layout mapped onto ours: pure dict functions.
 
 No network is built here: it sits below :mod:`xnetspace.model.network`, and both the timm registrations
-(:mod:`xnetspace.timm_models`) and the file loaders (:mod:`xnetspace.checkpoint`) use it. Key renames: ARCHITECTURE.md, "The release's
-checkpoint layout".
+(:mod:`xnetspace.timm_models`) and the file loaders (:mod:`xnetspace.checkpoint`) use it. Key renames:
+ARCHITECTURE.md, "The release's checkpoint layout".
 """
 from __future__ import annotations
 

@@ -112,6 +112,6 @@ def scale_to_budget(spec: NetworkSpec, max_flops: int, image_size: ImageSize = 2
         hint = f"; the largest scaled version within the maximum has {best[0]:,} FLOPs" if best else ""
         raise ScalingError(f"no scaled {base.name} (depth, width and heads x {_LOW}..{_HIGH}) "
                            f"fits the budget {budget}{hint}")
-    flops, scaled, s = best
+    _, scaled, s = best
     return NetworkSpec.model_validate({**scaled.model_dump(), "name": f"{base.name}_x{s:g}"})
 

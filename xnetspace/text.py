@@ -134,7 +134,7 @@ def _check_unique_keys(node: yaml.Node, what: str) -> None:
                     earlier = first.setdefault((key.tag, key.value), key)
                     if earlier is not key:
                         lines = (earlier.start_mark.line + 1, key.start_mark.line + 1)
-                        where = f"twice on line {lines[0]}" if lines[0] == lines[1] else "on lines %d and %d" % lines
+                        where = f"twice on line {lines[0]}" if lines[0] == lines[1] else f"on lines {lines[0]} and {lines[1]}"
                         raise SpecError(f"{what} repeats the key {shorten(key.value, 40)!r} in one mapping, {where}; "
                                         f"YAML would keep only the last one without a word: remove one of them")
                 stack.extend((key, value))

@@ -60,7 +60,7 @@ class IDConv(nn.Module):
 
     def dynamic_weight_bias(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample kernel (B*C, 1, K, K) and bias (B*C,) for input ``x`` (B, C, H, W)."""
-        B, C, H, W = x.shape
+        B, C, _, _ = x.shape
         G, K = self.num_groups, self.kernel_size
         scale = self.proj(self.pool(x)).reshape(B, G, C, K, K).softmax(dim=1)
         weight = (scale * self.weight.unsqueeze(0)).sum(dim=1)  # (B, C, K, K)

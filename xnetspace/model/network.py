@@ -53,7 +53,7 @@ class TransXNet(nn.Module):
             ``num_classes > 0`` (a linear layer needs a pooled vector).
     """
 
-    __jit_unused_properties__ = ["is_reparameterized", "train_form"]  # not scriptable (hasattr); not needed there
+    __jit_unused_properties__ = ["is_reparameterized", "train_form"]  # noqa: RUF012 - the list TorchScript reads; not scriptable (hasattr); not needed there
 
     def __init__(self, spec: NetworkSpec, global_pool: str = "avg", **overrides: Any):
         super().__init__()

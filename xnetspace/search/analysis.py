@@ -54,7 +54,7 @@ import math
 import re
 import sqlite3
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -462,6 +462,11 @@ def _row(value: Any, errors: list[float], value_range: list[float] | None = None
 
 
 # -- comparison ---------------------------------------------------------------------------------------
+def _difference_of(fn: Callable) -> Callable:
+    """The bootstrap statistic ``fn(x) - fn(y)`` along ``axis`` (vectorized)."""
+    return lambda x, y, axis: fn(x, axis=axis) - fn(y, axis=axis)
+
+
 def compare(a: Sequence[float], b: Sequence[float], seed: int = 0, n_resamples: int = 9999) -> dict:
     """Compare the errors of study A with those of study B (percent).
 
@@ -484,7 +489,7 @@ def compare(a: Sequence[float], b: Sequence[float], seed: int = 0, n_resamples: 
     for key, fn in (("mean_difference", np.mean), ("best_difference", np.min)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # identical resamples: a zero-width CI
-            boot = stats.bootstrap((a, b), lambda x, y, axis: fn(x, axis=axis) - fn(y, axis=axis), vectorized=True,
+            boot = stats.bootstrap((a, b), _difference_of(fn), vectorized=True,
                                    n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed))
         result[f"{key}_ci95"] = [float(boot.confidence_interval.low), float(boot.confidence_interval.high)]
     return result

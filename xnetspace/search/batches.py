@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
@@ -282,7 +282,7 @@ class TensorBatches:
         return x.contiguous(memory_format=self.memory_format), y
 
 
-Batches = Union[DataLoader, TensorBatches]
+Batches = DataLoader | TensorBatches
 
 
 def batches(dataset, batch_size: int, device: torch.device, shuffle: bool = False, drop_last: bool = False,

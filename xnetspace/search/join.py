@@ -106,8 +106,9 @@ def join_study(storage_url: str, study_name: str, devices: str | list[str], work
     """Join the study ``study_name`` in ``storage_url`` and work until it is done (or ``timeout``).
 
     Runs one worker in this process, or ``workers_per_device`` processes per entry of
-    ``devices`` (None: :attr:`RunOptions.workers`'s default). Workers are numbered from ``worker`` (default: a random number from 1000 on, so
-    that machines joining the same study draw different sampler seeds; the head's are 0..K-1).
+    ``devices`` (None: :attr:`RunOptions.workers`'s default). Workers are numbered from ``worker``
+    (default: a random number from 1000 on, so that machines joining the same study draw different
+    sampler seeds; the head's are 0..K-1).
     Started on a finished study, it returns at once without training anything.
 
     Raises:

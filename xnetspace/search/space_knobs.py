@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
@@ -100,7 +100,7 @@ class TieRef(_Def):
     tie: str
 
 
-Knob = Union[Fixed, Choices, Range, TieRef]
+Knob = Fixed | Choices | Range | TieRef
 
 
 def as_definition(knob: str, raw: Any) -> Knob:

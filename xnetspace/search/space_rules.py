@@ -226,7 +226,7 @@ def round_scheduled(knob: str, x: float, values: tuple[float, ...] | None, embed
         return x
     if knob == "mlp_ratio":
         return max(ffn_kernels, int(math.floor(x * embed_dim + 0.5))) / embed_dim
-    shares = [a for a in range(0, embed_dim + 1, num_heads)] + [embed_dim]
+    shares = list(range(0, embed_dim + 1, num_heads)) + [embed_dim]
     shares = [a for a in shares if not 0 < embed_dim - a < IDCONV_REDUCTION and (a == 0 or a % num_heads == 0)]
     return _nearest(x * embed_dim, shares) / embed_dim
 

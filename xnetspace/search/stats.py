@@ -81,8 +81,8 @@ def separation(groups: Sequence[Sequence[float]]) -> dict:
     estimate ``sqrt(max(0, between_std^2 - seed_std^2 / n_seeds))``, ``n_seeds`` the mean group
     size: how far architectures really differ, to compare with the seed noise of one run), the
     one-way ANOVA F statistic and its p value (``scipy.stats.f_oneway``: H0, every spec has the
-    same expected score), and ``separated`` = p < 0.05. F and p are nan (and ``separated`` False) with fewer than 2 specs of
-    2+ scores; p is 0 when the seed groups have no spread at all but their means differ.
+    same expected score), and ``separated`` = p < 0.05. F and p are nan (and ``separated`` False)
+    with fewer than 2 specs of 2+ scores; p is 0 when the seed groups have no spread at all but their means differ.
     """
     groups = [list(g) for g in groups if len(g) > 1]
     means = [float(np.mean(g)) for g in groups]

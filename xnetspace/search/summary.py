@@ -8,13 +8,13 @@ xnetspace.search.analysis_schema docs/schemas`` writes every schema; a test fail
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["Summary"]
 
-Number = Optional[float]  # null where undefined
+Number = float | None  # null where undefined
 
 
 class _Strict(BaseModel):

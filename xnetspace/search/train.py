@@ -183,7 +183,7 @@ def train_seeds(
         results: list[TrainResult] = []
         for seed in seeds:
             done = results.copy()
-            hook = None if report is None else (lambda epoch, mine: report(epoch, done + mine))
+            hook = None if report is None else (lambda epoch, mine: report(epoch, done + mine))  # noqa: B023 - used in this iteration
             results += train_seeds(spec, data, [seed], config, device, hook)
         return results
     start = time.perf_counter()
