@@ -13,7 +13,7 @@ import copy
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
@@ -27,7 +27,7 @@ from .complexity import Cost
 from .convs import LayerScale
 from .dpe import DPE
 from .ffn import MSFFN, FusedMSFFN
-from .folds import InferenceOnly
+from .folds import Fusable, InferenceOnly
 from .mixer import DMixer, FusedDMixer
 from .osra import OSRA, resize_pos_bias
 from .stem import Downsample
@@ -65,9 +65,9 @@ class TransXNetBlock(nn.Module):
         self.mixer = DMixer(dim, **mixer_args(stage))
         self.norm2 = nn.GroupNorm(1, dim)
         self.ffn = MSFFN(dim, stage.hidden_dim, stage.ffn_kernel_sizes, drop=drop_rate)
-        use_ls = layer_scale_init_value is not None
-        self.layer_scale1 = LayerScale(dim, layer_scale_init_value) if use_ls else nn.Identity()
-        self.layer_scale2 = LayerScale(dim, layer_scale_init_value) if use_ls else nn.Identity()
+        ls = layer_scale_init_value
+        self.layer_scale1 = LayerScale(dim, ls) if ls is not None else nn.Identity()
+        self.layer_scale2 = LayerScale(dim, ls) if ls is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, pos_bias: Tensor | None = None) -> Tensor:
@@ -75,7 +75,7 @@ class TransXNetBlock(nn.Module):
         x = x + self.drop_path(self.layer_scale1(self.mixer(self.norm1(x), pos_bias)))
         return x + self.drop_path(self.layer_scale2(self.ffn(self.norm2(x))))
 
-    def fuse(self) -> nn.Module:
+    def fuse(self) -> "FusedBlock":
         """Inference form (:class:`FusedBlock`): DPE's residual in its centre tap,
         LS1 folded into the D-Mixer, LS2 into MS-FFN's fc2; drop-path (identity in eval) dropped."""
         ls1, ls2 = (ls if isinstance(ls, LayerScale) else None for ls in (self.layer_scale1, self.layer_scale2))
@@ -152,8 +152,9 @@ class TransXNetStage(nn.Module):
     def fuse(self) -> nn.Module:
         """Inference form (:class:`FusedStage`): downsample's BN folded, blocks fused,
         the resized position bias cached per input size."""
-        downsample = self.downsample.fuse() if hasattr(self.downsample, "fuse") else nn.Identity()
-        return FusedStage(downsample, self.pos_bias, self.sr_ratio, [block.fuse() for block in self.blocks])
+        downsample = cast(Fusable, self.downsample).fuse() if hasattr(self.downsample, "fuse") else nn.Identity()
+        blocks = [cast(TransXNetBlock, block).fuse() for block in self.blocks]
+        return FusedStage(downsample, self.pos_bias, self.sr_ratio, blocks)
 
     @staticmethod
     def cost(hw: tuple[int, int], in_hw: tuple[int, int], in_chs: int | None, stage: StageSpec,

@@ -37,7 +37,7 @@ class DPE(nn.Conv2d):
             return depthwise_same(x, weight, self.bias, x.shape[1])
         return x + self._conv_forward(x, self.weight, self.bias)
 
-    def fuse(self) -> nn.Module:
+    def fuse(self) -> nn.Conv2d:
         """Inference form: one depthwise conv computing ``x + conv(x)`` (residual in the centre tap)."""
         return merge_depthwise([self], identity=True)
 

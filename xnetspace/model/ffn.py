@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.fx
@@ -62,8 +63,10 @@ class MultiScaleDWConv(nn.Module):
         for conv in self.convs:
             bias = conv.bias
             assert bias is not None  # built with biases; refines Optional for TorchScript
-            weights.append(conv.weight)
-            biases.append(bias)
+            # torch types Module.__getattr__ as Tensor | Module; these are the convs' tensors. The
+            # ignores end their lines: TorchScript parses type comments.
+            weights.append(conv.weight)  # type: ignore[arg-type]
+            biases.append(bias)  # type: ignore[arg-type]
         return merged_depthwise_kernel(weights, identity), torch.cat(biases)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -73,7 +76,7 @@ class MultiScaleDWConv(nn.Module):
     def fuse(self, identity: bool = False) -> nn.Conv2d:
         """One depthwise conv of the largest kernel computing ``MSDW(x)`` (``+ x`` with ``identity``):
         smaller kernels zero-padded and centred (exact, :func:`~xnetspace.model.folds.merge_depthwise`)."""
-        return merge_depthwise(self.convs, identity)
+        return merge_depthwise(cast(Sequence[nn.Conv2d], self.convs), identity)
 
     @staticmethod
     def cost(hw: tuple[int, int], dim: int, kernel_sizes: Sequence[int] = (1, 3, 5, 7)) -> Cost:
@@ -112,7 +115,7 @@ class MSFFN(nn.Module):
         x = self.drop(self.norm(self.act(x)))
         return self.drop(self.fc2(x))
 
-    def fuse(self, layer_scale: LayerScale | None = None) -> nn.Module:
+    def fuse(self, layer_scale: LayerScale | None = None) -> FusedMSFFN:
         """Inference form (:class:`FusedMSFFN`): ``MSDW(x) + x`` as one depthwise conv;
         ``norm``, fc2's BN and ``layer_scale`` (the block's LS2) folded into fc2; ``fc1_bn`` kept as
         an affine map (a zero-padded conv follows it, so folding it would change the borders)."""

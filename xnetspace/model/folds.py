@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +47,14 @@ __all__ = [
     "merge_depthwise",
     "affine_param",
     "InferenceOnly",
+    "Fusable",
 ]
+
+
+class Fusable(Protocol):
+    """A training-form module with an inference form (``hasattr(module, "fuse")`` is the test)."""
+
+    def fuse(self) -> nn.Module: ...
 
 
 # -- exact folds -----------------------------------------------------------------------------------
@@ -64,6 +72,7 @@ def _bias(conv: nn.Conv2d) -> Tensor:
 
 def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """Eval-mode BN (running statistics) as ``scale * x + shift``, each (C,)."""
+    assert bn.running_var is not None and bn.running_mean is not None  # BNs here track statistics
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight
@@ -74,6 +83,7 @@ def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
 @torch.no_grad()
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """``bn(conv(x))`` as one conv (eval-mode BN; torch's ``fuse_conv_bn_weights``). Exact."""
+    assert bn.running_mean is not None and bn.running_var is not None  # BNs here track statistics
     weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
                                         bn.weight, bn.bias)
     return _conv_like(conv, weight, bias)
@@ -120,6 +130,7 @@ def merge_depthwise(convs: Sequence[nn.Conv2d], identity: bool = False) -> nn.Co
     ref = convs[0].weight
     out = nn.Conv2d(len(weight), len(weight), size, padding=size // 2, groups=len(weight),
                     device=ref.device, dtype=ref.dtype)
+    assert out.bias is not None  # nn.Conv2d's default bias=True
     out.weight.copy_(weight)
     out.bias.copy_(torch.cat([_bias(c) for c in convs]))
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from typing import cast
 
 import torch
 import torch.fx
@@ -79,7 +80,7 @@ class IDConv(nn.Module):
 
     def fuse(self) -> nn.Module:
         """Inference form (:class:`FusedIDConv`): proj's BN folded, proj run once."""
-        proj = nn.Sequential(self.proj[0].fuse(), copy.deepcopy(self.proj[1]))
+        proj = nn.Sequential(cast(ConvBN, self.proj[0]).fuse(), copy.deepcopy(self.proj[1]))
         return FusedIDConv(self.weight, self.bias, proj, self.kernel_size)
 
     @staticmethod

@@ -37,9 +37,11 @@ class DualBranchTokens(nn.Module):
             return self.osra(x, pos_bias)
         if self.osra is None:
             return self.idconv(x)
-        c_local = self.split[0]
+        # split, idconv and osra are the subclasses' (module docstring); torch types Module.__getattr__
+        # as Tensor | Module. The ignores end their lines: TorchScript parses type comments.
+        c_local = self.split[0]  # type: ignore[index]
         x_local, x_global = x[:, :c_local], x[:, c_local:]  # views, as split() gives
-        return torch.cat([self.idconv(x_local), self.osra(x_global, pos_bias)], dim=1)
+        return torch.cat([self.idconv(x_local), self.osra(x_global, pos_bias)], dim=1)  # type: ignore[operator]
 
 
 class SqueezedTokenEnhancer(nn.Module):
@@ -64,7 +66,7 @@ class SqueezedTokenEnhancer(nn.Module):
         x = self.bn_reduce(self.act(self.conv_reduce(x)))
         return self.bn_expand(self.conv_expand(x))
 
-    def fuse(self, layer_scale: LayerScale | None = None) -> nn.Module:
+    def fuse(self, layer_scale: LayerScale | None = None) -> FusedSTE:
         """Inference form (:class:`FusedSTE`): ``bn_dw`` into ``conv_reduce``,
         ``bn_reduce`` and ``bn_expand`` into ``conv_expand`` (1x1, unpadded: exact), then
         ``layer_scale`` (the block's LS1) into ``conv_expand`` too when given."""
@@ -123,7 +125,7 @@ class DMixer(DualBranchTokens):
         x = self.dual_branch_tokens(x, pos_bias)
         return self.ste(x) + x
 
-    def fuse(self, layer_scale: LayerScale | None = None) -> nn.Module:
+    def fuse(self, layer_scale: LayerScale | None = None) -> FusedDMixer:
         """Inference form (:class:`FusedDMixer`) with the block's LS1 folded in:
         ``LS1(STE(Y) + Y) = STE'(Y) + w * Y``; the branches and STE fused."""
         idconv = self.idconv.fuse() if isinstance(self.idconv, IDConv) else copy.deepcopy(self.idconv)

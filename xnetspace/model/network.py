@@ -16,15 +16,16 @@ live in :mod:`xnetspace.timm_models`. The network scripts (``torch.jit.script``)
 # it generates, and the string "Tensor" would not script (timm's fx + TorchScript test).
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
-from timm.layers import calculate_drop_path_rates, trunc_normal_
+from timm.layers import SelectAdaptivePool2d, calculate_drop_path_rates, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from ..spec import NetworkSpec, resolve_spec
 from .block import TransXNetStage
+from .folds import Fusable
 from .head import head, head_pool
 from .stem import Stem
 
@@ -65,8 +66,9 @@ class TransXNet(nn.Module):
         self.drop_rate = spec.drop_rate
         self.grad_checkpointing = False
 
-        self.stem = Stem(spec.in_chans, spec.embed_dims[0])
-        dp_rates = calculate_drop_path_rates(spec.drop_path_rate, sum(spec.depths))
+        self.stem: nn.Module = Stem(spec.in_chans, spec.embed_dims[0])
+        # One rate per block: timm's annotation also covers the per-stage lists it gives for a list of depths.
+        dp_rates = cast(list[float], calculate_drop_path_rates(spec.drop_path_rate, sum(spec.depths)))
         stages, self.feature_info, in_chs = [], [], None
         for i, stage in enumerate(spec.stages):
             first = sum(spec.depths[:i])
@@ -77,6 +79,7 @@ class TransXNet(nn.Module):
             in_chs = stage.embed_dim
             self.feature_info.append(dict(num_chs=in_chs, reduction=4 * 2 ** i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
+        assert in_chs is not None  # a spec has at least one stage
 
         self.num_features = self.head_hidden_size = in_chs
         self.head = head(in_chs, spec.num_classes, global_pool)
@@ -103,10 +106,10 @@ class TransXNet(nn.Module):
         raises ``RuntimeError`` and the state-dict keys differ: save the training form.
         """
         self.eval()
-        self.stem = self.stem.fuse() if hasattr(self.stem, "fuse") else self.stem
+        self.stem = cast(Fusable, self.stem).fuse() if hasattr(self.stem, "fuse") else self.stem
         for i, stage in enumerate(self.stages):
             if hasattr(stage, "fuse"):
-                self.stages[i] = stage.fuse()
+                self.stages[i] = cast(Fusable, stage).fuse()
         return self
 
     @property
@@ -140,7 +143,8 @@ class TransXNet(nn.Module):
             raise RuntimeError("a re-parameterised TransXNet is inference-only and has no training form")
         for module in self.modules():
             if hasattr(module, "fast"):
-                module.fast = form == "fast"
+                # torch types Module.__setattr__ for tensors and modules; any value may be set
+                module.fast = form == "fast"  # type: ignore[assignment]
         return self
 
     @property
@@ -154,7 +158,8 @@ class TransXNet(nn.Module):
         """Recompute each block in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
         for stage in self.stages:
-            stage.grad_checkpointing = enable
+            # torch types Module.__setattr__ for tensors and modules; any value may be set
+            stage.grad_checkpointing = enable  # type: ignore[assignment]
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -169,7 +174,7 @@ class TransXNet(nn.Module):
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
-        return self.head.fc
+        return cast(nn.Module, self.head.fc)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the final linear layer (``num_classes == 0``: pooled pre-logits) and, when
@@ -180,7 +185,7 @@ class TransXNet(nn.Module):
         """
         if global_pool is not None:
             self.head.global_pool = head_pool(global_pool, num_classes)
-        elif num_classes and self.head.global_pool.is_identity():
+        elif num_classes and cast(SelectAdaptivePool2d, self.head.global_pool).is_identity():
             raise ValueError(f"num_classes={num_classes} needs a pooled head; pass global_pool='avg' too")
         self.num_classes = num_classes
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
@@ -232,8 +237,10 @@ class TransXNet(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """(B, C_last, h, w) -> GN -> pool -> (B, C_last) pre-logits -> fc -> (B, num_classes)."""
-        x = self.head.global_pool(self.head.norm(x))
-        return x if pre_logits else self.head.fc(x)
+        # torch types Module.__getattr__ as Tensor | Module; these are the head's submodules. The
+        # ignores end their lines: TorchScript parses type comments.
+        x = self.head.global_pool(self.head.norm(x))  # type: ignore[operator]
+        return x if pre_logits else self.head.fc(x)  # type: ignore[operator]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))

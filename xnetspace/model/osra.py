@@ -11,6 +11,7 @@ stage, which resizes it once per input size (:func:`resize_pos_bias`) for all it
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 import torch.fx
@@ -99,7 +100,7 @@ class OSRA(nn.Module):
         self.kv = PointwiseConv2d(dim, dim * 2)
         if sr_ratio > 1:
             k = sr_ratio + 3
-            self.sr = nn.Sequential(
+            self.sr: nn.Module = nn.Sequential(
                 conv_bn(dim, dim, k, stride=sr_ratio, padding=k // 2, groups=dim, act=True),
                 conv_bn(dim, dim, 1, groups=dim),
             )
@@ -136,8 +137,9 @@ class OSRA(nn.Module):
         through SDPA off the CPU."""
         sr, scale, shift = None, None, None
         if isinstance(self.sr, nn.Sequential):
-            sr = self.sr[0].fuse()
-            dw, bn = self.sr[1].conv, self.sr[1].bn  # depthwise 1x1 then BN: one affine map
+            sr = cast(ConvBN, self.sr[0]).fuse()
+            last = cast(ConvBN, self.sr[1])
+            dw, bn = last.conv, last.bn  # depthwise 1x1 then BN: one affine map
             scale, shift = bn_scale_shift(bn)
             scale = scale * dw.weight.flatten()  # the 1x1 has no bias
         return FusedOSRA(copy.deepcopy(self.q), sr, scale, shift, merge_depthwise([self.local_conv], identity=True),
@@ -191,7 +193,9 @@ class FusedOSRA(InferenceOnly):
         B, C, H, W = x.shape
         h, d = self.num_heads, C // self.num_heads
         q = self.q(x)
-        kv = x if self.sr is None else torch.addcmul(self.sr_shift, self.sr(x), self.sr_scale)
+        # sr_shift and sr_scale are set whenever sr is (both None otherwise); the ignore ends the line:
+        # TorchScript parses type comments.
+        kv = x if self.sr is None else torch.addcmul(self.sr_shift, self.sr(x), self.sr_scale)  # type: ignore[arg-type]
         k, v = self.kv(self.local_conv(kv)).chunk(2, dim=1)  # (B, C, h', w') each
         use_sdpa = self.fused_attn if self.fused_attn is not None else not x.is_cpu
         if use_sdpa:

@@ -18,6 +18,8 @@ STEM_KERNEL = 7  # stride 4, padding 3: ceil(H / 4) (xnetspace.spec.STEM_STRIDE)
 DOWNSAMPLE_KERNEL = 3  # stride 2, padding 1: ceil(H / 2)
 
 
+# Stem.cost and Downsample.cost take their own arguments (ConvBN.cost's with the class's kernel): each
+# class is costed by name, never through ConvBN, hence the ignored override checks below.
 class Stem(ConvBN):
     """7x7 conv, stride 4, padding 3, no bias -> BN. Shapes: (B, in_chans, H, W) -> (B, dim, ceil(H/4), ceil(W/4))."""
 
@@ -26,7 +28,7 @@ class Stem(ConvBN):
                          stride=4, padding=3)
 
     @staticmethod
-    def cost(hw: tuple[int, int], out_hw: tuple[int, int], in_chans: int, dim: int) -> Cost:
+    def cost(hw: tuple[int, int], out_hw: tuple[int, int], in_chans: int, dim: int) -> Cost:  # type: ignore[override]
         """Cost on an (H, W) image ``hw`` with an ``out_hw`` output map. Activations: the image, the
         conv's output and the BN's."""
         cost = ConvBN.cost(out_hw, in_chans, dim, STEM_KERNEL)
@@ -43,6 +45,6 @@ class Downsample(ConvBN):
                          stride=2, padding=1)
 
     @staticmethod
-    def cost(hw: tuple[int, int], in_chs: int, dim: int) -> Cost:
+    def cost(hw: tuple[int, int], in_chs: int, dim: int) -> Cost:  # type: ignore[override]
         """Cost at the (H, W) output map ``hw``."""
         return ConvBN.cost(hw, in_chs, dim, DOWNSAMPLE_KERNEL)
