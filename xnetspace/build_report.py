@@ -38,7 +38,7 @@ def stage_table(report: CostReport) -> Table:
     for part in report.parts:
         if part.name.startswith("stage"):
             s = report.spec.stages[int(part.name[5:]) - 1]
-            knobs = (s.depth, s.embed_dim, s.num_heads if s.attn_channels else "-",
+            knobs: tuple[object, ...] = (s.depth, s.embed_dim, s.num_heads if s.attn_channels else "-",
                      s.idconv_groups if s.idconv_channels else "-", f"{s.mlp_ratio:g}",
                      f"{s.attn_ratio:g}", s.sr_ratio if s.attn_channels else "-")
         else:

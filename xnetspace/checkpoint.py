@@ -13,7 +13,7 @@ import pickle
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from pydantic import ValidationError
@@ -49,7 +49,10 @@ def _mismatches(model: torch.nn.Module, state_dict: Mapping[str, Tensor]) -> lis
     return problems + [f"unexpected: {k}" for k in state_dict if k not in expected]
 
 
-def load_weights(model: torch.nn.Module, checkpoint: Mapping[str, Any]) -> torch.nn.Module:
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+def load_weights(model: ModuleT, checkpoint: Mapping[str, Any]) -> ModuleT:
     """Load a release or own checkpoint (file contents or state dict) into ``model``, strictly.
 
     Raises:

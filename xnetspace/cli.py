@@ -144,7 +144,7 @@ def build(
     result = classify(model, batch, net_spec, size, image, checkpoint)
     if warning := nonfinite_warning(result):
         typer.echo(warning, err=True)
-    if target is not None:
+    if save is not None and target is not None:  # target: --save's file
         with _answers():
             save_to(save, target, lambda path: save_checkpoint(model, path))
         result["saved"] = save
@@ -153,7 +153,7 @@ def build(
         return
     for line in report_lines(result, tuple(batch.shape)):
         console.print(line)
-    if target is not None:
+    if save is not None and target is not None:
         console.print(saved_line(save, target), markup=False, highlight=False)
 
 

@@ -58,17 +58,18 @@ def parse_image_size(size: ImageSize | str) -> tuple[int, int]:
     Raises:
         ValueError: not one or two positive integers.
     """
-    if isinstance(size, str):
-        parts = size.lower().replace("×", "x").split("x")  # noqa: RUF001 - a times sign between the sides reads as an x
+    value: int | tuple[int, ...] | str = size
+    if isinstance(value, str):
+        parts = value.lower().replace("×", "x").split("x")  # noqa: RUF001 - a times sign between the sides reads as an x
         try:
-            size = tuple(int(p) for p in parts)
+            value = tuple(int(p) for p in parts)
         except ValueError:
-            raise ValueError(f"image size {size!r} must be H or HxW, e.g. 224 or 224x192") from None
-    if isinstance(size, int) or len(size) == 1:
-        size = (size, size) if isinstance(size, int) else (size[0], size[0])
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"image size {size!r} must be one or two positive integers")
-    return int(size[0]), int(size[1])
+            raise ValueError(f"image size {value!r} must be H or HxW, e.g. 224 or 224x192") from None
+    if isinstance(value, int) or len(value) == 1:
+        value = (value, value) if isinstance(value, int) else (value[0], value[0])
+    if len(value) != 2 or min(value) < 1:
+        raise ValueError(f"image size {value!r} must be one or two positive integers")
+    return int(value[0]), int(value[1])
 
 
 @dataclass
@@ -110,7 +111,7 @@ class CostReport:
 
     @property
     def flops_by_kind(self) -> Counter:
-        total = Counter()
+        total: Counter[str] = Counter()
         for p in self.parts:
             total.update(p.flops_by_kind)
         return +total
@@ -158,6 +159,7 @@ def network_cost(spec: NetworkSpec, image_size: ImageSize = 224) -> list[tuple[s
         cost = TransXNetStage.cost(hw, in_hw, in_chs, stage, spec.pos_bias_shape(i), spec.layer_scale_init_value)
         parts.append((f"stage{i + 1}", hw, cost))
         in_chs, in_hw = stage.embed_dim, hw
+    assert in_chs is not None  # a spec has at least one stage
     parts.append(("head", sizes[-1], head_cost(sizes[-1], in_chs, spec.num_classes)))
     return parts
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +46,7 @@ def _norm_in_param_dtype(module: nn.Module, args: tuple) -> tuple:
 
 
 def _back_to_input_dtype(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-    return output.to(module._input_dtype)
+    return output.to(cast(torch.dtype, module._input_dtype))
 
 
 class Pack:

@@ -26,6 +26,7 @@ def eval_data_config(spec: NetworkSpec, image_size: tuple[int, int]) -> dict:
     the T/S defaults; ``input_size`` is (in_chans, H, W)."""
     cfg = get_pretrained_cfg(spec.name) if spec.name.startswith("transxnet_") else None
     cfg = cfg or get_pretrained_cfg("transxnet_t")
+    assert cfg is not None  # transxnet_t is registered (xnetspace.timm_models)
     mean, std = cfg.mean, cfg.std
     if spec.in_chans == 1:  # a grey photograph: one channel with the average statistics
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)

@@ -91,6 +91,7 @@ def scale_to_budget(spec: NetworkSpec, max_flops: int, image_size: ImageSize = 2
             return None
         return flops, scaled
 
+    lo: float | None  # None: not even the smallest factor fits
     lo, hi = _LOW, _HIGH  # invariant (up to rounding): lo fits, hi does not
     if fits_max(lo) is None:
         lo = None
