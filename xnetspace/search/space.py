@@ -26,10 +26,10 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..cost import ImageSize, cost_report, parse_image_size
 from ..spec import Float, Int, NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty
@@ -48,6 +48,7 @@ from .space_knobs import (
     TieRef,
     as_definition,
     check_values,
+    field_adapter,
     finite_values,
     parse_count,
     suggest,
@@ -179,7 +180,7 @@ class SearchSpace(BaseModel):
         for name, value in network.items():
             field = NetworkSpec.model_fields[name]
             try:
-                TypeAdapter(Annotated[(field.annotation, *field.metadata)]).validate_python(value)
+                field_adapter(field).validate_python(value)
             except ValidationError as err:
                 raise ValueError(f"network.{name} = {value!r}: {err.errors()[0]['msg']}") from None
         return network
@@ -220,7 +221,7 @@ class SearchSpace(BaseModel):
             self._monotone_options(knob)  # raises for ties, continuous ranges, too many or no combinations
         if rules.width:
             low = rules.width.depth.low if isinstance(rules.width.depth, Range) else \
-                max(finite_values(rules.width.depth, whole=True))
+                max(cast(list, finite_values(rules.width.depth, whole=True)))  # no ties in rules
             most = rules.width.depth.high if isinstance(rules.width.depth, Range) else low
             if most < n:
                 raise ValueError(f"rules.width.depth is at most {most:g} blocks, fewer than the {n} stages")
@@ -250,14 +251,15 @@ class SearchSpace(BaseModel):
             if schedule.values is not None:
                 return list(schedule.values)
             if whole:  # rounded to whole numbers between the extremes of first and last
-                ends = [finite_values(d, whole=True) or [d.low, d.high] for d in (schedule.first, schedule.last)]
+                ends = [finite_values(d, whole=True) or [cast(Range, d).low, cast(Range, d).high]
+                        for d in (schedule.first, schedule.last)]
                 return list(range(int(min(map(min, ends))), int(max(map(max, ends))) + 1))
             return None
         definition = self.stage_definitions()[index].get(knob)
         if definition is None:
             return [StageSpec.model_fields[knob].default]
         if isinstance(definition, TieRef) or definition.tie:
-            definition = self._tie_definitions()[definition.tie]
+            definition = self._tie_definitions()[cast(str, definition.tie)]
         return finite_values(definition, whole)
 
     @cached_property
@@ -399,7 +401,8 @@ class SearchSpace(BaseModel):
         Raises:
             SpaceError: when 1,000 draws in a row give nothing usable.
         """
-        rng, specs, misses = random.Random(seed), [], 0
+        specs: list[NetworkSpec] = []
+        rng, misses = random.Random(seed), 0
         while len(specs) < count:
             try:
                 spec = self.sample(RandomTrial(rng), **network)
@@ -424,7 +427,10 @@ class SearchSpace(BaseModel):
         """
         rng = random.Random(seed)
         trials = [CornerTrial(False), CornerTrial(True)] + [RandomTrial(rng) for _ in range(draws)]
-        reasons, flops, params, feasible, valid = Counter(), [], [], 0, 0
+        reasons: Counter[str] = Counter()
+        flops: list[int] = []
+        params: list[int] = []
+        feasible, valid = 0, 0
         for trial in trials:
             try:
                 spec = self.sample(trial, **network)

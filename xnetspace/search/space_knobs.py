@@ -19,6 +19,7 @@ import re
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from ..spec import Float, StageSpec
 
@@ -138,9 +139,13 @@ def _read_definition(knob: str, raw: Any) -> Knob:
     return Fixed(value=raw)
 
 
-_FIELD_TYPES = {
-    name: TypeAdapter(Annotated[(field.annotation, *field.metadata)]) for name, field in StageSpec.model_fields.items()
-}
+def field_adapter(field: FieldInfo) -> TypeAdapter[Any]:
+    """A validator of one model field on its own: its annotation with its constraints."""
+    form = (field.annotation, *field.metadata)
+    return TypeAdapter(Annotated[form])  # type: ignore[arg-type]  # a type form built at run time
+
+
+_FIELD_TYPES = {name: field_adapter(field) for name, field in StageSpec.model_fields.items()}
 
 
 def validate_knob_value(knob: str, value: Any) -> None:
@@ -209,6 +214,7 @@ def suggest(trial: Any, name: str, definition: Knob, whole: bool, knob: str = ""
         return definition.value
     if isinstance(definition, Choices):
         return decode(knob, trial.suggest_categorical(name, [encode(c) for c in definition.choices]))
+    assert isinstance(definition, Range)  # a TieRef is drawn through its tie's definition
     if whole:
         return trial.suggest_int(name, int(definition.low), int(definition.high),
                                  step=int(definition.step or 1), log=definition.log)
@@ -219,7 +225,8 @@ class RandomTrial:
     """Uniform draws with Optuna's ``suggest_*`` signatures, for random specs without a study."""
 
     def __init__(self, rng: random.Random):
-        self.rng, self.params = rng, {}
+        self.rng = rng
+        self.params: dict[str, Any] = {}
 
     def suggest_categorical(self, name: str, choices: list) -> Any:
         return self.params.setdefault(name, self.rng.choice(choices))
@@ -246,7 +253,8 @@ class CornerTrial:
     the parameter names asked for in ``names``."""
 
     def __init__(self, high: bool):
-        self.high, self.names = high, []
+        self.high = high
+        self.names: list[str] = []
 
     def suggest_categorical(self, name: str, choices: list) -> Any:
         self.names.append(name)

@@ -28,7 +28,8 @@ set many stage values, each sampled by Optuna and producing an ordinary
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated, Any, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -38,6 +39,7 @@ from .space_knobs import (
     Fixed,
     Knob,
     Range,
+    TieRef,
     as_definition,
     check_values,
     finite_values,
@@ -76,6 +78,7 @@ def _extent(definition: Knob) -> tuple[float, float]:
     """The smallest and largest value a (non-tie) definition can give."""
     if isinstance(definition, Range):
         return definition.low, definition.high
+    assert not isinstance(definition, TieRef)  # rule knobs cannot be tied (_definition)
     values = [definition.value] if isinstance(definition, Fixed) else list(definition.choices)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise ValueError(f"needs numbers, got {values}")
@@ -83,7 +86,7 @@ def _extent(definition: Knob) -> tuple[float, float]:
 
 
 def _whole_definition(name: str, definition: Knob) -> None:
-    values = finite_values(definition, whole=False) or [definition.low, definition.high]
+    values = finite_values(definition, whole=False) or [cast(Range, definition).low, cast(Range, definition).high]
     if isinstance(definition, Range):
         values.append(definition.step or 1)
     for v in values:
@@ -142,6 +145,7 @@ class WidthRule(BaseModel):
         if d_low < 1:
             raise ValueError(f"depth {d_low:g} must be at least 1 block")
         w0_values = finite_values(self.w0, whole=True)
+        assert w0_values is not None  # whole: every definition but a tie is finite, and w0 cannot be tied
         bad = [v for v in w0_values if v % self.quantum]
         if bad:
             raise ValueError(f"w0 value {bad[0]} is not a multiple of the quantum {self.quantum} (a range's low and "
@@ -163,7 +167,8 @@ class WidthRule(BaseModel):
                 quantization step (the message names the rule and the widths it gave).
         """
         widths, steps = regnet_widths(w0, wa, wm, depth, self.quantum)
-        dims, depths = [], []
+        dims: list[int] = []
+        depths: list[int] = []
         for w in widths:
             if dims and dims[-1] == w:
                 depths[-1] += 1
@@ -207,7 +212,7 @@ def interpolate(first: float, last: float, num_stages: int, log: bool = False) -
     return [first + (last - first) * x for x in t]
 
 
-def _nearest(x: float, options: list[float]) -> float:
+def _nearest(x: float, options: Sequence[float]) -> float:
     return min(options, key=lambda v: (abs(v - x), v))  # ties: the smaller
 
 
