@@ -9,7 +9,7 @@ import yaml
 
 from xnetspace import NetworkSpec, load_preset
 from xnetspace.cost import cost_report
-from xnetspace.search.space import RandomTrial, SearchSpace, SpaceError, load_space, parse_count
+from xnetspace.search.space import RandomTrial, SearchSpace, SpaceError, load_space, parse_count, space_data
 
 SHIPPED = ["tiny_cpu", "transxnet_paper", "transxnet_stage_ratio"]
 
@@ -149,6 +149,14 @@ def test_impossible_constraints_are_refused_before_any_trial():
     with pytest.raises(SpaceError, match=r"none of 2,002 specs drawn meets the constraints \(at 32x32, FLOPs in \[1G, 2G\]\).*FLOPs seen"):
         space.check()
     assert space.with_flops(flops_min=0).check().feasible > 0
+
+
+def test_a_space_without_an_image_size_describes_and_writes_its_constraints():
+    # Constraints' default image size (224) is not validated into (224, 224): both readers take either.
+    space = SearchSpace.model_validate(space_dict(constraints={"flops": ["1G", "2G"]}))
+    with pytest.raises(SpaceError, match=r"meets the constraints \(at 224x224, FLOPs in \[1G, 2G\]\)"):
+        space.check()
+    assert space_data(space)["constraints"]["image_size"] == 224
 
 
 @pytest.mark.parametrize("text,count", [("300M", 300_000_000), ("0.5G", 500_000_000), ("2.5k", 2500),

@@ -455,7 +455,8 @@ class SearchSpace(BaseModel):
 
     def _constraint_text(self) -> str:
         c = self.constraints
-        parts = [f"at {c.image_size[0]}x{c.image_size[1]}"]
+        h, w = parse_image_size(c.image_size)  # the default, 224, is not validated into (224, 224)
+        parts = [f"at {h}x{w}"]
         if c.flops:
             parts.append(f"FLOPs in [{human_count(c.flops[0])}, {human_count(c.flops[1])}]")
         if c.max_params:
@@ -540,8 +541,8 @@ def space_data(space: SearchSpace) -> dict:
         data["stage_defaults"] = {k: _short(d) for k, d in space.stage_defaults.knobs.items()}
     data["stages"] = [_Flow({k: _short(d) for k, d in stage.knobs.items()}) for stage in space.stages]
     c = space.constraints
-    constraints: dict[str, Any] = {"image_size": c.image_size[0] if c.image_size[0] == c.image_size[1]
-                                   else list(c.image_size)}
+    height, width = parse_image_size(c.image_size)  # the default, 224, is not validated into (224, 224)
+    constraints: dict[str, Any] = {"image_size": height if height == width else [height, width]}
     if c.flops is not None:
         constraints["flops"] = [_count_text(v) for v in c.flops]
     if c.max_params is not None:
