@@ -16,7 +16,7 @@ live in :mod:`xnetspace.timm_models`. The network scripts (``torch.jit.script``)
 # it generates, and the string "Tensor" would not script (timm's fx + TorchScript test).
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast, get_args
 
 import torch
 from timm.layers import SelectAdaptivePool2d, calculate_drop_path_rates, trunc_normal_
@@ -31,7 +31,8 @@ from .stem import Stem
 
 __all__ = ["TransXNet", "build_model", "TRAIN_FORMS"]
 
-TRAIN_FORMS = ("reference", "fast")
+TrainForm = Literal["reference", "fast"]
+TRAIN_FORMS: tuple[str, ...] = get_args(TrainForm)  # ("reference", "fast")
 
 
 class TransXNet(nn.Module):

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Literal, cast, get_args
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ __all__ = ["AUGMENTS", "Augment", "RRC_SCALE", "RRC_RATIO", "ImageTensors", "Ten
            "augment_batch", "stream_seed"]
 
 Augment = Literal["none", "flip", "crop-flip", "rrc-flip"]
-AUGMENTS: tuple[str, ...] = ("none", "flip", "crop-flip", "rrc-flip")
+AUGMENTS: tuple[str, ...] = get_args(Augment)  # ("none", "flip", "crop-flip", "rrc-flip")
 RRC_SCALE = (0.35, 1.0)  # area fraction of a random-resized crop (timm's default is (0.08, 1): gentler at proxy sizes)
 RRC_RATIO = (3 / 4, 4 / 3)  # aspect ratio range (timm's default)
 RRC_TRIES = 10  # timm's tries before falling back to the whole image
@@ -79,20 +79,20 @@ class ImageTensors(Dataset):
             statistics of another channel count, a non-positive size or std.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int, mean: Sequence[float],
-                 std: Sequence[float]):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int, mean: Sequence[float] | torch.Tensor,
+                 std: Sequence[float] | torch.Tensor):
         images, labels = torch.as_tensor(images), torch.as_tensor(labels, dtype=torch.long)
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2]:
             raise ValueError(f"images must be (N, S, S, C) uint8, got {tuple(images.shape)} {images.dtype}")
         if labels.shape != (len(images),):
             raise ValueError(f"labels must be ({len(images)},), got {tuple(labels.shape)}")
-        mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
-        if mean.shape != (images.shape[3],) or std.shape != (images.shape[3],) or not bool((std > 0).all()):
-            raise ValueError(f"mean and std must be ({images.shape[3]},) with std > 0, got {mean.tolist()}, {std.tolist()}")
+        mean_t, std_t = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+        if mean_t.shape != (images.shape[3],) or std_t.shape != (images.shape[3],) or not bool((std_t > 0).all()):
+            raise ValueError(f"mean and std must be ({images.shape[3]},) with std > 0, got {mean_t.tolist()}, {std_t.tolist()}")
         if size < 1:
             raise ValueError(f"size must be at least 1 pixel, got {size}")
-        self.images, self.labels, self.size, self.mean, self.std = images, labels, int(size), mean, std
-        self._on: dict[str, tuple[torch.Tensor, ...]] = {}
+        self.images, self.labels, self.size, self.mean, self.std = images, labels, int(size), mean_t, std_t
+        self._on: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
     def stored_size(self) -> int:
@@ -148,13 +148,14 @@ def augment_batch(x: torch.Tensor, augment: str, size: tuple[int, int],
         raise ValueError(f"augment {augment!r}: use one of {', '.join(AUGMENTS)}")
     if augment != "none" and generator is None:
         raise ValueError(f"augment {augment!r} needs a generator")
+    draws = cast(torch.Generator, generator)  # every augmentation that draws has one (checked above)
     if augment == "rrc-flip":
-        return _flip(_random_resized_crop(x, size, generator), generator)
+        return _flip(_random_resized_crop(x, size, draws), draws)
     if augment == "crop-flip":
-        x = _pad_crop_flip(x, generator)
+        x = _pad_crop_flip(x, draws)
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return _flip(x, generator) if augment == "flip" else x
+    return _flip(x, draws) if augment == "flip" else x
 
 
 def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -278,7 +279,7 @@ class TensorBatches:
             return x.to(self.dtype).contiguous(memory_format=self.memory_format), y
         if self.augment == "none":
             return x, y  # the rows as they are: the batches of every study before augmentation existed
-        x = augment_batch(x, self.augment, tuple(x.shape[-2:]), self.augment_generator)
+        x = augment_batch(x, self.augment, (x.shape[-2], x.shape[-1]), self.augment_generator)
         return x.contiguous(memory_format=self.memory_format), y
 
 

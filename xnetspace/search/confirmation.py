@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from typing import Literal
+from typing import Literal, cast
 
 import optuna
 from optuna.trial import TrialState
@@ -86,6 +86,7 @@ def check_options(options: RunOptions) -> None:
 
 def open_confirm_study(options: RunOptions, score: Score) -> optuna.Study:
     """The study ``NAME:confirm`` beside the search's, holding the confirmation jobs."""
+    assert options.study_name is not None  # options resolved for the study (RunOptions.resolved)
     return open_job_study(options.storage_url, options.study_name + CONFIRM_SUFFIX, options.heartbeat, score)
 
 
@@ -96,7 +97,8 @@ def confirm_seeds(config: StudyConfig, options: RunOptions) -> tuple[int, ...]:
 
 def _random_pool(config: StudyConfig, count: int, num_classes: int, in_chans: int) -> list[NetworkSpec]:
     """``count`` distinct in-budget specs drawn uniformly from the space (fixed seed)."""
-    rng, space, pool, seen = random.Random(config.train.seed + 7919), config.space, [], set()
+    pool: list[NetworkSpec] = []
+    rng, space, seen = random.Random(config.train.seed + 7919), config.space, set()
     for _ in range(200 * count + 1000):
         if len(pool) == count:
             break
@@ -136,11 +138,13 @@ def plan_jobs(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
 
     rank = config.proxy.rank_key
     ranked = sorted(candidates(study), key=lambda t: (rank(t.values[0]), read_trial(t).flops or 0, t.number))
+    # A candidate's record (and the control's) always holds the spec it was drawn with.
     for t in ranked[:options.confirm_top]:
-        confirm("candidate", f"trial {t.number}", read_trial(t).spec, t.number)
+        confirm("candidate", f"trial {t.number}", cast(dict, read_trial(t).spec), t.number)
     if not options.confirm_top and ranked and options.confirm_seeds > 1 and config.proxy_seeds == 1 \
             and config.proxy.trains:
-        confirm("noise", f"trial {ranked[0].number}", read_trial(ranked[0]).spec, ranked[0].number, proxy=True)
+        confirm("noise", f"trial {ranked[0].number}", cast(dict, read_trial(ranked[0]).spec), ranked[0].number,
+                proxy=True)
 
     n_random = max([int(b.split(":")[1]) for b in options.baselines if b.startswith("random:") and b != "random:auto"],
                    default=0)
@@ -160,14 +164,15 @@ def plan_jobs(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
         elif name == "random:auto":
             best = control_best(control, config) if control is not None and control_finished(control, study) else None
             if best is not None:
-                confirm("baseline", f"random search at equal compute: trial {best.number}", read_trial(best).spec)
+                confirm("baseline", f"random search at equal compute: trial {best.number}",
+                        cast(dict, read_trial(best).spec))
         else:
             n = int(name.split(":")[1])
             records = [finished_record(results.get(job.key(config.train, config.dataset), [])) for job in proxy_jobs[:n]]
             if all(r is not None for r in records):
-                values = [_proxy_value(config, r, job.spec) for r, job in zip(records, proxy_jobs)]
-                best = min(range(n), key=lambda i: (rank(values[i]), i))
-                confirm("baseline", f"best of {name}: {pool[best].name}", pool[best].model_dump(mode="json"))
+                values = [_proxy_value(config, cast(JobRecord, r), job.spec) for r, job in zip(records, proxy_jobs)]
+                pick = min(range(n), key=lambda i: (rank(cast(float, values[i])), i))  # finished: scored
+                confirm("baseline", f"best of {name}: {pool[pick].name}", pool[pick].model_dump(mode="json"))
     return jobs
 
 
@@ -230,9 +235,9 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     for (role, _), g in groups.items():
         if role == "candidate" and g["scores"]:
             t = trials[g["job"].trial]
-            record = read_trial(t)
-            confirmed.append({"trial": t.number, "proxy_top1": record.final("top1"), "proxy_score": t.values[0],
-                              "proxy_seeds": len(record.runs), **described(g)})
+            proxy_record = read_trial(t)
+            confirmed.append({"trial": t.number, "proxy_top1": proxy_record.final("top1"), "proxy_score": t.values[0],
+                              "proxy_seeds": len(proxy_record.runs), **described(g)})
     ranked = sorted(confirmed, key=lambda c: (score.rank_key(c["confirm"]["mean"]), c["flops"]))
     best = ranked[0] if ranked else None
     baselines = []

@@ -28,6 +28,7 @@ CONTROL_SUFFIX = ":random"
 def open_control_study(config: StudyConfig, options: RunOptions, worker: int = 0) -> optuna.Study:
     """The study ``NAME:random``: the search's objective with a random sampler (seeded apart from
     the search's) and the search's pruner."""
+    assert options.study_name is not None  # options resolved for the study (RunOptions.resolved)
     return optuna.create_study(
         storage=connect_storage(options.storage_url, options.heartbeat), study_name=options.study_name + CONTROL_SUFFIX,
         directions=config.directions, load_if_exists=True,

@@ -31,8 +31,10 @@ The presets' evaluation preprocessing and the photograph ``xnetspace build`` cla
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sized
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -75,8 +77,10 @@ class DataSplit:
         return replace(self, val=self.test, test=None)
 
     def __str__(self) -> str:
-        test = f" / {len(self.test):,} test" if self.test is not None else ""
-        line = (f"{self.name}: {len(self.train):,} train / {len(self.val):,} val{test} images, "
+        # torch's Dataset declares no __len__; these datasets (ImageTensors, TensorDataset) have one
+        train, val = cast(Sized, self.train), cast(Sized, self.val)
+        test = f" / {len(cast(Sized, self.test)):,} test" if self.test is not None else ""
+        line = (f"{self.name}: {len(train):,} train / {len(val):,} val{test} images, "
                 f"{self.num_classes} classes, {self.in_chans} channel(s)")
         if self.unreadable:
             line += (f"; {len(self.unreadable):,} unreadable image(s) left out (listed in "
@@ -209,8 +213,8 @@ def _cifar(kind: str, root: Path, image_size: int) -> DataSplit:
     """uint8 images batched on the device; normalised with the training split's per-channel
     statistics of the images resized to ``image_size``, computed as they were when the images
     were held as floats, so the batches without augmentation are bit for bit the same."""
-    folder, files, test_file, label_key, num_classes = _CIFAR[kind]
-    folder = root if (root / files[0]).is_file() else root / folder
+    inner, files, test_file, label_key, num_classes = _CIFAR[kind]
+    folder = root if (root / files[0]).is_file() else root / inner
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         raise DataError(f"{kind}:{root}: not torchvision's CIFAR python files; missing {missing} in {folder}")
@@ -258,6 +262,7 @@ def _prepared_split(prepared: PreparedFolder, name: str, image_size: int, source
     labels = torch.from_numpy(prepared.labels)
     grouped = bool(np.all(np.diff(prepared.split) >= 0))  # as prepare stores them: each split a view, no copy
     parts = {}
+    keep: slice | torch.Tensor
     for index, split in enumerate(("train", "val", "test")):
         if grouped:
             lo, hi = np.searchsorted(prepared.split, [index, index + 1])

@@ -16,6 +16,7 @@ import hashlib
 import json
 import statistics
 import time
+from typing import cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -75,7 +76,7 @@ def job_results(study: optuna.Study) -> dict[str, list[FrozenTrial]]:
     by_key: dict[str, list[FrozenTrial]] = {}
     for t in study.get_trials(deepcopy=False):
         if counts_as_job(t):
-            by_key.setdefault(read_job(t).key, []).append(t)
+            by_key.setdefault(cast(str, read_job(t).key), []).append(t)  # a counted job has its key
     return by_key
 
 

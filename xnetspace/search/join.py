@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import random
 import shlex
+from collections.abc import Sized
 from pathlib import Path
+from typing import cast
 
 import optuna
 
@@ -32,7 +34,7 @@ _PATH_KINDS = ("imagefolder", "cifar10", "cifar100")  # datasets whose argument 
 def dataset_facts(data: DataSplit) -> dict:
     """What two copies of one dataset must agree on: classes, channels, train and val image counts."""
     return {"num_classes": data.num_classes, "in_chans": data.in_chans,
-            "train_images": len(data.train), "val_images": len(data.val)}
+            "train_images": len(cast(Sized, data.train)), "val_images": len(cast(Sized, data.val))}
 
 
 def record_dataset(study: optuna.Study, data: DataSplit) -> None:
@@ -92,6 +94,7 @@ def local_data(config: StudyConfig, facts: dict | None, dataset: str | None = No
 
 def worker_command(options: RunOptions) -> str:
     """The command that joins this study from another machine (the storage URL as given)."""
+    assert options.study_name is not None  # options resolved for the study (RunOptions.resolved)
     devices = ",".join(options.devices)
     command = ["xnetspace", "worker", "--storage", options.storage_url, "--study-name", options.study_name,
                "--devices", devices]

@@ -50,7 +50,8 @@ class Objective:
         self.space = config.space
         self.rejected_in_a_row = 0
 
-    def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
+    def __call__(self, trial: optuna.Trial) -> float | Sequence[float | None] | None:
+        # None (a record without the proxy's value) makes Optuna fail the trial.
         earlier = read_trial(trial)  # a retried trial (the heartbeat's) carries its first attempt's record
         if not self._holds_slot(trial):
             write(trial, earlier.model_copy(update={"surplus": True}))

@@ -60,6 +60,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -142,6 +143,7 @@ def list_image_folder(root: str | Path) -> Listing:
         raise DataError(f"imagefolder:{root}: {err}") from err
     labels_arr = np.asarray(labels, dtype=np.int64)
     split_arr = np.asarray(split, dtype=np.int8)
+    assert classes is not None  # folders holds at least root
     if not given:
         split_arr = _stratified_split(root, classes, labels_arr)
     return Listing(root, classes, paths, labels_arr, split_arr, stats)
@@ -222,7 +224,7 @@ class PreparedFolder:
         """
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        arrays = dict(format=np.array(FORMAT), version=np.array(VERSION), images=self.images, labels=self.labels,
+        arrays: dict[str, Any] = dict(format=np.array(FORMAT), version=np.array(VERSION), images=self.images, labels=self.labels,
                       split=self.split, paths=np.array(self.paths, dtype=str), classes=np.array(self.classes, dtype=str),
                       image_size=np.array(self.image_size), stored_size=np.array(self.stored_size),
                       mean=np.array(self.mean, dtype=np.float32), std=np.array(self.std, dtype=np.float32),
@@ -390,7 +392,8 @@ def load_or_prepare(root: str | Path, image_size: int, log: Callable[[str], None
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     listing = list_image_folder(root)
-    path: Path | None = cached_file(listing, image_size)
+    path: Path | None  # None: the cache cannot be written
+    path = cached_file(listing, image_size)
     hit = _read_cache(path)
     if hit is not None:
         return hit, path, True

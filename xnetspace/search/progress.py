@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import threading
+from typing import cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -76,6 +77,7 @@ class Monitor:
             if self.control is not None:
                 self._next_bar(spent(self.study), "random control", "epoch", spent(self.control))
         if self.phase == "control":
+            assert self.control is not None  # the phase only comes with a control study
             self._poll_trials(self.control, None, prefix="random ")
             self._advance(min(spent(self.control), self.bar.total))
             if control_finished(self.control, self.study):
@@ -141,7 +143,7 @@ def _job_groups(cstudy: optuna.Study) -> dict[str, list[FrozenTrial]]:
     groups: dict[str, list[FrozenTrial]] = {}
     for t in cstudy.get_trials(deepcopy=False):
         if counts_as_job(t):
-            job = read_job(t).job
+            job = cast(dict, read_job(t).job)  # a counted job's record holds it
             label = f"{job['role']} {job['label']}" + (" (proxy)" if job.get("proxy") else "")
             groups.setdefault(label, []).append(t)
     return groups

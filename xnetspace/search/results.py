@@ -19,6 +19,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from ..cost import parse_image_size
 from ..spec import NetworkSpec
 from .plots import pyplot, save_figure
 from .progress import log
@@ -61,6 +62,7 @@ def write_results(study: optuna.Study, config: StudyConfig, options: RunOptions,
                   summary: dict | None = None) -> SearchOutcome:
     """Write the result files into ``options.out`` and print the report; ``summary`` is the
     confirmation's (:func:`xnetspace.search.confirmation.summarize`), None without one."""
+    assert options.out is not None  # options resolved for the study (RunOptions.resolved)
     out = Path(options.out)
     files = {"trials": _write_trials_csv(study, out / "trials.csv", summary),
              "history": _plot_history(study, config.score, out / "history.png")}
@@ -83,7 +85,8 @@ def write_results(study: optuna.Study, config: StudyConfig, options: RunOptions,
                        if confirmed else f"proxy {score.label} {score.format(best.values[0])} (one run)")
         header = (f"# Best of study '{options.study_name}' (space {config.space.name}, dataset {config.dataset}): "
                   f"trial {best.number}, {score_words},\n# {record.flops:,} FLOPs at "
-                  f"{'x'.join(map(str, config.space.constraints.image_size))}, {record.params:,} params.\n")
+                  f"{'x'.join(map(str, parse_image_size(config.space.constraints.image_size)))}, "
+                  f"{record.params:,} params.\n")
         files["best_spec"] = out / "best_spec.yaml"
         files["best_spec"].write_text(header + spec.to_yaml())
     for line in report_lines(summary, best, score):
@@ -103,6 +106,7 @@ def report_lines(summary: dict | None, best: FrozenTrial | None, score: Score = 
         noise = (summary or {}).get("noise", {}).get("proxy_seed_std")
         seeds = len((summary or {}).get("protocol", {}).get("seeds", []))
         record = read_trial(best)
+        assert record.flops is not None and record.params is not None  # a candidate was counted before training
         runs = len(record.runs)
         return [f"best by proxy score: trial {best.number}, {human_count(record.flops)} FLOPs, "
                 f"{human_count(record.params)} params, proxy {_num(best.values[0])} "

@@ -38,6 +38,7 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     options = options.resolved(config)
+    assert options.out is not None  # resolved() sets it
     options.out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
     check = config.space.check(num_classes=data.num_classes, in_chans=data.in_chans)

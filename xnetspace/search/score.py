@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 __all__ = ["Score", "TOP1", "LOSS", "score_of", "Proxy", "PROXIES", "proxy_of"]
 
+Direction = Literal["minimize", "maximize"]  # Optuna's words
+
 
 @dataclass(frozen=True)
 class Score:
@@ -37,7 +39,7 @@ class Score:
     digits: int
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Direction:
         """Optuna's word for the direction."""
         return "maximize" if self.maximize else "minimize"
 
@@ -86,7 +88,7 @@ class Proxy:
     trains: bool
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Direction:
         return "maximize" if self.maximize else "minimize"
 
     def rank_key(self, value: float) -> float:

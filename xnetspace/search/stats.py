@@ -144,7 +144,8 @@ def _halves(k: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     for a in itertools.combinations(range(k), h):
         rest = [i for i in range(k) if i not in a]
         for b in itertools.combinations(rest, h):
-            pairs.add(tuple(sorted((a, b))))
+            first, second = sorted((a, b))
+            pairs.add((first, second))
     return sorted(pairs)
 
 

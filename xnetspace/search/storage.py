@@ -111,7 +111,7 @@ def connect_storage(url: str, heartbeat: int | None = None) -> optuna.storages.R
     try:
         with warnings.catch_warnings():  # heartbeats and retries are marked experimental in Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            beat = {} if heartbeat is None else dict(
+            beat: dict[str, Any] = {} if heartbeat is None else dict(
                 heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
             with _setup_lock(url):

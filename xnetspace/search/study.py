@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..spec import preset_names
 from .errors import SearchError
 from .records import is_candidate, is_live, slot_attrs
-from .score import Proxy, Score, proxy_of, score_of
+from .score import Direction, Proxy, Score, proxy_of, score_of
 from .space import SearchSpace
 from .storage import connect_storage
 from .train import TrainConfig
@@ -72,7 +72,7 @@ class StudyConfig(BaseModel):
         return cls(space=space, dataset=dataset, objective=objective, train=train, proxy_seeds=proxy_seeds, race=race)
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Direction]:
         if self.objective in ("top1-flops", "top1-latency"):
             return ["maximize", "minimize"]
         return [self.proxy.direction]

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,10 +29,11 @@ from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
-from ..model import TRAIN_FORMS, build_model
+from ..model import build_model
+from ..model.network import TrainForm
 from ..pack import Pack
 from ..spec import Float, Int, NetworkSpec
-from .batches import AUGMENTS, Batches, TensorBatches, batches  # noqa: F401 - TensorBatches, Batches: re-exported
+from .batches import AUGMENTS, Augment, Batches, TensorBatches, batches  # noqa: F401 - TensorBatches, Batches: re-exported
 
 __all__ = ["TrainConfig", "TrainResult", "Diverged", "TimeLimitExceeded", "train_candidate", "train_seeds", "evaluate",
            "evaluate_pack", "autocast_dtype"]
@@ -54,9 +55,9 @@ class TrainConfig(BaseModel):
     seed: Int = 0
     time_limit: Float | None = Field(None, gt=0)
     num_workers: Int = Field(0, ge=0, description="DataLoader workers (image folders decode images)")
-    train_form: Literal[TRAIN_FORMS] = Field(
+    train_form: TrainForm = Field(
         "fast", description="fast: the fast training form and a fused AdamW; reference: the release's operators")
-    augment: Literal[AUGMENTS] = Field(
+    augment: Augment = Field(
         "none", description="augmentation of the training batches, drawn on the device from the seed's own generator "
                             "(xnetspace/search/batches.py; validation never augments)")
     precision: Literal["auto", "float32", "bfloat16"] = Field(
@@ -240,7 +241,7 @@ def train_seeds(
             for _ in it:
                 raise AssertionError("the seeds' training sets differ in length")
         scheduler.step(epoch + 1)
-        scores = evaluate_pack(net, val_batches, device) if packed else [evaluate(net, val_batches, device, config)]
+        scores = evaluate_pack(net, val_batches, device) if packed else [evaluate(cast(nn.Module, net), val_batches, device, config)]
         for result, (top1, val_loss) in zip(results, scores):
             epoch_losses = result.losses[-steps:]
             result.train_loss_history.append(math.fsum(epoch_losses) / len(epoch_losses))
@@ -260,7 +261,7 @@ def adamw(model, lr: float, weight_decay: float, train_form: str, like: nn.Modul
     ``model`` is a network, or a :class:`~xnetspace.pack.Pack` with ``like`` one of its replicas:
     the pack's stacked parameters then get the groups timm gives the replica's (AdamW is
     element-wise, so on the stacked tensors it is each replica's own optimizer)."""
-    fused = dict(fused=True) if train_form == "fast" else {}
+    fused: dict[str, Any] = dict(fused=True) if train_form == "fast" else {}
     if like is None:
         return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=weight_decay, **fused)
     names = {id(p): name for name, p in like.named_parameters()}

@@ -54,11 +54,12 @@ def run_worker(config: StudyConfig, options: RunOptions, device: str = "cpu", wo
     confirmation jobs until they are all done (:mod:`.confirmation`), or until ``options.timeout``
     passes."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our monitor prints one line per trial
+    assert options.out is not None  # options resolved for the study (RunOptions.resolved)
     study = open_study(config, options, worker)
     data = data or load_dataset(config.dataset, config.train.image_size, config.train.seed)
     deadline = time.monotonic() + options.timeout if options.timeout else math.inf
     poll = min(2.0, options.heartbeat / 2)
-    objective = Objective(config, data, options.n_trials, device, worker)
+    objective: Callable = Objective(config, data, options.n_trials, device, worker)
     while time.monotonic() < deadline:
         fail_stale(study)
         state = top_up_slots(study, options.n_trials, SLOTS_AHEAD)
@@ -183,7 +184,7 @@ def cpu_share(workers: int) -> int:
     return max(1, usable_cores() // max(1, workers))
 
 
-def _context() -> mp.context.BaseContext:
+def _context() -> mp.context.SpawnContext | mp.context.ForkServerContext:
     """Fresh worker processes, which start CUDA themselves after ``CUDA_VISIBLE_DEVICES`` is set:
     forked from a server process that has imported this module once (torch, timm, Optuna: seconds
     of imports per process), where the platform has one; else spawned interpreters."""
