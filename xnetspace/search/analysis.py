@@ -57,9 +57,10 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -290,7 +291,7 @@ def stage_params(params: dict[str, Any], distributions: dict[str, BaseDistributi
 
 
 # -- EDFs ---------------------------------------------------------------------------------------------
-def edf(errors: Sequence[float], weights: Sequence[float] | None = None) -> tuple[list[float], list[float]]:
+def edf(errors: npt.ArrayLike, weights: npt.ArrayLike | None = None) -> tuple[list[float], list[float]]:
     """The (weighted) empirical distribution function of ``errors``: the distinct errors, sorted,
     and F(e) = sum of the weights of the errors <= e (plain EDF: each weight 1/n).
 
@@ -326,7 +327,7 @@ def edf_distance(a: tuple[list[float], list[float]], b: tuple[list[float], list[
     return float(np.max(np.abs(at(a) - at(b))))
 
 
-def complexity_weights(flops: Sequence[Sequence[float]], bins: int = 5) -> tuple[list[np.ndarray], dict]:
+def complexity_weights(flops: Sequence[Sequence[float] | np.ndarray], bins: int = 5) -> tuple[list[np.ndarray], dict]:
     """Weights that give each study the same FLOP distribution (Radosavovic et al. 2019, section 4):
     uniform over the equal-width FLOP bins that hold candidates of every study.
 
@@ -436,7 +437,7 @@ def marginals(candidates: Sequence[Candidate]) -> dict[str, list[dict]]:
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels)
         if numeric and len(levels) > _MAX_LEVELS:
             edges = np.unique(np.quantile([v for v, _ in pairs], np.linspace(0, 1, 6)))
-            groups = {}
+            groups: dict[int, list[tuple[Any, float]]] = {}
             for v, e in pairs:
                 j = int(np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2))
                 groups.setdefault(j, []).append((v, e))
@@ -452,7 +453,7 @@ def _row(value: Any, errors: list[float], value_range: list[float] | None = None
     n, mean = len(errors), float(np.mean(errors))
     sem = float(stats.sem(errors)) if n > 1 else None
     ci = None
-    if n > 1:
+    if sem is not None:  # n > 1
         half = float(stats.t.ppf(0.975, n - 1)) * sem
         ci = [mean - half, mean + half]
     row = {"value": value, "n": n, "mean_error": mean, "sem": sem, "ci95": ci}
@@ -467,7 +468,7 @@ def _difference_of(fn: Callable) -> Callable:
     return lambda x, y, axis: fn(x, axis=axis) - fn(y, axis=axis)
 
 
-def compare(a: Sequence[float], b: Sequence[float], seed: int = 0, n_resamples: int = 9999) -> dict:
+def compare(a: npt.ArrayLike, b: npt.ArrayLike, seed: int = 0, n_resamples: int = 9999) -> dict:
     """Compare the errors of study A with those of study B (percent).
 
     Returns:
@@ -484,7 +485,7 @@ def compare(a: Sequence[float], b: Sequence[float], seed: int = 0, n_resamples: 
     if a.size < 2 or b.size < 2:
         raise AnalysisError(f"a comparison needs at least 2 candidates in each study (got {a.size} and {b.size})")
     ks = stats.ks_2samp(a, b)
-    result = {"ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
+    result: dict[str, Any] = {"ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
               "mean_difference": float(a.mean() - b.mean()), "best_difference": float(a.min() - b.min())}
     for key, fn in (("mean_difference", np.mean), ("best_difference", np.min)):
         with warnings.catch_warnings():
@@ -580,18 +581,19 @@ def run_analysis(runs: Sequence[Path | str] = (), storage: str | None = None, st
     from ..text import shorten
     from .analysis_plots import write_analysis
 
-    runs, study_names = [Path(r) for r in runs], list(study_names)
+    folders, study_names = [Path(r) for r in runs], list(study_names)
     if bool(storage) != bool(study_names):
         raise AnalysisError("--storage and --study-name go together: give both, or study folders only")
-    if not runs and not study_names:
+    if not folders and not study_names:
         raise AnalysisError("nothing to analyse: give study output folders (RUN ...) or --storage URL --study-name NAME")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings(record=True) as caught:  # numerical libraries' notices: one line each
         warnings.simplefilter("always")
-        data = [study_data(load_run(run), str(run), run / "summary.json") for run in runs]
-        data += [study_data(load_named_study(storage, name), f"{storage} :: {name}") for name in study_names]
+        data = [study_data(load_run(run), str(run), run / "summary.json") for run in folders]
+        # study_names come with storage (checked above)
+        data += [study_data(load_named_study(cast(str, storage), name), f"{storage} :: {name}") for name in study_names]
         result = analyze(data, force=force, bins=bins)
-        files = write_analysis(result, out or (runs[0] if len(data) == 1 and runs else Path("runs") / "analysis"))
+        files = write_analysis(result, out or (folders[0] if len(data) == 1 and folders else Path("runs") / "analysis"))
     notices = dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught
                             if not issubclass(w.category, (DeprecationWarning, FutureWarning)))
     return result, files, [shorten(notice.splitlines()[0], 200) for notice in notices]

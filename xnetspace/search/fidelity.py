@@ -99,7 +99,8 @@ class FidelityConfig(BaseModel):
 
 def specs(config: FidelityConfig, num_classes: int, in_chans: int) -> list[NetworkSpec]:
     """The M distinct in-budget specs, drawn uniformly from the space with ``config.seed``."""
-    rng, space, pool, seen = random.Random(config.seed), config.space, [], set()
+    pool: list[NetworkSpec] = []
+    rng, space, seen = random.Random(config.seed), config.space, set()
     for _ in range(200 * config.n_specs + 1000):
         if len(pool) == config.n_specs:
             break
@@ -288,7 +289,7 @@ def _specs_of(rows: list[dict]) -> dict[int, dict]:
     out: dict[int, dict] = {}
     for row in rows:
         spec = out.setdefault(int(row["spec"]), {"proxy": [], "confirm": [], "row": row})
-        run = {name: [float(v) for v in str(row[name]).split(";") if v != ""] for name in _LISTS}
+        run: dict[str, Any] = {name: [float(v) for v in str(row[name]).split(";") if v != ""] for name in _LISTS}
         run["seed"] = int(row["seed"])
         spec[row["recipe"]].append(run)
     for spec in out.values():

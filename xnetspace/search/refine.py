@@ -44,6 +44,7 @@ compared with the original (:func:`~.analysis.analyze`).
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import warnings
@@ -53,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from optuna.distributions import IntDistribution
 from pydantic import ValidationError
 from scipy import stats
@@ -138,8 +140,9 @@ def _plain_difference(e: np.ndarray, m: np.ndarray, axis: int = -1) -> np.ndarra
 def _normalized_difference(e: np.ndarray, m: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
     """Mean over the FLOP bins holding members of S of (S's bin mean - M's bin mean), which is
     sum_i w_i e_i of :func:`complexity_weights` for S minus the same for M (``b``: bin indices)."""
-    total_s = total_m = 0.0
-    shared = 0.0
+    total_s: Any = 0.0  # floats until the first bin makes them arrays
+    total_m: Any = 0.0
+    shared: Any = 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
         for j in range(int(np.max(b)) + 1):
             in_bin = b == j
@@ -176,7 +179,7 @@ def _ci(data: tuple, statistic: Callable, seed: int, n_resamples: int) -> list[f
     return [low, high] if math.isfinite(low) and math.isfinite(high) else None
 
 
-def evidence(errors: Sequence[float], flops: Sequence[float], satisfied: Sequence[bool], seed: int = 0,
+def evidence(errors: npt.ArrayLike, flops: npt.ArrayLike, satisfied: npt.ArrayLike, seed: int = 0,
              n_resamples: int = 1999) -> dict:
     """Compare the members that satisfy a constraint (S) with all of them (M).
 
@@ -303,9 +306,9 @@ def _tie_constraints(space: SearchSpace, members: list[Member]) -> list[Constrai
         if n < 2 or knob in space.rules.schedules or (space.rules.width and knob in ("embed_dim", "depth")):
             continue
         definitions = [d.get(knob) for d in space.stage_definitions()]
-        if all(d is not None and d.tie for d in definitions) and len({d.tie for d in definitions}) == 1:
+        if all(d is not None and d.tie for d in definitions) and len({d.tie for d in definitions if d is not None}) == 1:
             continue  # tied already
-        if all(s is not None and len(set(s)) == 1 for s in sets) and len({s[0] for s in sets}) == 1:
+        if all(s is not None and len(set(s)) == 1 for s in sets) and len({s[0] for s in sets if s is not None}) == 1:
             continue  # one value everywhere already
         satisfied = np.array([len(set(m.values(knob))) == 1 for m in members])
         if any(s is None for s in sets):
@@ -313,7 +316,7 @@ def _tie_constraints(space: SearchSpace, members: list[Member]) -> list[Constrai
             out.append(Constraint("tie", knob, f"{knob} tied across stages", satisfied, lambda d: None,
                                   not_applicable=reason))
             continue
-        common = sorted(set.intersection(*(set(s) for s in sets)), key=lambda v: (str(type(v)), v))
+        common = sorted(set.intersection(*(set(s) for s in sets if s is not None)), key=lambda v: (str(type(v)), v))
         if not common:
             out.append(Constraint("tie", knob, f"{knob} tied across stages", satisfied, lambda d: None,
                                   not_applicable=f"no {knob} value is allowed in every stage"))
@@ -324,7 +327,7 @@ def _tie_constraints(space: SearchSpace, members: list[Member]) -> list[Constrai
             sets = [current.stage_values(i, knob) for i in range(len(current.stages))]
             if any(s is None for s in sets):
                 raise ValueError(f"{knob} is no longer a per-stage knob")
-            values = sorted(set.intersection(*(set(s) for s in sets)), key=lambda v: (str(type(v)), v))
+            values = sorted(set.intersection(*(set(s) for s in sets if s is not None)), key=lambda v: (str(type(v)), v))
             if not values:
                 raise ValueError(f"no {knob} value is left in every stage")
             _remove(data, knob)
@@ -358,7 +361,7 @@ def _monotone_constraints(space: SearchSpace, members: list[Member]) -> list[Con
             sets = [space.stage_values(i, knob) for i in range(len(space.stages))]
             if any(s is None for s in sets):
                 reason = f"{knob} is continuous in some stage"
-            elif not monotone_chains(sets):
+            elif not monotone_chains([s for s in sets if s is not None]):
                 reason = f"the stages' {knob} ranges never overlap: it is non-decreasing already"
 
         def apply(data: dict, knob: str = knob) -> None:
@@ -382,7 +385,7 @@ def _schedule_constraints(space: SearchSpace, members: list[Member]) -> list[Con
     if any(s is None for s in sets):
         return [Constraint("schedule", knob, description, np.zeros(len(members), bool), lambda d: None,
                            not_applicable="attn_ratio is continuous in some stage")]
-    values = sorted(set().union(*(set(s) for s in sets)))
+    values = sorted(set().union(*(set(s) for s in sets if s is not None)))
     if len(values) < 2:
         return []
     satisfied = []
@@ -527,7 +530,7 @@ def _fix_constraints(space: SearchSpace, members: list[Member], candidates: list
             satisfied = np.array([_same(m.params.get(knob), fixed) for m in members])
         out.append(Constraint("fix", knob, f"{knob} fixed at {fixed} (fANOVA importance {value:.3f}, below "
                                            f"{threshold:.3f})", satisfied,
-                              lambda data, knob=knob, fixed=fixed: _set_param(data, knob, fixed),
+                              functools.partial(_set_param, name=knob, value=fixed),
                               {"importance": value, "value": fixed, "threshold": threshold}))
     return out, {"importance": fanova, "notes": notes, "single_valued": single}
 
@@ -578,7 +581,7 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
     everyone = np.ones(len(members), bool)
     masks, within = {}, {}
     for c in constraints:
-        step = {"kind": c.kind, "knob": c.knob, "description": c.description, "order": None, "first_test": None,
+        step: dict[str, Any] = {"kind": c.kind, "knob": c.knob, "description": c.description, "order": None, "first_test": None,
                 "test": None, "verdict": "not applicable", "reason": c.not_applicable or "", "details": c.details}
         if c.not_applicable is None:
             try:  # written into the original space alone, it must give a valid space

@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 from scipy import stats
 
 __all__ = ["seed_summary", "mean_difference", "pooled_seed_std", "separation", "rank_fidelity", "noise_ceiling",
@@ -184,7 +185,7 @@ def noise_ceiling(scores: Sequence[Sequence[float]], seed: int = 0, resamples: i
     return out
 
 
-def precision_at_k(predicted: Sequence[float], actual: Sequence[float], k: int = 5, maximize: bool = False) -> float:
+def precision_at_k(predicted: npt.ArrayLike, actual: npt.ArrayLike, k: int = 5, maximize: bool = False) -> float:
     """Of the ``k`` specs ranked best by ``predicted``, the fraction that are among the ``k`` best
     by ``actual`` (both ranked in the direction ``maximize``); nan with fewer than ``k`` specs."""
     p, a = np.asarray(predicted, dtype=float), np.asarray(actual, dtype=float)
