@@ -5,6 +5,7 @@
 The cost model must take under 1 ms per ``count_flops`` call and be at least 1,000x faster than
 building the model and tracing it with fvcore (issue 3); both must give the same number.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,12 @@ def main() -> None:
         spec = load_preset(name)
         ours, flops = median_seconds(lambda: count_flops(spec, args.image_size), 2001)
         ref, analysis_total = median_seconds(
-            lambda: fvcore_flops(build_model(spec), args.image_size).total(), args.repeats)
-        print(f"{name:<13} {ours * 1e6:>18.1f} us {ref:>22.3f} s {ref / ours:>8,.0f}x  "
-              f"{'yes' if flops == analysis_total else 'NO'} ({flops:,})")
+            lambda: fvcore_flops(build_model(spec), args.image_size).total(), args.repeats
+        )
+        print(
+            f"{name:<13} {ours * 1e6:>18.1f} us {ref:>22.3f} s {ref / ours:>8,.0f}x  "
+            f"{'yes' if flops == analysis_total else 'NO'} ({flops:,})"
+        )
 
 
 if __name__ == "__main__":

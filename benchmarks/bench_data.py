@@ -32,6 +32,7 @@ that other processes keep busy, torch's own thread pool (one thread per core) st
 small operation (measured on a shared 2-core machine: gathering one batch of 64 images took 0.4
 ms with one thread and 12 ms with two), which would time the machine's load, not the data path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,7 @@ def photo_crop(photo: np.ndarray, rng: np.random.Generator, side: int) -> np.nda
     h, w = photo.shape[:2]
     crop = int(min(h, w) * rng.uniform(0.4, 1.0))
     y, x = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
-    image = Image.fromarray(photo[y:y + crop, x:x + crop]).resize((side, side), Image.Resampling.BILINEAR)
+    image = Image.fromarray(photo[y : y + crop, x : x + crop]).resize((side, side), Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.float32) * rng.uniform(0.7, 1.3)
     if rng.random() < 0.5:
         pixels = pixels[:, ::-1]
@@ -120,12 +121,25 @@ def decode_loader(root: Path, image_size: int, batch_size: int, num_workers: int
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
-    transform = create_transform(input_size=(3, image_size, image_size), mean=IMAGENET_DEFAULT_MEAN,
-                                 std=IMAGENET_DEFAULT_STD, interpolation="bicubic", is_training=True,
-                                 scale=(0.35, 1.0), hflip=0.5, color_jitter=None)
-    return DataLoader(ImageFolder(str(root), transform), batch_size=batch_size, shuffle=True, drop_last=True,
-                      generator=torch.Generator().manual_seed(0), num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+    transform = create_transform(
+        input_size=(3, image_size, image_size),
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        interpolation="bicubic",
+        is_training=True,
+        scale=(0.35, 1.0),
+        hflip=0.5,
+        color_jitter=None,
+    )
+    return DataLoader(
+        ImageFolder(str(root), transform),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(0),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
 
 
 def epoch_seconds(batches, device: torch.device, min_seconds: float = 0.0) -> tuple[float, int]:
@@ -146,7 +160,9 @@ def epoch_seconds(batches, device: torch.device, min_seconds: float = 0.0) -> tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--imagefolder", type=Path, default=None, help="a folder of class folders (default: write one)")
-    parser.add_argument("--per-class", type=int, default=200, help="images per class of the folder written (10 classes)")
+    parser.add_argument(
+        "--per-class", type=int, default=200, help="images per class of the folder written (10 classes)"
+    )
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
@@ -154,8 +170,12 @@ def main() -> None:
     parser.add_argument("--prepare-workers", type=int, default=None, help="decoding threads of the preparation")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=1.0, help="shortest prepared-path round")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1, as each CPU worker of a study runs; 0: torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1, as each CPU worker of a study runs; 0: torch's default)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the folder and prepared file written")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = parser.parse_args()
@@ -169,51 +189,72 @@ def main() -> None:
             root = work / "images"
             start = time.perf_counter()
             count = write_folder(root, args.per_class)
-            print(f"wrote {count:,} JPEGs of 256x256 in 10 classes to {root} in {time.perf_counter() - start:.1f} s",
-                  flush=True)
+            print(
+                f"wrote {count:,} JPEGs of 256x256 in 10 classes to {root} in {time.perf_counter() - start:.1f} s",
+                flush=True,
+            )
         listing = list_image_folder(root)
         start = time.perf_counter()
         prepared = prepare_image_folder(listing, args.image_size, args.prepare_workers, progress=False)
         prep_s = time.perf_counter() - start
         prepared.save(work / "prepared.npz")
         data = load_dataset(f"imagefolder:{work / 'prepared.npz'}", args.image_size)
-        print(f"prepared {len(prepared.labels):,} images at {prepared.stored_size}px in {prep_s:.2f} s "
-              f"({len(prepared.unreadable)} unreadable): {data}", flush=True)
+        print(
+            f"prepared {len(prepared.labels):,} images at {prepared.stored_size}px in {prep_s:.2f} s "
+            f"({len(prepared.unreadable)} unreadable): {data}",
+            flush=True,
+        )
 
         decode = decode_loader(root, args.image_size, args.batch_size, args.num_workers)
-        fast = TensorBatches(data.train, args.batch_size, device, shuffle=True, drop_last=True, seed=0,
-                             augment="rrc-flip")
+        fast = TensorBatches(
+            data.train, args.batch_size, device, shuffle=True, drop_last=True, seed=0, augment="rrc-flip"
+        )
         epoch_seconds(fast, device)  # warm-up: first-call allocations and kernels
         rates: dict[str, list[float]] = {"decode": [], "prepared": []}
         for r in range(args.rounds):
             for name, batches, minimum in (("decode", decode, 0.0), ("prepared", fast, args.min_seconds)):
                 seconds, images = epoch_seconds(batches, device, minimum)
                 rates[name].append(images / seconds)
-            print(f"round {r + 1}: decode {rates['decode'][-1]:,.0f} img/s, prepared {rates['prepared'][-1]:,.0f} img/s",
-                  flush=True)
+            print(
+                f"round {r + 1}: decode {rates['decode'][-1]:,.0f} img/s, prepared {rates['prepared'][-1]:,.0f} img/s",
+                flush=True,
+            )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
     decode_img_s, prepared_img_s = statistics.median(rates["decode"]), statistics.median(rates["prepared"])
     summary = dict(
-        images=len(prepared.labels), image_size=args.image_size, stored_size=prepared.stored_size,
-        batch_size=args.batch_size, device=device.type, threads=torch.get_num_threads(), num_workers=args.num_workers,
-        prepare_workers=args.prepare_workers or min(16, len(os.sched_getaffinity(0))), rounds=args.rounds,
-        decode_img_s=decode_img_s, prepared_img_s=prepared_img_s, ratio=prepared_img_s / decode_img_s,
+        images=len(prepared.labels),
+        image_size=args.image_size,
+        stored_size=prepared.stored_size,
+        batch_size=args.batch_size,
+        device=device.type,
+        threads=torch.get_num_threads(),
+        num_workers=args.num_workers,
+        prepare_workers=args.prepare_workers or min(16, len(os.sched_getaffinity(0))),
+        rounds=args.rounds,
+        decode_img_s=decode_img_s,
+        prepared_img_s=prepared_img_s,
+        ratio=prepared_img_s / decode_img_s,
         decode_img_s_range=[min(rates["decode"]), max(rates["decode"])],
         prepared_img_s_range=[min(rates["prepared"]), max(rates["prepared"])],
-        prep_s=prep_s, prep_img_s=len(listing.paths) / prep_s,
+        prep_s=prep_s,
+        prep_img_s=len(listing.paths) / prep_s,
     )
-    print(f"\ntraining batches of {args.image_size}x{args.image_size}, batch {args.batch_size}, random-resized crop "
-          f"+ flip, {device.type}, {summary['threads']} torch threads, {args.num_workers} loader workers "
-          f"(median over {args.rounds} rounds, min..max):")
+    print(
+        f"\ntraining batches of {args.image_size}x{args.image_size}, batch {args.batch_size}, random-resized crop "
+        f"+ flip, {device.type}, {summary['threads']} torch threads, {args.num_workers} loader workers "
+        f"(median over {args.rounds} rounds, min..max):"
+    )
     decode_low, decode_high = summary["decode_img_s_range"]
     prepared_low, prepared_high = summary["prepared_img_s_range"]
     print(f"  decode   {decode_img_s:10,.0f} img/s  ({decode_low:,.0f}..{decode_high:,.0f})")
     print(f"  prepared {prepared_img_s:10,.0f} img/s  ({prepared_low:,.0f}..{prepared_high:,.0f})")
-    print(f"  ratio {summary['ratio']:.1f}x (target >= 10x); one-off preparation {prep_s:.1f} s "
-          f"({summary['prep_img_s']:,.0f} img/s, {summary['prepare_workers']} threads)")
+    print(
+        f"  ratio {summary['ratio']:.1f}x (target >= 10x); one-off preparation {prep_s:.1f} s "
+        f"({summary['prep_img_s']:,.0f} img/s, {summary['prepare_workers']} threads)"
+    )
     if args.json:
         print(json.dumps(summary))
     sys.stdout.flush()

@@ -22,6 +22,7 @@ images/s at batch 1 and >= 1.3x at batch 32, ``deploy`` alone >= 1.2x; checkpoin
 training step's peak memory by >= 30% at batch 32. GPU: the best form >= 2x the reference in
 float32 eager; paper Table XI (RTX 3090, batch 128): T 857, S 417, B 250 images/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,7 +86,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int, device: torch.device) -> dict[str, list[float]]:
+def interleaved_times(
+    fns: dict[str, Callable[[], object]], rounds: int, device: torch.device
+) -> dict[str, list[float]]:
     """Seconds per call of every function, one call of each per round (after one warm-up call)."""
     times = {name: [] for name in fns}
     for fn in fns.values():
@@ -103,9 +106,26 @@ def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int, device:
 def probe_memory(args, kind: str) -> float | None:
     """Peak MiB of ``kind`` (``eval:FORM`` or ``train:CONFIG``) for the first preset and batch size
     in ``args``, measured by this script in a fresh process (``--probe``); None if it failed."""
-    cmd = [sys.executable, __file__, "--probe", kind, "--presets", args.presets[0], "--batch-sizes",
-           str(args.batch_sizes[0]), "--image-size", str(args.image_size), "--device", args.device,
-           "--dtype", args.dtype, "--train-preset", args.train_preset, "--train-batch-size", str(args.train_batch_size)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--probe",
+        kind,
+        "--presets",
+        args.presets[0],
+        "--batch-sizes",
+        str(args.batch_sizes[0]),
+        "--image-size",
+        str(args.image_size),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--train-preset",
+        args.train_preset,
+        "--train-batch-size",
+        str(args.train_batch_size),
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -183,7 +203,11 @@ def bench_eval(args, device: torch.device, autocast) -> None:
             ref = med.get("reference")
             title = f"{preset}, batch {batch}, {args.image_size}x{args.image_size}, {device.type} {args.dtype}"
             print(f"\n{title} ({rounds} interleaved rounds, medians)")
-            paper = f"  paper Table XI: {PAPER_TABLE_XI[preset]}" if device.type == "cuda" and preset in PAPER_TABLE_XI else ""
+            paper = (
+                f"  paper Table XI: {PAPER_TABLE_XI[preset]}"
+                if device.type == "cuda" and preset in PAPER_TABLE_XI
+                else ""
+            )
             print(f"| form | images/s | latency ms | peak MiB | vs reference |{paper}")
             print("|---|---|---|---|---|")
             for form, t in med.items():
@@ -212,6 +236,7 @@ def train_steps(args, device: torch.device, autocast) -> dict[str, Callable[[], 
                 loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
+
         return run
 
     return {"plain": step(False), "checkpointing": step(True)}
@@ -222,8 +247,10 @@ def bench_train(args, device: torch.device, autocast) -> None:
     times = interleaved_times(train_steps(args, device, autocast), args.train_steps, device)
     med = {k: statistics.median(v) for k, v in times.items()}
     peaks = {k: probe_memory(args, f"train:{k}") for k in med}
-    print(f"\ntraining step (SGD), {preset}, batch {batch}, {args.image_size}x{args.image_size}, "
-          f"{device.type} {args.dtype} ({args.train_steps} interleaved steps, medians)")
+    print(
+        f"\ntraining step (SGD), {preset}, batch {batch}, {args.image_size}x{args.image_size}, "
+        f"{device.type} {args.dtype} ({args.train_steps} interleaved steps, medians)"
+    )
     print("| form | images/s | step s | peak MiB | vs plain |")
     print("|---|---|---|---|---|")
     for k, t in med.items():
@@ -250,12 +277,18 @@ def bench_attention(args, device: torch.device, autocast) -> None:
             x = torch.randn(batch, stage.attn_channels, h, w, device=device)
             m = osra.sr(x).shape[-2:].numel()
             bias = torch.randn(1, stage.num_heads, h * w, m, device=device)
-            fns = {name: (lambda mod=mod: mod(x, bias)) for name, mod in
-                   (("reference", osra), ("baddbmm", explicit), ("sdpa", sdpa))}
+            fns = {
+                name: (lambda mod=mod: mod(x, bias))
+                for name, mod in (("reference", osra), ("baddbmm", explicit), ("sdpa", sdpa))
+            }
             with torch.inference_mode(), autocast():
                 times = interleaved_times(fns, args.iters or 20, device)
             ms = [statistics.median(times[k]) * 1e3 for k in fns]
-            print(f"| {i + 1} | {batch} | {h * w} x {m} | {stage.num_heads} | " + " | ".join(f"{t:.3f}" for t in ms) + " |")
+            print(
+                f"| {i + 1} | {batch} | {h * w} x {m} | {stage.num_heads} | "
+                + " | ".join(f"{t:.3f}" for t in ms)
+                + " |"
+            )
 
 
 def main() -> None:
@@ -263,9 +296,15 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["transxnet_t", "transxnet_s", "transxnet_b"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--forms", nargs="+", choices=ALL_FORMS, default=["reference", "deploy", "deploy_cl", "deploy_cl_compiled"])
-    parser.add_argument("--compile-presets", nargs="+", default=["transxnet_t"],
-                        help="presets whose compiled forms run ('all' for every preset); compiling T takes ~90 s on 2 cores")
+    parser.add_argument(
+        "--forms", nargs="+", choices=ALL_FORMS, default=["reference", "deploy", "deploy_cl", "deploy_cl_compiled"]
+    )
+    parser.add_argument(
+        "--compile-presets",
+        nargs="+",
+        default=["transxnet_t"],
+        help="presets whose compiled forms run ('all' for every preset); compiling T takes ~90 s on 2 cores",
+    )
     parser.add_argument("--no-compile", action="store_true", help="leave out the compiled forms")
     parser.add_argument("--iters", type=int, default=None, help="interleaved rounds (default 20 at batch <= 4, else 5)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -284,6 +323,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.dtype == "bfloat16":
+
         def autocast():
             return torch.autocast(device.type, dtype=torch.bfloat16)
     else:
@@ -299,8 +339,10 @@ def main() -> None:
         bench_attention(args, device, autocast)
     if not args.no_train:
         bench_train(args, device, autocast)
-    print(f"\ntotal {math.ceil(time.perf_counter() - start)} s, load average at end {os.getloadavg()[0]:.2f} "
-          "(other processes on the machine slow every form alike but blur the ratios)")
+    print(
+        f"\ntotal {math.ceil(time.perf_counter() - start)} s, load average at end {os.getloadavg()[0]:.2f} "
+        "(other processes on the machine slow every form alike but blur the ratios)"
+    )
 
 
 if __name__ == "__main__":

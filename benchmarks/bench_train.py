@@ -32,6 +32,7 @@ allocator's peak), the largest relative difference of the two forms' losses over
 and (unless ``--no-trial``) the whole-trial time of the space's recipe (``train_candidate``, 3
 epochs of digits) in each form. Targets (issue 12): CPU, 2 threads, median ratio >= 2x.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,7 +62,7 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, round
     """GFLOP/s of an n x n matmul (n^3 multiply-adds), the machine's practical peak for this run."""
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     times = interleaved_times({"mm": lambda: a @ b}, rounds, device)["mm"]
-    return n ** 3 / statistics.median(times) / 1e9
+    return n**3 / statistics.median(times) / 1e9
 
 
 class Stepper:
@@ -89,8 +90,9 @@ def bench_spec(label: str, spec, data, args, device, autocast, mm_gflops: float)
     spec = spec.model_copy(update={"num_classes": data.num_classes, "in_chans": data.in_chans})
     torch.manual_seed(0)
     base = build_model(spec).to(device)
-    loader = TensorBatches(data.train, args.batch_size, device, shuffle=True, drop_last=True,
-                           generator=torch.Generator().manual_seed(0))
+    loader = TensorBatches(
+        data.train, args.batch_size, device, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0)
+    )
     batch_list = list(loader)
     steppers = {form: Stepper(base, form, batch_list, device, autocast) for form in ("reference", "fast")}
     times = interleaved_times({f: s.step for f, s in steppers.items()}, args.steps, device)
@@ -98,8 +100,13 @@ def bench_spec(label: str, spec, data, args, device, autocast, mm_gflops: float)
     losses = {f: s.losses for f, s in steppers.items()}
     loss_diff = max(abs(a - b) / abs(b) for a, b in zip(losses["fast"], losses["reference"]))
     flops = cost_report(spec, args.image_size).flops
-    row = dict(spec=label, mflops=flops / 1e6, step_s=step_s, loss_diff=loss_diff,
-               img_s={f: args.batch_size / t for f, t in step_s.items()})
+    row = dict(
+        spec=label,
+        mflops=flops / 1e6,
+        step_s=step_s,
+        loss_diff=loss_diff,
+        img_s={f: args.batch_size / t for f, t in step_s.items()},
+    )
     row["ratio"] = row["img_s"]["fast"] / row["img_s"]["reference"]
     row["gflops"] = {f: 3 * flops * v / 1e9 for f, v in row["img_s"].items()}
     row["of_matmul"] = {f: g / mm_gflops for f, g in row["gflops"].items()}
@@ -117,8 +124,10 @@ class PackStepper:
         if packed:
             self.pack = Pack(nets)
             self.optimizers = [adamw(self.pack, 1e-3, 0.05, "fast", nets[0])]
-            self.batches = [(torch.stack([b[i][0] for b in batches]), torch.stack([b[i][1] for b in batches]))
-                            for i in range(len(batches[0]))]
+            self.batches = [
+                (torch.stack([b[i][0] for b in batches]), torch.stack([b[i][1] for b in batches]))
+                for i in range(len(batches[0]))
+            ]
         else:
             self.nets = nets
             self.optimizers = [adamw(n, 1e-3, 0.05, "fast") for n in nets]
@@ -131,8 +140,11 @@ class PackStepper:
         if self.packed:
             x, y = batch
             logits = self.pack(x)
-            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none",
-                                     label_smoothing=0.1).view(len(self.losses), -1).mean(1)
+            losses = (
+                F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none", label_smoothing=0.1)
+                .view(len(self.losses), -1)
+                .mean(1)
+            )
             total, values = losses.sum(), losses.tolist()
             self.optimizers[0].zero_grad(set_to_none=True)
             total.backward()
@@ -157,43 +169,77 @@ def bench_pack(label: str, spec, data, args, device, sizes: list[int]) -> dict:
         for seed in range(size):
             torch.manual_seed(seed)
             bases.append(build_model(spec).to(device))
-            batches.append(list(TensorBatches(data.train, args.batch_size, device, shuffle=True, drop_last=True,
-                                              generator=torch.Generator().manual_seed(seed))))
+            batches.append(
+                list(
+                    TensorBatches(
+                        data.train,
+                        args.batch_size,
+                        device,
+                        shuffle=True,
+                        drop_last=True,
+                        generator=torch.Generator().manual_seed(seed),
+                    )
+                )
+            )
         big = torch.cat([b[0][0] for b in batches]), torch.cat([b[0][1] for b in batches])
         bound = Stepper(bases[0], "fast", [big], device, contextlib.nullcontext)
-        runs = {"packed": PackStepper(bases, batches, device, True), "separate": PackStepper(bases, batches, device, False)}
+        runs = {
+            "packed": PackStepper(bases, batches, device, True),
+            "separate": PackStepper(bases, batches, device, False),
+        }
         times = interleaved_times({**{k: v.step for k, v in runs.items()}, "bound": bound.step}, args.steps, device)
         img = {k: size * args.batch_size / statistics.median(t) for k, t in times.items()}
-        diff = max(abs(a - b) / abs(b) for p, q in zip(runs["packed"].losses, runs["separate"].losses)
-                   for a, b in zip(p, q))
-        out["packs"][size] = dict(packed_img_s=img["packed"], separate_img_s=img["separate"],
-                                  pack_ratio=img["packed"] / img["separate"], batch_bound_img_s=img["bound"],
-                                  bound_ratio=img["bound"] / img["separate"], max_loss_rel_diff=diff)
+        diff = max(
+            abs(a - b) / abs(b) for p, q in zip(runs["packed"].losses, runs["separate"].losses) for a, b in zip(p, q)
+        )
+        out["packs"][size] = dict(
+            packed_img_s=img["packed"],
+            separate_img_s=img["separate"],
+            pack_ratio=img["packed"] / img["separate"],
+            batch_bound_img_s=img["bound"],
+            bound_ratio=img["bound"] / img["separate"],
+            max_loss_rel_diff=diff,
+        )
     return out
 
 
 def pack_main(args, space, data, specs: dict, device) -> None:
     sizes = sorted({int(s) for s in args.pack.split(",")})
     rows = [bench_pack(label, spec, data, args, device, sizes) for label, spec in specs.items()]
-    print(f"\npacked training, batch {args.batch_size} per replica, {args.image_size}x{args.image_size}, "
-          f"{data.name.split(':')[0]}, {device.type}, {torch.get_num_threads()} threads, fast form "
-          f"({args.steps} interleaved steps each, medians); replica-images per second")
+    print(
+        f"\npacked training, batch {args.batch_size} per replica, {args.image_size}x{args.image_size}, "
+        f"{data.name.split(':')[0]}, {device.type}, {torch.get_num_threads()} threads, fast form "
+        f"({args.steps} interleaved steps each, medians); replica-images per second"
+    )
     print("| spec | S | packed | separate | pack ratio | S-times batch (bound) | bound ratio | loss rel diff |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         for size, p in r["packs"].items():
-            print(f"| {r['spec']} | {size} | {p['packed_img_s']:.0f} | {p['separate_img_s']:.0f} "
-                  f"| {p['pack_ratio']:.2f}x | {p['batch_bound_img_s']:.0f} | {p['bound_ratio']:.2f}x "
-                  f"| {p['max_loss_rel_diff']:.1e} |")
-    summary = dict(device=device.type, threads=torch.get_num_threads(), batch_size=args.batch_size,
-                   image_size=args.image_size, specs=len(rows), rows=rows, median={})
+            print(
+                f"| {r['spec']} | {size} | {p['packed_img_s']:.0f} | {p['separate_img_s']:.0f} "
+                f"| {p['pack_ratio']:.2f}x | {p['batch_bound_img_s']:.0f} | {p['bound_ratio']:.2f}x "
+                f"| {p['max_loss_rel_diff']:.1e} |"
+            )
+    summary = dict(
+        device=device.type,
+        threads=torch.get_num_threads(),
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        specs=len(rows),
+        rows=rows,
+        median={},
+    )
     for size in sizes:
-        summary["median"][size] = {key: statistics.median(r["packs"][size][key] for r in rows)
-                                   for key in ("packed_img_s", "separate_img_s", "pack_ratio", "bound_ratio")}
+        summary["median"][size] = {
+            key: statistics.median(r["packs"][size][key] for r in rows)
+            for key in ("packed_img_s", "separate_img_s", "pack_ratio", "bound_ratio")
+        }
         summary["median"][size]["max_loss_rel_diff"] = max(r["packs"][size]["max_loss_rel_diff"] for r in rows)
         m = summary["median"][size]
-        print(f"S = {size}: median pack ratio {m['pack_ratio']:.2f}x (bound {m['bound_ratio']:.2f}x) over "
-              f"{len(rows)} specs; largest loss difference {m['max_loss_rel_diff']:.1e}")
+        print(
+            f"S = {size}: median pack ratio {m['pack_ratio']:.2f}x (bound {m['bound_ratio']:.2f}x) over "
+            f"{len(rows)} specs; largest loss difference {m['max_loss_rel_diff']:.1e}"
+        )
     if args.json:
         print(json.dumps(summary))
 
@@ -211,8 +257,9 @@ def whole_trials(rows: list, specs: dict, data, recipe, device) -> None:
     for row in rows:
         row["trial_s"], row["trial_top1"] = {}, {}
         for form in ("reference", "fast"):
-            result = train_candidate(specs[row["spec"]], data, recipe.model_copy(update={"train_form": form,
-                                                                                         "time_limit": None}), device)
+            result = train_candidate(
+                specs[row["spec"]], data, recipe.model_copy(update={"train_form": form, "time_limit": None}), device
+            )
             row["trial_s"][form], row["trial_top1"][form] = result.seconds, result.top1
 
 
@@ -260,27 +307,51 @@ def main() -> None:
     rows = [bench_spec(label, spec, data, args, device, autocast, mm) for label, spec in specs.items()]
     peak_memory(rows, device)
     if not args.no_trial:
-        whole_trials(rows, {k: v.model_copy(update={"num_classes": data.num_classes, "in_chans": data.in_chans})
-                            for k, v in specs.items()}, data, space.train, device)
+        whole_trials(
+            rows,
+            {
+                k: v.model_copy(update={"num_classes": data.num_classes, "in_chans": data.in_chans})
+                for k, v in specs.items()
+            },
+            data,
+            space.train,
+            device,
+        )
 
-    print(f"\nproxy training step, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
-          f"{data.name.split(':')[0]}, {device.type} {args.dtype}, {torch.get_num_threads()} threads "
-          f"({args.steps} interleaved steps per form, medians); 2048^2 matmul: {mm:.1f} GFLOP/s")
-    print("| spec | MFLOPs | reference img/s | fast img/s | ratio | GFLOP/s ref / fast (% of matmul) "
-          "| peak MiB ref / fast | loss rel diff | trial s ref / fast (top-1) |")
+    print(
+        f"\nproxy training step, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
+        f"{data.name.split(':')[0]}, {device.type} {args.dtype}, {torch.get_num_threads()} threads "
+        f"({args.steps} interleaved steps per form, medians); 2048^2 matmul: {mm:.1f} GFLOP/s"
+    )
+    print(
+        "| spec | MFLOPs | reference img/s | fast img/s | ratio | GFLOP/s ref / fast (% of matmul) "
+        "| peak MiB ref / fast | loss rel diff | trial s ref / fast (top-1) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        trial = "-" if "trial_s" not in r else (
-            f"{r['trial_s']['reference']:.1f} / {r['trial_s']['fast']:.1f} "
-            f"({r['trial_top1']['reference']:.2f} / {r['trial_top1']['fast']:.2f})")
-        print(f"| {r['spec']} | {r['mflops']:.2f} | {r['img_s']['reference']:.0f} | {r['img_s']['fast']:.0f} "
-              f"| {r['ratio']:.2f}x | {r['gflops']['reference']:.1f} / {r['gflops']['fast']:.1f} "
-              f"({100 * r['of_matmul']['reference']:.1f}% / {100 * r['of_matmul']['fast']:.1f}%) "
-              f"| {fmt(r['peak_mib']['reference'])} / {fmt(r['peak_mib']['fast'])} | {r['loss_diff']:.1e} | {trial} |")
+        trial = (
+            "-"
+            if "trial_s" not in r
+            else (
+                f"{r['trial_s']['reference']:.1f} / {r['trial_s']['fast']:.1f} "
+                f"({r['trial_top1']['reference']:.2f} / {r['trial_top1']['fast']:.2f})"
+            )
+        )
+        print(
+            f"| {r['spec']} | {r['mflops']:.2f} | {r['img_s']['reference']:.0f} | {r['img_s']['fast']:.0f} "
+            f"| {r['ratio']:.2f}x | {r['gflops']['reference']:.1f} / {r['gflops']['fast']:.1f} "
+            f"({100 * r['of_matmul']['reference']:.1f}% / {100 * r['of_matmul']['fast']:.1f}%) "
+            f"| {fmt(r['peak_mib']['reference'])} / {fmt(r['peak_mib']['fast'])} | {r['loss_diff']:.1e} | {trial} |"
+        )
     sample = [r for r in rows if r["spec"].startswith(f"{space.name}[")] or rows
     summary = dict(
-        device=device.type, dtype=args.dtype, threads=torch.get_num_threads(), batch_size=args.batch_size,
-        image_size=args.image_size, matmul_gflops=mm, specs=len(rows),
+        device=device.type,
+        dtype=args.dtype,
+        threads=torch.get_num_threads(),
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        matmul_gflops=mm,
+        specs=len(rows),
         reference_img_s=statistics.median(r["img_s"]["reference"] for r in sample),
         fast_img_s=statistics.median(r["img_s"]["fast"] for r in sample),
         ratio=statistics.median(r["ratio"] for r in sample),
@@ -290,12 +361,16 @@ def main() -> None:
     if not args.no_trial:
         summary["trial_s_reference"] = sum(r["trial_s"]["reference"] for r in sample)
         summary["trial_s_fast"] = sum(r["trial_s"]["fast"] for r in sample)
-    print(f"\nmedian over the {len(sample)} sampled candidates: reference {summary['reference_img_s']:.0f} img/s, "
-          f"fast {summary['fast_img_s']:.0f} img/s, ratio {summary['ratio']:.2f}x (target >= 2x); "
-          f"largest loss difference {summary['max_loss_rel_diff']:.1e}")
+    print(
+        f"\nmedian over the {len(sample)} sampled candidates: reference {summary['reference_img_s']:.0f} img/s, "
+        f"fast {summary['fast_img_s']:.0f} img/s, ratio {summary['ratio']:.2f}x (target >= 2x); "
+        f"largest loss difference {summary['max_loss_rel_diff']:.1e}"
+    )
     if not args.no_trial:
-        print(f"whole trials, summed over the sample: reference {summary['trial_s_reference']:.1f} s, "
-              f"fast {summary['trial_s_fast']:.1f} s ({summary['trial_s_reference'] / summary['trial_s_fast']:.2f}x)")
+        print(
+            f"whole trials, summed over the sample: reference {summary['trial_s_reference']:.1f} s, "
+            f"fast {summary['trial_s_fast']:.1f} s ({summary['trial_s_reference'] / summary['trial_s_fast']:.2f}x)"
+        )
     if args.json:
         print(json.dumps(summary))
     sys.stdout.flush()

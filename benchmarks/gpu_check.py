@@ -16,6 +16,7 @@ Sections (each also in the JSON, with the seconds it took):
 - ``study``: a 20-trial study of ``transxnet_paper`` (64x64, synthetic data, one proxy epoch, no
   confirmation) with 1, 2 and 4 worker processes per GPU: wall time and trials per minute.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,12 +65,15 @@ def parity(device: torch.device) -> dict:
     def rel(a, b) -> float:
         return float((a.cpu() - b).abs().max() / b.abs().max())
 
-    return {"logits_rel_err": rel(logits, ref["output"]),
-            "stages_rel_err": max(rel(a, b) for a, b in zip(stages, ref["stage_outputs"]))}
+    return {
+        "logits_rel_err": rel(logits, ref["output"]),
+        "stages_rel_err": max(rel(a, b) for a, b in zip(stages, ref["stage_outputs"])),
+    }
 
 
-def deploy(device: torch.device, batches: list[int], image: int, compile_: bool, seconds: float,
-           spec="transxnet_t") -> dict:
+def deploy(
+    device: torch.device, batches: list[int], image: int, compile_: bool, seconds: float, spec="transxnet_t"
+) -> dict:
     from xnetspace import build_model
 
     model = build_model(spec).to(device).reparameterize().to(memory_format=torch.channels_last)
@@ -83,14 +87,28 @@ def deploy(device: torch.device, batches: list[int], image: int, compile_: bool,
             if compiled is not None and batch == max(batches):
                 forms["compiled"] = compiled
             for form, net in forms.items():
+
                 def run():
-                    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype,
-                                                                 enabled=dtype != torch.float32):
+                    with (
+                        torch.inference_mode(),
+                        torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32),
+                    ):
                         net(x)
-                rows.append({"batch": batch, "dtype": str(dtype).removeprefix("torch."), "form": form,
-                             "img_s": _rate(run, batch, device, seconds)})
-    return {"spec": spec if isinstance(spec, str) else spec.name, "image_size": image, "rows": rows,
-            "paper_t_img_s": PAPER_T_IMG_S}
+
+                rows.append(
+                    {
+                        "batch": batch,
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "form": form,
+                        "img_s": _rate(run, batch, device, seconds),
+                    }
+                )
+    return {
+        "spec": spec if isinstance(spec, str) else spec.name,
+        "image_size": image,
+        "rows": rows,
+        "paper_t_img_s": PAPER_T_IMG_S,
+    }
 
 
 def packs(device: torch.device, sizes: list[int], space: str, image: int, batch: int, steps: int) -> dict:
@@ -136,8 +154,14 @@ def packs(device: torch.device, sizes: list[int], space: str, image: int, batch:
                 fn()
             _sync(device)
             timings[name] = size * batch * steps / (time.perf_counter() - start)
-        rows.append({"S": size, "packed_img_s": timings["packed"], "separate_img_s": timings["separate"],
-                     "pack_ratio": timings["packed"] / timings["separate"]})
+        rows.append(
+            {
+                "S": size,
+                "packed_img_s": timings["packed"],
+                "separate_img_s": timings["separate"],
+                "pack_ratio": timings["packed"] / timings["separate"],
+            }
+        )
     return {"space": space, "image_size": image, "batch_per_replica": batch, "rows": rows}
 
 
@@ -146,13 +170,46 @@ def study(device: str, workers: list[int], space: str, image: int, n_trials: int
     for k in workers:
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "xnetspace.cli", "search", "--space", space, "--dataset",
-                                   dataset, "--image-size", str(image), "--epochs", "1", "--n-trials", str(n_trials),
-                                   "--confirm-top", "0", "--baseline", "none", "--devices", device,
-                                   "--workers-per-device", str(k), "--out", out], capture_output=True, text=True)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "xnetspace.cli",
+                    "search",
+                    "--space",
+                    space,
+                    "--dataset",
+                    dataset,
+                    "--image-size",
+                    str(image),
+                    "--epochs",
+                    "1",
+                    "--n-trials",
+                    str(n_trials),
+                    "--confirm-top",
+                    "0",
+                    "--baseline",
+                    "none",
+                    "--devices",
+                    device,
+                    "--workers-per-device",
+                    str(k),
+                    "--out",
+                    out,
+                ],
+                capture_output=True,
+                text=True,
+            )
             seconds = time.perf_counter() - start
-        rows.append({"workers_per_device": k, "seconds": seconds, "trials_per_minute": 60 * n_trials / seconds,
-                     "exit": done.returncode, "error": done.stderr[-500:] if done.returncode else None})
+        rows.append(
+            {
+                "workers_per_device": k,
+                "seconds": seconds,
+                "trials_per_minute": 60 * n_trials / seconds,
+                "exit": done.returncode,
+                "error": done.stderr[-500:] if done.returncode else None,
+            }
+        )
     return {"space": space, "n_trials": n_trials, "dataset": dataset, "rows": rows}
 
 
@@ -172,17 +229,38 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: no CUDA device here; use --device cpu --tiny for a smoke test")
     tiny = args.tiny
-    report = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "tiny": tiny}
+    report = {
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "tiny": tiny,
+    }
     space = str(ROOT / "tests" / "data" / "gpu_check_space.yaml") if tiny else "transxnet_paper"
     sections = {
         "parity": lambda: parity(device),
-        "deploy": lambda: deploy(device, [1, 2] if tiny else [1, 64, 256], 32 if tiny else 224, compile_=not tiny,
-                                 seconds=0.2 if tiny else 2.0, spec=_tiny_spec() if tiny else "transxnet_t"),
-        "packs": lambda: packs(device, [1, 2] if tiny else [1, 2, 4, 8, 16, 32], space, 16 if tiny else 64,
-                               4 if tiny else 128, 1 if tiny else 10),
-        "study": lambda: study(args.device, [1, 2] if tiny else [1, 2, 4], space, 16 if tiny else 64,
-                               2 if tiny else 20, "synthetic:64" if tiny else "synthetic:2048"),
+        "deploy": lambda: deploy(
+            device,
+            [1, 2] if tiny else [1, 64, 256],
+            32 if tiny else 224,
+            compile_=not tiny,
+            seconds=0.2 if tiny else 2.0,
+            spec=_tiny_spec() if tiny else "transxnet_t",
+        ),
+        "packs": lambda: packs(
+            device,
+            [1, 2] if tiny else [1, 2, 4, 8, 16, 32],
+            space,
+            16 if tiny else 64,
+            4 if tiny else 128,
+            1 if tiny else 10,
+        ),
+        "study": lambda: study(
+            args.device,
+            [1, 2] if tiny else [1, 2, 4],
+            space,
+            16 if tiny else 64,
+            2 if tiny else 20,
+            "synthetic:64" if tiny else "synthetic:2048",
+        ),
     }
     for name, section in sections.items():
         start = time.perf_counter()
@@ -193,7 +271,8 @@ def main() -> None:
         report[name]["seconds"] = round(time.perf_counter() - start, 1)
         print(f"{name}: {json.dumps(report[name])}", file=sys.stderr, flush=True)
     report["ok"] = all("error" not in report[n] for n in sections) and all(
-        r["exit"] == 0 for r in report["study"].get("rows", []))
+        r["exit"] == 0 for r in report["study"].get("rows", [])
+    )
     print(json.dumps(report))
 
 

@@ -7,6 +7,7 @@ forward at batch 1 and read ``VmHWM``. Prints the measured peak, the bound
 
     python benchmarks/memory_bound.py
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -18,13 +19,30 @@ from xnetspace.memory import estimate_memory
 from xnetspace.model import build_model
 
 CASES = [
-    ("transxnet_t", 224), ("transxnet_t", 512), ("transxnet_s", 224), ("transxnet_b", 224),
+    ("transxnet_t", 224),
+    ("transxnet_t", 512),
+    ("transxnet_s", 224),
+    ("transxnet_b", 224),
     ({"name": "attention", "stages": [{"depth": 2, "embed_dim": 32, "num_heads": 4, "attn_ratio": 1}]}, 128),
     ({"name": "attention", "stages": [{"depth": 2, "embed_dim": 32, "num_heads": 4, "attn_ratio": 1}]}, 256),
     ({"name": "idconv", "stages": [{"depth": 2, "embed_dim": 64, "idconv_groups": 4, "attn_ratio": 0}]}, 448),
-    ({"name": "ms-ffn", "stages": [{"depth": 2, "embed_dim": 64, "mlp_ratio": 8, "attn_ratio": 0, "idconv_groups": 1}]}, 448),
-    ({"name": "wide", "stages": [{"depth": 1, "embed_dim": 256, "num_heads": 8, "sr_ratio": 4},
-                                 {"depth": 1, "embed_dim": 512, "num_heads": 8, "sr_ratio": 2}]}, 448),
+    (
+        {
+            "name": "ms-ffn",
+            "stages": [{"depth": 2, "embed_dim": 64, "mlp_ratio": 8, "attn_ratio": 0, "idconv_groups": 1}],
+        },
+        448,
+    ),
+    (
+        {
+            "name": "wide",
+            "stages": [
+                {"depth": 1, "embed_dim": 256, "num_heads": 8, "sr_ratio": 4},
+                {"depth": 1, "embed_dim": 512, "num_heads": 8, "sr_ratio": 2},
+            ],
+        },
+        448,
+    ),
 ]
 
 
@@ -53,7 +71,9 @@ def main() -> None:
         model = build_model(spec).eval()
         measured = peak_forward_bytes(model, model.spec.in_chans, size)
         bound = estimate_memory(model.spec, size).activations
-        print(f"{model.spec.name:12s} {size:>7d} {measured / 2**20:12.1f} {bound / 2**20:9.1f} {bound / measured:15.2f}")
+        print(
+            f"{model.spec.name:12s} {size:>7d} {measured / 2**20:12.1f} {bound / 2**20:9.1f} {bound / measured:15.2f}"
+        )
         del model
 
 

@@ -5,6 +5,7 @@
 Run `python search/run.py --help` for every option. Re-running the same command continues the
 study (up to --n-trials in total); results go to runs/STUDY_NAME unless --out says otherwise.
 """
+
 import sys
 
 from xnetspace.cli import main

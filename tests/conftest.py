@@ -1,4 +1,5 @@
 """Shared fixtures: the reference files copied from the release, and small specs."""
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,11 @@ def postgres_server():
     created = run(*psql, "-c", f"CREATE ROLE xnet LOGIN CREATEDB PASSWORD '{PG_PASSWORD}'")
     try:
         assert created.returncode == 0, created.stderr
-        yield {"url": f"postgresql+psycopg://xnet:{PG_PASSWORD}@127.0.0.1:{port}", "port": port,
-               "psql": [*as_user, *psql]}
+        yield {
+            "url": f"postgresql+psycopg://xnet:{PG_PASSWORD}@127.0.0.1:{port}",
+            "port": port,
+            "psql": [*as_user, *psql],
+        }
     finally:
         run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(root, ignore_errors=True)
@@ -83,8 +87,12 @@ def postgres_server():
 def new_database(server: dict, name: str) -> str:
     """Create an empty database ``name`` on ``server`` (dropping one of that name); its storage URL."""
     name = "t_" + "".join(c if c.isalnum() else "_" for c in name.lower())[:50]
-    done = subprocess.run([*server["psql"], "-c", f"DROP DATABASE IF EXISTS {name}",
-                           "-c", f"CREATE DATABASE {name} OWNER xnet"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*server["psql"], "-c", f"DROP DATABASE IF EXISTS {name}", "-c", f"CREATE DATABASE {name} OWNER xnet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return f"{server['url']}/{name}"
 
@@ -149,17 +157,19 @@ def random_specs(count: int, seed: int = 0) -> list[NetworkSpec]:
         for _ in range(rng.randint(1, 5)):
             heads = rng.choice([1, 2, 3, 4])
             ratios = [0.0, 0.25, 0.5, 0.75, 1.0, rng.random()]
-            stages.append(dict(
-                depth=rng.randint(1, 2),
-                embed_dim=rng.choice([8, 12, 16, 24, 32, 40, 48]),
-                num_heads=heads,
-                sr_ratio=rng.randint(1, 8),
-                idconv_groups=rng.randint(1, 4),
-                idconv_kernel_size=rng.choice([1, 3, 5, 7, 9]),
-                mlp_ratio=rng.choice([1, 1.5, 2, 3, 4]),
-                ffn_kernel_sizes=sorted(rng.sample([1, 3, 5, 7, 9], rng.randint(1, 4))),
-                attn_ratio=rng.choice(ratios),
-            ))
+            stages.append(
+                dict(
+                    depth=rng.randint(1, 2),
+                    embed_dim=rng.choice([8, 12, 16, 24, 32, 40, 48]),
+                    num_heads=heads,
+                    sr_ratio=rng.randint(1, 8),
+                    idconv_groups=rng.randint(1, 4),
+                    idconv_kernel_size=rng.choice([1, 3, 5, 7, 9]),
+                    mlp_ratio=rng.choice([1, 1.5, 2, 3, 4]),
+                    ffn_kernel_sizes=sorted(rng.sample([1, 3, 5, 7, 9], rng.randint(1, 4))),
+                    attn_ratio=rng.choice(ratios),
+                )
+            )
         fields = dict(
             stages=stages,
             in_chans=rng.choice([1, 3]),
@@ -177,6 +187,7 @@ def random_specs(count: int, seed: int = 0) -> list[NetworkSpec]:
 def seeds_trainer(fake):
     """``train_seeds``'s interface over a fake single-seed trainer ``fake(spec, data, config, device,
     report)`` (the seeds trained one after another, each with ``config.seed`` set to it)."""
+
     def train(spec, data, seeds, config, device="cpu", report=None, pack=True):
         results = []
         for seed in seeds:

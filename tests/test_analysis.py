@@ -1,5 +1,6 @@
 """Design-space analysis: EDFs, complexity normalisation, importances, the comparison of two
 studies, the `analyze` command end to end, population studies, and bad input."""
+
 from __future__ import annotations
 
 import csv
@@ -35,37 +36,82 @@ from xnetspace.search.train import TrainConfig, TrainResult
 from .conftest import use_trainer
 from .test_search import SPACE  # the tiny space: a budget of 200 kFLOPs at 16x16 rejects some samples
 
-KNOBS = {"stage1.embed_dim": IntDistribution(8, 24, step=8), "stage1.attn_ratio": CategoricalDistribution([0.5, 1.0]),
-         "stage2.num_heads": CategoricalDistribution([1, 2])}
+KNOBS = {
+    "stage1.embed_dim": IntDistribution(8, 24, step=8),
+    "stage1.attn_ratio": CategoricalDistribution([0.5, 1.0]),
+    "stage2.num_heads": CategoricalDistribution([1, 2]),
+}
 runner = CliRunner()
 
 
-def make_study(folder, n=12, dataset="synthetic:128", image_size=16, sampler="random", pruner="none", shift=0.0,
-               rejected=3, seed=0, name="s", knobs=None):
+def make_study(
+    folder,
+    n=12,
+    dataset="synthetic:128",
+    image_size=16,
+    sampler="random",
+    pruner="none",
+    shift=0.0,
+    rejected=3,
+    seed=0,
+    name="s",
+    knobs=None,
+):
     """A finished study as `xnetspace search` stores it, with hand-made trials: n candidates whose
     error is 10 - embed_dim / 8 (+ noise, + shift), a few rejected samples, one repeat."""
     folder.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{folder / 'study.db'}"
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    config = StudyConfig(space=SearchSpace.model_validate(SPACE), dataset=dataset, objective="top1",
-                         train=TrainConfig(image_size=image_size, epochs=2, batch_size=32))
+    config = StudyConfig(
+        space=SearchSpace.model_validate(SPACE),
+        dataset=dataset,
+        objective="top1",
+        train=TrainConfig(image_size=image_size, epochs=2, batch_size=32),
+    )
     study.set_user_attr("xnetspace_config", config.model_dump(mode="json"))
     store_run_options(study, RunOptions(n_trials=max(n, 1), sampler=sampler, pruner=pruner))
     rng = np.random.default_rng(seed)
     knobs = knobs or KNOBS
     for _ in range(rejected):
-        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={KEY: {
-            "slot": True, "rejected": True, "reason": "over budget: FLOPs 300k above max 200k"}}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.PRUNED,
+                user_attrs={KEY: {"slot": True, "rejected": True, "reason": "over budget: FLOPs 300k above max 200k"}},
+            )
+        )
     for i in range(n):
-        params = {k: d.to_external_repr(int(rng.integers(len(d.choices)))) if isinstance(d, CategoricalDistribution)
-                  else int(rng.choice([8, 16, 24])) for k, d in knobs.items()}
+        params = {
+            k: d.to_external_repr(int(rng.integers(len(d.choices))))
+            if isinstance(d, CategoricalDistribution)
+            else int(rng.choice([8, 16, 24]))
+            for k, d in knobs.items()
+        }
         error = 10 - params.get("stage1.embed_dim", 16) / 8 + shift + float(rng.normal(0, 0.2))
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=knobs, value=100 - error, user_attrs={KEY: {
-            "slot": True, "flops": 100_000 + 5_000 * i, "params": 20_000, "spec_digest": f"d{i}",
-            "runs": [{"seed": 0, "top1": [100 - error]}]}}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=knobs,
+                value=100 - error,
+                user_attrs={
+                    KEY: {
+                        "slot": True,
+                        "flops": 100_000 + 5_000 * i,
+                        "params": 20_000,
+                        "spec_digest": f"d{i}",
+                        "runs": [{"seed": 0, "top1": [100 - error]}],
+                    }
+                },
+            )
+        )
     if n:
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=knobs, value=100 - error,
-                                                  user_attrs={KEY: {"slot": True, "duplicate_of": n - 1 + rejected}}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=knobs,
+                value=100 - error,
+                user_attrs={KEY: {"slot": True, "duplicate_of": n - 1 + rejected}},
+            )
+        )
     return folder
 
 
@@ -79,8 +125,10 @@ def fake_trainer(spec, data, config, device, report):
 
 
 def candidates(errors, flops=None, knobs=None):
-    return [Candidate(i, e, (flops or [1] * len(errors))[i], 1, "", (knobs or [{}] * len(errors))[i])
-            for i, e in enumerate(errors)]
+    return [
+        Candidate(i, e, (flops or [1] * len(errors))[i], 1, "", (knobs or [{}] * len(errors))[i])
+        for i, e in enumerate(errors)
+    ]
 
 
 # -- EDFs and normalisation --------------------------------------------------------------------------
@@ -187,9 +235,27 @@ def test_population_search_keeps_rejections_and_analyses(tmp_path, monkeypatch):
     space = tmp_path / "space.yaml"
     space.write_text(json.dumps(SPACE))  # JSON is YAML
     out = tmp_path / "pop"
-    result = runner.invoke(app, ["search", "--space", str(space), "--dataset", "synthetic:128", "--population",
-                                 "--n-trials", "12", "--out", str(out), "--image-size", "16", "--epochs", "1",
-                                 "--workers-per-device", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            "--space",
+            str(space),
+            "--dataset",
+            "synthetic:128",
+            "--population",
+            "--n-trials",
+            "12",
+            "--out",
+            str(out),
+            "--image-size",
+            "16",
+            "--epochs",
+            "1",
+            "--workers-per-device",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     study = load_run(out)
     settings = study.user_attrs["xnetspace_run"]
@@ -210,8 +276,12 @@ def test_not_a_study_folder(tmp_path):
     (tmp_path / "junk" / "study.db").write_text("not a database " * 100)
     (tmp_path / "other").mkdir()
     sqlite3.connect(tmp_path / "other" / "study.db").execute("create table t (x int)").connection.commit()
-    cases = {"missing": "does not exist", "empty": "has no study.db", "junk": "not an SQLite database",
-             "other": "not an Optuna storage"}
+    cases = {
+        "missing": "does not exist",
+        "empty": "has no study.db",
+        "junk": "not an SQLite database",
+        "other": "not an Optuna storage",
+    }
     for folder, message in cases.items():
         result = runner.invoke(app, ["analyze", str(tmp_path / folder)])
         assert result.exit_code == 2 and message in result.output, (folder, result.output)
@@ -246,8 +316,9 @@ def test_different_datasets_or_sizes_are_refused_unless_forced(tmp_path):
 def test_storage_and_study_name_options(tmp_path):
     folder = make_study(tmp_path / "a", n=10, name="mine")
     url = f"sqlite:///{folder / 'study.db'}"
-    result = runner.invoke(app, ["analyze", "--storage", url, "--study-name", "mine", "--out", str(tmp_path / "o"),
-                                 "--json"])
+    result = runner.invoke(
+        app, ["analyze", "--storage", url, "--study-name", "mine", "--out", str(tmp_path / "o"), "--json"]
+    )
     assert result.exit_code == 0 and json.loads(result.output)["studies"][0]["name"] == "mine"
     result = runner.invoke(app, ["analyze", "--storage", url, "--study-name", "theirs"])
     assert result.exit_code == 2 and "no study named 'theirs'" in result.output
@@ -258,8 +329,9 @@ def test_storage_and_study_name_options(tmp_path):
 
 
 def test_population_refuses_another_sampler(tmp_path):
-    result = runner.invoke(app, ["search", "--space", "tiny_cpu", "--population", "--sampler", "tpe",
-                                 "--out", str(tmp_path / "x")])
+    result = runner.invoke(
+        app, ["search", "--space", "tiny_cpu", "--population", "--sampler", "tpe", "--out", str(tmp_path / "x")]
+    )
     assert result.exit_code == 2 and "--population means --sampler random --pruner none" in result.output
 
 

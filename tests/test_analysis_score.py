@@ -1,6 +1,7 @@
 """`xnetspace analyze` in the study's score: cross-entropy in a loss study (top-1 error beside it),
 per-candidate means over seeds, studies of different scores, and analysis.json against its model
 and its exported JSON Schema."""
+
 from __future__ import annotations
 
 import json
@@ -33,21 +34,48 @@ def make_loss_study(folder, n=16, seeds=2, shift=0.0, seed=0, name="loss"):
     plus noise that width does not set (top-1 cannot tell these candidates apart)."""
     folder.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{folder / 'study.db'}", direction="minimize")
-    config = StudyConfig(space=SearchSpace.model_validate(SPACE), dataset="synthetic:128", objective="loss",
-                         train=TrainConfig(image_size=16, epochs=2, batch_size=32))
+    config = StudyConfig(
+        space=SearchSpace.model_validate(SPACE),
+        dataset="synthetic:128",
+        objective="loss",
+        train=TrainConfig(image_size=16, epochs=2, batch_size=32),
+    )
     study.set_user_attr("xnetspace_config", config.model_dump(mode="json"))
     store_run_options(study, RunOptions(n_trials=n, sampler="random", pruner="none"))
     rng = np.random.default_rng(seed)
     truth = []
     for i in range(n):
-        params = {"stage1.embed_dim": int(rng.choice([8, 16, 24])), "stage1.attn_ratio": float(rng.choice([0.5, 1.0])),
-                  "stage2.num_heads": int(rng.choice([1, 2]))}
+        params = {
+            "stage1.embed_dim": int(rng.choice([8, 16, 24])),
+            "stage1.attn_ratio": float(rng.choice([0.5, 1.0])),
+            "stage2.num_heads": int(rng.choice([1, 2])),
+        }
         base = 0.5 - params["stage1.embed_dim"] / 100 + shift
-        runs = [{"seed": s, "top1": [50.0, 90.0 + float(rng.normal(0, 1))],
-                 "loss": [2.0, base + float(rng.normal(0, 0.01))]} for s in range(seeds)]
+        runs = [
+            {
+                "seed": s,
+                "top1": [50.0, 90.0 + float(rng.normal(0, 1))],
+                "loss": [2.0, base + float(rng.normal(0, 0.01))],
+            }
+            for s in range(seeds)
+        ]
         truth.append((np.mean([r["loss"][-1] for r in runs]), 100 - np.mean([r["top1"][-1] for r in runs])))
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=KNOBS, value=truth[-1][0], user_attrs={
-            KEY: {"slot": True, "flops": 100_000 + 5_000 * i, "params": 20_000, "spec_digest": f"d{i}", "runs": runs}}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=KNOBS,
+                value=truth[-1][0],
+                user_attrs={
+                    KEY: {
+                        "slot": True,
+                        "flops": 100_000 + 5_000 * i,
+                        "params": 20_000,
+                        "spec_digest": f"d{i}",
+                        "runs": runs,
+                    }
+                },
+            )
+        )
     return folder, truth
 
 
@@ -57,8 +85,12 @@ def test_a_loss_study_is_analysed_in_cross_entropy_with_top1_error_beside(tmp_pa
     assert [c.error for c in data.candidates] == pytest.approx([t[0] for t in truth])  # mean over the 2 seeds
     assert [c.top1_error for c in data.candidates] == pytest.approx([t[1] for t in truth])
     result = analyze([data])
-    assert result["score"] == {"name": "loss", "label": "validation cross-entropy", "unit": "nats",
-                               "direction": "minimize"}
+    assert result["score"] == {
+        "name": "loss",
+        "label": "validation cross-entropy",
+        "unit": "nats",
+        "direction": "minimize",
+    }
     study = result["studies"][0]
     losses = sorted(t[0] for t in truth)
     assert study["edf"]["error"] == pytest.approx(sorted(set(losses)))
@@ -116,5 +148,6 @@ def test_studies_of_different_scores_are_refused_unless_forced_then_compared_by_
 @pytest.mark.parametrize("name", sorted(schemas()))
 def test_exported_schemas_are_the_models_current_ones(name):
     written = json.loads((SCHEMAS / name).read_text())
-    assert written == schemas()[name], ("docs/schemas is stale: run python -m xnetspace.search.analysis_schema "
-                                        "docs/schemas")
+    assert written == schemas()[name], (
+        "docs/schemas is stale: run python -m xnetspace.search.analysis_schema docs/schemas"
+    )

@@ -3,6 +3,7 @@ status 2 (130 for Ctrl-C), one short paragraph naming the field or file, no trac
 nothing written or lost. Plus the memory estimate against a measured forward, the internal-error
 handler, and random spec mappings (hypothesis) that never raise anything but the documented errors.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,8 +44,10 @@ runner = CliRunner()
 MAX_OUTPUT = 3500  # characters: one paragraph (the CLI caps a message at 3,000), or the per-stage table
 MAX_SECONDS = 5.0  # per case, in process (imports excluded); the issue asks for well under 10 s
 
-OK_SPEC = ("name: ok\nnum_classes: 10\nstages:\n  - {depth: 1, embed_dim: 16, num_heads: 1, sr_ratio: 2}\n"
-           "  - {depth: 1, embed_dim: 32, num_heads: 2}\n")
+OK_SPEC = (
+    "name: ok\nnum_classes: 10\nstages:\n  - {depth: 1, embed_dim: 16, num_heads: 1, sr_ratio: 2}\n"
+    "  - {depth: 1, embed_dim: 32, num_heads: 2}\n"
+)
 STAGE = "{depth: 1, embed_dim: 16}"
 
 
@@ -59,16 +62,21 @@ def _laughs(top: str) -> str:
 
 def _png(width: int, height: int) -> bytes:
     """A valid PNG header claiming width x height pixels (a decompression bomb) with one tiny row."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4)) + chunk(b"IEND", b"")
 
 
 def _files(tmp: Path) -> dict[str, str]:
     """Every file under ``tmp`` with the hash of its bytes (what 'nothing written or lost' compares)."""
-    return {str(p.relative_to(tmp)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(tmp.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(tmp)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(tmp.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _write_inputs(tmp: Path) -> None:
@@ -90,7 +98,7 @@ def _write_inputs(tmp: Path) -> None:
         "digits.yaml": "stages: [{depth: 1" + "0" * 5000 + ", embed_dim: 16}]\n",
         "longkey.yaml": f"stages: [{STAGE}]\n? " + "k" * 10_000 + "\n: 1\n",  # explicit key: no length limit
         "longname.yaml": f"stages: [{STAGE}]\nname: " + "n" * 500_000 + "\n",
-        "escape.yaml": f"stages: [{STAGE}]\nname: \"\\e[31mred\\e[0m\"\n",
+        "escape.yaml": f'stages: [{STAGE}]\nname: "\\e[31mred\\e[0m"\n',
         "nested.yaml": "stages: " + "[" * 5000 + "]" * 5000 + "\n",
         "nested.json": '{"stages": ' + "[" * 100_000 + "]" * 100_000 + "}",
         "nan.json": '{"stages": [{"depth": 1, "embed_dim": 16}], "drop_rate": NaN}',
@@ -128,8 +136,9 @@ def _write_inputs(tmp: Path) -> None:
         "space_bool_choice.yaml": "name: x\nstages: [{embed_dim: 16, depth: [1, true]}]\n",
         "space_bool_range.yaml": "name: x\nstages: [{embed_dim: 16, depth: {low: true, high: 3}}]\n",
         "space_bool_train.yaml": "name: x\nstages: [{embed_dim: 16, depth: 1}]\ntrain: {epochs: true}\n",
-        "space_bool_size.yaml": ("name: x\nstages: [{embed_dim: 16, depth: 1}]\n"
-                                 "constraints: {image_size: [32, false]}\n"),
+        "space_bool_size.yaml": (
+            "name: x\nstages: [{embed_dim: 16, depth: 1}]\nconstraints: {image_size: [32, false]}\n"
+        ),
         "huge_blocks.yaml": "stages: [" + ", ".join(["{depth: 256, embed_dim: 16}"] * 16) + "]\n",
     }
     for name, text in files.items():
@@ -292,10 +301,16 @@ CASES = [
     (["build", "ok.yaml", "--checkpoint", "random.pt"], ["random.pt", "weights-only"]),
     (["build", "ok.yaml", "--checkpoint", "empty.pt"], ["empty.pt"]),
     (["build", "ok.yaml", "--checkpoint", "tensor.pt"], ["tensor.pt", "Tensor"]),
-    (["build", "ok.yaml", "--checkpoint", "pickled.pt"], ["pickled.pt", "weights-only", "posix.system", "refused unread"]),
+    (
+        ["build", "ok.yaml", "--checkpoint", "pickled.pt"],
+        ["pickled.pt", "weights-only", "posix.system", "refused unread"],
+    ),
     (["build", "ok.yaml", "--checkpoint", "folder"], ["no checkpoint file", "folder"]),
     (["build", "ok.yaml", "--checkpoint", "longkeys.pt"], ["50 keys", "kkkk"]),
-    (["build", "tiny.yaml", "--checkpoint", "legacy_pickled.pt"], ["legacy_pickled.pt", "weights-only", "posix.system"]),
+    (
+        ["build", "tiny.yaml", "--checkpoint", "legacy_pickled.pt"],
+        ["legacy_pickled.pt", "weights-only", "posix.system"],
+    ),
     (["build", "tiny.yaml", "--checkpoint", "number.pt"], ["'stem.conv.weight' (int)", "not a name with a tensor"]),
     (["build", "tiny.yaml", "--checkpoint", "intkey.pt"], ["1 (Tensor)", "not a name with a tensor"]),
     (["build", "tiny.yaml", "--checkpoint", "cut.pt"], ["cut.pt", "not a weights-only torch checkpoint"]),
@@ -351,10 +366,14 @@ SEARCH_CASES = [
     pytest.param(SEARCH + ["--dataset", "synthetic:many"], ["synthetic"]),
     pytest.param(SEARCH + ["--space", "/dev/zero"], ["/dev/zero", "not a regular file"]),
     pytest.param(SEARCH + ["--space", "space_laughs.yaml"], ["space_laughs.yaml", "100,000 YAML values"]),
-    pytest.param(SEARCH + ["--dataset", "imagefolder:one_image"],
-                 ["imagefolder:one_image", "1 image(s) in 1 class", "at least 3 images in every class", "'cat' has 1"]),
-    pytest.param(SEARCH + ["--dataset", "imagefolder:one_per_class"],
-                 ["imagefolder:one_per_class", "2 image(s) in 2 class", "60/20/20", "'dog' has 1"]),
+    pytest.param(
+        SEARCH + ["--dataset", "imagefolder:one_image"],
+        ["imagefolder:one_image", "1 image(s) in 1 class", "at least 3 images in every class", "'cat' has 1"],
+    ),
+    pytest.param(
+        SEARCH + ["--dataset", "imagefolder:one_per_class"],
+        ["imagefolder:one_per_class", "2 image(s) in 2 class", "60/20/20", "'dog' has 1"],
+    ),
     pytest.param(SEARCH + ["--space", "space_dup.yaml"], ["space_dup.yaml", "repeats the key 'embed_dim'"]),
 ]
 
@@ -375,7 +394,9 @@ def _refused(args: list[str], texts: list[str], folder: Path) -> str:
     out = result.output
     assert result.exit_code == 2, f"exit {result.exit_code} ({result.exception!r}): {out[-2000:]}"
     # stdout: nothing, or the table of what the spec alone tells (build prints it before building)
-    assert "Traceback" not in out and len(result.stdout) < MAX_OUTPUT and len(result.stderr) < MAX_OUTPUT, out[:MAX_OUTPUT]
+    assert "Traceback" not in out and len(result.stdout) < MAX_OUTPUT and len(result.stderr) < MAX_OUTPUT, out[
+        :MAX_OUTPUT
+    ]
     err = result.stderr.strip()
     assert err and "\n\n" not in err, err  # one paragraph (or click's usage box for an unknown option)
     assert "weights_only=False" not in out and "weights_only` set to `False" not in out, out
@@ -428,9 +449,18 @@ def test_failed_save_keeps_the_existing_file(hostile, monkeypatch):
 # -- --save writes what the path names, and only a regular file (issue 22) ----------------------------
 def _kind(path: str) -> str:
     mode = os.lstat(path).st_mode
-    return next(name for test, name in ((stat.S_ISLNK, "link"), (stat.S_ISCHR, "char"), (stat.S_ISFIFO, "fifo"),
-                                        (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "dir"), (stat.S_ISREG, "file"))
-                if test(mode))
+    return next(
+        name
+        for test, name in (
+            (stat.S_ISLNK, "link"),
+            (stat.S_ISCHR, "char"),
+            (stat.S_ISFIFO, "fifo"),
+            (stat.S_ISSOCK, "socket"),
+            (stat.S_ISDIR, "dir"),
+            (stat.S_ISREG, "file"),
+        )
+        if test(mode)
+    )
 
 
 def test_save_never_replaces_a_device_a_fifo_or_a_link(hostile):
@@ -481,7 +511,9 @@ def test_nan_weights_are_reported_and_listed(hostile):
 
 
 def test_a_stored_spec_that_is_not_valid_is_a_checkpoint_error(hostile):
-    with pytest.raises(CheckpointError, match=r"(?s)invalid spec stored in .*badspec.pt .*stages = \[\]: a network needs"):
+    with pytest.raises(
+        CheckpointError, match=r"(?s)invalid spec stored in .*badspec.pt .*stages = \[\]: a network needs"
+    ):
         load_checkpoint(hostile / "badspec.pt")
     with pytest.raises(CheckpointError, match="holds no spec"):
         load_checkpoint(hostile / "nospec.pt")
@@ -550,10 +582,17 @@ def test_booleans_are_refused_but_whole_floats_and_int_ratios_are_numbers():
 def test_a_too_small_image_folder_says_what_the_split_needs(hostile):
     from xnetspace.search.data import DataError, load_dataset
 
-    with pytest.raises(DataError, match=r"^imagefolder:one_image: 1 image\(s\) in 1 class folder\(s\) .* at least 3 images in every"):
+    with pytest.raises(
+        DataError, match=r"^imagefolder:one_image: 1 image\(s\) in 1 class folder\(s\) .* at least 3 images in every"
+    ):
         load_dataset("imagefolder:one_image", 16)
-    with pytest.raises(DataError, match=(r"60/20/20 train/val/test split, which needs at least 3 images in every class "
-                                          r"\('cat' has 1, 'dog' has 1\)")):
+    with pytest.raises(
+        DataError,
+        match=(
+            r"60/20/20 train/val/test split, which needs at least 3 images in every class "
+            r"\('cat' has 1, 'dog' has 1\)"
+        ),
+    ):
         load_dataset("imagefolder:one_per_class", 16)
 
 
@@ -565,18 +604,26 @@ def _damage_top1(folder: Path, count: int, text: str) -> None:
     import sqlite3
 
     with sqlite3.connect(folder / "study.db") as con:
-        for trial, value in con.execute("select trial_id, value from trial_values order by trial_id").fetchall()[:count]:
+        for trial, value in con.execute("select trial_id, value from trial_values order by trial_id").fetchall()[
+            :count
+        ]:
             number = json.dumps(value)
-            changed = con.execute("update trial_user_attributes set value_json = replace(value_json, ?, ?) "
-                                  "where trial_id = ? and instr(value_json, ?) > 0", (number, text, trial, number))
+            changed = con.execute(
+                "update trial_user_attributes set value_json = replace(value_json, ?, ?) "
+                "where trial_id = ? and instr(value_json, ?) > 0",
+                (number, text, trial, number),
+            )
             assert changed.rowcount == 1, (trial, number)
 
 
-@pytest.mark.parametrize("damage,note", [
-    ("constant", "every candidate has the same error"),
-    ("NaN", "1 completed trial(s) have no finite top-1"),
-    ("Infinity", "1 completed trial(s) have no finite top-1"),
-])
+@pytest.mark.parametrize(
+    "damage,note",
+    [
+        ("constant", "every candidate has the same error"),
+        ("NaN", "1 completed trial(s) have no finite top-1"),
+        ("Infinity", "1 completed trial(s) have no finite top-1"),
+    ],
+)
 def test_analyze_never_lets_a_raw_warning_or_traceback_through(tmp_path, monkeypatch, damage, note):
     import dataclasses
 
@@ -608,8 +655,11 @@ def test_analyze_a_study_whose_every_top1_is_infinite(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     make_study(tmp_path / "a", n=12), make_study(tmp_path / "b", n=12, shift=float("inf"))
-    _refused(["analyze", "a", "b", "--out", "out"], ["(b) has no completed candidates", "12 without a finite top-1"],
-             tmp_path)
+    _refused(
+        ["analyze", "a", "b", "--out", "out"],
+        ["(b) has no completed candidates", "12 without a finite top-1"],
+        tmp_path,
+    )
 
 
 def test_force_lets_an_expert_go_past_the_memory_estimate(hostile, monkeypatch):
@@ -693,8 +743,10 @@ def test_keyboard_interrupt_in_process_exits_130(hostile, monkeypatch, capsys):
 
 def test_ctrl_c_exits_130_without_a_traceback(hostile):
     # The child imports first and says so; SIGINT then lands inside the command (a long space check).
-    code = ("import sys, xnetspace.cli as c; print('ready', flush=True); "
-            "sys.argv = ['xnetspace', 'space', 'tiny_cpu', '--draws', '100000']; c.main()")
+    code = (
+        "import sys, xnetspace.cli as c; print('ready', flush=True); "
+        "sys.argv = ['xnetspace', 'space', 'tiny_cpu', '--draws', '100000']; c.main()"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "ready"
     time.sleep(1.0)
@@ -710,22 +762,35 @@ def test_ctrl_c_exits_130_without_a_traceback(hostile):
 _FIELDS = list(NetworkSpec.model_fields) + ["warp_drive"]
 _STAGE_FIELDS = list(StageSpec.model_fields) + ["depht"]
 _anything = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=200)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=200)
     | st.integers(min_value=10**30, max_value=10**60),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=20), inner, max_size=5),
     max_leaves=20,
 )
 _stage = st.dictionaries(st.sampled_from(_STAGE_FIELDS), _anything | st.integers(0, 64), max_size=9)
-_valid_stage = st.fixed_dictionaries({
-    "depth": st.integers(1, 3), "embed_dim": st.sampled_from([4, 8, 16, 24, 32, 48]),
-    "num_heads": st.sampled_from([1, 2, 3, 4]), "sr_ratio": st.integers(1, 8),
-    "idconv_groups": st.integers(1, 4), "idconv_kernel_size": st.sampled_from([1, 3, 5, 7]),
-    "mlp_ratio": st.sampled_from([0.5, 1, 2, 4]), "attn_ratio": st.sampled_from([0, 0.25, 0.5, 1, 0.3]),
-})
-_network = st.fixed_dictionaries({}, optional={
-    **{k: _anything | st.integers(0, 300) | st.floats(0, 1) for k in _FIELDS},
-    "stages": st.lists(_stage | _valid_stage, min_size=0, max_size=4) | _anything,
-})
+_valid_stage = st.fixed_dictionaries(
+    {
+        "depth": st.integers(1, 3),
+        "embed_dim": st.sampled_from([4, 8, 16, 24, 32, 48]),
+        "num_heads": st.sampled_from([1, 2, 3, 4]),
+        "sr_ratio": st.integers(1, 8),
+        "idconv_groups": st.integers(1, 4),
+        "idconv_kernel_size": st.sampled_from([1, 3, 5, 7]),
+        "mlp_ratio": st.sampled_from([0.5, 1, 2, 4]),
+        "attn_ratio": st.sampled_from([0, 0.25, 0.5, 1, 0.3]),
+    }
+)
+_network = st.fixed_dictionaries(
+    {},
+    optional={
+        **{k: _anything | st.integers(0, 300) | st.floats(0, 1) for k in _FIELDS},
+        "stages": st.lists(_stage | _valid_stage, min_size=0, max_size=4) | _anything,
+    },
+)
 FAST = settings(max_examples=60, deadline=1000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 

@@ -1,4 +1,5 @@
 """Checkpoints: release layout -> ours, strict loads, parity with the release, own files."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,13 +32,15 @@ def test_release_manifest_loads_strictly_through_the_converter(variant):
     assert not result.missing_keys and not result.unexpected_keys
     assert len(converted) == len(release) == len(model.state_dict())
     ours = model.state_dict()  # values land where the release keeps them
-    torch.testing.assert_close(ours["stages.2.blocks.1.mixer.idconv.weight"],
-                               release["network.4.1.token_mixer.local_unit.weight"])
+    torch.testing.assert_close(
+        ours["stages.2.blocks.1.mixer.idconv.weight"], release["network.4.1.token_mixer.local_unit.weight"]
+    )
     torch.testing.assert_close(ours["stages.3.downsample.conv.weight"], release["network.5.proj.conv.weight"])
     torch.testing.assert_close(ours["stages.1.pos_bias"], release["relative_pos_enc.1"])
     torch.testing.assert_close(ours["head.fc.weight"], release["classifier.2.weight"].flatten(1))
-    torch.testing.assert_close(ours["stages.0.blocks.2.mixer.ste.bn_expand.running_var"],
-                               release["network.0.2.token_mixer.proj.7.running_var"])
+    torch.testing.assert_close(
+        ours["stages.0.blocks.2.mixer.ste.bn_expand.running_var"], release["network.0.2.token_mixer.proj.7.running_var"]
+    )
 
 
 @pytest.mark.parametrize("wrapper", [None, "state_dict", "model", "state_dict_ema"])
@@ -55,8 +58,9 @@ def test_ddp_prefixes_are_removed():
 
 
 def test_parity_with_the_release_within_1e_5(parity):
-    spec = NetworkSpec.from_official_arch(parity["arch"], image_size=parity["image_size"],
-                                          num_classes=parity["num_classes"])
+    spec = NetworkSpec.from_official_arch(
+        parity["arch"], image_size=parity["image_size"], num_classes=parity["num_classes"]
+    )
     model = load_weights(build_model(spec).eval(), parity["checkpoint"])
     with torch.no_grad():
         logits, stages = model.forward_intermediates(parity["input"])

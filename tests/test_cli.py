@@ -1,4 +1,5 @@
 """The command line: tables, JSON, checkpoints, and exit status 2 on bad input."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,14 @@ def test_build_preset_prints_the_stage_table_and_top5():
     result = _run("build", "transxnet_t")
     assert result.exit_code == 0, result.output
     out = result.output
-    for text in ("transxnet_t at 224x224: 12,834,808 params, 1.846 GFLOPs", "stage3", "14x14", "4,889,612",
-                 "output shape: (1, 1000)", "top-5: class"):
+    for text in (
+        "transxnet_t at 224x224: 12,834,808 params, 1.846 GFLOPs",
+        "stage3",
+        "14x14",
+        "4,889,612",
+        "output shape: (1, 1000)",
+        "top-5: class",
+    ):
         assert text in out, out
 
 
@@ -55,26 +62,43 @@ def test_build_other_image_checkpoint_and_save(tmp_path):
     release = tmp_path / "transx-t.pth.tar"
     torch.save({"state_dict": release_state_dict("t")}, release)
     saved = tmp_path / "mine.pt"
-    result = _run("build", "transxnet_t", "--image", str(image), "--checkpoint", str(release),
-                  "--save", str(saved), "--json", "--image-size", "128")
+    result = _run(
+        "build",
+        "transxnet_t",
+        "--image",
+        str(image),
+        "--checkpoint",
+        str(release),
+        "--save",
+        str(saved),
+        "--json",
+        "--image-size",
+        "128",
+    )
     assert result.exit_code == 0, result.output
     first = json.loads(result.output)
     assert first["image"] == str(image) and first["saved"] == str(saved)
     # Our own file carries its spec; loading it back gives the same prediction.
-    again = json.loads(_run("build", "transxnet_t", "--image", str(image), "--checkpoint", str(saved),
-                            "--json", "--image-size", "128").output)
+    again = json.loads(
+        _run(
+            "build", "transxnet_t", "--image", str(image), "--checkpoint", str(saved), "--json", "--image-size", "128"
+        ).output
+    )
     assert [t["class"] for t in again["top5"]] == [t["class"] for t in first["top5"]]
     assert [t["prob"] for t in again["top5"]] == pytest.approx([t["prob"] for t in first["top5"]])
 
 
-@pytest.mark.parametrize("args,message", [
-    (["build", "no_such_preset"], "unknown preset 'no_such_preset'"),
-    (["build", "missing.yaml"], "cannot read spec file"),
-    (["build", "transxnet_t", "--image-size", "0x4"], "image size"),
-    (["build", "transxnet_t", "--checkpoint", "absent.pt"], "no checkpoint file"),
-    (["build", "transxnet_t", "--image", "absent.png"], "no image file"),
-    (["flops", "bad.yaml"], "stages[0].num_heads = 0"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["build", "no_such_preset"], "unknown preset 'no_such_preset'"),
+        (["build", "missing.yaml"], "cannot read spec file"),
+        (["build", "transxnet_t", "--image-size", "0x4"], "image size"),
+        (["build", "transxnet_t", "--checkpoint", "absent.pt"], "no checkpoint file"),
+        (["build", "transxnet_t", "--image", "absent.png"], "no image file"),
+        (["flops", "bad.yaml"], "stages[0].num_heads = 0"),
+    ],
+)
 def test_bad_input_exits_2_with_a_message(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text("stages: [{depth: 1, embed_dim: 8, num_heads: 0}]\n")
@@ -99,8 +123,9 @@ def test_flops_table_and_json():
 
 
 def test_console_script_runs_and_fails_with_status_2():
-    ok = subprocess.run([sys.executable, "-m", "xnetspace.cli", "flops", "transxnet_t", "--json"],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "xnetspace.cli", "flops", "transxnet_t", "--json"], capture_output=True, text=True
+    )
     assert ok.returncode == 0 and json.loads(ok.stdout)["params"] == 12_834_808
     bad = subprocess.run([sys.executable, "-m", "xnetspace.cli", "build", "nope.yaml"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: cannot read spec file")
@@ -121,11 +146,16 @@ def command_bodies() -> dict[str, int]:
     bodies = {}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and any(
-                isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command"
-                for d in node.decorator_list):
+            isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command"
+            for d in node.decorator_list
+        ):
             statements = node.body
-            if statements and isinstance(statements[0], ast.Expr) and isinstance(statements[0].value, ast.Constant) \
-                    and isinstance(statements[0].value.value, str):
+            if (
+                statements
+                and isinstance(statements[0], ast.Expr)
+                and isinstance(statements[0].value, ast.Constant)
+                and isinstance(statements[0].value.value, str)
+            ):
                 statements = statements[1:]  # the docstring
             bodies[node.name] = statements[-1].end_lineno - statements[0].lineno + 1 if statements else 0
     return bodies

@@ -1,5 +1,6 @@
 """Confirmation: seeds, intervals, the confirmed winner, the budget-scaled baseline, fidelity, and
 an interrupted confirmation that resumes without training anything twice."""
+
 from __future__ import annotations
 
 import json
@@ -49,11 +50,23 @@ class SeedTrainer:
 def make(tmp_path, n_trials=8, **options):
     options.setdefault("fidelity_sample", 0)
     options.setdefault("baseline", "none")  # these tests ask for the controls they are about
-    config = StudyConfig(space=SearchSpace.model_validate(SPACE), dataset="synthetic:128", objective="top1",
-                         train=TrainConfig(image_size=16, epochs=2, batch_size=32))
-    return config, RunOptions(n_trials=n_trials, out=tmp_path / "out", study_name="s", progress=False, heartbeat=1,
-                              workers_per_device=1,
-                              sampler="random", pruner="none", **options)
+    config = StudyConfig(
+        space=SearchSpace.model_validate(SPACE),
+        dataset="synthetic:128",
+        objective="top1",
+        train=TrainConfig(image_size=16, epochs=2, batch_size=32),
+    )
+    return config, RunOptions(
+        n_trials=n_trials,
+        out=tmp_path / "out",
+        study_name="s",
+        progress=False,
+        heartbeat=1,
+        workers_per_device=1,
+        sampler="random",
+        pruner="none",
+        **options,
+    )
 
 
 @pytest.fixture
@@ -126,7 +139,9 @@ def test_scaled_presets_land_inside_the_budget(preset, max_flops, size):
 def test_scaling_refuses_a_budget_it_cannot_meet():
     with pytest.raises(ScalingError, match="fits the budget"):
         scale_to_budget(load_preset("transxnet_t"), 1_000, 32)
-    space = SearchSpace.model_validate({**SPACE, "constraints": {"image_size": 16, "flops": [0, "200k"], "max_params": "1k"}})
+    space = SearchSpace.model_validate(
+        {**SPACE, "constraints": {"image_size": 16, "flops": [0, "200k"], "max_params": "1k"}}
+    )
     with pytest.raises(ConfirmError, match="--baseline transxnet_t"):
         baseline_spec("transxnet_t", space, 8, 3)
 
@@ -178,12 +193,17 @@ def test_a_loss_study_ranks_and_confirms_by_cross_entropy(tmp_path, trainer):
     # lowest confirmed cross-entropy wins (the widest), where top-1 would have picked the narrowest
     assert summary["best"]["trial"] == min(cands, key=lambda c: c["confirm"]["mean"])["trial"]
     assert summary["best"]["trial"] != max(cands, key=lambda c: c["confirm_top1"]["mean"])["trial"]
-    assert all(c["confirm"]["scores"] == pytest.approx([10 / (2 * c["proxy_top1"]) + 0.01 * s for s in (1000, 1001)])
-               for c in cands)
-    assert all(c["confirm_top1"]["scores"] == pytest.approx([100 - c["proxy_top1"] + 0.1 * s for s in (1000, 1001)])
-               for c in cands)
-    assert summary["difference"]["mean"] == pytest.approx(summary["best"]["confirm"]["mean"]
-                                                          - summary["baseline"]["confirm"]["mean"])
+    assert all(
+        c["confirm"]["scores"] == pytest.approx([10 / (2 * c["proxy_top1"]) + 0.01 * s for s in (1000, 1001)])
+        for c in cands
+    )
+    assert all(
+        c["confirm_top1"]["scores"] == pytest.approx([100 - c["proxy_top1"] + 0.1 * s for s in (1000, 1001)])
+        for c in cands
+    )
+    assert summary["difference"]["mean"] == pytest.approx(
+        summary["best"]["confirm"]["mean"] - summary["baseline"]["confirm"]["mean"]
+    )
     assert summary["fidelity"]["kendall_tau"] == pytest.approx(1.0)  # the proxy loss ranks as the confirmed one
     assert summary["separation_top1"]["candidates"] == separation([c["confirm_top1"]["scores"] for c in cands])
     assert outcome.best.number == summary["best"]["trial"]
@@ -201,8 +221,7 @@ def test_random_control_and_fidelity_sample(tmp_path, trainer):
     assert len(summary["fidelity_sample"]) == 2 and all(x["confirm"]["n"] == 2 for x in summary["fidelity_sample"])
     assert summary["separation"]["candidates"]["n"] == 2
     assert summary["separation"]["all"]["n"] == 2 + 2 + 1  # candidates, random sample, baseline
-    searched = len([t for t in outcome.study.get_trials() if read_trial(t).runs
-                    and read_trial(t).duplicate_of is None])
+    searched = len([t for t in outcome.study.get_trials() if read_trial(t).runs and read_trial(t).duplicate_of is None])
     proxy_runs = [c for c in trainer.calls if c[1] == 0]
     assert len(proxy_runs) == searched + 3  # each of the 3 random specs got one proxy run
     assert summary["pending"] == 0

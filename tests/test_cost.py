@@ -1,4 +1,5 @@
 """The cost model agrees with fvcore and with the built model, to the flop and the parameter."""
+
 from __future__ import annotations
 
 import pytest
@@ -71,8 +72,9 @@ def test_json_form_has_every_part():
     assert data["parts"][1]["resolution"] == [16, 12] and data["parts"][1]["stage"]["embed_dim"] == 16
 
 
-@pytest.mark.parametrize("text,expected", [("224", (224, 224)), ("97x131", (97, 131)), (64, (64, 64)),
-                                           ((32, 48), (32, 48))])
+@pytest.mark.parametrize(
+    "text,expected", [("224", (224, 224)), ("97x131", (97, 131)), (64, (64, 64)), ((32, 48), (32, 48))]
+)
 def test_parse_image_size(text, expected):
     assert parse_image_size(text) == expected
 

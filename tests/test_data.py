@@ -1,6 +1,7 @@
 """Real data at proxy speed (issue 24): image folders prepared once into uint8 tensors (the file, its
 split, the cache), unreadable images listed, batches augmented on the device from each seed's
 own generator, and a study on an image folder that decodes every image exactly once."""
+
 from __future__ import annotations
 
 import os
@@ -155,7 +156,7 @@ def test_cache_is_hit_for_the_same_folder_and_size_and_missed_on_any_change(tmp_
     _, other_size, hit = load_or_prepare(root, 24)  # another S: prepared anew
     assert not hit and other_size != path and len(opened) == 24
     stat = written[0].stat()
-    os.utime(written[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))  # touched: a new key
+    os.utime(written[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: a new key
     _, touched, hit = load_or_prepare(root, 16)
     assert not hit and touched != path and len(opened) == 36
     write_folder(tmp_path / "more", classes=1, per_class=1)
@@ -220,10 +221,21 @@ def test_prepare_refuses_bad_input_in_one_paragraph(tmp_path, cache):
         (["prepare", "digits", "--image-size", "16"], "prepare takes imagefolder:PATH"),
         (["prepare", f"imagefolder:{tmp_path / 'nowhere'}", "--image-size", "16"], "no such folder"),
         (["prepare", f"imagefolder:{tmp_path / 'photos'}", "--image-size", "4"], "--image-size 4 must be 8 to 1024"),
-        (["prepare", f"imagefolder:{tmp_path / 'photos'}", "--image-size", "16", "--out", str(tmp_path / "folder")],
-         "is a folder; give a file name"),
-        (["prepare", f"imagefolder:{tmp_path / 'photos'}", "--image-size", "16", "--out", str(tmp_path / "no" / "x.npz")],
-         "does not exist"),
+        (
+            ["prepare", f"imagefolder:{tmp_path / 'photos'}", "--image-size", "16", "--out", str(tmp_path / "folder")],
+            "is a folder; give a file name",
+        ),
+        (
+            [
+                "prepare",
+                f"imagefolder:{tmp_path / 'photos'}",
+                "--image-size",
+                "16",
+                "--out",
+                str(tmp_path / "no" / "x.npz"),
+            ],
+            "does not exist",
+        ),
         (["prepare", f"imagefolder:{tmp_path / 'folder'}", "--image-size", "16"], "imagefolder:"),
     ]
     for args, message in cases:
@@ -285,8 +297,9 @@ def test_augmented_batches_on_cuda_draw_from_a_cuda_generator_of_the_seed(augmen
     data, cuda = _uint8_data(), torch.device("cuda")
 
     def run(seed):
-        return TensorBatches(data, 5, cuda, shuffle=True, drop_last=True, augment=augment, seed=seed,
-                             memory_format=torch.channels_last)
+        return TensorBatches(
+            data, 5, cuda, shuffle=True, drop_last=True, augment=augment, seed=seed, memory_format=torch.channels_last
+        )
 
     assert run(3).augment_generator.device.type == "cuda" and run(3).generator.device.type == "cpu"
     alone = _epochs(run(3))
@@ -311,8 +324,13 @@ def test_flip_and_crop_flip_are_mirrors_and_shifts_of_the_plain_images():
     mean, std = data.mean[:, None, None], data.std[:, None, None]
     shifts = []
     for c, image in zip(cropped, padded):
-        found = [(dy, dx, f) for dy in range(3) for dx in range(3) for f in (False, True)
-                 if torch.allclose(c, ((lambda w: w.flip(-1) if f else w)(image[:, dy:dy + 8, dx:dx + 8]) - mean) / std)]
+        found = [
+            (dy, dx, f)
+            for dy in range(3)
+            for dx in range(3)
+            for f in (False, True)
+            if torch.allclose(c, ((lambda w: w.flip(-1) if f else w)(image[:, dy : dy + 8, dx : dx + 8]) - mean) / std)
+        ]
         assert found, "every crop-flip image is a shifted (and maybe mirrored) window of the padded image"
         shifts.append(found[0])
     assert len(set(shifts)) > 3
@@ -357,8 +375,13 @@ def _write_cifar(root, n_per_batch=40, seed=0):
     rng = np.random.default_rng(seed)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(folder / name, "wb") as f:
-            pickle.dump({"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                         "labels": list(rng.integers(0, 10, n_per_batch))}, f)
+            pickle.dump(
+                {
+                    "data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                    "labels": list(rng.integers(0, 10, n_per_batch)),
+                },
+                f,
+            )
     return folder
 
 
@@ -385,8 +408,12 @@ def test_cifar_batches_without_augmentation_are_bit_for_bit_the_float_ones_of_be
     x = (x - mean) / std
     before = TensorDataset(x[train], y[train])
     cpu = torch.device("cpu")
-    old = _epochs(TensorBatches(before, 16, cpu, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(7)))
-    new = _epochs(TensorBatches(data.train, 16, cpu, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(7)))
+    old = _epochs(
+        TensorBatches(before, 16, cpu, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(7))
+    )
+    new = _epochs(
+        TensorBatches(data.train, 16, cpu, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(7))
+    )
     assert _same(old, new)
     assert torch.equal(next(iter(TensorBatches(data.val, 64, cpu)))[0], x[~train])
     # the official test batch is the held-out split, normalised with the training statistics
@@ -421,11 +448,25 @@ def test_a_study_on_an_image_folder_decodes_each_image_once(tmp_path, cache, ope
     write_folder(root, classes=4, per_class=10)
 
     def study(name, confirm_top):
-        config = StudyConfig(space=SearchSpace.model_validate(SPACE), dataset=f"imagefolder:{root}", objective="loss",
-                             train=TrainConfig(image_size=16, epochs=1, batch_size=8, augment="crop-flip"))
-        options = RunOptions(n_trials=2, out=tmp_path / name, study_name=name, progress=False, heartbeat=1,
-                             sampler="random", workers_per_device=1, confirm_top=confirm_top, confirm_seeds=2,
-                             confirm_epochs=1, fidelity_sample=0)
+        config = StudyConfig(
+            space=SearchSpace.model_validate(SPACE),
+            dataset=f"imagefolder:{root}",
+            objective="loss",
+            train=TrainConfig(image_size=16, epochs=1, batch_size=8, augment="crop-flip"),
+        )
+        options = RunOptions(
+            n_trials=2,
+            out=tmp_path / name,
+            study_name=name,
+            progress=False,
+            heartbeat=1,
+            sampler="random",
+            workers_per_device=1,
+            confirm_top=confirm_top,
+            confirm_seeds=2,
+            confirm_epochs=1,
+            fidelity_sample=0,
+        )
         return run_search(config, options).study
 
     first = study("first", confirm_top=0)

@@ -1,4 +1,5 @@
 """Datasets (digits, synthetic, image folders, CIFAR files written here) and the proxy trainer."""
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,9 @@ def test_digits_is_the_real_set_with_a_fixed_split():
     assert (len(data.train), len(data.val), len(data.test), data.num_classes, data.in_chans) == (898, 360, 539, 10, 1)
     few = load_dataset("digits:300", 16)
     assert len(few.train) == 300 and torch.bincount(few.train.tensors[1]).min() >= 28  # stratified: every digit
-    assert torch.equal(few.test.tensors[1], data.test.tensors[1]) and torch.equal(few.val.tensors[1], data.val.tensors[1])
+    assert torch.equal(few.test.tensors[1], data.test.tensors[1]) and torch.equal(
+        few.val.tensors[1], data.val.tensors[1]
+    )
     assert len(load_dataset("digits:50", 16).train) == 50
     for bad in ("digits:9", "digits:899", "digits:many"):
         with pytest.raises(DataError, match="digits:N"):
@@ -36,9 +39,9 @@ def test_digits_is_the_real_set_with_a_fixed_split():
     held = data.held_out()
     assert held.val is data.test and held.train is data.train  # confirmation scores on the test split
     images = torch.cat([data.train.tensors[0], data.val.tensors[0], data.test.tensors[0]]).flatten(1)
-    assert len(torch.unique(images, dim=0)) == len(torch.unique(torch.cat([
-        data.train.tensors[0].flatten(1), data.val.tensors[0].flatten(1)]), dim=0)) + len(
-        torch.unique(data.test.tensors[0].flatten(1), dim=0))  # no image in two splits
+    assert len(torch.unique(images, dim=0)) == len(
+        torch.unique(torch.cat([data.train.tensors[0].flatten(1), data.val.tensors[0].flatten(1)]), dim=0)
+    ) + len(torch.unique(data.test.tensors[0].flatten(1), dim=0))  # no image in two splits
 
 
 def test_synthetic_data_size_and_channels():
@@ -52,8 +55,10 @@ def _write_cifar(root, n_per_batch=12, classes=10):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"data": rng.integers(0, 255, (n_per_batch, 3072), dtype=np.uint8),
-                 "labels": list(rng.integers(0, classes, n_per_batch))}
+        batch = {
+            "data": rng.integers(0, 255, (n_per_batch, 3072), dtype=np.uint8),
+            "labels": list(rng.integers(0, classes, n_per_batch)),
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
     with open(folder / "batches.meta", "wb") as f:
@@ -88,8 +93,14 @@ def test_image_folder_split_and_train_val_layout(tmp_path):
     assert (len(data.train), len(data.val), data.test) == (18, 6, None)
 
 
-@pytest.mark.parametrize("name,message", [("mnist", "unknown dataset 'mnist'"), ("cifar10:/no/such", "needs an existing folder"),
-                                          ("synthetic:many", "synthetic:N needs a count")])
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("mnist", "unknown dataset 'mnist'"),
+        ("cifar10:/no/such", "needs an existing folder"),
+        ("synthetic:many", "synthetic:N needs a count"),
+    ],
+)
 def test_bad_dataset_names(name, message):
     with pytest.raises(DataError, match=message):
         load_dataset(name, 32)

@@ -1,5 +1,6 @@
 """Inference form: every fused operator and the whole network compute the training form's
 eval-mode function (relative error < 1e-4) with random norm statistics, affines and layer scales."""
+
 from __future__ import annotations
 
 import copy
@@ -65,7 +66,9 @@ def check_fused(module: nn.Module, *inputs, tol: float = TOL, **kwargs) -> nn.Mo
 
 
 # -- per fused operator ----------------------------------------------------------------------------
-@pytest.mark.parametrize("act,kernel,stride,groups", [(False, 7, 4, 1), (False, 3, 2, 1), (True, 5, 2, 8), (True, 1, 1, 1)])
+@pytest.mark.parametrize(
+    "act,kernel,stride,groups", [(False, 7, 4, 1), (False, 3, 2, 1), (True, 5, 2, 8), (True, 1, 1, 1)]
+)
 def test_conv_bn_folds(act, kernel, stride, groups):
     conv_bn_module = randomize(conv_bn(8, 8, kernel, act=act, stride=stride, padding=kernel // 2, groups=groups))
     fused = check_fused(conv_bn_module, torch.randn(2, 8, 17, 13))
@@ -224,8 +227,9 @@ def test_deploy_form_refuses_training_but_passes_gradients():
         fused.train()
     assert isinstance(fused.stages[0], InferenceOnly)
     fused.eval()
-    x_ref, x = (torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(0)).requires_grad_()
-                for _ in range(2))
+    x_ref, x = (
+        torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(0)).requires_grad_() for _ in range(2)
+    )
     model(x_ref).square().sum().backward()
     fused(x).square().sum().backward()  # input gradients (saliency) stay available
     assert rel_err(x.grad, x_ref.grad) < TOL

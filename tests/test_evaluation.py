@@ -1,6 +1,7 @@
 """Seeds as evaluations (issue 19): candidates scored over several proxy seeds, racing over seeds,
 zero-cost objectives, random search at equal compute as the control, the noise ceiling, and the
 fidelity study."""
+
 from __future__ import annotations
 
 import csv
@@ -53,13 +54,28 @@ class NoisyTrainer:
 
 
 def make(tmp_path, n_trials=8, objective="loss", proxy_seeds=1, race=None, **options):
-    config = StudyConfig(space=SearchSpace.model_validate(SPACE), dataset="synthetic:128", objective=objective,
-                         train=TrainConfig(image_size=16, epochs=2, batch_size=32), proxy_seeds=proxy_seeds, race=race)
+    config = StudyConfig(
+        space=SearchSpace.model_validate(SPACE),
+        dataset="synthetic:128",
+        objective=objective,
+        train=TrainConfig(image_size=16, epochs=2, batch_size=32),
+        proxy_seeds=proxy_seeds,
+        race=race,
+    )
     options.setdefault("confirm_top", 0)
     options.setdefault("confirm_seeds", 2)
     options.setdefault("fidelity_sample", 0)
-    opts = RunOptions(n_trials=n_trials, out=tmp_path / "out", study_name="s", progress=False, heartbeat=1,
-                      sampler="random", pruner="none", workers_per_device=1, **options)
+    opts = RunOptions(
+        n_trials=n_trials,
+        out=tmp_path / "out",
+        study_name="s",
+        progress=False,
+        heartbeat=1,
+        sampler="random",
+        pruner="none",
+        workers_per_device=1,
+        **options,
+    )
     return config, opts
 
 
@@ -78,8 +94,9 @@ def test_a_candidate_is_scored_by_the_mean_over_its_proxy_seeds(tmp_path, monkey
     rows = list(csv.DictReader(open(options.out / "trials.csv")))
     done = [r for r in rows if r["state"] == "COMPLETE"]
     assert done and all(r["n_seeds"] == "3" and r["loss_seed2"] and r["naswot"] and r["tse"] for r in done)
-    assert float(done[0]["proxy"]) == pytest.approx(np.mean([float(done[0][f"loss_seed{s}"]) for s in range(3)]),
-                                                    rel=1e-5)
+    assert float(done[0]["proxy"]) == pytest.approx(
+        np.mean([float(done[0][f"loss_seed{s}"]) for s in range(3)]), rel=1e-5
+    )
 
 
 def test_racing_gives_a_clearly_worse_candidate_no_more_seeds(tmp_path, monkeypatch):
@@ -144,8 +161,12 @@ def test_random_search_at_equal_compute_is_the_default_control(tmp_path, monkeyp
     assert base["name"].endswith(f"trial {best_control.number}")
     ceiling = summary["fidelity"]["ceiling"]
     assert ceiling["n"] == 2 + 3 and ceiling["seeds"] == 2 and -1 <= ceiling["kendall_tau"] <= 1
-    assert summary["fidelity"]["fraction_of_ceiling"] == pytest.approx(
-        summary["fidelity"]["kendall_tau"] / ceiling["kendall_tau"]) if ceiling["kendall_tau"] > 0 else True
+    assert (
+        summary["fidelity"]["fraction_of_ceiling"]
+        == pytest.approx(summary["fidelity"]["kendall_tau"] / ceiling["kendall_tau"])
+        if ceiling["kendall_tau"] > 0
+        else True
+    )
 
 
 def test_a_preset_and_the_random_control_together(tmp_path, monkeypatch):
@@ -179,8 +200,9 @@ def test_zero_cost_scores_of_a_network_at_initialisation():
     assert zero_cost_scores(spec, data, seed=0, batch_size=16) == scores  # the seed fixes everything
     assert zero_cost_scores(spec, data, seed=1, batch_size=16)["grad_norm"] != scores["grad_norm"]
     assert scores["naswot"] > 0 and scores["grad_norm"] > 0
-    wider = tiny_spec(num_classes=data.num_classes, stages=[{**s.model_dump(), "embed_dim": 2 * s.embed_dim}
-                                                            for s in spec.stages])
+    wider = tiny_spec(
+        num_classes=data.num_classes, stages=[{**s.model_dump(), "embed_dim": 2 * s.embed_dim} for s in spec.stages]
+    )
     assert zero_cost_scores(wider, data, seed=0, batch_size=16)["synflow"] > scores["synflow"]
 
 

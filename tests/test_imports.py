@@ -4,6 +4,7 @@ Every import counts, at the top of a module or inside a function, relative or ab
 lazy import cannot hide a cycle. Implicit parent-package imports (importing ``a.b`` runs ``a``)
 are not edges: every module would otherwise sit in a cycle with the package's ``__init__``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -96,7 +97,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str]:
         stack.append(node)
         for nxt in sorted(edges[node]):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = "done"
@@ -148,8 +149,13 @@ def test_no_private_name_crosses_a_module_border(name):
     ]
     aliases = module_aliases(name)
     for node in ast.walk(ast.parse(MODULES[name].read_text())):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-                and node.attr.startswith("_") and not node.attr.startswith("__")):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
             problems.append(f"line {node.lineno}: {aliases[node.value.id]}.{node.attr}")
     assert not problems, f"{name} uses private names of other modules: {problems}"
 

@@ -1,4 +1,5 @@
 """The builder: exact presets, any input size, every mixer share, and timm's model interface."""
+
 from __future__ import annotations
 
 import pytest
@@ -85,8 +86,8 @@ def test_osra_heads_split_channels_head_major():
     x = torch.randn(1, 8, 4, 4)
     ref = osra(x)
     with torch.no_grad():  # zeroing head 1's values (channels 4..7) must only zero output channels 4..7
-        osra.kv.weight[8 + 4:] = 0
-        osra.kv.bias[8 + 4:] = 0
+        osra.kv.weight[8 + 4 :] = 0
+        osra.kv.bias[8 + 4 :] = 0
     out = osra(x)
     torch.testing.assert_close(out[:, :4], ref[:, :4])
     assert out[:, 4:].abs().max() == 0

@@ -1,5 +1,6 @@
 """Packed replicas (xnetspace/pack.py): each replica of a pack computes, learns and comes out as
 the network its seed gives alone."""
+
 from __future__ import annotations
 
 import pytest
@@ -63,7 +64,9 @@ def test_a_replica_comes_out_as_an_ordinary_network_that_timm_and_deploy_take(tm
         with torch.no_grad():
             assert torch.allclose(net(x), packed[i], rtol=1e-5, atol=1e-6)
         path = xs.save_checkpoint(net, tmp_path / f"replica{i}.pt")
-        again = timm.create_model("transxnet", spec=net.spec, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+        again = timm.create_model(
+            "transxnet", spec=net.spec, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))
+        )
         deployed = xs.load_checkpoint(path).reparameterize()
         with torch.no_grad():
             assert torch.allclose(again.eval()(x), packed[i], rtol=1e-4, atol=1e-5)

@@ -1,6 +1,7 @@
 """One study on a real PostgreSQL server (started by conftest's ``postgres_server``): a head and
 joining workers (``xnetspace worker``) in separate processes, a worker SIGKILLed mid-trial, a
 worker on a finished study, and bad storage input."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,10 @@ ROOT = Path(__file__).parent.parent
 SPACE = {
     "name": "pg",
     "stage_defaults": {"depth": 1, "mlp_ratio": [1, 2], "idconv_kernel_size": [3, 5]},
-    "stages": [{"embed_dim": {"low": 8, "high": 24, "step": 8}, "sr_ratio": [2, 4], "attn_ratio": [0.5, 1.0]},
-               {"embed_dim": {"low": 16, "high": 48, "step": 16}, "num_heads": [1, 2]}],
+    "stages": [
+        {"embed_dim": {"low": 8, "high": 24, "step": 8}, "sr_ratio": [2, 4], "attn_ratio": [0.5, 1.0]},
+        {"embed_dim": {"low": 16, "high": 48, "step": 16}, "num_heads": [1, 2]},
+    ],
     "constraints": {"image_size": 16, "flops": [0, "200k"]},
     "train": {"image_size": 16, "epochs": 1, "batch_size": 32},
 }
@@ -63,8 +66,24 @@ runner = CliRunner()
 
 def start_head(tmp_path: Path, url: str, name: str, n: int, epochs: int, gate: Path) -> tuple[subprocess.Popen, Path]:
     log = tmp_path / f"head-{name}.log"
-    proc = subprocess.Popen([sys.executable, "-c", HEAD, url, name, str(n), str(epochs), str(tmp_path / name),
-                             json.dumps(SPACE), str(gate)], cwd=ROOT, env=ENV, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            HEAD,
+            url,
+            name,
+            str(n),
+            str(epochs),
+            str(tmp_path / name),
+            json.dumps(SPACE),
+            str(gate),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
     return proc, log
 
 
@@ -84,8 +103,9 @@ def printed_worker_command(proc: subprocess.Popen, log: Path) -> list[str]:
 
 
 def start_worker(argv: list[str], tmp_path: Path, tag: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([*argv, *extra], cwd=ROOT, env=ENV, stdout=open(tmp_path / f"{tag}.log", "w"),
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [*argv, *extra], cwd=ROOT, env=ENV, stdout=open(tmp_path / f"{tag}.log", "w"), stderr=subprocess.STDOUT
+    )
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
@@ -128,20 +148,35 @@ def study_run(postgres_server, tmp_path_factory):
         victim = start_worker(argv, tmp_path, "victim", "--worker-index", "500")
         procs.append(victim)
         storage = optuna.storages.RDBStorage(url)
-        target = wait_for(storage, lambda t: t.state == optuna.trial.TrialState.RUNNING and read_trial(t).spec is not None
-                          and read_trial(t).worker == 500 and not read_trial(t).rejected,
-                          lambda: (tmp_path / "victim.log").read_text()[-3000:])
+        target = wait_for(
+            storage,
+            lambda t: (
+                t.state == optuna.trial.TrialState.RUNNING
+                and read_trial(t).spec is not None
+                and read_trial(t).worker == 500
+                and not read_trial(t).rejected
+            ),
+            lambda: (tmp_path / "victim.log").read_text()[-3000:],
+        )
         victim.send_signal(signal.SIGKILL)  # mid-trial: the trial stays RUNNING in the storage
         victim.wait()
         survivor = start_worker(argv, tmp_path, "survivor", "--worker-index", "600", "--workers-per-device", "2")
         procs.append(survivor)
-        wait_for(storage, lambda t: t.system_attrs.get("failed_trial") == target.number and t.state.is_finished(),
-                 lambda: (tmp_path / "survivor.log").read_text()[-3000:])  # the retry, run by the survivor
+        wait_for(
+            storage,
+            lambda t: t.system_attrs.get("failed_trial") == target.number and t.state.is_finished(),
+            lambda: (tmp_path / "survivor.log").read_text()[-3000:],
+        )  # the retry, run by the survivor
         gate.touch()  # the head may train its own trial now
         finish(head, log)
         finish(survivor, tmp_path / "survivor.log")
-        yield {"url": url, "name": "shared", "argv": argv, "killed": target.number,
-               "survivor_log": (tmp_path / "survivor.log").read_text()}
+        yield {
+            "url": url,
+            "name": "shared",
+            "argv": argv,
+            "killed": target.number,
+            "survivor_log": (tmp_path / "survivor.log").read_text(),
+        }
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -153,10 +188,21 @@ def test_head_and_two_worker_processes_finish_exactly_n(study_run):
     study = optuna.load_study(study_name=study_run["name"], storage=study_run["url"])
     live = check_exactly_n(study, 6)
     workers = {read_trial(t).worker for t in study.get_trials() if read_trial(t).spec is not None}
-    assert {0, 500} <= workers <= {0, 500, 600, 601} and workers & {600, 601}, workers  # the joined processes ran trials
+    assert {0, 500} <= workers <= {0, 500, 600, 601} and workers & {600, 601}, (
+        workers
+    )  # the joined processes ran trials
     # The printed command names this storage (with its password, so it can be pasted) and study.
-    assert study_run["argv"][3:] == ["worker", "--storage", study_run["url"], "--study-name", "shared",
-                                     "--devices", "cpu", "--workers-per-device", "1"]
+    assert study_run["argv"][3:] == [
+        "worker",
+        "--storage",
+        study_run["url"],
+        "--study-name",
+        "shared",
+        "--devices",
+        "cpu",
+        "--workers-per-device",
+        "1",
+    ]
     assert "joined study 'shared'" in study_run["survivor_log"] and "as worker 600..601" in study_run["survivor_log"]
     assert PG_PASSWORD not in study_run["survivor_log"]
     assert len(live) == 6
@@ -182,18 +228,22 @@ def test_worker_on_a_finished_study_exits_at_once(study_run):
 
 
 def test_worker_refuses_another_dataset(study_run):
-    result = runner.invoke(app, ["worker", "--storage", study_run["url"], "--study-name", study_run["name"],
-                                 "--dataset", "synthetic:32"])
+    result = runner.invoke(
+        app, ["worker", "--storage", study_run["url"], "--study-name", study_run["name"], "--dataset", "synthetic:32"]
+    )
     assert result.exit_code == 2 and "is not the study's dataset 'synthetic:64'" in result.output
 
 
-@pytest.mark.parametrize("case,message", [
-    ("unreachable", "cannot connect: connection failed"),
-    ("password", 'password authentication failed for user "xnet"'),
-    ("study", "--study-name 'nope': no such study in postgresql+psycopg://xnet:***@127.0.0.1"),
-    ("url", "--storage 'not a url' is not a database URL"),
-    ("workers", "--workers-per-device 0 must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("unreachable", "cannot connect: connection failed"),
+        ("password", 'password authentication failed for user "xnet"'),
+        ("study", "--study-name 'nope': no such study in postgresql+psycopg://xnet:***@127.0.0.1"),
+        ("url", "--storage 'not a url' is not a database URL"),
+        ("workers", "--workers-per-device 0 must be at least 1"),
+    ],
+)
 def test_worker_bad_input_exits_2_with_one_paragraph(case, message, study_run, postgres_server):
     url, name = study_run["url"], study_run["name"]
     if case == "unreachable":

@@ -1,6 +1,7 @@
 """`xnetspace refine`: candidate constraints tested against a population whose right answer is
 known (non-decreasing widths help, a tied MLP ratio hurts), the evidence against scipy, the
 refined space file, refine.json against its model, --verify, and bad input."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,14 @@ runner = CliRunner()
 SPACE = {  # every stage takes every width, so about 1 in 7 draws has non-decreasing widths
     "name": "pop",
     "network": {"image_size": 16, "drop_path_rate": 0.0},
-    "stage_defaults": {"depth": [1, 2], "embed_dim": [16, 32, 48, 64], "mlp_ratio": [2, 4],
-                       "idconv_kernel_size": [3, 5], "attn_ratio": [0.25, 0.5, 0.75], "num_heads": [1, 2]},
+    "stage_defaults": {
+        "depth": [1, 2],
+        "embed_dim": [16, 32, 48, 64],
+        "mlp_ratio": [2, 4],
+        "idconv_kernel_size": [3, 5],
+        "attn_ratio": [0.25, 0.5, 0.75],
+        "num_heads": [1, 2],
+    },
     "stages": [{"sr_ratio": [1, 2]}, {"sr_ratio": 1}, {"sr_ratio": 1}, {"sr_ratio": 1}],
     "constraints": {"image_size": 16},
     "train": {"image_size": 16, "epochs": 1, "batch_size": 32},
@@ -53,8 +60,12 @@ def make_population(folder, n=130, seed=0, sampler="random", pruner="none", name
     folder.mkdir(parents=True, exist_ok=True)
     space = SearchSpace.model_validate(space or SPACE)
     study = optuna.create_study(study_name=name, direction="minimize", sampler=optuna.samplers.RandomSampler(seed=seed))
-    config = StudyConfig(space=space, dataset="synthetic:128", objective="loss",
-                         train=TrainConfig(image_size=16, epochs=1, batch_size=32))
+    config = StudyConfig(
+        space=space,
+        dataset="synthetic:128",
+        objective="loss",
+        train=TrainConfig(image_size=16, epochs=1, batch_size=32),
+    )
     study.set_user_attr("xnetspace_config", config.model_dump(mode="json"))
     store_run_options(study, RunOptions(n_trials=n, sampler=sampler, pruner=pruner, confirm_top=0))
     rng = np.random.default_rng(seed)
@@ -63,9 +74,17 @@ def make_population(folder, n=130, seed=0, sampler="random", pruner="none", name
         spec = space.sample(trial, num_classes=10)
         report = cost_report(spec, 16)
         loss = known_error(spec) + float(rng.normal(0, 0.01))
-        trial.set_user_attr(KEY, {"slot": True, "flops": report.flops, "params": report.params,
-                                  "spec_digest": f"d{i}", "spec": spec.model_dump(mode="json"),
-                                  "runs": [{"seed": 0, "top1": [90.0], "loss": [loss]}]})
+        trial.set_user_attr(
+            KEY,
+            {
+                "slot": True,
+                "flops": report.flops,
+                "params": report.params,
+                "spec_digest": f"d{i}",
+                "spec": spec.model_dump(mode="json"),
+                "runs": [{"seed": 0, "top1": [90.0], "loss": [loss]}],
+            },
+        )
         study.tell(trial, loss)
     optuna.copy_study(from_study_name=name, from_storage=study._storage, to_storage=f"sqlite:///{folder / 'study.db'}")
     return folder
@@ -159,8 +178,9 @@ def test_verify_samples_the_refined_space_and_compares(tmp_path, monkeypatch):
     _use_fake_trainer(monkeypatch)
     population = make_population(tmp_path / "pop", n=40, seed=3)
     out = tmp_path / "refined"
-    result = runner.invoke(app, ["refine", str(population), "--out", str(out), "--verify", "8",
-                                 "--workers-per-device", "1"])
+    result = runner.invoke(
+        app, ["refine", str(population), "--out", str(out), "--verify", "8", "--workers-per-device", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert "accepted" in result.output and "knobs 2" in result.output and "verify: " in result.output
     report = json.loads((out / "refine.json").read_text())
@@ -200,8 +220,13 @@ RULE_SPACE = {  # non-decreasing widths already (a second round, as pycls's AnyN
     "name": "pop_refined",
     "network": {"image_size": 16, "drop_path_rate": 0.0},
     "rules": {"monotone": ["embed_dim", "depth"]},
-    "stage_defaults": {"depth": [1, 2, 3], "embed_dim": [16, 32, 48, 64, 96, 128], "mlp_ratio": [2, 4],
-                       "attn_ratio": 0.5, "num_heads": 1},
+    "stage_defaults": {
+        "depth": [1, 2, 3],
+        "embed_dim": [16, 32, 48, 64, 96, 128],
+        "mlp_ratio": [2, 4],
+        "attn_ratio": 0.5,
+        "num_heads": 1,
+    },
     "stages": [{}, {}, {}, {}],
     "constraints": {"image_size": 16},
     "train": {"image_size": 16, "epochs": 1, "batch_size": 32},
@@ -237,8 +262,9 @@ def test_the_width_rule_is_fitted_and_written_when_rule_networks_are_better(tmp_
     rule = step["details"]["rule"]
     for spec in space.random_specs(10, seed=2, num_classes=10):  # the rule's networks: within its depth range
         blocks = [s.embed_dim for s in spec.stages for _ in range(s.depth)]
-        low, high = (rule["depth"]["low"], rule["depth"]["high"]) if isinstance(rule["depth"], dict) else \
-            (rule["depth"],) * 2
+        low, high = (
+            (rule["depth"]["low"], rule["depth"]["high"]) if isinstance(rule["depth"], dict) else (rule["depth"],) * 2
+        )
         assert low <= len(blocks) <= high and blocks == sorted(blocks)
 
 

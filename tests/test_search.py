@@ -1,5 +1,6 @@
 """Studies: hard budgets, rejection and dedupe, failures that do not stop a study, resume after an
 interruption or a SIGKILL, and several workers sharing one storage."""
+
 from __future__ import annotations
 
 import csv
@@ -29,21 +30,34 @@ from .conftest import use_trainer
 SPACE = {
     "name": "test",
     "stage_defaults": {"depth": 1, "mlp_ratio": [1, 2], "idconv_kernel_size": [3, 5]},
-    "stages": [{"embed_dim": {"low": 8, "high": 24, "step": 8}, "sr_ratio": [2, 4], "attn_ratio": [0.5, 1.0]},
-               {"embed_dim": {"low": 16, "high": 48, "step": 16}, "num_heads": [1, 2]}],
+    "stages": [
+        {"embed_dim": {"low": 8, "high": 24, "step": 8}, "sr_ratio": [2, 4], "attn_ratio": [0.5, 1.0]},
+        {"embed_dim": {"low": 16, "high": 48, "step": 16}, "num_heads": [1, 2]},
+    ],
     "constraints": {"image_size": 16, "flops": [0, "200k"]},
     "train": {"image_size": 16, "epochs": 2, "batch_size": 32},
 }
 
 
 def make(tmp_path, n_trials=6, space=None, objective="top1", **options):
-    config = StudyConfig(space=SearchSpace.model_validate(space or SPACE), dataset="synthetic:128",
-                         objective=objective, train=TrainConfig(image_size=16, epochs=2, batch_size=32))
+    config = StudyConfig(
+        space=SearchSpace.model_validate(space or SPACE),
+        dataset="synthetic:128",
+        objective=objective,
+        train=TrainConfig(image_size=16, epochs=2, batch_size=32),
+    )
     options.setdefault("confirm_top", 0)  # these tests are about the search; confirmation has its own
     options.setdefault("confirm_seeds", 1)
     options.setdefault("workers_per_device", 1)  # in-process, where the fake trainers are patched in
-    opts = RunOptions(n_trials=n_trials, out=tmp_path / "out", study_name="s", progress=False, heartbeat=1,
-                      sampler=options.pop("sampler", "random"), **options)
+    opts = RunOptions(
+        n_trials=n_trials,
+        out=tmp_path / "out",
+        study_name="s",
+        progress=False,
+        heartbeat=1,
+        sampler=options.pop("sampler", "random"),
+        **options,
+    )
     return config, opts
 
 
@@ -93,8 +107,11 @@ def test_no_over_budget_spec_ever_reaches_the_trainer(tmp_path, monkeypatch):
 def test_identical_specs_are_trained_once(tmp_path, monkeypatch):
     trainer = FakeTrainer()
     use_trainer(monkeypatch, trainer)
-    single = {**SPACE, "stage_defaults": {"depth": 1, "mlp_ratio": 1},
-              "stages": [{"embed_dim": 8, "sr_ratio": 2}, {"embed_dim": 16}]}
+    single = {
+        **SPACE,
+        "stage_defaults": {"depth": 1, "mlp_ratio": 1},
+        "stages": [{"embed_dim": 8, "sr_ratio": 2}, {"embed_dim": 16}],
+    }
     config, options = make(tmp_path, n_trials=3, space=single)
     study = run_search(config, options).study
     assert len(trainer.specs) == 1
@@ -104,9 +121,13 @@ def test_identical_specs_are_trained_once(tmp_path, monkeypatch):
 
 
 def test_failing_trials_do_not_stop_the_study(tmp_path, monkeypatch):
-    trainer = FakeTrainer(fail={1: Diverged("loss became nan at epoch 1, update 3"),
-                                2: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
-                                3: RuntimeError("something else broke")})
+    trainer = FakeTrainer(
+        fail={
+            1: Diverged("loss became nan at epoch 1, update 3"),
+            2: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+            3: RuntimeError("something else broke"),
+        }
+    )
     use_trainer(monkeypatch, trainer)
     config, options = make(tmp_path, n_trials=5)
     study = run_search(config, options).study
@@ -114,8 +135,11 @@ def test_failing_trials_do_not_stop_the_study(tmp_path, monkeypatch):
     assert len(trials) == 5
     trained = [t for t in trials if read_trial(t).duplicate_of is None]
     states = {(read_trial(t).reason or "").split(":")[0]: t.state for t in trained[:3]}
-    assert states == {"Diverged": optuna.trial.TrialState.PRUNED, "out of memory": optuna.trial.TrialState.FAIL,
-                      "RuntimeError": optuna.trial.TrialState.FAIL}
+    assert states == {
+        "Diverged": optuna.trial.TrialState.PRUNED,
+        "out of memory": optuna.trial.TrialState.FAIL,
+        "RuntimeError": optuna.trial.TrialState.FAIL,
+    }
     assert "something else broke" in read_trial(trained[2]).traceback
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 2
     rows = list(csv.DictReader(open(options.out / "trials.csv")))
@@ -135,7 +159,9 @@ def test_pruner_stops_weak_trials(tmp_path, monkeypatch):
     config, options = make(tmp_path, n_trials=9, space={**SPACE, "train": {**SPACE["train"], "epochs": 3}})
     config = config.model_copy(update={"train": TrainConfig(image_size=16, epochs=3, batch_size=32)})
     study = run_search(config, options).study
-    pruned = [t for t in counted(study) if t.state == optuna.trial.TrialState.PRUNED and read_trial(t).duplicate_of is None]
+    pruned = [
+        t for t in counted(study) if t.state == optuna.trial.TrialState.PRUNED and read_trial(t).duplicate_of is None
+    ]
     assert pruned and all(read_trial(t).reason.startswith("pruner stopped it") for t in pruned)
 
 
@@ -161,7 +187,8 @@ def test_multi_objective_study_gives_a_pareto_front(tmp_path, monkeypatch):
     rows = [r for r in csv.DictReader(open(outcome.files["trials"])) if r["state"] == "COMPLETE"]
     front = [r for r in rows if r["pareto"] == "1"]
     assert front and all(
-        not any(float(o["top1"]) >= float(r["top1"]) and int(o["flops"]) < int(r["flops"]) for o in rows) for r in front)
+        not any(float(o["top1"]) >= float(r["top1"]) and int(o["flops"]) < int(r["flops"]) for o in rows) for r in front
+    )
     assert outcome.best.number in {int(r["number"]) for r in front}
 
 
@@ -193,16 +220,35 @@ def _run_cli(tmp_path, *extra):
     import yaml
 
     space.write_text(yaml.safe_dump(SPACE))
-    return [sys.executable, "search/run.py", "--space", str(space), "--dataset", "synthetic:128",
-            "--out", str(tmp_path / "out"), "--heartbeat", "1", "--sampler", "random", "--confirm-top", "0",
-            "--confirm-seeds", "1", "--workers-per-device", "1", *extra]
+    return [
+        sys.executable,
+        "search/run.py",
+        "--space",
+        str(space),
+        "--dataset",
+        "synthetic:128",
+        "--out",
+        str(tmp_path / "out"),
+        "--heartbeat",
+        "1",
+        "--sampler",
+        "random",
+        "--confirm-top",
+        "0",
+        "--confirm-seeds",
+        "1",
+        "--workers-per-device",
+        "1",
+        *extra,
+    ]
 
 
 def test_killed_worker_is_retried_and_nothing_is_lost(tmp_path):
     root = Path(__file__).parent.parent
     command = _run_cli(tmp_path, "--n-trials", "4", "--epochs", "15")
-    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     storage = f"sqlite:///{tmp_path / 'out' / 'study.db'}"
     deadline = time.time() + 180
     while time.time() < deadline:  # wait until a trial is training, then kill the whole run
@@ -211,8 +257,10 @@ def test_killed_worker_is_retried_and_nothing_is_lost(tmp_path):
             trials = optuna.load_study(study_name="test-synthetic-loss", storage=storage).get_trials()
         except Exception:  # noqa: BLE001 - the study is not created yet
             continue
-        if any(t.state == optuna.trial.TrialState.RUNNING and read_trial(t).spec is not None
-               and not read_trial(t).rejected for t in trials):
+        if any(
+            t.state == optuna.trial.TrialState.RUNNING and read_trial(t).spec is not None and not read_trial(t).rejected
+            for t in trials
+        ):
             break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -264,20 +312,29 @@ def test_two_worker_processes_share_one_study(tmp_path):
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--space", "missing.yaml"], "cannot read space file"),
-    (["--space", "tiny_cpu", "--flops-max", "lots"], "'lots' is not a count"),
-    (["--space", "tiny_cpu", "--flops-max", "1k"], "flops range [1,500,000, 1,000] has min above max"),
-    (["--space", "tiny_cpu", "--flops-min", "0", "--flops-max", "1k"], "none of 2,002 specs drawn meets the constraints"),
-    (["--space", "tiny_cpu", "--dataset", "mnist"], "unknown dataset 'mnist'"),
-    (["--space", "tiny_cpu", "--devices", "tpu"], "devices = ['tpu']: device 'tpu' must be cpu, cuda or cuda:K"),
-    (["--space", "tiny_cpu", "--objective", "top1-flops", "--pruner", "median"], "multi-objective studies cannot prune"),
-    (["--space", "tiny_cpu", "--objective", "speed"], "objective"),
-    (["--space", "tiny_cpu", "--baseline", "transxnet_q"], "--baseline 'transxnet_q' is neither a preset"),
-    (["--space", "tiny_cpu", "--baseline", "random:0"], "--baseline 'random:0' is neither a preset"),
-    (["--space", "tiny_cpu", "--confirm-seeds", "1"], "a 95% confidence interval needs at least 2 seeds"),
-    (["--space", "tiny_cpu", "--epochs", "0"], "epochs = 0: Input should be greater than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--space", "missing.yaml"], "cannot read space file"),
+        (["--space", "tiny_cpu", "--flops-max", "lots"], "'lots' is not a count"),
+        (["--space", "tiny_cpu", "--flops-max", "1k"], "flops range [1,500,000, 1,000] has min above max"),
+        (
+            ["--space", "tiny_cpu", "--flops-min", "0", "--flops-max", "1k"],
+            "none of 2,002 specs drawn meets the constraints",
+        ),
+        (["--space", "tiny_cpu", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--space", "tiny_cpu", "--devices", "tpu"], "devices = ['tpu']: device 'tpu' must be cpu, cuda or cuda:K"),
+        (
+            ["--space", "tiny_cpu", "--objective", "top1-flops", "--pruner", "median"],
+            "multi-objective studies cannot prune",
+        ),
+        (["--space", "tiny_cpu", "--objective", "speed"], "objective"),
+        (["--space", "tiny_cpu", "--baseline", "transxnet_q"], "--baseline 'transxnet_q' is neither a preset"),
+        (["--space", "tiny_cpu", "--baseline", "random:0"], "--baseline 'random:0' is neither a preset"),
+        (["--space", "tiny_cpu", "--confirm-seeds", "1"], "a 95% confidence interval needs at least 2 seeds"),
+        (["--space", "tiny_cpu", "--epochs", "0"], "epochs = 0: Input should be greater than or equal to 1"),
+    ],
+)
 def test_search_command_rejects_bad_input_with_status_2(args, message, tmp_path):
     result = runner.invoke(app, ["search", *args, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
@@ -307,8 +364,14 @@ def test_a_study_of_any_size_starts_at_once(tmp_path):
     """Slots are queued a few at a time: --n-trials 10^12 says where it stands within seconds and
     stores a handful of queued trials, not a trillion."""
     command = _run_cli(tmp_path, "--n-trials", "1000000000000")
-    proc = subprocess.Popen(command, cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=Path(__file__).parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines, start = [], time.monotonic()
     try:
         for line in proc.stdout:

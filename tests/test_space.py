@@ -1,4 +1,5 @@
 """Design spaces: shipped files, clear errors for bad ones, and sampling that stays in the space."""
+
 from __future__ import annotations
 
 import random
@@ -18,8 +19,10 @@ def space_dict(**changes) -> dict:
     base = {
         "name": "t",
         "stage_defaults": {"depth": {"low": 1, "high": 2}, "mlp_ratio": [2, 4]},
-        "stages": [{"embed_dim": {"low": 16, "high": 32, "step": 8}, "sr_ratio": [2, 4]},
-                   {"embed_dim": 32, "num_heads": [1, 2], "attn_ratio": {"low": 0.25, "high": 0.75, "step": 0.25}}],
+        "stages": [
+            {"embed_dim": {"low": 16, "high": 32, "step": 8}, "sr_ratio": [2, 4]},
+            {"embed_dim": 32, "num_heads": [1, 2], "attn_ratio": {"low": 0.25, "high": 0.75, "step": 0.25}},
+        ],
         "constraints": {"image_size": 32, "flops": ["100k", "50M"]},
     }
     base.update(changes)
@@ -61,23 +64,44 @@ def test_optuna_trials_give_valid_specs_inside_the_space():
         assert 1 <= s1.depth <= 2 and s1.embed_dim in (16, 24, 32) and s1.sr_ratio in (2, 4)
         assert s2.embed_dim == 32 and s2.attn_ratio in (0.25, 0.5, 0.75) and s2.mlp_ratio in (2, 4)
         assert spec.num_classes == 7
-        assert set(trial.params) <= {"stage1.depth", "stage1.embed_dim", "stage1.sr_ratio", "stage1.mlp_ratio",
-                                     "stage2.depth", "stage2.num_heads", "stage2.attn_ratio", "stage2.mlp_ratio"}
+        assert set(trial.params) <= {
+            "stage1.depth",
+            "stage1.embed_dim",
+            "stage1.sr_ratio",
+            "stage1.mlp_ratio",
+            "stage2.depth",
+            "stage2.num_heads",
+            "stage2.attn_ratio",
+            "stage2.mlp_ratio",
+        }
         study.tell(trial, 0.0)
     assert seen > 40
 
 
 def test_fixed_trial_reproduces_a_spec():
     space = SearchSpace.model_validate(space_dict())
-    params = {"stage1.depth": 2, "stage1.embed_dim": 24, "stage1.sr_ratio": 4, "stage1.mlp_ratio": 4,
-              "stage2.depth": 1, "stage2.num_heads": 2, "stage2.attn_ratio": 0.25, "stage2.mlp_ratio": 2}
+    params = {
+        "stage1.depth": 2,
+        "stage1.embed_dim": 24,
+        "stage1.sr_ratio": 4,
+        "stage1.mlp_ratio": 4,
+        "stage2.depth": 1,
+        "stage2.num_heads": 2,
+        "stage2.attn_ratio": 0.25,
+        "stage2.mlp_ratio": 2,
+    }
     spec = space.sample(optuna.trial.FixedTrial(params))
     assert spec.stages[0].embed_dim == 24 and spec.stages[1].attn_channels == 8
 
 
 def test_ties_share_one_value_and_kernel_lists_are_choices():
-    data = space_dict(stage_defaults={"depth": 1, "mlp_ratio": {"choices": [2, 3, 4], "tie": "mlp"},
-                                      "ffn_kernel_sizes": [[1, 3], [1, 3, 5, 7]]})
+    data = space_dict(
+        stage_defaults={
+            "depth": 1,
+            "mlp_ratio": {"choices": [2, 3, 4], "tie": "mlp"},
+            "ffn_kernel_sizes": [[1, 3], [1, 3, 5, 7]],
+        }
+    )
     space = SearchSpace.model_validate(data)
     rng = random.Random(0)
     specs = [space.sample(RandomTrial(rng)) for _ in range(30)]
@@ -102,22 +126,53 @@ def test_random_specs_meet_the_budget():
 
 
 BAD = [
-    ("unknown knob", dict(stages=[{"depth": 1, "embed_dim": 16, "dpeth": 2}]), r"stages\[0\]: .*unknown knob\(s\) \['dpeth'\]"),
-    ("range low above high", dict(stages=[{"depth": {"low": 3, "high": 1}, "embed_dim": 16}]), r"low 3 is above high 1"),
-    ("whole knob with a fractional step", dict(stages=[{"depth": 1, "embed_dim": {"low": 16, "high": 32, "step": 4.5}}]),
-     r"embed_dim is a whole number"),
-    ("invalid choice", dict(stages=[{"depth": 1, "embed_dim": 16, "idconv_kernel_size": [3, 4]}]),
-     r"idconv_kernel_size value 4 is not valid: .*odd"),
+    (
+        "unknown knob",
+        dict(stages=[{"depth": 1, "embed_dim": 16, "dpeth": 2}]),
+        r"stages\[0\]: .*unknown knob\(s\) \['dpeth'\]",
+    ),
+    (
+        "range low above high",
+        dict(stages=[{"depth": {"low": 3, "high": 1}, "embed_dim": 16}]),
+        r"low 3 is above high 1",
+    ),
+    (
+        "whole knob with a fractional step",
+        dict(stages=[{"depth": 1, "embed_dim": {"low": 16, "high": 32, "step": 4.5}}]),
+        r"embed_dim is a whole number",
+    ),
+    (
+        "invalid choice",
+        dict(stages=[{"depth": 1, "embed_dim": 16, "idconv_kernel_size": [3, 4]}]),
+        r"idconv_kernel_size value 4 is not valid: .*odd",
+    ),
     ("negative fixed value", dict(stages=[{"depth": -1, "embed_dim": 16}]), r"depth value -1 is not valid"),
-    ("range for a list knob", dict(stages=[{"depth": 1, "embed_dim": 16, "ffn_kernel_sizes": {"low": 1, "high": 7}}]),
-     r"ffn_kernel_sizes takes a value or a list of choices, not a range"),
-    ("log range from zero", dict(stages=[{"depth": 1, "embed_dim": 16, "mlp_ratio": {"low": 0, "high": 4, "log": True}}]),
-     r"log ranges need low > 0"),
+    (
+        "range for a list knob",
+        dict(stages=[{"depth": 1, "embed_dim": 16, "ffn_kernel_sizes": {"low": 1, "high": 7}}]),
+        r"ffn_kernel_sizes takes a value or a list of choices, not a range",
+    ),
+    (
+        "log range from zero",
+        dict(stages=[{"depth": 1, "embed_dim": 16, "mlp_ratio": {"low": 0, "high": 4, "log": True}}]),
+        r"log ranges need low > 0",
+    ),
     ("missing width", dict(stages=[{"depth": 1}], stage_defaults={}), r"stage 1 does not define embed_dim"),
-    ("tie defined twice differently", dict(stages=[{"depth": 1, "embed_dim": 16, "mlp_ratio": {"choices": [2, 4], "tie": "m"}},
-                                                   {"depth": 1, "embed_dim": 32, "mlp_ratio": {"choices": [2, 3], "tie": "m"}}]),
-     r"tie 'm' is defined twice, differently"),
-    ("tie never defined", dict(stages=[{"depth": 1, "embed_dim": 16, "mlp_ratio": {"tie": "m"}}]), r"refers to tie 'm', which no knob defines"),
+    (
+        "tie defined twice differently",
+        dict(
+            stages=[
+                {"depth": 1, "embed_dim": 16, "mlp_ratio": {"choices": [2, 4], "tie": "m"}},
+                {"depth": 1, "embed_dim": 32, "mlp_ratio": {"choices": [2, 3], "tie": "m"}},
+            ]
+        ),
+        r"tie 'm' is defined twice, differently",
+    ),
+    (
+        "tie never defined",
+        dict(stages=[{"depth": 1, "embed_dim": 16, "mlp_ratio": {"tie": "m"}}]),
+        r"refers to tie 'm', which no knob defines",
+    ),
     ("flops min above max", dict(constraints={"flops": ["2G", "1G"]}), r"has min above max"),
     ("bad count", dict(constraints={"flops": ["lots", "1G"]}), r"'lots' is not a count such as 300M"),
     ("unknown network field", dict(network={"num_clases": 3}), r"unknown network field\(s\) \['num_clases'\]"),
@@ -146,7 +201,10 @@ def test_unreadable_space_files(tmp_path):
 
 def test_impossible_constraints_are_refused_before_any_trial():
     space = SearchSpace.model_validate(space_dict(constraints={"image_size": 32, "flops": ["1G", "2G"]}))
-    with pytest.raises(SpaceError, match=r"none of 2,002 specs drawn meets the constraints \(at 32x32, FLOPs in \[1G, 2G\]\).*FLOPs seen"):
+    with pytest.raises(
+        SpaceError,
+        match=r"none of 2,002 specs drawn meets the constraints \(at 32x32, FLOPs in \[1G, 2G\]\).*FLOPs seen",
+    ):
         space.check()
     assert space.with_flops(flops_min=0).check().feasible > 0
 
@@ -159,8 +217,10 @@ def test_a_space_without_an_image_size_describes_and_writes_its_constraints():
     assert space_data(space)["constraints"]["image_size"] == 224
 
 
-@pytest.mark.parametrize("text,count", [("300M", 300_000_000), ("0.5G", 500_000_000), ("2.5k", 2500),
-                                        ("1e9", 1_000_000_000), (1234, 1234), ("7", 7)])
+@pytest.mark.parametrize(
+    "text,count",
+    [("300M", 300_000_000), ("0.5G", 500_000_000), ("2.5k", 2500), ("1e9", 1_000_000_000), (1234, 1234), ("7", 7)],
+)
 def test_parse_count(text, count):
     assert parse_count(text) == count
 

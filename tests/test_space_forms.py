@@ -1,6 +1,7 @@
 """Parametrised forms of a space (``rules:``): RegNet's quantized linear width rule, schedules
 across stages, monotone knobs; sampled by Optuna with few knobs, counted exactly by the cost
 model, refused with clear errors when they clash, and written back as readable space files."""
+
 from __future__ import annotations
 
 import math
@@ -29,16 +30,29 @@ def rules_space(**changes) -> dict:
         "name": "rules",
         "network": {"drop_path_rate": 0.0, "image_size": 32},
         "rules": {
-            "width": {"w0": {"low": 16, "high": 32, "step": 16}, "wa": {"low": 8, "high": 48},
-                      "wm": {"low": 1.5, "high": 3.0}, "depth": {"low": 4, "high": 8}, "quantum": 16},
-            "schedules": {"attn_ratio": {"first": [0.25, 0.5, 0.75], "last": [0.25, 0.5, 0.75],
-                                         "values": [0.25, 0.5, 0.75]}},
+            "width": {
+                "w0": {"low": 16, "high": 32, "step": 16},
+                "wa": {"low": 8, "high": 48},
+                "wm": {"low": 1.5, "high": 3.0},
+                "depth": {"low": 4, "high": 8},
+                "quantum": 16,
+            },
+            "schedules": {
+                "attn_ratio": {"first": [0.25, 0.5, 0.75], "last": [0.25, 0.5, 0.75], "values": [0.25, 0.5, 0.75]}
+            },
             "monotone": ["num_heads"],
         },
-        "stage_defaults": {"mlp_ratio": {"choices": [2, 3, 4], "tie": "mlp"}, "idconv_groups": [1, 2],
-                           "idconv_kernel_size": [3, 5, 7]},
-        "stages": [{"num_heads": 1, "sr_ratio": [4, 8]}, {"num_heads": [1, 2], "sr_ratio": [2, 4]},
-                   {"num_heads": [2, 4], "sr_ratio": [1, 2]}, {"num_heads": [2, 4], "sr_ratio": 1}],
+        "stage_defaults": {
+            "mlp_ratio": {"choices": [2, 3, 4], "tie": "mlp"},
+            "idconv_groups": [1, 2],
+            "idconv_kernel_size": [3, 5, 7],
+        },
+        "stages": [
+            {"num_heads": 1, "sr_ratio": [4, 8]},
+            {"num_heads": [1, 2], "sr_ratio": [2, 4]},
+            {"num_heads": [2, 4], "sr_ratio": [1, 2]},
+            {"num_heads": [2, 4], "sr_ratio": 1},
+        ],
         "constraints": {"image_size": 32, "flops": ["1.5M", "3M"], "max_params": "1.5M"},
         "train": {"image_size": 32, "epochs": 3, "batch_size": 64, "lr": 0.003},
     }
@@ -72,8 +86,15 @@ def test_regnet_width_rule_worked_example():
 def test_width_rule_space_samples_the_rule_with_few_knobs():
     space = SearchSpace.model_validate(rules_space())
     names = space.param_names()
-    assert len(names) == 20 and {"width.w0", "width.wa", "width.wm", "width.depth", "stage3-4.num_heads",
-                                 "schedule.attn_ratio.first", "tied.mlp"} <= set(names)
+    assert len(names) == 20 and {
+        "width.w0",
+        "width.wa",
+        "width.wm",
+        "width.depth",
+        "stage3-4.num_heads",
+        "schedule.attn_ratio.first",
+        "tied.mlp",
+    } <= set(names)
     assert not any(n.endswith((".embed_dim", ".depth")) and n.startswith("stage") for n in names)
     for spec, trial in draws(space, 40):
         p = trial.params
@@ -83,8 +104,10 @@ def test_width_rule_space_samples_the_rule_with_few_knobs():
         assert [s.embed_dim for s in spec.stages] == sorted({s.embed_dim for s in spec.stages})
         heads = [s.num_heads for s in spec.stages]
         assert heads == sorted(heads) and heads[0] == 1 and heads[1] in (1, 2) and set(heads[2:]) <= {2, 4}
-        linear = [p["schedule.attn_ratio.first"] + (p["schedule.attn_ratio.last"] - p["schedule.attn_ratio.first"])
-                  * i / 3 for i in range(4)]
+        linear = [
+            p["schedule.attn_ratio.first"] + (p["schedule.attn_ratio.last"] - p["schedule.attn_ratio.first"]) * i / 3
+            for i in range(4)
+        ]
         expected = [min((0.25, 0.5, 0.75), key=lambda v: (abs(v - x), v)) for x in linear]
         assert [s.attn_ratio for s in spec.stages] == expected
         assert len({s.mlp_ratio for s in spec.stages}) == 1
@@ -115,12 +138,26 @@ def test_optuna_samplers_take_the_rule_parameters():
         study.tell(trial, float(sum(spec.embed_dims)))
         assert isinstance(trial.params["stage3-4.num_heads"], str)  # "2,4" travels as text
     assert valid >= 5
-    fixed = {"width.w0": 16, "width.wa": 12.0, "width.wm": 2.0, "width.depth": 6, "schedule.attn_ratio.first": 0.25,
-             "schedule.attn_ratio.last": 0.75, "stage1.sr_ratio": 4, "stage2.sr_ratio": 2, "stage3.sr_ratio": 1,
-             "stage2.num_heads": 1, "stage3-4.num_heads": "2,4", "tied.mlp": 2}
+    fixed = {
+        "width.w0": 16,
+        "width.wa": 12.0,
+        "width.wm": 2.0,
+        "width.depth": 6,
+        "schedule.attn_ratio.first": 0.25,
+        "schedule.attn_ratio.last": 0.75,
+        "stage1.sr_ratio": 4,
+        "stage2.sr_ratio": 2,
+        "stage3.sr_ratio": 1,
+        "stage2.num_heads": 1,
+        "stage3-4.num_heads": "2,4",
+        "tied.mlp": 2,
+    }
     fixed |= {f"stage{i}.{k}": v for i in range(1, 5) for k, v in (("idconv_groups", 1), ("idconv_kernel_size", 3))}
-    with pytest.raises(ValueError, match=r"rules.width gives 3 stages, the space has 4 \(w0 16, wa 12, wm 2, depth 6: "
-                                         r"widths \[16, 32, 64\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"rules.width gives 3 stages, the space has 4 \(w0 16, wa 12, wm 2, depth 6: "
+        r"widths \[16, 32, 64\]\)",
+    ):
         space.sample(optuna.trial.FixedTrial(fixed))
     spec = space.sample(optuna.trial.FixedTrial({**fixed, "width.wa": 16.0, "width.depth": 8}))
     # u = 16 + 16 j: 16, 32, 48, 64, 80, 96, 112, 128 -> steps 0 1 2 2 2 3 3 3 (log2 of 1..8, rounded)
@@ -130,8 +167,14 @@ def test_optuna_samplers_take_the_rule_parameters():
 
 # -- schedules and monotone knobs ------------------------------------------------------------------------
 def test_schedules_round_to_valid_values_without_a_list():
-    data = rules_space(rules={"schedules": {"attn_ratio": {"first": {"low": 0.1, "high": 0.9}, "last": 0.6},
-                                            "num_heads": {"first": 1, "last": [4, 8], "log": True}}})
+    data = rules_space(
+        rules={
+            "schedules": {
+                "attn_ratio": {"first": {"low": 0.1, "high": 0.9}, "last": 0.6},
+                "num_heads": {"first": 1, "last": [4, 8], "log": True},
+            }
+        }
+    )
     data["stages"] = [{"depth": 1, "embed_dim": w, "sr_ratio": 1} for w in (16, 32, 48, 64)]
     space = SearchSpace.model_validate(data)
     for spec, trial in draws(space, 30, seed=2):
@@ -172,32 +215,54 @@ def _width(**changes):
 
 
 BAD = [
-    ("width rule and stage widths", rules_space(stages=[{"embed_dim": 16, "num_heads": 1}] * 4),
-     r"rules.width sets embed_dim in every stage, but stages\[0\].embed_dim defines it too"),
-    ("quantum too small", _width(quantum=8),
-     r"rules.width.quantum 8 can give invalid widths: stage 3: attn_ratio 0.25 x 8 = 2 attention channels, not "
-     r"divisible by num_heads 4; the smallest quantum that keeps every stage valid is 16"),
-    ("w0 off the quantum", _width(w0=24),
-     r"w0 value 24 is not a multiple of the quantum 16"),
-    ("wm not above 1", _width(wm=1.0),
-     r"wm 1 must be above 1"),
-    ("depth below the stages", _width(depth=[2, 3]),
-     r"rules.width.depth is at most 3 blocks, fewer than the 4 stages"),
-    ("tied width parameter", _width(wa={"low": 1, "high": 9, "tie": "x"}),
-     r"wa cannot be tied"),
-    ("monotone embed_dim under a width rule", rules_space(rules={**rules_space()["rules"], "monotone": ["embed_dim"]}),
-     r"rules.monotone: embed_dim is set by rules.width; its widths never decrease already"),
-    ("monotone tied knob", rules_space(rules={**rules_space()["rules"], "monotone": ["mlp_ratio"]}),
-     r"rules.monotone: mlp_ratio is tied \(tie 'mlp'\) in stage 1"),
-    ("monotone unknown knob", _without_rules(monotone=["ffn_kernel_sizes"]),
-     r"monotone: 'ffn_kernel_sizes' is not a numeric stage knob"),
-    ("schedule of a knob the stages set", rules_space(rules={"schedules": {"num_heads": {"first": 1, "last": 2}}},
-                                                      stages=[{"depth": 1, "embed_dim": 32, "num_heads": 1}] * 4),
-     r"rules.schedules.num_heads sets num_heads in every stage, but stages\[0\].num_heads defines it too"),
-    ("schedule of an unschedulable knob", _without_rules(schedules={"depth": {"first": 1, "last": 2}}),
-     r"schedules.depth: only attn_ratio, mlp_ratio, num_heads, sr_ratio, idconv_groups can follow a schedule"),
-    ("schedule value out of bounds", _without_rules(schedules={"sr_ratio": {"first": 1, "last": 2, "values": [0, 1]}}),
-     r"schedules.sr_ratio.values: sr_ratio value 0 is not valid"),
+    (
+        "width rule and stage widths",
+        rules_space(stages=[{"embed_dim": 16, "num_heads": 1}] * 4),
+        r"rules.width sets embed_dim in every stage, but stages\[0\].embed_dim defines it too",
+    ),
+    (
+        "quantum too small",
+        _width(quantum=8),
+        r"rules.width.quantum 8 can give invalid widths: stage 3: attn_ratio 0.25 x 8 = 2 attention channels, not "
+        r"divisible by num_heads 4; the smallest quantum that keeps every stage valid is 16",
+    ),
+    ("w0 off the quantum", _width(w0=24), r"w0 value 24 is not a multiple of the quantum 16"),
+    ("wm not above 1", _width(wm=1.0), r"wm 1 must be above 1"),
+    ("depth below the stages", _width(depth=[2, 3]), r"rules.width.depth is at most 3 blocks, fewer than the 4 stages"),
+    ("tied width parameter", _width(wa={"low": 1, "high": 9, "tie": "x"}), r"wa cannot be tied"),
+    (
+        "monotone embed_dim under a width rule",
+        rules_space(rules={**rules_space()["rules"], "monotone": ["embed_dim"]}),
+        r"rules.monotone: embed_dim is set by rules.width; its widths never decrease already",
+    ),
+    (
+        "monotone tied knob",
+        rules_space(rules={**rules_space()["rules"], "monotone": ["mlp_ratio"]}),
+        r"rules.monotone: mlp_ratio is tied \(tie 'mlp'\) in stage 1",
+    ),
+    (
+        "monotone unknown knob",
+        _without_rules(monotone=["ffn_kernel_sizes"]),
+        r"monotone: 'ffn_kernel_sizes' is not a numeric stage knob",
+    ),
+    (
+        "schedule of a knob the stages set",
+        rules_space(
+            rules={"schedules": {"num_heads": {"first": 1, "last": 2}}},
+            stages=[{"depth": 1, "embed_dim": 32, "num_heads": 1}] * 4,
+        ),
+        r"rules.schedules.num_heads sets num_heads in every stage, but stages\[0\].num_heads defines it too",
+    ),
+    (
+        "schedule of an unschedulable knob",
+        _without_rules(schedules={"depth": {"first": 1, "last": 2}}),
+        r"schedules.depth: only attn_ratio, mlp_ratio, num_heads, sr_ratio, idconv_groups can follow a schedule",
+    ),
+    (
+        "schedule value out of bounds",
+        _without_rules(schedules={"sr_ratio": {"first": 1, "last": 2, "values": [0, 1]}}),
+        r"schedules.sr_ratio.values: sr_ratio value 0 is not valid",
+    ),
 ]
 
 

@@ -1,4 +1,5 @@
 """Specs: round trips, the official arch dict, and clear errors for every kind of invalid spec."""
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,16 @@ from xnetspace.text import MAX_FILE_BYTES, read_text_file, short_repr, yaml_mapp
 
 from .conftest import random_specs, tiny_spec
 
-T_ARCH = {"layers": [3, 3, 9, 3], "embed_dims": [48, 96, 224, 448], "kernel_size": [7] * 4,
-          "num_groups": [2, 2, 2, 2], "sr_ratio": [8, 4, 2, 1], "num_heads": [1, 2, 4, 8],
-          "mlp_ratios": [4, 4, 4, 4], "layer_scale_init_value": 1e-5}
+T_ARCH = {
+    "layers": [3, 3, 9, 3],
+    "embed_dims": [48, 96, 224, 448],
+    "kernel_size": [7] * 4,
+    "num_groups": [2, 2, 2, 2],
+    "sr_ratio": [8, 4, 2, 1],
+    "num_heads": [1, 2, 4, 8],
+    "mlp_ratios": [4, 4, 4, 4],
+    "layer_scale_init_value": 1e-5,
+}
 
 
 @pytest.mark.parametrize("spec", [load_preset(n) for n in preset_names()] + random_specs(20), ids=str)
@@ -46,8 +54,9 @@ def test_from_official_arch_matches_the_t_preset():
 
 
 def test_from_official_arch_reads_the_parity_arch(parity):
-    spec = NetworkSpec.from_official_arch(parity["arch"], image_size=parity["image_size"],
-                                          num_classes=parity["num_classes"])
+    spec = NetworkSpec.from_official_arch(
+        parity["arch"], image_size=parity["image_size"], num_classes=parity["num_classes"]
+    )
     assert [s.idconv_kernel_size for s in spec.stages] == parity["arch"]["kernel_size"]
     assert spec.num_classes == 10
 
@@ -72,11 +81,16 @@ def test_digest_ignores_name_and_number_spelling_but_not_architecture():
 def test_position_bias_shapes_follow_the_release():
     spec = load_preset("transxnet_t")
     assert [spec.pos_bias_shape(i) for i in range(4)] == [
-        (1, 1, 3136, 49), (1, 2, 784, 49), (1, 4, 196, 49), (1, 8, 49, 49)]
+        (1, 1, 3136, 49),
+        (1, 2, 784, 49),
+        (1, 4, 196, 49),
+        (1, 8, 49, 49),
+    ]
 
 
-@pytest.mark.parametrize("size,r,expected", [(56, 8, 7), (57, 8, 8), (14, 2, 7), (15, 2, 8),
-                                              (12, 3, 5), (13, 3, 5), (7, 1, 7), (1, 8, 1)])
+@pytest.mark.parametrize(
+    "size,r,expected", [(56, 8, 7), (57, 8, 8), (14, 2, 7), (15, 2, 8), (12, 3, 5), (13, 3, 5), (7, 1, 7), (1, 8, 1)]
+)
 def test_reduced_size_is_the_osr_conv_output(size, r, expected):
     import torch
 
@@ -93,23 +107,55 @@ INVALID = [
     ("zero heads", {}, dict(num_heads=0), r"stages\[0\]\.num_heads = 0"),
     ("zero sr_ratio", {}, dict(sr_ratio=0), r"stages\[0\]\.sr_ratio = 0"),
     ("zero IDConv groups", {}, dict(idconv_groups=0), r"stages\[0\]\.idconv_groups = 0"),
-    ("even IDConv kernel", {}, dict(idconv_kernel_size=4), r"stages\[0\]\.idconv_kernel_size = 4: kernel sizes must be odd"),
-    ("even FFN kernel", {}, dict(ffn_kernel_sizes=[1, 3, 4]), r"stages\[0\]\.ffn_kernel_sizes\[2\] = 4: kernel sizes must be odd"),
+    (
+        "even IDConv kernel",
+        {},
+        dict(idconv_kernel_size=4),
+        r"stages\[0\]\.idconv_kernel_size = 4: kernel sizes must be odd",
+    ),
+    (
+        "even FFN kernel",
+        {},
+        dict(ffn_kernel_sizes=[1, 3, 4]),
+        r"stages\[0\]\.ffn_kernel_sizes\[2\] = 4: kernel sizes must be odd",
+    ),
     ("no FFN kernels", {}, dict(ffn_kernel_sizes=[]), r"ffn_kernel_sizes needs at least one"),
-    ("attn channels not divisible by heads", {}, dict(num_heads=5),
-     r"attention channels 24 .*not divisible by num_heads 5; "
-     r"nearest valid attn_ratio: 0.416667 \(20 channels\) or 0.520833 \(25 channels\)"),
-    ("attention share not whole", {}, dict(attn_ratio=0.3, num_heads=1),
-     r"attn_ratio 0.3 x embed_dim 48 = 14.4 .*not a whole number; "
-     r"nearest valid attn_ratio: 0.291667 \(14 channels\) or 0.3125 \(15 channels\)"),
+    (
+        "attn channels not divisible by heads",
+        {},
+        dict(num_heads=5),
+        r"attention channels 24 .*not divisible by num_heads 5; "
+        r"nearest valid attn_ratio: 0.416667 \(20 channels\) or 0.520833 \(25 channels\)",
+    ),
+    (
+        "attention share not whole",
+        {},
+        dict(attn_ratio=0.3, num_heads=1),
+        r"attn_ratio 0.3 x embed_dim 48 = 14.4 .*not a whole number; "
+        r"nearest valid attn_ratio: 0.291667 \(14 channels\) or 0.3125 \(15 channels\)",
+    ),
     ("attention share above 1", {}, dict(attn_ratio=1.5), r"stages\[0\]\.attn_ratio = 1.5: .*less than or equal to 1"),
     ("IDConv with too few channels", {}, dict(attn_ratio=46 / 48, num_heads=1), r"IDConv gets 2 channels"),
-    ("mlp ratio not whole", {}, dict(mlp_ratio=3.3), r"mlp_ratio 3.3 x embed_dim 48 = 158.4 .*use mlp_ratio 3.29167 \(158 channels\) or 3.3125 \(159 channels\)"),
-    ("FFN narrower than its branches", {}, dict(embed_dim=4, num_heads=1, attn_ratio=0, mlp_ratio=0.5),
-     r"MS-FFN hidden width 2 .*smaller than the 4 ffn_kernel_sizes"),
+    (
+        "mlp ratio not whole",
+        {},
+        dict(mlp_ratio=3.3),
+        r"mlp_ratio 3.3 x embed_dim 48 = 158.4 .*use mlp_ratio 3.29167 \(158 channels\) or 3.3125 \(159 channels\)",
+    ),
+    (
+        "FFN narrower than its branches",
+        {},
+        dict(embed_dim=4, num_heads=1, attn_ratio=0, mlp_ratio=0.5),
+        r"MS-FFN hidden width 2 .*smaller than the 4 ffn_kernel_sizes",
+    ),
     ("non-positive mlp ratio", {}, dict(mlp_ratio=0), r"stages\[0\]\.mlp_ratio = 0: .*greater than 0"),
     ("unknown stage field", {}, dict(dpeth=3), r"stages\[0\]\.dpeth = 3: unknown field \(did you mean 'depth'\?\)"),
-    ("stage field at top level", dict(depth=3), {}, r"depth = 3: unknown field here: 'depth' is a field of each entry of stages"),
+    (
+        "stage field at top level",
+        dict(depth=3),
+        {},
+        r"depth = 3: unknown field here: 'depth' is a field of each entry of stages",
+    ),
     ("wrong type", {}, dict(depth="three"), r"stages\[0\]\.depth = 'three': .*valid integer"),
     ("fractional depth", {}, dict(depth=2.5), r"stages\[0\]\.depth = 2.5: .*valid integer"),
     ("no stages", dict(stages=[]), None, r"stages = \[\]: a network needs at least one stage"),
@@ -177,11 +223,18 @@ def test_unknown_preset_lists_the_known_ones():
         load_preset("transxnet_x")
 
 
-@pytest.mark.parametrize("model,field,limit", [
-    (StageSpec, "depth", MAX_DEPTH), (StageSpec, "embed_dim", MAX_EMBED_DIM), (StageSpec, "num_heads", MAX_HEADS),
-    (StageSpec, "sr_ratio", MAX_SR_RATIO), (StageSpec, "idconv_groups", MAX_IDCONV_GROUPS),
-    (NetworkSpec, "in_chans", MAX_IN_CHANS), (NetworkSpec, "image_size", MAX_IMAGE_SIZE),
-])
+@pytest.mark.parametrize(
+    "model,field,limit",
+    [
+        (StageSpec, "depth", MAX_DEPTH),
+        (StageSpec, "embed_dim", MAX_EMBED_DIM),
+        (StageSpec, "num_heads", MAX_HEADS),
+        (StageSpec, "sr_ratio", MAX_SR_RATIO),
+        (StageSpec, "idconv_groups", MAX_IDCONV_GROUPS),
+        (NetworkSpec, "in_chans", MAX_IN_CHANS),
+        (NetworkSpec, "image_size", MAX_IMAGE_SIZE),
+    ],
+)
 def test_sizes_have_upper_bounds_stated_in_their_descriptions(model, field, limit):
     assert str(limit) in model.model_fields[field].description
     stage = {"depth": 1, "embed_dim": 16, "num_heads": 1}
@@ -193,8 +246,15 @@ def test_sizes_have_upper_bounds_stated_in_their_descriptions(model, field, limi
         assert getattr(NetworkSpec.model_validate(fits).stages[0], field) == limit
 
 
-@pytest.mark.parametrize("field,value", [("layer_scale_init_value", float("inf")), ("layer_scale_init_value", float("nan")),
-                                         ("drop_rate", float("nan")), ("drop_path_rate", float("-inf"))])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("layer_scale_init_value", float("inf")),
+        ("layer_scale_init_value", float("nan")),
+        ("drop_rate", float("nan")),
+        ("drop_path_rate", float("-inf")),
+    ],
+)
 def test_float_fields_are_finite(field, value):
     with pytest.raises(ValidationError, match="finite number"):
         NetworkSpec.model_validate({"stages": [{"depth": 1, "embed_dim": 16}], field: value})
@@ -209,16 +269,20 @@ def test_error_messages_quote_values_short():
     loop.append(loop)
     assert len(short_repr(loop)) <= 80
     with pytest.raises(ValidationError) as err:
-        NetworkSpec.model_validate({"stages": [{"depth": "d" * 100_000, "embed_dim": 16}] * 3, **{f"x{i}": 1 for i in range(40)}})
+        NetworkSpec.model_validate(
+            {"stages": [{"depth": "d" * 100_000, "embed_dim": 16}] * 3, **{f"x{i}": 1 for i in range(40)}}
+        )
     message = format_validation_error(err.value)
     assert "(43 problems)" in message and "... and 23 more" in message and len(message) < 3000
 
 
 def test_yaml_aliases_that_expand_hugely_are_refused_but_small_ones_work():
     text = "a: &a [1, 2]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-    nested = "".join(f"l{i}: &l{i} [*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, "
-                     f"*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}]\n"
-                     for i in range(1, 8)).replace("*l0", "*b")
+    nested = "".join(
+        f"l{i}: &l{i} [*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, "
+        f"*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}]\n"
+        for i in range(1, 8)
+    ).replace("*l0", "*b")
     assert yaml_mapping(text, "a spec")["b"][9] == [1, 2]
     with pytest.raises(SpecError, match="more than 100,000 YAML values"):
         yaml_mapping(text + nested, "a spec")

@@ -6,6 +6,7 @@ same fast fake trainer); a busy-looping process competes for the cores, since ra
 workers show when the machine is loaded (issue 22). Rounds: a fresh study, then the same study
 resumed to a larger N, on SQLite and on the PostgreSQL fixture.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ ROOT = Path(__file__).parent.parent
 SPACE = {  # 24 distinct specs: 60+ trials draw each several times, so the dedupe is exercised too
     "name": "stress",
     "stage_defaults": {"depth": 1, "mlp_ratio": [1, 2], "idconv_kernel_size": [3, 5]},
-    "stages": [{"embed_dim": {"low": 8, "high": 24, "step": 8}, "sr_ratio": 2, "attn_ratio": 0.5},
-               {"embed_dim": 16, "num_heads": [1, 2]}],
+    "stages": [
+        {"embed_dim": {"low": 8, "high": 24, "step": 8}, "sr_ratio": 2, "attn_ratio": 0.5},
+        {"embed_dim": 16, "num_heads": [1, 2]},
+    ],
     "constraints": {"image_size": 16},
     "train": {"image_size": 16, "epochs": 2, "batch_size": 16},
 }
@@ -118,8 +121,14 @@ def run_rounds(tmp_path: Path, storage: str, rounds: list[int]) -> None:
     log.write_text("")
     for n in rounds:  # one study, resumed to a larger N each round; the log keeps every round's runs
         start = time.monotonic()
-        done = subprocess.run([sys.executable, str(script), json.dumps(SPACE), storage, str(n), str(tmp_path / "out")],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, str(script), json.dumps(SPACE), storage, str(n), str(tmp_path / "out")],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         seconds = time.monotonic() - start
         assert done.returncode == 0, f"round N={n} ({seconds:.0f} s): {done.stderr[-3000:]}"
         assert "Traceback" not in done.stderr + done.stdout
@@ -138,8 +147,11 @@ def check_round(storage: str, n: int, trained: list[dict]) -> None:
     logged = Counter(r["digest"] for r in trained if r["phase"] == "search")
     claimed = Counter()
     for name in ("stress", "stress" + CONTROL_SUFFIX):
-        mine = Counter(read_trial(t).spec_digest for t in optuna.load_study(study_name=name, storage=storage).get_trials()
-                       if read_trial(t).runs and read_trial(t).duplicate_of is None)
+        mine = Counter(
+            read_trial(t).spec_digest
+            for t in optuna.load_study(study_name=name, storage=storage).get_trials()
+            if read_trial(t).runs and read_trial(t).duplicate_of is None
+        )
         twice = {d: c for d, c in mine.items() if c > 1}
         assert not twice, f"specs trained more than once in {name}: {twice}"
         claimed += mine
@@ -170,8 +182,14 @@ def test_a_crashed_worker_is_reported_when_it_happens_and_the_study_still_ends_w
     script.write_text(HEAD)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     env = {**os.environ, "STRESS_LOG": str(log), "OMP_NUM_THREADS": "1", "CRASH_WORKER": "1"}
-    done = subprocess.run([sys.executable, str(script), json.dumps(SPACE), storage, "12", str(tmp_path / "out"),
-                           "progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script), json.dumps(SPACE), storage, "12", str(tmp_path / "out"), "progress"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]  # the other workers finished the study
     assert "Traceback" not in output
@@ -198,14 +216,30 @@ def test_a_trial_finished_by_another_process_is_noted_and_the_worker_goes_on(tmp
             running = [t for t in other.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
             other._storage.set_trial_state_values(running[0]._trial_id, optuna.trial.TrialState.FAIL)
             stolen.append(running[0].number)
-        return [TrainResult(history=[50.0] * config.epochs, loss_history=[1.0] * config.epochs,
-                            train_loss_history=[1.0] * config.epochs) for _ in seeds]
+        return [
+            TrainResult(
+                history=[50.0] * config.epochs,
+                loss_history=[1.0] * config.epochs,
+                train_loss_history=[1.0] * config.epochs,
+            )
+            for _ in seeds
+        ]
 
     monkeypatch.setattr(objective, "train_seeds", trainer)
     monkeypatch.setattr(objective, "zero_cost_scores", lambda *args, **kwargs: {})
     space = SearchSpace.model_validate(SPACE)
-    options = RunOptions(n_trials=3, storage=storage, study_name="s", out=tmp_path / "out", sampler="random",
-                         pruner="none", confirm_top=0, confirm_seeds=1, workers_per_device=1, progress=False)
+    options = RunOptions(
+        n_trials=3,
+        storage=storage,
+        study_name="s",
+        out=tmp_path / "out",
+        sampler="random",
+        pruner="none",
+        confirm_top=0,
+        confirm_seeds=1,
+        workers_per_device=1,
+        progress=False,
+    )
     study = run_search(StudyConfig(space=space, dataset="synthetic:64", train=space.train), options).study
     slots = live_slots(study)
     assert len(slots) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in slots)

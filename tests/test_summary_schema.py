@@ -8,6 +8,7 @@ Pydantic's schemas use, and a failure on any other so nothing is skipped silentl
 parsed back into :class:`~xnetspace.search.summary.Summary`. That the exported file is the model's
 current schema is tests/test_analysis_score.py's ``test_exported_schemas_are_the_models_current_ones``.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,23 @@ _ANNOTATIONS = {"title", "description", "default", "$defs"}
 def conforms(value: Any, schema: dict, root: dict, where: str = "$") -> list[str]:
     """The places where ``value`` breaks ``schema`` (a subset of JSON Schema: the keywords of the
     schemas Pydantic writes); any other keyword is a failure, never skipped."""
-    unknown = set(schema) - _ANNOTATIONS - {"$ref", "anyOf", "type", "enum", "const", "properties", "required",
-                                            "additionalProperties", "items", "minItems", "maxItems"}
+    unknown = (
+        set(schema)
+        - _ANNOTATIONS
+        - {
+            "$ref",
+            "anyOf",
+            "type",
+            "enum",
+            "const",
+            "properties",
+            "required",
+            "additionalProperties",
+            "items",
+            "minItems",
+            "maxItems",
+        }
+    )
     if unknown:
         return [f"{where}: schema keywords this check does not know: {sorted(unknown)}"]
     if "$ref" in schema:
@@ -70,7 +86,9 @@ def conforms(value: Any, schema: dict, root: dict, where: str = "$") -> list[str
                 problems += conforms(item, extra, root, f"{where}.{name}")
     if isinstance(value, list):
         if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", len(value)):
-            problems.append(f"{where}: {len(value)} items, outside [{schema.get('minItems')}, {schema.get('maxItems')}]")
+            problems.append(
+                f"{where}: {len(value)} items, outside [{schema.get('minItems')}, {schema.get('maxItems')}]"
+            )
         for i, item in enumerate(value):
             problems += conforms(item, schema.get("items", {}), root, f"{where}[{i}]")
     return problems
@@ -93,11 +111,27 @@ def summary_file(tmp_path_factory) -> Path:
     use_trainer(monkeypatch, SeedTrainer())
     try:
         out = tmp_path_factory.mktemp("summary") / "out"
-        config = StudyConfig(space=SearchSpace.model_validate(SPACE), dataset="synthetic:128", objective="loss",
-                             train=TrainConfig(image_size=16, epochs=2, batch_size=32))
-        options = RunOptions(n_trials=6, out=out, study_name="s", progress=False, heartbeat=1, workers_per_device=1,
-                             sampler="random", pruner="none", confirm_top=2, confirm_seeds=2, confirm_epochs=2,
-                             fidelity_sample=2, baseline="transxnet_t,random:3")
+        config = StudyConfig(
+            space=SearchSpace.model_validate(SPACE),
+            dataset="synthetic:128",
+            objective="loss",
+            train=TrainConfig(image_size=16, epochs=2, batch_size=32),
+        )
+        options = RunOptions(
+            n_trials=6,
+            out=out,
+            study_name="s",
+            progress=False,
+            heartbeat=1,
+            workers_per_device=1,
+            sampler="random",
+            pruner="none",
+            confirm_top=2,
+            confirm_seeds=2,
+            confirm_epochs=2,
+            fidelity_sample=2,
+            baseline="transxnet_t,random:3",
+        )
         run_search(config, options)
     finally:
         monkeypatch.undo()

@@ -1,5 +1,6 @@
 """timm registrations: create_model, default cfgs, features_only, local release weights, and the
 behaviours timm's own tests/test_models.py checks (scripting, FX, feature classes, generic entry)."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,10 @@ from .conftest import release_state_dict, tiny_spec
 RELEASE = "https://github.com/LMMMEng/TransXNet/releases/download/v1.0/"
 
 
-@pytest.mark.parametrize("name,crop,params", [("transxnet_t", 0.9, 12_834_808), ("transxnet_s", 0.9, 26_864_068),
-                                              ("transxnet_b", 0.95, 48_009_002)])
+@pytest.mark.parametrize(
+    "name,crop,params",
+    [("transxnet_t", 0.9, 12_834_808), ("transxnet_s", 0.9, 26_864_068), ("transxnet_b", 0.95, 48_009_002)],
+)
 def test_create_model_and_default_cfg(name, crop, params):
     model = timm.create_model(name)
     assert sum(p.numel() for p in model.parameters()) == params
@@ -48,11 +51,14 @@ def test_local_release_checkpoint_loads_through_the_converter(tmp_path):
     path = tmp_path / "transx-t.pth.tar"
     torch.save({"state_dict": release}, path)
     model = timm.create_model("transxnet_t", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    torch.testing.assert_close(model.stages[2].blocks[4].mixer.osra.q.weight,
-                               release["network.4.4.token_mixer.global_unit.q.weight"])
+    torch.testing.assert_close(
+        model.stages[2].blocks[4].mixer.osra.q.weight, release["network.4.4.token_mixer.global_unit.q.weight"]
+    )
     torch.testing.assert_close(model.head.fc.weight, release["classifier.2.weight"].flatten(1))
     # A new head: timm drops the classifier and keeps the rest.
-    model = timm.create_model("transxnet_t", pretrained=True, num_classes=5, pretrained_cfg_overlay=dict(file=str(path)))
+    model = timm.create_model(
+        "transxnet_t", pretrained=True, num_classes=5, pretrained_cfg_overlay=dict(file=str(path))
+    )
     torch.testing.assert_close(model.stem.conv.weight, release["patch_embed.proj.conv.weight"])
     assert model.head.fc.weight.shape == (5, 448)
 
@@ -192,7 +198,9 @@ def test_generic_entry_loads_our_own_checkpoint(tmp_path):
         torch.testing.assert_close(loaded(x), trained(x), rtol=0, atol=0)
     # A new head for another dataset keeps every other weight; one input channel folds the stem.
     new = tiny_model(pretrained=True, num_classes=4, in_chans=1, pretrained_cfg_overlay=dict(file=str(path)))
-    torch.testing.assert_close(new.stages[3].blocks[0].mixer.osra.q.weight, trained.stages[3].blocks[0].mixer.osra.q.weight)
+    torch.testing.assert_close(
+        new.stages[3].blocks[0].mixer.osra.q.weight, trained.stages[3].blocks[0].mixer.osra.q.weight
+    )
     torch.testing.assert_close(new.stem.conv.weight, trained.stem.conv.weight.sum(dim=1, keepdim=True))
     assert new.head.fc.weight.shape == (4, 64)
 
@@ -201,8 +209,14 @@ def test_generic_entry_loads_a_release_checkpoint(tmp_path):
     release = release_state_dict("t", seed=2)
     path = tmp_path / "transx-t.pth.tar"
     torch.save({"state_dict": release}, path)
-    model = timm.create_model("transxnet", spec="transxnet_t", pretrained=True, features_only=True,
-                              out_indices=(3,), pretrained_cfg_overlay=dict(file=str(path)))
+    model = timm.create_model(
+        "transxnet",
+        spec="transxnet_t",
+        pretrained=True,
+        features_only=True,
+        out_indices=(3,),
+        pretrained_cfg_overlay=dict(file=str(path)),
+    )
     assert model.feature_info.channels() == [448]
     torch.testing.assert_close(model.stages_3.blocks[2].ffn.fc1.weight, release["network.6.2.mlp.fc1.0.weight"])
 

@@ -1,5 +1,6 @@
 """Fast training form: the same function as the reference form in train mode (outputs and
 gradients), the same parameters and keys, switchable both ways; and the trainer's batching."""
+
 from __future__ import annotations
 
 import copy
@@ -76,12 +77,15 @@ def test_osra_residual_kernel_and_bmm_attention(heads, sr_ratio, size):
     check_same_function(osra, x, torch.randn(1, heads, size[0] * size[1], m))
 
 
-@pytest.mark.parametrize("stage", [
-    dict(depth=1, embed_dim=16, num_heads=2, sr_ratio=2),  # both branches, IDConv with G = 2
-    dict(depth=1, embed_dim=16, num_heads=1, sr_ratio=1, idconv_groups=1),  # G = 1: static DW conv
-    dict(depth=1, embed_dim=16, num_heads=2, sr_ratio=2, attn_ratio=0.0),  # IDConv only
-    dict(depth=1, embed_dim=16, num_heads=2, sr_ratio=2, attn_ratio=1.0),  # OSRA only
-])
+@pytest.mark.parametrize(
+    "stage",
+    [
+        dict(depth=1, embed_dim=16, num_heads=2, sr_ratio=2),  # both branches, IDConv with G = 2
+        dict(depth=1, embed_dim=16, num_heads=1, sr_ratio=1, idconv_groups=1),  # G = 1: static DW conv
+        dict(depth=1, embed_dim=16, num_heads=2, sr_ratio=2, attn_ratio=0.0),  # IDConv only
+        dict(depth=1, embed_dim=16, num_heads=2, sr_ratio=2, attn_ratio=1.0),  # OSRA only
+    ],
+)
 def test_block_with_dpe_residual_in_its_kernel(stage):
     spec = tiny_spec(stages=[stage])
     block = randomize(TransXNetBlock(spec.stages[0]))
@@ -151,8 +155,9 @@ def test_fast_form_scripts():
 def test_tensor_batches_are_the_dataloaders_batches():
     data = TensorDataset(torch.randn(50, 1, 4, 4), torch.arange(50))
     loader = DataLoader(data, batch_size=8, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(3))
-    ours = TensorBatches(data, 8, torch.device("cpu"), shuffle=True, drop_last=True,
-                         generator=torch.Generator().manual_seed(3))
+    ours = TensorBatches(
+        data, 8, torch.device("cpu"), shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(3)
+    )
     assert len(ours) == len(loader) == 6
     for _ in range(2):  # two epochs: each draws a new order
         for (x, y), (x_ref, y_ref) in zip(ours, loader, strict=True):
@@ -165,8 +170,12 @@ def test_both_forms_train_to_the_same_losses():
     """A few epochs of the proxy recipe in each form: the same validation scores, the fast form
     with channels_last and a fused AdamW, the reference with the release's operators."""
     data = load_dataset("synthetic:200", 16)
-    spec = tiny_spec(stages=[dict(depth=1, embed_dim=16, num_heads=1, sr_ratio=2),
-                             dict(depth=1, embed_dim=32, num_heads=2, sr_ratio=1)])
+    spec = tiny_spec(
+        stages=[
+            dict(depth=1, embed_dim=16, num_heads=1, sr_ratio=2),
+            dict(depth=1, embed_dim=32, num_heads=2, sr_ratio=1),
+        ]
+    )
     config = dict(image_size=16, epochs=3, batch_size=16, lr=2e-3)
     fast = train_candidate(spec, data, TrainConfig(**config, train_form="fast"))
     reference = train_candidate(spec, data, TrainConfig(**config, train_form="reference"))

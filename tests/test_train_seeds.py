@@ -1,5 +1,6 @@
 """Seeds in one pass (train_seeds): every seed's run in a pack is the run that seed makes alone, and
 what the GPU path switches on (bf16 autocast, channels_last) runs on the CPU too."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,8 +46,9 @@ def test_seeds_one_after_another_are_the_same_runs(digits):
     config = TrainConfig(image_size=32, epochs=1, batch_size=64)
     spec = tiny_spec(in_chans=1, image_size=32)
     reports = []
-    one_by_one = train_seeds(spec, digits, [4, 5], config, pack=False,
-                             report=lambda epoch, results: reports.append(len(results)))
+    one_by_one = train_seeds(
+        spec, digits, [4, 5], config, pack=False, report=lambda epoch, results: reports.append(len(results))
+    )
     packed = train_seeds(spec, digits, [4, 5], config)
     assert reports == [1, 2]  # the report sees the finished seeds and the one in training
     for a, b in zip(one_by_one, packed):

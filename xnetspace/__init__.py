@@ -21,6 +21,7 @@ keeps it so)::
     search/               the search and its evidence: imports the model side, never the reverse
     cli                   the command line, on top (``build`` imports nothing from search/)
 """
+
 from . import timm_models  # noqa: F401 - registers the timm names
 from .checkpoint import (
     CheckpointError,

@@ -2,6 +2,7 @@
 cost tables of a spec (rich tables), the checks before a build, and a built network's run on one
 photograph as a JSON-able result and as lines of text.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,16 @@ from .spec import NetworkSpec
 from .text import shorten
 from .timing import check_time
 
-__all__ = ["stage_table", "kind_table", "check_build", "build_notice", "classify", "nonfinite_warning",
-           "report_lines", "NOTICE_SECONDS"]
+__all__ = [
+    "stage_table",
+    "kind_table",
+    "check_build",
+    "build_notice",
+    "classify",
+    "nonfinite_warning",
+    "report_lines",
+    "NOTICE_SECONDS",
+]
 
 NOTICE_SECONDS = 5  # a build estimated to take this long or longer is announced
 
@@ -31,20 +40,29 @@ def _gflops(flops: int) -> str:
 def stage_table(report: CostReport) -> Table:
     """Params and GFLOPs of each part (stem, stages, head) with each stage's knobs."""
     h, w = report.image_size
-    table = Table(title=f"{escape(report.spec.name)} at {h}x{w}: {report.params:,} params, "
-                        f"{_gflops(report.flops)} GFLOPs ({_gflops(report.conv_flops)} in convolutions)")
+    table = Table(
+        title=f"{escape(report.spec.name)} at {h}x{w}: {report.params:,} params, "
+        f"{_gflops(report.flops)} GFLOPs ({_gflops(report.conv_flops)} in convolutions)"
+    )
     for col in ("part", "depth", "width", "heads", "G", "mlp", "attn", "sr", "resolution", "params", "GFLOPs"):
         table.add_column(col, justify="left" if col == "part" else "right")
     for part in report.parts:
         if part.name.startswith("stage"):
             s = report.spec.stages[int(part.name[5:]) - 1]
-            knobs: tuple[object, ...] = (s.depth, s.embed_dim, s.num_heads if s.attn_channels else "-",
-                     s.idconv_groups if s.idconv_channels else "-", f"{s.mlp_ratio:g}",
-                     f"{s.attn_ratio:g}", s.sr_ratio if s.attn_channels else "-")
+            knobs: tuple[object, ...] = (
+                s.depth,
+                s.embed_dim,
+                s.num_heads if s.attn_channels else "-",
+                s.idconv_groups if s.idconv_channels else "-",
+                f"{s.mlp_ratio:g}",
+                f"{s.attn_ratio:g}",
+                s.sr_ratio if s.attn_channels else "-",
+            )
         else:
             knobs = ("",) * 7
-        table.add_row(part.name, *map(str, knobs), f"{part.size[0]}x{part.size[1]}",
-                      f"{part.params:,}", _gflops(part.flops))
+        table.add_row(
+            part.name, *map(str, knobs), f"{part.size[0]}x{part.size[1]}", f"{part.params:,}", _gflops(part.flops)
+        )
     table.add_row("total", *("",) * 8, f"{report.params:,}", _gflops(report.flops), style="bold")
     return table
 
@@ -81,8 +99,14 @@ def build_notice(seconds: float) -> str | None:
     return f"building and running once: about {seconds:.0f} s (estimated for this machine now)"
 
 
-def classify(model: torch.nn.Module, batch: torch.Tensor, spec: NetworkSpec, image_size: tuple[int, int],
-             image: Path | None = None, checkpoint: Path | None = None) -> dict:
+def classify(
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    spec: NetworkSpec,
+    image_size: tuple[int, int],
+    image: Path | None = None,
+    checkpoint: Path | None = None,
+) -> dict:
     """Run ``model`` (``spec``, in eval mode) once on ``batch`` (the photograph ``image``, default
     scikit-image's chelsea) and report: the spec's cost (:meth:`CostReport.to_dict`; its parts
     as ``stages``), ``image``, ``checkpoint``, ``output_shape``, ``nonfinite_weights`` (with a
@@ -92,9 +116,11 @@ def classify(model: torch.nn.Module, batch: torch.Tensor, spec: NetworkSpec, ima
     with torch.inference_mode():
         output = model(batch)
     result = cost_report(spec, image_size).to_dict()
-    result |= {"image": str(image) if image else DEFAULT_PHOTO,
-               "checkpoint": str(checkpoint) if checkpoint else None,
-               "output_shape": list(output.shape)}
+    result |= {
+        "image": str(image) if image else DEFAULT_PHOTO,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "output_shape": list(output.shape),
+    }
     if checkpoint is not None:
         result["nonfinite_weights"] = bad_weights
     result["stages"] = [p for p in result.pop("parts") if "stage" in p]
@@ -115,16 +141,22 @@ def nonfinite_warning(result: dict) -> str | None:
     bad = result.get("nonfinite_weights")
     if not bad:
         return None
-    return (f"warning: {len(bad)} weight tensors of {shorten(result['checkpoint'])} are not finite (NaN or inf), "
-            f"e.g. {', '.join(shorten(k, 80) for k in bad[:3])}; the outputs below are not meaningful")
+    return (
+        f"warning: {len(bad)} weight tensors of {shorten(result['checkpoint'])} are not finite (NaN or inf), "
+        f"e.g. {', '.join(shorten(k, 80) for k in bad[:3])}; the outputs below are not meaningful"
+    )
 
 
 def report_lines(result: dict, input_shape: tuple[int, ...]) -> list[str]:
     """:func:`classify`'s result in words: the input and weights, the output shape and the top-5."""
-    lines = [f"input: {result['image']}, preprocessed to {tuple(input_shape)}; "
-             f"weights: {result['checkpoint'] or 'random init'}",
-             f"output shape: {tuple(result['output_shape'])}"]
+    lines = [
+        f"input: {result['image']}, preprocessed to {tuple(input_shape)}; "
+        f"weights: {result['checkpoint'] or 'random init'}",
+        f"output shape: {tuple(result['output_shape'])}",
+    ]
     for rank, top in enumerate(result.get("top5", []), start=1):
-        lines.append(f"  top-{rank}: class {top['class']:4d}  p = {top['prob']:.4f}"
-                     + (f"  {top['name']}" if "name" in top else ""))
+        lines.append(
+            f"  top-{rank}: class {top['class']:4d}  p = {top['prob']:.4f}"
+            + (f"  {top['name']}" if "name" in top else "")
+        )
     return lines

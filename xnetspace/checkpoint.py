@@ -6,6 +6,7 @@ Loading never unpickles code (``torch.load(..., weights_only=True)``) and never 
 model: every load is checked key by key and shape by shape first, and a mismatch raises
 :class:`CheckpointError` listing the offending keys.
 """
+
 from __future__ import annotations
 
 import os
@@ -95,7 +96,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(
                 f"{shown} is not a weights-only torch checkpoint: its pickle names {', '.join(code[:5])}"
                 f"{' ...' if len(code) > 5 else ''}, Python code that loading it would run, so it was "
-                f"refused unread; a checkpoint holds tensors only") from None
+                f"refused unread; a checkpoint holds tensors only"
+            ) from None
         raise CheckpointError(f"{shown} is not a weights-only torch checkpoint ({_torch_reason(err)})") from None
     except Exception as err:  # noqa: BLE001 - unreadable files raise many kinds; all mean "not loadable"
         raise CheckpointError(f"{shown} is not a weights-only torch checkpoint ({_torch_reason(err)})") from None
@@ -124,8 +126,11 @@ def _torch_reason(err: BaseException) -> str:
 def nonfinite_keys(state_dict: Mapping[str, Any]) -> list[str]:
     """Keys of the floating-point tensors in ``state_dict`` that hold a NaN or an infinity (a
     diverged training run saves such weights; every output is then NaN)."""
-    return [k for k, v in state_dict.items()
-            if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [
+        k
+        for k, v in state_dict.items()
+        if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
 
 
 def save_checkpoint(model: TransXNet, path: str | Path, **extra: Any) -> Path:
@@ -141,8 +146,10 @@ def save_checkpoint(model: TransXNet, path: str | Path, **extra: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as file:
-        torch.save({"format": FORMAT, "spec": model.spec.model_dump(mode="json"),
-                    "state_dict": model.state_dict(), **extra}, file)
+        torch.save(
+            {"format": FORMAT, "spec": model.spec.model_dump(mode="json"), "state_dict": model.state_dict(), **extra},
+            file,
+        )
         file.flush()
         if stat.S_ISREG(os.fstat(file.fileno()).st_mode):  # a full disk may only show at write-back
             os.fsync(file.fileno())

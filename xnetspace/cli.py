@@ -10,6 +10,7 @@ checkpoint, image, option) exits with status 2 and one paragraph on stderr, neve
 Ctrl-C exits 130; an internal error (a bug) exits 1 with one paragraph naming a log file that
 holds its traceback (:func:`main`).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ from .errors import ReportedError
 from .model import build_model
 from .spec import MAX_CLASSES, MAX_IN_CHANS, NetworkSpec, format_validation_error, resolve_spec, save_spec
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="xnetspace: TransXNet specs, builder, cost model and search.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="xnetspace: TransXNet specs, builder, cost model and search."
+)
 # Piped output (CI logs, files) gets a table wide enough not to truncate, not rich's 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -51,8 +53,13 @@ def _fail(message: str) -> None:
 
 
 @contextmanager
-def _answers(options: str | None = None, *, writing: str | None = None, place: object = None,
-             interrupted: str | Callable[[], str] | None = None) -> Iterator[None]:
+def _answers(
+    options: str | None = None,
+    *,
+    writing: str | None = None,
+    place: object = None,
+    interrupted: str | Callable[[], str] | None = None,
+) -> Iterator[None]:
     """The library's answers to bad input, as the command line gives them: one paragraph on stderr
     (``error: ...``, via :func:`_fail`) and exit 2 for a ValueError (SpecError, SpaceError,
     DataError, CheckpointError, AnalysisError, ...), an OSError and a
@@ -84,7 +91,9 @@ def _answers(options: str | None = None, *, writing: str | None = None, place: o
     except ValueError as err:
         _fail(str(err))
     except OSError as err:
-        _fail(str(err) if writing is None else f"cannot write {writing}: {err.strerror or err} ({err.filename or place})")
+        _fail(
+            str(err) if writing is None else f"cannot write {writing}: {err.strerror or err} ({err.filename or place})"
+        )
 
 
 def _devices(devices: str) -> list[str]:
@@ -109,9 +118,13 @@ def build(
     image_size: str = ImageSizeOpt,
     image: Path | None = typer.Option(None, help="photograph to classify (default: scikit-image's 'chelsea')"),
     checkpoint: Path | None = typer.Option(None, help="weights: a release checkpoint or one saved by --save"),
-    save: str | None = typer.Option(None, help="save the network with its spec to this file (a regular file; a symlink is followed)"),
+    save: str | None = typer.Option(
+        None, help="save the network with its spec to this file (a regular file; a symlink is followed)"
+    ),
     seed: int = typer.Option(0, help="seed of the random initialisation (without --checkpoint)"),
-    force: bool = typer.Option(False, "--force", help="build and run even when the memory or time estimate exceeds the limit"),
+    force: bool = typer.Option(
+        False, "--force", help="build and run even when the memory or time estimate exceeds the limit"
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Build SPEC, print its per-stage cost, and classify one real photograph in eval mode.
@@ -185,15 +198,28 @@ def scale(
 
     net_spec, size = _load(preset, image_size)
     with _answers():
-        scaled = scale_to_budget(net_spec, parse_count(flops_max), size,
-                                 min_flops=parse_count(flops_min) if flops_min else None,
-                                 max_params=parse_count(max_params) if max_params else None)
+        scaled = scale_to_budget(
+            net_spec,
+            parse_count(flops_max),
+            size,
+            min_flops=parse_count(flops_min) if flops_min else None,
+            max_params=parse_count(max_params) if max_params else None,
+        )
         if save is not None:
             save_spec(scaled, save)
     report = cost_report(scaled, size)
     if as_json:
-        typer.echo(json.dumps({"flops": report.flops, "params": report.params, "image_size": list(size),
-                               "spec": scaled.model_dump(mode="json"), "saved": str(save) if save else None}))
+        typer.echo(
+            json.dumps(
+                {
+                    "flops": report.flops,
+                    "params": report.params,
+                    "image_size": list(size),
+                    "spec": scaled.model_dump(mode="json"),
+                    "saved": str(save) if save else None,
+                }
+            )
+        )
         return
     console.print(stage_table(report))
     if save is not None:
@@ -203,47 +229,97 @@ def scale(
 @app.command()
 def search(
     space: str = typer.Option(..., "--space", help="space file (spaces/*.yaml) or a shipped space's name"),
-    dataset: str = typer.Option("digits", help=("digits[:N] (N training images, default all 898) | synthetic[:N] | imagefolder:PATH "
-                                                       "| cifar10:PATH | cifar100:PATH")),
+    dataset: str = typer.Option(
+        "digits",
+        help=(
+            "digits[:N] (N training images, default all 898) | synthetic[:N] | imagefolder:PATH "
+            "| cifar10:PATH | cifar100:PATH"
+        ),
+    ),
     n_trials: int = typer.Option(20, "--n-trials", help="trials the study holds in total (a re-run continues up to N)"),
-    flops_max: str | None = typer.Option(None, "--flops-max", help="FLOP budget maximum, e.g. 0.5G or 300M (overrides the space)"),
+    flops_max: str | None = typer.Option(
+        None, "--flops-max", help="FLOP budget maximum, e.g. 0.5G or 300M (overrides the space)"
+    ),
     flops_min: str | None = typer.Option(None, "--flops-min", help="FLOP budget minimum (overrides the space)"),
-    image_size: int | None = typer.Option(None, "--image-size", help="proxy training image size (default: the space's)"),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="proxy training image size (default: the space's)"
+    ),
     epochs: int | None = typer.Option(None, help="proxy training epochs (default: the space's)"),
     batch_size: int | None = typer.Option(None, "--batch-size", help="proxy training batch size"),
     lr: float | None = typer.Option(None, help="AdamW learning rate"),
     trial_time_limit: float | None = typer.Option(None, "--trial-time-limit", help="seconds one trial may train"),
-    augment: str | None = typer.Option(None, help=("augmentation of the training batches: none | flip | crop-flip | rrc-flip "
-                                                             "(default: the space's; docs/data.md)")),
+    augment: str | None = typer.Option(
+        None,
+        help=(
+            "augmentation of the training batches: none | flip | crop-flip | rrc-flip "
+            "(default: the space's; docs/data.md)"
+        ),
+    ),
     timeout: float | None = typer.Option(None, help="seconds after which this run starts no new trial"),
-    objective: str = typer.Option("loss", help=(
-        "what candidates are ranked by: loss (validation cross-entropy, the default) | top1 "
-        "| tse (training-speed estimate) | synflow | naswot | grad_norm (zero-cost, no training) "
-        "| top1-flops | top1-latency (docs/search.md)")),
-    proxy_seeds: int = typer.Option(1, "--proxy-seeds", help="seeds a candidate is trained with at most; its score is their mean"),
-    race: float | None = typer.Option(None, "--race", help=(
-        "z: a candidate worse than the incumbent by more than z standard errors after half its seeds "
-        "gets no more (default: every candidate gets all)")),
-    sampler: str | None = typer.Option(None, help="tpe | random | nsga2 | qmc (default: tpe, nsga2 for two objectives)"),
-    pruner: str | None = typer.Option(None, help="median | hyperband | none (default: median; none for two objectives)"),
-    population: bool = typer.Option(False, "--population", help="a population study for `xnetspace analyze`: --sampler random --pruner none --confirm-top 0"),
+    objective: str = typer.Option(
+        "loss",
+        help=(
+            "what candidates are ranked by: loss (validation cross-entropy, the default) | top1 "
+            "| tse (training-speed estimate) | synflow | naswot | grad_norm (zero-cost, no training) "
+            "| top1-flops | top1-latency (docs/search.md)"
+        ),
+    ),
+    proxy_seeds: int = typer.Option(
+        1, "--proxy-seeds", help="seeds a candidate is trained with at most; its score is their mean"
+    ),
+    race: float | None = typer.Option(
+        None,
+        "--race",
+        help=(
+            "z: a candidate worse than the incumbent by more than z standard errors after half its seeds "
+            "gets no more (default: every candidate gets all)"
+        ),
+    ),
+    sampler: str | None = typer.Option(
+        None, help="tpe | random | nsga2 | qmc (default: tpe, nsga2 for two objectives)"
+    ),
+    pruner: str | None = typer.Option(
+        None, help="median | hyperband | none (default: median; none for two objectives)"
+    ),
+    population: bool = typer.Option(
+        False,
+        "--population",
+        help="a population study for `xnetspace analyze`: --sampler random --pruner none --confirm-top 0",
+    ),
     seed: int = typer.Option(0, help="seed of the samplers and of the training"),
     storage: str | None = typer.Option(None, help="Optuna RDB URL (default: sqlite in --out)"),
     study_name: str | None = typer.Option(None, "--study-name", help="default: SPACE-DATASET-OBJECTIVE"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... (one worker process per entry)"),
-    baseline: str | None = typer.Option(None, help=(
-        "controls confirmed like the winner, comma-separated: PRESET (scaled to the study's budget), "
-        "random:auto (random search at equal compute; the default with confirmation), "
-        "random:N (best of N random in-budget specs), none")),
-    confirm_top: int = typer.Option(5, "--confirm-top", help="candidates retrained after the search with several seeds (0: none)"),
+    baseline: str | None = typer.Option(
+        None,
+        help=(
+            "controls confirmed like the winner, comma-separated: PRESET (scaled to the study's budget), "
+            "random:auto (random search at equal compute; the default with confirmation), "
+            "random:N (best of N random in-budget specs), none"
+        ),
+    ),
+    confirm_top: int = typer.Option(
+        5, "--confirm-top", help="candidates retrained after the search with several seeds (0: none)"
+    ),
     confirm_seeds: int = typer.Option(3, "--confirm-seeds", help="seeds per confirmed candidate (>= 2 for a 95% CI)"),
-    confirm_epochs: int | None = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: the proxy's)"),
-    fidelity_sample: int = typer.Option(5, "--fidelity-sample", help=(
-        "random in-budget specs confirmed beside the top candidates, for Kendall tau and the spread "
-        "between architectures (0: none; none without confirmation)")),
+    confirm_epochs: int | None = typer.Option(
+        None, "--confirm-epochs", help="confirmation epochs (default: the proxy's)"
+    ),
+    fidelity_sample: int = typer.Option(
+        5,
+        "--fidelity-sample",
+        help=(
+            "random in-budget specs confirmed beside the top candidates, for Kendall tau and the spread "
+            "between architectures (0: none; none without confirmation)"
+        ),
+    ),
     out: Path | None = typer.Option(None, help="output folder (default: runs/STUDY_NAME)"),
     heartbeat: int = typer.Option(10, help="heartbeat interval in seconds; dead workers' trials are retried"),
-    workers_per_device: int | None = typer.Option(None, "--workers-per-device", help="worker processes per device (default: one single-thread worker per CPU core, at most 8; one per GPU)"),
+    workers_per_device: int | None = typer.Option(
+        None,
+        "--workers-per-device",
+        help="worker processes per device (default: one single-thread worker per CPU core, at most 8; one per GPU)",
+    ),
 ) -> None:
     """Search a design space under a FLOP budget with proxy training (Optuna)."""
     from .search import RunOptions, StudyConfig, progress_summary, run_search
@@ -257,16 +333,42 @@ def search(
 
     with _answers("search options", writing="the study's files", place="the output folder", interrupted=interrupted):
         config = StudyConfig.create(
-            load_space(space), dataset, objective, proxy_seeds=proxy_seeds, race=race,
+            load_space(space),
+            dataset,
+            objective,
+            proxy_seeds=proxy_seeds,
+            race=race,
             flops_min=None if flops_min is None else parse_count(flops_min),
-            flops_max=None if flops_max is None else parse_count(flops_max), image_size=image_size, epochs=epochs,
-            batch_size=batch_size, lr=lr, time_limit=trial_time_limit, seed=seed, augment=augment)
-        started.append(RunOptions(
-            n_trials=n_trials, out=out, storage=storage, study_name=study_name, sampler=sampler, pruner=pruner,
-            population=population, seed=seed, timeout=timeout, devices=_devices(devices), heartbeat=heartbeat,
-            baseline=baseline, workers_per_device=workers_per_device, confirm_top=confirm_top,
-            confirm_seeds=confirm_seeds, confirm_epochs=confirm_epochs, fidelity_sample=fidelity_sample,
-        ).resolved(config))
+            flops_max=None if flops_max is None else parse_count(flops_max),
+            image_size=image_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            time_limit=trial_time_limit,
+            seed=seed,
+            augment=augment,
+        )
+        started.append(
+            RunOptions(
+                n_trials=n_trials,
+                out=out,
+                storage=storage,
+                study_name=study_name,
+                sampler=sampler,
+                pruner=pruner,
+                population=population,
+                seed=seed,
+                timeout=timeout,
+                devices=_devices(devices),
+                heartbeat=heartbeat,
+                baseline=baseline,
+                workers_per_device=workers_per_device,
+                confirm_top=confirm_top,
+                confirm_seeds=confirm_seeds,
+                confirm_epochs=confirm_epochs,
+                fidelity_sample=fidelity_sample,
+            ).resolved(config)
+        )
         run_search(config, started[0])
 
 
@@ -276,11 +378,19 @@ def fidelity(
     dataset: str = typer.Option("digits", help="as for search"),
     n_specs: int = typer.Option(30, "--n-specs", help="random in-budget specs of the space"),
     seeds: int = typer.Option(4, help="K: seeds per spec under the proxy recipe and under the confirmation recipe"),
-    confirm_epochs: int | None = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: twice the proxy's)"),
-    out: Path = typer.Option(..., help="folder for fidelity.db, runs.csv, fidelity.json and fidelity.png (re-running resumes)"),
+    confirm_epochs: int | None = typer.Option(
+        None, "--confirm-epochs", help="confirmation epochs (default: twice the proxy's)"
+    ),
+    out: Path = typer.Option(
+        ..., help="folder for fidelity.db, runs.csv, fidelity.json and fidelity.png (re-running resumes)"
+    ),
     seed: int = typer.Option(0, help="seed of the spec sample"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,..."),
-    workers_per_device: int | None = typer.Option(None, "--workers-per-device", help="worker processes per device (default: one per CPU core, at most 8; one per GPU)"),
+    workers_per_device: int | None = typer.Option(
+        None,
+        "--workers-per-device",
+        help="worker processes per device (default: one per CPU core, at most 8; one per GPU)",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """How well each cheap score ranks the space's specs, against the noise ceiling (docs/fidelity.md).
@@ -294,10 +404,20 @@ def fidelity(
     from .search.fidelity import FidelityConfig, report_lines, run_fidelity
     from .search.space import load_space
 
-    with _answers("fidelity options", writing="the fidelity study's files", place=out,
-                  interrupted="interrupted: the finished runs are kept; re-run the same command to continue"):
-        config = FidelityConfig(space=load_space(space), dataset=dataset, n_specs=n_specs, seeds=seeds, seed=seed,
-                                confirm_epochs=confirm_epochs)
+    with _answers(
+        "fidelity options",
+        writing="the fidelity study's files",
+        place=out,
+        interrupted="interrupted: the finished runs are kept; re-run the same command to continue",
+    ):
+        config = FidelityConfig(
+            space=load_space(space),
+            dataset=dataset,
+            n_specs=n_specs,
+            seeds=seeds,
+            seed=seed,
+            confirm_epochs=confirm_epochs,
+        )
         result = run_fidelity(config, out, _devices(devices), workers_per_device, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
@@ -308,11 +428,21 @@ def fidelity(
 
 @app.command()
 def prepare(
-    dataset: str = typer.Argument(..., help="imagefolder:PATH, a folder of class folders (PATH/train and PATH/val [PATH/test] when present)"),
-    image_size: int = typer.Option(..., "--image-size", help="proxy training image size S in pixels (stored at ceil(1.25 S) for random-resized crops)"),
-    out: Path | None = typer.Option(None, help=(
-        "write the prepared .npz here, for --dataset imagefolder:FILE "
-        "(default: the cache, where a study on imagefolder:PATH finds it)")),
+    dataset: str = typer.Argument(
+        ..., help="imagefolder:PATH, a folder of class folders (PATH/train and PATH/val [PATH/test] when present)"
+    ),
+    image_size: int = typer.Option(
+        ...,
+        "--image-size",
+        help="proxy training image size S in pixels (stored at ceil(1.25 S) for random-resized crops)",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        help=(
+            "write the prepared .npz here, for --dataset imagefolder:FILE "
+            "(default: the cache, where a study on imagefolder:PATH finds it)"
+        ),
+    ),
     workers: int | None = typer.Option(None, help="decoding threads (default: the usable cores, at most 16)"),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -341,10 +471,18 @@ def worker(
     storage: str = typer.Option(..., help="the study's Optuna RDB URL, e.g. postgresql+psycopg://USER:PW@HOST/DB"),
     study_name: str = typer.Option(..., "--study-name", help="the study to join (the head prints it)"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... on this machine"),
-    workers_per_device: int | None = typer.Option(None, "--workers-per-device", help="worker processes per device (default: one single-thread worker per CPU core, at most 8; one per GPU)"),
-    dataset: str | None = typer.Option(None, help="this machine's path to the study's data, e.g. imagefolder:/data/x (checked against the head's)"),
+    workers_per_device: int | None = typer.Option(
+        None,
+        "--workers-per-device",
+        help="worker processes per device (default: one single-thread worker per CPU core, at most 8; one per GPU)",
+    ),
+    dataset: str | None = typer.Option(
+        None, help="this machine's path to the study's data, e.g. imagefolder:/data/x (checked against the head's)"
+    ),
     timeout: float | None = typer.Option(None, help="seconds after which this worker starts no new trial"),
-    worker_index: int | None = typer.Option(None, "--worker-index", help="number of the first worker (seeds its sampler; default: random from 1000)"),
+    worker_index: int | None = typer.Option(
+        None, "--worker-index", help="number of the first worker (seeds its sampler; default: random from 1000)"
+    ),
 ) -> None:
     """Join a study that `xnetspace search` created in a server database and run its trials until it is done.
 
@@ -353,8 +491,9 @@ def worker(
     """
     from .search.join import join_study
 
-    with _answers("worker options",
-                  interrupted="interrupted: this worker's running trials are retried by the others (heartbeat)"):
+    with _answers(
+        "worker options", interrupted="interrupted: this worker's running trials are retried by the others (heartbeat)"
+    ):
         join_study(storage, study_name, _devices(devices), workers_per_device, dataset, timeout, worker_index)
 
 
@@ -362,7 +501,9 @@ def worker(
 def space(
     space_file: str = typer.Argument(..., help="space file (spaces/*.yaml) or a shipped space's name"),
     draws: int = typer.Option(2000, min=1, max=100_000, help="random specs to draw for the statistics (1..100,000)"),
-    num_classes: int = typer.Option(10, "--num-classes", min=0, max=MAX_CLASSES, help="classes of the dataset the space is for"),
+    num_classes: int = typer.Option(
+        10, "--num-classes", min=0, max=MAX_CLASSES, help="classes of the dataset the space is for"
+    ),
     in_chans: int = typer.Option(3, "--in-chans", min=1, max=MAX_IN_CHANS, help="input channels of the dataset"),
 ) -> None:
     """Check a design space: its Optuna parameters and how many random specs meet its budget."""
@@ -381,12 +522,23 @@ def space(
 
 @app.command()
 def analyze(
-    runs: list[Path] | None = typer.Argument(None, help="study output folders (each holds study.db), in the order to compare"),
+    runs: list[Path] | None = typer.Argument(
+        None, help="study output folders (each holds study.db), in the order to compare"
+    ),
     storage: str | None = typer.Option(None, help="an Optuna storage URL instead of folders (with --study-name)"),
-    study_names: list[str] | None = typer.Option(None, "--study-name", help="a study in --storage (repeat for several)"),
-    out: Path | None = typer.Option(None, help="folder for analysis.json and the figures (default: the run's folder for one run, else runs/analysis)"),
+    study_names: list[str] | None = typer.Option(
+        None, "--study-name", help="a study in --storage (repeat for several)"
+    ),
+    out: Path | None = typer.Option(
+        None,
+        help="folder for analysis.json and the figures (default: the run's folder for one run, else runs/analysis)",
+    ),
     bins: int = typer.Option(5, help="FLOP bins of the complexity normalisation"),
-    force: bool = typer.Option(False, "--force", help="compare studies of different datasets, image sizes or scores anyway (different scores: by top-1 error)"),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="compare studies of different datasets, image sizes or scores anyway (different scores: by top-1 error)",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Design-space analysis in the studies' score (cross-entropy in a loss study, top-1 error in a
@@ -407,15 +559,27 @@ def analyze(
 
 @app.command()
 def refine(
-    run: Path = typer.Argument(..., help="a population study's output folder (xnetspace search --population --out RUN)"),
+    run: Path = typer.Argument(
+        ..., help="a population study's output folder (xnetspace search --population --out RUN)"
+    ),
     out: Path = typer.Option(..., help="folder for refine.json, refined_space.yaml and refine_edf.png"),
-    verify: int = typer.Option(0, "--verify", min=0, help=(
-        "then sample and train a fresh population of N from the refined space and compare it with the "
-        "original (0: no)")),
-    force: bool = typer.Option(False, "--force", help="refine a study that is not a population study (another sampler, a pruner)"),
+    verify: int = typer.Option(
+        0,
+        "--verify",
+        min=0,
+        help=(
+            "then sample and train a fresh population of N from the refined space and compare it with the "
+            "original (0: no)"
+        ),
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="refine a study that is not a population study (another sampler, a pruner)"
+    ),
     seed: int = typer.Option(0, help="seed of the bootstraps, fANOVA and the --verify study"),
     devices: str = typer.Option("cpu", help="--verify: cpu | cuda | cuda:0,cuda:1,..."),
-    workers_per_device: int | None = typer.Option(None, "--workers-per-device", help="--verify: worker processes per device"),
+    workers_per_device: int | None = typer.Option(
+        None, "--workers-per-device", help="--verify: worker processes per device"
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Refine a design space from a population study (pycls's AnyNet-to-RegNet step): test candidate
@@ -426,8 +590,9 @@ def refine(
     from .search.refine_verify import refine_run
 
     with _answers(writing="the refinement", place=out):
-        result, files = refine_run(run, out, verify, force, seed, _devices(devices), workers_per_device,
-                                   progress=not as_json)
+        result, files = refine_run(
+            run, out, verify, force, seed, _devices(devices), workers_per_device, progress=not as_json
+        )
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -459,9 +624,11 @@ def main() -> None:
 
         log = error_log(err)
         where = f"the traceback is in {log}" if log else "no log file could be written"
-        typer.echo(f"internal error: {type(err).__name__}: {shorten(str(err), 200)}. This is a bug in "
-                   f"xnetspace, not a problem with your input; {where} (please attach it to a bug report).",
-                   err=True)
+        typer.echo(
+            f"internal error: {type(err).__name__}: {shorten(str(err), 200)}. This is a bug in "
+            f"xnetspace, not a problem with your input; {where} (please attach it to a bug report).",
+            err=True,
+        )
         sys.exit(1)
 
 

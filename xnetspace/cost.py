@@ -13,6 +13,7 @@ written beside its construction, in its operator's module (pycls's ``complexity(
 OSRA and STE, and MS-FFN) and :func:`~xnetspace.model.head.head_cost`. The whole count takes tens
 of microseconds.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -133,10 +134,16 @@ class CostReport:
             "conv_flops": self.conv_flops,
             "flops_by_kind": dict(self.flops_by_kind),
             "parts": [
-                {"name": p.name, "params": p.params, "flops": p.flops,
-                 "flops_by_kind": dict(+p.flops_by_kind), "resolution": list(p.size),
-                 **({"stage": stages[int(p.name[5:])].model_dump(mode="json")}
-                    if p.name.startswith("stage") else {})}
+                {
+                    "name": p.name,
+                    "params": p.params,
+                    "flops": p.flops,
+                    "flops_by_kind": dict(+p.flops_by_kind),
+                    "resolution": list(p.size),
+                    **(
+                        {"stage": stages[int(p.name[5:])].model_dump(mode="json")} if p.name.startswith("stage") else {}
+                    ),
+                }
                 for p in self.parts
             ],
         }

@@ -7,6 +7,7 @@ Its own module so that both :mod:`xnetspace.text` (reading the files) and :mod:`
 line (``xnetspace.cli``, whose ``build`` never imports the search half) answer the search half's
 errors without importing them.
 """
+
 from __future__ import annotations
 
 __all__ = ["SpecError", "ReportedError"]

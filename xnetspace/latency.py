@@ -3,6 +3,7 @@
 It sits above :mod:`xnetspace.model.network` (it builds the network), while :mod:`xnetspace.cost`
 counts params and FLOPs from the spec without building anything.
 """
+
 from __future__ import annotations
 
 import statistics

@@ -24,6 +24,7 @@ it). Checked against the peak resident memory of a real forward on the CPU
 (``benchmarks/memory_bound.py``, ``tests/test_bad_input.py``): the bound was 1.3 to 3.7 times the
 measured peak in nine cases from 128 to 512 pixels (README, "Bounded input").
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,15 @@ from pathlib import Path
 from .cost import ImageSize, count_params, network_cost, parse_image_size
 from .spec import NetworkSpec, SpecError
 
-__all__ = ["MemoryEstimate", "MemoryLimitError", "estimate_memory", "available_memory", "check_memory",
-           "count_buffers", "human_bytes"]
+__all__ = [
+    "MemoryEstimate",
+    "MemoryLimitError",
+    "estimate_memory",
+    "available_memory",
+    "check_memory",
+    "count_buffers",
+    "human_bytes",
+]
 
 FLOAT_BYTES = 4  # float32, the builder's dtype
 # The allocator's slack over the tensors alive at once: glibc keeps freed blocks under its mmap
@@ -137,9 +145,10 @@ def available_memory() -> int | None:
             available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             pass
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         limit, usage = _read_int(limit_file), _read_int(usage_file)
         if limit is not None and usage is not None and limit < 1 << 60:  # v1 writes 2^63 for none
             headroom = max(limit - usage, 0)
@@ -148,8 +157,9 @@ def available_memory() -> int | None:
     return available
 
 
-def check_memory(spec: NetworkSpec, image_size: ImageSize | None = None,
-                 available: int | None = None) -> MemoryEstimate:
+def check_memory(
+    spec: NetworkSpec, image_size: ImageSize | None = None, available: int | None = None
+) -> MemoryEstimate:
     """The estimate of ``spec`` (and of a forward at ``image_size``) when it fits in
     ``available`` bytes (default: :func:`available_memory` now).
 

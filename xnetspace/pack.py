@@ -23,6 +23,7 @@ bound by arithmetic there, not by per-operator overhead (a 4x larger batch took 
 of one batch), so packing cannot gain much; on a GPU, which a small network leaves mostly idle,
 S replicas run in about the time of one (``benchmarks/bench_train.py --pack``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -90,7 +91,8 @@ class Pack:
     def __call__(self, x: Tensor) -> Tensor:
         shared = x.dim() == 4
         return vmap(self._forward, in_dims=(0, 0, None if shared else 0), randomness="different")(
-            self.params, self.buffers, x)
+            self.params, self.buffers, x
+        )
 
     def train(self, mode: bool = True) -> Pack:
         """Train mode (BatchNorm batch statistics and their running averages) or eval mode."""

@@ -5,6 +5,7 @@ default cfg (crop pct 0.9 for T/S, 0.95 for B, bicubic, ImageNet mean/std: the r
 evaluation, paper section IV-A; :mod:`xnetspace.timm_models`). The photograph is scikit-image's
 bundled ``chelsea`` (a cat), so nothing is downloaded.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,8 +31,13 @@ def eval_data_config(spec: NetworkSpec, image_size: tuple[int, int]) -> dict:
     mean, std = cfg.mean, cfg.std
     if spec.in_chans == 1:  # a grey photograph: one channel with the average statistics
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    return dict(input_size=(spec.in_chans, *image_size), interpolation=cfg.interpolation,
-                mean=mean, std=std, crop_pct=cfg.crop_pct)
+    return dict(
+        input_size=(spec.in_chans, *image_size),
+        interpolation=cfg.interpolation,
+        mean=mean,
+        std=std,
+        crop_pct=cfg.crop_pct,
+    )
 
 
 def eval_transform(spec: NetworkSpec, image_size: tuple[int, int]):

@@ -4,6 +4,7 @@ No network is built here: it sits below :mod:`xnetspace.model.network`, and both
 (:mod:`xnetspace.timm_models`) and the file loaders (:mod:`xnetspace.checkpoint`) use it. Key renames:
 ARCHITECTURE.md, "The release's checkpoint layout".
 """
+
 from __future__ import annotations
 
 import re
@@ -97,10 +98,16 @@ def convert_official_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Tens
             not a text key with a tensor (the first few named).
     """
     state_dict = dict(_unwrap(state_dict))
-    odd = [f"{k!r} ({type(v).__name__})" for k, v in state_dict.items() if not (isinstance(k, str) and isinstance(v, Tensor))]
+    odd = [
+        f"{k!r} ({type(v).__name__})"
+        for k, v in state_dict.items()
+        if not (isinstance(k, str) and isinstance(v, Tensor))
+    ]
     if odd:
-        raise CheckpointError(f"{len(odd)} entries of the state dict are not a name with a tensor: "
-                              f"{', '.join(x[:100] for x in odd[:5])}{' ...' if len(odd) > 5 else ''}")
+        raise CheckpointError(
+            f"{len(odd)} entries of the state dict are not a name with a tensor: "
+            f"{', '.join(x[:100] for x in odd[:5])}{' ...' if len(odd) > 5 else ''}"
+        )
     state_dict = clean_state_dict(state_dict)
     if _is_ours(state_dict):
         return dict(state_dict)

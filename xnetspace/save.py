@@ -6,6 +6,7 @@ any symlink), never a folder, a device, a FIFO or a socket, and one that can be 
 save leaves no half-written file and an existing file intact, and a symlink stays a symlink.
 Both raise :class:`SaveError`, whose message is one paragraph naming WHERE.
 """
+
 from __future__ import annotations
 
 import errno
@@ -20,8 +21,13 @@ from .text import shorten
 
 __all__ = ["SaveError", "save_target", "save_to", "through_link", "saved_line"]
 
-_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 class SaveError(OSError):
@@ -52,11 +58,15 @@ def save_target(where: str) -> Path:
     if mode is not None:
         kind = next((name for test, name in _FILE_KINDS if test(mode)), None)
         if kind is not None or not stat.S_ISREG(mode):
-            raise SaveError(f"cannot save the network to {shown!r}: it is {kind or 'not a regular file'}{link}, not "
-                            f"a regular file; --save writes a checkpoint file and never replaces anything else")
+            raise SaveError(
+                f"cannot save the network to {shown!r}: it is {kind or 'not a regular file'}{link}, not "
+                f"a regular file; --save writes a checkpoint file and never replaces anything else"
+            )
         if not mode & 0o222:
-            raise SaveError(f"cannot save the network to {shown!r}: the file is read-only{link}; make it writable "
-                            f"(chmod u+w) or choose another name")
+            raise SaveError(
+                f"cannot save the network to {shown!r}: the file is read-only{link}; make it writable "
+                f"(chmod u+w) or choose another name"
+            )
     folder = target.parent  # missing folders are made at saving; the first existing one must take a file
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -66,8 +76,10 @@ def save_target(where: str) -> Path:
         with tempfile.TemporaryFile(dir=folder):  # an unnamed file where the file system allows one
             pass
     except OSError as err:
-        raise SaveError(f"cannot save the network to {shown!r}: {err.strerror or err} (no new file can be made in "
-                        f"{shorten(str(folder))!r})") from None
+        raise SaveError(
+            f"cannot save the network to {shown!r}: {err.strerror or err} (no new file can be made in "
+            f"{shorten(str(folder))!r})"
+        ) from None
     return target
 
 
@@ -97,7 +109,11 @@ def save_to(where: str, target: Path, write: Callable[[Path], Any]) -> None:
                 partial.unlink()
             except OSError:
                 pass
-        step = f" (no new file can be made in {shorten(str(target.parent))!r})" if str(err.filename) == str(partial) else ""
+        step = (
+            f" (no new file can be made in {shorten(str(target.parent))!r})"
+            if str(err.filename) == str(partial)
+            else ""
+        )
         raise SaveError(f"cannot save the network to {shorten(where)!r}: {err.strerror or err}{step}") from None
 
 

@@ -19,6 +19,7 @@ keeps the scaled spec with the most FLOPs that does not pass the budget's maximu
 ``max_params``, nor fall below the minimum); FLOPs and params come from the exact cost model,
 nothing is built.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -46,8 +47,9 @@ def _scaled_stage(stage: StageSpec, s: float) -> StageSpec:
     for h in range(max(1, round(stage.num_heads * s)), 0, -1):
         for width in near if h > 1 else widths:
             try:
-                return StageSpec.model_validate({**base, "depth": max(1, round(stage.depth * s)),
-                                                 "embed_dim": width, "num_heads": h})
+                return StageSpec.model_validate(
+                    {**base, "depth": max(1, round(stage.depth * s)), "embed_dim": width, "num_heads": h}
+                )
             except ValidationError:
                 continue
     raise ScalingError(f"no valid width near {target:.1f} for stage {stage}")
@@ -65,9 +67,15 @@ def scale_spec(spec: NetworkSpec, s: float) -> NetworkSpec:
     return NetworkSpec.model_validate({**spec.model_dump(), "stages": [st.model_dump() for st in stages]})
 
 
-def scale_to_budget(spec: NetworkSpec, max_flops: int, image_size: ImageSize = 224, *,
-                    min_flops: int | None = None, max_params: int | None = None,
-                    network: dict[str, Any] | None = None) -> NetworkSpec:
+def scale_to_budget(
+    spec: NetworkSpec,
+    max_flops: int,
+    image_size: ImageSize = 224,
+    *,
+    min_flops: int | None = None,
+    max_params: int | None = None,
+    network: dict[str, Any] | None = None,
+) -> NetworkSpec:
     """The largest scaled version of ``spec`` within a FLOP budget (FLOPs at ``image_size``,
     counted as fvcore does: one multiply-add = one flop).
 
@@ -111,8 +119,8 @@ def scale_to_budget(spec: NetworkSpec, max_flops: int, image_size: ImageSize = 2
         budget = f"{min_flops or 0:,}-{max_flops:,} FLOPs at {size[0]}x{size[1]}"
         budget += f", at most {max_params:,} params" if max_params is not None else ""
         hint = f"; the largest scaled version within the maximum has {best[0]:,} FLOPs" if best else ""
-        raise ScalingError(f"no scaled {base.name} (depth, width and heads x {_LOW}..{_HIGH}) "
-                           f"fits the budget {budget}{hint}")
+        raise ScalingError(
+            f"no scaled {base.name} (depth, width and heads x {_LOW}..{_HIGH}) fits the budget {budget}{hint}"
+        )
     _, scaled, s = best
     return NetworkSpec.model_validate({**scaled.model_dump(), "name": f"{base.name}_x{s:g}"})
-

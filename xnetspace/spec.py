@@ -9,6 +9,7 @@ bad spec never reaches torch.
 Paper: "TransXNet: Learning Both Global and Local Dynamics with a Dual Dynamic Token Mixer for
 Visual Recognition", arXiv 2310.19380, section III (the network) and Table I (the variants).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -101,8 +102,9 @@ def check_image_size(size: tuple[int, int], what: str = "image size") -> tuple[i
         SpecError: a side out of range (the message gives the bound).
     """
     if not all(1 <= side <= MAX_IMAGE_SIZE for side in size):
-        raise SpecError(f"{what} {shorten(str(tuple(size)))} is out of range: each side must be "
-                        f"1..{MAX_IMAGE_SIZE} pixels")
+        raise SpecError(
+            f"{what} {shorten(str(tuple(size)))} is out of range: each side must be 1..{MAX_IMAGE_SIZE} pixels"
+        )
     return size
 
 
@@ -162,23 +164,33 @@ class StageSpec(BaseModel):
 
     depth: Int = Field(ge=1, le=MAX_DEPTH, description=f"number of blocks in the stage, 1..{MAX_DEPTH}")
     embed_dim: Int = Field(ge=1, le=MAX_EMBED_DIM, description=f"channels C of the stage, 1..{MAX_EMBED_DIM}")
-    num_heads: Int = Field(1, ge=1, le=MAX_HEADS,
-                           description=f"OSRA heads, 1..{MAX_HEADS}; must divide the attention channels")
-    sr_ratio: Int = Field(1, ge=1, le=MAX_SR_RATIO,
-                          description=f"OSRA spatial-reduction ratio r, 1..{MAX_SR_RATIO} (1: none)")
-    idconv_groups: Int = Field(2, ge=1, le=MAX_IDCONV_GROUPS,
-                               description=f"IDConv attention groups G, 1..{MAX_IDCONV_GROUPS} (1: static DW conv)")
+    num_heads: Int = Field(
+        1, ge=1, le=MAX_HEADS, description=f"OSRA heads, 1..{MAX_HEADS}; must divide the attention channels"
+    )
+    sr_ratio: Int = Field(
+        1, ge=1, le=MAX_SR_RATIO, description=f"OSRA spatial-reduction ratio r, 1..{MAX_SR_RATIO} (1: none)"
+    )
+    idconv_groups: Int = Field(
+        2,
+        ge=1,
+        le=MAX_IDCONV_GROUPS,
+        description=f"IDConv attention groups G, 1..{MAX_IDCONV_GROUPS} (1: static DW conv)",
+    )
     idconv_kernel_size: OddKernel = Field(7, description=f"IDConv kernel size K (odd, 1..{MAX_KERNEL_SIZE})")
-    mlp_ratio: Float = Field(4.0, gt=0, le=MAX_MLP_RATIO,
-                             description=f"MS-FFN hidden width / embed_dim, finite, in (0, {MAX_MLP_RATIO:g}]")
-    ffn_kernel_sizes: Annotated[tuple[OddKernel, ...], non_empty("ffn_kernel_sizes needs at least one kernel size, e.g. [1, 3, 5, 7]")] = Field(
-        (1, 3, 5, 7), description=f"MS-FFN depthwise kernel sizes (odd, 1..{MAX_KERNEL_SIZE}; "
-                                  f"1..{MAX_FFN_KERNELS} of them)"
+    mlp_ratio: Float = Field(
+        4.0, gt=0, le=MAX_MLP_RATIO, description=f"MS-FFN hidden width / embed_dim, finite, in (0, {MAX_MLP_RATIO:g}]"
+    )
+    ffn_kernel_sizes: Annotated[
+        tuple[OddKernel, ...], non_empty("ffn_kernel_sizes needs at least one kernel size, e.g. [1, 3, 5, 7]")
+    ] = Field(
+        (1, 3, 5, 7),
+        description=f"MS-FFN depthwise kernel sizes (odd, 1..{MAX_KERNEL_SIZE}; 1..{MAX_FFN_KERNELS} of them)",
     )
     attn_ratio: Float = Field(0.5, ge=0, le=1, description="share of channels that go to OSRA, finite, in [0, 1]")
 
     _ffn_kernels_bounded = field_validator("ffn_kernel_sizes", mode="before")(
-        _at_most(MAX_FFN_KERNELS, "ffn_kernel_sizes"))
+        _at_most(MAX_FFN_KERNELS, "ffn_kernel_sizes")
+    )
 
     @model_validator(mode="after")
     def _channels_fit(self) -> StageSpec:
@@ -223,9 +235,7 @@ class StageSpec(BaseModel):
         """The valid attention shares just below and above the requested one."""
         c = self.embed_dim
         valid = [
-            a / c
-            for a in range(c + 1)
-            if (a == 0 or a % self.num_heads == 0) and not (0 < c - a < IDCONV_REDUCTION)
+            a / c for a in range(c + 1) if (a == 0 or a % self.num_heads == 0) and not (0 < c - a < IDCONV_REDUCTION)
         ]
         below = [r for r in valid if r <= self.attn_ratio]
         above = [r for r in valid if r > self.attn_ratio]
@@ -276,15 +286,25 @@ class NetworkSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: str = Field("custom", min_length=1, max_length=MAX_NAME_LENGTH,
-                      description=f"a label: 1..{MAX_NAME_LENGTH} printable characters")
+    name: str = Field(
+        "custom",
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        description=f"a label: 1..{MAX_NAME_LENGTH} printable characters",
+    )
     stages: Annotated[tuple[StageSpec, ...], non_empty("a network needs at least one stage")] = Field(
-        description=f"the stages, 1..{MAX_STAGES} of them")
+        description=f"the stages, 1..{MAX_STAGES} of them"
+    )
     in_chans: Int = Field(3, ge=1, le=MAX_IN_CHANS, description=f"input channels, 1..{MAX_IN_CHANS}")
-    num_classes: Int = Field(1000, ge=0, le=MAX_CLASSES,
-                             description=f"classes, 0..{MAX_CLASSES:,}; 0: no classifier, the head returns pre-logits")
-    image_size: Int = Field(224, ge=1, le=MAX_IMAGE_SIZE,
-                            description=f"base image size of the position biases, 1..{MAX_IMAGE_SIZE} pixels")
+    num_classes: Int = Field(
+        1000,
+        ge=0,
+        le=MAX_CLASSES,
+        description=f"classes, 0..{MAX_CLASSES:,}; 0: no classifier, the head returns pre-logits",
+    )
+    image_size: Int = Field(
+        224, ge=1, le=MAX_IMAGE_SIZE, description=f"base image size of the position biases, 1..{MAX_IMAGE_SIZE} pixels"
+    )
     drop_rate: Float = Field(0.0, ge=0, lt=1, description="MS-FFN dropout, in [0, 1)")
     drop_path_rate: Float = Field(0.0, ge=0, lt=1, description="stochastic depth at the last block, in [0, 1)")
     layer_scale_init_value: Float | None = Field(1e-5, description="finite; None: no layer scale")
@@ -386,8 +406,7 @@ class NetworkSpec(BaseModel):
         data = self.model_dump(mode="json")
         head = yaml.safe_dump({k: v for k, v in data.items() if k != "stages"}, sort_keys=False)
         stages = "".join(
-            "  - " + yaml.safe_dump(s, default_flow_style=True, sort_keys=False, width=1000)
-            for s in data["stages"]
+            "  - " + yaml.safe_dump(s, default_flow_style=True, sort_keys=False, width=1000) for s in data["stages"]
         )
         return f"{head}stages:\n{stages}"
 

@@ -7,6 +7,7 @@ with a :class:`~xnetspace.errors.SpecError` that names the problem; :func:`uniqu
 JSON counterpart of the repeated-key check; :func:`shorten` and :func:`short_repr` keep any
 quoted value short whatever its size.
 """
+
 from __future__ import annotations
 
 import reprlib
@@ -17,8 +18,17 @@ import yaml
 
 from .errors import SpecError
 
-__all__ = ["read_text_file", "yaml_mapping", "unique_pairs", "shorten", "short_repr", "reprlib_repr",
-           "MAX_FILE_BYTES", "MAX_YAML_NODES", "SHORT_VALUE"]
+__all__ = [
+    "read_text_file",
+    "yaml_mapping",
+    "unique_pairs",
+    "shorten",
+    "short_repr",
+    "reprlib_repr",
+    "MAX_FILE_BYTES",
+    "MAX_YAML_NODES",
+    "SHORT_VALUE",
+]
 
 MAX_FILE_BYTES = 1 << 20  # spec and space files are a few hundred bytes; 1 MiB is generous
 MAX_YAML_NODES = 100_000  # nodes after YAML aliases expand (a "billion laughs" file has 10^9)
@@ -67,8 +77,10 @@ def read_text_file(path: str | Path, what: str) -> str:
     except OSError as err:
         raise SpecError(f"cannot read {what} {shorten(str(path))!r}: {err.strerror}") from err
     if len(data) > MAX_FILE_BYTES:
-        raise SpecError(f"{what} {shorten(str(path))!r} is larger than {MAX_FILE_BYTES:,} bytes; "
-                        f"spec and space files are small YAML or JSON files")
+        raise SpecError(
+            f"{what} {shorten(str(path))!r} is larger than {MAX_FILE_BYTES:,} bytes; "
+            f"spec and space files are small YAML or JSON files"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -134,9 +146,15 @@ def _check_unique_keys(node: yaml.Node, what: str) -> None:
                     earlier = first.setdefault((key.tag, key.value), key)
                     if earlier is not key:
                         lines = (earlier.start_mark.line + 1, key.start_mark.line + 1)
-                        where = f"twice on line {lines[0]}" if lines[0] == lines[1] else f"on lines {lines[0]} and {lines[1]}"
-                        raise SpecError(f"{what} repeats the key {shorten(key.value, 40)!r} in one mapping, {where}; "
-                                        f"YAML would keep only the last one without a word: remove one of them")
+                        where = (
+                            f"twice on line {lines[0]}"
+                            if lines[0] == lines[1]
+                            else f"on lines {lines[0]} and {lines[1]}"
+                        )
+                        raise SpecError(
+                            f"{what} repeats the key {shorten(key.value, 40)!r} in one mapping, {where}; "
+                            f"YAML would keep only the last one without a word: remove one of them"
+                        )
                 stack.extend((key, value))
         elif isinstance(current, yaml.SequenceNode):
             stack.extend(current.value)
@@ -162,8 +180,10 @@ def yaml_mapping(text: str, what: str) -> dict:
         if node is not None:
             nodes = _expanded_size(node, MAX_YAML_NODES)
             if nodes > MAX_YAML_NODES:
-                raise SpecError(f"{what} has more than {MAX_YAML_NODES:,} YAML values once its aliases "
-                                f"(*name) are expanded; spec and space files have a few hundred")
+                raise SpecError(
+                    f"{what} has more than {MAX_YAML_NODES:,} YAML values once its aliases "
+                    f"(*name) are expanded; spec and space files have a few hundred"
+                )
         if node is not None:
             _check_unique_keys(node, what)
         data = None if node is None else loader.construct_document(node)
@@ -191,7 +211,9 @@ def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for key, value in pairs:
         if key in data:
-            raise SpecError(f"the key {shorten(key, 40)!r} appears twice in one JSON object; JSON readers keep "
-                            f"only the last one without a word: remove one of them")
+            raise SpecError(
+                f"the key {shorten(key, 40)!r} appears twice in one JSON object; JSON readers keep "
+                f"only the last one without a word: remove one of them"
+            )
         data[key] = value
     return data

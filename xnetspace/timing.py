@@ -48,6 +48,7 @@ depth 256 and width 16 at 32x32, took 22.8 s to build and 102.6 s to run there (
 cores); its estimate is 4,096 times the block time, 16 s at 4 ms (then it is built, after the
 table) to 20 minutes at 300 ms (then it is refused). It is a guard against minutes of silence, not a benchmark.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -89,7 +90,7 @@ def measure_speed() -> Speed:
     while (elapsed := time.perf_counter() - start) < 0.03:
         a @ b
         count += 1
-    rate = count * 512 ** 3 / elapsed  # multiply-adds per second: fvcore counts one as one flop
+    rate = count * 512**3 / elapsed  # multiply-adds per second: fvcore counts one as one flop
     stage = StageSpec(depth=1, embed_dim=16)  # 8 attention channels, 1 head, no reduction
     x, bias = torch.randn(1, 16, 4, 4), torch.zeros(1, 1, 16, 16)
     samples: list[float] = []
@@ -139,8 +140,9 @@ class TimeLimitError(SpecError):
     estimate, the limit and how to go on anyway."""
 
 
-def check_time(spec: NetworkSpec, image_size: ImageSize, limit: float = TIME_LIMIT,
-               speed: Speed | None = None) -> float:
+def check_time(
+    spec: NetworkSpec, image_size: ImageSize, limit: float = TIME_LIMIT, speed: Speed | None = None
+) -> float:
     """The estimated seconds of building ``spec`` and one forward at ``image_size`` when they are
     at most ``limit`` (``speed``: default :func:`measure_speed` now).
 

@@ -9,6 +9,7 @@ for a local release checkpoint or one saved by :func:`xnetspace.checkpoint.save_
 
 Paper: arXiv 2310.19380 (Tables I/II); weights: github.com/LMMMEng/TransXNet releases.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -46,12 +47,14 @@ def _cfg(url: str = "", **kwargs: Any) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    "transxnet_t.in1k": _cfg(url=RELEASE_URL + "transx-t.pth.tar", crop_pct=0.9),
-    "transxnet_s.in1k": _cfg(url=RELEASE_URL + "transx-s.pth.tar", crop_pct=0.9),
-    "transxnet_b.in1k": _cfg(url=RELEASE_URL + "transx-b.pth.tar", crop_pct=0.95),
-    "transxnet": _cfg(),  # no weights of its own: the spec's figures replace these per call
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "transxnet_t.in1k": _cfg(url=RELEASE_URL + "transx-t.pth.tar", crop_pct=0.9),
+        "transxnet_s.in1k": _cfg(url=RELEASE_URL + "transx-s.pth.tar", crop_pct=0.9),
+        "transxnet_b.in1k": _cfg(url=RELEASE_URL + "transx-b.pth.tar", crop_pct=0.95),
+        "transxnet": _cfg(),  # no weights of its own: the spec's figures replace these per call
+    }
+)
 
 
 def _create_transxnet(variant: str, spec: NetworkSpec, pretrained: bool = False, **kwargs: Any) -> TransXNet:
@@ -60,11 +63,15 @@ def _create_transxnet(variant: str, spec: NetworkSpec, pretrained: bool = False,
         # The cfg describes the weights a file would hold: the spec as given (timm then replaces
         # the head when num_classes differs, and adapts the stem when in_chans differs).
         h, w = spec.stage_sizes(spec.image_size)[-1]
-        overlay = dict(num_classes=spec.num_classes, input_size=(spec.in_chans, spec.image_size, spec.image_size),
-                       pool_size=(h, w))
+        overlay = dict(
+            num_classes=spec.num_classes, input_size=(spec.in_chans, spec.image_size, spec.image_size), pool_size=(h, w)
+        )
         kwargs["pretrained_cfg_overlay"] = {**overlay, **(kwargs.get("pretrained_cfg_overlay") or {})}
     return build_model_with_cfg(
-        TransXNet, variant, pretrained, spec=spec,
+        TransXNet,
+        variant,
+        pretrained,
+        spec=spec,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **kwargs,
@@ -72,8 +79,9 @@ def _create_transxnet(variant: str, spec: NetworkSpec, pretrained: bool = False,
 
 
 @register_model
-def transxnet(pretrained: bool = False, spec: NetworkSpec | Mapping[str, Any] | str | Path = "transxnet_t",
-              **kwargs: Any) -> TransXNet:
+def transxnet(
+    pretrained: bool = False, spec: NetworkSpec | Mapping[str, Any] | str | Path = "transxnet_t", **kwargs: Any
+) -> TransXNet:
     """Any spec as a timm model: ``timm.create_model("transxnet", spec=SPEC, **timm_kwargs)``.
 
     ``spec``: a spec file path (e.g. a search's ``best_spec.yaml``), a preset name, a mapping of

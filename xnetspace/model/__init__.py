@@ -53,6 +53,7 @@ module             operator                                                     
 ``network``        TransXNet, ``build_model``, training and inference forms           III, Fig. 2
 =================  =================================================================  ===========
 """
+
 from .network import TRAIN_FORMS, TransXNet, build_model
 
 __all__ = ["TransXNet", "build_model", "TRAIN_FORMS"]

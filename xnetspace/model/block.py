@@ -7,6 +7,7 @@ share (paper eq. 4). The operators are the modules beside this one (:mod:`.dpe`,
 inference forms (:class:`FusedBlock`, :class:`FusedStage`, which caches P resized per input size)
 and sum their costs.
 """
+
 # No ``from __future__ import annotations`` here, as in :mod:`.network`: the block and stage are the
 # modules FX traces through with the network (their annotations must be real types).
 import copy
@@ -42,8 +43,13 @@ torch.fx.wrap("resize_pos_bias")
 def mixer_args(stage: StageSpec) -> dict[str, Any]:
     """The D-Mixer's arguments after ``dim`` for a stage: the split, STE's width, IDConv's knobs
     and OSRA's (:meth:`~xnetspace.model.osra.OSRA.knobs`, passed through unread)."""
-    return dict(attn_dim=stage.attn_channels, ste_dim=stage.ste_dim, kernel_size=stage.idconv_kernel_size,
-                num_groups=stage.idconv_groups, **OSRA.knobs(stage))
+    return dict(
+        attn_dim=stage.attn_channels,
+        ste_dim=stage.ste_dim,
+        kernel_size=stage.idconv_kernel_size,
+        num_groups=stage.idconv_groups,
+        **OSRA.knobs(stage),
+    )
 
 
 class TransXNetBlock(nn.Module):
@@ -56,8 +62,13 @@ class TransXNetBlock(nn.Module):
     Shapes: (B, C, H, W) -> (B, C, H, W); ``pos_bias`` (1, h, N, M) already sized for this input.
     """
 
-    def __init__(self, stage: StageSpec, drop_path: float = 0.0, drop_rate: float = 0.0,
-                 layer_scale_init_value: float | None = 1e-5):
+    def __init__(
+        self,
+        stage: StageSpec,
+        drop_path: float = 0.0,
+        drop_rate: float = 0.0,
+        layer_scale_init_value: float | None = 1e-5,
+    ):
         super().__init__()
         dim = stage.embed_dim
         self.dpe = DPE(dim)
@@ -79,16 +90,26 @@ class TransXNetBlock(nn.Module):
         """Inference form (:class:`FusedBlock`): DPE's residual in its centre tap,
         LS1 folded into the D-Mixer, LS2 into MS-FFN's fc2; drop-path (identity in eval) dropped."""
         ls1, ls2 = (ls if isinstance(ls, LayerScale) else None for ls in (self.layer_scale1, self.layer_scale2))
-        return FusedBlock(self.dpe.fuse(), copy.deepcopy(self.norm1),
-                          self.mixer.fuse(ls1), copy.deepcopy(self.norm2), self.ffn.fuse(ls2))
+        return FusedBlock(
+            self.dpe.fuse(),
+            copy.deepcopy(self.norm1),
+            self.mixer.fuse(ls1),
+            copy.deepcopy(self.norm2),
+            self.ffn.fuse(ls2),
+        )
 
     @staticmethod
     def cost(hw: tuple[int, int], stage: StageSpec, layer_scale_init_value: float | None = 1e-5) -> Cost:
         """DPE, GN1, D-Mixer, GN2, MS-FFN (and the layer scales). Activations: the parts' plus the
         residual stream and its copies (8 C N)."""
         dim, n = stage.embed_dim, hw[0] * hw[1]
-        cost = (DPE.cost(hw, dim) + complexity.group_norm(dim, n) + DMixer.cost(hw, dim, **mixer_args(stage))
-                + complexity.group_norm(dim, n) + MSFFN.cost(hw, dim, stage.hidden_dim, stage.ffn_kernel_sizes))
+        cost = (
+            DPE.cost(hw, dim)
+            + complexity.group_norm(dim, n)
+            + DMixer.cost(hw, dim, **mixer_args(stage))
+            + complexity.group_norm(dim, n)
+            + MSFFN.cost(hw, dim, stage.hidden_dim, stage.ffn_kernel_sizes)
+        )
         if layer_scale_init_value is not None:
             cost += LayerScale.cost(hw, dim) + LayerScale.cost(hw, dim)
         cost.activations += 8 * dim * n
@@ -121,9 +142,15 @@ class TransXNetStage(nn.Module):
     Shapes: (B, C_in, 2H, 2W) -> (B, C, H, W) (or (B, C, H, W) -> same without downsample).
     """
 
-    def __init__(self, in_chs: int | None, stage: StageSpec, pos_bias_shape: tuple[int, ...] | None,
-                 drop_path_rates: list[float], drop_rate: float = 0.0,
-                 layer_scale_init_value: float | None = 1e-5):
+    def __init__(
+        self,
+        in_chs: int | None,
+        stage: StageSpec,
+        pos_bias_shape: tuple[int, ...] | None,
+        drop_path_rates: list[float],
+        drop_rate: float = 0.0,
+        layer_scale_init_value: float | None = 1e-5,
+    ):
         super().__init__()
         self.sr_ratio = stage.sr_ratio
         self.grad_checkpointing = False
@@ -157,8 +184,14 @@ class TransXNetStage(nn.Module):
         return FusedStage(downsample, self.pos_bias, self.sr_ratio, blocks)
 
     @staticmethod
-    def cost(hw: tuple[int, int], in_hw: tuple[int, int], in_chs: int | None, stage: StageSpec,
-             pos_bias_shape: tuple[int, ...] | None, layer_scale_init_value: float | None = 1e-5) -> Cost:
+    def cost(
+        hw: tuple[int, int],
+        in_hw: tuple[int, int],
+        in_chs: int | None,
+        stage: StageSpec,
+        pos_bias_shape: tuple[int, ...] | None,
+        layer_scale_init_value: float | None = 1e-5,
+    ) -> Cost:
         """The downsample (from an ``in_hw`` map of ``in_chs`` channels to ``hw``), the position bias
         and ``depth`` blocks. Activations: the stage's input map, one block's, and the resized
         position bias the stage keeps (1, h, N, M): as many floats as one block's logits, which
@@ -185,8 +218,7 @@ class FusedStage(InferenceOnly):
 
     max_cached_sizes = 8
 
-    def __init__(self, downsample: nn.Module, pos_bias: Tensor | None, sr_ratio: int,
-                 blocks: Sequence[FusedBlock]):
+    def __init__(self, downsample: nn.Module, pos_bias: Tensor | None, sr_ratio: int, blocks: Sequence[FusedBlock]):
         super().__init__()
         self.sr_ratio = sr_ratio
         self.grad_checkpointing = False  # kept for set_grad_checkpointing(); nothing to checkpoint

@@ -14,6 +14,7 @@ flop, by fvcore's operator kind, for one image in eval mode:
 - batch_norm (eval): 2 per element; group_norm: 5 per element; adaptive_avg_pool2d: 1 per input
   element; elementwise ops, softmax, GELU, mean and the bicubic resize of position biases: 0.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -52,16 +53,27 @@ class Cost:
     def __add__(self, other: Cost) -> Cost:
         flops = Counter(self.flops)
         flops.update(other.flops)
-        return Cost(flops, self.params + other.params, self.norms + other.norms,
-                    self.norm_floats + other.norm_floats, self.activations + other.activations,
-                    self.logits + other.logits)
+        return Cost(
+            flops,
+            self.params + other.params,
+            self.norms + other.norms,
+            self.norm_floats + other.norm_floats,
+            self.activations + other.activations,
+            self.logits + other.logits,
+        )
 
     def times(self, count: int) -> Cost:
         """``count`` copies run one after the other (a stage's blocks): every count multiplied,
         except ``activations`` (one copy's tensors are freed before the next runs)."""
         flops = Counter({kind: count * value for kind, value in self.flops.items()})
-        return Cost(flops, count * self.params, count * self.norms, count * self.norm_floats, self.activations,
-                    count * self.logits)
+        return Cost(
+            flops,
+            count * self.params,
+            count * self.norms,
+            count * self.norm_floats,
+            self.activations,
+            count * self.logits,
+        )
 
 
 # -- fvcore's counts of the torch operators the modules call ---------------------------------------

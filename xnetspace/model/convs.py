@@ -6,6 +6,7 @@ same function with the shared kernels of :mod:`.kernels`; modules with an infere
 ``fuse()``; each has a static ``cost(hw, ...)`` beside its construction (:mod:`.complexity`).
 Paper: arXiv 2310.19380, section III (the release's ``ConvModule``) and eq. 1 (LS).
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,9 @@ class ConvBN(ConvNormAct):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         conv = self.conv
-        self.dense_1x1 = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 \
-            and tuple(conv.padding) == (0, 0)
+        self.dense_1x1 = (
+            conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 and tuple(conv.padding) == (0, 0)
+        )
         self.fast = False
 
     def forward(self, x: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ residual in the centre tap of the kernel, merged at every step (differentiable),
 :func:`~xnetspace.model.kernels.depthwise_same`. Inference form: one ``nn.Conv2d`` with the
 residual merged (:meth:`DPE.fuse`).
 """
+
 from __future__ import annotations
 
 import torch.fx

@@ -6,6 +6,7 @@ depthwise kernel, merged at every step (differentiable) and run by
 :func:`~xnetspace.model.kernels.depthwise_same`. Inference form: :class:`FusedMSFFN` (that kernel
 merged once; ``norm``, fc2's BN and the block's second layer scale folded into fc2).
 """
+
 from __future__ import annotations
 
 import copy
@@ -125,14 +126,19 @@ class MSFFN(nn.Module):
         return FusedMSFFN(copy.deepcopy(self.fc1), *bn_scale_shift(self.fc1_bn), self.msdw.fuse(identity=True), fc2)
 
     @staticmethod
-    def cost(hw: tuple[int, int], dim: int, hidden_dim: int, kernel_sizes: Sequence[int] = (1, 3, 5, 7),
-             drop: float = 0.0) -> Cost:
+    def cost(
+        hw: tuple[int, int], dim: int, hidden_dim: int, kernel_sizes: Sequence[int] = (1, 3, 5, 7), drop: float = 0.0
+    ) -> Cost:
         """fc1, fc1_bn, MSDW, norm and fc2. Activations: fc1's, GELU's, BN's, the branches' and their
         concatenation's maps and oneDNN's blocked copies of them (6 x hidden x N)."""
         n = hw[0] * hw[1]
-        cost = (PointwiseConv2d.cost(hw, dim, hidden_dim, bias=False) + complexity.batch_norm(hidden_dim, n)
-                + MultiScaleDWConv.cost(hw, hidden_dim, kernel_sizes) + complexity.batch_norm(hidden_dim, n)
-                + ConvBN.cost(hw, hidden_dim, dim))
+        cost = (
+            PointwiseConv2d.cost(hw, dim, hidden_dim, bias=False)
+            + complexity.batch_norm(hidden_dim, n)
+            + MultiScaleDWConv.cost(hw, hidden_dim, kernel_sizes)
+            + complexity.batch_norm(hidden_dim, n)
+            + ConvBN.cost(hw, hidden_dim, dim)
+        )
         cost.activations = 6 * hidden_dim * n
         return cost
 

@@ -27,6 +27,7 @@ Every inference module is eval-only (:class:`InferenceOnly`: ``train()`` raises;
 drop-path and BN statistics are gone); gradients still flow, e.g. for saliency maps. State-dict
 keys differ from the training form: save and load the training form, then re-parameterise.
 """
+
 from __future__ import annotations
 
 import copy
@@ -84,8 +85,9 @@ def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """``bn(conv(x))`` as one conv (eval-mode BN; torch's ``fuse_conv_bn_weights``). Exact."""
     assert bn.running_mean is not None and bn.running_var is not None  # BNs here track statistics
-    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
-                                        bn.weight, bn.bias)
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
     return _conv_like(conv, weight, bias)
 
 
@@ -122,14 +124,21 @@ def merge_depthwise(convs: Sequence[nn.Conv2d], identity: bool = False) -> nn.Co
     """
     for c in convs:
         k = c.kernel_size[0]
-        if c.groups != c.in_channels or c.out_channels != c.in_channels or c.stride != (1, 1) \
-                or c.kernel_size != (k, k) or k % 2 == 0 or tuple(c.padding) != (k // 2, k // 2):
+        if (
+            c.groups != c.in_channels
+            or c.out_channels != c.in_channels
+            or c.stride != (1, 1)
+            or c.kernel_size != (k, k)
+            or k % 2 == 0
+            or tuple(c.padding) != (k // 2, k // 2)
+        ):
             raise ValueError(f"merge_depthwise needs odd-kernel depthwise convs, stride 1, padding k//2: {c}")
     weight = merged_depthwise_kernel([c.weight for c in convs], identity)
     size = weight.shape[-1]
     ref = convs[0].weight
-    out = nn.Conv2d(len(weight), len(weight), size, padding=size // 2, groups=len(weight),
-                    device=ref.device, dtype=ref.dtype)
+    out = nn.Conv2d(
+        len(weight), len(weight), size, padding=size // 2, groups=len(weight), device=ref.device, dtype=ref.dtype
+    )
     assert out.bias is not None  # nn.Conv2d's default bias=True
     out.weight.copy_(weight)
     out.bias.copy_(torch.cat([_bias(c) for c in convs]))

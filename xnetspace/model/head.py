@@ -4,6 +4,7 @@ A plain ``nn.Sequential`` with keys ``norm``, ``global_pool``, ``fc`` (timm's la
 network's ``forward_head`` and ``reset_classifier`` reach into it by name). It has no training
 variants and nothing to fold.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -33,11 +34,13 @@ def head_pool(pool_type: str, num_classes: int) -> SelectAdaptivePool2d:
 def head(in_chs: int, num_classes: int, global_pool: str = "avg") -> nn.Sequential:
     """GN (one group) -> pooling -> linear (``nn.Identity`` when ``num_classes == 0``).
     Shapes: (B, in_chs, H, W) -> (B, num_classes), or (B, in_chs) pre-logits."""
-    return nn.Sequential(OrderedDict(
-        norm=nn.GroupNorm(1, in_chs),
-        global_pool=head_pool(global_pool, num_classes),
-        fc=nn.Linear(in_chs, num_classes) if num_classes else nn.Identity(),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            norm=nn.GroupNorm(1, in_chs),
+            global_pool=head_pool(global_pool, num_classes),
+            fc=nn.Linear(in_chs, num_classes) if num_classes else nn.Identity(),
+        )
+    )
 
 
 def head_cost(hw: tuple[int, int], in_chs: int, num_classes: int) -> Cost:

@@ -8,6 +8,7 @@ the taps that reach the map (:func:`~xnetspace.model.kernels.depthwise_same`). I
 is 1 and IDConv is a static depthwise conv (:class:`~xnetspace.model.convs.DepthwiseConv2d`, which
 the D-Mixer uses then).
 """
+
 from __future__ import annotations
 
 import copy
@@ -89,8 +90,9 @@ class IDConv(nn.Module):
         pooling (the mean counts 0) and the per-sample depthwise conv (no parameters of its own)."""
         n, maps = hw[0] * hw[1], kernel_size * kernel_size + 1
         banks = Cost(params=num_groups * dim * kernel_size * kernel_size + num_groups * dim)
-        proj = ConvBN.cost((maps, 1), dim, dim // reduction) + PointwiseConv2d.cost((maps, 1), dim // reduction,
-                                                                                     dim * num_groups)
+        proj = ConvBN.cost((maps, 1), dim, dim // reduction) + PointwiseConv2d.cost(
+            (maps, 1), dim // reduction, dim * num_groups
+        )
         dynamic = Cost(Counter(conv=dim * kernel_size * kernel_size * n))  # weight (B*C, 1, K, K)
         return banks + complexity.adaptive_avg_pool(dim, n) + proj + dynamic
 
@@ -117,6 +119,7 @@ class FusedIDConv(InferenceOnly):
         scale = self.proj(context.unsqueeze(-1)).reshape(B, G, C, K * K + 1).softmax(dim=1)
         weight = (scale[..., :-1] * self.weight).sum(dim=1)  # (B, C, K*K)
         bias = (scale[..., -1] * self.bias).sum(dim=1)  # (B, C)
-        x = F.conv2d(x.reshape(1, B * C, H, W), weight.reshape(B * C, 1, K, K), bias.flatten(),
-                     padding=K // 2, groups=B * C)
+        x = F.conv2d(
+            x.reshape(1, B * C, H, W), weight.reshape(B * C, 1, K, K), bias.flatten(), padding=K // 2, groups=B * C
+        )
         return x.reshape(B, C, H, W)

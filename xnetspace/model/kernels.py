@@ -8,6 +8,7 @@ into the inference form (:func:`xnetspace.model.folds.merge_depthwise`). Written
 calls it also registers it with ``torch.fx.wrap``). Paper: arXiv 2310.19380, eq. 1 (DPE), eq. 4
 (LR) and section III-C (MS-FFN's multi-kernel depthwise convolutions).
 """
+
 from __future__ import annotations
 
 import torch
@@ -65,7 +66,7 @@ def depthwise_same(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) 
         # a tap more than H - 1 rows (W - 1 columns) from the centre reads only zero padding
         kh, kw = min(k, 2 * H - 1), min(k, 2 * W - 1)
         if kh < k or kw < k:
-            weight = weight[:, :, (k - kh) // 2:(k + kh) // 2, (k - kw) // 2:(k + kw) // 2]
+            weight = weight[:, :, (k - kh) // 2 : (k + kh) // 2, (k - kw) // 2 : (k + kw) // 2]
         return F.conv2d(x, weight, bias, padding=[kh // 2, kw // 2], groups=groups)
     # index[o, i]: the tap that carries input pixel i to output pixel o; k*k (a zero) if none
     rows = torch.arange(H, device=x.device).repeat_interleave(W)

@@ -6,6 +6,7 @@ them (:class:`DualBranchTokens`, shared by both forms), holds STE, and folds the
 layer scale into the inference form (:class:`FusedDMixer`, :class:`FusedSTE`). The D-Mixer has
 no fast training form of its own: its parts have theirs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -79,9 +80,14 @@ class SqueezedTokenEnhancer(nn.Module):
     @staticmethod
     def cost(hw: tuple[int, int], dim: int, hidden_dim: int) -> Cost:
         n = hw[0] * hw[1]
-        return (DepthwiseConv2d.cost(hw, dim, 3) + complexity.batch_norm(dim, n)
-                + PointwiseConv2d.cost(hw, dim, hidden_dim) + complexity.batch_norm(hidden_dim, n)
-                + PointwiseConv2d.cost(hw, hidden_dim, dim) + complexity.batch_norm(dim, n))
+        return (
+            DepthwiseConv2d.cost(hw, dim, 3)
+            + complexity.batch_norm(dim, n)
+            + PointwiseConv2d.cost(hw, dim, hidden_dim)
+            + complexity.batch_norm(hidden_dim, n)
+            + PointwiseConv2d.cost(hw, hidden_dim, dim)
+            + complexity.batch_norm(dim, n)
+        )
 
 
 class FusedSTE(InferenceOnly):
@@ -108,8 +114,9 @@ class DMixer(DualBranchTokens):
     to OSRA as they are. Shapes: (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, dim: int, attn_dim: int, ste_dim: int, kernel_size: int = 7, num_groups: int = 2,
-                 **osra_knobs: int):
+    def __init__(
+        self, dim: int, attn_dim: int, ste_dim: int, kernel_size: int = 7, num_groups: int = 2, **osra_knobs: int
+    ):
         super().__init__()
         local_dim = dim - attn_dim
         self.split = (local_dim, attn_dim)
@@ -134,8 +141,15 @@ class DMixer(DualBranchTokens):
         return FusedDMixer(self.split, idconv, osra, self.ste.fuse(layer_scale), y_scale)
 
     @staticmethod
-    def cost(hw: tuple[int, int], dim: int, attn_dim: int, ste_dim: int, kernel_size: int = 7, num_groups: int = 2,
-             **osra_knobs: int) -> Cost:
+    def cost(
+        hw: tuple[int, int],
+        dim: int,
+        attn_dim: int,
+        ste_dim: int,
+        kernel_size: int = 7,
+        num_groups: int = 2,
+        **osra_knobs: int,
+    ) -> Cost:
         local_dim = dim - attn_dim
         cost = Cost()
         if local_dim and num_groups > 1:
@@ -155,8 +169,14 @@ class FusedDMixer(InferenceOnly, DualBranchTokens):
     Shapes: (B, C, H, W) -> same.
     """
 
-    def __init__(self, split: tuple[int, int], idconv: nn.Module | None, osra: nn.Module | None,
-                 ste: FusedSTE, y_scale: Tensor | None = None):
+    def __init__(
+        self,
+        split: tuple[int, int],
+        idconv: nn.Module | None,
+        osra: nn.Module | None,
+        ste: FusedSTE,
+        y_scale: Tensor | None = None,
+    ):
         super().__init__()
         self.split, self.idconv, self.osra, self.ste = tuple(split), idconv, osra, ste
         self.y_scale = None if y_scale is None else affine_param(y_scale)

@@ -12,6 +12,7 @@ map onto it through :func:`xnetspace.release.convert_official_state_dict`; the t
 live in :mod:`xnetspace.timm_models`. The network scripts (``torch.jit.script``) and traces
 (``torch.fx``, e.g. torchvision's ``create_feature_extractor``) like timm's own models.
 """
+
 # No ``from __future__ import annotations`` here: FX writes the forward's annotations into the code
 # it generates, and the string "Tensor" would not script (timm's fx + TorchScript test).
 from collections.abc import Mapping
@@ -73,12 +74,18 @@ class TransXNet(nn.Module):
         stages, self.feature_info, in_chs = [], [], None
         for i, stage in enumerate(spec.stages):
             first = sum(spec.depths[:i])
-            stages.append(TransXNetStage(
-                in_chs, stage, spec.pos_bias_shape(i), dp_rates[first:first + stage.depth],
-                spec.drop_rate, spec.layer_scale_init_value,
-            ))
+            stages.append(
+                TransXNetStage(
+                    in_chs,
+                    stage,
+                    spec.pos_bias_shape(i),
+                    dp_rates[first : first + stage.depth],
+                    spec.drop_rate,
+                    spec.layer_scale_init_value,
+                )
+            )
             in_chs = stage.embed_dim
-            self.feature_info.append(dict(num_chs=in_chs, reduction=4 * 2 ** i, module=f"stages.{i}"))
+            self.feature_info.append(dict(num_chs=in_chs, reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         assert in_chs is not None  # a spec has at least one stage
 
@@ -166,7 +173,9 @@ class TransXNet(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(
             stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
+            blocks=r"^stages\.(\d+)"
+            if coarse
+            else [
                 (r"^stages\.(\d+)\.(downsample|pos_bias)", (0,)),
                 (r"^stages\.(\d+)\.blocks\.(\d+)", None),
                 (r"^head\.norm", (99999,)),
@@ -218,8 +227,9 @@ class TransXNet(nn.Module):
                 intermediates.append(x)
         return intermediates if intermediates_only else (x, intermediates)
 
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
         """Drop the stages (and head) that the ``indices`` taken do not need (timm API)."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         prune_end = max_index < len(self.stages) - 1  # the head's norm is sized for the last stage
@@ -247,8 +257,7 @@ class TransXNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def build_model(spec: NetworkSpec | Mapping[str, Any] | str | Path, force: bool = False,
-                **overrides: Any) -> TransXNet:
+def build_model(spec: NetworkSpec | Mapping[str, Any] | str | Path, force: bool = False, **overrides: Any) -> TransXNet:
     """Compile a spec into a :class:`TransXNet` with release-identical initialisation.
 
     Args:

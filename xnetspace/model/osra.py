@@ -8,6 +8,7 @@ and the attention as one ``baddbmm`` + ``bmm`` (:func:`bmm_attention`). Inferenc
 :class:`FusedOSRA` (OSR's BNs folded, LR's residual merged; SDPA off the CPU). P belongs to the
 stage, which resizes it once per input size (:func:`resize_pos_bias`) for all its blocks.
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,8 +61,9 @@ def resize_pos_bias(pos_bias: Tensor, height: int, width: int, sr_ratio: int) ->
     return F.interpolate(pos_bias, size=[n, m], mode="bicubic", align_corners=False)
 
 
-def bmm_attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, scale: float,
-                  pos_bias: Tensor | None = None) -> Tensor:
+def bmm_attention(
+    q: Tensor, k: Tensor, v: Tensor, num_heads: int, scale: float, pos_bias: Tensor | None = None
+) -> Tensor:
     """``softmax(q^T k * scale + P) v`` per head, with one ``baddbmm`` (scale and bias fused) and
     one ``bmm`` that needs no transposed copy of the attention map (paper eq. 4).
 
@@ -114,8 +116,9 @@ class OSRA(nn.Module):
         h = self.num_heads
         if self.fast:  # LR's residual in the centre tap of its kernel; attention by (b)addbmm
             kv = self.sr(x)
-            kv = depthwise_same(kv, merged_depthwise_kernel([self.local_conv.weight], identity=True),
-                                self.local_conv.bias, C)
+            kv = depthwise_same(
+                kv, merged_depthwise_kernel([self.local_conv.weight], identity=True), self.local_conv.bias, C
+            )
             k, v = self.kv(kv).chunk(2, dim=1)
             return bmm_attention(self.q(x), k, v, h, self.scale, pos_bias)
         q = self.q(x).reshape(B, h, C // h, -1).transpose(-1, -2)  # (B, h, N, d)
@@ -142,8 +145,16 @@ class OSRA(nn.Module):
             dw, bn = last.conv, last.bn  # depthwise 1x1 then BN: one affine map
             scale, shift = bn_scale_shift(bn)
             scale = scale * dw.weight.flatten()  # the 1x1 has no bias
-        return FusedOSRA(copy.deepcopy(self.q), sr, scale, shift, merge_depthwise([self.local_conv], identity=True),
-                         copy.deepcopy(self.kv), self.num_heads, self.scale)
+        return FusedOSRA(
+            copy.deepcopy(self.q),
+            sr,
+            scale,
+            shift,
+            merge_depthwise([self.local_conv], identity=True),
+            copy.deepcopy(self.kv),
+            self.num_heads,
+            self.scale,
+        )
 
     @staticmethod
     def knobs(stage: StageSpec) -> dict[str, int]:
@@ -161,7 +172,9 @@ class OSRA(nn.Module):
         m = reduced[0] * reduced[1]
         cost = PointwiseConv2d.cost(hw, dim, dim) + PointwiseConv2d.cost(reduced, dim, 2 * dim)  # q, kv
         if sr_ratio > 1:
-            cost += ConvBN.cost(reduced, dim, dim, sr_ratio + 3, groups=dim) + ConvBN.cost(reduced, dim, dim, 1, groups=dim)
+            cost += ConvBN.cost(reduced, dim, dim, sr_ratio + 3, groups=dim) + ConvBN.cost(
+                reduced, dim, dim, 1, groups=dim
+            )
         cost += complexity.conv(dim, dim, 3, m, groups=dim)  # local_conv (LR)
         cost += complexity.matmul(2 * dim * n * m)  # q @ k and attn @ v
         cost.activations = 4 * dim * n + 4 * dim * m + 3 * num_heads * n * m
@@ -178,8 +191,17 @@ class FusedOSRA(InferenceOnly):
     one. Shapes: (B, C, H, W) -> same; ``pos_bias`` (1 or B, h, N, M).
     """
 
-    def __init__(self, q: nn.Conv2d, sr: nn.Module | None, sr_scale: Tensor | None,
-                 sr_shift: Tensor | None, local_conv: nn.Conv2d, kv: nn.Conv2d, num_heads: int, scale: float):
+    def __init__(
+        self,
+        q: nn.Conv2d,
+        sr: nn.Module | None,
+        sr_scale: Tensor | None,
+        sr_shift: Tensor | None,
+        local_conv: nn.Conv2d,
+        kv: nn.Conv2d,
+        num_heads: int,
+        scale: float,
+    ):
         super().__init__()
         self.num_heads, self.scale = num_heads, scale
         self.fused_attn: bool | None = None

@@ -5,6 +5,7 @@ Both are :class:`~xnetspace.model.convs.ConvBN` (keys ``conv``, ``bn``; the rele
 ``patch_embed.proj`` and ``network.{odd}.proj``), so their fast form and their fold into one conv
 (``fuse()``) are ConvBN's; their costs are here.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -24,8 +25,9 @@ class Stem(ConvBN):
     """7x7 conv, stride 4, padding 3, no bias -> BN. Shapes: (B, in_chans, H, W) -> (B, dim, ceil(H/4), ceil(W/4))."""
 
     def __init__(self, in_chans: int, dim: int):
-        super().__init__(in_chans, dim, STEM_KERNEL, bias=False, apply_act=False, act_layer=nn.GELU,
-                         stride=4, padding=3)
+        super().__init__(
+            in_chans, dim, STEM_KERNEL, bias=False, apply_act=False, act_layer=nn.GELU, stride=4, padding=3
+        )
 
     @staticmethod
     def cost(hw: tuple[int, int], out_hw: tuple[int, int], in_chans: int, dim: int) -> Cost:  # type: ignore[override]
@@ -41,8 +43,9 @@ class Downsample(ConvBN):
     Shapes: (B, in_chs, H, W) -> (B, dim, ceil(H/2), ceil(W/2))."""
 
     def __init__(self, in_chs: int, dim: int):
-        super().__init__(in_chs, dim, DOWNSAMPLE_KERNEL, bias=False, apply_act=False, act_layer=nn.GELU,
-                         stride=2, padding=1)
+        super().__init__(
+            in_chs, dim, DOWNSAMPLE_KERNEL, bias=False, apply_act=False, act_layer=nn.GELU, stride=2, padding=1
+        )
 
     @staticmethod
     def cost(hw: tuple[int, int], in_chs: int, dim: int) -> Cost:  # type: ignore[override]

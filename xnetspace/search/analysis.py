@@ -47,6 +47,7 @@ A TPE (or NSGA-II) study is a *biased* sample: the sampler concentrates on what 
 its EDF describes the sampler as much as the space; a pruned study leaves its weakest candidates
 out. Random-sampled, unpruned studies (``xnetspace search --population``) are the right input.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,10 +73,29 @@ from .records import read_trial
 from .score import LOSS
 from .study import StudyConfig, stored_settings
 
-__all__ = ["AnalysisError", "Candidate", "StudyData", "load_run", "load_named_study", "study_data", "edf",
-           "complexity_weights", "edf_distance", "importances", "marginals", "compare", "analyze", "stage_params",
-           "MIN_RELIABLE", "UNBIASED_SAMPLERS", "score_info", "TOP1_ERROR", "CROSS_ENTROPY", "run_analysis",
-           "report_lines"]
+__all__ = [
+    "AnalysisError",
+    "Candidate",
+    "StudyData",
+    "load_run",
+    "load_named_study",
+    "study_data",
+    "edf",
+    "complexity_weights",
+    "edf_distance",
+    "importances",
+    "marginals",
+    "compare",
+    "analyze",
+    "stage_params",
+    "MIN_RELIABLE",
+    "UNBIASED_SAMPLERS",
+    "score_info",
+    "TOP1_ERROR",
+    "CROSS_ENTROPY",
+    "run_analysis",
+    "report_lines",
+]
 
 MIN_RELIABLE = 10  # fewer candidates than this: the EDF is shown but called unreliable
 UNBIASED_SAMPLERS = ("random", "qmc")
@@ -153,12 +173,15 @@ def load_run(folder: Path | str) -> optuna.Study:
     folder = Path(folder)
     if not folder.is_dir():
         what = "is a file, not a study folder" if folder.exists() else "does not exist"
-        raise AnalysisError(f"run folder {str(folder)!r} {what} (give a study's output folder, "
-                            f"the --out of xnetspace search)")
+        raise AnalysisError(
+            f"run folder {str(folder)!r} {what} (give a study's output folder, the --out of xnetspace search)"
+        )
     db = folder / "study.db"
     if not db.is_file():
-        raise AnalysisError(f"{str(folder)!r} is not a study folder: it has no study.db (the default storage of "
-                            f"xnetspace search --out); for another storage use --storage URL --study-name NAME")
+        raise AnalysisError(
+            f"{str(folder)!r} is not a study folder: it has no study.db (the default storage of "
+            f"xnetspace search --out); for another storage use --storage URL --study-name NAME"
+        )
     try:  # read-only look first: opening it through Optuna would create tables in any SQLite file
         with sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True) as con:
             tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
@@ -171,8 +194,10 @@ def load_run(folder: Path | str) -> optuna.Study:
     if not names:
         raise AnalysisError(f"{str(db)!r} holds no study")
     if len(names) > 1:
-        raise AnalysisError(f"{str(db)!r} holds {len(names)} studies ({', '.join(sorted(names))}); name one: "
-                            f"--storage {url} --study-name NAME")
+        raise AnalysisError(
+            f"{str(db)!r} holds {len(names)} studies ({', '.join(sorted(names))}); name one: "
+            f"--storage {url} --study-name NAME"
+        )
     return optuna.load_study(study_name=names[0], storage=url)
 
 
@@ -187,8 +212,9 @@ def load_named_study(storage: str, study_name: str) -> optuna.Study:
     except Exception as err:  # noqa: BLE001 - SQLAlchemy's errors for bad URLs are many kinds
         raise AnalysisError(f"cannot open storage {storage!r}: {str(err).splitlines()[0]}") from None
     if study_name not in names:
-        raise AnalysisError(f"storage {storage!r} has no study named {study_name!r} "
-                            f"(it has: {', '.join(sorted(names)) or 'none'})")
+        raise AnalysisError(
+            f"storage {storage!r} has no study named {study_name!r} (it has: {', '.join(sorted(names)) or 'none'})"
+        )
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
@@ -213,8 +239,10 @@ def study_data(study: optuna.Study, source: str = "", summary: Path | None = Non
     """
     config, settings = stored_settings(study)
     if config is None:
-        raise AnalysisError(f"study {study.study_name!r} was not made by xnetspace search (it has no stored "
-                            f"config), so its trials' top-1, FLOPs and slots are unknown")
+        raise AnalysisError(
+            f"study {study.study_name!r} was not made by xnetspace search (it has no stored "
+            f"config), so its trials' top-1, FLOPs and slots are unknown"
+        )
     trials = study.get_trials(deepcopy=False)
     data = StudyData(study.study_name, source or study.study_name, config, settings, [], {})
     if summary is not None and Path(summary).is_file():
@@ -249,8 +277,18 @@ def study_data(study: optuna.Study, source: str = "", summary: Path | None = Non
                 continue
             error = 100.0 - value if config.score.name == "top1" else value
             params, distributions = stage_params(t.params, t.distributions)
-            data.candidates.append(Candidate(t.number, error, r.flops or 0, r.params or 0, r.spec_digest or "",
-                                             params, None if top1 is None else 100.0 - top1, r.spec))
+            data.candidates.append(
+                Candidate(
+                    t.number,
+                    error,
+                    r.flops or 0,
+                    r.params or 0,
+                    r.spec_digest or "",
+                    params,
+                    None if top1 is None else 100.0 - top1,
+                    r.spec,
+                )
+            )
             data.distributions.update(distributions)
         elif t.state == TrialState.PRUNED:
             data.pruned += 1
@@ -263,8 +301,9 @@ def study_data(study: optuna.Study, source: str = "", summary: Path | None = Non
 _CHAIN = re.compile(r"stage(\d+)-(\d+)\.(\w+)")
 
 
-def stage_params(params: dict[str, Any], distributions: dict[str, BaseDistribution]
-                 ) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
+def stage_params(
+    params: dict[str, Any], distributions: dict[str, BaseDistribution]
+) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
     """A trial's parameters with each monotone chain (``stage3-4.embed_dim`` = ``"48,96"``, one
     categorical over the chain's non-decreasing combinations, :mod:`.space_rules`) split into its
     stages' values (``stage3.embed_dim`` = 48, ``stage4.embed_dim`` = 96), each a numeric range
@@ -284,9 +323,13 @@ def stage_params(params: dict[str, Any], distributions: dict[str, BaseDistributi
             seen = sorted({c[offset] for c in combos})
             whole = all(x.is_integer() for x in seen)
             out_params[stage] = int(float(v)) if whole else float(v)
-            out_dists[stage] = (IntDistribution(int(seen[0]), int(seen[-1])) if whole and seen[0] < seen[-1] else
-                                FloatDistribution(seen[0], seen[-1]) if seen[0] < seen[-1] else
-                                CategoricalDistribution([out_params[stage]]))
+            out_dists[stage] = (
+                IntDistribution(int(seen[0]), int(seen[-1]))
+                if whole and seen[0] < seen[-1]
+                else FloatDistribution(seen[0], seen[-1])
+                if seen[0] < seen[-1]
+                else CategoricalDistribution([out_params[stage]])
+            )
     return out_params, out_dists
 
 
@@ -356,19 +399,26 @@ def complexity_weights(flops: Sequence[Sequence[float] | np.ndarray], bins: int 
     counts = [np.bincount(i, minlength=k) for i in index]
     shared = np.logical_and.reduce([c > 0 for c in counts])
     if not shared.any():
-        raise AnalysisError(f"no FLOP bin (of {k}) holds candidates of every study: their FLOP ranges do not "
-                            f"overlap, so no complexity-normalised comparison exists; try fewer --bins")
+        raise AnalysisError(
+            f"no FLOP bin (of {k}) holds candidates of every study: their FLOP ranges do not "
+            f"overlap, so no complexity-normalised comparison exists; try fewer --bins"
+        )
     weights = []
     for i, c in zip(index, counts):
         w = np.where(shared[i], 1.0 / (shared.sum() * np.maximum(c[i], 1)), 0.0)
         weights.append(w)
-    return weights, {"bins": k, "edges": edges.tolist(), "shared_bins": int(shared.sum()),
-                     "dropped": [int((w == 0).sum()) for w in weights]}
+    return weights, {
+        "bins": k,
+        "edges": edges.tolist(),
+        "shared_bins": int(shared.sum()),
+        "dropped": [int((w == 0).sum()) for w in weights],
+    }
 
 
 # -- importance and marginals -------------------------------------------------------------------------
-def importances(candidates: Sequence[Candidate], distributions: dict[str, BaseDistribution],
-                seed: int = 0) -> tuple[dict[str, dict[str, float]], list[str], list[str]]:
+def importances(
+    candidates: Sequence[Candidate], distributions: dict[str, BaseDistribution], seed: int = 0
+) -> tuple[dict[str, dict[str, float]], list[str], list[str]]:
     """Knob importances for the error, by Optuna's fANOVA and PED-ANOVA evaluators.
 
     Each evaluator's values are non-negative and normalised to sum 1 over the knobs that varied.
@@ -386,8 +436,10 @@ def importances(candidates: Sequence[Candidate], distributions: dict[str, BaseDi
     single = sorted(k for k, v in values.items() if len(v) == 1)
     varying = sorted(k for k, v in values.items() if len(v) > 1)
     if single:
-        notes.append(f"{len(single)} knob(s) took a single value in every candidate, so they have no importance: "
-                     + ", ".join(f"{k} = {next(iter(values[k]))}" for k in single))
+        notes.append(
+            f"{len(single)} knob(s) took a single value in every candidate, so they have no importance: "
+            + ", ".join(f"{k} = {next(iter(values[k]))}" for k in single)
+        )
     if not varying:
         notes.append("no knob varied between candidates: no importance")
         return {"fanova": {}, "ped_anova": {}}, single, notes
@@ -395,8 +447,10 @@ def importances(candidates: Sequence[Candidate], distributions: dict[str, BaseDi
         notes.append("every candidate has the same error: no knob can explain a difference, no importance")
         return {"fanova": {}, "ped_anova": {}}, single, notes
     if len(candidates) < len(varying):
-        notes.append(f"no importance from {len(candidates)} candidates for {len(varying)} knobs "
-                     f"(it needs at least as many candidates as knobs)")
+        notes.append(
+            f"no importance from {len(candidates)} candidates for {len(varying)} knobs "
+            f"(it needs at least as many candidates as knobs)"
+        )
         return {"fanova": {}, "ped_anova": {}}, single, notes
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line for a scratch study
@@ -404,10 +458,18 @@ def importances(candidates: Sequence[Candidate], distributions: dict[str, BaseDi
         study = optuna.create_study(direction="minimize")  # in memory: the candidates only, error as the value
     finally:
         optuna.logging.set_verbosity(verbosity)
-    study.add_trials([optuna.trial.create_trial(params=c.knobs, distributions={k: distributions[k] for k in c.knobs},
-                                                value=c.error) for c in candidates])
-    evaluators = {"fanova": optuna.importance.FanovaImportanceEvaluator(seed=seed),
-                  "ped_anova": optuna.importance.PedAnovaImportanceEvaluator()}
+    study.add_trials(
+        [
+            optuna.trial.create_trial(
+                params=c.knobs, distributions={k: distributions[k] for k in c.knobs}, value=c.error
+            )
+            for c in candidates
+        ]
+    )
+    evaluators = {
+        "fanova": optuna.importance.FanovaImportanceEvaluator(seed=seed),
+        "ped_anova": optuna.importance.PedAnovaImportanceEvaluator(),
+    }
     result = {}
     for name, evaluator in evaluators.items():
         with warnings.catch_warnings():
@@ -419,8 +481,10 @@ def importances(candidates: Sequence[Candidate], distributions: dict[str, BaseDi
             notes.append(f"{name}: every knob's importance is 0 (no knob separates the candidates' errors)")
         result[name] = {k: (v / total if total else 0.0) for k, v in sorted(raw.items(), key=lambda kv: -kv[1])}
     if len(candidates) < 50:
-        notes.append(f"PED-ANOVA compares the best 10% ({math.ceil(0.1 * len(candidates))} candidates) with the "
-                     f"rest; below 50 candidates it is unstable")
+        notes.append(
+            f"PED-ANOVA compares the best 10% ({math.ceil(0.1 * len(candidates))} candidates) with the "
+            f"rest; below 50 candidates it is unstable"
+        )
     return result, single, notes
 
 
@@ -441,8 +505,10 @@ def marginals(candidates: Sequence[Candidate]) -> dict[str, list[dict]]:
             for v, e in pairs:
                 j = int(np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2))
                 groups.setdefault(j, []).append((v, e))
-            rows = [_row(float(np.mean([v for v, _ in g])), [e for _, e in g], [float(edges[j]), float(edges[j + 1])])
-                    for j, g in sorted(groups.items())]
+            rows = [
+                _row(float(np.mean([v for v, _ in g])), [e for _, e in g], [float(edges[j]), float(edges[j + 1])])
+                for j, g in sorted(groups.items())
+            ]
         else:
             rows = [_row(level, [e for v, e in pairs if v == level]) for level in levels]
         out[knob] = rows
@@ -485,13 +551,23 @@ def compare(a: npt.ArrayLike, b: npt.ArrayLike, seed: int = 0, n_resamples: int 
     if a.size < 2 or b.size < 2:
         raise AnalysisError(f"a comparison needs at least 2 candidates in each study (got {a.size} and {b.size})")
     ks = stats.ks_2samp(a, b)
-    result: dict[str, Any] = {"ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
-              "mean_difference": float(a.mean() - b.mean()), "best_difference": float(a.min() - b.min())}
+    result: dict[str, Any] = {
+        "ks_statistic": float(ks.statistic),
+        "ks_pvalue": float(ks.pvalue),
+        "mean_difference": float(a.mean() - b.mean()),
+        "best_difference": float(a.min() - b.min()),
+    }
     for key, fn in (("mean_difference", np.mean), ("best_difference", np.min)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # identical resamples: a zero-width CI
-            boot = stats.bootstrap((a, b), _difference_of(fn), vectorized=True,
-                                   n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed))
+            boot = stats.bootstrap(
+                (a, b),
+                _difference_of(fn),
+                vectorized=True,
+                n_resamples=n_resamples,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            )
         result[f"{key}_ci95"] = [float(boot.confidence_interval.low), float(boot.confidence_interval.high)]
     return result
 
@@ -527,44 +603,68 @@ def analyze(studies: Sequence[StudyData], force: bool = False, bins: int = 5, se
         raise AnalysisError("nothing to analyse: give at least one study")
     for s in studies:
         if not s.candidates:
-            raise AnalysisError(f"study {s.name!r} ({s.source}) has no completed candidates yet: nothing to analyse "
-                                f"({s.rejected} rejected, {s.pruned} pruned, {s.failed} failed trials"
-                                f"{f', {s.unreadable} without a finite {_word(s.score)}' if s.unreadable else ''})")
+            raise AnalysisError(
+                f"study {s.name!r} ({s.source}) has no completed candidates yet: nothing to analyse "
+                f"({s.rejected} rejected, {s.pruned} pruned, {s.failed} failed trials"
+                f"{f', {s.unreadable} without a finite {_word(s.score)}' if s.unreadable else ''})"
+            )
     mismatch = _mismatch(studies)
     if mismatch and not force:
-        what = ("their errors are not on one scale (another task or resolution changes every error)"
-                if "different scores" not in mismatch else
-                "cross-entropy in nats and top-1 error in percent are not one scale")
-        raise AnalysisError(f"refusing to compare studies of {mismatch}: {what}; pass --force to compare anyway"
-                            + (" (by top-1 error)" if "different scores" in mismatch else ""))
+        what = (
+            "their errors are not on one scale (another task or resolution changes every error)"
+            if "different scores" not in mismatch
+            else "cross-entropy in nats and top-1 error in percent are not one scale"
+        )
+        raise AnalysisError(
+            f"refusing to compare studies of {mismatch}: {what}; pass --force to compare anyway"
+            + (" (by top-1 error)" if "different scores" in mismatch else "")
+        )
     score = studies[0].score
     if len({s.score.name for s in studies}) > 1:  # forced: the one score every study recorded
         studies = [_by_top1_error(s) for s in studies]
-        score = TOP1_ERROR.model_copy(update={"note": "the studies rank by different scores ("
-                                              + ", ".join(f"{s.name}: {s.config.score.label}" for s in studies)
-                                              + "); compared by top-1 error, which all of them record (--force)"})
+        score = TOP1_ERROR.model_copy(
+            update={
+                "note": "the studies rank by different scores ("
+                + ", ".join(f"{s.name}: {s.config.score.label}" for s in studies)
+                + "); compared by top-1 error, which all of them record (--force)"
+            }
+        )
     try:
         weights, normalization = complexity_weights([[c.flops for c in s.candidates] for s in studies], bins)
     except AnalysisError as err:  # the plain analysis still stands
         weights, normalization = [np.zeros(len(s.candidates)) for s in studies], {"error": str(err)}
-    normalization["method"] = ("equal-width FLOP bins over all studies; each study weighted uniform over the bins "
-                               "that hold candidates of every study (Radosavovic et al. 2019, section 4)")
-    result: dict[str, Any] = {"score": score.model_dump(exclude_none=True), "studies": [],
-                              "importance_method": "fanova", "normalization": normalization}
+    normalization["method"] = (
+        "equal-width FLOP bins over all studies; each study weighted uniform over the bins "
+        "that hold candidates of every study (Radosavovic et al. 2019, section 4)"
+    )
+    result: dict[str, Any] = {
+        "score": score.model_dump(exclude_none=True),
+        "studies": [],
+        "importance_method": "fanova",
+        "normalization": normalization,
+    }
     for s, w in zip(studies, weights):
         result["studies"].append(_study_summary(s, w, seed, score))
     if len(studies) >= 2:
         pairs = [(0, j) for j in range(1, len(studies))]
-        comparisons = [_comparison(studies[i], studies[j], result["studies"][i], result["studies"][j], mismatch, seed,
-                                   score) for i, j in pairs]
+        comparisons = [
+            _comparison(studies[i], studies[j], result["studies"][i], result["studies"][j], mismatch, seed, score)
+            for i, j in pairs
+        ]
         result["comparison"] = comparisons[0]
         if len(comparisons) > 1:
             result["comparisons"] = comparisons
     return AnalysisResult.model_validate(result).model_dump(exclude_unset=True)
 
 
-def run_analysis(runs: Sequence[Path | str] = (), storage: str | None = None, study_names: Sequence[str] = (),
-                 out: Path | None = None, bins: int = 5, force: bool = False) -> tuple[dict, dict[str, Path], list[str]]:
+def run_analysis(
+    runs: Sequence[Path | str] = (),
+    storage: str | None = None,
+    study_names: Sequence[str] = (),
+    out: Path | None = None,
+    bins: int = 5,
+    force: bool = False,
+) -> tuple[dict, dict[str, Path], list[str]]:
     """``xnetspace analyze``: load the studies in the folders ``runs`` (each with its
     ``summary.json``) and those named ``study_names`` in ``storage``, :func:`analyze` them in that
     order and write ``analysis.json`` and the figures into ``out`` (default: the run's folder for
@@ -585,7 +685,9 @@ def run_analysis(runs: Sequence[Path | str] = (), storage: str | None = None, st
     if bool(storage) != bool(study_names):
         raise AnalysisError("--storage and --study-name go together: give both, or study folders only")
     if not folders and not study_names:
-        raise AnalysisError("nothing to analyse: give study output folders (RUN ...) or --storage URL --study-name NAME")
+        raise AnalysisError(
+            "nothing to analyse: give study output folders (RUN ...) or --storage URL --study-name NAME"
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings(record=True) as caught:  # numerical libraries' notices: one line each
         warnings.simplefilter("always")
@@ -594,8 +696,11 @@ def run_analysis(runs: Sequence[Path | str] = (), storage: str | None = None, st
         data += [study_data(load_named_study(cast(str, storage), name), f"{storage} :: {name}") for name in study_names]
         result = analyze(data, force=force, bins=bins)
         files = write_analysis(result, out or (folders[0] if len(data) == 1 and folders else Path("runs") / "analysis"))
-    notices = dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught
-                            if not issubclass(w.category, (DeprecationWarning, FutureWarning)))
+    notices = dict.fromkeys(
+        f"{w.category.__name__}: {w.message}"
+        for w in caught
+        if not issubclass(w.category, (DeprecationWarning, FutureWarning))
+    )
     return result, files, [shorten(notice.splitlines()[0], 200) for notice in notices]
 
 
@@ -604,22 +709,28 @@ def report_lines(result: dict, files: dict[str, Path] | None = None) -> list[str
     most important knobs and warnings, each comparison, and the files written when given."""
     score = result["score"]
     d = 4 if score["unit"] == "nats" else 2  # decimals of the score
-    lines = [f"score: {score['label']} ({score['unit']}, lower is better)"
-             + (f"; {score['note']}" if "note" in score else "")]
+    lines = [
+        f"score: {score['label']} ({score['unit']}, lower is better)"
+        + (f"; {score['note']}" if "note" in score else "")
+    ]
     for s in result["studies"]:
         e = s["error"]
         top = ", ".join(f"{k} {v:.2f}" for k, v in list(s["importance"].items())[:3]) or "none"
-        lines.append(f"{s['name']} ({s['space']}, {s['dataset']}, sampler {s['sampler']}): {s['n']} candidates, "
-                     f"{s['rejected']} samples rejected; error best {e['min']:.{d}f} / median {e['median']:.{d}f} / "
-                     f"mean {e['mean']:.{d}f} {score['unit']}; most important (fANOVA): {top}")
+        lines.append(
+            f"{s['name']} ({s['space']}, {s['dataset']}, sampler {s['sampler']}): {s['n']} candidates, "
+            f"{s['rejected']} samples rejected; error best {e['min']:.{d}f} / median {e['median']:.{d}f} / "
+            f"mean {e['mean']:.{d}f} {score['unit']}; most important (fANOVA): {top}"
+        )
         lines += [f"  warning: {note}" for note in s["warnings"]]
     for c in result.get("comparisons", [result["comparison"]] if "comparison" in result else []):
         if c.get("ks_statistic") is not None:
             lo, hi = c["mean_difference_ci95"]
             blo, bhi = c["best_difference_ci95"]
-            lines.append(f"{c['a']} vs {c['b']}: KS {c['ks_statistic']:.3f} (p = {c['ks_pvalue']:.3g}); mean error "
-                         f"difference {c['mean_difference']:+.{d}f} [95% CI {lo:+.{d}f}, {hi:+.{d}f}], best "
-                         f"{c['best_difference']:+.{d}f} [{blo:+.{d}f}, {bhi:+.{d}f}]: {c['verdict']}")
+            lines.append(
+                f"{c['a']} vs {c['b']}: KS {c['ks_statistic']:.3f} (p = {c['ks_pvalue']:.3g}); mean error "
+                f"difference {c['mean_difference']:+.{d}f} [95% CI {lo:+.{d}f}, {hi:+.{d}f}], best "
+                f"{c['best_difference']:+.{d}f} [{blo:+.{d}f}, {bhi:+.{d}f}]: {c['verdict']}"
+            )
         lines += [f"  warning: {note}" for note in c["warnings"]]
     if files is not None:
         lines.append("files: " + ", ".join(str(p) for p in files.values()))
@@ -646,8 +757,9 @@ def _mismatch(studies: Sequence[StudyData]) -> str:
     if len(datasets) > 1:
         problems.append("different datasets (" + ", ".join(f"{s.name}: {s.config.dataset}" for s in studies) + ")")
     if len(sizes) > 1:
-        problems.append("different image sizes (" + ", ".join(f"{s.name}: {'x'.join(map(str, _size(s)))}"
-                                                             for s in studies) + ")")
+        problems.append(
+            "different image sizes (" + ", ".join(f"{s.name}: {'x'.join(map(str, _size(s)))}" for s in studies) + ")"
+        )
     if len({s.score.name for s in studies}) > 1:
         problems.append("different scores (" + ", ".join(f"{s.name}: {s.config.score.label}" for s in studies) + ")")
     return " and ".join(problems)
@@ -659,8 +771,12 @@ def _size(s: StudyData) -> list[int]:
 
 
 def _five(values: Sequence[float]) -> dict:
-    return {"min": float(np.min(values)), "median": float(np.median(values)), "mean": float(np.mean(values)),
-            "max": float(np.max(values))}
+    return {
+        "min": float(np.min(values)),
+        "median": float(np.median(values)),
+        "mean": float(np.mean(values)),
+        "max": float(np.max(values)),
+    }
 
 
 def _study_summary(s: StudyData, weights: np.ndarray, seed: int, score: ScoreInfo) -> dict:
@@ -670,56 +786,93 @@ def _study_summary(s: StudyData, weights: np.ndarray, seed: int, score: ScoreInf
     notes = []
     if sampler not in UNBIASED_SAMPLERS:
         what = "was not recorded" if sampler == "unknown" else f"is {sampler}"
-        notes.append(f"the sampler {what}: a {sampler.upper() if sampler != 'unknown' else 'TPE'} study is a biased "
-                     f"sample (it concentrates on what looked good), so its EDF describes the sampler as much as the "
-                     f"space; use a population study (xnetspace search --population) for EDFs")
+        notes.append(
+            f"the sampler {what}: a {sampler.upper() if sampler != 'unknown' else 'TPE'} study is a biased "
+            f"sample (it concentrates on what looked good), so its EDF describes the sampler as much as the "
+            f"space; use a population study (xnetspace search --population) for EDFs"
+        )
     if s.pruned_by_pruner:
-        notes.append(f"{s.pruned_by_pruner} trial(s) stopped by the pruner are not in the EDF (the weak ones): "
-                     f"it is optimistic; population studies use --pruner none")
+        notes.append(
+            f"{s.pruned_by_pruner} trial(s) stopped by the pruner are not in the EDF (the weak ones): "
+            f"it is optimistic; population studies use --pruner none"
+        )
     if len(errors) < MIN_RELIABLE:
-        notes.append(f"only {len(errors)} completed candidates (fewer than {MIN_RELIABLE}): the EDF is not reliable "
-                     f"(pycls samples about 100 models per space)")
+        notes.append(
+            f"only {len(errors)} completed candidates (fewer than {MIN_RELIABLE}): the EDF is not reliable "
+            f"(pycls samples about 100 models per space)"
+        )
     if s.failed:
         notes.append(f"{s.failed} trial(s) failed and are not in the EDF")
     if s.duplicates:
         notes.append(f"{s.duplicates} trial(s) repeated an earlier spec and are counted once")
     if s.unreadable:
-        notes.append(f"{s.unreadable} completed trial(s) have no finite {_word(score)} (NaN, inf or not a number in "
-                     f"the storage) and are not in the EDF")
+        notes.append(
+            f"{s.unreadable} completed trial(s) have no finite {_word(score)} (NaN, inf or not a number in "
+            f"the storage) and are not in the EDF"
+        )
     importance, single, importance_notes = importances(s.candidates, s.distributions, seed)
     best = min(s.candidates, key=lambda c: (c.error, c.flops))
     plain = edf(errors)
     normalized = edf(errors, weights) if weights.sum() > 0 else ([], [])
     plain_top1 = edf(top1_errors) if top1_errors else ([], [])
     return {
-        "name": s.name, "source": s.source, "space": s.config.space.name, "dataset": s.config.dataset,
-        "image_size": _size(s), "sampler": sampler, "pruner": pruner, "n": len(errors),
-        "rejected": s.rejected, "rejected_over_budget": s.rejected_over_budget,
+        "name": s.name,
+        "source": s.source,
+        "space": s.config.space.name,
+        "dataset": s.config.dataset,
+        "image_size": _size(s),
+        "sampler": sampler,
+        "pruner": pruner,
+        "n": len(errors),
+        "rejected": s.rejected,
+        "rejected_over_budget": s.rejected_over_budget,
         "sampled": s.rejected + len(errors) + s.pruned + s.failed + s.duplicates,
-        "pruned": s.pruned, "failed": s.failed, "duplicates": s.duplicates,
-        "error": _five(errors), "top1_error": _five(top1_errors) if top1_errors else None,
+        "pruned": s.pruned,
+        "failed": s.failed,
+        "duplicates": s.duplicates,
+        "error": _five(errors),
+        "top1_error": _five(top1_errors) if top1_errors else None,
         "flops": {"min": min(c.flops for c in s.candidates), "max": max(c.flops for c in s.candidates)},
-        "best": {"trial": best.number, "error": best.error, "flops": best.flops, "params": best.params,
-                 "spec_digest": best.spec_digest},
+        "best": {
+            "trial": best.number,
+            "error": best.error,
+            "flops": best.flops,
+            "params": best.params,
+            "spec_digest": best.spec_digest,
+        },
         "edf": {"error": plain[0], "fraction": plain[1]},
         "edf_normalized": {"error": normalized[0], "fraction": normalized[1]},
         "edf_top1_error": {"error": plain_top1[0], "fraction": plain_top1[1]},
-        "importance": importance["fanova"], "importance_ped_anova": importance["ped_anova"],
-        "single_valued": single, "marginals": marginals(s.candidates), "seed_std": s.seed_std,
-        "confirmed_best": s.confirmed_best, "warnings": notes + importance_notes,
+        "importance": importance["fanova"],
+        "importance_ped_anova": importance["ped_anova"],
+        "single_valued": single,
+        "marginals": marginals(s.candidates),
+        "seed_std": s.seed_std,
+        "confirmed_best": s.confirmed_best,
+        "warnings": notes + importance_notes,
     }
 
 
 def _comparison(a: StudyData, b: StudyData, sa: dict, sb: dict, mismatch: str, seed: int, score: ScoreInfo) -> dict:
     notes = [f"compared despite {mismatch} (--force)"] if mismatch else []
     if min(sa["n"], sb["n"]) < 2:
-        return {"a": a.name, "b": b.name, "ks_statistic": None, "ks_pvalue": None, "mean_difference_ci95": None,
-                "best_difference_ci95": None, "warnings": notes + ["a comparison needs 2+ candidates in each study"]}
+        return {
+            "a": a.name,
+            "b": b.name,
+            "ks_statistic": None,
+            "ks_pvalue": None,
+            "mean_difference_ci95": None,
+            "best_difference_ci95": None,
+            "warnings": notes + ["a comparison needs 2+ candidates in each study"],
+        }
     errors_a, errors_b = [c.error for c in a.candidates], [c.error for c in b.candidates]
     result = {"a": a.name, "b": b.name, **compare(errors_a, errors_b, seed)}
     na, nb = sa["edf_normalized"], sb["edf_normalized"]
-    result["ks_statistic_normalized"] = (edf_distance((na["error"], na["fraction"]), (nb["error"], nb["fraction"]))
-                                         if na["error"] and nb["error"] else None)
+    result["ks_statistic_normalized"] = (
+        edf_distance((na["error"], na["fraction"]), (nb["error"], nb["fraction"]))
+        if na["error"] and nb["error"]
+        else None
+    )
     low, high = result["mean_difference_ci95"]
     if low > 0 or high < 0:
         better = b.name if low > 0 else a.name
@@ -733,8 +886,10 @@ def _comparison(a: StudyData, b: StudyData, sa: dict, sb: dict, mismatch: str, s
     noise = max((x for x in (a.seed_std, b.seed_std) if x is not None), default=None)
     if noise is not None and abs(result["best_difference"]) < 2 * noise:
         digits, unit = (2, "points") if score.unit == "%" else (4, score.unit)
-        notes.append(f"the best-error difference ({result['best_difference']:+.{digits}f}) is within twice the proxy's "
-                     f"seed noise (std {noise:.{digits}f} {unit}): a population's best is partly its luckiest seed; "
-                     f"compare the confirmed bests (confirmed_best)")
+        notes.append(
+            f"the best-error difference ({result['best_difference']:+.{digits}f}) is within twice the proxy's "
+            f"seed noise (std {noise:.{digits}f} {unit}): a population's best is partly its luckiest seed; "
+            f"compare the confirmed bests (confirmed_best)"
+        )
     result["warnings"] = notes
     return result

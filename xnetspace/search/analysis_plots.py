@@ -1,6 +1,7 @@
 """Figures and files of a design-space analysis: ``analysis.json``, ``edf.png``, ``importance.png``,
 ``marginals.png`` (matplotlib, Agg), all drawn from the object :func:`.analysis.analyze` returns,
 in the score it names (cross-entropy in a ``loss`` study, with the top-1 error EDF beside it)."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ def _label(study: dict, key: str = "error", digits: int = 2) -> str:
 
 def axis_label(score: dict) -> str:
     """The x-axis words of an EDF of ``score`` (the ``score`` object of analysis.json)."""
-    return ("validation cross-entropy (nats)" if score["name"] == "loss" else "error = 100 - top-1 (%)")
+    return "validation cross-entropy (nats)" if score["name"] == "loss" else "error = 100 - top-1 (%)"
 
 
 def _plot_edf(result: dict, path: Path) -> Path:
@@ -50,16 +51,30 @@ def _plot_edf(result: dict, path: Path) -> Path:
     digits = 4 if score["name"] == "loss" else 2
     for i, study in enumerate(result["studies"]):
         color = f"C{i}"
-        ax.step(study["edf"]["error"], study["edf"]["fraction"], where="post", color=color,
-                label=_label(study, digits=digits))
+        ax.step(
+            study["edf"]["error"],
+            study["edf"]["fraction"],
+            where="post",
+            color=color,
+            label=_label(study, digits=digits),
+        )
         if study["edf_normalized"]["error"]:
-            ax.step(study["edf_normalized"]["error"], study["edf_normalized"]["fraction"], where="post", color=color,
-                    linestyle="--", alpha=0.7, label=f"{study['name']}, complexity-normalised")
+            ax.step(
+                study["edf_normalized"]["error"],
+                study["edf_normalized"]["fraction"],
+                where="post",
+                color=color,
+                linestyle="--",
+                alpha=0.7,
+                label=f"{study['name']}, complexity-normalised",
+            )
     title = f"EDF of each study's candidates: {score['label']}"
     if "comparison" in result and result["comparison"].get("ks_statistic") is not None:
         c = result["comparison"]
-        title += f"\nKS {c['ks_statistic']:.3f} (p = {c['ks_pvalue']:.3g}); mean(A) - mean(B) 95% CI " \
-                 f"[{c['mean_difference_ci95'][0]:.{digits}f}, {c['mean_difference_ci95'][1]:.{digits}f}]"
+        title += (
+            f"\nKS {c['ks_statistic']:.3f} (p = {c['ks_pvalue']:.3g}); mean(A) - mean(B) 95% CI "
+            f"[{c['mean_difference_ci95'][0]:.{digits}f}, {c['mean_difference_ci95'][1]:.{digits}f}]"
+        )
     ax.set(xlabel=axis_label(score), ylabel="fraction of candidates with error <= e", ylim=(0, 1.02), title=title)
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
@@ -68,10 +83,19 @@ def _plot_edf(result: dict, path: Path) -> Path:
         ax = axes[0][1]
         for i, study in enumerate(result["studies"]):
             if study["edf_top1_error"]["error"]:
-                ax.step(study["edf_top1_error"]["error"], study["edf_top1_error"]["fraction"], where="post",
-                        color=f"C{i}", label=_label(study, "top1_error"))
-        ax.set(xlabel="error = 100 - top-1 (%)", ylabel="fraction of candidates with error <= e", ylim=(0, 1.02),
-               title="the same candidates' top-1 error (beside the score)")
+                ax.step(
+                    study["edf_top1_error"]["error"],
+                    study["edf_top1_error"]["fraction"],
+                    where="post",
+                    color=f"C{i}",
+                    label=_label(study, "top1_error"),
+                )
+        ax.set(
+            xlabel="error = 100 - top-1 (%)",
+            ylabel="fraction of candidates with error <= e",
+            ylim=(0, 1.02),
+            title="the same candidates' top-1 error (beside the score)",
+        )
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=7)
@@ -97,12 +121,15 @@ def _plot_importance(result: dict, path: Path) -> Path:
         height = 0.8 / len(studies)
         for i, study in enumerate(studies):
             ys = [k + (i - (len(studies) - 1) / 2) * height for k in range(len(knobs))]
-            ax.barh(ys, [study["importance"].get(k, 0.0) for k in knobs], height=height, color=f"C{i}",
-                    label=study["name"])
+            ax.barh(
+                ys, [study["importance"].get(k, 0.0) for k in knobs], height=height, color=f"C{i}", label=study["name"]
+            )
         ax.set_yticks(range(len(knobs)), knobs, fontsize=7)
         ax.invert_yaxis()
-        ax.set(xlabel=f"fANOVA importance (share of the variance of the {result['score']['label']})",
-               title="knob importance (Optuna fANOVA)")
+        ax.set(
+            xlabel=f"fANOVA importance (share of the variance of the {result['score']['label']})",
+            title="knob importance (Optuna fANOVA)",
+        )
         ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -118,7 +145,7 @@ def _plot_marginals(result: dict, path: Path) -> Path:
     cols = min(5, max(1, len(knobs)))
     rows = max(1, math.ceil(len(knobs) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.7 * cols, 2.2 * rows), squeeze=False)
-    for ax in axes.flat[len(knobs):]:
+    for ax in axes.flat[len(knobs) :]:
         ax.set_axis_off()
     for ax, knob in zip(axes.flat, knobs):
         levels: list = []
@@ -128,8 +155,10 @@ def _plot_marginals(result: dict, path: Path) -> Path:
             rows_ = s["marginals"].get(knob, [])
             xs = [levels.index(r["value"]) + (i - (len(studies) - 1) / 2) * 0.12 for r in rows_]
             ys = [r["mean_error"] for r in rows_]
-            err = [[(r["mean_error"] - r["ci95"][0]) if r["ci95"] else 0 for r in rows_],
-                   [(r["ci95"][1] - r["mean_error"]) if r["ci95"] else 0 for r in rows_]]
+            err = [
+                [(r["mean_error"] - r["ci95"][0]) if r["ci95"] else 0 for r in rows_],
+                [(r["ci95"][1] - r["mean_error"]) if r["ci95"] else 0 for r in rows_],
+            ]
             ax.errorbar(xs, ys, yerr=err, fmt="o", ms=3, capsize=2, color=f"C{i}", label=s["name"])
         ax.set_xticks(range(len(levels)), [f"{v:g}" if isinstance(v, float) else str(v) for v in levels], fontsize=7)
         ax.set_title(knob, fontsize=8)

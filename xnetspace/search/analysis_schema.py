@@ -8,6 +8,7 @@ Every model forbids unknown fields, so a file parsed back into its model is chec
 ``python -m xnetspace.search.analysis_schema docs/schemas`` writes them all (:func:`write_schemas`),
 and a test fails when a written schema differs from the model's current one.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .summary import Summary
 
-__all__ = ["ScoreInfo", "AnalysisResult", "StudySummary", "Comparison", "RefineResult", "RefineStep", "Evidence",
-           "Verification",
-           "schemas", "write_schemas"]
+__all__ = [
+    "ScoreInfo",
+    "AnalysisResult",
+    "StudySummary",
+    "Comparison",
+    "RefineResult",
+    "RefineStep",
+    "Evidence",
+    "Verification",
+    "schemas",
+    "write_schemas",
+]
 
 
 class _Strict(BaseModel):
@@ -159,8 +169,9 @@ class Evidence(_Strict):
     ks_pvalue: float | None
     edf_gap: float | None = Field(description="sup |F_subset - F_members| of the plain EDFs")
     edf_gap_normalized: float | None = Field(description="the same of the complexity-normalised EDFs")
-    mean_difference: float | None = Field(description="mean(subset) - mean(members), complexity-normalised "
-                                                         "when normalised is true")
+    mean_difference: float | None = Field(
+        description="mean(subset) - mean(members), complexity-normalised when normalised is true"
+    )
     mean_difference_ci95: list[float] | None = Field(description="percentile bootstrap over the members")
     mean_difference_plain: float | None
     mean_difference_plain_ci95: list[float] | None
@@ -176,8 +187,9 @@ class RefineStep(_Strict):
     description: str
     order: int | None = Field(None, description="its place in the greedy order (None: never tested there)")
     first_test: Evidence | None = Field(None, description="against all members")
-    test: Evidence | None = Field(None, description="in the greedy pass: against the members left by the "
-                                                       "constraints accepted before it")
+    test: Evidence | None = Field(
+        None, description="in the greedy pass: against the members left by the constraints accepted before it"
+    )
     verdict: Literal["accepted", "rejected", "undecided", "not applicable"]
     reason: str
     details: dict[str, Any] = Field(default_factory=dict)
@@ -219,9 +231,11 @@ class RefineResult(_Strict):
 def schemas() -> dict[str, dict]:
     """File name -> JSON Schema of each file model (``analysis.schema.json``, ``refine.schema.json``,
     ``summary.schema.json``)."""
-    return {"analysis.schema.json": AnalysisResult.model_json_schema(),
-            "refine.schema.json": RefineResult.model_json_schema(),
-            "summary.schema.json": Summary.model_json_schema()}
+    return {
+        "analysis.schema.json": AnalysisResult.model_json_schema(),
+        "refine.schema.json": RefineResult.model_json_schema(),
+        "summary.schema.json": Summary.model_json_schema(),
+    }
 
 
 def write_schemas(folder: Path | str) -> list[Path]:

@@ -33,6 +33,7 @@ ones studies got before); the augmentation from a second generator on the data's
 Philox for CUDA tensors), seeded from the run's seed through ``numpy.random.SeedSequence`` so that
 it is never the order's stream. Neither touches torch's global random state.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-__all__ = ["AUGMENTS", "Augment", "RRC_SCALE", "RRC_RATIO", "ImageTensors", "TensorBatches", "Batches", "batches",
-           "augment_batch", "stream_seed"]
+__all__ = [
+    "AUGMENTS",
+    "Augment",
+    "RRC_SCALE",
+    "RRC_RATIO",
+    "ImageTensors",
+    "TensorBatches",
+    "Batches",
+    "batches",
+    "augment_batch",
+    "stream_seed",
+]
 
 Augment = Literal["none", "flip", "crop-flip", "rrc-flip"]
 AUGMENTS: tuple[str, ...] = get_args(Augment)  # ("none", "flip", "crop-flip", "rrc-flip")
@@ -57,7 +68,7 @@ RRC_TRIES = 10  # timm's tries before falling back to the whole image
 def stream_seed(seed: int, stream: int) -> int:
     """A 63-bit seed for random stream ``stream`` of a run seeded ``seed`` (numpy's SeedSequence
     mixes both), so two streams of one run never share a sequence."""
-    state = np.random.SeedSequence([seed % 2 ** 64, stream]).generate_state(1, np.uint64)[0]
+    state = np.random.SeedSequence([seed % 2**64, stream]).generate_state(1, np.uint64)[0]
     return int(state >> np.uint64(1))
 
 
@@ -79,8 +90,14 @@ class ImageTensors(Dataset):
             statistics of another channel count, a non-positive size or std.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int, mean: Sequence[float] | torch.Tensor,
-                 std: Sequence[float] | torch.Tensor):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        size: int,
+        mean: Sequence[float] | torch.Tensor,
+        std: Sequence[float] | torch.Tensor,
+    ):
         images, labels = torch.as_tensor(images), torch.as_tensor(labels, dtype=torch.long)
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2]:
             raise ValueError(f"images must be (N, S, S, C) uint8, got {tuple(images.shape)} {images.dtype}")
@@ -88,7 +105,9 @@ class ImageTensors(Dataset):
             raise ValueError(f"labels must be ({len(images)},), got {tuple(labels.shape)}")
         mean_t, std_t = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
         if mean_t.shape != (images.shape[3],) or std_t.shape != (images.shape[3],) or not bool((std_t > 0).all()):
-            raise ValueError(f"mean and std must be ({images.shape[3]},) with std > 0, got {mean_t.tolist()}, {std_t.tolist()}")
+            raise ValueError(
+                f"mean and std must be ({images.shape[3]},) with std > 0, got {mean_t.tolist()}, {std_t.tolist()}"
+            )
         if size < 1:
             raise ValueError(f"size must be at least 1 pixel, got {size}")
         self.images, self.labels, self.size, self.mean, self.std = images, labels, int(size), mean_t, std_t
@@ -109,7 +128,7 @@ class ImageTensors(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         i = range(len(self))[i]  # IndexError out of range, as a list
         images, _, mean, std = self.on(self.images.device)
-        return self.transform(images[i:i + 1], "none", None, mean, std)[0], int(self.labels[i])
+        return self.transform(images[i : i + 1], "none", None, mean, std)[0], int(self.labels[i])
 
     def on(self, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(images, labels, mean, std)`` on ``device``, copied there once and kept (several
@@ -121,12 +140,22 @@ class ImageTensors(Dataset):
         key = str(device)
         if key not in self._on:
             shape = (1, self.channels, 1, 1)
-            self._on[key] = (self.images.to(device), self.labels.to(device), self.mean.view(shape).to(device),
-                             self.std.view(shape).to(device))
+            self._on[key] = (
+                self.images.to(device),
+                self.labels.to(device),
+                self.mean.view(shape).to(device),
+                self.std.view(shape).to(device),
+            )
         return self._on[key]
 
-    def transform(self, images: torch.Tensor, augment: str, generator: torch.Generator | None,
-                  mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    def transform(
+        self,
+        images: torch.Tensor,
+        augment: str,
+        generator: torch.Generator | None,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+    ) -> torch.Tensor:
         """(b, S', S', C) uint8 -> (b, C, S, S) float32: to [0, 1], :func:`augment_batch`, then
         ``(x - mean) / std`` (the order of the float operations the in-memory datasets used before,
         so unaugmented CIFAR batches are bit for bit what they were)."""
@@ -135,8 +164,9 @@ class ImageTensors(Dataset):
         return (x - mean) / std
 
 
-def augment_batch(x: torch.Tensor, augment: str, size: tuple[int, int],
-                  generator: torch.Generator | None) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, augment: str, size: tuple[int, int], generator: torch.Generator | None
+) -> torch.Tensor:
     """Augment a batch and resize it: (b, C, H, W) float -> (b, C, size[0], size[1]) (module
     docstring for what each ``augment`` means). All random draws come from ``generator`` (on
     ``x``'s device), a fixed number per batch: the same generator state gives the same batch.
@@ -230,10 +260,19 @@ class TensorBatches:
         ValueError: an unknown ``augment``. TypeError: a dataset of another kind.
     """
 
-    def __init__(self, dataset: TensorDataset | ImageTensors, batch_size: int, device: torch.device,
-                 shuffle: bool = False, drop_last: bool = False, generator: torch.Generator | None = None,
-                 memory_format: torch.memory_format = torch.contiguous_format, augment: str = "none",
-                 seed: int | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        dataset: TensorDataset | ImageTensors,
+        batch_size: int,
+        device: torch.device,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        augment: str = "none",
+        seed: int | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         if augment not in AUGMENTS:
             raise ValueError(f"augment {augment!r}: use one of {', '.join(AUGMENTS)}")
         device = torch.device(device)
@@ -252,8 +291,9 @@ class TensorBatches:
         self.seed, self.augment, self.dtype, self.memory_format = seed, augment, dtype, memory_format
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
-        self.augment_generator = (torch.Generator(device=self.x.device).manual_seed(stream_seed(seed, 1))
-                                  if augment != "none" else None)
+        self.augment_generator = (
+            torch.Generator(device=self.x.device).manual_seed(stream_seed(seed, 1)) if augment != "none" else None
+        )
 
     def __len__(self) -> int:
         n = len(self.y)
@@ -286,10 +326,18 @@ class TensorBatches:
 Batches = DataLoader | TensorBatches
 
 
-def batches(dataset, batch_size: int, device: torch.device, shuffle: bool = False, drop_last: bool = False,
-            generator: torch.Generator | None = None, num_workers: int = 0,
-            memory_format: torch.memory_format = torch.contiguous_format, augment: str = "none",
-            seed: int | None = None) -> Batches:
+def batches(
+    dataset,
+    batch_size: int,
+    device: torch.device,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    generator: torch.Generator | None = None,
+    num_workers: int = 0,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    augment: str = "none",
+    seed: int | None = None,
+) -> Batches:
     """:class:`TensorBatches` for an in-memory ``TensorDataset`` or :class:`ImageTensors`, a
     DataLoader for any other dataset (which does its own per-sample transforms).
 
@@ -299,9 +347,17 @@ def batches(dataset, batch_size: int, device: torch.device, shuffle: bool = Fals
     if isinstance(dataset, (TensorDataset, ImageTensors)):
         return TensorBatches(dataset, batch_size, device, shuffle, drop_last, generator, memory_format, augment, seed)
     if augment != "none":
-        raise ValueError(f"augment {augment!r} needs an in-memory dataset (TensorDataset or ImageTensors), "
-                         f"not {type(dataset).__name__}")
+        raise ValueError(
+            f"augment {augment!r} needs an in-memory dataset (TensorDataset or ImageTensors), "
+            f"not {type(dataset).__name__}"
+        )
     if generator is None and shuffle:
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator,
-                      num_workers=num_workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        generator=generator,
+        num_workers=num_workers,
+    )

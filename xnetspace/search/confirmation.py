@@ -24,6 +24,7 @@ hand. After its N trials:
 The runs are jobs (:mod:`.jobs`) of a second Optuna study, ``NAME:confirm``, in the same storage:
 spread over all workers, retried by the heartbeat, never trained twice.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,18 @@ from .space import RandomTrial, SearchSpace
 from .stats import mean_difference, noise_ceiling, pooled_seed_std, rank_fidelity, seed_summary, separation
 from .study import RunOptions, StudyConfig, candidates
 
-__all__ = ["ConfirmError", "CONFIRM_SUFFIX", "CONFIRM_SEED_OFFSET", "baseline_spec", "check_options",
-           "open_confirm_study", "confirm_seeds", "plan_jobs", "control_finished", "summarize"]
+__all__ = [
+    "ConfirmError",
+    "CONFIRM_SUFFIX",
+    "CONFIRM_SEED_OFFSET",
+    "baseline_spec",
+    "check_options",
+    "open_confirm_study",
+    "confirm_seeds",
+    "plan_jobs",
+    "control_finished",
+    "summarize",
+]
 
 CONFIRM_SUFFIX = ":confirm"
 CONFIRM_SEED_OFFSET = 1000  # confirmation seeds: train.seed + 1000 + i, apart from every proxy seed
@@ -71,8 +82,14 @@ def baseline_spec(name: str, space: SearchSpace, num_classes: int, in_chans: int
     c = space.constraints
     network = {**space.network, "num_classes": num_classes, "in_chans": in_chans}
     try:
-        return scale_to_budget(load_preset(name), c.flops[1] if c.flops else 10 ** 18, c.image_size,
-                               min_flops=c.flops[0] if c.flops else None, max_params=c.max_params, network=network)
+        return scale_to_budget(
+            load_preset(name),
+            c.flops[1] if c.flops else 10**18,
+            c.image_size,
+            min_flops=c.flops[0] if c.flops else None,
+            max_params=c.max_params,
+            network=network,
+        )
     except (ScalingError, SpecError, ValidationError) as err:
         raise ConfirmError(f"--baseline {name}: {err}") from None
 
@@ -80,8 +97,10 @@ def baseline_spec(name: str, space: SearchSpace, num_classes: int, in_chans: int
 def check_options(options: RunOptions) -> None:
     """Raises ConfirmError for options no confirmation can honour (a CI from one seed)."""
     if (options.confirm_top or options.baselines) and options.confirm_seeds < 2:
-        raise ConfirmError(f"--confirm-seeds {options.confirm_seeds}: a 95% confidence interval needs at least "
-                           f"2 seeds per candidate (use 2 or more, or --confirm-top 0 --baseline none)")
+        raise ConfirmError(
+            f"--confirm-seeds {options.confirm_seeds}: a 95% confidence interval needs at least "
+            f"2 seeds per candidate (use 2 or more, or --confirm-top 0 --baseline none)"
+        )
 
 
 def open_confirm_study(options: RunOptions, score: Score) -> optuna.Study:
@@ -122,8 +141,15 @@ def _proxy_value(config: StudyConfig, record: JobRecord, spec: dict) -> float | 
     return config.proxy.of(record)
 
 
-def plan_jobs(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, options: RunOptions,
-              num_classes: int, in_chans: int, control: optuna.Study | None = None) -> list[Job]:
+def plan_jobs(
+    study: optuna.Study,
+    cstudy: optuna.Study,
+    config: StudyConfig,
+    options: RunOptions,
+    num_classes: int,
+    in_chans: int,
+    control: optuna.Study | None = None,
+) -> list[Job]:
     """Every job the finished search calls for, given what has finished so far (pure: the same
     state gives the same list). Jobs that wait on other results appear once those are done: the
     best of ``random:N`` after its specs' proxy jobs, the ``random:auto`` control's best once the
@@ -133,26 +159,51 @@ def plan_jobs(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     jobs: list[Job] = []
 
     def confirm(role: Role, label: str, spec: dict, trial: int | None = None, proxy: bool = False) -> None:
-        jobs.append(Job(role=role, label=label, spec=spec, seeds=seeds, trial=trial, proxy=proxy,
-                        epochs=config.train.epochs if proxy else epochs))
+        jobs.append(
+            Job(
+                role=role,
+                label=label,
+                spec=spec,
+                seeds=seeds,
+                trial=trial,
+                proxy=proxy,
+                epochs=config.train.epochs if proxy else epochs,
+            )
+        )
 
     rank = config.proxy.rank_key
     ranked = sorted(candidates(study), key=lambda t: (rank(t.values[0]), read_trial(t).flops or 0, t.number))
     # A candidate's record (and the control's) always holds the spec it was drawn with.
-    for t in ranked[:options.confirm_top]:
+    for t in ranked[: options.confirm_top]:
         confirm("candidate", f"trial {t.number}", cast(dict, read_trial(t).spec), t.number)
-    if not options.confirm_top and ranked and options.confirm_seeds > 1 and config.proxy_seeds == 1 \
-            and config.proxy.trains:
-        confirm("noise", f"trial {ranked[0].number}", cast(dict, read_trial(ranked[0]).spec), ranked[0].number,
-                proxy=True)
+    if (
+        not options.confirm_top
+        and ranked
+        and options.confirm_seeds > 1
+        and config.proxy_seeds == 1
+        and config.proxy.trains
+    ):
+        confirm(
+            "noise", f"trial {ranked[0].number}", cast(dict, read_trial(ranked[0]).spec), ranked[0].number, proxy=True
+        )
 
-    n_random = max([int(b.split(":")[1]) for b in options.baselines if b.startswith("random:") and b != "random:auto"],
-                   default=0)
+    n_random = max(
+        [int(b.split(":")[1]) for b in options.baselines if b.startswith("random:") and b != "random:auto"], default=0
+    )
     n_fidelity = options.fidelity_sample if options.confirm_top else 0  # no confirmed set to add to
     pool = _random_pool(config, max(n_random, n_fidelity), num_classes, in_chans)
-    proxy_jobs = [Job(role="random", label=spec.name, spec=spec.model_dump(mode="json"), proxy=True, zero_cost=True,
-                      seeds=config.proxy_seed_list if config.proxy.trains else (), epochs=config.train.epochs)
-                  for spec in pool]
+    proxy_jobs = [
+        Job(
+            role="random",
+            label=spec.name,
+            spec=spec.model_dump(mode="json"),
+            proxy=True,
+            zero_cost=True,
+            seeds=config.proxy_seed_list if config.proxy.trains else (),
+            epochs=config.train.epochs,
+        )
+        for spec in pool
+    ]
     jobs.extend(proxy_jobs)
     for spec in pool[:n_fidelity]:
         confirm("fidelity", spec.name, spec.model_dump(mode="json"))
@@ -164,11 +215,16 @@ def plan_jobs(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
         elif name == "random:auto":
             best = control_best(control, config) if control is not None and control_finished(control, study) else None
             if best is not None:
-                confirm("baseline", f"random search at equal compute: trial {best.number}",
-                        cast(dict, read_trial(best).spec))
+                confirm(
+                    "baseline",
+                    f"random search at equal compute: trial {best.number}",
+                    cast(dict, read_trial(best).spec),
+                )
         else:
             n = int(name.split(":")[1])
-            records = [finished_record(results.get(job.key(config.train, config.dataset), [])) for job in proxy_jobs[:n]]
+            records = [
+                finished_record(results.get(job.key(config.train, config.dataset), [])) for job in proxy_jobs[:n]
+            ]
             if all(r is not None for r in records):
                 values = [_proxy_value(config, cast(JobRecord, r), job.spec) for r, job in zip(records, proxy_jobs)]
                 pick = min(range(n), key=lambda i: (rank(cast(float, values[i])), i))  # finished: scored
@@ -183,8 +239,14 @@ def control_finished(control: optuna.Study, study: optuna.Study) -> bool:
 
 
 # -- the evidence --------------------------------------------------------------------------------------
-def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, options: RunOptions,
-              data: DataSplit, control: optuna.Study | None = None) -> dict | None:
+def summarize(
+    study: optuna.Study,
+    cstudy: optuna.Study,
+    config: StudyConfig,
+    options: RunOptions,
+    data: DataSplit,
+    control: optuna.Study | None = None,
+) -> dict | None:
     """The confirmation's results as ``summary.json`` holds them (None before any job finished).
 
     Keys: ``score`` (``name``: ``top1`` or ``loss``, ``unit``, ``direction``: the score every
@@ -214,7 +276,7 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     for job in jobs:
         record = finished_record(results.get(job.key(config.train, config.dataset), []))
         entry = groups.setdefault((job.role, job.label), {"job": job, "scores": [], "top1": [], "record": record})
-        for run in (record.runs if record is not None else []):
+        for run in record.runs if record is not None else []:
             entry["scores"].append(score.of_run(run))
             entry["top1"].append(TOP1.of_run(run))
     if not any(g["scores"] for (role, _), g in groups.items() if role != "random"):
@@ -224,8 +286,12 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     def described(g: dict) -> dict:
         spec = NetworkSpec.model_validate(g["job"].spec)
         report = cost_report(spec, size)
-        out = {"spec_digest": spec.digest(), "flops": report.flops, "params": report.params,
-               "confirm": seed_summary(g["scores"])}
+        out = {
+            "spec_digest": spec.digest(),
+            "flops": report.flops,
+            "params": report.params,
+            "confirm": seed_summary(g["scores"]),
+        }
         if score.name != "top1":
             out["confirm_top1"] = seed_summary(g["top1"])
         return out
@@ -236,8 +302,15 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
         if role == "candidate" and g["scores"]:
             t = trials[g["job"].trial]
             proxy_record = read_trial(t)
-            confirmed.append({"trial": t.number, "proxy_top1": proxy_record.final("top1"), "proxy_score": t.values[0],
-                              "proxy_seeds": len(proxy_record.runs), **described(g)})
+            confirmed.append(
+                {
+                    "trial": t.number,
+                    "proxy_top1": proxy_record.final("top1"),
+                    "proxy_score": t.values[0],
+                    "proxy_seeds": len(proxy_record.runs),
+                    **described(g),
+                }
+            )
     ranked = sorted(confirmed, key=lambda c: (score.rank_key(c["confirm"]["mean"]), c["flops"]))
     best = ranked[0] if ranked else None
     baselines = []
@@ -252,9 +325,14 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
     for (role, label), g in groups.items():
         if role == "fidelity" and g["scores"]:
             p = proxies.get(label)
-            sampled.append({"label": label, "proxy_top1": p["record"].final("top1") if p else None,
-                            "proxy_score": _proxy_value(config, p["record"], p["job"].spec) if p else None,
-                            **described(g)})
+            sampled.append(
+                {
+                    "label": label,
+                    "proxy_top1": p["record"].final("top1") if p else None,
+                    "proxy_score": _proxy_value(config, p["record"], p["job"].spec) if p else None,
+                    **described(g),
+                }
+            )
     fid = [(c["proxy_score"], c["confirm"]) for c in confirmed]
     fid += [(x["proxy_score"], x["confirm"]) for x in sampled if x["proxy_score"] is not None]
     # The rank correlation is oriented so that +1 means the proxy ranks as the confirmation does.
@@ -274,8 +352,13 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
 
     return {
         "score": {"name": score.name, "unit": score.unit, "direction": score.direction},
-        "proxy": {"name": proxy.name, "label": proxy.label, "direction": proxy.direction,
-                  "seeds": config.proxy_seeds, "race": config.race},
+        "proxy": {
+            "name": proxy.name,
+            "label": proxy.label,
+            "direction": proxy.direction,
+            "seeds": config.proxy_seeds,
+            "race": config.race,
+        },
         "candidates": confirmed,
         "fidelity_sample": sampled,
         "best": best,
@@ -283,19 +366,37 @@ def summarize(study: optuna.Study, cstudy: optuna.Study, config: StudyConfig, op
         "baseline": baselines[0] if baselines else None,
         "difference": baselines[0]["difference"] if baselines else None,
         "leaders": mean_difference(ranked[0]["confirm"]["scores"], ranked[1]["confirm"]["scores"])
-        if len(ranked) > 1 else None,
-        "noise": {"seed_std": pooled_seed_std(noise_groups),
-                  "between_std": statistics.stdev(means) if len(means) > 1 else math.nan,
-                  "proxy_seed_std": next((statistics.stdev(g["scores"]) for (role, _), g in groups.items()
-                                          if role == "noise" and len(g["scores"]) > 1), None)},
+        if len(ranked) > 1
+        else None,
+        "noise": {
+            "seed_std": pooled_seed_std(noise_groups),
+            "between_std": statistics.stdev(means) if len(means) > 1 else math.nan,
+            "proxy_seed_std": next(
+                (
+                    statistics.stdev(g["scores"])
+                    for (role, _), g in groups.items()
+                    if role == "noise" and len(g["scores"]) > 1
+                ),
+                None,
+            ),
+        },
         "separation": separations("confirm"),
         **({"separation_top1": separations("confirm_top1")} if score.name != "top1" else {}),
         "fidelity": fidelity,
-        "compute": {"search": spent(study), "control": spent(control) if control is not None else None,
-                    "unit": "replica-epochs of proxy training"},
-        "protocol": {"seeds": list(confirm_seeds(config, options)),
-                     "epochs": options.epochs_to_confirm(config.train),
-                     "split": "test" if data.test is not None else "val", "proxy_epochs": config.train.epochs,
-                     "proxy_seeds": list(config.proxy_seed_list), "confirm_top": options.confirm_top},
-        "pending": sum(1 for j in jobs if finished_record(results.get(j.key(config.train, config.dataset), [])) is None),
+        "compute": {
+            "search": spent(study),
+            "control": spent(control) if control is not None else None,
+            "unit": "replica-epochs of proxy training",
+        },
+        "protocol": {
+            "seeds": list(confirm_seeds(config, options)),
+            "epochs": options.epochs_to_confirm(config.train),
+            "split": "test" if data.test is not None else "val",
+            "proxy_epochs": config.train.epochs,
+            "proxy_seeds": list(config.proxy_seed_list),
+            "confirm_top": options.confirm_top,
+        },
+        "pending": sum(
+            1 for j in jobs if finished_record(results.get(j.key(config.train, config.dataset), [])) is None
+        ),
     }

@@ -11,6 +11,7 @@ proxy score is then confirmed exactly as the search's candidates are.
 Its slots are queued one at a time, only while the compute spent and in flight stays below the
 search's, so it stops within one trial's compute of the search's (the summary gives both).
 """
+
 from __future__ import annotations
 
 import optuna
@@ -30,10 +31,13 @@ def open_control_study(config: StudyConfig, options: RunOptions, worker: int = 0
     the search's) and the search's pruner."""
     assert options.study_name is not None  # options resolved for the study (RunOptions.resolved)
     return optuna.create_study(
-        storage=connect_storage(options.storage_url, options.heartbeat), study_name=options.study_name + CONTROL_SUFFIX,
-        directions=config.directions, load_if_exists=True,
+        storage=connect_storage(options.storage_url, options.heartbeat),
+        study_name=options.study_name + CONTROL_SUFFIX,
+        directions=config.directions,
+        load_if_exists=True,
         sampler=optuna.samplers.RandomSampler(seed=options.seed + 1000 * worker + 500_000),
-        pruner=make_pruner(config, options))
+        pruner=make_pruner(config, options),
+    )
 
 
 def spent(study: optuna.Study) -> int:
@@ -65,5 +69,6 @@ def control_top_up(control: optuna.Study, target: int, per_trial: int, max_trial
 def control_best(control: optuna.Study, config: StudyConfig) -> FrozenTrial | None:
     """The control's best candidate by the study's proxy score (ties: fewer FLOPs, earlier)."""
     pool = candidates(control)
-    return min(pool, key=lambda t: (config.proxy.rank_key(t.values[0]), read_trial(t).flops or 0, t.number),
-               default=None)
+    return min(
+        pool, key=lambda t: (config.proxy.rank_key(t.values[0]), read_trial(t).flops or 0, t.number), default=None
+    )

@@ -28,6 +28,7 @@ uint8 images (:class:`~xnetspace.search.batches.ImageTensors`) that each batch c
 The presets' evaluation preprocessing and the photograph ``xnetspace build`` classifies are
 :mod:`xnetspace.photo`.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -80,11 +81,15 @@ class DataSplit:
         # torch's Dataset declares no __len__; these datasets (ImageTensors, TensorDataset) have one
         train, val = cast(Sized, self.train), cast(Sized, self.val)
         test = f" / {len(cast(Sized, self.test)):,} test" if self.test is not None else ""
-        line = (f"{self.name}: {len(train):,} train / {len(val):,} val{test} images, "
-                f"{self.num_classes} classes, {self.in_chans} channel(s)")
+        line = (
+            f"{self.name}: {len(train):,} train / {len(val):,} val{test} images, "
+            f"{self.num_classes} classes, {self.in_chans} channel(s)"
+        )
         if self.unreadable:
-            line += (f"; {len(self.unreadable):,} unreadable image(s) left out (listed in "
-                     f"{self.prepared or 'the preparation summary'})")
+            line += (
+                f"; {len(self.unreadable):,} unreadable image(s) left out (listed in "
+                f"{self.prepared or 'the preparation summary'})"
+            )
         return line
 
 
@@ -123,8 +128,15 @@ def _count(name: str, arg: str, default: int) -> int:
         raise DataError(f"{name.partition(':')[0]}:N needs a count, got {arg[:80]!r}") from None
 
 
-def _tensor_split(name: str, x: torch.Tensor, y: torch.Tensor, val_index: np.ndarray, image_size: int,
-                  num_classes: int, test_index: np.ndarray | None = None) -> DataSplit:
+def _tensor_split(
+    name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    val_index: np.ndarray,
+    image_size: int,
+    num_classes: int,
+    test_index: np.ndarray | None = None,
+) -> DataSplit:
     """Resize once, normalise with the training split's per-channel statistics, split."""
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
     part = torch.zeros(len(x), dtype=torch.long)  # 0 train, 1 val, 2 test
@@ -136,8 +148,14 @@ def _tensor_split(name: str, x: torch.Tensor, y: torch.Tensor, val_index: np.nda
     std = x[train].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     x = (x - mean) / std
     test = TensorDataset(x[part == 2], y[part == 2]) if test_index is not None else None
-    return DataSplit(name, TensorDataset(x[train], y[train]), TensorDataset(x[part == 1], y[part == 1]),
-                     num_classes, x.shape[1], test)
+    return DataSplit(
+        name,
+        TensorDataset(x[train], y[train]),
+        TensorDataset(x[part == 1], y[part == 1]),
+        num_classes,
+        x.shape[1],
+        test,
+    )
 
 
 def _stratified_val(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -162,8 +180,15 @@ def _digits(image_size: int, n_train: int) -> DataSplit:
     x = torch.tensor(digits.images[keep], dtype=torch.float32).unsqueeze(1) / 16.0  # (n, 1, 8, 8)
     y = torch.tensor(digits.target[keep], dtype=torch.long)
     name = "digits" if n_train == DIGITS_TRAIN else f"digits:{n_train}"
-    return _tensor_split(name, x, y, np.array([position[int(i)] for i in val]), image_size, 10,
-                         test_index=np.array([position[int(i)] for i in test]))
+    return _tensor_split(
+        name,
+        x,
+        y,
+        np.array([position[int(i)] for i in val]),
+        image_size,
+        10,
+        test_index=np.array([position[int(i)] for i in test]),
+    )
 
 
 def _synthetic(image_size: int, count: int, seed: int, num_classes: int = 8) -> DataSplit:
@@ -186,8 +211,11 @@ class _ArrayUnpickler(pickle.Unpickler):
     """CIFAR batches are pickles of dicts of numpy arrays: allow numpy's array classes and
     nothing else, so a data file can never run code."""
 
-    _ALLOWED = {(core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray")
-                for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+    _ALLOWED = {
+        (core, name)
+        for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    } | {("numpy", "ndarray"), ("numpy", "dtype")}
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
@@ -226,21 +254,25 @@ def _cifar(kind: str, root: Path, image_size: int) -> DataSplit:
     channels_last = x.transpose(0, 2, 3, 1)
 
     def part(images: np.ndarray, labels: np.ndarray) -> ImageTensors:
-        return ImageTensors(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), image_size, mean, std)
+        return ImageTensors(
+            torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), image_size, mean, std
+        )
 
     test = None
     if (folder / test_file).is_file():
         tx, ty = _read_cifar(kind, root, folder, [test_file], label_key)
         test = part(tx.transpose(0, 2, 3, 1), ty)
-    return DataSplit(f"{kind}:{root}", part(channels_last[~val], y[~val]), part(channels_last[val], y[val]),
-                     num_classes, 3, test)
+    return DataSplit(
+        f"{kind}:{root}", part(channels_last[~val], y[~val]), part(channels_last[val], y[val]), num_classes, 3, test
+    )
 
 
 def _train_statistics(train: torch.Tensor, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std (C,) of (N, C, H, W) uint8 training images as floats in [0, 1]
     resized to ``image_size`` (the float operations of :func:`_tensor_split`)."""
-    x = F.interpolate(train.float() / 255.0, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                      antialias=True)
+    x = F.interpolate(
+        train.float() / 255.0, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+    )
     mean = x.mean(dim=(0, 2, 3), keepdim=True)
     std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     return mean.flatten(), std.flatten()
@@ -272,7 +304,16 @@ def _prepared_split(prepared: PreparedFolder, name: str, image_size: int, source
         parts[split] = ImageTensors(images[keep], labels[keep], image_size, prepared.mean, prepared.std)
     for split in ("train", "val"):
         if len(parts[split]) == 0:
-            raise DataError(f"{name}: the {split} split holds no readable image ({len(prepared.unreadable):,} "
-                            f"unreadable)")
-    return DataSplit(name, parts["train"], parts["val"], len(prepared.classes), 3,
-                     parts["test"] if len(parts["test"]) else None, tuple(p for p, _ in prepared.unreadable), source)
+            raise DataError(
+                f"{name}: the {split} split holds no readable image ({len(prepared.unreadable):,} unreadable)"
+            )
+    return DataSplit(
+        name,
+        parts["train"],
+        parts["val"],
+        len(prepared.classes),
+        3,
+        parts["test"] if len(parts["test"]) else None,
+        tuple(p for p, _ in prepared.unreadable),
+        source,
+    )

@@ -1,5 +1,6 @@
 """The errors the search half raises for input or situations a user can fix (the command line
 maps each to one paragraph and exit status 2; :class:`WorkerCrashed` to exit status 1)."""
+
 from __future__ import annotations
 
 from ..errors import ReportedError

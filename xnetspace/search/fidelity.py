@@ -23,6 +23,7 @@ fidelity study resumes with the same command and trains nothing twice, and worke
 the cores. ``DIR/runs.csv`` holds the raw runs, ``DIR/fidelity.json`` the analysis (which
 :func:`analyze_runs` recomputes from ``runs.csv`` alone), ``DIR/fidelity.png`` the figure.
 """
+
 from __future__ import annotations
 
 import csv
@@ -53,8 +54,15 @@ from .stats import noise_ceiling, pooled_seed_std, precision_at_k, rank_fidelity
 from .train import TrainConfig
 from .zero_cost import ZERO_COST
 
-__all__ = ["FidelityConfig", "run_fidelity", "analyze_runs", "read_runs", "racing_replay", "report_lines",
-           "FIDELITY_STUDY"]
+__all__ = [
+    "FidelityConfig",
+    "run_fidelity",
+    "analyze_runs",
+    "read_runs",
+    "racing_replay",
+    "report_lines",
+    "FIDELITY_STUDY",
+]
 
 FIDELITY_STUDY = "fidelity"
 _CONFIG_ATTR = "xnetspace_fidelity"
@@ -79,7 +87,13 @@ class FidelityConfig(BaseModel):
         """Without ``train``, the space's own recipe (what ``xnetspace fidelity`` trains with)."""
         if isinstance(data, dict) and data.get("train") is None:
             space = data.get("space")
-            recipe = space.train if isinstance(space, SearchSpace) else space.get("train") if isinstance(space, dict) else None
+            recipe = (
+                space.train
+                if isinstance(space, SearchSpace)
+                else space.get("train")
+                if isinstance(space, dict)
+                else None
+            )
             if recipe is not None:
                 data = {**data, "train": recipe}
         return data
@@ -114,8 +128,10 @@ def specs(config: FidelityConfig, num_classes: int, in_chans: int) -> list[Netwo
         seen.add(spec.digest())
         pool.append(spec.model_copy(update={"name": f"{space.name}_fidelity{len(pool)}"}))
     if len(pool) < config.n_specs:
-        raise SearchError(f"space '{space.name}' gave only {len(pool)} distinct in-budget specs of the "
-                          f"{config.n_specs} asked (--n-specs)")
+        raise SearchError(
+            f"space '{space.name}' gave only {len(pool)} distinct in-budget specs of the "
+            f"{config.n_specs} asked (--n-specs)"
+        )
     return pool
 
 
@@ -124,8 +140,17 @@ def plan(config: FidelityConfig, pool: list[NetworkSpec]) -> list[Job]:
     jobs = []
     for i, spec in enumerate(pool):
         data = spec.model_dump(mode="json")
-        jobs.append(Job(role="proxy", label=f"spec {i}", spec=data, seeds=config.proxy_seeds,
-                        epochs=config.train.epochs, proxy=True, zero_cost=True))
+        jobs.append(
+            Job(
+                role="proxy",
+                label=f"spec {i}",
+                spec=data,
+                seeds=config.proxy_seeds,
+                epochs=config.train.epochs,
+                proxy=True,
+                zero_cost=True,
+            )
+        )
         jobs.append(Job(role="confirm", label=f"spec {i}", spec=data, seeds=config.confirm_seeds, epochs=config.epochs))
     return jobs
 
@@ -136,8 +161,7 @@ def _open(config: FidelityConfig, out: Path, heartbeat: int = 10) -> optuna.Stud
     if stored is None:
         study.set_user_attr(_CONFIG_ATTR, mine)
     elif stored != mine:
-        raise SearchError(f"{out} holds a fidelity study of another space, dataset, size or recipe; "
-                          f"use another --out")
+        raise SearchError(f"{out} holds a fidelity study of another space, dataset, size or recipe; use another --out")
     return study
 
 
@@ -167,8 +191,13 @@ def _process(config_json: str, out: str, device: str, worker: int, threads: int 
     guarded(lambda d: _work(config_json, out, d, worker), device, threads)
 
 
-def run_fidelity(config: FidelityConfig, out: Path, devices: str | Sequence[str] = ("cpu",),
-                 workers_per_device: int | None = None, progress: bool = True) -> dict:
+def run_fidelity(
+    config: FidelityConfig,
+    out: Path,
+    devices: str | Sequence[str] = ("cpu",),
+    workers_per_device: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Train (or resume) the fidelity study in ``out`` and write ``runs.csv``, ``fidelity.json``
     and ``fidelity.png``; returns the analysis (:func:`analyze_runs`).
 
@@ -197,23 +226,35 @@ def run_fidelity(config: FidelityConfig, out: Path, devices: str | Sequence[str]
     start = time.perf_counter()
     monitor = _Monitor(study, len(jobs), progress)
     try:
-        lost = spawn_workers(_process, [d for d in devices for _ in range(per_device)],
-                             lambda i, d, threads: (config.model_dump_json(), str(out), d, i, threads),
-                             monitor=monitor)
+        lost = spawn_workers(
+            _process,
+            [d for d in devices for _ in range(per_device)],
+            lambda i, d, threads: (config.model_dump_json(), str(out), d, i, threads),
+            monitor=monitor,
+        )
     finally:
         monitor.close()
     _, running, waiting = job_state(study)
     if lost and running + waiting:
-        raise WorkerCrashed("fidelity workers ended before the study was done: "
-                            + "; ".join(w.describe() for w in lost) + ". Re-run the same command to continue it")
+        raise WorkerCrashed(
+            "fidelity workers ended before the study was done: "
+            + "; ".join(w.describe() for w in lost)
+            + ". Re-run the same command to continue it"
+        )
     rows = _runs_table(study, jobs, pool, config, data)
     _write_runs(rows, out / "runs.csv")
     result = analyze_runs(rows, seed=config.seed)
     result["seconds_this_run"] = round(time.perf_counter() - start, 1)
     result["seconds_trained"] = round(sum(float(r["seconds"]) for r in rows if r["first_of_job"]), 1)
-    result["config"] = {"space": config.space.name, "dataset": config.dataset, "n_specs": config.n_specs,
-                        "seeds": config.seeds, "proxy_epochs": config.train.epochs, "confirm_epochs": config.epochs,
-                        "split": "test" if data.test is not None else "val"}
+    result["config"] = {
+        "space": config.space.name,
+        "dataset": config.dataset,
+        "n_specs": config.n_specs,
+        "seeds": config.seeds,
+        "proxy_epochs": config.train.epochs,
+        "confirm_epochs": config.epochs,
+        "split": "test" if data.test is not None else "val",
+    }
     (out / "fidelity.json").write_text(json.dumps(_no_nan(result), indent=2) + "\n")
     _plot(result, out / "fidelity.png")
     return result
@@ -226,8 +267,15 @@ class _Monitor:
         from tqdm import tqdm
 
         self.study = study
-        self.bar = tqdm(total=total, desc="fidelity", unit="job", disable=not progress, initial=job_state(study)[0],
-                        dynamic_ncols=True, mininterval=0)
+        self.bar = tqdm(
+            total=total,
+            desc="fidelity",
+            unit="job",
+            disable=not progress,
+            initial=job_state(study)[0],
+            dynamic_ncols=True,
+            mininterval=0,
+        )
 
     def poll(self) -> None:
         done = job_state(self.study)[0]
@@ -245,8 +293,9 @@ class _Monitor:
 _LISTS = ("train_loss", "loss", "top1")
 
 
-def _runs_table(study: optuna.Study, jobs: list[Job], pool: list[NetworkSpec], config: FidelityConfig,
-                data: DataSplit) -> list[dict]:
+def _runs_table(
+    study: optuna.Study, jobs: list[Job], pool: list[NetworkSpec], config: FidelityConfig, data: DataSplit
+) -> list[dict]:
     results = job_results(study)
     size = config.space.constraints.image_size
     rows = []
@@ -257,14 +306,28 @@ def _runs_table(study: optuna.Study, jobs: list[Job], pool: list[NetworkSpec], c
         index = int(job.label.split()[-1])
         spec = pool[index]
         report = cost_report(spec, size)
-        knobs = {f"stage{i}.{k}": (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
-                 for i, stage in enumerate(spec.model_dump(mode="json")["stages"], start=1) for k, v in stage.items()}
+        knobs = {
+            f"stage{i}.{k}": (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+            for i, stage in enumerate(spec.model_dump(mode="json")["stages"], start=1)
+            for k, v in stage.items()
+        }
         for n, run in enumerate(record.runs):
-            rows.append({"spec": index, "spec_digest": spec.digest(), "recipe": job.role, "seed": run.seed,
-                         "epochs": run.epochs, "flops": report.flops, "params": report.params,
-                         **{name: record.zero_cost.get(name, "") for name in ZERO_COST},
-                         **{name: ";".join(f"{v:.6g}" for v in getattr(run, name)) for name in _LISTS},
-                         "seconds": record.seconds or 0.0, "first_of_job": n == 0, **knobs})
+            rows.append(
+                {
+                    "spec": index,
+                    "spec_digest": spec.digest(),
+                    "recipe": job.role,
+                    "seed": run.seed,
+                    "epochs": run.epochs,
+                    "flops": report.flops,
+                    "params": report.params,
+                    **{name: record.zero_cost.get(name, "") for name in ZERO_COST},
+                    **{name: ";".join(f"{v:.6g}" for v in getattr(run, name)) for name in _LISTS},
+                    "seconds": record.seconds or 0.0,
+                    "first_of_job": n == 0,
+                    **knobs,
+                }
+            )
     return rows
 
 
@@ -298,14 +361,19 @@ def _specs_of(rows: list[dict]) -> dict[int, dict]:
     return out
 
 
-def _score(name: str, label: str, values: Sequence[float], target: Sequence[float], maximize: bool,
-           seed: int) -> dict:
+def _score(name: str, label: str, values: Sequence[float], target: Sequence[float], maximize: bool, seed: int) -> dict:
     sign = -1.0 if maximize else 1.0  # oriented so that +1 means: ranks the specs as the confirmation does
     fid = rank_fidelity([sign * v for v in values], target, seed=seed)
-    return {"name": name, "label": label, "kendall_tau": fid["kendall_tau"], "spearman_rho": fid["spearman_rho"],
-            "ci95": fid["ci95"], "n": fid["n"],
-            "precision_at_5": precision_at_k([sign * v for v in values], target, k=5),
-            "precision_at_5_ci95": _bootstrap_precision([sign * v for v in values], target, seed)}
+    return {
+        "name": name,
+        "label": label,
+        "kendall_tau": fid["kendall_tau"],
+        "spearman_rho": fid["spearman_rho"],
+        "ci95": fid["ci95"],
+        "n": fid["n"],
+        "precision_at_5": precision_at_k([sign * v for v in values], target, k=5),
+        "precision_at_5_ci95": _bootstrap_precision([sign * v for v in values], target, seed),
+    }
 
 
 def _bootstrap_precision(values: Sequence[float], target: Sequence[float], seed: int, resamples: int = 1000) -> list:
@@ -339,19 +407,35 @@ def analyze_runs(rows: list[dict], seed: int = 0) -> dict:
     proxy = {i: specs_[i]["proxy"] for i in keys}
     epochs = min(len(r["loss"]) for i in keys for r in proxy[i]) if keys else 0
     for s in range(1, k + 1):
-        add(f"loss@{s}", f"proxy cross-entropy, mean of {s} seed{'s' if s > 1 else ''}",
-            [statistics.fmean(r["loss"][-1] for r in proxy[i][:s]) for i in keys])
+        add(
+            f"loss@{s}",
+            f"proxy cross-entropy, mean of {s} seed{'s' if s > 1 else ''}",
+            [statistics.fmean(r["loss"][-1] for r in proxy[i][:s]) for i in keys],
+        )
     for e in range(1, epochs):
-        add(f"loss@1/epoch{e}", f"proxy cross-entropy after epoch {e} of {epochs}, 1 seed",
-            [proxy[i][0]["loss"][e - 1] for i in keys])
-        add(f"loss@{k}/epoch{e}", f"proxy cross-entropy after epoch {e} of {epochs}, mean of {k} seeds",
-            [statistics.fmean(r["loss"][e - 1] for r in proxy[i]) for i in keys])
+        add(
+            f"loss@1/epoch{e}",
+            f"proxy cross-entropy after epoch {e} of {epochs}, 1 seed",
+            [proxy[i][0]["loss"][e - 1] for i in keys],
+        )
+        add(
+            f"loss@{k}/epoch{e}",
+            f"proxy cross-entropy after epoch {e} of {epochs}, mean of {k} seeds",
+            [statistics.fmean(r["loss"][e - 1] for r in proxy[i]) for i in keys],
+        )
     add("top1@1", "proxy top-1, 1 seed", [proxy[i][0]["top1"][-1] for i in keys], maximize=True)
-    add(f"top1@{k}", f"proxy top-1, mean of {k} seeds", [statistics.fmean(r["top1"][-1] for r in proxy[i])
-                                                         for i in keys], maximize=True)
+    add(
+        f"top1@{k}",
+        f"proxy top-1, mean of {k} seeds",
+        [statistics.fmean(r["top1"][-1] for r in proxy[i]) for i in keys],
+        maximize=True,
+    )
     add("tse@1", "TSE (sum of epoch training losses), 1 seed", [math.fsum(proxy[i][0]["train_loss"]) for i in keys])
-    add(f"tse@{k}", f"TSE, mean of {k} seeds", [statistics.fmean(math.fsum(r["train_loss"]) for r in proxy[i])
-                                                for i in keys])
+    add(
+        f"tse@{k}",
+        f"TSE, mean of {k} seeds",
+        [statistics.fmean(math.fsum(r["train_loss"]) for r in proxy[i]) for i in keys],
+    )
     for name in ZERO_COST:
         values = [float(specs_[i]["row"][name]) for i in keys]
         if all(math.isfinite(v) for v in values):
@@ -365,28 +449,53 @@ def analyze_runs(rows: list[dict], seed: int = 0) -> dict:
         runs = {i: specs_[i][recipe] for i in keys}
         kr = min(len(runs[i]) for i in keys) if keys else 0
         for s in range(1, kr // 2 + 1):
-            scores.append(_score(f"{recipe}@{s}/self", f"the {short} recipe itself, {s} seed{'s' if s > 1 else ''}, "
-                                 f"against the mean of its other {kr - s} (not the target)",
-                                 [statistics.fmean(r["loss"][-1] for r in runs[i][:s]) for i in keys],
-                                 [statistics.fmean(r["loss"][-1] for r in runs[i][s:]) for i in keys], False, seed))
+            scores.append(
+                _score(
+                    f"{recipe}@{s}/self",
+                    f"the {short} recipe itself, {s} seed{'s' if s > 1 else ''}, "
+                    f"against the mean of its other {kr - s} (not the target)",
+                    [statistics.fmean(r["loss"][-1] for r in runs[i][:s]) for i in keys],
+                    [statistics.fmean(r["loss"][-1] for r in runs[i][s:]) for i in keys],
+                    False,
+                    seed,
+                )
+            )
 
     ceiling = noise_ceiling([[r["loss"][-1] for r in specs_[i]["confirm"]] for i in keys], seed=seed)
     for entry in scores:
         c, t = ceiling["kendall_tau"], entry["kendall_tau"]
         entry["fraction_of_ceiling"] = t / c if c and c > 0 and math.isfinite(t) else math.nan
     seed_std = pooled_seed_std([[r["loss"][-1] for r in proxy[i]] for i in keys])
-    arch = math.sqrt(max(0.0, statistics.pvariance([statistics.fmean(r["loss"][-1] for r in proxy[i]) for i in keys])
-                         - seed_std ** 2 / k)) if k and len(keys) > 1 else math.nan
-    return {"target": f"confirmed cross-entropy, mean of {min(len(specs_[i]['confirm']) for i in keys) if keys else 0} "
-                      f"seeds, held-out split",
-            "n_specs": len(keys), "seeds": k, "ceiling": ceiling, "scores": scores,
-            "noise": {"proxy_seed_std": seed_std, "proxy_architecture_std": arch,
-                      "confirm_seed_std": pooled_seed_std([[r["loss"][-1] for r in specs_[i]["confirm"]] for i in keys])},
-            "racing": [racing_replay(proxy, target, z, seed=seed) for z in (0.5, 1.0, 2.0)] if k >= 2 else []}
+    arch = (
+        math.sqrt(
+            max(
+                0.0,
+                statistics.pvariance([statistics.fmean(r["loss"][-1] for r in proxy[i]) for i in keys])
+                - seed_std**2 / k,
+            )
+        )
+        if k and len(keys) > 1
+        else math.nan
+    )
+    return {
+        "target": f"confirmed cross-entropy, mean of {min(len(specs_[i]['confirm']) for i in keys) if keys else 0} "
+        f"seeds, held-out split",
+        "n_specs": len(keys),
+        "seeds": k,
+        "ceiling": ceiling,
+        "scores": scores,
+        "noise": {
+            "proxy_seed_std": seed_std,
+            "proxy_architecture_std": arch,
+            "confirm_seed_std": pooled_seed_std([[r["loss"][-1] for r in specs_[i]["confirm"]] for i in keys]),
+        },
+        "racing": [racing_replay(proxy, target, z, seed=seed) for z in (0.5, 1.0, 2.0)] if k >= 2 else [],
+    }
 
 
-def racing_replay(proxy: dict[int, list[dict]], target: Sequence[float], z: float, seed: int = 0,
-                  orders: int = 20) -> dict:
+def racing_replay(
+    proxy: dict[int, list[dict]], target: Sequence[float], z: float, seed: int = 0, orders: int = 20
+) -> dict:
     """Racing over seeds replayed on recorded runs: specs arrive in a random order; each gets its
     first half of the seeds; it gets the rest unless its mean proxy cross-entropy is worse than the
     incumbent's (the best fully evaluated so far) by more than ``z`` standard errors (the pooled
@@ -420,9 +529,15 @@ def racing_replay(proxy: dict[int, list[dict]], target: Sequence[float], z: floa
         taus.append(float(scipy_stats.kendalltau(scores, target).statistic))
         kept_best.append(len(seen[best_true]) == k)
         found_best.append(keys[int(np.argmin(scores))] == best_true)
-    return {"z": z, "first_seeds": first, "seeds": k, "fraction_of_runs": statistics.fmean(spent),
-            "kendall_tau": statistics.fmean(taus), "best_kept_all_seeds": statistics.fmean(kept_best),
-            "best_ranked_first": statistics.fmean(found_best)}
+    return {
+        "z": z,
+        "first_seeds": first,
+        "seeds": k,
+        "fraction_of_runs": statistics.fmean(spent),
+        "kendall_tau": statistics.fmean(taus),
+        "best_kept_all_seeds": statistics.fmean(kept_best),
+        "best_ranked_first": statistics.fmean(found_best),
+    }
 
 
 def _no_nan(value: Any) -> Any:
@@ -453,8 +568,10 @@ def _plot(result: dict, path: Path) -> Path | None:
         ax.axvline(c["kendall_tau"], color="C2")
     ax.axvline(0, color="grey", lw=0.5)
     ax.set_yticks(y, [s["name"] for s in scores], fontsize=8)
-    ax.set(xlabel=f"Kendall tau against the {result['target']}",
-           title=f"fidelity over {result['n_specs']} specs x {result['seeds']} seeds")
+    ax.set(
+        xlabel=f"Kendall tau against the {result['target']}",
+        title=f"fidelity over {result['n_specs']} specs x {result['seeds']} seeds",
+    )
     ax.legend(loc="lower right", fontsize=8)
     return save_figure(fig, path)
 
@@ -469,14 +586,20 @@ def report_lines(result: dict, out: Path | None = None) -> list[str]:
         return f"{value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]"
 
     c = result["ceiling"]
-    lines = [f"{result['n_specs']} specs x {result['seeds']} seeds; target: {result['target']}; noise ceiling "
-             f"(Kendall tau, half the seeds against the other half): {ci(c['kendall_tau'], c['ci95'])}"]
+    lines = [
+        f"{result['n_specs']} specs x {result['seeds']} seeds; target: {result['target']}; noise ceiling "
+        f"(Kendall tau, half the seeds against the other half): {ci(c['kendall_tau'], c['ci95'])}"
+    ]
     for s in result["scores"]:
-        lines.append(f"  {s['name']:>18s}  tau {ci(s['kendall_tau'], s['ci95']['kendall_tau'])}  rho "
-                     f"{ci(s['spearman_rho'], s['ci95']['spearman_rho'])}  precision@5 {s['precision_at_5']:.2f}")
+        lines.append(
+            f"  {s['name']:>18s}  tau {ci(s['kendall_tau'], s['ci95']['kendall_tau'])}  rho "
+            f"{ci(s['spearman_rho'], s['ci95']['spearman_rho'])}  precision@5 {s['precision_at_5']:.2f}"
+        )
     for r in result["racing"]:
-        lines.append(f"  racing z={r['z']:g}: {100 * r['fraction_of_runs']:.0f}% of the runs, tau {r['kendall_tau']:.2f}, "
-                     f"the best spec kept all its seeds {100 * r['best_kept_all_seeds']:.0f}% of the time")
+        lines.append(
+            f"  racing z={r['z']:g}: {100 * r['fraction_of_runs']:.0f}% of the runs, tau {r['kendall_tau']:.2f}, "
+            f"the best spec kept all its seeds {100 * r['best_kept_all_seeds']:.0f}% of the time"
+        )
     if out is not None:
         lines.append(f"files: {out / 'runs.csv'}, {out / 'fidelity.json'}, {out / 'fidelity.png'}")
     return lines

@@ -10,6 +10,7 @@ another worker) queues nothing twice; a job queued twice by workers planning at 
 the lowest-numbered unfinished copy only; runs an interrupted copy finished are kept, not trained
 again. A job's seeds train at once, as one pack (:func:`~.train.train_seeds`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,16 @@ from .storage import connect_storage
 from .train import TrainConfig, train_seeds
 from .zero_cost import zero_cost_scores
 
-__all__ = ["Job", "open_job_study", "job_results", "finished_runs", "finished_record", "enqueue_jobs",
-           "job_state", "JobObjective"]
+__all__ = [
+    "Job",
+    "open_job_study",
+    "job_results",
+    "finished_runs",
+    "finished_record",
+    "enqueue_jobs",
+    "job_state",
+    "JobObjective",
+]
 
 
 class Job(BaseModel):
@@ -58,17 +67,24 @@ class Job(BaseModel):
     def key(self, train: TrainConfig, dataset: str) -> str:
         """Identity of the job: spec, seeds, schedule, split, recipe and dataset."""
         digest = NetworkSpec.model_validate(self.spec).digest()
-        blob = json.dumps([digest, list(self.seeds), self.epochs, self.proxy, self.zero_cost,
-                           train.model_dump(mode="json"), dataset], sort_keys=True)
+        blob = json.dumps(
+            [digest, list(self.seeds), self.epochs, self.proxy, self.zero_cost, train.model_dump(mode="json"), dataset],
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def open_job_study(storage_url: str, name: str, heartbeat: int | None, score: Score) -> optuna.Study:
     """The study ``name`` holding jobs, created if missing; its direction is ``score``'s (the jobs'
     values are that score, what optuna-dashboard shows)."""
-    return optuna.create_study(storage=connect_storage(storage_url, heartbeat), study_name=name,
-                               direction=score.direction, load_if_exists=True,
-                               sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
+    return optuna.create_study(
+        storage=connect_storage(storage_url, heartbeat),
+        study_name=name,
+        direction=score.direction,
+        load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(),
+        pruner=optuna.pruners.NopPruner(),
+    )
 
 
 def job_results(study: optuna.Study) -> dict[str, list[FrozenTrial]]:
@@ -108,8 +124,11 @@ def enqueue_jobs(study: optuna.Study, jobs: list[Job], train: TrainConfig, datas
 def job_state(study: optuna.Study) -> tuple[int, int, int]:
     """(finished, running, waiting) job trials."""
     trials = [t for t in study.get_trials(deepcopy=False) if counts_as_job(t)]
-    return (sum(t.state.is_finished() for t in trials), sum(t.state == TrialState.RUNNING for t in trials),
-            sum(t.state == TrialState.WAITING for t in trials))
+    return (
+        sum(t.state.is_finished() for t in trials),
+        sum(t.state == TrialState.RUNNING for t in trials),
+        sum(t.state == TrialState.WAITING for t in trials),
+    )
 
 
 class JobObjective:
@@ -126,19 +145,27 @@ class JobObjective:
             write(trial, record.model_copy(update={"surplus": True}))
             raise SurplusTrial("no job left")
         job = Job.model_validate(record.job)
-        others = [t for t in trial.study.get_trials(deepcopy=False)
-                  if t.number != trial.number and read_job(t).key == record.key]
+        others = [
+            t
+            for t in trial.study.get_trials(deepcopy=False)
+            if t.number != trial.number and read_job(t).key == record.key
+        ]
         # Two copies of one job (workers planning at once): the lowest-numbered unfinished one trains.
         for other in others:
-            if counts_as_job(other) and (other.state == TrialState.COMPLETE or (
-                    not other.state.is_finished() and other.number < trial.number)):
+            if counts_as_job(other) and (
+                other.state == TrialState.COMPLETE or (not other.state.is_finished() and other.number < trial.number)
+            ):
                 write(trial, record.model_copy(update={"surplus": True}))
                 raise SurplusTrial(f"same job as trial {other.number}")
         # Runs an interrupted copy finished (Ctrl-C, a killed worker) are kept, not trained again.
         done = {r.seed: r for other in others for r in read_job(other).runs}
-        record = record.model_copy(update={"worker": self.worker, "runs": [done[s] for s in job.seeds if s in done],
-                                           "zero_cost": next((read_job(o).zero_cost for o in others
-                                                              if read_job(o).zero_cost), {})})
+        record = record.model_copy(
+            update={
+                "worker": self.worker,
+                "runs": [done[s] for s in job.seeds if s in done],
+                "zero_cost": next((read_job(o).zero_cost for o in others if read_job(o).zero_cost), {}),
+            }
+        )
         spec = NetworkSpec.model_validate(job.spec)
         split = self.data if job.proxy else self.data.held_out()
         recipe = self.train.model_copy(update={"epochs": job.epochs, "seed": job.seeds[0], "time_limit": None})

@@ -8,6 +8,7 @@ storage, never from its own command line, so every worker runs the same study; `
 says where this machine keeps the same data, and is refused when its facts differ. The worker
 then runs the ordinary worker loop (:func:`.workers.run_worker`) until the study is done.
 """
+
 from __future__ import annotations
 
 import random
@@ -33,8 +34,12 @@ _PATH_KINDS = ("imagefolder", "cifar10", "cifar100")  # datasets whose argument 
 
 def dataset_facts(data: DataSplit) -> dict:
     """What two copies of one dataset must agree on: classes, channels, train and val image counts."""
-    return {"num_classes": data.num_classes, "in_chans": data.in_chans,
-            "train_images": len(cast(Sized, data.train)), "val_images": len(cast(Sized, data.val))}
+    return {
+        "num_classes": data.num_classes,
+        "in_chans": data.in_chans,
+        "train_images": len(cast(Sized, data.train)),
+        "val_images": len(cast(Sized, data.val)),
+    }
 
 
 def record_dataset(study: optuna.Study, data: DataSplit) -> None:
@@ -60,9 +65,11 @@ def read_study(storage_url: str, study_name: str) -> tuple[StudyConfig, dict, di
     config, shared = stored_settings(study)
     missing = [n for n in RunOptions.SHARED if n not in shared]
     if config is None or missing:
-        raise SearchError(f"study {study_name!r} in {shown_url(storage_url)} was not created by `xnetspace search` "
-                          f"(no stored {'config' if config is None else ', '.join(missing)}); a worker can only "
-                          f"join a study whose head stored its settings")
+        raise SearchError(
+            f"study {study_name!r} in {shown_url(storage_url)} was not created by `xnetspace search` "
+            f"(no stored {'config' if config is None else ', '.join(missing)}); a worker can only "
+            f"join a study whose head stored its settings"
+        )
     return config, shared, study.user_attrs.get(_DATA_ATTR)
 
 
@@ -78,8 +85,10 @@ def local_data(config: StudyConfig, facts: dict | None, dataset: str | None = No
     name = dataset or config.dataset
     kind, stored_kind = name.partition(":")[0], config.dataset.partition(":")[0]
     if kind != stored_kind or (kind not in _PATH_KINDS and name != config.dataset):
-        raise SearchError(f"--dataset {name!r} is not the study's dataset {config.dataset!r}; only the folder "
-                          f"of an {'/'.join(_PATH_KINDS)} dataset may differ between machines")
+        raise SearchError(
+            f"--dataset {name!r} is not the study's dataset {config.dataset!r}; only the folder "
+            f"of an {'/'.join(_PATH_KINDS)} dataset may differ between machines"
+        )
     try:
         data = load_dataset(name, config.train.image_size, config.train.seed)
     except DataError as err:
@@ -96,16 +105,31 @@ def worker_command(options: RunOptions) -> str:
     """The command that joins this study from another machine (the storage URL as given)."""
     assert options.study_name is not None  # options resolved for the study (RunOptions.resolved)
     devices = ",".join(options.devices)
-    command = ["xnetspace", "worker", "--storage", options.storage_url, "--study-name", options.study_name,
-               "--devices", devices]
+    command = [
+        "xnetspace",
+        "worker",
+        "--storage",
+        options.storage_url,
+        "--study-name",
+        options.study_name,
+        "--devices",
+        devices,
+    ]
     if options.workers_per_device is not None:  # else each machine takes its own default
         command += ["--workers-per-device", str(options.workers_per_device)]
     return " ".join(shlex.quote(part) for part in command)
 
 
-def join_study(storage_url: str, study_name: str, devices: str | list[str], workers_per_device: int | None = None,
-               dataset: str | None = None, timeout: float | None = None, worker: int | None = None,
-               progress: bool = True) -> RunOptions:
+def join_study(
+    storage_url: str,
+    study_name: str,
+    devices: str | list[str],
+    workers_per_device: int | None = None,
+    dataset: str | None = None,
+    timeout: float | None = None,
+    worker: int | None = None,
+    progress: bool = True,
+) -> RunOptions:
     """Join the study ``study_name`` in ``storage_url`` and work until it is done (or ``timeout``).
 
     Runs one worker in this process, or ``workers_per_device`` processes per entry of
@@ -126,15 +150,26 @@ def join_study(storage_url: str, study_name: str, devices: str | list[str], work
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the monitor prints one line per trial
     config, shared, facts = read_study(storage_url, study_name)
     data = local_data(config, facts, dataset)
-    options = RunOptions.model_validate({
-        **shared, "storage": storage_url, "study_name": study_name, "devices": devices,
-        "workers_per_device": workers_per_device, "timeout": timeout, "progress": progress,
-        "out": Path("runs") / study_name})
+    options = RunOptions.model_validate(
+        {
+            **shared,
+            "storage": storage_url,
+            "study_name": study_name,
+            "devices": devices,
+            "workers_per_device": workers_per_device,
+            "timeout": timeout,
+            "progress": progress,
+            "out": Path("runs") / study_name,
+        }
+    )
     first = worker if worker is not None else random.randrange(1000, 1_000_000)
     study = open_study(config, options, first)
     count = len(devices) * options.workers
-    log(options, f"{data}\njoined study '{study_name}' in {shown_url(storage_url)} as worker {first}"
-                 f"{'' if count == 1 else f'..{first + count - 1}'}")
+    log(
+        options,
+        f"{data}\njoined study '{study_name}' in {shown_url(storage_url)} as worker {first}"
+        f"{'' if count == 1 else f'..{first + count - 1}'}",
+    )
     control = open_control_study(config, options, first) if "random:auto" in options.baselines else None
     monitor = Monitor(study, options, config, control)
     lost = []

@@ -10,6 +10,7 @@ so a pruner can stop it. Divergence or an overrun time limit ends it as pruned, 
 any other error as failed, with the reason in the trial's record (:mod:`.records`); the study
 goes on.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,11 @@ class Objective:
             self._reject(trial, record, "invalid spec: " + err.errors()[0]["msg"].removeprefix("Value error, "))
         report = cost_report(spec, self.space.constraints.image_size)
         spec = spec.model_copy(update={"name": f"{self.space.name}_trial{trial.number}"})  # a label only
-        record = record.model_copy(update=dict(flops=report.flops, params=report.params, spec_digest=spec.digest(),
-                                               spec=spec.model_dump(mode="json")))
+        record = record.model_copy(
+            update=dict(
+                flops=report.flops, params=report.params, spec_digest=spec.digest(), spec=spec.model_dump(mode="json")
+            )
+        )
         problems = self.space.constraints.violations(report.flops, report.params)
         if problems:
             self._reject(trial, record, "over budget: " + "; ".join(problems))
@@ -99,15 +103,18 @@ class Objective:
         trial.study.enqueue_trial({}, user_attrs=slot_attrs())  # the slot goes back to the queue
         self.rejected_in_a_row += 1
         if self.rejected_in_a_row >= _MAX_REJECTIONS_IN_A_ROW:
-            raise SpaceError(f"{self.rejected_in_a_row} samples in a row were rejected (last: {reason}); "
-                             f"widen the space or the budget")
+            raise SpaceError(
+                f"{self.rejected_in_a_row} samples in a row were rejected (last: {reason}); "
+                f"widen the space or the budget"
+            )
         raise optuna.TrialPruned(reason)
 
     def _earlier_candidate(self, trial: optuna.Trial, record: TrialRecord) -> FrozenTrial | None:
         """An earlier trial that trained (or is training) the same spec. One still training
         rejects this sample: of two workers that drew one spec at once, neither trains it twice."""
-        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                                    TrialState.RUNNING)):
+        for other in trial.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        ):
             theirs = read_trial(other)
             if other.number != trial.number and theirs.spec_digest == record.spec_digest and is_live(other):
                 if other.state == TrialState.RUNNING:
@@ -117,9 +124,16 @@ class Objective:
 
     def _repeat(self, trial: optuna.Trial, record: TrialRecord, earlier: FrozenTrial) -> float | Sequence[float]:
         theirs = read_trial(earlier)
-        record = record.model_copy(update=dict(duplicate_of=earlier.number, runs=theirs.runs, zero_cost=theirs.zero_cost,
-                                               latency_ms=theirs.latency_ms, seconds=theirs.seconds,
-                                               race=theirs.race))
+        record = record.model_copy(
+            update=dict(
+                duplicate_of=earlier.number,
+                runs=theirs.runs,
+                zero_cost=theirs.zero_cost,
+                latency_ms=theirs.latency_ms,
+                seconds=theirs.seconds,
+                race=theirs.race,
+            )
+        )
         if earlier.state != TrialState.COMPLETE:
             record.reason = f"same spec as trial {earlier.number}, which was pruned"
             write(trial, record)
@@ -131,16 +145,18 @@ class Objective:
         constraints = self.space.constraints
         if self.config.objective != "top1-latency" and constraints.max_latency_ms is None:
             return math.nan
-        latency = measure_latency(spec, constraints.latency_batch_size, constraints.image_size, self.device,
-                                  min_run_time=0.3)
+        latency = measure_latency(
+            spec, constraints.latency_batch_size, constraints.image_size, self.device, min_run_time=0.3
+        )
         record.latency_ms = latency
         if constraints.max_latency_ms is not None:
             # Known only after measuring: an Optuna constraint (feasible when <= 0) that
             # constraint-aware samplers learn from; over the limit, the spec is not trained.
             trial.set_constraint("latency_ms", latency - constraints.max_latency_ms)
             if latency > constraints.max_latency_ms:
-                self._reject(trial, record, f"over budget: latency {latency:.1f} ms above max "
-                                            f"{constraints.max_latency_ms:g} ms")
+                self._reject(
+                    trial, record, f"over budget: latency {latency:.1f} ms above max {constraints.max_latency_ms:g} ms"
+                )
         return latency
 
     def _evaluate(self, trial: optuna.Trial, record: TrialRecord, spec: NetworkSpec) -> None:
@@ -161,8 +177,8 @@ class Objective:
                 record.zero_cost = zero_cost_scores(spec, self.data, seeds[0], config.train.batch_size, self.device)
             if not proxy.trains:
                 return
-            self._train(trial, record, spec, [s for s in seeds[:config.first_seeds] if not record.run(s)], report=True)
-            rest = [s for s in seeds[config.first_seeds:] if not record.run(s)]
+            self._train(trial, record, spec, [s for s in seeds[: config.first_seeds] if not record.run(s)], report=True)
+            rest = [s for s in seeds[config.first_seeds :] if not record.run(s)]
             if rest and self._contender(trial, record):
                 write(trial, record)  # the first seeds are kept whatever happens to the rest
                 self._train(trial, record, spec, rest, report=False)
@@ -183,8 +199,9 @@ class Objective:
             record.seconds = round(time.perf_counter() - start, 2)
             write(trial, record)
 
-    def _train(self, trial: optuna.Trial, record: TrialRecord, spec: NetworkSpec, seeds: list[int],
-               report: bool) -> None:
+    def _train(
+        self, trial: optuna.Trial, record: TrialRecord, spec: NetworkSpec, seeds: list[int], report: bool
+    ) -> None:
         """Train ``seeds`` as one pack; their runs (the epochs done, also when stopped) go into the
         record. With ``report``, each epoch's mean proxy score goes to the pruner."""
         if not seeds:
@@ -231,7 +248,9 @@ class Objective:
         gap = proxy.rank_key(statistics.fmean(mine)) - proxy.rank_key(statistics.fmean(best))
         bound = config.race * sigma * math.sqrt(1 / len(mine) + 1 / len(best))
         if gap > bound:
-            record.race = (f"{len(mine)} of {config.proxy_seeds} seeds: {proxy.label} worse than trial {number}'s by "
-                           f"{gap:.4g} > {config.race:g} x {sigma * math.sqrt(1 / len(mine) + 1 / len(best)):.4g}")
+            record.race = (
+                f"{len(mine)} of {config.proxy_seeds} seeds: {proxy.label} worse than trial {number}'s by "
+                f"{gap:.4g} > {config.race:g} x {sigma * math.sqrt(1 / len(mine) + 1 / len(best)):.4g}"
+            )
             return False
         return True

@@ -1,5 +1,6 @@
 """matplotlib for the search's figures: the file-only Agg backend (studies run on machines without
 a display) and one way of saving a figure."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -46,6 +46,7 @@ rewritten or touched) or another S prepares anew. Old entries are never deleted 
 delete the folder to reclaim the space. Processes that start at once (a study's workers) prepare
 it once: the first takes a file lock (``filelock``), the others wait and read its file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,9 +69,26 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .errors import DataError
 
-__all__ = ["FORMAT", "VERSION", "CACHE_ENV", "SPLITS", "stored_side", "cache_dir", "Listing", "list_image_folder",
-           "folder_key", "decode_image", "PreparedFolder", "prepare_image_folder", "load_prepared", "cached_file",
-           "load_or_prepare", "Preparation", "prepare_dataset", "report_lines"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "CACHE_ENV",
+    "SPLITS",
+    "stored_side",
+    "cache_dir",
+    "Listing",
+    "list_image_folder",
+    "folder_key",
+    "decode_image",
+    "PreparedFolder",
+    "prepare_image_folder",
+    "load_prepared",
+    "cached_file",
+    "load_or_prepare",
+    "Preparation",
+    "prepare_dataset",
+    "report_lines",
+]
 
 FORMAT = "xnetspace-imagefolder"
 VERSION = 1
@@ -129,8 +147,10 @@ def list_image_folder(root: str | Path) -> Listing:
         for part, folder in folders:
             found = ImageFolder(str(folder), loader=str)  # lists; the loader is never called here
             if classes is not None and found.classes != classes:
-                raise DataError(f"imagefolder:{root}: {folder.name} has other class folders than train "
-                                f"({len(found.classes)} and {len(classes)})")
+                raise DataError(
+                    f"imagefolder:{root}: {folder.name} has other class folders than train "
+                    f"({len(found.classes)} and {len(classes)})"
+                )
             classes = found.classes
             for path, label in found.samples:
                 paths.append(Path(path).relative_to(root).as_posix())
@@ -155,16 +175,18 @@ def _stratified_split(root: Path, classes: list[str], labels: np.ndarray) -> np.
     counts = np.bincount(labels, minlength=len(classes))
     if counts.min() < 3:
         short = ", ".join(f"{c!r} has {m}" for c, m in zip(classes, counts) if m < 3)
-        raise DataError(f"imagefolder:{root}: {int(counts.sum())} image(s) in {len(classes)} class folder(s) are too "
-                        f"few for the fixed stratified 60/20/20 train/val/test split, which needs at least 3 images "
-                        f"in every class ({short[:200]}); add images, or give {root}/train and {root}/val folders")
+        raise DataError(
+            f"imagefolder:{root}: {int(counts.sum())} image(s) in {len(classes)} class folder(s) are too "
+            f"few for the fixed stratified 60/20/20 train/val/test split, which needs at least 3 images "
+            f"in every class ({short[:200]}); add images, or give {root}/train and {root}/val folders"
+        )
     rng = np.random.default_rng(0)
     split = np.zeros(len(labels), dtype=np.int8)
     for c, n in enumerate(counts):
         members = np.flatnonzero(labels == c)[rng.permutation(n)]
         n_val, n_test = max(1, round(VAL_FRACTION * n)), max(1, round(TEST_FRACTION * n))
         split[members[:n_val]] = 1
-        split[members[n_val:n_val + n_test]] = 2
+        split[members[n_val : n_val + n_test]] = 2
     return split
 
 
@@ -208,8 +230,10 @@ class PreparedFolder:
         """One line: images per split, classes, sizes, and the unreadable images (up to 5 named)."""
         counts = self.counts()
         parts = " / ".join(f"{counts[s]:,} {s}" for s in SPLITS if counts[s] or s != "test")
-        line = (f"imagefolder:{self.root}: {len(self.labels):,} images ({parts}), {len(self.classes)} classes, "
-                f"stored at {self.stored_size}x{self.stored_size} for {self.image_size}x{self.image_size}")
+        line = (
+            f"imagefolder:{self.root}: {len(self.labels):,} images ({parts}), {len(self.classes)} classes, "
+            f"stored at {self.stored_size}x{self.stored_size} for {self.image_size}x{self.image_size}"
+        )
         if self.unreadable:
             named = "; ".join(f"{p} ({e})" for p, e in self.unreadable[:5])
             more = f"; and {len(self.unreadable) - 5:,} more" if len(self.unreadable) > 5 else ""
@@ -224,13 +248,23 @@ class PreparedFolder:
         """
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        arrays: dict[str, Any] = dict(format=np.array(FORMAT), version=np.array(VERSION), images=self.images, labels=self.labels,
-                      split=self.split, paths=np.array(self.paths, dtype=str), classes=np.array(self.classes, dtype=str),
-                      image_size=np.array(self.image_size), stored_size=np.array(self.stored_size),
-                      mean=np.array(self.mean, dtype=np.float32), std=np.array(self.std, dtype=np.float32),
-                      root=np.array(self.root), key=np.array(self.key),
-                      unreadable_paths=np.array([p for p, _ in self.unreadable], dtype=str),
-                      unreadable_errors=np.array([e for _, e in self.unreadable], dtype=str))
+        arrays: dict[str, Any] = dict(
+            format=np.array(FORMAT),
+            version=np.array(VERSION),
+            images=self.images,
+            labels=self.labels,
+            split=self.split,
+            paths=np.array(self.paths, dtype=str),
+            classes=np.array(self.classes, dtype=str),
+            image_size=np.array(self.image_size),
+            stored_size=np.array(self.stored_size),
+            mean=np.array(self.mean, dtype=np.float32),
+            std=np.array(self.std, dtype=np.float32),
+            root=np.array(self.root),
+            key=np.array(self.key),
+            unreadable_paths=np.array([p for p, _ in self.unreadable], dtype=str),
+            unreadable_errors=np.array([e for _, e in self.unreadable], dtype=str),
+        )
         try:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
@@ -255,20 +289,31 @@ def load_prepared(path: str | Path) -> PreparedFolder:
             if "format" not in z.files or str(z["format"]) != FORMAT:
                 raise DataError(f"{path}: not an image folder prepared by `xnetspace prepare`")
             if int(z["version"]) != VERSION:
-                raise DataError(f"{path}: prepared file version {int(z['version'])}, this xnetspace reads "
-                                f"{VERSION}; prepare the folder again")
+                raise DataError(
+                    f"{path}: prepared file version {int(z['version'])}, this xnetspace reads "
+                    f"{VERSION}; prepare the folder again"
+                )
             images = _mapped(path, "images.npy")
             prepared = PreparedFolder(
-                images=z["images"] if images is None else images, labels=z["labels"].astype(np.int64), split=z["split"].astype(np.int8),
-                paths=z["paths"].tolist(), classes=z["classes"].tolist(), image_size=int(z["image_size"]),
-                stored_size=int(z["stored_size"]), root=str(z["root"]), key=str(z["key"]),
+                images=z["images"] if images is None else images,
+                labels=z["labels"].astype(np.int64),
+                split=z["split"].astype(np.int8),
+                paths=z["paths"].tolist(),
+                classes=z["classes"].tolist(),
+                image_size=int(z["image_size"]),
+                stored_size=int(z["stored_size"]),
+                root=str(z["root"]),
+                key=str(z["key"]),
                 unreadable=list(zip(z["unreadable_paths"].tolist(), z["unreadable_errors"].tolist())),
-                mean=tuple(float(v) for v in z["mean"]), std=tuple(float(v) for v in z["std"]))
+                mean=tuple(float(v) for v in z["mean"]),
+                std=tuple(float(v) for v in z["std"]),
+            )
     except DataError:
         raise
     except ValueError as err:  # numpy's words would advise allow_pickle=True: never for a data file
-        raise DataError(f"{path}: not an image folder prepared by `xnetspace prepare` (not a .npz file of "
-                        f"plain arrays)") from err
+        raise DataError(
+            f"{path}: not an image folder prepared by `xnetspace prepare` (not a .npz file of plain arrays)"
+        ) from err
     except (OSError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable prepared image folder ({type(err).__name__}: {err})") from err
     _check(prepared, path)
@@ -319,8 +364,9 @@ def _check(p: PreparedFolder, path: Path) -> None:
         raise DataError(f"{path}: a damaged prepared file: {'; '.join(problems)}")
 
 
-def prepare_image_folder(listing: Listing, image_size: int, workers: int | None = None,
-                         progress: bool | None = None) -> PreparedFolder:
+def prepare_image_folder(
+    listing: Listing, image_size: int, workers: int | None = None, progress: bool | None = None
+) -> PreparedFolder:
     """Decode and resize every listed image once (module docstring, step 2).
 
     Args:
@@ -338,9 +384,13 @@ def prepare_image_folder(listing: Listing, image_size: int, workers: int | None 
     n = len(order)
     need, free = n * side * side * 3, available_memory()
     if free is not None and need > free:
-        raise DataError(f"imagefolder:{listing.root}: {n:,} images at {side}x{side} need {human_bytes(need)} of memory, "
-                        f"{human_bytes(free)} is available; use a smaller --image-size or fewer images")
-    workers = workers or min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        raise DataError(
+            f"imagefolder:{listing.root}: {n:,} images at {side}x{side} need {human_bytes(need)} of memory, "
+            f"{human_bytes(free)} is available; use a smaller --image-size or fewer images"
+        )
+    workers = workers or min(
+        16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     images = np.empty((n, side, side, 3), dtype=np.uint8)
     keep = np.zeros(n, dtype=bool)
     unreadable: list[tuple[str, str]] = []
@@ -353,11 +403,18 @@ def prepare_image_folder(listing: Listing, image_size: int, workers: int | None 
             return None, f"{type(err).__name__}: {err}"
 
     kept = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=n, desc=f"preparing {root} at {side}px", unit="img", file=sys.stderr,
-                 disable=None if progress is None else not progress) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(
+            total=n,
+            desc=f"preparing {root} at {side}px",
+            unit="img",
+            file=sys.stderr,
+            disable=None if progress is None else not progress,
+        ) as bar,
+    ):
         for start in range(0, n, _CHUNK):
-            chunk = order[start:start + _CHUNK]
+            chunk = order[start : start + _CHUNK]
             for k, (pixels, error) in zip(range(start, start + len(chunk)), pool.map(decode, chunk)):
                 if error is None:
                     images[kept] = pixels  # compacted in place: no second copy of the images
@@ -367,10 +424,18 @@ def prepare_image_folder(listing: Listing, image_size: int, workers: int | None 
                     unreadable.append((listing.paths[order[k]], error[:300]))
                 bar.update(1)
     kept_order = order[keep]
-    return PreparedFolder(images=images[:kept], labels=listing.labels[kept_order], split=listing.split[kept_order],
-                          paths=[listing.paths[i] for i in kept_order], classes=list(listing.classes),
-                          image_size=image_size, stored_size=side, root=str(root.resolve()),
-                          key=folder_key(listing, image_size, side), unreadable=unreadable)
+    return PreparedFolder(
+        images=images[:kept],
+        labels=listing.labels[kept_order],
+        split=listing.split[kept_order],
+        paths=[listing.paths[i] for i in kept_order],
+        classes=list(listing.classes),
+        image_size=image_size,
+        stored_size=side,
+        root=str(root.resolve()),
+        key=folder_key(listing, image_size, side),
+        unreadable=unreadable,
+    )
 
 
 def cached_file(listing: Listing, image_size: int) -> Path:
@@ -379,8 +444,13 @@ def cached_file(listing: Listing, image_size: int) -> Path:
     return cache_dir() / f"imagefolder-{image_size}px-{key[:32]}.npz"
 
 
-def load_or_prepare(root: str | Path, image_size: int, log: Callable[[str], None] | None = None,
-                    workers: int | None = None, progress: bool | None = None) -> tuple[PreparedFolder, Path | None, bool]:
+def load_or_prepare(
+    root: str | Path,
+    image_size: int,
+    log: Callable[[str], None] | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> tuple[PreparedFolder, Path | None, bool]:
     """The prepared ``root`` at ``image_size`` from the cache, prepared and cached first on a miss.
 
     Returns ``(prepared, cache file, hit)``; the file is None when the cache folder cannot be
@@ -428,8 +498,10 @@ def load_or_prepare(root: str | Path, image_size: int, log: Callable[[str], None
 
 
 def _no_cache(folder: Path, err: OSError, root) -> str:
-    return (f"note: cannot write the cache folder {folder} ({err.strerror or err}); imagefolder:{root} is prepared "
-            f"in memory only (set {CACHE_ENV} to a writable folder to keep it)")
+    return (
+        f"note: cannot write the cache folder {folder} ({err.strerror or err}); imagefolder:{root} is prepared "
+        f"in memory only (set {CACHE_ENV} to a writable folder to keep it)"
+    )
 
 
 def _read_cache(path: Path) -> PreparedFolder | None:
@@ -456,13 +528,22 @@ class Preparation:
     def to_dict(self) -> dict:
         """The JSON object of ``xnetspace prepare --json``."""
         p = self.prepared
-        return {"file": str(self.path) if self.path else None, "cache_hit": self.hit, "seconds": self.seconds,
-                "images": len(p.labels), **p.counts(), "classes": len(p.classes), "image_size": p.image_size,
-                "stored_size": p.stored_size, "unreadable": [{"path": f, "error": e} for f, e in p.unreadable]}
+        return {
+            "file": str(self.path) if self.path else None,
+            "cache_hit": self.hit,
+            "seconds": self.seconds,
+            "images": len(p.labels),
+            **p.counts(),
+            "classes": len(p.classes),
+            "image_size": p.image_size,
+            "stored_size": p.stored_size,
+            "unreadable": [{"path": f, "error": e} for f, e in p.unreadable],
+        }
 
 
-def prepare_dataset(dataset: str, image_size: int, out: Path | None = None, workers: int | None = None,
-                    progress: bool = True) -> Preparation:
+def prepare_dataset(
+    dataset: str, image_size: int, out: Path | None = None, workers: int | None = None, progress: bool = True
+) -> Preparation:
     """``xnetspace prepare``: prepare ``imagefolder:PATH`` at ``image_size`` into the cache (where a
     study on it finds it; :func:`load_or_prepare`) or, with ``out``, into that file.
 
@@ -474,8 +555,10 @@ def prepare_dataset(dataset: str, image_size: int, out: Path | None = None, work
     """
     kind, _, arg = dataset.partition(":")
     if kind != "imagefolder" or not arg:
-        raise ValueError(f"prepare takes imagefolder:PATH, got {dataset[:200]!r} (digits, synthetic and CIFAR "
-                         f"files are read into memory directly)")
+        raise ValueError(
+            f"prepare takes imagefolder:PATH, got {dataset[:200]!r} (digits, synthetic and CIFAR "
+            f"files are read into memory directly)"
+        )
     if not Path(arg).is_dir():
         raise ValueError(f"imagefolder:{arg[:200]}: no such folder")
     if not 8 <= image_size <= 1024:
@@ -488,8 +571,9 @@ def prepare_dataset(dataset: str, image_size: int, out: Path | None = None, work
         raise ValueError(f"--out {out}: the folder {out.parent} does not exist")
     start = time.perf_counter()
     if out is None:
-        prepared, path, hit = load_or_prepare(Path(arg), image_size, log=lambda line: None, workers=workers,
-                                              progress=True if progress else None)
+        prepared, path, hit = load_or_prepare(
+            Path(arg), image_size, log=lambda line: None, workers=workers, progress=True if progress else None
+        )
     else:
         prepared = prepare_image_folder(list_image_folder(Path(arg)), image_size, workers, True if progress else None)
         prepared.save(out)

@@ -1,6 +1,7 @@
 """What a running study shows on the terminal, read from the storage so that it sees every
 worker's work: a progress bar over the N trials with one line per finished trial, then a bar over
 the confirmation runs with one line per confirmed spec, and a line whenever a worker is lost."""
+
 from __future__ import annotations
 
 import contextlib
@@ -38,22 +39,36 @@ class Monitor:
     confirmation's jobs (the total grows as jobs that wait on others are planned), a line per
     confirmed spec. Items finished before this run started are not announced again."""
 
-    def __init__(self, study: optuna.Study, options: RunOptions, config: StudyConfig,
-                 control: optuna.Study | None = None):
+    def __init__(
+        self, study: optuna.Study, options: RunOptions, config: StudyConfig, control: optuna.Study | None = None
+    ):
         self.study, self.options, self.config, self.control = study, options, config, control
         self.cstudy = open_confirm_study(options, config.score)
         self.phase = "trials"
-        self.seen: set[tuple[str, int]] = {(s.study_name, t.number) for s in (study, control) if s is not None
-                                           for t in s.get_trials(deepcopy=False) if t.state.is_finished()}
-        self.confirmed: set[str] = {label for label, jobs in _job_groups(self.cstudy).items()
-                                    if all(t.state.is_finished() for t in jobs)}
+        self.seen: set[tuple[str, int]] = {
+            (s.study_name, t.number)
+            for s in (study, control)
+            if s is not None
+            for t in s.get_trials(deepcopy=False)
+            if t.state.is_finished()
+        }
+        self.confirmed: set[str] = {
+            label for label, jobs in _job_groups(self.cstudy).items() if all(t.state.is_finished() for t in jobs)
+        }
         self.bar = self._bar(options.n_trials, "trials", "trial", slot_state(study, options.n_trials).done)
 
     def _bar(self, total: int, desc: str, unit: str, initial: int):
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, disable=not self.options.progress, initial=initial,
-                    dynamic_ncols=True, mininterval=0)
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            disable=not self.options.progress,
+            initial=initial,
+            dynamic_ncols=True,
+            mininterval=0,
+        )
 
     def _next_bar(self, total: int, desc: str, unit: str, initial: int) -> None:
         self.bar.close()
@@ -158,8 +173,10 @@ def confirmed_line(label: str, jobs: list[FrozenTrial], score: Score) -> str:
     elif len(values) == 1:
         text = f"{score.label} {score.format(values[0])} (1 seed)"
     else:
-        text = (f"{score.label} {score.format(statistics.mean(values))} +- "
-                f"{score.format(statistics.stdev(values))} ({len(values)} seeds)")
+        text = (
+            f"{score.label} {score.format(statistics.mean(values))} +- "
+            f"{score.format(statistics.stdev(values))} ({len(values)} seeds)"
+        )
     return f"confirmed {label}: {text}" + (f"; failed: {failed[0]}" if failed else "")
 
 
@@ -168,8 +185,13 @@ def trial_line(trial: FrozenTrial) -> str:
     (the last epoch's validation top-1 and cross-entropy, averaged over the trial's seeds)."""
     r = read_trial(trial)
     top1, loss = r.final("top1"), r.final("loss")
-    parts = [f"trial {trial.number:4d}", f"{trial.state.name:8s}", f"{human_count(r.flops or 0):>7s} FLOPs",
-             f"{human_count(r.params or 0):>7s} params", f"top-1 {top1:6.2f}" if top1 is not None else "top-1    -  "]
+    parts = [
+        f"trial {trial.number:4d}",
+        f"{trial.state.name:8s}",
+        f"{human_count(r.flops or 0):>7s} FLOPs",
+        f"{human_count(r.params or 0):>7s} params",
+        f"top-1 {top1:6.2f}" if top1 is not None else "top-1    -  ",
+    ]
     if loss is not None:
         parts.append(f"loss {loss:.4f}")
     parts.append(f"{r.seconds or 0:6.1f} s")

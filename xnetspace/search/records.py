@@ -12,6 +12,7 @@ of the study's N slots), :func:`is_heartbeat_failure` (a failure the retry callb
 again), :func:`is_candidate` (a completed trial that trained a spec of its own) and
 :func:`counts_as_job` (a confirmation run that is queued, running or done).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,21 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["KEY", "RunRecord", "TrialRecord", "JobRecord", "read_trial", "read_job", "write", "slot_attrs",
-           "job_attrs", "is_live", "is_heartbeat_failure", "is_candidate", "counts_as_job"]
+__all__ = [
+    "KEY",
+    "RunRecord",
+    "TrialRecord",
+    "JobRecord",
+    "read_trial",
+    "read_job",
+    "write",
+    "slot_attrs",
+    "job_attrs",
+    "is_live",
+    "is_heartbeat_failure",
+    "is_candidate",
+    "counts_as_job",
+]
 
 KEY = "xnetspace"  # the one user attribute a trial's record is stored under
 
@@ -47,8 +61,13 @@ class RunRecord(BaseModel):
     @classmethod
     def of(cls, seed: int, result: Any) -> RunRecord:
         """The record of a :class:`~xnetspace.search.train.TrainResult` (so far) trained with ``seed``."""
-        return cls(seed=seed, top1=list(result.history), loss=list(result.loss_history),
-                   train_loss=list(result.train_loss_history), seconds=round(result.seconds, 2))
+        return cls(
+            seed=seed,
+            top1=list(result.history),
+            loss=list(result.loss_history),
+            train_loss=list(result.train_loss_history),
+            seconds=round(result.seconds, 2),
+        )
 
 
 class _Record(BaseModel):
@@ -100,7 +119,6 @@ class TrialRecord(_Record):
     def loss_history(self) -> list[float]:
         """Validation cross-entropy per epoch of the first run."""
         return self.runs[0].loss if self.runs else []
-
 
 
 class JobRecord(_Record):

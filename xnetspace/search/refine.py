@@ -42,6 +42,7 @@ same errors they are then tested on (the subset looks better than it is), and th
 subsets shrink. ``--verify N`` answers all three: a fresh population of the refined space,
 compared with the original (:func:`~.analysis.analyze`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -77,8 +78,19 @@ from .space import SearchSpace, SpaceError, space_data
 from .space_knobs import INT_KNOBS, KNOBS
 from .space_rules import interpolate, monotone_chains, smallest_quantum
 
-__all__ = ["refine", "Refinement", "report_lines", "evidence", "bins_for", "fit_width_rule", "MIN_SUBSET", "MIN_MEMBERS", "FIT_TOLERANCE",
-           "NIL_SHARE", "BEST_FRACTION"]
+__all__ = [
+    "refine",
+    "Refinement",
+    "report_lines",
+    "evidence",
+    "bins_for",
+    "fit_width_rule",
+    "MIN_SUBSET",
+    "MIN_MEMBERS",
+    "FIT_TOLERANCE",
+    "NIL_SHARE",
+    "BEST_FRACTION",
+]
 
 MIN_SUBSET = MIN_RELIABLE  # members that must satisfy a constraint before it can be accepted
 MIN_MEMBERS = 2 * MIN_SUBSET  # a population smaller than this is refused
@@ -173,14 +185,22 @@ def bins_for(satisfying: int) -> int:
 def _ci(data: tuple, statistic: Callable, seed: int, n_resamples: int) -> list[float] | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate resamples: a zero-width or NaN interval, handled below
-        boot = stats.bootstrap(data, statistic, paired=True, vectorized=True, n_resamples=n_resamples,
-                               method="percentile", rng=np.random.default_rng(seed))
+        boot = stats.bootstrap(
+            data,
+            statistic,
+            paired=True,
+            vectorized=True,
+            n_resamples=n_resamples,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
     low, high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
     return [low, high] if math.isfinite(low) and math.isfinite(high) else None
 
 
-def evidence(errors: npt.ArrayLike, flops: npt.ArrayLike, satisfied: npt.ArrayLike, seed: int = 0,
-             n_resamples: int = 1999) -> dict:
+def evidence(
+    errors: npt.ArrayLike, flops: npt.ArrayLike, satisfied: npt.ArrayLike, seed: int = 0, n_resamples: int = 1999
+) -> dict:
     """Compare the members that satisfy a constraint (S) with all of them (M).
 
     Args:
@@ -197,10 +217,20 @@ def evidence(errors: npt.ArrayLike, flops: npt.ArrayLike, satisfied: npt.ArrayLi
         None where S has fewer than 2 members or a CI is undefined.
     """
     e, f, m = np.asarray(errors, float), np.asarray(flops, float), np.asarray(satisfied, bool)
-    out: dict[str, Any] = {"members": int(e.size), "satisfying": int(m.sum()), "ks_statistic": None,
-                           "ks_pvalue": None, "edf_gap": None, "edf_gap_normalized": None, "mean_difference": None,
-                           "mean_difference_ci95": None, "mean_difference_plain": None,
-                           "mean_difference_plain_ci95": None, "normalized": False, "bins": None}
+    out: dict[str, Any] = {
+        "members": int(e.size),
+        "satisfying": int(m.sum()),
+        "ks_statistic": None,
+        "ks_pvalue": None,
+        "edf_gap": None,
+        "edf_gap_normalized": None,
+        "mean_difference": None,
+        "mean_difference_ci95": None,
+        "mean_difference_plain": None,
+        "mean_difference_plain_ci95": None,
+        "normalized": False,
+        "bins": None,
+    }
     if m.sum() < 2:
         return out
     if (~m).sum() >= 2:
@@ -221,29 +251,35 @@ def evidence(errors: npt.ArrayLike, flops: npt.ArrayLike, satisfied: npt.ArrayLi
         out["mean_difference_ci95"] = _ci((e, mf, _bins(f, bins)), _normalized_difference, seed, n_resamples)
         out["normalized"] = out["mean_difference_ci95"] is not None
     if not out["normalized"]:
-        out["mean_difference"], out["mean_difference_ci95"] = out["mean_difference_plain"], \
-            out["mean_difference_plain_ci95"]
+        out["mean_difference"], out["mean_difference_ci95"] = (
+            out["mean_difference_plain"],
+            out["mean_difference_plain_ci95"],
+        )
     return out
 
 
 def _verdict(test: dict) -> tuple[str, str]:
     if test["satisfying"] < MIN_SUBSET:
-        return "undecided", (f"only {test['satisfying']} of {test['members']} members satisfy it (fewer than "
-                             f"{MIN_SUBSET}); test it on a fresh population of the refined space")
+        return "undecided", (
+            f"only {test['satisfying']} of {test['members']} members satisfy it (fewer than "
+            f"{MIN_SUBSET}); test it on a fresh population of the refined space"
+        )
     ci = test["mean_difference_ci95"]
     what = "complexity-normalised " if test["normalized"] else ""
     if ci is None:
         return "undecided", "no confidence interval could be computed"
     if ci[0] > 0:
-        return "rejected", (f"worse: the 95% CI of the {what}mean difference [{ci[0]:+.4g}, {ci[1]:+.4g}] lies "
-                            f"above 0")
-    return "accepted", (f"not worse: the 95% CI of the {what}mean difference [{ci[0]:+.4g}, {ci[1]:+.4g}] does not "
-                        f"lie above 0, {test['satisfying']} of {test['members']} members")
+        return "rejected", (f"worse: the 95% CI of the {what}mean difference [{ci[0]:+.4g}, {ci[1]:+.4g}] lies above 0")
+    return "accepted", (
+        f"not worse: the 95% CI of the {what}mean difference [{ci[0]:+.4g}, {ci[1]:+.4g}] does not "
+        f"lie above 0, {test['satisfying']} of {test['members']} members"
+    )
 
 
 # -- the width rule fit -------------------------------------------------------------------------------
-def fit_width_rule(blocks: Sequence[int], quantum: int, num_stages: int, grid: dict[str, np.ndarray],
-                   cache: dict | None = None) -> tuple[float, dict | None]:
+def fit_width_rule(
+    blocks: Sequence[int], quantum: int, num_stages: int, grid: dict[str, np.ndarray], cache: dict | None = None
+) -> tuple[float, dict | None]:
     """The RegNet rule (w0, wa, wm over ``grid``; depth = len(blocks)) closest to the per-block
     widths ``blocks`` among rules that give exactly ``num_stages`` stages: pycls's ``e_fit``, the
     mean over blocks of |log(width / rule width)|.
@@ -306,20 +342,32 @@ def _tie_constraints(space: SearchSpace, members: list[Member]) -> list[Constrai
         if n < 2 or knob in space.rules.schedules or (space.rules.width and knob in ("embed_dim", "depth")):
             continue
         definitions = [d.get(knob) for d in space.stage_definitions()]
-        if all(d is not None and d.tie for d in definitions) and len({d.tie for d in definitions if d is not None}) == 1:
+        if (
+            all(d is not None and d.tie for d in definitions)
+            and len({d.tie for d in definitions if d is not None}) == 1
+        ):
             continue  # tied already
         if all(s is not None and len(set(s)) == 1 for s in sets) and len({s[0] for s in sets if s is not None}) == 1:
             continue  # one value everywhere already
         satisfied = np.array([len(set(m.values(knob))) == 1 for m in members])
         if any(s is None for s in sets):
             reason = f"{knob} is continuous in some stage; a tie needs finite values"
-            out.append(Constraint("tie", knob, f"{knob} tied across stages", satisfied, lambda d: None,
-                                  not_applicable=reason))
+            out.append(
+                Constraint("tie", knob, f"{knob} tied across stages", satisfied, lambda d: None, not_applicable=reason)
+            )
             continue
         common = sorted(set.intersection(*(set(s) for s in sets if s is not None)), key=lambda v: (str(type(v)), v))
         if not common:
-            out.append(Constraint("tie", knob, f"{knob} tied across stages", satisfied, lambda d: None,
-                                  not_applicable=f"no {knob} value is allowed in every stage"))
+            out.append(
+                Constraint(
+                    "tie",
+                    knob,
+                    f"{knob} tied across stages",
+                    satisfied,
+                    lambda d: None,
+                    not_applicable=f"no {knob} value is allowed in every stage",
+                )
+            )
             continue
 
         def apply(data: dict, knob: str = knob) -> None:
@@ -333,11 +381,20 @@ def _tie_constraints(space: SearchSpace, members: list[Member]) -> list[Constrai
             _remove(data, knob)
             _drop_monotone(data, knob)  # a tied knob never decreases
             plain = [list(v) if isinstance(v, tuple) else v for v in values]
-            data.setdefault("stage_defaults", {})[knob] = ({"choices": plain, "tie": knob} if len(plain) > 1
-                                                           else plain[0])
+            data.setdefault("stage_defaults", {})[knob] = (
+                {"choices": plain, "tie": knob} if len(plain) > 1 else plain[0]
+            )
 
-        out.append(Constraint("tie", knob, f"{knob} tied across stages (one of {_show(common)})", satisfied, apply,
-                              {"values": [list(v) if isinstance(v, tuple) else v for v in common]}))
+        out.append(
+            Constraint(
+                "tie",
+                knob,
+                f"{knob} tied across stages (one of {_show(common)})",
+                satisfied,
+                apply,
+                {"values": [list(v) if isinstance(v, tuple) else v for v in common]},
+            )
+        )
     return out
 
 
@@ -383,8 +440,16 @@ def _schedule_constraints(space: SearchSpace, members: list[Member]) -> list[Con
     sets = [space.stage_values(i, knob) for i in range(n)]
     description = "attn_ratio linear from the first to the last stage"
     if any(s is None for s in sets):
-        return [Constraint("schedule", knob, description, np.zeros(len(members), bool), lambda d: None,
-                           not_applicable="attn_ratio is continuous in some stage")]
+        return [
+            Constraint(
+                "schedule",
+                knob,
+                description,
+                np.zeros(len(members), bool),
+                lambda d: None,
+                not_applicable="attn_ratio is continuous in some stage",
+            )
+        ]
     values = sorted(set().union(*(set(s) for s in sets if s is not None)))
     if len(values) < 2:
         return []
@@ -401,13 +466,23 @@ def _schedule_constraints(space: SearchSpace, members: list[Member]) -> list[Con
         if first is None or last is None or first.tie or last.tie:
             raise ValueError("attn_ratio is tied or unset at an end")
         ends = space_data(current)
-        short = {**ends.get("stage_defaults", {}), **ends["stages"][0]}[knob], \
-            {**ends.get("stage_defaults", {}), **ends["stages"][-1]}[knob]
+        short = (
+            {**ends.get("stage_defaults", {}), **ends["stages"][0]}[knob],
+            {**ends.get("stage_defaults", {}), **ends["stages"][-1]}[knob],
+        )
         _remove(data, knob)
         _rules(data).setdefault("schedules", {})[knob] = {"first": short[0], "last": short[1], "values": values}
 
-    return [Constraint("schedule", knob, f"{description} (rounded to {_show(values)})", np.array(satisfied), apply,
-                       {"values": values})]
+    return [
+        Constraint(
+            "schedule",
+            knob,
+            f"{description} (rounded to {_show(values)})",
+            np.array(satisfied),
+            apply,
+            {"values": values},
+        )
+    ]
 
 
 def _width_constraint(space: SearchSpace, members: list[Member], errors: np.ndarray) -> list[Constraint]:
@@ -418,23 +493,43 @@ def _width_constraint(space: SearchSpace, members: list[Member], errors: np.ndar
     sets = [{k: space.stage_values(i, k) for k in ("attn_ratio", "num_heads", "mlp_ratio")} for i in range(n)]
     smallest = smallest_quantum(sets)
     if smallest is None:
-        return [Constraint("width_rule", "embed_dim", description, np.zeros(len(members), bool), lambda d: None,
-                           not_applicable="no quantum keeps every stage's heads and ratios valid")]
+        return [
+            Constraint(
+                "width_rule",
+                "embed_dim",
+                description,
+                np.zeros(len(members), bool),
+                lambda d: None,
+                not_applicable="no quantum keeps every stage's heads and ratios valid",
+            )
+        ]
     quantum = smallest * 8 // math.gcd(smallest, 8)  # pycls's 8, or a multiple the stages need
     widest = max(max(_blocks(m.spec)) for m in members)
-    grid = {"w0": np.arange(quantum, widest + 1, quantum, dtype=float), "wa": np.linspace(0.5, widest, 64),
-            "wm": np.linspace(1.2, 4.0, 29)}
+    grid = {
+        "w0": np.arange(quantum, widest + 1, quantum, dtype=float),
+        "wa": np.linspace(0.5, widest, 64),
+        "wm": np.linspace(1.2, 4.0, 29),
+    }
     cache: dict = {}
     fits = [fit_width_rule(_blocks(m.spec), quantum, n, grid, cache) for m in members]
     order = np.argsort(errors, kind="stable")
-    best = [fits[i][1] for i in order[: max(1, int(math.ceil(BEST_FRACTION * len(members))))]
-            if fits[i][0] <= FIT_TOLERANCE]
+    best = [
+        fits[i][1] for i in order[: max(1, int(math.ceil(BEST_FRACTION * len(members))))] if fits[i][0] <= FIT_TOLERANCE
+    ]
     satisfied = np.zeros(len(members), bool)
     if len(best) < 3:
-        return [Constraint("width_rule", "embed_dim", description, satisfied, lambda d: None,
-                           {"quantum": quantum, "fit_tolerance": FIT_TOLERANCE},
-                           not_applicable=f"{len(best)} of the best {BEST_FRACTION:.0%} of the members follow a "
-                                          f"{n}-stage rule within e_fit {FIT_TOLERANCE} (3 needed to fit ranges)")]
+        return [
+            Constraint(
+                "width_rule",
+                "embed_dim",
+                description,
+                satisfied,
+                lambda d: None,
+                {"quantum": quantum, "fit_tolerance": FIT_TOLERANCE},
+                not_applicable=f"{len(best)} of the best {BEST_FRACTION:.0%} of the members follow a "
+                f"{n}-stage rule within e_fit {FIT_TOLERANCE} (3 needed to fit ranges)",
+            )
+        ]
     ranges = {k: (min(b[k] for b in best), max(b[k] for b in best)) for k in ("w0", "wa", "wm", "depth")}
     inside = {k: (grid[k] >= ranges[k][0] - 1e-9) & (grid[k] <= ranges[k][1] + 1e-9) for k in ("w0", "wa", "wm")}
     narrow = {k: grid[k][inside[k]] for k in inside}
@@ -461,11 +556,25 @@ def _width_constraint(space: SearchSpace, members: list[Member], errors: np.ndar
             _remove(data, knob)
         _rules(data)["width"] = rule
 
-    details = {"quantum": quantum, "fit_tolerance": FIT_TOLERANCE, "rule": rule, "fitted_best": len(best),
-               "fits_within_tolerance": int(sum(f[0] <= FIT_TOLERANCE for f in fits))}
-    return [Constraint("width_rule", "embed_dim", f"{description} (w0 {_span(ranges['w0'])}, wa {_span(ranges['wa'])}, "
-                                                  f"wm {_span(ranges['wm'])}, depth {_span(ranges['depth'])}, "
-                                                  f"quantum {quantum})", satisfied, apply, details)]
+    details = {
+        "quantum": quantum,
+        "fit_tolerance": FIT_TOLERANCE,
+        "rule": rule,
+        "fitted_best": len(best),
+        "fits_within_tolerance": int(sum(f[0] <= FIT_TOLERANCE for f in fits)),
+    }
+    return [
+        Constraint(
+            "width_rule",
+            "embed_dim",
+            f"{description} (w0 {_span(ranges['w0'])}, wa {_span(ranges['wa'])}, "
+            f"wm {_span(ranges['wm'])}, depth {_span(ranges['depth'])}, "
+            f"quantum {quantum})",
+            satisfied,
+            apply,
+            details,
+        )
+    ]
 
 
 def _span(pair: tuple[float, float]) -> str:
@@ -492,13 +601,13 @@ def _set_param(data: dict, name: str, value: Any) -> None:
     elif match := _STAGE.fullmatch(name):
         data["stages"][int(match[1]) - 1][match[2]] = value
     elif name.startswith("tied."):
-        tie = name[len("tied."):]
+        tie = name[len("tied.") :]
         for where in [data.get("stage_defaults", {}), *data["stages"]]:
             for knob, definition in list(where.items()):
                 if isinstance(definition, dict) and definition.get("tie") == tie:
                     where[knob] = value
     elif name.startswith("width."):
-        _rules(data)["width"][name[len("width."):]] = value
+        _rules(data)["width"][name[len("width.") :]] = value
     elif name.startswith("schedule."):
         _, knob, end = name.split(".")
         _rules(data)["schedules"][knob][end] = value
@@ -506,8 +615,9 @@ def _set_param(data: dict, name: str, value: Any) -> None:
         raise ValueError(f"cannot fix {name}")
 
 
-def _fix_constraints(space: SearchSpace, members: list[Member], candidates: list[Candidate], distributions: dict,
-                     seed: int) -> tuple[list[Constraint], dict]:
+def _fix_constraints(
+    space: SearchSpace, members: list[Member], candidates: list[Candidate], distributions: dict, seed: int
+) -> tuple[list[Constraint], dict]:
     importance, single, notes = importances(candidates, distributions, seed)
     fanova = importance["fanova"]
     if not fanova:
@@ -528,10 +638,16 @@ def _fix_constraints(space: SearchSpace, members: list[Member], candidates: list
         else:
             fixed = row["value"]
             satisfied = np.array([_same(m.params.get(knob), fixed) for m in members])
-        out.append(Constraint("fix", knob, f"{knob} fixed at {fixed} (fANOVA importance {value:.3f}, below "
-                                           f"{threshold:.3f})", satisfied,
-                              functools.partial(_set_param, name=knob, value=fixed),
-                              {"importance": value, "value": fixed, "threshold": threshold}))
+        out.append(
+            Constraint(
+                "fix",
+                knob,
+                f"{knob} fixed at {fixed} (fANOVA importance {value:.3f}, below {threshold:.3f})",
+                satisfied,
+                functools.partial(_set_param, name=knob, value=fixed),
+                {"importance": value, "value": fixed, "threshold": threshold},
+            )
+        )
     return out, {"importance": fanova, "notes": notes, "single_valued": single}
 
 
@@ -560,20 +676,28 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
     """
     sampler, pruner = data.settings.get("sampler", "unknown"), data.settings.get("pruner", "unknown")
     if not force and (sampler not in UNBIASED_SAMPLERS or pruner != "none" or data.pruned_by_pruner):
-        raise AnalysisError(f"study {data.name!r} is not a population study (sampler {sampler}, pruner {pruner}): "
-                            f"its members are not a uniform sample of the space, so subsets of them say little "
-                            f"about subspaces; run xnetspace search --population, or pass --force")
+        raise AnalysisError(
+            f"study {data.name!r} is not a population study (sampler {sampler}, pruner {pruner}): "
+            f"its members are not a uniform sample of the space, so subsets of them say little "
+            f"about subspaces; run xnetspace search --population, or pass --force"
+        )
     candidates = [c for c in data.candidates if c.spec is not None]
     members = [Member(c.number, c.error, c.flops, NetworkSpec.model_validate(c.spec), c.knobs) for c in candidates]
     if len(members) < MIN_MEMBERS:
-        raise AnalysisError(f"study {data.name!r} has {len(members)} members with a stored spec; refine needs at "
-                            f"least {MIN_MEMBERS} (each constraint needs {MIN_SUBSET} members that satisfy it; pycls "
-                            f"sampled 100 or more per space)")
+        raise AnalysisError(
+            f"study {data.name!r} has {len(members)} members with a stored spec; refine needs at "
+            f"least {MIN_MEMBERS} (each constraint needs {MIN_SUBSET} members that satisfy it; pycls "
+            f"sampled 100 or more per space)"
+        )
     space = data.config.space
     errors = np.array([m.error for m in members])
     flops = np.array([m.flops for m in members], float)
-    constraints = (_tie_constraints(space, members) + _monotone_constraints(space, members)
-                   + _schedule_constraints(space, members) + _width_constraint(space, members, errors))
+    constraints = (
+        _tie_constraints(space, members)
+        + _monotone_constraints(space, members)
+        + _schedule_constraints(space, members)
+        + _width_constraint(space, members, errors)
+    )
     fixes, importance_info = _fix_constraints(space, members, candidates, data.distributions, seed)
     constraints += fixes
 
@@ -581,8 +705,17 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
     everyone = np.ones(len(members), bool)
     masks, within = {}, {}
     for c in constraints:
-        step: dict[str, Any] = {"kind": c.kind, "knob": c.knob, "description": c.description, "order": None, "first_test": None,
-                "test": None, "verdict": "not applicable", "reason": c.not_applicable or "", "details": c.details}
+        step: dict[str, Any] = {
+            "kind": c.kind,
+            "knob": c.knob,
+            "description": c.description,
+            "order": None,
+            "first_test": None,
+            "test": None,
+            "verdict": "not applicable",
+            "reason": c.not_applicable or "",
+            "details": c.details,
+        }
         if c.not_applicable is None:
             try:  # written into the original space alone, it must give a valid space
                 alone = _fresh(space)
@@ -599,8 +732,10 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
         steps.append(step)
 
     # greedy: strongest evidence first, each re-tested within the members left
-    ranked = sorted((i for i, s in enumerate(steps) if s["verdict"] == "accepted"),
-                    key=lambda i: (steps[i]["first_test"]["mean_difference_ci95"][1], -steps[i]["first_test"]["satisfying"]))
+    ranked = sorted(
+        (i for i, s in enumerate(steps) if s["verdict"] == "accepted"),
+        key=lambda i: (steps[i]["first_test"]["mean_difference_ci95"][1], -steps[i]["first_test"]["satisfying"]),
+    )
     current, refined_data, accepted = everyone.copy(), _fresh(space), []
     for order, i in enumerate(ranked, start=1):
         c, step = constraints[i], steps[i]
@@ -610,8 +745,10 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
             c.apply(trial_data)
             SearchSpace.model_validate(trial_data)
         except (ValueError, ValidationError) as err:
-            step["verdict"], step["reason"] = "not applicable", (f"cannot be combined with the constraints accepted "
-                                                                 f"before it: {_first_line(err)}")
+            step["verdict"], step["reason"] = (
+                "not applicable",
+                (f"cannot be combined with the constraints accepted before it: {_first_line(err)}"),
+            )
             continue
         test = evidence(errors[current], flops[current], c.satisfied[current], seed, n_resamples)
         step["test"] = test
@@ -624,33 +761,49 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
             step["reason"] += " (after the constraints accepted before it)"
 
     refined_data["name"] = _refined_name(space.name)
-    refined_data["description"] = (f"{space.name} refined by xnetspace refine from study {data.name} "
-                                   f"({len(members)} members): {len(accepted)} constraint(s) accepted")
+    refined_data["description"] = (
+        f"{space.name} refined by xnetspace refine from study {data.name} "
+        f"({len(members)} members): {len(accepted)} constraint(s) accepted"
+    )
     refined_data["train"] = data.config.train.model_dump(mode="json")  # the recipe the population was trained with
     try:
         refined = SearchSpace.model_validate(refined_data)
     except ValidationError as err:  # every step was validated: a bug if it happens
         raise SpaceError(f"the refined space is not valid: {_first_line(err)}") from err
-    warnings_ = [f"{sum(s['first_test'] is not None for s in steps)} constraints were tested at 95% each: some "
-                 f"verdicts are chance; --verify N samples a fresh population of the refined space and compares it "
-                 f"with this one",
-                 "fix and width_rule take their values from the errors they are then tested on (their subsets look "
-                 "better than they are); --verify is the unbiased check"]
+    warnings_ = [
+        f"{sum(s['first_test'] is not None for s in steps)} constraints were tested at 95% each: some "
+        f"verdicts are chance; --verify N samples a fresh population of the refined space and compares it "
+        f"with this one",
+        "fix and width_rule take their values from the errors they are then tested on (their subsets look "
+        "better than they are); --verify is the unbiased check",
+    ]
     if len(members) < 100:
-        warnings_.append(f"{len(members)} members: pycls sampled 100 or more per space; subsets are small and the "
-                         f"greedy steps shrink them fast")
+        warnings_.append(
+            f"{len(members)} members: pycls sampled 100 or more per space; subsets are small and the "
+            f"greedy steps shrink them fast"
+        )
     if sampler not in UNBIASED_SAMPLERS or pruner != "none":
-        warnings_.append(f"refined with --force from a study with sampler {sampler}, pruner {pruner}: not a uniform "
-                         f"sample")
+        warnings_.append(
+            f"refined with --force from a study with sampler {sampler}, pruner {pruner}: not a uniform sample"
+        )
     score = data.score
     result = {
-        "study": data.name, "source": data.source, "space": space.name, "refined_space": refined.name,
-        "refined_space_file": "refined_space.yaml", "score": score.model_dump(exclude_none=True),
-        "members": len(members), "rule": _RULE,
-        "knobs_before": space.param_names(), "knobs_after": refined.param_names(), "steps": steps,
-        "accepted": accepted, "members_left": int(current.sum()),
+        "study": data.name,
+        "source": data.source,
+        "space": space.name,
+        "refined_space": refined.name,
+        "refined_space_file": "refined_space.yaml",
+        "score": score.model_dump(exclude_none=True),
+        "members": len(members),
+        "rule": _RULE,
+        "knobs_before": space.param_names(),
+        "knobs_after": refined.param_names(),
+        "steps": steps,
+        "accepted": accepted,
+        "members_left": int(current.sum()),
         "final_test": evidence(errors, flops, current, seed, n_resamples) if accepted else None,
-        "importance": importance_info["importance"], "warnings": warnings_,
+        "importance": importance_info["importance"],
+        "warnings": warnings_,
     }
     result = RefineResult.model_validate(result).model_dump(exclude_unset=True)
     masks["all accepted constraints"], within["all accepted constraints"] = current, everyone
@@ -667,26 +820,32 @@ def report_lines(result: dict, files: dict[str, Path] | None = None) -> list[str
         test = step["test"] or step["first_test"]
         where = f"{test['satisfying']}/{test['members']}" if test else "-"
         lines.append(f"  {step['verdict']:<14} {where:>8}  {step['description']}: {step['reason']}")
-    lines.append(f"accepted {len(result['accepted'])}; knobs {len(result['knobs_before'])} -> "
-                 f"{len(result['knobs_after'])}; members satisfying all accepted: {result['members_left']}")
+    lines.append(
+        f"accepted {len(result['accepted'])}; knobs {len(result['knobs_before'])} -> "
+        f"{len(result['knobs_after'])}; members satisfying all accepted: {result['members_left']}"
+    )
     if result.get("verify"):
         c = result["verify"]["comparison"]
         if c.get("mean_difference_ci95"):
             lo, hi = c["mean_difference_ci95"]
-            lines.append(f"verify: {result['verify']['members']} fresh members; refined minus original mean "
-                         f"{c['mean_difference']:+.4g} [95% CI {lo:+.4g}, {hi:+.4g}], KS {c['ks_statistic']:.3f} "
-                         f"(p = {c['ks_pvalue']:.3g}): {c['verdict']}")
+            lines.append(
+                f"verify: {result['verify']['members']} fresh members; refined minus original mean "
+                f"{c['mean_difference']:+.4g} [95% CI {lo:+.4g}, {hi:+.4g}], KS {c['ks_statistic']:.3f} "
+                f"(p = {c['ks_pvalue']:.3g}): {c['verdict']}"
+            )
     lines += [f"  note: {note}" for note in result["warnings"]]
     if files is not None:
         lines.append("files: " + ", ".join(str(p) for p in files.values()))
     return lines
 
 
-_RULE = (f"accept a constraint when at least {MIN_SUBSET} members satisfy it and the 95% bootstrap CI of "
-         f"mean(satisfying) - mean(members), complexity-normalised, does not lie above 0 (not detectably worse); "
-         f"reject when it lies above 0; undecided with fewer members. Tested on all members, then accepted greedily "
-         f"by the upper end of that CI (lowest first), each re-tested on the members that satisfy every constraint "
-         f"accepted before it.")
+_RULE = (
+    f"accept a constraint when at least {MIN_SUBSET} members satisfy it and the 95% bootstrap CI of "
+    f"mean(satisfying) - mean(members), complexity-normalised, does not lie above 0 (not detectably worse); "
+    f"reject when it lies above 0; undecided with fewer members. Tested on all members, then accepted greedily "
+    f"by the upper end of that CI (lowest first), each re-tested on the members that satisfy every constraint "
+    f"accepted before it."
+)
 
 
 def _refined_name(name: str) -> str:

@@ -1,6 +1,7 @@
 """Files of ``xnetspace refine``: ``refine.json``, ``refined_space.yaml`` and ``refine_edf.png`` (one
 panel per tested constraint: the EDF of the members it was tested within against the EDF of
 those that satisfy it, plain and complexity-normalised; matplotlib, Agg)."""
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,11 @@ def write_refine(refinement: Refinement, out: Path) -> dict[str, Path]:
     result = refinement.result
     files = {"json": out / "refine.json", "space": out / result["refined_space_file"], "edf": out / "refine_edf.png"}
     files["json"].write_text(json.dumps(result, indent=2) + "\n")
-    header = [f"{result['refined_space']}: refined by `xnetspace refine` from study {result['study']} "
-              f"({result['members']} members, {result['score']['label']}).",
-              f"Knobs: {len(result['knobs_before'])} before, {len(result['knobs_after'])} after. Accepted, in order:"]
+    header = [
+        f"{result['refined_space']}: refined by `xnetspace refine` from study {result['study']} "
+        f"({result['members']} members, {result['score']['label']}).",
+        f"Knobs: {len(result['knobs_before'])} before, {len(result['knobs_after'])} after. Accepted, in order:",
+    ]
     header += [f"  {i}. {a}" for i, a in enumerate(result["accepted"], start=1)] or ["  (none)"]
     header += ["Evidence for each step: refine.json beside this file; the rule: docs/design_spaces.md."]
     files["space"].write_text(space_yaml(refinement.space, "\n".join(header)))
@@ -45,13 +48,14 @@ def _plot(refinement: Refinement, path: Path) -> None:
     tested = [s for s in result["steps"] if s["first_test"] is not None]
     tested.sort(key=lambda s: (s["order"] is None, s["order"] or 0))
     panels = [("all accepted constraints", "all accepted constraints", result.get("final_test"))]
-    panels += [(s["description"], f"{s['kind']} {s['knob']}: {s['verdict']}", s["test"] or s["first_test"])
-               for s in tested]
+    panels += [
+        (s["description"], f"{s['kind']} {s['knob']}: {s['verdict']}", s["test"] or s["first_test"]) for s in tested
+    ]
     panels = panels[:MAX_PANELS]
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_axis_off()
     digits = 4 if result["score"]["unit"] == "nats" else 2
     for ax, (key, title, test) in zip(axes.flat, panels):
@@ -94,4 +98,3 @@ def _wrap(text: str, width: int) -> str:
         else:
             line = f"{line} {word}".strip()
     return "\n".join(lines + [line])[:200]
-

@@ -4,6 +4,7 @@ refined space, trained with the original study's dataset, objective, recipe and 
 through the normal search machinery (random sampler, no pruner, no confirmation: what
 ``xnetspace search --population`` runs), and compared with the original population
 (:func:`~.analysis.analyze`: EDFs, Kolmogorov-Smirnov, bootstrap CIs)."""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,16 @@ from .study import RunOptions, check_devices
 __all__ = ["refine_run", "verify"]
 
 
-def refine_run(run: Path, out: Path, n_verify: int = 0, force: bool = False, seed: int = 0,
-               devices: str | Sequence[str] = ("cpu",), workers_per_device: int | None = None,
-               progress: bool = True) -> tuple[dict, dict[str, Path]]:
+def refine_run(
+    run: Path,
+    out: Path,
+    n_verify: int = 0,
+    force: bool = False,
+    seed: int = 0,
+    devices: str | Sequence[str] = ("cpu",),
+    workers_per_device: int | None = None,
+    progress: bool = True,
+) -> tuple[dict, dict[str, Path]]:
     """Refine the population study in the folder ``run`` (:func:`~.refine.refine`), write
     ``refine.json``, the refined space and its figure into ``out``, and with ``n_verify`` train
     and compare a fresh population of that many members (:func:`verify`; its ``devices`` are
@@ -57,8 +65,16 @@ def refine_run(run: Path, out: Path, n_verify: int = 0, force: bool = False, see
     return refinement.result, files
 
 
-def verify(refinement: Refinement, original: StudyData, out: Path, n: int, devices: list[str] | None = None,
-           workers_per_device: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+def verify(
+    refinement: Refinement,
+    original: StudyData,
+    out: Path,
+    n: int,
+    devices: list[str] | None = None,
+    workers_per_device: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Sample and train ``n`` members of the refined space in ``out/verify`` (resumable: the same
     command continues it) and compare them with ``original``.
 
@@ -72,13 +88,27 @@ def verify(refinement: Refinement, original: StudyData, out: Path, n: int, devic
     """
     folder = Path(out) / "verify"
     config = original.config.model_copy(update={"space": refinement.space})  # its dataset, objective, recipe, seeds
-    options = RunOptions(n_trials=n, out=folder, study_name=f"{refinement.space.name}-verify", sampler="random",
-                         pruner="none", confirm_top=0, seed=seed, devices=devices or ["cpu"],
-                         workers_per_device=workers_per_device, progress=progress)
+    options = RunOptions(
+        n_trials=n,
+        out=folder,
+        study_name=f"{refinement.space.name}-verify",
+        sampler="random",
+        pruner="none",
+        confirm_top=0,
+        seed=seed,
+        devices=devices or ["cpu"],
+        workers_per_device=workers_per_device,
+        progress=progress,
+    )
     run_search(config, options)
     fresh = study_data(load_run(folder), str(folder), folder / "summary.json")
     result = analyze([fresh, original], seed=seed)
     write_analysis(result, folder)
-    return {"folder": str(folder), "requested": n, "members": len(fresh.candidates),
-            "comparison": result["comparison"], "knobs_before": len(refinement.result["knobs_before"]),
-            "knobs_after": len(refinement.result["knobs_after"])}
+    return {
+        "folder": str(folder),
+        "requested": n,
+        "members": len(fresh.candidates),
+        "comparison": result["comparison"],
+        "knobs_before": len(refinement.result["knobs_before"]),
+        "knobs_after": len(refinement.result["knobs_after"]),
+    }

@@ -8,6 +8,7 @@ completed, trained trials only, so it is always inside the budget (over-budget s
 trained). In a multi-objective study the proxy best is the Pareto-optimal trial with the highest
 top-1 and ``trials.csv`` marks the front.
 """
+
 from __future__ import annotations
 
 import csv
@@ -46,8 +47,11 @@ class SearchOutcome:
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     """Non-dominated candidates (top-1 maximised, the second objective minimised)."""
     trials = candidates(study)
-    return [t for t in trials if not any(
-        o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values for o in trials)]
+    return [
+        t
+        for t in trials
+        if not any(o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values for o in trials)
+    ]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -58,14 +62,17 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     return max(pool, key=lambda t: (sign * t.values[0], -(read_trial(t).flops or 0)), default=None)
 
 
-def write_results(study: optuna.Study, config: StudyConfig, options: RunOptions,
-                  summary: dict | None = None) -> SearchOutcome:
+def write_results(
+    study: optuna.Study, config: StudyConfig, options: RunOptions, summary: dict | None = None
+) -> SearchOutcome:
     """Write the result files into ``options.out`` and print the report; ``summary`` is the
     confirmation's (:func:`xnetspace.search.confirmation.summarize`), None without one."""
     assert options.out is not None  # options resolved for the study (RunOptions.resolved)
     out = Path(options.out)
-    files = {"trials": _write_trials_csv(study, out / "trials.csv", summary),
-             "history": _plot_history(study, config.score, out / "history.png")}
+    files = {
+        "trials": _write_trials_csv(study, out / "trials.csv", summary),
+        "history": _plot_history(study, config.score, out / "history.png"),
+    }
     if len(study.directions) > 1:
         files["pareto"] = _plot_pareto(study, config, out / "pareto.png")
     if summary is not None:
@@ -81,12 +88,17 @@ def write_results(study: optuna.Study, config: StudyConfig, options: RunOptions,
     if best is not None:
         record = read_trial(best)
         spec = NetworkSpec.model_validate(record.spec)
-        score_words = (f"confirmed {score.label} {_ci(confirmed['confirm'], score)} over {confirmed['confirm']['n']} seeds"
-                       if confirmed else f"proxy {score.label} {score.format(best.values[0])} (one run)")
-        header = (f"# Best of study '{options.study_name}' (space {config.space.name}, dataset {config.dataset}): "
-                  f"trial {best.number}, {score_words},\n# {record.flops:,} FLOPs at "
-                  f"{'x'.join(map(str, parse_image_size(config.space.constraints.image_size)))}, "
-                  f"{record.params:,} params.\n")
+        score_words = (
+            f"confirmed {score.label} {_ci(confirmed['confirm'], score)} over {confirmed['confirm']['n']} seeds"
+            if confirmed
+            else f"proxy {score.label} {score.format(best.values[0])} (one run)"
+        )
+        header = (
+            f"# Best of study '{options.study_name}' (space {config.space.name}, dataset {config.dataset}): "
+            f"trial {best.number}, {score_words},\n# {record.flops:,} FLOPs at "
+            f"{'x'.join(map(str, parse_image_size(config.space.constraints.image_size)))}, "
+            f"{record.params:,} params.\n"
+        )
         files["best_spec"] = out / "best_spec.yaml"
         files["best_spec"].write_text(header + spec.to_yaml())
     for line in report_lines(summary, best, score):
@@ -108,31 +120,48 @@ def report_lines(summary: dict | None, best: FrozenTrial | None, score: Score = 
         record = read_trial(best)
         assert record.flops is not None and record.params is not None  # a candidate was counted before training
         runs = len(record.runs)
-        return [f"best by proxy score: trial {best.number}, {human_count(record.flops)} FLOPs, "
-                f"{human_count(record.params)} params, proxy {_num(best.values[0])} "
-                f"({runs} seed{'s' if runs != 1 else ''}; "
-                + (f"retrained with {seeds} other seeds its proxy {name} varies with std {fmt(noise)}: differences "
-                   f"of that size between candidates are noise)" if noise is not None
-                   else "confirm it with --confirm-top K)")]
+        return [
+            f"best by proxy score: trial {best.number}, {human_count(record.flops)} FLOPs, "
+            f"{human_count(record.params)} params, proxy {_num(best.values[0])} "
+            f"({runs} seed{'s' if runs != 1 else ''}; "
+            + (
+                f"retrained with {seeds} other seeds its proxy {name} varies with std {fmt(noise)}: differences "
+                f"of that size between candidates are noise)"
+                if noise is not None
+                else "confirm it with --confirm-top K)"
+            )
+        ]
     p = summary["protocol"]
-    lines = [f"confirmation: {len(summary['candidates'])} candidates x {len(p['seeds'])} seeds, {p['epochs']} epochs, "
-             f"scored by {name} ({score.unit}, {'higher' if score.maximize else 'lower'} is better) on the {p['split']} "
-             f"split" + (f" ({summary['pending']} runs not finished)" if summary["pending"] else "")]
+    lines = [
+        f"confirmation: {len(summary['candidates'])} candidates x {len(p['seeds'])} seeds, {p['epochs']} epochs, "
+        f"scored by {name} ({score.unit}, {'higher' if score.maximize else 'lower'} is better) on the {p['split']} "
+        f"split" + (f" ({summary['pending']} runs not finished)" if summary["pending"] else "")
+    ]
     if len(summary["candidates"]) < p["confirm_top"]:
-        lines.append(f"only {len(summary['candidates'])} completed candidates to confirm (--confirm-top {p['confirm_top']})")
+        lines.append(
+            f"only {len(summary['candidates'])} completed candidates to confirm (--confirm-top {p['confirm_top']})"
+        )
 
     def row(entry: dict) -> str:
         proxy = "-" if entry.get("proxy_score") is None else _num(entry["proxy_score"])
         top1 = f"  top-1 {entry['confirm_top1']['mean']:.2f}" if "confirm_top1" in entry else ""
-        return (f"{human_count(entry['flops']):>7s} FLOPs  {human_count(entry['params']):>7s} params  "
-                f"proxy {proxy:>7s}  confirmed {_ci(entry['confirm'], score)}{top1}")
+        return (
+            f"{human_count(entry['flops']):>7s} FLOPs  {human_count(entry['params']):>7s} params  "
+            f"proxy {proxy:>7s}  confirmed {_ci(entry['confirm'], score)}{top1}"
+        )
 
     for c in sorted(summary["candidates"], key=lambda c: score.rank_key(c["confirm"]["mean"])):
         lines.append(f"  trial {c['trial']:4d}  " + row(c))
     b, noise = summary["best"], summary["noise"]
-    lines.append(f"best: trial {b['trial']}, {human_count(b['flops'])} FLOPs, {human_count(b['params'])} params, "
-                 f"{name} {_ci(b['confirm'], score)}")
-    spread = "" if math.isnan(noise["between_std"]) else f"; spread of the candidates' means (std) {fmt(noise['between_std'])}"
+    lines.append(
+        f"best: trial {b['trial']}, {human_count(b['flops'])} FLOPs, {human_count(b['params'])} params, "
+        f"{name} {_ci(b['confirm'], score)}"
+    )
+    spread = (
+        ""
+        if math.isnan(noise["between_std"])
+        else f"; spread of the candidates' means (std) {fmt(noise['between_std'])}"
+    )
     lines.append(f"seed noise (pooled std over seeds) {fmt(noise['seed_std'])}{spread}")
     for x in sorted(summary.get("fidelity_sample", []), key=lambda x: score.rank_key(x["confirm"]["mean"])):
         lines.append(f"  random {x['label']:>10s}  " + row(x))
@@ -141,34 +170,46 @@ def report_lines(summary: dict | None, best: FrozenTrial | None, score: Score = 
             sep = summary.get(section, {}).get(key)
             if sep and sep["n"] >= 2 and not (key == "all" and sep["n"] == len(summary["candidates"])):
                 verdict = "they differ beyond seed noise" if sep["separated"] else "no difference beyond seed noise"
-                lines.append(f"{words} ({sep['n']}){by}: spread of means {by_fmt(sep['between_std'])} (architectures "
-                             f"alone {by_fmt(sep['architecture_std'])}) against seed noise {by_fmt(sep['seed_std'])}, "
-                             f"one-way ANOVA F {sep['f']:.2f}, p {sep['p']:.3g}: {verdict}")
+                lines.append(
+                    f"{words} ({sep['n']}){by}: spread of means {by_fmt(sep['between_std'])} (architectures "
+                    f"alone {by_fmt(sep['architecture_std'])}) against seed noise {by_fmt(sep['seed_std'])}, "
+                    f"one-way ANOVA F {sep['f']:.2f}, p {sep['p']:.3g}: {verdict}"
+                )
     leaders = summary["leaders"]
     if leaders is not None:
         verdict = "distinguishable" if leaders["distinguishable"] else "NOT distinguishable (within seed noise)"
         lines.append(f"best minus runner-up: {_diff(leaders, score)}: {verdict}")
     for base in summary.get("baselines", []):
         d = base["difference"]
-        lines.append(f"baseline {base['name']}: {human_count(base['flops'])} FLOPs, {human_count(base['params'])} params, "
-                     f"{name} {_ci(base['confirm'], score)}")
-        verdict = ("the winner is better" if score.improves(d["mean"]) else "the baseline is better") \
-            if d["distinguishable"] else "not distinguishable"
+        lines.append(
+            f"baseline {base['name']}: {human_count(base['flops'])} FLOPs, {human_count(base['params'])} params, "
+            f"{name} {_ci(base['confirm'], score)}"
+        )
+        verdict = (
+            ("the winner is better" if score.improves(d["mean"]) else "the baseline is better")
+            if d["distinguishable"]
+            else "not distinguishable"
+        )
         lines.append(f"  winner minus it: {_diff(d, score)}: {verdict}")
     compute = summary.get("compute") or {}
     if compute.get("control") is not None:
-        lines.append(f"proxy training spent: search {compute['search']}, random control {compute['control']} "
-                     f"replica-epochs")
+        lines.append(
+            f"proxy training spent: search {compute['search']}, random control {compute['control']} replica-epochs"
+        )
     f = summary["fidelity"]
     if f["n"] >= 3 and not math.isnan(f["kendall_tau"]):
-        lines.append(f"proxy fidelity over {f['n']} specs: Kendall tau {f['kendall_tau']:.2f} "
-                     f"[{f['ci95']['kendall_tau'][0]:.2f}, {f['ci95']['kendall_tau'][1]:.2f}], Spearman rho "
-                     f"{f['spearman_rho']:.2f} [{f['ci95']['spearman_rho'][0]:.2f}, {f['ci95']['spearman_rho'][1]:.2f}]")
+        lines.append(
+            f"proxy fidelity over {f['n']} specs: Kendall tau {f['kendall_tau']:.2f} "
+            f"[{f['ci95']['kendall_tau'][0]:.2f}, {f['ci95']['kendall_tau'][1]:.2f}], Spearman rho "
+            f"{f['spearman_rho']:.2f} [{f['ci95']['spearman_rho'][0]:.2f}, {f['ci95']['spearman_rho'][1]:.2f}]"
+        )
         c = f.get("ceiling") or {}
         if c.get("kendall_tau") is not None and math.isfinite(c["kendall_tau"]):
-            lines.append(f"noise ceiling (Kendall tau between the means of two halves of the {c['seeds']} confirmation "
-                         f"seeds, over the same {c['n']} specs): {c['kendall_tau']:.2f} [{c['ci95'][0]:.2f}, "
-                         f"{c['ci95'][1]:.2f}]; the proxy reaches {100 * f['fraction_of_ceiling']:.0f}% of it")
+            lines.append(
+                f"noise ceiling (Kendall tau between the means of two halves of the {c['seeds']} confirmation "
+                f"seeds, over the same {c['n']} specs): {c['kendall_tau']:.2f} [{c['ci95'][0]:.2f}, "
+                f"{c['ci95'][1]:.2f}]; the proxy reaches {100 * f['fraction_of_ceiling']:.0f}% of it"
+            )
     return lines
 
 
@@ -217,33 +258,70 @@ def _write_trials_csv(study: optuna.Study, path: Path, summary: dict | None = No
     front = {t.number for t in pareto_front(study)} if len(study.directions) > 1 else set()
     confirmed = {c["trial"]: c["confirm"] for c in (summary or {}).get("candidates", [])}
     tse = PROXIES["tse"]
-    fields = ["number", "state", "reason", "top1", "loss", "proxy", "n_seeds", "tse", *ZERO_COST, "flops", "params",
-              "latency_ms", "seconds", "epochs", "rejected_samples", "duplicate_of", "race", "pareto", "spec_digest",
-              *[f"{kind}_seed{s}" for s in seeds for kind in ("loss", "top1")],
-              "confirm_mean", "confirm_std", "confirm_ci95_lo", "confirm_ci95_hi", "confirm_n", *knobs]
+    fields = [
+        "number",
+        "state",
+        "reason",
+        "top1",
+        "loss",
+        "proxy",
+        "n_seeds",
+        "tse",
+        *ZERO_COST,
+        "flops",
+        "params",
+        "latency_ms",
+        "seconds",
+        "epochs",
+        "rejected_samples",
+        "duplicate_of",
+        "race",
+        "pareto",
+        "spec_digest",
+        *[f"{kind}_seed{s}" for s in seeds for kind in ("loss", "top1")],
+        "confirm_mean",
+        "confirm_std",
+        "confirm_ci95_lo",
+        "confirm_ci95_hi",
+        "confirm_n",
+        *knobs,
+    ]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for t, r in trials:
             top1, loss, tse_value = r.final("top1"), r.final("loss"), tse.of(r)
-            writer.writerow({
-                "number": t.number, "state": _state(t), "reason": r.reason or "",
-                "proxy": f"{t.values[0]:.6g}" if t.values else "", "n_seeds": len(r.runs) or "",
-                "top1": f"{top1:.4f}" if top1 is not None else "",
-                "loss": f"{loss:.6f}" if loss is not None else "",
-                "tse": f"{tse_value:.6f}" if tse_value is not None else "",
-                **{name: f"{r.zero_cost[name]:.6g}" if name in r.zero_cost else "" for name in ZERO_COST},
-                "flops": _blank(r.flops), "params": _blank(r.params),
-                "latency_ms": f"{r.latency_ms:.3f}" if r.latency_ms is not None else "",
-                "seconds": _blank(r.seconds), "epochs": len(r.top1_history) or "",
-                "rejected_samples": r.rejected_samples if r.spec else "", "duplicate_of": _blank(r.duplicate_of),
-                "race": r.race or "", "pareto": int(t.number in front) if front else "",
-                "spec_digest": r.spec_digest or "",
-                **{f"{kind}_seed{run.seed}": f"{getattr(run, kind)[-1]:.6f}" for run in r.runs
-                   for kind in ("loss", "top1") if getattr(run, kind)},
-                **_confirm_columns(confirmed.get(t.number)),
-                **{k: t.params.get(k, "") for k in knobs},
-            })
+            writer.writerow(
+                {
+                    "number": t.number,
+                    "state": _state(t),
+                    "reason": r.reason or "",
+                    "proxy": f"{t.values[0]:.6g}" if t.values else "",
+                    "n_seeds": len(r.runs) or "",
+                    "top1": f"{top1:.4f}" if top1 is not None else "",
+                    "loss": f"{loss:.6f}" if loss is not None else "",
+                    "tse": f"{tse_value:.6f}" if tse_value is not None else "",
+                    **{name: f"{r.zero_cost[name]:.6g}" if name in r.zero_cost else "" for name in ZERO_COST},
+                    "flops": _blank(r.flops),
+                    "params": _blank(r.params),
+                    "latency_ms": f"{r.latency_ms:.3f}" if r.latency_ms is not None else "",
+                    "seconds": _blank(r.seconds),
+                    "epochs": len(r.top1_history) or "",
+                    "rejected_samples": r.rejected_samples if r.spec else "",
+                    "duplicate_of": _blank(r.duplicate_of),
+                    "race": r.race or "",
+                    "pareto": int(t.number in front) if front else "",
+                    "spec_digest": r.spec_digest or "",
+                    **{
+                        f"{kind}_seed{run.seed}": f"{getattr(run, kind)[-1]:.6f}"
+                        for run in r.runs
+                        for kind in ("loss", "top1")
+                        if getattr(run, kind)
+                    },
+                    **_confirm_columns(confirmed.get(t.number)),
+                    **{k: t.params.get(k, "") for k in knobs},
+                }
+            )
     return path
 
 
@@ -255,9 +333,13 @@ def _blank(value) -> object:
 def _confirm_columns(confirm: dict | None) -> dict:
     if confirm is None:
         return {"confirm_mean": "", "confirm_std": "", "confirm_ci95_lo": "", "confirm_ci95_hi": "", "confirm_n": ""}
-    return {"confirm_mean": f"{confirm['mean']:.4f}", "confirm_std": f"{confirm['std']:.4f}",
-            "confirm_ci95_lo": f"{confirm['ci95'][0]:.4f}", "confirm_ci95_hi": f"{confirm['ci95'][1]:.4f}",
-            "confirm_n": confirm["n"]}
+    return {
+        "confirm_mean": f"{confirm['mean']:.4f}",
+        "confirm_std": f"{confirm['std']:.4f}",
+        "confirm_ci95_lo": f"{confirm['ci95'][0]:.4f}",
+        "confirm_ci95_hi": f"{confirm['ci95'][1]:.4f}",
+        "confirm_n": confirm["n"],
+    }
 
 
 def _plot_fidelity(summary: dict, path: Path) -> Path:
@@ -272,16 +354,31 @@ def _plot_fidelity(summary: dict, path: Path) -> Path:
         if not entries:
             continue
         means = [e["confirm"]["mean"] for e in entries]
-        ax.errorbar([e["proxy_score"] for e in entries], means, fmt=fmt, capsize=3, label=f"{label} (95% CI)",
-                    yerr=[[m - e["confirm"]["ci95"][0] for m, e in zip(means, entries)],
-                          [e["confirm"]["ci95"][1] - m for m, e in zip(means, entries)]])
+        ax.errorbar(
+            [e["proxy_score"] for e in entries],
+            means,
+            fmt=fmt,
+            capsize=3,
+            label=f"{label} (95% CI)",
+            yerr=[
+                [m - e["confirm"]["ci95"][0] for m, e in zip(means, entries)],
+                [e["confirm"]["ci95"][1] - m for m, e in zip(means, entries)],
+            ],
+        )
     for c in summary["candidates"]:
-        ax.annotate(str(c["trial"]), (c["proxy_score"], c["confirm"]["mean"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
+        ax.annotate(
+            str(c["trial"]),
+            (c["proxy_score"], c["confirm"]["mean"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
     f, p = summary["fidelity"], summary["protocol"]
-    ax.set(xlabel=f"proxy {score.label} ({score.unit}), one run",
-           ylabel=f"confirmed {score.label} ({score.unit}), {p['split']} split",
-           title=f"proxy fidelity: Kendall tau {f['kendall_tau']:.2f}, Spearman rho {f['spearman_rho']:.2f} (n={f['n']})")
+    ax.set(
+        xlabel=f"proxy {score.label} ({score.unit}), one run",
+        ylabel=f"confirmed {score.label} ({score.unit}), {p['split']} split",
+        title=f"proxy fidelity: Kendall tau {f['kendall_tau']:.2f}, Spearman rho {f['spearman_rho']:.2f} (n={f['n']})",
+    )
     ax.legend(loc="best", fontsize=8)
     return save_figure(fig, path)
 
@@ -294,8 +391,14 @@ def _plot_history(study: optuna.Study, score: Score, path: Path) -> Path:
     complete = [t for t in done if t.state == TrialState.COMPLETE]
     stopped = [(t.number, read_trial(t).final(score.name)) for t in done if t.state != TrialState.COMPLETE]
     ax.scatter([t.number for t in complete], [t.values[0] for t in complete], s=18, label="completed")
-    ax.scatter([n for n, _ in stopped], [v for _, v in stopped], marker="x",
-               s=18, color="grey", label="pruned / failed (last epoch)")
+    ax.scatter(
+        [n for n, _ in stopped],
+        [v for _, v in stopped],
+        marker="x",
+        s=18,
+        color="grey",
+        label="pruned / failed (last epoch)",
+    )
     best, xs, ys = None, [], []
     for t in sorted(complete, key=lambda t: t.number):
         best = t.values[0] if best is None else min(best, t.values[0], key=score.rank_key)

@@ -6,6 +6,7 @@ The pieces, one room each: :mod:`.study` (config, storage, slots), :mod:`.object
 loop, processes), :mod:`.join` (workers from other machines), :mod:`.progress` (terminal
 output), :mod:`.results` (files on disk).
 """
+
 from __future__ import annotations
 
 import optuna
@@ -52,9 +53,12 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
     record_dataset(study, data)
     if not options.storage_url.startswith("sqlite"):
         log(options, f"other machines join with:\n  {worker_command(options)}")
-    log(options, f"{data}\nspace {config.space.name}: {check.summary()}\n"
-                  f"study '{options.study_name}' in {options.storage_url}: "
-                  f"{slot_state(study, options.n_trials).done} of {options.n_trials} trials done")
+    log(
+        options,
+        f"{data}\nspace {config.space.name}: {check.summary()}\n"
+        f"study '{options.study_name}' in {options.storage_url}: "
+        f"{slot_state(study, options.n_trials).done} of {options.n_trials} trials done",
+    )
 
     control = open_control_study(config, options) if "random:auto" in options.baselines else None
     monitor = Monitor(study, options, config, control)

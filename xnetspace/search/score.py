@@ -13,6 +13,7 @@ loss), a zero-cost score at initialisation (:mod:`.zero_cost`), or params / FLOP
 any proxy must beat). How well each ranks what the confirmation measures is measured by the
 fidelity study (:mod:`.fidelity`; docs/fidelity.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -112,16 +113,19 @@ class Proxy:
         return record.zero_cost.get(self.name)
 
 
-PROXIES = {p.name: p for p in (
-    Proxy("loss", "validation cross-entropy", maximize=False, trains=True),
-    Proxy("top1", "validation top-1", maximize=True, trains=True),
-    Proxy("tse", "training-speed estimate (TSE)", maximize=False, trains=True),
-    Proxy("synflow", "synflow at initialisation (log10)", maximize=True, trains=False),
-    Proxy("naswot", "NASWOT at initialisation", maximize=True, trains=False),
-    Proxy("grad_norm", "grad_norm at initialisation", maximize=True, trains=False),
-    Proxy("params", "parameter count", maximize=True, trains=False),
-    Proxy("flops", "FLOPs", maximize=True, trains=False),
-)}
+PROXIES = {
+    p.name: p
+    for p in (
+        Proxy("loss", "validation cross-entropy", maximize=False, trains=True),
+        Proxy("top1", "validation top-1", maximize=True, trains=True),
+        Proxy("tse", "training-speed estimate (TSE)", maximize=False, trains=True),
+        Proxy("synflow", "synflow at initialisation (log10)", maximize=True, trains=False),
+        Proxy("naswot", "NASWOT at initialisation", maximize=True, trains=False),
+        Proxy("grad_norm", "grad_norm at initialisation", maximize=True, trains=False),
+        Proxy("params", "parameter count", maximize=True, trains=False),
+        Proxy("flops", "FLOPs", maximize=True, trains=False),
+    )
+}
 
 
 def proxy_of(objective: str) -> Proxy:

@@ -18,6 +18,7 @@ width rule (``width``), linear schedules across stages (``schedules``) and non-d
 ``stage{a}-{b}.{knob}`` (a monotone chain). ``constraints`` are hard budgets checked from the
 cost model before anything is built.
 """
+
 from __future__ import annotations
 
 import random
@@ -65,8 +66,19 @@ from .space_rules import (
 )
 from .train import TrainConfig
 
-__all__ = ["SearchSpace", "Constraints", "SpaceError", "load_space", "parse_count", "human_count", "RandomTrial",
-           "SpaceCheck", "CornerTrial", "space_yaml", "space_data"]
+__all__ = [
+    "SearchSpace",
+    "Constraints",
+    "SpaceError",
+    "load_space",
+    "parse_count",
+    "human_count",
+    "RandomTrial",
+    "SpaceCheck",
+    "CornerTrial",
+    "space_yaml",
+    "space_data",
+]
 
 
 class StageSpace(BaseModel):
@@ -197,7 +209,9 @@ class SearchSpace(BaseModel):
                 if definition.tie and not isinstance(definition, TieRef):
                     kept = defined.setdefault(definition.tie, definition)
                     if kept != definition:
-                        raise ValueError(f"tie '{definition.tie}' is defined twice, differently: {kept} and {definition}")
+                        raise ValueError(
+                            f"tie '{definition.tie}' is defined twice, differently: {kept} and {definition}"
+                        )
         for stage in self.stage_definitions():
             for knob, definition in stage.items():
                 if isinstance(definition, TieRef) and definition.tie not in defined:
@@ -215,13 +229,19 @@ class SearchSpace(BaseModel):
                 raise ValueError(f"{rule} sets {knob} in every stage, but {place} defines it too; remove one")
         for knob in rules.monotone:
             if knob in set_by:
-                what = "its widths never decrease already" if set_by[knob] == "rules.width" and knob == "embed_dim" \
+                what = (
+                    "its widths never decrease already"
+                    if set_by[knob] == "rules.width" and knob == "embed_dim"
                     else "it cannot also be monotone"
+                )
                 raise ValueError(f"rules.monotone: {knob} is set by {set_by[knob]}; {what}")
             self._monotone_options(knob)  # raises for ties, continuous ranges, too many or no combinations
         if rules.width:
-            low = rules.width.depth.low if isinstance(rules.width.depth, Range) else \
-                max(cast(list, finite_values(rules.width.depth, whole=True)))  # no ties in rules
+            low = (
+                rules.width.depth.low
+                if isinstance(rules.width.depth, Range)
+                else max(cast(list, finite_values(rules.width.depth, whole=True)))
+            )  # no ties in rules
             most = rules.width.depth.high if isinstance(rules.width.depth, Range) else low
             if most < n:
                 raise ValueError(f"rules.width.depth is at most {most:g} blocks, fewer than the {n} stages")
@@ -229,9 +249,15 @@ class SearchSpace(BaseModel):
             problem = quantum_problem(rules.width.quantum, sets)
             if problem:
                 smallest = smallest_quantum(sets)
-                hint = (f"the smallest quantum that keeps every stage valid is {smallest} (every valid one is a "
-                        f"multiple of it)" if smallest else "no quantum up to 4096 keeps every stage valid")
-                raise ValueError(f"rules.width.quantum {rules.width.quantum} can give invalid widths: {problem}; {hint}")
+                hint = (
+                    f"the smallest quantum that keeps every stage valid is {smallest} (every valid one is a "
+                    f"multiple of it)"
+                    if smallest
+                    else "no quantum up to 4096 keeps every stage valid"
+                )
+                raise ValueError(
+                    f"rules.width.quantum {rules.width.quantum} can give invalid widths: {problem}; {hint}"
+                )
         return self
 
     def _defined_at(self, knob: str) -> str | None:
@@ -251,8 +277,10 @@ class SearchSpace(BaseModel):
             if schedule.values is not None:
                 return list(schedule.values)
             if whole:  # rounded to whole numbers between the extremes of first and last
-                ends = [finite_values(d, whole=True) or [cast(Range, d).low, cast(Range, d).high]
-                        for d in (schedule.first, schedule.last)]
+                ends = [
+                    finite_values(d, whole=True) or [cast(Range, d).low, cast(Range, d).high]
+                    for d in (schedule.first, schedule.last)
+                ]
                 return list(range(int(min(map(min, ends))), int(max(map(max, ends))) + 1))
             return None
         definition = self.stage_definitions()[index].get(knob)
@@ -280,24 +308,31 @@ class SearchSpace(BaseModel):
         for i, stage in enumerate(self.stage_definitions()):
             definition = stage.get(knob)
             if definition is not None and definition.tie:
-                raise ValueError(f"rules.monotone: {knob} is tied (tie '{definition.tie}') in stage {i + 1}: a tied "
-                                 f"knob is one value in all its stages; drop the tie or the monotone entry")
+                raise ValueError(
+                    f"rules.monotone: {knob} is tied (tie '{definition.tie}') in stage {i + 1}: a tied "
+                    f"knob is one value in all its stages; drop the tie or the monotone entry"
+                )
             if isinstance(definition, Range) and definition.log:
-                raise ValueError(f"rules.monotone: {knob} of stage {i + 1} is a log range; monotone knobs are drawn "
-                                 f"uniformly over their non-decreasing combinations: give a step or choices")
+                raise ValueError(
+                    f"rules.monotone: {knob} of stage {i + 1} is a log range; monotone knobs are drawn "
+                    f"uniformly over their non-decreasing combinations: give a step or choices"
+                )
             found = self.stage_values(i, knob)
             if found is None:
-                raise ValueError(f"rules.monotone: {knob} of stage {i + 1} is a continuous range; give it a step "
-                                 f"or choices")
+                raise ValueError(
+                    f"rules.monotone: {knob} of stage {i + 1} is a continuous range; give it a step or choices"
+                )
             values.append(found)
         options = {}
         for a, b in monotone_chains(values):
             try:
-                combos = nondecreasing(values[a:b + 1])
+                combos = nondecreasing(values[a : b + 1])
             except ValueError:
-                raise ValueError(f"rules.monotone: {knob} of stages {a + 1}-{b + 1} has more than "
-                                 f"{MAX_MONOTONE_COMBINATIONS:,} non-decreasing combinations (one Optuna parameter "
-                                 f"holds them all); use fewer values or steps, or rules.width") from None
+                raise ValueError(
+                    f"rules.monotone: {knob} of stages {a + 1}-{b + 1} has more than "
+                    f"{MAX_MONOTONE_COMBINATIONS:,} non-decreasing combinations (one Optuna parameter "
+                    f"holds them all); use fewer values or steps, or rules.width"
+                ) from None
             if not combos:
                 raise ValueError(f"rules.monotone: {knob} of stages {a + 1}-{b + 1} has no non-decreasing combination")
             options[(a, b)] = combos
@@ -355,16 +390,24 @@ class SearchSpace(BaseModel):
             last = suggest(trial, f"schedule.{knob}.last", schedule.last, whole)
             scheduled[knob] = interpolate(first, last, n, schedule.log)
         if problems:
-            raise ValidationError.from_exception_data("NetworkSpec", [
-                {"type": "value_error", "loc": ("rules",), "input": None, "ctx": {"error": ValueError(p)}}
-                for p in problems])
+            raise ValidationError.from_exception_data(
+                "NetworkSpec",
+                [
+                    {"type": "value_error", "loc": ("rules",), "input": None, "ctx": {"error": ValueError(p)}}
+                    for p in problems
+                ],
+            )
         defaults = StageSpec.model_fields
         for knob in sorted(scheduled, key=lambda k: k in ("mlp_ratio", "attn_ratio")):  # the ratios need the heads
             for stage, x in zip(stages, scheduled[knob]):
                 stage[knob] = round_scheduled(
-                    knob, x, rules.schedules[knob].values, stage.get("embed_dim"),
+                    knob,
+                    x,
+                    rules.schedules[knob].values,
+                    stage.get("embed_dim"),
                     stage.get("num_heads", defaults["num_heads"].default),
-                    len(stage.get("ffn_kernel_sizes", defaults["ffn_kernel_sizes"].default)))
+                    len(stage.get("ffn_kernel_sizes", defaults["ffn_kernel_sizes"].default)),
+                )
         return NetworkSpec.model_validate({"name": f"{self.name}_sample", **self.network, **network, "stages": stages})
 
     def rules_summary(self) -> str:
@@ -444,8 +487,14 @@ class SearchSpace(BaseModel):
             problems = self.constraints.violations(report.flops, report.params)
             reasons.update(" ".join(p.split()[0:1] + p.split()[2:4]) for p in problems)  # "FLOPs above max"
             feasible += not problems
-        result = SpaceCheck(len(trials), valid, feasible, (min(flops, default=0), max(flops, default=0)),
-                            (min(params, default=0), max(params, default=0)), reasons.most_common(3))
+        result = SpaceCheck(
+            len(trials),
+            valid,
+            feasible,
+            (min(flops, default=0), max(flops, default=0)),
+            (min(params, default=0), max(params, default=0)),
+            reasons.most_common(3),
+        )
         if feasible == 0:
             raise SpaceError(
                 f"space '{self.name}': none of {len(trials):,} specs drawn meets the constraints "
@@ -496,7 +545,9 @@ def _short(definition: Knob) -> Any:
     if isinstance(definition, TieRef):
         return {"tie": definition.tie}
     if isinstance(definition, Fixed):
-        return {"value": _plain(definition.value), "tie": definition.tie} if definition.tie else _plain(definition.value)
+        return (
+            {"value": _plain(definition.value), "tie": definition.tie} if definition.tie else _plain(definition.value)
+        )
     if isinstance(definition, Choices):
         if definition.tie:
             return {"choices": _plain(definition.choices), "tie": definition.tie}
@@ -568,18 +619,19 @@ class _Dumper(yaml.SafeDumper):
     pass
 
 
-_Dumper.add_representer(_Flow, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data,
-                                                                             flow_style=True))
-_Dumper.add_representer(_Block, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data,
-                                                                              flow_style=False))
+_Dumper.add_representer(
+    _Flow, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data, flow_style=True)
+)
+_Dumper.add_representer(
+    _Block, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data, flow_style=False)
+)
 
 
 def space_yaml(space: SearchSpace, header: str = "") -> str:
     """``space`` as a readable space file (YAML; ``header`` lines become ``#`` comments on top).
     :func:`load_space` of the text gives ``space`` back."""
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
-    return comment + yaml.dump(space_data(space), Dumper=_Dumper, sort_keys=False, default_flow_style=None,
-                               width=1000)
+    return comment + yaml.dump(space_data(space), Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=1000)
 
 
 @dataclass
@@ -599,10 +651,12 @@ class SpaceCheck:
 
     def summary(self) -> str:
         reasons = "; ".join(f"{r} ({n}x)" for r, n in self.top_reasons) or "none"
-        return (f"{self.valid:,} of {self.draws:,} draws valid, {self.feasible:,} within budget "
-                f"({100 * self.acceptance:.1f}%); FLOPs seen {human_count(self.flops_range[0])}-"
-                f"{human_count(self.flops_range[1])}, params {human_count(self.params_range[0])}-"
-                f"{human_count(self.params_range[1])}; commonest rejections: {reasons}")
+        return (
+            f"{self.valid:,} of {self.draws:,} draws valid, {self.feasible:,} within budget "
+            f"({100 * self.acceptance:.1f}%); FLOPs seen {human_count(self.flops_range[0])}-"
+            f"{human_count(self.flops_range[1])}, params {human_count(self.params_range[0])}-"
+            f"{human_count(self.params_range[1])}; commonest rejections: {reasons}"
+        )
 
 
 def _first_reason(err: ValidationError) -> str:

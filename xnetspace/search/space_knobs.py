@@ -11,6 +11,7 @@ or one parameter of a rule (:mod:`.space_rules`), is defined as
 :class:`RandomTrial` and :class:`CornerTrial` stand in for an ``optuna.Trial`` (the same
 ``suggest_*`` signatures): uniform random draws, and the space's low or high corner.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,9 +24,26 @@ from pydantic.fields import FieldInfo
 
 from ..spec import Float, StageSpec
 
-__all__ = ["SpaceError", "parse_count", "Count", "KNOBS", "INT_KNOBS", "FLOAT_KNOBS", "Fixed", "Choices", "Range",
-           "TieRef", "Knob", "as_definition", "check_values", "finite_values", "suggest", "RandomTrial",
-           "CornerTrial", "validate_knob_value"]
+__all__ = [
+    "SpaceError",
+    "parse_count",
+    "Count",
+    "KNOBS",
+    "INT_KNOBS",
+    "FLOAT_KNOBS",
+    "Fixed",
+    "Choices",
+    "Range",
+    "TieRef",
+    "Knob",
+    "as_definition",
+    "check_values",
+    "finite_values",
+    "suggest",
+    "RandomTrial",
+    "CornerTrial",
+    "validate_knob_value",
+]
 
 KNOBS = tuple(StageSpec.model_fields)
 INT_KNOBS = {k for k, f in StageSpec.model_fields.items() if f.annotation is int}
@@ -216,8 +234,9 @@ def suggest(trial: Any, name: str, definition: Knob, whole: bool, knob: str = ""
         return decode(knob, trial.suggest_categorical(name, [encode(c) for c in definition.choices]))
     assert isinstance(definition, Range)  # a TieRef is drawn through its tie's definition
     if whole:
-        return trial.suggest_int(name, int(definition.low), int(definition.high),
-                                 step=int(definition.step or 1), log=definition.log)
+        return trial.suggest_int(
+            name, int(definition.low), int(definition.high), step=int(definition.step or 1), log=definition.log
+        )
     return trial.suggest_float(name, definition.low, definition.high, step=definition.step, log=definition.log)
 
 

@@ -25,6 +25,7 @@ set many stage values, each sampled by Optuna and producing an ordinary
   combinations the constraint allows; stages outside a chain keep their own parameter.
 - ties (``tie: NAME`` in a knob's definition) are in :mod:`.space_knobs`.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,13 +48,34 @@ from .space_knobs import (
     validate_knob_value,
 )
 
-__all__ = ["WidthRule", "Schedule", "Rules", "SCHEDULE_KNOBS", "MONOTONE_KNOBS", "MAX_MONOTONE_COMBINATIONS",
-           "regnet_widths", "interpolate", "round_scheduled", "monotone_chains", "nondecreasing",
-           "smallest_quantum", "quantum_problem", "whole_value"]
+__all__ = [
+    "WidthRule",
+    "Schedule",
+    "Rules",
+    "SCHEDULE_KNOBS",
+    "MONOTONE_KNOBS",
+    "MAX_MONOTONE_COMBINATIONS",
+    "regnet_widths",
+    "interpolate",
+    "round_scheduled",
+    "monotone_chains",
+    "nondecreasing",
+    "smallest_quantum",
+    "quantum_problem",
+    "whole_value",
+]
 
 SCHEDULE_KNOBS = ("attn_ratio", "mlp_ratio", "num_heads", "sr_ratio", "idconv_groups")
-MONOTONE_KNOBS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "attn_ratio", "sr_ratio", "idconv_groups",
-                  "idconv_kernel_size")
+MONOTONE_KNOBS = (
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "attn_ratio",
+    "sr_ratio",
+    "idconv_groups",
+    "idconv_kernel_size",
+)
 MAX_MONOTONE_COMBINATIONS = 2000  # one categorical parameter; Optuna stores its choices with every trial
 _EPS = 1e-9
 
@@ -108,7 +130,7 @@ def regnet_widths(w0: float, wa: float, wm: float, depth: int, quantum: int) -> 
     for j in range(depth):
         u = w0 + wa * j
         s = int(round(math.log(u / w0) / math.log(wm)))
-        widths.append(int(round(w0 * wm ** s / quantum)) * quantum)
+        widths.append(int(round(w0 * wm**s / quantum)) * quantum)
         steps.append(s)
     return widths, steps
 
@@ -134,8 +156,12 @@ class WidthRule(BaseModel):
     def _values(self) -> WidthRule:
         for name in ("w0", "depth"):
             _whole_definition(name, getattr(self, name))
-        (w0_low, _), (wa_low, _), (wm_low, _), (d_low, _) = (_extent(self.w0), _extent(self.wa), _extent(self.wm),
-                                                              _extent(self.depth))
+        (w0_low, _), (wa_low, _), (wm_low, _), (d_low, _) = (
+            _extent(self.w0),
+            _extent(self.wa),
+            _extent(self.wm),
+            _extent(self.depth),
+        )
         if w0_low <= 0:
             raise ValueError(f"w0 {w0_low:g} must be positive (channels)")
         if wa_low < 0:
@@ -148,16 +174,20 @@ class WidthRule(BaseModel):
         assert w0_values is not None  # whole: every definition but a tie is finite, and w0 cannot be tied
         bad = [v for v in w0_values if v % self.quantum]
         if bad:
-            raise ValueError(f"w0 value {bad[0]} is not a multiple of the quantum {self.quantum} (a range's low and "
-                             f"step must be multiples of it)")
+            raise ValueError(
+                f"w0 value {bad[0]} is not a multiple of the quantum {self.quantum} (a range's low and "
+                f"step must be multiples of it)"
+            )
         return self
 
     def draw(self, trial: Any) -> tuple[int, float, float, int]:
         """Suggest ``width.w0``, ``width.wa``, ``width.wm``, ``width.depth`` from ``trial``."""
-        return (int(suggest(trial, "width.w0", self.w0, whole=True)),
-                float(suggest(trial, "width.wa", self.wa, whole=False)),
-                float(suggest(trial, "width.wm", self.wm, whole=False)),
-                int(suggest(trial, "width.depth", self.depth, whole=True)))
+        return (
+            int(suggest(trial, "width.w0", self.w0, whole=True)),
+            float(suggest(trial, "width.wa", self.wa, whole=False)),
+            float(suggest(trial, "width.wm", self.wm, whole=False)),
+            int(suggest(trial, "width.depth", self.depth, whole=True)),
+        )
 
     def stages(self, w0: int, wa: float, wm: float, depth: int, num_stages: int) -> tuple[list[int], list[int]]:
         """Stage widths and depths of one draw.
@@ -177,10 +207,13 @@ class WidthRule(BaseModel):
                 depths.append(1)
         draw = f"w0 {w0}, wa {wa:.4g}, wm {wm:.4g}, depth {depth}"
         if len(dims) != num_stages:
-            raise ValueError(f"rules.width gives {len(dims)} stages, the space has {num_stages} ({draw}: widths {dims})")
+            raise ValueError(
+                f"rules.width gives {len(dims)} stages, the space has {num_stages} ({draw}: widths {dims})"
+            )
         if max(steps) + 1 != num_stages:
-            raise ValueError(f"rules.width skips a width step, pycls rejects such draws ({draw}: steps "
-                             f"{sorted(set(steps))})")
+            raise ValueError(
+                f"rules.width skips a width step, pycls rejects such draws ({draw}: steps {sorted(set(steps))})"
+            )
         return dims, depths
 
 
@@ -216,8 +249,9 @@ def _nearest(x: float, options: Sequence[float]) -> float:
     return min(options, key=lambda v: (abs(v - x), v))  # ties: the smaller
 
 
-def round_scheduled(knob: str, x: float, values: tuple[float, ...] | None, embed_dim: int | None,
-                    num_heads: int, ffn_kernels: int) -> float | int:
+def round_scheduled(
+    knob: str, x: float, values: tuple[float, ...] | None, embed_dim: int | None, num_heads: int, ffn_kernels: int
+) -> float | int:
     """One stage's value of a scheduled knob: the nearest of ``values``, or the nearest valid value
     (whole for integer knobs; whole MS-FFN channels for ``mlp_ratio``, at least one per FFN
     kernel; for ``attn_ratio``, attention channels a multiple of ``num_heads`` leaving IDConv 0 or
@@ -280,11 +314,13 @@ def quantum_problem(quantum: int, stages: list[dict[str, list | None]]) -> str |
         for a in stage["attn_ratio"] or []:
             attn = a * quantum
             if whole_value(attn) is None:
-                return (f"stage {i}: attn_ratio {a:g} x {quantum} = {attn:g} attention channels, not a whole number")
+                return f"stage {i}: attn_ratio {a:g} x {quantum} = {attn:g} attention channels, not a whole number"
             for h in stage["num_heads"] or [1]:
                 if round(attn) % h:
-                    return (f"stage {i}: attn_ratio {a:g} x {quantum} = {round(attn)} attention channels, not "
-                            f"divisible by num_heads {h}")
+                    return (
+                        f"stage {i}: attn_ratio {a:g} x {quantum} = {round(attn)} attention channels, not "
+                        f"divisible by num_heads {h}"
+                    )
         for m in stage["mlp_ratio"] or []:
             if whole_value(m * quantum) is None:
                 return f"stage {i}: mlp_ratio {m:g} x {quantum} = {m * quantum:g} hidden channels, not a whole number"

@@ -12,6 +12,7 @@ into ``summary.json`` as they are. Intervals are two-sided 95%:
   percentile bootstrap interval over candidates (2,000 resamples; resamples with no ranking,
   all scores tied, are dropped).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,8 +24,15 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-__all__ = ["seed_summary", "mean_difference", "pooled_seed_std", "separation", "rank_fidelity", "noise_ceiling",
-           "precision_at_k"]
+__all__ = [
+    "seed_summary",
+    "mean_difference",
+    "pooled_seed_std",
+    "separation",
+    "rank_fidelity",
+    "noise_ceiling",
+    "precision_at_k",
+]
 
 
 def seed_summary(scores: Sequence[float]) -> dict:
@@ -60,7 +68,7 @@ def mean_difference(a: Sequence[float], b: Sequence[float]) -> dict:
     se = math.sqrt(vx + vy)
     if se == 0:
         return {"mean": diff, "ci95": [diff, diff], "distinguishable": diff != 0}
-    dof = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    dof = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
     lo, hi = stats.t.interval(0.95, dof, loc=diff, scale=se)
     return {"mean": diff, "ci95": [float(lo), float(hi)], "distinguishable": bool(lo > 0 or hi < 0)}
 
@@ -87,9 +95,15 @@ def separation(groups: Sequence[Sequence[float]]) -> dict:
     """
     groups = [list(g) for g in groups if len(g) > 1]
     means = [float(np.mean(g)) for g in groups]
-    out = {"n": len(groups), "between_std": float(np.std(means, ddof=1)) if len(means) > 1 else math.nan,
-           "seed_std": pooled_seed_std(groups), "architecture_std": math.nan, "f": math.nan, "p": math.nan,
-           "separated": False}
+    out = {
+        "n": len(groups),
+        "between_std": float(np.std(means, ddof=1)) if len(means) > 1 else math.nan,
+        "seed_std": pooled_seed_std(groups),
+        "architecture_std": math.nan,
+        "f": math.nan,
+        "p": math.nan,
+        "separated": False,
+    }
     if len(groups) < 2:
         return out
     n_seeds = float(np.mean([len(g) for g in groups]))
@@ -113,8 +127,12 @@ def rank_fidelity(proxy: Sequence[float], confirmed: Sequence[float], seed: int 
     n = len(x)
     nan2 = [math.nan, math.nan]
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return {"kendall_tau": math.nan, "spearman_rho": math.nan, "n": n,
-                "ci95": {"kendall_tau": nan2, "spearman_rho": nan2}}
+        return {
+            "kendall_tau": math.nan,
+            "spearman_rho": math.nan,
+            "n": n,
+            "ci95": {"kendall_tau": nan2, "spearman_rho": nan2},
+        }
     tau = float(stats.kendalltau(x, y).statistic)
     rho = float(stats.spearmanr(x, y).statistic)
     # Paired percentile bootstrap over candidates. Written out rather than scipy.stats.bootstrap
@@ -180,8 +198,11 @@ def noise_ceiling(scores: Sequence[Sequence[float]], seed: int = 0, resamples: i
         warnings.simplefilter("ignore")
         boot = np.array([averaged(rng.integers(0, len(m), size=len(m))) for _ in range(resamples)])
     boot = boot[np.isfinite(boot)]
-    out.update(kendall_tau=averaged(np.arange(len(m))), splits=len(splits),
-               ci95=[float(v) for v in np.percentile(boot, [2.5, 97.5])] if len(boot) else [math.nan, math.nan])
+    out.update(
+        kendall_tau=averaged(np.arange(len(m))),
+        splits=len(splits),
+        ci95=[float(v) for v in np.percentile(boot, [2.5, 97.5])] if len(boot) else [math.nan, math.nan],
+    )
     return out
 
 

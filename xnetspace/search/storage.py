@@ -11,6 +11,7 @@ its pysqlite dialect notes): a read-then-write is atomic, so exactly one process
 and two processes creating the same storage at once no longer race on its tables. Other
 processes wait for the lock (up to :data:`SQLITE_BUSY_SECONDS`), as they did for writes before.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -99,8 +100,10 @@ def connect_storage(url: str, heartbeat: int | None = None) -> optuna.storages.R
     try:
         make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):
-        raise StorageError(f"--storage {url!r} is not a database URL; use e.g. sqlite:///study.db or "
-                           f"postgresql+psycopg://USER:PASSWORD@HOST:5432/DB") from None
+        raise StorageError(
+            f"--storage {url!r} is not a database URL; use e.g. sqlite:///study.db or "
+            f"postgresql+psycopg://USER:PASSWORD@HOST:5432/DB"
+        ) from None
     shown = shown_url(url)
     sqlite = url.startswith("sqlite")
     engine: dict[str, Any] = {}
@@ -111,17 +114,25 @@ def connect_storage(url: str, heartbeat: int | None = None) -> optuna.storages.R
     try:
         with warnings.catch_warnings():  # heartbeats and retries are marked experimental in Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            beat: dict[str, Any] = {} if heartbeat is None else dict(
-                heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+            beat: dict[str, Any] = (
+                {}
+                if heartbeat is None
+                else dict(
+                    heartbeat_interval=heartbeat,
+                    grace_period=3 * heartbeat,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+                )
+            )
             with _setup_lock(url):
                 storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
         if sqlite:
             _immediate_transactions(storage.engine)
         return storage
     except ImportError as err:  # SQLAlchemy's missing-driver error
-        raise StorageError(f"--storage {shown}: the database driver is not installed ({err}); for PostgreSQL "
-                           f"install the extra: pip install -e '.[postgres]'") from None
+        raise StorageError(
+            f"--storage {shown}: the database driver is not installed ({err}); for PostgreSQL "
+            f"install the extra: pip install -e '.[postgres]'"
+        ) from None
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as err:
         raise StorageError(f"--storage {shown}: {err}") from None
     except sqlalchemy.exc.SQLAlchemyError as err:  # unreachable, wrong password, no such database

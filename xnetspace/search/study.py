@@ -9,6 +9,7 @@ N+1-th trial. Re-running a command continues up to N. The storage has a heartbea
 killed mid-trial leaves a trial that the heartbeat marks failed and
 ``RetryHeartbeatStaleTrialCallback`` queues again, so nothing is lost.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,10 +30,26 @@ from .space import SearchSpace
 from .storage import connect_storage
 from .train import TrainConfig
 
-__all__ = ["StudyConfig", "RunOptions", "usable_cores", "MAX_AUTO_CPU_WORKERS", "check_devices", "device_workers",
-           "SearchError", "ObjectiveName", "open_study", "live_slots",
-           "candidates", "top_up_slots", "SlotState", "slot_state", "store_run_options", "stored_settings",
-           "make_sampler", "make_pruner"]
+__all__ = [
+    "StudyConfig",
+    "RunOptions",
+    "usable_cores",
+    "MAX_AUTO_CPU_WORKERS",
+    "check_devices",
+    "device_workers",
+    "SearchError",
+    "ObjectiveName",
+    "open_study",
+    "live_slots",
+    "candidates",
+    "top_up_slots",
+    "SlotState",
+    "slot_state",
+    "store_run_options",
+    "stored_settings",
+    "make_sampler",
+    "make_pruner",
+]
 
 ObjectiveName = Literal["loss", "top1", "tse", "synflow", "naswot", "grad_norm", "top1-flops", "top1-latency"]
 _CONFIG_ATTR = "xnetspace_config"
@@ -48,16 +65,30 @@ class StudyConfig(BaseModel):
     dataset: str = "digits"
     objective: ObjectiveName = "loss"
     train: TrainConfig = Field(default_factory=TrainConfig)
-    proxy_seeds: int = Field(1, ge=1, le=64, description="seeds a candidate is trained with at most (its score "
-                                                          "is the mean over them)")
-    race: float | None = Field(None, gt=0, description="z: a candidate whose mean after its first seeds is worse "
-                                                          "than the incumbent's by more than z standard errors "
-                                                          "gets no more seeds (None: every candidate gets all)")
+    proxy_seeds: int = Field(
+        1, ge=1, le=64, description="seeds a candidate is trained with at most (its score is the mean over them)"
+    )
+    race: float | None = Field(
+        None,
+        gt=0,
+        description="z: a candidate whose mean after its first seeds is worse "
+        "than the incumbent's by more than z standard errors "
+        "gets no more seeds (None: every candidate gets all)",
+    )
 
     @classmethod
-    def create(cls, space: SearchSpace, dataset: str = "digits", objective: str = "loss", *, proxy_seeds: int = 1,
-               race: float | None = None, flops_min: int | None = None, flops_max: int | None = None,
-               **recipe: Any) -> StudyConfig:
+    def create(
+        cls,
+        space: SearchSpace,
+        dataset: str = "digits",
+        objective: str = "loss",
+        *,
+        proxy_seeds: int = 1,
+        race: float | None = None,
+        flops_min: int | None = None,
+        flops_max: int | None = None,
+        **recipe: Any,
+    ) -> StudyConfig:
         """A study of ``space`` with its FLOP budget and training recipe overridden where given
         (``recipe``: TrainConfig fields such as ``epochs``, ``lr``, ``seed``; None means the space's).
 
@@ -109,33 +140,54 @@ class RunOptions(BaseModel):
     storage: str | None = None
     study_name: str | None = Field(None, description="default: SPACE-DATASET-OBJECTIVE")
     sampler: Literal["tpe", "random", "nsga2", "qmc"] | None = Field(
-        None, description="default: nsga2 for two objectives, random for a population, else tpe")
+        None, description="default: nsga2 for two objectives, random for a population, else tpe"
+    )
     pruner: Literal["median", "hyperband", "none"] | None = Field(
-        None, description="default: none for two objectives or a population, else median")
-    population: bool = Field(False, description="a population study for analyze/refine: random sampler, no pruner, "
-                                                "no confirmation")
+        None, description="default: none for two objectives or a population, else median"
+    )
+    population: bool = Field(
+        False, description="a population study for analyze/refine: random sampler, no pruner, no confirmation"
+    )
     seed: int = 0
     timeout: float | None = Field(None, gt=0, description="seconds after which no new trial starts")
-    devices: list[str] = Field(default_factory=lambda: ["cpu"], description="cpu, cuda or cuda:K, one worker "
-                                                                            "group each (a comma-separated text too)")
+    devices: list[str] = Field(
+        default_factory=lambda: ["cpu"],
+        description="cpu, cuda or cuda:K, one worker group each (a comma-separated text too)",
+    )
     heartbeat: int = Field(10, ge=1, description="heartbeat interval in seconds (grace: 3 intervals)")
-    baseline: str | None = Field(None, description="comma-separated controls confirmed beside the winner: a preset "
-                                                       "scaled to the budget, random:auto (random search at equal "
-                                                       "compute), random:N (the best of N random specs) or none; "
-                                                       "default random:auto when confirmation is on")
+    baseline: str | None = Field(
+        None,
+        description="comma-separated controls confirmed beside the winner: a preset "
+        "scaled to the budget, random:auto (random search at equal "
+        "compute), random:N (the best of N random specs) or none; "
+        "default random:auto when confirmation is on",
+    )
     confirm_top: int = Field(5, ge=0, description="candidates retrained after the search (0: none)")
     confirm_seeds: int = Field(3, ge=1, description="seeds per confirmed candidate")
-    confirm_epochs: int | None = Field(None, ge=1, description="confirmation epochs (default: the proxy's; "
-                                                                 "docs/fidelity.md says why)")
-    fidelity_sample: int = Field(5, ge=0, description="random in-budget candidates added to the confirmed set "
-                                                      "(none when confirm_top is 0)")
+    confirm_epochs: int | None = Field(
+        None, ge=1, description="confirmation epochs (default: the proxy's; docs/fidelity.md says why)"
+    )
+    fidelity_sample: int = Field(
+        5, ge=0, description="random in-budget candidates added to the confirmed set (none when confirm_top is 0)"
+    )
     workers_per_device: int | None = Field(
-        None, ge=1, description="worker processes per entry of devices (None: see RunOptions.workers)")
+        None, ge=1, description="worker processes per entry of devices (None: see RunOptions.workers)"
+    )
     progress: bool = True
 
     # What every worker of the study must agree on; the head stores it, joining workers read it.
-    SHARED: ClassVar[tuple[str, ...]] = ("n_trials", "sampler", "pruner", "seed", "heartbeat", "baseline",
-                                         "confirm_top", "confirm_seeds", "confirm_epochs", "fidelity_sample")
+    SHARED: ClassVar[tuple[str, ...]] = (
+        "n_trials",
+        "sampler",
+        "pruner",
+        "seed",
+        "heartbeat",
+        "baseline",
+        "confirm_top",
+        "confirm_seeds",
+        "confirm_epochs",
+        "fidelity_sample",
+    )
 
     def epochs_to_confirm(self, train: TrainConfig) -> int:
         """Confirmation epochs: ``confirm_epochs``, else the proxy's own. Confirmation re-measures the
@@ -180,30 +232,42 @@ class RunOptions(BaseModel):
         """
         two = len(config.directions) > 1
         if two and self.pruner not in (None, "none"):
-            raise ValueError("multi-objective studies cannot prune (Optuna's trial.report is single-objective); "
-                             "drop --pruner")
+            raise ValueError(
+                "multi-objective studies cannot prune (Optuna's trial.report is single-objective); drop --pruner"
+            )
         if self.population and (self.sampler not in (None, "random") or self.pruner not in (None, "none")):
-            raise ValueError(f"--population means --sampler random --pruner none; drop --sampler {self.sampler} / "
-                             f"--pruner {self.pruner}")
+            raise ValueError(
+                f"--population means --sampler random --pruner none; drop --sampler {self.sampler} / "
+                f"--pruner {self.pruner}"
+            )
         check_devices(self.devices)
         name = self.study_name or f"{config.space.name}-{config.dataset.split(':')[0]}-{config.objective}"
-        return self.model_copy(update=dict(
-            study_name=name, out=self.out or Path("runs") / name,
-            sampler=self.sampler or ("random" if self.population else "nsga2" if two else "tpe"),
-            pruner=self.pruner or ("none" if self.population or two else "median"),
-            confirm_top=0 if self.population else self.confirm_top))
+        return self.model_copy(
+            update=dict(
+                study_name=name,
+                out=self.out or Path("runs") / name,
+                sampler=self.sampler or ("random" if self.population else "nsga2" if two else "tpe"),
+                pruner=self.pruner or ("none" if self.population or two else "median"),
+                confirm_top=0 if self.population else self.confirm_top,
+            )
+        )
 
     @field_validator("baseline")
     @classmethod
     def _known_baselines(cls, value: str | None) -> str | None:
         for name in _split(value):
             kind, _, count = name.partition(":")
-            if name in ("none", "random:auto") or name in preset_names() or (
-                    kind == "random" and count.isdigit() and int(count) >= 1):
+            if (
+                name in ("none", "random:auto")
+                or name in preset_names()
+                or (kind == "random" and count.isdigit() and int(count) >= 1)
+            ):
                 continue
-            raise ValueError(f"--baseline {name!r} is neither a preset ({', '.join(preset_names())}), random:auto (random search "
-                             f"at equal compute), random:N (the best of N random in-budget specs, e.g. random:8) "
-                             f"nor none")
+            raise ValueError(
+                f"--baseline {name!r} is neither a preset ({', '.join(preset_names())}), random:auto (random search "
+                f"at equal compute), random:N (the best of N random in-budget specs, e.g. random:8) "
+                f"nor none"
+            )
         return value
 
     @property
@@ -227,8 +291,9 @@ def check_devices(devices: str | Sequence[str], here: bool = True) -> list[str]:
     if isinstance(devices, str):
         devices = [d.strip() for d in devices.split(",") if d.strip()]
     for device in devices:
-        if not isinstance(device, str) or not (device in ("cpu", "cuda") or (
-                device.startswith("cuda:") and device[5:].isdigit())):
+        if not isinstance(device, str) or not (
+            device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+        ):
             raise ValueError(f"device {device!r} must be cpu, cuda or cuda:K")
     if here and any(d.startswith("cuda") for d in devices):
         import torch
@@ -266,8 +331,12 @@ def open_study(config: StudyConfig, options: RunOptions, worker: int = 0) -> opt
     """
     storage = connect_storage(options.storage_url, options.heartbeat)
     study = optuna.create_study(
-        storage=storage, study_name=options.study_name, directions=config.directions, load_if_exists=True,
-        sampler=make_sampler(config, options, worker), pruner=make_pruner(config, options),
+        storage=storage,
+        study_name=options.study_name,
+        directions=config.directions,
+        load_if_exists=True,
+        sampler=make_sampler(config, options, worker),
+        pruner=make_pruner(config, options),
     )
     stored = study.user_attrs.get(_CONFIG_ATTR)
     mine = config.model_dump(mode="json")
@@ -280,8 +349,10 @@ def open_study(config: StudyConfig, options: RunOptions, worker: int = 0) -> opt
         study.set_user_attr(_CONFIG_ATTR, mine)
     elif stored != mine:
         changed = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
-        raise SearchError(f"study '{options.study_name}' in {options.storage_url} was created with another "
-                          f"{', '.join(changed)}; use a new --study-name (or --out) for a new study")
+        raise SearchError(
+            f"study '{options.study_name}' in {options.storage_url} was created with another "
+            f"{', '.join(changed)}; use a new --study-name (or --out) for a new study"
+        )
     return study
 
 
@@ -294,7 +365,9 @@ def store_run_options(study: optuna.Study, options: RunOptions) -> None:
 def stored_settings(study: optuna.Study) -> tuple[StudyConfig | None, dict]:
     """The study's config and shared run options as the head stored them (None, {} if absent)."""
     config = study.user_attrs.get(_CONFIG_ATTR)
-    return (StudyConfig.model_validate(config) if config is not None else None), dict(study.user_attrs.get(_RUN_ATTR, {}))
+    return (StudyConfig.model_validate(config) if config is not None else None), dict(
+        study.user_attrs.get(_RUN_ATTR, {})
+    )
 
 
 def make_sampler(config: StudyConfig, options: RunOptions, worker: int) -> optuna.samplers.BaseSampler:
@@ -302,7 +375,9 @@ def make_sampler(config: StudyConfig, options: RunOptions, worker: int) -> optun
     sequences): TPE (multivariate), random, QMC or NSGA-II."""
     seed = options.seed + 1000 * worker  # workers must not propose the same sequence
     if options.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(2, options.n_trials // 3)))
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, n_startup_trials=min(10, max(2, options.n_trials // 3))
+        )
     if options.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if options.sampler == "qmc":
@@ -369,5 +444,9 @@ def slot_state(study: optuna.Study, n_trials: int) -> SlotState:
 
 def _count(live: list[FrozenTrial], n_trials: int) -> SlotState:
     states = [t.state for t in live[:n_trials]]
-    return SlotState(sum(s.is_finished() for s in states), states.count(TrialState.RUNNING),
-                     states.count(TrialState.WAITING), sum(t.state == TrialState.WAITING for t in live[n_trials:]))
+    return SlotState(
+        sum(s.is_finished() for s in states),
+        states.count(TrialState.RUNNING),
+        states.count(TrialState.WAITING),
+        sum(t.state == TrialState.WAITING for t in live[n_trials:]),
+    )

@@ -6,6 +6,7 @@ that is undefined (an interval from one seed, a rank correlation of a constant) 
 JSON Schema is kept in ``docs/schemas/summary.schema.json`` (``python -m
 xnetspace.search.analysis_schema docs/schemas`` writes every schema; a test fails when one is stale).
 """
+
 from __future__ import annotations
 
 from typing import Literal

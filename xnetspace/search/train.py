@@ -15,6 +15,7 @@ operators with torch's plain AdamW, for comparison.
 Failures are typed so a search can record why a trial ended: :class:`Diverged` (NaN/inf loss),
 :class:`TimeLimitExceeded` (the trial's time limit), and CUDA out-of-memory (torch's own error).
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,17 @@ from ..pack import Pack
 from ..spec import Float, Int, NetworkSpec
 from .batches import AUGMENTS, Augment, Batches, TensorBatches, batches  # noqa: F401 - TensorBatches, Batches: re-exported
 
-__all__ = ["TrainConfig", "TrainResult", "Diverged", "TimeLimitExceeded", "train_candidate", "train_seeds", "evaluate",
-           "evaluate_pack", "autocast_dtype"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "Diverged",
+    "TimeLimitExceeded",
+    "train_candidate",
+    "train_seeds",
+    "evaluate",
+    "evaluate_pack",
+    "autocast_dtype",
+]
 
 
 class TrainConfig(BaseModel):
@@ -56,14 +66,19 @@ class TrainConfig(BaseModel):
     time_limit: Float | None = Field(None, gt=0)
     num_workers: Int = Field(0, ge=0, description="DataLoader workers (image folders decode images)")
     train_form: TrainForm = Field(
-        "fast", description="fast: the fast training form and a fused AdamW; reference: the release's operators")
+        "fast", description="fast: the fast training form and a fused AdamW; reference: the release's operators"
+    )
     augment: Augment = Field(
-        "none", description="augmentation of the training batches, drawn on the device from the seed's own generator "
-                            "(xnetspace/search/batches.py; validation never augments)")
+        "none",
+        description="augmentation of the training batches, drawn on the device from the seed's own generator "
+        "(xnetspace/search/batches.py; validation never augments)",
+    )
     precision: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="bfloat16: the forward under bf16 autocast; auto: bfloat16 on CUDA, float32 elsewhere")
+        "auto", description="bfloat16: the forward under bf16 autocast; auto: bfloat16 on CUDA, float32 elsewhere"
+    )
     channels_last: bool | None = Field(
-        None, description="channels_last memory for the network and a lone run's batches (None: on CUDA only)")
+        None, description="channels_last memory for the network and a lone run's batches (None: on CUDA only)"
+    )
 
 
 class Diverged(RuntimeError):
@@ -102,8 +117,7 @@ class TrainResult:
         return math.fsum(self.train_loss_history)
 
 
-def evaluate(model: nn.Module, loader, device: torch.device, config: TrainConfig | None = None
-             ) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader, device: torch.device, config: TrainConfig | None = None) -> tuple[float, float]:
     """``(top-1 in percent, mean cross-entropy in nats)`` of ``model`` (eval mode) over ``loader``
     (a DataLoader, :class:`TensorBatches`, or any iterable of ``(images, labels)`` batches). The
     cross-entropy is the plain negative log-likelihood of the true class, without the label
@@ -198,19 +212,37 @@ def train_seeds(
         model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans).to(device)
         models.append(model.set_train_form(config.train_form).to(memory_format=layout))
     net = Pack(models) if packed else models[0]
-    train_batches = [batches(data.train, config.batch_size, device, shuffle=True, drop_last=True,
-                             generator=torch.Generator().manual_seed(seed), num_workers=config.num_workers,
-                             memory_format=layout, augment=config.augment, seed=seed) for seed in seeds]
-    val_batches = batches(data.val, max(config.batch_size, _EVAL_BATCH), device, num_workers=config.num_workers,
-                          memory_format=layout)
+    train_batches = [
+        batches(
+            data.train,
+            config.batch_size,
+            device,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(seed),
+            num_workers=config.num_workers,
+            memory_format=layout,
+            augment=config.augment,
+            seed=seed,
+        )
+        for seed in seeds
+    ]
+    val_batches = batches(
+        data.val, max(config.batch_size, _EVAL_BATCH), device, num_workers=config.num_workers, memory_format=layout
+    )
     steps = len(train_batches[0])
     if steps == 0:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train)} training images")
 
     optimizer = adamw(net, config.lr, config.weight_decay, config.train_form, models[0] if packed else None)
-    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=config.epochs,
-                                       warmup_epochs=config.warmup_epochs, step_on_epochs=False,
-                                       updates_per_epoch=steps)
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched="cosine",
+        num_epochs=config.epochs,
+        warmup_epochs=config.warmup_epochs,
+        step_on_epochs=False,
+        updates_per_epoch=steps,
+    )
     results, updates = [TrainResult() for _ in seeds], 0
     for epoch in range(config.epochs):
         net.train()
@@ -222,8 +254,16 @@ def train_seeds(
             x, y = _to(x, device, layout), y.to(device)
             with _autocast(device, None if packed else config):  # packs train in float32 (see below)
                 logits = net(x)  # (B, classes), or (S, B, classes) for a pack
-                losses = nn.functional.cross_entropy(logits.flatten(0, -2).float(), y.flatten(), reduction="none",
-                                                     label_smoothing=config.label_smoothing).view(len(seeds), -1).mean(1)
+                losses = (
+                    nn.functional.cross_entropy(
+                        logits.flatten(0, -2).float(),
+                        y.flatten(),
+                        reduction="none",
+                        label_smoothing=config.label_smoothing,
+                    )
+                    .view(len(seeds), -1)
+                    .mean(1)
+                )
             values = losses.tolist()
             for result, seed, value in zip(results, seeds, values):
                 result.losses.append(value)
@@ -241,7 +281,11 @@ def train_seeds(
             for _ in it:
                 raise AssertionError("the seeds' training sets differ in length")
         scheduler.step(epoch + 1)
-        scores = evaluate_pack(net, val_batches, device) if packed else [evaluate(cast(nn.Module, net), val_batches, device, config)]
+        scores = (
+            evaluate_pack(net, val_batches, device)
+            if packed
+            else [evaluate(cast(nn.Module, net), val_batches, device, config)]
+        )
         for result, (top1, val_loss) in zip(results, scores):
             epoch_losses = result.losses[-steps:]
             result.train_loss_history.append(math.fsum(epoch_losses) / len(epoch_losses))
@@ -253,8 +297,9 @@ def train_seeds(
     return results
 
 
-def adamw(model, lr: float, weight_decay: float, train_form: str, like: nn.Module | None = None
-          ) -> torch.optim.Optimizer:
+def adamw(
+    model, lr: float, weight_decay: float, train_form: str, like: nn.Module | None = None
+) -> torch.optim.Optimizer:
     """timm's AdamW (no weight decay on biases and norms); for the fast form torch's fused kernel,
     one pass over all parameters instead of a dozen small ops per parameter (the same update).
 
@@ -265,8 +310,10 @@ def adamw(model, lr: float, weight_decay: float, train_form: str, like: nn.Modul
     if like is None:
         return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=weight_decay, **fused)
     names = {id(p): name for name, p in like.named_parameters()}
-    groups = [{**group, "params": [model.params[names[id(p)]] for p in group["params"]]}
-              for group in param_groups_weight_decay(like, weight_decay)]
+    groups = [
+        {**group, "params": [model.params[names[id(p)]] for p in group["params"]]}
+        for group in param_groups_weight_decay(like, weight_decay)
+    ]
     return create_optimizer_v2(groups, opt="adamw", lr=lr, weight_decay=weight_decay, **fused)
 
 
@@ -283,8 +330,13 @@ def evaluate_pack(pack: Pack, loader, device: torch.device) -> list[tuple[float,
             x, y = x.to(device, non_blocking=True), y.to(device)
             logits = pack(x).float()  # (S, b, classes)
             correct += (logits.argmax(dim=-1) == y).sum(dim=1).cpu()
-            nll += nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(pack.size), reduction="none"
-                                               ).view(pack.size, -1).sum(dim=1).double().cpu()
+            nll += (
+                nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(pack.size), reduction="none")
+                .view(pack.size, -1)
+                .sum(dim=1)
+                .double()
+                .cpu()
+            )
             total += len(y)
     return [(100.0 * int(c) / total, float(n) / total) for c, n in zip(correct, nll)]
 
@@ -300,8 +352,9 @@ def training_memory_format(device: torch.device, config: TrainConfig | None = No
     return torch.channels_last if wanted else torch.contiguous_format
 
 
-def _to(x: torch.Tensor, device: torch.device,
-        memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+def _to(
+    x: torch.Tensor, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+) -> torch.Tensor:
     return x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
 
 

@@ -9,6 +9,7 @@ the worker notes it in ``OUT/workers.log`` and goes on, since the other process'
 A worker process that crashes writes its traceback to ``$TMPDIR/xnetspace-logs/`` and the head
 prints one line naming the file when it happens.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,21 @@ from .objective import Objective
 from .progress import POLL_SECONDS, Monitor
 from .study import RunOptions, StudyConfig, open_study, slot_state, top_up_slots, usable_cores
 
-__all__ = ["run_worker", "worker_process", "guarded", "run_processes", "spawn_workers", "run_one", "fail_stale",
-           "cpu_share", "LostWorker", "SLOTS_AHEAD", "work_left", "check_lost", "control_max_trials"]
+__all__ = [
+    "run_worker",
+    "worker_process",
+    "guarded",
+    "run_processes",
+    "spawn_workers",
+    "run_one",
+    "fail_stale",
+    "cpu_share",
+    "LostWorker",
+    "SLOTS_AHEAD",
+    "work_left",
+    "check_lost",
+    "control_max_trials",
+]
 
 SLOTS_AHEAD = 2  # queued slots each worker keeps ahead of itself (few: a study of any N starts at once)
 
@@ -46,8 +60,9 @@ def control_max_trials(options: RunOptions) -> int:
     return max(10 * options.n_trials, 100)
 
 
-def run_worker(config: StudyConfig, options: RunOptions, device: str = "cpu", worker: int = 0,
-               data: DataSplit | None = None) -> None:
+def run_worker(
+    config: StudyConfig, options: RunOptions, device: str = "cpu", worker: int = 0, data: DataSplit | None = None
+) -> None:
     """Run trials until the study's N slots are all done (waiting for other workers' running
     trials, which may still be requeued by the heartbeat), then the random-search control's trials
     until it has spent the search's compute (with ``random:auto``, :mod:`.control`), then the
@@ -110,15 +125,19 @@ def run_one(study: optuna.Study, objective: Callable, out: Path, worker: int) ->
     except Exception as err:  # only a lost race is absorbed; anything else propagates
         if not _lost_race(err):
             raise
-        _note(out, f"worker {worker}, study '{study.study_name}': {str(err).rstrip('.')}: the trial was "
-                       f"finished by another process (the heartbeat, when this worker seemed dead); that result "
-                       f"stands; going on")
+        _note(
+            out,
+            f"worker {worker}, study '{study.study_name}': {str(err).rstrip('.')}: the trial was "
+            f"finished by another process (the heartbeat, when this worker seemed dead); that result "
+            f"stands; going on",
+        )
 
 
 def _lost_race(err: Exception) -> bool:
     """Optuna's refusals to change a trial that is already finished."""
     return isinstance(err, optuna.exceptions.UpdateFinishedTrialError) or (
-        isinstance(err, ValueError) and str(err).startswith("Cannot tell a "))
+        isinstance(err, ValueError) and str(err).startswith("Cannot tell a ")
+    )
 
 
 def _note(out: Path, message: str) -> None:
@@ -142,8 +161,14 @@ def crash_log(name: str, pid: int) -> Path:
     return LOG_FOLDER / f"{name}-{pid}.log"
 
 
-def worker_process(config_json: str, options_json: str, device: str, worker: int,
-                   dataset: str | None = None, threads: int | None = None) -> None:
+def worker_process(
+    config_json: str,
+    options_json: str,
+    device: str,
+    worker: int,
+    dataset: str | None = None,
+    threads: int | None = None,
+) -> None:
     """Entry point of a spawned search worker (:func:`guarded`): :func:`run_worker` on ``device``.
 
     ``dataset`` is this machine's path to the study's data (default: the stored one; the caller has
@@ -206,14 +231,21 @@ class LostWorker:
 
     def describe(self) -> str:
         if self.exitcode < 0:
-            return (f"worker {self.name} was killed by signal {-self.exitcode} (out of memory?); the heartbeat "
-                    f"retries its running trial")
+            return (
+                f"worker {self.name} was killed by signal {-self.exitcode} (out of memory?); the heartbeat "
+                f"retries its running trial"
+            )
         where = f"its traceback is in {self.log}" if self.log else "it left no traceback"
         return f"worker {self.name} crashed (exit code {self.exitcode}); {where}"
 
 
-def run_processes(config: StudyConfig, options: RunOptions, monitor: Monitor | None = None,
-                  dataset: str | None = None, first_worker: int = 0) -> list[LostWorker]:
+def run_processes(
+    config: StudyConfig,
+    options: RunOptions,
+    monitor: Monitor | None = None,
+    dataset: str | None = None,
+    first_worker: int = 0,
+) -> list[LostWorker]:
     """``options.workers`` worker processes per entry of ``options.devices`` (a device repeated
     in the list gets as many more) running :func:`run_worker`, polled by ``monitor``; returns the
     workers that ended with an error (each reported by ``monitor`` when it happened).
@@ -224,13 +256,29 @@ def run_processes(config: StudyConfig, options: RunOptions, monitor: Monitor | N
     done anyway is the caller's to judge.
     """
     devices = [d for d in options.devices for _ in range(options.workers)]
-    return spawn_workers(worker_process, devices, lambda i, d, threads: (
-        config.model_dump_json(), options.model_dump_json(), d, first_worker + i, dataset, threads),
-        first_worker, monitor)
+    return spawn_workers(
+        worker_process,
+        devices,
+        lambda i, d, threads: (
+            config.model_dump_json(),
+            options.model_dump_json(),
+            d,
+            first_worker + i,
+            dataset,
+            threads,
+        ),
+        first_worker,
+        monitor,
+    )
 
 
-def spawn_workers(target: Callable, devices: list[str], arguments: Callable[[int, str, int | None], tuple],
-                  first_worker: int = 0, monitor=None) -> list[LostWorker]:
+def spawn_workers(
+    target: Callable,
+    devices: list[str],
+    arguments: Callable[[int, str, int | None], tuple],
+    first_worker: int = 0,
+    monitor=None,
+) -> list[LostWorker]:
     """One process per entry of ``devices`` running ``target(*arguments(i, device, threads))``,
     named ``xnetspace-worker-N``, until all have ended; ``monitor`` (anything with ``poll()`` and
     ``log(line)``) is polled meanwhile. CPU workers split the cores: ``threads`` is
@@ -238,8 +286,14 @@ def spawn_workers(target: Callable, devices: list[str], arguments: Callable[[int
     with an error, each reported to ``monitor`` when it happened."""
     ctx = _context()
     threads = cpu_share(devices.count("cpu"))
-    procs = [ctx.Process(target=target, args=arguments(i, d, threads if d == "cpu" else None),
-                         name=f"xnetspace-worker-{first_worker + i}") for i, d in enumerate(devices)]
+    procs = [
+        ctx.Process(
+            target=target,
+            args=arguments(i, d, threads if d == "cpu" else None),
+            name=f"xnetspace-worker-{first_worker + i}",
+        )
+        for i, d in enumerate(devices)
+    ]
     for p in procs:
         p.start()
     lost: dict[str, LostWorker] = {}
@@ -285,6 +339,8 @@ def check_lost(lost: list[LostWorker], study: optuna.Study, options: RunOptions,
         WorkerCrashed: workers were lost and work is left (each named, with its log file).
     """
     if lost and work_left(study, options, score):
-        raise WorkerCrashed("worker processes ended before the study was done: "
-                            + "; ".join(w.describe() for w in lost)
-                            + ". The study is kept: re-run the same command to continue it")
+        raise WorkerCrashed(
+            "worker processes ended before the study was done: "
+            + "; ".join(w.describe() for w in lost)
+            + ". The study is kept: re-run the same command to continue it"
+        )

@@ -22,6 +22,7 @@ Whether any of them ranks the specs of a space well is measured by the fidelity 
 (:mod:`.fidelity`); ZiCo (Li et al., ICLR 2023) found most of them no better than the parameter
 count, so params and FLOPs are reported beside them.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,8 +41,9 @@ __all__ = ["ZERO_COST", "zero_cost_scores"]
 ZERO_COST = ("synflow", "naswot", "grad_norm")
 
 
-def zero_cost_scores(spec: NetworkSpec, data, seed: int, batch_size: int = 64,
-                     device: str | torch.device = "cpu") -> dict[str, float]:
+def zero_cost_scores(
+    spec: NetworkSpec, data, seed: int, batch_size: int = 64, device: str | torch.device = "cpu"
+) -> dict[str, float]:
     """``{"synflow": ..., "naswot": ..., "grad_norm": ...}`` of ``spec`` initialised with ``seed``
     on the first training batch of ``seed`` (``batch_size`` images of ``data.train``).
 
@@ -51,8 +53,15 @@ def zero_cost_scores(spec: NetworkSpec, data, seed: int, batch_size: int = 64,
     device = torch.device(device)
     torch.manual_seed(seed)
     model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans).to(device)
-    loader = batches(data.train, min(batch_size, len(data.train)), device, shuffle=True, drop_last=True,
-                     generator=torch.Generator().manual_seed(seed), seed=seed)
+    loader = batches(
+        data.train,
+        min(batch_size, len(data.train)),
+        device,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
+    )
     x, y = next(iter(loader))
     return {"synflow": _synflow(model, x.shape[1:]), "naswot": _naswot(model, x), "grad_norm": _grad_norm(model, x, y)}
 
