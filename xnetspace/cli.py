@@ -332,43 +332,21 @@ def search(
         return f"interrupted: {done}; the study is kept: re-run the same command to continue"
 
     with _answers("search options", writing="the study's files", place="the output folder", interrupted=interrupted):
+        # fmt: off
         config = StudyConfig.create(
-            load_space(space),
-            dataset,
-            objective,
-            proxy_seeds=proxy_seeds,
-            race=race,
+            load_space(space), dataset, objective, proxy_seeds=proxy_seeds, race=race,
             flops_min=None if flops_min is None else parse_count(flops_min),
             flops_max=None if flops_max is None else parse_count(flops_max),
-            image_size=image_size,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            time_limit=trial_time_limit,
-            seed=seed,
-            augment=augment,
+            image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, time_limit=trial_time_limit,
+            seed=seed, augment=augment,
         )
-        started.append(
-            RunOptions(
-                n_trials=n_trials,
-                out=out,
-                storage=storage,
-                study_name=study_name,
-                sampler=sampler,
-                pruner=pruner,
-                population=population,
-                seed=seed,
-                timeout=timeout,
-                devices=_devices(devices),
-                heartbeat=heartbeat,
-                baseline=baseline,
-                workers_per_device=workers_per_device,
-                confirm_top=confirm_top,
-                confirm_seeds=confirm_seeds,
-                confirm_epochs=confirm_epochs,
-                fidelity_sample=fidelity_sample,
-            ).resolved(config)
-        )
+        started.append(RunOptions(
+            n_trials=n_trials, out=out, storage=storage, study_name=study_name, sampler=sampler, pruner=pruner,
+            population=population, seed=seed, timeout=timeout, devices=_devices(devices), heartbeat=heartbeat,
+            baseline=baseline, workers_per_device=workers_per_device, confirm_top=confirm_top,
+            confirm_seeds=confirm_seeds, confirm_epochs=confirm_epochs, fidelity_sample=fidelity_sample,
+        ).resolved(config))
+        # fmt: on
         run_search(config, started[0])
 
 
