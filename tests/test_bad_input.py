@@ -747,7 +747,15 @@ def test_ctrl_c_exits_130_without_a_traceback(hostile):
         "import sys, xnetspace.cli as c; print('ready', flush=True); "
         "sys.argv = ['xnetspace', 'space', 'tiny_cpu', '--draws', '100000']; c.main()"
     )
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal sends it: a suite started in the background (`cmd &`) hands its children
+    # SIGINT ignored, and Python then never installs its KeyboardInterrupt handler.
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert child.stdout.readline().strip() == "ready"
     time.sleep(1.0)
     child.send_signal(signal.SIGINT)
