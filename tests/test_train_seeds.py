@@ -36,7 +36,7 @@ def test_a_pack_of_three_seeds_trains_each_as_it_trains_alone(digits, form):
         # Between, the eval-mode scores may differ by a few 1e-4: parameters the training loss is
         # invariant to (a BN's bias followed by another train-mode BN) get gradients that are 0 up
         # to rounding, which AdamW turns into steps that differ between any two summation orders;
-        # BatchNorm's running statistics follow them, so eval mode sees them (README, "Seeds").
+        # BatchNorm's running statistics follow them, so eval mode sees them (docs/search.md, "Seeds as evaluations").
         assert relative(mine.loss_history, theirs.loss_history) < 1e-3
         assert all(abs(a - b) <= 100 / 360 + 1e-9 for a, b in zip(mine.history, theirs.history))  # one image at most
     assert len({round(r.loss, 6) for r in packed}) == 3  # three seeds, three runs

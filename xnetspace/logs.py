@@ -1,6 +1,6 @@
 """Log files for what must not reach the terminal as a traceback: internal errors of the command
-line and crashes of worker processes. Both go to ``$TMPDIR/xnetspace-logs/`` (README, "Command
-line"), one file per event, so a user can attach it to a bug report."""
+line and crashes of worker processes. Both go to ``$TMPDIR/xnetspace-logs/`` (docs/specs.md, "Errors and
+exit statuses"), one file per event, so a user can attach it to a bug report."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ module only walks a spec (:func:`xnetspace.cost.network_cost`). The preprocessed
 counts ``16 in_chans H W`` bytes (the decoded and resized image and the float tensors made from
 it). Checked against the peak resident memory of a real forward on the CPU
 (``benchmarks/memory_bound.py``, ``tests/test_bad_input.py``): the bound was 1.3 to 3.7 times the
-measured peak in nine cases from 128 to 512 pixels (README, "Bounded input").
+measured peak in nine cases from 128 to 512 pixels (docs/specs.md, "Bounded input").
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ one cheap recipe, and compare the *distributions* of their errors rather than th
   epoch (:meth:`TrialRecord.final`). The top-1 error is kept beside the score in every study
   (``top1_error``, ``edf_top1_error``), and ``score`` in ``analysis.json`` names what "error"
   means there. Studies of different scores are compared only with ``force``, and then by top-1
-  error (cross-entropy can tell architectures apart where top-1 cannot, README "Search", but
+  error (cross-entropy can tell architectures apart where top-1 cannot, docs/findings.md, but
   nats and percent are not one scale).
 - **EDF**: F(e) = fraction of candidates with error <= e, evaluated at each distinct error.
   pycls writes F(e) = (1/n) sum 1[e_i < e]; the right-continuous form used here differs only at

@@ -6,9 +6,9 @@ Datasets for proxy training (:func:`load_dataset`), each with a fixed train/vali
   10 classes), offline; a fixed stratified split into 898 training images (``digits:N``: a fixed
   stratified subset of N of them, 10 to 898), 360 validation (the proxy score the pruner and
   sampler see) and 539 test images (held out for confirmation runs, never seen by the search).
-  Whether a split lets a study tell its candidates apart is measured, not assumed: README,
-  "Search" (with 898 and with 300 training images, architectures differed by no more than the
-  seed noise on the default study).
+  Whether a split lets a study tell its candidates apart is measured, not assumed
+  (docs/findings.md, "How the default task was chosen": by cross-entropy the default study's
+  specs differ beyond seed noise, by top-1 they do not).
 - ``cifar10:PATH`` / ``cifar100:PATH``: CIFAR python batches as torchvision stores them
   (``PATH/cifar-10-batches-py/data_batch_1..5`` and ``test_batch``, ``PATH/cifar-100-python/train``
   and ``test``), read locally, never downloaded, with an unpickler that admits numpy arrays only; a

@@ -202,7 +202,7 @@ class RunOptions(BaseModel):
         per CPU core on the CPU (each single-threaded; at most :data:`MAX_AUTO_CPU_WORKERS`) and
         one per GPU. Small proxy networks keep one core busy better than two: on 2 cores two
         single-thread workers finished the default study in 5 min 36 s, one two-thread worker in
-        6 min 58 s (README, "Proxy-training speed")."""
+        6 min 58 s (docs/performance.md, "Proxy-training speed")."""
         return device_workers(self.devices, self.workers_per_device)
 
     @property
