@@ -28,7 +28,6 @@ spread over all workers, retried by the heartbeat, never trained twice.
 from __future__ import annotations
 
 import math
-import random
 import statistics
 from typing import Literal, cast
 
@@ -45,7 +44,7 @@ from .errors import SearchError
 from .jobs import Job, finished_record, job_results, open_job_study
 from .records import JobRecord, read_trial
 from .score import TOP1, Score
-from .space import RandomTrial, SearchSpace
+from .space import SearchSpace
 from .stats import mean_difference, noise_ceiling, pooled_seed_std, rank_fidelity, seed_summary, separation
 from .study import RunOptions, StudyConfig, candidates
 
@@ -116,21 +115,9 @@ def confirm_seeds(config: StudyConfig, options: RunOptions) -> tuple[int, ...]:
 
 def _random_pool(config: StudyConfig, count: int, num_classes: int, in_chans: int) -> list[NetworkSpec]:
     """``count`` distinct in-budget specs drawn uniformly from the space (fixed seed)."""
-    pool: list[NetworkSpec] = []
-    rng, space, seen = random.Random(config.train.seed + 7919), config.space, set()
-    for _ in range(200 * count + 1000):
-        if len(pool) == count:
-            break
-        try:
-            spec = space.sample(RandomTrial(rng), num_classes=num_classes, in_chans=in_chans)
-        except (ValidationError, SpecError):
-            continue
-        report = cost_report(spec, space.constraints.image_size)
-        if space.constraints.violations(report.flops, report.params) or spec.digest() in seen:
-            continue
-        seen.add(spec.digest())
-        pool.append(spec.model_copy(update={"name": f"{space.name}_random{len(pool)}"}))
-    return pool
+    return config.space.distinct_specs(
+        count, config.train.seed + 7919, "random", num_classes=num_classes, in_chans=in_chans
+    )
 
 
 def _proxy_value(config: StudyConfig, record: JobRecord, spec: dict) -> float | None:

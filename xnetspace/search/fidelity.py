@@ -38,19 +38,19 @@ from typing import Any
 
 import numpy as np
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats as scipy_stats
 
 from ..cost import cost_report
-from ..spec import NetworkSpec, SpecError
+from ..spec import NetworkSpec
 from .confirmation import CONFIRM_SEED_OFFSET
 from .data import DataSplit, load_dataset
 from .errors import SearchError, WorkerCrashed
 from .jobs import Job, JobObjective, enqueue_jobs, finished_record, job_results, job_state, open_job_study
 from .plots import pyplot, save_figure
 from .score import LOSS
-from .space import RandomTrial, SearchSpace
-from .stats import noise_ceiling, pooled_seed_std, precision_at_k, rank_fidelity
+from .space import SearchSpace
+from .stats import json_safe, noise_ceiling, pooled_seed_std, precision_at_k, rank_fidelity
 from .train import TrainConfig
 from .zero_cost import ZERO_COST
 
@@ -113,20 +113,8 @@ class FidelityConfig(BaseModel):
 
 def specs(config: FidelityConfig, num_classes: int, in_chans: int) -> list[NetworkSpec]:
     """The M distinct in-budget specs, drawn uniformly from the space with ``config.seed``."""
-    pool: list[NetworkSpec] = []
-    rng, space, seen = random.Random(config.seed), config.space, set()
-    for _ in range(200 * config.n_specs + 1000):
-        if len(pool) == config.n_specs:
-            break
-        try:
-            spec = space.sample(RandomTrial(rng), num_classes=num_classes, in_chans=in_chans)
-        except (ValidationError, SpecError):
-            continue
-        report = cost_report(spec, space.constraints.image_size)
-        if space.constraints.violations(report.flops, report.params) or spec.digest() in seen:
-            continue
-        seen.add(spec.digest())
-        pool.append(spec.model_copy(update={"name": f"{space.name}_fidelity{len(pool)}"}))
+    space = config.space
+    pool = space.distinct_specs(config.n_specs, config.seed, "fidelity", num_classes=num_classes, in_chans=in_chans)
     if len(pool) < config.n_specs:
         raise SearchError(
             f"space '{space.name}' gave only {len(pool)} distinct in-budget specs of the "
@@ -255,7 +243,7 @@ def run_fidelity(
         "confirm_epochs": config.epochs,
         "split": "test" if data.test is not None else "val",
     }
-    (out / "fidelity.json").write_text(json.dumps(_no_nan(result), indent=2) + "\n")
+    (out / "fidelity.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
     _plot(result, out / "fidelity.png")
     return result
 
@@ -538,16 +526,6 @@ def racing_replay(
         "best_kept_all_seeds": statistics.fmean(kept_best),
         "best_ranked_first": statistics.fmean(found_best),
     }
-
-
-def _no_nan(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _plot(result: dict, path: Path) -> Path | None:

@@ -27,6 +27,7 @@ from .progress import log
 from .records import read_trial
 from .score import LOSS, PROXIES, TOP1, Score
 from .space import human_count
+from .stats import json_safe
 from .study import RunOptions, StudyConfig, candidates
 from .summary import Summary
 from .zero_cost import ZERO_COST
@@ -77,7 +78,7 @@ def write_results(
         files["pareto"] = _plot_pareto(study, config, out / "pareto.png")
     if summary is not None:
         files["summary"] = out / "summary.json"
-        files["summary"].write_text(Summary.model_validate(_no_nan(summary)).model_dump_json(indent=2) + "\n")
+        files["summary"].write_text(Summary.model_validate(json_safe(summary)).model_dump_json(indent=2) + "\n")
         if summary["fidelity"]["n"] >= 3:
             files["fidelity"] = _plot_fidelity(summary, out / "fidelity.png")
     best = best_trial(study)
@@ -229,17 +230,6 @@ def _diff(d: dict, score: Score = TOP1) -> str:
     unit = "points" if score.name == "top1" else score.unit
     sign = f"+.{score.digits}f"
     return f"{d['mean']:{sign}} {unit} (95% CI {d['ci95'][0]:{sign}} to {d['ci95'][1]:{sign}})"
-
-
-def _no_nan(value):
-    """JSON has no NaN: an undefined statistic (an interval from one seed) is written as null."""
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _state(trial: FrozenTrial) -> str:

@@ -460,6 +460,26 @@ class SearchSpace(BaseModel):
             specs.append(spec)
         return specs
 
+    def distinct_specs(self, count: int, seed: int, tag: str, **network: Any) -> list[NetworkSpec]:
+        """Up to ``count`` distinct (by digest) valid in-budget specs drawn uniformly with
+        ``random.Random(seed)``, named ``{space}_{tag}{i}``; fewer when ``200 * count + 1000`` draws
+        do not give them (the caller decides whether that is an error)."""
+        pool: list[NetworkSpec] = []
+        rng, seen = random.Random(seed), set()
+        for _ in range(200 * count + 1000):
+            if len(pool) == count:
+                break
+            try:
+                spec = self.sample(RandomTrial(rng), **network)
+            except (ValidationError, SpecError):
+                continue
+            report = cost_report(spec, self.constraints.image_size)
+            if self.constraints.violations(report.flops, report.params) or spec.digest() in seen:
+                continue
+            seen.add(spec.digest())
+            pool.append(spec.model_copy(update={"name": f"{self.name}_{tag}{len(pool)}"}))
+        return pool
+
     def check(self, draws: int = 2000, seed: int = 0, **network: Any) -> SpaceCheck:
         """Draw the space's corners and ``draws`` random specs and count how many are valid
         and within budget, so that an impossible space is refused before any trial runs.
