@@ -177,6 +177,11 @@ BAD = [
     ("bad count", dict(constraints={"flops": ["lots", "1G"]}), r"'lots' is not a count such as 300M"),
     ("unknown network field", dict(network={"num_clases": 3}), r"unknown network field\(s\) \['num_clases'\]"),
     ("bad network value", dict(network={"drop_path_rate": 2}), r"network.drop_path_rate = 2"),
+    (
+        "infinite layer scale",  # a field without constraints of its own: the specs' finiteness still holds
+        dict(network={"layer_scale_init_value": "-inf"}),
+        r"network.layer_scale_init_value = '-inf': Input should be a finite number",
+    ),
     ("unknown top-level field", dict(budget=3), r"budget = 3: unknown field"),
     ("no stages", dict(stages=[]), r"a space needs at least one stage"),
     ("bad train recipe", dict(train={"batch_size": 1}), r"train.batch_size = 1"),
@@ -189,6 +194,12 @@ def test_bad_space_files_get_clear_errors(what, changes, message, tmp_path):
     path.write_text(yaml.safe_dump(space_dict(**changes)))
     with pytest.raises(SpaceError, match=r"(?s)invalid space file .*space.yaml.*" + message):
         load_space(path)
+
+
+def test_every_network_field_can_be_set_by_a_space():
+    space = SearchSpace.model_validate(space_dict(network={"layer_scale_init_value": 1e-6, "drop_rate": 0.1}))
+    spec = space.random_specs(1, seed=0)[0]
+    assert spec.layer_scale_init_value == 1e-6 and spec.drop_rate == 0.1
 
 
 def test_unreadable_space_files(tmp_path):

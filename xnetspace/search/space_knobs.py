@@ -158,9 +158,13 @@ def _read_definition(knob: str, raw: Any) -> Knob:
 
 
 def field_adapter(field: FieldInfo) -> TypeAdapter[Any]:
-    """A validator of one model field on its own: its annotation with its constraints."""
+    """A validator of one spec field on its own: its annotation with its constraints, and the
+    specs' ``allow_inf_nan=False``."""
+    finite = ConfigDict(allow_inf_nan=False)
+    if not field.metadata:  # Annotated needs a type and at least one annotation
+        return TypeAdapter(field.annotation, config=finite)
     form = (field.annotation, *field.metadata)
-    return TypeAdapter(Annotated[form])  # type: ignore[arg-type]  # a type form built at run time
+    return TypeAdapter(Annotated[form], config=finite)  # type: ignore[arg-type]  # a type form built at run time
 
 
 _FIELD_TYPES = {name: field_adapter(field) for name, field in StageSpec.model_fields.items()}
