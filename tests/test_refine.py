@@ -19,7 +19,7 @@ from xnetspace.search import RunOptions, StudyConfig
 from xnetspace.search.analysis import complexity_weights, load_run, study_data
 from xnetspace.search.analysis_schema import RefineResult
 from xnetspace.search.records import KEY
-from xnetspace.search.refine import evidence, fit_width_rule, refine
+from xnetspace.search.refine import CHECK_DRAWS, MIN_MODELS, evidence, fit_width_rule, refine
 from xnetspace.search.space import SearchSpace, load_space
 from xnetspace.search.space_rules import regnet_widths
 from xnetspace.search.study import store_run_options
@@ -146,14 +146,38 @@ def test_refine_finds_the_known_answer(population):
     assert "embed_dim" in space.rules.monotone and len(result["knobs_after"]) < len(result["knobs_before"])
     for spec in space.random_specs(30, seed=1, num_classes=10):
         assert list(spec.embed_dims) == sorted(spec.embed_dims)
-    left = result["members_left"]  # at least 10 (the rule), at most those with non-decreasing widths
-    assert 10 <= left <= sum(1 for c in data.candidates if _nondecreasing_widths(c.spec))
+    left = result["members_left"]  # those that satisfy every accepted constraint: fixes included
+    assert left <= sum(1 for c in data.candidates if _nondecreasing_widths(c.spec))
     assert result["final_test"]["satisfying"] == left
+    ordered = sorted((s for s in result["steps"] if s["test"] is not None), key=lambda s: s["order"])
+    shape = [s for s in ordered if s["kind"] != "fix"]
+    fixes = [s for s in ordered if s["kind"] == "fix"]
+    assert shape[0] is widths and ordered.index(shape[-1]) < ordered.index(fixes[0])  # the shape first
+    for s in shape[1:]:  # re-tested within the members of the shape accepted before
+        assert s["test"]["members"] <= widths["test"]["satisfying"] < 130
+    assert all(s["test"]["members"] == 130 for s in fixes)  # each fix decided on all members
+    assert sum(s["verdict"] == "accepted" for s in fixes) >= 5  # nothing but widths and the tie matter
+    assert len(space.distinct_specs(MIN_MODELS, 0, "check", CHECK_DRAWS, num_classes=10)) == MIN_MODELS
+    floor = [s for s in fixes if "distinct in-budget models" in s["reason"]]
+    for s in floor:  # a fix refused by the floor would leave too few models to verify the space
+        assert s["verdict"] == "not applicable" and f"fewer than {MIN_MODELS}" in s["reason"]
 
 
 def _nondecreasing_widths(spec: dict) -> bool:
     widths = [s["embed_dim"] for s in spec["stages"]]
     return widths == sorted(widths)
+
+
+def test_a_constraint_that_leaves_too_few_models_is_not_applicable(population, monkeypatch):
+    import xnetspace.search.refine as refine_module
+
+    monkeypatch.setattr(refine_module, "CHECK_DRAWS", 50)
+    monkeypatch.setattr(refine_module, "MIN_MODELS", 51)  # more than 50 draws can find: every space too small
+    result = refine(study_data(load_run(population)), n_resamples=199).result
+    assert result["accepted"] == [] and result["knobs_after"] == result["knobs_before"]
+    passed = [s for s in result["steps"] if s["first_test"] is not None and s["order"] is not None]
+    assert passed and all(s["verdict"] == "not applicable" for s in passed)
+    assert all("fewer than 51 distinct in-budget models" in s["reason"] for s in passed)
 
 
 def test_the_command_writes_the_refined_space_and_the_evidence(population, tmp_path):

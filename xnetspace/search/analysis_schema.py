@@ -188,7 +188,11 @@ class RefineStep(_Strict):
     order: int | None = Field(None, description="its place in the greedy order (None: never tested there)")
     first_test: Evidence | None = Field(None, description="against all members")
     test: Evidence | None = Field(
-        None, description="in the greedy pass: against the members left by the constraints accepted before it"
+        None,
+        description=(
+            "in the greedy pass: a shape constraint against the members that satisfy the shape accepted "
+            "before it, a fix against all members"
+        ),
     )
     verdict: Literal["accepted", "rejected", "undecided", "not applicable"]
     reason: str

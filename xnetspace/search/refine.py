@@ -32,14 +32,18 @@ and the 95% CI of the normalised mean(S) - mean(M) does not lie above 0 (the con
 is not detectably worse); rejected when the CI lies above 0; undecided with fewer members. This
 is pycls's criterion (keep a constraint that simplifies the space without a loss in the error
 EDF): a population of ~100 cannot show that a constraint helps, only that it does not hurt.
-Candidates are tested on all members first; those not rejected are then accepted greedily in
-order of evidence (the upper end of that CI, lowest first), each re-tested on the members that
-satisfy every constraint accepted before it. A constraint that cannot be written into the space
-together with the accepted ones is not applicable.
+Candidates are tested on all members first; those not rejected are then accepted in order of
+evidence (the upper end of that CI, lowest first). The constraints on the space's shape (tie,
+monotone, schedule, width rule) come first, each re-tested on the members that satisfy the shape
+accepted before it; the fixes after them, each decided on all members (in a uniform sample the
+members with one knob at one value are a uniform sample of the others; nested fixes would leave a
+third of the members per knob). A constraint is not applicable when it cannot be written into the
+space together with the accepted ones, or when the space would then hold fewer than
+``MIN_MODELS`` distinct in-budget models (too few for a fresh population to verify it).
 
 Caveats: dozens of tests at 95% each; ``fix`` and ``width_rule`` pick their values from the
-same errors they are then tested on (the subset looks better than it is), and the greedy
-subsets shrink. ``--verify N`` answers all three: a fresh population of the refined space,
+same errors they are then tested on (the subset looks better than it is); the fixes' joint
+effect is not tested. ``--verify N`` answers all three: a fresh population of the refined space,
 compared with the original (:func:`~.analysis.analyze`).
 """
 
@@ -86,6 +90,8 @@ __all__ = [
     "bins_for",
     "fit_width_rule",
     "MIN_SUBSET",
+    "MIN_MODELS",
+    "CHECK_DRAWS",
     "MIN_MEMBERS",
     "FIT_TOLERANCE",
     "NIL_SHARE",
@@ -100,6 +106,9 @@ BEST_FRACTION = 0.25  # the best members, to which the width rule is fitted
 BINS = 5  # FLOP bins of the complexity normalisation (analyze's default), at most
 PER_BIN = 5  # satisfying members per bin on average, at least (bins_for)
 MONOTONE_CANDIDATES = ("embed_dim", "depth", "num_heads")
+SHAPE_KINDS = {"tie", "monotone", "schedule", "width_rule"}  # constraints on the space's shape (not fixes)
+MIN_MODELS = 100  # distinct in-budget models a refined space keeps: a fresh population (pycls: 100) to verify it
+CHECK_DRAWS = 5000  # random draws in which they must be found
 
 
 @dataclass
@@ -731,11 +740,21 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
             within[c.description] = everyone
         steps.append(step)
 
-    # greedy: strongest evidence first, each re-tested within the members left
-    ranked = sorted(
-        (i for i, s in enumerate(steps) if s["verdict"] == "accepted"),
-        key=lambda i: (steps[i]["first_test"]["mean_difference_ci95"][1], -steps[i]["first_test"]["satisfying"]),
-    )
+    # greedy: strongest evidence first; the space's shape (tie, monotone, schedule, width rule)
+    # first, each re-tested within the members left by the shape accepted before it; then the
+    # fixes, each decided on all members, not within the shrinking subsets: in a uniform sample
+    # the members with one knob at one value are a uniform sample of the other knobs (the shape
+    # included), and nested subsets leave too few members to decide anything (a third per knob,
+    # and a monotone chain of widths keeps 15 of 100). The fixes' joint effect, with the shape,
+    # is what --verify measures on a fresh population.
+    def by_evidence(kinds: set[str]) -> list[int]:
+        picked = (i for i, s in enumerate(steps) if s["verdict"] == "accepted" and constraints[i].kind in kinds)
+        return sorted(
+            picked,
+            key=lambda i: (steps[i]["first_test"]["mean_difference_ci95"][1], -steps[i]["first_test"]["satisfying"]),
+        )
+
+    ranked = by_evidence(SHAPE_KINDS) + by_evidence({"fix"})
     current, refined_data, accepted = everyone.copy(), _fresh(space), []
     for order, i in enumerate(ranked, start=1):
         c, step = constraints[i], steps[i]
@@ -743,17 +762,23 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
         trial_data = _copy(refined_data)
         try:
             c.apply(trial_data)
-            SearchSpace.model_validate(trial_data)
-        except (ValueError, ValidationError) as err:
+            models = SearchSpace.model_validate(trial_data).distinct_specs(MIN_MODELS, seed, "check", CHECK_DRAWS)
+            if len(models) < MIN_MODELS:
+                raise SpaceError(
+                    f"it leaves fewer than {MIN_MODELS} distinct in-budget models ({len(models)} in "
+                    f"{CHECK_DRAWS} draws): too few for a fresh population to verify the space"
+                )
+        except (ValueError, ValidationError, SpaceError) as err:
             step["verdict"], step["reason"] = (
                 "not applicable",
                 (f"cannot be combined with the constraints accepted before it: {_first_line(err)}"),
             )
             continue
-        test = evidence(errors[current], flops[current], c.satisfied[current], seed, n_resamples)
+        tested_in = everyone if c.kind == "fix" else current
+        test = evidence(errors[tested_in], flops[tested_in], c.satisfied[tested_in], seed, n_resamples)
         step["test"] = test
         step["verdict"], step["reason"] = _verdict(test)
-        within[c.description] = current.copy()
+        within[c.description] = tested_in.copy()
         if step["verdict"] == "accepted":
             refined_data, current = trial_data, current & c.satisfied
             accepted.append(c.description)
@@ -775,12 +800,13 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
         f"verdicts are chance; --verify N samples a fresh population of the refined space and compares it "
         f"with this one",
         "fix and width_rule take their values from the errors they are then tested on (their subsets look "
-        "better than they are); --verify is the unbiased check",
+        "better than they are), and each fix is decided alone, not with the others; --verify is the unbiased "
+        "check",
     ]
     if len(members) < 100:
         warnings_.append(
             f"{len(members)} members: pycls sampled 100 or more per space; subsets are small and the "
-            f"greedy steps shrink them fast"
+            f"shape's greedy steps shrink them fast"
         )
     if sampler not in UNBIASED_SAMPLERS or pruner != "none":
         warnings_.append(

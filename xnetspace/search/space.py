@@ -371,7 +371,10 @@ class SearchSpace(BaseModel):
         for knob in rules.monotone:
             for (a, b), combos in self.monotone_options[knob].items():
                 labels = {",".join(f"{v:g}" for v in combo): combo for combo in combos}
-                combo = labels[trial.suggest_categorical(f"stage{a + 1}-{b + 1}.{knob}", list(labels))]
+                if len(combos) > 1:  # a chain with one non-decreasing combination is no knob
+                    combo = labels[trial.suggest_categorical(f"stage{a + 1}-{b + 1}.{knob}", list(labels))]
+                else:
+                    combo = combos[0]
                 for i, value in zip(range(a, b + 1), combo):
                     stages[i][knob] = int(value) if knob in INT_KNOBS else value
         for i, stage_definitions in enumerate(definitions):
@@ -460,23 +463,28 @@ class SearchSpace(BaseModel):
             specs.append(spec)
         return specs
 
-    def distinct_specs(self, count: int, seed: int, tag: str, **network: Any) -> list[NetworkSpec]:
+    def distinct_specs(
+        self, count: int, seed: int, tag: str, draws: int | None = None, **network: Any
+    ) -> list[NetworkSpec]:
         """Up to ``count`` distinct (by digest) valid in-budget specs drawn uniformly with
-        ``random.Random(seed)``, named ``{space}_{tag}{i}``; fewer when ``200 * count + 1000`` draws
-        do not give them (the caller decides whether that is an error)."""
+        ``random.Random(seed)``, named ``{space}_{tag}{i}``; fewer when ``draws`` draws (default
+        ``200 * count + 1000``) do not give them (the caller decides whether that is an error)."""
         pool: list[NetworkSpec] = []
         rng, seen = random.Random(seed), set()
-        for _ in range(200 * count + 1000):
+        for _ in range(200 * count + 1000 if draws is None else draws):
             if len(pool) == count:
                 break
             try:
                 spec = self.sample(RandomTrial(rng), **network)
             except (ValidationError, SpecError):
                 continue
-            report = cost_report(spec, self.constraints.image_size)
-            if self.constraints.violations(report.flops, report.params) or spec.digest() in seen:
+            digest = spec.digest()
+            if digest in seen:  # in budget or not, its cost is known
                 continue
-            seen.add(spec.digest())
+            seen.add(digest)
+            report = cost_report(spec, self.constraints.image_size)
+            if self.constraints.violations(report.flops, report.params):
+                continue
             pool.append(spec.model_copy(update={"name": f"{self.name}_{tag}{len(pool)}"}))
         return pool
 
