@@ -204,6 +204,17 @@ def test_monotone_knobs_are_drawn_uniformly_over_the_allowed_combinations():
     assert len(seen) == 5 and stats.chisquare(list(seen.values())).pvalue > 0.001  # uniform over the 5
 
 
+def test_a_monotone_chain_with_one_combination_is_no_knob():
+    data = yaml.safe_load(space_yaml(load_space("tiny_cpu")))
+    data["rules"] = {"monotone": ["depth"]}
+    data["stages"][1]["depth"] = 2  # stages 2-4 overlap, but from a fixed 2 only (2, 2, 2) remains
+    data["stages"][0]["depth"] = 1
+    space = SearchSpace.model_validate(data)
+    assert space.monotone_options["depth"] == {(1, 3): [(2, 2, 2)]}
+    assert not [n for n in space.param_names() if n.endswith(".depth")]
+    assert all(spec.depths == (1, 2, 2, 2) for spec, _ in draws(space, 50))
+
+
 # -- refusals -------------------------------------------------------------------------------------------
 def _without_rules(**rules):
     return rules_space(rules=rules)
