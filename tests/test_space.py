@@ -221,11 +221,13 @@ def test_impossible_constraints_are_refused_before_any_trial():
 
 
 def test_a_space_without_an_image_size_describes_and_writes_its_constraints():
-    # Constraints' default image size (224) is not validated into (224, 224): both readers take either.
     space = SearchSpace.model_validate(space_dict(constraints={"flops": ["1G", "2G"]}))
     with pytest.raises(SpaceError, match=r"meets the constraints \(at 224x224, FLOPs in \[1G, 2G\]\)"):
         space.check()
     assert space_data(space)["constraints"]["image_size"] == 224
+    # the default takes the stored form, so that a study made from this space resumes (it did not)
+    assert space.constraints.image_size == (224, 224)
+    assert SearchSpace.model_validate(space.model_dump(mode="json")) == space
 
 
 @pytest.mark.parametrize(

@@ -114,7 +114,7 @@ class Constraints(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image_size: int | tuple[int, int] = 224
+    image_size: int | tuple[int, int] = Field(224, validate_default=True)  # (224, 224): one form, stored or not
     flops: tuple[Count, Count] | None = None
     max_params: Count | None = None
     max_latency_ms: Float | None = Field(None, gt=0)
