@@ -12,6 +12,7 @@ from xnetspace.latency import measure_latency
 from .conftest import random_specs, tiny_spec
 
 SIZES = [224, (97, 131), (160, 96), (255, 255), (33, 65), (320, 288)]
+RANDOM = 120  # random specs checked against fvcore; the coverage test below keeps them covering every value
 PAPER = {"transxnet_t": (12_834_808, 1.846), "transxnet_s": (26_864_068, 4.686), "transxnet_b": (48_009_002, 8.474)}
 
 
@@ -40,15 +41,15 @@ def test_presets_agree_with_fvcore_at_six_sizes(name):
     assert round(count_flops(spec, 224) / 1e9, 3) == gflops
 
 
-def test_200_random_specs_agree_with_fvcore():
+def test_random_specs_agree_with_fvcore():
     # One failing spec is reported in full (the assertion message of _check).
-    for i, spec in enumerate(random_specs(200, seed=1234)):
+    for i, spec in enumerate(random_specs(RANDOM, seed=1234)):
         size = [(64, 64), (97, 131), (45, 29), (32, 80)][i % 4]
         _check(spec, build_model(spec).eval(), size)
 
 
 def test_the_random_specs_cover_the_space():
-    specs = random_specs(200, seed=1234)
+    specs = random_specs(RANDOM, seed=1234)
     stages = [s for spec in specs for s in spec.stages]
     assert {s.attn_ratio for s in stages} >= {0.0, 1.0, 0.5}
     assert {s.idconv_groups for s in stages} >= {1, 2, 3, 4}
