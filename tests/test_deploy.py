@@ -281,6 +281,16 @@ def test_torch_export_of_the_deploy_form(tiny_pair):
         assert rel_err(program.module()(x), model(x)) < TOL
 
 
+def test_torchscript_of_the_deploy_form(tiny_pair):
+    model, fused, x = tiny_pair
+    scripted = torch.jit.script(fused)  # without the cache: it resizes the position bias each call
+    with torch.no_grad():
+        for size in [(64, 64), (97, 131)]:
+            x = torch.randn(1, 3, *size)
+            torch.testing.assert_close(scripted(x), fused(x), rtol=1e-5, atol=1e-6)
+            assert rel_err(scripted(x), model(x)) < TOL
+
+
 def test_onnx_export_of_the_deploy_form(tiny_pair, tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")

@@ -217,6 +217,7 @@ class FusedStage(InferenceOnly):
     """
 
     max_cached_sizes = 8
+    __jit_ignored_attributes__ = ["_pos_bias_cache"]  # noqa: RUF012 - the list TorchScript reads; a scripted stage resizes each call
 
     def __init__(self, downsample: nn.Module, pos_bias: Tensor | None, sr_ratio: int, blocks: Sequence[FusedBlock]):
         super().__init__()
@@ -236,6 +237,12 @@ class FusedStage(InferenceOnly):
         """Position bias (1, h, N, M) for an (height, width) map, from the cache when it is there."""
         if self.pos_bias is None:
             return None
+        if torch.jit.is_scripting():  # TorchScript has no OrderedDict of tensors: no cache
+            return resize_pos_bias(self.pos_bias, height, width, self.sr_ratio)
+        return self._cached_pos_bias(height, width)
+
+    @torch.jit.unused
+    def _cached_pos_bias(self, height: int, width: int) -> Tensor:
         key = (height, width)
         bias = self._pos_bias_cache.get(key)
         if bias is None:

@@ -162,7 +162,7 @@ def field_adapter(field: FieldInfo) -> TypeAdapter[Any]:
     specs' ``allow_inf_nan=False``."""
     finite = ConfigDict(allow_inf_nan=False)
     if not field.metadata:  # Annotated needs a type and at least one annotation
-        return TypeAdapter(field.annotation, config=finite)
+        return TypeAdapter(Any if field.annotation is None else field.annotation, config=finite)
     form = (field.annotation, *field.metadata)
     return TypeAdapter(Annotated[form], config=finite)  # type: ignore[arg-type]  # a type form built at run time
 
