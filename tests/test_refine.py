@@ -168,6 +168,15 @@ def _nondecreasing_widths(spec: dict) -> bool:
     return widths == sorted(widths)
 
 
+def test_a_knob_the_monotone_rule_already_holds_at_one_value_is_no_tie_candidate(tmp_path):
+    space = {**SPACE, "rules": {"monotone": ["depth"]}}
+    space["stages"] = [{"sr_ratio": [1, 2], "depth": 2}, {"sr_ratio": 1}, {"sr_ratio": 1}, {"sr_ratio": 1}]
+    population = make_population(tmp_path / "pop", n=40, space=space)  # depth 1-2 after a 2: always 2
+    result = refine(study_data(load_run(population)), n_resamples=199).result
+    assert ("tie", "depth") not in {(s["kind"], s["knob"]) for s in result["steps"]}
+    assert ("tie", "mlp_ratio") in {(s["kind"], s["knob"]) for s in result["steps"]}
+
+
 def test_a_constraint_that_leaves_too_few_models_is_not_applicable(population, monkeypatch):
     import xnetspace.search.refine as refine_module
 

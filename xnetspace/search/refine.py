@@ -343,11 +343,19 @@ def _drop_monotone(data: dict, knob: str) -> None:
             rules.pop("monotone")
 
 
+def _stage_values(space: SearchSpace, index: int, knob: str) -> list | None:
+    """The values a stage's knob can take, after the monotone rule (None: continuous)."""
+    for (a, b), combos in space.monotone_options.get(knob, {}).items():
+        if a <= index <= b:
+            return sorted({combo[index - a] for combo in combos})
+    return space.stage_values(index, knob)
+
+
 def _tie_constraints(space: SearchSpace, members: list[Member]) -> list[Constraint]:
     out = []
     n = len(space.stages)
     for knob in KNOBS:
-        sets = [space.stage_values(i, knob) for i in range(n)]
+        sets = [_stage_values(space, i, knob) for i in range(n)]
         if n < 2 or knob in space.rules.schedules or (space.rules.width and knob in ("embed_dim", "depth")):
             continue
         definitions = [d.get(knob) for d in space.stage_definitions()]
