@@ -61,7 +61,8 @@ def _plot(refinement: Refinement, path: Path) -> None:
     for ax, (key, title, test) in zip(axes.flat, panels):
         mask, within = refinement.masks.get(key), refinement.within.get(key)
         if mask is None or test is None or mask[within].sum() == 0:
-            ax.text(0.5, 0.5, f"{title}\n(nothing to draw)", ha="center", va="center", fontsize=7)
+            why = "no member satisfies it" if mask is not None and test is not None else "nothing to draw"
+            ax.text(0.5, 0.5, f"{title}\n({why})", ha="center", va="center", fontsize=7)
             ax.set_axis_off()
             continue
         e, f, m = refinement.errors[within], refinement.flops[within], mask[within]
