@@ -883,6 +883,13 @@ def _comparison(a: StudyData, b: StudyData, sa: dict, sb: dict, mismatch: str, s
         notes.append(f"fewer than {MIN_RELIABLE} candidates in a study: the comparison is not reliable")
     if {sa["sampler"], sb["sampler"]} - set(UNBIASED_SAMPLERS):
         notes.append("a study that is not randomly sampled is compared: the difference may be the sampler's")
+    if a.config.train.seed != b.config.train.seed:  # one seed's initialisation and batch order, shared by a study
+        notes.append(
+            f"the studies were trained with different seeds ({a.name}: {a.config.train.seed}, {b.name}: "
+            f"{b.config.train.seed}): every member of a study shares its seed's initialisation and batch order, "
+            f"which can move a whole population (docs/design_spaces.md measures it); compare populations "
+            f"trained with one --seed"
+        )
     noise = max((x for x in (a.seed_std, b.seed_std) if x is not None), default=None)
     if noise is not None and abs(result["best_difference"]) < 2 * noise:
         digits, unit = (2, "points") if score.unit == "%" else (4, score.unit)
