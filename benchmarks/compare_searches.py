@@ -8,8 +8,10 @@ run: the confirmed winner's score, its top-1, the winner minus each control, Ken
 proxy training spent), then per pair the difference of the confirmed winners (B minus A, Welch
 95% CI over their confirmation seeds), and over the pairs the difference of the replicates'
 winner means (Welch, one value per replicate). Scores are in the study's score (cross-entropy in
-nats for the default ``loss`` objective); lower is better. Used for docs/design_spaces.md,
-section 3.
+nats for the default ``loss`` objective); lower is better. When both winners were confirmed with
+the same seeds (``protocol.seeds``), the difference paired by seed is printed beside it
+(``scipy.stats.ttest_rel``): a seed's initialisation and batch order move every spec it trains
+alike, and pairing removes that shared part. Used for docs/design_spaces.md, section 3.
 """
 
 from __future__ import annotations
@@ -19,12 +21,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from xnetspace.search.stats import mean_difference
 
 
 def _ci(d: dict) -> str:
     return f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+
+
+def _paired(b: list[float], a: list[float]) -> str:
+    """B minus A paired by seed: mean and the 95% t interval of the per-seed differences."""
+    test = stats.ttest_rel(b, a)
+    low, high = test.confidence_interval(0.95)
+    return f"{float(np.mean(np.subtract(b, a))):+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
 def _row(run: Path) -> tuple[str, list[float]]:
@@ -43,7 +53,8 @@ def _row(run: Path) -> tuple[str, list[float]]:
         f"{f['kendall_tau']:.2f} ({f['n']})" if f else "-",
         str(s["compute"]["search"]),
     ]
-    return "| " + " | ".join(cells) + " |", best["confirm"]["scores"]
+    seeds = s.get("protocol", {}).get("seeds")
+    return "| " + " | ".join(cells) + " |", best["confirm"]["scores"], seeds
 
 
 def main(argv: list[str]) -> None:
@@ -61,17 +72,22 @@ def main(argv: list[str]) -> None:
     print("|---|---|---|---|---|---|---|")
     scores = []
     for run_a, run_b in zip(a, b):
-        (row_a, sa), (row_b, sb) = _row(run_a), _row(run_b)
+        (row_a, sa, seeds_a), (row_b, sb, seeds_b) = _row(run_a), _row(run_b)
         print(row_a)
         print(row_b)
-        scores.append((run_a, run_b, sa, sb))
+        scores.append((run_a, run_b, sa, sb, seeds_a is not None and seeds_a == seeds_b and len(sa) == len(sb) > 1))
     print()
-    for run_a, run_b, sa, sb in scores:
+    for run_a, run_b, sa, sb, same_seeds in scores:
         d = mean_difference(sb, sa)
-        print(f"{run_b} - {run_a}: {_ci(d)}, distinguishable: {d['distinguishable']}")
+        paired = f"; paired by seed {_paired(sb, sa)}" if same_seeds else ""
+        print(f"{run_b} - {run_a}: {_ci(d)}, distinguishable: {d['distinguishable']}{paired}")
     if len(scores) > 1:
-        d = mean_difference([float(np.mean(sb)) for *_, sb in scores], [float(np.mean(sa)) for _, _, sa, _ in scores])
-        print(f"over the {len(scores)} replicates (winner means): {_ci(d)}, distinguishable: {d['distinguishable']}")
+        means_a, means_b = [float(np.mean(x[2])) for x in scores], [float(np.mean(x[3])) for x in scores]
+        d = mean_difference(means_b, means_a)
+        print(
+            f"over the {len(scores)} replicates (winner means): {_ci(d)}, distinguishable: {d['distinguishable']}; "
+            f"paired by replicate {_paired(means_b, means_a)}"
+        )
 
 
 if __name__ == "__main__":

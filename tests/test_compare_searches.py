@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from xnetspace.search.stats import mean_difference
 
@@ -25,6 +26,7 @@ def summary(folder: Path, scores: list[float], tau: float) -> Path:
         "baselines": [{"name": "random search", "difference": diff}, {"name": "transxnet_t_x0.4", "difference": diff}],
         "fidelity": {"kendall_tau": tau, "n": 20},
         "compute": {"search": 30},
+        "protocol": {"seeds": [1000 + k for k in range(len(scores))]},
     }
     (folder / "summary.json").write_text(json.dumps(data))
     return folder
@@ -44,6 +46,8 @@ def test_pairs_runs_and_reports_welch_intervals(tmp_path, capsys, monkeypatch):
     d = mean_difference([0.25, 0.27, 0.26], [0.30, 0.31, 0.29])
     assert f"{b[0]} - {a[0]}: {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}], distinguishable: True" in out
     assert "over the 2 replicates (winner means): -0.0400" in out
+    low, high = stats.ttest_rel([0.25, 0.27, 0.26], [0.30, 0.31, 0.29]).confidence_interval(0.95)
+    assert f"paired by seed -0.0400 [{low:+.4f}, {high:+.4f}]" in out  # per-seed differences -0.05, -0.04, -0.03
 
 
 def test_unpaired_runs_are_refused(tmp_path, capsys, monkeypatch):
