@@ -766,6 +766,24 @@ def test_ctrl_c_exits_130_without_a_traceback(hostile):
     assert time.perf_counter() - start < 5
 
 
+# -- issue 28: messages, JSON and validation -----------------------------------------------------------
+MEMORY_STORAGES = ["sqlite:///:memory:", "sqlite://", "sqlite:///file::memory:?cache=shared&uri=true"]
+
+
+@pytest.mark.parametrize("url", MEMORY_STORAGES)
+@pytest.mark.parametrize("command", ["search", "worker"])
+def test_issue28_item18_an_in_memory_storage_is_refused(command, url, hostile):
+    import xnetspace.search.join
+    import xnetspace.search.runner  # noqa: F401 - imported before the clock starts (MAX_SECONDS excludes imports)
+
+    args = SEARCH if command == "search" else ["worker", "--study-name", "x"]
+    out = _refused(
+        args + ["--storage", url], ["in-memory SQLite database", "worker processes could not share it"], hostile
+    )
+    assert "StorageInternalError" not in out and "internal error" not in out
+    assert not (hostile / "run").exists()  # refused before the output folder was made
+
+
 # -- random mappings (hypothesis): only the documented errors, and short messages ---------------------
 _FIELDS = list(NetworkSpec.model_fields) + ["warp_drive"]
 _STAGE_FIELDS = list(StageSpec.model_fields) + ["depht"]

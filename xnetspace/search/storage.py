@@ -28,9 +28,10 @@ try:
 except ImportError:  # not POSIX: storages are set up without the file lock
     fcntl = None  # type: ignore[assignment]
 
+from ..text import shorten
 from .errors import StorageError
 
-__all__ = ["connect_storage", "shown_url", "SQLITE_BUSY_SECONDS"]
+__all__ = ["connect_storage", "check_shareable", "shown_url", "SQLITE_BUSY_SECONDS"]
 
 SQLITE_BUSY_SECONDS = 60  # how long a transaction waits for another process's write lock
 
@@ -73,6 +74,31 @@ def _setup_lock(url: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def check_shareable(url: str) -> str:
+    """``url`` unless it names an in-memory SQLite database (``sqlite://``, ``sqlite:///:memory:``,
+    SQLite's URI forms ``file::memory:`` and ``mode=memory``), which lives inside one process: the
+    worker processes of a study could not share it and nothing would be kept. Checked before any
+    work, and again by :func:`connect_storage`.
+
+    Raises:
+        StorageError: an in-memory database, in one paragraph.
+    """
+    if not url.startswith("sqlite"):
+        return url
+    try:
+        database = make_url(url).database or ""
+    except Exception:  # noqa: BLE001 - not a URL at all: connect_storage says so
+        return url
+    if database in ("", ":memory:") or database.startswith("file::memory:") or "mode=memory" in url:
+        raise StorageError(
+            f"--storage {shorten(url)} is an in-memory SQLite database: it lives inside one process and is gone "
+            f"when that process ends, so the worker processes could not share it (each would get an empty "
+            f"database of its own) and nothing would be kept; give a file, e.g. sqlite:///study.db, or a "
+            f"server database"
+        )
+    return url
+
+
 def shown_url(url: str) -> str:
     """``url`` with its password hidden (for messages and logs); the text itself if unparsable."""
     try:
@@ -92,8 +118,9 @@ def connect_storage(url: str, heartbeat: int | None = None) -> optuna.storages.R
     locks.
 
     Raises:
-        StorageError: a malformed URL, a missing driver, an unreachable server, refused
-            credentials or a missing database, in one paragraph without the password.
+        StorageError: a malformed URL, an in-memory SQLite database (processes cannot share it), a
+            missing driver, an unreachable server, refused credentials or a missing database, in one
+            paragraph without the password.
     """
     import sqlalchemy.exc
 
@@ -104,6 +131,7 @@ def connect_storage(url: str, heartbeat: int | None = None) -> optuna.storages.R
             f"--storage {url!r} is not a database URL; use e.g. sqlite:///study.db or "
             f"postgresql+psycopg://USER:PASSWORD@HOST:5432/DB"
         ) from None
+    check_shareable(url)
     shown = shown_url(url)
     sqlite = url.startswith("sqlite")
     engine: dict[str, Any] = {}

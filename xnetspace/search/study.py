@@ -27,7 +27,7 @@ from .errors import SearchError
 from .records import is_candidate, is_live, slot_attrs
 from .score import Direction, Proxy, Score, proxy_of, score_of
 from .space import SearchSpace
-from .storage import connect_storage
+from .storage import check_shareable, connect_storage
 from .train import TrainConfig
 
 __all__ = [
@@ -217,6 +217,11 @@ class RunOptions(BaseModel):
     @classmethod
     def _device_list(cls, value: Any) -> Any:
         return check_devices(value, here=False) if isinstance(value, (str, list)) else value
+
+    @field_validator("storage")
+    @classmethod
+    def _shareable(cls, url: str | None) -> str | None:
+        return None if url is None else check_shareable(url)  # before any work: refused, not a crash
 
     def resolved(self, config: StudyConfig) -> RunOptions:
         """These options with every default that depends on the study filled in: the study name
