@@ -784,6 +784,23 @@ def test_issue28_item18_an_in_memory_storage_is_refused(command, url, hostile):
     assert not (hostile / "run").exists()  # refused before the output folder was made
 
 
+@pytest.mark.parametrize("value", ["1.0e+308", "-3.5e+38", "1.0e+39"])
+def test_issue28_item19_floats_float32_cannot_hold_are_refused_at_validation(value, hostile):
+    (hostile / "huge_scale.yaml").write_text(f"stages: [{STAGE}]\nlayer_scale_init_value: {value}\n")
+    for command in ("flops", "build"):
+        _refused([command, "huge_scale.yaml"], ["layer_scale_init_value = ", "beyond float32's range"], hostile)
+    stage = {"depth": 1, "embed_dim": 16}
+    checked = []
+    for model, base in ((StageSpec, stage), (NetworkSpec, {"stages": [stage]})):  # every float field, by a bound
+        for field in [name for name, info in model.model_fields.items() if isinstance(info.default, float)]:
+            with pytest.raises(ValidationError, match=field):
+                model.model_validate({**base, field: float(value)})
+            checked.append(field)
+    assert len(checked) == 5  # mlp_ratio, attn_ratio, drop_rate, drop_path_rate, layer_scale_init_value
+    spec = NetworkSpec.model_validate({"stages": [{"depth": 1, "embed_dim": 16}], "layer_scale_init_value": 3.4e38})
+    assert spec.layer_scale_init_value == 3.4e38  # float32's largest values stay valid
+
+
 # -- random mappings (hypothesis): only the documented errors, and short messages ---------------------
 _FIELDS = list(NetworkSpec.model_fields) + ["warp_drive"]
 _STAGE_FIELDS = list(StageSpec.model_fields) + ["depht"]

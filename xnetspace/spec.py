@@ -48,6 +48,7 @@ __all__ = [
     "resolve_spec",
     "Int",
     "Float",
+    "Float32",
     "check_image_size",
     "MAX_STAGES",
     "MAX_DEPTH",
@@ -87,6 +88,7 @@ MAX_CLASSES = 1_000_000
 MAX_IMAGE_SIZE = 16384  # pixels per side, for image_size and for any input size
 MAX_NAME_LENGTH = 100
 MAX_PROBLEMS = 20  # problems listed in one validation message
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32 (torch.finfo(torch.float32).max)
 
 
 def _whole(value: float) -> int | None:
@@ -145,10 +147,20 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
+def _in_float32(value: float) -> float:
+    """Refuse a float the network's float32 tensors cannot hold (torch fails on it only when building)."""
+    if abs(value) > FLOAT32_MAX:
+        raise ValueError(
+            f"beyond float32's range (magnitude at most {FLOAT32_MAX:.7g}): the network's tensors are float32"
+        )
+    return value
+
+
 # Numbers that refuse booleans: `depth: true` is a mistake, not a depth of 1. 4.0 stays a valid int
-# and 4 a valid float, as pydantic's lax mode reads them.
+# and 4 a valid float, as pydantic's lax mode reads them. A spec's floats become float32 tensors.
 Int = Annotated[int, BeforeValidator(_not_bool)]
 Float = Annotated[float, BeforeValidator(_not_bool)]
+Float32 = Annotated[Float, AfterValidator(_in_float32)]
 OddKernel = Annotated[Int, Field(ge=1, le=MAX_KERNEL_SIZE), AfterValidator(_odd_kernel)]
 
 
@@ -177,7 +189,7 @@ class StageSpec(BaseModel):
         description=f"IDConv attention groups G, 1..{MAX_IDCONV_GROUPS} (1: static DW conv)",
     )
     idconv_kernel_size: OddKernel = Field(7, description=f"IDConv kernel size K (odd, 1..{MAX_KERNEL_SIZE})")
-    mlp_ratio: Float = Field(
+    mlp_ratio: Float32 = Field(
         4.0, gt=0, le=MAX_MLP_RATIO, description=f"MS-FFN hidden width / embed_dim, finite, in (0, {MAX_MLP_RATIO:g}]"
     )
     ffn_kernel_sizes: Annotated[
@@ -186,7 +198,7 @@ class StageSpec(BaseModel):
         (1, 3, 5, 7),
         description=f"MS-FFN depthwise kernel sizes (odd, 1..{MAX_KERNEL_SIZE}; 1..{MAX_FFN_KERNELS} of them)",
     )
-    attn_ratio: Float = Field(0.5, ge=0, le=1, description="share of channels that go to OSRA, finite, in [0, 1]")
+    attn_ratio: Float32 = Field(0.5, ge=0, le=1, description="share of channels that go to OSRA, finite, in [0, 1]")
 
     _ffn_kernels_bounded = field_validator("ffn_kernel_sizes", mode="before")(
         _at_most(MAX_FFN_KERNELS, "ffn_kernel_sizes")
@@ -305,9 +317,11 @@ class NetworkSpec(BaseModel):
     image_size: Int = Field(
         224, ge=1, le=MAX_IMAGE_SIZE, description=f"base image size of the position biases, 1..{MAX_IMAGE_SIZE} pixels"
     )
-    drop_rate: Float = Field(0.0, ge=0, lt=1, description="MS-FFN dropout, in [0, 1)")
-    drop_path_rate: Float = Field(0.0, ge=0, lt=1, description="stochastic depth at the last block, in [0, 1)")
-    layer_scale_init_value: Float | None = Field(1e-5, description="finite; None: no layer scale")
+    drop_rate: Float32 = Field(0.0, ge=0, lt=1, description="MS-FFN dropout, in [0, 1)")
+    drop_path_rate: Float32 = Field(0.0, ge=0, lt=1, description="stochastic depth at the last block, in [0, 1)")
+    layer_scale_init_value: Float32 | None = Field(
+        1e-5, description="finite, within float32's range; None: no layer scale"
+    )
 
     _stages_bounded = field_validator("stages", mode="before")(_at_most(MAX_STAGES, "stages"))
 
