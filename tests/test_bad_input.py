@@ -767,6 +767,15 @@ def test_ctrl_c_exits_130_without_a_traceback(hostile):
 
 
 # -- issue 28: messages, JSON and validation -----------------------------------------------------------
+def _strict_json(text: str):
+    """``json.loads`` as a strict parser reads JSON: NaN, Infinity and -Infinity are not JSON."""
+
+    def refuse(word: str):
+        raise ValueError(f"not JSON: {word}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 MEMORY_STORAGES = ["sqlite:///:memory:", "sqlite://", "sqlite:///file::memory:?cache=shared&uri=true"]
 
 
@@ -799,6 +808,68 @@ def test_issue28_item19_floats_float32_cannot_hold_are_refused_at_validation(val
     assert len(checked) == 5  # mlp_ratio, attn_ratio, drop_rate, drop_path_rate, layer_scale_init_value
     spec = NetworkSpec.model_validate({"stages": [{"depth": 1, "embed_dim": 16}], "layer_scale_init_value": 3.4e38})
     assert spec.layer_scale_init_value == 3.4e38  # float32's largest values stay valid
+
+
+def test_issue28_item21_build_json_with_nan_weights_is_strict_json(hostile):
+    result = runner.invoke(app, ["build", "tiny.yaml", "--image-size", "32", "--checkpoint", "nan.pt", "--json"])
+    assert result.exit_code == 0, result.output
+    data = _strict_json(result.stdout)
+    assert data["top5"][0]["prob"] is None and data["nonfinite_weights"] == ["stem.conv.weight", "head.fc.bias"]
+
+
+NAN_RESULT = {"precision_at_5": float("nan"), "tau": [float("inf"), -float("inf"), 0.5], "pair": (1.0, float("nan"))}
+
+
+class _Prepared:
+    def to_dict(self) -> dict:
+        return dict(NAN_RESULT)
+
+
+# (command line, module, function, what the stub returns): each command's --json over a NaN-laden result
+JSON_COMMANDS = [
+    (
+        ["fidelity", "tiny_cpu", "--out", "out", "--json"],
+        "xnetspace.search.fidelity",
+        "run_fidelity",
+        dict(NAN_RESULT, out=Path("out")),
+    ),
+    (["analyze", "run", "--json"], "xnetspace.search.analysis", "run_analysis", (NAN_RESULT, {}, [])),
+    (["refine", "run", "--out", "out", "--json"], "xnetspace.search.refine_verify", "refine_run", (NAN_RESULT, {})),
+    (
+        ["prepare", "imagefolder:one_image", "--image-size", "16", "--json"],
+        "xnetspace.search.prepare",
+        "prepare_dataset",
+        _Prepared(),
+    ),
+]
+
+
+@pytest.mark.parametrize("args,module,function,returned", JSON_COMMANDS, ids=[c[0][0] for c in JSON_COMMANDS])
+def test_issue28_item21_every_json_output_is_strict_json(args, module, function, returned, hostile, monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module(module), function, lambda *a, **k: returned)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = _strict_json(result.stdout)
+    assert data["precision_at_5"] is None and data["tau"] == [None, None, 0.5] and data["pair"] == [1.0, None]
+
+
+def test_issue28_item21_the_cost_commands_json_is_strict_and_one_helper_writes_it(hostile):
+    for args in (
+        ["flops", "tiny.yaml", "--json"],
+        ["scale", "tiny.yaml", "--flops", "3M", "--image-size", "32", "--json"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and _strict_json(result.stdout)["flops"] > 0, result.output
+    assert "json.dumps" not in Path(cli.__file__).read_text()  # every --json goes through strict_json.to_json
+
+    from xnetspace.strict_json import to_json
+
+    assert _strict_json(to_json({"a": [float("nan"), {"b": float("-inf")}], "c": 1.5})) == {
+        "a": [None, {"b": None}],
+        "c": 1.5,
+    }
 
 
 # -- random mappings (hypothesis): only the documented errors, and short messages ---------------------

@@ -13,7 +13,6 @@ holds its traceback (:func:`main`).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from .cost import cost_report, parse_image_size
 from .errors import ReportedError
 from .model import build_model
 from .spec import MAX_CLASSES, MAX_IN_CHANS, NetworkSpec, format_validation_error, resolve_spec, save_spec
+from .strict_json import to_json
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="xnetspace: TransXNet specs, builder, cost model and search."
@@ -162,7 +162,7 @@ def build(
             save_to(save, target, lambda path: save_checkpoint(model, path))
         result["saved"] = save
     if as_json:
-        typer.echo(json.dumps(result, indent=2))
+        typer.echo(to_json(result, indent=2))
         return
     for line in report_lines(result, tuple(batch.shape)):
         console.print(line)
@@ -176,7 +176,7 @@ def flops(spec: str = SpecArg, image_size: str = ImageSizeOpt, as_json: bool = J
     net_spec, size = _load(spec, image_size)
     report = cost_report(net_spec, size)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        typer.echo(to_json(report.to_dict(), indent=2))
         return
     console.print(stage_table(report))
     console.print(kind_table(report))
@@ -210,7 +210,7 @@ def scale(
     report = cost_report(scaled, size)
     if as_json:
         typer.echo(
-            json.dumps(
+            to_json(
                 {
                     "flops": report.flops,
                     "params": report.params,
@@ -398,7 +398,7 @@ def fidelity(
         )
         result = run_fidelity(config, out, _devices(devices), workers_per_device, progress=not as_json)
     if as_json:
-        typer.echo(json.dumps(result, indent=2, default=str))
+        typer.echo(to_json(result, indent=2, default=str))
         return
     for line in report_lines(result, out):
         console.print(line, markup=False, highlight=False)
@@ -438,7 +438,7 @@ def prepare(
     with _answers(writing="the prepared file", place=out, interrupted="interrupted: nothing was written"):
         run = prepare_dataset(dataset, image_size, out, workers, progress=not as_json)
     if as_json:
-        typer.echo(json.dumps(run.to_dict()))
+        typer.echo(to_json(run.to_dict()))
         return
     for line in report_lines(run):
         typer.echo(line)
@@ -529,7 +529,7 @@ def analyze(
     for notice in notices:
         typer.echo(f"warning: {notice}", err=True)
     if as_json:
-        typer.echo(json.dumps(result, indent=2))
+        typer.echo(to_json(result, indent=2))
         return
     for line in report_lines(result, files):  # names and messages are text, not rich markup
         console.print(line, markup=False, highlight=False)
@@ -572,7 +572,7 @@ def refine(
             run, out, verify, force, seed, _devices(devices), workers_per_device, progress=not as_json
         )
     if as_json:
-        typer.echo(json.dumps(result, indent=2))
+        typer.echo(to_json(result, indent=2))
         return
     for line in report_lines(result, files):
         console.print(line, markup=False, highlight=False)

@@ -4,9 +4,10 @@ in the score it names (cross-entropy in a ``loss`` study, with the top-1 error E
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from ..strict_json import to_json
 
 __all__ = ["write_analysis", "axis_label"]
 
@@ -23,7 +24,7 @@ def write_analysis(result: dict, out: Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "analysis.json"}
-    files["json"].write_text(json.dumps(result, indent=2) + "\n")
+    files["json"].write_text(to_json(result, indent=2) + "\n")
     files["edf"] = _plot_edf(result, out / "edf.png")
     files["importance"] = _plot_importance(result, out / "importance.png")
     files["marginals"] = _plot_marginals(result, out / "marginals.png")

@@ -27,7 +27,6 @@ the cores. ``DIR/runs.csv`` holds the raw runs, ``DIR/fidelity.json`` the analys
 from __future__ import annotations
 
 import csv
-import json
 import math
 import random
 import statistics
@@ -43,6 +42,7 @@ from scipy import stats as scipy_stats
 
 from ..cost import cost_report
 from ..spec import NetworkSpec
+from ..strict_json import to_json
 from .confirmation import CONFIRM_SEED_OFFSET
 from .data import DataSplit, load_dataset
 from .errors import SearchError, WorkerCrashed
@@ -50,7 +50,7 @@ from .jobs import Job, JobObjective, enqueue_jobs, finished_record, job_results,
 from .plots import pyplot, save_figure
 from .score import LOSS
 from .space import SearchSpace
-from .stats import json_safe, noise_ceiling, pooled_seed_std, precision_at_k, rank_fidelity
+from .stats import noise_ceiling, pooled_seed_std, precision_at_k, rank_fidelity
 from .train import TrainConfig
 from .zero_cost import ZERO_COST
 
@@ -243,7 +243,7 @@ def run_fidelity(
         "confirm_epochs": config.epochs,
         "split": "test" if data.test is not None else "val",
     }
-    (out / "fidelity.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
+    (out / "fidelity.json").write_text(to_json(result, indent=2) + "\n")
     _plot(result, out / "fidelity.png")
     return result
 

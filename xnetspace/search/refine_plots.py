@@ -4,10 +4,10 @@ those that satisfy it, plain and complexity-normalised; matplotlib, Agg)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
+from ..strict_json import to_json
 from .analysis import complexity_weights, edf
 from .analysis_plots import axis_label
 from .refine import Refinement, bins_for
@@ -25,7 +25,7 @@ def write_refine(refinement: Refinement, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     result = refinement.result
     files = {"json": out / "refine.json", "space": out / result["refined_space_file"], "edf": out / "refine_edf.png"}
-    files["json"].write_text(json.dumps(result, indent=2) + "\n")
+    files["json"].write_text(to_json(result, indent=2) + "\n")
     header = [
         f"{result['refined_space']}: refined by `xnetspace refine` from study {result['study']} "
         f"({result['members']} members, {result['score']['label']}).",

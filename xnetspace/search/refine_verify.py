@@ -7,13 +7,13 @@ through the normal search machinery (random sampler, no pruner, no confirmation:
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
 
+from ..strict_json import to_json
 from .analysis import StudyData, analyze, load_run, study_data
 from .analysis_plots import write_analysis
 from .analysis_schema import RefineResult
@@ -61,7 +61,7 @@ def refine_run(
         checked = verify(refinement, data, out, n_verify, list(devices), workers_per_device, seed, progress=progress)
         refinement.result["verify"] = checked
         refinement.result = RefineResult.model_validate(refinement.result).model_dump(exclude_unset=True)
-        files["json"].write_text(json.dumps(refinement.result, indent=2) + "\n")
+        files["json"].write_text(to_json(refinement.result, indent=2) + "\n")
     return refinement.result, files
 
 

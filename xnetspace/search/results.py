@@ -22,12 +22,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..cost import parse_image_size
 from ..spec import NetworkSpec
+from ..strict_json import json_safe
 from .plots import pyplot, save_figure
 from .progress import log
 from .records import read_trial
 from .score import LOSS, PROXIES, TOP1, Score
 from .space import human_count
-from .stats import json_safe
 from .study import RunOptions, StudyConfig, candidates
 from .summary import Summary
 from .zero_cost import ZERO_COST

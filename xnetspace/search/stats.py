@@ -19,7 +19,6 @@ import itertools
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,20 +32,7 @@ __all__ = [
     "rank_fidelity",
     "noise_ceiling",
     "precision_at_k",
-    "json_safe",
 ]
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float (an undefined statistic: an interval from one seed)
-    replaced by None, recursively through dicts and lists: JSON has no NaN."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def seed_summary(scores: Sequence[float]) -> dict:
