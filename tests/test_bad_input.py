@@ -872,6 +872,48 @@ def test_issue28_item21_the_cost_commands_json_is_strict_and_one_helper_writes_i
     }
 
 
+def _rules_space(**width) -> dict:
+    """A four-stage space whose widths and depths come from RegNet's rule (tests/test_space_forms.py's)."""
+    return {
+        "name": "rules",
+        "network": {"image_size": 32},
+        "rules": {
+            "width": {
+                "w0": {"low": 16, "high": 32, "step": 16},
+                "wa": {"low": 8, "high": 48},
+                "wm": {"low": 1.5, "high": 3.0},
+                "depth": {"low": 4, "high": 8},
+                "quantum": 16,
+                **width,
+            }
+        },
+        "stages": [{"num_heads": 1, "sr_ratio": 4}, {"num_heads": 2}, {"num_heads": 4}, {"num_heads": 4}],
+        "constraints": {"image_size": 32, "flops": ["0.5M", "30M"]},
+    }
+
+
+NONFINITE_SPACES = [
+    ({"wa": {"low": float("nan"), "high": 48}}, ["rules.width.wa", "wa.low = nan", "finite number"]),
+    ({"wm": {"low": 1.5, "high": float("inf")}}, ["rules.width.wm", "wm.high = inf", "finite number"]),
+    ({"wa": float("nan")}, ["rules.width.wa = nan", "finite numbers, not nan"]),
+    ({"wm": [2.0, float("inf")]}, ["rules.width.wm", "finite numbers, not inf"]),
+    ({"train": {"lr": float("inf")}}, ["train.lr = inf", "finite number"]),
+    ({"constraints": {"image_size": 32, "max_latency_ms": float("inf")}}, ["constraints.max_latency_ms = inf"]),
+]
+
+
+@pytest.mark.parametrize("change,texts", NONFINITE_SPACES, ids=[str(c[0]) for c in NONFINITE_SPACES])
+def test_issue28_item22_nan_and_inf_in_a_space_are_refused_at_load(change, texts, hostile):
+    data = _rules_space()
+    if "train" in change or "constraints" in change:
+        data.update(change)
+    else:
+        data["rules"]["width"].update(change)
+    (hostile / "nonfinite.yaml").write_text(yaml.safe_dump(data))
+    out = _refused(["space", "nonfinite.yaml"], ["invalid space file nonfinite.yaml", *texts], hostile)
+    assert "cannot convert" not in out and "draws" not in out  # refused at load, before any draw
+
+
 # -- random mappings (hypothesis): only the documented errors, and short messages ---------------------
 _FIELDS = list(NetworkSpec.model_fields) + ["warp_drive"]
 _STAGE_FIELDS = list(StageSpec.model_fields) + ["depht"]

@@ -112,7 +112,7 @@ class Constraints(BaseModel):
     ``image_size``; ``max_latency_ms`` is measured (median eval forward, ``latency_batch_size``)
     on the study's device, so it is checked after building, before training."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     image_size: int | tuple[int, int] = Field(224, validate_default=True)  # (224, 224): one form, stored or not
     flops: tuple[Count, Count] | None = None

@@ -23,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 from pydantic.fields import FieldInfo
 
 from ..spec import Float, StageSpec
+from ..text import short_repr
 
 __all__ = [
     "SpaceError",
@@ -78,7 +79,7 @@ Count = Annotated[int, BeforeValidator(parse_count)]
 
 # -- knob definitions ---------------------------------------------------------------------------------
 class _Def(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # a NaN bound draws NaN widths
     tie: str | None = None
 
 
@@ -136,7 +137,8 @@ def as_definition(knob: str, raw: Any) -> Knob:
     except ValidationError as err:  # a Range/Choices of its own: say which knob it was for
         problem = err.errors()[0]
         where = ".".join([knob, *(str(p) for p in problem["loc"])])  # depth.low
-        raise ValueError(f"{where}: {problem['msg'].removeprefix('Value error, ')}") from None
+        value = "" if isinstance(problem["input"], dict) else f" = {short_repr(problem['input'])}"
+        raise ValueError(f"{where}{value}: {problem['msg'].removeprefix('Value error, ')}") from None
 
 
 def _read_definition(knob: str, raw: Any) -> Knob:

@@ -88,9 +88,13 @@ def whole_value(value: float) -> int | None:
 
 def _definition(name: str) -> Any:
     def read(raw: Any) -> Knob:
-        definition = as_definition(name, raw)
+        definition = as_definition(name, raw)  # a range's bounds are finite already
         if definition.tie is not None:
             raise ValueError(f"{name} cannot be tied (ties are for stage knobs)")
+        values = [definition.value] if isinstance(definition, Fixed) else getattr(definition, "choices", ())
+        for value in values:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} needs finite numbers, not {value!r}")
         return definition
 
     return BeforeValidator(read)

@@ -53,7 +53,7 @@ class TrainConfig(BaseModel):
     """The proxy-training recipe. ``image_size`` is the side of the (square) training images;
     ``time_limit`` (seconds, None: none) bounds one candidate's training."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     image_size: Int = Field(32, ge=8)
     epochs: Int = Field(5, ge=1)
