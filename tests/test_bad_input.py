@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -912,6 +913,29 @@ def test_issue28_item22_nan_and_inf_in_a_space_are_refused_at_load(change, texts
     (hostile / "nonfinite.yaml").write_text(yaml.safe_dump(data))
     out = _refused(["space", "nonfinite.yaml"], ["invalid space file nonfinite.yaml", *texts], hostile)
     assert "cannot convert" not in out and "draws" not in out  # refused at load, before any draw
+
+
+def test_issue28_item23_rejection_reasons_keep_their_numbers_whole(hostile):
+    (hostile / "rules.yaml").write_text(yaml.safe_dump(_rules_space()))
+    result = runner.invoke(app, ["space", "rules.yaml", "--draws", "40"])
+    assert result.exit_code == 0, result.output
+    reasons = " ".join(result.stdout.split()).split("commonest rejections: ")[1]
+    assert "#" not in reasons, reasons
+    width = reasons.split(";")[0]  # the commonest: the rule gives another number of stages
+    assert re.fullmatch(
+        r"rules\.width gives \d+ stages, the space has 4 \(w0 \d+, wa [\d.]+, wm [\d.]+, depth \d+: "
+        r"widths \[\d+(, \d+)*\]\) and the like \(\d+x\)",
+        width,
+    ), width
+
+
+def test_issue28_item23_a_space_with_more_stages_than_a_network_is_refused_at_load(hostile):
+    data = {"name": "x", "stages": [{"embed_dim": 16, "depth": 1}] * 17}
+    (hostile / "stages17_space.yaml").write_text(yaml.safe_dump(data))
+    out = _refused(
+        ["space", "stages17_space.yaml"], ["invalid space file", "17 stages; a network has at most 16"], hostile
+    )
+    assert "#" not in out and "draws" not in out
 
 
 # -- random mappings (hypothesis): only the documented errors, and short messages ---------------------

@@ -33,8 +33,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..cost import ImageSize, cost_report, parse_image_size
-from ..spec import Float, Int, NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty
-from ..text import read_text_file, yaml_mapping
+from ..spec import MAX_STAGES, Float, Int, NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty
+from ..text import read_text_file, shorten, yaml_mapping
 from .space_knobs import (
     INT_KNOBS,
     KNOBS,
@@ -181,6 +181,14 @@ class SearchSpace(BaseModel):
     rules: Rules = Field(default_factory=Rules, description="width rule, schedules, monotone knobs")
     constraints: Constraints = Field(default_factory=Constraints)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stage_count(cls, stages: Any) -> Any:
+        # Before the stages are read: a network has at most MAX_STAGES, so every draw would be invalid.
+        if isinstance(stages, (list, tuple)) and len(stages) > MAX_STAGES:
+            raise ValueError(f"{len(stages):,} stages; a network has at most {MAX_STAGES}")
+        return stages
 
     @field_validator("network")
     @classmethod
@@ -498,7 +506,7 @@ class SearchSpace(BaseModel):
         """
         rng = random.Random(seed)
         trials = [CornerTrial(False), CornerTrial(True)] + [RandomTrial(rng) for _ in range(draws)]
-        reasons: Counter[str] = Counter()
+        reasons = _Reasons()
         flops: list[int] = []
         params: list[int] = []
         feasible, valid = 0, 0
@@ -506,14 +514,15 @@ class SearchSpace(BaseModel):
             try:
                 spec = self.sample(trial, **network)
             except ValidationError as err:
-                reasons[_first_reason(err)] += 1
+                reasons.add(err.errors()[0]["msg"].removeprefix("Value error, "))
                 continue
             valid += 1
             report = cost_report(spec, self.constraints.image_size)
             flops.append(report.flops)
             params.append(report.params)
             problems = self.constraints.violations(report.flops, report.params)
-            reasons.update(" ".join(p.split()[0:1] + p.split()[2:4]) for p in problems)  # "FLOPs above max"
+            for problem in problems:
+                reasons.add(" ".join(problem.split()[0:1] + problem.split()[2:4]))  # "FLOPs above max"
             feasible += not problems
         result = SpaceCheck(
             len(trials),
@@ -521,7 +530,7 @@ class SearchSpace(BaseModel):
             feasible,
             (min(flops, default=0), max(flops, default=0)),
             (min(params, default=0), max(params, default=0)),
-            reasons.most_common(3),
+            reasons.commonest(3),
         )
         if feasible == 0:
             raise SpaceError(
@@ -687,9 +696,32 @@ class SpaceCheck:
         )
 
 
-def _first_reason(err: ValidationError) -> str:
-    e = err.errors()[0]
-    return re.sub(r"(?<![\w.])\d+(?:\.\d+)?", "#", e["msg"].removeprefix("Value error, "))[:80]  # w0 stays w0
+class _Reasons:
+    """Why draws were rejected, counted by form: a reason with its numbers (and lists of them) masked, so that
+    "rules.width gives 3 stages, the space has 4 (w0 16, ...)" and "... gives 5 stages, the space
+    has 4 (w0 32, ...)" count as one. A form is shown by its first wording, whole (numbers and
+    all), followed by "and the like" when other wordings were counted with it."""
+
+    _NUMBERS = re.compile(r"\[[-\d., e+]*\]|(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?")  # a list is one; w0 stays w0
+    MAX_REASON = 300  # characters of one wording; the sources keep their values short already
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.first: dict[str, str] = {}
+        self.varied: set[str] = set()
+
+    def add(self, reason: str) -> None:
+        form = self._NUMBERS.sub("#", reason)
+        self.counts[form] += 1
+        if self.first.setdefault(form, reason) != reason:
+            self.varied.add(form)
+
+    def commonest(self, count: int) -> list[tuple[str, int]]:
+        """The ``count`` commonest forms, each as (its first wording, how many draws it stopped)."""
+        return [
+            (shorten(self.first[form], self.MAX_REASON) + (" and the like" if form in self.varied else ""), n)
+            for form, n in self.counts.most_common(count)
+        ]
 
 
 def load_space(path: str | Path) -> SearchSpace:

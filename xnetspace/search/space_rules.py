@@ -35,6 +35,7 @@ from typing import Annotated, Any, cast
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from ..spec import IDCONV_REDUCTION, Int
+from ..text import short_repr
 from .space_knobs import (
     INT_KNOBS,
     Fixed,
@@ -212,7 +213,7 @@ class WidthRule(BaseModel):
         draw = f"w0 {w0}, wa {wa:.4g}, wm {wm:.4g}, depth {depth}"
         if len(dims) != num_stages:
             raise ValueError(
-                f"rules.width gives {len(dims)} stages, the space has {num_stages} ({draw}: widths {dims})"
+                f"rules.width gives {len(dims)} stages, the space has {num_stages} ({draw}: widths {short_repr(dims)})"
             )
         if max(steps) + 1 != num_stages:
             raise ValueError(
