@@ -938,6 +938,27 @@ def test_issue28_item23_a_space_with_more_stages_than_a_network_is_refused_at_lo
     assert "#" not in out and "draws" not in out
 
 
+def test_issue28_item24_a_raw_pickle_names_its_callable_and_no_torch_warning_leaks(hostile):
+    import pickle
+    import warnings
+
+    for protocol in (2, 4, 5):
+        (hostile / f"raw{protocol}.pt").write_bytes(pickle.dumps({"state_dict": Pickled()}, protocol=protocol))
+    torch.save(
+        {"state_dict": Pickled()}, hostile / "legacy4.pt", _use_new_zipfile_serialization=False, pickle_protocol=4
+    )
+    for name in ("raw2.pt", "raw4.pt", "raw5.pt", "legacy4.pt"):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")  # what reaches stderr outside pytest
+            out = _refused(
+                ["build", "tiny.yaml", "--checkpoint", name],
+                [name, "weights-only", "posix.system", "refused unread"],
+                hostile,
+            )
+        assert not [w for w in seen if issubclass(w.category, UserWarning)], [str(w.message) for w in seen]
+        assert "Unsupported operand" not in out and "UserWarning" not in out
+
+
 # -- random mappings (hypothesis): only the documented errors, and short messages ---------------------
 _FIELDS = list(NetworkSpec.model_fields) + ["warp_drive"]
 _STAGE_FIELDS = list(StageSpec.model_fields) + ["depht"]

@@ -9,9 +9,13 @@ model: every load is checked key by key and shape by shape first, and a mismatch
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
+import pickletools
 import stat
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -89,7 +93,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{shown} is empty, not a weights-only torch checkpoint")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a raw pickle's protocol: torch warns, then refuses it below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         code = _unsafe_globals(path)
         if code:
@@ -108,12 +114,63 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _unsafe_globals(path: Path) -> list[str]:
     """The callables a checkpoint's pickle names beyond torch's weights-only allowlist, read
-    without unpickling (``torch.serialization.get_unsafe_globals_in_checkpoint``; empty when it
-    cannot tell, e.g. for a file in torch's legacy format)."""
+    without unpickling: ``torch.serialization.get_unsafe_globals_in_checkpoint`` for torch's zip
+    format, :func:`_pickled_globals` for any other file (a raw pickle, torch's legacy format);
+    empty when it cannot tell (a damaged file)."""
     try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # noqa: BLE001 - not a zip checkpoint, or damaged: nothing to name
+        if zipfile.is_zipfile(path):
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        return [name for name in _pickled_globals(path) if name not in _allowed_globals()]
+    except Exception:  # noqa: BLE001 - damaged, or not a pickle at all: nothing to name
         return []
+
+
+def _allowed_globals() -> set[str]:
+    """The callables torch's weights-only unpickler allows (the set its own zip check uses)."""
+    from torch import _weights_only_unpickler
+
+    return set(_weights_only_unpickler._get_allowed_globals())
+
+
+_STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+_MEMO_GETS = {"GET", "BINGET", "LONG_BINGET"}
+_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def _pickled_globals(path: Path, max_pickles: int = 4, max_ops: int = 1_000_000) -> list[str]:
+    """The callables (``module.name``) named by the first ``max_pickles`` pickles of a file, in
+    order, read with ``pickletools.genops``, which decodes opcodes and runs nothing. torch's legacy
+    format is a few pickles in a row (a magic number, the protocol, system facts, the object);
+    a raw pickle is one. Reading stops at the end of the file, at bytes that are no pickle, or
+    after ``max_ops`` opcodes.
+
+    Protocol 4's ``STACK_GLOBAL`` takes its module and name from the two strings pushed before it,
+    directly or through the memo.
+    """
+    names: list[str] = []
+    strings: list[str] = []  # the strings pushed so far, the last ones on top of the stack
+    memo: dict[Any, Any] = {}
+    with open(path, "rb") as file:
+        ops = itertools.chain.from_iterable(pickletools.genops(file) for _ in range(max_pickles))
+        top: Any = None  # what the last opcode pushed
+        try:
+            for op, arg, _position in itertools.islice(ops, max_ops):
+                if op.name in _STRINGS or op.name in _MEMO_GETS:
+                    top = arg if op.name in _STRINGS else memo.get(arg)
+                    if isinstance(top, str):
+                        strings.append(top)
+                    continue
+                if op.name in _MEMO_PUTS or op.name == "MEMOIZE":
+                    memo[len(memo) if op.name == "MEMOIZE" else arg] = top
+                    continue
+                if op.name in ("GLOBAL", "INST"):  # arg: "module name"
+                    names.append(".".join(str(arg).split(" ", 1)))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                top = None
+        except ValueError:  # genops: the file ended, or what follows is not a pickle
+            pass
+    return list(dict.fromkeys(names))
 
 
 def _torch_reason(err: BaseException) -> str:
