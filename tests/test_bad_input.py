@@ -959,6 +959,26 @@ def test_issue28_item24_a_raw_pickle_names_its_callable_and_no_torch_warning_lea
         assert "Unsupported operand" not in out and "UserWarning" not in out
 
 
+BROKEN_YAML = [
+    (
+        "name: x\nstages: [{depth: 1, embed_dim: 16}\n",
+        ["line 3, column 1", "while parsing a flow sequence at line 2, column 9"],
+    ),
+    ("name: x\n  stages: 3\n", ["mapping values are not allowed here at line 2, column 9"]),
+    ('name: "x\nstages: [1]\n', ["found unexpected end of stream", "quoted scalar at line 1, column 7"]),
+    ("name: x\n\tstages: 1\n", ["found character '\\t' that cannot start any token at line 2, column 1"]),
+]
+
+
+@pytest.mark.parametrize("text,texts", BROKEN_YAML, ids=[f"case{i}" for i in range(len(BROKEN_YAML))])
+@pytest.mark.parametrize("command", ["flops", "space"])
+def test_issue28_item27_a_yaml_syntax_error_is_one_paragraph(command, text, texts, hostile):
+    (hostile / "broken.yaml").write_text(text)
+    out = _refused([command, "broken.yaml"], ["broken.yaml: not valid YAML: ", *texts], hostile)
+    err = out.strip()
+    assert "\n" not in err and "^" not in err and "<unicode string>" not in err, err
+
+
 # -- random mappings (hypothesis): only the documented errors, and short messages ---------------------
 _FIELDS = list(NetworkSpec.model_fields) + ["warp_drive"]
 _STAGE_FIELDS = list(StageSpec.model_fields) + ["depht"]

@@ -22,6 +22,7 @@ __all__ = [
     "read_text_file",
     "yaml_mapping",
     "unique_pairs",
+    "yaml_problem",
     "shorten",
     "short_repr",
     "reprlib_repr",
@@ -190,7 +191,7 @@ def yaml_mapping(text: str, what: str) -> dict:
     except SpecError:
         raise
     except (yaml.YAMLError, ValueError, TypeError) as err:  # ValueError: an int of 5,000 digits
-        raise SpecError(f"not valid YAML: {shorten(str(err), 400)}") from err
+        raise SpecError(f"not valid YAML: {yaml_problem(err)}") from err
     except RecursionError:  # nesting deeper than Python's stack: no spec is like that
         raise SpecError(f"{what} is nested too deeply to be a spec or space file") from None
     finally:
@@ -199,6 +200,23 @@ def yaml_mapping(text: str, what: str) -> dict:
     if not isinstance(data, dict):
         raise SpecError(f"{what} must be a mapping of fields, got {type(data).__name__}")
     return data
+
+
+def yaml_problem(err: Exception) -> str:
+    """A YAML reader's error on one line: its problem with the line and column (1-based) where it
+    was found, then what the reader was doing and where that began (PyYAML prints these over 4-8
+    lines, each position followed by the source line and a caret under the column)."""
+
+    def at(mark: yaml.Mark | None) -> str:
+        return "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
+
+    if isinstance(err, yaml.MarkedYAMLError) and (err.problem or err.context):
+        text = f"{err.problem or err.context}{at(err.problem_mark if err.problem else err.context_mark)}"
+        if err.problem and err.context:
+            text += f" ({err.context}{at(err.context_mark)})"
+    else:  # the reader's "unacceptable character #x0007 ... in "<unicode string>", position 7"
+        text = str(err).replace(' in "<unicode string>",', " at")
+    return shorten(" ".join(text.split()), 400)
 
 
 def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
