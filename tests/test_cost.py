@@ -48,6 +48,28 @@ def test_random_specs_agree_with_fvcore():
         _check(spec, build_model(spec).eval(), size)
 
 
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_every_stem_stride_agrees_with_fvcore(stride):
+    """stem_stride (issue 29): the stem's map is ceil(H / stride), its kernel 3, 3 or 7, exact."""
+    for i, spec in enumerate(random_specs(2, seed=29 + stride)):
+        spec = spec.model_copy(update={"stem_stride": stride})
+        size = [(33, 29), (28, 28)][i]
+        model = build_model(spec).eval()
+        _check(spec, model, size)
+        assert cost_report(spec, size).parts[0].size == (-(-size[0] // stride), -(-size[1] // stride))
+        assert [f["reduction"] for f in model.feature_info] == [stride * 2**k for k in range(spec.num_stages)]
+    assert model.stem.conv.kernel_size == ((7, 7) if stride == 4 else (3, 3))
+
+
+def test_the_stem_stride_is_one_two_or_four_and_the_papers_keeps_old_digests():
+    spec = load_preset("transxnet_t")
+    assert spec.stem_stride == 4 and spec.digest() == "9812272e6f731e5a"  # as before the field existed
+    assert spec.model_copy(update={"stem_stride": 2}).digest() != spec.digest()
+    for bad in (3, 0, 8, True, 2.5):
+        with pytest.raises(ValueError, match="stem_stride"):
+            type(spec).model_validate({**spec.model_dump(), "stem_stride": bad})
+
+
 def test_the_random_specs_cover_the_space():
     specs = random_specs(RANDOM, seed=1234)
     stages = [s for spec in specs for s in spec.stages]

@@ -253,3 +253,31 @@ def test_space_command_prints_parameters_and_acceptance():
     assert "parameters (30): stage1.attn_ratio" in result.output and "within budget" in result.output
     bad = CliRunner().invoke(app, ["space", "nowhere.yaml"])
     assert bad.exit_code == 2 and "cannot read space file" in bad.output
+
+
+def test_a_network_field_given_choices_is_searched_and_fixed_ones_reach_the_baseline():
+    """stem_stride (issue 29) as a knob: network.stem_stride, its draws, refine's fix, the baseline."""
+    from xnetspace.search.confirmation import baseline_spec
+    from xnetspace.search.refine import _set_param
+
+    space = SearchSpace.model_validate(space_dict(network={"stem_stride": [1, 2, 4], "drop_path_rate": 0.0}))
+    assert "network.stem_stride" in space.param_names()
+    specs = space.random_specs(40, seed=0, feasible_only=False)
+    assert {s.stem_stride for s in specs} == {1, 2, 4}
+    assert all(s.stage_sizes(32)[0] == (32 // s.stem_stride,) * 2 for s in specs)
+    assert space.fixed_network == {"drop_path_rate": 0.0}
+    data = space_data(space)
+    _set_param(data, "network.stem_stride", 2)
+    fixed = SearchSpace.model_validate(data)
+    assert "network.stem_stride" not in fixed.param_names() and fixed.network["stem_stride"] == 2
+    assert {s.stem_stride for s in fixed.random_specs(5, seed=0, feasible_only=False)} == {2}
+    wide = space_dict(network={"stem_stride": 2}, constraints={"image_size": 32, "flops": ["1M", "20M"]})
+    assert baseline_spec("transxnet_t", SearchSpace.model_validate(wide), 10, 3).stem_stride == 2
+
+
+@pytest.mark.parametrize(
+    "network, says", [({"stem_stride": [2, 3]}, "stem_stride = 3"), ({"stem_stride": []}, "empty")]
+)
+def test_a_network_choice_that_is_no_valid_value_is_refused_at_load(network, says):
+    with pytest.raises(ValueError, match=says):
+        SearchSpace.model_validate(space_dict(network=network))

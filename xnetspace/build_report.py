@@ -60,9 +60,8 @@ def stage_table(report: CostReport) -> Table:
             )
         else:
             knobs = ("",) * 7
-        table.add_row(
-            part.name, *map(str, knobs), f"{part.size[0]}x{part.size[1]}", f"{part.params:,}", _gflops(part.flops)
-        )
+        name = f"stem /{report.spec.stem_stride}" if part.name == "stem" else part.name  # its stride
+        table.add_row(name, *map(str, knobs), f"{part.size[0]}x{part.size[1]}", f"{part.params:,}", _gflops(part.flops))
     table.add_row("total", *("",) * 8, f"{report.params:,}", _gflops(report.flops), style="bold")
     return table
 

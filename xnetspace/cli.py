@@ -232,8 +232,8 @@ def search(
     dataset: str = typer.Option(
         "digits",
         help=(
-            "digits[:N] (N training images, default all 898) | synthetic[:N] | imagefolder:PATH "
-            "| cifar10:PATH | cifar100:PATH"
+            "digits[:N] (N training images, default all 898) | fashion-mnist[:N] | fashion-mnist:PATH[:N] "
+            "| synthetic[:N] | imagefolder:PATH | cifar10:PATH | cifar100:PATH (docs/data.md)"
         ),
     ),
     n_trials: int = typer.Option(20, "--n-trials", help="trials the study holds in total (a re-run continues up to N)"),

@@ -160,7 +160,7 @@ def network_cost(spec: NetworkSpec, image_size: ImageSize = 224) -> list[tuple[s
     """
     size = parse_image_size(image_size)
     sizes = spec.stage_sizes(size)
-    parts = [("stem", sizes[0], Stem.cost(size, sizes[0], spec.in_chans, spec.embed_dims[0]))]
+    parts = [("stem", sizes[0], Stem.cost(size, sizes[0], spec.in_chans, spec.embed_dims[0], spec.stem_stride))]
     in_chs, in_hw = None, sizes[0]
     for i, (stage, hw) in enumerate(zip(spec.stages, sizes)):
         cost = TransXNetStage.cost(hw, in_hw, in_chs, stage, spec.pos_bias_shape(i), spec.layer_scale_init_value)

@@ -64,8 +64,10 @@ __all__ = [
     "MAX_IMAGE_SIZE",
 ]
 
+STEM_STRIDES = (1, 2, 4)  # NetworkSpec.stem_stride; 4 is the paper's 7x7 stride-4 stem
+STEM_STRIDE = 4  # the paper's, and the default
+
 # Fixed parts of the architecture (release `models/transxnet.py`): they are not search knobs.
-STEM_STRIDE = 4  # 7x7 conv, stride 4, padding 3
 IDCONV_REDUCTION = 4  # IDConv's proj: c -> c // 4 -> G * c (paper eq. 3)
 STE_REDUCTION = 8  # STE hidden width max(16, C // 8) (paper eq. 2)
 STE_MIN_CHANNELS = 16
@@ -162,6 +164,15 @@ Int = Annotated[int, BeforeValidator(_not_bool)]
 Float = Annotated[float, BeforeValidator(_not_bool)]
 Float32 = Annotated[Float, AfterValidator(_in_float32)]
 OddKernel = Annotated[Int, Field(ge=1, le=MAX_KERNEL_SIZE), AfterValidator(_odd_kernel)]
+
+
+def _stem_stride(stride: int) -> int:
+    if stride not in STEM_STRIDES:
+        raise ValueError(f"the stem's stride must be one of {', '.join(map(str, STEM_STRIDES))}")
+    return stride
+
+
+StemStride = Annotated[Int, AfterValidator(_stem_stride)]
 
 
 class StageSpec(BaseModel):
@@ -285,7 +296,9 @@ class StageSpec(BaseModel):
 class NetworkSpec(BaseModel):
     """A whole TransXNet: stem, ``len(stages)`` stages with a downsample between each, and a head.
 
-    Resolution is ``ceil(H / 4)`` after the stem and halves (rounding up) at every following stage.
+    Resolution is ``ceil(H / stem_stride)`` after the stem (``stem_stride`` 4: the paper's 7x7
+    stride-4 stem; 2 or 1 for small images, as CIFAR ResNets and timm's byobnet ``stem_stride``
+    downsample less) and halves (rounding up) at every following stage.
     ``image_size`` is the base image size the per-stage position biases are sized for (224 in the
     paper); other input sizes resize them bicubically, so it does not limit the input size.
     ``drop_rate`` is MS-FFN's dropout (the release's meaning); ``drop_path_rate`` is stochastic
@@ -316,6 +329,9 @@ class NetworkSpec(BaseModel):
     )
     image_size: Int = Field(
         224, ge=1, le=MAX_IMAGE_SIZE, description=f"base image size of the position biases, 1..{MAX_IMAGE_SIZE} pixels"
+    )
+    stem_stride: StemStride = Field(
+        STEM_STRIDE, description="the stem's stride: 4 (the paper's 7x7 stem), 2 or 1 (3x3) for small images"
     )
     drop_rate: Float32 = Field(0.0, ge=0, lt=1, description="MS-FFN dropout, in [0, 1)")
     drop_path_rate: Float32 = Field(0.0, ge=0, lt=1, description="stochastic depth at the last block, in [0, 1)")
@@ -349,7 +365,7 @@ class NetworkSpec(BaseModel):
     def stage_sizes(self, image_size: int | tuple[int, int]) -> list[tuple[int, int]]:
         """Feature-map (H, W) of every stage for an input of ``image_size`` (int or (H, W))."""
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        h, w = math.ceil(h / STEM_STRIDE), math.ceil(w / STEM_STRIDE)
+        h, w = math.ceil(h / self.stem_stride), math.ceil(w / self.stem_stride)
         sizes = []
         for _ in self.stages:
             sizes.append((h, w))
@@ -436,8 +452,10 @@ class NetworkSpec(BaseModel):
 
     def digest(self) -> str:
         """Canonical hash of the architecture: equal for specs that build the same network,
-        whatever their ``name`` or the spelling of their numbers (4 and 4.0)."""
-        data = self.model_dump(mode="json", exclude={"name"})
+        whatever their ``name`` or the spelling of their numbers (4 and 4.0). The paper's stem
+        (``stem_stride`` 4) is left out, so specs written before the field keep their digests."""
+        exclude = {"name"} if self.stem_stride != STEM_STRIDE else {"name", "stem_stride"}
+        data = self.model_dump(mode="json", exclude=exclude)
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -449,13 +467,14 @@ def format_validation_error(err: ValidationError, source: str = "spec") -> str:
     Values are quoted up to ``SHORT_VALUE`` characters and at most ``MAX_PROBLEMS`` problems are
     listed (then a count of the rest), so the paragraph stays short whatever the input.
     """
-    lines = []
+    lines: list[str] = []
+    listed: set[str] = set()  # models whose known fields were listed already (once is enough)
     count = err.error_count()
     for e in err.errors(include_url=False)[:MAX_PROBLEMS]:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{shorten(str(p), 40)}" for p in e["loc"]).lstrip(".")
         msg = shorten(e["msg"].removeprefix("Value error, "), 300)
         if e["type"] == "extra_forbidden":
-            msg = "unknown field" + _did_you_mean(str(e["loc"][-1]), in_stage=e["loc"][0] == "stages")
+            msg = "unknown field" + _did_you_mean(str(e["loc"][-1]), e["loc"][0] == "stages", listed)
         # A whole mapping as the value means a cross-field rule, whose message names its values.
         shown = e["type"] != "missing" and not isinstance(e["input"], dict)
         value = f" = {short_repr(e['input'])}" if shown else ""
@@ -465,13 +484,18 @@ def format_validation_error(err: ValidationError, source: str = "spec") -> str:
     return f"invalid {source} ({count:,} problem{'s' if count > 1 else ''}):\n" + "\n".join(lines)
 
 
-def _did_you_mean(field: str, in_stage: bool) -> str:
+def _did_you_mean(field: str, in_stage: bool, listed: set[str]) -> str:
     field = field[:SHORT_VALUE]  # difflib on a megabyte-long key would take minutes
     here, there = (StageSpec, NetworkSpec) if in_stage else (NetworkSpec, StageSpec)
     if field in there.model_fields:
         return f" here: '{field}' is a field of {'the network' if in_stage else 'each entry of stages'}"
     close = difflib.get_close_matches(field, here.model_fields, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else f"; known fields: {', '.join(here.model_fields)}"
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    if here.__name__ in listed:
+        return " (known fields above)"
+    listed.add(here.__name__)
+    return f"; known fields: {', '.join(here.model_fields)}"
 
 
 def load_spec(path: str | Path) -> NetworkSpec:

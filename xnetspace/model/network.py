@@ -68,7 +68,7 @@ class TransXNet(nn.Module):
         self.drop_rate = spec.drop_rate
         self.grad_checkpointing = False
 
-        self.stem: nn.Module = Stem(spec.in_chans, spec.embed_dims[0])
+        self.stem: nn.Module = Stem(spec.in_chans, spec.embed_dims[0], spec.stem_stride)
         # One rate per block: timm's annotation also covers the per-stage lists it gives for a list of depths.
         dp_rates = cast(list[float], calculate_drop_path_rates(spec.drop_path_rate, sum(spec.depths)))
         stages, self.feature_info, in_chs = [], [], None
@@ -85,7 +85,7 @@ class TransXNet(nn.Module):
                 )
             )
             in_chs = stage.embed_dim
-            self.feature_info.append(dict(num_chs=in_chs, reduction=4 * 2**i, module=f"stages.{i}"))
+            self.feature_info.append(dict(num_chs=in_chs, reduction=spec.stem_stride * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         assert in_chs is not None  # a spec has at least one stage
 

@@ -13,27 +13,39 @@ from torch import nn
 from .complexity import Cost
 from .convs import ConvBN
 
-__all__ = ["Stem", "Downsample", "STEM_KERNEL", "DOWNSAMPLE_KERNEL"]
+__all__ = ["Stem", "Downsample", "stem_kernel", "DOWNSAMPLE_KERNEL"]
 
-STEM_KERNEL = 7  # stride 4, padding 3: ceil(H / 4) (xnetspace.spec.STEM_STRIDE)
 DOWNSAMPLE_KERNEL = 3  # stride 2, padding 1: ceil(H / 2)
+
+
+def stem_kernel(stride: int) -> int:
+    """The stem's kernel at ``stride`` (spec field ``stem_stride``): PVTv2's overlapping patch
+    embedding, k = 2s - 1 (the paper's 7x7 at stride 4, the downsamples' 3x3 at stride 2), and 3x3
+    at stride 1 (a CIFAR ResNet's stem) so that it still mixes neighbours. Padding k // 2 gives
+    ceil(H / s) rows."""
+    return max(3, 2 * stride - 1)
 
 
 # Stem.cost and Downsample.cost take their own arguments (ConvBN.cost's with the class's kernel): each
 # class is costed by name, never through ConvBN, hence the ignored override checks below.
 class Stem(ConvBN):
-    """7x7 conv, stride 4, padding 3, no bias -> BN. Shapes: (B, in_chans, H, W) -> (B, dim, ceil(H/4), ceil(W/4))."""
+    """k x k conv at ``stride`` s (4: the paper's 7x7; 2 and 1 for small images: 3x3,
+    :func:`stem_kernel`), padding k // 2, no bias -> BN.
+    Shapes: (B, in_chans, H, W) -> (B, dim, ceil(H/s), ceil(W/s))."""
 
-    def __init__(self, in_chans: int, dim: int):
+    def __init__(self, in_chans: int, dim: int, stride: int = 4):
+        k = stem_kernel(stride)
         super().__init__(
-            in_chans, dim, STEM_KERNEL, bias=False, apply_act=False, act_layer=nn.GELU, stride=4, padding=3
+            in_chans, dim, k, bias=False, apply_act=False, act_layer=nn.GELU, stride=stride, padding=k // 2
         )
 
     @staticmethod
-    def cost(hw: tuple[int, int], out_hw: tuple[int, int], in_chans: int, dim: int) -> Cost:  # type: ignore[override]
+    def cost(  # type: ignore[override]
+        hw: tuple[int, int], out_hw: tuple[int, int], in_chans: int, dim: int, stride: int = 4
+    ) -> Cost:
         """Cost on an (H, W) image ``hw`` with an ``out_hw`` output map. Activations: the image, the
         conv's output and the BN's."""
-        cost = ConvBN.cost(out_hw, in_chans, dim, STEM_KERNEL)
+        cost = ConvBN.cost(out_hw, in_chans, dim, stem_kernel(stride))
         cost.activations = in_chans * hw[0] * hw[1] + 2 * dim * out_hw[0] * out_hw[1]
         return cost
 

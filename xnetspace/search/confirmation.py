@@ -73,13 +73,14 @@ class ConfirmError(SearchError):
 
 def baseline_spec(name: str, space: SearchSpace, num_classes: int, in_chans: int) -> NetworkSpec:
     """The preset ``name`` scaled to the space's FLOP budget (and its max params), with the
-    space's fixed network fields, so that it is counted exactly as the candidates are.
+    space's fixed network fields (a searched one, such as ``stem_stride: [2, 4]``, keeps the
+    preset's), so that it is counted exactly as the candidates are.
 
     Raises:
         ConfirmError: no scaled version of the preset meets the budget.
     """
     c = space.constraints
-    network = {**space.network, "num_classes": num_classes, "in_chans": in_chans}
+    network = {**space.fixed_network, "num_classes": num_classes, "in_chans": in_chans}
     try:
         return scale_to_budget(
             load_preset(name),

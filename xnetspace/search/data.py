@@ -18,11 +18,17 @@ Datasets for proxy training (:func:`load_dataset`), each with a fixed train/vali
   (:mod:`.prepare`: ``PATH/train``, ``PATH/val`` [, ``PATH/test``] when present, else a fixed
   stratified 60/20/20 train/val/test split of PATH); ``imagefolder:FILE`` reads a file that
   ``xnetspace prepare`` wrote. No image is decoded after the preparation.
+- ``fashion-mnist[:N]``, ``fashion-mnist:PATH[:N]``: Fashion-MNIST's IDX files (28x28 grayscale,
+  10 classes) from Debian's package ``dataset-fashion-mnist`` or from PATH, read offline
+  (:mod:`.fashion_mnist`); a fixed stratified 5,000 of the official training images validate, N
+  of the other 55,000 train (default all), and the official 10,000 test images are held out for
+  confirmation runs.
 - ``synthetic`` or ``synthetic:N``: N small images (default 512) of 8 classes, each class a faint
   fixed random pattern under noise: learnable in seconds, for tests.
 
 Every dataset lives in memory and is batched on the device (:mod:`.batches`): digits and synthetic
-as normalised (N, C, H, W) float tensors resized once to the proxy size, CIFAR and image folders as
+as normalised (N, C, H, W) float tensors resized once to the proxy size, CIFAR, Fashion-MNIST and
+image folders as
 uint8 images (:class:`~xnetspace.search.batches.ImageTensors`) that each batch converts, augments
 (``TrainConfig.augment``), resizes and normalises on the device.
 The presets' evaluation preprocessing and the photograph ``xnetspace build`` classifies are
@@ -42,13 +48,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from . import fashion_mnist
 from .batches import ImageTensors
 from .errors import DataError
 from .prepare import PreparedFolder, load_or_prepare, load_prepared
 
 __all__ = ["DataSplit", "DataError", "load_dataset", "DATASETS"]
 
-DATASETS = ("digits[:N]", "synthetic[:N]", "imagefolder:PATH", "cifar10:PATH", "cifar100:PATH")
+DATASETS = (
+    "digits[:N]",
+    "fashion-mnist[:N]",
+    "fashion-mnist:PATH[:N]",
+    "synthetic[:N]",
+    "imagefolder:PATH",
+    "cifar10:PATH",
+    "cifar100:PATH",
+)
 DIGITS_TRAIN = 898  # training images of the default digits task: all that are not val or test
 
 
@@ -110,6 +125,8 @@ def load_dataset(name: str, image_size: int, seed: int = 0) -> DataSplit:
         if not 10 <= count <= 1_000_000:
             raise DataError(f"synthetic:N takes 10 to 1,000,000 samples, got {count:,}")
         return _synthetic(image_size, count, seed)
+    if kind == "fashion-mnist":
+        return _fashion_mnist(arg, image_size)
     if kind in ("cifar10", "cifar100", "imagefolder"):
         root = Path(arg)
         if kind == "imagefolder" and arg and root.is_file():
@@ -265,6 +282,25 @@ def _cifar(kind: str, root: Path, image_size: int) -> DataSplit:
     return DataSplit(
         f"{kind}:{root}", part(channels_last[~val], y[~val]), part(channels_last[val], y[val]), num_classes, 3, test
     )
+
+
+def _fashion_mnist(arg: str, image_size: int) -> DataSplit:
+    """Fashion-MNIST's fixed splits as uint8 images (:mod:`.fashion_mnist`), normalised with the
+    training images' statistics at ``image_size``."""
+    folder, n_train = fashion_mnist.parse_argument(arg)
+    arrays = fashion_mnist.read_fashion_mnist(folder)
+    images, labels = arrays["train_images"][..., None], arrays["train_labels"].astype(np.int64)  # (N, 28, 28, 1)
+    train, val = fashion_mnist.split_indices(labels, n_train)
+    mean, std = _train_statistics(torch.from_numpy(images[train]).permute(0, 3, 1, 2), image_size)
+
+    def part(x: np.ndarray, y: np.ndarray) -> ImageTensors:
+        return ImageTensors(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), image_size, mean, std)
+
+    test = part(arrays["test_images"][..., None], arrays["test_labels"].astype(np.int64))
+    name = "fashion-mnist" if n_train is None else f"fashion-mnist:{len(train)}"
+    if folder != fashion_mnist.DEBIAN_FOLDER:
+        name = f"fashion-mnist:{folder}" + ("" if n_train is None else f":{len(train)}")
+    return DataSplit(name, part(images[train], labels[train]), part(images[val], labels[val]), 10, 1, test)
 
 
 def _train_statistics(train: torch.Tensor, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:

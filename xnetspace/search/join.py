@@ -29,7 +29,7 @@ from .workers import check_lost, run_processes, run_worker
 __all__ = ["record_dataset", "dataset_facts", "read_study", "local_data", "worker_command", "join_study"]
 
 _DATA_ATTR = "xnetspace_data"
-_PATH_KINDS = ("imagefolder", "cifar10", "cifar100")  # datasets whose argument is a local folder
+_PATH_KINDS = ("imagefolder", "cifar10", "cifar100", "fashion-mnist")  # datasets whose argument is a local folder
 
 
 def dataset_facts(data: DataSplit) -> dict:

@@ -623,6 +623,8 @@ def _set_param(data: dict, name: str, value: Any) -> None:
             for knob, definition in list(where.items()):
                 if isinstance(definition, dict) and definition.get("tie") == tie:
                     where[knob] = value
+    elif name.startswith("network."):
+        data["network"][name[len("network.") :]] = value
     elif name.startswith("width."):
         _rules(data)["width"][name[len("width.") :]] = value
     elif name.startswith("schedule."):

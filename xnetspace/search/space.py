@@ -15,7 +15,8 @@ AnyNet design space: per-stage parameters zipped into stages. Every knob of
 width rule (``width``), linear schedules across stages (``schedules``) and non-decreasing knobs
 (``monotone``). Optuna parameter names are ``stage{i}.{knob}`` (stages counted from 1),
 ``tied.{NAME}``, ``width.{w0,wa,wm,depth}``, ``schedule.{knob}.{first,last}`` and
-``stage{a}-{b}.{knob}`` (a monotone chain). ``constraints`` are hard budgets checked from the
+``stage{a}-{b}.{knob}`` (a monotone chain); a network field given a list of choices
+(``network: {stem_stride: [2, 4]}``) is ``network.{field}``. ``constraints`` are hard budgets checked from the
 cost model before anything is built.
 """
 
@@ -175,7 +176,10 @@ class SearchSpace(BaseModel):
 
     name: str = Field(min_length=1)
     description: str = ""
-    network: dict[str, Any] = Field(default_factory=dict, description="fixed NetworkSpec fields")
+    network: dict[str, Any] = Field(
+        default_factory=dict,
+        description="NetworkSpec fields: fixed (stem_stride: 2) or a list of choices to search (stem_stride: [2, 4])",
+    )
     stage_defaults: StageSpace = Field(default_factory=StageSpace)
     stages: Annotated[tuple[StageSpace, ...], non_empty("a space needs at least one stage")]
     rules: Rules = Field(default_factory=Rules, description="width rule, schedules, monotone knobs")
@@ -198,12 +202,20 @@ class SearchSpace(BaseModel):
         if unknown:
             raise ValueError(f"unknown network field(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
         for name, value in network.items():
-            field = NetworkSpec.model_fields[name]
-            try:
-                field_adapter(field).validate_python(value)
-            except ValidationError as err:
-                raise ValueError(f"network.{name} = {value!r}: {err.errors()[0]['msg']}") from None
+            adapter = field_adapter(NetworkSpec.model_fields[name])
+            if isinstance(value, list) and not value:
+                raise ValueError(f"network.{name}: an empty list of choices")
+            for choice in value if isinstance(value, list) else [value]:
+                try:
+                    adapter.validate_python(choice)
+                except ValidationError as err:
+                    raise ValueError(f"network.{name} = {choice!r}: {err.errors()[0]['msg']}") from None
         return network
+
+    @property
+    def fixed_network(self) -> dict[str, Any]:
+        """The network fields the space fixes (those searched over, lists of choices, left out)."""
+        return {name: value for name, value in self.network.items() if not isinstance(value, list)}
 
     @model_validator(mode="after")
     def _ties_consistent(self) -> SearchSpace:
@@ -368,6 +380,11 @@ class SearchSpace(BaseModel):
         n = len(definitions)
         stages: list[dict[str, Any]] = [{} for _ in range(n)]
         problems = []  # raised after every parameter was asked for (param_names relies on it)
+        searched = {  # network fields with choices: Optuna parameters network.FIELD
+            name: choices[0] if len(choices) == 1 else trial.suggest_categorical(f"network.{name}", choices)
+            for name, choices in self.network.items()
+            if isinstance(choices, list)
+        }
         if rules.width is not None:
             drawn = rules.width.draw(trial)
             try:
@@ -419,7 +436,8 @@ class SearchSpace(BaseModel):
                     stage.get("num_heads", defaults["num_heads"].default),
                     len(stage.get("ffn_kernel_sizes", defaults["ffn_kernel_sizes"].default)),
                 )
-        return NetworkSpec.model_validate({"name": f"{self.name}_sample", **self.network, **network, "stages": stages})
+        fields = {**self.network, **searched, **network}
+        return NetworkSpec.model_validate({"name": f"{self.name}_sample", **fields, "stages": stages})
 
     def rules_summary(self) -> str:
         """One line on the space's rules (empty without rules): ``width rule (w0, wa, wm, depth;
