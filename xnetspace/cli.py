@@ -137,12 +137,13 @@ def build(
     warning (``nonfinite_weights`` in --json); the command still exits 0 with the outputs they give.
     """
     from .build_report import build_notice, check_build, classify, nonfinite_warning, report_lines
+    from .paths import output_file, saved_line, write_atomically
     from .photo import photo_batch
-    from .save import save_target, save_to, saved_line
 
     net_spec, size = _load(spec, image_size)
     with _answers():
-        target = None if save is None else save_target(save)
+        inputs: list[str | Path] = [spec, *(p for p in (checkpoint, image) if p is not None)]
+        target = None if save is None else output_file(save, "--save", "save the network", inputs=inputs)
     if not as_json:  # what the spec alone tells, before anything is built
         console.print(stage_table(cost_report(net_spec, size)))
     with _answers():
@@ -159,7 +160,7 @@ def build(
         typer.echo(warning, err=True)
     if save is not None and target is not None:  # target: --save's file
         with _answers():
-            save_to(save, target, lambda path: save_checkpoint(model, path))
+            write_atomically(target, lambda path: save_checkpoint(model, path), "save the network", save)
         result["saved"] = save
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -189,15 +190,19 @@ def scale(
     image_size: str = ImageSizeOpt,
     flops_min: str | None = typer.Option(None, "--flops-min", help="FLOP budget minimum"),
     max_params: str | None = typer.Option(None, "--max-params", help="parameter maximum, e.g. 1.5M"),
-    save: Path | None = typer.Option(None, help="write the scaled spec to this YAML file"),
+    save: str | None = typer.Option(
+        None, help="write the scaled spec to this YAML (or .json) file (a regular file; a symlink is followed)"
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Scale a preset to a FLOP budget (depth, width and heads x one factor; xnetspace/scaling.py)."""
+    from .paths import output_file, saved_line
     from .scaling import scale_to_budget
     from .search.space import parse_count
 
     net_spec, size = _load(preset, image_size)
     with _answers():
+        target = None if save is None else output_file(save, "--save", "save the spec", inputs=[preset])
         scaled = scale_to_budget(
             net_spec,
             parse_count(flops_max),
@@ -205,8 +210,8 @@ def scale(
             min_flops=parse_count(flops_min) if flops_min else None,
             max_params=parse_count(max_params) if max_params else None,
         )
-        if save is not None:
-            save_spec(scaled, save)
+        if target is not None:
+            save_spec(scaled, target)
     report = cost_report(scaled, size)
     if as_json:
         typer.echo(
@@ -216,14 +221,14 @@ def scale(
                     "params": report.params,
                     "image_size": list(size),
                     "spec": scaled.model_dump(mode="json"),
-                    "saved": str(save) if save else None,
+                    "saved": save,
                 }
             )
         )
         return
     console.print(stage_table(report))
-    if save is not None:
-        console.print(f"saved to {save}")
+    if save is not None and target is not None:
+        console.print(saved_line(save, target), markup=False, highlight=False)
 
 
 @app.command()

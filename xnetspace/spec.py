@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from .errors import SpecError
+from .paths import output_file, write_atomically
 from .text import SHORT_VALUE, read_text_file, short_repr, shorten, unique_pairs, yaml_mapping
 
 __all__ = [
@@ -487,12 +488,19 @@ def load_spec(path: str | Path) -> NetworkSpec:
 
 
 def save_spec(spec: NetworkSpec, path: str | Path) -> Path:
-    """Write ``spec`` as YAML, or JSON when ``path`` ends in ``.json``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = spec.model_dump_json(indent=2) if path.suffix == ".json" else spec.to_yaml()
-    path.write_text(text)
-    return path
+    """Write ``spec`` as YAML, or JSON when ``path`` ends in ``.json``; returns the path.
+
+    The file is checked and written by :mod:`xnetspace.paths`' rule: a regular file (a symlink's
+    target), replaced atomically; missing folders are made.
+
+    Raises:
+        xnetspace.paths.PathError (an OSError): a folder, a device, a FIFO, a socket, a read-only
+            file, a symlink loop, a full disk.
+    """
+    text = spec.model_dump_json(indent=2) if Path(path).suffix == ".json" else spec.to_yaml()
+    target = output_file(path, "the spec file", "save the spec")
+    write_atomically(target, lambda partial: partial.write_text(text), "save the spec", path)
+    return Path(path)
 
 
 def preset_names() -> list[str]:
