@@ -8,11 +8,16 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["write_analysis", "axis_label"]
+from ..paths import output_folder
+
+__all__ = ["write_analysis", "axis_label", "ANALYSIS_FILES"]
+
+ANALYSIS_FILES = ("analysis.json", "edf.png", "importance.png", "marginals.png")
 
 
 def write_analysis(result: dict, out: Path) -> dict[str, Path]:
-    """Write ``analysis.json`` and the three figures into ``out`` (created if missing).
+    """Write ``analysis.json`` and the three figures into ``out`` (created if missing; checked by
+    :func:`xnetspace.paths.output_folder`, which raises PathError).
 
     Returns:
         ``{"json": ..., "edf": ..., "importance": ..., "marginals": ...}``: the paths written.
@@ -20,8 +25,7 @@ def write_analysis(result: dict, out: Path) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out, "--out", ANALYSIS_FILES)
     files = {"json": out / "analysis.json"}
     files["json"].write_text(json.dumps(result, indent=2) + "\n")
     files["edf"] = _plot_edf(result, out / "edf.png")
