@@ -423,10 +423,10 @@ def prepare(
         "--image-size",
         help="proxy training image size S in pixels (stored at ceil(1.25 S) for random-resized crops)",
     ),
-    out: Path | None = typer.Option(
+    out: str | None = typer.Option(
         None,
         help=(
-            "write the prepared .npz here, for --dataset imagefolder:FILE "
+            "write the prepared .npz here, a new file outside PATH, for --dataset imagefolder:FILE "
             "(default: the cache, where a study on imagefolder:PATH finds it)"
         ),
     ),
