@@ -526,13 +526,18 @@ def resolve_spec(spec: NetworkSpec | Mapping[str, Any] | str | Path) -> NetworkS
     """A NetworkSpec from a spec, a mapping of its fields, a preset name or a spec file path.
 
     Raises:
-        SpecError: unknown preset name or unreadable/invalid file.
+        SpecError: an empty name, an unknown preset name or an unreadable/invalid file.
         pydantic.ValidationError: invalid mapping.
     """
     if isinstance(spec, NetworkSpec):
         return spec
     if isinstance(spec, Mapping):
         return NetworkSpec.model_validate(dict(spec))
+    if isinstance(spec, str) and not spec.strip():  # Path("") would be ".", the working folder
+        raise SpecError(
+            f"the spec is empty ({short_repr(spec)}): give a spec file (.yaml/.json) or a preset name "
+            f"({', '.join(preset_names())})"
+        )
     if isinstance(spec, Path) or Path(spec).suffix in (".yaml", ".yml", ".json") or _exists(spec):
         return load_spec(spec)
     return load_preset(str(spec))
