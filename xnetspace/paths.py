@@ -80,9 +80,9 @@ def _resolve(text: str, fail: Callable[[str], PathError]) -> tuple[Path, int | N
             return target, os.stat(target).st_mode
         except (FileNotFoundError, NotADirectoryError):  # nothing there; the folder check names why
             return target, None
-    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python 3.11)
-        why = getattr(err, "strerror", None) or str(err)
-        raise fail("a symlink loop" if "loop" in why.lower() else why) from None
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python 3.11's resolve)
+        loop = isinstance(err, RuntimeError) or getattr(err, "errno", None) == errno.ELOOP
+        raise fail("a symlink loop" if loop else getattr(err, "strerror", None) or str(err)) from None
 
 
 def _kind(mode: int) -> str | None:
