@@ -6,6 +6,7 @@ handler, and random spec mappings (hypothesis) that never raise anything but the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -1037,3 +1038,269 @@ def test_random_yaml_text_raises_only_spec_errors(text):
         assert len(format_validation_error(err)) < MAX_OUTPUT
     except SpecError as err:
         assert len(str(err)) < 1000
+
+
+# -- issue 28: one path rule for every file and folder a command writes (xnetspace/paths.py) ---------
+@contextlib.contextmanager
+def _no_hang(seconds: int = 10):
+    """A command that blocks (opening a FIFO waits for a reader forever) fails the test instead."""
+
+    def hung(signum, frame):
+        raise TimeoutError(f"the command hung for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def paths(hostile):
+    """The hostile folder plus a tiny image folder (2 classes x 3 images of 8x8) and links."""
+    for cls in ("cat", "dog"):
+        (hostile / "photos" / cls).mkdir(parents=True)
+        for i in range(3):
+            (hostile / "photos" / cls / f"{i}.png").write_bytes(_png_8x8_colour(i))
+    (hostile / "link_spec").symlink_to("ok.yaml")
+    (hostile / "link_fifo").symlink_to("fifo")
+    (hostile / "dangling.npz").symlink_to("made/by_prepare.npz")
+    (hostile / "small.yaml").write_text(SMALL_SPACE.format(name="small"))
+    return hostile
+
+
+def _png_8x8_colour(i: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (40 * i, 30, 200)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _kinds(folder: Path) -> dict[str, str]:
+    """What each name in ``folder`` is (file, link, FIFO, ...) and where each link points."""
+    return {p.name: _kind(str(p)) + (f" -> {os.readlink(p)}" if p.is_symlink() else "") for p in folder.iterdir()}
+
+
+PREPARE = ["prepare", "imagefolder:photos", "--image-size", "16", "--out"]
+# A one-spec space on 32 synthetic images: a search refused at its storage or output folder stays fast.
+SMALL_SPACE = (
+    "name: {name}\nstages: [{{embed_dim: 16, depth: 1}}]\nconstraints: {{image_size: 16, flops: [1, 1G]}}\n"
+    "train: {{image_size: 16, epochs: 1, batch_size: 16}}\n"
+)
+SMALL_SEARCH = ["search", "--space", "small.yaml", "--dataset", "synthetic:32", "--n-trials", "1"]
+
+
+def load_prepared_labels(path: Path) -> int:
+    from xnetspace.search.prepare import load_prepared
+
+    return len(load_prepared(path).labels)
+
+
+def test_issue28_item01_prepare_never_replaces_an_existing_out(paths):
+    _refused([*PREPARE, "ok.yaml"], ["cannot write the prepared file to 'ok.yaml'", "exists", "never replaces"], paths)
+    result = runner.invoke(app, [*PREPARE, "new.npz"])
+    assert result.exit_code == 0 and load_prepared_labels(paths / "new.npz") == 6, result.output
+    _refused([*PREPARE, "new.npz"], ["'new.npz'", "the file exists"], paths)  # not even its own earlier file
+
+
+@pytest.mark.parametrize(
+    "target,texts",
+    [
+        ("fifo", ["'fifo'", "FIFO"]),
+        ("readonly.pt", ["'readonly.pt'", "exists"]),
+        ("link_spec", ["'link_spec'", "exists", "the symlink's target"]),
+        ("link_fifo", ["'link_fifo'", "FIFO", "the symlink's target"]),
+        ("loop_a", ["'loop_a'", "symlink loop"]),
+        ("sock", ["'sock'", "socket"]),
+    ],
+)
+def test_issue28_item02_prepare_out_is_never_a_special_file_a_read_only_file_or_a_link_replaced(paths, target, texts):
+    before = _kinds(paths)
+    with _no_hang():
+        _refused([*PREPARE, target], ["cannot write the prepared file", *texts], paths)
+    assert _kinds(paths) == before
+
+
+def test_issue28_item02_prepare_out_follows_a_dangling_link_to_its_target(paths):
+    result = runner.invoke(app, [*PREPARE, "dangling.npz"])
+    assert result.exit_code == 0, result.output
+    assert _kind("dangling.npz") == "link" and os.readlink("dangling.npz") == "made/by_prepare.npz"
+    assert load_prepared_labels(paths / "made" / "by_prepare.npz") == 6
+    assert not [p for p in paths.rglob("*") if ".partial" in p.name]
+
+
+@pytest.mark.parametrize("target", ["photos/cat/0.png", "photos/new.npz", "photos/dog"])
+def test_issue28_item03_prepare_out_is_never_inside_the_image_folder(paths, target):
+    texts = ["is a folder"] if target == "photos/dog" else ["inside the input folder 'photos'"]
+    _refused([*PREPARE, target], texts, paths)
+    assert sorted(p.name for p in (paths / "photos").rglob("*")) == sorted(
+        ["cat", "dog"] + [f"{i}.png" for i in range(3)] * 2
+    )
+
+
+SCALE = ["scale", "transxnet_t", "--flops", "3M", "--image-size", "32", "--save"]
+
+
+@pytest.mark.parametrize("target", ["fifo", "link_fifo"])
+def test_issue28_item04_scale_save_onto_a_fifo_is_refused_at_once(paths, target):
+    before = _kinds(paths)
+    with _no_hang():
+        _refused([*SCALE, target], ["cannot save the spec", f"'{target}'", "FIFO"], paths)
+    assert _kinds(paths) == before
+
+
+def test_issue28_item05_scale_save_onto_a_read_only_file_is_refused(paths):
+    _refused([*SCALE, "readonly.pt"], ["cannot save the spec to 'readonly.pt'", "read-only"], paths)
+    assert (paths / "readonly.pt").read_bytes() == b"keep me"
+    result = runner.invoke(app, [*SCALE, "scaled.yaml"])  # the rule still lets a new file through
+    assert result.exit_code == 0 and NetworkSpec.from_yaml((paths / "scaled.yaml").read_text()).stages
+
+
+@pytest.mark.parametrize(
+    "args,texts",
+    [
+        (["build", "ok.yaml", "--image-size", "32", "--save", "ok.yaml"], ["an input of this command ('ok.yaml')"]),
+        (["build", "ok.yaml", "--image-size", "32", "--save", "link_spec"], ["an input of this command"]),
+        (
+            ["build", "tiny.yaml", "--image-size", "32", "--checkpoint", "tiny.pt", "--save", "tiny.pt"],
+            ["an input of this command ('tiny.pt')"],
+        ),
+        (["scale", "ok.yaml", "--flops", "3M", "--image-size", "32", "--save", "ok.yaml"], ["an input"]),
+        (["build", "ok.yaml", "--image-size", "32", "--save", "new/"], ["'new/'", "ending in '/'", "file name"]),
+        ([*SCALE, "new/"], ["'new/'", "ending in '/'"]),
+    ],
+    ids=[
+        "build-own-spec",
+        "build-spec-via-link",
+        "build-own-checkpoint",
+        "scale-own-spec",
+        "build-slash",
+        "scale-slash",
+    ],
+)
+def test_issue28_item06_save_never_replaces_an_input_and_refuses_a_trailing_slash(paths, args, texts):
+    _refused(args, ["cannot save", *texts], paths)
+    assert not (paths / "new").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [*SMALL_SEARCH, "--workers-per-device", "1", "--out", ""],
+        ["fidelity", "small.yaml", "--dataset", "synthetic:32", "--n-specs", "3", "--seeds", "2", "--out", ""],
+        ["analyze", "a", "--out", ""],
+        ["refine", "a", "--out", ""],
+        ["build", "ok.yaml", "--save", ""],
+        [*PREPARE, ""],
+    ],
+    ids=["search", "fidelity", "analyze", "refine", "build", "prepare"],
+)
+def test_issue28_item07_an_empty_out_is_refused_by_every_command(paths, args):
+    from .test_analysis import make_study
+
+    if args[0] in ("analyze", "refine"):
+        make_study(paths / "a", n=12)  # a real study: without the rule analyze wrote its files into "."
+    before = sorted(p.name for p in paths.iterdir())
+    with _no_hang(60):  # without the rule the search would train in "."
+        _refused(args, ["needs a name, got an empty one"], paths)
+    assert sorted(p.name for p in paths.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "space_name,extra,folder",
+    [
+        ("'../../escaped_space'", [], "_.._escaped_space-synthetic-loss"),
+        ("small", ["--study-name", "../../x"], "_.._x"),
+    ],
+    ids=["space-name", "study-name"],
+)
+def test_issue28_item08_names_that_become_folders_stay_inside_runs(paths, monkeypatch, space_name, extra, folder):
+    import xnetspace.search.runner as runner_module
+    from xnetspace.paths import path_name
+    from xnetspace.search.errors import SearchError
+
+    (paths / "small.yaml").write_text(SMALL_SPACE.format(name=space_name))
+
+    def stop(*args, **kwargs):
+        raise SearchError("stopped by the test once the output folder is made")
+
+    monkeypatch.setattr(runner_module, "open_study", stop)
+    outside = [paths.parent.parent / "escaped_space-synthetic-loss", paths.parent.parent / "x", paths.parent / "runs"]
+    result = runner.invoke(app, [*SMALL_SEARCH, *extra])
+    assert result.exit_code == 2 and "stopped by the test" in result.stderr, result.output
+    assert sorted(p.name for p in (paths / "runs").iterdir()) == [folder]
+    assert not any(p.exists() for p in outside)
+    names = ("../../x", "..", ".", "", "a/b", "ok-name_1.5", "é x")
+    assert [path_name(n) for n in names] == ["_.._x", "_", "_", "_", "a_b", "ok-name_1.5", "é_x"]
+
+
+@pytest.mark.parametrize(
+    "link,target,texts",
+    [
+        ("photos/cat/again", ".", ["a symlink loop", "cat/again leads back to cat"]),
+        ("photos/cat/root", "../../photos", ["a symlink loop", "cat/root leads back to the folder itself"]),
+        ("photos/dog/twin.png", "../cat/0.png", ["the same image", "cat/0.png", "dog/twin.png"]),
+    ],
+    ids=["loop-to-its-folder", "loop-to-the-image-folder", "one-image-in-two-classes"],
+)
+def test_issue28_item09_a_symlink_loop_or_a_twice_listed_image_is_refused(paths, link, target, texts):
+    (paths / link).symlink_to(target)
+    _refused([*PREPARE, "p.npz"], ["imagefolder:photos", *texts], paths)
+    from xnetspace.search.data import DataError, load_dataset
+
+    with pytest.raises(DataError, match="remove the link"):  # a study's first use refuses it too
+        load_dataset("imagefolder:photos", 16)
+
+
+def test_issue28_item09_each_real_image_is_listed_once_in_one_split(paths):
+    from xnetspace.search.prepare import list_image_folder
+
+    (paths / "more_cats").mkdir()
+    for i in range(3):
+        (paths / "more_cats" / f"m{i}.png").write_bytes(_png_8x8_colour(i + 3))
+    (paths / "photos" / "cat" / "more").symlink_to("../../more_cats")  # a link elsewhere: followed, once
+    listing = list_image_folder(paths / "photos")
+    real = [os.path.realpath(paths / "photos" / p) for p in listing.paths]
+    assert len(real) == len(set(real)) == 9 and "cat/more/m0.png" in listing.paths
+
+
+@pytest.mark.parametrize("cache", ["ok.yaml", "ro_cache", "ok.yaml/below"])
+def test_issue28_item10_a_cache_folder_that_cannot_be_written_is_an_error(paths, monkeypatch, cache):
+    (paths / "ro_cache").mkdir()
+    (paths / "ro_cache").chmod(0o555)  # read-only, also for root (who could write it anyway)
+    monkeypatch.setenv("XNETSPACE_CACHE", cache)
+    out = _refused(["prepare", "imagefolder:photos", "--image-size", "16"], [f"'{cache}'", "XNETSPACE_CACHE"], paths)
+    assert "not written" not in out and list((paths / "ro_cache").iterdir()) == []
+
+
+def test_issue28_item27_refused_sqlite_paths_leave_no_lock_file(paths):
+    before = _kinds(paths)
+    search = [*SMALL_SEARCH, "--out", "run", "--storage"]
+    _refused([*search, "sqlite:///ok.yaml"], ["ok.yaml", "not a database"], paths)
+    _refused([*search, "sqlite:///folder"], ["sqlite:///folder", "folder"], paths)
+    with _no_hang():
+        _refused([*search, "sqlite:///fifo"], ["sqlite:///fifo", "FIFO"], paths)
+    assert _kinds(paths) == {**before, "run": "dir"} and not list((paths / "run").iterdir())  # --out, left empty
+    assert not list(paths.rglob("*.lock"))
+
+
+def test_issue28_item27_an_empty_spec_is_named_empty_not_dot(paths):
+    for command in (["flops", ""], ["build", " "], ["space", ""]):
+        out = _refused(command, ["is empty"], paths)
+        assert "'.'" not in out
+
+
+def test_issue28_rule_files_inside_an_output_folder_are_never_special(paths):
+    (paths / "run").mkdir()
+    os.mkfifo(paths / "run" / "summary.json")
+    (paths / "out").mkdir()
+    os.mkfifo(paths / "out" / "refine.json")
+    with _no_hang():
+        _refused([*SMALL_SEARCH, "--out", "run"], ["'run'", "its summary.json is a FIFO"], paths)
+        _refused(["refine", "folder", "--out", "out"], ["'out'", "its refine.json is a FIFO"], paths)
+    assert stat.S_ISFIFO(os.lstat(paths / "run" / "summary.json").st_mode)

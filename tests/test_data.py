@@ -189,7 +189,12 @@ def test_an_unwritable_cache_prepares_in_memory_and_says_so(tmp_path, monkeypatc
     lines = []
     prepared, path, hit = load_or_prepare(tmp_path / "photos", 16, log=lines.append)
     assert path is None and not hit and len(prepared.labels) == 6
-    assert any("cannot write the cache folder" in line and "XNETSPACE_CACHE" in line for line in lines)
+    assert any(
+        "cannot write into the folder" in line
+        and "(the cache folder): Not a directory" in line
+        and "XNETSPACE_CACHE" in line
+        for line in lines
+    )
 
 
 # -- unreadable images ---------------------------------------------------------------------------

@@ -137,12 +137,13 @@ def build(
     warning (``nonfinite_weights`` in --json); the command still exits 0 with the outputs they give.
     """
     from .build_report import build_notice, check_build, classify, nonfinite_warning, report_lines
+    from .paths import output_file, saved_line, write_atomically
     from .photo import photo_batch
-    from .save import save_target, save_to, saved_line
 
     net_spec, size = _load(spec, image_size)
     with _answers():
-        target = None if save is None else save_target(save)
+        inputs: list[str | Path] = [spec, *(p for p in (checkpoint, image) if p is not None)]
+        target = None if save is None else output_file(save, "--save", "save the network", inputs=inputs)
     if not as_json:  # what the spec alone tells, before anything is built
         console.print(stage_table(cost_report(net_spec, size)))
     with _answers():
@@ -159,7 +160,7 @@ def build(
         typer.echo(warning, err=True)
     if save is not None and target is not None:  # target: --save's file
         with _answers():
-            save_to(save, target, lambda path: save_checkpoint(model, path))
+            write_atomically(target, lambda path: save_checkpoint(model, path), "save the network", save)
         result["saved"] = save
     if as_json:
         typer.echo(to_json(result, indent=2))
@@ -189,15 +190,19 @@ def scale(
     image_size: str = ImageSizeOpt,
     flops_min: str | None = typer.Option(None, "--flops-min", help="FLOP budget minimum"),
     max_params: str | None = typer.Option(None, "--max-params", help="parameter maximum, e.g. 1.5M"),
-    save: Path | None = typer.Option(None, help="write the scaled spec to this YAML file"),
+    save: str | None = typer.Option(
+        None, help="write the scaled spec to this YAML (or .json) file (a regular file; a symlink is followed)"
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Scale a preset to a FLOP budget (depth, width and heads x one factor; xnetspace/scaling.py)."""
+    from .paths import output_file, saved_line
     from .scaling import scale_to_budget
     from .search.space import parse_count
 
     net_spec, size = _load(preset, image_size)
     with _answers():
+        target = None if save is None else output_file(save, "--save", "save the spec", inputs=[preset])
         scaled = scale_to_budget(
             net_spec,
             parse_count(flops_max),
@@ -205,8 +210,8 @@ def scale(
             min_flops=parse_count(flops_min) if flops_min else None,
             max_params=parse_count(max_params) if max_params else None,
         )
-        if save is not None:
-            save_spec(scaled, save)
+        if target is not None:
+            save_spec(scaled, target)
     report = cost_report(scaled, size)
     if as_json:
         typer.echo(
@@ -216,14 +221,14 @@ def scale(
                     "params": report.params,
                     "image_size": list(size),
                     "spec": scaled.model_dump(mode="json"),
-                    "saved": str(save) if save else None,
+                    "saved": save,
                 }
             )
         )
         return
     console.print(stage_table(report))
-    if save is not None:
-        console.print(f"saved to {save}")
+    if save is not None and target is not None:
+        console.print(saved_line(save, target), markup=False, highlight=False)
 
 
 @app.command()
@@ -313,7 +318,7 @@ def search(
             "between architectures (0: none; none without confirmation)"
         ),
     ),
-    out: Path | None = typer.Option(None, help="output folder (default: runs/STUDY_NAME)"),
+    out: str | None = typer.Option(None, help="output folder (default: runs/STUDY_NAME)"),
     heartbeat: int = typer.Option(10, help="heartbeat interval in seconds; dead workers' trials are retried"),
     workers_per_device: int | None = typer.Option(
         None,
@@ -322,6 +327,7 @@ def search(
     ),
 ) -> None:
     """Search a design space under a FLOP budget with proxy training (Optuna)."""
+    from .paths import folder_option
     from .search import RunOptions, StudyConfig, progress_summary, run_search
     from .search.space import load_space, parse_count
 
@@ -332,6 +338,7 @@ def search(
         return f"interrupted: {done}; the study is kept: re-run the same command to continue"
 
     with _answers("search options", writing="the study's files", place="the output folder", interrupted=interrupted):
+        folder = folder_option(out)  # "" is refused here: as a Path it would be ".", the working folder
         # fmt: off
         config = StudyConfig.create(
             load_space(space), dataset, objective, proxy_seeds=proxy_seeds, race=race,
@@ -341,7 +348,7 @@ def search(
             seed=seed, augment=augment,
         )
         started.append(RunOptions(
-            n_trials=n_trials, out=out, storage=storage, study_name=study_name, sampler=sampler, pruner=pruner,
+            n_trials=n_trials, out=folder, storage=storage, study_name=study_name, sampler=sampler, pruner=pruner,
             population=population, seed=seed, timeout=timeout, devices=_devices(devices), heartbeat=heartbeat,
             baseline=baseline, workers_per_device=workers_per_device, confirm_top=confirm_top,
             confirm_seeds=confirm_seeds, confirm_epochs=confirm_epochs, fidelity_sample=fidelity_sample,
@@ -359,7 +366,7 @@ def fidelity(
     confirm_epochs: int | None = typer.Option(
         None, "--confirm-epochs", help="confirmation epochs (default: twice the proxy's)"
     ),
-    out: Path = typer.Option(
+    out: str = typer.Option(
         ..., help="folder for fidelity.db, runs.csv, fidelity.json and fidelity.png (re-running resumes)"
     ),
     seed: int = typer.Option(0, help="seed of the spec sample"),
@@ -379,6 +386,7 @@ def fidelity(
     zero-cost scores, FLOPs, params) against the specs' K-seed confirmed mean, with bootstrap 95%
     intervals, beside the noise ceiling (half the confirmation seeds against the other half).
     """
+    from .paths import folder_option
     from .search.fidelity import FidelityConfig, report_lines, run_fidelity
     from .search.space import load_space
 
@@ -396,11 +404,12 @@ def fidelity(
             seed=seed,
             confirm_epochs=confirm_epochs,
         )
-        result = run_fidelity(config, out, _devices(devices), workers_per_device, progress=not as_json)
+        folder = folder_option(out)
+        result = run_fidelity(config, folder, _devices(devices), workers_per_device, progress=not as_json)
     if as_json:
         typer.echo(to_json(result, indent=2, default=str))
         return
-    for line in report_lines(result, out):
+    for line in report_lines(result, folder):
         console.print(line, markup=False, highlight=False)
 
 
@@ -414,10 +423,10 @@ def prepare(
         "--image-size",
         help="proxy training image size S in pixels (stored at ceil(1.25 S) for random-resized crops)",
     ),
-    out: Path | None = typer.Option(
+    out: str | None = typer.Option(
         None,
         help=(
-            "write the prepared .npz here, for --dataset imagefolder:FILE "
+            "write the prepared .npz here, a new file outside PATH, for --dataset imagefolder:FILE "
             "(default: the cache, where a study on imagefolder:PATH finds it)"
         ),
     ),
@@ -507,7 +516,7 @@ def analyze(
     study_names: list[str] | None = typer.Option(
         None, "--study-name", help="a study in --storage (repeat for several)"
     ),
-    out: Path | None = typer.Option(
+    out: str | None = typer.Option(
         None,
         help="folder for analysis.json and the figures (default: the run's folder for one run, else runs/analysis)",
     ),
@@ -522,10 +531,12 @@ def analyze(
     """Design-space analysis in the studies' score (cross-entropy in a loss study, top-1 error in a
     top1 study): EDFs, knob importances and marginals of each study, and the comparison of the
     first study with the others (KS statistic, bootstrap CIs)."""
+    from .paths import folder_option
     from .search.analysis import report_lines, run_analysis
 
     with _answers():
-        result, files, notices = run_analysis(runs or [], storage, study_names or [], out, bins, force)
+        folder = folder_option(out)
+        result, files, notices = run_analysis(runs or [], storage, study_names or [], folder, bins, force)
     for notice in notices:
         typer.echo(f"warning: {notice}", err=True)
     if as_json:
@@ -540,7 +551,7 @@ def refine(
     run: Path = typer.Argument(
         ..., help="a population study's output folder (xnetspace search --population --out RUN)"
     ),
-    out: Path = typer.Option(..., help="folder for refine.json, refined_space.yaml and refine_edf.png"),
+    out: str = typer.Option(..., help="folder for refine.json, refined_space.yaml and refine_edf.png"),
     verify: int = typer.Option(
         0,
         "--verify",
@@ -564,12 +575,13 @@ def refine(
     constraints (ties, non-decreasing widths/depths/heads, an attention-share schedule, a fitted
     RegNet width rule, fixing knobs of nil importance) against the population's EDFs, and write the
     refined space with the accepted ones. The rule and its reasons: docs/design_spaces.md."""
+    from .paths import folder_option
     from .search.refine import report_lines
     from .search.refine_verify import refine_run
 
     with _answers(writing="the refinement", place=out):
         result, files = refine_run(
-            run, out, verify, force, seed, _devices(devices), workers_per_device, progress=not as_json
+            run, folder_option(out), verify, force, seed, _devices(devices), workers_per_device, progress=not as_json
         )
     if as_json:
         typer.echo(to_json(result, indent=2))

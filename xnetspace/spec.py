@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from .errors import SpecError
+from .paths import output_file, write_atomically
 from .text import SHORT_VALUE, read_text_file, short_repr, shorten, unique_pairs, yaml_mapping
 
 __all__ = [
@@ -525,12 +526,19 @@ def load_spec(path: str | Path) -> NetworkSpec:
 
 
 def save_spec(spec: NetworkSpec, path: str | Path) -> Path:
-    """Write ``spec`` as YAML, or JSON when ``path`` ends in ``.json``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = spec.model_dump_json(indent=2) if path.suffix == ".json" else spec.to_yaml()
-    path.write_text(text)
-    return path
+    """Write ``spec`` as YAML, or JSON when ``path`` ends in ``.json``; returns the path.
+
+    The file is checked and written by :mod:`xnetspace.paths`' rule: a regular file (a symlink's
+    target), replaced atomically; missing folders are made.
+
+    Raises:
+        xnetspace.paths.PathError (an OSError): a folder, a device, a FIFO, a socket, a read-only
+            file, a symlink loop, a full disk.
+    """
+    text = spec.model_dump_json(indent=2) if Path(path).suffix == ".json" else spec.to_yaml()
+    target = output_file(path, "the spec file", "save the spec")
+    write_atomically(target, lambda partial: partial.write_text(text), "save the spec", path)
+    return Path(path)
 
 
 def preset_names() -> list[str]:
@@ -556,13 +564,18 @@ def resolve_spec(spec: NetworkSpec | Mapping[str, Any] | str | Path) -> NetworkS
     """A NetworkSpec from a spec, a mapping of its fields, a preset name or a spec file path.
 
     Raises:
-        SpecError: unknown preset name or unreadable/invalid file.
+        SpecError: an empty name, an unknown preset name or an unreadable/invalid file.
         pydantic.ValidationError: invalid mapping.
     """
     if isinstance(spec, NetworkSpec):
         return spec
     if isinstance(spec, Mapping):
         return NetworkSpec.model_validate(dict(spec))
+    if isinstance(spec, str) and not spec.strip():  # Path("") would be ".", the working folder
+        raise SpecError(
+            f"the spec is empty ({short_repr(spec)}): give a spec file (.yaml/.json) or a preset name "
+            f"({', '.join(preset_names())})"
+        )
     if isinstance(spec, Path) or Path(spec).suffix in (".yaml", ".yml", ".json") or _exists(spec):
         return load_spec(spec)
     return load_preset(str(spec))

@@ -677,9 +677,11 @@ def run_analysis(
     Raises:
         AnalysisError: ``storage`` without ``study_names`` or the reverse, nothing to analyse, and
             what :func:`load_run`, :func:`load_named_study` and :func:`analyze` raise.
+        xnetspace.paths.PathError: an ``out`` that cannot be written (checked before the analysis).
     """
+    from ..paths import output_folder
     from ..text import shorten
-    from .analysis_plots import write_analysis
+    from .analysis_plots import ANALYSIS_FILES, write_analysis
 
     folders, study_names = [Path(r) for r in runs], list(study_names)
     if bool(storage) != bool(study_names):
@@ -688,14 +690,17 @@ def run_analysis(
         raise AnalysisError(
             "nothing to analyse: give study output folders (RUN ...) or --storage URL --study-name NAME"
         )
+    one = len(folders) + len(study_names) == 1
+    out = out or (folders[0] if one and folders else Path("runs") / "analysis")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings(record=True) as caught:  # numerical libraries' notices: one line each
         warnings.simplefilter("always")
         data = [study_data(load_run(run), str(run), run / "summary.json") for run in folders]
         # study_names come with storage (checked above)
         data += [study_data(load_named_study(cast(str, storage), name), f"{storage} :: {name}") for name in study_names]
+        output_folder(out, "--out", ANALYSIS_FILES, create=False)  # before the analysis; made when written
         result = analyze(data, force=force, bins=bins)
-        files = write_analysis(result, out or (folders[0] if len(data) == 1 and folders else Path("runs") / "analysis"))
+        files = write_analysis(result, out)
     notices = dict.fromkeys(
         f"{w.category.__name__}: {w.message}"
         for w in caught

@@ -7,13 +7,17 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..paths import output_folder
 from ..strict_json import to_json
 
-__all__ = ["write_analysis", "axis_label"]
+__all__ = ["write_analysis", "axis_label", "ANALYSIS_FILES"]
+
+ANALYSIS_FILES = ("analysis.json", "edf.png", "importance.png", "marginals.png")
 
 
 def write_analysis(result: dict, out: Path) -> dict[str, Path]:
-    """Write ``analysis.json`` and the three figures into ``out`` (created if missing).
+    """Write ``analysis.json`` and the three figures into ``out`` (created if missing; checked by
+    :func:`xnetspace.paths.output_folder`, which raises PathError).
 
     Returns:
         ``{"json": ..., "edf": ..., "importance": ..., "marginals": ...}``: the paths written.
@@ -21,8 +25,7 @@ def write_analysis(result: dict, out: Path) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out, "--out", ANALYSIS_FILES)
     files = {"json": out / "analysis.json"}
     files["json"].write_text(to_json(result, indent=2) + "\n")
     files["edf"] = _plot_edf(result, out / "edf.png")

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats as scipy_stats
 
 from ..cost import cost_report
+from ..paths import output_folder
 from ..spec import NetworkSpec
 from ..strict_json import to_json
 from .confirmation import CONFIRM_SEED_OFFSET
@@ -62,9 +63,11 @@ __all__ = [
     "racing_replay",
     "report_lines",
     "FIDELITY_STUDY",
+    "FIDELITY_FILES",
 ]
 
 FIDELITY_STUDY = "fidelity"
+FIDELITY_FILES = ("fidelity.db", "workers.log", "runs.csv", "fidelity.json", "fidelity.png")  # written into --out
 _CONFIG_ATTR = "xnetspace_fidelity"
 
 
@@ -205,7 +208,7 @@ def run_fidelity(
     devices = check_devices(devices)
     per_device = device_workers(devices, workers_per_device)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out, "--out", FIDELITY_FILES)
     data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
     pool = specs(config, data.num_classes, data.in_chans)
     study = _open(config, out)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 import shlex
 from collections.abc import Sized
-from pathlib import Path
 from typing import cast
 
 import optuna
@@ -23,7 +22,16 @@ from .control import open_control_study
 from .data import DataError, DataSplit, load_dataset
 from .progress import Monitor, log
 from .storage import connect_storage, shown_url
-from .study import RunOptions, SearchError, StudyConfig, check_devices, device_workers, open_study, stored_settings
+from .study import (
+    RunOptions,
+    SearchError,
+    StudyConfig,
+    check_devices,
+    default_out,
+    device_workers,
+    open_study,
+    stored_settings,
+)
 from .workers import check_lost, run_processes, run_worker
 
 __all__ = ["record_dataset", "dataset_facts", "read_study", "local_data", "worker_command", "join_study"]
@@ -159,7 +167,7 @@ def join_study(
             "workers_per_device": workers_per_device,
             "timeout": timeout,
             "progress": progress,
-            "out": Path("runs") / study_name,
+            "out": default_out(study_name),
         }
     )
     first = worker if worker is not None else random.randrange(1000, 1_000_000)

@@ -53,6 +53,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import struct
 import sys
 import time
@@ -67,6 +68,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ..paths import PathError, output_file, output_folder, write_atomically
 from .errors import DataError
 
 __all__ = [
@@ -131,32 +133,43 @@ class Listing:
 def list_image_folder(root: str | Path) -> Listing:
     """List and split the images of ``root`` (module docstring, step 1), decoding nothing.
 
+    Class folders and image extensions are torchvision's ``ImageFolder``'s, and symlinks are
+    followed as it follows them, but each real folder and each real image is listed once
+    (:func:`_walk_images`): a symlink loop would list the same images again and again, in every
+    split.
+
     Raises:
         DataError: no class folders or images; train/val/test folders with different classes; a
-            class with fewer than 3 images for the stratified split; a file that cannot be read.
+            class with fewer than 3 images for the stratified split; a folder or an image reached
+            twice (a symlink loop, two links to one place); a file that cannot be read.
     """
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import find_classes
 
     root = Path(root)
     parts = [p for p in SPLITS if (root / p).is_dir()]
     given = "train" in parts and "val" in parts
     folders = [(SPLITS.index(p), root / p) for p in parts] if given else [(-1, root)]
     classes: list[str] | None = None
-    paths, labels, split = [], [], []
+    paths, labels, split, stats = [], [], [], []
+    seen: dict[tuple[int, int], str] = {}  # (device, inode) of each folder and image listed -> its path
     try:
+        _claim(root, root, seen)  # a link back to the root is a loop too
         for part, folder in folders:
-            found = ImageFolder(str(folder), loader=str)  # lists; the loader is never called here
-            if classes is not None and found.classes != classes:
+            if folder != root:
+                _claim(folder, root, seen)
+            found, _ = find_classes(folder)
+            if classes is not None and found != classes:
                 raise DataError(
                     f"imagefolder:{root}: {folder.name} has other class folders than train "
-                    f"({len(found.classes)} and {len(classes)})"
+                    f"({len(found)} and {len(classes)})"
                 )
-            classes = found.classes
-            for path, label in found.samples:
-                paths.append(Path(path).relative_to(root).as_posix())
-                labels.append(label)
-                split.append(part)
-        stats = [(s.st_size, s.st_mtime_ns) for s in (os.stat(root / p) for p in paths)]
+            classes = found
+            for label, name in enumerate(found):
+                for path, st in _walk_images(folder / name, root, seen):
+                    paths.append(path)
+                    labels.append(label)
+                    split.append(part)
+                    stats.append((st.st_size, st.st_mtime_ns))
     except DataError:
         raise
     except (FileNotFoundError, ValueError, OSError) as err:
@@ -167,6 +180,52 @@ def list_image_folder(root: str | Path) -> Listing:
     if not given:
         split_arr = _stratified_split(root, classes, labels_arr)
     return Listing(root, classes, paths, labels_arr, split_arr, stats)
+
+
+def _walk_images(top: Path, root: Path, seen: dict[tuple[int, int], str]) -> list[tuple[str, os.stat_result]]:
+    """The images under the class folder ``top`` as ``torchvision``'s ``make_dataset`` lists them
+    (folders in path order, files by name, its extensions, symlinks followed), as (path relative
+    to ``root``, stat) pairs; every folder and image is claimed in ``seen`` (:func:`_claim`)
+    before it is entered or listed, so a loop stops at its first repeat.
+
+    Raises:
+        DataError: no image under ``top``; a folder or an image reached twice.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    _claim(top, root, seen)
+    found = []
+    for folder, subfolders, names in os.walk(top, followlinks=True):
+        for sub in sorted(subfolders):
+            _claim(Path(folder, sub), root, seen)  # before os.walk enters it
+        found.append((folder, sorted(n for n in names if has_file_allowed_extension(n, IMG_EXTENSIONS))))
+    images = [Path(folder, name) for folder, names in sorted(found) for name in names]
+    if not images:
+        raise DataError(
+            f"imagefolder:{root}: the class folder {top.relative_to(root).as_posix()} holds no image "
+            f"(extensions: {', '.join(IMG_EXTENSIONS)})"
+        )
+    return [(path.relative_to(root).as_posix(), _claim(path, root, seen)) for path in images]
+
+
+def _claim(path: Path, root: Path, seen: dict[tuple[int, int], str]) -> os.stat_result:
+    """Record the real folder or file ``path`` leads to in ``seen``; its stat.
+
+    Raises:
+        DataError: it was reached before, through another path (the message names both).
+    """
+    st = os.stat(path)
+    shown = path.relative_to(root).as_posix()
+    first = seen.setdefault((st.st_dev, st.st_ino), shown)
+    if first == shown:
+        return st
+    if not stat.S_ISDIR(st.st_mode):
+        why = f"{shown} and {first} are the same image (a link); an image is listed once, in one class and split"
+    elif first == "." or shown.startswith(f"{first}/"):
+        why = f"a symlink loop: {shown} leads back to {'the folder itself' if first == '.' else first}"
+    else:
+        why = f"{shown} is the folder {first} again (two links to one folder); each image is listed once"
+    raise DataError(f"imagefolder:{root}: {why}; remove the link")
 
 
 def _stratified_split(root: Path, classes: list[str], labels: np.ndarray) -> np.ndarray:
@@ -241,13 +300,14 @@ class PreparedFolder:
         return line
 
     def save(self, path: str | Path) -> None:
-        """Write the ``.npz`` file atomically (a temporary file beside it, then renamed).
+        """Write the ``.npz`` file by the path rule (:mod:`xnetspace.paths`): a regular file (a
+        symlink's target), written atomically (a temporary file beside it, synced, renamed).
 
         Raises:
-            OSError: the folder cannot be written (full disk, permissions).
+            xnetspace.paths.PathError (an OSError): not a regular file (a FIFO, a folder, ...), a
+                read-only file, a folder that cannot be written, a full disk.
         """
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        target = output_file(path, "the prepared file", "write the prepared file")
         arrays: dict[str, Any] = dict(
             format=np.array(FORMAT),
             version=np.array(VERSION),
@@ -265,14 +325,12 @@ class PreparedFolder:
             unreadable_paths=np.array([p for p, _ in self.unreadable], dtype=str),
             unreadable_errors=np.array([e for _, e in self.unreadable], dtype=str),
         )
-        try:
-            with open(tmp, "wb") as f:
+
+        def write(partial: Path) -> None:
+            with open(partial, "wb") as f:  # a file object: np.savez would add .npz to a name
                 np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        write_atomically(target, write, "write the prepared file", path)
 
 
 def load_prepared(path: str | Path) -> PreparedFolder:
@@ -450,15 +508,20 @@ def load_or_prepare(
     log: Callable[[str], None] | None = None,
     workers: int | None = None,
     progress: bool | None = None,
+    strict: bool = False,
 ) -> tuple[PreparedFolder, Path | None, bool]:
     """The prepared ``root`` at ``image_size`` from the cache, prepared and cached first on a miss.
 
     Returns ``(prepared, cache file, hit)``; the file is None when the cache folder cannot be
-    written (then the folder is prepared in memory and ``log`` says so). ``log`` (default: stderr)
-    gets one line after a preparation. A cache file that cannot be read is prepared again.
+    written (then the folder is prepared in memory and ``log`` says so; with ``strict``, an error).
+    The cache folder and file are checked by the path rule (:mod:`xnetspace.paths`): never a FIFO,
+    a device or a read-only file. ``log`` (default: stderr) gets one line after a preparation. A
+    cache file that cannot be read is prepared again.
 
     Raises:
         DataError: from :func:`list_image_folder`.
+        xnetspace.paths.PathError: with ``strict``, a cache folder that cannot be written (checked
+            before decoding).
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     listing = list_image_folder(root)
@@ -470,11 +533,12 @@ def load_or_prepare(
     try:
         from filelock import FileLock
 
-        path.parent.mkdir(parents=True, exist_ok=True)
+        output_folder(path.parent, "the cache folder")
+        output_file(path, "the cache file", "write the cache file")
         lock = FileLock(f"{path}.lock")
         lock.acquire()
     except OSError as err:
-        log(_no_cache(path.parent, err, root))
+        log(_no_cache(path.parent, err, root, strict))
         lock, path = None, None
     try:
         if path is not None:
@@ -488,7 +552,7 @@ def load_or_prepare(
             try:
                 prepared.save(path)
             except OSError as err:
-                log(_no_cache(path.parent, err, root))
+                log(_no_cache(path.parent, err, root, strict))
                 path = None
     finally:
         if lock is not None:
@@ -497,10 +561,13 @@ def load_or_prepare(
     return prepared, path, False
 
 
-def _no_cache(folder: Path, err: OSError, root) -> str:
+def _no_cache(folder: Path, err: OSError, root, strict: bool) -> str:
+    """The note that ``root`` is prepared in memory only; with ``strict``, the error instead."""
+    why = str(err) if isinstance(err, PathError) else f"cannot write the cache folder {folder}: {err.strerror or err}"
+    if strict:
+        raise PathError(f"{why}; set {CACHE_ENV} to a writable folder, or give --out FILE") from None
     return (
-        f"note: cannot write the cache folder {folder} ({err.strerror or err}); imagefolder:{root} is prepared "
-        f"in memory only (set {CACHE_ENV} to a writable folder to keep it)"
+        f"note: {why}; imagefolder:{root} is prepared in memory only (set {CACHE_ENV} to a writable folder to keep it)"
     )
 
 
@@ -542,16 +609,20 @@ class Preparation:
 
 
 def prepare_dataset(
-    dataset: str, image_size: int, out: Path | None = None, workers: int | None = None, progress: bool = True
+    dataset: str, image_size: int, out: str | Path | None = None, workers: int | None = None, progress: bool = True
 ) -> Preparation:
     """``xnetspace prepare``: prepare ``imagefolder:PATH`` at ``image_size`` into the cache (where a
     study on it finds it; :func:`load_or_prepare`) or, with ``out``, into that file.
+
+    ``out`` is checked before anything is decoded (:func:`_out_target`): a new regular file outside
+    PATH (never an existing file, which is refused as search, fidelity and refine refuse a
+    file for their ``--out``); without ``out``, a cache folder that cannot be written is an error.
 
     Raises:
         ValueError: not ``imagefolder:PATH``, no such folder, an image size outside 8..1024, a
             thread count outside 1..256, an ``out`` that is a folder or in a folder that does not exist.
         DataError: from :func:`list_image_folder`.
-        OSError: ``out`` cannot be written.
+        xnetspace.paths.PathError (an OSError): ``out`` or the cache cannot or must not be written.
     """
     kind, _, arg = dataset.partition(":")
     if kind != "imagefolder" or not arg:
@@ -565,20 +636,38 @@ def prepare_dataset(
         raise ValueError(f"--image-size {image_size} must be 8 to 1024 pixels (the proxy training size)")
     if workers is not None and not 1 <= workers <= 256:
         raise ValueError(f"--workers {workers} must be 1 to 256")
-    if out is not None and out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name, e.g. {out / 'prepared.npz'}")
-    if out is not None and not out.parent.is_dir():
-        raise ValueError(f"--out {out}: the folder {out.parent} does not exist")
+    if out is not None:
+        _out_target(str(out), arg)  # before anything is decoded
     start = time.perf_counter()
     if out is None:
         prepared, path, hit = load_or_prepare(
-            Path(arg), image_size, log=lambda line: None, workers=workers, progress=True if progress else None
+            Path(arg),
+            image_size,
+            log=lambda line: None,
+            workers=workers,
+            progress=True if progress else None,
+            strict=True,
         )
     else:
         prepared = prepare_image_folder(list_image_folder(Path(arg)), image_size, workers, True if progress else None)
         prepared.save(out)
-        path, hit = out, False
+        path, hit = Path(out), False
     return Preparation(prepared, path, hit, time.perf_counter() - start, cached=out is None)
+
+
+def _out_target(out: str, folder: str) -> Path:
+    """``prepare --out FILE`` checked by the path rule (:func:`xnetspace.paths.output_file`): a new
+    regular file (a dangling symlink's target), in an existing folder, outside the image folder.
+
+    Raises:
+        ValueError: a folder, a missing folder.
+        xnetspace.paths.PathError: what the path rule refuses, and an existing file.
+    """
+    if out.strip() and not out.endswith("/") and Path(out).is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name, e.g. {Path(out) / 'prepared.npz'}")
+    if out.strip() and not Path(out).parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {Path(out).parent} does not exist")
+    return output_file(out, "--out", "write the prepared file", inputs=[folder], replace=False)
 
 
 def report_lines(run: Preparation) -> list[str]:

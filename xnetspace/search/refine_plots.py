@@ -7,22 +7,25 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..paths import output_folder
 from ..strict_json import to_json
 from .analysis import complexity_weights, edf
 from .analysis_plots import axis_label
 from .refine import Refinement, bins_for
 from .space import space_yaml
 
-__all__ = ["write_refine", "MAX_PANELS"]
+__all__ = ["write_refine", "MAX_PANELS", "REFINE_FILES"]
+
+REFINE_FILES = ("refine.json", "refined_space.yaml", "refine_edf.png")
 
 MAX_PANELS = 24  # panels of refine_edf.png: the greedy order first, then the other tested constraints
 
 
 def write_refine(refinement: Refinement, out: Path) -> dict[str, Path]:
     """Write ``refine.json``, ``refined_space.yaml`` and ``refine_edf.png`` into ``out`` (created if
-    missing). Returns ``{"json": ..., "space": ..., "edf": ...}``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    missing; checked by :func:`xnetspace.paths.output_folder`, which raises PathError). Returns
+    ``{"json": ..., "space": ..., "edf": ...}``."""
+    out = output_folder(out, "--out", REFINE_FILES)
     result = refinement.result
     files = {"json": out / "refine.json", "space": out / result["refined_space_file"], "edf": out / "refine_edf.png"}
     files["json"].write_text(to_json(result, indent=2) + "\n")

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import optuna
 
+from ..paths import output_folder
 from ..strict_json import to_json
 from .analysis import StudyData, analyze, load_run, study_data
 from .analysis_plots import write_analysis
 from .analysis_schema import RefineResult
 from .refine import Refinement, refine
-from .refine_plots import write_refine
+from .refine_plots import REFINE_FILES, write_refine
 from .runner import run_search
 from .study import RunOptions, check_devices
 
@@ -46,9 +47,11 @@ def refine_run(
     Raises:
         AnalysisError: not a study folder, too few members, not a population study (without ``force``).
         ValueError: a device that is none, or CUDA where there is none.
-        OSError: files that cannot be written.
+        OSError: files that cannot be written (xnetspace.paths.PathError: ``out`` refused by the
+            path rule, checked before any work).
         and what :func:`verify` raises.
     """
+    output_folder(out, "--out", REFINE_FILES, create=False)  # before any work; made when written
     if n_verify:
         devices = check_devices(devices)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -32,7 +32,19 @@ from .study import RunOptions, StudyConfig, candidates
 from .summary import Summary
 from .zero_cost import ZERO_COST
 
-__all__ = ["SearchOutcome", "write_results", "best_trial", "pareto_front"]
+__all__ = ["SearchOutcome", "write_results", "best_trial", "pareto_front", "RESULT_FILES"]
+
+# What a search writes into its output folder (checked before it starts: xnetspace.paths.output_folder).
+RESULT_FILES = (
+    "study.db",
+    "workers.log",
+    "trials.csv",
+    "history.png",
+    "pareto.png",
+    "summary.json",
+    "fidelity.png",
+    "best_spec.yaml",
+)
 
 
 @dataclass

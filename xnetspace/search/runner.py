@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import optuna
 
+from ..paths import output_folder
 from .confirmation import baseline_spec, check_options, open_confirm_study, summarize
 from .control import open_control_study
 from .data import load_dataset
 from .join import record_dataset, worker_command
 from .progress import Monitor, log
-from .results import SearchOutcome, write_results
+from .results import RESULT_FILES, SearchOutcome, write_results
 from .study import RunOptions, StudyConfig, open_study, slot_state, store_run_options, top_up_slots
 from .workers import SLOTS_AHEAD, check_lost, run_processes, run_worker
 
@@ -36,17 +37,20 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
         WorkerCrashed: worker processes crashed and left the study unfinished (the results so far
             are written first).
         xnetspace.search.data.DataError: a dataset that cannot be read.
+        xnetspace.paths.PathError: an output folder that cannot be written (checked before any work).
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    option = "--out" if options.out is not None else "the default output folder"
     options = options.resolved(config)
     assert options.out is not None  # resolved() sets it
-    options.out.mkdir(parents=True, exist_ok=True)
+    output_folder(options.out, option, RESULT_FILES, create=False)  # checked first, made once the input is good
     data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
     check = config.space.check(num_classes=data.num_classes, in_chans=data.in_chans)
     check_options(options)
     for name in options.baselines:  # a preset no scaling fits the budget is refused before anything trains
         if not name.startswith("random:"):
             baseline_spec(name, config.space, data.num_classes, data.in_chans)
+    output_folder(options.out, option, RESULT_FILES)
     study = open_study(config, options)
     top_up_slots(study, options.n_trials, SLOTS_AHEAD * len(options.devices) * options.workers)
     store_run_options(study, options)  # what joining workers read (join.read_study)

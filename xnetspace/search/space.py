@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..cost import ImageSize, cost_report, parse_image_size
 from ..spec import MAX_STAGES, Float, Int, NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty
-from ..text import read_text_file, shorten, yaml_mapping
+from ..text import read_text_file, short_repr, shorten, yaml_mapping
 from .space_knobs import (
     INT_KNOBS,
     KNOBS,
@@ -747,9 +747,13 @@ def load_space(path: str | Path) -> SearchSpace:
     shipped with the package.
 
     Raises:
-        SpaceError: missing file, not YAML, or not a valid space (every problem listed with its
-            place and value).
+        SpaceError: an empty name, missing file, not YAML, or not a valid space (every problem
+            listed with its place and value).
     """
+    if isinstance(path, str) and not path.strip():  # Path("") would be ".", the working folder
+        raise SpaceError(
+            f"the space is empty ({short_repr(path)}): give a space file (.yaml) or a shipped space's name"
+        )
     path = Path(path)
     if not path.exists() and path.suffix == "":
         from importlib import resources

@@ -15,6 +15,8 @@ processes wait for the lock (up to :data:`SQLITE_BUSY_SECONDS`), as they did for
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -59,19 +61,42 @@ def _immediate_transactions(engine) -> None:
 
 @contextlib.contextmanager
 def _setup_lock(url: str) -> Iterator[None]:
-    """An exclusive lock on ``FILE.lock`` beside an SQLite file while Optuna sets the storage up:
-    two processes creating the same storage at once would race on its tables (``table studies
-    already exists``). No lock for other databases (their DDL is transactional) or without fcntl."""
-    database = make_url(url).database if url.startswith("sqlite") else None
-    if not database or database == ":memory:" or fcntl is None:
+    """An exclusive lock on the folder of an SQLite file while Optuna sets the storage up: two
+    processes creating the same storage at once would race on its tables (``table studies already
+    exists``). The folder itself is locked (``flock`` on its descriptor), so no lock file is made
+    or left behind, and opening a folder never blocks. No lock for other databases (their DDL is
+    transactional), without fcntl, or when the folder is missing (Optuna then says so)."""
+    database = _sqlite_file(url)
+    try:
+        folder = os.open(os.path.dirname(os.path.abspath(database)), os.O_RDONLY | os.O_DIRECTORY) if database else None
+    except OSError:
+        folder = None
+    if folder is None or fcntl is None:
         yield
         return
-    with open(f"{database}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # releases the lock
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The database file of an SQLite URL; None for other databases and in-memory ones."""
+    database = make_url(url).database if url.startswith("sqlite") else None
+    return None if not database or database == ":memory:" else database
+
+
+def _check_sqlite_file(url: str, shown: str) -> None:
+    """Refuse an SQLite file that is not a regular file (a FIFO would block SQLite's first read)."""
+    database = _sqlite_file(url)
+    try:
+        mode = os.stat(database).st_mode if database else None
+    except OSError:  # missing (SQLite makes it) or unreachable (SQLite says why)
+        return
+    if mode is not None and not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "a FIFO, a device or a socket"
+        raise StorageError(f"--storage {shown}: {shorten(str(database))!r} is {what}, not an SQLite database file")
 
 
 def check_shareable(url: str) -> str:
@@ -134,6 +159,8 @@ def connect_storage(url: str, heartbeat: int | None = None) -> optuna.storages.R
     check_shareable(url)
     shown = shown_url(url)
     sqlite = url.startswith("sqlite")
+    if sqlite:
+        _check_sqlite_file(url, shown)
     engine: dict[str, Any] = {}
     if sqlite:
         engine["connect_args"] = {"timeout": SQLITE_BUSY_SECONDS}

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..paths import path_name
 from ..spec import preset_names
 from .errors import SearchError
 from .records import is_candidate, is_live, slot_attrs
@@ -49,6 +50,7 @@ __all__ = [
     "stored_settings",
     "make_sampler",
     "make_pruner",
+    "default_out",
 ]
 
 ObjectiveName = Literal["loss", "top1", "tse", "synflow", "naswot", "grad_norm", "top1-flops", "top1-latency"]
@@ -130,13 +132,19 @@ class StudyConfig(BaseModel):
         return max(1, self.proxy_seeds // 2)
 
 
+def default_out(study_name: str) -> Path:
+    """The output folder of a study without ``--out``: ``runs/NAME``, its name made one safe folder
+    name (:func:`xnetspace.paths.path_name`: a study named ``../../x`` stays inside ``runs/``)."""
+    return Path("runs") / path_name(study_name)
+
+
 class RunOptions(BaseModel):
     """How this run works on the study (may change between runs)."""
 
     model_config = ConfigDict(extra="forbid")
 
     n_trials: int = Field(20, ge=1)
-    out: Path | None = Field(None, description="output folder (default: runs/STUDY_NAME)")
+    out: Path | None = Field(None, description="output folder (default: runs/STUDY_NAME, the name made safe)")
     storage: str | None = None
     study_name: str | None = Field(None, description="default: SPACE-DATASET-OBJECTIVE")
     sampler: Literal["tpe", "random", "nsga2", "qmc"] | None = Field(
@@ -225,7 +233,7 @@ class RunOptions(BaseModel):
 
     def resolved(self, config: StudyConfig) -> RunOptions:
         """These options with every default that depends on the study filled in: the study name
-        (``SPACE-DATASET-OBJECTIVE``), the output folder (``runs/NAME``), the sampler and pruner
+        (``SPACE-DATASET-OBJECTIVE``), the output folder (``runs/NAME``, :func:`default_out`), the sampler and pruner
         (NSGA-II and no pruner for two objectives; random sampling, no pruner and no confirmation
         for a population study; else TPE and the median pruner). :func:`~.runner.run_search` and
         ``xnetspace search`` both run on the resolved options.
@@ -250,7 +258,7 @@ class RunOptions(BaseModel):
         return self.model_copy(
             update=dict(
                 study_name=name,
-                out=self.out or Path("runs") / name,
+                out=self.out or default_out(name),
                 sampler=self.sampler or ("random" if self.population else "nsga2" if two else "tpe"),
                 pruner=self.pruner or ("none" if self.population or two else "median"),
                 confirm_top=0 if self.population else self.confirm_top,
