@@ -824,3 +824,50 @@ def test_random_yaml_text_raises_only_spec_errors(text):
         assert len(format_validation_error(err)) < MAX_OUTPUT
     except SpecError as err:
         assert len(str(err)) < 1000
+
+
+SMALL_SPACE = (
+    "name: small\nstage_defaults: {depth: 1, mlp_ratio: [1, 2], idconv_kernel_size: [3, 5]}\n"
+    "stages:\n  - {embed_dim: {low: 8, high: 24, step: 8}, sr_ratio: [2, 4], attn_ratio: [0.5, 1.0]}\n"
+    "  - {embed_dim: {low: 16, high: 48, step: 16}, num_heads: [1, 2]}\n"
+    "constraints: {image_size: 16}\ntrain: {image_size: 16, epochs: 1, batch_size: 16}\n"
+)
+SMALL_SEARCH = [
+    "search", "--space", "small.yaml", "--dataset", "synthetic:64", "--sampler", "random", "--pruner", "none",
+    "--confirm-top", "0", "--baseline", "none", "--workers-per-device", "1", "--out", "run",
+    "--timeout", "60",  # without the fix such a study never ends: the test then fails instead of hanging
+]  # fmt: skip
+
+
+# -- issue 28, item 27: the trial time limit, a finished study's worker, SIGTERM ---------------------
+def test_issue28_item27_sigterm_ends_a_search_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
+    """SIGTERM (kill PID) during a search: exit 130 with the interrupted line, the study kept."""
+    import optuna
+
+    from .conftest import use_trainer
+    from .test_search import FakeTrainer
+
+    class Killed(FakeTrainer):  # the third candidate's training is where SIGTERM arrives
+        def __call__(self, *args, **kwargs):
+            if len(self.specs) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__call__(*args, **kwargs)
+
+    def unhandled(signum, frame):  # without the fix the test fails here, instead of the runner dying
+        raise RuntimeError("SIGTERM reached the caller's handler")
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "small.yaml").write_text(SMALL_SPACE)
+    use_trainer(monkeypatch, Killed())
+    monkeypatch.setattr(sys, "argv", ["xnetspace", *SMALL_SEARCH, "--n-trials", "10"])
+    try:
+        with pytest.raises(SystemExit) as done:
+            cli.main()
+    finally:
+        assert signal.signal(signal.SIGTERM, previous) is unhandled  # main() gave the handler back
+    err = capsys.readouterr().err
+    assert done.value.code == 130, err[-2000:]
+    assert "interrupted: 2 of 10 trials done; the study is kept" in err and "Traceback" not in err, err[-2000:]
+    study = optuna.load_study(study_name="small-synthetic-loss", storage=f"sqlite:///{tmp_path}/run/study.db")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials()) == 2

@@ -14,6 +14,7 @@ holds its traceback (:func:`main`).
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from .build_report import kind_table, stage_table
 from .checkpoint import load_weights, read_checkpoint, save_checkpoint
 from .cost import cost_report, parse_image_size
 from .errors import ReportedError
+from .errors import interrupted as was_interrupted
 from .model import build_model
 from .spec import MAX_CLASSES, MAX_IN_CHANS, NetworkSpec, format_validation_error, resolve_spec, save_spec
 
@@ -75,7 +77,12 @@ def _answers(
             Ctrl-C goes on to :func:`main`.
     """
     try:
-        yield
+        try:
+            yield
+        except Exception as err:
+            if not was_interrupted(err):
+                raise
+            raise KeyboardInterrupt from err  # Ctrl-C that landed in a library's cleanup is still Ctrl-C
     except KeyboardInterrupt:
         if interrupted is None:
             raise
@@ -585,6 +592,8 @@ def main() -> None:
     line); 1 an internal error (a bug): one paragraph naming a log file with the traceback,
     never the traceback itself.
     """
+    # SIGTERM (kill, a scheduler stopping a job) ends a command as Ctrl-C does: exit 130, the study kept.
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except SystemExit as done:
@@ -597,6 +606,9 @@ def main() -> None:
         typer.echo("interrupted (Ctrl-C); nothing was saved by this command", err=True)
         sys.exit(130)
     except Exception as err:  # noqa: BLE001 - the last guard: a bug gets a log file, not a traceback
+        if was_interrupted(err):
+            typer.echo("interrupted (Ctrl-C); nothing was saved by this command", err=True)
+            sys.exit(130)
         from .logs import error_log
         from .text import shorten
 
@@ -608,6 +620,12 @@ def main() -> None:
             err=True,
         )
         sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

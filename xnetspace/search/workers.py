@@ -25,6 +25,7 @@ from pathlib import Path
 
 import optuna
 
+from ..errors import interrupted
 from ..logs import LOG_FOLDER, error_log
 from .confirmation import open_confirm_study, plan_jobs
 from .control import control_top_up, open_control_study, spent
@@ -186,7 +187,8 @@ def guarded(work: Callable[[str], None], device: str, threads: int | None = None
     """Run ``work(device)`` as a worker process: ``device`` ``cuda:K`` pins the process to GPU K
     (``CUDA_VISIBLE_DEVICES``, set before CUDA starts; ``work`` then gets ``cuda``); ``threads``
     caps torch's intra-op threads. A crash writes its traceback to :func:`crash_log` (never to
-    the terminal) and exits with status 1; Ctrl-C (which the head receives too) exits with 130."""
+    the terminal) and exits with status 1; Ctrl-C (which the head receives too) exits with 130,
+    also when it lands inside a library's cleanup and surfaces as another error."""
     try:
         if device.startswith("cuda:"):
             os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
@@ -196,9 +198,9 @@ def guarded(work: Callable[[str], None], device: str, threads: int | None = None
 
             torch.set_num_threads(threads)
         work(device)
-    except KeyboardInterrupt:
-        sys.exit(130)
     except BaseException as err:  # noqa: BLE001 - a crash goes to its log file, not the terminal
+        if interrupted(err):  # Ctrl-C, also when it landed in Optuna's bookkeeping (errors.interrupted)
+            sys.exit(130)
         error_log(err, crash_log(mp.current_process().name, os.getpid()).stem)
         sys.exit(1)
 
@@ -294,8 +296,6 @@ def spawn_workers(
         )
         for i, d in enumerate(devices)
     ]
-    for p in procs:
-        p.start()
     lost: dict[str, LostWorker] = {}
 
     def check() -> None:
@@ -307,15 +307,19 @@ def spawn_workers(
                     monitor.log(lost[p.name].describe())
 
     try:
+        for p in procs:  # inside the try: Ctrl-C while they start ends the ones started
+            p.start()
         while any(p.is_alive() for p in procs):
             if monitor is not None:
                 monitor.poll()
             check()
             time.sleep(POLL_SECONDS)
     finally:
-        for p in procs:
+        started = [p for p in procs if p.pid is not None]
+        for p in started:
             if p.is_alive():
                 p.terminate()
+        for p in started:
             p.join()
     if monitor is not None:
         monitor.poll()
