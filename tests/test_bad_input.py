@@ -826,6 +826,114 @@ def test_random_yaml_text_raises_only_spec_errors(text):
         assert len(str(err)) < 1000
 
 
+# -- issue 28: one rule for numbers and options, refused with exit 2 before any work ---------------------
+FIDELITY = ["fidelity", "tiny_cpu", "--n-specs", "3", "--out", "fid"]
+WORKER = ["worker", "--storage", "sqlite:///study.db", "--study-name", "s"]
+ISSUE28_CASES = [
+    pytest.param(SEARCH + ["--devices", ""], ["--devices ''", "names no device"], id="item11 search --devices ''"),
+    pytest.param(SEARCH + ["--devices", ",,,"], ["--devices ',,,'", "names no device"], id="item11 search ,,,"),
+    pytest.param(FIDELITY + ["--devices", ""], ["--devices ''", "names no device"], id="item11 fidelity ''"),
+    pytest.param(FIDELITY + ["--devices", " , "], ["names no device"], id="item11 fidelity ' , '"),
+    pytest.param(WORKER + ["--devices", ""], ["--devices ''", "names no device"], id="item11 worker ''"),
+    pytest.param(WORKER + ["--devices", ",,,"], ["names no device"], id="item11 worker ,,,"),
+    pytest.param(
+        SEARCH + ["--batch-size", "100000000000"],
+        ["batch_size 100,000,000,000", "--batch-size", "898 training images"],
+        id="item12 search --batch-size 1e11",
+    ),
+    pytest.param(
+        SEARCH + ["--batch-size", "899"], ["batch_size 899", "at most 898"], id="item12 search --batch-size 899"
+    ),
+    pytest.param(SEARCH + ["--lr", "inf"], ["lr = inf", "finite"], id="item13 search --lr inf"),
+    pytest.param(SEARCH + ["--lr", "nan"], ["lr = nan", "finite"], id="item13 search --lr nan"),
+    pytest.param(SEARCH + ["--lr", "1e30"], ["lr = 1e+30", "less than or equal to 10"], id="item13 search --lr 1e30"),
+    pytest.param(SEARCH + ["--trial-time-limit", "inf"], ["time_limit = inf", "finite"], id="item13 time limit inf"),
+    pytest.param(SEARCH + ["--timeout", "nan"], ["timeout = nan", "finite"], id="item13 search --timeout nan"),
+    pytest.param(["analyze", "folder", "--bins", "0"], ["--bins 0", "between 1 and 100"], id="item15 --bins 0"),
+    pytest.param(["analyze", "folder", "--bins", "-1"], ["--bins -1", "between 1 and 100"], id="item15 --bins -1"),
+    pytest.param(
+        ["analyze", "folder", "--bins", "1000000000"], ["--bins 1,000,000,000", "between 1"], id="item15 --bins 1e9"
+    ),
+    pytest.param(
+        SEARCH + ["--workers-per-device", "1000"],
+        ["--workers-per-device 1,000", "at most"],
+        id="item16 search --workers-per-device 1000",
+    ),
+    pytest.param(
+        FIDELITY + ["--workers-per-device", "1000"], ["--workers-per-device 1,000", "at most"], id="item16 fidelity"
+    ),
+    pytest.param(WORKER + ["--workers-per-device", "1000"], ["--workers-per-device 1,000"], id="item16 worker"),
+    pytest.param(
+        WORKER + ["--workers-per-device", "0"],
+        ["--workers-per-device 0", "at least 1"],
+        id="item16 worker --workers-per-device 0",
+    ),
+    pytest.param(
+        SEARCH + ["--image-size", "100000"], ["image_size = 100000", "16384"], id="item17 search --image-size 100000"
+    ),
+    pytest.param(
+        SEARCH + ["--image-size", "16384"],
+        ["image_size 16,384 (--image-size)", "would need about", "TB", "available"],
+        id="item17 search --image-size 16384 (memory)",
+    ),
+]
+
+
+@pytest.mark.parametrize("args,texts", ISSUE28_CASES)
+def test_issue28_numbers_and_options_are_refused_before_any_work(args, texts, hostile, monkeypatch):
+    import xnetspace.search.workers as workers
+
+    monkeypatch.setattr(workers, "spawn_workers", lambda *a, **k: pytest.fail("worker processes started"))
+    _refused(args, texts, hostile)
+    assert not (hostile / "study.db").exists() and not (hostile / "fid").exists()
+
+
+def test_issue28_item26_every_seed_follows_one_rule(hostile):
+    """search, fidelity and refine refuse --seed -1 (and 2**31) with the same words, before any work;
+    the library's configs hold the same bounds."""
+    from xnetspace.search import RunOptions
+    from xnetspace.search.fidelity import FidelityConfig
+    from xnetspace.search.refine_verify import refine_run
+    from xnetspace.search.space import load_space
+    from xnetspace.search.train import TrainConfig
+    from xnetspace.spec import MAX_SEED
+
+    messages = set()
+    for command in (SEARCH, FIDELITY, ["refine", "folder", "--out", "refined"]):
+        for seed in ("-1", str(MAX_SEED + 1)):
+            out = _refused(command + ["--seed", seed], ["--seed"], hostile)
+            messages.add((seed, out.split("--seed")[-1]))
+    assert len(messages) == 2, messages  # one message per value, whatever the command
+    assert not (hostile / "refined").exists()
+    for model, fields in (
+        (TrainConfig, {"seed": -1}),
+        (RunOptions, {"seed": -1}),
+        (FidelityConfig, {"space": load_space("tiny_cpu"), "seed": MAX_SEED + 1}),
+    ):
+        with pytest.raises(ValidationError, match="seed"):
+            model(**fields)
+    with pytest.raises(ValueError, match=r"--seed -1 must be between 0 and 2,147,483,647"):
+        refine_run(hostile / "folder", hostile / "refined", seed=-1)
+    assert not (hostile / "refined").exists()
+
+
+def test_issue28_item25_refine_checks_the_verify_options_before_writing(tmp_path, monkeypatch):
+    from .test_refine import make_population
+
+    monkeypatch.chdir(tmp_path)
+    population = make_population(tmp_path / "pop", n=40)
+    before = _files(tmp_path)
+    result = runner.invoke(
+        app, ["refine", str(population), "--out", "out", "--workers-per-device", "0", "--verify", "2"]
+    )
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert err == "error: --workers-per-device 0 must be at least 1", err
+    assert not (tmp_path / "out").exists() and _files(tmp_path) == before
+    result = runner.invoke(app, ["refine", str(population), "--out", "out", "--devices", ",", "--verify", "2"])
+    assert result.exit_code == 2 and "names no device" in result.stderr and not (tmp_path / "out").exists()
+
+
 SMALL_SPACE = (
     "name: small\nstage_defaults: {depth: 1, mlp_ratio: [1, 2], idconv_kernel_size: [3, 5]}\n"
     "stages:\n  - {embed_dim: {low: 8, high: 24, step: 8}, sr_ratio: [2, 4], attn_ratio: [0.5, 1.0]}\n"

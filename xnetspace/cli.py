@@ -31,7 +31,7 @@ from .cost import cost_report, parse_image_size
 from .errors import ReportedError
 from .errors import interrupted as was_interrupted
 from .model import build_model
-from .spec import MAX_CLASSES, MAX_IN_CHANS, NetworkSpec, format_validation_error, resolve_spec, save_spec
+from .spec import MAX_CLASSES, MAX_IN_CHANS, MAX_SEED, NetworkSpec, format_validation_error, resolve_spec, save_spec
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="xnetspace: TransXNet specs, builder, cost model and search."
@@ -44,6 +44,7 @@ ImageSizeOpt = typer.Option("224", "--image-size", help="input size H or HxW, in
 JsonOpt = typer.Option(False, "--json", help="print one JSON object instead of tables")
 
 
+MAX_WORKER_INDEX = 1_000_000  # worker k's sampler is seeded --seed + 1000 k: below 2**32 (spec.MAX_SEED)
 MAX_MESSAGE = 3000  # characters of one error paragraph; the sources already keep values short
 
 
@@ -104,8 +105,11 @@ def _answers(
 
 
 def _devices(devices: str) -> list[str]:
-    """``--devices cpu,cuda:0`` as a list (the library checks each entry)."""
-    return [d.strip() for d in devices.split(",") if d.strip()]
+    """``--devices cpu,cuda:0`` as a list (the library checks each entry); none at all is refused."""
+    listed = [d.strip() for d in devices.split(",") if d.strip()]
+    if not listed:
+        raise ValueError(f"--devices {devices!r} names no device: give cpu, cuda or cuda:K (comma-separated)")
+    return listed
 
 
 def _load(spec_arg: str, image_size: str) -> tuple[NetworkSpec, tuple[int, int]]:
@@ -128,7 +132,7 @@ def build(
     save: str | None = typer.Option(
         None, help="save the network with its spec to this file (a regular file; a symlink is followed)"
     ),
-    seed: int = typer.Option(0, help="seed of the random initialisation (without --checkpoint)"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="seed of the random initialisation (without --checkpoint)"),
     force: bool = typer.Option(
         False, "--force", help="build and run even when the memory or time estimate exceeds the limit"
     ),
@@ -293,7 +297,7 @@ def search(
         "--population",
         help="a population study for `xnetspace analyze`: --sampler random --pruner none --confirm-top 0",
     ),
-    seed: int = typer.Option(0, help="seed of the samplers and of the training"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="seed of the samplers and of the training"),
     storage: str | None = typer.Option(None, help="Optuna RDB URL (default: sqlite in --out)"),
     study_name: str | None = typer.Option(None, "--study-name", help="default: SPACE-DATASET-OBJECTIVE"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... (one worker process per entry)"),
@@ -369,7 +373,7 @@ def fidelity(
     out: Path = typer.Option(
         ..., help="folder for fidelity.db, runs.csv, fidelity.json and fidelity.png (re-running resumes)"
     ),
-    seed: int = typer.Option(0, help="seed of the spec sample"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="seed of the spec sample"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,..."),
     workers_per_device: int | None = typer.Option(
         None,
@@ -466,7 +470,11 @@ def worker(
     ),
     timeout: float | None = typer.Option(None, help="seconds after which this worker starts no new trial"),
     worker_index: int | None = typer.Option(
-        None, "--worker-index", help="number of the first worker (seeds its sampler; default: random from 1000)"
+        None,
+        "--worker-index",
+        min=0,
+        max=MAX_WORKER_INDEX,
+        help="number of the first worker (seeds its sampler; default: random from 1000)",
     ),
 ) -> None:
     """Join a study that `xnetspace search` created in a server database and run its trials until it is done.
@@ -560,7 +568,7 @@ def refine(
     force: bool = typer.Option(
         False, "--force", help="refine a study that is not a population study (another sampler, a pruner)"
     ),
-    seed: int = typer.Option(0, help="seed of the bootstraps, fANOVA and the --verify study"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="seed of the bootstraps, fANOVA and the --verify study"),
     devices: str = typer.Option("cpu", help="--verify: cpu | cuda | cuda:0,cuda:1,..."),
     workers_per_device: int | None = typer.Option(
         None, "--workers-per-device", help="--verify: worker processes per device"

@@ -23,8 +23,8 @@ from .control import open_control_study
 from .data import DataError, DataSplit, load_dataset
 from .progress import Monitor, log
 from .storage import connect_storage, shown_url
-from .study import RunOptions, SearchError, StudyConfig, check_devices, device_workers, open_study, stored_settings
-from .workers import check_lost, run_processes, run_worker
+from .study import RunOptions, SearchError, StudyConfig, check_devices, check_workers, open_study, stored_settings
+from .workers import check_lost, run_processes, run_worker, worker_devices
 
 __all__ = ["record_dataset", "dataset_facts", "read_study", "local_data", "worker_command", "join_study"]
 
@@ -140,13 +140,13 @@ def join_study(
 
     Raises:
         ValueError: a device that is none (or CUDA where there is none), fewer than one worker
-            per device; both checked before the storage is read.
+            per device or more than this machine can hold; checked before the storage is read.
         SearchError: see :func:`read_study` and :func:`local_data`.
         WorkerCrashed: worker processes crashed and left the study unfinished.
         DataError: a dataset that cannot be read here.
     """
     devices = check_devices(devices)
-    device_workers(devices, workers_per_device)
+    check_workers(devices, workers_per_device)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the monitor prints one line per trial
     config, shared, facts = read_study(storage_url, study_name)
     data = local_data(config, facts, dataset)
@@ -164,7 +164,7 @@ def join_study(
     )
     first = worker if worker is not None else random.randrange(1000, 1_000_000)
     study = open_study(config, options, first)
-    count = len(devices) * options.workers
+    count = len(worker_devices(options))
     log(
         options,
         f"{data}\njoined study '{study_name}' in {shown_url(storage_url)} as worker {first}"

@@ -18,7 +18,8 @@ from .join import record_dataset, worker_command
 from .progress import Monitor, log
 from .results import SearchOutcome, write_results
 from .study import RunOptions, StudyConfig, open_study, slot_state, store_run_options, top_up_slots
-from .workers import SLOTS_AHEAD, check_lost, run_processes, run_worker
+from .train import check_recipe
+from .workers import SLOTS_AHEAD, check_lost, run_processes, run_worker, worker_devices
 
 __all__ = ["run_search", "progress_summary"]
 
@@ -35,6 +36,7 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
         SearchError: a resumed study with another config.
         WorkerCrashed: worker processes crashed and left the study unfinished (the results so far
             are written first).
+        ValueError: a batch larger than the training split (before any trial).
         xnetspace.search.data.DataError: a dataset that cannot be read.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -42,13 +44,15 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
     assert options.out is not None  # resolved() sets it
     options.out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
+    check_recipe(config.train, data)
     check = config.space.check(num_classes=data.num_classes, in_chans=data.in_chans)
     check_options(options)
     for name in options.baselines:  # a preset no scaling fits the budget is refused before anything trains
         if not name.startswith("random:"):
             baseline_spec(name, config.space, data.num_classes, data.in_chans)
     study = open_study(config, options)
-    top_up_slots(study, options.n_trials, SLOTS_AHEAD * len(options.devices) * options.workers)
+    processes = len(worker_devices(options))
+    top_up_slots(study, options.n_trials, SLOTS_AHEAD * processes)
     store_run_options(study, options)  # what joining workers read (join.read_study)
     record_dataset(study, data)
     if not options.storage_url.startswith("sqlite"):
@@ -64,7 +68,7 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
     monitor = Monitor(study, options, config, control)
     lost = []
     try:
-        if len(options.devices) * options.workers == 1:
+        if processes == 1:
             with monitor.running():
                 run_worker(config, options, options.devices[0], 0, data)
         else:

@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..spec import preset_names
+from ..spec import MAX_SEED, preset_names
 from .errors import SearchError
 from .records import is_candidate, is_live, slot_attrs
 from .score import Direction, Proxy, Score, proxy_of, score_of
@@ -37,6 +37,7 @@ __all__ = [
     "MAX_AUTO_CPU_WORKERS",
     "check_devices",
     "device_workers",
+    "check_workers",
     "SearchError",
     "ObjectiveName",
     "open_study",
@@ -59,7 +60,7 @@ _RUN_ATTR = "xnetspace_run"
 class StudyConfig(BaseModel):
     """What defines a study: resuming it with a different config is refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     space: SearchSpace
     dataset: str = "digits"
@@ -131,9 +132,9 @@ class StudyConfig(BaseModel):
 
 
 class RunOptions(BaseModel):
-    """How this run works on the study (may change between runs)."""
+    """How this run works on the study (may change between runs). Numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     n_trials: int = Field(20, ge=1)
     out: Path | None = Field(None, description="output folder (default: runs/STUDY_NAME)")
@@ -148,7 +149,7 @@ class RunOptions(BaseModel):
     population: bool = Field(
         False, description="a population study for analyze/refine: random sampler, no pruner, no confirmation"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the samplers (worker k adds 1000 k)")
     timeout: float | None = Field(None, gt=0, description="seconds after which no new trial starts")
     devices: list[str] = Field(
         default_factory=lambda: ["cpu"],
@@ -227,8 +228,9 @@ class RunOptions(BaseModel):
 
         Raises:
             ValueError: a pruner asked of a two-objective study (Optuna cannot prune them), a
-                population study with another sampler or a pruner, or a CUDA device on a machine
-                without CUDA.
+                population study with another sampler or a pruner, a CUDA device on a machine
+                without CUDA, or more worker processes than this machine can hold
+                (:func:`check_workers`).
         """
         two = len(config.directions) > 1
         if two and self.pruner not in (None, "none"):
@@ -241,6 +243,7 @@ class RunOptions(BaseModel):
                 f"--pruner {self.pruner}"
             )
         check_devices(self.devices)
+        check_workers(self.devices, self.workers_per_device)
         name = self.study_name or f"{config.space.name}-{config.dataset.split(':')[0]}-{config.objective}"
         return self.model_copy(
             update=dict(
@@ -286,10 +289,14 @@ def check_devices(devices: str | Sequence[str], here: bool = True) -> list[str]:
     options are checked without it: they may be meant for other machines).
 
     Raises:
-        ValueError: an entry that names no device, or CUDA asked of a machine without it.
+        ValueError: no device at all (``""``, ``",,"``), an entry that names no device, or CUDA
+            asked of a machine without it.
     """
+    given = devices if isinstance(devices, str) else ",".join(map(str, devices))
     if isinstance(devices, str):
         devices = [d.strip() for d in devices.split(",") if d.strip()]
+    if not devices:
+        raise ValueError(f"--devices {given!r} names no device: give cpu, cuda or cuda:K (comma-separated)")
     for device in devices:
         if not isinstance(device, str) or not (
             device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
@@ -315,6 +322,43 @@ def device_workers(devices: Sequence[str], asked: int | None = None) -> int:
             raise ValueError(f"--workers-per-device {asked} must be at least 1")
         return asked
     return min(usable_cores(), MAX_AUTO_CPU_WORKERS) if list(devices) == ["cpu"] else 1
+
+
+MAX_WORKERS_PER_CORE = 4  # CPU worker processes beyond this many per core only wait for each other
+WORKER_MEMORY = 1 << 30  # host memory one worker process holds (torch, Optuna, the data, a model): about 1 GB
+
+
+def check_workers(devices: Sequence[str], asked: int | None) -> int:
+    """:func:`device_workers`, with an asked count checked against this machine before any work:
+    at most :data:`MAX_WORKERS_PER_CORE` CPU worker processes per usable core, and no more worker
+    processes in all than the available memory holds at :data:`WORKER_MEMORY` each (1,000 of them
+    would start for minutes and then run out of memory). How many of them a study starts is then
+    capped by the work it has (:func:`~.workers.worker_devices`).
+
+    Raises:
+        ValueError: ``asked`` below 1, or above what the machine can hold (the message says why).
+    """
+    from ..memory import available_memory, human_bytes
+
+    per_device = device_workers(devices, asked)
+    if asked is None:
+        return per_device
+    cpu, total = list(devices).count("cpu") * asked, len(devices) * asked
+    cores = usable_cores()
+    if cpu > MAX_WORKERS_PER_CORE * cores:
+        raise ValueError(
+            f"--workers-per-device {asked:,}: {cpu:,} worker processes on the CPU, but this machine has {cores} "
+            f"usable core(s): at most {MAX_WORKERS_PER_CORE * cores} ({MAX_WORKERS_PER_CORE} per core; more only "
+            f"wait for each other)"
+        )
+    free = available_memory()
+    if free is not None and asked > max(1, free // WORKER_MEMORY // len(devices)):  # one per device always may
+        raise ValueError(
+            f"--workers-per-device {asked:,}: {total:,} worker processes would need about "
+            f"{human_bytes(total * WORKER_MEMORY)} of memory (about {human_bytes(WORKER_MEMORY)} each), but "
+            f"{human_bytes(free)} is available: at most {max(1, free // WORKER_MEMORY // len(devices))} per device"
+        )
+    return per_device
 
 
 def _split(value: str | None) -> list[str]:

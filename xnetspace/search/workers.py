@@ -50,6 +50,8 @@ __all__ = [
     "work_left",
     "check_lost",
     "control_max_trials",
+    "worker_devices",
+    "study_parallelism",
 ]
 
 SLOTS_AHEAD = 2  # queued slots each worker keeps ahead of itself (few: a study of any N starts at once)
@@ -249,15 +251,16 @@ def run_processes(
     first_worker: int = 0,
 ) -> list[LostWorker]:
     """``options.workers`` worker processes per entry of ``options.devices`` (a device repeated
-    in the list gets as many more) running :func:`run_worker`, polled by ``monitor``; returns the
-    workers that ended with an error (each reported by ``monitor`` when it happened).
+    in the list gets as many more; no more than the study can use, :func:`worker_devices`)
+    running :func:`run_worker`, polled by ``monitor``; returns the workers that ended with an
+    error (each reported by ``monitor`` when it happened).
 
     Workers are numbered from ``first_worker`` (the sampler's seed offset, see ``open_study``).
     A worker that dies (crashed, killed, out of host memory) leaves its trial to the heartbeat,
     which fails it and queues it again for the others; they keep running. Whether the study got
     done anyway is the caller's to judge.
     """
-    devices = [d for d in options.devices for _ in range(options.workers)]
+    devices = worker_devices(options)
     return spawn_workers(
         worker_process,
         devices,
@@ -325,6 +328,26 @@ def spawn_workers(
         monitor.poll()
     check()
     return list(lost.values())
+
+
+def worker_devices(options: RunOptions) -> list[str]:
+    """The device of each worker process a study starts: ``options.workers`` per entry of
+    ``options.devices``, dealt round-robin, and no more than the study can keep busy
+    (:func:`study_parallelism`): a 1-trial study starts no thousand processes."""
+    dealt = [d for _ in range(options.workers) for d in options.devices]
+    return dealt[: max(1, study_parallelism(options))]
+
+
+def study_parallelism(options: RunOptions) -> int:
+    """The most trials or jobs a study can run at once: its N trials (the random control's come
+    after them, as many), or its confirmation jobs, at most the top K, two per random spec
+    (``random:N``, the fidelity sample), one per control and one noise check."""
+    n_random = max(
+        [int(b.split(":")[1]) for b in options.baselines if b.startswith("random:") and b != "random:auto"], default=0
+    )
+    n_fidelity = options.fidelity_sample if options.confirm_top else 0  # plan_jobs: no confirmed set to add to
+    jobs = options.confirm_top + 2 * max(n_random, n_fidelity) + len(options.baselines) + 1
+    return max(options.n_trials, jobs)
 
 
 def work_left(study: optuna.Study, options: RunOptions, score) -> bool:
