@@ -934,6 +934,7 @@ def test_issue28_item25_refine_checks_the_verify_options_before_writing(tmp_path
     assert result.exit_code == 2 and "names no device" in result.stderr and not (tmp_path / "out").exists()
 
 
+# -- issue 28: a study whose trials keep failing says why and stops ----------------------------------
 SMALL_SPACE = (
     "name: small\nstage_defaults: {depth: 1, mlp_ratio: [1, 2], idconv_kernel_size: [3, 5]}\n"
     "stages:\n  - {embed_dim: {low: 8, high: 24, step: 8}, sr_ratio: [2, 4], attn_ratio: [0.5, 1.0]}\n"
@@ -945,6 +946,57 @@ SMALL_SEARCH = [
     "--confirm-top", "0", "--baseline", "none", "--workers-per-device", "1", "--out", "run",
     "--timeout", "60",  # without the fix such a study never ends: the test then fails instead of hanging
 ]  # fmt: skip
+
+
+def _nan_trainer(spec, data, config, device, report):
+    """Training whose validation cross-entropy is NaN (what --lr 1e30 gave): no score to rank by."""
+    from xnetspace.search.train import TrainResult
+
+    result = TrainResult(history=[10.0], loss_history=[float("nan")], train_loss_history=[2.0])
+    report(0, result)
+    return result
+
+
+def _failing_study(folder: Path, monkeypatch, n_trials: int):
+    from .conftest import use_trainer
+
+    monkeypatch.chdir(folder)
+    (folder / "small.yaml").write_text(SMALL_SPACE)
+    use_trainer(monkeypatch, _nan_trainer)
+    return runner.invoke(app, [*SMALL_SEARCH, "--n-trials", str(n_trials)])
+
+
+def test_issue28_item13_failing_trials_are_reported_and_the_study_stops(tmp_path, monkeypatch):
+    import optuna
+
+    import xnetspace.search.study as study_module
+    from xnetspace.search.records import read_trial
+
+    assert study_module.MAX_FAILURES_IN_A_ROW == 10  # docs/search.md says so
+    monkeypatch.setattr(study_module, "MAX_FAILURES_IN_A_ROW", 3)  # the rule, at a third of the trials
+    result = _failing_study(tmp_path, monkeypatch, n_trials=50)
+    assert result.exit_code == 1, result.output
+    err = result.stderr.strip().splitlines()[-1]  # after the progress bars
+    assert err.startswith("error: study 'small-synthetic-loss' stopped: its last 3 trials failed one after"), err
+    assert "validation cross-entropy is nan" in err and "re-run the same command" in err
+    study = optuna.load_study(study_name="small-synthetic-loss", storage=f"sqlite:///{tmp_path}/run/study.db")
+    failed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 3  # it stopped there, 47 trials short of N
+    assert all("validation cross-entropy is nan" in read_trial(t).reason for t in failed)
+    lines = [line for line in result.stdout.splitlines() if " FAIL " in line]
+    assert len(lines) == 3 and all("[validation cross-entropy is nan" in line for line in lines), result.stdout
+    assert "validation cross-entropy is nan" in (tmp_path / "run" / "trials.csv").read_text()
+
+
+def test_issue28_item14_analyze_counts_failed_trials(tmp_path, monkeypatch):
+    result = _failing_study(tmp_path, monkeypatch, n_trials=2)
+    assert result.exit_code == 1 and "every one of its 2 trial(s) failed" in result.stderr, result.output
+    assert "failed one after another" not in result.stderr  # 2 of 10: the study ended on its N
+    result = runner.invoke(app, ["analyze", "run", "--out", "analysis"])
+    assert result.exit_code == 2, result.output
+    assert "has no completed candidates yet" in result.stderr and "(0 rejected, 0 pruned, 2 failed trials)" in (
+        result.stderr
+    )
 
 
 # -- issue 28, item 27: the trial time limit, a finished study's worker, SIGTERM ---------------------

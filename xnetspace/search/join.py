@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import shlex
 from collections.abc import Sized
+from datetime import datetime
 from pathlib import Path
 from typing import cast
 
@@ -24,7 +25,7 @@ from .data import DataError, DataSplit, load_dataset
 from .progress import Monitor, log
 from .storage import connect_storage, shown_url
 from .study import RunOptions, SearchError, StudyConfig, check_devices, check_workers, open_study, stored_settings
-from .workers import check_lost, run_processes, run_worker, worker_devices
+from .workers import check_lost, check_progress, run_processes, run_worker, worker_devices
 
 __all__ = ["record_dataset", "dataset_facts", "read_study", "local_data", "worker_command", "join_study"]
 
@@ -141,6 +142,7 @@ def join_study(
     Raises:
         ValueError: a device that is none (or CUDA where there is none), fewer than one worker
             per device or more than this machine can hold; checked before the storage is read.
+        StudyStalled: the study's trials kept failing.
         SearchError: see :func:`read_study` and :func:`local_data`.
         WorkerCrashed: worker processes crashed and left the study unfinished.
         DataError: a dataset that cannot be read here.
@@ -172,7 +174,7 @@ def join_study(
     )
     control = open_control_study(config, options, first) if "random:auto" in options.baselines else None
     monitor = Monitor(study, options, config, control)
-    lost = []
+    lost, since = [], datetime.now()
     try:
         if count == 1:
             with monitor.running():
@@ -182,4 +184,5 @@ def join_study(
     finally:
         monitor.close()
     check_lost(lost, study, options, config.score)
+    check_progress(study, options, since)
     return options

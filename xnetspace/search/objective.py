@@ -84,6 +84,10 @@ class Objective:
             record.runs, record.zero_cost = earlier.runs, earlier.zero_cost
         self._evaluate(trial, record, spec)
         value = self.config.proxy.of(record)
+        if value is None or not math.isfinite(value):  # Optuna would fail it without a reason, as a lost worker's
+            record.reason = f"{self.config.proxy.label} is {value}: no score to rank it by (did training diverge?)"
+            write(trial, record)
+            raise TrialFailed(record.reason)
         if self.config.objective == "top1-flops":
             return value, float(report.flops)
         if self.config.objective == "top1-latency":

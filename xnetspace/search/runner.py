@@ -9,6 +9,8 @@ output), :mod:`.results` (files on disk).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import optuna
 
 from .confirmation import baseline_spec, check_options, open_confirm_study, summarize
@@ -19,7 +21,7 @@ from .progress import Monitor, log
 from .results import SearchOutcome, write_results
 from .study import RunOptions, StudyConfig, open_study, slot_state, store_run_options, top_up_slots
 from .train import check_recipe
-from .workers import SLOTS_AHEAD, check_lost, run_processes, run_worker, worker_devices
+from .workers import SLOTS_AHEAD, check_lost, check_progress, run_processes, run_worker, worker_devices
 
 __all__ = ["run_search", "progress_summary"]
 
@@ -36,6 +38,8 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
         SearchError: a resumed study with another config.
         WorkerCrashed: worker processes crashed and left the study unfinished (the results so far
             are written first).
+        StudyStalled: its trials kept failing (``MAX_FAILURES_IN_A_ROW`` in a row, or all of them);
+            the results so far are written first.
         ValueError: a batch larger than the training split (before any trial).
         xnetspace.search.data.DataError: a dataset that cannot be read.
     """
@@ -66,7 +70,7 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
 
     control = open_control_study(config, options) if "random:auto" in options.baselines else None
     monitor = Monitor(study, options, config, control)
-    lost = []
+    lost, since = [], datetime.now()
     try:
         if processes == 1:
             with monitor.running():
@@ -78,6 +82,7 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
         summary = summarize(study, open_confirm_study(options, config.score), config, options, data, control)
         outcome = write_results(study, config, options, summary)
     check_lost(lost, study, options, config.score)
+    check_progress(study, options, since)
     return outcome
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..spec import MAX_SEED, preset_names
 from .errors import SearchError
-from .records import is_candidate, is_live, slot_attrs
+from .records import is_candidate, is_failure, is_live, read_trial, slot_attrs
 from .score import Direction, Proxy, Score, proxy_of, score_of
 from .space import SearchSpace
 from .storage import connect_storage
@@ -44,6 +45,9 @@ __all__ = [
     "live_slots",
     "candidates",
     "top_up_slots",
+    "MAX_FAILURES_IN_A_ROW",
+    "failure_streak",
+    "stalled",
     "SlotState",
     "slot_state",
     "store_run_options",
@@ -455,6 +459,39 @@ def live_slots(study: optuna.Study) -> list[FrozenTrial]:
 def candidates(study: optuna.Study) -> list[FrozenTrial]:
     """Completed trials that trained a spec of their own (not a repeat of an earlier one)."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_candidate(t)]
+
+
+MAX_FAILURES_IN_A_ROW = 10  # trials failing one after another before a study stops (docs/search.md)
+
+
+def failure_streak(study: optuna.Study, n_trials: int, since: datetime | None = None) -> tuple[int, str | None]:
+    """How many of the study's N slots finished last, one after another, as failures
+    (:func:`~.records.is_failure`), counting those finished after ``since`` only (a re-run tries
+    again), and the last one's reason."""
+    finished = [
+        t
+        for t in live_slots(study)[:n_trials]
+        if t.state.is_finished() and t.datetime_complete and (since is None or t.datetime_complete >= since)
+    ]
+    finished.sort(key=lambda t: t.datetime_complete or datetime.min)
+    streak = 0
+    for trial in reversed(finished):
+        if not is_failure(trial):
+            break
+        streak += 1
+    return streak, read_trial(finished[-1]).reason if streak else None
+
+
+def stalled(study: optuna.Study, n_trials: int, since: datetime | None = None) -> str | None:
+    """Why the study cannot make progress, or None: its last :data:`MAX_FAILURES_IN_A_ROW` trials
+    failed in a row, or every one of its N trials is finished and failed (since ``since``)."""
+    streak, reason = failure_streak(study, n_trials, since)
+    state = slot_state(study, n_trials)
+    if streak >= MAX_FAILURES_IN_A_ROW:
+        return f"its last {streak} trials failed one after another (the last: {reason})"
+    if streak and streak == state.done == n_trials:
+        return f"every one of its {n_trials} trial(s) failed (the last: {reason})"
+    return None
 
 
 def top_up_slots(study: optuna.Study, n_trials: int, ahead: int) -> SlotState:

@@ -30,11 +30,11 @@ from ..logs import LOG_FOLDER, error_log
 from .confirmation import open_confirm_study, plan_jobs
 from .control import control_top_up, open_control_study, spent
 from .data import DataSplit, load_dataset
-from .errors import SurplusTrial, TrialFailed, WorkerCrashed
+from .errors import StudyStalled, SurplusTrial, TrialFailed, WorkerCrashed
 from .jobs import JobObjective, enqueue_jobs, job_state
 from .objective import Objective
 from .progress import POLL_SECONDS, Monitor
-from .study import RunOptions, StudyConfig, open_study, slot_state, top_up_slots, usable_cores
+from .study import RunOptions, StudyConfig, open_study, slot_state, stalled, top_up_slots, usable_cores
 
 __all__ = [
     "run_worker",
@@ -52,6 +52,7 @@ __all__ = [
     "control_max_trials",
     "worker_devices",
     "study_parallelism",
+    "check_progress",
 ]
 
 SLOTS_AHEAD = 2  # queued slots each worker keeps ahead of itself (few: a study of any N starts at once)
@@ -78,6 +79,7 @@ def run_worker(
     deadline = time.monotonic() + options.timeout if options.timeout else math.inf
     poll = min(2.0, options.heartbeat / 2)
     objective: Callable = Objective(config, data, options.n_trials, device, worker)
+    since = datetime.now()  # failures of earlier runs do not stop this one (a re-run tries again)
     while time.monotonic() < deadline:
         fail_stale(study)
         state = top_up_slots(study, options.n_trials, SLOTS_AHEAD)
@@ -87,6 +89,8 @@ def run_worker(
             time.sleep(poll)  # another worker's trial, or a dead one the heartbeat will requeue
             continue
         run_one(study, objective, options.out, worker)
+        if stalled(study, options.n_trials, since):
+            return  # the head says why (check_progress); nothing is confirmed of a failing study
 
     control = None
     if "random:auto" in options.baselines and time.monotonic() < deadline:
@@ -103,6 +107,8 @@ def run_worker(
                 time.sleep(poll)
                 continue
             run_one(control, objective, options.out, worker)
+            if stalled(control, cap, since):
+                break
 
     cstudy = open_confirm_study(options, config.score)
     objective = JobObjective(config.train, data, config.score, device, worker)
@@ -348,6 +354,16 @@ def study_parallelism(options: RunOptions) -> int:
     n_fidelity = options.fidelity_sample if options.confirm_top else 0  # plan_jobs: no confirmed set to add to
     jobs = options.confirm_top + 2 * max(n_random, n_fidelity) + len(options.baselines) + 1
     return max(options.n_trials, jobs)
+
+
+def check_progress(study: optuna.Study, options: RunOptions, since: datetime) -> None:
+    """Raises StudyStalled: the study's trials kept failing (:func:`~.study.stalled`) in this run."""
+    why = stalled(study, options.n_trials, since)
+    if why:
+        raise StudyStalled(
+            f"study '{study.study_name}' stopped: {why}. Each failed trial's reason is in its line above and in "
+            f"trials.csv; the study is kept: fix the cause and re-run the same command to continue it"
+        )
 
 
 def work_left(study: optuna.Study, options: RunOptions, score) -> bool:
