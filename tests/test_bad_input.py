@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import time
+import types
 import zlib
 from pathlib import Path
 
@@ -1000,6 +1001,76 @@ def test_issue28_item14_analyze_counts_failed_trials(tmp_path, monkeypatch):
 
 
 # -- issue 28, item 27: the trial time limit, a finished study's worker, SIGTERM ---------------------
+def test_issue28_item27_the_time_limit_counts_the_whole_trial(tmp_path, monkeypatch):
+    """Zero-cost scoring counts against --trial-time-limit (training never starts when it used the
+    time up), and so does the evaluation after the last epoch."""
+    import optuna
+
+    import xnetspace.search.objective as objective
+    import xnetspace.search.train as train
+    from xnetspace.search import RunOptions, StudyConfig, run_search
+    from xnetspace.search.data import load_dataset
+    from xnetspace.search.records import read_trial
+    from xnetspace.search.space import SearchSpace
+    from xnetspace.search.train import TimeLimitExceeded, TrainConfig, train_seeds
+
+    def slow_scores(*args, **kwargs):
+        time.sleep(0.6)
+        return {}
+
+    monkeypatch.setattr(objective, "zero_cost_scores", slow_scores)
+    monkeypatch.setattr(objective, "train_seeds", lambda *a, **k: pytest.fail("trained past the time limit"))
+    space = SearchSpace.model_validate(yaml.safe_load(SMALL_SPACE))
+    config = StudyConfig(space=space, dataset="synthetic:64", train=space.train.model_copy(update={"time_limit": 0.5}))
+    options = RunOptions(
+        n_trials=1, out=tmp_path, study_name="s", sampler="random", pruner="none", confirm_top=0,
+        confirm_seeds=1, workers_per_device=1, progress=False,
+    )  # fmt: skip
+    trial = run_search(config, options).study.get_trials(states=(optuna.trial.TrialState.PRUNED,))[0]
+    reason = read_trial(trial).reason
+    assert reason.startswith("TimeLimitExceeded: past the 0.5 s time limit of a trial after "), reason
+    assert float(reason.split(" after ")[1].removesuffix(" s")) >= 0.6  # the zero-cost scores' time counted
+
+    # Training's clock, made to run only while the last epoch is evaluated: 10 s of it, past the limit.
+    data, clock, real_evaluate = load_dataset("synthetic:64", 8), [0.0], train.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        clock[0] += 10.0
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(train, "evaluate", slow_evaluate)
+    spec = NetworkSpec.model_validate({"stages": [{"depth": 1, "embed_dim": 8}]})
+    recipe = TrainConfig(image_size=8, epochs=1, batch_size=16, time_limit=5.0)
+    with pytest.raises(TimeLimitExceeded, match="past the 5 s time limit after epoch 1"):
+        train_seeds(spec, data, [0], recipe)
+
+
+def test_issue28_item27_a_worker_on_a_finished_study_exits_at_once(tmp_path, monkeypatch):
+    import xnetspace.search.join as join
+    from xnetspace.search import RunOptions, StudyConfig, run_search
+    from xnetspace.search.space import SearchSpace
+
+    from .conftest import use_trainer
+    from .test_search import FakeTrainer
+
+    use_trainer(monkeypatch, FakeTrainer())
+    space = SearchSpace.model_validate(yaml.safe_load(SMALL_SPACE))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    options = RunOptions(
+        n_trials=2, out=tmp_path / "run", storage=storage, study_name="s", sampler="random", confirm_top=0,
+        confirm_seeds=2, workers_per_device=1, progress=False,
+    )  # fmt: skip
+    run_search(StudyConfig(space=space, dataset="synthetic:64", train=space.train), options)  # and its noise check
+    monkeypatch.setattr(join, "local_data", lambda *a, **k: pytest.fail("loaded the data of a finished study"))
+    monkeypatch.setattr(join, "run_processes", lambda *a, **k: pytest.fail("started worker processes"))
+    monkeypatch.setattr(join, "run_worker", lambda *a, **k: pytest.fail("ran a worker"))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["worker", "--storage", storage, "--study-name", "s", "--workers-per-device", "2"])
+    assert result.exit_code == 0, result.output
+    assert "study 's' in sqlite:///" in result.output and "is finished: nothing left to do" in result.output
+
+
 def test_issue28_item27_sigterm_ends_a_search_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
     """SIGTERM (kill PID) during a search: exit 130 with the interrupted line, the study kept."""
     import optuna

@@ -258,7 +258,9 @@ def search(
     epochs: int | None = typer.Option(None, help="proxy training epochs (default: the space's)"),
     batch_size: int | None = typer.Option(None, "--batch-size", help="proxy training batch size"),
     lr: float | None = typer.Option(None, help="AdamW learning rate"),
-    trial_time_limit: float | None = typer.Option(None, "--trial-time-limit", help="seconds one trial may train"),
+    trial_time_limit: float | None = typer.Option(
+        None, "--trial-time-limit", help="seconds one trial may take (scoring, training and evaluation)"
+    ),
     augment: str | None = typer.Option(
         None,
         help=(

@@ -25,7 +25,7 @@ from .data import DataError, DataSplit, load_dataset
 from .progress import Monitor, log
 from .storage import connect_storage, shown_url
 from .study import RunOptions, SearchError, StudyConfig, check_devices, check_workers, open_study, stored_settings
-from .workers import check_lost, check_progress, run_processes, run_worker, worker_devices
+from .workers import check_lost, check_progress, run_processes, run_worker, study_finished, worker_devices
 
 __all__ = ["record_dataset", "dataset_facts", "read_study", "local_data", "worker_command", "join_study"]
 
@@ -137,7 +137,8 @@ def join_study(
     ``devices`` (None: :attr:`RunOptions.workers`'s default). Workers are numbered from ``worker``
     (default: a random number from 1000 on, so that machines joining the same study draw different
     sampler seeds; the head's are 0..K-1).
-    Started on a finished study, it returns at once without training anything.
+    Started on a finished study (:func:`~.workers.study_finished`), it returns at once: no data
+    is loaded, no process started.
 
     Raises:
         ValueError: a device that is none (or CUDA where there is none), fewer than one worker
@@ -151,7 +152,6 @@ def join_study(
     check_workers(devices, workers_per_device)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the monitor prints one line per trial
     config, shared, facts = read_study(storage_url, study_name)
-    data = local_data(config, facts, dataset)
     options = RunOptions.model_validate(
         {
             **shared,
@@ -166,6 +166,10 @@ def join_study(
     )
     first = worker if worker is not None else random.randrange(1000, 1_000_000)
     study = open_study(config, options, first)
+    if facts is not None and study_finished(study, config, options, facts):
+        log(options, f"study '{study_name}' in {shown_url(storage_url)} is finished: nothing left to do")
+        return options
+    data = local_data(config, facts, dataset)
     count = len(worker_devices(options))
     log(
         options,

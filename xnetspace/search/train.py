@@ -314,6 +314,8 @@ def train_seeds(
             result.history.append(top1)
             result.loss_history.append(val_loss)
             result.seconds = time.perf_counter() - start
+        if config.time_limit and time.perf_counter() - start > config.time_limit:  # the evaluation counts too
+            raise TimeLimitExceeded(f"past the {config.time_limit:g} s time limit after epoch {epoch + 1}")
         if report is not None:
             report(epoch, results)
     return results

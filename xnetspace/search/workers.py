@@ -27,11 +27,11 @@ import optuna
 
 from ..errors import interrupted
 from ..logs import LOG_FOLDER, error_log
-from .confirmation import open_confirm_study, plan_jobs
+from .confirmation import control_finished, open_confirm_study, plan_jobs
 from .control import control_top_up, open_control_study, spent
 from .data import DataSplit, load_dataset
 from .errors import StudyStalled, SurplusTrial, TrialFailed, WorkerCrashed
-from .jobs import JobObjective, enqueue_jobs, job_state
+from .jobs import JobObjective, enqueue_jobs, job_results, job_state
 from .objective import Objective
 from .progress import POLL_SECONDS, Monitor
 from .study import RunOptions, StudyConfig, open_study, slot_state, stalled, top_up_slots, usable_cores
@@ -53,6 +53,7 @@ __all__ = [
     "worker_devices",
     "study_parallelism",
     "check_progress",
+    "study_finished",
 ]
 
 SLOTS_AHEAD = 2  # queued slots each worker keeps ahead of itself (few: a study of any N starts at once)
@@ -364,6 +365,25 @@ def check_progress(study: optuna.Study, options: RunOptions, since: datetime) ->
             f"study '{study.study_name}' stopped: {why}. Each failed trial's reason is in its line above and in "
             f"trials.csv; the study is kept: fix the cause and re-run the same command to continue it"
         )
+
+
+def study_finished(study: optuna.Study, config: StudyConfig, options: RunOptions, facts: dict) -> bool:
+    """Is there nothing left for a worker to do: the N trials finished, the random control (with
+    ``random:auto``) has spent the search's compute, and every confirmation job the finished
+    search calls for (:func:`~.confirmation.plan_jobs`, with the stored dataset ``facts``) is
+    queued and finished? Reads the storage only: no data, no process."""
+    if slot_state(study, options.n_trials).done < options.n_trials:
+        return False
+    control = None
+    if "random:auto" in options.baselines:
+        control = open_control_study(config, options)
+        if not control_finished(control, study):
+            return False
+    cstudy = open_confirm_study(options, config.score)
+    plan = plan_jobs(study, cstudy, config, options, facts["num_classes"], facts["in_chans"], control)
+    queued = set(job_results(cstudy))
+    _, running, waiting = job_state(cstudy)
+    return running + waiting == 0 and all(job.key(config.train, config.dataset) in queued for job in plan)
 
 
 def work_left(study: optuna.Study, options: RunOptions, score) -> bool:
