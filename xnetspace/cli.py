@@ -598,9 +598,9 @@ def refine(
 def main() -> None:
     """The ``xnetspace`` console script: ``app()`` with every way out turned into a short answer.
 
-    Exit status: 0 done; 2 bad input (one paragraph, also for unknown options); 130 Ctrl-C (a short
-    line); 1 an internal error (a bug): one paragraph naming a log file with the traceback,
-    never the traceback itself.
+    Exit status: 0 done; 2 bad input (one paragraph, also for unknown options); 130 Ctrl-C or
+    SIGTERM (a short line); 1 an internal error (a bug): one paragraph naming a log file with the
+    traceback, never the traceback itself.
     """
     # SIGTERM (kill, a scheduler stopping a job) ends a command as Ctrl-C does: exit 130, the study kept.
     previous = signal.signal(signal.SIGTERM, _terminate)
