@@ -27,7 +27,15 @@ from .storage import connect_storage, shown_url
 from .study import RunOptions, SearchError, StudyConfig, check_devices, check_workers, open_study, stored_settings
 from .workers import check_lost, check_progress, run_processes, run_worker, study_finished, worker_devices
 
-__all__ = ["record_dataset", "dataset_facts", "read_study", "local_data", "worker_command", "join_study"]
+__all__ = [
+    "record_dataset",
+    "dataset_facts",
+    "read_study",
+    "dataset_name",
+    "local_data",
+    "worker_command",
+    "join_study",
+]
 
 _DATA_ATTR = "xnetspace_data"
 _PATH_KINDS = ("imagefolder", "cifar10", "cifar100")  # datasets whose argument is a local folder
@@ -74,6 +82,23 @@ def read_study(storage_url: str, study_name: str) -> tuple[StudyConfig, dict, di
     return config, shared, study.user_attrs.get(_DATA_ATTR)
 
 
+def dataset_name(config: StudyConfig, dataset: str | None = None) -> str:
+    """This machine's name of the study's dataset: ``dataset``, or the stored one (no data read).
+
+    Raises:
+        SearchError: another kind of dataset than the stored one; only the folder of a dataset
+            read from a folder may differ.
+    """
+    name = dataset or config.dataset
+    kind, stored_kind = name.partition(":")[0], config.dataset.partition(":")[0]
+    if kind != stored_kind or (kind not in _PATH_KINDS and name != config.dataset):
+        raise SearchError(
+            f"--dataset {name!r} is not the study's dataset {config.dataset!r}; only the folder "
+            f"of an {'/'.join(_PATH_KINDS)} dataset may differ between machines"
+        )
+    return name
+
+
 def local_data(config: StudyConfig, facts: dict | None, dataset: str | None = None) -> DataSplit:
     """Load the study's dataset on this machine: ``dataset`` (this machine's path to the same data)
     or the stored name, checked against the stored facts.
@@ -83,13 +108,7 @@ def local_data(config: StudyConfig, facts: dict | None, dataset: str | None = No
             or image counts differ from the head's.
         DataError: a dataset that cannot be read here.
     """
-    name = dataset or config.dataset
-    kind, stored_kind = name.partition(":")[0], config.dataset.partition(":")[0]
-    if kind != stored_kind or (kind not in _PATH_KINDS and name != config.dataset):
-        raise SearchError(
-            f"--dataset {name!r} is not the study's dataset {config.dataset!r}; only the folder "
-            f"of an {'/'.join(_PATH_KINDS)} dataset may differ between machines"
-        )
+    name = dataset_name(config, dataset)
     try:
         data = load_dataset(name, config.train.image_size, config.train.seed)
     except DataError as err:
@@ -166,6 +185,7 @@ def join_study(
     )
     first = worker if worker is not None else random.randrange(1000, 1_000_000)
     study = open_study(config, options, first)
+    dataset_name(config, dataset)  # another dataset is refused, finished study or not
     if facts is not None and study_finished(study, config, options, facts):
         log(options, f"study '{study_name}' in {shown_url(storage_url)} is finished: nothing left to do")
         return options
