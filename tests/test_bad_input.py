@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import time
+import types
 import zlib
 from pathlib import Path
 
@@ -1304,3 +1305,280 @@ def test_issue28_rule_files_inside_an_output_folder_are_never_special(paths):
         _refused([*SMALL_SEARCH, "--out", "run"], ["'run'", "its summary.json is a FIFO"], paths)
         _refused(["refine", "folder", "--out", "out"], ["'out'", "its refine.json is a FIFO"], paths)
     assert stat.S_ISFIFO(os.lstat(paths / "run" / "summary.json").st_mode)
+
+
+# -- issue 28: one rule for numbers and options, refused with exit 2 before any work ---------------------
+FIDELITY = ["fidelity", "tiny_cpu", "--n-specs", "3", "--out", "fid"]
+WORKER = ["worker", "--storage", "sqlite:///study.db", "--study-name", "s"]
+ISSUE28_CASES = [
+    pytest.param(SEARCH + ["--devices", ""], ["--devices ''", "names no device"], id="item11 search --devices ''"),
+    pytest.param(SEARCH + ["--devices", ",,,"], ["--devices ',,,'", "names no device"], id="item11 search ,,,"),
+    pytest.param(FIDELITY + ["--devices", ""], ["--devices ''", "names no device"], id="item11 fidelity ''"),
+    pytest.param(FIDELITY + ["--devices", " , "], ["names no device"], id="item11 fidelity ' , '"),
+    pytest.param(WORKER + ["--devices", ""], ["--devices ''", "names no device"], id="item11 worker ''"),
+    pytest.param(WORKER + ["--devices", ",,,"], ["names no device"], id="item11 worker ,,,"),
+    pytest.param(
+        SEARCH + ["--batch-size", "100000000000"],
+        ["batch_size 100,000,000,000", "--batch-size", "898 training images"],
+        id="item12 search --batch-size 1e11",
+    ),
+    pytest.param(
+        SEARCH + ["--batch-size", "899"], ["batch_size 899", "at most 898"], id="item12 search --batch-size 899"
+    ),
+    pytest.param(SEARCH + ["--lr", "inf"], ["lr = inf", "finite"], id="item13 search --lr inf"),
+    pytest.param(SEARCH + ["--lr", "nan"], ["lr = nan", "finite"], id="item13 search --lr nan"),
+    pytest.param(SEARCH + ["--lr", "1e30"], ["lr = 1e+30", "less than or equal to 10"], id="item13 search --lr 1e30"),
+    pytest.param(SEARCH + ["--trial-time-limit", "inf"], ["time_limit = inf", "finite"], id="item13 time limit inf"),
+    pytest.param(SEARCH + ["--timeout", "nan"], ["timeout = nan", "finite"], id="item13 search --timeout nan"),
+    pytest.param(["analyze", "folder", "--bins", "0"], ["--bins 0", "between 1 and 100"], id="item15 --bins 0"),
+    pytest.param(["analyze", "folder", "--bins", "-1"], ["--bins -1", "between 1 and 100"], id="item15 --bins -1"),
+    pytest.param(
+        ["analyze", "folder", "--bins", "1000000000"], ["--bins 1,000,000,000", "between 1"], id="item15 --bins 1e9"
+    ),
+    pytest.param(
+        SEARCH + ["--workers-per-device", "1000"],
+        ["--workers-per-device 1,000", "at most"],
+        id="item16 search --workers-per-device 1000",
+    ),
+    pytest.param(
+        FIDELITY + ["--workers-per-device", "1000"], ["--workers-per-device 1,000", "at most"], id="item16 fidelity"
+    ),
+    pytest.param(WORKER + ["--workers-per-device", "1000"], ["--workers-per-device 1,000"], id="item16 worker"),
+    pytest.param(
+        WORKER + ["--workers-per-device", "0"],
+        ["--workers-per-device 0", "at least 1"],
+        id="item16 worker --workers-per-device 0",
+    ),
+    pytest.param(
+        SEARCH + ["--image-size", "100000"], ["image_size = 100000", "16384"], id="item17 search --image-size 100000"
+    ),
+    pytest.param(
+        SEARCH + ["--image-size", "16384"],
+        ["image_size 16,384 (--image-size)", "would need about", "TB", "available"],
+        id="item17 search --image-size 16384 (memory)",
+    ),
+]
+
+
+@pytest.mark.parametrize("args,texts", ISSUE28_CASES)
+def test_issue28_numbers_and_options_are_refused_before_any_work(args, texts, hostile, monkeypatch):
+    import xnetspace.search.workers as workers
+
+    monkeypatch.setattr(workers, "spawn_workers", lambda *a, **k: pytest.fail("worker processes started"))
+    _refused(args, texts, hostile)
+    assert not (hostile / "study.db").exists() and not (hostile / "fid").exists()
+
+
+def test_issue28_item26_every_seed_follows_one_rule(hostile):
+    """search, fidelity and refine refuse --seed -1 (and 2**31) with the same words, before any work;
+    the library's configs hold the same bounds."""
+    from xnetspace.search import RunOptions
+    from xnetspace.search.fidelity import FidelityConfig
+    from xnetspace.search.refine_verify import refine_run
+    from xnetspace.search.space import load_space
+    from xnetspace.search.train import TrainConfig
+    from xnetspace.spec import MAX_SEED
+
+    messages = set()
+    for command in (SEARCH, FIDELITY, ["refine", "folder", "--out", "refined"]):
+        for seed in ("-1", str(MAX_SEED + 1)):
+            out = _refused(command + ["--seed", seed], ["--seed"], hostile)
+            messages.add((seed, out.split("--seed")[-1]))
+    assert len(messages) == 2, messages  # one message per value, whatever the command
+    assert not (hostile / "refined").exists()
+    for model, fields in (
+        (TrainConfig, {"seed": -1}),
+        (RunOptions, {"seed": -1}),
+        (FidelityConfig, {"space": load_space("tiny_cpu"), "seed": MAX_SEED + 1}),
+    ):
+        with pytest.raises(ValidationError, match="seed"):
+            model(**fields)
+    with pytest.raises(ValueError, match=r"--seed -1 must be between 0 and 2,147,483,647"):
+        refine_run(hostile / "folder", hostile / "refined", seed=-1)
+    assert not (hostile / "refined").exists()
+
+
+def test_issue28_item25_refine_checks_the_verify_options_before_writing(tmp_path, monkeypatch):
+    from .test_refine import make_population
+
+    monkeypatch.chdir(tmp_path)
+    population = make_population(tmp_path / "pop", n=40)
+    before = _files(tmp_path)
+    result = runner.invoke(
+        app, ["refine", str(population), "--out", "out", "--workers-per-device", "0", "--verify", "2"]
+    )
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert err == "error: --workers-per-device 0 must be at least 1", err
+    assert not (tmp_path / "out").exists() and _files(tmp_path) == before
+    result = runner.invoke(app, ["refine", str(population), "--out", "out", "--devices", ",", "--verify", "2"])
+    assert result.exit_code == 2 and "names no device" in result.stderr and not (tmp_path / "out").exists()
+
+
+# -- issue 28: a study whose trials keep failing says why and stops ----------------------------------
+SMALL_SPACE = (
+    "name: small\nstage_defaults: {depth: 1, mlp_ratio: [1, 2], idconv_kernel_size: [3, 5]}\n"
+    "stages:\n  - {embed_dim: {low: 8, high: 24, step: 8}, sr_ratio: [2, 4], attn_ratio: [0.5, 1.0]}\n"
+    "  - {embed_dim: {low: 16, high: 48, step: 16}, num_heads: [1, 2]}\n"
+    "constraints: {image_size: 16}\ntrain: {image_size: 16, epochs: 1, batch_size: 16}\n"
+)
+SMALL_SEARCH = [
+    "search", "--space", "small.yaml", "--dataset", "synthetic:64", "--sampler", "random", "--pruner", "none",
+    "--confirm-top", "0", "--baseline", "none", "--workers-per-device", "1", "--out", "run",
+    "--timeout", "60",  # without the fix such a study never ends: the test then fails instead of hanging
+]  # fmt: skip
+
+
+def _nan_trainer(spec, data, config, device, report):
+    """Training whose validation cross-entropy is NaN (what --lr 1e30 gave): no score to rank by."""
+    from xnetspace.search.train import TrainResult
+
+    result = TrainResult(history=[10.0], loss_history=[float("nan")], train_loss_history=[2.0])
+    report(0, result)
+    return result
+
+
+def _failing_study(folder: Path, monkeypatch, n_trials: int):
+    from .conftest import use_trainer
+
+    monkeypatch.chdir(folder)
+    (folder / "small.yaml").write_text(SMALL_SPACE)
+    use_trainer(monkeypatch, _nan_trainer)
+    return runner.invoke(app, [*SMALL_SEARCH, "--n-trials", str(n_trials)])
+
+
+def test_issue28_item13_failing_trials_are_reported_and_the_study_stops(tmp_path, monkeypatch):
+    import optuna
+
+    import xnetspace.search.study as study_module
+    from xnetspace.search.records import read_trial
+
+    assert study_module.MAX_FAILURES_IN_A_ROW == 10  # docs/search.md says so
+    monkeypatch.setattr(study_module, "MAX_FAILURES_IN_A_ROW", 3)  # the rule, at a third of the trials
+    result = _failing_study(tmp_path, monkeypatch, n_trials=50)
+    assert result.exit_code == 1, result.output
+    err = result.stderr.strip().splitlines()[-1]  # after the progress bars
+    assert err.startswith("error: study 'small-synthetic-loss' stopped: its last 3 trials failed one after"), err
+    assert "validation cross-entropy is nan" in err and "re-run the same command" in err
+    study = optuna.load_study(study_name="small-synthetic-loss", storage=f"sqlite:///{tmp_path}/run/study.db")
+    failed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 3  # it stopped there, 47 trials short of N
+    assert all("validation cross-entropy is nan" in read_trial(t).reason for t in failed)
+    lines = [line for line in result.stdout.splitlines() if " FAIL " in line]
+    assert len(lines) == 3 and all("[validation cross-entropy is nan" in line for line in lines), result.stdout
+    assert "validation cross-entropy is nan" in (tmp_path / "run" / "trials.csv").read_text()
+
+
+def test_issue28_item14_analyze_counts_failed_trials(tmp_path, monkeypatch):
+    result = _failing_study(tmp_path, monkeypatch, n_trials=2)
+    assert result.exit_code == 1 and "every one of its 2 trial(s) failed" in result.stderr, result.output
+    assert "failed one after another" not in result.stderr  # 2 of 10: the study ended on its N
+    result = runner.invoke(app, ["analyze", "run", "--out", "analysis"])
+    assert result.exit_code == 2, result.output
+    assert "has no completed candidates yet" in result.stderr and "(0 rejected, 0 pruned, 2 failed trials)" in (
+        result.stderr
+    )
+
+
+# -- issue 28, item 27: the trial time limit, a finished study's worker, SIGTERM ---------------------
+def test_issue28_item27_the_time_limit_counts_the_whole_trial(tmp_path, monkeypatch):
+    """Zero-cost scoring counts against --trial-time-limit (training never starts when it used the
+    time up), and so does the evaluation after the last epoch."""
+    import optuna
+
+    import xnetspace.search.objective as objective
+    import xnetspace.search.train as train
+    from xnetspace.search import RunOptions, StudyConfig, run_search
+    from xnetspace.search.data import load_dataset
+    from xnetspace.search.records import read_trial
+    from xnetspace.search.space import SearchSpace
+    from xnetspace.search.train import TimeLimitExceeded, TrainConfig, train_seeds
+
+    def slow_scores(*args, **kwargs):
+        time.sleep(0.6)
+        return {}
+
+    monkeypatch.setattr(objective, "zero_cost_scores", slow_scores)
+    monkeypatch.setattr(objective, "train_seeds", lambda *a, **k: pytest.fail("trained past the time limit"))
+    space = SearchSpace.model_validate(yaml.safe_load(SMALL_SPACE))
+    config = StudyConfig(space=space, dataset="synthetic:64", train=space.train.model_copy(update={"time_limit": 0.5}))
+    options = RunOptions(
+        n_trials=1, out=tmp_path, study_name="s", sampler="random", pruner="none", confirm_top=0,
+        confirm_seeds=1, workers_per_device=1, progress=False,
+    )  # fmt: skip
+    trial = run_search(config, options).study.get_trials(states=(optuna.trial.TrialState.PRUNED,))[0]
+    reason = read_trial(trial).reason
+    assert reason.startswith("TimeLimitExceeded: past the 0.5 s time limit of a trial after "), reason
+    assert float(reason.split(" after ")[1].removesuffix(" s")) >= 0.6  # the zero-cost scores' time counted
+
+    # Training's clock, made to run only while the last epoch is evaluated: 10 s of it, past the limit.
+    data, clock, real_evaluate = load_dataset("synthetic:64", 8), [0.0], train.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        clock[0] += 10.0
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(train, "evaluate", slow_evaluate)
+    spec = NetworkSpec.model_validate({"stages": [{"depth": 1, "embed_dim": 8}]})
+    recipe = TrainConfig(image_size=8, epochs=1, batch_size=16, time_limit=5.0)
+    with pytest.raises(TimeLimitExceeded, match="past the 5 s time limit after epoch 1"):
+        train_seeds(spec, data, [0], recipe)
+
+
+def test_issue28_item27_a_worker_on_a_finished_study_exits_at_once(tmp_path, monkeypatch):
+    import xnetspace.search.join as join
+    from xnetspace.search import RunOptions, StudyConfig, run_search
+    from xnetspace.search.space import SearchSpace
+
+    from .conftest import use_trainer
+    from .test_search import FakeTrainer
+
+    use_trainer(monkeypatch, FakeTrainer())
+    space = SearchSpace.model_validate(yaml.safe_load(SMALL_SPACE))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    options = RunOptions(
+        n_trials=2, out=tmp_path / "run", storage=storage, study_name="s", sampler="random", confirm_top=0,
+        confirm_seeds=2, workers_per_device=1, progress=False,
+    )  # fmt: skip
+    run_search(StudyConfig(space=space, dataset="synthetic:64", train=space.train), options)  # and its noise check
+    monkeypatch.setattr(join, "local_data", lambda *a, **k: pytest.fail("loaded the data of a finished study"))
+    monkeypatch.setattr(join, "run_processes", lambda *a, **k: pytest.fail("started worker processes"))
+    monkeypatch.setattr(join, "run_worker", lambda *a, **k: pytest.fail("ran a worker"))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["worker", "--storage", storage, "--study-name", "s", "--workers-per-device", "2"])
+    assert result.exit_code == 0, result.output
+    assert "study 's' in sqlite:///" in result.output and "is finished: nothing left to do" in result.output
+
+
+def test_issue28_item27_sigterm_ends_a_search_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
+    """SIGTERM (kill PID) during a search: exit 130 with the interrupted line, the study kept."""
+    import optuna
+
+    from .conftest import use_trainer
+    from .test_search import FakeTrainer
+
+    class Killed(FakeTrainer):  # the third candidate's training is where SIGTERM arrives
+        def __call__(self, *args, **kwargs):
+            if len(self.specs) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__call__(*args, **kwargs)
+
+    def unhandled(signum, frame):  # without the fix the test fails here, instead of the runner dying
+        raise RuntimeError("SIGTERM reached the caller's handler")
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "small.yaml").write_text(SMALL_SPACE)
+    use_trainer(monkeypatch, Killed())
+    monkeypatch.setattr(sys, "argv", ["xnetspace", *SMALL_SEARCH, "--n-trials", "10"])
+    try:
+        with pytest.raises(SystemExit) as done:
+            cli.main()
+    finally:
+        assert signal.signal(signal.SIGTERM, previous) is unhandled  # main() gave the handler back
+    err = capsys.readouterr().err
+    assert done.value.code == 130, err[-2000:]
+    assert "interrupted: 2 of 10 trials done; the study is kept" in err and "Traceback" not in err, err[-2000:]
+    study = optuna.load_study(study_name="small-synthetic-loss", storage=f"sqlite:///{tmp_path}/run/study.db")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials()) == 2

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from collections import Counter
 from pathlib import Path
 
@@ -246,3 +247,100 @@ def test_a_trial_finished_by_another_process_is_noted_and_the_worker_goes_on(tmp
     assert stolen and stolen[0] not in [t.number for t in slots]
     note = (tmp_path / "out" / "workers.log").read_text()
     assert "Cannot tell a FAIL trial: the trial was finished by another process" in note
+
+
+# -- issue 28: Ctrl-C while workers start, worker counts, Ctrl-C in Optuna's bookkeeping -------------
+def test_issue28_item16_ctrl_c_while_workers_start_ends_the_started_ones(monkeypatch):
+    """Ctrl-C while worker processes are still being started (1,000 of them took minutes): the
+    ones already started are terminated and reaped at once, the rest never start."""
+    import xnetspace.search.workers as workers
+
+    events = []
+
+    class Process:
+        def __init__(self, target, args, name):
+            self.name, self.pid, self.exitcode = name, None, None
+
+        def start(self):
+            if len(events) == 3:  # Ctrl-C arrives while the fourth starts
+                raise KeyboardInterrupt
+            self.pid = 1000 + len(events)
+            events.append(("start", self.name))
+
+        def is_alive(self):
+            return self.pid is not None and self.exitcode is None
+
+        def terminate(self):
+            events.append(("terminate", self.name))
+            self.exitcode = -15
+
+        def join(self):
+            events.append(("join", self.name))
+
+    monkeypatch.setattr(workers, "_context", lambda: types.SimpleNamespace(Process=Process))
+    with pytest.raises(KeyboardInterrupt):
+        workers.spawn_workers(print, ["cpu"] * 8, lambda i, d, threads: ())
+    started = [f"xnetspace-worker-{i}" for i in range(3)]
+    assert events == [("start", n) for n in started] + [("terminate", n) for n in started] + [
+        ("join", n) for n in started
+    ]
+
+
+def test_issue28_item16_a_study_starts_no_more_workers_than_it_can_use():
+    from xnetspace.search import RunOptions
+    from xnetspace.search.workers import worker_devices
+
+    one = RunOptions(n_trials=1, workers_per_device=8, confirm_top=0)
+    assert worker_devices(one) == ["cpu"]
+    two_gpus = RunOptions(n_trials=3, devices=["cuda:0", "cuda:1"], workers_per_device=4, confirm_top=0)
+    assert worker_devices(two_gpus) == ["cuda:0", "cuda:1", "cuda:0"]  # dealt round-robin
+    confirmed = RunOptions(n_trials=2, workers_per_device=8, confirm_top=3, fidelity_sample=0, baseline="none")
+    assert len(worker_devices(confirmed)) == 4  # 3 confirmed candidates and the noise check can run at once
+
+
+def test_issue28_item20_ctrl_c_in_optunas_bookkeeping_exits_130(tmp_path, monkeypatch, capsys):
+    """Ctrl-C landing while Optuna records a trial (in ``_tell_with_warning``) surfaces from its
+    ``finally`` as ``UnboundLocalError: 'updated_state'``: still an interrupt, 130, in the head
+    and in a worker process."""
+    import optuna.study._optimize as optimize
+    import yaml
+
+    import xnetspace.cli as cli
+    import xnetspace.search.objective as objective
+    from xnetspace.logs import LOG_FOLDER
+    from xnetspace.search.workers import guarded
+
+    monkeypatch.setattr(objective, "train_seeds", lambda spec, data, seeds, *a, **k: [_result() for _ in seeds])
+    monkeypatch.setattr(objective, "zero_cost_scores", lambda *args, **kwargs: {})
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(optimize, "_tell_with_warning", interrupted)
+    monkeypatch.chdir(tmp_path)
+    Path("space.yaml").write_text(yaml.safe_dump(SPACE))
+    search = ["search", "--space", "space.yaml", "--dataset", "synthetic:64", "--n-trials", "2"]
+    monkeypatch.setattr(sys, "argv", ["xnetspace", *search, "--workers-per-device", "1", "--confirm-top", "0"])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    err = capsys.readouterr().err
+    assert done.value.code == 130, err[-2000:]
+    assert "interrupted: " in err and "the study is kept" in err and "internal error" not in err
+
+    def work(device: str) -> None:  # a worker process's trial loop meeting the same
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise UnboundLocalError("cannot access local variable 'updated_state'")
+
+    logs = set(LOG_FOLDER.glob("*.log"))
+    with pytest.raises(SystemExit) as done:
+        guarded(work, "cpu")
+    assert done.value.code == 130
+    assert set(LOG_FOLDER.glob("*.log")) == logs  # no crash log: not a bug
+
+
+def _result():
+    from xnetspace.search.train import TrainResult
+
+    return TrainResult(history=[50.0, 60.0], loss_history=[1.0, 0.9], train_loss_history=[1.5, 1.2])

@@ -13,6 +13,7 @@ holds its traceback (:func:`main`).
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,8 +28,9 @@ from .build_report import kind_table, stage_table
 from .checkpoint import load_weights, read_checkpoint, save_checkpoint
 from .cost import cost_report, parse_image_size
 from .errors import ReportedError
+from .errors import interrupted as was_interrupted
 from .model import build_model
-from .spec import MAX_CLASSES, MAX_IN_CHANS, NetworkSpec, format_validation_error, resolve_spec, save_spec
+from .spec import MAX_CLASSES, MAX_IN_CHANS, MAX_SEED, NetworkSpec, format_validation_error, resolve_spec, save_spec
 from .strict_json import to_json
 
 app = typer.Typer(
@@ -42,6 +44,7 @@ ImageSizeOpt = typer.Option("224", "--image-size", help="input size H or HxW, in
 JsonOpt = typer.Option(False, "--json", help="print one JSON object instead of tables")
 
 
+MAX_WORKER_INDEX = 1_000_000  # worker k's sampler is seeded --seed + 1000 k: below 2**32 (spec.MAX_SEED)
 MAX_MESSAGE = 3000  # characters of one error paragraph; the sources already keep values short
 
 
@@ -75,7 +78,12 @@ def _answers(
             Ctrl-C goes on to :func:`main`.
     """
     try:
-        yield
+        try:
+            yield
+        except Exception as err:
+            if not was_interrupted(err):
+                raise
+            raise KeyboardInterrupt from err  # Ctrl-C that landed in a library's cleanup is still Ctrl-C
     except KeyboardInterrupt:
         if interrupted is None:
             raise
@@ -97,8 +105,11 @@ def _answers(
 
 
 def _devices(devices: str) -> list[str]:
-    """``--devices cpu,cuda:0`` as a list (the library checks each entry)."""
-    return [d.strip() for d in devices.split(",") if d.strip()]
+    """``--devices cpu,cuda:0`` as a list (the library checks each entry); none at all is refused."""
+    listed = [d.strip() for d in devices.split(",") if d.strip()]
+    if not listed:
+        raise ValueError(f"--devices {devices!r} names no device: give cpu, cuda or cuda:K (comma-separated)")
+    return listed
 
 
 def _load(spec_arg: str, image_size: str) -> tuple[NetworkSpec, tuple[int, int]]:
@@ -121,7 +132,7 @@ def build(
     save: str | None = typer.Option(
         None, help="save the network with its spec to this file (a regular file; a symlink is followed)"
     ),
-    seed: int = typer.Option(0, help="seed of the random initialisation (without --checkpoint)"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="seed of the random initialisation (without --checkpoint)"),
     force: bool = typer.Option(
         False, "--force", help="build and run even when the memory or time estimate exceeds the limit"
     ),
@@ -252,7 +263,9 @@ def search(
     epochs: int | None = typer.Option(None, help="proxy training epochs (default: the space's)"),
     batch_size: int | None = typer.Option(None, "--batch-size", help="proxy training batch size"),
     lr: float | None = typer.Option(None, help="AdamW learning rate"),
-    trial_time_limit: float | None = typer.Option(None, "--trial-time-limit", help="seconds one trial may train"),
+    trial_time_limit: float | None = typer.Option(
+        None, "--trial-time-limit", help="seconds one trial may take (scoring, training and evaluation)"
+    ),
     augment: str | None = typer.Option(
         None,
         help=(
@@ -291,7 +304,7 @@ def search(
         "--population",
         help="a population study for `xnetspace analyze`: --sampler random --pruner none --confirm-top 0",
     ),
-    seed: int = typer.Option(0, help="seed of the samplers and of the training"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="seed of the samplers and of the training"),
     storage: str | None = typer.Option(None, help="Optuna RDB URL (default: sqlite in --out)"),
     study_name: str | None = typer.Option(None, "--study-name", help="default: SPACE-DATASET-OBJECTIVE"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... (one worker process per entry)"),
@@ -369,7 +382,7 @@ def fidelity(
     out: str = typer.Option(
         ..., help="folder for fidelity.db, runs.csv, fidelity.json and fidelity.png (re-running resumes)"
     ),
-    seed: int = typer.Option(0, help="seed of the spec sample"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="seed of the spec sample"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,..."),
     workers_per_device: int | None = typer.Option(
         None,
@@ -468,7 +481,11 @@ def worker(
     ),
     timeout: float | None = typer.Option(None, help="seconds after which this worker starts no new trial"),
     worker_index: int | None = typer.Option(
-        None, "--worker-index", help="number of the first worker (seeds its sampler; default: random from 1000)"
+        None,
+        "--worker-index",
+        min=0,
+        max=MAX_WORKER_INDEX,
+        help="number of the first worker (seeds its sampler; default: random from 1000)",
     ),
 ) -> None:
     """Join a study that `xnetspace search` created in a server database and run its trials until it is done.
@@ -564,7 +581,7 @@ def refine(
     force: bool = typer.Option(
         False, "--force", help="refine a study that is not a population study (another sampler, a pruner)"
     ),
-    seed: int = typer.Option(0, help="seed of the bootstraps, fANOVA and the --verify study"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="seed of the bootstraps, fANOVA and the --verify study"),
     devices: str = typer.Option("cpu", help="--verify: cpu | cuda | cuda:0,cuda:1,..."),
     workers_per_device: int | None = typer.Option(
         None, "--workers-per-device", help="--verify: worker processes per device"
@@ -593,10 +610,12 @@ def refine(
 def main() -> None:
     """The ``xnetspace`` console script: ``app()`` with every way out turned into a short answer.
 
-    Exit status: 0 done; 2 bad input (one paragraph, also for unknown options); 130 Ctrl-C (a short
-    line); 1 an internal error (a bug): one paragraph naming a log file with the traceback,
-    never the traceback itself.
+    Exit status: 0 done; 2 bad input (one paragraph, also for unknown options); 130 Ctrl-C or
+    SIGTERM (a short line); 1 an internal error (a bug): one paragraph naming a log file with the
+    traceback, never the traceback itself.
     """
+    # SIGTERM (kill, a scheduler stopping a job) ends a command as Ctrl-C does: exit 130, the study kept.
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except SystemExit as done:
@@ -609,6 +628,9 @@ def main() -> None:
         typer.echo("interrupted (Ctrl-C); nothing was saved by this command", err=True)
         sys.exit(130)
     except Exception as err:  # noqa: BLE001 - the last guard: a bug gets a log file, not a traceback
+        if was_interrupted(err):
+            typer.echo("interrupted (Ctrl-C); nothing was saved by this command", err=True)
+            sys.exit(130)
         from .logs import error_log
         from .text import shorten
 
@@ -620,6 +642,12 @@ def main() -> None:
             err=True,
         )
         sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ errors without importing them.
 
 from __future__ import annotations
 
-__all__ = ["SpecError", "ReportedError"]
+__all__ = ["SpecError", "ReportedError", "interrupted"]
 
 
 class SpecError(ValueError):
@@ -26,3 +26,21 @@ class ReportedError(Exception):
     their log files)."""
 
     exit_status: int = 2
+
+
+def interrupted(err: BaseException) -> bool:
+    """Whether ``err`` is a KeyboardInterrupt (Ctrl-C, or SIGTERM where the command line turns it
+    into one) or was raised while one was being handled: Ctrl-C landing in a library's cleanup
+    gives another error whose context is the interrupt (Optuna 5.0's ``_run_trial`` then raises
+    ``UnboundLocalError: 'updated_state'`` from its ``finally``), and that is still an interrupt,
+    never a bug. A context hidden on purpose (``raise ... from None``) is not followed."""
+    pending, seen = [err], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        pending += [e for e in (current.__cause__, None if current.__suppress_context__ else current.__context__) if e]
+    return False

@@ -92,6 +92,10 @@ MAX_IMAGE_SIZE = 16384  # pixels per side, for image_size and for any input size
 MAX_NAME_LENGTH = 100
 MAX_PROBLEMS = 20  # problems listed in one validation message
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32 (torch.finfo(torch.float32).max)
+# Seeds (every command's --seed, a recipe's train.seed): 0..2**31 - 1, so that the offsets added to
+# them (1,000 per worker for a sampler, up to 10**9 for a joining machine; confirmation seeds) stay
+# below 2**32, which numpy's and scikit-learn's generators need.
+MAX_SEED = 2**31 - 1
 
 
 def _whole(value: float) -> int | None:

@@ -101,6 +101,7 @@ MIN_RELIABLE = 10  # fewer candidates than this: the EDF is shown but called unr
 UNBIASED_SAMPLERS = ("random", "qmc")
 _CONFIRM_SUFFIX = ":confirm"  # confirmation runs live in a second study of the same storage
 _MAX_LEVELS = 8  # knobs with more distinct values are binned for the marginals
+MAX_BINS = 100  # FLOP bins of the normalisation: each must hold candidates of every study to count
 
 
 class AnalysisError(ValueError):
@@ -675,8 +676,9 @@ def run_analysis(
         are the numerical libraries' warnings met on the way, each once and on one line.
 
     Raises:
-        AnalysisError: ``storage`` without ``study_names`` or the reverse, nothing to analyse, and
-            what :func:`load_run`, :func:`load_named_study` and :func:`analyze` raise.
+        AnalysisError: ``bins`` outside 1..MAX_BINS, ``storage`` without ``study_names`` or the
+            reverse, nothing to analyse, and what :func:`load_run`, :func:`load_named_study` and
+            :func:`analyze` raise (all before anything is written).
         xnetspace.paths.PathError: an ``out`` that cannot be written (checked before the analysis).
     """
     from ..paths import output_folder
@@ -684,6 +686,8 @@ def run_analysis(
     from .analysis_plots import ANALYSIS_FILES, write_analysis
 
     folders, study_names = [Path(r) for r in runs], list(study_names)
+    if not 1 <= bins <= MAX_BINS:  # a billion bins would fill the memory before anything is said
+        raise AnalysisError(f"--bins {bins:,} must be between 1 and {MAX_BINS} (FLOP bins of the normalisation)")
     if bool(storage) != bool(study_names):
         raise AnalysisError("--storage and --study-name go together: give both, or study folders only")
     if not folders and not study_names:

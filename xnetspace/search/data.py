@@ -154,7 +154,12 @@ def _tensor_split(
     num_classes: int,
     test_index: np.ndarray | None = None,
 ) -> DataSplit:
-    """Resize once, normalise with the training split's per-channel statistics, split."""
+    """Resize once, normalise with the training split's per-channel statistics, split.
+
+    Raises:
+        DataError: images that would not fit in memory at ``image_size`` (checked before resizing).
+    """
+    _check_memory(name, x.shape[0] * x.shape[1], image_size)
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
     part = torch.zeros(len(x), dtype=torch.long)  # 0 train, 1 val, 2 test
     part[torch.as_tensor(val_index)] = 1
@@ -173,6 +178,23 @@ def _tensor_split(
         x.shape[1],
         test,
     )
+
+
+_FLOAT_COPIES = 3  # the resized images, their normalised copy and the splits cut from it
+
+
+def _check_memory(name: str, planes: int, image_size: int) -> None:
+    """Refuse an in-memory float dataset (``planes`` = images x channels) that would not fit in the
+    memory available at ``image_size`` (digits at 16,384 pixels would need about 6 TB)."""
+    from ..memory import available_memory, human_bytes
+
+    need = _FLOAT_COPIES * planes * image_size * image_size * 4
+    free = available_memory()
+    if free is not None and need > free:
+        raise DataError(
+            f"image_size {image_size:,} (--image-size): {name} held at {image_size:,}x{image_size:,} would need "
+            f"about {human_bytes(need)} of memory, but {human_bytes(free)} is available; use a smaller image size"
+        )
 
 
 def _stratified_val(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

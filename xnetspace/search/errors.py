@@ -1,11 +1,12 @@
 """The errors the search half raises for input or situations a user can fix (the command line
-maps each to one paragraph and exit status 2; :class:`WorkerCrashed` to exit status 1)."""
+maps each to one paragraph and exit status 2; :class:`WorkerCrashed` and :class:`StudyStalled` to exit
+status 1)."""
 
 from __future__ import annotations
 
 from ..errors import ReportedError
 
-__all__ = ["SearchError", "StorageError", "WorkerCrashed", "DataError"]
+__all__ = ["SearchError", "StorageError", "WorkerCrashed", "StudyStalled", "DataError"]
 
 
 class SearchError(RuntimeError, ReportedError):
@@ -19,6 +20,14 @@ class StorageError(SearchError):
 class WorkerCrashed(SearchError):
     """Worker processes crashed and left the study unfinished; the message names each one and
     the log file with its traceback. Not the user's input: the command line exits with 1."""
+
+    exit_status = 1
+
+
+class StudyStalled(SearchError):
+    """A study whose trials keep failing (:data:`~.study.MAX_FAILURES_IN_A_ROW` in a row, or every
+    one of them): it stops, and the message gives the last reason. Not the input as such: the
+    command line exits with 1."""
 
     exit_status = 1
 

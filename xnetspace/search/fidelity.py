@@ -42,7 +42,7 @@ from scipy import stats as scipy_stats
 
 from ..cost import cost_report
 from ..paths import output_folder
-from ..spec import NetworkSpec
+from ..spec import MAX_SEED, NetworkSpec
 from ..strict_json import to_json
 from .confirmation import CONFIRM_SEED_OFFSET
 from .data import DataSplit, load_dataset
@@ -52,7 +52,7 @@ from .plots import pyplot, save_figure
 from .score import LOSS
 from .space import SearchSpace
 from .stats import noise_ceiling, pooled_seed_std, precision_at_k, rank_fidelity
-from .train import TrainConfig
+from .train import TrainConfig, check_recipe
 from .zero_cost import ZERO_COST
 
 __all__ = [
@@ -74,14 +74,14 @@ _CONFIG_ATTR = "xnetspace_fidelity"
 class FidelityConfig(BaseModel):
     """What defines a fidelity study (resuming it with another is refused)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     space: SearchSpace
     dataset: str = "digits"
     n_specs: int = Field(30, ge=3, le=10_000)
     seeds: int = Field(4, ge=2, le=64, description="K: seeds per spec and recipe")
     confirm_epochs: int | None = Field(None, ge=1, description="default: twice the proxy's")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the spec sample")
     train: TrainConfig = Field(default_factory=TrainConfig, description="the proxy recipe (default: the space's)")
 
     @model_validator(mode="before")
@@ -197,19 +197,21 @@ def run_fidelity(
 
     Raises:
         ValueError: a device that is none, CUDA where there is none, fewer than one worker per
-            device (checked before anything is written).
+            device or more than the machine holds (checked before anything is written); a batch
+            larger than the training split.
         SearchError: a space without M distinct in-budget specs; ``out`` holding another study.
         WorkerCrashed: worker processes that crashed before the study was done.
         xnetspace.search.data.DataError: a dataset that cannot be read.
     """
-    from .study import check_devices, device_workers
+    from .study import check_devices, check_workers
     from .workers import spawn_workers
 
     devices = check_devices(devices)
-    per_device = device_workers(devices, workers_per_device)
+    per_device = check_workers(devices, workers_per_device)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     output_folder(out, "--out", FIDELITY_FILES)
     data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
+    check_recipe(config.train, data)
     pool = specs(config, data.num_classes, data.in_chans)
     study = _open(config, out)
     jobs = plan(config, pool)
@@ -219,7 +221,7 @@ def run_fidelity(
     try:
         lost = spawn_workers(
             _process,
-            [d for d in devices for _ in range(per_device)],
+            [d for _ in range(per_device) for d in devices][: max(1, len(jobs))],  # no more than there are jobs
             lambda i, d, threads: (config.model_dump_json(), str(out), d, i, threads),
             monitor=monitor,
         )

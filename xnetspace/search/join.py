@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import shlex
 from collections.abc import Sized
+from datetime import datetime
 from typing import cast
 
 import optuna
@@ -27,14 +28,22 @@ from .study import (
     SearchError,
     StudyConfig,
     check_devices,
+    check_workers,
     default_out,
-    device_workers,
     open_study,
     stored_settings,
 )
-from .workers import check_lost, run_processes, run_worker
+from .workers import check_lost, check_progress, run_processes, run_worker, study_finished, worker_devices
 
-__all__ = ["record_dataset", "dataset_facts", "read_study", "local_data", "worker_command", "join_study"]
+__all__ = [
+    "record_dataset",
+    "dataset_facts",
+    "read_study",
+    "dataset_name",
+    "local_data",
+    "worker_command",
+    "join_study",
+]
 
 _DATA_ATTR = "xnetspace_data"
 _PATH_KINDS = ("imagefolder", "cifar10", "cifar100", "fashion-mnist")  # datasets whose argument is a local folder
@@ -81,6 +90,23 @@ def read_study(storage_url: str, study_name: str) -> tuple[StudyConfig, dict, di
     return config, shared, study.user_attrs.get(_DATA_ATTR)
 
 
+def dataset_name(config: StudyConfig, dataset: str | None = None) -> str:
+    """This machine's name of the study's dataset: ``dataset``, or the stored one (no data read).
+
+    Raises:
+        SearchError: another kind of dataset than the stored one; only the folder of a dataset
+            read from a folder may differ.
+    """
+    name = dataset or config.dataset
+    kind, stored_kind = name.partition(":")[0], config.dataset.partition(":")[0]
+    if kind != stored_kind or (kind not in _PATH_KINDS and name != config.dataset):
+        raise SearchError(
+            f"--dataset {name!r} is not the study's dataset {config.dataset!r}; only the folder "
+            f"of an {'/'.join(_PATH_KINDS)} dataset may differ between machines"
+        )
+    return name
+
+
 def local_data(config: StudyConfig, facts: dict | None, dataset: str | None = None) -> DataSplit:
     """Load the study's dataset on this machine: ``dataset`` (this machine's path to the same data)
     or the stored name, checked against the stored facts.
@@ -90,13 +116,7 @@ def local_data(config: StudyConfig, facts: dict | None, dataset: str | None = No
             or image counts differ from the head's.
         DataError: a dataset that cannot be read here.
     """
-    name = dataset or config.dataset
-    kind, stored_kind = name.partition(":")[0], config.dataset.partition(":")[0]
-    if kind != stored_kind or (kind not in _PATH_KINDS and name != config.dataset):
-        raise SearchError(
-            f"--dataset {name!r} is not the study's dataset {config.dataset!r}; only the folder "
-            f"of an {'/'.join(_PATH_KINDS)} dataset may differ between machines"
-        )
+    name = dataset_name(config, dataset)
     try:
         data = load_dataset(name, config.train.image_size, config.train.seed)
     except DataError as err:
@@ -144,20 +164,21 @@ def join_study(
     ``devices`` (None: :attr:`RunOptions.workers`'s default). Workers are numbered from ``worker``
     (default: a random number from 1000 on, so that machines joining the same study draw different
     sampler seeds; the head's are 0..K-1).
-    Started on a finished study, it returns at once without training anything.
+    Started on a finished study (:func:`~.workers.study_finished`), it returns at once: no data
+    is loaded, no process started.
 
     Raises:
         ValueError: a device that is none (or CUDA where there is none), fewer than one worker
-            per device; both checked before the storage is read.
+            per device or more than this machine can hold; checked before the storage is read.
+        StudyStalled: the study's trials kept failing.
         SearchError: see :func:`read_study` and :func:`local_data`.
         WorkerCrashed: worker processes crashed and left the study unfinished.
         DataError: a dataset that cannot be read here.
     """
     devices = check_devices(devices)
-    device_workers(devices, workers_per_device)
+    check_workers(devices, workers_per_device)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the monitor prints one line per trial
     config, shared, facts = read_study(storage_url, study_name)
-    data = local_data(config, facts, dataset)
     options = RunOptions.model_validate(
         {
             **shared,
@@ -172,7 +193,12 @@ def join_study(
     )
     first = worker if worker is not None else random.randrange(1000, 1_000_000)
     study = open_study(config, options, first)
-    count = len(devices) * options.workers
+    dataset_name(config, dataset)  # another dataset is refused, finished study or not
+    if facts is not None and study_finished(study, config, options, facts):
+        log(options, f"study '{study_name}' in {shown_url(storage_url)} is finished: nothing left to do")
+        return options
+    data = local_data(config, facts, dataset)
+    count = len(worker_devices(options))
     log(
         options,
         f"{data}\njoined study '{study_name}' in {shown_url(storage_url)} as worker {first}"
@@ -180,7 +206,7 @@ def join_study(
     )
     control = open_control_study(config, options, first) if "random:auto" in options.baselines else None
     monitor = Monitor(study, options, config, control)
-    lost = []
+    lost, since = [], datetime.now()
     try:
         if count == 1:
             with monitor.running():
@@ -190,4 +216,5 @@ def join_study(
     finally:
         monitor.close()
     check_lost(lost, study, options, config.score)
+    check_progress(study, options, since)
     return options

@@ -34,7 +34,7 @@ from .records import RunRecord, TrialRecord, is_live, read_trial, slot_attrs, wr
 from .space import SpaceError
 from .stats import pooled_seed_std
 from .study import StudyConfig, candidates, live_slots
-from .train import Diverged, TimeLimitExceeded, TrainResult, train_seeds
+from .train import Diverged, TimeLimitExceeded, TrainConfig, TrainResult, train_seeds
 from .zero_cost import zero_cost_scores
 
 __all__ = ["Objective"]
@@ -50,9 +50,10 @@ class Objective:
         self.device, self.worker = device, worker
         self.space = config.space
         self.rejected_in_a_row = 0
+        self.started = time.perf_counter()
 
     def __call__(self, trial: optuna.Trial) -> float | Sequence[float | None] | None:
-        # None (a record without the proxy's value) makes Optuna fail the trial.
+        self.started = time.perf_counter()  # the trial's clock (--trial-time-limit): sampling and scoring count
         earlier = read_trial(trial)  # a retried trial (the heartbeat's) carries its first attempt's record
         if not self._holds_slot(trial):
             write(trial, earlier.model_copy(update={"surplus": True}))
@@ -84,6 +85,10 @@ class Objective:
             record.runs, record.zero_cost = earlier.runs, earlier.zero_cost
         self._evaluate(trial, record, spec)
         value = self.config.proxy.of(record)
+        if value is None or not math.isfinite(value):  # Optuna would fail it without a reason, as a lost worker's
+            record.reason = f"{self.config.proxy.label} is {value}: no score to rank it by (did training diverge?)"
+            write(trial, record)
+            raise TrialFailed(record.reason)
         if self.config.objective == "top1-flops":
             return value, float(report.flops)
         if self.config.objective == "top1-latency":
@@ -182,7 +187,14 @@ class Objective:
             if rest and self._contender(trial, record):
                 write(trial, record)  # the first seeds are kept whatever happens to the rest
                 self._train(trial, record, spec, rest, report=False)
-        except (Diverged, TimeLimitExceeded) as err:
+        except TimeLimitExceeded:
+            limit = config.train.time_limit
+            record.reason = (
+                f"TimeLimitExceeded: past the {limit:g} s time limit of a trial after "
+                f"{time.perf_counter() - self.started:.1f} s"
+            )
+            raise optuna.TrialPruned(record.reason) from None
+        except Diverged as err:
             record.reason = f"{type(err).__name__}: {err}"
             raise optuna.TrialPruned(str(err)) from None
         except optuna.TrialPruned:
@@ -218,9 +230,24 @@ class Objective:
                     raise optuna.TrialPruned(record.reason)
 
         try:
-            so_far[:] = train_seeds(spec, self.data, seeds, self.config.train, self.device, hook)
+            so_far[:] = train_seeds(spec, self.data, seeds, self._recipe(), self.device, hook)
         finally:
             record.runs += [RunRecord.of(s, r) for s, r in zip(seeds, so_far) if r.history]
+
+    def _recipe(self) -> TrainConfig:
+        """The proxy recipe with its time limit cut to what is left of the trial's (sampling,
+        latency and zero-cost scores count too).
+
+        Raises:
+            TimeLimitExceeded: nothing is left before training starts.
+        """
+        train = self.config.train
+        if train.time_limit is None:
+            return train
+        left = train.time_limit - (time.perf_counter() - self.started)
+        if left <= 0:
+            raise TimeLimitExceeded(f"past the {train.time_limit:g} s time limit before training")
+        return train.model_copy(update={"time_limit": left})
 
     def _contender(self, trial: optuna.Trial, record: TrialRecord) -> bool:
         """Racing over seeds: after its first seeds, does the candidate still deserve the rest?

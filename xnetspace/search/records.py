@@ -9,7 +9,8 @@ update, not one per field), readable in optuna-dashboard as JSON.
 
 The state rules every module shares are written here once: :func:`is_live` (does a trial hold one
 of the study's N slots), :func:`is_heartbeat_failure` (a failure the retry callback queues
-again), :func:`is_candidate` (a completed trial that trained a spec of its own) and
+again), :func:`is_failure` (a trial that ended without a score through no choice of the study),
+:func:`is_candidate` (a completed trial that trained a spec of its own) and
 :func:`counts_as_job` (a confirmation run that is queued, running or done).
 """
 
@@ -34,6 +35,7 @@ __all__ = [
     "job_attrs",
     "is_live",
     "is_heartbeat_failure",
+    "is_failure",
     "is_candidate",
     "counts_as_job",
 ]
@@ -174,6 +176,16 @@ def is_live(trial: FrozenTrial) -> bool:
     Rejected samples and surplus trials hold none; nor does a heartbeat failure (its retry does)."""
     record = read_trial(trial)
     return record.slot and not record.rejected and not record.surplus and not is_heartbeat_failure(trial)
+
+
+def is_failure(trial: FrozenTrial) -> bool:
+    """A trial that ended without a score through no choice of the study: failed with its reason
+    (an error in training, out of memory, a score that is not finite) or pruned because its
+    training diverged. The pruner's and the time limit's prunings are choices, not failures."""
+    record = read_trial(trial)
+    return (trial.state == TrialState.FAIL and record.reason is not None) or (
+        trial.state == TrialState.PRUNED and (record.reason or "").startswith("Diverged")
+    )
 
 
 def is_candidate(trial: FrozenTrial) -> bool:

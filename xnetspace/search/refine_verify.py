@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 
 from ..paths import output_folder
+from ..spec import MAX_SEED
 from ..strict_json import to_json
 from .analysis import StudyData, analyze, load_run, study_data
 from .analysis_plots import write_analysis
@@ -21,7 +22,7 @@ from .analysis_schema import RefineResult
 from .refine import Refinement, refine
 from .refine_plots import REFINE_FILES, write_refine
 from .runner import run_search
-from .study import RunOptions, check_devices
+from .study import RunOptions, check_devices, check_workers
 
 __all__ = ["refine_run", "verify"]
 
@@ -38,22 +39,27 @@ def refine_run(
 ) -> tuple[dict, dict[str, Path]]:
     """Refine the population study in the folder ``run`` (:func:`~.refine.refine`), write
     ``refine.json``, the refined space and its figure into ``out``, and with ``n_verify`` train
-    and compare a fresh population of that many members (:func:`verify`; its ``devices`` are
-    checked before anything is refined), adding it to ``refine.json``.
+    and compare a fresh population of that many members (:func:`verify`; its ``devices`` and
+    ``workers_per_device`` are checked before anything is refined), adding it to ``refine.json``.
 
     Returns:
         ``(refine.json's object, {"json": ..., "space": ..., "edf": ...})``.
 
     Raises:
         AnalysisError: not a study folder, too few members, not a population study (without ``force``).
-        ValueError: a device that is none, or CUDA where there is none.
+        ValueError: a seed outside 0..MAX_SEED; with ``n_verify``, a device that is none, CUDA
+            where there is none, or a worker count below 1 or above what the machine holds
+            (all checked before anything is written).
         OSError: files that cannot be written (xnetspace.paths.PathError: ``out`` refused by the
             path rule, checked before any work).
         and what :func:`verify` raises.
     """
+    if not 0 <= seed <= MAX_SEED:  # the rule of every --seed; scikit-learn would say it in its own words
+        raise ValueError(f"--seed {seed} must be between 0 and {MAX_SEED:,}")
     output_folder(out, "--out", REFINE_FILES, create=False)  # before any work; made when written
-    if n_verify:
+    if n_verify:  # the verify study's options, checked before anything is read or written
         devices = check_devices(devices)
+        check_workers(devices, workers_per_device)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fANOVA's and scipy's notices; refine.json says what matters

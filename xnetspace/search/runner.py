@@ -9,6 +9,8 @@ output), :mod:`.results` (files on disk).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import optuna
 
 from ..paths import output_folder
@@ -19,7 +21,8 @@ from .join import record_dataset, worker_command
 from .progress import Monitor, log
 from .results import RESULT_FILES, SearchOutcome, write_results
 from .study import RunOptions, StudyConfig, open_study, slot_state, store_run_options, top_up_slots
-from .workers import SLOTS_AHEAD, check_lost, run_processes, run_worker
+from .train import check_recipe
+from .workers import SLOTS_AHEAD, check_lost, check_progress, run_processes, run_worker, worker_devices
 
 __all__ = ["run_search", "progress_summary"]
 
@@ -36,6 +39,9 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
         SearchError: a resumed study with another config.
         WorkerCrashed: worker processes crashed and left the study unfinished (the results so far
             are written first).
+        StudyStalled: its trials kept failing (``MAX_FAILURES_IN_A_ROW`` in a row, or all of them);
+            the results so far are written first.
+        ValueError: a batch larger than the training split (before any trial).
         xnetspace.search.data.DataError: a dataset that cannot be read.
         xnetspace.paths.PathError: an output folder that cannot be written (checked before any work).
     """
@@ -45,6 +51,7 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
     assert options.out is not None  # resolved() sets it
     output_folder(options.out, option, RESULT_FILES, create=False)  # checked first, made once the input is good
     data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
+    check_recipe(config.train, data)
     check = config.space.check(num_classes=data.num_classes, in_chans=data.in_chans)
     check_options(options)
     for name in options.baselines:  # a preset no scaling fits the budget is refused before anything trains
@@ -52,7 +59,8 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
             baseline_spec(name, config.space, data.num_classes, data.in_chans)
     output_folder(options.out, option, RESULT_FILES)
     study = open_study(config, options)
-    top_up_slots(study, options.n_trials, SLOTS_AHEAD * len(options.devices) * options.workers)
+    processes = len(worker_devices(options))
+    top_up_slots(study, options.n_trials, SLOTS_AHEAD * processes)
     store_run_options(study, options)  # what joining workers read (join.read_study)
     record_dataset(study, data)
     if not options.storage_url.startswith("sqlite"):
@@ -66,9 +74,9 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
 
     control = open_control_study(config, options) if "random:auto" in options.baselines else None
     monitor = Monitor(study, options, config, control)
-    lost = []
+    lost, since = [], datetime.now()
     try:
-        if len(options.devices) * options.workers == 1:
+        if processes == 1:
             with monitor.running():
                 run_worker(config, options, options.devices[0], 0, data)
         else:
@@ -78,6 +86,7 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
         summary = summarize(study, open_confirm_study(options, config.score), config, options, data, control)
         outcome = write_results(study, config, options, summary)
     check_lost(lost, study, options, config.score)
+    check_progress(study, options, since)
     return outcome
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -23,9 +24,9 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..paths import path_name
-from ..spec import preset_names
+from ..spec import MAX_SEED, preset_names
 from .errors import SearchError
-from .records import is_candidate, is_live, slot_attrs
+from .records import is_candidate, is_failure, is_live, read_trial, slot_attrs
 from .score import Direction, Proxy, Score, proxy_of, score_of
 from .space import SearchSpace
 from .storage import check_shareable, connect_storage
@@ -38,12 +39,16 @@ __all__ = [
     "MAX_AUTO_CPU_WORKERS",
     "check_devices",
     "device_workers",
+    "check_workers",
     "SearchError",
     "ObjectiveName",
     "open_study",
     "live_slots",
     "candidates",
     "top_up_slots",
+    "MAX_FAILURES_IN_A_ROW",
+    "failure_streak",
+    "stalled",
     "SlotState",
     "slot_state",
     "store_run_options",
@@ -61,7 +66,7 @@ _RUN_ATTR = "xnetspace_run"
 class StudyConfig(BaseModel):
     """What defines a study: resuming it with a different config is refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     space: SearchSpace
     dataset: str = "digits"
@@ -139,9 +144,9 @@ def default_out(study_name: str) -> Path:
 
 
 class RunOptions(BaseModel):
-    """How this run works on the study (may change between runs)."""
+    """How this run works on the study (may change between runs). Numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     n_trials: int = Field(20, ge=1)
     out: Path | None = Field(None, description="output folder (default: runs/STUDY_NAME, the name made safe)")
@@ -156,7 +161,7 @@ class RunOptions(BaseModel):
     population: bool = Field(
         False, description="a population study for analyze/refine: random sampler, no pruner, no confirmation"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the samplers (worker k adds 1000 k)")
     timeout: float | None = Field(None, gt=0, description="seconds after which no new trial starts")
     devices: list[str] = Field(
         default_factory=lambda: ["cpu"],
@@ -240,8 +245,9 @@ class RunOptions(BaseModel):
 
         Raises:
             ValueError: a pruner asked of a two-objective study (Optuna cannot prune them), a
-                population study with another sampler or a pruner, or a CUDA device on a machine
-                without CUDA.
+                population study with another sampler or a pruner, a CUDA device on a machine
+                without CUDA, or more worker processes than this machine can hold
+                (:func:`check_workers`).
         """
         two = len(config.directions) > 1
         if two and self.pruner not in (None, "none"):
@@ -254,6 +260,7 @@ class RunOptions(BaseModel):
                 f"--pruner {self.pruner}"
             )
         check_devices(self.devices)
+        check_workers(self.devices, self.workers_per_device)
         name = self.study_name or f"{config.space.name}-{config.dataset.split(':')[0]}-{config.objective}"
         return self.model_copy(
             update=dict(
@@ -299,10 +306,14 @@ def check_devices(devices: str | Sequence[str], here: bool = True) -> list[str]:
     options are checked without it: they may be meant for other machines).
 
     Raises:
-        ValueError: an entry that names no device, or CUDA asked of a machine without it.
+        ValueError: no device at all (``""``, ``",,"``), an entry that names no device, or CUDA
+            asked of a machine without it.
     """
+    given = devices if isinstance(devices, str) else ",".join(map(str, devices))
     if isinstance(devices, str):
         devices = [d.strip() for d in devices.split(",") if d.strip()]
+    if not devices:
+        raise ValueError(f"--devices {given!r} names no device: give cpu, cuda or cuda:K (comma-separated)")
     for device in devices:
         if not isinstance(device, str) or not (
             device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
@@ -328,6 +339,43 @@ def device_workers(devices: Sequence[str], asked: int | None = None) -> int:
             raise ValueError(f"--workers-per-device {asked} must be at least 1")
         return asked
     return min(usable_cores(), MAX_AUTO_CPU_WORKERS) if list(devices) == ["cpu"] else 1
+
+
+MAX_WORKERS_PER_CORE = 4  # CPU worker processes beyond this many per core only wait for each other
+WORKER_MEMORY = 1 << 30  # host memory one worker process holds (torch, Optuna, the data, a model): about 1 GB
+
+
+def check_workers(devices: Sequence[str], asked: int | None) -> int:
+    """:func:`device_workers`, with an asked count checked against this machine before any work:
+    at most :data:`MAX_WORKERS_PER_CORE` CPU worker processes per usable core, and no more worker
+    processes in all than the available memory holds at :data:`WORKER_MEMORY` each (1,000 of them
+    would start for minutes and then run out of memory). How many of them a study starts is then
+    capped by the work it has (:func:`~.workers.worker_devices`).
+
+    Raises:
+        ValueError: ``asked`` below 1, or above what the machine can hold (the message says why).
+    """
+    from ..memory import available_memory, human_bytes
+
+    per_device = device_workers(devices, asked)
+    if asked is None:
+        return per_device
+    cpu, total = list(devices).count("cpu") * asked, len(devices) * asked
+    cores = usable_cores()
+    if cpu > MAX_WORKERS_PER_CORE * cores:
+        raise ValueError(
+            f"--workers-per-device {asked:,}: {cpu:,} worker processes on the CPU, but this machine has {cores} "
+            f"usable core(s): at most {MAX_WORKERS_PER_CORE * cores} ({MAX_WORKERS_PER_CORE} per core; more only "
+            f"wait for each other)"
+        )
+    free = available_memory()
+    if free is not None and asked > max(1, free // WORKER_MEMORY // len(devices)):  # one per device always may
+        raise ValueError(
+            f"--workers-per-device {asked:,}: {total:,} worker processes would need about "
+            f"{human_bytes(total * WORKER_MEMORY)} of memory (about {human_bytes(WORKER_MEMORY)} each), but "
+            f"{human_bytes(free)} is available: at most {max(1, free // WORKER_MEMORY // len(devices))} per device"
+        )
+    return per_device
 
 
 def _split(value: str | None) -> list[str]:
@@ -424,6 +472,39 @@ def live_slots(study: optuna.Study) -> list[FrozenTrial]:
 def candidates(study: optuna.Study) -> list[FrozenTrial]:
     """Completed trials that trained a spec of their own (not a repeat of an earlier one)."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_candidate(t)]
+
+
+MAX_FAILURES_IN_A_ROW = 10  # trials failing one after another before a study stops (docs/search.md)
+
+
+def failure_streak(study: optuna.Study, n_trials: int, since: datetime | None = None) -> tuple[int, str | None]:
+    """How many of the study's N slots finished last, one after another, as failures
+    (:func:`~.records.is_failure`), counting those finished after ``since`` only (a re-run tries
+    again), and the last one's reason."""
+    finished = [
+        t
+        for t in live_slots(study)[:n_trials]
+        if t.state.is_finished() and t.datetime_complete and (since is None or t.datetime_complete >= since)
+    ]
+    finished.sort(key=lambda t: t.datetime_complete or datetime.min)
+    streak = 0
+    for trial in reversed(finished):
+        if not is_failure(trial):
+            break
+        streak += 1
+    return streak, read_trial(finished[-1]).reason if streak else None
+
+
+def stalled(study: optuna.Study, n_trials: int, since: datetime | None = None) -> str | None:
+    """Why the study cannot make progress, or None: its last :data:`MAX_FAILURES_IN_A_ROW` trials
+    failed in a row, or every one of its N trials is finished and failed (since ``since``)."""
+    streak, reason = failure_streak(study, n_trials, since)
+    state = slot_state(study, n_trials)
+    if streak >= MAX_FAILURES_IN_A_ROW:
+        return f"its last {streak} trials failed one after another (the last: {reason})"
+    if streak and streak == state.done == n_trials:
+        return f"every one of its {n_trials} trial(s) failed (the last: {reason})"
+    return None
 
 
 def top_up_slots(study: optuna.Study, n_trials: int, ahead: int) -> SlotState:

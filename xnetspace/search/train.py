@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -33,7 +33,7 @@ from torch import nn
 from ..model import build_model
 from ..model.network import TrainForm
 from ..pack import Pack
-from ..spec import Float, Int, NetworkSpec
+from ..spec import MAX_IMAGE_SIZE, MAX_SEED, Float, Int, NetworkSpec
 from .batches import AUGMENTS, Augment, Batches, TensorBatches, batches  # noqa: F401 - TensorBatches, Batches: re-exported
 
 __all__ = [
@@ -46,23 +46,29 @@ __all__ = [
     "evaluate",
     "evaluate_pack",
     "autocast_dtype",
+    "check_recipe",
 ]
+
+MAX_LR = 10.0  # AdamW's learning rates are about 1e-3; beyond 10 every update diverges
+MAX_EPOCHS = 100_000
 
 
 class TrainConfig(BaseModel):
     """The proxy-training recipe. ``image_size`` is the side of the (square) training images;
-    ``time_limit`` (seconds, None: none) bounds one candidate's training."""
+    ``time_limit`` (seconds, None: none) bounds one candidate's training. Every number is finite
+    and bounded (a learning rate of inf or 1e30 only makes every candidate fail); a batch larger
+    than the training split is refused where the data is known (:func:`check_recipe`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    image_size: Int = Field(32, ge=8)
-    epochs: Int = Field(5, ge=1)
+    image_size: Int = Field(32, ge=8, le=MAX_IMAGE_SIZE)
+    epochs: Int = Field(5, ge=1, le=MAX_EPOCHS)
     batch_size: Int = Field(64, ge=2, description="at least 2: IDConv's batch norm sees one value per sample")
-    lr: Float = Field(2e-3, gt=0)
+    lr: Float = Field(2e-3, gt=0, le=MAX_LR)
     weight_decay: Float = Field(0.05, ge=0)
-    warmup_epochs: Int = Field(0, ge=0)
+    warmup_epochs: Int = Field(0, ge=0, le=MAX_EPOCHS)
     label_smoothing: Float = Field(0.1, ge=0, lt=1)
-    seed: Int = 0
+    seed: Int = Field(0, ge=0, le=MAX_SEED)
     time_limit: Float | None = Field(None, gt=0)
     num_workers: Int = Field(0, ge=0, description="DataLoader workers (image folders decode images)")
     train_form: TrainForm = Field(
@@ -79,6 +85,22 @@ class TrainConfig(BaseModel):
     channels_last: bool | None = Field(
         None, description="channels_last memory for the network and a lone run's batches (None: on CUDA only)"
     )
+
+
+def check_recipe(config: TrainConfig, data) -> None:
+    """Refuse, before any trial, a recipe that no candidate can train on ``data`` (a
+    :class:`~xnetspace.search.data.DataSplit`): a batch larger than the training split, which
+    leaves no full batch (``drop_last``), so every candidate would fail.
+
+    Raises:
+        ValueError: naming ``batch_size``, its value and the split's size.
+    """
+    images = len(cast(Sized, data.train))
+    if config.batch_size > images:
+        raise ValueError(
+            f"batch_size {config.batch_size:,} (--batch-size) is larger than the {images:,} training images "
+            f"of {data.name}: at most {images:,}"
+        )
 
 
 class Diverged(RuntimeError):
@@ -292,6 +314,8 @@ def train_seeds(
             result.history.append(top1)
             result.loss_history.append(val_loss)
             result.seconds = time.perf_counter() - start
+        if config.time_limit and time.perf_counter() - start > config.time_limit:  # the evaluation counts too
+            raise TimeLimitExceeded(f"past the {config.time_limit:g} s time limit after epoch {epoch + 1}")
         if report is not None:
             report(epoch, results)
     return results

@@ -25,15 +25,16 @@ from pathlib import Path
 
 import optuna
 
+from ..errors import interrupted
 from ..logs import LOG_FOLDER, error_log
-from .confirmation import open_confirm_study, plan_jobs
+from .confirmation import control_finished, open_confirm_study, plan_jobs
 from .control import control_top_up, open_control_study, spent
 from .data import DataSplit, load_dataset
-from .errors import SurplusTrial, TrialFailed, WorkerCrashed
-from .jobs import JobObjective, enqueue_jobs, job_state
+from .errors import StudyStalled, SurplusTrial, TrialFailed, WorkerCrashed
+from .jobs import JobObjective, enqueue_jobs, job_results, job_state
 from .objective import Objective
 from .progress import POLL_SECONDS, Monitor
-from .study import RunOptions, StudyConfig, open_study, slot_state, top_up_slots, usable_cores
+from .study import RunOptions, StudyConfig, open_study, slot_state, stalled, top_up_slots, usable_cores
 
 __all__ = [
     "run_worker",
@@ -49,6 +50,10 @@ __all__ = [
     "work_left",
     "check_lost",
     "control_max_trials",
+    "worker_devices",
+    "study_parallelism",
+    "check_progress",
+    "study_finished",
 ]
 
 SLOTS_AHEAD = 2  # queued slots each worker keeps ahead of itself (few: a study of any N starts at once)
@@ -75,6 +80,7 @@ def run_worker(
     deadline = time.monotonic() + options.timeout if options.timeout else math.inf
     poll = min(2.0, options.heartbeat / 2)
     objective: Callable = Objective(config, data, options.n_trials, device, worker)
+    since = datetime.now()  # failures of earlier runs do not stop this one (a re-run tries again)
     while time.monotonic() < deadline:
         fail_stale(study)
         state = top_up_slots(study, options.n_trials, SLOTS_AHEAD)
@@ -84,6 +90,8 @@ def run_worker(
             time.sleep(poll)  # another worker's trial, or a dead one the heartbeat will requeue
             continue
         run_one(study, objective, options.out, worker)
+        if stalled(study, options.n_trials, since):
+            return  # the head says why (check_progress); nothing is confirmed of a failing study
 
     control = None
     if "random:auto" in options.baselines and time.monotonic() < deadline:
@@ -100,6 +108,8 @@ def run_worker(
                 time.sleep(poll)
                 continue
             run_one(control, objective, options.out, worker)
+            if stalled(control, cap, since):
+                break
 
     cstudy = open_confirm_study(options, config.score)
     objective = JobObjective(config.train, data, config.score, device, worker)
@@ -186,7 +196,8 @@ def guarded(work: Callable[[str], None], device: str, threads: int | None = None
     """Run ``work(device)`` as a worker process: ``device`` ``cuda:K`` pins the process to GPU K
     (``CUDA_VISIBLE_DEVICES``, set before CUDA starts; ``work`` then gets ``cuda``); ``threads``
     caps torch's intra-op threads. A crash writes its traceback to :func:`crash_log` (never to
-    the terminal) and exits with status 1; Ctrl-C (which the head receives too) exits with 130."""
+    the terminal) and exits with status 1; Ctrl-C (which the head receives too) exits with 130,
+    also when it lands inside a library's cleanup and surfaces as another error."""
     try:
         if device.startswith("cuda:"):
             os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
@@ -196,9 +207,9 @@ def guarded(work: Callable[[str], None], device: str, threads: int | None = None
 
             torch.set_num_threads(threads)
         work(device)
-    except KeyboardInterrupt:
-        sys.exit(130)
     except BaseException as err:  # noqa: BLE001 - a crash goes to its log file, not the terminal
+        if interrupted(err):  # Ctrl-C, also when it landed in Optuna's bookkeeping (errors.interrupted)
+            sys.exit(130)
         error_log(err, crash_log(mp.current_process().name, os.getpid()).stem)
         sys.exit(1)
 
@@ -247,15 +258,16 @@ def run_processes(
     first_worker: int = 0,
 ) -> list[LostWorker]:
     """``options.workers`` worker processes per entry of ``options.devices`` (a device repeated
-    in the list gets as many more) running :func:`run_worker`, polled by ``monitor``; returns the
-    workers that ended with an error (each reported by ``monitor`` when it happened).
+    in the list gets as many more; no more than the study can use, :func:`worker_devices`)
+    running :func:`run_worker`, polled by ``monitor``; returns the workers that ended with an
+    error (each reported by ``monitor`` when it happened).
 
     Workers are numbered from ``first_worker`` (the sampler's seed offset, see ``open_study``).
     A worker that dies (crashed, killed, out of host memory) leaves its trial to the heartbeat,
     which fails it and queues it again for the others; they keep running. Whether the study got
     done anyway is the caller's to judge.
     """
-    devices = [d for d in options.devices for _ in range(options.workers)]
+    devices = worker_devices(options)
     return spawn_workers(
         worker_process,
         devices,
@@ -294,8 +306,6 @@ def spawn_workers(
         )
         for i, d in enumerate(devices)
     ]
-    for p in procs:
-        p.start()
     lost: dict[str, LostWorker] = {}
 
     def check() -> None:
@@ -307,20 +317,73 @@ def spawn_workers(
                     monitor.log(lost[p.name].describe())
 
     try:
+        for p in procs:  # inside the try: Ctrl-C while they start ends the ones started
+            p.start()
         while any(p.is_alive() for p in procs):
             if monitor is not None:
                 monitor.poll()
             check()
             time.sleep(POLL_SECONDS)
     finally:
-        for p in procs:
+        started = [p for p in procs if p.pid is not None]
+        for p in started:
             if p.is_alive():
                 p.terminate()
+        for p in started:
             p.join()
     if monitor is not None:
         monitor.poll()
     check()
     return list(lost.values())
+
+
+def worker_devices(options: RunOptions) -> list[str]:
+    """The device of each worker process a study starts: ``options.workers`` per entry of
+    ``options.devices``, dealt round-robin, and no more than the study can keep busy
+    (:func:`study_parallelism`): a 1-trial study starts no thousand processes."""
+    dealt = [d for _ in range(options.workers) for d in options.devices]
+    return dealt[: max(1, study_parallelism(options))]
+
+
+def study_parallelism(options: RunOptions) -> int:
+    """The most trials or jobs a study can run at once: its N trials (the random control's come
+    after them, as many), or its confirmation jobs, at most the top K, two per random spec
+    (``random:N``, the fidelity sample), one per control and one noise check."""
+    n_random = max(
+        [int(b.split(":")[1]) for b in options.baselines if b.startswith("random:") and b != "random:auto"], default=0
+    )
+    n_fidelity = options.fidelity_sample if options.confirm_top else 0  # plan_jobs: no confirmed set to add to
+    jobs = options.confirm_top + 2 * max(n_random, n_fidelity) + len(options.baselines) + 1
+    return max(options.n_trials, jobs)
+
+
+def check_progress(study: optuna.Study, options: RunOptions, since: datetime) -> None:
+    """Raises StudyStalled: the study's trials kept failing (:func:`~.study.stalled`) in this run."""
+    why = stalled(study, options.n_trials, since)
+    if why:
+        raise StudyStalled(
+            f"study '{study.study_name}' stopped: {why}. Each failed trial's reason is in its line above and in "
+            f"trials.csv; the study is kept: fix the cause and re-run the same command to continue it"
+        )
+
+
+def study_finished(study: optuna.Study, config: StudyConfig, options: RunOptions, facts: dict) -> bool:
+    """Is there nothing left for a worker to do: the N trials finished, the random control (with
+    ``random:auto``) has spent the search's compute, and every confirmation job the finished
+    search calls for (:func:`~.confirmation.plan_jobs`, with the stored dataset ``facts``) is
+    queued and finished? Reads the storage only: no data, no process."""
+    if slot_state(study, options.n_trials).done < options.n_trials:
+        return False
+    control = None
+    if "random:auto" in options.baselines:
+        control = open_control_study(config, options)
+        if not control_finished(control, study):
+            return False
+    cstudy = open_confirm_study(options, config.score)
+    plan = plan_jobs(study, cstudy, config, options, facts["num_classes"], facts["in_chans"], control)
+    queued = set(job_results(cstudy))
+    _, running, waiting = job_state(cstudy)
+    return running + waiting == 0 and all(job.key(config.train, config.dataset) in queued for job in plan)
 
 
 def work_left(study: optuna.Study, options: RunOptions, score) -> bool:
