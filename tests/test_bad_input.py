@@ -1416,13 +1416,13 @@ def test_issue28_item25_refine_checks_the_verify_options_before_writing(tmp_path
 
 
 # -- issue 28: a study whose trials keep failing says why and stops ----------------------------------
-SMALL_SPACE = (
+FAILING_SPACE = (
     "name: small\nstage_defaults: {depth: 1, mlp_ratio: [1, 2], idconv_kernel_size: [3, 5]}\n"
     "stages:\n  - {embed_dim: {low: 8, high: 24, step: 8}, sr_ratio: [2, 4], attn_ratio: [0.5, 1.0]}\n"
     "  - {embed_dim: {low: 16, high: 48, step: 16}, num_heads: [1, 2]}\n"
     "constraints: {image_size: 16}\ntrain: {image_size: 16, epochs: 1, batch_size: 16}\n"
 )
-SMALL_SEARCH = [
+FAILING_SEARCH = [
     "search", "--space", "small.yaml", "--dataset", "synthetic:64", "--sampler", "random", "--pruner", "none",
     "--confirm-top", "0", "--baseline", "none", "--workers-per-device", "1", "--out", "run",
     "--timeout", "60",  # without the fix such a study never ends: the test then fails instead of hanging
@@ -1442,9 +1442,9 @@ def _failing_study(folder: Path, monkeypatch, n_trials: int):
     from .conftest import use_trainer
 
     monkeypatch.chdir(folder)
-    (folder / "small.yaml").write_text(SMALL_SPACE)
+    (folder / "small.yaml").write_text(FAILING_SPACE)
     use_trainer(monkeypatch, _nan_trainer)
-    return runner.invoke(app, [*SMALL_SEARCH, "--n-trials", str(n_trials)])
+    return runner.invoke(app, [*FAILING_SEARCH, "--n-trials", str(n_trials)])
 
 
 def test_issue28_item13_failing_trials_are_reported_and_the_study_stops(tmp_path, monkeypatch):
@@ -1500,7 +1500,7 @@ def test_issue28_item27_the_time_limit_counts_the_whole_trial(tmp_path, monkeypa
 
     monkeypatch.setattr(objective, "zero_cost_scores", slow_scores)
     monkeypatch.setattr(objective, "train_seeds", lambda *a, **k: pytest.fail("trained past the time limit"))
-    space = SearchSpace.model_validate(yaml.safe_load(SMALL_SPACE))
+    space = SearchSpace.model_validate(yaml.safe_load(FAILING_SPACE))
     config = StudyConfig(space=space, dataset="synthetic:64", train=space.train.model_copy(update={"time_limit": 0.5}))
     options = RunOptions(
         n_trials=1, out=tmp_path, study_name="s", sampler="random", pruner="none", confirm_top=0,
@@ -1535,7 +1535,7 @@ def test_issue28_item27_a_worker_on_a_finished_study_exits_at_once(tmp_path, mon
     from .test_search import FakeTrainer
 
     use_trainer(monkeypatch, FakeTrainer())
-    space = SearchSpace.model_validate(yaml.safe_load(SMALL_SPACE))
+    space = SearchSpace.model_validate(yaml.safe_load(FAILING_SPACE))
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     options = RunOptions(
         n_trials=2, out=tmp_path / "run", storage=storage, study_name="s", sampler="random", confirm_top=0,
@@ -1569,9 +1569,9 @@ def test_issue28_item27_sigterm_ends_a_search_as_ctrl_c_does(tmp_path, monkeypat
 
     previous = signal.signal(signal.SIGTERM, unhandled)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "small.yaml").write_text(SMALL_SPACE)
+    (tmp_path / "small.yaml").write_text(FAILING_SPACE)
     use_trainer(monkeypatch, Killed())
-    monkeypatch.setattr(sys, "argv", ["xnetspace", *SMALL_SEARCH, "--n-trials", "10"])
+    monkeypatch.setattr(sys, "argv", ["xnetspace", *FAILING_SEARCH, "--n-trials", "10"])
     try:
         with pytest.raises(SystemExit) as done:
             cli.main()
