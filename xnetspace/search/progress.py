@@ -8,7 +8,7 @@ import contextlib
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import numpy as np
@@ -215,10 +215,18 @@ class JobMonitor:
     ``a + b * size`` (:func:`remaining_seconds`), and the bar shows the wall time the waiting and
     running jobs will take over ``workers`` workers (``ETA ?`` until a job has finished)."""
 
-    def __init__(self, study: optuna.Study, sizes: dict[str, float], workers: int, desc: str, progress: bool):
+    def __init__(
+        self,
+        study: optuna.Study,
+        sizes: dict[str, float],
+        workers: int,
+        desc: str,
+        progress: bool,
+        on_poll: Callable[[], None] | None = None,
+    ):
         from tqdm import tqdm
 
-        self.study, self.sizes, self.workers = study, sizes, max(1, workers)
+        self.study, self.sizes, self.workers, self.on_poll = study, sizes, max(1, workers), on_poll
         jobs = study_jobs(study)
         self.before = {t.number for t in jobs if t.state.is_finished()}  # finished before this run: left out of the fit
         self.bar = tqdm(
@@ -248,6 +256,8 @@ class JobMonitor:
         eta = remaining_seconds(done, waiting, running, self.workers)
         self.bar.set_postfix_str(f"ETA {_clock(eta)}" if eta is not None else "ETA ?", refresh=False)
         self.bar.update(finished - self.bar.n)
+        if self.on_poll is not None:
+            self.on_poll()
 
     def log(self, line: str) -> None:
         self.bar.write(line)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
@@ -229,7 +230,8 @@ def _reference(config: TabulateConfig, data: DataSplit) -> tuple[NetworkSpec | N
 
 def _train(config: TabulateConfig, study: optuna.Study, jobs: list[Job], out: Path, workers: list[str], progress: bool):
     """Run the workers until every job is done (a progress bar meanwhile); each sitting's wall
-    time and jobs are recorded in the study, also when it is interrupted."""
+    time and jobs are recorded in the study as it goes (:class:`_Sitting`), also when it is
+    interrupted."""
     from .progress import JobMonitor
     from .workers import spawn_workers
 
@@ -240,8 +242,8 @@ def _train(config: TabulateConfig, study: optuna.Study, jobs: list[Job], out: Pa
         * j.epochs
         for j in jobs
     }
-    done_before, start = job_state(study)[0], time.perf_counter()
-    monitor = JobMonitor(study, sizes, len(workers), "tabulate", progress)
+    sitting = _Sitting(study, workers)
+    monitor = JobMonitor(study, sizes, len(workers), "tabulate", progress, on_poll=sitting.update)
     lost = []
     try:
         lost = spawn_workers(
@@ -252,13 +254,7 @@ def _train(config: TabulateConfig, study: optuna.Study, jobs: list[Job], out: Pa
         )
     finally:
         monitor.close()
-        sitting = {
-            "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "wall_seconds": round(time.perf_counter() - start, 1),
-            "jobs_finished": job_state(study)[0] - done_before,
-            "workers": workers,
-        }
-        study.set_user_attr(_SITTINGS_ATTR, [*study.user_attrs.get(_SITTINGS_ATTR, []), sitting])
+        sitting.update(force=True)
     _, running, waiting = job_state(study)
     if lost and running + waiting:
         raise WorkerCrashed(
@@ -266,6 +262,30 @@ def _train(config: TabulateConfig, study: optuna.Study, jobs: list[Job], out: Pa
             + "; ".join(w.describe() for w in lost)
             + ". Re-run the same command to continue it"
         )
+
+
+class _Sitting:
+    """This sitting's entry in the study's list of sittings (when it started, its wall seconds, the
+    jobs it finished, its workers), rewritten every ``every`` seconds while it runs: a killed head
+    loses at most that much of its own time."""
+
+    def __init__(self, study: optuna.Study, workers: list[str], every: float = 30.0):
+        self.study, self.every, self.start, self.written = study, every, time.perf_counter(), -math.inf
+        self.done_before = job_state(study)[0]
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.entry = {"started": started, "wall_seconds": 0.0, "jobs_finished": 0, "workers": workers}
+        self.sittings = [*study.user_attrs.get(_SITTINGS_ATTR, []), self.entry]
+        self.update(force=True)
+
+    def update(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self.written < self.every:
+            return
+        self.written = now
+        self.entry.update(
+            wall_seconds=round(now - self.start, 1), jobs_finished=job_state(self.study)[0] - self.done_before
+        )
+        self.study.set_user_attr(_SITTINGS_ATTR, self.sittings)
 
 
 def measure_latencies(specs, image_size: Any, cache: Path, seconds: float = LATENCY_SECONDS) -> dict[str, float]:
