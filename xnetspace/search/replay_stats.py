@@ -169,7 +169,8 @@ def plot_replay(oracle: Oracle, config: ReplayConfig, results: dict[str, dict], 
             curve = result["curve"]
             x = np.arange(1, curve.shape[1] + 1)
             q1, med, q3 = np.percentile(curve, [25, 50, 75], axis=0)
-            ax.plot(x, med, color=color, label=f"{name} ({curve.shape[0]} repeats)")
+            width = max(1.0, 3.0 - 0.4 * i)  # samplers that coincide (a common random start) stay visible
+            ax.plot(x, med, color=color, lw=width, label=f"{name} ({curve.shape[0]} repeats)")
             ax.fill_between(x, q1, q3, color=color, alpha=0.15)
             continue
         for b in config.budgets:
