@@ -372,15 +372,18 @@ def search(
 
 @app.command()
 def fidelity(
-    space: str = typer.Argument(..., help="space file (spaces/*.yaml) or a shipped space's name"),
+    space: str | None = typer.Argument(None, help="space file (spaces/*.yaml) or a shipped space's name"),
     dataset: str = typer.Option("digits", help="as for search"),
     n_specs: int = typer.Option(30, "--n-specs", help="random in-budget specs of the space"),
     seeds: int = typer.Option(4, help="K: seeds per spec under the proxy recipe and under the confirmation recipe"),
     confirm_epochs: int | None = typer.Option(
         None, "--confirm-epochs", help="confirmation epochs (default: twice the proxy's)"
     ),
-    out: str = typer.Option(
-        ..., help="folder for fidelity.db, runs.csv, fidelity.json and fidelity.png (re-running resumes)"
+    out: str | None = typer.Option(
+        None, help="folder for fidelity.db, runs.csv, fidelity.json and fidelity.png (re-running resumes)"
+    ),
+    table: Path | None = typer.Option(
+        None, "--table", help="a table (xnetspace tabulate): its scores' fidelity, without training (no SPACE)"
     ),
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="seed of the spec sample"),
     devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,..."),
@@ -398,11 +401,14 @@ def fidelity(
     precision@5 of every score (proxy cross-entropy from 1..K seeds and earlier epochs, top-1, TSE,
     zero-cost scores, FLOPs, params) against the specs' K-seed confirmed mean, with bootstrap 95%
     intervals, beside the noise ceiling (half the confirmation seeds against the other half).
+    With --table, the same from a table's runs against its mean test score (docs/benchmark.md).
     """
     from .paths import folder_option
     from .search.fidelity import FidelityConfig, report_lines, run_fidelity
     from .search.space import load_space
 
+    if table is not None or space is None or out is None:
+        return _fidelity_of_table(table, space, out, seed, as_json)
     with _answers(
         "fidelity options",
         writing="the fidelity study's files",
@@ -605,6 +611,120 @@ def refine(
         return
     for line in report_lines(result, files):
         console.print(line, markup=False, highlight=False)
+
+
+def _fidelity_of_table(table: Path | None, space: str | None, out: str | None, seed: int, as_json: bool) -> None:
+    """``xnetspace fidelity --table TABLE [--out DIR]``: the fidelity of a table's scores, no training."""
+    from .bench import load
+    from .paths import output_folder, write_atomically
+    from .search.bench_fidelity import table_fidelity
+    from .search.fidelity import report_lines
+
+    if table is None or space is not None:
+        return _fail(
+            "fidelity takes SPACE and --out (a fidelity study), or --table TABLE without SPACE (a table's fidelity)"
+        )
+    with _answers(writing="fidelity.json", place=out):
+        folder = None if out is None else output_folder(out, "--out", ["fidelity.json"], create=False)
+        result = table_fidelity(load(table), seed=seed)
+        if folder is not None:
+            output_folder(folder, "--out", ["fidelity.json"])
+            text = to_json(result, indent=2) + "\n"
+            write_atomically(folder / "fidelity.json", lambda path: path.write_text(text), "write the fidelity")
+    if as_json:
+        typer.echo(to_json(result, indent=2))
+        return
+    for line in report_lines(result, None):
+        console.print(line, markup=False, highlight=False)
+
+
+@app.command()
+def tabulate(
+    space: str = typer.Argument(..., help="space file or a shipped space's name; every knob finite"),
+    dataset: str = typer.Option("digits", help="as for search (one with a test split: the test columns)"),
+    seeds: int = typer.Option(2, help="K: seeds per spec"),
+    max_specs: int = typer.Option(500, "--max-specs", help="refuse a space with more distinct in-budget specs"),
+    out: str = typer.Option(..., help="folder for tabulate.db, table.csv and meta.json (re-running resumes)"),
+    devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,..."),
+    workers_per_device: int | None = typer.Option(
+        None, "--workers-per-device", help="worker processes per device (default: one per CPU core, at most 8)"
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train every distinct in-budget spec of a finite space with K seeds, and TransXNet-T scaled
+    to its budget beside them: a tabular benchmark to replay searches against (docs/benchmark.md)."""
+    from .paths import output_folder
+    from .search.space import load_space
+    from .search.tabulate import TabulateConfig, report_lines, run_tabulate
+
+    with _answers(
+        "tabulate options",
+        writing="the table's files",
+        place=out,
+        interrupted="interrupted: the finished specs are kept; re-run the same command to continue",
+    ):
+        folder = output_folder(out, "--out", ["tabulate.db", "table.csv", "meta.json"], create=False)
+        config = TabulateConfig(space=load_space(space), dataset=dataset, seeds=seeds, max_specs=max_specs)
+        meta = run_tabulate(config, folder, _devices(devices), workers_per_device, progress=not as_json)
+    if as_json:
+        typer.echo(to_json(meta, indent=2))
+        return
+    for line in report_lines(meta, folder):
+        console.print(line, markup=False, highlight=False)
+
+
+@app.command()
+def replay(
+    table: Path = typer.Argument(..., help="a table's folder (xnetspace tabulate --out)"),
+    samplers: str = typer.Option(
+        "random,tpe,tpe-multivariate,gp,evolution,protocol", help="comma-separated, of those (docs/benchmark.md)"
+    ),
+    budget: str = typer.Option("10,25,50", help="evaluations per search, comma-separated"),
+    repeats: int = typer.Option(200, help="searches per sampler and budget"),
+    gp_repeats: int = typer.Option(10, "--gp-repeats", help="repeats of the slow GPSampler (at most --repeats)"),
+    seed: int = typer.Option(
+        0, min=0, max=MAX_SEED, help="repeat r seeds its samplers with seed + r; the proxy seeds are drawn from it"
+    ),
+    score: str = typer.Option("loss", help="loss (cross-entropy) or top1"),
+    population: int = typer.Option(10, help="evolution: population size"),
+    tournament: int = typer.Option(3, help="evolution: tournament size"),
+    out: str = typer.Option(..., help="folder for replay.json, replay.csv and replay.png"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Replay search strategies against a table hundreds of times: each sampler searches the
+    table's space as xnetspace search does, sees one seed's validation score, and is judged by its
+    pick's mean test score (regret, top-1%/top-5 hits, paired with random search)."""
+    from .bench import load
+    from .paths import output_folder
+    from .search.replay import ReplayConfig, run_replay
+    from .search.replay_stats import report_lines
+
+    with _answers("replay options", writing="the replay's files", place=out):
+        folder = output_folder(out, "--out", ["replay.json", "replay.csv", "replay.png"], create=False)
+        config = ReplayConfig(
+            samplers=tuple(s.strip() for s in samplers.split(",") if s.strip()),
+            budgets=_counts(budget, "--budget"),
+            repeats=repeats,
+            gp_repeats=gp_repeats,
+            seed=seed,
+            score=score,
+            population=population,
+            tournament=tournament,
+        )
+        summary = run_replay(load(table), config, folder, progress=not as_json)
+    if as_json:
+        typer.echo(to_json(summary, indent=2))
+        return
+    for line in report_lines(summary, folder):
+        console.print(line, markup=False, highlight=False)
+
+
+def _counts(text: str, option: str) -> tuple[int, ...]:
+    """``10,25,50`` as counts, or a ValueError naming ``option`` and the text."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"{option} {text[:40]!r} must be comma-separated whole numbers, e.g. 10,25,50") from None
 
 
 def main() -> None:

@@ -50,7 +50,9 @@ class Job(BaseModel):
     ``proxy`` jobs use the validation split (what a search trial sees); the others the dataset's
     held-out test split. ``role`` and ``label`` say what the job is for (``candidate`` and ``trial
     12``, ``baseline`` and ``transxnet_t_x0.384``, ...); ``trial`` is the search trial it confirms.
-    With ``zero_cost`` the job also records the spec's zero-cost scores (:mod:`.zero_cost`).
+    With ``zero_cost`` the job also records the spec's zero-cost scores (:mod:`.zero_cost`); with
+    ``test`` (a tabular benchmark's job, :mod:`.tabulate`) every epoch is also scored on the
+    held-out test split, and each run keeps its per-epoch wall seconds.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -63,14 +65,14 @@ class Job(BaseModel):
     proxy: bool = False
     trial: int | None = None
     zero_cost: bool = False
+    test: bool = False
 
     def key(self, train: TrainConfig, dataset: str) -> str:
-        """Identity of the job: spec, seeds, schedule, split, recipe and dataset."""
+        """Identity of the job: spec, seeds, schedule, split, recipe and dataset (and ``test``
+        when set: keys of earlier jobs stay as they were)."""
         digest = NetworkSpec.model_validate(self.spec).digest()
-        blob = json.dumps(
-            [digest, list(self.seeds), self.epochs, self.proxy, self.zero_cost, train.model_dump(mode="json"), dataset],
-            sort_keys=True,
-        )
+        identity = [digest, list(self.seeds), self.epochs, self.proxy, self.zero_cost, train.model_dump(mode="json")]
+        blob = json.dumps([*identity, dataset, *(["test"] if self.test else [])], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -174,7 +176,10 @@ class JobObjective:
             if job.zero_cost and not record.zero_cost:
                 record.zero_cost = zero_cost_scores(spec, self.data, job.seeds[0], recipe.batch_size, self.device)
             missing = [s for s in job.seeds if s not in done]
-            if missing:
+            if missing and job.test:  # both curves, each run with its pack's wall seconds
+                results = train_seeds(spec, split, missing, recipe, self.device, score_test=True)
+                record.runs += [RunRecord.of(s, r, pack=len(missing)) for s, r in zip(missing, results)]
+            elif missing:
                 results = train_seeds(spec, split, missing, recipe, self.device)
                 record.runs += [RunRecord.of(s, r) for s, r in zip(missing, results)]
             record.runs.sort(key=lambda r: job.seeds.index(r.seed))

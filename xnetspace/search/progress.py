@@ -7,8 +7,11 @@ from __future__ import annotations
 import contextlib
 import statistics
 import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import cast
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -19,7 +22,7 @@ from .score import Score
 from .space import human_count
 from .study import RunOptions, StudyConfig, slot_state
 
-__all__ = ["Monitor", "log", "trial_line", "POLL_SECONDS"]
+__all__ = ["Monitor", "JobMonitor", "remaining_seconds", "log", "trial_line", "POLL_SECONDS"]
 
 POLL_SECONDS = 3.0  # each poll reads every trial from the storage: at 1 s the head took ~20% of a core
 
@@ -202,3 +205,96 @@ def trial_line(trial: FrozenTrial) -> str:
     if r.reason:
         parts.append(f"[{r.reason}]")
     return "  ".join(parts)
+
+
+class JobMonitor:
+    """A bar over a study of jobs (:mod:`.jobs`; every worker's, read from the storage) whose time
+    estimate is fitted to the jobs that finished, not to their count: jobs of one study can differ
+    tenfold in cost (a table's specs span its FLOP budget). ``sizes`` gives each job's size by its
+    key (FLOPs x seeds x epochs, say): the seconds of the jobs finished in this run are fitted as
+    ``a + b * size`` (:func:`remaining_seconds`), and the bar shows the wall time the waiting and
+    running jobs will take over ``workers`` workers (``ETA ?`` until a job has finished)."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        sizes: dict[str, float],
+        workers: int,
+        desc: str,
+        progress: bool,
+        on_poll: Callable[[], None] | None = None,
+    ):
+        from tqdm import tqdm
+
+        self.study, self.sizes, self.workers, self.on_poll = study, sizes, max(1, workers), on_poll
+        jobs = study_jobs(study)
+        self.before = {t.number for t in jobs if t.state.is_finished()}  # finished before this run: left out of the fit
+        self.bar = tqdm(
+            total=len(sizes),
+            desc=desc,
+            unit="job",
+            disable=not progress,
+            initial=len(self.before),
+            dynamic_ncols=True,
+            mininterval=0,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} jobs [{elapsed}{postfix}]",
+        )
+
+    def poll(self) -> None:
+        done, running, waiting = [], [], []
+        now, jobs = time.time(), study_jobs(self.study)
+        for t in jobs:
+            size = self.sizes.get(cast(str, read_job(t).key), 0.0)
+            if t.state == TrialState.COMPLETE and t.number not in self.before and read_job(t).seconds:
+                done.append((size, cast(float, read_job(t).seconds)))
+            elif t.state == TrialState.RUNNING:
+                started = t.datetime_start.timestamp() if t.datetime_start else now
+                running.append((size, now - started))
+            elif t.state == TrialState.WAITING:
+                waiting.append(size)
+        finished = sum(t.state.is_finished() for t in jobs)
+        eta = remaining_seconds(done, waiting, running, self.workers)
+        self.bar.set_postfix_str(f"ETA {_clock(eta)}" if eta is not None else "ETA ?", refresh=False)
+        self.bar.update(finished - self.bar.n)
+        if self.on_poll is not None:
+            self.on_poll()
+
+    def log(self, line: str) -> None:
+        self.bar.write(line)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def study_jobs(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's counted jobs (:func:`~.records.counts_as_job`)."""
+    return [t for t in study.get_trials(deepcopy=False) if counts_as_job(t)]
+
+
+def remaining_seconds(
+    done: Sequence[tuple[float, float]],
+    waiting: Sequence[float],
+    running: Sequence[tuple[float, float]],
+    workers: int,
+) -> float | None:
+    """Wall seconds left: ``done`` holds (size, seconds) of finished jobs, ``waiting`` the sizes of
+    queued ones, ``running`` (size, seconds so far) of the running ones. Seconds are fitted as
+    ``a + b * size`` with a, b >= 0 (``scipy.optimize.nnls``; with one size seen, seconds
+    proportional to size); the work left, over ``workers``, but never less than the longest single
+    job left. None before any job finished."""
+    from scipy.optimize import nnls
+
+    if not done:
+        return None
+    sizes, seconds = np.array([d[0] for d in done], float), np.array([d[1] for d in done], float)
+    if np.ptp(sizes) > 0:
+        (a, b), _ = nnls(np.column_stack([np.ones_like(sizes), sizes]), seconds)
+    else:
+        a, b = (0.0, seconds.mean() / sizes.mean()) if sizes.mean() > 0 else (seconds.mean(), 0.0)
+    left = [a + b * s for s in waiting] + [max(0.0, a + b * s - spent) for s, spent in running]
+    return max(sum(left) / max(1, workers), max(left, default=0.0))
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

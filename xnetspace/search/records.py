@@ -46,7 +46,11 @@ KEY = "xnetspace"  # the one user attribute a trial's record is stored under
 class RunRecord(BaseModel):
     """One training run of a spec with one seed: per epoch, the validation (or held-out) top-1 in
     percent and cross-entropy in nats, and the mean training loss (label-smoothed cross-entropy,
-    what the optimiser minimised; their sum is the training-speed estimate, TSE)."""
+    what the optimiser minimised; their sum is the training-speed estimate, TSE).
+
+    A run of a tabular benchmark (:mod:`.tabulate`) also holds, per epoch, the held-out split's
+    top-1 and cross-entropy (``test_top1``, ``test_loss``) and the wall seconds at the epoch's end
+    (``epoch_seconds``, cumulative, for the whole ``pack`` of seeds trained together)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -55,21 +59,31 @@ class RunRecord(BaseModel):
     loss: list[float] = Field(default_factory=list)
     train_loss: list[float] = Field(default_factory=list)
     seconds: float = 0.0
+    test_top1: list[float] = Field(default_factory=list)
+    test_loss: list[float] = Field(default_factory=list)
+    epoch_seconds: list[float] = Field(default_factory=list)
+    pack: int = 1
 
     @property
     def epochs(self) -> int:
         return len(self.top1)
 
     @classmethod
-    def of(cls, seed: int, result: Any) -> RunRecord:
-        """The record of a :class:`~xnetspace.search.train.TrainResult` (so far) trained with ``seed``."""
-        return cls(
+    def of(cls, seed: int, result: Any, pack: int | None = None) -> RunRecord:
+        """The record of a :class:`~xnetspace.search.train.TrainResult` (so far) trained with ``seed``;
+        with ``pack`` (a tabular benchmark's run, trained in a pack of that many seeds) also its
+        held-out curves and per-epoch wall seconds."""
+        run = cls(
             seed=seed,
             top1=list(result.history),
             loss=list(result.loss_history),
             train_loss=list(result.train_loss_history),
             seconds=round(result.seconds, 2),
         )
+        if pack is not None:
+            run.test_top1, run.test_loss = list(result.test_history), list(result.test_loss_history)
+            run.epoch_seconds, run.pack = [round(s, 3) for s in result.seconds_history], pack
+        return run
 
 
 class _Record(BaseModel):

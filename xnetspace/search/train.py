@@ -116,13 +116,19 @@ class TrainResult:
     """Validation top-1 (percent) and validation cross-entropy (nats per image, no label
     smoothing) after each epoch (``top1`` and ``loss`` are the last ones), the training loss of
     every update (``losses``, label-smoothed, what the optimiser minimised) and its mean per epoch
-    (``train_loss_history``; their sum is the training-speed estimate, :attr:`tse`)."""
+    (``train_loss_history``; their sum is the training-speed estimate, :attr:`tse`), the wall
+    seconds at each epoch's end (``seconds_history``, cumulative, the held-out scoring left out)
+    and, when :func:`train_seeds` scores the held-out split too, its top-1 and cross-entropy per
+    epoch (``test_history``, ``test_loss_history``)."""
 
     history: list[float] = field(default_factory=list)
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
     loss_history: list[float] = field(default_factory=list)
     train_loss_history: list[float] = field(default_factory=list)
+    seconds_history: list[float] = field(default_factory=list)  # wall seconds at each epoch's end (cumulative)
+    test_history: list[float] = field(default_factory=list)  # held-out top-1 per epoch (score_test only)
+    test_loss_history: list[float] = field(default_factory=list)  # held-out cross-entropy per epoch
 
     @property
     def top1(self) -> float:
@@ -189,6 +195,7 @@ def train_seeds(
     device: str | torch.device = "cpu",
     report: Callable[[int, list[TrainResult]], None] | None = None,
     pack: bool = True,
+    score_test: bool = False,
 ) -> list[TrainResult]:
     """Train ``spec`` once per seed, all at once as one :class:`~xnetspace.pack.Pack` (or one after
     another with ``pack=False``), and validate each epoch on ``data.val``; one result per seed.
@@ -207,6 +214,9 @@ def train_seeds(
     Args:
         report: called as ``report(epoch, results)`` after every epoch with every seed's result
             so far (a pruner hook: it may raise ``optuna.TrialPruned`` to stop).
+        score_test: also score every epoch on ``data.test`` (a tabular benchmark records both
+            curves, :mod:`.tabulate`); its time is left out of ``seconds``. Without a test split:
+            nothing is added.
 
     Raises:
         Diverged: a NaN/inf loss in any seed's run. TimeLimitExceeded: past ``config.time_limit``.
@@ -221,7 +231,7 @@ def train_seeds(
         for seed in seeds:
             done = results.copy()
             hook = None if report is None else (lambda epoch, mine: report(epoch, done + mine))  # noqa: B023 - used in this iteration
-            results += train_seeds(spec, data, [seed], config, device, hook)
+            results += train_seeds(spec, data, [seed], config, device, hook, score_test=score_test)
         return results
     start = time.perf_counter()
     device = torch.device(device)
@@ -252,6 +262,14 @@ def train_seeds(
     val_batches = batches(
         data.val, max(config.batch_size, _EVAL_BATCH), device, num_workers=config.num_workers, memory_format=layout
     )
+    test_batches = (
+        batches(
+            data.test, max(config.batch_size, _EVAL_BATCH), device, num_workers=config.num_workers, memory_format=layout
+        )
+        if score_test and data.test is not None
+        else None
+    )
+    scoring_test = 0.0  # seconds spent on the held-out split, left out of the runs' wall time
     steps = len(train_batches[0])
     if steps == 0:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train)} training images")
@@ -313,12 +331,25 @@ def train_seeds(
             result.train_loss_history.append(math.fsum(epoch_losses) / len(epoch_losses))
             result.history.append(top1)
             result.loss_history.append(val_loss)
-            result.seconds = time.perf_counter() - start
-        if config.time_limit and time.perf_counter() - start > config.time_limit:  # the evaluation counts too
+            result.seconds = time.perf_counter() - start - scoring_test
+            result.seconds_history.append(result.seconds)
+        if test_batches is not None:
+            scoring_test += _score_held_out(net, test_batches, device, config, results)
+        if config.time_limit and time.perf_counter() - start - scoring_test > config.time_limit:  # evaluation counts
             raise TimeLimitExceeded(f"past the {config.time_limit:g} s time limit after epoch {epoch + 1}")
         if report is not None:
             report(epoch, results)
     return results
+
+
+def _score_held_out(net, loader, device: torch.device, config: TrainConfig, results: list[TrainResult]) -> float:
+    """Append each replica's held-out top-1 and cross-entropy to its result; returns the seconds it took."""
+    start = time.perf_counter()
+    scores = evaluate_pack(net, loader, device) if isinstance(net, Pack) else [evaluate(net, loader, device, config)]
+    for result, (top1, loss) in zip(results, scores):
+        result.test_history.append(top1)
+        result.test_loss_history.append(loss)
+    return time.perf_counter() - start
 
 
 def adamw(
