@@ -1,12 +1,14 @@
-"""Kernels several TransXNet operators share: depthwise kernels merged into one, and exact
-matmul forms of small-map depthwise and dense 1x1 convolutions (the fast training form's).
+"""Kernels several TransXNet operators share: depthwise kernels merged into one, exact matmul
+forms of small-map depthwise and dense 1x1 convolutions, and per-sample depthwise convolutions
+whose CPU backward avoids oneDNN's slow paths (the fast training form's).
 
 Used by the fast training forms of DPE (:mod:`.dpe`), IDConv (:mod:`.idconv`), OSRA's local
 refinement (:mod:`.osra`), STE (through :mod:`.convs`) and MS-FFN (:mod:`.ffn`), and by the folds
 into the inference form (:func:`xnetspace.model.folds.merge_depthwise`). Written so that
-``torch.jit.script`` compiles them; :func:`depthwise_same` is a leaf of FX graphs (each module that
-calls it also registers it with ``torch.fx.wrap``). Paper: arXiv 2310.19380, eq. 1 (DPE), eq. 4
-(LR) and section III-C (MS-FFN's multi-kernel depthwise convolutions).
+``torch.jit.script`` compiles them; :func:`depthwise_same` and :func:`per_sample_depthwise` are
+leaves of FX graphs (each module that calls one also registers it with ``torch.fx.wrap``). Paper:
+arXiv 2310.19380, eq. 1 (DPE), eq. 3 (IDConv), eq. 4 (LR) and section III-C (MS-FFN's
+multi-kernel depthwise convolutions).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-__all__ = ["merged_depthwise_kernel", "depthwise_same", "pointwise"]
+__all__ = ["merged_depthwise_kernel", "crop_to_map", "depthwise_same", "per_sample_depthwise", "pointwise"]
 
 
 def merged_depthwise_kernel(weights: list[Tensor], identity: bool = False) -> Tensor:
@@ -42,6 +44,18 @@ def merged_depthwise_kernel(weights: list[Tensor], identity: bool = False) -> Te
     return weight
 
 
+def crop_to_map(weight: Tensor, height: int, width: int) -> Tensor:
+    """A stride-1 ``same`` kernel (..., K, K), odd K, cropped to the taps that can reach an
+    (height, width) map: a tap more than H - 1 rows (W - 1 columns) from the centre reads only zero
+    padding, so on a 2x2 map a 7x7 kernel is a 3x3 one (exact). Returns (..., kh, kw), both odd,
+    ``weight`` itself when nothing is cropped; use padding (kh // 2, kw // 2)."""
+    k = weight.shape[-1]
+    kh, kw = min(k, 2 * height - 1), min(k, 2 * width - 1)
+    if kh < k or kw < k:
+        weight = weight[..., (k - kh) // 2 : (k + kh) // 2, (k - kw) // 2 : (k + kw) // 2]
+    return weight
+
+
 @register_notrace_function  # its path depends on the map size: one node under FX
 def depthwise_same(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
     """``F.conv2d(x, weight, bias, padding=K // 2, groups=groups)`` for odd K x K kernels and stride
@@ -52,10 +66,9 @@ def depthwise_same(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) 
     (TransXNet's 7x7 kernels on the 8x8 to 1x1 maps of 32x32 inputs) the matrices, gathered from
     the kernel, and one batched matmul do fewer multiply-adds than the conv (N^2 against N K^2)
     and ran 2-40x faster than oneDNN's depthwise conv on the CPU, forward and backward together
-    (batch 64); larger maps use the conv, as do batches under 8 (IDConv's per-sample kernels fold
-    the batch into the channels, so nothing amortises gathering the matrices). Exact: the same
-    products, summed in another order. The conv path crops the kernel to the taps that can reach
-    the map (on a 2x2 map a 7x7 kernel is a 3x3 one), which is exact too.
+    (batch 64); larger maps use the conv, as do batches under 8 (nothing amortises gathering the
+    matrices). Exact: the same products, summed in another order. The conv path crops the kernel
+    to the taps that can reach the map (:func:`crop_to_map`), which is exact too.
 
     Shapes: ``x`` (B, C, H, W); ``weight`` (C, 1, K, K); ``bias`` (C,) or None; returns (B, C, H, W).
     """
@@ -63,11 +76,8 @@ def depthwise_same(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) 
     B, C, H, W = x.shape
     n = H * W
     if groups != C or weight.shape[0] != C or n > 2 * k * k or B < 8 or not x.is_contiguous():
-        # a tap more than H - 1 rows (W - 1 columns) from the centre reads only zero padding
-        kh, kw = min(k, 2 * H - 1), min(k, 2 * W - 1)
-        if kh < k or kw < k:
-            weight = weight[:, :, (k - kh) // 2 : (k + kh) // 2, (k - kw) // 2 : (k + kw) // 2]
-        return F.conv2d(x, weight, bias, padding=[kh // 2, kw // 2], groups=groups)
+        weight = crop_to_map(weight, H, W)
+        return F.conv2d(x, weight, bias, padding=[weight.shape[-2] // 2, weight.shape[-1] // 2], groups=groups)
     # index[o, i]: the tap that carries input pixel i to output pixel o; k*k (a zero) if none
     rows = torch.arange(H, device=x.device).repeat_interleave(W)
     cols = torch.arange(W, device=x.device).repeat(H)
@@ -78,6 +88,72 @@ def depthwise_same(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) 
     taps = torch.cat([weight.reshape(C, k * k), weight.new_zeros(C, 1)], dim=1)
     out = torch.einsum("com,bcm->bco", taps[:, index], x.reshape(B, C, n)).reshape(B, C, H, W)
     return out if bias is None else out + bias.reshape(-1, 1, 1)
+
+
+class _GroupedConvForwardBackward(torch.autograd.Function):
+    """``F.conv2d(x, weight, bias, padding=(kh // 2, kw // 2), groups=G)`` for x (1, G, H, W),
+    weight (G, 1, kh, kw) odd, bias (G,), whose backward is two forward convs: oneDNN's backward of
+    this conv (batch 1, thousands of groups) ran 4-8x slower than its forward, which serves both
+    gradients as well (the input's: the flipped kernel over the upstream gradient; the kernel's:
+    the upstream gradient as the kernel over the input). Exact: the same products in another order."""
+
+    generate_vmap_rule = True  # packs (xnetspace/pack.py) run it under torch.func.vmap
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        pad = [weight.shape[-2] // 2, weight.shape[-1] // 2]
+        return F.conv2d(x, weight, bias, padding=pad, groups=weight.shape[0])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, _ = inputs
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        groups, pad = weight.shape[0], [weight.shape[-2] // 2, weight.shape[-1] // 2]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, weight.flip([-2, -1]), padding=pad, groups=groups)
+        if ctx.needs_input_grad[1]:  # output (1, G, kh, kw): each tap's sum of input times gradient
+            grad_w = F.conv2d(x, grad.transpose(0, 1), padding=pad, groups=groups).transpose(0, 1)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=[0, 2, 3])
+        return grad_x, grad_w, grad_b
+
+
+@torch.jit.unused  # TorchScript cannot compile an autograd.Function; scripted networks take the conv
+def _grouped_conv_cpu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    return _GroupedConvForwardBackward.apply(x, weight, bias)
+
+
+@register_notrace_function  # its path depends on the map size and device: one node under FX
+def per_sample_depthwise(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Each sample convolved with its own depthwise kernel (IDConv, paper eq. 3): stride 1,
+    padding K // 2, odd K; the same function as the release's ``F.conv2d(x.reshape(1, B*C, H, W),
+    weight.reshape(B*C, 1, K, K), bias.flatten(), padding=K // 2, groups=B*C)``, computed without
+    the CPU's slow paths.
+
+    The kernel is cropped to the taps that reach the map (:func:`crop_to_map`). A 1x1 map is then
+    a multiply-add (the cropped 1x1 conv would fall to ``aten::_slow_conv2d`` once per group on
+    one CPU thread: 100 ms for batch 64 x 72 channels, forward and backward). Larger maps run the
+    grouped conv; on the CPU with a backward of two forward convs (:class:`_GroupedConvForwardBackward`).
+    All exact: the same products, summed in another order.
+
+    Shapes: ``x`` (B, C, H, W); ``weight`` (B, C, K, K); ``bias`` (B, C); returns (B, C, H, W).
+    """
+    B, C, H, W = x.shape
+    weight = crop_to_map(weight, H, W)
+    if H == 1 and W == 1:
+        return torch.addcmul(bias.reshape(B, C, 1, 1), x, weight)
+    kh, kw = weight.shape[-2], weight.shape[-1]
+    x, weight, bias = x.reshape(1, B * C, H, W), weight.reshape(B * C, 1, kh, kw), bias.flatten()
+    if x.is_cpu and not torch.jit.is_scripting():
+        out = _grouped_conv_cpu(x, weight, bias)
+    else:
+        out = F.conv2d(x, weight, bias, padding=[kh // 2, kw // 2], groups=B * C)
+    return out.reshape(B, C, H, W)
 
 
 def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
