@@ -67,15 +67,17 @@ def depthwise_same(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) 
     the kernel, and one batched matmul do fewer multiply-adds than the conv (N^2 against N K^2)
     and ran 2-40x faster than oneDNN's depthwise conv on the CPU, forward and backward together
     (batch 64); larger maps use the conv, as do batches under 8 (nothing amortises gathering the
-    matrices). Exact: the same products, summed in another order. The conv path crops the kernel
-    to the taps that can reach the map (:func:`crop_to_map`), which is exact too.
+    matrices) and, off the CPU, channels_last maps. The output is contiguous NCHW: the batched
+    matmul leaves it channel-major, and the GELU and train-mode BN that follow ran 2-4x slower on
+    that layout than a copy costs. Exact: the same products, summed in another order. The conv
+    path crops the kernel to the taps that can reach the map (:func:`crop_to_map`), exact too.
 
     Shapes: ``x`` (B, C, H, W); ``weight`` (C, 1, K, K); ``bias`` (C,) or None; returns (B, C, H, W).
     """
     k = weight.shape[-1]
     B, C, H, W = x.shape
     n = H * W
-    if groups != C or weight.shape[0] != C or n > 2 * k * k or B < 8 or not x.is_contiguous():
+    if groups != C or weight.shape[0] != C or n > 2 * k * k or B < 8 or not (x.is_cpu or x.is_contiguous()):
         weight = crop_to_map(weight, H, W)
         return F.conv2d(x, weight, bias, padding=[weight.shape[-2] // 2, weight.shape[-1] // 2], groups=groups)
     # index[o, i]: the tap that carries input pixel i to output pixel o; k*k (a zero) if none
@@ -86,7 +88,7 @@ def depthwise_same(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) 
     inside = (dy >= 0) & (dy < k) & (dx >= 0) & (dx < k)
     index = torch.where(inside, dy * k + dx, k * k)
     taps = torch.cat([weight.reshape(C, k * k), weight.new_zeros(C, 1)], dim=1)
-    out = torch.einsum("com,bcm->bco", taps[:, index], x.reshape(B, C, n)).reshape(B, C, H, W)
+    out = torch.einsum("com,bcm->bco", taps[:, index], x.reshape(B, C, n)).contiguous().reshape(B, C, H, W)
     return out if bias is None else out + bias.reshape(-1, 1, 1)
 
 
@@ -159,18 +161,22 @@ def per_sample_depthwise(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """A dense 1x1 conv (stride 1, no padding) as one matmul over the flattened map: on the CPU,
     for contiguous (NCHW) maps of 8x8 and smaller, this ran up to 2x faster than oneDNN's conv,
-    forward and backward together (batch 64). Exact up to the order of the sums; other memory
-    formats go to the conv. Written as an einsum so that under ``torch.func.vmap`` (packed
-    replicas, :mod:`xnetspace.pack`) it is one batched matmul over the replicas rather than one per
-    replica and image (a packed training step of 4 tiny_cpu replicas: 310 ms against 450 ms).
+    forward and backward together (batch 64). Exact up to the order of the sums. On the CPU every
+    map takes it (a channel slice or channels_last map is copied to NCHW); elsewhere
+    channels_last maps go to the conv. The output is contiguous NCHW: the matmul leaves it
+    channel-major, and the GELU and train-mode BN after it ran 2-10x slower on that layout than
+    the copy costs. Written as an einsum so that under ``torch.func.vmap`` (packed replicas,
+    :mod:`xnetspace.pack`) it is one batched matmul over the replicas rather than one per replica
+    and image (a packed training step of 4 tiny_cpu replicas: 310 ms against 450 ms; a broadcast
+    ``matmul`` took 60x the einsum's time on 1x1 maps under vmap).
 
     Shapes: ``x`` (B, C_in, H, W); ``weight`` (C_out, C_in, 1, 1); ``bias`` (C_out,) or None;
     returns (B, C_out, H, W).
     """
     B, C, H, W = x.shape
-    if not x.is_contiguous():
+    if not (x.is_cpu or x.is_contiguous()):
         return F.conv2d(x, weight, bias)
-    out = torch.einsum("oc,bcn->bon", weight.reshape(weight.shape[0], C), x.reshape(B, C, H * W))  # (B, C_out, N)
+    out = torch.einsum("oc,bcn->bon", weight.reshape(weight.shape[0], C), x.reshape(B, C, H * W)).contiguous()
     if bias is not None:
         out = out + bias.reshape(-1, 1)
     return out.reshape(B, -1, H, W)
