@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -14,6 +15,8 @@ from xnetspace import build_model
 from xnetspace.model.block import TransXNetBlock
 from xnetspace.model.convs import LayerScale
 from xnetspace.model.ffn import MSFFN
+from xnetspace.model.idconv import IDConv
+from xnetspace.model.kernels import adaptive_avg_pool, per_sample_depthwise
 from xnetspace.model.osra import OSRA
 from xnetspace.search.data import load_dataset
 from xnetspace.search.train import TensorBatches, TrainConfig, train_candidate
@@ -75,6 +78,73 @@ def test_osra_residual_kernel_and_bmm_attention(heads, sr_ratio, size):
     x = torch.randn(3, 16, *size)
     m = ((size[0] - 1) // sr_ratio + 1) * ((size[1] - 1) // sr_ratio + 1)
     check_same_function(osra, x, torch.randn(1, heads, size[0] * size[1], m))
+
+
+# -- IDConv's per-sample kernels (paper eq. 3) -------------------------------------------------------
+def grouped_conv(x, weight, bias):
+    """The release's computation: the batch folded into the channels, one grouped conv."""
+    B, C, H, W = x.shape
+    K = weight.shape[-1]
+    out = F.conv2d(
+        x.reshape(1, B * C, H, W), weight.reshape(B * C, 1, K, K), bias.flatten(), padding=K // 2, groups=B * C
+    )
+    return out.reshape(B, C, H, W)
+
+
+def random_double(*shapes, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True) for shape in shapes]
+
+
+@pytest.mark.parametrize("batch", [1, 9])
+@pytest.mark.parametrize("size", [(1, 1), (1, 4), (2, 2), (4, 4), (5, 3), (8, 8)])
+@pytest.mark.parametrize("kernel", [3, 7])
+def test_per_sample_depthwise_is_the_grouped_conv(batch, size, kernel):
+    """Every path (a multiply-add on 1x1 maps, cropped kernels, the CPU's backward of two forward
+    convs) against the release's grouped conv in float64: output and all three gradients."""
+    x, weight, bias, grad = random_double((batch, 5, *size), (batch, 5, kernel, kernel), (batch, 5), (batch, 5, *size))
+    ref = grouped_conv(x, weight, bias)
+    ref_grads = torch.autograd.grad(ref, (x, weight, bias), grad)
+    out = per_sample_depthwise(x, weight, bias)
+    grads = torch.autograd.grad(out, (x, weight, bias), grad)
+    assert out.shape == ref.shape and rel_err(out, ref) < 1e-12
+    for name, g, r in zip(("x", "weight", "bias"), grads, ref_grads):
+        assert g.shape == r.shape and rel_err(g, r) < 1e-12, name
+
+
+def test_per_sample_depthwise_under_vmap_is_each_replicas_own():
+    """Packs (xnetspace/pack.py) run it under torch.func.vmap: the same outputs and gradients as
+    one replica at a time."""
+    x, weight, bias, grad = random_double((3, 4, 6, 5, 5), (3, 4, 6, 7, 7), (3, 4, 6), (3, 4, 6, 5, 5))
+    out = torch.func.vmap(per_sample_depthwise)(x, weight, bias)
+    grads = torch.autograd.grad(out, (x, weight, bias), grad)
+    ref = torch.stack([grouped_conv(x[i], weight[i], bias[i]) for i in range(3)])
+    ref_grads = torch.autograd.grad(ref, (x, weight, bias), grad)
+    assert rel_err(out, ref) < 1e-12
+    assert all(rel_err(g, r) < 1e-12 for g, r in zip(grads, ref_grads))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 5), (7, 7), (9, 9), (13, 11)])
+def test_adaptive_avg_pool_as_a_matmul(size):
+    """Upsampling (windows of one or two pixels), equal and downsampling sizes; past 8 K^2 pixels
+    (13x11 to 3x3) the pooling itself."""
+    (x,) = random_double((2, 3, *size))
+    for k in (3, 7):
+        assert rel_err(adaptive_avg_pool(x, k), F.adaptive_avg_pool2d(x, k)) < 1e-14
+
+
+@pytest.mark.parametrize("batch", [2, 9])  # train-mode BN on the mean's 1x1 map needs two samples
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (4, 4), (3, 5), (8, 8), (20, 20)])
+def test_idconv_computes_the_same_function_in_train_mode(batch, size):
+    """Only the taps that reach the map computed after proj's BN, the pooling as a matmul (the
+    pooling itself on 20x20), and the per-sample conv; random banks (the init's 0.02 would hide a
+    wrong tap)."""
+    torch.manual_seed(0)
+    idconv = randomize(IDConv(8, kernel_size=7, num_groups=3)).double()
+    with torch.no_grad():
+        idconv.weight.normal_()
+        idconv.bias.normal_()
+    check_same_function(idconv, torch.randn(batch, 8, *size, dtype=torch.float64), tol=1e-10)
 
 
 @pytest.mark.parametrize(
