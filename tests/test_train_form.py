@@ -16,7 +16,7 @@ from xnetspace.model.block import TransXNetBlock
 from xnetspace.model.convs import LayerScale
 from xnetspace.model.ffn import MSFFN
 from xnetspace.model.idconv import IDConv
-from xnetspace.model.kernels import adaptive_avg_pool, per_sample_depthwise
+from xnetspace.model.kernels import adaptive_avg_pool, depthwise, depthwise_same, per_sample_depthwise, pointwise
 from xnetspace.model.osra import OSRA
 from xnetspace.search.data import load_dataset
 from xnetspace.search.train import TensorBatches, TrainConfig, train_candidate
@@ -78,6 +78,67 @@ def test_osra_residual_kernel_and_bmm_attention(heads, sr_ratio, size):
     x = torch.randn(3, 16, *size)
     m = ((size[0] - 1) // sr_ratio + 1) * ((size[1] - 1) // sr_ratio + 1)
     check_same_function(osra, x, torch.randn(1, heads, size[0] * size[1], m))
+
+
+# -- the shared kernels' paths (batches of 8 or more take the matmuls) -------------------------------
+def layouts(x: torch.Tensor):
+    """NCHW, a channel slice of a wider map (the D-Mixer's split) and channels_last."""
+    wide = torch.cat([x, x[:, :2]], dim=1)
+    return {"nchw": x, "slice": wide[:, : x.shape[1]], "channels_last": x.contiguous(memory_format=torch.channels_last)}
+
+
+def check_against_conv(fn, conv, x, *params):
+    ref = conv(x, *params)
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=ref.dtype)
+    ref_grads = torch.autograd.grad(ref, params, grad)
+    for name, view in layouts(x.detach()).items():
+        view.requires_grad_(True)
+        out = fn(view, *params)
+        grads = torch.autograd.grad(out, (view, *params), grad)
+        assert out.shape == ref.shape and rel_err(out, ref) < 1e-12, name
+        # NCHW in, NCHW out: the CPU's training layout, which the next fast path and BN want
+        assert out.is_contiguous() or name == "channels_last", name
+        x_grad = torch.autograd.grad(conv(view, *params), view, grad)[0]
+        assert rel_err(grads[0], x_grad) < 1e-12, name
+        assert all(rel_err(g, r) < 1e-12 for g, r in zip(grads[1:], ref_grads)), name
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (4, 4), (5, 3), (8, 8), (11, 11)])
+@pytest.mark.parametrize("kernel", [3, 7])
+def test_depthwise_same_is_the_conv(size, kernel):
+    """Batch 9: the gathered matrices up to 2 K^2 pixels (11x11 is over it for both kernels)."""
+    x, weight, bias = random_double((9, 5, *size), (5, 1, kernel, kernel), (5,))
+    check_against_conv(
+        lambda v, w, b: depthwise_same(v, w, b, 5),
+        lambda v, w, b: F.conv2d(v, w, b, padding=kernel // 2, groups=5),
+        x,
+        weight,
+        bias,
+    )
+
+
+@pytest.mark.parametrize(
+    "size,sr_ratio", [((8, 8), 8), ((8, 8), 4), ((4, 4), 2), ((5, 3), 2), ((2, 2), 2), ((9, 9), 1)]
+)
+def test_depthwise_strided_is_the_conv(size, sr_ratio):
+    """OSRA's spatial reduction (kernel r + 3, stride r, padding (r + 3) // 2) and its depthwise
+    1x1 (r = 1 here: a multiply), batch 9."""
+    k = sr_ratio + 3 if sr_ratio > 1 else 1
+    stride, padding = sr_ratio, k // 2
+    x, weight, bias = random_double((9, 5, *size), (5, 1, k, k), (5,))
+    check_against_conv(
+        lambda v, w, b: depthwise(v, w, b, stride, padding),
+        lambda v, w, b: F.conv2d(v, w, b, stride=stride, padding=padding, groups=5),
+        x,
+        weight,
+        bias,
+    )
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (5, 3), (8, 8)])
+def test_pointwise_is_the_conv(size):
+    x, weight, bias = random_double((9, 5, *size), (7, 5, 1, 1), (7,))
+    check_against_conv(pointwise, F.conv2d, x, weight, bias)
 
 
 # -- IDConv's per-sample kernels (paper eq. 3) -------------------------------------------------------

@@ -22,6 +22,7 @@ __all__ = [
     "merged_depthwise_kernel",
     "crop_to_map",
     "depthwise_same",
+    "depthwise",
     "per_sample_depthwise",
     "pointwise",
     "adaptive_avg_pool",
@@ -63,6 +64,39 @@ def crop_to_map(weight: Tensor, height: int, width: int) -> Tensor:
     return weight
 
 
+def _depthwise_matmul(x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
+    """``F.conv2d(x, weight, stride=stride, padding=padding, groups=C)`` as one batched matmul: each
+    channel's (N_out, N_in) matrix of kernel taps (zero where a tap would read padding), gathered
+    from its kernel. Shapes: ``x`` (B, C, H, W); ``weight`` (C, 1, K, K); returns (B, C, H', W'),
+    contiguous."""
+    B, C, H, W = x.shape
+    k = weight.shape[-1]
+    h_out, w_out = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    # index[o, i]: the tap that carries input pixel i to output pixel o; k*k (a zero) if none
+    rows = torch.arange(H, device=x.device).repeat_interleave(W)
+    cols = torch.arange(W, device=x.device).repeat(H)
+    top = torch.arange(h_out, device=x.device).repeat_interleave(w_out) * stride - padding  # each window's corner
+    left = torch.arange(w_out, device=x.device).repeat(h_out) * stride - padding
+    dy, dx = rows.unsqueeze(0) - top.unsqueeze(1), cols.unsqueeze(0) - left.unsqueeze(1)
+    inside = (dy >= 0) & (dy < k) & (dx >= 0) & (dx < k)
+    index = torch.where(inside, dy * k + dx, k * k).flatten()
+    taps = torch.cat([weight.reshape(C, k * k), weight.new_zeros(C, 1)], dim=1)
+    # gather, not taps[:, index]: its backward is a scatter-add, 2-3x faster than index_put's sort
+    matrices = taps.gather(1, index.unsqueeze(0).expand(C, index.shape[0])).reshape(C, h_out * w_out, H * W)
+    # the batched matmul leaves the output channel-major; the GELU and train-mode BN that follow
+    # ran 2-4x slower on that layout than the copy to NCHW costs
+    out = torch.einsum("com,bcm->bco", matrices, x.reshape(B, C, H * W)).contiguous()
+    return out.reshape(B, C, h_out, w_out)
+
+
+def _matmul_pays(x: Tensor, k: int) -> bool:
+    """Whether a depthwise K x K conv on ``x`` runs faster as :func:`_depthwise_matmul`: maps of at
+    most 2 K^2 pixels, batches of 8 or more (to amortise gathering the matrices), and on the CPU
+    any layout (copied to NCHW), elsewhere NCHW maps only (channels_last goes to cuDNN's conv)."""
+    B, _, H, W = x.shape
+    return H * W <= 2 * k * k and B >= 8 and (x.is_cpu or x.is_contiguous())
+
+
 @register_notrace_function  # its path depends on the map size: one node under FX
 def depthwise_same(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
     """``F.conv2d(x, weight, bias, padding=K // 2, groups=groups)`` for odd K x K kernels and stride
@@ -74,28 +108,39 @@ def depthwise_same(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) 
     the kernel, and one batched matmul do fewer multiply-adds than the conv (N^2 against N K^2)
     and ran 2-40x faster than oneDNN's depthwise conv on the CPU, forward and backward together
     (batch 64); larger maps use the conv, as do batches under 8 (nothing amortises gathering the
-    matrices) and, off the CPU, channels_last maps. The output is contiguous NCHW: the batched
-    matmul leaves it channel-major, and the GELU and train-mode BN that follow ran 2-4x slower on
-    that layout than a copy costs. Exact: the same products, summed in another order. The conv
-    path crops the kernel to the taps that can reach the map (:func:`crop_to_map`), exact too.
+    matrices) and, off the CPU, channels_last maps (:func:`_matmul_pays`). The output is contiguous
+    NCHW. Exact: the same products, summed in another order. The conv path crops the kernel to the
+    taps that can reach the map (:func:`crop_to_map`), exact too.
 
     Shapes: ``x`` (B, C, H, W); ``weight`` (C, 1, K, K); ``bias`` (C,) or None; returns (B, C, H, W).
     """
     k = weight.shape[-1]
-    B, C, H, W = x.shape
-    n = H * W
-    if groups != C or weight.shape[0] != C or n > 2 * k * k or B < 8 or not (x.is_cpu or x.is_contiguous()):
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    if groups != C or weight.shape[0] != C or not _matmul_pays(x, k):
         weight = crop_to_map(weight, H, W)
         return F.conv2d(x, weight, bias, padding=[weight.shape[-2] // 2, weight.shape[-1] // 2], groups=groups)
-    # index[o, i]: the tap that carries input pixel i to output pixel o; k*k (a zero) if none
-    rows = torch.arange(H, device=x.device).repeat_interleave(W)
-    cols = torch.arange(W, device=x.device).repeat(H)
-    dy = rows.unsqueeze(0) - rows.unsqueeze(1) + k // 2
-    dx = cols.unsqueeze(0) - cols.unsqueeze(1) + k // 2
-    inside = (dy >= 0) & (dy < k) & (dx >= 0) & (dx < k)
-    index = torch.where(inside, dy * k + dx, k * k)
-    taps = torch.cat([weight.reshape(C, k * k), weight.new_zeros(C, 1)], dim=1)
-    out = torch.einsum("com,bcm->bco", taps[:, index], x.reshape(B, C, n)).contiguous().reshape(B, C, H, W)
+    out = _depthwise_matmul(x, weight, 1, k // 2)
+    return out if bias is None else out + bias.reshape(-1, 1, 1)
+
+
+@register_notrace_function  # its path depends on the map size: one node under FX
+def depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding, groups=C)`` for a depthwise K x K kernel, the
+    fastest exact way for the map's size: a 1x1 kernel (stride 1, no padding) as a per-channel
+    multiply(-add), small maps as one batched matmul (:func:`_depthwise_matmul`, as
+    :func:`depthwise_same`; OSRA's spatial reduction, kernel r + 3 and stride r, on 8x8 to 2x2
+    maps: 1.5-4x faster than oneDNN's conv, forward and backward), others the conv.
+
+    Shapes: ``x`` (B, C, H, W); ``weight`` (C, 1, K, K); ``bias`` (C,) or None; returns
+    (B, C, H', W'), H' = (H + 2 padding - K) // stride + 1.
+    """
+    k = weight.shape[-1]
+    if k == 1 and stride == 1 and padding == 0:
+        scale = weight.reshape(-1, 1, 1)
+        return x * scale if bias is None else torch.addcmul(bias.reshape(-1, 1, 1), x, scale)
+    if not _matmul_pays(x, k):
+        return F.conv2d(x, weight, bias, stride=stride, padding=padding, groups=x.shape[1])
+    out = _depthwise_matmul(x, weight, stride, padding)
     return out if bias is None else out + bias.reshape(-1, 1, 1)
 
 
