@@ -238,6 +238,20 @@ def test_networks_compute_the_same_function_in_train_mode(spec, size):
     check_same_function(model, torch.randn(4, spec.in_chans, *size, dtype=torch.float64), tol=1e-7)
 
 
+def test_a_network_at_batch_9_computes_the_same_function_in_train_mode():
+    """Batches of 8 or more take the fast form's matmul paths (small-map depthwise convs, OSRA's
+    spatial reduction), which the batch of 4 above never reaches."""
+    stages = [  # narrow (the reference's grouped conv has batch x channels groups), maps 8x8 to 1x1
+        dict(depth=1, embed_dim=8, num_heads=1, sr_ratio=8),
+        dict(depth=1, embed_dim=8, num_heads=1, sr_ratio=2, idconv_kernel_size=5),
+        dict(depth=1, embed_dim=16, num_heads=2, sr_ratio=2, idconv_groups=3, idconv_kernel_size=3),
+        dict(depth=1, embed_dim=16, num_heads=2, sr_ratio=1),
+    ]
+    torch.manual_seed(0)
+    model = randomize(build_model(tiny_spec(stages=stages), drop_path_rate=0.0)).double()
+    check_same_function(model, torch.randn(9, 3, 32, 32, dtype=torch.float64), tol=1e-7)
+
+
 def test_switching_back_and_forth_keeps_parameters_keys_and_outputs():
     torch.manual_seed(0)
     model = randomize(build_model(tiny_spec()))
