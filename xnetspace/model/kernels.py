@@ -83,10 +83,11 @@ def _depthwise_matmul(x: Tensor, weight: Tensor, stride: int, padding: int) -> T
     taps = torch.cat([weight.reshape(C, k * k), weight.new_zeros(C, 1)], dim=1)
     # gather, not taps[:, index]: its backward is a scatter-add, 2-3x faster than index_put's sort
     matrices = taps.gather(1, index.unsqueeze(0).expand(C, index.shape[0])).reshape(C, h_out * w_out, H * W)
-    # the batched matmul leaves the output channel-major; the GELU and train-mode BN that follow
-    # ran 2-4x slower on that layout than the copy to NCHW costs
-    out = torch.einsum("com,bcm->bco", matrices, x.reshape(B, C, H * W)).contiguous()
-    return out.reshape(B, C, h_out, w_out)
+    # one matmul per channel on strided views (einsum copied the input first: 10-50% slower); its
+    # output is channel-major, on which the GELU and train-mode BN that follow ran 2-4x slower
+    # than the copy to NCHW costs
+    out = torch.bmm(x.reshape(B, C, H * W).transpose(0, 1), matrices.transpose(1, 2))  # (C, B, N_out)
+    return out.transpose(0, 1).contiguous().reshape(B, C, h_out, w_out)
 
 
 def _matmul_pays(x: Tensor, k: int) -> bool:
@@ -213,11 +214,11 @@ def per_sample_depthwise(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """A dense 1x1 conv (stride 1, no padding) as one matmul over the flattened map: on the CPU,
     for contiguous (NCHW) maps of 8x8 and smaller, this ran up to 2x faster than oneDNN's conv,
-    forward and backward together (batch 64). Exact up to the order of the sums. On the CPU every
-    map takes it (a channel slice or channels_last map is copied to NCHW); elsewhere
-    channels_last maps go to the conv. The output is contiguous NCHW: the matmul leaves it
-    channel-major, and the GELU and train-mode BN after it ran 2-10x slower on that layout than
-    the copy costs. Written as an einsum so that under ``torch.func.vmap`` (packed replicas,
+    forward and backward together (batch 64); a 1x1 map is one linear layer over the batch. Exact
+    up to the order of the sums. On the CPU every map takes it (a channel slice or channels_last
+    map is copied to NCHW); elsewhere channels_last maps go to the conv. The output is contiguous
+    NCHW: the matmul leaves it channel-major, and the GELU and train-mode BN after it ran 2-10x
+    slower on that layout than the copy costs. Written as an einsum so that under ``torch.func.vmap`` (packed replicas,
     :mod:`xnetspace.pack`) it is one batched matmul over the replicas rather than one per replica
     and image (a packed training step of 4 tiny_cpu replicas: 310 ms against 450 ms; a broadcast
     ``matmul`` took 60x the einsum's time on 1x1 maps under vmap).
@@ -228,6 +229,8 @@ def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     B, C, H, W = x.shape
     if not (x.is_cpu or x.is_contiguous()):
         return F.conv2d(x, weight, bias)
+    if H * W == 1:  # a linear layer over the batch (1.3-2x faster than the einsum's copies)
+        return F.linear(x.reshape(B, C), weight.reshape(weight.shape[0], C), bias).reshape(B, -1, 1, 1)
     out = torch.einsum("oc,bcn->bon", weight.reshape(weight.shape[0], C), x.reshape(B, C, H * W)).contiguous()
     if bias is not None:
         out = out + bias.reshape(-1, 1)
