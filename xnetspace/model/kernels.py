@@ -92,10 +92,13 @@ def _depthwise_matmul(x: Tensor, weight: Tensor, stride: int, padding: int) -> T
 
 def _matmul_pays(x: Tensor, k: int) -> bool:
     """Whether a depthwise K x K conv on ``x`` runs faster as :func:`_depthwise_matmul`: maps of at
-    most 2 K^2 pixels, batches of 8 or more (to amortise gathering the matrices), and on the CPU
-    any layout (copied to NCHW), elsewhere NCHW maps only (channels_last goes to cuDNN's conv)."""
+    most 2 K^2 pixels, 4 K^2 for K >= 5 (batch 64 on the CPU, forward and backward: 3x3 kernels
+    from 5x5 maps on ran as fast or faster as oneDNN's conv, 5x5 kernels on 8x8 to 11x11 maps
+    1.5-2.5x and 7x7 ones on 12x12 and 14x14 maps 1.2-1.7x faster as the matmul); batches of 8 or
+    more (to amortise gathering the matrices); on the CPU any layout (copied to NCHW), elsewhere
+    NCHW maps only (channels_last goes to cuDNN's conv)."""
     B, _, H, W = x.shape
-    return H * W <= 2 * k * k and B >= 8 and (x.is_cpu or x.is_contiguous())
+    return H * W <= (4 if k >= 5 else 2) * k * k and B >= 8 and (x.is_cpu or x.is_contiguous())
 
 
 @register_notrace_function  # its path depends on the map size: one node under FX
@@ -104,12 +107,12 @@ def depthwise_same(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) 
     1, computed the fastest exact way for the map's size.
 
     A depthwise conv on an H x W map is, per channel, a linear map of its N = H*W pixels: an N x N
-    matrix whose entries are kernel taps (zero where a tap would read padding). When N <= 2 K^2
+    matrix whose entries are kernel taps (zero where a tap would read padding). On small maps
     (TransXNet's 7x7 kernels on the 8x8 to 1x1 maps of 32x32 inputs) the matrices, gathered from
-    the kernel, and one batched matmul do fewer multiply-adds than the conv (N^2 against N K^2)
-    and ran 2-40x faster than oneDNN's depthwise conv on the CPU, forward and backward together
-    (batch 64); larger maps use the conv, as do batches under 8 (nothing amortises gathering the
-    matrices) and, off the CPU, channels_last maps (:func:`_matmul_pays`). The output is contiguous
+    the kernel, and one batched matmul ran 2-40x faster than oneDNN's depthwise conv on the CPU,
+    forward and backward together (batch 64), though they do up to 4x the multiply-adds (N^2
+    against N K^2); larger maps use the conv, as do batches under 8 (nothing amortises gathering
+    the matrices) and, off the CPU, channels_last maps (:func:`_matmul_pays`). The output is contiguous
     NCHW. Exact: the same products, summed in another order. The conv path crops the kernel to the
     taps that can reach the map (:func:`crop_to_map`), exact too.
 
