@@ -66,27 +66,28 @@ def crop_to_map(weight: Tensor, height: int, width: int) -> Tensor:
 
 def _depthwise_matmul(x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
     """``F.conv2d(x, weight, stride=stride, padding=padding, groups=C)`` as one batched matmul: each
-    channel's (N_out, N_in) matrix of kernel taps (zero where a tap would read padding), gathered
+    channel's (N_in, N_out) matrix of kernel taps (zero where a tap would read padding), gathered
     from its kernel. Shapes: ``x`` (B, C, H, W); ``weight`` (C, 1, K, K); returns (B, C, H', W'),
     contiguous."""
     B, C, H, W = x.shape
     k = weight.shape[-1]
     h_out, w_out = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
-    # index[o, i]: the tap that carries input pixel i to output pixel o; k*k (a zero) if none
+    # index[i, o]: the tap that carries input pixel i to output pixel o; k*k (a zero) if none
     rows = torch.arange(H, device=x.device).repeat_interleave(W)
     cols = torch.arange(W, device=x.device).repeat(H)
     top = torch.arange(h_out, device=x.device).repeat_interleave(w_out) * stride - padding  # each window's corner
     left = torch.arange(w_out, device=x.device).repeat(h_out) * stride - padding
-    dy, dx = rows.unsqueeze(0) - top.unsqueeze(1), cols.unsqueeze(0) - left.unsqueeze(1)
+    dy, dx = rows.unsqueeze(1) - top.unsqueeze(0), cols.unsqueeze(1) - left.unsqueeze(0)
     inside = (dy >= 0) & (dy < k) & (dx >= 0) & (dx < k)
     index = torch.where(inside, dy * k + dx, k * k).flatten()
     taps = torch.cat([weight.reshape(C, k * k), weight.new_zeros(C, 1)], dim=1)
-    # gather, not taps[:, index]: its backward is a scatter-add, 2-3x faster than index_put's sort
-    matrices = taps.gather(1, index.unsqueeze(0).expand(C, index.shape[0])).reshape(C, h_out * w_out, H * W)
+    # gather, not taps[:, index]: its backward is a scatter-add, 2-3x faster than index_put's sort;
+    # gathered as (N_in, N_out), the layout the matmul reads, so that no gradient is transposed
+    matrices = taps.gather(1, index.unsqueeze(0).expand(C, index.shape[0])).reshape(C, H * W, h_out * w_out)
     # one matmul per channel on strided views (einsum copied the input first: 10-50% slower); its
     # output is channel-major, on which the GELU and train-mode BN that follow ran 2-4x slower
     # than the copy to NCHW costs
-    out = torch.bmm(x.reshape(B, C, H * W).transpose(0, 1), matrices.transpose(1, 2))  # (C, B, N_out)
+    out = torch.bmm(x.reshape(B, C, H * W).transpose(0, 1), matrices)  # (C, B, N_out)
     return out.transpose(0, 1).contiguous().reshape(B, C, h_out, w_out)
 
 
