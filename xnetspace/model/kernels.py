@@ -85,8 +85,8 @@ def _depthwise_matmul(x: Tensor, weight: Tensor, stride: int, padding: int) -> T
     # gathered as (N_in, N_out), the layout the matmul reads, so that no gradient is transposed
     matrices = taps.gather(1, index.unsqueeze(0).expand(C, index.shape[0])).reshape(C, H * W, h_out * w_out)
     # one matmul per channel on strided views (einsum copied the input first: 10-50% slower); its
-    # output is channel-major, on which the GELU and train-mode BN that follow ran 2-4x slower
-    # than the copy to NCHW costs
+    # output is channel-major, on which the GELU and train-mode BN that follow ran up to 4x slower
+    # (forward and backward) than on NCHW
     out = torch.bmm(x.reshape(B, C, H * W).transpose(0, 1), matrices)  # (C, B, N_out)
     return out.transpose(0, 1).contiguous().reshape(B, C, h_out, w_out)
 
@@ -221,11 +221,12 @@ def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     forward and backward together (batch 64); a 1x1 map is one linear layer over the batch. Exact
     up to the order of the sums. On the CPU every map takes it (a channel slice or channels_last
     map is copied to NCHW); elsewhere channels_last maps go to the conv. The output is contiguous
-    NCHW: the matmul leaves it channel-major, and the GELU and train-mode BN after it ran 2-10x
-    slower on that layout than the copy costs. Written as an einsum so that under ``torch.func.vmap`` (packed replicas,
-    :mod:`xnetspace.pack`) it is one batched matmul over the replicas rather than one per replica
-    and image (a packed training step of 4 tiny_cpu replicas: 310 ms against 450 ms; a broadcast
-    ``matmul`` took 60x the einsum's time on 1x1 maps under vmap).
+    NCHW: the matmul leaves it channel-major, on which the GELU and train-mode BN after it ran up
+    to 4x slower, forward and backward, and the next fast path would take the conv. Written as an
+    einsum so that under ``torch.func.vmap`` (packed replicas, :mod:`xnetspace.pack`) it is one
+    batched matmul over the replicas rather than one per replica and image (a packed training step
+    of 4 tiny_cpu replicas: 310 ms against 450 ms; a broadcast ``matmul`` took 60x the einsum's
+    time on 1x1 maps under vmap).
 
     Shapes: ``x`` (B, C_in, H, W); ``weight`` (C_out, C_in, 1, 1); ``bias`` (C_out,) or None;
     returns (B, C_out, H, W).
