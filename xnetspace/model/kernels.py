@@ -197,8 +197,9 @@ def per_sample_depthwise(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     The kernel is cropped to the taps that reach the map (:func:`crop_to_map`). A 1x1 map is then
     a multiply-add (the cropped 1x1 conv would fall to ``aten::_slow_conv2d`` once per group on
     one CPU thread: 100 ms for batch 64 x 72 channels, forward and backward). Larger maps run the
-    grouped conv; on the CPU with a backward of two forward convs (:class:`_GroupedConvForwardBackward`).
-    All exact: the same products, summed in another order.
+    grouped conv; on the CPU, but for 3x3 kernels on maps of 3x3 and more, with a backward of two
+    forward convs (:class:`_GroupedConvForwardBackward`: 2-5x faster for 5x5 and 7x7 kernels and on
+    2x2 maps, batch 64). All exact: the same products, summed in another order.
 
     Shapes: ``x`` (B, C, H, W); ``weight`` (B, C, K, K); ``bias`` (B, C); returns (B, C, H, W).
     """
@@ -208,7 +209,8 @@ def per_sample_depthwise(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         return torch.addcmul(bias.reshape(B, C, 1, 1), x, weight)
     kh, kw = weight.shape[-2], weight.shape[-1]
     x, weight, bias = x.reshape(1, B * C, H, W), weight.reshape(B * C, 1, kh, kw), bias.flatten()
-    if x.is_cpu and not torch.jit.is_scripting():
+    # oneDNN's own backward is the faster one for 3x3 kernels on maps at least that large (1.1-1.3x)
+    if x.is_cpu and not torch.jit.is_scripting() and (kh * kw > 9 or H < kh or W < kw):
         out = _grouped_conv_cpu(x, weight, bias)
     else:
         out = F.conv2d(x, weight, bias, padding=[kh // 2, kw // 2], groups=B * C)
