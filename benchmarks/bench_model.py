@@ -87,19 +87,24 @@ def sync(device: torch.device) -> None:
 
 
 def interleaved_times(
-    fns: dict[str, Callable[[], object]], rounds: int, device: torch.device
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    device: torch.device,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
-    """Seconds per call of every function, one call of each per round (after one warm-up call)."""
+    """Seconds per call of every function, one call of each per round (after one warm-up call), by
+    ``clock`` (wall time; ``time.thread_time`` counts only this thread's CPU time, which other
+    processes' load leaves alone when torch runs on this one thread)."""
     times = {name: [] for name in fns}
     for fn in fns.values():
         fn()
     for _ in range(rounds):
         for name, fn in fns.items():
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 

@@ -6,6 +6,7 @@ with ``--pack``, S seeded replicas trained as one pack against S separate runs.
     python benchmarks/bench_train.py --json                # the last line is one JSON object
     python benchmarks/bench_train.py --device cuda --dtype bfloat16 --batch-size 256
     python benchmarks/bench_train.py --pack 1,2,4,8 --json  # packs (xnetspace/pack.py)
+    python benchmarks/bench_train.py --threads 1 --samples 3 --steps 10 --no-trial --profile
 
 ``--pack S,...``: for each spec and each S, a pack of S replicas (seeds 0..S-1, each with its own
 batches) takes one step while the S separate networks (the same weights, the same batches) take
@@ -20,9 +21,12 @@ For each spec (a fixed seeded sample of the default space's in-budget candidates
 ``--spec``), both forms start from the same weights and take the same digits batches, one step of
 each in turn (forward, backward, AdamW update), so load from other processes falls on both alike:
 
-- ``reference``: :meth:`TransXNet.set_train_form` ``("reference")``, contiguous memory, timm's
-  AdamW as the trainer builds it for that form (torch's per-parameter loop on the CPU);
-- ``fast``: the fast form, channels_last, fused AdamW (what proxy training uses by default).
+- ``reference``: :meth:`TransXNet.set_train_form` ``("reference")``, timm's AdamW as the trainer
+  builds it for that form (torch's per-parameter loop on the CPU);
+- ``fast``: the fast form with fused AdamW (what proxy training uses by default);
+
+both in the memory format proxy training uses (``training_memory_format``: contiguous NCHW on the
+CPU, channels_last on CUDA).
 
 Printed per spec: training images/s of each form (median step), the ratio, achieved GFLOP/s
 (a training step counted as 3x the forward FLOPs, fvcore's convention: one multiply-add = one
@@ -30,7 +34,11 @@ flop) against a 2048x2048 matmul timed in the same run (n^3 flops by the same co
 peak memory of one step (the rise of the resident set, measured after all timings; CUDA: the
 allocator's peak), the largest relative difference of the two forms' losses over the timed steps,
 and (unless ``--no-trial``) the whole-trial time of the space's recipe (``train_candidate``, 3
-epochs of digits) in each form. Targets (issue 12): CPU, 2 threads, median ratio >= 2x.
+epochs of digits) in each form. With ``--profile``, the fast form's five operators of most self
+CPU time per spec (``torch.profiler`` over 3 steps after the timings). With ``--cpu-time`` (and
+``--threads 1``) the steps are timed in the CPU time of the timing thread, which other processes'
+load leaves alone (the matmul's rate and the whole trials stay wall time). Targets (issue 31): CPU,
+1 thread, median ratio >= 1.6x, and the whole trials faster by as much.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import copy
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -86,6 +95,42 @@ class Stepper:
         self.losses.append(loss.item())
 
 
+def profile_top(stepper: Stepper, steps: int = 3, top: int = 5) -> dict:
+    """The ``top`` operators by self CPU time over ``steps`` training steps of ``stepper`` (after one
+    warm-up step), from ``torch.profiler``: ``step_ms`` (all operators' self time per step) and
+    ``top``, each with its name, self milliseconds and calls per step and share of ``step_ms``."""
+    stepper.step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            stepper.step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return dict(
+        step_ms=total / 1e3 / steps,
+        top=[
+            dict(
+                op=e.key,
+                self_ms=e.self_cpu_time_total / 1e3 / steps,
+                share=e.self_cpu_time_total / total,
+                calls=e.count / steps,
+            )
+            for e in events[:top]
+        ],
+    )
+
+
+def print_profiles(rows: list) -> None:
+    """One table per spec: the fast form's top operators by self time (``--profile``)."""
+    for r in rows:
+        step_ms = r["profile"]["step_ms"]
+        print(f"\n{r['spec']}, fast form: top operators by self CPU time (all operators {step_ms:.1f} ms per step)")
+        print("| operator | self ms / step | share | calls / step |")
+        print("|---|---|---|---|")
+        for p in r["profile"]["top"]:
+            print(f"| {p['op']} | {p['self_ms']:.2f} | {100 * p['share']:.1f}% | {p['calls']:.0f} |")
+
+
 def bench_spec(label: str, spec, data, args, device, autocast, mm_gflops: float) -> dict:
     spec = spec.model_copy(update={"num_classes": data.num_classes, "in_chans": data.in_chans})
     torch.manual_seed(0)
@@ -95,7 +140,7 @@ def bench_spec(label: str, spec, data, args, device, autocast, mm_gflops: float)
     )
     batch_list = list(loader)
     steppers = {form: Stepper(base, form, batch_list, device, autocast) for form in ("reference", "fast")}
-    times = interleaved_times({f: s.step for f, s in steppers.items()}, args.steps, device)
+    times = interleaved_times({f: s.step for f, s in steppers.items()}, args.steps, device, args.clock)
     step_s = {f: statistics.median(t) for f, t in times.items()}
     losses = {f: s.losses for f, s in steppers.items()}
     loss_diff = max(abs(a - b) / abs(b) for a, b in zip(losses["fast"], losses["reference"]))
@@ -110,6 +155,8 @@ def bench_spec(label: str, spec, data, args, device, autocast, mm_gflops: float)
     row["ratio"] = row["img_s"]["fast"] / row["img_s"]["reference"]
     row["gflops"] = {f: 3 * flops * v / 1e9 for f, v in row["img_s"].items()}
     row["of_matmul"] = {f: g / mm_gflops for f, g in row["gflops"].items()}
+    if args.profile:
+        row["profile"] = profile_top(steppers["fast"])
     row["steppers"] = steppers  # kept for the memory probe, dropped before printing
     return row
 
@@ -282,10 +329,21 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    parser.add_argument(
+        "--profile", action="store_true", help="the fast form's top 5 operators by self CPU time per spec"
+    )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time steps in CPU time of the timing thread (with --threads 1: robust to other processes' load)",
+    )
     parser.add_argument("--pack", default=None, help="S,... : packs of S replicas against S separate runs")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_time and (args.device != "cpu" or torch.get_num_threads() != 1):
+        parser.error("--cpu-time counts one thread's CPU time: it needs --device cpu and --threads 1")
+    args.clock = time.thread_time if args.cpu_time else time.perf_counter
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
 
@@ -321,7 +379,8 @@ def main() -> None:
     print(
         f"\nproxy training step, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
         f"{data.name.split(':')[0]}, {device.type} {args.dtype}, {torch.get_num_threads()} threads "
-        f"({args.steps} interleaved steps per form, medians); 2048^2 matmul: {mm:.1f} GFLOP/s"
+        f"({args.steps} interleaved steps per form, medians{' of CPU time' if args.cpu_time else ''}); "
+        f"2048^2 matmul: {mm:.1f} GFLOP/s"
     )
     print(
         "| spec | MFLOPs | reference img/s | fast img/s | ratio | GFLOP/s ref / fast (% of matmul) "
@@ -343,6 +402,8 @@ def main() -> None:
             f"({100 * r['of_matmul']['reference']:.1f}% / {100 * r['of_matmul']['fast']:.1f}%) "
             f"| {fmt(r['peak_mib']['reference'])} / {fmt(r['peak_mib']['fast'])} | {r['loss_diff']:.1e} | {trial} |"
         )
+    if args.profile:
+        print_profiles(rows)
     sample = [r for r in rows if r["spec"].startswith(f"{space.name}[")] or rows
     summary = dict(
         device=device.type,
@@ -363,7 +424,7 @@ def main() -> None:
         summary["trial_s_fast"] = sum(r["trial_s"]["fast"] for r in sample)
     print(
         f"\nmedian over the {len(sample)} sampled candidates: reference {summary['reference_img_s']:.0f} img/s, "
-        f"fast {summary['fast_img_s']:.0f} img/s, ratio {summary['ratio']:.2f}x (target >= 2x); "
+        f"fast {summary['fast_img_s']:.0f} img/s, ratio {summary['ratio']:.2f}x (target >= 1.6x); "
         f"largest loss difference {summary['max_loss_rel_diff']:.1e}"
     )
     if not args.no_trial:

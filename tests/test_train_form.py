@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -14,6 +15,8 @@ from xnetspace import build_model
 from xnetspace.model.block import TransXNetBlock
 from xnetspace.model.convs import LayerScale
 from xnetspace.model.ffn import MSFFN
+from xnetspace.model.idconv import IDConv
+from xnetspace.model.kernels import adaptive_avg_pool, depthwise, depthwise_same, per_sample_depthwise, pointwise
 from xnetspace.model.osra import OSRA
 from xnetspace.search.data import load_dataset
 from xnetspace.search.train import TensorBatches, TrainConfig, train_candidate
@@ -77,6 +80,134 @@ def test_osra_residual_kernel_and_bmm_attention(heads, sr_ratio, size):
     check_same_function(osra, x, torch.randn(1, heads, size[0] * size[1], m))
 
 
+# -- the shared kernels' paths (batches of 8 or more take the matmuls) -------------------------------
+def layouts(x: torch.Tensor):
+    """NCHW, a channel slice of a wider map (the D-Mixer's split) and channels_last."""
+    wide = torch.cat([x, x[:, :2]], dim=1)
+    return {"nchw": x, "slice": wide[:, : x.shape[1]], "channels_last": x.contiguous(memory_format=torch.channels_last)}
+
+
+def check_against_conv(fn, conv, x, *params):
+    ref = conv(x, *params)
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=ref.dtype)
+    ref_grads = torch.autograd.grad(ref, params, grad)
+    for name, view in layouts(x.detach()).items():
+        view.requires_grad_(True)
+        out = fn(view, *params)
+        grads = torch.autograd.grad(out, (view, *params), grad)
+        assert out.shape == ref.shape and rel_err(out, ref) < 1e-12, name
+        # NCHW in, NCHW out: the CPU's training layout, which the next fast path and BN want
+        assert out.is_contiguous() or name == "channels_last", name
+        x_grad = torch.autograd.grad(conv(view, *params), view, grad)[0]
+        assert rel_err(grads[0], x_grad) < 1e-12, name
+        assert all(rel_err(g, r) < 1e-12 for g, r in zip(grads[1:], ref_grads)), name
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (4, 4), (5, 3), (8, 8), (15, 15)])
+@pytest.mark.parametrize("kernel", [3, 7])
+def test_depthwise_same_is_the_conv(size, kernel):
+    """Batch 9: the gathered matrices on small maps (15x15 is over the bound for both kernels)."""
+    x, weight, bias = random_double((9, 5, *size), (5, 1, kernel, kernel), (5,))
+    check_against_conv(
+        lambda v, w, b: depthwise_same(v, w, b, 5),
+        lambda v, w, b: F.conv2d(v, w, b, padding=kernel // 2, groups=5),
+        x,
+        weight,
+        bias,
+    )
+
+
+@pytest.mark.parametrize(
+    "size,sr_ratio", [((8, 8), 8), ((8, 8), 4), ((4, 4), 2), ((5, 3), 2), ((2, 2), 2), ((9, 9), 1)]
+)
+def test_depthwise_strided_is_the_conv(size, sr_ratio):
+    """OSRA's spatial reduction (kernel r + 3, stride r, padding (r + 3) // 2) and its depthwise
+    1x1 (r = 1 here: a multiply), batch 9."""
+    k = sr_ratio + 3 if sr_ratio > 1 else 1
+    stride, padding = sr_ratio, k // 2
+    x, weight, bias = random_double((9, 5, *size), (5, 1, k, k), (5,))
+    check_against_conv(
+        lambda v, w, b: depthwise(v, w, b, stride, padding),
+        lambda v, w, b: F.conv2d(v, w, b, stride=stride, padding=padding, groups=5),
+        x,
+        weight,
+        bias,
+    )
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (5, 3), (8, 8)])
+def test_pointwise_is_the_conv(size):
+    x, weight, bias = random_double((9, 5, *size), (7, 5, 1, 1), (7,))
+    check_against_conv(pointwise, F.conv2d, x, weight, bias)
+
+
+# -- IDConv's per-sample kernels (paper eq. 3) -------------------------------------------------------
+def grouped_conv(x, weight, bias):
+    """The release's computation: the batch folded into the channels, one grouped conv."""
+    B, C, H, W = x.shape
+    K = weight.shape[-1]
+    out = F.conv2d(
+        x.reshape(1, B * C, H, W), weight.reshape(B * C, 1, K, K), bias.flatten(), padding=K // 2, groups=B * C
+    )
+    return out.reshape(B, C, H, W)
+
+
+def random_double(*shapes, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True) for shape in shapes]
+
+
+@pytest.mark.parametrize("batch", [1, 9])
+@pytest.mark.parametrize("size", [(1, 1), (1, 4), (2, 2), (4, 4), (5, 3), (8, 8)])
+@pytest.mark.parametrize("kernel", [3, 7])
+def test_per_sample_depthwise_is_the_grouped_conv(batch, size, kernel):
+    """Every path (a multiply-add on 1x1 maps, cropped kernels, the CPU's backward of two forward
+    convs) against the release's grouped conv in float64: output and all three gradients."""
+    x, weight, bias, grad = random_double((batch, 5, *size), (batch, 5, kernel, kernel), (batch, 5), (batch, 5, *size))
+    ref = grouped_conv(x, weight, bias)
+    ref_grads = torch.autograd.grad(ref, (x, weight, bias), grad)
+    out = per_sample_depthwise(x, weight, bias)
+    grads = torch.autograd.grad(out, (x, weight, bias), grad)
+    assert out.shape == ref.shape and rel_err(out, ref) < 1e-12
+    for name, g, r in zip(("x", "weight", "bias"), grads, ref_grads):
+        assert g.shape == r.shape and rel_err(g, r) < 1e-12, name
+
+
+def test_per_sample_depthwise_under_vmap_is_each_replicas_own():
+    """Packs (xnetspace/pack.py) run it under torch.func.vmap: the same outputs and gradients as
+    one replica at a time."""
+    x, weight, bias, grad = random_double((3, 4, 6, 5, 5), (3, 4, 6, 7, 7), (3, 4, 6), (3, 4, 6, 5, 5))
+    out = torch.func.vmap(per_sample_depthwise)(x, weight, bias)
+    grads = torch.autograd.grad(out, (x, weight, bias), grad)
+    ref = torch.stack([grouped_conv(x[i], weight[i], bias[i]) for i in range(3)])
+    ref_grads = torch.autograd.grad(ref, (x, weight, bias), grad)
+    assert rel_err(out, ref) < 1e-12
+    assert all(rel_err(g, r) < 1e-12 for g, r in zip(grads, ref_grads))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 5), (7, 7), (9, 9), (13, 11)])
+def test_adaptive_avg_pool_as_a_matmul(size):
+    """Upsampling (windows of one or two pixels), equal and downsampling sizes; past 8 K^2 pixels
+    (13x11 to 3x3) the pooling itself."""
+    (x,) = random_double((2, 3, *size))
+    for k in (3, 7):
+        assert rel_err(adaptive_avg_pool(x, k), F.adaptive_avg_pool2d(x, k)) < 1e-14
+
+
+@pytest.mark.parametrize("batch", [2, 9])  # train-mode BN on the mean's 1x1 map needs two samples
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (4, 4), (3, 5), (8, 8), (20, 20)])
+def test_idconv_computes_the_same_function_in_train_mode(batch, size):
+    """Only the taps that reach the map computed after proj's BN, the pooling as a matmul (the
+    pooling itself on 20x20), and the per-sample conv; random banks (the init's 0.02 would hide a
+    wrong tap)."""
+    torch.manual_seed(0)
+    idconv = randomize(IDConv(8, kernel_size=7, num_groups=3)).double()
+    with torch.no_grad():
+        idconv.weight.normal_()
+        idconv.bias.normal_()
+    check_same_function(idconv, torch.randn(batch, 8, *size, dtype=torch.float64), tol=1e-10)
+
+
 @pytest.mark.parametrize(
     "stage",
     [
@@ -105,6 +236,20 @@ def test_networks_compute_the_same_function_in_train_mode(spec, size):
     torch.manual_seed(0)
     model = randomize(build_model(spec, drop_path_rate=0.0)).double()
     check_same_function(model, torch.randn(4, spec.in_chans, *size, dtype=torch.float64), tol=1e-7)
+
+
+def test_a_network_at_batch_9_computes_the_same_function_in_train_mode():
+    """Batches of 8 or more take the fast form's matmul paths (small-map depthwise convs, OSRA's
+    spatial reduction), which the batch of 4 above never reaches."""
+    stages = [  # narrow (the reference's grouped conv has batch x channels groups), maps 8x8 to 1x1
+        dict(depth=1, embed_dim=8, num_heads=1, sr_ratio=8),
+        dict(depth=1, embed_dim=8, num_heads=1, sr_ratio=2, idconv_kernel_size=5),
+        dict(depth=1, embed_dim=16, num_heads=2, sr_ratio=2, idconv_groups=3, idconv_kernel_size=3),
+        dict(depth=1, embed_dim=16, num_heads=2, sr_ratio=1),
+    ]
+    torch.manual_seed(0)
+    model = randomize(build_model(tiny_spec(stages=stages), drop_path_rate=0.0)).double()
+    check_same_function(model, torch.randn(9, 3, 32, 32, dtype=torch.float64), tol=1e-7)
 
 
 def test_switching_back_and_forth_keeps_parameters_keys_and_outputs():

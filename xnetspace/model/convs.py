@@ -18,9 +18,10 @@ from torch import Tensor, nn
 from . import complexity
 from .complexity import Cost
 from .folds import fold_bn
-from .kernels import depthwise_same, pointwise
+from .kernels import depthwise, depthwise_same, pointwise
 
-torch.fx.wrap("depthwise_same")  # a leaf for torchvision's FX tracer too (timm's knows it already)
+torch.fx.wrap("depthwise_same")  # leaves for torchvision's FX tracer too (timm's knows them already)
+torch.fx.wrap("depthwise")
 
 __all__ = ["ConvBN", "conv_bn", "PointwiseConv2d", "DepthwiseConv2d", "LayerScale"]
 
@@ -28,19 +29,30 @@ __all__ = ["ConvBN", "conv_bn", "PointwiseConv2d", "DepthwiseConv2d", "LayerScal
 class ConvBN(ConvNormAct):
     """timm's ConvNormAct (keys ``conv``, ``bn``) whose ``fuse()`` folds the BN into the conv.
 
-    Its fast form runs a dense 1x1 conv as a matmul (:func:`.kernels.pointwise`)."""
+    Its fast form runs a dense 1x1 conv as a matmul (:func:`.kernels.pointwise`) and a depthwise
+    conv with a square kernel, stride and padding the fastest exact way for its map
+    (:func:`.kernels.depthwise`: OSRA's spatial reduction)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         conv = self.conv
-        self.dense_1x1 = (
-            conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 and tuple(conv.padding) == (0, 0)
+        square = (
+            isinstance(conv.padding, tuple)
+            and len(set(conv.kernel_size)) == len(set(conv.stride)) == len(set(conv.padding)) == 1
+            and conv.dilation == (1, 1)
         )
+        self.dense_1x1 = square and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
+        self.dense_1x1 = self.dense_1x1 and conv.padding == (0, 0)
+        self.depthwise = square and conv.groups == conv.in_channels == conv.out_channels
+        self.stride_padding = (conv.stride[0], conv.padding[0]) if square else (1, 0)  # ints: TorchScript
         self.fast = False
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fast and self.dense_1x1:
             return self.bn(pointwise(x, self.conv.weight, self.conv.bias))
+        if self.fast and self.depthwise:
+            stride, padding = self.stride_padding
+            return self.bn(depthwise(x, self.conv.weight, self.conv.bias, stride, padding))
         return self.bn(self.conv(x))  # no anti-aliasing layer here (timm's ``aa``)
 
     def fuse(self) -> nn.Module:

@@ -3,7 +3,10 @@ branch.
 
 Reference form: the pooled context through proj, a softmax over G kernel banks, and one grouped
 conv applying each sample's own kernel. Fast training form: the same, with the kernels cropped to
-the taps that reach the map (:func:`~xnetspace.model.kernels.depthwise_same`). Inference form:
+the taps that reach the map (computed only for those after proj's BN), a multiply-add on 1x1 maps
+and a backward of two forward convs on the CPU
+(:func:`~xnetspace.model.kernels.per_sample_depthwise`), and the pooling to K x K a matmul on
+small maps (:func:`~xnetspace.model.kernels.adaptive_avg_pool`). Inference form:
 :class:`FusedIDConv` (proj's BN folded, proj run once on both contexts). With one group the softmax
 is 1 and IDConv is a static depthwise conv (:class:`~xnetspace.model.convs.DepthwiseConv2d`, which
 the D-Mixer uses then).
@@ -25,9 +28,9 @@ from . import complexity
 from .complexity import Cost
 from .convs import ConvBN, PointwiseConv2d, conv_bn
 from .folds import InferenceOnly
-from .kernels import depthwise_same
+from .kernels import adaptive_avg_pool, crop_to_map, per_sample_depthwise
 
-torch.fx.wrap("depthwise_same")  # a leaf for torchvision's FX tracer too (timm's knows it already)
+torch.fx.wrap("per_sample_depthwise")  # a leaf for torchvision's FX tracer too (timm's knows it already)
 
 __all__ = ["IDConv", "FusedIDConv"]
 
@@ -61,22 +64,35 @@ class IDConv(nn.Module):
         self.fast = False
 
     def dynamic_weight_bias(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-sample kernel (B*C, 1, K, K) and bias (B*C,) for input ``x`` (B, C, H, W)."""
-        B, C, _, _ = x.shape
+        """Per-sample kernel (B, C, K, K) and bias (B, C) for input ``x`` (B, C, H, W); in the fast
+        form the kernel only has the taps that reach the map, (B, C, kh, kw) (:func:`crop_to_map`)."""
+        B, C, H, W = x.shape
         G, K = self.num_groups, self.kernel_size
-        scale = self.proj(self.pool(x)).reshape(B, G, C, K, K).softmax(dim=1)
-        weight = (scale * self.weight.unsqueeze(0)).sum(dim=1)  # (B, C, K, K)
+        if self.fast:
+            # proj[0]'s train-mode BN needs every pooled pixel; from proj[1] on all is per pixel, so
+            # only the taps that reach the map are computed (on a 1x1 map, 1 of K*K)
+            hidden = crop_to_map(self.proj[0](adaptive_avg_pool(x, K)), H, W)
+            banks = crop_to_map(self.weight, H, W)
+            kh, kw = banks.shape[-2], banks.shape[-1]
+            scale = self.proj[1](hidden).reshape(B, G, C, kh, kw).softmax(dim=1)
+            weight = (scale * banks.unsqueeze(0)).sum(dim=1)  # (B, C, kh, kw)
+        else:
+            scale = self.proj(self.pool(x)).reshape(B, G, C, K, K).softmax(dim=1)
+            weight = (scale * self.weight.unsqueeze(0)).sum(dim=1)  # (B, C, K, K)
         scale = self.proj(x.mean(dim=(-2, -1), keepdim=True)).reshape(B, G, C).softmax(dim=1)
         bias = (scale * self.bias.unsqueeze(0)).sum(dim=1)  # (B, C)
-        return weight.reshape(B * C, 1, K, K), bias.flatten()
+        return weight, bias
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
+        K = self.kernel_size
         weight, bias = self.dynamic_weight_bias(x)
+        if self.fast:  # cropped kernels, no slow CPU paths (exact)
+            return per_sample_depthwise(x, weight, bias)
         # The batch folds into the channels so one grouped conv applies B*C different kernels.
-        if self.fast:  # the kernels cropped to the taps that reach the map (exact)
-            return depthwise_same(x.reshape(1, B * C, H, W), weight, bias, B * C).reshape(B, C, H, W)
-        x = F.conv2d(x.reshape(1, B * C, H, W), weight, bias, padding=self.kernel_size // 2, groups=B * C)
+        x = F.conv2d(
+            x.reshape(1, B * C, H, W), weight.reshape(B * C, 1, K, K), bias.flatten(), padding=K // 2, groups=B * C
+        )
         return x.reshape(B, C, H, W)
 
     def fuse(self) -> nn.Module:

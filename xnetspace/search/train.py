@@ -398,9 +398,9 @@ def evaluate_pack(pack: Pack, loader, device: torch.device) -> list[tuple[float,
 
 def training_memory_format(device: torch.device, config: TrainConfig | None = None) -> torch.memory_format:
     """The memory format proxy training uses: ``config.channels_last`` when set, else channels_last
-    on CUDA (cuDNN's fast layout under bf16) and contiguous NCHW on the CPU, where the fast form's
-    matmul paths for small maps need it (with channels_last the fast form measured about 15% slower
-    on tiny_cpu candidates)."""
+    on CUDA (cuDNN's fast layout under bf16) and contiguous NCHW on the CPU, the layout the fast
+    form's matmul paths work in (on the CPU they copy other layouts to it, so a channels_last batch
+    turns NCHW at the first of them: measured 1% slower per step on tiny_cpu candidates)."""
     wanted = config.channels_last if config is not None else None
     if wanted is None:
         wanted = device.type == "cuda"
