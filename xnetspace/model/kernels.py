@@ -255,16 +255,17 @@ def _pool_weights(size: int, out: int, like: Tensor) -> Tensor:
 
 
 def adaptive_avg_pool(x: Tensor, size: int) -> Tensor:
-    """``F.adaptive_avg_pool2d(x, size)``; on maps of up to 8 x size^2 pixels as one matmul with the
-    (size^2, H*W) averaging matrix (IDConv's pooling to its kernel size, paper eq. 3). On the CPU
-    the pooling's kernels took 12 ms forward and backward for batch 64 x 48 channels pooled from a
-    2x2 map to 7x7, the matmul 0.4 ms; from 56x56 the pooling is faster. Exact up to rounding (each
-    pixel weighted by 1 / its window's size instead of the window's sum divided by its size).
+    """``F.adaptive_avg_pool2d(x, size)``; on the CPU, on maps of up to 8 x size^2 pixels, as one
+    matmul with the (size^2, H*W) averaging matrix (IDConv's pooling to its kernel size, paper
+    eq. 3): the pooling's CPU kernels took 12 ms forward and backward for batch 64 x 48 channels
+    pooled from a 2x2 map to 7x7, the matmul 0.4 ms; from 56x56 the pooling is faster. Exact up to
+    rounding (each pixel weighted by 1 / its window's size instead of the window's sum divided by
+    its size).
 
     Shapes: ``x`` (B, C, H, W); returns (B, C, size, size), contiguous.
     """
     B, C, H, W = x.shape
-    if H * W > 8 * size * size:
+    if H * W > 8 * size * size or not x.is_cpu:  # not measured off the CPU: the pooling there
         return F.adaptive_avg_pool2d(x, size)
     rows, cols = _pool_weights(H, size, x), _pool_weights(W, size, x)
     matrix = (rows.reshape(size, 1, H, 1) * cols.reshape(1, size, 1, W)).reshape(size * size, H * W)
