@@ -170,7 +170,9 @@ class _GroupedConvForwardBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        x, weight = ctx.saved_tensors
+        # under autocast the forward's conv ran in the gradient's dtype (bf16); autograd casts the
+        # gradients back to the inputs' dtypes
+        x, weight = (t.to(grad.dtype) for t in ctx.saved_tensors)
         groups, pad = weight.shape[0], [weight.shape[-2] // 2, weight.shape[-1] // 2]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
