@@ -5,8 +5,9 @@ whose CPU backward avoids oneDNN's slow paths (the fast training form's).
 Used by the fast training forms of DPE (:mod:`.dpe`), IDConv (:mod:`.idconv`), OSRA's local
 refinement (:mod:`.osra`), STE (through :mod:`.convs`) and MS-FFN (:mod:`.ffn`), and by the folds
 into the inference form (:func:`xnetspace.model.folds.merge_depthwise`). Written so that
-``torch.jit.script`` compiles them; :func:`depthwise_same` and :func:`per_sample_depthwise` are
-leaves of FX graphs (each module that calls one also registers it with ``torch.fx.wrap``). Paper:
+``torch.jit.script`` compiles them; :func:`depthwise_same`, :func:`depthwise` and
+:func:`per_sample_depthwise` are leaves of FX graphs (each module that calls one also registers it
+with ``torch.fx.wrap``). Paper:
 arXiv 2310.19380, eq. 1 (DPE), eq. 3 (IDConv), eq. 4 (LR) and section III-C (MS-FFN's
 multi-kernel depthwise convolutions).
 """
@@ -93,11 +94,11 @@ def _depthwise_matmul(x: Tensor, weight: Tensor, stride: int, padding: int) -> T
 
 def _matmul_pays(x: Tensor, k: int) -> bool:
     """Whether a depthwise K x K conv on ``x`` runs faster as :func:`_depthwise_matmul`: maps of at
-    most 2 K^2 pixels, 4 K^2 for K >= 5 (batch 64 on the CPU, forward and backward: 3x3 kernels
-    from 5x5 maps on ran as fast or faster as oneDNN's conv, 5x5 kernels on 8x8 to 11x11 maps
-    1.5-2.5x and 7x7 ones on 12x12 and 14x14 maps 1.2-1.7x faster as the matmul); batches of 8 or
-    more (to amortise gathering the matrices); on the CPU any layout (copied to NCHW), elsewhere
-    NCHW maps only (channels_last goes to cuDNN's conv)."""
+    most 2 K^2 pixels, 4 K^2 for K >= 5 (batch 64 on the CPU, forward and backward: for 3x3
+    kernels on maps from 5x5 up oneDNN's conv was as fast or faster, for 5x5 kernels on 8x8 to
+    11x11 maps the matmul 1.5-2.5x and for 7x7 ones on 12x12 and 14x14 maps 1.2-1.7x faster);
+    batches of 8 or more (to amortise gathering the matrices); on the CPU any layout (copied to
+    NCHW), elsewhere NCHW maps only (channels_last goes to cuDNN's conv)."""
     B, _, H, W = x.shape
     return H * W <= (4 if k >= 5 else 2) * k * k and B >= 8 and (x.is_cpu or x.is_contiguous())
 
@@ -152,9 +153,10 @@ def depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, paddi
 class _GroupedConvForwardBackward(torch.autograd.Function):
     """``F.conv2d(x, weight, bias, padding=(kh // 2, kw // 2), groups=G)`` for x (1, G, H, W),
     weight (G, 1, kh, kw) odd, bias (G,), whose backward is two forward convs: oneDNN's backward of
-    this conv (batch 1, thousands of groups) ran 4-8x slower than its forward, which serves both
-    gradients as well (the input's: the flipped kernel over the upstream gradient; the kernel's:
-    the upstream gradient as the kernel over the input). Exact: the same products in another order."""
+    this conv (batch 1, thousands of groups) ran several times slower than its forward, which
+    serves both gradients as well (the input's: the flipped kernel over the upstream gradient; the
+    kernel's: the upstream gradient as the kernel over the input). Exact: the same products in
+    another order."""
 
     generate_vmap_rule = True  # packs (xnetspace/pack.py) run it under torch.func.vmap
 
@@ -170,7 +172,9 @@ class _GroupedConvForwardBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        x, weight = ctx.saved_tensors
+        # under autocast the forward's conv ran in the gradient's dtype (bf16); autograd casts the
+        # gradients back to the inputs' dtypes
+        x, weight = (t.to(grad.dtype) for t in ctx.saved_tensors)
         groups, pad = weight.shape[0], [weight.shape[-2] // 2, weight.shape[-1] // 2]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
