@@ -46,7 +46,7 @@ def test_a_crashing_worker_exits_1_and_logs_its_traceback(monkeypatch):
 @pytest.mark.parametrize(
     "devices,k,expected",
     [
-        (["cuda:0", "cuda:1"], 2, ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]),
+        (["cuda:0", "cuda:1"], 2, ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]),  # dealt round-robin (issue 28)
         (["cuda:0"], 4, ["cuda:0"] * 4),
         (["cpu"], 2, ["cpu", "cpu"]),
     ],
