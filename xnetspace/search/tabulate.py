@@ -129,22 +129,14 @@ def _open(config: TabulateConfig, out: Path, heartbeat: int = 10) -> optuna.Stud
 
 def _work(config_json: str, out: str, device: str, worker: int, poll: float = 2.0) -> None:
     """One worker: pop and train jobs until none is queued or running."""
-    from .workers import fail_stale, run_one
+    from .workers import drain_jobs
 
     config = TabulateConfig.model_validate_json(config_json)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = _open(config, Path(out))
     data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
     objective = JobObjective(config.train, data, LOSS, device, worker)
-    while True:
-        fail_stale(study)
-        _, running, waiting = job_state(study)
-        if waiting == 0:
-            if running == 0:
-                return
-            time.sleep(poll)
-            continue
-        run_one(study, objective, Path(out), worker)
+    drain_jobs(study, objective, Path(out), worker, poll)
 
 
 def _process(config_json: str, out: str, device: str, worker: int, threads: int | None) -> None:

@@ -160,6 +160,20 @@ def _note(out: Path, message: str) -> None:
         pass
 
 
+def drain_jobs(study: optuna.Study, objective: Callable, out: Path, worker: int, poll: float = 2.0) -> None:
+    """One worker of a job study (fidelity, tabulate): pop and train jobs (:func:`run_one`) until
+    none is queued or running, retrying those whose worker died (:func:`fail_stale`)."""
+    while True:
+        fail_stale(study)
+        _, running, waiting = job_state(study)
+        if waiting == 0:
+            if running == 0:
+                return
+            time.sleep(poll)
+            continue
+        run_one(study, objective, out, worker)
+
+
 def fail_stale(study: optuna.Study) -> None:
     with warnings.catch_warnings():  # fail_stale_trials is marked experimental; optimize uses it too
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
