@@ -18,7 +18,14 @@ from xnetspace.search import RunOptions, StudyConfig, run_search
 from xnetspace.search.confirmation import CONFIRM_SUFFIX, ConfirmError, baseline_spec
 from xnetspace.search.records import read_job, read_trial
 from xnetspace.search.space import SearchSpace
-from xnetspace.search.stats import mean_difference, pooled_seed_std, rank_fidelity, seed_summary, separation
+from xnetspace.search.stats import (
+    blocked_separation,
+    mean_difference,
+    pooled_seed_std,
+    rank_fidelity,
+    seed_summary,
+    separation,
+)
 from xnetspace.search.study import candidates
 from xnetspace.search.train import TrainConfig, TrainResult
 
@@ -112,6 +119,24 @@ def test_separation_is_the_one_way_anova():
     assert not same["separated"] and same["p"] > 0.9
     assert separation([[96.0, 96.0], [95.0, 95.0]])["separated"]  # no seed noise at all, different means
     assert math.isnan(separation([[96.0, 96.5], [95.0]])["f"])  # one spec with 2+ scores: no test
+
+
+def test_blocked_separation_is_the_paired_test_and_takes_out_the_shared_seed_shift():
+    a, b = [0.461, 0.466, 0.470, 0.458], [0.464, 0.468, 0.474, 0.460]
+    paired = stats.ttest_rel(a, b)  # for two specs the block design's F is the paired t squared
+    two = blocked_separation([a, b])
+    assert two["f"] == pytest.approx(paired.statistic**2) and two["p"] == pytest.approx(paired.pvalue)
+    rng = np.random.default_rng(0)
+    effect, shift = np.array([0.0, 0.004, 0.008, 0.012]), np.array([0.0, 0.02, -0.015])  # seeds move all alike
+    scores = effect[:, None] + shift[None, :] + rng.normal(0, 0.001, (4, 3))
+    assert not separation(scores.tolist())["separated"]  # the shared shift hides the specs from one-way ANOVA
+    blocked = blocked_separation(scores.tolist())
+    assert blocked["p"] < 0.001 and blocked["seed_p"] < 0.001 and blocked["residual_std"] < 0.002
+    moved = blocked_separation((scores + np.array([0.1, -0.2, 0.3])).tolist())  # other seed shifts: same test
+    assert moved["f"] == pytest.approx(blocked["f"])
+    assert math.isnan(blocked_separation([[0.5, 0.6]])["f"])  # one spec: no test
+    with pytest.raises(ValueError, match="same seeds"):
+        blocked_separation([[0.5, 0.6], [0.5]])
 
 
 def test_rank_fidelity_on_known_rankings():

@@ -117,6 +117,51 @@ def separation(groups: Sequence[Sequence[float]]) -> dict:
     return out
 
 
+def blocked_separation(scores: Sequence[Sequence[float]]) -> dict:
+    """:func:`separation` with the seed as a block: ``scores[i][j]`` is spec i's score with seed j,
+    every spec trained with the same seeds. A seed fixes the batch order and the augmentations of
+    every spec alike, so it shifts all of them together (docs/findings.md); the randomised
+    complete block design's two-way ANOVA without interaction (Montgomery, *Design and Analysis of
+    Experiments*, ch. 4) takes that shared shift out of the noise the specs are compared against.
+
+    Returns ``{n, seeds, residual_std, f, p, seed_f, seed_p}``: the residual std (the seed noise a
+    comparison between two specs sees), the specs' F and p (H0: every spec has the same expected
+    score) and the seeds' F and p (H0: no shared seed shift). nan with fewer than 2 specs or seeds.
+
+    Raises:
+        ValueError: specs scored with different numbers of seeds.
+    """
+    if len({len(row) for row in scores}) > 1:
+        raise ValueError(
+            f"blocked_separation needs every spec scored with the same seeds, got {[len(r) for r in scores]}"
+        )
+    x = np.asarray(scores, dtype=float).reshape(len(scores), -1)
+    n, k = x.shape
+    out = {
+        "n": n,
+        "seeds": k,
+        "residual_std": math.nan,
+        "f": math.nan,
+        "p": math.nan,
+        "seed_f": math.nan,
+        "seed_p": math.nan,
+    }
+    if n < 2 or k < 2:
+        return out
+    grand = x.mean()
+    ss_specs = k * float(((x.mean(axis=1) - grand) ** 2).sum())
+    ss_seeds = n * float(((x.mean(axis=0) - grand) ** 2).sum())
+    df_specs, df_seeds, df_error = n - 1, k - 1, (n - 1) * (k - 1)
+    ms_error = max(float(((x - grand) ** 2).sum()) - ss_specs - ss_seeds, 0.0) / df_error
+    out["residual_std"] = math.sqrt(ms_error)
+    if ms_error > 0:
+        out["f"] = (ss_specs / df_specs) / ms_error
+        out["seed_f"] = (ss_seeds / df_seeds) / ms_error
+        out["p"] = float(stats.f.sf(out["f"], df_specs, df_error))
+        out["seed_p"] = float(stats.f.sf(out["seed_f"], df_seeds, df_error))
+    return out
+
+
 def rank_fidelity(proxy: Sequence[float], confirmed: Sequence[float], seed: int = 0) -> dict:
     """How well the proxy score ranks candidates as the confirmed score does.
 
