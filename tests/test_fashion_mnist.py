@@ -127,3 +127,41 @@ def test_search_on_a_missing_folder_exits_2_in_one_paragraph(tmp_path):
     )
     assert result.exit_code == 2, result.output
     assert "train-images-idx3-ubyte" in result.output and "Traceback" not in result.output
+
+
+def test_a_spaces_own_task_runs_by_default_and_digits_where_the_package_is_missing(tmp_path, monkeypatch):
+    from xnetspace.search.data import default_dataset
+
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FOLDER", tmp_path / "debian")
+    name, why = default_dataset("fashion-mnist:100")
+    assert name == "digits" and "apt-get install dataset-fashion-mnist" in why and "fashion-mnist:100" in why
+    write_fashion(tmp_path / "debian")
+    assert default_dataset("fashion-mnist:100") == ("fashion-mnist:100", "the space's task (fashion-mnist:100)")
+    # a folder the space names is its own: never swapped for digits (a missing one is an error when read)
+    assert default_dataset(f"fashion-mnist:{tmp_path / 'x'}")[0] == f"fashion-mnist:{tmp_path / 'x'}"
+    assert default_dataset("digits:100") == ("digits:100", "the space's task (digits:100)")
+
+
+def test_search_without_dataset_runs_the_spaces_task_and_says_why(tmp_path, monkeypatch):
+    # The package missing (as on CI): digits runs instead, and the report says so and why.
+    # (With the package, default_dataset gives the space's task: the test above.)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FOLDER", tmp_path / "debian")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "small.yaml").write_text(
+        "name: small\ndataset: fashion-mnist:100\nstages: [{embed_dim: 16, depth: 1}]\n"
+        "constraints: {image_size: 16, flops: [1, 1G]}\ntrain: {image_size: 16, epochs: 1, batch_size: 16}\n"
+    )
+    search = ["search", "--space", "small.yaml", "--n-trials", "1", "--confirm-top", "0", "--workers-per-device", "1"]
+    result = CliRunner().invoke(app, [*search, "--out", "a"])
+    assert result.exit_code == 0, result.output
+    assert "digits: " in result.output and "dataset-fashion-mnist is not installed" in result.output
+    assert "small-digits-loss" in result.output  # the study is named after the task that ran
+
+
+def test_a_space_naming_an_unknown_dataset_is_refused_at_load(tmp_path):
+    from pydantic import ValidationError
+
+    from xnetspace.search.space import SearchSpace
+
+    with pytest.raises(ValidationError, match="unknown dataset 'mnist'"):
+        SearchSpace.model_validate({"name": "x", "dataset": "mnist", "stages": [{"embed_dim": 16}]})

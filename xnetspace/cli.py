@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import typer
@@ -32,6 +33,9 @@ from .errors import interrupted as was_interrupted
 from .model import build_model
 from .spec import MAX_CLASSES, MAX_IN_CHANS, MAX_SEED, NetworkSpec, format_validation_error, resolve_spec, save_spec
 from .strict_json import to_json
+
+if TYPE_CHECKING:
+    from .search.space import SearchSpace
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="xnetspace: TransXNet specs, builder, cost model and search."
@@ -242,14 +246,22 @@ def scale(
         console.print(saved_line(save, target), markup=False, highlight=False)
 
 
+def _task(dataset: str | None, space: SearchSpace) -> tuple[str, str]:
+    """``--dataset`` as given, or the space's own task (a missing Fashion-MNIST package: digits), with why."""
+    from .search.data import default_dataset
+
+    return (dataset, "given by --dataset") if dataset is not None else default_dataset(space.dataset)
+
+
 @app.command()
 def search(
     space: str = typer.Option(..., "--space", help="space file (spaces/*.yaml) or a shipped space's name"),
-    dataset: str = typer.Option(
-        "digits",
+    dataset: str | None = typer.Option(
+        None,
         help=(
             "digits[:N] (N training images, default all 898) | fashion-mnist[:N] | fashion-mnist:PATH[:N] "
-            "| synthetic[:N] | imagefolder:PATH | cifar10:PATH | cifar100:PATH (docs/data.md)"
+            "| synthetic[:N] | imagefolder:PATH | cifar10:PATH | cifar100:PATH (docs/data.md); default: the "
+            "space's task (fashion_cpu: fashion-mnist:10000, digits where its package is missing)"
         ),
     ),
     n_trials: int = typer.Option(20, "--n-trials", help="trials the study holds in total (a re-run continues up to N)"),
@@ -353,8 +365,10 @@ def search(
     with _answers("search options", writing="the study's files", place="the output folder", interrupted=interrupted):
         folder = folder_option(out)  # "" is refused here: as a Path it would be ".", the working folder
         # fmt: off
+        the_space = load_space(space)
+        dataset, why = _task(dataset, the_space)
         config = StudyConfig.create(
-            load_space(space), dataset, objective, proxy_seeds=proxy_seeds, race=race,
+            the_space, dataset, objective, proxy_seeds=proxy_seeds, race=race,
             flops_min=None if flops_min is None else parse_count(flops_min),
             flops_max=None if flops_max is None else parse_count(flops_max),
             image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, time_limit=trial_time_limit,
@@ -367,13 +381,13 @@ def search(
             confirm_seeds=confirm_seeds, confirm_epochs=confirm_epochs, fidelity_sample=fidelity_sample,
         ).resolved(config))
         # fmt: on
-        run_search(config, started[0])
+        run_search(config, started[0], task=why)
 
 
 @app.command()
 def fidelity(
     space: str | None = typer.Argument(None, help="space file (spaces/*.yaml) or a shipped space's name"),
-    dataset: str = typer.Option("digits", help="as for search"),
+    dataset: str | None = typer.Option(None, help="as for search (default: the space's task)"),
     n_specs: int = typer.Option(30, "--n-specs", help="random in-budget specs of the space"),
     seeds: int = typer.Option(4, help="K: seeds per spec under the proxy recipe and under the confirmation recipe"),
     confirm_epochs: int | None = typer.Option(
@@ -415,9 +429,10 @@ def fidelity(
         place=out,
         interrupted="interrupted: the finished runs are kept; re-run the same command to continue",
     ):
+        the_space = load_space(space)
         config = FidelityConfig(
-            space=load_space(space),
-            dataset=dataset,
+            space=the_space,
+            dataset=_task(dataset, the_space)[0],
             n_specs=n_specs,
             seeds=seeds,
             seed=seed,
@@ -525,6 +540,7 @@ def space(
     params = space_def.param_names()
     console.print(f"space {space_def.name}: {space_def.description}", markup=False, highlight=False)
     console.print(f"parameters ({len(params)}): {', '.join(params)}", markup=False, highlight=False)
+    console.print(f"task: {space_def.dataset} (what --dataset runs when not given)", markup=False, highlight=False)
     if space_def.rules_summary():
         console.print(f"rules: {space_def.rules_summary()}", markup=False, highlight=False)
     console.print(check.summary(), markup=False, highlight=False)
@@ -641,7 +657,9 @@ def _fidelity_of_table(table: Path | None, space: str | None, out: str | None, s
 @app.command()
 def tabulate(
     space: str = typer.Argument(..., help="space file or a shipped space's name; every knob finite"),
-    dataset: str = typer.Option("digits", help="as for search (one with a test split: the test columns)"),
+    dataset: str | None = typer.Option(
+        None, help="as for search (one with a test split: the test columns; default: the space's task)"
+    ),
     seeds: int = typer.Option(2, help="K: seeds per spec"),
     max_specs: int = typer.Option(500, "--max-specs", help="refuse a space with more distinct in-budget specs"),
     out: str = typer.Option(..., help="folder for tabulate.db, table.csv and meta.json (re-running resumes)"),
@@ -664,7 +682,8 @@ def tabulate(
         interrupted="interrupted: the finished specs are kept; re-run the same command to continue",
     ):
         folder = output_folder(out, "--out", ["tabulate.db", "table.csv", "meta.json"], create=False)
-        config = TabulateConfig(space=load_space(space), dataset=dataset, seeds=seeds, max_specs=max_specs)
+        the_space = load_space(space)
+        config = TabulateConfig(space=the_space, dataset=_task(dataset, the_space)[0], seeds=seeds, max_specs=max_specs)
         meta = run_tabulate(config, folder, _devices(devices), workers_per_device, progress=not as_json)
     if as_json:
         typer.echo(to_json(meta, indent=2))

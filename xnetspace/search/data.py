@@ -53,7 +53,7 @@ from .batches import ImageTensors
 from .errors import DataError
 from .prepare import PreparedFolder, load_or_prepare, load_prepared
 
-__all__ = ["DataSplit", "DataError", "load_dataset", "DATASETS"]
+__all__ = ["DataSplit", "DataError", "load_dataset", "default_dataset", "DATASETS"]
 
 DATASETS = (
     "digits[:N]",
@@ -136,6 +136,22 @@ def load_dataset(name: str, image_size: int, seed: int = 0) -> DataSplit:
             raise DataError(f"dataset {name!r}: {kind} needs an existing folder{also}, e.g. {kind}:/data/{kind}")
         return _cifar(kind, root, image_size) if kind.startswith("cifar") else _image_folder(root, image_size)
     raise DataError(f"unknown dataset {name!r}; use one of: {', '.join(DATASETS)}")
+
+
+def default_dataset(task: str) -> tuple[str, str]:
+    """The dataset a command runs when ``--dataset`` is not given, and why, in words: the space's
+    own task (``SearchSpace.dataset``, what its budget and recipe were chosen on), except that a
+    Fashion-MNIST task read from Debian's folder falls back to ``digits`` where the package
+    ``dataset-fashion-mnist`` is not installed (a fresh machine, CI)."""
+    kind, _, arg = task.partition(":")
+    if kind == "fashion-mnist":
+        folder, _ = fashion_mnist.parse_argument(arg)
+        if folder == fashion_mnist.DEBIAN_FOLDER and not fashion_mnist.installed():
+            return "digits", (
+                f"the space's task is {task}, but Debian's package dataset-fashion-mnist is not installed "
+                "(apt-get install dataset-fashion-mnist): digits instead"
+            )
+    return task, f"the space's task ({task})"
 
 
 def _count(name: str, arg: str, default: int) -> int:

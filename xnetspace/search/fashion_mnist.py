@@ -25,7 +25,16 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["DEBIAN_FOLDER", "FILES", "VAL_IMAGES", "read_idx", "parse_argument", "read_fashion_mnist", "split_indices"]
+__all__ = [
+    "DEBIAN_FOLDER",
+    "FILES",
+    "installed",
+    "VAL_IMAGES",
+    "read_idx",
+    "parse_argument",
+    "read_fashion_mnist",
+    "split_indices",
+]
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 FILES = {  # the official file names; each may end in .gz
@@ -94,6 +103,11 @@ def _find(folder: Path, stem: str) -> Path | None:
         if (folder / name).is_file():
             return folder / name
     return None
+
+
+def installed(folder: Path | None = None) -> bool:
+    """Whether ``folder`` (default: :data:`DEBIAN_FOLDER`) holds the four files (not whether they read)."""
+    return all(_find(DEBIAN_FOLDER if folder is None else folder, stem) is not None for stem in FILES.values())
 
 
 def read_fashion_mnist(folder: Path) -> dict[str, np.ndarray]:

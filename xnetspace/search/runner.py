@@ -27,8 +27,11 @@ from .workers import SLOTS_AHEAD, check_lost, check_progress, run_processes, run
 __all__ = ["run_search", "progress_summary"]
 
 
-def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
+def run_search(config: StudyConfig, options: RunOptions, task: str | None = None) -> SearchOutcome:
     """Check the space, open or resume the study, run the workers, write the results.
+
+    ``task``: why this dataset runs, in words (the space's own task, digits because Fashion-MNIST
+    is not installed, or given), logged beside it.
 
     ``options`` are resolved for ``config`` first (:meth:`RunOptions.resolved`: study name, output
     folder, sampler and pruner defaults), as ``xnetspace search`` does.
@@ -67,7 +70,7 @@ def run_search(config: StudyConfig, options: RunOptions) -> SearchOutcome:
         log(options, f"other machines join with:\n  {worker_command(options)}")
     log(
         options,
-        f"{data}\nspace {config.space.name}: {check.summary()}\n"
+        f"{data}" + (f" ({task})" if task else "") + f"\nspace {config.space.name}: {check.summary()}\n"
         f"study '{options.study_name}' in {options.storage_url}: "
         f"{slot_state(study, options.n_trials).done} of {options.n_trials} trials done",
     )

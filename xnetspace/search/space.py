@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..cost import ImageSize, cost_report, parse_image_size
 from ..spec import MAX_STAGES, Float, Int, NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty
 from ..text import read_text_file, short_repr, shorten, yaml_mapping
+from .data import DATASETS
 from .space_knobs import (
     INT_KNOBS,
     KNOBS,
@@ -180,6 +181,11 @@ class SearchSpace(BaseModel):
         default_factory=dict,
         description="NetworkSpec fields: fixed (stem_stride: 2) or a list of choices to search (stem_stride: [2, 4])",
     )
+    dataset: str = Field(
+        "digits",
+        description="the task the budget and recipe were chosen on: what --dataset runs when not given "
+        "(a Fashion-MNIST task falls back to digits where its package is missing; data.default_dataset)",
+    )
     stage_defaults: StageSpace = Field(default_factory=StageSpace)
     stages: Annotated[tuple[StageSpace, ...], non_empty("a space needs at least one stage")]
     rules: Rules = Field(default_factory=Rules, description="width rule, schedules, monotone knobs")
@@ -193,6 +199,14 @@ class SearchSpace(BaseModel):
         if isinstance(stages, (list, tuple)) and len(stages) > MAX_STAGES:
             raise ValueError(f"{len(stages):,} stages; a network has at most {MAX_STAGES}")
         return stages
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_kind(cls, dataset: str) -> str:
+        kinds = {d.partition("[")[0].partition(":")[0] for d in DATASETS}
+        if dataset.partition(":")[0] not in kinds:
+            raise ValueError(f"unknown dataset {dataset!r}; use one of: {', '.join(DATASETS)}")
+        return dataset
 
     @field_validator("network")
     @classmethod
@@ -623,6 +637,8 @@ def space_data(space: SearchSpace) -> dict:
     data: dict[str, Any] = {"name": space.name}
     if space.description:
         data["description"] = space.description
+    if space.dataset != SearchSpace.model_fields["dataset"].default:
+        data["dataset"] = space.dataset
     if space.network:
         data["network"] = _plain(space.network)
     rules = space.rules
