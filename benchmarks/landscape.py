@@ -10,7 +10,11 @@ preset TransXNet-T scaled to the space's budget (``--baseline``, the control eve
 and trains each with SEEDS seeds under the space's recipe (``train_seeds``, one pack per spec; the
 time limit lifted; ``--epochs``/``--batch-size`` override it), scoring each seed on the validation
 split (``--split test``: the held-out one). Every finished spec is appended to ``DIR/runs.jsonl``
-at once, so a killed run resumes where it stopped and trains nothing twice.
+at once, so a killed run resumes where it stopped and trains nothing twice; ``--shard I/N`` lets N
+processes (one per core) share the population, each appending its own specs to the same file, and
+``--part A:B`` trains only specs A..B-1 (a second process growing a population to B specs). The
+figures add the seed-blocked ANOVA (``stats.blocked_separation``) and the same figures after each
+epoch (``by_epoch``).
 
 Printed (``--json``: one object): per spec its knobs, MFLOPs, each seed's cross-entropy (nats) and
 top-1 (%), and the pack's wall time; over the population, by cross-entropy and by top-1:
@@ -34,9 +38,9 @@ import torch
 
 from xnetspace.cost import cost_report
 from xnetspace.search.confirmation import baseline_spec
-from xnetspace.search.data import load_dataset
+from xnetspace.search.data import default_dataset, load_dataset
 from xnetspace.search.space import RandomTrial, load_space
-from xnetspace.search.stats import separation
+from xnetspace.search.stats import blocked_separation, separation
 from xnetspace.search.train import train_seeds
 from xnetspace.spec import NetworkSpec
 
@@ -104,6 +108,7 @@ def summary(rows: list[dict], distributions: dict) -> dict:
         means = sorted(statistics.mean(r[key]) for r in specs)
         out[key] = {
             **{k: round(v, 5) for k, v in separation([r[key] for r in specs]).items() if not isinstance(v, bool)},
+            "blocked": {k: round(v, 5) for k, v in blocked_separation([r[key] for r in specs]).items()},
             "best_median_worst": [round(v, 4) for v in (means[0], statistics.median(means), means[-1])]
             if key == "loss"
             else [round(v, 2) for v in (means[-1], statistics.median(means), means[0])],
@@ -118,7 +123,7 @@ def summary(rows: list[dict], distributions: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("space")
-    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--dataset", default=None, help="default: the space's task (data.default_dataset)")
     parser.add_argument("--specs", type=int, default=12)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=None)
@@ -127,6 +132,8 @@ def main() -> None:
     parser.add_argument("--baseline", default="transxnet_t", help="a preset scaled to the budget, or 'none'")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--shard", default="0/1", help="I/N: train only every N-th spec from the I-th (N processes)")
+    parser.add_argument("--part", default=":", help="A:B: train only the population's specs A to B-1 (and no baseline)")
     parser.add_argument("--report", action="store_true", help="only print the figures of what --out holds")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -135,7 +142,8 @@ def main() -> None:
     update = {"time_limit": None}
     update |= {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None}
     recipe = space.train.model_copy(update=update)
-    data = load_dataset(args.dataset, recipe.image_size, recipe.seed)
+    dataset = args.dataset if args.dataset is not None else default_dataset(space.dataset)[0]
+    data = load_dataset(dataset, recipe.image_size, recipe.seed)
     if args.split == "test":
         data = data.held_out()
     members = population(space, args.specs, data.in_chans, data.num_classes)
@@ -146,8 +154,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    if args.report:  # the other shards' rows too, in the population's order
+        order = {spec.digest(): i for i, (spec, _) in enumerate(todo)}
+        rows = sorted((r for r in rows if r["digest"] in order), key=lambda r: order[r["digest"]])
     done = {r["digest"] for r in rows}
-    for spec, params in todo:
+    index, shards = (int(x) for x in args.shard.split("/"))
+    if args.part != ":":  # a second process growing a population another one is training
+        start, _, stop = args.part.partition(":")
+        todo = [t for t in todo if t[1] is not None][int(start or 0) : int(stop) if stop else None]
+    for spec, params in todo[index::shards]:
         if args.report or spec.digest() in done:
             continue
         start = time.perf_counter()
@@ -159,6 +174,8 @@ def main() -> None:
             "mflops": round(cost_report(spec, space.constraints.image_size).flops / 1e6, 3),
             "loss": [r.loss for r in results],
             "top1": [r.top1 for r in results],
+            "loss_epochs": [r.loss_history for r in results],  # per seed, the score after each epoch
+            "top1_epochs": [r.history for r in results],
             "seconds": round(time.perf_counter() - start, 1),
         }
         rows.append(row)
@@ -167,8 +184,18 @@ def main() -> None:
         if not args.json:
             print(f"{row['name']:28s} {row['mflops']:7.2f} MFLOPs  loss {np.round(row['loss'], 4)}  "
                   f"top-1 {np.round(row['top1'], 2)}  {row['seconds']:.0f} s", flush=True)  # fmt: skip
-    result = {"space": space.name, "dataset": args.dataset, "seeds": args.seeds, "recipe": recipe.model_dump()}
+    result = {"space": space.name, "dataset": dataset, "seeds": args.seeds, "recipe": recipe.model_dump()}
     result |= summary(rows, distributions)
+    epochs = min((len(e) for r in rows for e in r.get("loss_epochs", [])), default=0)
+    result["by_epoch"] = []  # the same runs scored after each epoch (a shorter recipe's figures, nearly)
+    specs = [r for r in rows if r["params"] is not None]
+    for e in range(epochs):
+        figures = {"epoch": e + 1}
+        for k in ("loss", "top1"):
+            scores = [[s[e] for s in r[f"{k}_epochs"]] for r in specs]
+            figures[k] = {m: round(v, 5) for m, v in separation(scores).items() if not isinstance(v, bool)}
+            figures[k]["blocked_p"] = round(blocked_separation(scores)["p"], 5)
+        result["by_epoch"].append(figures)
     print(json.dumps(result, indent=None if args.json else 2, default=str))
 
 
