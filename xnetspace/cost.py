@@ -89,10 +89,6 @@ class PartCost:
     def flops(self) -> int:
         return sum(self.flops_by_kind.values())
 
-    def add(self, kind: str, flops: int, params: int = 0) -> None:
-        self.flops_by_kind[kind] += flops
-        self.params += params
-
 
 @dataclass
 class CostReport:

@@ -132,7 +132,3 @@ class Pack:
         network = copy.deepcopy(self._network).to_empty(device=device)
         network.load_state_dict(state)
         return network.train(self._training)
-
-    def to_modules(self) -> list[nn.Module]:
-        """Every replica as a network (see :meth:`replica`)."""
-        return [self.replica(i) for i in range(self.size)]

@@ -287,12 +287,6 @@ class StageSpec(BaseModel):
         return round(self.mlp_ratio * self.embed_dim)
 
     @property
-    def ffn_splits(self) -> tuple[int, ...]:
-        """Channels of each MS-FFN branch: the first takes the remainder (release layout)."""
-        n, hid = len(self.ffn_kernel_sizes), self.hidden_dim
-        return (hid - (n - 1) * (hid // n),) + (hid // n,) * (n - 1)
-
-    @property
     def ste_dim(self) -> int:
         """Hidden width of the squeezed token enhancer, ``max(16, C // 8)``."""
         return max(STE_MIN_CHANNELS, self.embed_dim // STE_REDUCTION)

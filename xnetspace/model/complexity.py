@@ -46,10 +46,6 @@ class Cost:
     activations: int = 0
     logits: int = 0
 
-    @property
-    def total_flops(self) -> int:
-        return sum(self.flops.values())
-
     def __add__(self, other: Cost) -> Cost:
         flops = Counter(self.flops)
         flops.update(other.flops)

@@ -38,7 +38,7 @@ __all__ = ["split_channels", "MultiScaleDWConv", "MSFFN", "FusedMSFFN"]
 
 def split_channels(dim: int, count: int) -> list[int]:
     """Channels of ``count`` consecutive groups of ``dim``: the first takes the remainder
-    (release ``MultiScaleDWConv``; :attr:`xnetspace.spec.StageSpec.ffn_splits`)."""
+    (release ``MultiScaleDWConv``)."""
     return [dim - (count - 1) * (dim // count)] + [dim // count] * (count - 1)
 
 

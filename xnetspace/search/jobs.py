@@ -36,7 +36,6 @@ __all__ = [
     "Job",
     "open_job_study",
     "job_results",
-    "finished_runs",
     "finished_record",
     "enqueue_jobs",
     "job_state",
@@ -102,12 +101,6 @@ def finished_record(trials: list[FrozenTrial]) -> JobRecord | None:
     """The record of a finished job (None while it is not finished)."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     return read_job(done[0]) if done else None
-
-
-def finished_runs(trials: list[FrozenTrial]) -> list[RunRecord] | None:
-    """The runs of a finished job, one per seed (None while it is not finished)."""
-    record = finished_record(trials)
-    return None if record is None else record.runs
 
 
 def enqueue_jobs(study: optuna.Study, jobs: list[Job], train: TrainConfig, dataset: str) -> int:
