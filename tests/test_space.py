@@ -12,7 +12,7 @@ from xnetspace import NetworkSpec, load_preset
 from xnetspace.cost import cost_report
 from xnetspace.search.space import RandomTrial, SearchSpace, SpaceError, load_space, parse_count, space_data
 
-SHIPPED = ["tiny_cpu", "tiny_cpu_refined", "transxnet_paper", "transxnet_stage_ratio"]
+SHIPPED = ["fashion_cpu", "tiny_cpu", "tiny_cpu_refined", "transxnet_paper", "transxnet_stage_ratio"]
 
 
 def space_dict(**changes) -> dict:

@@ -20,7 +20,7 @@ from xnetspace.cost import cost_report, fvcore_flops
 from xnetspace.search.space import RandomTrial, SearchSpace, SpaceError, load_space, space_yaml
 from xnetspace.search.space_rules import interpolate, regnet_widths
 
-SHIPPED = ["tiny_cpu", "tiny_cpu_fixed", "tiny_cpu_refined", "transxnet_paper", "transxnet_stage_ratio"]
+SHIPPED = ["fashion_cpu", "tiny_cpu", "tiny_cpu_fixed", "tiny_cpu_refined", "transxnet_paper", "transxnet_stage_ratio"]
 
 
 def rules_space(**changes) -> dict:
