@@ -12,7 +12,8 @@ time limit lifted; ``--epochs``/``--batch-size`` override it), scoring each seed
 split (``--split test``: the held-out one). Every finished spec is appended to ``DIR/runs.jsonl``
 at once, so a killed run resumes where it stopped and trains nothing twice; ``--shard I/N`` lets N
 processes (one per core) share the population, each appending its own specs to the same file, and
-``--part A:B`` trains only specs A..B-1 (a second process growing a population to B specs). The
+``--part A:B`` trains only specs A..B-1 (a second process growing a population to B specs); a
+process skips a spec another one has finished or holds (``DIR/DIGEST.claim``, its PID). The
 figures add the seed-blocked ANOVA (``stats.blocked_separation``) and the same figures after each
 epoch (``by_epoch``).
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -120,6 +122,22 @@ def summary(rows: list[dict], distributions: dict) -> dict:
     return out
 
 
+def _claim(out: Path, digest: str) -> bool:
+    """Whether this process may train ``digest``: nobody finished it (another process may have since
+    this one started) and no live process holds its claim file (a dead one's claim is taken over)."""
+    log = out / "runs.jsonl"
+    if log.exists() and any(json.loads(line)["digest"] == digest for line in log.read_text().splitlines()):
+        return False
+    claim = out / f"{digest}.claim"
+    try:
+        holder = int(claim.read_text() or 0)
+        os.kill(holder, 0)
+        return holder == os.getpid()
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        claim.write_text(str(os.getpid()))  # two processes racing here both train it: nothing worse
+        return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("space")
@@ -163,7 +181,7 @@ def main() -> None:
         start, _, stop = args.part.partition(":")
         todo = [t for t in todo if t[1] is not None][int(start or 0) : int(stop) if stop else None]
     for spec, params in todo[index::shards]:
-        if args.report or spec.digest() in done:
+        if args.report or spec.digest() in done or not _claim(args.out, spec.digest()):
             continue
         start = time.perf_counter()
         results = train_seeds(spec, data, list(range(args.seeds)), recipe)
