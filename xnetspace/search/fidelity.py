@@ -196,7 +196,6 @@ def run_fidelity(
         xnetspace.search.data.DataError: a dataset that cannot be read.
     """
     from .study import check_devices, check_workers
-    from .workers import spawn_workers
 
     devices = check_devices(devices)
     per_device = check_workers(devices, workers_per_device)
@@ -209,11 +208,33 @@ def run_fidelity(
     jobs = plan(config, pool)
     enqueue_jobs(study, jobs, config.train, config.dataset)
     start = time.perf_counter()
-    monitor = _Monitor(study, len(jobs), progress)
+    _train_jobs(config, out, study, len(jobs), [d for _ in range(per_device) for d in devices], progress)
+    rows = _runs_table(study, jobs, pool, config, data)
+    _write_runs(rows, out / "runs.csv")
+    result = analyze_runs(rows, seed=config.seed)
+    result["seconds_this_run"] = round(time.perf_counter() - start, 1)
+    result["seconds_trained"] = round(sum(float(r["seconds"]) for r in rows if r["first_of_job"]), 1)
+    result["config"] = _config_summary(config, data)
+    (out / "fidelity.json").write_text(to_json(result, indent=2) + "\n")
+    _plot(result, out / "fidelity.png")
+    return result
+
+
+def _train_jobs(
+    config: FidelityConfig, out: Path, study: optuna.Study, n_jobs: int, slots: list[str], progress: bool
+) -> None:
+    """Train the queued jobs with a worker process per device slot, under a progress bar.
+
+    Raises:
+        WorkerCrashed: workers that ended while jobs were still running or waiting.
+    """
+    from .workers import spawn_workers
+
+    monitor = _Monitor(study, n_jobs, progress)
     try:
         lost = spawn_workers(
             _process,
-            [d for _ in range(per_device) for d in devices][: max(1, len(jobs))],  # no more than there are jobs
+            slots[: max(1, n_jobs)],  # no more than there are jobs
             lambda i, d, threads: (config.model_dump_json(), str(out), d, i, threads),
             monitor=monitor,
         )
@@ -226,12 +247,11 @@ def run_fidelity(
             + "; ".join(w.describe() for w in lost)
             + ". Re-run the same command to continue it"
         )
-    rows = _runs_table(study, jobs, pool, config, data)
-    _write_runs(rows, out / "runs.csv")
-    result = analyze_runs(rows, seed=config.seed)
-    result["seconds_this_run"] = round(time.perf_counter() - start, 1)
-    result["seconds_trained"] = round(sum(float(r["seconds"]) for r in rows if r["first_of_job"]), 1)
-    result["config"] = {
+
+
+def _config_summary(config: FidelityConfig, data: DataSplit) -> dict:
+    """What ``fidelity.json`` records of the study's definition."""
+    return {
         "space": config.space.name,
         "dataset": config.dataset,
         "n_specs": config.n_specs,
@@ -240,9 +260,6 @@ def run_fidelity(
         "confirm_epochs": config.epochs,
         "split": "test" if data.test is not None else "val",
     }
-    (out / "fidelity.json").write_text(to_json(result, indent=2) + "\n")
-    _plot(result, out / "fidelity.png")
-    return result
 
 
 class _Monitor:
@@ -384,52 +401,114 @@ def analyze_runs(rows: list[dict], seed: int = 0) -> dict:
     keys = sorted(specs_)
     k = min(len(specs_[i]["proxy"]) for i in keys) if keys else 0
     target = [statistics.fmean(r["loss"][-1] for r in specs_[i]["confirm"]) for i in keys]
-    scores = []
-
-    def add(name: str, label: str, values: list[float], maximize: bool = False) -> None:
-        scores.append(_score(name, label, values, target, maximize, seed))
-
     proxy = {i: specs_[i]["proxy"] for i in keys}
+    scores = [
+        _score(name, label, values, target, maximize, seed)
+        for name, label, values, maximize in (*_proxy_candidates(proxy, keys, k), *_cost_candidates(specs_, keys))
+    ]
+    scores += _self_scores(specs_, keys, seed)
+    ceiling = noise_ceiling([[r["loss"][-1] for r in specs_[i]["confirm"]] for i in keys], seed=seed)
+    for entry in scores:
+        c, t = ceiling["kendall_tau"], entry["kendall_tau"]
+        entry["fraction_of_ceiling"] = t / c if c and c > 0 and math.isfinite(t) else math.nan
+    seed_std = pooled_seed_std([[r["loss"][-1] for r in proxy[i]] for i in keys])
+    return {
+        "target": f"confirmed cross-entropy, mean of {min(len(specs_[i]['confirm']) for i in keys) if keys else 0} "
+        f"seeds, held-out split",
+        "n_specs": len(keys),
+        "seeds": k,
+        "ceiling": ceiling,
+        "scores": scores,
+        "noise": {
+            "proxy_seed_std": seed_std,
+            "proxy_architecture_std": _architecture_std(proxy, keys, k, seed_std),
+            "confirm_seed_std": pooled_seed_std([[r["loss"][-1] for r in specs_[i]["confirm"]] for i in keys]),
+        },
+        "racing": [racing_replay(proxy, target, z, seed=seed) for z in (0.5, 1.0, 2.0)] if k >= 2 else [],
+    }
+
+
+# A score to rank by before it is compared with the target: name, label, one value per spec, and
+# whether larger values should mean a better (lower cross-entropy) spec.
+_Candidate = tuple[str, str, list[float], bool]
+
+
+def _proxy_candidates(proxy: dict[int, list[dict]], keys: list[int], k: int) -> list[_Candidate]:
+    """The proxy recipe's scores: cross-entropy from 1..K seeds, after each earlier epoch, top-1, TSE."""
+    out: list[_Candidate] = []
     epochs = min(len(r["loss"]) for i in keys for r in proxy[i]) if keys else 0
     for s in range(1, k + 1):
-        add(
-            f"loss@{s}",
-            f"proxy cross-entropy, mean of {s} seed{'s' if s > 1 else ''}",
-            [statistics.fmean(r["loss"][-1] for r in proxy[i][:s]) for i in keys],
+        out.append(
+            (
+                f"loss@{s}",
+                f"proxy cross-entropy, mean of {s} seed{'s' if s > 1 else ''}",
+                [statistics.fmean(r["loss"][-1] for r in proxy[i][:s]) for i in keys],
+                False,
+            )
         )
     for e in range(1, epochs):
-        add(
-            f"loss@1/epoch{e}",
-            f"proxy cross-entropy after epoch {e} of {epochs}, 1 seed",
-            [proxy[i][0]["loss"][e - 1] for i in keys],
+        out.append(
+            (
+                f"loss@1/epoch{e}",
+                f"proxy cross-entropy after epoch {e} of {epochs}, 1 seed",
+                [proxy[i][0]["loss"][e - 1] for i in keys],
+                False,
+            )
         )
-        add(
-            f"loss@{k}/epoch{e}",
-            f"proxy cross-entropy after epoch {e} of {epochs}, mean of {k} seeds",
-            [statistics.fmean(r["loss"][e - 1] for r in proxy[i]) for i in keys],
+        out.append(
+            (
+                f"loss@{k}/epoch{e}",
+                f"proxy cross-entropy after epoch {e} of {epochs}, mean of {k} seeds",
+                [statistics.fmean(r["loss"][e - 1] for r in proxy[i]) for i in keys],
+                False,
+            )
         )
-    add("top1@1", "proxy top-1, 1 seed", [proxy[i][0]["top1"][-1] for i in keys], maximize=True)
-    add(
-        f"top1@{k}",
-        f"proxy top-1, mean of {k} seeds",
-        [statistics.fmean(r["top1"][-1] for r in proxy[i]) for i in keys],
-        maximize=True,
+    out.append(("top1@1", "proxy top-1, 1 seed", [proxy[i][0]["top1"][-1] for i in keys], True))
+    out.append(
+        (
+            f"top1@{k}",
+            f"proxy top-1, mean of {k} seeds",
+            [statistics.fmean(r["top1"][-1] for r in proxy[i]) for i in keys],
+            True,
+        )
     )
-    add("tse@1", "TSE (sum of epoch training losses), 1 seed", [math.fsum(proxy[i][0]["train_loss"]) for i in keys])
-    add(
-        f"tse@{k}",
-        f"TSE, mean of {k} seeds",
-        [statistics.fmean(math.fsum(r["train_loss"]) for r in proxy[i]) for i in keys],
+    out.append(
+        (
+            "tse@1",
+            "TSE (sum of epoch training losses), 1 seed",
+            [math.fsum(proxy[i][0]["train_loss"]) for i in keys],
+            False,
+        )
     )
+    out.append(
+        (
+            f"tse@{k}",
+            f"TSE, mean of {k} seeds",
+            [statistics.fmean(math.fsum(r["train_loss"]) for r in proxy[i]) for i in keys],
+            False,
+        )
+    )
+    return out
+
+
+def _cost_candidates(specs_: dict[int, dict], keys: list[int]) -> list[_Candidate]:
+    """The scores known before training: each zero-cost score (where every spec has a finite one),
+    params and FLOPs."""
+    out: list[_Candidate] = []
     for name in ZERO_COST:
         values = [float(specs_[i]["row"][name]) for i in keys]
         if all(math.isfinite(v) for v in values):
-            add(name, f"{name} at initialisation", values, maximize=True)
-    add("params", "parameter count", [float(specs_[i]["row"]["params"]) for i in keys], maximize=True)
-    add("flops", "FLOPs", [float(specs_[i]["row"]["flops"]) for i in keys], maximize=True)
-    # Each recipe against itself: s seeds against the mean of its other K - s (so no seed is on both
-    # sides). For the confirmation recipe, what a proxy as long as the target buys; for the proxy
-    # recipe, how well one seed ranks the objective a study of that recipe confirms.
+            out.append((name, f"{name} at initialisation", values, True))
+    out.append(("params", "parameter count", [float(specs_[i]["row"]["params"]) for i in keys], True))
+    out.append(("flops", "FLOPs", [float(specs_[i]["row"]["flops"]) for i in keys], True))
+    return out
+
+
+def _self_scores(specs_: dict[int, dict], keys: list[int], seed: int) -> list[dict]:
+    """Each recipe against itself: s seeds against the mean of its other K - s (so no seed is on both
+    sides). For the confirmation recipe, what a proxy as long as the target buys; for the proxy
+    recipe, how well one seed ranks the objective a study of that recipe confirms."""
+    scores = []
     for recipe, short in (("confirm", "confirmation"), ("proxy", "proxy")):
         runs = {i: specs_[i][recipe] for i in keys}
         kr = min(len(runs[i]) for i in keys) if keys else 0
@@ -445,37 +524,16 @@ def analyze_runs(rows: list[dict], seed: int = 0) -> dict:
                     seed,
                 )
             )
+    return scores
 
-    ceiling = noise_ceiling([[r["loss"][-1] for r in specs_[i]["confirm"]] for i in keys], seed=seed)
-    for entry in scores:
-        c, t = ceiling["kendall_tau"], entry["kendall_tau"]
-        entry["fraction_of_ceiling"] = t / c if c and c > 0 and math.isfinite(t) else math.nan
-    seed_std = pooled_seed_std([[r["loss"][-1] for r in proxy[i]] for i in keys])
-    arch = (
-        math.sqrt(
-            max(
-                0.0,
-                statistics.pvariance([statistics.fmean(r["loss"][-1] for r in proxy[i]) for i in keys])
-                - seed_std**2 / k,
-            )
-        )
-        if k and len(keys) > 1
-        else math.nan
-    )
-    return {
-        "target": f"confirmed cross-entropy, mean of {min(len(specs_[i]['confirm']) for i in keys) if keys else 0} "
-        f"seeds, held-out split",
-        "n_specs": len(keys),
-        "seeds": k,
-        "ceiling": ceiling,
-        "scores": scores,
-        "noise": {
-            "proxy_seed_std": seed_std,
-            "proxy_architecture_std": arch,
-            "confirm_seed_std": pooled_seed_std([[r["loss"][-1] for r in specs_[i]["confirm"]] for i in keys]),
-        },
-        "racing": [racing_replay(proxy, target, z, seed=seed) for z in (0.5, 1.0, 2.0)] if k >= 2 else [],
-    }
+
+def _architecture_std(proxy: dict[int, list[dict]], keys: list[int], k: int, seed_std: float) -> float:
+    """The std of the specs' K-seed proxy means less what the seeds' noise adds to it (nan with
+    fewer than 2 specs or no seeds)."""
+    if not (k and len(keys) > 1):
+        return math.nan
+    means = [statistics.fmean(r["loss"][-1] for r in proxy[i]) for i in keys]
+    return math.sqrt(max(0.0, statistics.pvariance(means) - seed_std**2 / k))
 
 
 def racing_replay(
