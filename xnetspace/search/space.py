@@ -233,10 +233,23 @@ class SearchSpace(BaseModel):
 
     @model_validator(mode="after")
     def _ties_consistent(self) -> SearchSpace:
+        self._check_sizes_defined()
+        defined = self._check_tie_definitions()
+        for stage in self.stage_definitions():
+            for knob, definition in stage.items():
+                if isinstance(definition, TieRef) and definition.tie not in defined:
+                    raise ValueError(f"{knob} refers to tie '{definition.tie}', which no knob defines")
+        return self
+
+    def _check_sizes_defined(self) -> None:
+        """Every stage needs a depth and a width: its own, the defaults', or the width rule's."""
         for i, stage in enumerate(self.stage_definitions(), start=1):
             for knob in ("depth", "embed_dim"):
                 if knob not in stage and self.rules.width is None:
                     raise ValueError(f"stage {i} does not define {knob} (in stages or stage_defaults)")
+
+    def _check_tie_definitions(self) -> dict[str, Knob]:
+        """The definition of each tie, refusing a tie defined twice differently."""
         defined: dict[str, Knob] = {}
         for stage in self.stage_definitions():
             for definition in stage.values():
@@ -246,11 +259,7 @@ class SearchSpace(BaseModel):
                         raise ValueError(
                             f"tie '{definition.tie}' is defined twice, differently: {kept} and {definition}"
                         )
-        for stage in self.stage_definitions():
-            for knob, definition in stage.items():
-                if isinstance(definition, TieRef) and definition.tie not in defined:
-                    raise ValueError(f"{knob} refers to tie '{definition.tie}', which no knob defines")
-        return self
+        return defined
 
     @model_validator(mode="after")
     def _rules_fit(self) -> SearchSpace:
@@ -390,47 +399,16 @@ class SearchSpace(BaseModel):
             pydantic.ValidationError: the drawn combination is not a valid spec (e.g. attention
                 channels not divisible by the drawn heads); callers count it as a rejected sample.
         """
-        ties, rules, definitions = self._tie_definitions(), self.rules, self.stage_definitions()
-        n = len(definitions)
+        # The Optuna parameters are asked for in this order, always all of them (stored studies are
+        # replayed against it, and param_names relies on it): network, width rule, monotone chains,
+        # stage knobs, schedules.
+        n = len(self.stages)
         stages: list[dict[str, Any]] = [{} for _ in range(n)]
-        problems = []  # raised after every parameter was asked for (param_names relies on it)
-        searched = {  # network fields with choices: Optuna parameters network.FIELD
-            name: choices[0] if len(choices) == 1 else trial.suggest_categorical(f"network.{name}", choices)
-            for name, choices in self.network.items()
-            if isinstance(choices, list)
-        }
-        if rules.width is not None:
-            drawn = rules.width.draw(trial)
-            try:
-                dims, depths = rules.width.stages(*drawn, n)
-                for stage, dim, depth in zip(stages, dims, depths):
-                    stage.update(embed_dim=dim, depth=depth)
-            except ValueError as err:
-                problems.append(str(err))
-        for knob in rules.monotone:
-            for (a, b), combos in self.monotone_options[knob].items():
-                labels = {",".join(f"{v:g}" for v in combo): combo for combo in combos}
-                if len(combos) > 1:  # a chain with one non-decreasing combination is no knob
-                    combo = labels[trial.suggest_categorical(f"stage{a + 1}-{b + 1}.{knob}", list(labels))]
-                else:
-                    combo = combos[0]
-                for i, value in zip(range(a, b + 1), combo):
-                    stages[i][knob] = int(value) if knob in INT_KNOBS else value
-        for i, stage_definitions in enumerate(definitions):
-            for knob, definition in stage_definitions.items():
-                if knob in stages[i] or knob in rules.schedules:
-                    continue
-                whole = knob in INT_KNOBS
-                if definition.tie:
-                    stages[i][knob] = suggest(trial, f"tied.{definition.tie}", ties[definition.tie], whole, knob)
-                else:
-                    stages[i][knob] = suggest(trial, f"stage{i + 1}.{knob}", definition, whole, knob)
-        scheduled = {}
-        for knob, schedule in rules.schedules.items():
-            whole = knob in INT_KNOBS
-            first = suggest(trial, f"schedule.{knob}.first", schedule.first, whole)
-            last = suggest(trial, f"schedule.{knob}.last", schedule.last, whole)
-            scheduled[knob] = interpolate(first, last, n, schedule.log)
+        searched = self._draw_network(trial)
+        problems = self._draw_width(trial, stages)  # raised after every parameter was asked for
+        self._draw_monotone(trial, stages)
+        self._draw_stage_knobs(trial, stages)
+        scheduled = self._draw_schedules(trial, n)
         if problems:
             raise ValidationError.from_exception_data(
                 "NetworkSpec",
@@ -439,19 +417,83 @@ class SearchSpace(BaseModel):
                     for p in problems
                 ],
             )
+        self._apply_schedules(stages, scheduled)
+        fields = {**self.network, **searched, **network}
+        return NetworkSpec.model_validate({"name": f"{self.name}_sample", **fields, "stages": stages})
+
+    def _draw_network(self, trial: Any) -> dict[str, Any]:
+        """The network fields with choices (Optuna parameters ``network.FIELD``; one choice is no knob)."""
+        return {
+            name: choices[0] if len(choices) == 1 else trial.suggest_categorical(f"network.{name}", choices)
+            for name, choices in self.network.items()
+            if isinstance(choices, list)
+        }
+
+    def _draw_width(self, trial: Any, stages: list[dict[str, Any]]) -> list[str]:
+        """The width rule's embed_dim and depth into ``stages``; returns why the drawn parameters
+        give no valid widths (empty: they do, or there is no width rule)."""
+        width = self.rules.width
+        if width is None:
+            return []
+        drawn = width.draw(trial)
+        try:
+            dims, depths = width.stages(*drawn, len(stages))
+        except ValueError as err:
+            return [str(err)]
+        for stage, dim, depth in zip(stages, dims, depths):
+            stage.update(embed_dim=dim, depth=depth)
+        return []
+
+    def _draw_monotone(self, trial: Any, stages: list[dict[str, Any]]) -> None:
+        """Each monotone chain's non-decreasing combination (one parameter ``stage{a}-{b}.{knob}``)
+        into ``stages``."""
+        for knob in self.rules.monotone:
+            for (a, b), combos in self.monotone_options[knob].items():
+                labels = {",".join(f"{v:g}" for v in combo): combo for combo in combos}
+                if len(combos) > 1:  # a chain with one non-decreasing combination is no knob
+                    combo = labels[trial.suggest_categorical(f"stage{a + 1}-{b + 1}.{knob}", list(labels))]
+                else:
+                    combo = combos[0]
+                for i, value in zip(range(a, b + 1), combo):
+                    stages[i][knob] = int(value) if knob in INT_KNOBS else value
+
+    def _draw_stage_knobs(self, trial: Any, stages: list[dict[str, Any]]) -> None:
+        """Every stage knob no rule sets into ``stages`` (``stage{i}.{knob}``, or ``tied.{NAME}``)."""
+        ties = self._tie_definitions()
+        for i, stage_definitions in enumerate(self.stage_definitions()):
+            for knob, definition in stage_definitions.items():
+                if knob in stages[i] or knob in self.rules.schedules:
+                    continue
+                whole = knob in INT_KNOBS
+                if definition.tie:
+                    stages[i][knob] = suggest(trial, f"tied.{definition.tie}", ties[definition.tie], whole, knob)
+                else:
+                    stages[i][knob] = suggest(trial, f"stage{i + 1}.{knob}", definition, whole, knob)
+
+    def _draw_schedules(self, trial: Any, n: int) -> dict[str, list[float]]:
+        """Per scheduled knob, its first and last values interpolated over the ``n`` stages (not yet
+        rounded to valid values: :meth:`_apply_schedules`)."""
+        scheduled = {}
+        for knob, schedule in self.rules.schedules.items():
+            whole = knob in INT_KNOBS
+            first = suggest(trial, f"schedule.{knob}.first", schedule.first, whole)
+            last = suggest(trial, f"schedule.{knob}.last", schedule.last, whole)
+            scheduled[knob] = interpolate(first, last, n, schedule.log)
+        return scheduled
+
+    def _apply_schedules(self, stages: list[dict[str, Any]], scheduled: dict[str, list[float]]) -> None:
+        """The scheduled values, rounded to valid ones for each stage, into ``stages``."""
         defaults = StageSpec.model_fields
         for knob in sorted(scheduled, key=lambda k: k in ("mlp_ratio", "attn_ratio")):  # the ratios need the heads
             for stage, x in zip(stages, scheduled[knob]):
                 stage[knob] = round_scheduled(
                     knob,
                     x,
-                    rules.schedules[knob].values,
+                    self.rules.schedules[knob].values,
                     stage.get("embed_dim"),
                     stage.get("num_heads", defaults["num_heads"].default),
                     len(stage.get("ffn_kernel_sizes", defaults["ffn_kernel_sizes"].default)),
                 )
-        fields = {**self.network, **searched, **network}
-        return NetworkSpec.model_validate({"name": f"{self.name}_sample", **fields, "stages": stages})
 
     def rules_summary(self) -> str:
         """One line on the space's rules (empty without rules): ``width rule (w0, wa, wm, depth;
@@ -641,28 +683,39 @@ def space_data(space: SearchSpace) -> dict:
         data["dataset"] = space.dataset
     if space.network:
         data["network"] = _plain(space.network)
-    rules = space.rules
-    if not rules.empty:
-        data["rules"] = {}
-        if rules.width is not None:
-            w = rules.width
-            data["rules"]["width"] = {k: _short(getattr(w, k)) for k in ("w0", "wa", "wm", "depth")}
-            data["rules"]["width"]["quantum"] = w.quantum
-        if rules.schedules:
-            data["rules"]["schedules"] = {}
-            for knob, schedule in rules.schedules.items():
-                entry = {"first": _short(schedule.first), "last": _short(schedule.last)}
-                if schedule.values is not None:
-                    entry["values"] = _plain(schedule.values)
-                if schedule.log:
-                    entry["log"] = True
-                data["rules"]["schedules"][knob] = entry
-        if rules.monotone:
-            data["rules"]["monotone"] = list(rules.monotone)
+    if not space.rules.empty:
+        data["rules"] = _rules_data(space.rules)
     if space.stage_defaults.knobs:
         data["stage_defaults"] = {k: _short(d) for k, d in space.stage_defaults.knobs.items()}
     data["stages"] = [_Flow({k: _short(d) for k, d in stage.knobs.items()}) for stage in space.stages]
-    c = space.constraints
+    data["constraints"] = _constraints_data(space.constraints)
+    data["train"] = _Block(space.train.model_dump(mode="json"))  # in full: later default changes leave it as it is
+    return data
+
+
+def _rules_data(rules: Rules) -> dict[str, Any]:
+    """``rules`` as a space file writes them, leaving out the parts not set."""
+    data: dict[str, Any] = {}
+    if rules.width is not None:
+        w = rules.width
+        data["width"] = {k: _short(getattr(w, k)) for k in ("w0", "wa", "wm", "depth")}
+        data["width"]["quantum"] = w.quantum
+    if rules.schedules:
+        data["schedules"] = {}
+        for knob, schedule in rules.schedules.items():
+            entry = {"first": _short(schedule.first), "last": _short(schedule.last)}
+            if schedule.values is not None:
+                entry["values"] = _plain(schedule.values)
+            if schedule.log:
+                entry["log"] = True
+            data["schedules"][knob] = entry
+    if rules.monotone:
+        data["monotone"] = list(rules.monotone)
+    return data
+
+
+def _constraints_data(c: Constraints) -> dict[str, Any]:
+    """``c`` as a space file writes it: the image size always, the other budgets where set."""
     height, width = parse_image_size(c.image_size)  # the default, 224, is not validated into (224, 224)
     constraints: dict[str, Any] = {"image_size": height if height == width else [height, width]}
     if c.flops is not None:
@@ -673,9 +726,7 @@ def space_data(space: SearchSpace) -> dict:
         constraints["max_latency_ms"] = c.max_latency_ms
     if c.latency_batch_size != 1:
         constraints["latency_batch_size"] = c.latency_batch_size
-    data["constraints"] = constraints
-    data["train"] = _Block(space.train.model_dump(mode="json"))  # in full: later default changes leave it as it is
-    return data
+    return constraints
 
 
 class _Flow(dict):
