@@ -433,22 +433,49 @@ def prepare_image_folder(
 
     Unreadable images are left out and listed in the result's ``unreadable``; nothing is fatal.
     """
-    from tqdm import tqdm
-
-    from ..memory import available_memory, human_bytes
-
     side = stored_side(image_size)
     order = np.argsort(listing.split, kind="stable")  # stored train, val, test: each split one slice
-    n = len(order)
+    _check_memory(listing, len(order), side)
+    workers = workers or min(
+        16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+    images, keep, unreadable = _decode_all(listing, order, side, workers, progress)
+    kept_order = order[keep]
+    return PreparedFolder(
+        images=images[: len(kept_order)],
+        labels=listing.labels[kept_order],
+        split=listing.split[kept_order],
+        paths=[listing.paths[i] for i in kept_order],
+        classes=list(listing.classes),
+        image_size=image_size,
+        stored_size=side,
+        root=str(listing.root.resolve()),
+        key=folder_key(listing, image_size, side),
+        unreadable=unreadable,
+    )
+
+
+def _check_memory(listing: Listing, n: int, side: int) -> None:
+    """Refuse, before decoding anything, ``n`` images at ``side`` that the memory cannot hold."""
+    from ..memory import available_memory, human_bytes
+
     need, free = n * side * side * 3, available_memory()
     if free is not None and need > free:
         raise DataError(
             f"imagefolder:{listing.root}: {n:,} images at {side}x{side} need {human_bytes(need)} of memory, "
             f"{human_bytes(free)} is available; use a smaller --image-size or fewer images"
         )
-    workers = workers or min(
-        16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
+
+
+def _decode_all(
+    listing: Listing, order: np.ndarray, side: int, workers: int, progress: bool | None
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Decode the images in ``order`` with ``workers`` threads, chunk by chunk. Returns the images
+    (the readable ones first, compacted in place: no second copy), which positions of ``order``
+    were readable, and the unreadable ones' paths and errors."""
+    from tqdm import tqdm
+
+    n = len(order)
     images = np.empty((n, side, side, 3), dtype=np.uint8)
     keep = np.zeros(n, dtype=bool)
     unreadable: list[tuple[str, str]] = []
@@ -481,19 +508,7 @@ def prepare_image_folder(
                 else:
                     unreadable.append((listing.paths[order[k]], error[:300]))
                 bar.update(1)
-    kept_order = order[keep]
-    return PreparedFolder(
-        images=images[:kept],
-        labels=listing.labels[kept_order],
-        split=listing.split[kept_order],
-        paths=[listing.paths[i] for i in kept_order],
-        classes=list(listing.classes),
-        image_size=image_size,
-        stored_size=side,
-        root=str(root.resolve()),
-        key=folder_key(listing, image_size, side),
-        unreadable=unreadable,
-    )
+    return images, keep, unreadable
 
 
 def cached_file(listing: Listing, image_size: int) -> Path:
