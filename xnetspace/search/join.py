@@ -198,10 +198,24 @@ def join_study(
         log(options, f"study '{study_name}' in {shown_url(storage_url)} is finished: nothing left to do")
         return options
     data = local_data(config, facts, dataset)
+    _work_on(study, config, options, data, dataset, first)
+    return options
+
+
+def _work_on(
+    study: optuna.Study, config: StudyConfig, options: RunOptions, data: DataSplit, dataset: str | None, first: int
+) -> None:
+    """Run this machine's workers (numbered from ``first``) on the joined study until it is done,
+    in this process when there is one, else in worker processes; then check what they left.
+
+    Raises:
+        WorkerCrashed: worker processes crashed and left the study unfinished.
+        StudyStalled: the study's trials kept failing.
+    """
     count = len(worker_devices(options))
     log(
         options,
-        f"{data}\njoined study '{study_name}' in {shown_url(storage_url)} as worker {first}"
+        f"{data}\njoined study '{options.study_name}' in {shown_url(options.storage_url)} as worker {first}"
         f"{'' if count == 1 else f'..{first + count - 1}'}",
     )
     control = open_control_study(config, options, first) if "random:auto" in options.baselines else None
@@ -210,11 +224,10 @@ def join_study(
     try:
         if count == 1:
             with monitor.running():
-                run_worker(config, options, devices[0], first, data)
+                run_worker(config, options, options.devices[0], first, data)
         else:
             lost = run_processes(config, options, monitor, dataset, first)
     finally:
         monitor.close()
     check_lost(lost, study, options, config.score)
     check_progress(study, options, since)
-    return options
