@@ -161,23 +161,11 @@ def connect_storage(url: str, heartbeat: int | None = None) -> optuna.storages.R
     sqlite = url.startswith("sqlite")
     if sqlite:
         _check_sqlite_file(url, shown)
-    engine: dict[str, Any] = {}
-    if sqlite:
-        engine["connect_args"] = {"timeout": SQLITE_BUSY_SECONDS}
-    else:
-        engine.update(pool_pre_ping=True, pool_recycle=3600, connect_args={"connect_timeout": 10})
+    engine = _engine_options(sqlite)
     try:
         with warnings.catch_warnings():  # heartbeats and retries are marked experimental in Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            beat: dict[str, Any] = (
-                {}
-                if heartbeat is None
-                else dict(
-                    heartbeat_interval=heartbeat,
-                    grace_period=3 * heartbeat,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-                )
-            )
+            beat = _heartbeat_options(heartbeat)
             with _setup_lock(url):
                 storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
         if sqlite:
@@ -193,3 +181,23 @@ def connect_storage(url: str, heartbeat: int | None = None) -> optuna.storages.R
     except sqlalchemy.exc.SQLAlchemyError as err:  # unreachable, wrong password, no such database
         reason = " ".join(str(getattr(err, "orig", None) or err).split())
         raise StorageError(f"--storage {shown}: cannot connect: {reason}") from None
+
+
+def _engine_options(sqlite: bool) -> dict[str, Any]:
+    """SQLAlchemy engine arguments: SQLite waits for another process's write lock; a server
+    database's dropped connections are replaced before use, and connecting gives up after 10 s."""
+    if sqlite:
+        return {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
+    return dict(pool_pre_ping=True, pool_recycle=3600, connect_args={"connect_timeout": 10})
+
+
+def _heartbeat_options(heartbeat: int | None) -> dict[str, Any]:
+    """RDBStorage's heartbeat arguments (none without ``heartbeat``): stale trials, after 3 missed
+    intervals, are failed and queued again, at most twice."""
+    if heartbeat is None:
+        return {}
+    return dict(
+        heartbeat_interval=heartbeat,
+        grace_period=3 * heartbeat,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+    )
