@@ -56,7 +56,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -358,61 +358,66 @@ def _tie_constraints(space: SearchSpace, members: list[Member]) -> list[Constrai
         sets = [_stage_values(space, i, knob) for i in range(n)]
         if n < 2 or knob in space.rules.schedules or (space.rules.width and knob in ("embed_dim", "depth")):
             continue
-        definitions = [d.get(knob) for d in space.stage_definitions()]
-        if (
-            all(d is not None and d.tie for d in definitions)
-            and len({d.tie for d in definitions if d is not None}) == 1
-        ):
-            continue  # tied already
-        if all(s is not None and len(set(s)) == 1 for s in sets) and len({s[0] for s in sets if s is not None}) == 1:
-            continue  # one value everywhere already
-        satisfied = np.array([len(set(m.values(knob))) == 1 for m in members])
-        if any(s is None for s in sets):
-            reason = f"{knob} is continuous in some stage; a tie needs finite values"
-            out.append(
-                Constraint("tie", knob, f"{knob} tied across stages", satisfied, lambda d: None, not_applicable=reason)
-            )
+        if _one_value_already(space, knob, sets):
             continue
-        common = sorted(set.intersection(*(set(s) for s in sets if s is not None)), key=lambda v: (str(type(v)), v))
-        if not common:
-            out.append(
-                Constraint(
-                    "tie",
-                    knob,
-                    f"{knob} tied across stages",
-                    satisfied,
-                    lambda d: None,
-                    not_applicable=f"no {knob} value is allowed in every stage",
-                )
-            )
-            continue
-
-        def apply(data: dict, knob: str = knob) -> None:
-            current = SearchSpace.model_validate(data)
-            sets = [current.stage_values(i, knob) for i in range(len(current.stages))]
-            if any(s is None for s in sets):
-                raise ValueError(f"{knob} is no longer a per-stage knob")
-            values = sorted(set.intersection(*(set(s) for s in sets if s is not None)), key=lambda v: (str(type(v)), v))
-            if not values:
-                raise ValueError(f"no {knob} value is left in every stage")
-            _remove(data, knob)
-            _drop_monotone(data, knob)  # a tied knob never decreases
-            plain = [list(v) if isinstance(v, tuple) else v for v in values]
-            data.setdefault("stage_defaults", {})[knob] = (
-                {"choices": plain, "tie": knob} if len(plain) > 1 else plain[0]
-            )
-
-        out.append(
-            Constraint(
-                "tie",
-                knob,
-                f"{knob} tied across stages (one of {_show(common)})",
-                satisfied,
-                apply,
-                {"values": [list(v) if isinstance(v, tuple) else v for v in common]},
-            )
-        )
+        out.append(_tie_constraint(knob, sets, members))
     return out
+
+
+def _one_value_already(space: SearchSpace, knob: str, sets: list[list | None]) -> bool:
+    """Whether ``knob`` takes one value in every stage already (tied, or one value everywhere):
+    no tie to test."""
+    definitions = [d.get(knob) for d in space.stage_definitions()]
+    if all(d is not None and d.tie for d in definitions) and len({d.tie for d in definitions if d is not None}) == 1:
+        return True  # tied already
+    return all(s is not None and len(set(s)) == 1 for s in sets) and len({s[0] for s in sets if s is not None}) == 1
+
+
+def _tie_constraint(knob: str, sets: list[list | None], members: list[Member]) -> Constraint:
+    """The tie of ``knob`` across stages (``sets``: the values each stage allows)."""
+    satisfied = np.array([len(set(m.values(knob))) == 1 for m in members])
+    description = f"{knob} tied across stages"
+    if any(s is None for s in sets):
+        reason = f"{knob} is continuous in some stage; a tie needs finite values"
+        return Constraint("tie", knob, description, satisfied, lambda d: None, not_applicable=reason)
+    common = _common_values(sets)
+    if not common:
+        reason = f"no {knob} value is allowed in every stage"
+        return Constraint("tie", knob, description, satisfied, lambda d: None, not_applicable=reason)
+    return Constraint(
+        "tie",
+        knob,
+        f"{description} (one of {_show(common)})",
+        satisfied,
+        functools.partial(_write_tie, knob=knob),
+        {"values": _plain(common)},
+    )
+
+
+def _write_tie(data: dict, knob: str) -> None:
+    """Tie ``knob`` across the stages of the space data, over the values every stage still allows
+    (ValueError when none is left, or the knob is no longer per stage)."""
+    current = SearchSpace.model_validate(data)
+    sets = [current.stage_values(i, knob) for i in range(len(current.stages))]
+    if any(s is None for s in sets):
+        raise ValueError(f"{knob} is no longer a per-stage knob")
+    values = _common_values(sets)
+    if not values:
+        raise ValueError(f"no {knob} value is left in every stage")
+    _remove(data, knob)
+    _drop_monotone(data, knob)  # a tied knob never decreases
+    plain = _plain(values)
+    data.setdefault("stage_defaults", {})[knob] = {"choices": plain, "tie": knob} if len(plain) > 1 else plain[0]
+
+
+def _common_values(sets: Sequence[Sequence | None]) -> list:
+    """The values every stage allows, sorted (values of one type together)."""
+    return sorted(set.intersection(*(set(s) for s in sets if s is not None)), key=lambda v: (str(type(v)), v))
+
+
+def _plain(values: Sequence) -> list:
+    """Values as the space file writes them: tuples as lists."""
+    return [list(v) if isinstance(v, tuple) else v for v in values]
 
 
 def _show(values: Sequence) -> str:
@@ -521,26 +526,17 @@ def _width_constraint(space: SearchSpace, members: list[Member], errors: np.ndar
             )
         ]
     quantum = smallest * 8 // math.gcd(smallest, 8)  # pycls's 8, or a multiple the stages need
-    widest = max(max(_blocks(m.spec)) for m in members)
-    grid = {
-        "w0": np.arange(quantum, widest + 1, quantum, dtype=float),
-        "wa": np.linspace(0.5, widest, 64),
-        "wm": np.linspace(1.2, 4.0, 29),
-    }
+    grid = _width_grid(members, quantum)
     cache: dict = {}
     fits = [fit_width_rule(_blocks(m.spec), quantum, n, grid, cache) for m in members]
-    order = np.argsort(errors, kind="stable")
-    best = [
-        fits[i][1] for i in order[: max(1, int(math.ceil(BEST_FRACTION * len(members))))] if fits[i][0] <= FIT_TOLERANCE
-    ]
-    satisfied = np.zeros(len(members), bool)
+    best = _best_fits(fits, errors)
     if len(best) < 3:
         return [
             Constraint(
                 "width_rule",
                 "embed_dim",
                 description,
-                satisfied,
+                np.zeros(len(members), bool),
                 lambda d: None,
                 {"quantum": quantum, "fit_tolerance": FIT_TOLERANCE},
                 not_applicable=f"{len(best)} of the best {BEST_FRACTION:.0%} of the members follow a "
@@ -548,31 +544,7 @@ def _width_constraint(space: SearchSpace, members: list[Member], errors: np.ndar
             )
         ]
     ranges = {k: (min(b[k] for b in best), max(b[k] for b in best)) for k in ("w0", "wa", "wm", "depth")}
-    inside = {k: (grid[k] >= ranges[k][0] - 1e-9) & (grid[k] <= ranges[k][1] + 1e-9) for k in ("w0", "wa", "wm")}
-    narrow = {k: grid[k][inside[k]] for k in inside}
-    narrow_cache: dict = {}
-    for i, m in enumerate(members):
-        blocks = _blocks(m.spec)
-        if ranges["depth"][0] <= len(blocks) <= ranges["depth"][1]:
-            satisfied[i] = fit_width_rule(blocks, quantum, n, narrow, narrow_cache)[0] <= FIT_TOLERANCE
-
-    def definition(k: str, low: float, high: float) -> Any:
-        if low == high:
-            return int(low) if k in ("w0", "depth") else round(low, 4)
-        if k == "w0":
-            return {"low": int(low), "high": int(high), "step": quantum}
-        if k == "depth":
-            return {"low": int(low), "high": int(high)}
-        return {"low": round(low, 4), "high": round(high, 4)}
-
-    rule = {k: definition(k, *ranges[k]) for k in ("w0", "wa", "wm", "depth")} | {"quantum": quantum}
-
-    def apply(data: dict) -> None:
-        for knob in ("embed_dim", "depth"):  # the rule sets both: widths never decrease, depths are its run lengths
-            _drop_monotone(data, knob)
-            _remove(data, knob)
-        _rules(data)["width"] = rule
-
+    rule = {k: _rule_range(k, *ranges[k], quantum) for k in ("w0", "wa", "wm", "depth")} | {"quantum": quantum}
     details = {
         "quantum": quantum,
         "fit_tolerance": FIT_TOLERANCE,
@@ -587,11 +559,63 @@ def _width_constraint(space: SearchSpace, members: list[Member], errors: np.ndar
             f"{description} (w0 {_span(ranges['w0'])}, wa {_span(ranges['wa'])}, "
             f"wm {_span(ranges['wm'])}, depth {_span(ranges['depth'])}, "
             f"quantum {quantum})",
-            satisfied,
-            apply,
+            _follow_fitted_rules(members, ranges, grid, quantum, n),
+            functools.partial(_write_width_rule, rule=rule),
             details,
         )
     ]
+
+
+def _width_grid(members: list[Member], quantum: int) -> dict[str, np.ndarray]:
+    """The w0, wa and wm values the rule is fitted over: up to the widest block of any member."""
+    widest = max(max(_blocks(m.spec)) for m in members)
+    return {
+        "w0": np.arange(quantum, widest + 1, quantum, dtype=float),
+        "wa": np.linspace(0.5, widest, 64),
+        "wm": np.linspace(1.2, 4.0, 29),
+    }
+
+
+def _best_fits(fits: list[tuple[float, dict | None]], errors: np.ndarray) -> list[dict]:
+    """The fitted rules of the best ``BEST_FRACTION`` of the members (lowest error first) that
+    follow their rule within ``FIT_TOLERANCE``."""
+    order = np.argsort(errors, kind="stable")
+    best = order[: max(1, int(math.ceil(BEST_FRACTION * len(fits))))]
+    return [cast(dict, fits[i][1]) for i in best if fits[i][0] <= FIT_TOLERANCE]
+
+
+def _follow_fitted_rules(
+    members: list[Member], ranges: dict[str, tuple], grid: dict[str, np.ndarray], quantum: int, num_stages: int
+) -> np.ndarray:
+    """Per member, whether a rule within the fitted ``ranges`` gives its blocks within ``FIT_TOLERANCE``."""
+    inside = {k: (grid[k] >= ranges[k][0] - 1e-9) & (grid[k] <= ranges[k][1] + 1e-9) for k in ("w0", "wa", "wm")}
+    narrow = {k: grid[k][inside[k]] for k in inside}
+    narrow_cache: dict = {}
+    satisfied = np.zeros(len(members), bool)
+    for i, m in enumerate(members):
+        blocks = _blocks(m.spec)
+        if ranges["depth"][0] <= len(blocks) <= ranges["depth"][1]:
+            satisfied[i] = fit_width_rule(blocks, quantum, num_stages, narrow, narrow_cache)[0] <= FIT_TOLERANCE
+    return satisfied
+
+
+def _rule_range(k: str, low: float, high: float, quantum: int) -> Any:
+    """The width rule's definition of parameter ``k`` (w0, wa, wm, depth) over [low, high]: a value or a range."""
+    if low == high:
+        return int(low) if k in ("w0", "depth") else round(low, 4)
+    if k == "w0":
+        return {"low": int(low), "high": int(high), "step": quantum}
+    if k == "depth":
+        return {"low": int(low), "high": int(high)}
+    return {"low": round(low, 4), "high": round(high, 4)}
+
+
+def _write_width_rule(data: dict, rule: dict) -> None:
+    """Write the width ``rule`` into the space data in place of the stages' widths and depths."""
+    for knob in ("embed_dim", "depth"):  # the rule sets both: widths never decrease, depths are its run lengths
+        _drop_monotone(data, knob)
+        _remove(data, knob)
+    _rules(data)["width"] = rule
 
 
 def _span(pair: tuple[float, float]) -> str:
@@ -611,13 +635,27 @@ def _set_param(data: dict, name: str, value: Any) -> None:
     in_chain = stage is not None and stage[2] in current.rules.monotone  # analysis splits chains into stages
     if name not in current.param_names() and not in_chain:
         raise ValueError(f"{name} is no longer a parameter of the space")
+    if not _set_stage_param(data, name, value):
+        _set_shared_param(data, name, value)
+
+
+def _set_stage_param(data: dict, name: str, value: Any) -> bool:
+    """Fix a stage's parameter (``stage2.mlp_ratio``) or a monotone chain's (``stage2-3.embed_dim``
+    = ``"48,96"``); False when ``name`` is neither."""
     if match := _CHAIN.fullmatch(name):
         a, b, knob = int(match[1]), int(match[2]), match[3]
         for i, v in zip(range(a - 1, b), str(value).split(",")):
             data["stages"][i][knob] = int(float(v)) if knob in INT_KNOBS else float(v)
     elif match := _STAGE.fullmatch(name):
         data["stages"][int(match[1]) - 1][match[2]] = value
-    elif name.startswith("tied."):
+    else:
+        return False
+    return True
+
+
+def _set_shared_param(data: dict, name: str, value: Any) -> None:
+    """Fix a parameter shared by stages (``tied.``), the network's, the width rule's or a schedule's."""
+    if name.startswith("tied."):
         tie = name[len("tied.") :]
         for where in [data.get("stage_defaults", {}), *data["stages"]]:
             for knob, definition in list(where.items()):
@@ -693,21 +731,9 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
         AnalysisError: a study that is not a population study (without ``force``), or with fewer
             than ``MIN_MEMBERS`` members.
     """
-    sampler, pruner = data.settings.get("sampler", "unknown"), data.settings.get("pruner", "unknown")
-    if not force and (sampler not in UNBIASED_SAMPLERS or pruner != "none" or data.pruned_by_pruner):
-        raise AnalysisError(
-            f"study {data.name!r} is not a population study (sampler {sampler}, pruner {pruner}): "
-            f"its members are not a uniform sample of the space, so subsets of them say little "
-            f"about subspaces; run xnetspace search --population, or pass --force"
-        )
-    candidates = [c for c in data.candidates if c.spec is not None]
-    members = [Member(c.number, c.error, c.flops, NetworkSpec.model_validate(c.spec), c.knobs) for c in candidates]
-    if len(members) < MIN_MEMBERS:
-        raise AnalysisError(
-            f"study {data.name!r} has {len(members)} members with a stored spec; refine needs at "
-            f"least {MIN_MEMBERS} (each constraint needs {MIN_SUBSET} members that satisfy it; pycls "
-            f"sampled 100 or more per space)"
-        )
+    if not force:
+        _check_population(data)
+    candidates, members = _members(data)
     space = data.config.space
     errors = np.array([m.error for m in members])
     flops = np.array([m.flops for m in members], float)
@@ -719,37 +745,110 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
     )
     fixes, importance_info = _fix_constraints(space, members, candidates, data.distributions, seed)
     constraints += fixes
+    test = functools.partial(evidence, seed=seed, n_resamples=n_resamples)
+    steps, masks, within = _first_tests(constraints, space, errors, flops, test)
+    refined_data, current, accepted = _accept_greedily(constraints, steps, space, errors, flops, within, test, seed)
+    refined = _refined_space(refined_data, data, len(members), len(accepted))
+    result = {
+        "study": data.name,
+        "source": data.source,
+        "space": space.name,
+        "refined_space": refined.name,
+        "refined_space_file": "refined_space.yaml",
+        "score": data.score.model_dump(exclude_none=True),
+        "members": len(members),
+        "rule": _RULE,
+        "knobs_before": space.param_names(),
+        "knobs_after": refined.param_names(),
+        "steps": steps,
+        "accepted": accepted,
+        "members_left": int(current.sum()),
+        "final_test": test(errors, flops, current) if accepted else None,
+        "importance": importance_info["importance"],
+        "warnings": _refine_warnings(data, steps, len(members)),
+    }
+    result = RefineResult.model_validate(result).model_dump(exclude_unset=True)
+    masks["all accepted constraints"], within["all accepted constraints"] = current, np.ones(len(members), bool)
+    return Refinement(result, refined, errors, flops, masks, within)
 
+
+def _check_population(data: StudyData) -> None:
+    """Refuse a study that is not a population study (a biased sampler, a pruner)."""
+    sampler, pruner = data.settings.get("sampler", "unknown"), data.settings.get("pruner", "unknown")
+    if sampler not in UNBIASED_SAMPLERS or pruner != "none" or data.pruned_by_pruner:
+        raise AnalysisError(
+            f"study {data.name!r} is not a population study (sampler {sampler}, pruner {pruner}): "
+            f"its members are not a uniform sample of the space, so subsets of them say little "
+            f"about subspaces; run xnetspace search --population, or pass --force"
+        )
+
+
+def _members(data: StudyData) -> tuple[list[Candidate], list[Member]]:
+    """The study's candidates with a stored spec, and the members made of them (AnalysisError when
+    there are fewer than ``MIN_MEMBERS``)."""
+    candidates = [c for c in data.candidates if c.spec is not None]
+    members = [Member(c.number, c.error, c.flops, NetworkSpec.model_validate(c.spec), c.knobs) for c in candidates]
+    if len(members) < MIN_MEMBERS:
+        raise AnalysisError(
+            f"study {data.name!r} has {len(members)} members with a stored spec; refine needs at "
+            f"least {MIN_MEMBERS} (each constraint needs {MIN_SUBSET} members that satisfy it; pycls "
+            f"sampled 100 or more per space)"
+        )
+    return candidates, members
+
+
+def _first_tests(
+    constraints: list[Constraint],
+    space: SearchSpace,
+    errors: np.ndarray,
+    flops: np.ndarray,
+    test: Callable[..., dict],
+) -> tuple[list[dict], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each constraint written into the original space alone and, where it can be, tested on all
+    members: refine.json's steps, and per tested constraint its mask and the members tested within."""
+    everyone = np.ones(len(errors), bool)
     steps: list[dict] = []
-    everyone = np.ones(len(members), bool)
     masks, within = {}, {}
     for c in constraints:
-        step: dict[str, Any] = {
-            "kind": c.kind,
-            "knob": c.knob,
-            "description": c.description,
-            "order": None,
-            "first_test": None,
-            "test": None,
-            "verdict": "not applicable",
-            "reason": c.not_applicable or "",
-            "details": c.details,
-        }
         if c.not_applicable is None:
-            try:  # written into the original space alone, it must give a valid space
-                alone = _fresh(space)
-                c.apply(alone)
-                SearchSpace.model_validate(alone)
-            except (ValueError, ValidationError) as err:
-                c.not_applicable = f"cannot be written into the space: {_first_line(err)}"
-                step["reason"] = c.not_applicable
+            _check_alone(c, space)
+        step = _new_step(c)
         if c.not_applicable is None:
-            step["first_test"] = evidence(errors, flops, c.satisfied, seed, n_resamples)
+            step["first_test"] = test(errors, flops, c.satisfied)
             step["verdict"], step["reason"] = _verdict(step["first_test"])
             masks[c.description] = c.satisfied
             within[c.description] = everyone
         steps.append(step)
+    return steps, masks, within
 
+
+def _check_alone(c: Constraint, space: SearchSpace) -> None:
+    """Mark ``c`` not applicable when, written into the original space alone, it gives no valid space."""
+    try:
+        alone = _fresh(space)
+        c.apply(alone)
+        SearchSpace.model_validate(alone)
+    except (ValueError, ValidationError) as err:
+        c.not_applicable = f"cannot be written into the space: {_first_line(err)}"
+
+
+def _new_step(c: Constraint) -> dict[str, Any]:
+    """Constraint ``c``'s step of refine.json, untested."""
+    return {
+        "kind": c.kind,
+        "knob": c.knob,
+        "description": c.description,
+        "order": None,
+        "first_test": None,
+        "test": None,
+        "verdict": "not applicable",
+        "reason": c.not_applicable or "",
+        "details": c.details,
+    }
+
+
+def _ranked(steps: list[dict], constraints: list[Constraint]) -> list[int]:
+    """The constraints accepted on all members, in the order they are combined."""
     # greedy: strongest evidence first; the space's shape (tie, monotone, schedule, width rule)
     # first, each re-tested within the members left by the shape accepted before it; then the
     # fixes, each decided on all members, not within the shrinking subsets: in a uniform sample
@@ -757,27 +856,43 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
     # included), and nested subsets leave too few members to decide anything (a third per knob,
     # and a monotone chain of widths keeps 15 of 100). The fixes' joint effect, with the shape,
     # is what --verify measures on a fresh population.
-    def by_evidence(kinds: set[str]) -> list[int]:
-        picked = (i for i, s in enumerate(steps) if s["verdict"] == "accepted" and constraints[i].kind in kinds)
-        return sorted(
-            picked,
-            key=lambda i: (steps[i]["first_test"]["mean_difference_ci95"][1], -steps[i]["first_test"]["satisfying"]),
-        )
+    return _by_evidence(steps, constraints, SHAPE_KINDS) + _by_evidence(steps, constraints, {"fix"})
 
-    ranked = by_evidence(SHAPE_KINDS) + by_evidence({"fix"})
+
+def _by_evidence(steps: list[dict], constraints: list[Constraint], kinds: set[str]) -> list[int]:
+    """The accepted constraints of ``kinds``: the lowest upper end of the CI first, then the most members."""
+    picked = (i for i, s in enumerate(steps) if s["verdict"] == "accepted" and constraints[i].kind in kinds)
+    return sorted(
+        picked,
+        key=lambda i: (steps[i]["first_test"]["mean_difference_ci95"][1], -steps[i]["first_test"]["satisfying"]),
+    )
+
+
+def _accept_greedily(
+    constraints: list[Constraint],
+    steps: list[dict],
+    space: SearchSpace,
+    errors: np.ndarray,
+    flops: np.ndarray,
+    within: dict[str, np.ndarray],
+    test: Callable[..., dict],
+    seed: int,
+) -> tuple[dict, np.ndarray, list[str]]:
+    """Combine the constraints accepted on all members, in :func:`_ranked` order, each re-tested
+    (a shape within the members satisfying the shape accepted before it; a fix on all members).
+
+    Returns:
+        the refined space's data, which members satisfy every accepted constraint, and the
+        accepted constraints' descriptions; ``steps`` and ``within`` are updated in place.
+    """
+    everyone = np.ones(len(errors), bool)
     current, refined_data, accepted = everyone.copy(), _fresh(space), []
-    for order, i in enumerate(ranked, start=1):
+    for order, i in enumerate(_ranked(steps, constraints), start=1):
         c, step = constraints[i], steps[i]
         step["order"] = order
         trial_data = _copy(refined_data)
         try:
-            c.apply(trial_data)
-            models = SearchSpace.model_validate(trial_data).distinct_specs(MIN_MODELS, seed, "check", CHECK_DRAWS)
-            if len(models) < MIN_MODELS:
-                raise SpaceError(
-                    f"it leaves fewer than {MIN_MODELS} distinct in-budget models ({len(models)} in "
-                    f"{CHECK_DRAWS} draws): too few for a fresh population to verify the space"
-                )
+            _write_with_enough_models(c, trial_data, seed)
         except (ValueError, ValidationError, SpaceError) as err:
             step["verdict"], step["reason"] = (
                 "not applicable",
@@ -785,26 +900,48 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
             )
             continue
         tested_in = everyone if c.kind == "fix" else current
-        test = evidence(errors[tested_in], flops[tested_in], c.satisfied[tested_in], seed, n_resamples)
-        step["test"] = test
-        step["verdict"], step["reason"] = _verdict(test)
+        step["test"] = test(errors[tested_in], flops[tested_in], c.satisfied[tested_in])
+        step["verdict"], step["reason"] = _verdict(step["test"])
         within[c.description] = tested_in.copy()
         if step["verdict"] == "accepted":
             refined_data, current = trial_data, current & c.satisfied
             accepted.append(c.description)
         elif step["verdict"] == "undecided":
             step["reason"] += " (after the constraints accepted before it)"
+    return refined_data, current, accepted
 
+
+def _write_with_enough_models(c: Constraint, data: dict, seed: int) -> None:
+    """Write ``c`` into the space data; SpaceError when the space then holds fewer than
+    ``MIN_MODELS`` distinct in-budget models (ValueError, ValidationError: it cannot be written)."""
+    c.apply(data)
+    models = SearchSpace.model_validate(data).distinct_specs(MIN_MODELS, seed, "check", CHECK_DRAWS)
+    if len(models) < MIN_MODELS:
+        raise SpaceError(
+            f"it leaves fewer than {MIN_MODELS} distinct in-budget models ({len(models)} in "
+            f"{CHECK_DRAWS} draws): too few for a fresh population to verify the space"
+        )
+
+
+def _refined_space(refined_data: dict, data: StudyData, members: int, accepted: int) -> SearchSpace:
+    """The refined space: named after the original, trained with the population's recipe."""
+    space = data.config.space
     refined_data["name"] = _refined_name(space.name)
     refined_data["description"] = (
         f"{space.name} refined by xnetspace refine from study {data.name} "
-        f"({len(members)} members): {len(accepted)} constraint(s) accepted"
+        f"({members} members): {accepted} constraint(s) accepted"
     )
     refined_data["train"] = data.config.train.model_dump(mode="json")  # the recipe the population was trained with
     try:
-        refined = SearchSpace.model_validate(refined_data)
+        return SearchSpace.model_validate(refined_data)
     except ValidationError as err:  # every step was validated: a bug if it happens
         raise SpaceError(f"the refined space is not valid: {_first_line(err)}") from err
+
+
+def _refine_warnings(data: StudyData, steps: list[dict], members: int) -> list[str]:
+    """refine.json's notes: the many tests, the values picked from the errors they are tested on,
+    a small population, a forced study."""
+    sampler, pruner = data.settings.get("sampler", "unknown"), data.settings.get("pruner", "unknown")
     warnings_ = [
         f"{sum(s['first_test'] is not None for s in steps)} constraints were tested at 95% each: some "
         f"verdicts are chance; --verify N samples a fresh population of the refined space and compares it "
@@ -813,37 +950,16 @@ def refine(data: StudyData, force: bool = False, seed: int = 0, n_resamples: int
         "better than they are), and each fix is decided alone, not with the others; --verify is the unbiased "
         "check",
     ]
-    if len(members) < 100:
+    if members < 100:
         warnings_.append(
-            f"{len(members)} members: pycls sampled 100 or more per space; subsets are small and the "
+            f"{members} members: pycls sampled 100 or more per space; subsets are small and the "
             f"shape's greedy steps shrink them fast"
         )
     if sampler not in UNBIASED_SAMPLERS or pruner != "none":
         warnings_.append(
             f"refined with --force from a study with sampler {sampler}, pruner {pruner}: not a uniform sample"
         )
-    score = data.score
-    result = {
-        "study": data.name,
-        "source": data.source,
-        "space": space.name,
-        "refined_space": refined.name,
-        "refined_space_file": "refined_space.yaml",
-        "score": score.model_dump(exclude_none=True),
-        "members": len(members),
-        "rule": _RULE,
-        "knobs_before": space.param_names(),
-        "knobs_after": refined.param_names(),
-        "steps": steps,
-        "accepted": accepted,
-        "members_left": int(current.sum()),
-        "final_test": evidence(errors, flops, current, seed, n_resamples) if accepted else None,
-        "importance": importance_info["importance"],
-        "warnings": warnings_,
-    }
-    result = RefineResult.model_validate(result).model_dump(exclude_unset=True)
-    masks["all accepted constraints"], within["all accepted constraints"] = current, everyone
-    return Refinement(result, refined, errors, flops, masks, within)
+    return warnings_
 
 
 def report_lines(result: dict, files: dict[str, Path] | None = None) -> list[str]:
