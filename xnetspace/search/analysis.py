@@ -64,12 +64,12 @@ import numpy as np
 import numpy.typing as npt
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 from scipy import stats
 
 from .analysis_schema import AnalysisResult, ScoreInfo
-from .records import read_trial
+from .records import TrialRecord, read_trial
 from .score import LOSS
 from .study import StudyConfig, stored_settings
 
@@ -247,56 +247,73 @@ def study_data(study: optuna.Study, source: str = "", summary: Path | None = Non
     trials = study.get_trials(deepcopy=False)
     data = StudyData(study.study_name, source or study.study_name, config, settings, [], {})
     if summary is not None and Path(summary).is_file():
-        try:
-            found = json.loads(Path(summary).read_text())
-            noise = found.get("noise") or {}
-            if (found.get("score") or {}).get("name", "top1") == config.score.name:  # the noise's unit is the score's
-                data.seed_std = noise.get("proxy_seed_std", noise.get("seed_std"))
-            data.confirmed_best = found.get("best")
-        except (ValueError, AttributeError):
-            pass  # a damaged summary costs the noise figure only
+        _read_summary(data, Path(summary))
     for t in trials:
-        try:
-            r = read_trial(t)
-        except ValidationError:  # a damaged or edited storage
-            data.unreadable += 1
-            continue
-        if r.surplus:
-            continue
-        if r.rejected:
-            data.rejected += 1
-            data.rejected_over_budget += (r.reason or "").startswith("over budget")
-        elif not r.slot:
-            continue
-        elif r.duplicate_of is not None:
-            data.duplicates += 1
-        elif t.state == TrialState.COMPLETE:
-            top1 = _finite(r.final("top1"))
-            value = top1 if config.score.name == "top1" else _finite(r.final("loss"))
-            if value is None:
-                data.unreadable += 1
-                continue
-            error = 100.0 - value if config.score.name == "top1" else value
-            params, distributions = stage_params(t.params, t.distributions)
-            data.candidates.append(
-                Candidate(
-                    t.number,
-                    error,
-                    r.flops or 0,
-                    r.params or 0,
-                    r.spec_digest or "",
-                    params,
-                    None if top1 is None else 100.0 - top1,
-                    r.spec,
-                )
-            )
-            data.distributions.update(distributions)
-        elif t.state == TrialState.PRUNED:
-            data.pruned += 1
-            data.pruned_by_pruner += (r.reason or "").startswith("pruner")
-        elif t.state == TrialState.FAIL and r.reason is not None:
-            data.failed += 1
+        _add_trial(data, t)
     return data
+
+
+def _read_summary(data: StudyData, summary: Path) -> None:
+    """The seed noise (when it is in the study's score) and the confirmed best from the run's
+    ``summary.json``."""
+    try:
+        found = json.loads(summary.read_text())
+        noise = found.get("noise") or {}
+        if (found.get("score") or {}).get("name", "top1") == data.config.score.name:  # the noise's unit is the score's
+            data.seed_std = noise.get("proxy_seed_std", noise.get("seed_std"))
+        data.confirmed_best = found.get("best")
+    except (ValueError, AttributeError):
+        pass  # a damaged summary costs the noise figure only
+
+
+def _add_trial(data: StudyData, t: FrozenTrial) -> None:
+    """Count trial ``t`` where it belongs: a candidate, a rejected sample, a repeat, a pruned or a
+    failed trial (a surplus trial or one without a slot counts nowhere)."""
+    try:
+        r = read_trial(t)
+    except ValidationError:  # a damaged or edited storage
+        data.unreadable += 1
+        return
+    if r.surplus:
+        return
+    if r.rejected:
+        data.rejected += 1
+        data.rejected_over_budget += (r.reason or "").startswith("over budget")
+    elif not r.slot:
+        return
+    elif r.duplicate_of is not None:
+        data.duplicates += 1
+    elif t.state == TrialState.COMPLETE:
+        _add_candidate(data, t, r)
+    elif t.state == TrialState.PRUNED:
+        data.pruned += 1
+        data.pruned_by_pruner += (r.reason or "").startswith("pruner")
+    elif t.state == TrialState.FAIL and r.reason is not None:
+        data.failed += 1
+
+
+def _add_candidate(data: StudyData, t: FrozenTrial, r: TrialRecord) -> None:
+    """Completed trial ``t`` as a candidate, in the study's score (unreadable when it has none)."""
+    top1 = _finite(r.final("top1"))
+    value = top1 if data.config.score.name == "top1" else _finite(r.final("loss"))
+    if value is None:
+        data.unreadable += 1
+        return
+    error = 100.0 - value if data.config.score.name == "top1" else value
+    params, distributions = stage_params(t.params, t.distributions)
+    data.candidates.append(
+        Candidate(
+            t.number,
+            error,
+            r.flops or 0,
+            r.params or 0,
+            r.spec_digest or "",
+            params,
+            None if top1 is None else 100.0 - top1,
+            r.spec,
+        )
+    )
+    data.distributions.update(distributions)
 
 
 _CHAIN = re.compile(r"stage(\d+)-(\d+)\.(\w+)")
@@ -441,22 +458,46 @@ def importances(
             f"{len(single)} knob(s) took a single value in every candidate, so they have no importance: "
             + ", ".join(f"{k} = {next(iter(values[k]))}" for k in single)
         )
-    if not varying:
-        notes.append("no knob varied between candidates: no importance")
+    reason = _no_importance(candidates, varying)
+    if reason is not None:
+        notes.append(reason)
         return {"fanova": {}, "ped_anova": {}}, single, notes
-    if len({c.error for c in candidates}) == 1:  # fANOVA divides by the errors' variance
-        notes.append("every candidate has the same error: no knob can explain a difference, no importance")
-        return {"fanova": {}, "ped_anova": {}}, single, notes
-    if len(candidates) < len(varying):
+    study = _scratch_study(candidates, distributions)
+    evaluators = {
+        "fanova": optuna.importance.FanovaImportanceEvaluator(seed=seed),
+        "ped_anova": optuna.importance.PedAnovaImportanceEvaluator(),
+    }
+    result = {}
+    for name, evaluator in evaluators.items():
+        result[name] = _normalized_importance(study, name, evaluator, varying, notes)
+    if len(candidates) < 50:
         notes.append(
+            f"PED-ANOVA compares the best 10% ({math.ceil(0.1 * len(candidates))} candidates) with the "
+            f"rest; below 50 candidates it is unstable"
+        )
+    return result, single, notes
+
+
+def _no_importance(candidates: Sequence[Candidate], varying: list[str]) -> str | None:
+    """Why no importance can be computed for the knobs ``varying`` (None: it can)."""
+    if not varying:
+        return "no knob varied between candidates: no importance"
+    if len({c.error for c in candidates}) == 1:  # fANOVA divides by the errors' variance
+        return "every candidate has the same error: no knob can explain a difference, no importance"
+    if len(candidates) < len(varying):
+        return (
             f"no importance from {len(candidates)} candidates for {len(varying)} knobs "
             f"(it needs at least as many candidates as knobs)"
         )
-        return {"fanova": {}, "ped_anova": {}}, single, notes
+    return None
+
+
+def _scratch_study(candidates: Sequence[Candidate], distributions: dict[str, BaseDistribution]) -> optuna.Study:
+    """An in-memory study of the candidates alone, each error as its trial's value."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line for a scratch study
     try:
-        study = optuna.create_study(direction="minimize")  # in memory: the candidates only, error as the value
+        study = optuna.create_study(direction="minimize")
     finally:
         optuna.logging.set_verbosity(verbosity)
     study.add_trials(
@@ -467,26 +508,26 @@ def importances(
             for c in candidates
         ]
     )
-    evaluators = {
-        "fanova": optuna.importance.FanovaImportanceEvaluator(seed=seed),
-        "ped_anova": optuna.importance.PedAnovaImportanceEvaluator(),
-    }
-    result = {}
-    for name, evaluator in evaluators.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # experimental-argument notices and "importances equal" notes
-            raw = optuna.importance.get_param_importances(study, evaluator=evaluator, params=varying, normalize=False)
-        raw = {k: max(0.0, float(v)) for k, v in raw.items()}
-        total = sum(raw.values())
-        if total == 0:
-            notes.append(f"{name}: every knob's importance is 0 (no knob separates the candidates' errors)")
-        result[name] = {k: (v / total if total else 0.0) for k, v in sorted(raw.items(), key=lambda kv: -kv[1])}
-    if len(candidates) < 50:
-        notes.append(
-            f"PED-ANOVA compares the best 10% ({math.ceil(0.1 * len(candidates))} candidates) with the "
-            f"rest; below 50 candidates it is unstable"
-        )
-    return result, single, notes
+    return study
+
+
+def _normalized_importance(
+    study: optuna.Study,
+    name: str,
+    evaluator: optuna.importance.BaseImportanceEvaluator,
+    varying: list[str],
+    notes: list[str],
+) -> dict[str, float]:
+    """One evaluator's importances of the knobs ``varying``, clipped at 0 and normalised to sum 1,
+    largest first (all 0, with a note in ``notes``, when none is positive)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental-argument notices and "importances equal" notes
+        raw = optuna.importance.get_param_importances(study, evaluator=evaluator, params=varying, normalize=False)
+    raw = {k: max(0.0, float(v)) for k, v in raw.items()}
+    total = sum(raw.values())
+    if total == 0:
+        notes.append(f"{name}: every knob's importance is 0 (no knob separates the candidates' errors)")
+    return {k: (v / total if total else 0.0) for k, v in sorted(raw.items(), key=lambda kv: -kv[1])}
 
 
 def marginals(candidates: Sequence[Candidate]) -> dict[str, list[dict]]:
@@ -600,6 +641,32 @@ def analyze(studies: Sequence[StudyData], force: bool = False, bins: int = 5, se
             proxy image sizes or scores without ``force`` (with ``force``, studies of different
             scores are compared by top-1 error, and ``score.note`` says so).
     """
+    mismatch = _check_comparable(studies, force)
+    studies, score = _one_score(studies)
+    weights, normalization = _normalization(studies, bins)
+    result: dict[str, Any] = {
+        "score": score.model_dump(exclude_none=True),
+        "studies": [],
+        "importance_method": "fanova",
+        "normalization": normalization,
+    }
+    for s, w in zip(studies, weights):
+        result["studies"].append(_study_summary(s, w, seed, score))
+    if len(studies) >= 2:
+        pairs = [(0, j) for j in range(1, len(studies))]
+        comparisons = [
+            _comparison(studies[i], studies[j], result["studies"][i], result["studies"][j], mismatch, seed, score)
+            for i, j in pairs
+        ]
+        result["comparison"] = comparisons[0]
+        if len(comparisons) > 1:
+            result["comparisons"] = comparisons
+    return AnalysisResult.model_validate(result).model_dump(exclude_unset=True)
+
+
+def _check_comparable(studies: Sequence[StudyData], force: bool) -> str:
+    """Refuse no studies, a study without candidates, and (without ``force``) studies that differ
+    in dataset, image size or score; returns how they differ ("" when they do not)."""
     if not studies:
         raise AnalysisError("nothing to analyse: give at least one study")
     for s in studies:
@@ -620,6 +687,12 @@ def analyze(studies: Sequence[StudyData], force: bool = False, bins: int = 5, se
             f"refusing to compare studies of {mismatch}: {what}; pass --force to compare anyway"
             + (" (by top-1 error)" if "different scores" in mismatch else "")
         )
+    return mismatch
+
+
+def _one_score(studies: Sequence[StudyData]) -> tuple[Sequence[StudyData], ScoreInfo]:
+    """The studies in the score they share: their own, or top-1 error when their scores differ
+    (forced), with a note saying so."""
     score = studies[0].score
     if len({s.score.name for s in studies}) > 1:  # forced: the one score every study recorded
         studies = [_by_top1_error(s) for s in studies]
@@ -630,6 +703,12 @@ def analyze(studies: Sequence[StudyData], force: bool = False, bins: int = 5, se
                 + "); compared by top-1 error, which all of them record (--force)"
             }
         )
+    return studies, score
+
+
+def _normalization(studies: Sequence[StudyData], bins: int) -> tuple[list[np.ndarray], dict]:
+    """Each study's complexity weights and ``analysis.json``'s ``normalization`` (all weights 0,
+    and the reason, when no normalisation exists)."""
     try:
         weights, normalization = complexity_weights([[c.flops for c in s.candidates] for s in studies], bins)
     except AnalysisError as err:  # the plain analysis still stands
@@ -638,24 +717,7 @@ def analyze(studies: Sequence[StudyData], force: bool = False, bins: int = 5, se
         "equal-width FLOP bins over all studies; each study weighted uniform over the bins "
         "that hold candidates of every study (Radosavovic et al. 2019, section 4)"
     )
-    result: dict[str, Any] = {
-        "score": score.model_dump(exclude_none=True),
-        "studies": [],
-        "importance_method": "fanova",
-        "normalization": normalization,
-    }
-    for s, w in zip(studies, weights):
-        result["studies"].append(_study_summary(s, w, seed, score))
-    if len(studies) >= 2:
-        pairs = [(0, j) for j in range(1, len(studies))]
-        comparisons = [
-            _comparison(studies[i], studies[j], result["studies"][i], result["studies"][j], mismatch, seed, score)
-            for i, j in pairs
-        ]
-        result["comparison"] = comparisons[0]
-        if len(comparisons) > 1:
-            result["comparisons"] = comparisons
-    return AnalysisResult.model_validate(result).model_dump(exclude_unset=True)
+    return weights, normalization
 
 
 def run_analysis(
@@ -789,36 +851,11 @@ def _five(values: Sequence[float]) -> dict:
 
 
 def _study_summary(s: StudyData, weights: np.ndarray, seed: int, score: ScoreInfo) -> dict:
+    """One study's entry of ``analysis.json`` (``weights``: its candidates' complexity weights)."""
     errors = [c.error for c in s.candidates]
     top1_errors = [c.top1_error for c in s.candidates if c.top1_error is not None]
     sampler, pruner = s.settings.get("sampler", "unknown"), s.settings.get("pruner", "unknown")
-    notes = []
-    if sampler not in UNBIASED_SAMPLERS:
-        what = "was not recorded" if sampler == "unknown" else f"is {sampler}"
-        notes.append(
-            f"the sampler {what}: a {sampler.upper() if sampler != 'unknown' else 'TPE'} study is a biased "
-            f"sample (it concentrates on what looked good), so its EDF describes the sampler as much as the "
-            f"space; use a population study (xnetspace search --population) for EDFs"
-        )
-    if s.pruned_by_pruner:
-        notes.append(
-            f"{s.pruned_by_pruner} trial(s) stopped by the pruner are not in the EDF (the weak ones): "
-            f"it is optimistic; population studies use --pruner none"
-        )
-    if len(errors) < MIN_RELIABLE:
-        notes.append(
-            f"only {len(errors)} completed candidates (fewer than {MIN_RELIABLE}): the EDF is not reliable "
-            f"(pycls samples about 100 models per space)"
-        )
-    if s.failed:
-        notes.append(f"{s.failed} trial(s) failed and are not in the EDF")
-    if s.duplicates:
-        notes.append(f"{s.duplicates} trial(s) repeated an earlier spec and are counted once")
-    if s.unreadable:
-        notes.append(
-            f"{s.unreadable} completed trial(s) have no finite {_word(score)} (NaN, inf or not a number in "
-            f"the storage) and are not in the EDF"
-        )
+    notes = _study_notes(s, sampler, score)
     importance, single, importance_notes = importances(s.candidates, s.distributions, seed)
     best = min(s.candidates, key=lambda c: (c.error, c.flops))
     plain = edf(errors)
@@ -860,6 +897,39 @@ def _study_summary(s: StudyData, weights: np.ndarray, seed: int, score: ScoreInf
         "confirmed_best": s.confirmed_best,
         "warnings": notes + importance_notes,
     }
+
+
+def _study_notes(s: StudyData, sampler: str, score: ScoreInfo) -> list[str]:
+    """What weakens one study's EDF: a biased sampler, a pruner, few candidates, trials left out."""
+    n = len(s.candidates)
+    notes = []
+    if sampler not in UNBIASED_SAMPLERS:
+        what = "was not recorded" if sampler == "unknown" else f"is {sampler}"
+        notes.append(
+            f"the sampler {what}: a {sampler.upper() if sampler != 'unknown' else 'TPE'} study is a biased "
+            f"sample (it concentrates on what looked good), so its EDF describes the sampler as much as the "
+            f"space; use a population study (xnetspace search --population) for EDFs"
+        )
+    if s.pruned_by_pruner:
+        notes.append(
+            f"{s.pruned_by_pruner} trial(s) stopped by the pruner are not in the EDF (the weak ones): "
+            f"it is optimistic; population studies use --pruner none"
+        )
+    if n < MIN_RELIABLE:
+        notes.append(
+            f"only {n} completed candidates (fewer than {MIN_RELIABLE}): the EDF is not reliable "
+            f"(pycls samples about 100 models per space)"
+        )
+    if s.failed:
+        notes.append(f"{s.failed} trial(s) failed and are not in the EDF")
+    if s.duplicates:
+        notes.append(f"{s.duplicates} trial(s) repeated an earlier spec and are counted once")
+    if s.unreadable:
+        notes.append(
+            f"{s.unreadable} completed trial(s) have no finite {_word(score)} (NaN, inf or not a number in "
+            f"the storage) and are not in the EDF"
+        )
+    return notes
 
 
 def _comparison(a: StudyData, b: StudyData, sa: dict, sb: dict, mismatch: str, seed: int, score: ScoreInfo) -> dict:
