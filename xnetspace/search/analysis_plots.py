@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..paths import output_folder
 from ..strict_json import to_json
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["write_analysis", "axis_label", "ANALYSIS_FILES"]
 
@@ -51,7 +55,19 @@ def _plot_edf(result: dict, path: Path) -> Path:
     score = result["score"]
     beside = score["name"] == "loss" and any(s["edf_top1_error"]["error"] for s in result["studies"])
     fig, axes = plt.subplots(1, 2 if beside else 1, figsize=(12 if beside else 7, 4.5), squeeze=False)
-    ax = axes[0][0]
+    _draw_score_edfs(axes[0][0], result)
+    if beside:
+        _draw_top1_edfs(axes[0][1], result)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _draw_score_edfs(ax: Axes, result: dict) -> None:
+    """Each study's plain and complexity-normalised EDF in the analysis's score, the first
+    comparison in the title."""
+    score = result["score"]
     digits = 4 if score["name"] == "loss" else 2
     for i, study in enumerate(result["studies"]):
         color = f"C{i}"
@@ -80,33 +96,34 @@ def _plot_edf(result: dict, path: Path) -> Path:
             f"[{c['mean_difference_ci95'][0]:.{digits}f}, {c['mean_difference_ci95'][1]:.{digits}f}]"
         )
     ax.set(xlabel=axis_label(score), ylabel="fraction of candidates with error <= e", ylim=(0, 1.02), title=title)
+    _finish_edf_axes(ax)
+
+
+def _draw_top1_edfs(ax: Axes, result: dict) -> None:
+    """Each study's top-1 error EDF (beside a cross-entropy analysis)."""
+    for i, study in enumerate(result["studies"]):
+        if study["edf_top1_error"]["error"]:
+            ax.step(
+                study["edf_top1_error"]["error"],
+                study["edf_top1_error"]["fraction"],
+                where="post",
+                color=f"C{i}",
+                label=_label(study, "top1_error"),
+            )
+    ax.set(
+        xlabel="error = 100 - top-1 (%)",
+        ylabel="fraction of candidates with error <= e",
+        ylim=(0, 1.02),
+        title="the same candidates' top-1 error (beside the score)",
+    )
+    _finish_edf_axes(ax)
+
+
+def _finish_edf_axes(ax: Axes) -> None:
+    """The EDF panels' common dress: a small title, a light grid, the legend at the lower right."""
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=7)
-    if beside:
-        ax = axes[0][1]
-        for i, study in enumerate(result["studies"]):
-            if study["edf_top1_error"]["error"]:
-                ax.step(
-                    study["edf_top1_error"]["error"],
-                    study["edf_top1_error"]["fraction"],
-                    where="post",
-                    color=f"C{i}",
-                    label=_label(study, "top1_error"),
-                )
-        ax.set(
-            xlabel="error = 100 - top-1 (%)",
-            ylabel="fraction of candidates with error <= e",
-            ylim=(0, 1.02),
-            title="the same candidates' top-1 error (beside the score)",
-        )
-        ax.title.set_fontsize(9)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def _plot_importance(result: dict, path: Path) -> Path:
