@@ -77,54 +77,100 @@ def run_worker(
     assert options.out is not None  # options resolved for the study (RunOptions.resolved)
     study = open_study(config, options, worker)
     data = data or load_dataset(config.dataset, config.train.image_size, config.train.seed)
-    deadline = time.monotonic() + options.timeout if options.timeout else math.inf
-    poll = min(2.0, options.heartbeat / 2)
-    objective: Callable = Objective(config, data, options.n_trials, device, worker)
-    since = datetime.now()  # failures of earlier runs do not stop this one (a re-run tries again)
-    while time.monotonic() < deadline:
+    run = _WorkerRun(
+        config,
+        options,
+        device,
+        worker,
+        data,
+        deadline=time.monotonic() + options.timeout if options.timeout else math.inf,
+        poll=min(2.0, options.heartbeat / 2),
+        since=datetime.now(),  # failures of earlier runs do not stop this one (a re-run tries again)
+    )
+    if not _run_search_trials(run, study):
+        return  # the head says why (check_progress); nothing is confirmed of a failing study
+    control = None
+    if "random:auto" in options.baselines and time.monotonic() < run.deadline:
+        control = _run_control_trials(run, study)
+    _run_confirmation_jobs(run, study, control)
+
+
+@dataclass
+class _WorkerRun:
+    """What the phases of one :func:`run_worker` share: the study, where it runs, and when to stop."""
+
+    config: StudyConfig
+    options: RunOptions
+    device: str
+    worker: int
+    data: DataSplit
+    deadline: float  # time.monotonic() after which no new trial starts
+    poll: float  # seconds to wait for other workers' running trials
+    since: datetime  # failures before it do not count as stalling
+
+    @property
+    def out(self) -> Path:
+        assert self.options.out is not None  # options resolved for the study (RunOptions.resolved)
+        return self.options.out
+
+
+def _run_search_trials(run: _WorkerRun, study: optuna.Study) -> bool:
+    """The search's trials until its N slots are done or the deadline passes; False when the study
+    stalled (its trials kept failing)."""
+    n_trials = run.options.n_trials
+    objective = Objective(run.config, run.data, n_trials, run.device, run.worker)
+    while time.monotonic() < run.deadline:
         fail_stale(study)
-        state = top_up_slots(study, options.n_trials, SLOTS_AHEAD)
-        if state.done >= options.n_trials and not state.extra:
+        state = top_up_slots(study, n_trials, SLOTS_AHEAD)
+        if state.done >= n_trials and not state.extra:
             break
         if state.waiting + state.extra == 0:
-            time.sleep(poll)  # another worker's trial, or a dead one the heartbeat will requeue
+            time.sleep(run.poll)  # another worker's trial, or a dead one the heartbeat will requeue
             continue
-        run_one(study, objective, options.out, worker)
-        if stalled(study, options.n_trials, since):
-            return  # the head says why (check_progress); nothing is confirmed of a failing study
+        run_one(study, objective, run.out, run.worker)
+        if stalled(study, n_trials, run.since):
+            return False
+    return True
 
-    control = None
-    if "random:auto" in options.baselines and time.monotonic() < deadline:
-        control = open_control_study(config, options, worker)
-        cap = control_max_trials(options)
-        objective = Objective(config, data, cap, device, worker)
-        target, per_trial = spent(study), config.proxy_seeds * config.train.epochs
-        while time.monotonic() < deadline:
-            fail_stale(control)
-            _, running, waiting = control_top_up(control, target, per_trial, cap)
-            if waiting == 0:
-                if running == 0:
-                    break
-                time.sleep(poll)
-                continue
-            run_one(control, objective, options.out, worker)
-            if stalled(control, cap, since):
+
+def _run_control_trials(run: _WorkerRun, study: optuna.Study) -> optuna.Study:
+    """The random-search control's trials until it has spent the search's compute (or holds its
+    most trials, or stalls, or the deadline passes); returns the control study."""
+    control = open_control_study(run.config, run.options, run.worker)
+    cap = control_max_trials(run.options)
+    objective = Objective(run.config, run.data, cap, run.device, run.worker)
+    target, per_trial = spent(study), run.config.proxy_seeds * run.config.train.epochs
+    while time.monotonic() < run.deadline:
+        fail_stale(control)
+        _, running, waiting = control_top_up(control, target, per_trial, cap)
+        if waiting == 0:
+            if running == 0:
                 break
+            time.sleep(run.poll)
+            continue
+        run_one(control, objective, run.out, run.worker)
+        if stalled(control, cap, run.since):
+            break
+    return control
 
-    cstudy = open_confirm_study(options, config.score)
-    objective = JobObjective(config.train, data, config.score, device, worker)
-    while time.monotonic() < deadline:
+
+def _run_confirmation_jobs(run: _WorkerRun, study: optuna.Study, control: optuna.Study | None) -> None:
+    """The confirmation jobs until they are all done or the deadline passes."""
+    config, data = run.config, run.data
+    cstudy = open_confirm_study(run.options, config.score)
+    objective = JobObjective(config.train, data, config.score, run.device, run.worker)
+    while time.monotonic() < run.deadline:
         fail_stale(cstudy)
         # Re-planned every round: jobs that wait on others' results (random:N) appear when ready.
-        plan = plan_jobs(study, cstudy, config, options, data.num_classes, data.in_chans, control)
+        plan = plan_jobs(study, cstudy, config, run.options, data.num_classes, data.in_chans, control)
         enqueue_jobs(cstudy, plan, config.train, config.dataset)
         _, running, waiting = job_state(cstudy)
         if waiting == 0:
             if running == 0:
                 break
-            time.sleep(poll)
+            time.sleep(run.poll)
             continue
-        run_one(cstudy, objective, options.out, worker)
+        run_one(cstudy, objective, run.out, run.worker)
 
 
 def run_one(study: optuna.Study, objective: Callable, out: Path, worker: int) -> None:
@@ -321,34 +367,41 @@ def spawn_workers(
         for i, d in enumerate(devices)
     ]
     lost: dict[str, LostWorker] = {}
-
-    def check() -> None:
-        for p in procs:
-            if p.exitcode and p.name not in lost:
-                log = crash_log(p.name, p.pid) if p.pid else None
-                lost[p.name] = LostWorker(p.name, p.exitcode, log if log and log.is_file() else None)
-                if monitor is not None:
-                    monitor.log(lost[p.name].describe())
-
     try:
         for p in procs:  # inside the try: Ctrl-C while they start ends the ones started
             p.start()
         while any(p.is_alive() for p in procs):
             if monitor is not None:
                 monitor.poll()
-            check()
+            _note_lost(procs, lost, monitor)
             time.sleep(POLL_SECONDS)
     finally:
-        started = [p for p in procs if p.pid is not None]
-        for p in started:
-            if p.is_alive():
-                p.terminate()
-        for p in started:
-            p.join()
+        _stop_started(procs)
     if monitor is not None:
         monitor.poll()
-    check()
+    _note_lost(procs, lost, monitor)
     return list(lost.values())
+
+
+def _note_lost(procs: list, lost: dict[str, LostWorker], monitor) -> None:
+    """Add the processes that ended with an error since the last look to ``lost`` (by name),
+    telling ``monitor`` of each once."""
+    for p in procs:
+        if p.exitcode and p.name not in lost:
+            log = crash_log(p.name, p.pid) if p.pid else None
+            lost[p.name] = LostWorker(p.name, p.exitcode, log if log and log.is_file() else None)
+            if monitor is not None:
+                monitor.log(lost[p.name].describe())
+
+
+def _stop_started(procs: list) -> None:
+    """Terminate the started processes still running and wait for every started one."""
+    started = [p for p in procs if p.pid is not None]
+    for p in started:
+        if p.is_alive():
+            p.terminate()
+    for p in started:
+        p.join()
 
 
 def worker_devices(options: RunOptions) -> list[str]:
