@@ -253,115 +253,155 @@ def _task(dataset: str | None, space: SearchSpace) -> tuple[str, str]:
     return (dataset, "given by --dataset") if dataset is not None else default_dataset(space.dataset)
 
 
-@app.command()
-def search(
-    space: str = typer.Option(..., "--space", help="space file (spaces/*.yaml) or a shipped space's name"),
-    dataset: str | None = typer.Option(
+class _SearchOpt:
+    """``xnetspace search``'s options, in the order its help lists them (typer reads each from the
+    default it is given in the command's signature)."""
+
+    # the space, the task and the budget
+    space = typer.Option(..., "--space", help="space file (spaces/*.yaml) or a shipped space's name")
+    dataset = typer.Option(
         None,
         help=(
             "digits[:N] (N training images, default all 898) | fashion-mnist[:N] | fashion-mnist:PATH[:N] "
             "| synthetic[:N] | imagefolder:PATH | cifar10:PATH | cifar100:PATH (docs/data.md); default: the "
             "space's task (fashion_cpu: fashion-mnist:10000, digits where its package is missing)"
         ),
-    ),
-    n_trials: int = typer.Option(20, "--n-trials", help="trials the study holds in total (a re-run continues up to N)"),
-    flops_max: str | None = typer.Option(
-        None, "--flops-max", help="FLOP budget maximum, e.g. 0.5G or 300M (overrides the space)"
-    ),
-    flops_min: str | None = typer.Option(None, "--flops-min", help="FLOP budget minimum (overrides the space)"),
-    image_size: int | None = typer.Option(
-        None, "--image-size", help="proxy training image size (default: the space's)"
-    ),
-    epochs: int | None = typer.Option(None, help="proxy training epochs (default: the space's)"),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="proxy training batch size"),
-    lr: float | None = typer.Option(None, help="AdamW learning rate"),
-    trial_time_limit: float | None = typer.Option(
+    )
+    n_trials = typer.Option(20, "--n-trials", help="trials the study holds in total (a re-run continues up to N)")
+    flops_max = typer.Option(None, "--flops-max", help="FLOP budget maximum, e.g. 0.5G or 300M (overrides the space)")
+    flops_min = typer.Option(None, "--flops-min", help="FLOP budget minimum (overrides the space)")
+    # the proxy recipe, and how long this run may start trials
+    image_size = typer.Option(None, "--image-size", help="proxy training image size (default: the space's)")
+    epochs = typer.Option(None, help="proxy training epochs (default: the space's)")
+    batch_size = typer.Option(None, "--batch-size", help="proxy training batch size")
+    lr = typer.Option(None, help="AdamW learning rate")
+    trial_time_limit = typer.Option(
         None, "--trial-time-limit", help="seconds one trial may take (scoring, training and evaluation)"
-    ),
-    augment: str | None = typer.Option(
+    )
+    augment = typer.Option(
         None,
         help=(
             "augmentation of the training batches: none | flip | crop-flip | rrc-flip "
             "(default: the space's; docs/data.md)"
         ),
-    ),
-    timeout: float | None = typer.Option(None, help="seconds after which this run starts no new trial"),
-    objective: str = typer.Option(
+    )
+    timeout = typer.Option(None, help="seconds after which this run starts no new trial")
+    # the objective and the sampling
+    objective = typer.Option(
         "loss",
         help=(
             "what candidates are ranked by: loss (validation cross-entropy, the default) | top1 "
             "| tse (training-speed estimate) | synflow | naswot | grad_norm (zero-cost, no training) "
             "| top1-flops | top1-latency (docs/search.md)"
         ),
-    ),
-    proxy_seeds: int = typer.Option(
+    )
+    proxy_seeds = typer.Option(
         1, "--proxy-seeds", help="seeds a candidate is trained with at most; its score is their mean"
-    ),
-    race: float | None = typer.Option(
+    )
+    race = typer.Option(
         None,
         "--race",
         help=(
             "z: a candidate worse than the incumbent by more than z standard errors after half its seeds "
             "gets no more (default: every candidate gets all)"
         ),
-    ),
-    sampler: str | None = typer.Option(
-        None, help="tpe | random | nsga2 | qmc (default: tpe, nsga2 for two objectives)"
-    ),
-    pruner: str | None = typer.Option(
-        None, help="median | hyperband | none (default: median; none for two objectives)"
-    ),
-    population: bool = typer.Option(
+    )
+    sampler = typer.Option(None, help="tpe | random | nsga2 | qmc (default: tpe, nsga2 for two objectives)")
+    pruner = typer.Option(None, help="median | hyperband | none (default: median; none for two objectives)")
+    population = typer.Option(
         False,
         "--population",
         help="a population study for `xnetspace analyze`: --sampler random --pruner none --confirm-top 0",
-    ),
-    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="seed of the samplers and of the training"),
-    storage: str | None = typer.Option(None, help="Optuna RDB URL (default: sqlite in --out)"),
-    study_name: str | None = typer.Option(None, "--study-name", help="default: SPACE-DATASET-OBJECTIVE"),
-    devices: str = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... (one worker process per entry)"),
-    baseline: str | None = typer.Option(
+    )
+    seed = typer.Option(0, min=0, max=MAX_SEED, help="seed of the samplers and of the training")
+    # where the study is kept and where it runs
+    storage = typer.Option(None, help="Optuna RDB URL (default: sqlite in --out)")
+    study_name = typer.Option(None, "--study-name", help="default: SPACE-DATASET-OBJECTIVE")
+    devices = typer.Option("cpu", help="cpu | cuda | cuda:0,cuda:1,... (one worker process per entry)")
+    # the confirmation
+    baseline = typer.Option(
         None,
         help=(
             "controls confirmed like the winner, comma-separated: PRESET (scaled to the study's budget), "
             "random:auto (random search at equal compute; the default with confirmation), "
             "random:N (best of N random in-budget specs), none"
         ),
-    ),
-    confirm_top: int = typer.Option(
+    )
+    confirm_top = typer.Option(
         5, "--confirm-top", help="candidates retrained after the search with several seeds (0: none)"
-    ),
-    confirm_seeds: int = typer.Option(3, "--confirm-seeds", help="seeds per confirmed candidate (>= 2 for a 95% CI)"),
-    confirm_epochs: int | None = typer.Option(
-        None, "--confirm-epochs", help="confirmation epochs (default: the proxy's)"
-    ),
-    fidelity_sample: int = typer.Option(
+    )
+    confirm_seeds = typer.Option(3, "--confirm-seeds", help="seeds per confirmed candidate (>= 2 for a 95% CI)")
+    confirm_epochs = typer.Option(None, "--confirm-epochs", help="confirmation epochs (default: the proxy's)")
+    fidelity_sample = typer.Option(
         5,
         "--fidelity-sample",
         help=(
             "random in-budget specs confirmed beside the top candidates, for Kendall tau and the spread "
             "between architectures (0: none; none without confirmation)"
         ),
-    ),
-    out: str | None = typer.Option(None, help="output folder (default: runs/STUDY_NAME)"),
-    heartbeat: int = typer.Option(10, help="heartbeat interval in seconds; dead workers' trials are retried"),
-    workers_per_device: int | None = typer.Option(
+    )
+    # the output folder and the workers
+    out = typer.Option(None, help="output folder (default: runs/STUDY_NAME)")
+    heartbeat = typer.Option(10, help="heartbeat interval in seconds; dead workers' trials are retried")
+    workers_per_device = typer.Option(
         None,
         "--workers-per-device",
         help="worker processes per device (default: one single-thread worker per CPU core, at most 8; one per GPU)",
-    ),
-) -> None:
-    """Search a design space under a FLOP budget with proxy training (Optuna)."""
-    from .paths import folder_option
-    from .search import RunOptions, StudyConfig, progress_summary, run_search
-    from .search.space import load_space, parse_count
+    )
 
-    started: list[RunOptions] = []  # the options once resolved: what an interrupted run reports on
 
-    def interrupted() -> str:
+def _interrupted_search(started: list) -> Callable[[], str]:
+    """What an interrupted search says: how far the study got once its options were resolved
+    (``started``, filled in by the command), else that nothing started."""
+    from .search import progress_summary
+
+    def message() -> str:
         done = progress_summary(started[0]) if started else "nothing started"
         return f"interrupted: {done}; the study is kept: re-run the same command to continue"
 
+    return message
+
+
+@app.command()
+def search(
+    space: str = _SearchOpt.space,
+    dataset: str | None = _SearchOpt.dataset,
+    n_trials: int = _SearchOpt.n_trials,
+    flops_max: str | None = _SearchOpt.flops_max,
+    flops_min: str | None = _SearchOpt.flops_min,
+    image_size: int | None = _SearchOpt.image_size,
+    epochs: int | None = _SearchOpt.epochs,
+    batch_size: int | None = _SearchOpt.batch_size,
+    lr: float | None = _SearchOpt.lr,
+    trial_time_limit: float | None = _SearchOpt.trial_time_limit,
+    augment: str | None = _SearchOpt.augment,
+    timeout: float | None = _SearchOpt.timeout,
+    objective: str = _SearchOpt.objective,
+    proxy_seeds: int = _SearchOpt.proxy_seeds,
+    race: float | None = _SearchOpt.race,
+    sampler: str | None = _SearchOpt.sampler,
+    pruner: str | None = _SearchOpt.pruner,
+    population: bool = _SearchOpt.population,
+    seed: int = _SearchOpt.seed,
+    storage: str | None = _SearchOpt.storage,
+    study_name: str | None = _SearchOpt.study_name,
+    devices: str = _SearchOpt.devices,
+    baseline: str | None = _SearchOpt.baseline,
+    confirm_top: int = _SearchOpt.confirm_top,
+    confirm_seeds: int = _SearchOpt.confirm_seeds,
+    confirm_epochs: int | None = _SearchOpt.confirm_epochs,
+    fidelity_sample: int = _SearchOpt.fidelity_sample,
+    out: str | None = _SearchOpt.out,
+    heartbeat: int = _SearchOpt.heartbeat,
+    workers_per_device: int | None = _SearchOpt.workers_per_device,
+) -> None:
+    """Search a design space under a FLOP budget with proxy training (Optuna)."""
+    from .paths import folder_option
+    from .search import RunOptions, StudyConfig, run_search
+    from .search.space import load_space, parse_count
+
+    started: list[RunOptions] = []  # the options once resolved: what an interrupted run reports on
+    interrupted = _interrupted_search(started)
     with _answers("search options", writing="the study's files", place="the output folder", interrupted=interrupted):
         folder = folder_option(out)  # "" is refused here: as a Path it would be ".", the working folder
         # fmt: off
