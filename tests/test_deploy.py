@@ -147,7 +147,16 @@ def test_osra_fuses_and_its_attention_paths_agree(heads, sr_ratio, size):
 
 @pytest.mark.parametrize("attn_dim,groups", [(0, 2), (8, 1), (16, 3), (32, 2)])
 def test_dmixer_with_layer_scale_and_shortcut(attn_dim, groups):
-    mixer = randomize(DMixer(32, attn_dim, 16, kernel_size=5, num_groups=groups, num_heads=2, sr_ratio=2), seed=7)
+    mixer = randomize(
+        DMixer(
+            32,
+            attn_dim,
+            idconv=dict(kernel_size=5, num_groups=groups),
+            osra=dict(num_heads=2, sr_ratio=2),
+            ste=dict(hidden_dim=16),
+        ),
+        seed=7,
+    )
     ls = randomize(LayerScale(32), seed=8)
     x, shortcut = torch.randn(2, 32, 10, 12), torch.randn(2, 32, 10, 12)
     pos_bias = torch.randn(1, 2, 120, 30) if attn_dim else None

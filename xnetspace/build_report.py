@@ -15,7 +15,7 @@ from .checkpoint import nonfinite_keys
 from .cost import FLOP_KINDS, CostReport, cost_report
 from .memory import check_memory
 from .photo import DEFAULT_PHOTO
-from .spec import NetworkSpec
+from .spec import NetworkSpec, StageSpec, stage_knob, stage_knobs
 from .text import shorten
 from .timing import check_time
 
@@ -37,6 +37,13 @@ def _gflops(flops: int) -> str:
     return f"{flops / 1e9:.3f}"
 
 
+def _knob_cell(stage: StageSpec, knob: str) -> str:
+    """A stage knob's cell: "-" where its operator has no channels in this stage."""
+    absent = {"osra": not stage.attn_channels, "idconv": not stage.idconv_channels}
+    value = getattr(stage, knob)
+    return "-" if absent.get(stage_knob(knob).operator) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def stage_table(report: CostReport) -> Table:
     """Params and GFLOPs of each part (stem, stages, head) with each stage's knobs."""
     h, w = report.image_size
@@ -44,25 +51,19 @@ def stage_table(report: CostReport) -> Table:
         title=f"{escape(report.spec.name)} at {h}x{w}: {report.params:,} params, "
         f"{_gflops(report.flops)} GFLOPs ({_gflops(report.conv_flops)} in convolutions)"
     )
-    for col in ("part", "depth", "width", "heads", "G", "mlp", "attn", "sr", "resolution", "params", "GFLOPs"):
+    headers = {k: c for k in stage_knobs() if (c := stage_knob(k).column)}  # StageSpec's field metadata
+    shown = tuple(headers)
+    for col in ("part", *headers.values(), "resolution", "params", "GFLOPs"):
         table.add_column(col, justify="left" if col == "part" else "right")
     for part in report.parts:
         if part.name.startswith("stage"):
             s = report.spec.stages[int(part.name[5:]) - 1]
-            knobs: tuple[object, ...] = (
-                s.depth,
-                s.embed_dim,
-                s.num_heads if s.attn_channels else "-",
-                s.idconv_groups if s.idconv_channels else "-",
-                f"{s.mlp_ratio:g}",
-                f"{s.attn_ratio:g}",
-                s.sr_ratio if s.attn_channels else "-",
-            )
+            knobs = tuple(_knob_cell(s, k) for k in shown)
         else:
-            knobs = ("",) * 7
+            knobs = ("",) * len(shown)
         name = f"stem /{report.spec.stem_stride}" if part.name == "stem" else part.name  # its stride
         table.add_row(name, *map(str, knobs), f"{part.size[0]}x{part.size[1]}", f"{part.params:,}", _gflops(part.flops))
-    table.add_row("total", *("",) * 8, f"{report.params:,}", _gflops(report.flops), style="bold")
+    table.add_row("total", *("",) * (len(shown) + 1), f"{report.params:,}", _gflops(report.flops), style="bold")
     return table
 
 

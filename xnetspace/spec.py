@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,6 +40,9 @@ from .text import SHORT_VALUE, read_text_file, short_repr, shorten, unique_pairs
 
 __all__ = [
     "StageSpec",
+    "KnobMeta",
+    "stage_knob",
+    "stage_knobs",
     "NetworkSpec",
     "SpecError",
     "format_validation_error",
@@ -171,6 +175,51 @@ Float32 = Annotated[Float, AfterValidator(_in_float32)]
 OddKernel = Annotated[Int, Field(ge=1, le=MAX_KERNEL_SIZE), AfterValidator(_odd_kernel)]
 
 
+@dataclass(frozen=True)
+class KnobMeta:
+    """What a :class:`StageSpec` field is beyond its type, kept as the field's metadata
+    (``Annotated[Int, KnobMeta(...)]``): the operators, ``xnetspace build``'s table and the search half
+    read it from here rather than from lists of names kept in their own rooms.
+
+    Attributes:
+        operator: who reads it: ``"stage"`` (the stage's depth and width), ``"mixer"`` (the
+            D-Mixer's split), or the operator whose ``knobs(stage)`` hands it to its constructor
+            and ``cost()``: ``"idconv"``, ``"osra"``, ``"ffn"``, ``"ste"``.
+        column: its header in the build table (None: not shown); ``"-"`` is shown when the stage
+            has no channels for its operator (no OSRA or no IDConv).
+        schedulable: a space may give it one value per stage from a schedule (``rules.schedules``).
+        cost_free: it changes no operator's ``cost()`` (``tests/test_knobs.py`` checks that every
+            other field changes some cost).
+        since_release: added after specs' digests were published: left out of
+            :meth:`NetworkSpec.digest` at its default, so older specs keep their digests.
+    """
+
+    operator: str
+    column: str | None = None
+    schedulable: bool = False
+    cost_free: bool = False
+    since_release: bool = False
+
+
+def stage_knob(name: str) -> KnobMeta:
+    """The :class:`KnobMeta` of :class:`StageSpec` field ``name``.
+
+    Raises:
+        KeyError: not a field of StageSpec.
+    """
+    return next(m for m in StageSpec.model_fields[name].metadata if isinstance(m, KnobMeta))
+
+
+def stage_knobs(**where: Any) -> tuple[str, ...]:
+    """StageSpec's fields, in declaration order, whose :class:`KnobMeta` has every attribute given
+    (``stage_knobs(schedulable=True)``; no argument: all of them)."""
+    return tuple(
+        name
+        for name in StageSpec.model_fields
+        if all(getattr(stage_knob(name), key) == value for key, value in where.items())
+    )
+
+
 def _stem_stride(stride: int) -> int:
     if stride not in STEM_STRIDES:
         raise ValueError(f"the stem's stride must be one of {', '.join(map(str, STEM_STRIDES))}")
@@ -190,31 +239,41 @@ class StageSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    depth: Int = Field(ge=1, le=MAX_DEPTH, description=f"number of blocks in the stage, 1..{MAX_DEPTH}")
-    embed_dim: Int = Field(ge=1, le=MAX_EMBED_DIM, description=f"channels C of the stage, 1..{MAX_EMBED_DIM}")
-    num_heads: Int = Field(
+    depth: Annotated[Int, KnobMeta("stage", "depth")] = Field(
+        ge=1, le=MAX_DEPTH, description=f"number of blocks in the stage, 1..{MAX_DEPTH}"
+    )
+    embed_dim: Annotated[Int, KnobMeta("stage", "width")] = Field(
+        ge=1, le=MAX_EMBED_DIM, description=f"channels C of the stage, 1..{MAX_EMBED_DIM}"
+    )
+    num_heads: Annotated[Int, KnobMeta("osra", "heads", schedulable=True)] = Field(
         1, ge=1, le=MAX_HEADS, description=f"OSRA heads, 1..{MAX_HEADS}; must divide the attention channels"
     )
-    sr_ratio: Int = Field(
+    sr_ratio: Annotated[Int, KnobMeta("osra", "sr", schedulable=True)] = Field(
         1, ge=1, le=MAX_SR_RATIO, description=f"OSRA spatial-reduction ratio r, 1..{MAX_SR_RATIO} (1: none)"
     )
-    idconv_groups: Int = Field(
+    idconv_groups: Annotated[Int, KnobMeta("idconv", "G", schedulable=True)] = Field(
         2,
         ge=1,
         le=MAX_IDCONV_GROUPS,
         description=f"IDConv attention groups G, 1..{MAX_IDCONV_GROUPS} (1: static DW conv)",
     )
-    idconv_kernel_size: OddKernel = Field(7, description=f"IDConv kernel size K (odd, 1..{MAX_KERNEL_SIZE})")
-    mlp_ratio: Float32 = Field(
+    idconv_kernel_size: Annotated[OddKernel, KnobMeta("idconv")] = Field(
+        7, description=f"IDConv kernel size K (odd, 1..{MAX_KERNEL_SIZE})"
+    )
+    mlp_ratio: Annotated[Float32, KnobMeta("ffn", "mlp", schedulable=True)] = Field(
         4.0, gt=0, le=MAX_MLP_RATIO, description=f"MS-FFN hidden width / embed_dim, finite, in (0, {MAX_MLP_RATIO:g}]"
     )
     ffn_kernel_sizes: Annotated[
-        tuple[OddKernel, ...], non_empty("ffn_kernel_sizes needs at least one kernel size, e.g. [1, 3, 5, 7]")
+        tuple[OddKernel, ...],
+        non_empty("ffn_kernel_sizes needs at least one kernel size, e.g. [1, 3, 5, 7]"),
+        KnobMeta("ffn"),
     ] = Field(
         (1, 3, 5, 7),
         description=f"MS-FFN depthwise kernel sizes (odd, 1..{MAX_KERNEL_SIZE}; 1..{MAX_FFN_KERNELS} of them)",
     )
-    attn_ratio: Float32 = Field(0.5, ge=0, le=1, description="share of channels that go to OSRA, finite, in [0, 1]")
+    attn_ratio: Annotated[Float32, KnobMeta("mixer", "attn", schedulable=True)] = Field(
+        0.5, ge=0, le=1, description="share of channels that go to OSRA, finite, in [0, 1]"
+    )
 
     _ffn_kernels_bounded = field_validator("ffn_kernel_sizes", mode="before")(
         _at_most(MAX_FFN_KERNELS, "ffn_kernel_sizes")
@@ -452,9 +511,14 @@ class NetworkSpec(BaseModel):
     def digest(self) -> str:
         """Canonical hash of the architecture: equal for specs that build the same network,
         whatever their ``name`` or the spelling of their numbers (4 and 4.0). The paper's stem
-        (``stem_stride`` 4) is left out, so specs written before the field keep their digests."""
+        (``stem_stride`` 4) and stage knobs added later at their defaults (``KnobMeta.since_release``)
+        are left out, so specs written before those fields keep their digests."""
         exclude = {"name"} if self.stem_stride != STEM_STRIDE else {"name", "stem_stride"}
         data = self.model_dump(mode="json", exclude=exclude)
+        for stage in data["stages"]:  # stage knobs added later, likewise at their defaults
+            for name in stage_knobs(since_release=True):
+                if stage[name] == StageSpec.model_fields[name].default:
+                    del stage[name]
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -14,7 +14,7 @@ import copy
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.fx
@@ -30,26 +30,14 @@ from .dpe import DPE
 from .ffn import MSFFN, FusedMSFFN
 from .folds import Fusable, InferenceOnly
 from .mixer import DMixer, FusedDMixer
-from .osra import OSRA, resize_pos_bias
+from .osra import resize_pos_bias
 from .stem import Downsample
 
-__all__ = ["TransXNetBlock", "FusedBlock", "TransXNetStage", "FusedStage", "mixer_args"]
+__all__ = ["TransXNetBlock", "FusedBlock", "TransXNetStage", "FusedStage"]
 
 # torchvision's FX tracer (create_feature_extractor) keeps the call as one node: its size arithmetic
 # on traced shapes cannot be traced. (timm's tracer knows it from register_notrace_function.)
 torch.fx.wrap("resize_pos_bias")
-
-
-def mixer_args(stage: StageSpec) -> dict[str, Any]:
-    """The D-Mixer's arguments after ``dim`` for a stage: the split, STE's width, IDConv's knobs
-    and OSRA's (:meth:`~xnetspace.model.osra.OSRA.knobs`, passed through unread)."""
-    return dict(
-        attn_dim=stage.attn_channels,
-        ste_dim=stage.ste_dim,
-        kernel_size=stage.idconv_kernel_size,
-        num_groups=stage.idconv_groups,
-        **OSRA.knobs(stage),
-    )
 
 
 class TransXNetBlock(nn.Module):
@@ -73,9 +61,9 @@ class TransXNetBlock(nn.Module):
         dim = stage.embed_dim
         self.dpe = DPE(dim)
         self.norm1 = nn.GroupNorm(1, dim)
-        self.mixer = DMixer(dim, **mixer_args(stage))
+        self.mixer = DMixer(dim, **DMixer.knobs(stage))
         self.norm2 = nn.GroupNorm(1, dim)
-        self.ffn = MSFFN(dim, stage.hidden_dim, stage.ffn_kernel_sizes, drop=drop_rate)
+        self.ffn = MSFFN(dim, **MSFFN.knobs(stage), drop=drop_rate)
         ls = layer_scale_init_value
         self.layer_scale1 = LayerScale(dim, ls) if ls is not None else nn.Identity()
         self.layer_scale2 = LayerScale(dim, ls) if ls is not None else nn.Identity()
@@ -106,9 +94,9 @@ class TransXNetBlock(nn.Module):
         cost = (
             DPE.cost(hw, dim)
             + complexity.group_norm(dim, n)
-            + DMixer.cost(hw, dim, **mixer_args(stage))
+            + DMixer.cost(hw, dim, **DMixer.knobs(stage))
             + complexity.group_norm(dim, n)
-            + MSFFN.cost(hw, dim, stage.hidden_dim, stage.ffn_kernel_sizes)
+            + MSFFN.cost(hw, dim, **MSFFN.knobs(stage))
         )
         if layer_scale_init_value is not None:
             cost += LayerScale.cost(hw, dim) + LayerScale.cost(hw, dim)

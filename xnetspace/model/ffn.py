@@ -17,6 +17,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
+from ..spec import StageSpec
 from . import complexity
 from .complexity import Cost
 from .convs import ConvBN, LayerScale, PointwiseConv2d, conv_bn
@@ -124,6 +125,12 @@ class MSFFN(nn.Module):
         if layer_scale is not None:
             fc2 = conv_then_affine(fc2, *layer_scale.scale_shift())
         return FusedMSFFN(copy.deepcopy(self.fc1), *bn_scale_shift(self.fc1_bn), self.msdw.fuse(identity=True), fc2)
+
+    @staticmethod
+    def knobs(stage: StageSpec) -> dict:
+        """MS-FFN's constructor arguments (other than ``dim`` and ``drop``) from a stage spec, passed
+        through the block unread (as :meth:`~xnetspace.model.osra.OSRA.knobs`)."""
+        return dict(hidden_dim=stage.hidden_dim, kernel_sizes=stage.ffn_kernel_sizes)
 
     @staticmethod
     def cost(

@@ -24,15 +24,16 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
+from ..spec import StageSpec
 from . import complexity
 from .complexity import Cost
-from .convs import ConvBN, PointwiseConv2d, conv_bn
+from .convs import ConvBN, DepthwiseConv2d, PointwiseConv2d, conv_bn
 from .folds import InferenceOnly
 from .kernels import adaptive_avg_pool, crop_to_map, per_sample_depthwise
 
 torch.fx.wrap("per_sample_depthwise")  # a leaf for torchvision's FX tracer too (timm's knows it already)
 
-__all__ = ["IDConv", "FusedIDConv"]
+__all__ = ["IDConv", "FusedIDConv", "local_branch", "local_branch_cost"]
 
 
 class IDConv(nn.Module):
@@ -101,6 +102,12 @@ class IDConv(nn.Module):
         return FusedIDConv(self.weight, self.bias, proj, self.kernel_size)
 
     @staticmethod
+    def knobs(stage: StageSpec) -> dict[str, int]:
+        """IDConv's constructor arguments (other than ``dim``) from a stage spec: what the D-Mixer
+        passes through to it unread, so that a new IDConv knob changes the spec and this module only."""
+        return dict(kernel_size=stage.idconv_kernel_size, num_groups=stage.idconv_groups)
+
+    @staticmethod
     def cost(hw: tuple[int, int], dim: int, kernel_size: int = 7, num_groups: int = 2, reduction: int = 4) -> Cost:
         """The banks, proj (run on the K x K pooled map and on the 1 x 1 mean: K*K + 1 pixels), the
         pooling (the mean counts 0) and the per-sample depthwise conv (no parameters of its own)."""
@@ -139,3 +146,18 @@ class FusedIDConv(InferenceOnly):
             x.reshape(1, B * C, H, W), weight.reshape(B * C, 1, K, K), bias.flatten(), padding=K // 2, groups=B * C
         )
         return x.reshape(B, C, H, W)
+
+
+def local_branch(dim: int, num_groups: int = 2, **knobs: int) -> nn.Module:
+    """The D-Mixer's local branch on ``dim`` channels from :meth:`IDConv.knobs`: IDConv, or with one
+    group its static case, a depthwise conv (the softmax over one group is 1). (B, C, H, W) -> same."""
+    if num_groups > 1:
+        return IDConv(dim, num_groups=num_groups, **knobs)
+    return DepthwiseConv2d(dim, knobs["kernel_size"])
+
+
+def local_branch_cost(hw: tuple[int, int], dim: int, num_groups: int = 2, **knobs: int) -> Cost:
+    """The cost of :func:`local_branch` (fvcore's count)."""
+    if num_groups > 1:
+        return IDConv.cost(hw, dim, num_groups=num_groups, **knobs)
+    return DepthwiseConv2d.cost(hw, dim, knobs["kernel_size"])

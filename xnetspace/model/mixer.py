@@ -10,15 +10,18 @@ no fast training form of its own: its parts have theirs.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..spec import StageSpec
 from . import complexity
 from .complexity import Cost
 from .convs import DepthwiseConv2d, LayerScale, PointwiseConv2d
 from .folds import InferenceOnly, affine_param, affine_then_conv, bn_scale_shift, conv_then_affine, fold_bn
-from .idconv import IDConv
+from .idconv import IDConv, local_branch, local_branch_cost
 from .osra import OSRA
 
 __all__ = ["DualBranchTokens", "SqueezedTokenEnhancer", "FusedSTE", "DMixer", "FusedDMixer"]
@@ -78,6 +81,12 @@ class SqueezedTokenEnhancer(nn.Module):
         return FusedSTE(copy.deepcopy(self.conv_dw), reduce, expand)
 
     @staticmethod
+    def knobs(stage: StageSpec) -> dict[str, int]:
+        """STE's constructor arguments (other than ``dim``) from a stage spec, passed through the
+        D-Mixer unread (as :meth:`~xnetspace.model.osra.OSRA.knobs`)."""
+        return dict(hidden_dim=stage.ste_dim)
+
+    @staticmethod
     def cost(hw: tuple[int, int], dim: int, hidden_dim: int) -> Cost:
         n = hw[0] * hw[1]
         return (
@@ -107,26 +116,33 @@ class FusedSTE(InferenceOnly):
 class DMixer(DualBranchTokens):
     """Dual dynamic token mixer, D-Mixer (paper section III-B, eq. 2).
 
-    The first ``dim - attn_dim`` channels go through IDConv (a static depthwise conv when
-    ``num_groups == 1``), the last ``attn_dim`` through OSRA; the concatenation Y gives
-    ``STE(Y) + Y``. ``attn_dim`` 0 or ``dim`` leaves out the unused branch. ``kernel_size`` and
-    ``num_groups`` are IDConv's; ``osra_knobs`` (``num_heads``, ``sr_ratio``: :meth:`OSRA.knobs`) go
-    to OSRA as they are. Shapes: (B, C, H, W) -> (B, C, H, W).
+    The first ``dim - attn_dim`` channels go through IDConv (a static depthwise conv with one
+    group: :func:`~xnetspace.model.idconv.local_branch`), the last ``attn_dim`` through OSRA; the
+    concatenation Y gives ``STE(Y) + Y``. ``attn_dim`` 0 or ``dim`` leaves out the unused branch.
+    ``idconv``, ``osra`` and ``ste`` are each operator's own knobs (their ``knobs(stage)``), passed
+    on unread; :meth:`knobs` gives all four from a stage. Shapes: (B, C, H, W) -> (B, C, H, W).
     """
 
     def __init__(
-        self, dim: int, attn_dim: int, ste_dim: int, kernel_size: int = 7, num_groups: int = 2, **osra_knobs: int
+        self, dim: int, attn_dim: int, idconv: Mapping[str, Any], osra: Mapping[str, Any], ste: Mapping[str, Any]
     ):
         super().__init__()
         local_dim = dim - attn_dim
         self.split = (local_dim, attn_dim)
-        self.idconv: nn.Module | None = None
-        if local_dim and num_groups > 1:
-            self.idconv = IDConv(local_dim, kernel_size, num_groups)
-        elif local_dim:  # G = 1: softmax over one group is 1, IDConv is a static DW conv
-            self.idconv = DepthwiseConv2d(local_dim, kernel_size)
-        self.osra = OSRA(attn_dim, **osra_knobs) if attn_dim else None
-        self.ste = SqueezedTokenEnhancer(dim, ste_dim)
+        self.idconv = local_branch(local_dim, **idconv) if local_dim else None
+        self.osra = OSRA(attn_dim, **osra) if attn_dim else None
+        self.ste = SqueezedTokenEnhancer(dim, **ste)
+
+    @staticmethod
+    def knobs(stage: StageSpec) -> dict[str, Any]:
+        """The D-Mixer's arguments after ``dim`` from a stage: its split (``attn_ratio``) and each
+        operator's :meth:`knobs`, which it reads no further."""
+        return dict(
+            attn_dim=stage.attn_channels,
+            idconv=IDConv.knobs(stage),
+            osra=OSRA.knobs(stage),
+            ste=SqueezedTokenEnhancer.knobs(stage),
+        )
 
     def forward(self, x: Tensor, pos_bias: Tensor | None = None) -> Tensor:
         x = self.dual_branch_tokens(x, pos_bias)
@@ -145,20 +161,17 @@ class DMixer(DualBranchTokens):
         hw: tuple[int, int],
         dim: int,
         attn_dim: int,
-        ste_dim: int,
-        kernel_size: int = 7,
-        num_groups: int = 2,
-        **osra_knobs: int,
+        idconv: Mapping[str, Any],
+        osra: Mapping[str, Any],
+        ste: Mapping[str, Any],
     ) -> Cost:
         local_dim = dim - attn_dim
         cost = Cost()
-        if local_dim and num_groups > 1:
-            cost += IDConv.cost(hw, local_dim, kernel_size, num_groups)
-        elif local_dim:
-            cost += DepthwiseConv2d.cost(hw, local_dim, kernel_size)
+        if local_dim:
+            cost += local_branch_cost(hw, local_dim, **idconv)
         if attn_dim:
-            cost += OSRA.cost(hw, attn_dim, **osra_knobs)
-        return cost + SqueezedTokenEnhancer.cost(hw, dim, ste_dim)
+            cost += OSRA.cost(hw, attn_dim, **osra)
+        return cost + SqueezedTokenEnhancer.cost(hw, dim, **ste)
 
 
 class FusedDMixer(InferenceOnly, DualBranchTokens):

@@ -48,7 +48,7 @@ __all__ = [
 
 KNOBS = tuple(StageSpec.model_fields)
 INT_KNOBS = {k for k, f in StageSpec.model_fields.items() if f.annotation is int}
-FLOAT_KNOBS = {"mlp_ratio", "attn_ratio"}
+FLOAT_KNOBS = {k for k, f in StageSpec.model_fields.items() if f.annotation is float}
 _SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
 

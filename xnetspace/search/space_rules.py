@@ -34,10 +34,12 @@ from typing import Annotated, Any, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from ..spec import IDCONV_REDUCTION, Int
+from ..spec import IDCONV_REDUCTION, Int, stage_knobs
 from ..text import short_repr
 from .space_knobs import (
+    FLOAT_KNOBS,
     INT_KNOBS,
+    KNOBS,
     Fixed,
     Knob,
     Range,
@@ -66,17 +68,8 @@ __all__ = [
     "whole_value",
 ]
 
-SCHEDULE_KNOBS = ("attn_ratio", "mlp_ratio", "num_heads", "sr_ratio", "idconv_groups")
-MONOTONE_KNOBS = (
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "attn_ratio",
-    "sr_ratio",
-    "idconv_groups",
-    "idconv_kernel_size",
-)
+SCHEDULE_KNOBS = stage_knobs(schedulable=True)  # StageSpec's field metadata (xnetspace.spec.KnobMeta)
+MONOTONE_KNOBS = tuple(k for k in KNOBS if k in INT_KNOBS | FLOAT_KNOBS)  # every numeric stage knob
 MAX_MONOTONE_COMBINATIONS = 2000  # one categorical parameter; Optuna stores its choices with every trial
 _EPS = 1e-9
 
