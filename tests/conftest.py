@@ -148,9 +148,11 @@ def tiny_spec(**overrides) -> NetworkSpec:
 
 def random_specs(count: int, seed: int = 0) -> list[NetworkSpec]:
     """``count`` valid specs drawn at random over everything the spec allows (1-5 stages,
-    attention shares 0..1 including both ends, G = 1.., every sr_ratio 1-8, odd kernels 1-9),
+    attention shares 0..1 including both ends, G = 1.., every sr_ratio 1-8, odd kernels 1-9, STE's
+    kernel 1-5),
     kept small so that building and tracing them is fast. Invalid draws are redrawn."""
     rng = random.Random(seed)
+    later = random.Random(seed + 1)  # knobs added later draw from their own stream: the old draws stay
     specs = []
     while len(specs) < count:
         stages = []
@@ -168,6 +170,7 @@ def random_specs(count: int, seed: int = 0) -> list[NetworkSpec]:
                     mlp_ratio=rng.choice([1, 1.5, 2, 3, 4]),
                     ffn_kernel_sizes=sorted(rng.sample([1, 3, 5, 7, 9], rng.randint(1, 4))),
                     attn_ratio=rng.choice(ratios),
+                    ste_kernel_size=later.choice([1, 3, 5]),
                 )
             )
         fields = dict(

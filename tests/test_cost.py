@@ -78,6 +78,7 @@ def test_the_random_specs_cover_the_space():
     assert {s.sr_ratio for s in stages} == set(range(1, 9))
     assert {s.idconv_kernel_size for s in stages} == {1, 3, 5, 7, 9}
     assert {k for s in stages for k in s.ffn_kernel_sizes} == {1, 3, 5, 7, 9}
+    assert {s.ste_kernel_size for s in stages} == {1, 3, 5}
     assert {spec.num_stages for spec in specs} == {1, 2, 3, 4, 5}
     assert {spec.layer_scale_init_value for spec in specs} == {None, 1e-5}
 

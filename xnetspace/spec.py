@@ -274,6 +274,9 @@ class StageSpec(BaseModel):
     attn_ratio: Annotated[Float32, KnobMeta("mixer", "attn", schedulable=True)] = Field(
         0.5, ge=0, le=1, description="share of channels that go to OSRA, finite, in [0, 1]"
     )
+    ste_kernel_size: Annotated[OddKernel, KnobMeta("ste", since_release=True)] = Field(
+        3, description=f"STE's depthwise kernel size (odd, 1..{MAX_KERNEL_SIZE}; the paper's 3)"
+    )
 
     _ffn_kernels_bounded = field_validator("ffn_kernel_sizes", mode="before")(
         _at_most(MAX_FFN_KERNELS, "ffn_kernel_sizes")

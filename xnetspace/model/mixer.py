@@ -51,13 +51,14 @@ class DualBranchTokens(nn.Module):
 class SqueezedTokenEnhancer(nn.Module):
     """Squeezed token enhancer, STE (paper section III-B, eq. 2): a cheap channel/spatial mixer.
 
-    DW 3x3 -> GELU -> BN -> 1x1 C -> c' -> GELU -> BN -> 1x1 c' -> C -> BN, c' = max(16, C // 8).
+    DW KxK -> GELU -> BN -> 1x1 C -> c' -> GELU -> BN -> 1x1 c' -> C -> BN, c' = max(16, C // 8), K
+    ``kernel_size`` (the paper's 3; ``StageSpec.ste_kernel_size``).
     Shapes: (B, C, H, W) -> (B, C, H, W). The D-Mixer adds its input back (``STE(Y) + Y``).
     """
 
-    def __init__(self, dim: int, hidden_dim: int):
+    def __init__(self, dim: int, hidden_dim: int, kernel_size: int = 3):
         super().__init__()
-        self.conv_dw = DepthwiseConv2d(dim, 3)
+        self.conv_dw = DepthwiseConv2d(dim, kernel_size)
         self.bn_dw = nn.BatchNorm2d(dim)
         self.conv_reduce = PointwiseConv2d(dim, hidden_dim)
         self.bn_reduce = nn.BatchNorm2d(hidden_dim)
@@ -84,13 +85,13 @@ class SqueezedTokenEnhancer(nn.Module):
     def knobs(stage: StageSpec) -> dict[str, int]:
         """STE's constructor arguments (other than ``dim``) from a stage spec, passed through the
         D-Mixer unread (as :meth:`~xnetspace.model.osra.OSRA.knobs`)."""
-        return dict(hidden_dim=stage.ste_dim)
+        return dict(hidden_dim=stage.ste_dim, kernel_size=stage.ste_kernel_size)
 
     @staticmethod
-    def cost(hw: tuple[int, int], dim: int, hidden_dim: int) -> Cost:
+    def cost(hw: tuple[int, int], dim: int, hidden_dim: int, kernel_size: int = 3) -> Cost:
         n = hw[0] * hw[1]
         return (
-            DepthwiseConv2d.cost(hw, dim, 3)
+            DepthwiseConv2d.cost(hw, dim, kernel_size)
             + complexity.batch_norm(dim, n)
             + PointwiseConv2d.cost(hw, dim, hidden_dim)
             + complexity.batch_norm(hidden_dim, n)
@@ -101,7 +102,7 @@ class SqueezedTokenEnhancer(nn.Module):
 
 class FusedSTE(InferenceOnly):
     """Squeezed token enhancer (paper eq. 2) with its three BNs folded:
-    DW 3x3 -> GELU -> 1x1 C -> c' -> GELU -> 1x1 c' -> C. Shapes: (B, C, H, W) -> same."""
+    DW KxK -> GELU -> 1x1 C -> c' -> GELU -> 1x1 c' -> C. Shapes: (B, C, H, W) -> same."""
 
     def __init__(self, conv_dw: nn.Conv2d, conv_reduce: nn.Conv2d, conv_expand: nn.Conv2d):
         super().__init__()
