@@ -23,7 +23,7 @@ from xnetspace.search import analysis_schema as A
 from xnetspace.search import summary as S
 from xnetspace.search.space import SearchSpace
 from xnetspace.search.stats import blocked_separation
-from xnetspace.spec import NetworkSpec
+from xnetspace.spec import KnobMeta, NetworkSpec
 
 # Called by torch: nn.Module.__call__ runs forward; autograd.Function's static protocol.
 torch.nn.Module.forward
@@ -53,14 +53,17 @@ sqlite3.Connection.isolation_level
 # A signal handler takes (signum, frame) whether it reads them or not (cli._terminate).
 cli._terminate.signum, cli._terminate.frame
 
-# Read by name: Run.at(column) does getattr(run, column) over bench.RUN_COLUMNS.
+# Read by name: Run.at(column) does getattr(run, column) over bench.RUN_COLUMNS; spec.stage_knobs(**where)
+# does getattr(meta, key) (stage_knobs(schedulable=True), stage_knobs(since_release=True)).
 Run.val_top1
+KnobMeta.schedulable, KnobMeta.since_release
 
 # Public API used outside xnetspace/ only (tests, benchmarks/, docs).
 SearchSpace.random_specs
 NetworkSpec.from_official_arch
 blocked_separation
 Pack.replica
+KnobMeta.cost_free  # tests/test_knobs.py: every knob not declared cost_free changes some cost
 
 # Fields of the JSON files xnetspace writes (summary.json, analysis.json, refine.json): filled
 # from dicts by model_validate, read by whoever reads the files, exported as JSON Schemas.
