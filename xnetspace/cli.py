@@ -549,16 +549,23 @@ def worker(
         help="number of the first worker (seeds its sampler; default: random from 1000)",
     ),
 ) -> None:
-    """Join a study that `xnetspace search` created in a server database and run its trials until it is done.
+    """Join a study that `xnetspace search` (or `xnetspace tabulate --storage`) created in a server
+    database and run its trials (or its table's jobs) until it is done.
 
     The study's space, dataset, recipe, N, sampler and pruner come from the storage, not from this
     command line. Exits 0 when the study's trials are all done (at once on a finished study).
     """
     from .search.join import join_study
+    from .search.tabulate import join_tabulation, stored_tabulation
 
     with _answers(
         "worker options", interrupted="interrupted: this worker's running trials are retried by the others (heartbeat)"
     ):
+        table = stored_tabulation(storage, study_name)
+        if table is not None:  # a tabulation's jobs: its own config, no sampler
+            done = join_tabulation(table, storage, study_name, _devices(devices), workers_per_device, worker_index)
+            typer.echo(f"tabulation {study_name!r}: no job left ({done} finished while this worker ran)")
+            return
         join_study(storage, study_name, _devices(devices), workers_per_device, dataset, timeout, worker_index)
 
 
@@ -707,6 +714,9 @@ def tabulate(
     workers_per_device: int | None = typer.Option(
         None, "--workers-per-device", help="worker processes per device (default: one per CPU core, at most 8)"
     ),
+    storage: str | None = typer.Option(
+        None, help="a server's Optuna RDB URL for the jobs (other machines join with xnetspace worker)"
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train every distinct in-budget spec of a finite space with K seeds, and TransXNet-T scaled
@@ -724,7 +734,15 @@ def tabulate(
         folder = output_folder(out, "--out", ["tabulate.db", "table.csv", "meta.json"], create=False)
         the_space = load_space(space)
         config = TabulateConfig(space=the_space, dataset=_task(dataset, the_space)[0], seeds=seeds, max_specs=max_specs)
-        meta = run_tabulate(config, folder, _devices(devices), workers_per_device, progress=not as_json)
+        meta = run_tabulate(
+            config,
+            folder,
+            _devices(devices),
+            workers_per_device,
+            progress=not as_json,
+            storage=storage,
+            announce=lambda line: typer.echo(line, err=True),
+        )
     if as_json:
         typer.echo(to_json(meta, indent=2))
         return

@@ -30,9 +30,12 @@ import json
 import math
 import os
 import platform
+import random
+import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -55,11 +58,18 @@ from .records import JobRecord, read_job
 from .score import LOSS
 from .space import SearchSpace, space_data
 from .space_grid import Enumeration, enumerate_space
+from .storage import connect_storage, shown_url
+from .study import default_out
 from .train import TrainConfig
 
 __all__ = [
     "TabulateConfig",
     "run_tabulate",
+    "join_tabulation",
+    "queue_tabulation",
+    "Queued",
+    "stored_tabulation",
+    "study_location",
     "plan",
     "measure_latencies",
     "report_lines",
@@ -116,33 +126,90 @@ def plan(config: TabulateConfig, found: Enumeration, reference: NetworkSpec | No
     return jobs
 
 
-def _open(config: TabulateConfig, out: Path, heartbeat: int = 10) -> optuna.Study:
-    study = open_job_study(f"sqlite:///{(out / 'tabulate.db').resolve()}", TABULATE_STUDY, heartbeat, LOSS)
+def study_location(config: TabulateConfig, out: Path, storage: str | None = None) -> tuple[str, str]:
+    """The job study's storage URL and name: ``out/tabulate.db`` and ``tabulate``, or on a server
+    (``storage``, e.g. PostgreSQL) a name of its own per table (the space's name and a hash of what
+    defines the table), since one server holds many."""
+    if storage is None:
+        return f"sqlite:///{(out / 'tabulate.db').resolve()}", TABULATE_STUDY
+    digest = hashlib.sha256(json.dumps(config.identity(), sort_keys=True).encode()).hexdigest()[:12]
+    return storage, f"{TABULATE_STUDY}-{config.space.name}-{digest}"
+
+
+def _open(config: TabulateConfig, url: str, name: str, heartbeat: int = 10) -> optuna.Study:
+    study = open_job_study(url, name, heartbeat, LOSS)
     mine, stored = config.identity(), study.user_attrs.get(_CONFIG_ATTR)
     if stored is None:
         study.set_user_attr(_CONFIG_ATTR, mine)
     elif stored != mine:
         changed = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
-        raise SearchError(f"{out} holds a table of another {', '.join(changed)}; use another --out")
+        raise SearchError(
+            f"{name} in {shown_url(url)} holds a table of another {', '.join(changed)}; use another --out"
+        )
     return study
 
 
-def _work(config_json: str, out: str, device: str, worker: int, poll: float = 2.0) -> None:
+def _work(config_json: str, url: str, name: str, out: str, device: str, worker: int, poll: float = 2.0) -> None:
     """One worker: pop and train jobs until none is queued or running."""
     from .workers import drain_jobs
 
     config = TabulateConfig.model_validate_json(config_json)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = _open(config, Path(out))
+    study = _open(config, url, name)
     data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
     objective = JobObjective(config.train, data, LOSS, device, worker)
     drain_jobs(study, objective, Path(out), worker, poll)
 
 
-def _process(config_json: str, out: str, device: str, worker: int, threads: int | None) -> None:
+def _process(config_json: str, url: str, name: str, out: str, device: str, worker: int, threads: int | None) -> None:
     from .workers import guarded
 
-    guarded(lambda d: _work(config_json, out, d, worker), device, threads)
+    guarded(lambda d: _work(config_json, url, name, out, d, worker), device, threads)
+
+
+def stored_tabulation(storage: str, study_name: str) -> TabulateConfig | None:
+    """The tabulation that study ``study_name`` in ``storage`` holds (None: no such study, or not a
+    tabulation), for ``xnetspace worker`` to join."""
+    storage_obj = connect_storage(storage)
+    if study_name not in {s.study_name for s in storage_obj.get_all_studies()}:
+        return None
+    stored = optuna.load_study(study_name=study_name, storage=storage_obj).user_attrs.get(_CONFIG_ATTR)
+    return None if stored is None else TabulateConfig.model_validate(stored)
+
+
+def join_tabulation(
+    config: TabulateConfig,
+    storage: str,
+    study_name: str,
+    devices: str | Sequence[str] = ("cpu",),
+    workers_per_device: int | None = None,
+    first_worker: int | None = None,
+) -> int:
+    """Work on a tabulation another machine started (``xnetspace tabulate --storage URL``) until
+    no job is queued or running: this machine's worker processes pop its jobs as the head's do.
+    Returns the jobs finished meanwhile (by every machine). The head writes the table.
+
+    Raises:
+        ValueError: a bad device or worker count.
+        WorkerCrashed: workers that crashed before the table was done.
+    """
+    from .study import check_devices, device_workers
+    from .workers import spawn_workers
+
+    devices = check_devices(devices)
+    workers = [d for d in devices for _ in range(device_workers(devices, workers_per_device))]
+    first = first_worker if first_worker is not None else random.randrange(1000, 1_000_000)
+    out = default_out(study_name)
+    study = _open(config, storage, study_name)
+    before = job_state(study)[0]
+    lost = spawn_workers(
+        _process,
+        workers,
+        lambda i, d, threads: (config.model_dump_json(), storage, study_name, str(out), d, first + i, threads),
+        first_worker=first,
+    )
+    _raise_lost(lost, study)
+    return job_state(study)[0] - before
 
 
 def run_tabulate(
@@ -152,12 +219,18 @@ def run_tabulate(
     workers_per_device: int | None = None,
     progress: bool = True,
     latency_seconds: float = LATENCY_SECONDS,
+    storage: str | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> dict:
     """Train (or resume) the tabulation in ``out`` and write ``table.csv`` and ``meta.json``
     (:func:`xnetspace.bench.write`); returns the meta data.
 
     ``devices``: a list or a comma-separated text (cpu, cuda, cuda:K); ``workers_per_device``
     worker processes on each (default: one per CPU core on the CPU, at most 8; one per GPU).
+    ``storage``: a server's Optuna RDB URL (PostgreSQL) holding the job study instead of
+    ``out/tabulate.db``, so that other machines join with ``xnetspace worker --storage URL
+    --study-name NAME`` (given to ``announce`` once the jobs are queued); the head waits for
+    their jobs too, then writes the table.
 
     Raises:
         ValueError: a bad device or worker count (before anything is written).
@@ -171,31 +244,69 @@ def run_tabulate(
 
     devices = check_devices(devices)
     per_device = device_workers(devices, workers_per_device)
+    queued = queue_tabulation(config, out, storage)
+    if storage is not None and announce is not None:
+        announce(f"other machines join with:\n{join_command(queued.url, queued.name)}")
+    workers = [d for d in devices for _ in range(per_device)]
+    _train(config, queued.study, (queued.url, queued.name), queued.jobs, out, workers, progress)
+    entries, failed = _entries(config, queued, out / "latency.json", latency_seconds)
+    meta = _meta(config, queued, failed, workers, latency_seconds)
+    write(out, entries, list(queued.found.grid), meta)
+    return json.loads((out / "meta.json").read_text())
+
+
+@dataclass
+class Queued:
+    """A tabulation's job study with its jobs queued (:func:`queue_tabulation`)."""
+
+    study: optuna.Study
+    url: str
+    name: str
+    jobs: list[Job]
+    data: DataSplit
+    found: Enumeration
+    reference: NetworkSpec | None
+    reference_error: str | None
+
+
+def queue_tabulation(config: TabulateConfig, out: Path, storage: str | None = None) -> Queued:
+    """Enumerate the space, plan one job per spec (and the reference) and queue the jobs not yet
+    queued in the job study (:func:`study_location`); nothing is trained. Workers on this machine
+    (:func:`run_tabulate`) or others (:func:`join_tabulation`) then pop them.
+
+    Raises:
+        SpaceError, SearchError, DataError: as :func:`run_tabulate`.
+    """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
     found = _enumerate(config, data)
     reference, reference_error = _reference(config, data)
     out.mkdir(parents=True, exist_ok=True)
-    study = _open(config, out)
+    url, name = study_location(config, out, storage)
+    study = _open(config, url, name)
     jobs = plan(config, found, reference)
     enqueue_jobs(study, jobs, config.train, config.dataset)
-    workers = [d for d in devices for _ in range(per_device)]
-    _train(config, study, jobs, out, workers, progress)
-    results = job_results(study)
-    records = {job.label: finished_record(results.get(job.key(config.train, config.dataset), [])) for job in jobs}
-    specs = {j.label: NetworkSpec.model_validate(j.spec) for j in jobs if records[j.label] is not None}
-    latency = measure_latencies(
-        specs.values(), config.space.constraints.image_size, out / "latency.json", latency_seconds
-    )
-    entries = [_entry(j, specs[j.label], found, records[j.label], latency, config) for j in jobs if j.label in specs]
+    return Queued(study, url, name, jobs, data, found, reference, reference_error)
+
+
+def _entries(config: TabulateConfig, queued: Queued, cache: Path, latency_seconds: float) -> tuple[list, list[dict]]:
+    """The table's entries (finished specs, their latency measured now) and the failed jobs."""
+    results = job_results(queued.study)
+    key = {j.label: j.key(config.train, config.dataset) for j in queued.jobs}
+    records = {j.label: finished_record(results.get(key[j.label], [])) for j in queued.jobs}
+    specs = {j.label: NetworkSpec.model_validate(j.spec) for j in queued.jobs if records[j.label] is not None}
+    latency = measure_latencies(specs.values(), config.space.constraints.image_size, cache, latency_seconds)
+    entries = [
+        _entry(j, specs[j.label], queued.found, records[j.label], latency, config)
+        for j in queued.jobs
+        if j.label in specs
+    ]
     failed = [
         {"label": j.label, "digest": NetworkSpec.model_validate(j.spec).digest(), "reason": _reason(results, j, config)}
-        for j in jobs
+        for j in queued.jobs
         if j.label not in specs
     ]
-    meta = _meta(config, data, found, reference, reference_error, failed, study, workers, latency_seconds)
-    write(out, entries, list(found.grid), meta)
-    return json.loads((out / "meta.json").read_text())
+    return entries, failed
 
 
 def _enumerate(config: TabulateConfig, data: DataSplit) -> Enumeration:
@@ -220,7 +331,15 @@ def _reference(config: TabulateConfig, data: DataSplit) -> tuple[NetworkSpec | N
         return None, str(err)
 
 
-def _train(config: TabulateConfig, study: optuna.Study, jobs: list[Job], out: Path, workers: list[str], progress: bool):
+def _train(
+    config: TabulateConfig,
+    study: optuna.Study,
+    location: tuple[str, str],
+    jobs: list[Job],
+    out: Path,
+    workers: list[str],
+    progress: bool,
+):
     """Run the workers until every job is done (a progress bar meanwhile); each sitting's wall
     time and jobs are recorded in the study as it goes (:class:`_Sitting`), also when it is
     interrupted."""
@@ -241,12 +360,17 @@ def _train(config: TabulateConfig, study: optuna.Study, jobs: list[Job], out: Pa
         lost = spawn_workers(
             _process,
             workers,
-            lambda i, d, threads: (config.model_dump_json(), str(out), d, i, threads),
+            lambda i, d, threads: (config.model_dump_json(), *location, str(out), d, i, threads),
             monitor=monitor,
         )
     finally:
         monitor.close()
         sitting.update(force=True)
+    _raise_lost(lost, study)
+
+
+def _raise_lost(lost: list, study: optuna.Study) -> None:
+    """WorkerCrashed when workers crashed and jobs are left."""
     _, running, waiting = job_state(study)
     if lost and running + waiting:
         raise WorkerCrashed(
@@ -254,6 +378,11 @@ def _train(config: TabulateConfig, study: optuna.Study, jobs: list[Job], out: Pa
             + "; ".join(w.describe() for w in lost)
             + ". Re-run the same command to continue it"
         )
+
+
+def join_command(url: str, name: str) -> str:
+    """The command that joins a tabulation from another machine (the storage URL as given)."""
+    return " ".join(shlex.quote(part) for part in ["xnetspace", "worker", "--storage", url, "--study-name", name])
 
 
 class _Sitting:
@@ -338,19 +467,10 @@ def _reason(results: dict, job: Job, config: TabulateConfig) -> str:
     return next((read_job(t).reason for t in trials if read_job(t).reason), None) or "not trained"
 
 
-def _meta(
-    config: TabulateConfig,
-    data: DataSplit,
-    found: Enumeration,
-    reference: NetworkSpec | None,
-    reference_error: str | None,
-    failed: list[dict],
-    study: optuna.Study,
-    workers: list[str],
-    latency_seconds: float,
-) -> dict:
+def _meta(config: TabulateConfig, queued: Queued, failed: list[dict], workers: list[str], latency_s: float) -> dict:
     """What the meta file says besides the table (:mod:`xnetspace.bench`)."""
-    space = config.space
+    space, study, data, found = config.space, queued.study, queued.data, queued.found
+    reference, reference_error = queued.reference, queued.reference_error
     sittings = study.user_attrs.get(_SITTINGS_ATTR, [])
     trained = [read_job(t) for t in study.get_trials(deepcopy=False) if read_job(t).job is not None]
     image = parse_image_size(space.constraints.image_size)
@@ -386,7 +506,7 @@ def _meta(
             "threads": 1,
             "device": "cpu",
             "image_size": list(image),
-            "min_run_time": latency_seconds,
+            "min_run_time": latency_s,
         },
         "machine": _machine(workers),
         "versions": _versions(),
