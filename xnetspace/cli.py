@@ -267,7 +267,7 @@ class _SearchOpt:
             "space's task (fashion_cpu: fashion-mnist:10000, digits where its package is missing)"
         ),
     )
-    n_trials = typer.Option(20, "--n-trials", help="trials the study holds in total (a re-run continues up to N)")
+    n_trials = typer.Option(25, "--n-trials", help="trials the study holds in total (a re-run continues up to N)")
     flops_max = typer.Option(None, "--flops-max", help="FLOP budget maximum, e.g. 0.5G or 300M (overrides the space)")
     flops_min = typer.Option(None, "--flops-min", help="FLOP budget minimum (overrides the space)")
     # the proxy recipe, and how long this run may start trials
