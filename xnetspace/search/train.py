@@ -31,7 +31,7 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 
 from ..model import build_model
-from ..model.network import TrainForm
+from ..model.network import TrainForm, TransXNet
 from ..pack import Pack
 from ..spec import MAX_IMAGE_SIZE, MAX_SEED, Float, Int, NetworkSpec
 from .batches import AUGMENTS, Augment, Batches, TensorBatches, batches  # noqa: F401 - TensorBatches, Batches: re-exported
@@ -227,54 +227,70 @@ def train_seeds(
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"train_seeds needs distinct seeds, got {seeds}")
     if not pack and len(seeds) > 1:
-        results: list[TrainResult] = []
-        for seed in seeds:
-            done = results.copy()
-            hook = None if report is None else (lambda epoch, mine: report(epoch, done + mine))  # noqa: B023 - used in this iteration
-            results += train_seeds(spec, data, [seed], config, device, hook, score_test=score_test)
-        return results
+        return _train_one_after_another(spec, data, seeds, config, device, report, score_test)
+    return _train_together(spec, data, seeds, config, device, report, score_test)
+
+
+def _train_one_after_another(
+    spec: NetworkSpec,
+    data,
+    seeds: list[int],
+    config: TrainConfig,
+    device: str | torch.device,
+    report: Callable[[int, list[TrainResult]], None] | None,
+    score_test: bool,
+) -> list[TrainResult]:
+    """``train_seeds(pack=False)``: each seed alone, in turn; ``report`` sees the finished seeds'
+    results before the running one's."""
+    results: list[TrainResult] = []
+    for seed in seeds:
+        done = results.copy()
+        hook = None if report is None else (lambda epoch, mine: report(epoch, done + mine))  # noqa: B023 - used in this iteration
+        results += train_seeds(spec, data, [seed], config, device, hook, score_test=score_test)
+    return results
+
+
+@dataclass
+class _Run:
+    """What a run of :func:`_train_together` keeps through its epochs."""
+
+    net: nn.Module | Pack  # the network, or a Pack of one network per seed
+    seeds: list[int]
+    config: TrainConfig
+    device: torch.device
+    layout: torch.memory_format  # the memory format of the network and its batches
+    start: float  # time.perf_counter() at the start: the time limit and ``seconds`` count from it
+
+    @property
+    def packed(self) -> bool:
+        return len(self.seeds) > 1
+
+
+def _train_together(
+    spec: NetworkSpec,
+    data,
+    seeds: list[int],
+    config: TrainConfig,
+    device: str | torch.device,
+    report: Callable[[int, list[TrainResult]], None] | None,
+    score_test: bool,
+) -> list[TrainResult]:
+    """:func:`train_seeds` of one seed, or of several as one pack."""
     start = time.perf_counter()
     device = torch.device(device)
     packed = len(seeds) > 1
     # A pack stacks the replicas' tensors and batches into (S, ...): contiguous, whatever the device.
     layout = torch.contiguous_format if packed else training_memory_format(device, config)
-    models = []
-    for seed in seeds:
-        torch.manual_seed(seed)
-        model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans).to(device)
-        models.append(model.set_train_form(config.train_form).to(memory_format=layout))
-    net = Pack(models) if packed else models[0]
-    train_batches = [
-        batches(
-            data.train,
-            config.batch_size,
-            device,
-            shuffle=True,
-            drop_last=True,
-            generator=torch.Generator().manual_seed(seed),
-            num_workers=config.num_workers,
-            memory_format=layout,
-            augment=config.augment,
-            seed=seed,
-        )
-        for seed in seeds
-    ]
-    val_batches = batches(
-        data.val, max(config.batch_size, _EVAL_BATCH), device, num_workers=config.num_workers, memory_format=layout
-    )
-    test_batches = (
-        batches(
-            data.test, max(config.batch_size, _EVAL_BATCH), device, num_workers=config.num_workers, memory_format=layout
-        )
-        if score_test and data.test is not None
-        else None
-    )
+    models = _build_replicas(spec, data, seeds, config, device, layout)
+    run = _Run(Pack(models) if packed else models[0], seeds, config, device, layout, start)
+    train_batches = [_training_batches(data.train, seed, run) for seed in seeds]
+    val_batches = _evaluation_batches(data.val, run)
+    test_batches = _evaluation_batches(data.test, run) if score_test and data.test is not None else None
     scoring_test = 0.0  # seconds spent on the held-out split, left out of the runs' wall time
     steps = len(train_batches[0])
     if steps == 0:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train)} training images")
-
-    optimizer = adamw(net, config.lr, config.weight_decay, config.train_form, models[0] if packed else None)
+    optimizer = adamw(run.net, config.lr, config.weight_decay, config.train_form, models[0] if packed else None)
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched="cosine",
@@ -285,61 +301,133 @@ def train_seeds(
     )
     results, updates = [TrainResult() for _ in seeds], 0
     for epoch in range(config.epochs):
-        net.train()
-        epoch_batches = [iter(b) for b in train_batches]
-        for _ in range(steps):
-            pairs = [next(it) for it in epoch_batches]
-            x = pairs[0][0] if not packed else torch.stack([x for x, _ in pairs])
-            y = pairs[0][1] if not packed else torch.stack([y for _, y in pairs])
-            x, y = _to(x, device, layout), y.to(device)
-            with _autocast(device, None if packed else config):  # packs train in float32 (see below)
-                logits = net(x)  # (B, classes), or (S, B, classes) for a pack
-                losses = (
-                    nn.functional.cross_entropy(
-                        logits.flatten(0, -2).float(),
-                        y.flatten(),
-                        reduction="none",
-                        label_smoothing=config.label_smoothing,
-                    )
-                    .view(len(seeds), -1)
-                    .mean(1)
-                )
-            values = losses.tolist()
-            for result, seed, value in zip(results, seeds, values):
-                result.losses.append(value)
-                if not math.isfinite(value):
-                    where = f" (seed {seed})" if packed else ""
-                    raise Diverged(f"loss became {value}{where} at epoch {epoch + 1}, update {updates + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            optimizer.step()
-            updates += 1
-            scheduler.step_update(num_updates=updates)
-            if config.time_limit and time.perf_counter() - start > config.time_limit:
-                raise TimeLimitExceeded(f"past the {config.time_limit:g} s time limit in epoch {epoch + 1}")
-        for it in epoch_batches:  # run each iterator to its end: an epoch's last draws are part of its seed's stream
-            for _ in it:
-                raise AssertionError("the seeds' training sets differ in length")
+        updates = _train_epoch(run, train_batches, steps, optimizer, scheduler, results, epoch, updates)
         scheduler.step(epoch + 1)
-        scores = (
-            evaluate_pack(net, val_batches, device)
-            if packed
-            else [evaluate(cast(nn.Module, net), val_batches, device, config)]
-        )
-        for result, (top1, val_loss) in zip(results, scores):
-            epoch_losses = result.losses[-steps:]
-            result.train_loss_history.append(math.fsum(epoch_losses) / len(epoch_losses))
-            result.history.append(top1)
-            result.loss_history.append(val_loss)
-            result.seconds = time.perf_counter() - start - scoring_test
-            result.seconds_history.append(result.seconds)
+        _record_validation(run, val_batches, steps, scoring_test, results)
         if test_batches is not None:
-            scoring_test += _score_held_out(net, test_batches, device, config, results)
+            scoring_test += _score_held_out(run.net, test_batches, device, config, results)
         if config.time_limit and time.perf_counter() - start - scoring_test > config.time_limit:  # evaluation counts
             raise TimeLimitExceeded(f"past the {config.time_limit:g} s time limit after epoch {epoch + 1}")
         if report is not None:
             report(epoch, results)
     return results
+
+
+def _build_replicas(
+    spec: NetworkSpec, data, seeds: list[int], config: TrainConfig, device: torch.device, layout: torch.memory_format
+) -> list[TransXNet]:
+    """One network per seed, each initialised under ``torch.manual_seed(seed)`` as it is alone."""
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans).to(device)
+        models.append(model.set_train_form(config.train_form).to(memory_format=layout))
+    return models
+
+
+def _training_batches(split, seed: int, run: _Run):
+    """The seed's own shuffled (and augmented) training batches, from generators of its own."""
+    config = run.config
+    return batches(
+        split,
+        config.batch_size,
+        run.device,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=config.num_workers,
+        memory_format=run.layout,
+        augment=config.augment,
+        seed=seed,
+    )
+
+
+def _evaluation_batches(split, run: _Run):
+    """The batches ``split`` is scored in, in order: ``_EVAL_BATCH`` images or a training batch, the larger."""
+    config = run.config
+    return batches(
+        split, max(config.batch_size, _EVAL_BATCH), run.device, num_workers=config.num_workers, memory_format=run.layout
+    )
+
+
+def _train_epoch(
+    run: _Run,
+    train_batches: list,
+    steps: int,
+    optimizer,
+    scheduler,
+    results: list[TrainResult],
+    epoch: int,
+    updates: int,
+) -> int:
+    """One epoch of ``steps`` updates; returns the count of updates so far."""
+    config = run.config
+    run.net.train()
+    epoch_batches = [iter(b) for b in train_batches]
+    for _ in range(steps):
+        x, y = _next_batch(run, epoch_batches)
+        losses = _replica_losses(run, x, y)
+        _record_losses(run, losses.tolist(), results, epoch, updates)
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        optimizer.step()
+        updates += 1
+        scheduler.step_update(num_updates=updates)
+        if config.time_limit and time.perf_counter() - run.start > config.time_limit:
+            raise TimeLimitExceeded(f"past the {config.time_limit:g} s time limit in epoch {epoch + 1}")
+    for it in epoch_batches:  # run each iterator to its end: an epoch's last draws are part of its seed's stream
+        for _ in it:
+            raise AssertionError("the seeds' training sets differ in length")
+    return updates
+
+
+def _next_batch(run: _Run, epoch_batches: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every seed's next batch, stacked into (S, B, ...) for a pack, on the device."""
+    pairs = [next(it) for it in epoch_batches]
+    x = pairs[0][0] if not run.packed else torch.stack([x for x, _ in pairs])
+    y = pairs[0][1] if not run.packed else torch.stack([y for _, y in pairs])
+    return _to(x, run.device, run.layout), y.to(run.device)
+
+
+def _replica_losses(run: _Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each replica's mean label-smoothed cross-entropy on its batch, shape (S,)."""
+    with _autocast(run.device, None if run.packed else run.config):  # packs train in float32 (see train_seeds)
+        logits = run.net(x)  # (B, classes), or (S, B, classes) for a pack
+        return (
+            nn.functional.cross_entropy(
+                logits.flatten(0, -2).float(),
+                y.flatten(),
+                reduction="none",
+                label_smoothing=run.config.label_smoothing,
+            )
+            .view(len(run.seeds), -1)
+            .mean(1)
+        )
+
+
+def _record_losses(run: _Run, values: list[float], results: list[TrainResult], epoch: int, updates: int) -> None:
+    """Append each seed's loss to its result; raises Diverged at the first that is not finite."""
+    for result, seed, value in zip(results, run.seeds, values):
+        result.losses.append(value)
+        if not math.isfinite(value):
+            where = f" (seed {seed})" if run.packed else ""
+            raise Diverged(f"loss became {value}{where} at epoch {epoch + 1}, update {updates + 1}")
+
+
+def _record_validation(run: _Run, loader, steps: int, scoring_test: float, results: list[TrainResult]) -> None:
+    """Append the epoch's mean training loss, validation scores and wall seconds to each result."""
+    scores = (
+        evaluate_pack(cast(Pack, run.net), loader, run.device)
+        if run.packed
+        else [evaluate(cast(nn.Module, run.net), loader, run.device, run.config)]
+    )
+    for result, (top1, val_loss) in zip(results, scores):
+        epoch_losses = result.losses[-steps:]
+        result.train_loss_history.append(math.fsum(epoch_losses) / len(epoch_losses))
+        result.history.append(top1)
+        result.loss_history.append(val_loss)
+        result.seconds = time.perf_counter() - run.start - scoring_test
+        result.seconds_history.append(result.seconds)
 
 
 def _score_held_out(net, loader, device: torch.device, config: TrainConfig, results: list[TrainResult]) -> float:
