@@ -32,7 +32,7 @@ import statistics
 from typing import Literal, cast
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from ..cost import cost_report
@@ -142,28 +142,60 @@ def plan_jobs(
     state gives the same list). Jobs that wait on other results appear once those are done: the
     best of ``random:N`` after its specs' proxy jobs, the ``random:auto`` control's best once the
     control study (``control``) has spent the search's compute."""
-    epochs = options.epochs_to_confirm(config.train)
-    seeds = confirm_seeds(config, options)
-    jobs: list[Job] = []
-
-    def confirm(role: Role, label: str, spec: dict, trial: int | None = None, proxy: bool = False) -> None:
-        jobs.append(
-            Job(
-                role=role,
-                label=label,
-                spec=spec,
-                seeds=seeds,
-                trial=trial,
-                proxy=proxy,
-                epochs=config.train.epochs if proxy else epochs,
-            )
-        )
-
     rank = config.proxy.rank_key
     ranked = sorted(candidates(study), key=lambda t: (rank(t.values[0]), read_trial(t).flops or 0, t.number))
+    jobs = _candidate_jobs(ranked, config, options)
+    n_random = max(
+        [int(b.split(":")[1]) for b in options.baselines if b.startswith("random:") and b != "random:auto"], default=0
+    )
+    n_fidelity = options.fidelity_sample if options.confirm_top else 0  # no confirmed set to add to
+    pool = _random_pool(config, max(n_random, n_fidelity), num_classes, in_chans)
+    proxy_jobs = [_random_proxy_job(spec, config) for spec in pool]
+    jobs.extend(proxy_jobs)
+    for spec in pool[:n_fidelity]:
+        jobs.append(_confirm_job(config, options, "fidelity", spec.name, spec.model_dump(mode="json")))
+    results = job_results(cstudy)
+    for name in options.baselines:
+        if name in preset_names():
+            spec = baseline_spec(name, config.space, num_classes, in_chans)
+            jobs.append(_confirm_job(config, options, "baseline", spec.name, spec.model_dump(mode="json")))
+        elif name == "random:auto":
+            jobs += _random_search_control_jobs(study, config, options, control)
+        else:
+            jobs += _best_of_random_jobs(name, config, options, pool, proxy_jobs, results)
+    return jobs
+
+
+def _confirm_job(
+    config: StudyConfig,
+    options: RunOptions,
+    role: Role,
+    label: str,
+    spec: dict,
+    trial: int | None = None,
+    proxy: bool = False,
+) -> Job:
+    """A confirmation run of ``spec`` with the confirmation seeds: at the proxy's epochs with
+    ``proxy`` (the noise measurement), else at the confirmation's."""
+    return Job(
+        role=role,
+        label=label,
+        spec=spec,
+        seeds=confirm_seeds(config, options),
+        trial=trial,
+        proxy=proxy,
+        epochs=config.train.epochs if proxy else options.epochs_to_confirm(config.train),
+    )
+
+
+def _candidate_jobs(ranked: list[FrozenTrial], config: StudyConfig, options: RunOptions) -> list[Job]:
+    """The top ``confirm_top`` candidates' confirmations; with ``confirm_top`` 0 and one trained
+    proxy seed, the best one retrained at the proxy recipe instead (the proxy score's seed noise)."""
     # A candidate's record (and the control's) always holds the spec it was drawn with.
-    for t in ranked[: options.confirm_top]:
-        confirm("candidate", f"trial {t.number}", cast(dict, read_trial(t).spec), t.number)
+    jobs = [
+        _confirm_job(config, options, "candidate", f"trial {t.number}", cast(dict, read_trial(t).spec), t.number)
+        for t in ranked[: options.confirm_top]
+    ]
     if (
         not options.confirm_top
         and ranked
@@ -171,53 +203,54 @@ def plan_jobs(
         and config.proxy_seeds == 1
         and config.proxy.trains
     ):
-        confirm(
-            "noise", f"trial {ranked[0].number}", cast(dict, read_trial(ranked[0]).spec), ranked[0].number, proxy=True
-        )
-
-    n_random = max(
-        [int(b.split(":")[1]) for b in options.baselines if b.startswith("random:") and b != "random:auto"], default=0
-    )
-    n_fidelity = options.fidelity_sample if options.confirm_top else 0  # no confirmed set to add to
-    pool = _random_pool(config, max(n_random, n_fidelity), num_classes, in_chans)
-    proxy_jobs = [
-        Job(
-            role="random",
-            label=spec.name,
-            spec=spec.model_dump(mode="json"),
-            proxy=True,
-            zero_cost=True,
-            seeds=config.proxy_seed_list if config.proxy.trains else (),
-            epochs=config.train.epochs,
-        )
-        for spec in pool
-    ]
-    jobs.extend(proxy_jobs)
-    for spec in pool[:n_fidelity]:
-        confirm("fidelity", spec.name, spec.model_dump(mode="json"))
-    results = job_results(cstudy)
-    for name in options.baselines:
-        if name in preset_names():
-            spec = baseline_spec(name, config.space, num_classes, in_chans)
-            confirm("baseline", spec.name, spec.model_dump(mode="json"))
-        elif name == "random:auto":
-            best = control_best(control, config) if control is not None and control_finished(control, study) else None
-            if best is not None:
-                confirm(
-                    "baseline",
-                    f"random search at equal compute: trial {best.number}",
-                    cast(dict, read_trial(best).spec),
-                )
-        else:
-            n = int(name.split(":")[1])
-            records = [
-                finished_record(results.get(job.key(config.train, config.dataset), [])) for job in proxy_jobs[:n]
-            ]
-            if all(r is not None for r in records):
-                values = [_proxy_value(config, cast(JobRecord, r), job.spec) for r, job in zip(records, proxy_jobs)]
-                pick = min(range(n), key=lambda i: (rank(cast(float, values[i])), i))  # finished: scored
-                confirm("baseline", f"best of {name}: {pool[pick].name}", pool[pick].model_dump(mode="json"))
+        best = ranked[0]
+        label, spec = f"trial {best.number}", cast(dict, read_trial(best).spec)
+        jobs.append(_confirm_job(config, options, "noise", label, spec, best.number, proxy=True))
     return jobs
+
+
+def _random_proxy_job(spec: NetworkSpec, config: StudyConfig) -> Job:
+    """The proxy evaluation of a random in-budget spec (for ``random:N`` and the fidelity sample)."""
+    return Job(
+        role="random",
+        label=spec.name,
+        spec=spec.model_dump(mode="json"),
+        proxy=True,
+        zero_cost=True,
+        seeds=config.proxy_seed_list if config.proxy.trains else (),
+        epochs=config.train.epochs,
+    )
+
+
+def _random_search_control_jobs(
+    study: optuna.Study, config: StudyConfig, options: RunOptions, control: optuna.Study | None
+) -> list[Job]:
+    """``random:auto``: the control's best, once it has spent the search's compute ([] before)."""
+    best = control_best(control, config) if control is not None and control_finished(control, study) else None
+    if best is None:
+        return []
+    label = f"random search at equal compute: trial {best.number}"
+    return [_confirm_job(config, options, "baseline", label, cast(dict, read_trial(best).spec))]
+
+
+def _best_of_random_jobs(
+    name: str,
+    config: StudyConfig,
+    options: RunOptions,
+    pool: list[NetworkSpec],
+    proxy_jobs: list[Job],
+    results: dict[str, list[FrozenTrial]],
+) -> list[Job]:
+    """``random:N``: the best by proxy score of the first N random specs, once their proxy jobs
+    have all finished ([] before)."""
+    n = int(name.split(":")[1])
+    records = [finished_record(results.get(job.key(config.train, config.dataset), [])) for job in proxy_jobs[:n]]
+    if not all(r is not None for r in records):
+        return []
+    values = [_proxy_value(config, cast(JobRecord, r), job.spec) for r, job in zip(records, proxy_jobs)]
+    pick = min(range(n), key=lambda i: (config.proxy.rank_key(cast(float, values[i])), i))  # finished: scored
+    label = f"best of {name}: {pool[pick].name}"
+    return [_confirm_job(config, options, "baseline", label, pool[pick].model_dump(mode="json"))]
 
 
 def control_finished(control: optuna.Study, study: optuna.Study) -> bool:
@@ -257,33 +290,70 @@ def summarize(
     split) and ``pending``. Every ``confirm`` is ``{mean, std, ci95, n, scores}``, one score per
     seed, with ``confirm_top1`` (the same runs' top-1) beside it in a ``loss`` study.
     """
-    score, proxy = config.score, config.proxy
+    score = config.score
     jobs = plan_jobs(study, cstudy, config, options, data.num_classes, data.in_chans, control)
     results = job_results(cstudy)
+    groups = _job_groups(jobs, results, config)
+    if not any(g["scores"] for (role, _), g in groups.items() if role != "random"):
+        return None
+    confirmed = _confirmed_candidates(groups, study, config)
+    ranked = sorted(confirmed, key=lambda c: (score.rank_key(c["confirm"]["mean"]), c["flops"]))
+    best = ranked[0] if ranked else None
+    baselines = _confirmed_baselines(groups, best, config)
+    sampled = _confirmed_fidelity_sample(groups, config)
+    fidelity = _fidelity(confirmed, sampled, config)
+    return {
+        **_score_names(config),
+        "candidates": confirmed,
+        "fidelity_sample": sampled,
+        "best": best,
+        "baselines": baselines,
+        "baseline": baselines[0] if baselines else None,
+        "difference": baselines[0]["difference"] if baselines else None,
+        "leaders": mean_difference(ranked[0]["confirm"]["scores"], ranked[1]["confirm"]["scores"])
+        if len(ranked) > 1
+        else None,
+        "noise": _noise(groups, confirmed),
+        **_separations(score, confirmed, sampled + baselines),
+        "fidelity": fidelity,
+        "compute": _compute(study, control),
+        "protocol": _protocol(config, options, data),
+        "pending": _pending(jobs, results, config),
+    }
+
+
+def _job_groups(
+    jobs: list[Job], results: dict[str, list[FrozenTrial]], config: StudyConfig
+) -> dict[tuple[str, str], dict]:
+    """The jobs by ``(role, label)``: each group's job, finished record, and the score and top-1
+    of every run it has finished."""
     groups: dict[tuple[str, str], dict] = {}
     for job in jobs:
         record = finished_record(results.get(job.key(config.train, config.dataset), []))
         entry = groups.setdefault((job.role, job.label), {"job": job, "scores": [], "top1": [], "record": record})
         for run in record.runs if record is not None else []:
-            entry["scores"].append(score.of_run(run))
+            entry["scores"].append(config.score.of_run(run))
             entry["top1"].append(TOP1.of_run(run))
-    if not any(g["scores"] for (role, _), g in groups.items() if role != "random"):
-        return None
-    size = config.space.constraints.image_size
+    return groups
 
-    def described(g: dict) -> dict:
-        spec = NetworkSpec.model_validate(g["job"].spec)
-        report = cost_report(spec, size)
-        out = {
-            "spec_digest": spec.digest(),
-            "flops": report.flops,
-            "params": report.params,
-            "confirm": seed_summary(g["scores"]),
-        }
-        if score.name != "top1":
-            out["confirm_top1"] = seed_summary(g["top1"])
-        return out
 
+def _described(g: dict, config: StudyConfig) -> dict:
+    """A confirmed group's spec digest, cost, and confirmed scores (top-1 beside a ``loss`` score)."""
+    spec = NetworkSpec.model_validate(g["job"].spec)
+    report = cost_report(spec, config.space.constraints.image_size)
+    out = {
+        "spec_digest": spec.digest(),
+        "flops": report.flops,
+        "params": report.params,
+        "confirm": seed_summary(g["scores"]),
+    }
+    if config.score.name != "top1":
+        out["confirm_top1"] = seed_summary(g["top1"])
+    return out
+
+
+def _confirmed_candidates(groups: dict, study: optuna.Study, config: StudyConfig) -> list[dict]:
+    """The ``candidates`` entries: each confirmed candidate beside its proxy trial's scores."""
     trials = {t.number: t for t in candidates(study)}
     confirmed = []
     for (role, _), g in groups.items():
@@ -296,18 +366,25 @@ def summarize(
                     "proxy_top1": proxy_record.final("top1"),
                     "proxy_score": t.values[0],
                     "proxy_seeds": len(proxy_record.runs),
-                    **described(g),
+                    **_described(g, config),
                 }
             )
-    ranked = sorted(confirmed, key=lambda c: (score.rank_key(c["confirm"]["mean"]), c["flops"]))
-    best = ranked[0] if ranked else None
+    return confirmed
+
+
+def _confirmed_baselines(groups: dict, best: dict | None, config: StudyConfig) -> list[dict]:
+    """The ``baselines`` entries, each with the best candidate's difference from it."""
     baselines = []
     for (role, label), g in groups.items():
         if role == "baseline" and g["scores"]:
-            entry = {"name": label, **described(g)}
+            entry = {"name": label, **_described(g, config)}
             entry["difference"] = mean_difference(best["confirm"]["scores"], g["scores"]) if best else None
             baselines.append(entry)
+    return baselines
 
+
+def _confirmed_fidelity_sample(groups: dict, config: StudyConfig) -> list[dict]:
+    """The ``fidelity_sample`` entries: each confirmed random spec beside its proxy scores."""
     proxies = {g["job"].label: g for (role, _), g in groups.items() if role == "random" and g["record"] is not None}
     sampled = []
     for (role, label), g in groups.items():
@@ -318,26 +395,29 @@ def summarize(
                     "label": label,
                     "proxy_top1": p["record"].final("top1") if p else None,
                     "proxy_score": _proxy_value(config, p["record"], p["job"].spec) if p else None,
-                    **described(g),
+                    **_described(g, config),
                 }
             )
+    return sampled
+
+
+def _fidelity(confirmed: list[dict], sampled: list[dict], config: StudyConfig) -> dict:
+    """Rank fidelity of the proxy score against the confirmed means, with the noise ceiling over
+    the same specs."""
     fid = [(c["proxy_score"], c["confirm"]) for c in confirmed]
     fid += [(x["proxy_score"], x["confirm"]) for x in sampled if x["proxy_score"] is not None]
     # The rank correlation is oriented so that +1 means the proxy ranks as the confirmation does.
-    sign = 1.0 if proxy.maximize == score.maximize else -1.0
+    sign = 1.0 if config.proxy.maximize == config.score.maximize else -1.0
     fidelity = rank_fidelity([sign * p for p, _ in fid], [c["mean"] for _, c in fid], seed=config.train.seed)
     fidelity["ceiling"] = noise_ceiling([c["scores"] for _, c in fid], seed=config.train.seed)
     tau, ceiling = fidelity["kendall_tau"], fidelity["ceiling"]["kendall_tau"]
     fidelity["fraction_of_ceiling"] = tau / ceiling if ceiling and math.isfinite(tau) and ceiling > 0 else math.nan
+    return fidelity
 
-    noise_groups = [g["scores"] for (role, _), g in groups.items() if role != "random" and len(g["scores"]) > 1]
-    means = [c["confirm"]["mean"] for c in confirmed]
 
-    def separations(key: str) -> dict:
-        top = [c[key]["scores"] for c in confirmed if key in c]
-        rest = [x[key]["scores"] for x in sampled + baselines if key in x]
-        return {"candidates": separation(top), "all": separation(top + rest)}
-
+def _score_names(config: StudyConfig) -> dict:
+    """The ``score`` and ``proxy`` entries: what the confirmation and the search ranked by."""
+    score, proxy = config.score, config.proxy
     return {
         "score": {"name": score.name, "unit": score.unit, "direction": score.direction},
         "proxy": {
@@ -347,44 +427,64 @@ def summarize(
             "seeds": config.proxy_seeds,
             "race": config.race,
         },
-        "candidates": confirmed,
-        "fidelity_sample": sampled,
-        "best": best,
-        "baselines": baselines,
-        "baseline": baselines[0] if baselines else None,
-        "difference": baselines[0]["difference"] if baselines else None,
-        "leaders": mean_difference(ranked[0]["confirm"]["scores"], ranked[1]["confirm"]["scores"])
-        if len(ranked) > 1
-        else None,
-        "noise": {
-            "seed_std": pooled_seed_std(noise_groups),
-            "between_std": statistics.stdev(means) if len(means) > 1 else math.nan,
-            "proxy_seed_std": next(
-                (
-                    statistics.stdev(g["scores"])
-                    for (role, _), g in groups.items()
-                    if role == "noise" and len(g["scores"]) > 1
-                ),
-                None,
+    }
+
+
+def _noise(groups: dict, confirmed: list[dict]) -> dict:
+    """The ``noise`` entry: pooled seed std, the spread of the candidates' means, and the proxy's
+    own seed std where it was measured."""
+    noise_groups = [g["scores"] for (role, _), g in groups.items() if role != "random" and len(g["scores"]) > 1]
+    means = [c["confirm"]["mean"] for c in confirmed]
+    return {
+        "seed_std": pooled_seed_std(noise_groups),
+        "between_std": statistics.stdev(means) if len(means) > 1 else math.nan,
+        "proxy_seed_std": next(
+            (
+                statistics.stdev(g["scores"])
+                for (role, _), g in groups.items()
+                if role == "noise" and len(g["scores"]) > 1
             ),
-        },
-        "separation": separations("confirm"),
-        **({"separation_top1": separations("confirm_top1")} if score.name != "top1" else {}),
-        "fidelity": fidelity,
-        "compute": {
-            "search": spent(study),
-            "control": spent(control) if control is not None else None,
-            "unit": "replica-epochs of proxy training",
-        },
-        "protocol": {
-            "seeds": list(confirm_seeds(config, options)),
-            "epochs": options.epochs_to_confirm(config.train),
-            "split": "test" if data.test is not None else "val",
-            "proxy_epochs": config.train.epochs,
-            "proxy_seeds": list(config.proxy_seed_list),
-            "confirm_top": options.confirm_top,
-        },
-        "pending": sum(
-            1 for j in jobs if finished_record(results.get(j.key(config.train, config.dataset), [])) is None
+            None,
         ),
     }
+
+
+def _separations(score: Score, confirmed: list[dict], others: list[dict]) -> dict:
+    """The ``separation`` entry (and ``separation_top1`` in a ``loss`` study): over the top
+    candidates, and over every confirmed spec (``others``: the fidelity sample and controls)."""
+
+    def over(key: str) -> dict:
+        top = [c[key]["scores"] for c in confirmed if key in c]
+        rest = [x[key]["scores"] for x in others if key in x]
+        return {"candidates": separation(top), "all": separation(top + rest)}
+
+    return {
+        "separation": over("confirm"),
+        **({"separation_top1": over("confirm_top1")} if score.name != "top1" else {}),
+    }
+
+
+def _protocol(config: StudyConfig, options: RunOptions, data: DataSplit) -> dict:
+    """The ``protocol`` entry: the confirmation's seeds, epochs and split, beside the proxy's."""
+    return {
+        "seeds": list(confirm_seeds(config, options)),
+        "epochs": options.epochs_to_confirm(config.train),
+        "split": "test" if data.test is not None else "val",
+        "proxy_epochs": config.train.epochs,
+        "proxy_seeds": list(config.proxy_seed_list),
+        "confirm_top": options.confirm_top,
+    }
+
+
+def _compute(study: optuna.Study, control: optuna.Study | None) -> dict:
+    """The ``compute`` entry: the proxy training the search and the random control spent."""
+    return {
+        "search": spent(study),
+        "control": spent(control) if control is not None else None,
+        "unit": "replica-epochs of proxy training",
+    }
+
+
+def _pending(jobs: list[Job], results: dict[str, list[FrozenTrial]], config: StudyConfig) -> int:
+    """How many of ``jobs`` have not finished."""
+    return sum(1 for j in jobs if finished_record(results.get(j.key(config.train, config.dataset), [])) is None)
