@@ -25,7 +25,7 @@ from ..spec import NetworkSpec
 from ..strict_json import json_safe
 from .plots import pyplot, save_figure
 from .progress import log
-from .records import read_trial
+from .records import TrialRecord, read_trial
 from .score import LOSS, PROXIES, TOP1, Score
 from .space import human_count
 from .study import RunOptions, StudyConfig, candidates
@@ -124,51 +124,78 @@ def report_lines(summary: dict | None, best: FrozenTrial | None, score: Score = 
     """The end-of-search report: the winner with its interval, the noise, the baseline, the
     fidelity, and plain words where the differences are within noise. Scores are ``score``'s
     (top-1 in percent, or cross-entropy in nats)."""
-    name, fmt = score.label, score.format
     if summary is None or summary["best"] is None:
-        if best is None:
-            return ["no completed candidate"]
-        noise = (summary or {}).get("noise", {}).get("proxy_seed_std")
-        seeds = len((summary or {}).get("protocol", {}).get("seeds", []))
-        record = read_trial(best)
-        assert record.flops is not None and record.params is not None  # a candidate was counted before training
-        runs = len(record.runs)
-        return [
-            f"best by proxy score: trial {best.number}, {human_count(record.flops)} FLOPs, "
-            f"{human_count(record.params)} params, proxy {_num(best.values[0])} "
-            f"({runs} seed{'s' if runs != 1 else ''}; "
-            + (
-                f"retrained with {seeds} other seeds its proxy {name} varies with std {fmt(noise)}: differences "
-                f"of that size between candidates are noise)"
-                if noise is not None
-                else "confirm it with --confirm-top K)"
-            )
-        ]
+        return _proxy_report(summary, best, score)
+    return [
+        *_confirmation_header(summary, score),
+        *_confirmed_rows(summary, score),
+        *_separation_lines(summary, score),
+        *_comparison_lines(summary, score),
+        *_compute_lines(summary),
+        *_fidelity_lines(summary),
+    ]
+
+
+def _proxy_report(summary: dict | None, best: FrozenTrial | None, score: Score) -> list[str]:
+    """The report without a confirmed winner: the best by proxy score, with the proxy's seed noise
+    where it was measured."""
+    if best is None:
+        return ["no completed candidate"]
+    noise = (summary or {}).get("noise", {}).get("proxy_seed_std")
+    seeds = len((summary or {}).get("protocol", {}).get("seeds", []))
+    record = read_trial(best)
+    assert record.flops is not None and record.params is not None  # a candidate was counted before training
+    runs = len(record.runs)
+    return [
+        f"best by proxy score: trial {best.number}, {human_count(record.flops)} FLOPs, "
+        f"{human_count(record.params)} params, proxy {_num(best.values[0])} "
+        f"({runs} seed{'s' if runs != 1 else ''}; "
+        + (
+            f"retrained with {seeds} other seeds its proxy {score.label} varies with std {score.format(noise)}: "
+            f"differences of that size between candidates are noise)"
+            if noise is not None
+            else "confirm it with --confirm-top K)"
+        )
+    ]
+
+
+def _confirmation_header(summary: dict, score: Score) -> list[str]:
+    """What the confirmation ran and how it scores, and what did not finish or was missing."""
     p = summary["protocol"]
     lines = [
         f"confirmation: {len(summary['candidates'])} candidates x {len(p['seeds'])} seeds, {p['epochs']} epochs, "
-        f"scored by {name} ({score.unit}, {'higher' if score.maximize else 'lower'} is better) on the {p['split']} "
-        f"split" + (f" ({summary['pending']} runs not finished)" if summary["pending"] else "")
+        f"scored by {score.label} ({score.unit}, {'higher' if score.maximize else 'lower'} is better) on the "
+        f"{p['split']} split" + (f" ({summary['pending']} runs not finished)" if summary["pending"] else "")
     ]
     if len(summary["candidates"]) < p["confirm_top"]:
         lines.append(
             f"only {len(summary['candidates'])} completed candidates to confirm (--confirm-top {p['confirm_top']})"
         )
+    return lines
 
-    def row(entry: dict) -> str:
-        proxy = "-" if entry.get("proxy_score") is None else _num(entry["proxy_score"])
-        top1 = f"  top-1 {entry['confirm_top1']['mean']:.2f}" if "confirm_top1" in entry else ""
-        return (
-            f"{human_count(entry['flops']):>7s} FLOPs  {human_count(entry['params']):>7s} params  "
-            f"proxy {proxy:>7s}  confirmed {_ci(entry['confirm'], score)}{top1}"
-        )
 
-    for c in sorted(summary["candidates"], key=lambda c: score.rank_key(c["confirm"]["mean"])):
-        lines.append(f"  trial {c['trial']:4d}  " + row(c))
+def _row(entry: dict, score: Score) -> str:
+    """A confirmed spec's cost, proxy score and confirmed score, in aligned columns."""
+    proxy = "-" if entry.get("proxy_score") is None else _num(entry["proxy_score"])
+    top1 = f"  top-1 {entry['confirm_top1']['mean']:.2f}" if "confirm_top1" in entry else ""
+    return (
+        f"{human_count(entry['flops']):>7s} FLOPs  {human_count(entry['params']):>7s} params  "
+        f"proxy {proxy:>7s}  confirmed {_ci(entry['confirm'], score)}{top1}"
+    )
+
+
+def _confirmed_rows(summary: dict, score: Score) -> list[str]:
+    """The confirmed candidates (best first), the winner, the seed noise, and the random specs of
+    the fidelity sample."""
+    fmt = score.format
+    lines = [
+        f"  trial {c['trial']:4d}  " + _row(c, score)
+        for c in sorted(summary["candidates"], key=lambda c: score.rank_key(c["confirm"]["mean"]))
+    ]
     b, noise = summary["best"], summary["noise"]
     lines.append(
         f"best: trial {b['trial']}, {human_count(b['flops'])} FLOPs, {human_count(b['params'])} params, "
-        f"{name} {_ci(b['confirm'], score)}"
+        f"{score.label} {_ci(b['confirm'], score)}"
     )
     spread = (
         ""
@@ -177,10 +204,18 @@ def report_lines(summary: dict | None, best: FrozenTrial | None, score: Score = 
     )
     lines.append(f"seed noise (pooled std over seeds) {fmt(noise['seed_std'])}{spread}")
     for x in sorted(summary.get("fidelity_sample", []), key=lambda x: score.rank_key(x["confirm"]["mean"])):
-        lines.append(f"  random {x['label']:>10s}  " + row(x))
-    for section, by, by_fmt in (("separation", "", fmt), ("separation_top1", " by top-1", TOP1.format)):
+        lines.append(f"  random {x['label']:>10s}  " + _row(x, score))
+    return lines
+
+
+def _separation_lines(summary: dict, score: Score) -> list[str]:
+    """Whether the top candidates, and all confirmed specs, differ beyond seed noise (by the
+    study's score, and by top-1 in a ``loss`` study)."""
+    lines = []
+    for section, by, by_fmt in (("separation", "", score.format), ("separation_top1", " by top-1", TOP1.format)):
         for key, words in (("candidates", "the top candidates"), ("all", "all confirmed specs")):
             sep = summary.get(section, {}).get(key)
+            # "all" over no more specs than the candidates would repeat their line
             if sep and sep["n"] >= 2 and not (key == "all" and sep["n"] == len(summary["candidates"])):
                 verdict = "they differ beyond seed noise" if sep["separated"] else "no difference beyond seed noise"
                 lines.append(
@@ -188,6 +223,12 @@ def report_lines(summary: dict | None, best: FrozenTrial | None, score: Score = 
                     f"alone {by_fmt(sep['architecture_std'])}) against seed noise {by_fmt(sep['seed_std'])}, "
                     f"one-way ANOVA F {sep['f']:.2f}, p {sep['p']:.3g}: {verdict}"
                 )
+    return lines
+
+
+def _comparison_lines(summary: dict, score: Score) -> list[str]:
+    """The winner against the runner-up and against each baseline, with plain verdicts."""
+    lines = []
     leaders = summary["leaders"]
     if leaders is not None:
         verdict = "distinguishable" if leaders["distinguishable"] else "NOT distinguishable (within seed noise)"
@@ -196,7 +237,7 @@ def report_lines(summary: dict | None, best: FrozenTrial | None, score: Score = 
         d = base["difference"]
         lines.append(
             f"baseline {base['name']}: {human_count(base['flops'])} FLOPs, {human_count(base['params'])} params, "
-            f"{name} {_ci(base['confirm'], score)}"
+            f"{score.label} {_ci(base['confirm'], score)}"
         )
         verdict = (
             ("the winner is better" if score.improves(d["mean"]) else "the baseline is better")
@@ -204,25 +245,34 @@ def report_lines(summary: dict | None, best: FrozenTrial | None, score: Score = 
             else "not distinguishable"
         )
         lines.append(f"  winner minus it: {_diff(d, score)}: {verdict}")
+    return lines
+
+
+def _compute_lines(summary: dict) -> list[str]:
+    """The proxy training the search and the random control spent (with a control only)."""
     compute = summary.get("compute") or {}
-    if compute.get("control") is not None:
-        lines.append(
-            f"proxy training spent: search {compute['search']}, random control {compute['control']} replica-epochs"
-        )
+    if compute.get("control") is None:
+        return []
+    return [f"proxy training spent: search {compute['search']}, random control {compute['control']} replica-epochs"]
+
+
+def _fidelity_lines(summary: dict) -> list[str]:
+    """The proxy's rank fidelity and the noise ceiling, over 3 specs or more."""
     f = summary["fidelity"]
-    if f["n"] >= 3 and not math.isnan(f["kendall_tau"]):
+    if f["n"] < 3 or math.isnan(f["kendall_tau"]):
+        return []
+    lines = [
+        f"proxy fidelity over {f['n']} specs: Kendall tau {f['kendall_tau']:.2f} "
+        f"[{f['ci95']['kendall_tau'][0]:.2f}, {f['ci95']['kendall_tau'][1]:.2f}], Spearman rho "
+        f"{f['spearman_rho']:.2f} [{f['ci95']['spearman_rho'][0]:.2f}, {f['ci95']['spearman_rho'][1]:.2f}]"
+    ]
+    c = f.get("ceiling") or {}
+    if c.get("kendall_tau") is not None and math.isfinite(c["kendall_tau"]):
         lines.append(
-            f"proxy fidelity over {f['n']} specs: Kendall tau {f['kendall_tau']:.2f} "
-            f"[{f['ci95']['kendall_tau'][0]:.2f}, {f['ci95']['kendall_tau'][1]:.2f}], Spearman rho "
-            f"{f['spearman_rho']:.2f} [{f['ci95']['spearman_rho'][0]:.2f}, {f['ci95']['spearman_rho'][1]:.2f}]"
+            f"noise ceiling (Kendall tau between the means of two halves of the {c['seeds']} confirmation "
+            f"seeds, over the same {c['n']} specs): {c['kendall_tau']:.2f} [{c['ci95'][0]:.2f}, "
+            f"{c['ci95'][1]:.2f}]; the proxy reaches {100 * f['fraction_of_ceiling']:.0f}% of it"
         )
-        c = f.get("ceiling") or {}
-        if c.get("kendall_tau") is not None and math.isfinite(c["kendall_tau"]):
-            lines.append(
-                f"noise ceiling (Kendall tau between the means of two halves of the {c['seeds']} confirmation "
-                f"seeds, over the same {c['n']} specs): {c['kendall_tau']:.2f} [{c['ci95'][0]:.2f}, "
-                f"{c['ci95'][1]:.2f}]; the proxy reaches {100 * f['fraction_of_ceiling']:.0f}% of it"
-            )
     return lines
 
 
@@ -259,8 +309,23 @@ def _write_trials_csv(study: optuna.Study, path: Path, summary: dict | None = No
     seeds = sorted({run.seed for _, r in trials for run in r.runs})
     front = {t.number for t in pareto_front(study)} if len(study.directions) > 1 else set()
     confirmed = {c["trial"]: c["confirm"] for c in (summary or {}).get("candidates", [])}
-    tse = PROXIES["tse"]
-    fields = [
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=_trials_csv_fields(seeds, knobs))
+        writer.writeheader()
+        for t, r in trials:
+            writer.writerow(
+                {
+                    **_trial_columns(t, r, front),
+                    **_confirm_columns(confirmed.get(t.number)),
+                    **{k: t.params.get(k, "") for k in knobs},
+                }
+            )
+    return path
+
+
+def _trials_csv_fields(seeds: list[int], knobs: list[str]) -> list[str]:
+    """The columns of ``trials.csv``, in order."""
+    return [
         "number",
         "state",
         "reason",
@@ -288,43 +353,38 @@ def _write_trials_csv(study: optuna.Study, path: Path, summary: dict | None = No
         "confirm_n",
         *knobs,
     ]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for t, r in trials:
-            top1, loss, tse_value = r.final("top1"), r.final("loss"), tse.of(r)
-            writer.writerow(
-                {
-                    "number": t.number,
-                    "state": _state(t),
-                    "reason": r.reason or "",
-                    "proxy": f"{t.values[0]:.6g}" if t.values else "",
-                    "n_seeds": len(r.runs) or "",
-                    "top1": f"{top1:.4f}" if top1 is not None else "",
-                    "loss": f"{loss:.6f}" if loss is not None else "",
-                    "tse": f"{tse_value:.6f}" if tse_value is not None else "",
-                    **{name: f"{r.zero_cost[name]:.6g}" if name in r.zero_cost else "" for name in ZERO_COST},
-                    "flops": _blank(r.flops),
-                    "params": _blank(r.params),
-                    "latency_ms": f"{r.latency_ms:.3f}" if r.latency_ms is not None else "",
-                    "seconds": _blank(r.seconds),
-                    "epochs": len(r.top1_history) or "",
-                    "rejected_samples": r.rejected_samples if r.spec else "",
-                    "duplicate_of": _blank(r.duplicate_of),
-                    "race": r.race or "",
-                    "pareto": int(t.number in front) if front else "",
-                    "spec_digest": r.spec_digest or "",
-                    **{
-                        f"{kind}_seed{run.seed}": f"{getattr(run, kind)[-1]:.6f}"
-                        for run in r.runs
-                        for kind in ("loss", "top1")
-                        if getattr(run, kind)
-                    },
-                    **_confirm_columns(confirmed.get(t.number)),
-                    **{k: t.params.get(k, "") for k in knobs},
-                }
-            )
-    return path
+
+
+def _trial_columns(t: FrozenTrial, r: TrialRecord, front: set[int]) -> dict:
+    """A trial's own cells of ``trials.csv``: its state, scores, cost and per-seed scores."""
+    top1, loss, tse = r.final("top1"), r.final("loss"), PROXIES["tse"].of(r)
+    return {
+        "number": t.number,
+        "state": _state(t),
+        "reason": r.reason or "",
+        "proxy": f"{t.values[0]:.6g}" if t.values else "",
+        "n_seeds": len(r.runs) or "",
+        "top1": f"{top1:.4f}" if top1 is not None else "",
+        "loss": f"{loss:.6f}" if loss is not None else "",
+        "tse": f"{tse:.6f}" if tse is not None else "",
+        **{name: f"{r.zero_cost[name]:.6g}" if name in r.zero_cost else "" for name in ZERO_COST},
+        "flops": _blank(r.flops),
+        "params": _blank(r.params),
+        "latency_ms": f"{r.latency_ms:.3f}" if r.latency_ms is not None else "",
+        "seconds": _blank(r.seconds),
+        "epochs": len(r.top1_history) or "",
+        "rejected_samples": r.rejected_samples if r.spec else "",
+        "duplicate_of": _blank(r.duplicate_of),
+        "race": r.race or "",
+        "pareto": int(t.number in front) if front else "",
+        "spec_digest": r.spec_digest or "",
+        **{
+            f"{kind}_seed{run.seed}": f"{getattr(run, kind)[-1]:.6f}"
+            for run in r.runs
+            for kind in ("loss", "top1")
+            if getattr(run, kind)
+        },
+    }
 
 
 def _blank(value) -> object:
