@@ -16,10 +16,11 @@ import optuna
 from ..paths import output_folder
 from .confirmation import baseline_spec, check_options, open_confirm_study, summarize
 from .control import open_control_study
-from .data import load_dataset
+from .data import DataSplit, load_dataset
 from .join import record_dataset, worker_command
 from .progress import Monitor, log
 from .results import RESULT_FILES, SearchOutcome, write_results
+from .space import SpaceCheck
 from .study import RunOptions, StudyConfig, open_study, slot_state, store_run_options, top_up_slots
 from .train import check_recipe
 from .workers import SLOTS_AHEAD, check_lost, check_progress, run_processes, run_worker, worker_devices
@@ -52,28 +53,14 @@ def run_search(config: StudyConfig, options: RunOptions, task: str | None = None
     option = "--out" if options.out is not None else "the default output folder"
     options = options.resolved(config)
     assert options.out is not None  # resolved() sets it
-    output_folder(options.out, option, RESULT_FILES, create=False)  # checked first, made once the input is good
-    data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
-    check_recipe(config.train, data)
-    check = config.space.check(num_classes=data.num_classes, in_chans=data.in_chans)
-    check_options(options)
-    for name in options.baselines:  # a preset no scaling fits the budget is refused before anything trains
-        if not name.startswith("random:"):
-            baseline_spec(name, config.space, data.num_classes, data.in_chans)
+    data, check = _checked_inputs(config, options, option)
     output_folder(options.out, option, RESULT_FILES)
     study = open_study(config, options)
     processes = len(worker_devices(options))
     top_up_slots(study, options.n_trials, SLOTS_AHEAD * processes)
     store_run_options(study, options)  # what joining workers read (join.read_study)
     record_dataset(study, data)
-    if not options.storage_url.startswith("sqlite"):
-        log(options, f"other machines join with:\n  {worker_command(options)}")
-    log(
-        options,
-        f"{data}" + (f" ({task})" if task else "") + f"\nspace {config.space.name}: {check.summary()}\n"
-        f"study '{options.study_name}' in {options.storage_url}: "
-        f"{slot_state(study, options.n_trials).done} of {options.n_trials} trials done",
-    )
+    _log_start(study, config, options, data, check, task)
 
     control = open_control_study(config, options) if "random:auto" in options.baselines else None
     monitor = Monitor(study, options, config, control)
@@ -91,6 +78,42 @@ def run_search(config: StudyConfig, options: RunOptions, task: str | None = None
     check_lost(lost, study, options, config.score)
     check_progress(study, options, since)
     return outcome
+
+
+def _checked_inputs(config: StudyConfig, options: RunOptions, option: str) -> tuple[DataSplit, SpaceCheck]:
+    """The dataset and the space's check, once everything that can be refused before any work
+    passed: the output folder (not made yet), the recipe, the space, the options, the baselines.
+    ``option`` names the output folder in errors."""
+    assert options.out is not None  # resolved() sets it
+    output_folder(options.out, option, RESULT_FILES, create=False)  # checked first, made once the input is good
+    data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
+    check_recipe(config.train, data)
+    check = config.space.check(num_classes=data.num_classes, in_chans=data.in_chans)
+    check_options(options)
+    for name in options.baselines:  # a preset no scaling fits the budget is refused before anything trains
+        if not name.startswith("random:"):
+            baseline_spec(name, config.space, data.num_classes, data.in_chans)
+    return data, check
+
+
+def _log_start(
+    study: optuna.Study,
+    config: StudyConfig,
+    options: RunOptions,
+    data: DataSplit,
+    check: SpaceCheck,
+    task: str | None,
+) -> None:
+    """Log how other machines join (a shared storage only), the dataset, the space's check and the
+    study's progress so far."""
+    if not options.storage_url.startswith("sqlite"):
+        log(options, f"other machines join with:\n  {worker_command(options)}")
+    log(
+        options,
+        f"{data}" + (f" ({task})" if task else "") + f"\nspace {config.space.name}: {check.summary()}\n"
+        f"study '{options.study_name}' in {options.storage_url}: "
+        f"{slot_state(study, options.n_trials).done} of {options.n_trials} trials done",
+    )
 
 
 def progress_summary(options: RunOptions) -> str:
