@@ -22,6 +22,8 @@ from xnetspace.search.records import is_live, read_trial
 
 from .conftest import PG_PASSWORD, new_database
 
+pytestmark = pytest.mark.slow  # every test shares a study of several worker processes (study_run)
+
 ROOT = Path(__file__).parent.parent
 SPACE = {
     "name": "pg",
@@ -262,3 +264,51 @@ def test_worker_bad_input_exits_2_with_one_paragraph(case, message, study_run, p
     assert "wrong" not in result.output and PG_PASSWORD not in result.output  # no password shown
     if case == "study":
         assert "the studies there: shared" in result.output
+
+
+# -- a tabulation's jobs on the server (issue 30) --------------------------------------------------------
+TABLE_SPACE = {  # four specs at 8x8, one epoch: seconds
+    "name": "pgtable",
+    "network": {"image_size": 8},
+    "stage_defaults": {"depth": 1, "mlp_ratio": 1},
+    "stages": [{"embed_dim": [8, 16], "sr_ratio": 2}, {"embed_dim": 16, "num_heads": [1, 2]}],
+    "constraints": {"image_size": 8, "flops": [0, "200k"]},
+    "train": {"image_size": 8, "epochs": 1, "batch_size": 16},
+}
+
+
+def test_a_joining_worker_trains_a_tabulations_jobs_and_the_head_trains_none_twice(postgres_url, tmp_path):
+    """`tabulate --storage URL` queues its jobs on the server; `xnetspace worker` (another process, as
+    on another machine) pops them all; the head's own sitting then trains nothing and writes the
+    whole table, every job finished exactly once."""
+    from xnetspace import bench
+    from xnetspace.search.records import read_job
+    from xnetspace.search.space import SearchSpace
+    from xnetspace.search.tabulate import TabulateConfig, queue_tabulation
+
+    space_file = tmp_path / "pgtable.json"
+    space_file.write_text(json.dumps(TABLE_SPACE))
+    config = TabulateConfig(space=SearchSpace.model_validate(TABLE_SPACE), dataset="synthetic:64", seeds=2)
+    queued = queue_tabulation(config, tmp_path / "table", postgres_url)
+    assert queued.url == postgres_url and queued.name.startswith("tabulate-pgtable-")
+    argv = [sys.executable, "-m", "xnetspace.cli", "worker", "--storage", postgres_url, "--study-name", queued.name]
+    joined = subprocess.run(
+        [*argv, "--workers-per-device", "1"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert joined.returncode == 0, joined.stdout[-2000:] + joined.stderr[-2000:]
+    assert f"tabulation {queued.name!r}: no job left ({len(queued.jobs)} finished" in joined.stdout
+
+    head = runner.invoke(
+        app,
+        ["tabulate", str(space_file), "--dataset", "synthetic:64", "--seeds", "2", "--out", str(tmp_path / "table"),
+         "--storage", postgres_url, "--json"],
+    )  # fmt: skip
+    assert head.exit_code == 0, head.output
+    meta = json.loads(head.stdout)
+    assert meta["sittings"][-1]["jobs_finished"] == 0 and not meta["failed"]
+    done = [t for t in queued.study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(read_job(t).key for t in done) == sorted({read_job(t).key for t in done})  # none twice
+    assert len(done) == len(queued.jobs) == 5 and all(read_job(t).worker >= 1000 for t in done)  # the joined worker's
+    table = bench.load(tmp_path / "table")
+    assert len(table.specs()) == 4 and table.reference is not None
+    assert all(len(table.runs(s.index)) == 2 for s in table.specs())

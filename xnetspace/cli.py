@@ -556,11 +556,13 @@ def worker(
     command line. Exits 0 when the study's trials are all done (at once on a finished study).
     """
     from .search.join import join_study
+    from .search.study import check_devices, check_workers
     from .search.tabulate import join_tabulation, stored_tabulation
 
     with _answers(
         "worker options", interrupted="interrupted: this worker's running trials are retried by the others (heartbeat)"
     ):
+        check_workers(check_devices(_devices(devices)), workers_per_device)  # before the storage is touched
         table = stored_tabulation(storage, study_name)
         if table is not None:  # a tabulation's jobs: its own config, no sampler
             done = join_tabulation(table, storage, study_name, _devices(devices), workers_per_device, worker_index)
