@@ -201,6 +201,7 @@ def test_single_valued_knob_and_too_few_candidates():
 
 
 # -- end to end ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_studies_analysed_end_to_end(tmp_path):
     a = make_study(tmp_path / "a", n=14, name="free")
     b = make_study(tmp_path / "b", n=12, shift=1.5, seed=1, rejected=5, name="fixed")
@@ -241,6 +242,7 @@ def test_studies_trained_with_different_seeds_are_compared_with_a_warning(tmp_pa
     assert any("trained with different seeds (first: 0, second: 1)" in w for w in c["warnings"])
 
 
+@pytest.mark.slow
 def test_population_search_keeps_rejections_and_analyses(tmp_path, monkeypatch):
     use_trainer(monkeypatch, fake_trainer)
     space = tmp_path / "space.yaml"
@@ -312,6 +314,7 @@ def test_few_candidates_are_analysed_with_a_warning_and_tpe_is_called_biased(tmp
     assert any("TPE study is a biased sample" in w for w in study["warnings"])
 
 
+@pytest.mark.slow
 def test_different_datasets_or_sizes_are_refused_unless_forced(tmp_path):
     a = make_study(tmp_path / "a", n=10)
     b = make_study(tmp_path / "b", n=10, dataset="digits")

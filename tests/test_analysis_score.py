@@ -103,6 +103,7 @@ def test_a_loss_study_is_analysed_in_cross_entropy_with_top1_error_beside(tmp_pa
     assert means == sorted(means, reverse=True) and means[0] < 0.5
 
 
+@pytest.mark.slow
 def test_the_command_writes_a_cross_entropy_analysis_that_parses_into_its_model(tmp_path):
     a, _ = make_loss_study(tmp_path / "a", name="wide")
     b, _ = make_loss_study(tmp_path / "b", shift=0.2, seed=1, name="narrow")

@@ -680,6 +680,7 @@ def test_force_lets_an_expert_go_past_the_memory_estimate(hostile, monkeypatch):
         build_model(spec, num_classes=5)  # overrides are checked too
 
 
+@pytest.mark.slow
 def test_memory_estimate_is_exact_for_the_network_and_bounds_a_measured_forward():
     for spec in random_specs(6, seed=13):
         model = build_model(spec)
@@ -744,6 +745,7 @@ def test_keyboard_interrupt_in_process_exits_130(hostile, monkeypatch, capsys):
     assert done.value.code == 130 and "interrupted" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_without_a_traceback(hostile):
     # The child imports first and says so; SIGINT then lands inside the command (a long space check).
     code = (
@@ -1481,6 +1483,7 @@ def test_issue28_item14_analyze_counts_failed_trials(tmp_path, monkeypatch):
 
 
 # -- issue 28, item 27: the trial time limit, a finished study's worker, SIGTERM ---------------------
+@pytest.mark.slow
 def test_issue28_item27_the_time_limit_counts_the_whole_trial(tmp_path, monkeypatch):
     """Zero-cost scoring counts against --trial-time-limit (training never starts when it used the
     time up), and so does the evaluation after the last epoch."""

@@ -132,6 +132,7 @@ def table(tmp_path_factory):
     return out, trained, (first, again)
 
 
+@pytest.mark.slow
 def test_tabulate_trains_every_spec_once_and_resumes_after_an_interruption(table):
     out, trained, (meta, again) = table
     assert len(trained) == 4 + 1 and set(trained.values()) == {1}  # 4 specs and the reference, each once
@@ -355,6 +356,7 @@ def test_remaining_seconds_is_fitted_to_job_sizes():
 
 
 # -- the command line ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_replay_and_fidelity_commands_on_a_real_table(table, tmp_path):
     out, _, _ = table
     result = runner.invoke(

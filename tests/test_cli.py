@@ -122,6 +122,7 @@ def test_flops_table_and_json():
     assert data["flops"] == 1_845_581_200 and data["flops_by_kind"]["matmul"] == 55_780_032
 
 
+@pytest.mark.slow
 def test_console_script_runs_and_fails_with_status_2():
     ok = subprocess.run(
         [sys.executable, "-m", "xnetspace.cli", "flops", "transxnet_t", "--json"], capture_output=True, text=True

@@ -30,6 +30,7 @@ def _check(spec, model, size) -> None:
         assert part.params == sum(p.numel() for p in model.get_submodule(name).parameters()), detail
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PAPER)
 def test_presets_agree_with_fvcore_at_six_sizes(name):
     spec = load_preset(name)
@@ -41,6 +42,7 @@ def test_presets_agree_with_fvcore_at_six_sizes(name):
     assert round(count_flops(spec, 224) / 1e9, 3) == gflops
 
 
+@pytest.mark.slow
 def test_random_specs_agree_with_fvcore():
     # One failing spec is reported in full (the assertion message of _check).
     for i, spec in enumerate(random_specs(RANDOM, seed=1234)):
@@ -48,6 +50,7 @@ def test_random_specs_agree_with_fvcore():
         _check(spec, build_model(spec).eval(), size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stride", [1, 2, 4])
 def test_every_stem_stride_agrees_with_fvcore(stride):
     """stem_stride (issue 29): the stem's map is ceil(H / stride), its kernel 3, 3 or 7, exact."""
@@ -83,6 +86,7 @@ def test_the_random_specs_cover_the_space():
     assert {spec.layer_scale_init_value for spec in specs} == {None, 1e-5}
 
 
+@pytest.mark.slow
 def test_convolution_only_figure_is_the_papers_convention():
     report = cost_report(load_preset("transxnet_b"), 224)
     assert round(report.conv_flops / 1e9, 3) == 8.209  # ARCHITECTURE.md, fvcore convolutions only

@@ -296,6 +296,7 @@ def test_augmented_batches_depend_on_the_seed_alone(augment, kind):
     assert not all(torch.equal(x, u) for (x, _), (u, _) in zip(alone, plain))  # ... augmented
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("augment", ["flip", "crop-flip", "rrc-flip"])
 def test_augmented_batches_on_cuda_draw_from_a_cuda_generator_of_the_seed(augment):
@@ -448,6 +449,7 @@ def test_training_with_augmentation_is_reproducible(tmp_path, cache):
     assert len(plain.losses) == len(first.losses) == 2 * (len(data.train) // 4)
 
 
+@pytest.mark.slow
 def test_a_study_on_an_image_folder_decodes_each_image_once(tmp_path, cache, opened):
     root = tmp_path / "photos"
     write_folder(root, classes=4, per_class=10)

@@ -128,6 +128,7 @@ def test_cifar100_layout(tmp_path):
     assert data.num_classes == 100 and len(data.train) == 18
 
 
+@pytest.mark.slow
 def test_training_learns_and_is_reproducible():
     data = load_dataset("synthetic:256", 16)
     config = TrainConfig(image_size=16, epochs=2, batch_size=32)

@@ -300,6 +300,7 @@ def test_torchscript_of_the_deploy_form(tiny_pair):
             assert rel_err(scripted(x), model(x)) < TOL
 
 
+@pytest.mark.slow
 def test_onnx_export_of_the_deploy_form(tiny_pair, tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")

@@ -206,6 +206,7 @@ def test_zero_cost_scores_of_a_network_at_initialisation():
     assert zero_cost_scores(wider, data, seed=0, batch_size=16)["synflow"] > scores["synflow"]
 
 
+@pytest.mark.slow
 def test_the_fidelity_study_writes_its_runs_and_resumes_without_training(tmp_path, monkeypatch):
     trainer = NoisyTrainer(noise=0.001)
     use_trainer(monkeypatch, trainer)

@@ -142,6 +142,7 @@ def test_a_spaces_own_task_runs_by_default_and_digits_where_the_package_is_missi
     assert default_dataset("digits:100") == ("digits:100", "the space's task (digits:100)")
 
 
+@pytest.mark.slow
 def test_search_without_dataset_runs_the_spaces_task_and_says_why(tmp_path, monkeypatch):
     # The package missing (as on CI): digits runs instead, and the report says so and why.
     # (With the package, default_dataset gives the space's task: the test above.)

@@ -68,6 +68,7 @@ def test_k_workers_per_device(monkeypatch, devices, k, expected):
     )  # GPU workers keep torch's threads
 
 
+@pytest.mark.slow
 def test_the_gpu_check_runs_end_to_end_on_the_cpu():
     done = subprocess.run(
         ["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--tiny"],

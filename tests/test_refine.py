@@ -207,6 +207,7 @@ def test_the_command_writes_the_refined_space_and_the_evidence(population, tmp_p
     assert (out / "refine_edf.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_verify_samples_the_refined_space_and_compares(tmp_path, monkeypatch):
     _use_fake_trainer(monkeypatch)
     population = make_population(tmp_path / "pop", n=40, seed=3)

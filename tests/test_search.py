@@ -165,6 +165,7 @@ def test_pruner_stops_weak_trials(tmp_path, monkeypatch):
     assert pruned and all(read_trial(t).reason.startswith("pruner stopped it") for t in pruned)
 
 
+@pytest.mark.slow
 def test_short_study_on_synthetic_data_writes_every_result(tmp_path):
     config, options = make(tmp_path, n_trials=3)
     outcome = run_search(config, options)
@@ -243,6 +244,7 @@ def _run_cli(tmp_path, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_killed_worker_is_retried_and_nothing_is_lost(tmp_path):
     root = Path(__file__).parent.parent
     command = _run_cli(tmp_path, "--n-trials", "4", "--epochs", "15")
@@ -296,6 +298,7 @@ def test_cpu_studies_default_to_one_single_thread_worker_per_core(monkeypatch):
     assert cpu_share(RunOptions().workers) >= 1
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_one_study(tmp_path):
     config, options = make(tmp_path, n_trials=5, devices=["cpu", "cpu"])
     config = config.model_copy(update={"train": TrainConfig(image_size=16, epochs=1, batch_size=32)})
@@ -360,6 +363,7 @@ def test_measured_latency_is_a_constraint_and_an_objective(tmp_path, monkeypatch
     assert outcome.files["pareto"].stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_study_of_any_size_starts_at_once(tmp_path):
     """Slots are queued a few at a time: --n-trials 10^12 says where it stands within seconds and
     stores a handful of queued trials, not a trillion."""

@@ -267,7 +267,7 @@ BAD = [
     (
         "schedule of an unschedulable knob",
         _without_rules(schedules={"depth": {"first": 1, "last": 2}}),
-        r"schedules.depth: only attn_ratio, mlp_ratio, num_heads, sr_ratio, idconv_groups can follow a schedule",
+        r"schedules.depth: only num_heads, sr_ratio, idconv_groups, mlp_ratio, attn_ratio can follow a schedule",
     ),
     (
         "schedule value out of bounds",

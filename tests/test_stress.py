@@ -170,14 +170,17 @@ def check_round(storage: str, n: int, trained: list[dict]) -> None:
     assert all(c == 1 for c in runs.values()), f"confirmation runs trained twice: {runs}"
 
 
+@pytest.mark.slow
 def test_four_workers_on_sqlite_under_load(tmp_path, busy_core):
     run_rounds(tmp_path, f"sqlite:///{tmp_path / 'study.db'}", [60, 72])
 
 
+@pytest.mark.slow
 def test_four_workers_on_postgres_under_load(tmp_path, busy_core, postgres_server):
     run_rounds(tmp_path, new_database(postgres_server, "stress"), [60, 72])
 
 
+@pytest.mark.slow
 def test_a_crashed_worker_is_reported_when_it_happens_and_the_study_still_ends_well(tmp_path):
     script, log = tmp_path / "head.py", tmp_path / "trained.jsonl"
     script.write_text(HEAD)

@@ -98,7 +98,9 @@ def test_reset_classifier_to_features_and_back():
         assert model(x).shape == (1, 3) and model.num_classes == 3
 
 
-@pytest.mark.parametrize("name,size", [("tiny", ODD), ("transxnet_t", (1, 3, 70, 90))])
+@pytest.mark.parametrize(
+    "name,size", [("tiny", ODD), pytest.param("transxnet_t", (1, 3, 70, 90), marks=pytest.mark.slow)]
+)
 def test_torchscript_matches_eager(name, size):
     with timm.layers.set_layer_config(scriptable=True):
         model = (tiny_model() if name == "tiny" else timm.create_model(name)).eval()

@@ -23,6 +23,7 @@ def relative(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) / abs(y) for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["fast", "reference"])
 def test_a_pack_of_three_seeds_trains_each_as_it_trains_alone(digits, form):
     config = TrainConfig(image_size=32, epochs=2, batch_size=64, lr=3e-3, train_form=form)
@@ -42,6 +43,7 @@ def test_a_pack_of_three_seeds_trains_each_as_it_trains_alone(digits, form):
     assert len({round(r.loss, 6) for r in packed}) == 3  # three seeds, three runs
 
 
+@pytest.mark.slow
 def test_seeds_one_after_another_are_the_same_runs(digits):
     config = TrainConfig(image_size=32, epochs=1, batch_size=64)
     spec = tiny_spec(in_chans=1, image_size=32)
@@ -60,6 +62,7 @@ def test_seeds_must_be_distinct(digits):
         train_seeds(tiny_spec(in_chans=1), digits, [1, 1], TrainConfig(image_size=32, epochs=1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("packed", [False, True])
 def test_bf16_autocast_and_channels_last_train_on_the_cpu(digits, packed):
     """The GPU recipe's switches, forced on the CPU: a short run trains and its scores are sane (a
