@@ -558,6 +558,7 @@ def test_time_estimate_counts_blocks_and_work():
     assert check_time(spec, 32, limit=1000, speed=SLOW) == seconds
 
 
+@pytest.mark.slow
 def test_time_estimate_against_a_measured_build_and_forward():
     """The estimate against a measured build + forward of a block-bound network (64 blocks),
     within a factor of 5 (the module docstring lists the measured cases). Both are taken three

@@ -23,6 +23,7 @@ def _rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return ((ours - ref).norm() / ref.norm()).item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["t", "s", "b"])
 def test_release_manifest_loads_strictly_through_the_converter(variant):
     release = release_state_dict(variant)
@@ -43,6 +44,7 @@ def test_release_manifest_loads_strictly_through_the_converter(variant):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrapper", [None, "state_dict", "model", "state_dict_ema"])
 def test_release_file_forms_are_accepted(wrapper):
     release = release_state_dict("t")
@@ -52,11 +54,13 @@ def test_release_file_forms_are_accepted(wrapper):
     assert model.stages[0].pos_bias.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_ddp_prefixes_are_removed():
     release = {f"module.{k}": v for k, v in release_state_dict("t").items()}
     load_weights(build_model("transxnet_t"), {"state_dict": release})
 
 
+@pytest.mark.slow
 def test_parity_with_the_release_within_1e_5(parity):
     spec = NetworkSpec.from_official_arch(
         parity["arch"], image_size=parity["image_size"], num_classes=parity["num_classes"]

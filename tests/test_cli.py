@@ -23,6 +23,7 @@ def _run(*args: str):
     return runner.invoke(app, list(args))
 
 
+@pytest.mark.slow
 def test_build_preset_prints_the_stage_table_and_top5():
     result = _run("build", "transxnet_t")
     assert result.exit_code == 0, result.output
@@ -38,12 +39,14 @@ def test_build_preset_prints_the_stage_table_and_top5():
         assert text in out, out
 
 
+@pytest.mark.slow
 def test_build_is_reproducible_and_seeded():
     first, again = (json.loads(_run("build", "transxnet_t", "--json", "--image-size", "64").output) for _ in range(2))
     other = json.loads(_run("build", "transxnet_t", "--json", "--image-size", "64", "--seed", "1").output)
     assert first["top5"] == again["top5"] and first["top5"] != other["top5"]
 
 
+@pytest.mark.slow
 def test_build_json_report(tmp_path):
     result = _run("build", "presets/transxnet_s.yaml", "--json", "--image-size", "97x131")
     assert result.exit_code == 0, result.output
@@ -56,6 +59,7 @@ def test_build_json_report(tmp_path):
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
 
 
+@pytest.mark.slow
 def test_build_other_image_checkpoint_and_save(tmp_path):
     image = tmp_path / "grey.png"
     Image.fromarray((np.random.default_rng(0).random((50, 70, 3)) * 255).astype("uint8")).save(image)

@@ -179,6 +179,7 @@ def test_the_baseline_is_counted_like_the_candidates():
 
 
 # -- the confirmation phase ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_winner_is_the_best_confirmed_mean_not_the_best_proxy(tmp_path, trainer):
     config, options = make(tmp_path, confirm_top=3, confirm_seeds=2, confirm_epochs=3, baseline="transxnet_t")
     outcome = run_search(config, options)
@@ -205,6 +206,7 @@ def test_the_winner_is_the_best_confirmed_mean_not_the_best_proxy(tmp_path, trai
     assert (tmp_path / "out" / "fidelity.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_loss_study_ranks_and_confirms_by_cross_entropy(tmp_path, trainer):
     config, options = make(tmp_path, confirm_top=3, confirm_seeds=2, confirm_epochs=3, baseline="transxnet_t")
     config = config.model_copy(update={"objective": "loss"})
@@ -237,6 +239,7 @@ def test_a_loss_study_ranks_and_confirms_by_cross_entropy(tmp_path, trainer):
     assert header[3:5] == ["top1", "loss"]
 
 
+@pytest.mark.slow
 def test_random_control_and_fidelity_sample(tmp_path, trainer):
     config, options = make(tmp_path, n_trials=5, confirm_top=2, confirm_seeds=2, baseline="random:3", fidelity_sample=2)
     outcome = run_search(config, options)
@@ -260,6 +263,7 @@ def test_more_candidates_asked_than_completed_confirms_what_there_is(tmp_path, t
     assert "completed candidates to confirm (--confirm-top 5)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_interrupted_confirmation_resumes_without_training_twice(tmp_path, monkeypatch):
     config, options = make(tmp_path, n_trials=4, confirm_top=2, confirm_seeds=3)
     first = SeedTrainer(interrupt_at=4)  # Ctrl-C in the 2nd confirmation job (each job: one spec, 3 seeds)
@@ -297,6 +301,7 @@ def test_scores_know_their_direction():
     assert TOP1.of(result) == 95.0 and LOSS.of(result) == 0.2
 
 
+@pytest.mark.slow
 def test_confirmation_shows_its_progress(tmp_path, trainer, capsys):
     config, options = make(tmp_path, n_trials=4, confirm_top=2, confirm_seeds=2, baseline="random:2")
     options.progress = True

@@ -113,6 +113,7 @@ def test_parse_image_size_rejects_bad_sizes(bad):
         parse_image_size(bad)
 
 
+@pytest.mark.slow
 def test_measure_latency_returns_positive_milliseconds():
     ms = measure_latency(tiny_spec(), batch_size=2, image_size=64, min_run_time=0.05)
     assert 0 < ms < 5_000

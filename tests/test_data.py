@@ -437,6 +437,7 @@ def test_iterators_over_one_dataset_share_its_device_copy():
 
 
 # -- training and a whole study ------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_with_augmentation_is_reproducible(tmp_path, cache):
     write_folder(tmp_path / "photos", classes=4, per_class=6)
     data = load_dataset(f"imagefolder:{tmp_path / 'photos'}", 16)

@@ -178,6 +178,7 @@ def test_block_and_stage_fuse(layer_scale):
 
 
 # -- whole networks ----------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name,size", [("transxnet_t", (64, 64)), ("transxnet_s", (96, 80)), ("transxnet_b", (64, 48))])
 def test_presets_end_to_end(name, size):
     model = randomize(build_model(name), seed=11)
@@ -262,6 +263,7 @@ def tiny_pair():
     return model, copy.deepcopy(model).reparameterize(), torch.randn(2, 3, 64, 64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deploy", [False, True])
 def test_dynamo_traces_both_forms_without_graph_breaks(tiny_pair, deploy):
     model, fused, x = tiny_pair
@@ -271,6 +273,7 @@ def test_dynamo_traces_both_forms_without_graph_breaks(tiny_pair, deploy):
     assert explanation.graph_count == 1
 
 
+@pytest.mark.slow
 def test_compiled_deploy_form_matches_eager():
     # One stage holds every operator kind (IDConv, OSRA with OSR, STE, MS-FFN) and compiles fastest.
     model = randomize(build_model(tiny_spec(stages=[dict(depth=1, embed_dim=16, num_heads=2, sr_ratio=2)])), seed=17)

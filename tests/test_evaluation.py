@@ -99,6 +99,7 @@ def test_a_candidate_is_scored_by_the_mean_over_its_proxy_seeds(tmp_path, monkey
     )
 
 
+@pytest.mark.slow
 def test_racing_gives_a_clearly_worse_candidate_no_more_seeds(tmp_path, monkeypatch):
     """Widths 8..24 and 16..48: losses from 0.21 to 0.42 against a seed noise of 0.002, so after a
     few candidates with every seed, a narrow one is hopeless after its first seeds."""
@@ -116,6 +117,7 @@ def test_racing_gives_a_clearly_worse_candidate_no_more_seeds(tmp_path, monkeypa
     assert all(r.final("loss") > min(f.final("loss") for f in full) for r in raced)
 
 
+@pytest.mark.slow
 def test_a_retried_trial_trains_only_the_seeds_it_lacks(tmp_path, monkeypatch):
     """Ctrl-C in a trial's second pack of seeds: its first pack is kept; the retry trains the rest."""
     first = NoisyTrainer(interrupt=lambda spec, config: config.seed >= 1)
@@ -144,6 +146,7 @@ def test_a_zero_cost_objective_trains_nothing(tmp_path, monkeypatch):
     assert all(t.value == read_trial(t).zero_cost["naswot"] for t in candidates(study))
 
 
+@pytest.mark.slow
 def test_random_search_at_equal_compute_is_the_default_control(tmp_path, monkeypatch):
     use_trainer(monkeypatch, NoisyTrainer())
     config, options = make(tmp_path, n_trials=6, proxy_seeds=2, confirm_top=2, fidelity_sample=3)
@@ -169,6 +172,7 @@ def test_random_search_at_equal_compute_is_the_default_control(tmp_path, monkeyp
     )
 
 
+@pytest.mark.slow
 def test_a_preset_and_the_random_control_together(tmp_path, monkeypatch):
     use_trainer(monkeypatch, NoisyTrainer())
     config, options = make(tmp_path, n_trials=4, confirm_top=1, baseline="transxnet_t,random:auto")
@@ -190,6 +194,7 @@ def test_noise_ceiling_and_precision_on_known_numbers():
     assert math.isnan(precision_at_k([1, 2], [1, 2], k=5))
 
 
+@pytest.mark.slow
 def test_zero_cost_scores_of_a_network_at_initialisation():
     from xnetspace.search.data import load_dataset
 

@@ -127,6 +127,7 @@ def test_the_width_rule_fit_recovers_a_rule_and_measures_a_miss():
 
 
 # -- refine on a population with a known answer ----------------------------------------------------------
+@pytest.mark.slow
 def test_refine_finds_the_known_answer(population):
     data = study_data(load_run(population))
     refinement = refine(data, n_resamples=999)
@@ -168,6 +169,7 @@ def _nondecreasing_widths(spec: dict) -> bool:
     return widths == sorted(widths)
 
 
+@pytest.mark.slow
 def test_a_knob_the_monotone_rule_already_holds_at_one_value_is_no_tie_candidate(tmp_path):
     space = {**SPACE, "rules": {"monotone": ["depth"]}}
     space["stages"] = [{"sr_ratio": [1, 2], "depth": 2}, {"sr_ratio": 1}, {"sr_ratio": 1}, {"sr_ratio": 1}]
@@ -177,6 +179,7 @@ def test_a_knob_the_monotone_rule_already_holds_at_one_value_is_no_tie_candidate
     assert ("tie", "mlp_ratio") in {(s["kind"], s["knob"]) for s in result["steps"]}
 
 
+@pytest.mark.slow
 def test_a_constraint_that_leaves_too_few_models_is_not_applicable(population, monkeypatch):
     import xnetspace.search.refine as refine_module
 
@@ -189,6 +192,7 @@ def test_a_constraint_that_leaves_too_few_models_is_not_applicable(population, m
     assert all("fewer than 51 distinct in-budget models" in s["reason"] for s in passed)
 
 
+@pytest.mark.slow
 def test_the_command_writes_the_refined_space_and_the_evidence(population, tmp_path):
     out = tmp_path / "refined"
     result = runner.invoke(app, ["refine", str(population), "--out", str(out), "--json"])
@@ -267,6 +271,7 @@ RULE_SPACE = {  # non-decreasing widths already (a second round, as pycls's AnyN
 }
 
 
+@pytest.mark.slow
 def test_the_width_rule_is_fitted_and_written_when_rule_networks_are_better(tmp_path):
     import xnetspace.search.refine as refine_module
 

@@ -84,6 +84,7 @@ def counted(study):
     return [t for t in study.get_trials() if is_live(t)]
 
 
+@pytest.mark.slow
 def test_no_over_budget_spec_ever_reaches_the_trainer(tmp_path, monkeypatch):
     trainer = FakeTrainer()
     use_trainer(monkeypatch, trainer)
@@ -146,6 +147,7 @@ def test_failing_trials_do_not_stop_the_study(tmp_path, monkeypatch):
     assert {"out of memory: CUDA out of memory. Tried to allocate 2 GiB"} <= {r["reason"] for r in rows}
 
 
+@pytest.mark.slow
 def test_pruner_stops_weak_trials(tmp_path, monkeypatch):
     class Weak(FakeTrainer):
         def __call__(self, spec, data, config, device, report):
@@ -180,6 +182,7 @@ def test_short_study_on_synthetic_data_writes_every_result(tmp_path):
     assert outcome.study.user_attrs["xnetspace_config"]["dataset"] == "synthetic:128"
 
 
+@pytest.mark.slow
 def test_multi_objective_study_gives_a_pareto_front(tmp_path, monkeypatch):
     use_trainer(monkeypatch, FakeTrainer())
     config, options = make(tmp_path, n_trials=6, objective="top1-flops", sampler="nsga2", pruner="none")
@@ -193,6 +196,7 @@ def test_multi_objective_study_gives_a_pareto_front(tmp_path, monkeypatch):
     assert outcome.best.number in {int(r["number"]) for r in front}
 
 
+@pytest.mark.slow
 def test_resume_continues_up_to_n_in_total(tmp_path, monkeypatch):
     trainer = FakeTrainer()
     use_trainer(monkeypatch, trainer)
@@ -207,6 +211,7 @@ def test_resume_continues_up_to_n_in_total(tmp_path, monkeypatch):
     assert len(run_search(config, options).study.get_trials()) == len(second.get_trials())  # already complete
 
 
+@pytest.mark.slow
 def test_resume_with_another_recipe_is_refused(tmp_path, monkeypatch):
     use_trainer(monkeypatch, FakeTrainer())
     config, options = make(tmp_path, n_trials=1)
@@ -344,6 +349,7 @@ def test_search_command_rejects_bad_input_with_status_2(args, message, tmp_path)
     assert message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_measured_latency_is_a_constraint_and_an_objective(tmp_path, monkeypatch):
     # A deterministic stand-in for the timer: "latency" grows with the widths.
     monkeypatch.setattr(objective_module, "measure_latency", lambda spec, *args, **kw: float(sum(spec.embed_dims)))

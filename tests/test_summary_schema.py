@@ -138,6 +138,7 @@ def summary_file(tmp_path_factory) -> Path:
     return out / "summary.json"
 
 
+@pytest.mark.slow
 def test_a_real_summary_meets_the_exported_schema(summary_file):
     summary = json.loads(summary_file.read_text())
     # every part the test means to cover is there, so the check below is not of an empty file

@@ -98,9 +98,8 @@ def test_reset_classifier_to_features_and_back():
         assert model(x).shape == (1, 3) and model.num_classes == 3
 
 
-@pytest.mark.parametrize(
-    "name,size", [("tiny", ODD), pytest.param("transxnet_t", (1, 3, 70, 90), marks=pytest.mark.slow)]
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", [("tiny", ODD), ("transxnet_t", (1, 3, 70, 90))])
 def test_torchscript_matches_eager(name, size):
     with timm.layers.set_layer_config(scriptable=True):
         model = (tiny_model() if name == "tiny" else timm.create_model(name)).eval()
@@ -110,6 +109,7 @@ def test_torchscript_matches_eager(name, size):
         torch.testing.assert_close(scripted(x), model(x), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_fx_feature_extractor_matches_eager_and_scripts():
     from torchvision.models.feature_extraction import create_feature_extractor
 

@@ -288,6 +288,7 @@ def test_bad_forms_are_refused():
         model.set_train_form("fast")
 
 
+@pytest.mark.slow
 def test_fast_form_scripts():
     torch.manual_seed(0)
     model = randomize(build_model(tiny_spec())).set_train_form("fast")
@@ -311,6 +312,7 @@ def test_tensor_batches_are_the_dataloaders_batches():
     assert [len(y) for _, y in plain] == [16, 16, 16, 2]
 
 
+@pytest.mark.slow
 def test_both_forms_train_to_the_same_losses():
     """A few epochs of the proxy recipe in each form: the same validation scores, the fast form
     with channels_last and a fused AdamW, the reference with the release's operators."""
