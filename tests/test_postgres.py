@@ -21,6 +21,7 @@ from xnetspace.cli import app
 from xnetspace.search.records import is_live, read_trial
 
 from .conftest import PG_PASSWORD, new_database
+from .test_bench import TINY  # the four-spec space the tabulation tests share
 
 pytestmark = pytest.mark.slow  # every test shares a study of several worker processes (study_run)
 
@@ -267,16 +268,6 @@ def test_worker_bad_input_exits_2_with_one_paragraph(case, message, study_run, p
 
 
 # -- a tabulation's jobs on the server (issue 30) --------------------------------------------------------
-TABLE_SPACE = {  # four specs at 8x8, one epoch: seconds
-    "name": "pgtable",
-    "network": {"image_size": 8},
-    "stage_defaults": {"depth": 1, "mlp_ratio": 1},
-    "stages": [{"embed_dim": [8, 16], "sr_ratio": 2}, {"embed_dim": 16, "num_heads": [1, 2]}],
-    "constraints": {"image_size": 8, "flops": [0, "200k"]},
-    "train": {"image_size": 8, "epochs": 1, "batch_size": 16},
-}
-
-
 def test_a_joining_worker_trains_a_tabulations_jobs_and_the_head_trains_none_twice(postgres_url, tmp_path):
     """`tabulate --storage URL` queues its jobs on the server; `xnetspace worker` (another process, as
     on another machine) pops them all; the head's own sitting then trains nothing and writes the
@@ -286,11 +277,11 @@ def test_a_joining_worker_trains_a_tabulations_jobs_and_the_head_trains_none_twi
     from xnetspace.search.space import SearchSpace
     from xnetspace.search.tabulate import TabulateConfig, queue_tabulation
 
-    space_file = tmp_path / "pgtable.json"
-    space_file.write_text(json.dumps(TABLE_SPACE))
-    config = TabulateConfig(space=SearchSpace.model_validate(TABLE_SPACE), dataset="synthetic:64", seeds=2)
+    space_file = tmp_path / "tiny4.json"
+    space_file.write_text(json.dumps(TINY))
+    config = TabulateConfig(space=SearchSpace.model_validate(TINY), dataset="synthetic:64", seeds=2)
     queued = queue_tabulation(config, tmp_path / "table", postgres_url)
-    assert queued.url == postgres_url and queued.name.startswith("tabulate-pgtable-")
+    assert queued.url == postgres_url and queued.name.startswith("tabulate-tiny4-")
     argv = [sys.executable, "-m", "xnetspace.cli", "worker", "--storage", postgres_url, "--study-name", queued.name]
     joined = subprocess.run(
         [*argv, "--workers-per-device", "1"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600
