@@ -5,9 +5,10 @@
     python benchmarks/bench_latency.py fashion_cpu --device cuda --batch-size 256 --json
 
 For N distinct in-budget specs of SPACE (``SearchSpace.distinct_specs``, seed 0; 1 input channel and
-10 classes, as Fashion-MNIST and digits give): the median latency of the inference form
-(``reparameterize()``, eval, ``xnetspace.latency.measure_latency``: torch.utils.benchmark, warm-up
-and CUDA synchronisation included) at the space's image size, and of one training step of the fast
+10 classes, as Fashion-MNIST and digits give): the latency of the inference form (``reparameterize()``,
+eval, ``xnetspace.latency.fastest_latencies``: torch.utils.benchmark's median in each of ``--rounds``
+rounds over all the specs, the fastest round kept; warm-up and CUDA synchronisation included) at
+the space's image size, and of one training step of the fast
 training form at ``--train-batch-size`` (forward, cross-entropy, backward, AdamW update; median of
 ``--steps`` after two warm-up steps). Per spec: MFLOPs and params from the cost model (fvcore's
 count: one multiply-add = one flop), milliseconds, milliseconds per MFLOP. Over the specs: the spread
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from xnetspace.cost import cost_report, parse_image_size
-from xnetspace.latency import measure_latency
+from xnetspace.latency import fastest_latencies
 from xnetspace.model import build_model
 from xnetspace.search.space import load_space
 from xnetspace.spec import NetworkSpec
@@ -120,7 +121,10 @@ def main() -> None:
     parser.add_argument(
         "--train-batch-size", type=int, default=32, help="batch of the training step (BatchNorm needs 2+)"
     )
-    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of inference timing per spec")
+    parser.add_argument(
+        "--min-run-time", type=float, default=0.3, help="seconds of inference timing per spec and round"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over the specs; each spec's fastest is kept")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,14 +132,13 @@ def main() -> None:
     space = load_space(args.space)
     size = space.constraints.image_size
     h, w = parse_image_size(size)
+    specs = space.distinct_specs(args.specs, 0, "lat", in_chans=1, num_classes=10)
+    models = [(spec, build_model(spec).reparameterize().to(device)) for spec in specs]
+    latencies = fastest_latencies(models, args.batch_size, size, device, args.min_run_time, args.rounds)
     rows = []
-    for spec in space.distinct_specs(args.specs, 0, "lat", in_chans=1, num_classes=10):
+    for (spec, model), latency in zip(models, latencies):
         cost = cost_report(spec, size)
-        model = build_model(spec).eval()
-        model.reparameterize()
-        model = model.to(device)
         x = torch.randn(args.batch_size, spec.in_chans, h, w, device=device)
-        latency = measure_latency(spec, args.batch_size, size, device, model=model, min_run_time=args.min_run_time)
         row = {
             "name": spec.name,
             "mflops": cost.flops / 1e6,

@@ -7,6 +7,7 @@ counts params and FLOPs from the spec without building anything.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 
 import torch
 
@@ -14,7 +15,7 @@ from .cost import ImageSize, parse_image_size
 from .model import build_model
 from .spec import NetworkSpec
 
-__all__ = ["measure_latency"]
+__all__ = ["measure_latency", "fastest_latencies"]
 
 
 def measure_latency(
@@ -46,3 +47,24 @@ def measure_latency(
         timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
         measurement = timer.blocked_autorange(min_run_time=min_run_time)
     return statistics.median(measurement.times) * 1e3
+
+
+def fastest_latencies(
+    models: Sequence[tuple[NetworkSpec, torch.nn.Module]],
+    batch_size: int = 1,
+    image_size: ImageSize = 224,
+    device: str | torch.device = "cpu",
+    min_run_time: float = 0.3,
+    rounds: int = 3,
+) -> list[float]:
+    """Milliseconds of each ``(spec, model)`` (:func:`measure_latency`), measured in ``rounds``
+    rounds over all of them and the fastest round kept: a shared machine's slow spells (seconds
+    long, up to 1.7x on the project's CPU) fall on one round of a network, rarely on all."""
+    times = [
+        [
+            measure_latency(spec, batch_size, image_size, device, model=model, min_run_time=min_run_time)
+            for spec, model in models
+        ]
+        for _ in range(rounds)
+    ]
+    return [min(spec_times) for spec_times in zip(*times)]
