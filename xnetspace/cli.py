@@ -116,6 +116,16 @@ def _devices(devices: str) -> list[str]:
     return listed
 
 
+def _one_device(device: str) -> str:
+    """``--device`` as one checked device (cpu, cuda, cuda:K; CUDA only where there is one)."""
+    from .search.study import check_devices
+
+    listed = check_devices(device)
+    if len(listed) != 1:
+        raise ValueError(f"--device {device!r} names {len(listed)} devices; give one")
+    return listed[0]
+
+
 def _load(spec_arg: str, image_size: str) -> tuple[NetworkSpec, tuple[int, int]]:
     from .spec import check_image_size
     from .text import shorten
@@ -270,6 +280,12 @@ class _SearchOpt:
     n_trials = typer.Option(25, "--n-trials", help="trials the study holds in total (a re-run continues up to N)")
     flops_max = typer.Option(None, "--flops-max", help="FLOP budget maximum, e.g. 0.5G or 300M (overrides the space)")
     flops_min = typer.Option(None, "--flops-min", help="FLOP budget minimum (overrides the space)")
+    latency_table = typer.Option(
+        None, "--latency-table", help="a device's latency table (xnetspace latency-table): latency is predicted from it"
+    )
+    max_latency_ms = typer.Option(
+        None, "--max-latency-ms", help="latency budget in ms (predicted with --latency-table, else measured)"
+    )
     # the proxy recipe, and how long this run may start trials
     image_size = typer.Option(None, "--image-size", help="proxy training image size (default: the space's)")
     epochs = typer.Option(None, help="proxy training epochs (default: the space's)")
@@ -292,7 +308,7 @@ class _SearchOpt:
         help=(
             "what candidates are ranked by: loss (validation cross-entropy, the default) | top1 "
             "| tse (training-speed estimate) | synflow | naswot | grad_norm (zero-cost, no training) "
-            "| top1-flops | top1-latency (docs/search.md)"
+            "| top1-flops | top1-latency | loss-latency (docs/search.md)"
         ),
     )
     proxy_seeds = typer.Option(
@@ -369,6 +385,8 @@ def search(
     n_trials: int = _SearchOpt.n_trials,
     flops_max: str | None = _SearchOpt.flops_max,
     flops_min: str | None = _SearchOpt.flops_min,
+    latency_table: str | None = _SearchOpt.latency_table,
+    max_latency_ms: float | None = _SearchOpt.max_latency_ms,
     image_size: int | None = _SearchOpt.image_size,
     epochs: int | None = _SearchOpt.epochs,
     batch_size: int | None = _SearchOpt.batch_size,
@@ -411,6 +429,7 @@ def search(
             the_space, dataset, objective, proxy_seeds=proxy_seeds, race=race,
             flops_min=None if flops_min is None else parse_count(flops_min),
             flops_max=None if flops_max is None else parse_count(flops_max),
+            latency_table=latency_table, max_latency_ms=max_latency_ms,
             image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, time_limit=trial_time_limit,
             seed=seed, augment=augment,
         )
@@ -796,6 +815,59 @@ def replay(
         return
     for line in report_lines(summary, folder):
         console.print(line, markup=False, highlight=False)
+
+
+@app.command("latency-table")
+def latency_table(
+    spaces: list[str] = typer.Argument(..., help="space files or shipped spaces' names whose shapes to time"),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N: the device the table is for"),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, max=4096, help="images per forward"),
+    threads: int = typer.Option(1, min=1, max=256, help="CPU threads (torch.set_num_threads)"),
+    specs: int = typer.Option(
+        200, min=1, max=100_000, help="distinct in-budget specs per space whose operators are timed"
+    ),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="seed of the spec draw"),
+    in_chans: int = typer.Option(
+        1, "--in-chans", min=1, max=MAX_IN_CHANS, help="input channels (digits, Fashion-MNIST: 1)"
+    ),
+    num_classes: int = typer.Option(10, "--num-classes", min=0, max=MAX_CLASSES, help="classes of the task"),
+    repeats: int = typer.Option(30, min=1, max=10_000, help="passes over a network's operators in a round (median)"),
+    rounds: int = typer.Option(3, min=1, max=100, help="rounds over all the networks (each operator's fastest kept)"),
+    out: str = typer.Option(..., help="the table's JSON file (re-running adds what it lacks)"),
+) -> None:
+    """Time every operator (stem, downsample, DPE, GroupNorm, IDConv, OSRA, STE, MS-FFN, the block's
+    wiring, head) of the spaces' specs, each network's in turn as the network runs them, once per
+    device: the table that predict_latency sums along a spec (docs/performance.md)."""
+    from tqdm import tqdm
+
+    from .latency_table import fill_table, network_operators, open_table
+    from .paths import output_file
+    from .search.space import load_space
+
+    with _answers(
+        "latency-table options",
+        writing="the latency table",
+        place=out,
+        interrupted="interrupted: the timed operators are kept; re-run the same command to continue",
+    ):
+        target = output_file(out, "--out", "write the latency table")
+        table = open_table(target, _one_device(device), batch_size, threads, "float32", repeats)
+        networks = []
+        for name in spaces:
+            space_def = load_space(name)
+            for spec in space_def.distinct_specs(specs, seed, "latency", in_chans=in_chans, num_classes=num_classes):
+                networks.append((spec.digest(), network_operators(spec, space_def.constraints.image_size)))
+        timed = fill_table(
+            table,
+            networks,
+            rounds,
+            save=lambda t: t.save(target),
+            progress=lambda todo: tqdm(todo, "latency-table", unit="net"),
+        )
+    typer.echo(
+        f"{len(table.entries)} operators from {len(table.networks)} networks in {out} ({timed} network rounds now) "
+        f"on {table.device_name}, batch {batch_size}, {threads} thread(s)"
+    )
 
 
 def _counts(text: str, option: str) -> tuple[int, ...]:
