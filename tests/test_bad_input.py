@@ -378,6 +378,10 @@ SEARCH_CASES = [
         ["imagefolder:one_per_class", "2 image(s) in 2 class", "60/20/20", "'dog' has 1"],
     ),
     pytest.param(SEARCH + ["--space", "space_dup.yaml"], ["space_dup.yaml", "repeats the key 'embed_dim'"]),
+    pytest.param(SEARCH + ["--latency-table", "none.json"], ["cannot read latency table 'none.json'"]),
+    pytest.param(SEARCH + ["--latency-table", "ok.yaml"], ["latency table 'ok.yaml'"]),
+    pytest.param(SEARCH + ["--max-latency-ms", "0"], ["max_latency_ms", "greater than 0"]),
+    pytest.param(SEARCH + ["--objective", "loss-flops"], ["objective", "loss-latency"]),
 ]
 
 

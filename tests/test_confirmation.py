@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import optuna
@@ -26,7 +27,7 @@ from xnetspace.search.stats import (
     seed_summary,
     separation,
 )
-from xnetspace.search.study import candidates
+from xnetspace.search.study import candidates, pareto_front
 from xnetspace.search.train import TrainConfig, TrainResult
 
 from .conftest import use_trainer
@@ -315,3 +316,42 @@ def test_confirmation_shows_its_progress(tmp_path, trainer, capsys):
     assert len(candidates) == 2 and all(line.endswith("(2 seeds)") and "top-1 " in line for line in candidates)
     bars = [line for line in lines if line.startswith("confirmation:")]
     assert bars and any("100%" in line and ("job/s" in line or "s/job" in line) for line in bars)  # with its rate
+
+
+@pytest.mark.slow
+def test_a_latency_study_confirms_its_front_and_measures_it(tmp_path, trainer, monkeypatch):
+    """A loss-latency study confirms its Pareto front first, then measures every confirmed network
+    (front, scaled T, random specs) once and names the fastest not detectably worse than T."""
+    import xnetspace.search.latency_report as latency_report
+
+    from .test_search import _width_table
+
+    def widths(models, *args, **kwargs):  # a deterministic stand-in for the timer
+        return [float(sum(spec.embed_dims)) for spec, _ in models]
+
+    monkeypatch.setattr(latency_report, "fastest_latencies", widths)
+    _width_table(SearchSpace.model_validate(SPACE), tmp_path / "table.json")
+    space = {**SPACE, "constraints": {**SPACE["constraints"], "latency_table": str(tmp_path / "table.json")}}
+    config, options = make(tmp_path, confirm_top=3, confirm_seeds=2, baseline="transxnet_t", fidelity_sample=2)
+    config = config.model_copy(update={"objective": "loss-latency", "space": SearchSpace.model_validate(space)})
+    outcome = run_search(config, options)
+    front = sorted(pareto_front(outcome.study), key=lambda t: t.values[0])
+    confirmed = {c["trial"] for c in outcome.summary["candidates"]}
+    assert len(confirmed) == 3 and confirmed <= {t.number for t in front} and front[0].number in confirmed
+    data = json.loads((tmp_path / "out" / "pareto.json").read_text())
+    rows = data["rows"]
+    assert Counter(r["role"] for r in rows) == {"front": min(3, len(front)), "baseline": 1, "random": 2}
+    assert all(r["measured_ms"] == sum(NetworkSpec.model_validate(r["spec"]).embed_dims) for r in rows)
+    control = next(r for r in rows if r["role"] == "baseline")
+    fits = [
+        r
+        for r in rows
+        if r["role"] == "front"
+        and stats.ttest_ind(
+            r["confirm"]["scores"], control["confirm"]["scores"], equal_var=False, alternative="greater"
+        ).pvalue
+        >= 0.05
+    ]
+    answer = data["answer"]
+    assert answer["found"] == (min(fits, key=lambda r: r["measured_ms"])["label"] if fits else None)
+    assert (tmp_path / "out" / "confirmed_latency.png").stat().st_size > 0

@@ -20,10 +20,13 @@ import xnetspace.search.objective as objective_module
 from xnetspace import build_model, load_spec
 from xnetspace.cli import app
 from xnetspace.cost import cost_report
+from xnetspace.latency_table import LatencyTable, LatencyTableError, network_operators
 from xnetspace.search import RunOptions, SearchError, StudyConfig, run_search
 from xnetspace.search.records import is_live, read_trial
+from xnetspace.search.results import pareto_front
 from xnetspace.search.space import SearchSpace
 from xnetspace.search.train import Diverged, TrainConfig, TrainResult
+from xnetspace.spec import NetworkSpec
 
 from .conftest import use_trainer
 
@@ -367,6 +370,50 @@ def test_measured_latency_is_a_constraint_and_an_objective(tmp_path, monkeypatch
             assert t.values[1] == read_trial(t).latency_ms <= 45
             assert t.system_attrs["constraints:latency_ms"] == read_trial(t).latency_ms - 45
     assert outcome.files["pareto"].stat().st_size > 0
+
+
+def _width_table(space: SearchSpace, path) -> LatencyTable:
+    """A latency table of every operator of ``space``'s specs at 1 us per channel (deterministic)."""
+    table = LatencyTable("cpu", "test cpu")
+    for spec in space.distinct_specs(200, 0, "t", num_classes=8, in_chans=3):
+        for op in network_operators(spec, space.constraints.image_size):
+            table.entries[op.key] = dict(kind=op.kind, flops=op.flops, us=float(op.shape[0]), samples={})
+    table.save(path)
+    return table
+
+
+@pytest.mark.slow
+def test_predicted_latency_is_a_budget_and_an_objective(tmp_path, monkeypatch):
+    """With a latency table nothing is timed: over-budget samples are rejected by their predicted
+    latency before training, and loss-latency studies minimise the score and the prediction."""
+    monkeypatch.setattr(objective_module, "measure_latency", lambda *a, **k: pytest.fail("nothing is measured"))
+    trainer = FakeTrainer()
+    use_trainer(monkeypatch, trainer)
+    table = _width_table(SearchSpace.model_validate(SPACE), tmp_path / "table.json")
+    limit = 0.45  # ms: about half of the space's predictions
+    budget = {"latency_table": str(tmp_path / "table.json"), "max_latency_ms": limit}
+    space = {**SPACE, "constraints": {**SPACE["constraints"], **budget}}
+    config, options = make(tmp_path, n_trials=6, space=space, objective="loss-latency", sampler="nsga2", pruner="none")
+    outcome = run_search(config, options)
+    assert config.directions == ["minimize", "minimize"] and trainer.specs
+    assert all(table.predict(s, 16).total_ms <= limit for s in trainer.specs)
+    trials = [(t, read_trial(t)) for t in outcome.study.get_trials()]
+    over = [r for _, r in trials if "predicted latency" in (r.reason or "")]
+    assert over and all(r.rejected and r.latency_predicted and r.latency_ms > limit for r in over)
+    for t, r in trials:
+        if t.state == optuna.trial.TrialState.COMPLETE and r.duplicate_of is None:
+            spec = NetworkSpec.model_validate(r.spec)
+            assert t.values[1] == r.latency_ms == pytest.approx(table.predict(spec, 16).total_ms)
+    front = pareto_front(outcome.study)
+    assert front and all(not (o.values[0] <= f.values[0] and o.values[1] < f.values[1]) for f in front for o in front)
+    with (tmp_path / "out" / "trials.csv").open() as f:
+        sources = {row["latency_source"] for row in csv.DictReader(f) if row["latency_ms"]}
+    assert sources == {"predicted"}
+
+
+def test_a_missing_latency_table_is_refused_before_the_study(tmp_path):
+    with pytest.raises(LatencyTableError, match="cannot read latency table"):
+        StudyConfig.create(SearchSpace.model_validate(SPACE), latency_table=str(tmp_path / "none.json"))
 
 
 @pytest.mark.slow

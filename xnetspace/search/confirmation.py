@@ -46,7 +46,7 @@ from .records import JobRecord, read_trial
 from .score import TOP1, Score
 from .space import SearchSpace
 from .stats import mean_difference, noise_ceiling, pooled_seed_std, rank_fidelity, seed_summary, separation
-from .study import RunOptions, StudyConfig, candidates
+from .study import RunOptions, StudyConfig, candidates, pareto_front
 
 __all__ = [
     "ConfirmError",
@@ -144,6 +144,9 @@ def plan_jobs(
     control study (``control``) has spent the search's compute."""
     rank = config.proxy.rank_key
     ranked = sorted(candidates(study), key=lambda t: (rank(t.values[0]), read_trial(t).flops or 0, t.number))
+    if len(config.directions) > 1:  # a two-objective study confirms its Pareto front first, best score first
+        front = {t.number for t in pareto_front(study)}
+        ranked.sort(key=lambda t: t.number not in front)
     jobs = _candidate_jobs(ranked, config, options)
     n_random = max(
         [int(b.split(":")[1]) for b in options.baselines if b.startswith("random:") and b != "random:auto"], default=0
@@ -342,6 +345,7 @@ def _described(g: dict, config: StudyConfig) -> dict:
     spec = NetworkSpec.model_validate(g["job"].spec)
     report = cost_report(spec, config.space.constraints.image_size)
     out = {
+        "spec": g["job"].spec,
         "spec_digest": spec.digest(),
         "flops": report.flops,
         "params": report.params,

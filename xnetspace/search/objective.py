@@ -27,13 +27,14 @@ from pydantic import ValidationError
 
 from ..cost import cost_report
 from ..latency import measure_latency
+from ..latency_table import read_table
 from ..spec import NetworkSpec
 from .data import DataSplit
 from .errors import SurplusTrial, TrialFailed
 from .records import RunRecord, TrialRecord, is_live, read_trial, slot_attrs, write
 from .space import SpaceError
 from .stats import pooled_seed_std
-from .study import StudyConfig, candidates, live_slots
+from .study import LATENCY_OBJECTIVES, StudyConfig, candidates, live_slots
 from .train import Diverged, TimeLimitExceeded, TrainConfig, TrainResult, train_seeds
 from .zero_cost import zero_cost_scores
 
@@ -49,6 +50,8 @@ class Objective:
         self.config, self.data, self.n_trials = config, data, n_trials
         self.device, self.worker = device, worker
         self.space = config.space
+        table = self.space.constraints.latency_table
+        self.latency_table = read_table(table) if table is not None else None
         self.rejected_in_a_row = 0
         self.started = time.perf_counter()
 
@@ -91,7 +94,7 @@ class Objective:
             raise TrialFailed(record.reason)
         if self.config.objective == "top1-flops":
             return value, float(report.flops)
-        if self.config.objective == "top1-latency":
+        if self.config.objective in LATENCY_OBJECTIVES:
             return value, latency
         return value
 
@@ -147,20 +150,31 @@ class Objective:
         return earlier.values if len(earlier.values) > 1 else earlier.values[0]
 
     def _latency(self, trial: optuna.Trial, record: TrialRecord, spec: NetworkSpec) -> float:
+        """The spec's latency in ms, predicted from the space's latency table (no build) or else
+        measured on the study's device; NaN when neither the objective nor a budget asks for it.
+        Over ``max_latency_ms`` the sample is rejected (counted as FLOPs rejections are)."""
         constraints = self.space.constraints
-        if self.config.objective != "top1-latency" and constraints.max_latency_ms is None:
+        if self.config.objective not in LATENCY_OBJECTIVES and constraints.max_latency_ms is None:
             return math.nan
-        latency = measure_latency(
-            spec, constraints.latency_batch_size, constraints.image_size, self.device, min_run_time=0.3
-        )
-        record.latency_ms = latency
+        if self.latency_table is not None:
+            latency, how = self.latency_table.predict(spec, constraints.image_size).total_ms, "predicted"
+        else:
+            latency, how = (
+                measure_latency(
+                    spec, constraints.latency_batch_size, constraints.image_size, self.device, min_run_time=0.3
+                ),
+                "measured",
+            )
+        record.latency_ms, record.latency_predicted = latency, self.latency_table is not None
         if constraints.max_latency_ms is not None:
-            # Known only after measuring: an Optuna constraint (feasible when <= 0) that
-            # constraint-aware samplers learn from; over the limit, the spec is not trained.
+            # An Optuna constraint (feasible when <= 0) that constraint-aware samplers learn from;
+            # over the limit, the spec is not trained.
             trial.set_constraint("latency_ms", latency - constraints.max_latency_ms)
             if latency > constraints.max_latency_ms:
                 self._reject(
-                    trial, record, f"over budget: latency {latency:.1f} ms above max {constraints.max_latency_ms:g} ms"
+                    trial,
+                    record,
+                    f"over budget: {how} latency {latency:.2f} ms above max {constraints.max_latency_ms:g} ms",
                 )
         return latency
 

@@ -123,6 +123,7 @@ class TrialRecord(_Record):
     flops: int | None = None
     params: int | None = None
     latency_ms: float | None = None
+    latency_predicted: bool = False  # latency_ms from the space's latency table, not measured
     duplicate_of: int | None = None
     race: str | None = None  # why racing gave it fewer seeds than the study's proxy_seeds
 

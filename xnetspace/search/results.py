@@ -22,13 +22,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..cost import parse_image_size
 from ..spec import NetworkSpec
-from ..strict_json import json_safe
+from ..strict_json import json_safe, to_json
+from .latency_report import latency_front, latency_lines, plot_latency_front
 from .plots import pyplot, save_figure
 from .progress import log
 from .records import TrialRecord, read_trial
 from .score import LOSS, PROXIES, TOP1, Score
 from .space import human_count
-from .study import RunOptions, StudyConfig, candidates
+from .study import RunOptions, StudyConfig, candidates, pareto_front
 from .summary import Summary
 from .zero_cost import ZERO_COST
 
@@ -41,6 +42,8 @@ RESULT_FILES = (
     "trials.csv",
     "history.png",
     "pareto.png",
+    "pareto.json",
+    "confirmed_latency.png",
     "summary.json",
     "fidelity.png",
     "best_spec.yaml",
@@ -55,16 +58,6 @@ class SearchOutcome:
     best: FrozenTrial | None
     files: dict[str, Path] = field(default_factory=dict)
     summary: dict | None = None
-
-
-def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
-    """Non-dominated candidates (top-1 maximised, the second objective minimised)."""
-    trials = candidates(study)
-    return [
-        t
-        for t in trials
-        if not any(o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values for o in trials)
-    ]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -116,6 +109,13 @@ def write_results(
         files["best_spec"].write_text(header + spec.to_yaml())
     for line in report_lines(summary, best, score):
         log(options, line)
+    front = latency_front(study, config, summary, options.devices[0])
+    if front is not None:  # a latency study's answer: its confirmed front beside the controls, measured
+        files["pareto_json"] = out / "pareto.json"
+        files["pareto_json"].write_text(to_json(front, indent=2) + "\n")
+        files["confirmed_latency"] = plot_latency_front(front, score, out / "confirmed_latency.png")
+        for line in latency_lines(front, score):
+            log(options, line)
     log(options, "results: " + ", ".join(str(p) for p in files.values()))
     return SearchOutcome(study, best, files, summary)
 
@@ -338,6 +338,7 @@ def _trials_csv_fields(seeds: list[int], knobs: list[str]) -> list[str]:
         "flops",
         "params",
         "latency_ms",
+        "latency_source",
         "seconds",
         "epochs",
         "rejected_samples",
@@ -371,6 +372,7 @@ def _trial_columns(t: FrozenTrial, r: TrialRecord, front: set[int]) -> dict:
         "flops": _blank(r.flops),
         "params": _blank(r.params),
         "latency_ms": f"{r.latency_ms:.3f}" if r.latency_ms is not None else "",
+        "latency_source": "" if r.latency_ms is None else "predicted" if r.latency_predicted else "measured",
         "seconds": _blank(r.seconds),
         "epochs": len(r.top1_history) or "",
         "rejected_samples": r.rejected_samples if r.spec else "",
@@ -480,6 +482,7 @@ def _plot_pareto(study: optuna.Study, config, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.scatter([t.values[1] / scale for t in trials], [t.values[0] for t in trials], s=18, color="C0", label="trials")
     ax.plot([t.values[1] / scale for t in front], [t.values[0] for t in front], "o-", color="C3", label="Pareto front")
-    ax.set(xlabel=unit, ylabel="validation top-1 (%)", title=f"study '{study.study_name}': top-1 vs {unit}")
-    ax.legend(loc="lower right")
+    score = config.proxy
+    ax.set(xlabel=unit, ylabel=score.label, title=f"study '{study.study_name}': {score.label} vs {unit}")
+    ax.legend(loc="best")
     return save_figure(fig, path)

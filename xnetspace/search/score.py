@@ -70,7 +70,7 @@ LOSS = Score("loss", "cross-entropy", "nats", maximize=False, digits=4)
 
 def score_of(objective: str) -> Score:
     """The score a study of ``objective`` confirms by: top-1 for ``top1`` and the two-objective
-    ``top1-flops``/``top1-latency``; cross-entropy for every other objective."""
+    ``top1-flops``/``top1-latency``; cross-entropy for every other objective (``loss-latency`` too)."""
     return TOP1 if objective.startswith("top1") else LOSS
 
 
@@ -129,5 +129,6 @@ PROXIES = {
 
 
 def proxy_of(objective: str) -> Proxy:
-    """The proxy a study of ``objective`` ranks by (top-1 for the two-objective studies)."""
-    return PROXIES["top1" if objective.startswith("top1") else objective]
+    """The proxy a study of ``objective`` ranks by (a two-objective study's first: ``loss-latency``
+    ranks by ``loss``)."""
+    return PROXIES[objective.removesuffix("-flops").removesuffix("-latency")]

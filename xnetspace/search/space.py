@@ -111,8 +111,11 @@ class StageSpace(BaseModel):
 
 class Constraints(BaseModel):
     """Hard budgets. FLOPs (fvcore's count, one multiply-add = one flop) are counted at
-    ``image_size``; ``max_latency_ms`` is measured (median eval forward, ``latency_batch_size``)
-    on the study's device, so it is checked after building, before training."""
+    ``image_size``. ``max_latency_ms`` is predicted from ``latency_table`` when one is named (a
+    file of ``xnetspace latency-table``: :func:`xnetspace.latency_table.predict_latency`, at the
+    table's device, batch size and threads), before building, as FLOPs are; without one it is
+    measured (median eval forward, ``latency_batch_size``) on the study's device, after building.
+    Either way it is checked before training."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -121,6 +124,7 @@ class Constraints(BaseModel):
     max_params: Count | None = None
     max_latency_ms: Float | None = Field(None, gt=0)
     latency_batch_size: Int = Field(1, ge=1)
+    latency_table: str | None = Field(None, min_length=1)
 
     @field_validator("flops")
     @classmethod
@@ -623,6 +627,15 @@ class SearchSpace(BaseModel):
             parts.append(f"params <= {human_count(c.max_params)}")
         return ", ".join(parts)
 
+    def with_latency(self, table: str | None = None, max_latency_ms: float | None = None) -> SearchSpace:
+        """A copy with the latency table and budget replaced where given, validated again."""
+        data = self.model_dump()
+        if table is not None:
+            data["constraints"]["latency_table"] = table
+        if max_latency_ms is not None:
+            data["constraints"]["max_latency_ms"] = max_latency_ms
+        return SearchSpace.model_validate(data)
+
     def with_flops(self, flops_min: int | None = None, flops_max: int | None = None) -> SearchSpace:
         """A copy with the FLOP budget replaced (command-line overrides), validated again."""
         low, high = self.constraints.flops or (0, None)
@@ -724,6 +737,8 @@ def _constraints_data(c: Constraints) -> dict[str, Any]:
         constraints["max_params"] = c.max_params
     if c.max_latency_ms is not None:
         constraints["max_latency_ms"] = c.max_latency_ms
+    if c.latency_table is not None:
+        constraints["latency_table"] = c.latency_table
     if c.latency_batch_size != 1:
         constraints["latency_batch_size"] = c.latency_batch_size
     return constraints

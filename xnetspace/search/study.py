@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..latency_table import read_table
 from ..paths import path_name
 from ..spec import MAX_SEED, preset_names
 from .errors import SearchError
@@ -45,6 +47,7 @@ __all__ = [
     "open_study",
     "live_slots",
     "candidates",
+    "pareto_front",
     "top_up_slots",
     "MAX_FAILURES_IN_A_ROW",
     "failure_streak",
@@ -58,7 +61,10 @@ __all__ = [
     "default_out",
 ]
 
-ObjectiveName = Literal["loss", "top1", "tse", "synflow", "naswot", "grad_norm", "top1-flops", "top1-latency"]
+ObjectiveName = Literal[
+    "loss", "top1", "tse", "synflow", "naswot", "grad_norm", "top1-flops", "top1-latency", "loss-latency"
+]
+LATENCY_OBJECTIVES = ("top1-latency", "loss-latency")
 _CONFIG_ATTR = "xnetspace_config"
 _RUN_ATTR = "xnetspace_run"
 
@@ -94,25 +100,33 @@ class StudyConfig(BaseModel):
         race: float | None = None,
         flops_min: int | None = None,
         flops_max: int | None = None,
+        latency_table: str | None = None,
+        max_latency_ms: float | None = None,
         **recipe: Any,
     ) -> StudyConfig:
-        """A study of ``space`` with its FLOP budget and training recipe overridden where given
-        (``recipe``: TrainConfig fields such as ``epochs``, ``lr``, ``seed``; None means the space's).
+        """A study of ``space`` with its budgets (FLOPs, latency and the latency table it is
+        predicted from) and training recipe overridden where given (``recipe``: TrainConfig fields
+        such as ``epochs``, ``lr``, ``seed``; None means the space's).
 
         Raises:
             pydantic.ValidationError: an invalid field or recipe value.
             SpaceError: a budget whose minimum is above its maximum.
+            LatencyTableError: a latency table that cannot be read.
         """
         if flops_min is not None or flops_max is not None:
             space = space.with_flops(flops_min, flops_max)
+        if latency_table is not None or max_latency_ms is not None:
+            space = space.with_latency(latency_table, max_latency_ms)
+        if space.constraints.latency_table is not None:
+            read_table(space.constraints.latency_table)  # refused now, not in every worker
         recipe = {k: v for k, v in recipe.items() if v is not None}
         train = TrainConfig.model_validate({**space.train.model_dump(), **recipe})
         return cls(space=space, dataset=dataset, objective=objective, train=train, proxy_seeds=proxy_seeds, race=race)
 
     @property
     def directions(self) -> list[Direction]:
-        if self.objective in ("top1-flops", "top1-latency"):
-            return ["maximize", "minimize"]
+        if self.objective == "top1-flops" or self.objective in LATENCY_OBJECTIVES:
+            return [self.proxy.direction, "minimize"]  # the score, then the cost
         return [self.proxy.direction]
 
     @property
@@ -472,6 +486,18 @@ def live_slots(study: optuna.Study) -> list[FrozenTrial]:
 def candidates(study: optuna.Study) -> list[FrozenTrial]:
     """Completed trials that trained a spec of their own (not a repeat of an earlier one)."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_candidate(t)]
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """Non-dominated candidates, each objective in the study's direction (the score first: top-1
+    maximised or cross-entropy minimised; then FLOPs or latency, minimised)."""
+    trials = candidates(study)
+    signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+
+    def dominates(o: FrozenTrial, t: FrozenTrial) -> bool:
+        return o.values != t.values and all(s * a >= s * b for s, a, b in zip(signs, o.values, t.values))
+
+    return [t for t in trials if not any(dominates(o, t) for o in trials)]
 
 
 MAX_FAILURES_IN_A_ROW = 10  # trials failing one after another before a study stops (docs/search.md)

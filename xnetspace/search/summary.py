@@ -9,7 +9,7 @@ xnetspace.search.analysis_schema docs/schemas`` writes every schema; a test fail
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,6 +59,7 @@ class Difference(_Strict):
 
 
 class _Confirmed(_Strict):
+    spec: dict[str, Any] | None = Field(None, description="the spec's fields (a NetworkSpec)")
     spec_digest: str
     flops: int = Field(description="fvcore count at the space's constraint image size (one multiply-add = one flop)")
     params: int
