@@ -109,8 +109,13 @@ class TabulateConfig(BaseModel):
 
 
 def space_hash(space: SearchSpace) -> str:
-    """A short SHA-256 of the space's canonical JSON (name, knobs, rules, budget, recipe)."""
-    return hashlib.sha256(json.dumps(space.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    """A short SHA-256 of the space's canonical JSON (name, knobs, rules, budget, recipe). Fields
+    added to the space model since tables were shipped are left out while unset, so that those
+    tables keep their hash (``constraints.latency_table``, issue 33)."""
+    data = space.model_dump(mode="json")
+    if data["constraints"].get("latency_table") is None:
+        data["constraints"].pop("latency_table", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def plan(config: TabulateConfig, found: Enumeration, reference: NetworkSpec | None) -> list[Job]:
