@@ -411,6 +411,16 @@ def test_predicted_latency_is_a_budget_and_an_objective(tmp_path, monkeypatch):
     assert sources == {"predicted"}
 
 
+def test_the_space_check_counts_predicted_latency_rejections(tmp_path):
+    space = SearchSpace.model_validate(SPACE)
+    _width_table(space, tmp_path / "table.json")
+    budget = {"latency_table": str(tmp_path / "table.json"), "max_latency_ms": 0.45}  # about half the specs
+    limited = SearchSpace.model_validate({**SPACE, "constraints": {**SPACE["constraints"], **budget}})
+    free, check = space.check(draws=200, num_classes=8, in_chans=3), limited.check(draws=200, num_classes=8, in_chans=3)
+    assert check.valid == free.valid and 0 < check.feasible < free.feasible
+    assert "predicted latency above max" in check.summary()
+
+
 def test_a_missing_latency_table_is_refused_before_the_study(tmp_path):
     with pytest.raises(LatencyTableError, match="cannot read latency table"):
         StudyConfig.create(SearchSpace.model_validate(SPACE), latency_table=str(tmp_path / "none.json"))

@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..cost import ImageSize, cost_report, parse_image_size
+from ..latency_table import read_table
 from ..spec import MAX_STAGES, Float, Int, NetworkSpec, SpecError, StageSpec, format_validation_error, non_empty
 from ..text import read_text_file, short_repr, shorten, yaml_mapping
 from .data import DATASETS
@@ -576,11 +577,13 @@ class SearchSpace(BaseModel):
 
     def check(self, draws: int = 2000, seed: int = 0, **network: Any) -> SpaceCheck:
         """Draw the space's corners and ``draws`` random specs and count how many are valid
-        and within budget, so that an impossible space is refused before any trial runs.
+        and within budget (a predicted latency budget too, when the space names a latency
+        table), so that an impossible space is refused before any trial runs.
 
         Raises:
             SpaceError: no draw is both valid and within the constraints (the message gives the
                 FLOPs/params ranges seen and the commonest reasons).
+            LatencyTableError: the space's latency table cannot be read.
         """
         rng = random.Random(seed)
         trials = [CornerTrial(False), CornerTrial(True)] + [RandomTrial(rng) for _ in range(draws)]
@@ -588,6 +591,8 @@ class SearchSpace(BaseModel):
         flops: list[int] = []
         params: list[int] = []
         feasible, valid = 0, 0
+        c = self.constraints
+        table = read_table(c.latency_table) if c.latency_table and c.max_latency_ms is not None else None
         for trial in trials:
             try:
                 spec = self.sample(trial, **network)
@@ -601,6 +606,9 @@ class SearchSpace(BaseModel):
             problems = self.constraints.violations(report.flops, report.params)
             for problem in problems:
                 reasons.add(" ".join(problem.split()[0:1] + problem.split()[2:4]))  # "FLOPs above max"
+            if not problems and table is not None and table.predict(spec, c.image_size).total_ms > c.max_latency_ms:
+                problems = ["predicted latency above max"]
+                reasons.add(problems[0])
             feasible += not problems
         result = SpaceCheck(
             len(trials),
