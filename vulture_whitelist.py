@@ -92,7 +92,3 @@ A.RefineStep.first_test
 A.Verification.requested, A.Verification.comparison, A.Verification.knobs_before, A.Verification.knobs_after
 A.RefineResult.refined_space, A.RefineResult.refined_space_file, A.RefineResult.knobs_before
 A.RefineResult.knobs_after, A.RefineResult.members_left, A.RefineResult.final_test
-
-# Dead, not removed yet (issue 32 item 5; xnetspace/ was being refactored): nothing reads
-# Pack.training (pack.py keeps the mode in Pack._training). Delete this line with the property.
-Pack.training

@@ -103,10 +103,6 @@ class Pack:
     def eval(self) -> Pack:
         return self.train(False)
 
-    @property
-    def training(self) -> bool:
-        return self._training
-
     def named_parameters(self) -> list[tuple[str, Tensor]]:
         """(name, stacked (S, ...) parameter) pairs, in the network's order."""
         return list(self.params.items())
