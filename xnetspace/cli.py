@@ -366,6 +366,20 @@ class _SearchOpt:
     )
 
 
+def _budget(
+    flops_min: str | None, flops_max: str | None, latency_table: str | None, max_latency_ms: float | None
+) -> dict:
+    """``search``'s budget options as ``StudyConfig.create``'s arguments (counts such as 1.5M parsed)."""
+    from .search.space import parse_count
+
+    return dict(
+        flops_min=None if flops_min is None else parse_count(flops_min),
+        flops_max=None if flops_max is None else parse_count(flops_max),
+        latency_table=latency_table,
+        max_latency_ms=max_latency_ms,
+    )
+
+
 def _interrupted_search(started: list) -> Callable[[], str]:
     """What an interrupted search says: how far the study got once its options were resolved
     (``started``, filled in by the command), else that nothing started."""
@@ -416,7 +430,7 @@ def search(
     """Search a design space under a FLOP budget with proxy training (Optuna)."""
     from .paths import folder_option
     from .search import RunOptions, StudyConfig, run_search
-    from .search.space import load_space, parse_count
+    from .search.space import load_space
 
     started: list[RunOptions] = []  # the options once resolved: what an interrupted run reports on
     interrupted = _interrupted_search(started)
@@ -427,9 +441,7 @@ def search(
         dataset, why = _task(dataset, the_space)
         config = StudyConfig.create(
             the_space, dataset, objective, proxy_seeds=proxy_seeds, race=race,
-            flops_min=None if flops_min is None else parse_count(flops_min),
-            flops_max=None if flops_max is None else parse_count(flops_max),
-            latency_table=latency_table, max_latency_ms=max_latency_ms,
+            **_budget(flops_min, flops_max, latency_table, max_latency_ms),
             image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, time_limit=trial_time_limit,
             seed=seed, augment=augment,
         )

@@ -592,7 +592,8 @@ class SearchSpace(BaseModel):
         params: list[int] = []
         feasible, valid = 0, 0
         c = self.constraints
-        table = read_table(c.latency_table) if c.latency_table and c.max_latency_ms is not None else None
+        limit = c.max_latency_ms
+        table = read_table(c.latency_table) if c.latency_table and limit is not None else None
         for trial in trials:
             try:
                 spec = self.sample(trial, **network)
@@ -606,7 +607,7 @@ class SearchSpace(BaseModel):
             problems = self.constraints.violations(report.flops, report.params)
             for problem in problems:
                 reasons.add(" ".join(problem.split()[0:1] + problem.split()[2:4]))  # "FLOPs above max"
-            if not problems and table is not None and table.predict(spec, c.image_size).total_ms > c.max_latency_ms:
+            if not problems and table and limit is not None and table.predict(spec, c.image_size).total_ms > limit:
                 problems = ["predicted latency above max"]
                 reasons.add(problems[0])
             feasible += not problems
