@@ -20,7 +20,6 @@ a prediction says how many of its operators took that line.
 from __future__ import annotations
 
 import json
-import math
 import platform
 import statistics
 import time
@@ -28,10 +27,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError
 from torch import Tensor, nn
 
 from .cost import ImageSize, parse_image_size
@@ -45,7 +45,7 @@ from .model.mixer import FusedDMixer, SqueezedTokenEnhancer
 from .model.osra import OSRA
 from .model.stem import Downsample, Stem
 from .paths import write_atomically
-from .spec import NetworkSpec, StageSpec
+from .spec import NetworkSpec, StageSpec, format_validation_error
 
 __all__ = [
     "OPERATOR_KINDS",
@@ -375,56 +375,48 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+class _Entry(BaseModel):
+    """One operator's row of the table file."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    kind: Literal[OPERATOR_KINDS]  # type: ignore[valid-type]
+    flops: NonNegativeInt
+    us: NonNegativeFloat
+    samples: dict[str, list[NonNegativeFloat]]
+
+
+class _TableFile(BaseModel):
+    """The table file's fields (:meth:`LatencyTable.to_dict`), validated when it is read."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    format: Literal[1]
+    device: str
+    device_name: str
+    batch_size: PositiveInt
+    threads: PositiveInt
+    dtype: str
+    repeats: PositiveInt
+    torch_version: str = ""
+    networks: dict[str, NonNegativeInt] = Field(default_factory=dict)
+    entries: dict[str, _Entry] = Field(default_factory=dict)
 
 
 def read_table(path: str | Path) -> LatencyTable:
     """Load a table written by :meth:`LatencyTable.save` (``xnetspace latency-table``).
 
     Raises:
-        LatencyTableError: the file is missing, not JSON, of another format, or an entry lacks
-            ``kind``, ``flops`` or ``us`` (the message names the file and the field).
+        LatencyTableError: the file is missing, not JSON, or a field is missing or invalid (a
+            format other than 1, an unknown operator kind, a negative or non-finite time): the
+            message names the file and each field.
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = _TableFile.model_validate(json.loads(path.read_text()))
     except (OSError, ValueError) as err:
-        raise LatencyTableError(f"cannot read latency table {str(path)!r}: {err}") from None
-    if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise LatencyTableError(f"latency table {str(path)!r}: format must be {TABLE_FORMAT}, got {found!r}")
-    entries = data.get("entries")
-    if not isinstance(entries, dict):
-        raise LatencyTableError(f"latency table {str(path)!r}: 'entries' must be an object")
-    for key, entry in entries.items():
-        ok = isinstance(entry, dict) and entry.get("kind") in OPERATOR_KINDS
-        ok = ok and all(_number(entry.get(f)) for f in ("flops", "us"))
-        samples = entry.get("samples") if isinstance(entry, dict) else None
-        ok = (
-            ok
-            and isinstance(samples, dict)
-            and all(isinstance(v, list) and all(_number(t) for t in v) for v in samples.values())
-        )
-        if not ok:
-            raise LatencyTableError(
-                f"latency table {str(path)!r}: entry {key!r} must be {{kind, flops, us, samples}} with finite "
-                f"times >= 0, got {str(entry)[:200]}"
-            )
-    try:
-        return LatencyTable(
-            device=str(data["device"]),
-            device_name=str(data["device_name"]),
-            batch_size=int(data["batch_size"]),
-            threads=int(data["threads"]),
-            dtype=str(data["dtype"]),
-            repeats=int(data["repeats"]),
-            torch_version=str(data.get("torch_version", "")),
-            entries=entries,
-            networks={str(k): int(v) for k, v in data["networks"].items()},
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise LatencyTableError(f"latency table {str(path)!r}: missing or bad field {err}") from None
+        why = format_validation_error(err, "latency table") if isinstance(err, ValidationError) else str(err)
+        raise LatencyTableError(f"cannot read latency table {str(path)!r}: {why}") from None
+    fields = data.model_dump(exclude={"format", "entries"})
+    return LatencyTable(**fields, entries={k: e.model_dump() for k, e in data.entries.items()})
 
 
 def fill_table(
