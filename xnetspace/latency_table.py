@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -277,18 +278,9 @@ class LatencyTable:
     _lines: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(
-            format=TABLE_FORMAT,
-            device=self.device,
-            device_name=self.device_name,
-            batch_size=self.batch_size,
-            threads=self.threads,
-            dtype=self.dtype,
-            repeats=self.repeats,
-            torch_version=self.torch_version,
-            networks=self.networks,
-            entries=dict(sorted(self.entries.items())),
-        )
+        """The file's fields (:class:`_TableFile`): the format, then every public field."""
+        public = {f.name: getattr(self, f.name) for f in dataclass_fields(self) if not f.name.startswith("_")}
+        return {"format": TABLE_FORMAT, **public, "entries": dict(sorted(self.entries.items()))}
 
     def save(self, path: Path) -> None:
         """Write the table as JSON, atomically (a temporary file, then a rename)."""
