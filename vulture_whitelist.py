@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from xnetspace import cli
 from xnetspace.bench import Run
+from xnetspace.latency_table import LatencyTable
 from xnetspace.model.network import TransXNet
 from xnetspace.pack import Pack
 from xnetspace.search import analysis_schema as A
@@ -64,6 +65,9 @@ NetworkSpec.from_official_arch
 blocked_separation
 Pack.replica
 KnobMeta.cost_free  # tests/test_knobs.py: every knob not declared cost_free changes some cost
+
+# Written to the latency table's file by LatencyTable.to_dict (dataclasses.fields), read by people.
+LatencyTable.torch_version
 
 # Fields of the JSON files xnetspace writes (summary.json, analysis.json, refine.json): filled
 # from dicts by model_validate, read by whoever reads the files, exported as JSON Schemas.
