@@ -35,7 +35,8 @@ import xnetspace.cli as cli
 import xnetspace.timing as timing
 from xnetspace.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from xnetspace.cli import app
-from xnetspace.memory import MemoryLimitError, check_memory, estimate_memory
+from xnetspace.memory import check_memory, estimate_memory
+from xnetspace.memory_limit import MemoryLimitError
 from xnetspace.model import build_model
 from xnetspace.spec import MAX_EMBED_DIM, NetworkSpec, SpecError, StageSpec, format_validation_error, load_preset
 from xnetspace.text import yaml_mapping
@@ -671,9 +672,9 @@ def test_analyze_a_study_whose_every_top1_is_infinite(tmp_path, monkeypatch):
 
 
 def test_force_lets_an_expert_go_past_the_memory_estimate(hostile, monkeypatch):
-    import xnetspace.memory as memory
+    import xnetspace.memory_limit as memory_limit
 
-    monkeypatch.setattr(memory, "available_memory", lambda: 1 << 20)  # pretend 1 MB is free
+    monkeypatch.setattr(memory_limit, "available_memory", lambda: 1 << 20)  # pretend 1 MB is free
     _refused(["build", "ok.yaml", "--image-size", "32"], ["would need about", "1.0 MB"], hostile)
     result = runner.invoke(app, ["build", "ok.yaml", "--image-size", "32", "--force", "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["output_shape"] == [1, 10], result.output

@@ -8,6 +8,7 @@ import torch
 from xnetspace import build_model, load_preset
 from xnetspace.cost import cost_report, count_flops, count_params, fvcore_flops, parse_image_size
 from xnetspace.latency import measure_latency
+from xnetspace.model import TransXNet
 
 from .conftest import random_specs, tiny_spec
 
@@ -16,9 +17,9 @@ RANDOM = 120  # random specs checked against fvcore; the coverage test below kee
 PAPER = {"transxnet_t": (12_834_808, 1.846), "transxnet_s": (26_864_068, 4.686), "transxnet_b": (48_009_002, 8.474)}
 
 
-def _check(spec, model, size) -> None:
+def _check(spec, model, size, form: str = "reference") -> None:
     """Totals, per operator kind and per part equal fvcore's; params equal the model's."""
-    report, analysis = cost_report(spec, size), fvcore_flops(model, size, spec.in_chans)
+    report, analysis = cost_report(spec, size, form), fvcore_flops(model, size, spec.in_chans)
     detail = f"\nspec: {spec.model_dump_json()}\nimage size: {size}"
     assert report.flops == analysis.total(), detail
     assert dict(report.flops_by_kind) == dict(analysis.by_operator()), detail
@@ -48,6 +49,19 @@ def test_random_specs_agree_with_fvcore():
     for i, spec in enumerate(random_specs(RANDOM, seed=1234)):
         size = [(64, 64), (97, 131), (45, 29), (32, 80)][i % 4]
         _check(spec, build_model(spec).eval(), size)
+
+
+def test_the_fused_form_agrees_with_fvcore():
+    # The inference form's own cost (folded norms and layer scales, merged kernels, the attention
+    # as baddbmm/bmm), against fvcore on the network built directly in that form.
+    specs = [load_preset("transxnet_t"), tiny_spec(), tiny_spec(layer_scale_init_value=None)]
+    for i, spec in enumerate(specs + random_specs(30, seed=321)):
+        size = [224, (97, 131), (45, 29), (32, 80)][i % 4] if i else 224
+        _check(spec, TransXNet(spec, form="fused"), size, form="fused")
+    # Not the reference's count: MS-FFN's kernels merged to the largest (7x7 on every channel) add
+    # more than the folded norms save (T at 224: 1.944 against 1.846 GFLOPs).
+    t = load_preset("transxnet_t")
+    assert cost_report(t, 224, "fused").flops > count_flops(t, 224)
 
 
 @pytest.mark.slow

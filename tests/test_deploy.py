@@ -10,16 +10,18 @@ import timm
 import torch
 from torch import nn
 
-from xnetspace import build_model
+from xnetspace import build_model, load_preset
+from xnetspace.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xnetspace.model import TransXNet
 from xnetspace.model.block import FusedStage, TransXNetBlock, TransXNetStage
 from xnetspace.model.convs import LayerScale, conv_bn
 from xnetspace.model.ffn import MSFFN
 from xnetspace.model.folds import InferenceOnly, affine_then_conv, merge_depthwise
 from xnetspace.model.idconv import IDConv
-from xnetspace.model.mixer import DMixer, SqueezedTokenEnhancer
+from xnetspace.model.mixer import DMixer, FusedSTE, SqueezedTokenEnhancer
 from xnetspace.model.osra import OSRA
 
-from .conftest import tiny_spec
+from .conftest import random_specs, tiny_spec
 
 TOL = 1e-4
 
@@ -193,6 +195,63 @@ def test_presets_end_to_end(name, size):
     assert rel_err(logits, ref_logits) < TOL and ref_logits.std() > 0
     assert fused.is_reparameterized and not model.is_reparameterized
     assert not any(isinstance(m, (nn.BatchNorm2d, LayerScale)) for m in fused.modules())
+
+
+def layout(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def test_the_fused_form_built_from_a_spec_has_the_reparameterised_layout():
+    # Built directly (timm's inference_mode=True), the inference form holds exactly the keys and
+    # shapes that reparameterize() gives, for specs over everything the spec allows.
+    for spec in [tiny_spec(), tiny_spec(layer_scale_init_value=None), *random_specs(40, seed=32)]:
+        direct = TransXNet(spec, form="fused")
+        assert layout(direct) == layout(build_model(spec).reparameterize()), spec.model_dump_json()
+        assert direct.is_reparameterized and not direct.training
+
+
+@pytest.mark.parametrize("name", ["tiny", "transxnet_t"])
+def test_a_reparameterised_checkpoint_loads_into_the_fused_form_built_directly(name, tmp_path):
+    spec = tiny_spec() if name == "tiny" else load_preset(name)
+    model = randomize(build_model(spec), seed=31)
+    fused = copy.deepcopy(model).reparameterize()
+    path = save_checkpoint(fused, tmp_path / "fused.pt")
+    assert torch.load(path, weights_only=True)["form"] == "fused"
+    rebuilt = load_checkpoint(path)  # the spec and form from the file, strictly loaded
+    direct = TransXNet(spec, form="fused")
+    direct.load_state_dict(fused.state_dict())  # strict
+    assert all(isinstance(s, FusedStage) for s in rebuilt.stages) and rebuilt.is_reparameterized
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), fused(x), rtol=0, atol=0)
+        torch.testing.assert_close(direct(x), fused(x), rtol=0, atol=0)
+        assert rel_err(direct(x), model(x)) < TOL
+
+
+def test_a_checkpoint_with_an_unknown_form_is_refused(tmp_path):
+    path = save_checkpoint(build_model(tiny_spec()), tmp_path / "tiny.pt")
+    raw = torch.load(path, weights_only=True)
+    torch.save({**raw, "form": "quantized"}, path)
+    with pytest.raises(CheckpointError, match="stores form 'quantized'; expected 'reference' or 'fused'"):
+        load_checkpoint(path)
+
+
+def test_forms_are_chosen_by_name_and_a_wrong_one_is_refused():
+    spec = tiny_spec()
+    assert TransXNet(spec, form="fast").train_form == "fast"
+    assert TransXNet(spec).train_form == "reference" and not TransXNet(spec).is_reparameterized
+    with pytest.raises(ValueError, match="form must be one of reference, fast, fused, got 'deploy'"):
+        TransXNet(spec, form="deploy")
+    with pytest.raises(RuntimeError, match="inference-only"):
+        TransXNet(spec, form="fused").set_train_form("fast")
+
+
+def test_a_fold_whose_layout_differs_from_the_direct_build_is_refused():
+    fused = FusedSTE(8, 16, kernel_size=3)
+    with pytest.raises(ValueError, match=r"FusedSTE.conv_dw: folded .*\(8, 1, 5, 5\).* but built .*\(8, 1, 3, 3\)"):
+        fused.take(conv_dw=nn.Conv2d(8, 8, 5, padding=2, groups=8))
+    wider = nn.Conv2d(8, 16, 1)
+    assert fused.take(conv_reduce=wider).conv_reduce is wider  # the same layout is taken
 
 
 def test_reparameterize_is_idempotent_and_matches_timms_walker():

@@ -116,7 +116,6 @@ def test_the_scan_sees_the_package_and_lazy_imports():
     assert "xnetspace.search" in MODULES and is_package("xnetspace.search")
     edges = graph()
     assert "xnetspace.spec" in edges["xnetspace.model.network"]
-    assert "xnetspace.memory" in edges["xnetspace.model.network"]  # imported inside build_model
     assert any(m.startswith("xnetspace.search") for m in edges["xnetspace.cli"])  # cli imports them in commands
 
 
@@ -138,6 +137,28 @@ def test_model_side_never_imports_the_search_side():
             continue
         search = sorted(t for t in targets if t.startswith("xnetspace.search"))
         assert not search, f"{name} imports the search side: {search}"
+
+
+def reached_from(edges: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in edges[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_the_model_package_imports_nothing_above_it():
+    # The model half stands alone: no module of xnetspace.model imports, lazily or not, a module
+    # that itself reaches the model (cost, memory, checkpoint, ... sit above it).
+    edges = graph()
+    model = {m for m in MODULES if m == "xnetspace.model" or m.startswith("xnetspace.model.")}
+    above = {m for m in MODULES if m not in model and reached_from(edges, m) & model}
+    assert "xnetspace.cost" in above and "xnetspace.memory" in above  # the check sees the walkers
+    for name in sorted(model):
+        upward = sorted(edges[name] & above)
+        assert not upward, f"{name} imports modules above the model: {upward}"
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

@@ -191,7 +191,8 @@ def nonfinite_keys(state_dict: Mapping[str, Any]) -> list[str]:
 
 
 def save_checkpoint(model: TransXNet, path: str | Path, **extra: Any) -> Path:
-    """Save ``model``'s weights with its spec, so the file alone rebuilds the network.
+    """Save ``model``'s weights with its spec and form (``"fused"`` once re-parameterised, else
+    ``"reference"``: the fast form's weights are the reference's), so the file alone rebuilds it.
 
     ``extra`` entries (plain numbers, strings, lists, tensors) are stored beside them. The file is
     written through Python's own file object and synced to disk, so a full disk or a missing
@@ -204,7 +205,13 @@ def save_checkpoint(model: TransXNet, path: str | Path, **extra: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as file:
         torch.save(
-            {"format": FORMAT, "spec": model.spec.model_dump(mode="json"), "state_dict": model.state_dict(), **extra},
+            {
+                "format": FORMAT,
+                "spec": model.spec.model_dump(mode="json"),
+                "form": "fused" if model.is_reparameterized else "reference",
+                "state_dict": model.state_dict(),
+                **extra,
+            },
             file,
         )
         file.flush()
@@ -216,14 +223,19 @@ def save_checkpoint(model: TransXNet, path: str | Path, **extra: Any) -> Path:
 def load_checkpoint(path: str | Path, spec: NetworkSpec | None = None) -> TransXNet:
     """Rebuild a network from a checkpoint file and load its weights strictly.
 
-    Our own files carry their spec; a release file needs ``spec`` (e.g. ``load_preset(...)``).
+    Our own files carry their spec and form: a re-parameterised network's file rebuilds the
+    inference form directly (``TransXNet(spec, form="fused")``); files from before the form was
+    stored are the reference form's. A release file needs ``spec`` (e.g. ``load_preset(...)``).
 
     Raises:
         CheckpointError: unreadable file, a release file without ``spec``, a stored spec that
-            is missing or not valid (its problems listed), or weights that do not fit (offending
-            keys listed).
+            is missing or not valid (its problems listed), a stored form other than ``"reference"``
+            and ``"fused"``, or weights that do not fit (offending keys listed).
     """
     obj = read_checkpoint(path)
+    form = obj.get("form", "reference")
+    if form not in ("reference", "fused"):
+        raise CheckpointError(f"{shorten(str(path))} stores form {str(form)[:80]!r}; expected 'reference' or 'fused'")
     if obj.get("format") == FORMAT:
         if not isinstance(obj.get("spec"), Mapping):
             raise CheckpointError(f"{shorten(str(path))} is marked {FORMAT} but holds no spec (a mapping under 'spec')")
@@ -236,4 +248,4 @@ def load_checkpoint(path: str | Path, spec: NetworkSpec | None = None) -> TransX
         spec = stored
     elif spec is None:
         raise CheckpointError(f"{path} is a release checkpoint and carries no spec; pass spec=")
-    return load_weights(build_model(spec).eval(), obj)
+    return load_weights(build_model(spec, form=form).eval(), obj)

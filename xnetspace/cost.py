@@ -6,26 +6,26 @@ kind, for one image in eval mode, so that ``count_flops(spec, (H, W))`` equals
 ``fvcore.nn.FlopCountAnalysis(build_model(spec).eval(), torch.randn(1, in_chans, H, W)).total()``
 exactly (fvcore's rules: :mod:`xnetspace.model.complexity`).
 
-This module only walks a spec: stem, stages, head (:func:`network_cost`). What each part costs is
-written beside its construction, in its operator's module (pycls's ``complexity()``): the static
-``cost(hw, ...)`` of :class:`~xnetspace.model.stem.Stem`, :class:`~xnetspace.model.block.TransXNetStage`
-(which sums its downsample and ``depth`` blocks, each of which sums DPE, the D-Mixer's IDConv,
-OSRA and STE, and MS-FFN) and :func:`~xnetspace.model.head.head_cost`. The whole count takes tens
-of microseconds.
+This module reports; it walks nothing itself. The walk over a spec (stem, stages, head) is
+:meth:`TransXNet.cost <xnetspace.model.network.TransXNet.cost>`, beside the network's
+construction, and what each part costs is beside its own construction, in its operator's module
+(pycls's ``complexity()``): the static ``cost(hw, ...)`` of :class:`~xnetspace.model.stem.Stem`,
+:class:`~xnetspace.model.block.TransXNetStage` (which sums its downsample and ``depth`` blocks,
+each of which sums DPE, the D-Mixer's IDConv, OSRA and STE, and MS-FFN) and
+:func:`~xnetspace.model.head.head_cost`. The whole count takes tens of microseconds.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 
-from .model.block import TransXNetStage
 from .model.complexity import Cost
-from .model.head import head_cost
-from .model.stem import Stem
+from .model.network import TransXNet
 from .spec import NetworkSpec
 
 __all__ = [
@@ -145,39 +145,33 @@ class CostReport:
         }
 
 
-# -- the walk ------------------------------------------------------------------------------------------
-def network_cost(spec: NetworkSpec, image_size: ImageSize = 224) -> list[tuple[str, tuple[int, int], Cost]]:
-    """``(name, map size, cost)`` of each part of ``build_model(spec)`` in forward order: ``stem``,
-    ``stage1``..``stageN``, ``head``, for one (in_chans, H, W) image. The map size is the part's
-    output (for the head: its input).
+def network_cost(
+    spec: NetworkSpec, image_size: ImageSize = 224, form: str = "reference"
+) -> list[tuple[str, tuple[int, int], Cost]]:
+    """``(name, map size, cost)`` of each part of ``build_model(spec, form=form)`` in forward
+    order, for one (in_chans, H, W) image: :meth:`TransXNet.cost
+    <xnetspace.model.network.TransXNet.cost>` at a parsed image size.
 
     Raises:
-        ValueError: an image size that is not one or two positive integers.
+        ValueError: an image size that is not one or two positive integers; an unknown ``form``.
     """
-    size = parse_image_size(image_size)
-    sizes = spec.stage_sizes(size)
-    parts = [("stem", sizes[0], Stem.cost(size, sizes[0], spec.in_chans, spec.embed_dims[0], spec.stem_stride))]
-    in_chs, in_hw = None, sizes[0]
-    for i, (stage, hw) in enumerate(zip(spec.stages, sizes)):
-        cost = TransXNetStage.cost(hw, in_hw, in_chs, stage, spec.pos_bias_shape(i), spec.layer_scale_init_value)
-        parts.append((f"stage{i + 1}", hw, cost))
-        in_chs, in_hw = stage.embed_dim, hw
-    assert in_chs is not None  # a spec has at least one stage
-    parts.append(("head", sizes[-1], head_cost(sizes[-1], in_chs, spec.num_classes)))
-    return parts
+    return TransXNet.cost(spec, parse_image_size(image_size), form)
 
 
-def cost_report(spec: NetworkSpec, image_size: ImageSize = 224) -> CostReport:
+def cost_report(spec: NetworkSpec, image_size: ImageSize = 224, form: str = "reference") -> CostReport:
     """Per-part params and FLOPs of ``spec`` for one (in_chans, H, W) image, without building it.
 
     Args:
         image_size: H (square) or (H, W), in pixels.
+        form: ``"reference"`` (= ``"fast"``) or ``"fused"``, the inference form
+            (:meth:`TransXNet.cost <xnetspace.model.network.TransXNet.cost>`).
 
     Raises:
-        ValueError: an image size that is not one or two positive integers.
+        ValueError: an image size that is not one or two positive integers; an unknown ``form``.
     """
     size = parse_image_size(image_size)
-    parts = [PartCost(name, cost.params, Counter(cost.flops), hw) for name, hw, cost in network_cost(spec, size)]
+    walk = network_cost(spec, size, form)
+    parts = [PartCost(name, cost.params, Counter(cost.flops), hw) for name, hw, cost in walk]
     return CostReport(spec, size, parts)
 
 
@@ -197,13 +191,20 @@ def count_flops(spec: NetworkSpec, image_size: ImageSize = 224) -> int:
 
 def fvcore_flops(model: torch.nn.Module, image_size: ImageSize = 224, in_chans: int = 3):
     """fvcore's ``FlopCountAnalysis`` of ``model`` (put in eval mode) on one random image, with
-    its warnings silenced: the reference the cost model is tested against."""
+    its warnings silenced: the reference the cost model is tested against. fvcore has no rule for
+    ``baddbmm`` (the inference form's attention logits with their bias); it gets ``bmm``'s."""
     with warnings.catch_warnings():  # fvcore's import calls the deprecated torch.jit.script
         warnings.simplefilter("ignore", FutureWarning)
         from fvcore.nn import FlopCountAnalysis
+        from fvcore.nn.jit_handles import get_shape
+
+    def baddbmm(inputs: list, _outputs: list) -> int:  # fvcore calls (inputs, outputs); (bias, a, b): numel(a) * m
+        a, b = get_shape(inputs[1]), get_shape(inputs[2])
+        return math.prod(a) * b[-1]
 
     h, w = parse_image_size(image_size)
     analysis = FlopCountAnalysis(model.eval(), torch.randn(1, in_chans, h, w))
+    analysis.set_op_handle("aten::baddbmm", baddbmm)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")

@@ -40,9 +40,10 @@ from .model import complexity
 from .model.block import FusedBlock
 from .model.dpe import DPE
 from .model.ffn import MSFFN
+from .model.folds import Fusable
 from .model.head import head, head_cost
 from .model.idconv import IDConv, local_branch, local_branch_cost
-from .model.mixer import FusedDMixer, SqueezedTokenEnhancer
+from .model.mixer import SqueezedTokenEnhancer
 from .model.osra import OSRA
 from .model.stem import Downsample, Stem
 from .paths import write_atomically
@@ -177,16 +178,16 @@ class _Identity(nn.Module):
 
 def _wiring(dim: int, local_dim: int, layer_scale: bool) -> nn.Module:
     """A :class:`FusedBlock` with identities for its operators: what is left is the block's own work."""
-    split = (local_dim, dim - local_dim)
-    idconv = _Identity() if local_dim else None
-    osra = _Identity() if dim - local_dim else None
-    scale = torch.ones(dim, 1, 1) if layer_scale else None
-    mixer = FusedDMixer(split, idconv, osra, _Identity(), scale)  # type: ignore[arg-type]
-    return FusedBlock(_Identity(), _Identity(), mixer, _Identity(), _Identity())  # type: ignore[arg-type]
+    block = FusedBlock(StageSpec(depth=1, embed_dim=dim, num_heads=1, attn_ratio=1 - local_dim / dim), layer_scale)
+    for name in ("dpe", "norm1", "norm2", "ffn"):
+        setattr(block, name, _Identity())
+    for name, present in (("idconv", local_dim), ("osra", dim - local_dim), ("ste", True)):
+        setattr(block.mixer, name, _Identity() if present else None)
+    return block
 
 
 def _fused(module: nn.Module) -> nn.Module:
-    return module.eval().fuse() if hasattr(module, "fuse") else module  # type: ignore[operator]
+    return module.eval().fuse() if isinstance(module, Fusable) else module
 
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {

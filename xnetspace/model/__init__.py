@@ -6,19 +6,21 @@ initialisation), so release checkpoints load (:mod:`xnetspace.checkpoint`) and r
 outputs. Each operator module holds, for its operator:
 
 - the reference training form (the release's computation) and the fast training form (the same
-  function, train mode included, with fewer or cheaper operators: ``fast = True``, set for the
-  whole network by ``TransXNet.set_train_form("fast")``);
-- the inference form (``Fused*``) and the fold into it (``fuse()``, timm's
-  ``reparameterize_model`` convention; ``TransXNet.reparameterize()``);
+  function, train mode included, with fewer or cheaper operators: ``fast = True`` on every
+  :class:`~.folds.FastForm`, set for the whole network by ``TransXNet.set_train_form("fast")``);
+- the inference form (``Fused*``), built directly from the training form's arguments
+  (``TransXNet(spec, form="fused")``) or by the fold into it (``fuse()`` of every
+  :class:`~.folds.Fusable`, timm's ``reparameterize_model`` convention;
+  ``TransXNet.reparameterize()``), with its own ``cost()``;
 - a static ``cost(hw, ...)`` beside the constructor, taking the same arguments: FLOPs as fvcore
   counts them, parameters, BatchNorm buffers and activation memory (:class:`.complexity.Cost`),
-  which :mod:`xnetspace.cost` and :mod:`xnetspace.memory` sum over a spec.
+  which ``TransXNet.cost(spec, (H, W))`` sums over a spec beside the network's construction.
 
 Imports point one way (each module imports only modules listed before it; tests/test_imports.py
 keeps the graph acyclic)::
 
     kernels                                  the shared kernels (torch only)
-    folds        <- kernels                  the shared folds, InferenceOnly
+    folds        <- kernels                  the shared folds; FastForm, Fusable, InferenceOnly
     complexity                               the Cost type (no torch)
     convs        <- kernels, folds, complexity
     stem         <- convs
@@ -29,10 +31,10 @@ keeps the graph acyclic)::
     ffn          <- kernels, folds, convs
     block        <- folds, convs, stem, dpe, osra, mixer, ffn, spec
     head         <- complexity
-    network      <- stem, block, head, spec; memory (inside build_model)
+    network      <- stem, block, head, spec, memory_limit
 
-(every operator module also imports complexity). Above the model, :mod:`xnetspace.cost` and
-:mod:`xnetspace.memory` import stem, block and head to walk a spec.
+(every operator module also imports complexity). The model imports nothing that imports it
+(tests/test_imports.py): :mod:`xnetspace.cost`, :mod:`xnetspace.memory` and the rest sit above.
 
 =================  =================================================================  ===========
 module             operator                                                           paper

@@ -40,7 +40,7 @@ __all__ = ["TransXNetBlock", "FusedBlock", "TransXNetStage", "FusedStage"]
 torch.fx.wrap("resize_pos_bias")
 
 
-class TransXNetBlock(nn.Module):
+class TransXNetBlock(nn.Module, Fusable):
     """One TransXNet block (paper eq. 1)::
 
         x = x + DPE(x)                                   # depthwise 7x7, bias (model.dpe.DPE)
@@ -59,6 +59,7 @@ class TransXNetBlock(nn.Module):
     ):
         super().__init__()
         dim = stage.embed_dim
+        self.stage, self.layer_scale = stage, layer_scale_init_value is not None  # for fuse(); not in forward
         self.dpe = DPE(dim)
         self.norm1 = nn.GroupNorm(1, dim)
         self.mixer = DMixer(dim, **DMixer.knobs(stage))
@@ -78,12 +79,12 @@ class TransXNetBlock(nn.Module):
         """Inference form (:class:`FusedBlock`): DPE's residual in its centre tap,
         LS1 folded into the D-Mixer, LS2 into MS-FFN's fc2; drop-path (identity in eval) dropped."""
         ls1, ls2 = (ls if isinstance(ls, LayerScale) else None for ls in (self.layer_scale1, self.layer_scale2))
-        return FusedBlock(
-            self.dpe.fuse(),
-            copy.deepcopy(self.norm1),
-            self.mixer.fuse(ls1),
-            copy.deepcopy(self.norm2),
-            self.ffn.fuse(ls2),
+        return FusedBlock(self.stage, self.layer_scale).take(
+            dpe=self.dpe.fuse(),
+            norm1=copy.deepcopy(self.norm1),
+            mixer=self.mixer.fuse(ls1),
+            norm2=copy.deepcopy(self.norm2),
+            ffn=self.ffn.fuse(ls2),
         )
 
     @staticmethod
@@ -110,10 +111,28 @@ class FusedBlock(InferenceOnly):
     Shapes: (B, C, H, W) -> same.
     """
 
-    def __init__(self, dpe: nn.Conv2d, norm1: nn.Module, mixer: FusedDMixer, norm2: nn.Module, ffn: FusedMSFFN):
+    def __init__(self, stage: StageSpec, layer_scale: bool = True):
         super().__init__()
-        self.dpe, self.norm1, self.mixer, self.norm2, self.ffn = dpe, norm1, mixer, norm2, ffn
+        dim = stage.embed_dim
+        self.dpe = DPE.fused(dim)
+        self.norm1 = nn.GroupNorm(1, dim)
+        self.mixer = FusedDMixer(dim, **DMixer.knobs(stage), layer_scale=layer_scale)
+        self.norm2 = nn.GroupNorm(1, dim)
+        self.ffn = FusedMSFFN(dim, **MSFFN.knobs(stage))
         self.eval()
+
+    @staticmethod
+    def cost(hw: tuple[int, int], stage: StageSpec, layer_scale: bool = True, pos_bias: bool = True) -> Cost:
+        """DPE (residual merged), GN1, the fused D-Mixer (LS1 folded), GN2, the fused MS-FFN (LS2 folded)."""
+        dim, n = stage.embed_dim, hw[0] * hw[1]
+        mixer = FusedDMixer.cost(hw, dim, **DMixer.knobs(stage), layer_scale=layer_scale, pos_bias=pos_bias)
+        return (
+            DPE.cost(hw, dim)
+            + complexity.group_norm(dim, n)
+            + mixer
+            + complexity.group_norm(dim, n)
+            + FusedMSFFN.cost(hw, dim, **MSFFN.knobs(stage))
+        )
 
     def forward(self, x: Tensor, pos_bias: Tensor | None = None) -> Tensor:
         x = self.dpe(x)
@@ -121,7 +140,7 @@ class FusedBlock(InferenceOnly):
         return x + self.ffn(self.norm2(x))
 
 
-class TransXNetStage(nn.Module):
+class TransXNetStage(nn.Module, Fusable):
     """A stage: optional downsample (3x3 conv, stride 2, no bias -> BN), then ``depth`` blocks.
 
     Owns the stage's relative position bias ``pos_bias`` (1, h, N0, M0), sized for the spec's
@@ -142,6 +161,7 @@ class TransXNetStage(nn.Module):
         super().__init__()
         self.sr_ratio = stage.sr_ratio
         self.grad_checkpointing = False
+        self.in_chs, self.stage, self.layer_scale = in_chs, stage, layer_scale_init_value is not None  # for fuse()
         self.downsample = Downsample(in_chs, stage.embed_dim) if in_chs else nn.Identity()
         self.pos_bias = nn.Parameter(torch.zeros(pos_bias_shape)) if pos_bias_shape else None
         self.blocks = nn.ModuleList(
@@ -167,9 +187,11 @@ class TransXNetStage(nn.Module):
     def fuse(self) -> nn.Module:
         """Inference form (:class:`FusedStage`): downsample's BN folded, blocks fused,
         the resized position bias cached per input size."""
-        downsample = cast(Fusable, self.downsample).fuse() if hasattr(self.downsample, "fuse") else nn.Identity()
-        blocks = [cast(TransXNetBlock, block).fuse() for block in self.blocks]
-        return FusedStage(downsample, self.pos_bias, self.sr_ratio, blocks)
+        downsample = self.downsample.fuse() if isinstance(self.downsample, Fusable) else nn.Identity()
+        blocks = nn.ModuleList(cast(TransXNetBlock, block).fuse() for block in self.blocks)
+        pos_bias = None if self.pos_bias is None else self.pos_bias.detach().clone()
+        fused = FusedStage(self.in_chs, self.stage, None if pos_bias is None else pos_bias.shape, self.layer_scale)
+        return fused.take(downsample=downsample, pos_bias=pos_bias, blocks=blocks)
 
     @staticmethod
     def cost(
@@ -207,15 +229,35 @@ class FusedStage(InferenceOnly):
     max_cached_sizes = 8
     __jit_ignored_attributes__ = ["_pos_bias_cache"]  # noqa: RUF012 - the list TorchScript reads; a scripted stage resizes each call
 
-    def __init__(self, downsample: nn.Module, pos_bias: Tensor | None, sr_ratio: int, blocks: Sequence[FusedBlock]):
+    def __init__(
+        self,
+        in_chs: int | None,
+        stage: StageSpec,
+        pos_bias_shape: Sequence[int] | None,
+        layer_scale: bool = True,
+    ):
         super().__init__()
-        self.sr_ratio = sr_ratio
+        self.sr_ratio = stage.sr_ratio
         self.grad_checkpointing = False  # kept for set_grad_checkpointing(); nothing to checkpoint
-        self.downsample = downsample
-        self.register_buffer("pos_bias", None if pos_bias is None else pos_bias.detach().clone())
-        self.blocks = nn.ModuleList(blocks)
+        self.downsample = Downsample.fused(in_chs, stage.embed_dim) if in_chs else nn.Identity()
+        self.register_buffer("pos_bias", torch.zeros(tuple(pos_bias_shape)) if pos_bias_shape else None)
+        self.blocks = nn.ModuleList(FusedBlock(stage, layer_scale) for _ in range(stage.depth))
         self._pos_bias_cache: OrderedDict[tuple[int, int], Tensor] = OrderedDict()
         self.eval()
+
+    @staticmethod
+    def cost(
+        hw: tuple[int, int],
+        in_chs: int | None,
+        stage: StageSpec,
+        pos_bias_shape: Sequence[int] | None,
+        layer_scale: bool = True,
+    ) -> Cost:
+        """The fused downsample (at the (H, W) output map ``hw``) and ``depth`` fused blocks. The
+        position bias is a buffer (resized once per input size, cached): no parameters."""
+        cost = Downsample.fused_cost(hw, in_chs, stage.embed_dim) if in_chs else Cost()
+        block = FusedBlock.cost(hw, stage, layer_scale, pos_bias=pos_bias_shape is not None)
+        return cost + block.times(stage.depth)
 
     def _apply(self, fn, recurse: bool = True):
         self._pos_bias_cache.clear()  # cached tensors would keep the old device/dtype

@@ -20,7 +20,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-__all__ = ["Cost", "conv", "batch_norm", "group_norm", "adaptive_avg_pool", "matmul", "linear"]
+FLOAT_BYTES = 4  # float32, the builder's dtype
+
+__all__ = ["FLOAT_BYTES", "Cost", "conv", "batch_norm", "group_norm", "adaptive_avg_pool", "matmul", "bmm", "linear"]
 
 
 @dataclass
@@ -57,6 +59,12 @@ class Cost:
             self.activations + other.activations,
             self.logits + other.logits,
         )
+
+    @property
+    def model_bytes(self) -> int:
+        """Bytes of the parameters and buffers: float32 parameters and BN running statistics,
+        and one int64 ``num_batches_tracked`` per BN (exactly what a built network holds)."""
+        return FLOAT_BYTES * (self.params + self.norm_floats) + 8 * self.norms
 
     def times(self, count: int) -> Cost:
         """``count`` copies run one after the other (a stage's blocks): every count multiplied,
@@ -97,6 +105,13 @@ def adaptive_avg_pool(c: int, n_in: int) -> Cost:
 def matmul(flops: int) -> Cost:
     """Batched matmuls of ``flops`` multiply-adds in all (``numel(a) * m`` each)."""
     return Cost(Counter(matmul=flops))
+
+
+def bmm(flops: int, bias: bool = False) -> Cost:
+    """``torch.bmm`` (or ``torch.baddbmm`` with ``bias``, whose bias add counts 0) of ``flops``
+    multiply-adds (``numel(a) * m``): the inference form's attention. fvcore has no handle for
+    ``baddbmm``; :func:`xnetspace.cost.fvcore_flops` adds one with the same rule as ``bmm``."""
+    return Cost(Counter({"baddbmm" if bias else "bmm": flops}))
 
 
 def linear(c_in: int, c_out: int) -> Cost:

@@ -17,16 +17,16 @@ from torch import Tensor, nn
 
 from . import complexity
 from .complexity import Cost
-from .folds import fold_bn
+from .folds import FastForm, Fusable, fold_bn
 from .kernels import depthwise, depthwise_same, pointwise
 
 torch.fx.wrap("depthwise_same")  # leaves for torchvision's FX tracer too (timm's knows them already)
 torch.fx.wrap("depthwise")
 
-__all__ = ["ConvBN", "conv_bn", "PointwiseConv2d", "DepthwiseConv2d", "LayerScale"]
+__all__ = ["ConvBN", "conv_bn", "fused_conv_bn", "PointwiseConv2d", "DepthwiseConv2d", "LayerScale"]
 
 
-class ConvBN(ConvNormAct):
+class ConvBN(ConvNormAct, FastForm, Fusable):
     """timm's ConvNormAct (keys ``conv``, ``bn``) whose ``fuse()`` folds the BN into the conv.
 
     Its fast form runs a dense 1x1 conv as a matmul (:func:`.kernels.pointwise`) and a depthwise
@@ -67,6 +67,11 @@ class ConvBN(ConvNormAct):
         n = hw[0] * hw[1]
         return complexity.conv(in_chs, out_chs, kernel_size, n, groups, bias=False) + complexity.batch_norm(out_chs, n)
 
+    @staticmethod
+    def fused_cost(hw: tuple[int, int], in_chs: int, out_chs: int, kernel_size: int = 1, groups: int = 1) -> Cost:
+        """Cost of the inference form (:func:`fused_conv_bn`) at the (H, W) output map ``hw``."""
+        return complexity.conv(in_chs, out_chs, kernel_size, hw[0] * hw[1], groups)
+
 
 def conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, act: bool = False, **kwargs) -> ConvBN:
     """Conv (no bias) -> BN (-> GELU when ``act``): the release's ``ConvModule``; keys ``conv``, ``bn``.
@@ -77,7 +82,15 @@ def conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, act: bool = False, 
     return ConvBN(in_chs, out_chs, kernel_size, bias=False, apply_act=act, act_layer=nn.GELU, **kwargs)
 
 
-class PointwiseConv2d(nn.Conv2d):
+def fused_conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, act: bool = False, **kwargs) -> nn.Module:
+    """The inference form of :func:`conv_bn` (what its ``fuse()`` returns), built directly: the conv
+    with a bias (the BN folded in), then GELU when ``act``. ``kwargs``: stride, padding (an int;
+    default 0, :func:`conv_bn`'s for 1x1 convs), groups. Shapes as :func:`conv_bn`'s."""
+    conv = nn.Conv2d(in_chs, out_chs, kernel_size, **kwargs)
+    return nn.Sequential(conv, nn.GELU()) if act else conv
+
+
+class PointwiseConv2d(nn.Conv2d, FastForm):
     """Dense 1x1 conv: an ``nn.Conv2d`` (same keys, same initialisation); its fast form is one
     matmul (:func:`.kernels.pointwise`). Shapes: (B, C_in, H, W) -> (B, C_out, H, W)."""
 
@@ -95,7 +108,7 @@ class PointwiseConv2d(nn.Conv2d):
         return complexity.conv(in_chs, out_chs, 1, hw[0] * hw[1], bias=bias)
 
 
-class DepthwiseConv2d(nn.Conv2d):
+class DepthwiseConv2d(nn.Conv2d, FastForm):
     """Depthwise K x K conv, stride 1, padding K // 2, with a bias: an ``nn.Conv2d`` (same keys).
 
     Its fast form runs it the fastest exact way for the map's size (a batched matmul on small
@@ -116,7 +129,7 @@ class DepthwiseConv2d(nn.Conv2d):
         return complexity.conv(dim, dim, kernel_size, hw[0] * hw[1], groups=dim)
 
 
-class LayerScale(nn.Module):
+class LayerScale(nn.Module, FastForm):
     """Per-channel affine map ``w * x + b`` as a depthwise 1x1 conv (paper eq. 1, LS).
 
     Shapes: (B, C, H, W) -> (B, C, H, W). ``weight`` (C, 1, 1, 1) starts at ``init_value``,

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from . import complexity
 from .complexity import Cost
-from .folds import merge_depthwise
+from .folds import FastForm, Fusable, merge_depthwise
 from .kernels import depthwise_same, merged_depthwise_kernel
 
 torch.fx.wrap("depthwise_same")  # a leaf for torchvision's FX tracer too (timm's knows it already)
@@ -24,7 +24,7 @@ __all__ = ["DPE", "DPE_KERNEL"]
 DPE_KERNEL = 7
 
 
-class DPE(nn.Conv2d):
+class DPE(nn.Conv2d, FastForm, Fusable):
     """``x + conv(x)``, conv depthwise 7x7, padding 3, with a bias: an ``nn.Conv2d`` (keys ``weight``,
     ``bias``; the release's initialisation through the network's). Shapes: (B, C, H, W) -> same."""
 
@@ -43,5 +43,11 @@ class DPE(nn.Conv2d):
         return merge_depthwise([self], identity=True)
 
     @staticmethod
+    def fused(dim: int) -> nn.Conv2d:
+        """The inference form, built directly: a depthwise 7x7 conv with a bias (as :meth:`fuse`'s)."""
+        return nn.Conv2d(dim, dim, DPE_KERNEL, padding=DPE_KERNEL // 2, groups=dim)
+
+    @staticmethod
     def cost(hw: tuple[int, int], dim: int) -> Cost:
+        """Either form's cost: the conv (fvcore counts the residual add as 0, merged or not)."""
         return complexity.conv(dim, dim, DPE_KERNEL, hw[0] * hw[1], groups=dim)

@@ -22,6 +22,8 @@ from . import complexity
 from .complexity import Cost
 from .convs import ConvBN, LayerScale, PointwiseConv2d, conv_bn
 from .folds import (
+    FastForm,
+    Fusable,
     InferenceOnly,
     affine_param,
     affine_then_conv,
@@ -43,7 +45,7 @@ def split_channels(dim: int, count: int) -> list[int]:
     return [dim - (count - 1) * (dim // count)] + [dim // count] * (count - 1)
 
 
-class MultiScaleDWConv(nn.Module):
+class MultiScaleDWConv(nn.Module, Fusable):
     """Depthwise convs of several kernel sizes on consecutive channel groups (paper III-C).
 
     With n kernels, the first group has ``dim - (n-1) * (dim // n)`` channels, the others
@@ -52,6 +54,7 @@ class MultiScaleDWConv(nn.Module):
 
     def __init__(self, dim: int, kernel_sizes: Sequence[int] = (1, 3, 5, 7)):
         super().__init__()
+        self.kernel_sizes = tuple(kernel_sizes)
         self.splits = split_channels(dim, len(kernel_sizes))
         self.convs = nn.ModuleList(
             nn.Conv2d(c, c, k, padding=k // 2, groups=c) for c, k in zip(self.splits, kernel_sizes)
@@ -89,7 +92,7 @@ class MultiScaleDWConv(nn.Module):
         return total
 
 
-class MSFFN(nn.Module):
+class MSFFN(nn.Module, FastForm, Fusable):
     """Multi-scale feed-forward network, MS-FFN (paper section III-C).
 
     fc1 (1x1 C -> hid, no bias) -> GELU -> BN; ``x + MSDW(x)``; GELU -> BN; dropout; fc2
@@ -124,7 +127,14 @@ class MSFFN(nn.Module):
         fc2 = fold_bn(affine_then_conv(*bn_scale_shift(self.norm), self.fc2.conv), self.fc2.bn)
         if layer_scale is not None:
             fc2 = conv_then_affine(fc2, *layer_scale.scale_shift())
-        return FusedMSFFN(copy.deepcopy(self.fc1), *bn_scale_shift(self.fc1_bn), self.msdw.fuse(identity=True), fc2)
+        scale, shift = bn_scale_shift(self.fc1_bn)
+        return FusedMSFFN(self.fc1.in_channels, self.fc1.out_channels, self.msdw.kernel_sizes).take(
+            fc1=copy.deepcopy(self.fc1),
+            fc1_scale=affine_param(scale),
+            fc1_shift=affine_param(shift),
+            dwconv=self.msdw.fuse(identity=True),
+            fc2=fc2,
+        )
 
     @staticmethod
     def knobs(stage: StageSpec) -> dict:
@@ -157,12 +167,30 @@ class FusedMSFFN(InferenceOnly):
     Shapes: (B, C, H, W) -> same.
     """
 
-    def __init__(self, fc1: nn.Conv2d, fc1_scale: Tensor, fc1_shift: Tensor, dwconv: nn.Conv2d, fc2: nn.Conv2d):
+    def __init__(self, dim: int, hidden_dim: int, kernel_sizes: Sequence[int] = (1, 3, 5, 7), drop: float = 0.0):
         super().__init__()
-        self.fc1, self.dwconv, self.fc2 = fc1, dwconv, fc2
-        self.fc1_scale, self.fc1_shift = affine_param(fc1_scale), affine_param(fc1_shift)
+        k = max(kernel_sizes)
+        self.fc1 = PointwiseConv2d(dim, hidden_dim, bias=False)
+        self.fc1_scale = nn.Parameter(torch.ones(hidden_dim, 1, 1))
+        self.fc1_shift = nn.Parameter(torch.zeros(hidden_dim, 1, 1))
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, k, padding=k // 2, groups=hidden_dim)
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
         self.act = nn.GELU()
         self.eval()
+
+    @staticmethod
+    def cost(
+        hw: tuple[int, int], dim: int, hidden_dim: int, kernel_sizes: Sequence[int] = (1, 3, 5, 7), drop: float = 0.0
+    ) -> Cost:
+        """fc1, the affine map (``addcmul``: 0 flops, 2 x hidden parameters), the merged depthwise
+        conv (the largest kernel on every channel) and fc2 with its bias."""
+        n = hw[0] * hw[1]
+        return (
+            PointwiseConv2d.cost(hw, dim, hidden_dim, bias=False)
+            + Cost(params=2 * hidden_dim)
+            + complexity.conv(hidden_dim, hidden_dim, max(kernel_sizes), n, groups=hidden_dim)
+            + complexity.conv(hidden_dim, dim, 1, n)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         x = torch.addcmul(self.fc1_shift, self.act(self.fc1(x)), self.fc1_scale)

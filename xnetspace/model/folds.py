@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -49,13 +49,27 @@ __all__ = [
     "affine_param",
     "InferenceOnly",
     "Fusable",
+    "FastForm",
 ]
 
 
-class Fusable(Protocol):
-    """A training-form module with an inference form (``hasattr(module, "fuse")`` is the test)."""
+# -- the forms' interface: what TransXNet switches, by type ----------------------------------------
+class FastForm:
+    """Mixin of an operator with a fast training form: ``fast = True`` computes the same function
+    (train mode included) with the same parameters and fewer or cheaper kernels.
+    ``TransXNet.set_train_form`` sets it on every module that is a ``FastForm``."""
 
-    def fuse(self) -> nn.Module: ...
+    fast: bool
+
+
+class Fusable:
+    """Mixin of a training-form module with an inference form: ``fuse()`` returns it (an eval-only
+    module computing the same eval-mode function; timm's ``reparameterize_model`` calls ``fuse``
+    too). ``TransXNet.reparameterize`` fuses every part that is ``Fusable``."""
+
+    def fuse(self) -> nn.Module:
+        """The inference form of this module (new modules; this one is left as it is)."""
+        raise NotImplementedError(f"{type(self).__name__} has no inference form")
 
 
 # -- exact folds -----------------------------------------------------------------------------------
@@ -150,6 +164,16 @@ def affine_param(values: Tensor) -> nn.Parameter:
     return nn.Parameter(values.detach().reshape(-1, 1, 1).clone())
 
 
+def _layout(part: nn.Module | Tensor | None) -> object:
+    """State-dict keys and shapes of a module (a tensor's shape; None for None)."""
+    if isinstance(part, nn.Module):
+        return {key: tuple(value.shape) for key, value in part.state_dict().items()}
+    return None if part is None else tuple(part.shape)
+
+
+_Form = TypeVar("_Form", bound="InferenceOnly")
+
+
 # -- the inference forms' base ---------------------------------------------------------------------
 class InferenceOnly(nn.Module):
     """Base of the re-parameterised modules: always in eval mode.
@@ -159,7 +183,24 @@ class InferenceOnly(nn.Module):
             statistics, no dropout or drop-path), so the training form must be trained instead.
     """
 
-    def train(self, mode: bool = True) -> InferenceOnly:
+    def take(self: _Form, **parts: nn.Module | Tensor | None) -> _Form:
+        """Put the folded ``parts`` in place of this module's own (built from its constructor's
+        arguments alone) and return ``self``, in eval mode: how each ``fuse()`` fills its inference
+        form, so that a fused module and one built directly from a spec hold the same state-dict
+        keys and shapes, and load each other's checkpoints.
+
+        Raises:
+            ValueError: a part whose state-dict keys or shapes differ from those of the part it
+                replaces (the direct build and the fold disagree; nothing is replaced silently).
+        """
+        for name, part in parts.items():
+            built, folded = _layout(getattr(self, name)), _layout(part)
+            if built != folded:
+                raise ValueError(f"{type(self).__name__}.{name}: folded {folded} but built {built}")
+            setattr(self, name, part)
+        return self.eval()
+
+    def train(self: _Form, mode: bool = True) -> _Form:
         if mode:
             raise RuntimeError(
                 f"{type(self).__name__} is part of a re-parameterised (inference-only) TransXNet and "

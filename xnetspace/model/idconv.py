@@ -27,16 +27,34 @@ from torch import Tensor, nn
 from ..spec import StageSpec
 from . import complexity
 from .complexity import Cost
-from .convs import ConvBN, DepthwiseConv2d, PointwiseConv2d, conv_bn
-from .folds import InferenceOnly
+from .convs import ConvBN, DepthwiseConv2d, PointwiseConv2d, conv_bn, fused_conv_bn
+from .folds import FastForm, Fusable, InferenceOnly
 from .kernels import adaptive_avg_pool, crop_to_map, per_sample_depthwise
 
 torch.fx.wrap("per_sample_depthwise")  # a leaf for torchvision's FX tracer too (timm's knows it already)
 
-__all__ = ["IDConv", "FusedIDConv", "local_branch", "local_branch_cost"]
+__all__ = [
+    "IDConv",
+    "FusedIDConv",
+    "local_branch",
+    "local_branch_cost",
+    "fused_local_branch",
+    "fused_local_branch_cost",
+]
 
 
-class IDConv(nn.Module):
+def _cost_around(first: Cost, hw: tuple[int, int], dim: int, kernel_size: int, num_groups: int, reduction: int) -> Cost:
+    """IDConv's cost in either form around ``first``, proj's first conv: the banks, proj's second
+    conv (on the K*K + 1 pixels of the pooled map and the mean), the pooling (the mean counts 0)
+    and the per-sample depthwise conv (no parameters of its own)."""
+    n, maps = hw[0] * hw[1], kernel_size * kernel_size + 1
+    banks = Cost(params=num_groups * dim * kernel_size * kernel_size + num_groups * dim)
+    proj = first + PointwiseConv2d.cost((maps, 1), dim // reduction, dim * num_groups)
+    dynamic = Cost(Counter(conv=dim * kernel_size * kernel_size * n))  # weight (B*C, 1, K, K)
+    return banks + complexity.adaptive_avg_pool(dim, n) + proj + dynamic
+
+
+class IDConv(nn.Module, FastForm, Fusable):
     """Input-dependent depthwise convolution (paper section III-B1, eq. 3).
 
     G static kernel banks ``weight`` (G, C, K, K) and bias banks ``bias`` (G, C) are mixed per
@@ -52,7 +70,7 @@ class IDConv(nn.Module):
         super().__init__()
         if num_groups < 2:
             raise ValueError(f"IDConv needs num_groups >= 2, got {num_groups}")
-        self.num_groups, self.kernel_size = num_groups, kernel_size
+        self.num_groups, self.kernel_size, self.reduction = num_groups, kernel_size, reduction
         self.weight = nn.Parameter(torch.empty(num_groups, dim, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(num_groups, dim))
         self.pool = nn.AdaptiveAvgPool2d(kernel_size)
@@ -99,7 +117,12 @@ class IDConv(nn.Module):
     def fuse(self) -> nn.Module:
         """Inference form (:class:`FusedIDConv`): proj's BN folded, proj run once."""
         proj = nn.Sequential(cast(ConvBN, self.proj[0]).fuse(), copy.deepcopy(self.proj[1]))
-        return FusedIDConv(self.weight, self.bias, proj, self.kernel_size)
+        dim = self.weight.shape[1]
+        return FusedIDConv(dim, self.kernel_size, self.num_groups, self.reduction).take(
+            weight=nn.Parameter(self.weight.detach().flatten(2).clone()),
+            bias=nn.Parameter(self.bias.detach().clone()),
+            proj=proj,
+        )
 
     @staticmethod
     def knobs(stage: StageSpec) -> dict[str, int]:
@@ -111,13 +134,8 @@ class IDConv(nn.Module):
     def cost(hw: tuple[int, int], dim: int, kernel_size: int = 7, num_groups: int = 2, reduction: int = 4) -> Cost:
         """The banks, proj (run on the K x K pooled map and on the 1 x 1 mean: K*K + 1 pixels), the
         pooling (the mean counts 0) and the per-sample depthwise conv (no parameters of its own)."""
-        n, maps = hw[0] * hw[1], kernel_size * kernel_size + 1
-        banks = Cost(params=num_groups * dim * kernel_size * kernel_size + num_groups * dim)
-        proj = ConvBN.cost((maps, 1), dim, dim // reduction) + PointwiseConv2d.cost(
-            (maps, 1), dim // reduction, dim * num_groups
-        )
-        dynamic = Cost(Counter(conv=dim * kernel_size * kernel_size * n))  # weight (B*C, 1, K, K)
-        return banks + complexity.adaptive_avg_pool(dim, n) + proj + dynamic
+        first = ConvBN.cost((kernel_size * kernel_size + 1, 1), dim, dim // reduction)
+        return _cost_around(first, hw, dim, kernel_size, num_groups, reduction)
 
 
 class FusedIDConv(InferenceOnly):
@@ -127,13 +145,21 @@ class FusedIDConv(InferenceOnly):
     (B, C, K*K + 1, 1) map. Shapes: (B, C, H, W) -> same.
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor, proj: nn.Module, kernel_size: int):
+    def __init__(self, dim: int, kernel_size: int = 7, num_groups: int = 2, reduction: int = 4):
         super().__init__()
-        self.num_groups, self.kernel_size = weight.shape[0], kernel_size
-        self.weight = nn.Parameter(weight.detach().flatten(2).clone())  # (G, C, K*K)
-        self.bias = nn.Parameter(bias.detach().clone())  # (G, C)
-        self.proj = proj
+        self.num_groups, self.kernel_size = num_groups, kernel_size
+        self.weight = nn.Parameter(torch.zeros(num_groups, dim, kernel_size * kernel_size))  # (G, C, K*K)
+        self.bias = nn.Parameter(torch.zeros(num_groups, dim))  # (G, C)
+        self.proj = nn.Sequential(
+            fused_conv_bn(dim, dim // reduction, act=True), PointwiseConv2d(dim // reduction, dim * num_groups)
+        )
         self.eval()
+
+    @staticmethod
+    def cost(hw: tuple[int, int], dim: int, kernel_size: int = 7, num_groups: int = 2, reduction: int = 4) -> Cost:
+        """As :meth:`IDConv.cost`, with proj's BN folded into its first conv (run once on both maps)."""
+        first = ConvBN.fused_cost((kernel_size * kernel_size + 1, 1), dim, dim // reduction)
+        return _cost_around(first, hw, dim, kernel_size, num_groups, reduction)
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
@@ -161,3 +187,18 @@ def local_branch_cost(hw: tuple[int, int], dim: int, num_groups: int = 2, **knob
     if num_groups > 1:
         return IDConv.cost(hw, dim, num_groups=num_groups, **knobs)
     return DepthwiseConv2d.cost(hw, dim, knobs["kernel_size"])
+
+
+def fused_local_branch_cost(hw: tuple[int, int], dim: int, num_groups: int = 2, **knobs: int) -> Cost:
+    """The cost of :func:`fused_local_branch` (fvcore's count)."""
+    if num_groups > 1:
+        return FusedIDConv.cost(hw, dim, num_groups=num_groups, **knobs)
+    return DepthwiseConv2d.cost(hw, dim, knobs["kernel_size"])
+
+
+def fused_local_branch(dim: int, num_groups: int = 2, **knobs: int) -> nn.Module:
+    """The inference form of :func:`local_branch`, built directly: :class:`FusedIDConv`, or the
+    depthwise conv itself (it has nothing to fold)."""
+    if num_groups > 1:
+        return FusedIDConv(dim, num_groups=num_groups, **knobs)
+    return DepthwiseConv2d(dim, knobs["kernel_size"])

@@ -20,9 +20,9 @@ from ..spec import StageSpec
 from . import complexity
 from .complexity import Cost
 from .convs import DepthwiseConv2d, LayerScale, PointwiseConv2d
-from .folds import InferenceOnly, affine_param, affine_then_conv, bn_scale_shift, conv_then_affine, fold_bn
-from .idconv import IDConv, local_branch, local_branch_cost
-from .osra import OSRA
+from .folds import Fusable, InferenceOnly, affine_param, affine_then_conv, bn_scale_shift, conv_then_affine, fold_bn
+from .idconv import IDConv, fused_local_branch, fused_local_branch_cost, local_branch, local_branch_cost
+from .osra import OSRA, FusedOSRA
 
 __all__ = ["DualBranchTokens", "SqueezedTokenEnhancer", "FusedSTE", "DMixer", "FusedDMixer"]
 
@@ -48,7 +48,7 @@ class DualBranchTokens(nn.Module):
         return torch.cat([self.idconv(x_local), self.osra(x_global, pos_bias)], dim=1)  # type: ignore[operator]
 
 
-class SqueezedTokenEnhancer(nn.Module):
+class SqueezedTokenEnhancer(nn.Module, Fusable):
     """Squeezed token enhancer, STE (paper section III-B, eq. 2): a cheap channel/spatial mixer.
 
     DW KxK -> GELU -> BN -> 1x1 C -> c' -> GELU -> BN -> 1x1 c' -> C -> BN, c' = max(16, C // 8), K
@@ -79,7 +79,10 @@ class SqueezedTokenEnhancer(nn.Module):
         expand = fold_bn(affine_then_conv(*bn_scale_shift(self.bn_reduce), self.conv_expand), self.bn_expand)
         if layer_scale is not None:
             expand = conv_then_affine(expand, *layer_scale.scale_shift())
-        return FusedSTE(copy.deepcopy(self.conv_dw), reduce, expand)
+        dim, hidden_dim = self.conv_reduce.in_channels, self.conv_reduce.out_channels
+        return FusedSTE(dim, hidden_dim, self.conv_dw.kernel_size[0]).take(
+            conv_dw=copy.deepcopy(self.conv_dw), conv_reduce=reduce, conv_expand=expand
+        )
 
     @staticmethod
     def knobs(stage: StageSpec) -> dict[str, int]:
@@ -104,17 +107,28 @@ class FusedSTE(InferenceOnly):
     """Squeezed token enhancer (paper eq. 2) with its three BNs folded:
     DW KxK -> GELU -> 1x1 C -> c' -> GELU -> 1x1 c' -> C. Shapes: (B, C, H, W) -> same."""
 
-    def __init__(self, conv_dw: nn.Conv2d, conv_reduce: nn.Conv2d, conv_expand: nn.Conv2d):
+    def __init__(self, dim: int, hidden_dim: int, kernel_size: int = 3):
         super().__init__()
-        self.conv_dw, self.conv_reduce, self.conv_expand = conv_dw, conv_reduce, conv_expand
+        self.conv_dw = DepthwiseConv2d(dim, kernel_size)
+        self.conv_reduce = PointwiseConv2d(dim, hidden_dim)
+        self.conv_expand = PointwiseConv2d(hidden_dim, dim)
         self.act = nn.GELU()
         self.eval()
+
+    @staticmethod
+    def cost(hw: tuple[int, int], dim: int, hidden_dim: int, kernel_size: int = 3) -> Cost:
+        """The three convs, each with a bias (the BNs folded in)."""
+        return (
+            DepthwiseConv2d.cost(hw, dim, kernel_size)
+            + PointwiseConv2d.cost(hw, dim, hidden_dim)
+            + PointwiseConv2d.cost(hw, hidden_dim, dim)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv_expand(self.act(self.conv_reduce(self.act(self.conv_dw(x)))))
 
 
-class DMixer(DualBranchTokens):
+class DMixer(DualBranchTokens, Fusable):
     """Dual dynamic token mixer, D-Mixer (paper section III-B, eq. 2).
 
     The first ``dim - attn_dim`` channels go through IDConv (a static depthwise conv with one
@@ -130,6 +144,7 @@ class DMixer(DualBranchTokens):
         super().__init__()
         local_dim = dim - attn_dim
         self.split = (local_dim, attn_dim)
+        self.knobs_of = dict(idconv=dict(idconv), osra=dict(osra), ste=dict(ste))  # for fuse(); not in forward
         self.idconv = local_branch(local_dim, **idconv) if local_dim else None
         self.osra = OSRA(attn_dim, **osra) if attn_dim else None
         self.ste = SqueezedTokenEnhancer(dim, **ste)
@@ -154,8 +169,9 @@ class DMixer(DualBranchTokens):
         ``LS1(STE(Y) + Y) = STE'(Y) + w * Y``; the branches and STE fused."""
         idconv = self.idconv.fuse() if isinstance(self.idconv, IDConv) else copy.deepcopy(self.idconv)
         osra = None if self.osra is None else self.osra.fuse()
-        y_scale = None if layer_scale is None else layer_scale.scale_shift()[0]
-        return FusedDMixer(self.split, idconv, osra, self.ste.fuse(layer_scale), y_scale)
+        y_scale = None if layer_scale is None else affine_param(layer_scale.scale_shift()[0])
+        fused = FusedDMixer(sum(self.split), self.split[1], **self.knobs_of, layer_scale=layer_scale is not None)
+        return fused.take(idconv=idconv, osra=osra, ste=self.ste.fuse(layer_scale), y_scale=y_scale)
 
     @staticmethod
     def cost(
@@ -185,16 +201,42 @@ class FusedDMixer(InferenceOnly, DualBranchTokens):
 
     def __init__(
         self,
-        split: tuple[int, int],
-        idconv: nn.Module | None,
-        osra: nn.Module | None,
-        ste: FusedSTE,
-        y_scale: Tensor | None = None,
+        dim: int,
+        attn_dim: int,
+        idconv: Mapping[str, Any],
+        osra: Mapping[str, Any],
+        ste: Mapping[str, Any],
+        layer_scale: bool = True,
     ):
         super().__init__()
-        self.split, self.idconv, self.osra, self.ste = tuple(split), idconv, osra, ste
-        self.y_scale = None if y_scale is None else affine_param(y_scale)
+        local_dim = dim - attn_dim
+        self.split = (local_dim, attn_dim)
+        self.idconv = fused_local_branch(local_dim, **idconv) if local_dim else None
+        self.osra = FusedOSRA(attn_dim, **osra) if attn_dim else None
+        self.ste = FusedSTE(dim, **ste)
+        self.y_scale = nn.Parameter(torch.ones(dim, 1, 1)) if layer_scale else None
         self.eval()
+
+    @staticmethod
+    def cost(
+        hw: tuple[int, int],
+        dim: int,
+        attn_dim: int,
+        idconv: Mapping[str, Any],
+        osra: Mapping[str, Any],
+        ste: Mapping[str, Any],
+        layer_scale: bool = True,
+        pos_bias: bool = True,
+    ) -> Cost:
+        """The fused branches and STE, and LS1's weight on Y (``addcmul``: 0 flops, C parameters);
+        ``pos_bias``: whether OSRA gets the stage's position bias (its logits' kernel depends on it)."""
+        local_dim = dim - attn_dim
+        cost = Cost(params=dim if layer_scale else 0)
+        if local_dim:
+            cost += fused_local_branch_cost(hw, local_dim, **idconv)
+        if attn_dim:
+            cost += FusedOSRA.cost(hw, attn_dim, **osra, pos_bias=pos_bias)
+        return cost + FusedSTE.cost(hw, dim, **ste)
 
     def forward(self, x: Tensor, pos_bias: Tensor | None = None, shortcut: Tensor | None = None) -> Tensor:
         y = self.dual_branch_tokens(x, pos_bias)

@@ -24,16 +24,20 @@ from timm.layers import SelectAdaptivePool2d, calculate_drop_path_rates, trunc_n
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
+from ..memory_limit import MemoryEstimate, refuse_over_memory
 from ..spec import NetworkSpec, resolve_spec
-from .block import TransXNetStage
-from .folds import Fusable
-from .head import head, head_pool
+from .block import FusedStage, TransXNetStage
+from .complexity import Cost
+from .folds import FastForm, Fusable
+from .head import head, head_cost, head_pool
 from .stem import Stem
 
-__all__ = ["TransXNet", "build_model", "TRAIN_FORMS"]
+__all__ = ["TransXNet", "build_model", "TRAIN_FORMS", "FORMS"]
 
 TrainForm = Literal["reference", "fast"]
 TRAIN_FORMS: tuple[str, ...] = get_args(TrainForm)  # ("reference", "fast")
+Form = Literal["reference", "fast", "fused"]
+FORMS: tuple[str, ...] = get_args(Form)  # the two training forms and the inference form
 
 
 class TransXNet(nn.Module):
@@ -45,6 +49,10 @@ class TransXNet(nn.Module):
         global_pool: the head's pooling, timm's ``SelectAdaptivePool2d`` type (``"avg"``, ``"max"``,
             ``"avgmax"``, ...; ``""``: none, the head then returns the normed map). Not part of the
             spec: it changes no weight.
+        form: ``"reference"`` (the release's computation), ``"fast"`` (the same function with
+            cheaper kernels, :meth:`set_train_form`) or ``"fused"``: the inference form built
+            directly (what :meth:`reparameterize` gives, with the same state-dict keys and shapes,
+            so a saved re-parameterised network loads into it; timm's ``inference_mode=True``).
 
     Shapes: ``forward`` (B, in_chans, H, W) -> (B, num_classes) logits (or (B, C_last) pooled
     pre-logits when ``num_classes == 0``; (B, C_last, h, w) with ``global_pool=""`` too); any
@@ -53,13 +61,15 @@ class TransXNet(nn.Module):
     Raises:
         pydantic.ValidationError: when ``spec`` with ``overrides`` is not a valid spec.
         ValueError: an unknown ``global_pool`` (timm's message), or ``global_pool=""`` with
-            ``num_classes > 0`` (a linear layer needs a pooled vector).
+            ``num_classes > 0`` (a linear layer needs a pooled vector); ``form`` not in :data:`FORMS`.
     """
 
-    __jit_unused_properties__ = ["is_reparameterized", "train_form"]  # noqa: RUF012 - the list TorchScript reads; not scriptable (hasattr); not needed there
+    __jit_unused_properties__ = ["is_reparameterized", "train_form"]  # noqa: RUF012 - the list TorchScript reads; not scriptable (isinstance of mixins); not needed there
 
-    def __init__(self, spec: NetworkSpec, global_pool: str = "avg", **overrides: Any):
+    def __init__(self, spec: NetworkSpec, global_pool: str = "avg", form: str = "reference", **overrides: Any):
         super().__init__()
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {', '.join(FORMS)}, got {str(form)[:80]!r}")
         if overrides:
             spec = NetworkSpec.model_validate({**spec.model_dump(), **overrides})
         self.spec = spec
@@ -68,22 +78,21 @@ class TransXNet(nn.Module):
         self.drop_rate = spec.drop_rate
         self.grad_checkpointing = False
 
-        self.stem: nn.Module = Stem(spec.in_chans, spec.embed_dims[0], spec.stem_stride)
+        fused = form == "fused"
+        stem = Stem.fused if fused else Stem
+        self.stem: nn.Module = stem(spec.in_chans, spec.embed_dims[0], spec.stem_stride)
         # One rate per block: timm's annotation also covers the per-stage lists it gives for a list of depths.
         dp_rates = cast(list[float], calculate_drop_path_rates(spec.drop_path_rate, sum(spec.depths)))
-        stages, self.feature_info, in_chs = [], [], None
+        stages: list[nn.Module] = []
+        self.feature_info, in_chs = [], None
         for i, stage in enumerate(spec.stages):
             first = sum(spec.depths[:i])
-            stages.append(
-                TransXNetStage(
-                    in_chs,
-                    stage,
-                    spec.pos_bias_shape(i),
-                    dp_rates[first : first + stage.depth],
-                    spec.drop_rate,
-                    spec.layer_scale_init_value,
-                )
-            )
+            layer_scale = spec.layer_scale_init_value
+            if fused:
+                stages.append(FusedStage(in_chs, stage, spec.pos_bias_shape(i), layer_scale is not None))
+            else:
+                rates = dp_rates[first : first + stage.depth]
+                stages.append(TransXNetStage(in_chs, stage, spec.pos_bias_shape(i), rates, spec.drop_rate, layer_scale))
             in_chs = stage.embed_dim
             self.feature_info.append(dict(num_chs=in_chs, reduction=spec.stem_stride * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
@@ -92,6 +101,10 @@ class TransXNet(nn.Module):
         self.num_features = self.head_hidden_size = in_chs
         self.head = head(in_chs, spec.num_classes, global_pool)
         self.apply(self._init_weights)
+        if form == "fast":
+            self.set_train_form("fast")
+        elif fused:
+            self.eval()  # inference-only, as reparameterize() leaves it
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -101,6 +114,46 @@ class TransXNet(nn.Module):
             trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    # -- cost ---------------------------------------------------------------------------------------
+    @staticmethod
+    def cost(
+        spec: NetworkSpec, image_size: tuple[int, int], form: str = "reference"
+    ) -> list[tuple[str, tuple[int, int], Cost]]:
+        """``(name, map size, cost)`` of each part, in forward order (``stem``, ``stage1``..
+        ``stageN``, ``head``), for one (in_chans, H, W) image of ``image_size`` (H, W) pixels,
+        without building anything: the walk of :meth:`__init__`, beside it (pycls's
+        ``complexity()``). The map size is the part's output (for the head: its input). FLOPs as
+        fvcore counts them (:mod:`.complexity`); :mod:`xnetspace.cost` reports them.
+
+        ``form``: ``"reference"`` and ``"fast"`` share one count (the same parameters and function;
+        the fast form's kernels are cheaper, not fewer flops of the function); ``"fused"`` counts
+        the inference form (folded BNs and layer scales, merged kernels; activations not bounded).
+
+        Raises:
+            ValueError: ``form`` not in :data:`FORMS`.
+        """
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {', '.join(FORMS)}, got {str(form)[:80]!r}")
+        fused, ls = form == "fused", spec.layer_scale_init_value
+        sizes = spec.stage_sizes(image_size)
+        dim0 = spec.embed_dims[0]
+        if fused:
+            stem = Stem.fused_cost(sizes[0], spec.in_chans, dim0, spec.stem_stride)
+        else:
+            stem = Stem.cost(image_size, sizes[0], spec.in_chans, dim0, spec.stem_stride)
+        parts = [("stem", sizes[0], stem)]
+        in_chs, in_hw = None, sizes[0]
+        for i, (stage, hw) in enumerate(zip(spec.stages, sizes)):
+            if fused:
+                cost = FusedStage.cost(hw, in_chs, stage, spec.pos_bias_shape(i), ls is not None)
+            else:
+                cost = TransXNetStage.cost(hw, in_hw, in_chs, stage, spec.pos_bias_shape(i), ls)
+            parts.append((f"stage{i + 1}", hw, cost))
+            in_chs, in_hw = stage.embed_dim, hw
+        assert in_chs is not None  # a spec has at least one stage
+        parts.append(("head", sizes[-1], head_cost(sizes[-1], in_chs, spec.num_classes)))
+        return parts
 
     # -- inference form ---------------------------------------------------------------------------
     @torch.jit.ignore
@@ -114,16 +167,17 @@ class TransXNet(nn.Module):
         raises ``RuntimeError`` and the state-dict keys differ: save the training form.
         """
         self.eval()
-        self.stem = cast(Fusable, self.stem).fuse() if hasattr(self.stem, "fuse") else self.stem
+        if isinstance(self.stem, Fusable):
+            self.stem = self.stem.fuse()
         for i, stage in enumerate(self.stages):
-            if hasattr(stage, "fuse"):
-                self.stages[i] = cast(Fusable, stage).fuse()
+            if isinstance(stage, Fusable):
+                self.stages[i] = stage.fuse()
         return self
 
     @property
     def is_reparameterized(self) -> bool:
         """True once :meth:`reparameterize` (or timm's ``reparameterize_model``) has run."""
-        return not any(hasattr(stage, "fuse") for stage in self.stages)
+        return not any(isinstance(stage, Fusable) for stage in self.stages)
 
     # -- training forms ---------------------------------------------------------------------------
     @torch.jit.ignore
@@ -150,15 +204,14 @@ class TransXNet(nn.Module):
         if self.is_reparameterized:
             raise RuntimeError("a re-parameterised TransXNet is inference-only and has no training form")
         for module in self.modules():
-            if hasattr(module, "fast"):
-                # torch types Module.__setattr__ for tensors and modules; any value may be set
-                module.fast = form == "fast"  # type: ignore[assignment]
+            if isinstance(module, FastForm):
+                module.fast = form == "fast"
         return self
 
     @property
     def train_form(self) -> str:
         """``"fast"`` or ``"reference"``: the form :meth:`set_train_form` last set."""
-        return "fast" if any(getattr(m, "fast", False) for m in self.modules()) else "reference"
+        return "fast" if any(isinstance(m, FastForm) and m.fast for m in self.modules()) else "reference"
 
     # -- timm interface ---------------------------------------------------------------------------
     @torch.jit.ignore
@@ -269,14 +322,16 @@ def build_model(spec: NetworkSpec | Mapping[str, Any] | str | Path, force: bool 
 
     Raises:
         xnetspace.spec.SpecError: unknown preset or unreadable/invalid spec file.
-        xnetspace.memory.MemoryLimitError: (without ``force``) the network's parameters would not
-            fit in the memory available (:func:`xnetspace.memory.check_memory`; nothing is built).
+        xnetspace.memory_limit.MemoryLimitError: (without ``force``) the network's parameters and
+            buffers (counted by :meth:`TransXNet.cost`) would not fit in the memory available now
+            (nothing is built).
         pydantic.ValidationError: an invalid spec mapping or override (nothing is built).
     """
-    from ..memory import check_memory
-
     spec = resolve_spec(spec)
     fields = {k: v for k, v in overrides.items() if k in NetworkSpec.model_fields}
     if not force:  # refuse at once what the allocator would refuse after minutes of swapping
-        check_memory(NetworkSpec.model_validate({**spec.model_dump(), **fields}) if fields else spec)
+        checked = NetworkSpec.model_validate({**spec.model_dump(), **fields}) if fields else spec
+        side = checked.image_size  # parameters and buffers do not depend on the input size
+        total = sum((cost for _, _, cost in TransXNet.cost(checked, (side, side))), Cost())
+        refuse_over_memory(MemoryEstimate(total.model_bytes), checked.name)
     return TransXNet(spec, **overrides)

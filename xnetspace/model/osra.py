@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from ..spec import StageSpec
 from . import complexity
 from .complexity import Cost
-from .convs import ConvBN, PointwiseConv2d, conv_bn
-from .folds import InferenceOnly, affine_param, bn_scale_shift, merge_depthwise
+from .convs import ConvBN, PointwiseConv2d, conv_bn, fused_conv_bn
+from .folds import FastForm, Fusable, InferenceOnly, affine_param, bn_scale_shift, merge_depthwise
 from .kernels import depthwise_same, merged_depthwise_kernel
 
 torch.fx.wrap("depthwise_same")  # a leaf for torchvision's FX tracer too (timm's knows it already)
@@ -83,7 +83,7 @@ def bmm_attention(
     return torch.bmm(v, attn.softmax(dim=-1).transpose(1, 2)).reshape(B, C, H, W)  # (B*h, d, N) first
 
 
-class OSRA(nn.Module):
+class OSRA(nn.Module, FastForm, Fusable):
     """Overlapping spatial-reduction attention (paper section III-B2, eq. 4).
 
     Queries come from every position; keys and values from the map reduced by OSR (a depthwise
@@ -96,7 +96,7 @@ class OSRA(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 1, sr_ratio: int = 1):
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.sr_ratio = num_heads, sr_ratio
         self.scale = (dim // num_heads) ** -0.5
         self.q = PointwiseConv2d(dim, dim)
         self.kv = PointwiseConv2d(dim, dim * 2)
@@ -145,15 +145,13 @@ class OSRA(nn.Module):
             dw, bn = last.conv, last.bn  # depthwise 1x1 then BN: one affine map
             scale, shift = bn_scale_shift(bn)
             scale = scale * dw.weight.flatten()  # the 1x1 has no bias
-        return FusedOSRA(
-            copy.deepcopy(self.q),
-            sr,
-            scale,
-            shift,
-            merge_depthwise([self.local_conv], identity=True),
-            copy.deepcopy(self.kv),
-            self.num_heads,
-            self.scale,
+        return FusedOSRA(self.q.in_channels, self.num_heads, self.sr_ratio).take(
+            q=copy.deepcopy(self.q),
+            sr=sr,
+            sr_scale=None if scale is None else affine_param(scale),
+            sr_shift=None if shift is None else affine_param(shift),
+            local_conv=merge_depthwise([self.local_conv], identity=True),
+            kv=copy.deepcopy(self.kv),
         )
 
     @staticmethod
@@ -191,25 +189,39 @@ class FusedOSRA(InferenceOnly):
     one. Shapes: (B, C, H, W) -> same; ``pos_bias`` (1 or B, h, N, M).
     """
 
-    def __init__(
-        self,
-        q: nn.Conv2d,
-        sr: nn.Module | None,
-        sr_scale: Tensor | None,
-        sr_shift: Tensor | None,
-        local_conv: nn.Conv2d,
-        kv: nn.Conv2d,
-        num_heads: int,
-        scale: float,
-    ):
+    def __init__(self, dim: int, num_heads: int = 1, sr_ratio: int = 1):
         super().__init__()
-        self.num_heads, self.scale = num_heads, scale
+        self.num_heads, self.scale = num_heads, (dim // num_heads) ** -0.5
         self.fused_attn: bool | None = None
-        self.q, self.kv, self.local_conv = q, kv, local_conv
-        self.sr = sr
-        self.sr_scale = None if sr_scale is None else affine_param(sr_scale)
-        self.sr_shift = None if sr_shift is None else affine_param(sr_shift)
+        self.q = PointwiseConv2d(dim, dim)
+        self.kv = PointwiseConv2d(dim, dim * 2)
+        self.local_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.sr: nn.Module | None = None
+        self.sr_scale: nn.Parameter | None = None
+        self.sr_shift: nn.Parameter | None = None
+        if sr_ratio > 1:
+            k = sr_ratio + 3
+            self.sr = fused_conv_bn(dim, dim, k, act=True, stride=sr_ratio, padding=k // 2, groups=dim)
+            self.sr_scale = nn.Parameter(torch.ones(dim, 1, 1))
+            self.sr_shift = nn.Parameter(torch.zeros(dim, 1, 1))
         self.eval()
+
+    @staticmethod
+    def cost(hw: tuple[int, int], dim: int, num_heads: int = 1, sr_ratio: int = 1, pos_bias: bool = True) -> Cost:
+        """q, kv, OSR's strided conv with its BN folded and the second BN's affine map (``addcmul``:
+        0 flops, 2 C parameters), LR with its residual merged, and the attention on the CPU path:
+        q k as ``baddbmm`` with the position bias (``bmm`` without one), attn v as ``bmm``.
+        Logits: h N M."""
+        n = hw[0] * hw[1]
+        reduced = (reduced_size(hw[0], sr_ratio), reduced_size(hw[1], sr_ratio))
+        m = reduced[0] * reduced[1]
+        cost = PointwiseConv2d.cost(hw, dim, dim) + PointwiseConv2d.cost(reduced, dim, 2 * dim)  # q, kv
+        if sr_ratio > 1:
+            cost += ConvBN.fused_cost(reduced, dim, dim, sr_ratio + 3, groups=dim) + Cost(params=2 * dim)
+        cost += complexity.conv(dim, dim, 3, m, groups=dim)  # local_conv (LR)
+        cost += complexity.bmm(dim * n * m, bias=pos_bias) + complexity.bmm(dim * n * m)  # q k, attn v
+        cost.logits = num_heads * n * m
+        return cost
 
     def forward(self, x: Tensor, pos_bias: Tensor | None = None) -> Tensor:
         B, C, H, W = x.shape

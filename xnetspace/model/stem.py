@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from .complexity import Cost
-from .convs import ConvBN
+from .convs import ConvBN, fused_conv_bn
 
 __all__ = ["Stem", "Downsample", "stem_kernel", "DOWNSAMPLE_KERNEL"]
 
@@ -49,6 +49,19 @@ class Stem(ConvBN):
         cost.activations = in_chans * hw[0] * hw[1] + 2 * dim * out_hw[0] * out_hw[1]
         return cost
 
+    @staticmethod
+    def fused(in_chans: int, dim: int, stride: int = 4) -> nn.Module:
+        """The inference form (what ``fuse()`` returns), built directly: the conv with BN folded."""
+        k = stem_kernel(stride)
+        return fused_conv_bn(in_chans, dim, k, stride=stride, padding=k // 2)
+
+    @staticmethod
+    def fused_cost(  # type: ignore[override]
+        out_hw: tuple[int, int], in_chans: int, dim: int, stride: int = 4
+    ) -> Cost:
+        """Cost of :meth:`fused` with an ``out_hw`` output map."""
+        return ConvBN.fused_cost(out_hw, in_chans, dim, stem_kernel(stride))
+
 
 class Downsample(ConvBN):
     """3x3 conv, stride 2, padding 1, no bias -> BN, before every stage but the first.
@@ -63,3 +76,13 @@ class Downsample(ConvBN):
     def cost(hw: tuple[int, int], in_chs: int, dim: int) -> Cost:  # type: ignore[override]
         """Cost at the (H, W) output map ``hw``."""
         return ConvBN.cost(hw, in_chs, dim, DOWNSAMPLE_KERNEL)
+
+    @staticmethod
+    def fused(in_chs: int, dim: int) -> nn.Module:
+        """The inference form (what ``fuse()`` returns), built directly: the conv with BN folded."""
+        return fused_conv_bn(in_chs, dim, DOWNSAMPLE_KERNEL, stride=2, padding=1)
+
+    @staticmethod
+    def fused_cost(hw: tuple[int, int], in_chs: int, dim: int) -> Cost:  # type: ignore[override]
+        """Cost of :meth:`fused` at the (H, W) output map ``hw``."""
+        return ConvBN.fused_cost(hw, in_chs, dim, DOWNSAMPLE_KERNEL)

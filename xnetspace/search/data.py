@@ -202,7 +202,7 @@ _FLOAT_COPIES = 3  # the resized images, their normalised copy and the splits cu
 def _check_memory(name: str, planes: int, image_size: int) -> None:
     """Refuse an in-memory float dataset (``planes`` = images x channels) that would not fit in the
     memory available at ``image_size`` (digits at 16,384 pixels would need about 6 TB)."""
-    from ..memory import available_memory, human_bytes
+    from ..memory_limit import available_memory, human_bytes
 
     need = _FLOAT_COPIES * planes * image_size * image_size * 4
     free = available_memory()

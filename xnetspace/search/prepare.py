@@ -457,7 +457,7 @@ def prepare_image_folder(
 
 def _check_memory(listing: Listing, n: int, side: int) -> None:
     """Refuse, before decoding anything, ``n`` images at ``side`` that the memory cannot hold."""
-    from ..memory import available_memory, human_bytes
+    from ..memory_limit import available_memory, human_bytes
 
     need, free = n * side * side * 3, available_memory()
     if free is not None and need > free:

@@ -369,7 +369,7 @@ def check_workers(devices: Sequence[str], asked: int | None) -> int:
     Raises:
         ValueError: ``asked`` below 1, or above what the machine can hold (the message says why).
     """
-    from ..memory import available_memory, human_bytes
+    from ..memory_limit import available_memory, human_bytes
 
     per_device = device_workers(devices, asked)
     if asked is None:
