@@ -24,7 +24,8 @@ import torch
 from scipy import stats
 
 from xnetspace.search.data import load_dataset
-from xnetspace.search.fidelity import FidelityConfig, _specs_of, read_runs, specs
+from xnetspace.search.fidelity import FidelityConfig, specs
+from xnetspace.search.fidelity_runs import read_runs, runs_by_spec
 from xnetspace.search.space import load_space
 from xnetspace.search.stats import rank_fidelity
 from xnetspace.search.train import train_seeds
@@ -61,10 +62,10 @@ def main() -> None:
     )
     data = load_dataset(config.dataset, config.train.image_size, config.train.seed)
     pool = specs(config, data.num_classes, data.in_chans)
-    recorded = _specs_of(read_runs(args.folder / "runs.csv"))
-    keys = [i for i in sorted(recorded) if recorded[i]["proxy"] and recorded[i]["confirm"]][: args.specs]
-    target = [statistics.fmean(r["loss"][-1] for r in recorded[i]["confirm"]) for i in keys]
-    plain = [statistics.fmean(r["loss"][-1] for r in recorded[i]["proxy"][: args.seeds]) for i in keys]
+    recorded = runs_by_spec(read_runs(args.folder / "runs.csv"))
+    keys = [i for i in sorted(recorded) if recorded[i].proxy and recorded[i].confirm][: args.specs]
+    target = [statistics.fmean(r.loss[-1] for r in recorded[i].confirm) for i in keys]
+    plain = [statistics.fmean(r.loss[-1] for r in recorded[i].proxy[: args.seeds]) for i in keys]
 
     train = config.train.model_copy(update={"augment": args.augment})
     seeds = list(config.proxy_seeds[: args.seeds])

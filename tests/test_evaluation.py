@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 from xnetspace.cli import app
 from xnetspace.search import RunOptions, StudyConfig, run_search
 from xnetspace.search.control import CONTROL_SUFFIX, spent
-from xnetspace.search.fidelity import FidelityConfig, analyze_runs, read_runs, run_fidelity
+from xnetspace.search.fidelity import FidelityConfig, run_fidelity
+from xnetspace.search.fidelity_runs import read_runs
+from xnetspace.search.fidelity_stats import analyze_runs
 from xnetspace.search.records import read_trial
 from xnetspace.search.space import SearchSpace
 from xnetspace.search.stats import noise_ceiling, precision_at_k
@@ -219,11 +221,12 @@ def test_the_fidelity_study_writes_its_runs_and_resumes_without_training(tmp_pat
     space = SearchSpace.model_validate(SPACE)
     config = FidelityConfig(space=space, dataset="synthetic:128", n_specs=6, seeds=2, train=space.train)
     result = run_fidelity(config, tmp_path / "f", progress=False)
-    rows = read_runs(tmp_path / "f" / "runs.csv")
-    assert len(rows) == 6 * 2 * 2 and {r["recipe"] for r in rows} == {"proxy", "confirm"}
-    assert {int(r["seed"]) for r in rows if r["recipe"] == "confirm"} == {1000, 1001}
-    assert all(r["naswot"] for r in rows if r["recipe"] == "proxy")
-    again = analyze_runs(rows, seed=config.seed)  # the analysis from runs.csv alone
+    runs = read_runs(tmp_path / "f" / "runs.csv")
+    assert len(runs) == 6 * 2 * 2 and {r.recipe for r in runs} == {"proxy", "confirm"}
+    assert {r.run.seed for r in runs if r.recipe == "confirm"} == {1000, 1001}
+    assert all(r.zero_cost["naswot"] for r in runs if r.recipe == "proxy")
+    assert sorted({r.spec_index for r in runs}) == list(range(6))  # each spec's place in the pool
+    again = analyze_runs(runs, seed=config.seed)  # the analysis from runs.csv alone
     assert [s["kendall_tau"] for s in again["scores"]] == pytest.approx([s["kendall_tau"] for s in result["scores"]])
     names = [s["name"] for s in result["scores"]]
     assert {"loss@1", "loss@2", "tse@1", "params", "flops", *ZERO_COST} <= set(names)

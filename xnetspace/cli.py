@@ -489,7 +489,7 @@ def fidelity(
     With --table, the same from a table's runs against its mean test score (docs/benchmark.md).
     """
     from .paths import folder_option
-    from .search.fidelity import FidelityConfig, report_lines, run_fidelity
+    from .search.fidelity import FidelityConfig, run_fidelity
     from .search.space import load_space
 
     if table is not None or space is None or out is None:
@@ -514,6 +514,13 @@ def fidelity(
     if as_json:
         typer.echo(to_json(result, indent=2, default=str))
         return
+    _print_fidelity(result, folder)
+
+
+def _print_fidelity(result: dict, folder: Path | None) -> None:
+    """The lines ``xnetspace fidelity`` prints of a study's or a table's analysis (files in ``folder``)."""
+    from .search.fidelity_report import report_lines
+
     for line in report_lines(result, folder):
         console.print(line, markup=False, highlight=False)
 
@@ -714,7 +721,6 @@ def _fidelity_of_table(table: Path | None, space: str | None, out: str | None, s
     from .bench import load
     from .paths import output_folder, write_atomically
     from .search.bench_fidelity import table_fidelity
-    from .search.fidelity import report_lines
 
     if table is None or space is not None:
         return _fail(
@@ -730,8 +736,7 @@ def _fidelity_of_table(table: Path | None, space: str | None, out: str | None, s
     if as_json:
         typer.echo(to_json(result, indent=2))
         return
-    for line in report_lines(result, None):
-        console.print(line, markup=False, highlight=False)
+    _print_fidelity(result, None)
 
 
 @app.command()

@@ -51,7 +51,8 @@ class Job(BaseModel):
     12``, ``baseline`` and ``transxnet_t_x0.384``, ...); ``trial`` is the search trial it confirms.
     With ``zero_cost`` the job also records the spec's zero-cost scores (:mod:`.zero_cost`); with
     ``test`` (a tabular benchmark's job, :mod:`.tabulate`) every epoch is also scored on the
-    held-out test split, and each run keeps its per-epoch wall seconds.
+    held-out test split, and each run keeps its per-epoch wall seconds. ``spec_index`` is the
+    spec's place in the pool it was drawn from (the fidelity study's, :mod:`.fidelity`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -65,6 +66,7 @@ class Job(BaseModel):
     trial: int | None = None
     zero_cost: bool = False
     test: bool = False
+    spec_index: int | None = None
 
     def key(self, train: TrainConfig, dataset: str) -> str:
         """Identity of the job: spec, seeds, schedule, split, recipe and dataset (and ``test``

@@ -31,15 +31,19 @@ from .confirmation import control_finished, open_confirm_study, plan_jobs
 from .control import control_top_up, open_control_study, spent
 from .data import DataSplit, load_dataset
 from .errors import StudyStalled, SurplusTrial, TrialFailed, WorkerCrashed
-from .jobs import JobObjective, enqueue_jobs, job_results, job_state
+from .jobs import JobObjective, enqueue_jobs, job_results, job_state, open_job_study
 from .objective import Objective
 from .progress import POLL_SECONDS, Monitor
+from .score import Score
 from .study import RunOptions, StudyConfig, open_study, slot_state, stalled, top_up_slots, usable_cores
+from .train import TrainConfig
 
 __all__ = [
     "run_worker",
     "worker_process",
     "guarded",
+    "drain_jobs",
+    "job_worker",
     "run_processes",
     "spawn_workers",
     "run_one",
@@ -56,6 +60,7 @@ __all__ = [
     "study_finished",
 ]
 
+JOB_HEARTBEAT = 10  # seconds between the heartbeats of a job worker's running job (job_worker)
 SLOTS_AHEAD = 2  # queued slots each worker keeps ahead of itself (few: a study of any N starts at once)
 
 
@@ -218,6 +223,32 @@ def drain_jobs(study: optuna.Study, objective: Callable, out: Path, worker: int,
             time.sleep(poll)
             continue
         run_one(study, objective, out, worker)
+
+
+def job_worker(
+    url: str,
+    name: str,
+    train_json: str,
+    dataset: str,
+    score: Score,
+    out: str,
+    device: str,
+    worker: int,
+    threads: int | None,
+) -> None:
+    """Entry point of a spawned worker of a job study (the fidelity study's; :func:`guarded`): the
+    study ``name`` in storage ``url`` (opened as the head opened it), its jobs popped and trained
+    (:func:`drain_jobs`) with the recipe ``train_json`` on ``dataset``, each scored by ``score``,
+    until none is queued or running; lost races noted in ``out/workers.log``."""
+
+    def work(device: str) -> None:
+        train = TrainConfig.model_validate_json(train_json)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        study = open_job_study(url, name, JOB_HEARTBEAT, score)
+        data = load_dataset(dataset, train.image_size, train.seed)
+        drain_jobs(study, JobObjective(train, data, score, device, worker), Path(out), worker)
+
+    guarded(work, device, threads)
 
 
 def fail_stale(study: optuna.Study) -> None:
