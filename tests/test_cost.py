@@ -51,6 +51,7 @@ def test_random_specs_agree_with_fvcore():
         _check(spec, build_model(spec).eval(), size)
 
 
+@pytest.mark.slow
 def test_the_fused_form_agrees_with_fvcore():
     # The inference form's own cost (folded norms and layer scales, merged kernels, the attention
     # as baddbmm/bmm), against fvcore on the network built directly in that form.
