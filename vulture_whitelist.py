@@ -92,6 +92,7 @@ A.Normalization.method, A.Normalization.shared_bins, A.Normalization.dropped
 A.AnalysisResult.importance_method, A.AnalysisResult.comparison
 A.Evidence.ks_statistic, A.Evidence.ks_pvalue, A.Evidence.edf_gap, A.Evidence.edf_gap_normalized
 A.Evidence.mean_difference_ci95, A.Evidence.mean_difference_plain, A.Evidence.mean_difference_plain_ci95
+A.Evidence.normalized
 A.RefineStep.first_test
 A.Verification.requested, A.Verification.comparison, A.Verification.knobs_before, A.Verification.knobs_after
 A.RefineResult.refined_space, A.RefineResult.refined_space_file, A.RefineResult.knobs_before

@@ -17,7 +17,7 @@ import argparse
 
 import numpy as np
 
-from xnetspace.search.analysis import load_run, study_data
+from xnetspace.search.analysis_data import load_run, study_data
 from xnetspace.search.data import load_dataset
 from xnetspace.search.train import train_seeds
 from xnetspace.spec import NetworkSpec

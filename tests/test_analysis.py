@@ -16,18 +16,10 @@ from typer.testing import CliRunner
 
 from xnetspace.cli import app
 from xnetspace.search import RunOptions, StudyConfig
-from xnetspace.search.analysis import (
-    AnalysisError,
-    Candidate,
-    analyze,
-    compare,
-    complexity_weights,
-    edf,
-    edf_distance,
-    importances,
-    load_run,
-    study_data,
-)
+from xnetspace.search.analysis import analyze
+from xnetspace.search.analysis_data import AnalysisError, Candidate, load_run, study_data
+from xnetspace.search.analysis_schema import AnalysisResult
+from xnetspace.search.analysis_stats import compare, complexity_weights, edf, edf_distance, importances
 from xnetspace.search.records import KEY
 from xnetspace.search.space import SearchSpace
 from xnetspace.search.study import store_run_options
@@ -238,8 +230,44 @@ def test_studies_trained_with_different_seeds_are_compared_with_a_warning(tmp_pa
     # task seed 1 lowered the cross-entropy of each of 7 specs by 0.013 to 0.036 nats (docs/design_spaces.md).
     a = make_study(tmp_path / "a", n=12, name="first")
     b = make_study(tmp_path / "b", n=12, name="second", train_seed=1)
-    c = analyze([study_data(load_run(a)), study_data(load_run(b))])["comparison"]
-    assert any("trained with different seeds (first: 0, second: 1)" in w for w in c["warnings"])
+    c = analyze([study_data(load_run(a)), study_data(load_run(b))]).comparison
+    assert c is not None and any("trained with different seeds (first: 0, second: 1)" in w for w in c.warnings)
+
+
+def test_analyze_builds_its_model_and_sets_only_what_it_made(tmp_path):
+    # analysis.json is the result without its unset fields: a comparison only for 2+ studies, the
+    # list of comparisons only for 3+, a short comparison's fields only where it was not made
+    a, b, tiny = (
+        make_study(tmp_path / "a", name="a"),
+        make_study(tmp_path / "b", name="b"),
+        make_study(tmp_path / "t", n=1, name="t"),
+    )
+    one = analyze([study_data(load_run(a))])
+    assert isinstance(one, AnalysisResult) and one.comparison is None and one.comparisons is None
+    assert set(one.model_dump(exclude_unset=True)) == {"score", "studies", "importance_method", "normalization"}
+    assert "note" not in one.model_dump(exclude_unset=True)["score"]
+    assert set(one.model_dump(exclude_unset=True)["normalization"]) == {
+        "method",
+        "bins",
+        "edges",
+        "shared_bins",
+        "dropped",
+    }
+    three = analyze([study_data(load_run(f)) for f in (a, b, tiny)])
+    assert three.comparisons is not None and [(c.a, c.b) for c in three.comparisons] == [("a", "b"), ("a", "t")]
+    assert three.comparison == three.comparisons[0] and three.comparison.verdict is not None
+    dumped = three.model_dump(exclude_unset=True)
+    assert set(dumped) == {"score", "studies", "importance_method", "normalization", "comparison", "comparisons"}
+    assert dumped["comparisons"][1] == {  # the tiny study: no statistics, and no keys for them
+        "a": "a",
+        "b": "t",
+        "ks_statistic": None,
+        "ks_pvalue": None,
+        "mean_difference_ci95": None,
+        "best_difference_ci95": None,
+        "warnings": ["a comparison needs 2+ candidates in each study"],
+    }
+    assert all("range" not in row for rows in dumped["studies"][0]["marginals"].values() for row in rows)
 
 
 @pytest.mark.slow

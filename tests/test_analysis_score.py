@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from xnetspace.cli import app
 from xnetspace.search import RunOptions, StudyConfig
-from xnetspace.search.analysis import analyze, load_run, study_data
+from xnetspace.search.analysis import analyze
+from xnetspace.search.analysis_data import load_run, study_data
 from xnetspace.search.analysis_schema import AnalysisResult, schemas
 from xnetspace.search.records import KEY
 from xnetspace.search.space import SearchSpace
@@ -85,21 +86,21 @@ def test_a_loss_study_is_analysed_in_cross_entropy_with_top1_error_beside(tmp_pa
     assert [c.error for c in data.candidates] == pytest.approx([t[0] for t in truth])  # mean over the 2 seeds
     assert [c.top1_error for c in data.candidates] == pytest.approx([t[1] for t in truth])
     result = analyze([data])
-    assert result["score"] == {
+    assert result.score.model_dump(exclude_unset=True) == {  # as analysis.json holds it: no note
         "name": "loss",
         "label": "validation cross-entropy",
         "unit": "nats",
         "direction": "minimize",
     }
-    study = result["studies"][0]
+    study = result.studies[0]
     losses = sorted(t[0] for t in truth)
-    assert study["edf"]["error"] == pytest.approx(sorted(set(losses)))
-    assert study["error"]["min"] == pytest.approx(losses[0]) and study["error"]["max"] == pytest.approx(losses[-1])
-    assert study["top1_error"]["mean"] == pytest.approx(np.mean([t[1] for t in truth]))
-    assert study["edf_top1_error"]["fraction"][-1] == pytest.approx(1.0) and len(study["edf_top1_error"]["error"]) == 16
+    assert study.edf.error == pytest.approx(sorted(set(losses)))
+    assert study.error.min == pytest.approx(losses[0]) and study.error.max == pytest.approx(losses[-1])
+    assert study.top1_error is not None and study.top1_error.mean == pytest.approx(np.mean([t[1] for t in truth]))
+    assert study.edf_top1_error.fraction[-1] == pytest.approx(1.0) and len(study.edf_top1_error.error) == 16
     # width sets the cross-entropy, so it is the important knob and its marginal falls with width
-    assert max(study["importance"], key=study["importance"].get) == "stage1.embed_dim"
-    means = [row["mean_error"] for row in study["marginals"]["stage1.embed_dim"]]
+    assert max(study.importance, key=study.importance.get) == "stage1.embed_dim"
+    means = [row.mean_error for row in study.marginals["stage1.embed_dim"]]
     assert means == sorted(means, reverse=True) and means[0] < 0.5
 
 

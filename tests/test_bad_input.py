@@ -636,21 +636,21 @@ def _damage_top1(folder: Path, count: int, text: str) -> None:
 def test_analyze_never_lets_a_raw_warning_or_traceback_through(tmp_path, monkeypatch, damage, note):
     import dataclasses
 
-    import xnetspace.search.analysis as analysis
+    import xnetspace.search.analysis_run as analysis_run
 
     from .test_analysis import make_study
 
     monkeypatch.chdir(tmp_path)
     make_study(tmp_path / "a", n=12), make_study(tmp_path / "b", n=12, seed=1)
     if damage == "constant":  # every candidate of both studies at 10 % error: zero variance
-        read = analysis.study_data
+        read = analysis_run.study_data  # where xnetspace analyze reads each study
 
         def constant(*args, **kwargs):
             data = read(*args, **kwargs)
             data.candidates = [dataclasses.replace(c, error=10.0) for c in data.candidates]
             return data
 
-        monkeypatch.setattr(analysis, "study_data", constant)
+        monkeypatch.setattr(analysis_run, "study_data", constant)
     else:
         _damage_top1(tmp_path / "a", 1, damage)
     result = runner.invoke(app, ["analyze", "a", "b", "--out", "out"])
@@ -836,6 +836,13 @@ class _Prepared:
         return dict(NAN_RESULT)
 
 
+class _Dumped:
+    """Stands in for a Pydantic result (analyze's AnalysisResult), whose --json is its model_dump."""
+
+    def model_dump(self, **kwargs) -> dict:
+        return dict(NAN_RESULT)
+
+
 # (command line, module, function, what the stub returns): each command's --json over a NaN-laden result
 JSON_COMMANDS = [
     (
@@ -844,7 +851,7 @@ JSON_COMMANDS = [
         "run_fidelity",
         dict(NAN_RESULT, out=Path("out")),
     ),
-    (["analyze", "run", "--json"], "xnetspace.search.analysis", "run_analysis", (NAN_RESULT, {}, [])),
+    (["analyze", "run", "--json"], "xnetspace.search.analysis_run", "run_analysis", (_Dumped(), {}, [])),
     (["refine", "run", "--out", "out", "--json"], "xnetspace.search.refine_verify", "refine_run", (NAN_RESULT, {})),
     (
         ["prepare", "imagefolder:one_image", "--image-size", "16", "--json"],

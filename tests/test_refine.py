@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from xnetspace.cli import app
 from xnetspace.cost import cost_report
 from xnetspace.search import RunOptions, StudyConfig
-from xnetspace.search.analysis import complexity_weights, load_run, study_data
+from xnetspace.search.analysis_data import load_run, study_data
 from xnetspace.search.analysis_schema import RefineResult
+from xnetspace.search.analysis_stats import complexity_weights
 from xnetspace.search.records import KEY
 from xnetspace.search.refine import CHECK_DRAWS, MIN_MODELS, evidence, fit_width_rule, refine
 from xnetspace.search.space import SearchSpace, load_space
@@ -316,5 +317,5 @@ def test_analysis_splits_monotone_chains_into_stage_values(tmp_path):
         assert [c.knobs[f"stage{i}.embed_dim"] for i in range(1, 5)] == [s["embed_dim"] for s in c.spec["stages"]]
         assert not any("-" in k for k in c.knobs)
     assert data.distributions["stage2.depth"].low == 1 and data.distributions["stage2.depth"].high == 3
-    study = analyze([data])["studies"][0]
-    assert {"stage1.embed_dim", "stage4.embed_dim", "stage3.depth"} <= set(study["marginals"])
+    study = analyze([data]).studies[0]
+    assert {"stage1.embed_dim", "stage4.embed_dim", "stage3.depth"} <= set(study.marginals)

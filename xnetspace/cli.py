@@ -658,15 +658,16 @@ def analyze(
     top1 study): EDFs, knob importances and marginals of each study, and the comparison of the
     first study with the others (KS statistic, bootstrap CIs)."""
     from .paths import folder_option
-    from .search.analysis import report_lines, run_analysis
+    from .search.analysis_report import report_lines
+    from .search.analysis_run import run_analysis
 
     with _answers():
         folder = folder_option(out)
         result, files, notices = run_analysis(runs or [], storage, study_names or [], folder, bins, force)
     for notice in notices:
         typer.echo(f"warning: {notice}", err=True)
-    if as_json:
-        typer.echo(to_json(result, indent=2))
+    if as_json:  # what analysis.json holds
+        typer.echo(to_json(result.model_dump(exclude_unset=True), indent=2))
         return
     for line in report_lines(result, files):  # names and messages are text, not rich markup
         console.print(line, markup=False, highlight=False)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ..paths import output_folder
 from ..strict_json import to_json
-from .analysis import complexity_weights, edf
 from .analysis_plots import axis_label
+from .analysis_schema import ScoreInfo
+from .analysis_stats import complexity_weights, edf
 from .refine import Refinement, bins_for
 from .space import space_yaml
 
@@ -86,7 +87,7 @@ def _plot(refinement: Refinement, path: Path) -> None:
         ax.legend(fontsize=6, loc="lower right")
     for ax in axes[-1]:
         if ax.axison:
-            ax.set_xlabel(axis_label(result["score"]), fontsize=7)
+            ax.set_xlabel(axis_label(ScoreInfo.model_validate(result["score"])), fontsize=7)
     fig.suptitle(f"refine: EDFs of {result['study']} (solid plain, dashed complexity-normalised)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -10,15 +10,17 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import optuna
 
 from ..paths import output_folder
 from ..spec import MAX_SEED
 from ..strict_json import to_json
-from .analysis import StudyData, analyze, load_run, study_data
+from .analysis import analyze
+from .analysis_data import StudyData, load_run, study_data
 from .analysis_plots import write_analysis
-from .analysis_schema import RefineResult
+from .analysis_schema import Comparison, RefineResult
 from .refine import Refinement, refine
 from .refine_plots import REFINE_FILES, write_refine
 from .runner import run_search
@@ -113,11 +115,12 @@ def verify(
     fresh = study_data(load_run(folder), str(folder), folder / "summary.json")
     result = analyze([fresh, original], seed=seed)
     write_analysis(result, folder)
+    comparison = cast(Comparison, result.comparison)  # two studies: always compared
     return {
         "folder": str(folder),
         "requested": n,
         "members": len(fresh.candidates),
-        "comparison": result["comparison"],
+        "comparison": comparison.model_dump(exclude_unset=True),  # refine.json is still built as a dict
         "knobs_before": len(refinement.result["knobs_before"]),
         "knobs_after": len(refinement.result["knobs_after"]),
     }
