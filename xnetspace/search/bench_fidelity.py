@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from ..bench import ZERO_COST_COLUMNS, Bench
 from .fidelity import analyze_runs
+from .names import JobRole
 
 __all__ = ["table_runs", "table_fidelity"]
 
@@ -43,7 +44,7 @@ def table_runs(bench: Bench) -> list[dict]:
             rows.append(
                 {
                     **common,
-                    "recipe": "proxy",
+                    "recipe": JobRole.PROXY,  # the job role fidelity.py writes in its runs table
                     "seed": run.seed,
                     "epochs": run.epochs,
                     "train_loss": joined["train_loss"],
@@ -53,7 +54,7 @@ def table_runs(bench: Bench) -> list[dict]:
             rows.append(
                 {
                     **common,
-                    "recipe": "confirm",
+                    "recipe": JobRole.CONFIRM,
                     "seed": run.seed,
                     "epochs": run.epochs,
                     "train_loss": joined["train_loss"],
