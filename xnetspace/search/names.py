@@ -1,5 +1,6 @@
 """The search's closed sets of names as enums, as Optuna's own (``StudyDirection``, ``TrialState``):
-the roles of training jobs (:class:`JobRole`).
+the objectives a study can rank by (:class:`ObjectiveName`) and the roles of training jobs
+(:class:`JobRole`).
 
 Each is a :class:`StrEnum`: a member *is* its value as a string, so it compares equal to it and
 is written unchanged into Optuna's user attrs, JSON and CSV files, and Pydantic and the command
@@ -11,7 +12,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 
-__all__ = ["StrEnum", "JobRole"]
+__all__ = ["StrEnum", "ObjectiveName", "SecondObjective", "JobRole"]
 
 if sys.version_info >= (3, 11):
     from enum import StrEnum
@@ -22,6 +23,40 @@ else:  # the package supports Python 3.10, which lacks enum.StrEnum
 
         def __str__(self) -> str:
             return str(self.value)
+
+
+class SecondObjective(StrEnum):
+    """The cost a two-objective study minimizes beside its proxy score."""
+
+    FLOPS = "flops"
+    LATENCY = "latency"  # predicted from the space's latency table, else measured on the device
+
+
+class ObjectiveName(StrEnum):
+    """What a study ranks candidates by: one proxy score (``loss``, ``top1``, a zero-cost score,
+    ...; :data:`~.score.PROXIES`), or a proxy score and a cost (``top1-flops``: two objectives)."""
+
+    LOSS = "loss"
+    TOP1 = "top1"
+    TSE = "tse"
+    SYNFLOW = "synflow"
+    NASWOT = "naswot"
+    GRAD_NORM = "grad_norm"
+    TOP1_FLOPS = "top1-flops"
+    TOP1_LATENCY = "top1-latency"
+    LOSS_LATENCY = "loss-latency"
+
+    @property
+    def proxy(self) -> ObjectiveName:
+        """The single objective ranked first (``loss-latency``: ``loss``; ``loss``: itself)."""
+        # A two-objective name is PROXY-COST; no single objective's name holds a "-".
+        return ObjectiveName(self.value.partition("-")[0])
+
+    @property
+    def second(self) -> SecondObjective | None:
+        """The cost minimized beside the proxy score (None in a single-objective study)."""
+        cost = self.value.partition("-")[2]
+        return SecondObjective(cost) if cost else None
 
 
 class JobRole(StrEnum):

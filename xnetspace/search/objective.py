@@ -31,10 +31,11 @@ from ..latency_table import read_table
 from ..spec import NetworkSpec
 from .data import DataSplit
 from .errors import SurplusTrial, TrialFailed
+from .names import SecondObjective
 from .records import RunRecord, TrialRecord, is_live, read_trial, slot_attrs, write
 from .space import SpaceError
 from .stats import pooled_seed_std
-from .study import LATENCY_OBJECTIVES, StudyConfig, candidates, live_slots
+from .study import StudyConfig, candidates, live_slots
 from .train import Diverged, TimeLimitExceeded, TrainConfig, TrainResult, train_seeds
 from .zero_cost import zero_cost_scores
 
@@ -92,9 +93,10 @@ class Objective:
             record.reason = f"{self.config.proxy.label} is {value}: no score to rank it by (did training diverge?)"
             write(trial, record)
             raise TrialFailed(record.reason)
-        if self.config.objective == "top1-flops":
+        second = self.config.second_objective
+        if second == SecondObjective.FLOPS:
             return value, float(report.flops)
-        if self.config.objective in LATENCY_OBJECTIVES:
+        if second == SecondObjective.LATENCY:
             return value, latency
         return value
 
@@ -154,7 +156,7 @@ class Objective:
         measured on the study's device; NaN when neither the objective nor a budget asks for it.
         Over ``max_latency_ms`` the sample is rejected (counted as FLOPs rejections are)."""
         constraints = self.space.constraints
-        if self.config.objective not in LATENCY_OBJECTIVES and constraints.max_latency_ms is None:
+        if self.config.second_objective != SecondObjective.LATENCY and constraints.max_latency_ms is None:
             return math.nan
         if self.latency_table is not None:
             latency, how = self.latency_table.predict(spec, constraints.image_size).total_ms, "predicted"
