@@ -15,7 +15,7 @@ from xnetspace.bench import REFERENCE
 from xnetspace.cli import _SearchOpt
 from xnetspace.search import StudyConfig
 from xnetspace.search.jobs import Job, enqueue_jobs, job_results, open_job_study
-from xnetspace.search.names import JobRole, ObjectiveName, SecondObjective
+from xnetspace.search.names import JobRole, ObjectiveName, Rejection, SecondObjective
 from xnetspace.search.records import KEY, read_job
 from xnetspace.search.score import LOSS, PROXIES, TOP1, proxy_of, score_of
 from xnetspace.search.train import TrainConfig
@@ -62,3 +62,11 @@ def test_every_objective_is_stored_as_its_string_and_ranks_as_before(name):
 
 def test_the_command_line_help_names_every_objective():
     assert all(o.value in _SearchOpt.objective.help for o in ObjectiveName)
+
+
+def test_a_rejection_reason_reads_as_before_and_is_told_apart():
+    reason = Rejection.OVER_BUDGET.reason("FLOPs 300k above max 200k")
+    assert reason == "over budget: FLOPs 300k above max 200k"  # as trial records have always held it
+    assert Rejection.of(reason) is Rejection.OVER_BUDGET
+    assert Rejection.of(Rejection.INVALID.reason("heads must divide channels")) is Rejection.INVALID
+    assert Rejection.of("pruner: epoch 2 below the median") is None and Rejection.of(None) is None

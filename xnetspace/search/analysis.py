@@ -69,6 +69,7 @@ from pydantic import ValidationError
 from scipy import stats
 
 from .analysis_schema import AnalysisResult, ScoreInfo
+from .names import Rejection
 from .records import TrialRecord, read_trial
 from .score import LOSS
 from .study import StudyConfig, stored_settings
@@ -278,7 +279,7 @@ def _add_trial(data: StudyData, t: FrozenTrial) -> None:
         return
     if r.rejected:
         data.rejected += 1
-        data.rejected_over_budget += (r.reason or "").startswith("over budget")
+        data.rejected_over_budget += Rejection.of(r.reason) == Rejection.OVER_BUDGET
     elif not r.slot:
         return
     elif r.duplicate_of is not None:

@@ -1,6 +1,6 @@
 """The search's closed sets of names as enums, as Optuna's own (``StudyDirection``, ``TrialState``):
-the objectives a study can rank by (:class:`ObjectiveName`) and the roles of training jobs
-(:class:`JobRole`).
+the objectives a study can rank by (:class:`ObjectiveName`), the roles of training jobs
+(:class:`JobRole`) and why a sample is rejected before training (:class:`Rejection`).
 
 Each is a :class:`StrEnum`: a member *is* its value as a string, so it compares equal to it and
 is written unchanged into Optuna's user attrs, JSON and CSV files, and Pydantic and the command
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 
-__all__ = ["StrEnum", "ObjectiveName", "SecondObjective", "JobRole"]
+__all__ = ["StrEnum", "ObjectiveName", "SecondObjective", "JobRole", "Rejection"]
 
 if sys.version_info >= (3, 11):
     from enum import StrEnum
@@ -74,3 +74,21 @@ class JobRole(StrEnum):
     # a tabular benchmark (:mod:`.tabulate`)
     SPEC = "spec"  # one of the space's specs
     REFERENCE = "reference"  # the budget-scaled preset beside them (``bench.REFERENCE``)
+
+
+class Rejection(StrEnum):
+    """Why a sample is rejected before anything is built: a trial record's ``reason`` starts with
+    it (``over budget: FLOPs 2.1M above max 2M``), written by the study (:mod:`.objective`) and by
+    a replayed search (:mod:`.replay_search`) alike, and counted by :mod:`.analysis`."""
+
+    INVALID = "invalid spec"  # the spec fails validation (e.g. channels not divisible by heads)
+    OVER_BUDGET = "over budget"  # FLOPs, params or latency outside the space's constraints
+
+    def reason(self, detail: str) -> str:
+        """The record's reason: ``"over budget: " + detail``."""
+        return f"{self.value}: {detail}"
+
+    @classmethod
+    def of(cls, reason: str | None) -> Rejection | None:
+        """The rejection a stored reason names (None: not a rejection's reason)."""
+        return next((r for r in cls if (reason or "").startswith(r.value)), None)

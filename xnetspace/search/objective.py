@@ -31,7 +31,7 @@ from ..latency_table import read_table
 from ..spec import NetworkSpec
 from .data import DataSplit
 from .errors import SurplusTrial, TrialFailed
-from .names import SecondObjective
+from .names import Rejection, SecondObjective
 from .records import RunRecord, TrialRecord, is_live, read_trial, slot_attrs, write
 from .space import SpaceError
 from .stats import pooled_seed_std
@@ -66,7 +66,7 @@ class Objective:
         try:
             spec = self.space.sample(trial, num_classes=self.data.num_classes, in_chans=self.data.in_chans)
         except ValidationError as err:
-            self._reject(trial, record, "invalid spec: " + err.errors()[0]["msg"].removeprefix("Value error, "))
+            self._reject(trial, record, Rejection.INVALID.reason(err.errors()[0]["msg"].removeprefix("Value error, ")))
         report = cost_report(spec, self.space.constraints.image_size)
         spec = spec.model_copy(update={"name": f"{self.space.name}_trial{trial.number}"})  # a label only
         record = record.model_copy(
@@ -76,7 +76,7 @@ class Objective:
         )
         problems = self.space.constraints.violations(report.flops, report.params)
         if problems:
-            self._reject(trial, record, "over budget: " + "; ".join(problems))
+            self._reject(trial, record, Rejection.OVER_BUDGET.reason("; ".join(problems)))
         record.rejected_samples = self.rejected_in_a_row
         write(trial, record)  # before looking for the spec elsewhere: a worker that drew it too sees it
         duplicate = self._earlier_candidate(trial, record)
@@ -173,11 +173,8 @@ class Objective:
             # over the limit, the spec is not trained.
             trial.set_constraint("latency_ms", latency - constraints.max_latency_ms)
             if latency > constraints.max_latency_ms:
-                self._reject(
-                    trial,
-                    record,
-                    f"over budget: {how} latency {latency:.2f} ms above max {constraints.max_latency_ms:g} ms",
-                )
+                detail = f"{how} latency {latency:.2f} ms above max {constraints.max_latency_ms:g} ms"
+                self._reject(trial, record, Rejection.OVER_BUDGET.reason(detail))
         return latency
 
     def _evaluate(self, trial: optuna.Trial, record: TrialRecord, spec: NetworkSpec) -> None:
