@@ -22,6 +22,7 @@ from xnetspace.model.network import TransXNet
 from xnetspace.pack import Pack
 from xnetspace.search import analysis_schema as A
 from xnetspace.search import summary as S
+from xnetspace.search.names import ObjectiveName
 from xnetspace.search.space import SearchSpace
 from xnetspace.search.stats import blocked_separation
 from xnetspace.spec import KnobMeta, NetworkSpec
@@ -65,6 +66,10 @@ NetworkSpec.from_official_arch
 blocked_separation
 Pack.replica
 KnobMeta.cost_free  # tests/test_knobs.py: every knob not declared cost_free changes some cost
+
+# Enum members reached by value only: StudyConfig.objective is validated from a string (--objective).
+ObjectiveName.TSE, ObjectiveName.SYNFLOW, ObjectiveName.NASWOT, ObjectiveName.GRAD_NORM
+ObjectiveName.TOP1_FLOPS, ObjectiveName.TOP1_LATENCY, ObjectiveName.LOSS_LATENCY
 
 # Written to the latency table's file by LatencyTable.to_dict (dataclasses.fields), read by people.
 LatencyTable.torch_version

@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from .analysis_schema import ScoreInfo
+from .names import Rejection
 from .records import TrialRecord, read_trial
 from .score import LOSS
 from .study import StudyConfig, stored_settings
@@ -224,7 +225,7 @@ def _add_trial(data: StudyData, t: FrozenTrial) -> None:
         return
     if r.rejected:
         data.rejected += 1
-        data.rejected_over_budget += (r.reason or "").startswith("over budget")
+        data.rejected_over_budget += Rejection.of(r.reason) == Rejection.OVER_BUDGET
     elif not r.slot:
         return
     elif r.duplicate_of is not None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Literal, cast
+from typing import cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -42,6 +42,7 @@ from .control import control_best, spent
 from .data import DataSplit
 from .errors import SearchError
 from .jobs import Job, finished_record, job_results, open_job_study
+from .names import JobRole
 from .records import JobRecord, read_trial
 from .score import TOP1, Score
 from .space import SearchSpace
@@ -63,7 +64,6 @@ __all__ = [
 
 CONFIRM_SUFFIX = ":confirm"
 CONFIRM_SEED_OFFSET = 1000  # confirmation seeds: train.seed + 1000 + i, apart from every proxy seed
-Role = Literal["candidate", "baseline", "random", "fidelity", "noise"]
 
 
 class ConfirmError(SearchError):
@@ -156,12 +156,12 @@ def plan_jobs(
     proxy_jobs = [_random_proxy_job(spec, config) for spec in pool]
     jobs.extend(proxy_jobs)
     for spec in pool[:n_fidelity]:
-        jobs.append(_confirm_job(config, options, "fidelity", spec.name, spec.model_dump(mode="json")))
+        jobs.append(_confirm_job(config, options, JobRole.FIDELITY, spec.name, spec.model_dump(mode="json")))
     results = job_results(cstudy)
     for name in options.baselines:
         if name in preset_names():
             spec = baseline_spec(name, config.space, num_classes, in_chans)
-            jobs.append(_confirm_job(config, options, "baseline", spec.name, spec.model_dump(mode="json")))
+            jobs.append(_confirm_job(config, options, JobRole.BASELINE, spec.name, spec.model_dump(mode="json")))
         elif name == "random:auto":
             jobs += _random_search_control_jobs(study, config, options, control)
         else:
@@ -172,7 +172,7 @@ def plan_jobs(
 def _confirm_job(
     config: StudyConfig,
     options: RunOptions,
-    role: Role,
+    role: JobRole,
     label: str,
     spec: dict,
     trial: int | None = None,
@@ -196,7 +196,7 @@ def _candidate_jobs(ranked: list[FrozenTrial], config: StudyConfig, options: Run
     proxy seed, the best one retrained at the proxy recipe instead (the proxy score's seed noise)."""
     # A candidate's record (and the control's) always holds the spec it was drawn with.
     jobs = [
-        _confirm_job(config, options, "candidate", f"trial {t.number}", cast(dict, read_trial(t).spec), t.number)
+        _confirm_job(config, options, JobRole.CANDIDATE, f"trial {t.number}", cast(dict, read_trial(t).spec), t.number)
         for t in ranked[: options.confirm_top]
     ]
     if (
@@ -208,14 +208,14 @@ def _candidate_jobs(ranked: list[FrozenTrial], config: StudyConfig, options: Run
     ):
         best = ranked[0]
         label, spec = f"trial {best.number}", cast(dict, read_trial(best).spec)
-        jobs.append(_confirm_job(config, options, "noise", label, spec, best.number, proxy=True))
+        jobs.append(_confirm_job(config, options, JobRole.NOISE, label, spec, best.number, proxy=True))
     return jobs
 
 
 def _random_proxy_job(spec: NetworkSpec, config: StudyConfig) -> Job:
     """The proxy evaluation of a random in-budget spec (for ``random:N`` and the fidelity sample)."""
     return Job(
-        role="random",
+        role=JobRole.RANDOM,
         label=spec.name,
         spec=spec.model_dump(mode="json"),
         proxy=True,
@@ -233,7 +233,7 @@ def _random_search_control_jobs(
     if best is None:
         return []
     label = f"random search at equal compute: trial {best.number}"
-    return [_confirm_job(config, options, "baseline", label, cast(dict, read_trial(best).spec))]
+    return [_confirm_job(config, options, JobRole.BASELINE, label, cast(dict, read_trial(best).spec))]
 
 
 def _best_of_random_jobs(
@@ -253,7 +253,7 @@ def _best_of_random_jobs(
     values = [_proxy_value(config, cast(JobRecord, r), job.spec) for r, job in zip(records, proxy_jobs)]
     pick = min(range(n), key=lambda i: (config.proxy.rank_key(cast(float, values[i])), i))  # finished: scored
     label = f"best of {name}: {pool[pick].name}"
-    return [_confirm_job(config, options, "baseline", label, pool[pick].model_dump(mode="json"))]
+    return [_confirm_job(config, options, JobRole.BASELINE, label, pool[pick].model_dump(mode="json"))]
 
 
 def control_finished(control: optuna.Study, study: optuna.Study) -> bool:
@@ -297,7 +297,7 @@ def summarize(
     jobs = plan_jobs(study, cstudy, config, options, data.num_classes, data.in_chans, control)
     results = job_results(cstudy)
     groups = _job_groups(jobs, results, config)
-    if not any(g["scores"] for (role, _), g in groups.items() if role != "random"):
+    if not any(g["scores"] for (role, _), g in groups.items() if role != JobRole.RANDOM):
         return None
     confirmed = _confirmed_candidates(groups, study, config)
     ranked = sorted(confirmed, key=lambda c: (score.rank_key(c["confirm"]["mean"]), c["flops"]))
@@ -327,10 +327,10 @@ def summarize(
 
 def _job_groups(
     jobs: list[Job], results: dict[str, list[FrozenTrial]], config: StudyConfig
-) -> dict[tuple[str, str], dict]:
+) -> dict[tuple[JobRole, str], dict]:
     """The jobs by ``(role, label)``: each group's job, finished record, and the score and top-1
     of every run it has finished."""
-    groups: dict[tuple[str, str], dict] = {}
+    groups: dict[tuple[JobRole, str], dict] = {}
     for job in jobs:
         record = finished_record(results.get(job.key(config.train, config.dataset), []))
         entry = groups.setdefault((job.role, job.label), {"job": job, "scores": [], "top1": [], "record": record})
@@ -361,7 +361,7 @@ def _confirmed_candidates(groups: dict, study: optuna.Study, config: StudyConfig
     trials = {t.number: t for t in candidates(study)}
     confirmed = []
     for (role, _), g in groups.items():
-        if role == "candidate" and g["scores"]:
+        if role == JobRole.CANDIDATE and g["scores"]:
             t = trials[g["job"].trial]
             proxy_record = read_trial(t)
             confirmed.append(
@@ -380,7 +380,7 @@ def _confirmed_baselines(groups: dict, best: dict | None, config: StudyConfig) -
     """The ``baselines`` entries, each with the best candidate's difference from it."""
     baselines = []
     for (role, label), g in groups.items():
-        if role == "baseline" and g["scores"]:
+        if role == JobRole.BASELINE and g["scores"]:
             entry = {"name": label, **_described(g, config)}
             entry["difference"] = mean_difference(best["confirm"]["scores"], g["scores"]) if best else None
             baselines.append(entry)
@@ -389,10 +389,12 @@ def _confirmed_baselines(groups: dict, best: dict | None, config: StudyConfig) -
 
 def _confirmed_fidelity_sample(groups: dict, config: StudyConfig) -> list[dict]:
     """The ``fidelity_sample`` entries: each confirmed random spec beside its proxy scores."""
-    proxies = {g["job"].label: g for (role, _), g in groups.items() if role == "random" and g["record"] is not None}
+    proxies = {
+        g["job"].label: g for (role, _), g in groups.items() if role == JobRole.RANDOM and g["record"] is not None
+    }
     sampled = []
     for (role, label), g in groups.items():
-        if role == "fidelity" and g["scores"]:
+        if role == JobRole.FIDELITY and g["scores"]:
             p = proxies.get(label)
             sampled.append(
                 {
@@ -437,7 +439,7 @@ def _score_names(config: StudyConfig) -> dict:
 def _noise(groups: dict, confirmed: list[dict]) -> dict:
     """The ``noise`` entry: pooled seed std, the spread of the candidates' means, and the proxy's
     own seed std where it was measured."""
-    noise_groups = [g["scores"] for (role, _), g in groups.items() if role != "random" and len(g["scores"]) > 1]
+    noise_groups = [g["scores"] for (role, _), g in groups.items() if role != JobRole.RANDOM and len(g["scores"]) > 1]
     means = [c["confirm"]["mean"] for c in confirmed]
     return {
         "seed_std": pooled_seed_std(noise_groups),
@@ -446,7 +448,7 @@ def _noise(groups: dict, confirmed: list[dict]) -> dict:
             (
                 statistics.stdev(g["scores"])
                 for (role, _), g in groups.items()
-                if role == "noise" and len(g["scores"]) > 1
+                if role == JobRole.NOISE and len(g["scores"]) > 1
             ),
             None,
         ),

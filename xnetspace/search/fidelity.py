@@ -49,6 +49,7 @@ from .fidelity_report import plot_fidelity
 from .fidelity_runs import FidelityRun, write_runs
 from .fidelity_stats import analyze_runs
 from .jobs import Job, enqueue_jobs, finished_record, job_results, job_state, open_job_study
+from .names import JobRole
 from .score import LOSS
 from .space import SearchSpace
 from .train import TrainConfig, check_recipe
@@ -124,7 +125,7 @@ def plan(config: FidelityConfig, pool: list[NetworkSpec]) -> list[Job]:
         data = spec.model_dump(mode="json")
         jobs.append(
             Job(
-                role="proxy",
+                role=JobRole.PROXY,
                 label=f"spec {i}",
                 spec=data,
                 seeds=config.proxy_seeds,
@@ -136,7 +137,7 @@ def plan(config: FidelityConfig, pool: list[NetworkSpec]) -> list[Job]:
         )
         jobs.append(
             Job(
-                role="confirm",
+                role=JobRole.CONFIRM,
                 label=f"spec {i}",
                 spec=data,
                 seeds=config.confirm_seeds,

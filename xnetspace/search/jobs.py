@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from ..spec import NetworkSpec
 from .data import DataSplit
 from .errors import SurplusTrial, TrialFailed
+from .names import JobRole
 from .records import JobRecord, RunRecord, counts_as_job, job_attrs, read_job, write
 from .score import Score
 from .storage import connect_storage
@@ -47,8 +48,9 @@ class Job(BaseModel):
     """A spec trained with each of ``seeds`` for ``epochs`` epochs.
 
     ``proxy`` jobs use the validation split (what a search trial sees); the others the dataset's
-    held-out test split. ``role`` and ``label`` say what the job is for (``candidate`` and ``trial
-    12``, ``baseline`` and ``transxnet_t_x0.384``, ...); ``trial`` is the search trial it confirms.
+    held-out test split. ``role`` and ``label`` say what the job is for (:class:`~.names.JobRole`
+    ``candidate`` and ``trial 12``, ``baseline`` and ``transxnet_t_x0.384``, ...; a role is stored
+    as its string); ``trial`` is the search trial it confirms.
     With ``zero_cost`` the job also records the spec's zero-cost scores (:mod:`.zero_cost`); with
     ``test`` (a tabular benchmark's job, :mod:`.tabulate`) every epoch is also scored on the
     held-out test split, and each run keeps its per-epoch wall seconds. ``spec_index`` is the
@@ -57,7 +59,7 @@ class Job(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    role: str
+    role: JobRole
     label: str
     spec: dict
     seeds: tuple[int, ...]

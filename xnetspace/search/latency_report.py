@@ -23,9 +23,10 @@ from ..latency import fastest_latencies
 from ..latency_table import read_table
 from ..model import build_model
 from ..spec import NetworkSpec
+from .names import SecondObjective
 from .plots import pyplot, save_figure
 from .score import Score
-from .study import LATENCY_OBJECTIVES, StudyConfig, pareto_front
+from .study import StudyConfig, pareto_front
 
 __all__ = ["latency_front", "latency_lines", "plot_latency_front"]
 
@@ -62,7 +63,7 @@ def latency_front(
     ``predicted_ms`` for front members, from the study; ``measured_ms``), ``answer`` and the
     measurement's settings.
     """
-    if config.objective not in LATENCY_OBJECTIVES or summary is None:
+    if config.second_objective != SecondObjective.LATENCY or summary is None:
         return None
     rows = _rows(study, summary)
     if not any(r["role"] == "front" for r in rows):

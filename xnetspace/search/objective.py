@@ -31,10 +31,11 @@ from ..latency_table import read_table
 from ..spec import NetworkSpec
 from .data import DataSplit
 from .errors import SurplusTrial, TrialFailed
+from .names import Rejection, SecondObjective
 from .records import RunRecord, TrialRecord, is_live, read_trial, slot_attrs, write
 from .space import SpaceError
 from .stats import pooled_seed_std
-from .study import LATENCY_OBJECTIVES, StudyConfig, candidates, live_slots
+from .study import StudyConfig, candidates, live_slots
 from .train import Diverged, TimeLimitExceeded, TrainConfig, TrainResult, train_seeds
 from .zero_cost import zero_cost_scores
 
@@ -65,7 +66,7 @@ class Objective:
         try:
             spec = self.space.sample(trial, num_classes=self.data.num_classes, in_chans=self.data.in_chans)
         except ValidationError as err:
-            self._reject(trial, record, "invalid spec: " + err.errors()[0]["msg"].removeprefix("Value error, "))
+            self._reject(trial, record, Rejection.INVALID.reason(err.errors()[0]["msg"].removeprefix("Value error, ")))
         report = cost_report(spec, self.space.constraints.image_size)
         spec = spec.model_copy(update={"name": f"{self.space.name}_trial{trial.number}"})  # a label only
         record = record.model_copy(
@@ -75,7 +76,7 @@ class Objective:
         )
         problems = self.space.constraints.violations(report.flops, report.params)
         if problems:
-            self._reject(trial, record, "over budget: " + "; ".join(problems))
+            self._reject(trial, record, Rejection.OVER_BUDGET.reason("; ".join(problems)))
         record.rejected_samples = self.rejected_in_a_row
         write(trial, record)  # before looking for the spec elsewhere: a worker that drew it too sees it
         duplicate = self._earlier_candidate(trial, record)
@@ -92,9 +93,10 @@ class Objective:
             record.reason = f"{self.config.proxy.label} is {value}: no score to rank it by (did training diverge?)"
             write(trial, record)
             raise TrialFailed(record.reason)
-        if self.config.objective == "top1-flops":
+        second = self.config.second_objective
+        if second == SecondObjective.FLOPS:
             return value, float(report.flops)
-        if self.config.objective in LATENCY_OBJECTIVES:
+        if second == SecondObjective.LATENCY:
             return value, latency
         return value
 
@@ -154,7 +156,7 @@ class Objective:
         measured on the study's device; NaN when neither the objective nor a budget asks for it.
         Over ``max_latency_ms`` the sample is rejected (counted as FLOPs rejections are)."""
         constraints = self.space.constraints
-        if self.config.objective not in LATENCY_OBJECTIVES and constraints.max_latency_ms is None:
+        if self.config.second_objective != SecondObjective.LATENCY and constraints.max_latency_ms is None:
             return math.nan
         if self.latency_table is not None:
             latency, how = self.latency_table.predict(spec, constraints.image_size).total_ms, "predicted"
@@ -171,11 +173,8 @@ class Objective:
             # over the limit, the spec is not trained.
             trial.set_constraint("latency_ms", latency - constraints.max_latency_ms)
             if latency > constraints.max_latency_ms:
-                self._reject(
-                    trial,
-                    record,
-                    f"over budget: {how} latency {latency:.2f} ms above max {constraints.max_latency_ms:g} ms",
-                )
+                detail = f"{how} latency {latency:.2f} ms above max {constraints.max_latency_ms:g} ms"
+                self._reject(trial, record, Rejection.OVER_BUDGET.reason(detail))
         return latency
 
     def _evaluate(self, trial: optuna.Trial, record: TrialRecord, spec: NetworkSpec) -> None:

@@ -20,6 +20,7 @@ from ..bench import Bench, maximized
 from ..cost import cost_report
 from .errors import SearchError
 from .evolution import RegularizedEvolutionSampler
+from .names import Rejection
 from .score import Direction
 from .space import SearchSpace
 from .study import RunOptions, StudyConfig, make_sampler
@@ -180,7 +181,7 @@ class Oracle:
         try:
             spec = self.space.sample(trial, **self.network)
         except ValidationError as err:
-            return "invalid spec: " + err.errors()[0]["msg"].removeprefix("Value error, ")
+            return Rejection.INVALID.reason(err.errors()[0]["msg"].removeprefix("Value error, "))
         digest = spec.digest()
         if digest in self.position:
             return self.position[digest]
@@ -189,7 +190,7 @@ class Oracle:
         if digest not in self._budget:
             report = cost_report(spec, self.space.constraints.image_size)
             problems = self.space.constraints.violations(report.flops, report.params)
-            self._budget[digest] = "over budget: " + "; ".join(problems) if problems else None
+            self._budget[digest] = Rejection.OVER_BUDGET.reason("; ".join(problems)) if problems else None
         reason = self._budget[digest]
         if reason is None:
             raise ReplayError(f"spec {digest} is valid and in budget but not in the table {self.bench.folder}")

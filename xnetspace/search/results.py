@@ -24,6 +24,7 @@ from ..cost import parse_image_size
 from ..spec import NetworkSpec
 from ..strict_json import json_safe, to_json
 from .latency_report import latency_front, latency_lines, plot_latency_front
+from .names import SecondObjective
 from .plots import pyplot, save_figure
 from .progress import log
 from .records import TrialRecord, read_trial
@@ -478,7 +479,8 @@ def _plot_pareto(study: optuna.Study, config, path: Path) -> Path:
     plt = pyplot()
 
     trials, front = candidates(study), sorted(pareto_front(study), key=lambda t: t.values[1])
-    scale, unit = (1e6, "MFLOPs") if config.objective == "top1-flops" else (1.0, "latency (ms)")
+    flops = config.second_objective == SecondObjective.FLOPS
+    scale, unit = (1e6, "MFLOPs") if flops else (1.0, "latency (ms)")
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.scatter([t.values[1] / scale for t in trials], [t.values[0] for t in trials], s=18, color="C0", label="trials")
     ax.plot([t.values[1] / scale for t in front], [t.values[0] for t in front], "o-", color="C3", label="Pareto front")

@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .names import ObjectiveName
+
 __all__ = ["Score", "TOP1", "LOSS", "score_of", "Proxy", "PROXIES", "proxy_of"]
 
 Direction = Literal["minimize", "maximize"]  # Optuna's words
@@ -69,9 +71,10 @@ LOSS = Score("loss", "cross-entropy", "nats", maximize=False, digits=4)
 
 
 def score_of(objective: str) -> Score:
-    """The score a study of ``objective`` confirms by: top-1 for ``top1`` and the two-objective
-    ``top1-flops``/``top1-latency``; cross-entropy for every other objective (``loss-latency`` too)."""
-    return TOP1 if objective.startswith("top1") else LOSS
+    """The score a study of ``objective`` (an :class:`~.names.ObjectiveName` value) confirms by:
+    top-1 for ``top1`` and the two-objective ``top1-flops``/``top1-latency``; cross-entropy for
+    every other objective (``loss-latency`` too)."""
+    return TOP1 if ObjectiveName(objective).proxy == ObjectiveName.TOP1 else LOSS
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,6 @@ PROXIES = {
 
 
 def proxy_of(objective: str) -> Proxy:
-    """The proxy a study of ``objective`` ranks by (a two-objective study's first: ``loss-latency``
-    ranks by ``loss``)."""
-    return PROXIES[objective.removesuffix("-flops").removesuffix("-latency")]
+    """The proxy a study of ``objective`` (an :class:`~.names.ObjectiveName` value) ranks by (a
+    two-objective study's first: ``loss-latency`` ranks by ``loss``)."""
+    return PROXIES[ObjectiveName(objective).proxy]

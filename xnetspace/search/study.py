@@ -28,6 +28,7 @@ from ..latency_table import read_table
 from ..paths import path_name
 from ..spec import MAX_SEED, preset_names
 from .errors import SearchError
+from .names import ObjectiveName, SecondObjective
 from .records import is_candidate, is_failure, is_live, read_trial, slot_attrs
 from .score import Direction, Proxy, Score, proxy_of, score_of
 from .space import SearchSpace
@@ -61,10 +62,6 @@ __all__ = [
     "default_out",
 ]
 
-ObjectiveName = Literal[
-    "loss", "top1", "tse", "synflow", "naswot", "grad_norm", "top1-flops", "top1-latency", "loss-latency"
-]
-LATENCY_OBJECTIVES = ("top1-latency", "loss-latency")
 _CONFIG_ATTR = "xnetspace_config"
 _RUN_ATTR = "xnetspace_run"
 
@@ -76,7 +73,7 @@ class StudyConfig(BaseModel):
 
     space: SearchSpace
     dataset: str = "digits"
-    objective: ObjectiveName = "loss"
+    objective: ObjectiveName = ObjectiveName.LOSS
     train: TrainConfig = Field(default_factory=TrainConfig)
     proxy_seeds: int = Field(
         1, ge=1, le=64, description="seeds a candidate is trained with at most (its score is the mean over them)"
@@ -125,9 +122,16 @@ class StudyConfig(BaseModel):
 
     @property
     def directions(self) -> list[Direction]:
-        if self.objective == "top1-flops" or self.objective in LATENCY_OBJECTIVES:
+        """The study's directions in Optuna's words: the proxy's, then ``minimize`` for a cost."""
+        if self.second_objective is not None:
             return [self.proxy.direction, "minimize"]  # the score, then the cost
         return [self.proxy.direction]
+
+    @property
+    def second_objective(self) -> SecondObjective | None:
+        """The cost minimized beside the proxy score (None in a single-objective study)."""
+        # Converted: a config copied with model_copy(update=...) is not validated and may hold the string.
+        return ObjectiveName(self.objective).second
 
     @property
     def score(self) -> Score:

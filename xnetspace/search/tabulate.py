@@ -54,6 +54,7 @@ from .confirmation import ConfirmError, baseline_spec
 from .data import DataSplit, load_dataset
 from .errors import SearchError, WorkerCrashed
 from .jobs import Job, JobObjective, enqueue_jobs, finished_record, job_results, job_state, open_job_study
+from .names import JobRole
 from .records import JobRecord, read_job
 from .score import LOSS
 from .space import SearchSpace, space_data
@@ -123,11 +124,11 @@ def plan(config: TabulateConfig, found: Enumeration, reference: NetworkSpec | No
     and one for the reference."""
     common = dict(seeds=config.seed_list, epochs=config.train.epochs, proxy=True, zero_cost=True, test=True)
     jobs = [
-        Job(role="spec", label=f"spec {i}", spec=spec.model_dump(mode="json"), **common)
+        Job(role=JobRole.SPEC, label=f"spec {i}", spec=spec.model_dump(mode="json"), **common)
         for i, spec in enumerate(found.specs)
     ]
     if reference is not None:
-        jobs.append(Job(role=REFERENCE, label=reference.name, spec=reference.model_dump(mode="json"), **common))
+        jobs.append(Job(role=JobRole.REFERENCE, label=reference.name, spec=reference.model_dump(mode="json"), **common))
     return jobs
 
 
@@ -439,7 +440,7 @@ def _entry(
     """A table entry of a finished job (test columns: the validation scores without a test split)."""
     record = cast(JobRecord, record)
     report = cost_report(spec, config.space.constraints.image_size)
-    index = -1 if job.role == REFERENCE else int(job.label.split()[-1])
+    index = -1 if job.role == JobRole.REFERENCE else int(job.label.split()[-1])
     runs = tuple(
         Run(
             seed=r.seed,
