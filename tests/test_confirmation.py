@@ -292,14 +292,15 @@ def test_population_studies_still_measure_the_seed_noise(tmp_path, trainer):
 
 
 def test_scores_know_their_direction():
-    from xnetspace.search.score import LOSS, TOP1, score_of
+    from xnetspace.search.records import RunRecord
+    from xnetspace.search.score import LOSS, PROXIES, TOP1, score_of
 
     assert TOP1.improves(0.5) and not TOP1.improves(-0.5) and LOSS.improves(-0.01) and not LOSS.improves(0.01)
     assert sorted([96.0, 97.5, 95.0], key=TOP1.rank_key)[0] == 97.5
     assert sorted([0.31, 0.12, 0.2], key=LOSS.rank_key)[0] == 0.12
     assert score_of("loss") is LOSS and score_of("top1") is TOP1 and score_of("top1-flops") is TOP1
-    result = TrainResult(history=[90.0, 95.0], loss_history=[0.4, 0.2])
-    assert TOP1.of(result) == 95.0 and LOSS.of(result) == 0.2
+    run = RunRecord(seed=0, top1=[90.0, 95.0], loss=[0.4, 0.2], train_loss=[1.5, 0.5])
+    assert TOP1.of_run(run) == 95.0 and LOSS.of_run(run) == 0.2 and PROXIES["tse"].of_run(run) == 2.0
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ from .errors import SearchError
 from .jobs import Job, finished_record, job_results, open_job_study
 from .names import JobRole
 from .records import JobRecord, read_trial
-from .score import TOP1, Score
+from .score import TOP1, Metric
 from .space import SearchSpace
 from .stats import mean_difference, noise_ceiling, pooled_seed_std, rank_fidelity, seed_summary, separation
 from .study import RunOptions, StudyConfig, candidates, pareto_front
@@ -103,7 +103,7 @@ def check_options(options: RunOptions) -> None:
         )
 
 
-def open_confirm_study(options: RunOptions, score: Score) -> optuna.Study:
+def open_confirm_study(options: RunOptions, score: Metric) -> optuna.Study:
     """The study ``NAME:confirm`` beside the search's, holding the confirmation jobs."""
     assert options.study_name is not None  # options resolved for the study (RunOptions.resolved)
     return open_job_study(options.storage_url, options.study_name + CONFIRM_SUFFIX, options.heartbeat, score)
@@ -126,7 +126,7 @@ def _proxy_value(config: StudyConfig, record: JobRecord, spec: dict) -> float | 
     if config.proxy.name in ("params", "flops"):
         report = cost_report(NetworkSpec.model_validate(spec), config.space.constraints.image_size)
         return float(report.params if config.proxy.name == "params" else report.flops)
-    return config.proxy.of(record)
+    return config.proxy.of_trial(record)
 
 
 def plan_jobs(
@@ -455,7 +455,7 @@ def _noise(groups: dict, confirmed: list[dict]) -> dict:
     }
 
 
-def _separations(score: Score, confirmed: list[dict], others: list[dict]) -> dict:
+def _separations(score: Metric, confirmed: list[dict], others: list[dict]) -> dict:
     """The ``separation`` entry (and ``separation_top1`` in a ``loss`` study): over the top
     candidates, and over every confirmed spec (``others``: the fidelity sample and controls)."""
 

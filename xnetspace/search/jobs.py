@@ -28,7 +28,7 @@ from .data import DataSplit
 from .errors import SurplusTrial, TrialFailed
 from .names import JobRole
 from .records import JobRecord, RunRecord, counts_as_job, job_attrs, read_job, write
-from .score import Score
+from .score import Metric
 from .storage import connect_storage
 from .train import TrainConfig, train_seeds
 from .zero_cost import zero_cost_scores
@@ -79,7 +79,7 @@ class Job(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def open_job_study(storage_url: str, name: str, heartbeat: int | None, score: Score) -> optuna.Study:
+def open_job_study(storage_url: str, name: str, heartbeat: int | None, score: Metric) -> optuna.Study:
     """The study ``name`` holding jobs, created if missing; its direction is ``score``'s (the jobs'
     values are that score, what optuna-dashboard shows)."""
     return optuna.create_study(
@@ -135,7 +135,7 @@ class JobObjective:
     records every run (top-1, cross-entropy and training loss per epoch) and returns the mean of
     ``score`` over them. ``train`` is the recipe (its ``epochs`` and ``seed`` are the job's)."""
 
-    def __init__(self, train: TrainConfig, data: DataSplit, score: Score, device: str, worker: int = 0):
+    def __init__(self, train: TrainConfig, data: DataSplit, score: Metric, device: str, worker: int = 0):
         self.train, self.data, self.score, self.device, self.worker = train, data, score, device, worker
 
     def __call__(self, trial: optuna.Trial) -> float:

@@ -25,7 +25,7 @@ from ..model import build_model
 from ..spec import NetworkSpec
 from .names import SecondObjective
 from .plots import pyplot, save_figure
-from .score import Score
+from .score import Metric
 from .study import StudyConfig, pareto_front
 
 __all__ = ["latency_front", "latency_lines", "plot_latency_front"]
@@ -91,7 +91,7 @@ def latency_front(
     )
 
 
-def _answer(rows: list[dict], score: Score) -> dict | None:
+def _answer(rows: list[dict], score: Metric) -> dict | None:
     """The fastest front member whose scores are not detectably worse than the first control's
     (Welch, one-sided, 5%), its latency against the control's and the random specs' median."""
     controls = [r for r in rows if r["role"] == "baseline"]
@@ -119,7 +119,7 @@ def _answer(rows: list[dict], score: Score) -> dict | None:
     )
 
 
-def latency_lines(front: dict, score: Score) -> list[str]:
+def latency_lines(front: dict, score: Metric) -> list[str]:
     """The report's lines: each row with its confirmed score and latency, then the answer."""
     lines = [f"latency (measured, {front['device']}, batch {front['batch_size']}, {front['threads']} thread(s)):"]
     for r in sorted(front["rows"], key=lambda r: (r["role"] != "front", r["measured_ms"])):
@@ -144,7 +144,7 @@ def latency_lines(front: dict, score: Score) -> list[str]:
     return lines
 
 
-def plot_latency_front(front: dict, score: Score, path: Path) -> Path:
+def plot_latency_front(front: dict, score: Metric, path: Path) -> Path:
     """Confirmed score against measured latency: the front, the controls, the random specs."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))

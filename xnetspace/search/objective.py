@@ -88,7 +88,7 @@ class Objective:
         if earlier.spec_digest == record.spec_digest:  # runs and scores it finished are not trained again
             record.runs, record.zero_cost = earlier.runs, earlier.zero_cost
         self._evaluate(trial, record, spec)
-        value = self.config.proxy.of(record)
+        value = self.config.proxy.of_trial(record)
         if value is None or not math.isfinite(value):  # Optuna would fail it without a reason, as a lost worker's
             record.reason = f"{self.config.proxy.label} is {value}: no score to rank it by (did training diverge?)"
             write(trial, record)

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .confirmation import control_finished, open_confirm_study
 from .control import spent
 from .records import counts_as_job, is_live, read_job, read_trial
-from .score import Score
+from .score import Metric
 from .space import human_count
 from .study import RunOptions, StudyConfig, slot_state
 
@@ -167,7 +167,7 @@ def _job_groups(cstudy: optuna.Study) -> dict[str, list[FrozenTrial]]:
     return groups
 
 
-def confirmed_line(label: str, jobs: list[FrozenTrial], score: Score) -> str:
+def confirmed_line(label: str, jobs: list[FrozenTrial], score: Metric) -> str:
     """``confirmed candidate trial 12: cross-entropy 0.1968 +- 0.0069 (3 seeds)``."""
     values = [score.of_run(r) for t in jobs if t.state == TrialState.COMPLETE for r in read_job(t).runs]
     failed = [read_job(t).reason for t in jobs if t.state != TrialState.COMPLETE]

@@ -28,7 +28,7 @@ from .names import SecondObjective
 from .plots import pyplot, save_figure
 from .progress import log
 from .records import TrialRecord, read_trial
-from .score import LOSS, PROXIES, TOP1, Score
+from .score import LOSS, PROXIES, TOP1, Metric
 from .space import human_count
 from .study import RunOptions, StudyConfig, candidates, pareto_front
 from .summary import Summary
@@ -121,7 +121,7 @@ def write_results(
     return SearchOutcome(study, best, files, summary)
 
 
-def report_lines(summary: dict | None, best: FrozenTrial | None, score: Score = TOP1) -> list[str]:
+def report_lines(summary: dict | None, best: FrozenTrial | None, score: Metric = TOP1) -> list[str]:
     """The end-of-search report: the winner with its interval, the noise, the baseline, the
     fidelity, and plain words where the differences are within noise. Scores are ``score``'s
     (top-1 in percent, or cross-entropy in nats)."""
@@ -137,7 +137,7 @@ def report_lines(summary: dict | None, best: FrozenTrial | None, score: Score = 
     ]
 
 
-def _proxy_report(summary: dict | None, best: FrozenTrial | None, score: Score) -> list[str]:
+def _proxy_report(summary: dict | None, best: FrozenTrial | None, score: Metric) -> list[str]:
     """The report without a confirmed winner: the best by proxy score, with the proxy's seed noise
     where it was measured."""
     if best is None:
@@ -160,7 +160,7 @@ def _proxy_report(summary: dict | None, best: FrozenTrial | None, score: Score) 
     ]
 
 
-def _confirmation_header(summary: dict, score: Score) -> list[str]:
+def _confirmation_header(summary: dict, score: Metric) -> list[str]:
     """What the confirmation ran and how it scores, and what did not finish or was missing."""
     p = summary["protocol"]
     lines = [
@@ -175,7 +175,7 @@ def _confirmation_header(summary: dict, score: Score) -> list[str]:
     return lines
 
 
-def _row(entry: dict, score: Score) -> str:
+def _row(entry: dict, score: Metric) -> str:
     """A confirmed spec's cost, proxy score and confirmed score, in aligned columns."""
     proxy = "-" if entry.get("proxy_score") is None else _num(entry["proxy_score"])
     top1 = f"  top-1 {entry['confirm_top1']['mean']:.2f}" if "confirm_top1" in entry else ""
@@ -185,7 +185,7 @@ def _row(entry: dict, score: Score) -> str:
     )
 
 
-def _confirmed_rows(summary: dict, score: Score) -> list[str]:
+def _confirmed_rows(summary: dict, score: Metric) -> list[str]:
     """The confirmed candidates (best first), the winner, the seed noise, and the random specs of
     the fidelity sample."""
     fmt = score.format
@@ -209,7 +209,7 @@ def _confirmed_rows(summary: dict, score: Score) -> list[str]:
     return lines
 
 
-def _separation_lines(summary: dict, score: Score) -> list[str]:
+def _separation_lines(summary: dict, score: Metric) -> list[str]:
     """Whether the top candidates, and all confirmed specs, differ beyond seed noise (by the
     study's score, and by top-1 in a ``loss`` study)."""
     lines = []
@@ -227,7 +227,7 @@ def _separation_lines(summary: dict, score: Score) -> list[str]:
     return lines
 
 
-def _comparison_lines(summary: dict, score: Score) -> list[str]:
+def _comparison_lines(summary: dict, score: Metric) -> list[str]:
     """The winner against the runner-up and against each baseline, with plain verdicts."""
     lines = []
     leaders = summary["leaders"]
@@ -282,14 +282,14 @@ def _num(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _ci(c: dict, score: Score = TOP1) -> str:
+def _ci(c: dict, score: Metric = TOP1) -> str:
     fmt = score.format
     if c["n"] < 2:
         return f"{fmt(c['mean'])} (1 seed)"
     return f"{fmt(c['mean'])} +- {fmt(c['std'])} (95% CI {fmt(c['ci95'][0])}-{fmt(c['ci95'][1])})"
 
 
-def _diff(d: dict, score: Score = TOP1) -> str:
+def _diff(d: dict, score: Metric = TOP1) -> str:
     unit = "points" if score.name == "top1" else score.unit
     sign = f"+.{score.digits}f"
     return f"{d['mean']:{sign}} {unit} (95% CI {d['ci95'][0]:{sign}} to {d['ci95'][1]:{sign}})"
@@ -359,7 +359,7 @@ def _trials_csv_fields(seeds: list[int], knobs: list[str]) -> list[str]:
 
 def _trial_columns(t: FrozenTrial, r: TrialRecord, front: set[int]) -> dict:
     """A trial's own cells of ``trials.csv``: its state, scores, cost and per-seed scores."""
-    top1, loss, tse = r.final("top1"), r.final("loss"), PROXIES["tse"].of(r)
+    top1, loss, tse = r.final("top1"), r.final("loss"), PROXIES["tse"].of_trial(r)
     return {
         "number": t.number,
         "state": _state(t),
@@ -448,7 +448,7 @@ def _plot_fidelity(summary: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _plot_history(study: optuna.Study, score: Score, path: Path) -> Path:
+def _plot_history(study: optuna.Study, score: Metric, path: Path) -> Path:
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))

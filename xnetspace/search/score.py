@@ -1,4 +1,5 @@
-"""Scores: what a confirmation measures (:class:`Score`) and what a search ranks by (:class:`Proxy`).
+"""Metrics: what a confirmation measures (its *score*) and what a search ranks by (its *proxy*),
+one type for both (:class:`Metric`).
 
 A study's *score* is what its confirmation runs measure on the held-out split: validation
 cross-entropy (``LOSS``, nats, lower is better) or top-1 (``TOP1``, percent). Top-1 on a small
@@ -22,91 +23,57 @@ from typing import Any, Literal
 
 from .names import ObjectiveName
 
-__all__ = ["Score", "TOP1", "LOSS", "score_of", "Proxy", "PROXIES", "proxy_of"]
+__all__ = ["Metric", "TOP1", "LOSS", "score_of", "PROXIES", "proxy_of"]
 
 Direction = Literal["minimize", "maximize"]  # Optuna's words
 
 
 @dataclass(frozen=True)
-class Score:
-    """One way of scoring a trained candidate.
+class Metric:
+    """A number that scores a candidate: what a confirmation measures (:data:`TOP1`, :data:`LOSS`)
+    or what a search ranks by (:data:`PROXIES`): one type for both, as Optuna has one objective
+    value whatever it measures.
 
-    ``name`` is the key in results (``top1``, ``loss``), ``label``/``unit`` the words reports use,
-    ``maximize`` the direction, ``digits`` the decimals a report prints.
+    ``name`` is the key in results and records (``top1``, ``loss``, ``tse``, ``synflow``, ...),
+    ``label``/``unit`` the words reports use, ``maximize`` the direction (a higher value is the
+    better network), ``digits`` the decimals a report prints, ``trains`` whether it needs proxy
+    training (else it is known at initialisation or from the spec alone).
     """
 
-    name: Literal["top1", "loss"]
+    name: str
     label: str
-    unit: str
     maximize: bool
-    digits: int
+    trains: bool = True
+    unit: str = ""
+    digits: int = 4
 
     @property
     def direction(self) -> Direction:
         """Optuna's word for the direction."""
         return "maximize" if self.maximize else "minimize"
 
-    def of(self, result) -> float:
-        """The score of a :class:`~xnetspace.search.train.TrainResult` (its last epoch)."""
-        return result.top1 if self.name == "top1" else result.loss
-
-    def of_run(self, run) -> float:
-        """The score of a :class:`~xnetspace.search.records.RunRecord` (its last epoch)."""
-        return (run.top1 if self.name == "top1" else run.loss)[-1]
-
     def rank_key(self, value: float) -> float:
-        """Sort key: ascending order puts the best score first."""
+        """Sort key: ascending order puts the best value first."""
         return -value if self.maximize else value
 
     def improves(self, difference: float) -> bool:
-        """Whether ``a - b == difference`` means that ``a`` is the better score."""
+        """Whether ``a - b == difference`` means that ``a`` is the better value."""
         return difference > 0 if self.maximize else difference < 0
 
     def format(self, value: float) -> str:
         return f"{value:.{self.digits}f}"
 
-
-TOP1 = Score("top1", "top-1", "%", maximize=True, digits=2)
-LOSS = Score("loss", "cross-entropy", "nats", maximize=False, digits=4)
-
-
-def score_of(objective: str) -> Score:
-    """The score a study of ``objective`` (an :class:`~.names.ObjectiveName` value) confirms by:
-    top-1 for ``top1`` and the two-objective ``top1-flops``/``top1-latency``; cross-entropy for
-    every other objective (``loss-latency`` too)."""
-    return TOP1 if ObjectiveName(objective).proxy == ObjectiveName.TOP1 else LOSS
-
-
-@dataclass(frozen=True)
-class Proxy:
-    """A score a search can rank candidates by, read from a trial's record
-    (:class:`~xnetspace.search.records.TrialRecord`, or a confirmation job's).
-
-    ``maximize``: a higher value predicts a better network; ``trains``: it needs proxy training
-    (else it is known at initialisation or from the spec alone).
-    """
-
-    name: str
-    label: str
-    maximize: bool
-    trains: bool
-
-    @property
-    def direction(self) -> Direction:
-        return "maximize" if self.maximize else "minimize"
-
-    def rank_key(self, value: float) -> float:
-        return -value if self.maximize else value
-
     def of_run(self, run) -> float:
-        """The proxy's value of one run (one seed); only for proxies that train."""
+        """The value of one :class:`~xnetspace.search.records.RunRecord` (one seed): TSE sums its
+        training losses, the others take its last epoch; only for metrics that train."""
         if self.name == "tse":
             return math.fsum(run.train_loss)
         return (run.top1 if self.name == "top1" else run.loss)[-1]
 
-    def of(self, record: Any) -> float | None:
-        """The proxy's value of a trial: the mean over its runs for a trained proxy, the stored
-        zero-cost score, or its params / FLOPs; None when the record lacks it."""
+    def of_trial(self, record: Any) -> float | None:
+        """The value of a trial (:class:`~xnetspace.search.records.TrialRecord`, or a confirmation
+        job's): the mean over its runs for a metric that trains, the stored zero-cost score, or its
+        params / FLOPs; None when the record lacks it."""
         if self.trains:
             values = [self.of_run(r) for r in record.runs if r.top1]
             return math.fsum(values) / len(values) if values else None
@@ -116,22 +83,33 @@ class Proxy:
         return record.zero_cost.get(self.name)
 
 
+TOP1 = Metric("top1", "top-1", maximize=True, unit="%", digits=2)
+LOSS = Metric("loss", "cross-entropy", maximize=False, unit="nats", digits=4)
+
+
+def score_of(objective: str) -> Metric:
+    """The score a study of ``objective`` (an :class:`~.names.ObjectiveName` value) confirms by:
+    top-1 for ``top1`` and the two-objective ``top1-flops``/``top1-latency``; cross-entropy for
+    every other objective (``loss-latency`` too)."""
+    return TOP1 if ObjectiveName(objective).proxy == ObjectiveName.TOP1 else LOSS
+
+
 PROXIES = {
     p.name: p
     for p in (
-        Proxy("loss", "validation cross-entropy", maximize=False, trains=True),
-        Proxy("top1", "validation top-1", maximize=True, trains=True),
-        Proxy("tse", "training-speed estimate (TSE)", maximize=False, trains=True),
-        Proxy("synflow", "synflow at initialisation (log10)", maximize=True, trains=False),
-        Proxy("naswot", "NASWOT at initialisation", maximize=True, trains=False),
-        Proxy("grad_norm", "grad_norm at initialisation", maximize=True, trains=False),
-        Proxy("params", "parameter count", maximize=True, trains=False),
-        Proxy("flops", "FLOPs", maximize=True, trains=False),
+        Metric("loss", "validation cross-entropy", maximize=False, unit="nats"),
+        Metric("top1", "validation top-1", maximize=True, unit="%", digits=2),
+        Metric("tse", "training-speed estimate (TSE)", maximize=False, unit="nats"),
+        Metric("synflow", "synflow at initialisation (log10)", maximize=True, trains=False),
+        Metric("naswot", "NASWOT at initialisation", maximize=True, trains=False),
+        Metric("grad_norm", "grad_norm at initialisation", maximize=True, trains=False),
+        Metric("params", "parameter count", maximize=True, trains=False, digits=0),
+        Metric("flops", "FLOPs", maximize=True, trains=False, digits=0),
     )
 }
 
 
-def proxy_of(objective: str) -> Proxy:
+def proxy_of(objective: str) -> Metric:
     """The proxy a study of ``objective`` (an :class:`~.names.ObjectiveName` value) ranks by (a
     two-objective study's first: ``loss-latency`` ranks by ``loss``)."""
     return PROXIES[ObjectiveName(objective).proxy]

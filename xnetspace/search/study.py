@@ -30,7 +30,7 @@ from ..spec import MAX_SEED, preset_names
 from .errors import SearchError
 from .names import ObjectiveName, SecondObjective
 from .records import is_candidate, is_failure, is_live, read_trial, slot_attrs
-from .score import Direction, Proxy, Score, proxy_of, score_of
+from .score import Direction, Metric, proxy_of, score_of
 from .space import SearchSpace
 from .storage import check_shareable, connect_storage
 from .train import TrainConfig
@@ -134,12 +134,12 @@ class StudyConfig(BaseModel):
         return ObjectiveName(self.objective).second
 
     @property
-    def score(self) -> Score:
+    def score(self) -> Metric:
         """The score confirmation runs measure (cross-entropy, or top-1 for top-1 objectives)."""
         return score_of(self.objective)
 
     @property
-    def proxy(self) -> Proxy:
+    def proxy(self) -> Metric:
         """The score the search ranks candidates by (:mod:`.score`)."""
         return proxy_of(self.objective)
 

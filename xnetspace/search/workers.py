@@ -34,7 +34,7 @@ from .errors import StudyStalled, SurplusTrial, TrialFailed, WorkerCrashed
 from .jobs import JobObjective, enqueue_jobs, job_results, job_state, open_job_study
 from .objective import Objective
 from .progress import POLL_SECONDS, Monitor
-from .score import Score
+from .score import Metric
 from .study import RunOptions, StudyConfig, open_study, slot_state, stalled, top_up_slots, usable_cores
 from .train import TrainConfig
 
@@ -230,7 +230,7 @@ def job_worker(
     name: str,
     train_json: str,
     dataset: str,
-    score: Score,
+    score: Metric,
     out: str,
     device: str,
     worker: int,
