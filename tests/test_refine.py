@@ -21,7 +21,7 @@ from xnetspace.search.analysis_schema import Evidence, RefineKind, RefineResult,
 from xnetspace.search.records import KEY
 from xnetspace.search.refine import CHECK_DRAWS, MIN_MODELS, refine
 from xnetspace.search.refine_constraints import FIT_TOLERANCE, fit_width_rule
-from xnetspace.search.refine_evidence import evidence
+from xnetspace.search.refine_evidence import MIN_SUBSET, evidence, verdict
 from xnetspace.search.space import SearchSpace, load_space
 from xnetspace.search.space_rules import regnet_widths
 from xnetspace.search.study import store_run_options
@@ -118,6 +118,45 @@ def test_evidence_against_scipy_and_the_complexity_weights():
     assert same.mean_difference == pytest.approx(0) and same.ks_statistic is None
     one = evidence(errors, flops, np.arange(60) == 0)
     assert one.mean_difference_ci95 is None and one.satisfying == 1 and one.members == 60  # one member: no CI
+
+
+def _evidence(satisfying: int, ci: list[float] | None, normalized: bool = True) -> Evidence:
+    return Evidence(
+        members=100,
+        satisfying=satisfying,
+        **dict.fromkeys(["ks_statistic", "ks_pvalue", "edf_gap", "edf_gap_normalized", "mean_difference"]),
+        mean_difference_ci95=ci,
+        mean_difference_plain=None,
+        mean_difference_plain_ci95=ci,
+        normalized=normalized,
+        bins=None,
+    )
+
+
+def test_the_verdict_rule_on_hand_made_evidence():
+    verdict_, why = verdict(_evidence(MIN_SUBSET - 1, [-1.0, -0.5]))
+    assert verdict_ is Verdict.UNDECIDED and f"only {MIN_SUBSET - 1} of 100 members" in why  # too few, however good
+    assert verdict(_evidence(MIN_SUBSET, None))[0] is Verdict.UNDECIDED
+    verdict_, why = verdict(_evidence(40, [0.01, 0.2]))
+    assert verdict_ is Verdict.REJECTED and "complexity-normalised mean difference [+0.01, +0.2] lies above 0" in why
+    verdict_, why = verdict(_evidence(40, [-0.01, 0.2], normalized=False))
+    assert verdict_ is Verdict.ACCEPTED and why.startswith("not worse: the 95% CI of the mean difference [-0.01")
+    assert verdict(_evidence(MIN_SUBSET, [0.0, 0.2]))[0] is Verdict.ACCEPTED  # a CI touching 0 does not lie above it
+
+
+def test_verdicts_and_kinds_are_written_as_their_words():
+    from xnetspace.search.analysis_schema import RefineStep
+
+    step = RefineStep(
+        kind=RefineKind.WIDTH_RULE, knob="embed_dim", description="d", verdict=Verdict.NOT_APPLICABLE, reason="r"
+    )
+    written = json.loads(step.model_dump_json())
+    assert written["kind"] == "width_rule" and written["verdict"] == "not applicable"
+    assert f"{Verdict.NOT_APPLICABLE:<16}|" == "not applicable  |" and str(RefineKind.FIX) == "fix"  # as printed
+    back = RefineStep.model_validate(written)
+    assert back.kind is RefineKind.WIDTH_RULE and back.verdict is Verdict.NOT_APPLICABLE
+    with pytest.raises(ValidationError, match="verdict"):
+        RefineStep.model_validate({**written, "verdict": "maybe"})
 
 
 def test_the_width_rule_fit_recovers_a_rule_and_measures_a_miss():
