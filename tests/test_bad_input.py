@@ -852,7 +852,6 @@ JSON_COMMANDS = [
         dict(NAN_RESULT, out=Path("out")),
     ),
     (["analyze", "run", "--json"], "xnetspace.search.analysis_run", "run_analysis", (_Dumped(), {}, [])),
-    (["refine", "run", "--out", "out", "--json"], "xnetspace.search.refine_verify", "refine_run", (NAN_RESULT, {})),
     (
         ["prepare", "imagefolder:one_image", "--image-size", "16", "--json"],
         "xnetspace.search.prepare",
@@ -871,6 +870,55 @@ def test_issue28_item21_every_json_output_is_strict_json(args, module, function,
     assert result.exit_code == 0, result.output
     data = _strict_json(result.stdout)
     assert data["precision_at_5"] is None and data["tau"] == [None, None, 0.5] and data["pair"] == [1.0, None]
+
+
+def _nan_refine_result():
+    """A refine.json (RefineResult) holding NAN_RESULT's non-finite values in its float fields."""
+    from xnetspace.search.analysis_schema import Evidence, RefineResult, ScoreInfo
+
+    nan, inf = float("nan"), float("inf")
+    test = Evidence(
+        members=3,
+        satisfying=2,
+        ks_statistic=nan,
+        ks_pvalue=None,
+        edf_gap=inf,
+        edf_gap_normalized=None,
+        mean_difference=-inf,
+        mean_difference_ci95=[inf, -inf, 0.5],
+        mean_difference_plain=0.5,
+        mean_difference_plain_ci95=[1.0, nan],
+        normalized=False,
+        bins=None,
+    )
+    score = ScoreInfo(name="loss", label="validation cross-entropy", unit="nats", direction="minimize")
+    return RefineResult(
+        **dict.fromkeys(["study", "source", "space", "refined_space", "refined_space_file", "rule"], "run"),
+        score=score,
+        members=3,
+        knobs_before=[],
+        knobs_after=[],
+        steps=[],
+        accepted=[],
+        members_left=2,
+        final_test=test,
+        importance={"precision_at_5": nan},
+        warnings=[],
+    )
+
+
+def test_issue28_item21_refines_json_output_is_strict_json(hostile, monkeypatch):
+    # as test_issue28_item21_every_json_output_is_strict_json, over refine_run's RefineResult
+    import xnetspace.search.refine_verify as refine_verify
+
+    monkeypatch.setattr(refine_verify, "refine_run", lambda *a, **k: (_nan_refine_result(), {}))
+    result = runner.invoke(app, ["refine", "run", "--out", "out", "--json"])
+    assert result.exit_code == 0, result.output
+    data = _strict_json(result.stdout)
+    test = data["final_test"]
+    assert data["importance"]["precision_at_5"] is None and test["mean_difference_ci95"] == [None, None, 0.5]
+    assert test["mean_difference_plain_ci95"] == [1.0, None]
+    assert test["ks_statistic"] is None and test["edf_gap"] is None and test["mean_difference"] is None
 
 
 def test_issue28_item21_the_cost_commands_json_is_strict_and_one_helper_writes_it(hostile):

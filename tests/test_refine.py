@@ -17,10 +17,12 @@ from xnetspace.cli import app
 from xnetspace.cost import cost_report
 from xnetspace.search import RunOptions, StudyConfig
 from xnetspace.search.analysis_data import load_run, study_data
-from xnetspace.search.analysis_schema import RefineResult
+from xnetspace.search.analysis_schema import Evidence, RefineKind, RefineResult, Verdict
 from xnetspace.search.analysis_stats import complexity_weights
 from xnetspace.search.records import KEY
-from xnetspace.search.refine import CHECK_DRAWS, MIN_MODELS, evidence, fit_width_rule, refine
+from xnetspace.search.refine import CHECK_DRAWS, MIN_MODELS, refine
+from xnetspace.search.refine_constraints import FIT_TOLERANCE, fit_width_rule
+from xnetspace.search.refine_evidence import MIN_SUBSET, evidence, verdict
 from xnetspace.search.space import SearchSpace, load_space
 from xnetspace.search.space_rules import regnet_widths
 from xnetspace.search.study import store_run_options
@@ -103,18 +105,59 @@ def test_evidence_against_scipy_and_the_complexity_weights():
     mask = np.arange(60) % 3 == 0
     errors[mask] -= 1.5  # the subset is 1.5 points better than the rest
     result = evidence(errors, flops, mask, n_resamples=999)
+    assert isinstance(result, Evidence)
     ks = stats.ks_2samp(errors[mask], errors[~mask])
-    assert (result["ks_statistic"], result["ks_pvalue"]) == pytest.approx((ks.statistic, ks.pvalue))
-    assert result["mean_difference_plain"] == pytest.approx(errors[mask].mean() - errors.mean())
+    assert (result.ks_statistic, result.ks_pvalue) == pytest.approx((ks.statistic, ks.pvalue))
+    assert result.mean_difference_plain == pytest.approx(errors[mask].mean() - errors.mean())
     (ws, wm), _ = complexity_weights([flops[mask], flops], bins=4)  # 20 members: 4 bins of 5 on average
-    assert result["bins"] == 4
-    assert result["normalized"] and result["mean_difference"] == pytest.approx(ws @ errors[mask] - wm @ errors)
-    for key in ("mean_difference_ci95", "mean_difference_plain_ci95"):
-        low, high = result[key]
+    assert result.bins == 4
+    assert result.normalized and result.mean_difference == pytest.approx(ws @ errors[mask] - wm @ errors)
+    for ci in (result.mean_difference_ci95, result.mean_difference_plain_ci95):
+        low, high = ci
         assert low < high < 0  # 1 point better than all (1.5 x 2/3), noise 0.5: clearly below 0
     same = evidence(errors, flops, np.ones(60, bool), n_resamples=999)
-    assert same["mean_difference"] == pytest.approx(0) and same["ks_statistic"] is None
-    assert evidence(errors, flops, np.arange(60) == 0)["mean_difference_ci95"] is None  # one member: no CI
+    assert same.mean_difference == pytest.approx(0) and same.ks_statistic is None
+    one = evidence(errors, flops, np.arange(60) == 0)
+    assert one.mean_difference_ci95 is None and one.satisfying == 1 and one.members == 60  # one member: no CI
+
+
+def _evidence(satisfying: int, ci: list[float] | None, normalized: bool = True) -> Evidence:
+    return Evidence(
+        members=100,
+        satisfying=satisfying,
+        **dict.fromkeys(["ks_statistic", "ks_pvalue", "edf_gap", "edf_gap_normalized", "mean_difference"]),
+        mean_difference_ci95=ci,
+        mean_difference_plain=None,
+        mean_difference_plain_ci95=ci,
+        normalized=normalized,
+        bins=None,
+    )
+
+
+def test_the_verdict_rule_on_hand_made_evidence():
+    verdict_, why = verdict(_evidence(MIN_SUBSET - 1, [-1.0, -0.5]))
+    assert verdict_ is Verdict.UNDECIDED and f"only {MIN_SUBSET - 1} of 100 members" in why  # too few, however good
+    assert verdict(_evidence(MIN_SUBSET, None))[0] is Verdict.UNDECIDED
+    verdict_, why = verdict(_evidence(40, [0.01, 0.2]))
+    assert verdict_ is Verdict.REJECTED and "complexity-normalised mean difference [+0.01, +0.2] lies above 0" in why
+    verdict_, why = verdict(_evidence(40, [-0.01, 0.2], normalized=False))
+    assert verdict_ is Verdict.ACCEPTED and why.startswith("not worse: the 95% CI of the mean difference [-0.01")
+    assert verdict(_evidence(MIN_SUBSET, [0.0, 0.2]))[0] is Verdict.ACCEPTED  # a CI touching 0 does not lie above it
+
+
+def test_verdicts_and_kinds_are_written_as_their_words():
+    from xnetspace.search.analysis_schema import RefineStep
+
+    step = RefineStep(
+        kind=RefineKind.WIDTH_RULE, knob="embed_dim", description="d", verdict=Verdict.NOT_APPLICABLE, reason="r"
+    )
+    written = json.loads(step.model_dump_json())
+    assert written["kind"] == "width_rule" and written["verdict"] == "not applicable"
+    assert f"{Verdict.NOT_APPLICABLE:<16}|" == "not applicable  |" and str(RefineKind.FIX) == "fix"  # as printed
+    back = RefineStep.model_validate(written)
+    assert back.kind is RefineKind.WIDTH_RULE and back.verdict is Verdict.NOT_APPLICABLE
+    with pytest.raises(ValidationError, match="verdict"):
+        RefineStep.model_validate({**written, "verdict": "maybe"})
 
 
 def test_the_width_rule_fit_recovers_a_rule_and_measures_a_miss():
@@ -133,36 +176,38 @@ def test_refine_finds_the_known_answer(population):
     data = study_data(load_run(population))
     refinement = refine(data, n_resamples=999)
     result = refinement.result
-    RefineResult.model_validate(result)
-    assert result["score"]["name"] == "loss" and result["members"] == 130
-    steps = {(s["kind"], s["knob"]): s for s in result["steps"]}
-    widths = steps[("monotone", "embed_dim")]
-    assert widths["verdict"] == "accepted" and widths["order"] == 1  # the strongest evidence, first
-    assert widths["first_test"]["mean_difference_ci95"][1] < -0.05  # about 0.1 nats better, as made
-    mlp = steps[("tie", "mlp_ratio")]
-    assert mlp["verdict"] == "rejected" and mlp["first_test"]["mean_difference_ci95"][0] > 0.03  # 0.08 worse
-    assert steps[("tie", "embed_dim")]["verdict"] in ("accepted", "undecided", "rejected")  # tested, every value shared
-    assert steps[("monotone", "depth")]["first_test"] is not None
-    assert "embed_dim non-decreasing across stages" in result["accepted"][0]
+    assert isinstance(result, RefineResult)
+    assert RefineResult.model_validate(json.loads(result.json_text())) == result  # refine.json reads back the same
+    assert result.score.name == "loss" and result.members == 130
+    steps = {(s.kind, s.knob): s for s in result.steps}
+    widths = steps[(RefineKind.MONOTONE, "embed_dim")]
+    assert widths.verdict == Verdict.ACCEPTED and widths.order == 1  # the strongest evidence, first
+    assert widths.first_test.mean_difference_ci95[1] < -0.05  # about 0.1 nats better, as made
+    mlp = steps[(RefineKind.TIE, "mlp_ratio")]
+    assert mlp.verdict == Verdict.REJECTED and mlp.first_test.mean_difference_ci95[0] > 0.03  # 0.08 worse
+    tested = (Verdict.ACCEPTED, Verdict.UNDECIDED, Verdict.REJECTED)
+    assert steps[(RefineKind.TIE, "embed_dim")].verdict in tested  # tested, every value shared
+    assert steps[(RefineKind.MONOTONE, "depth")].first_test is not None
+    assert "embed_dim non-decreasing across stages" in result.accepted[0]
     space = refinement.space
-    assert "embed_dim" in space.rules.monotone and len(result["knobs_after"]) < len(result["knobs_before"])
+    assert "embed_dim" in space.rules.monotone and len(result.knobs_after) < len(result.knobs_before)
     for spec in space.random_specs(30, seed=1, num_classes=10):
         assert list(spec.embed_dims) == sorted(spec.embed_dims)
-    left = result["members_left"]  # those that satisfy every accepted constraint: fixes included
+    left = result.members_left  # those that satisfy every accepted constraint: fixes included
     assert left <= sum(1 for c in data.candidates if _nondecreasing_widths(c.spec))
-    assert result["final_test"]["satisfying"] == left
-    ordered = sorted((s for s in result["steps"] if s["test"] is not None), key=lambda s: s["order"])
-    shape = [s for s in ordered if s["kind"] != "fix"]
-    fixes = [s for s in ordered if s["kind"] == "fix"]
+    assert result.final_test.satisfying == left
+    ordered = sorted((s for s in result.steps if s.test is not None), key=lambda s: s.order)
+    shape = [s for s in ordered if s.kind != RefineKind.FIX]
+    fixes = [s for s in ordered if s.kind == RefineKind.FIX]
     assert shape[0] is widths and ordered.index(shape[-1]) < ordered.index(fixes[0])  # the shape first
     for s in shape[1:]:  # re-tested within the members of the shape accepted before
-        assert s["test"]["members"] <= widths["test"]["satisfying"] < 130
-    assert all(s["test"]["members"] == 130 for s in fixes)  # each fix decided on all members
-    assert sum(s["verdict"] == "accepted" for s in fixes) >= 5  # nothing but widths and the tie matter
+        assert s.test.members <= widths.test.satisfying < 130
+    assert all(s.test.members == 130 for s in fixes)  # each fix decided on all members
+    assert sum(s.verdict == Verdict.ACCEPTED for s in fixes) >= 5  # nothing but widths and the tie matter
     assert len(space.distinct_specs(MIN_MODELS, 0, "check", CHECK_DRAWS, num_classes=10)) == MIN_MODELS
-    floor = [s for s in fixes if "distinct in-budget models" in s["reason"]]
+    floor = [s for s in fixes if "distinct in-budget models" in s.reason]
     for s in floor:  # a fix refused by the floor would leave too few models to verify the space
-        assert s["verdict"] == "not applicable" and f"fewer than {MIN_MODELS}" in s["reason"]
+        assert s.verdict == Verdict.NOT_APPLICABLE and f"fewer than {MIN_MODELS}" in s.reason
 
 
 def _nondecreasing_widths(spec: dict) -> bool:
@@ -176,8 +221,8 @@ def test_a_knob_the_monotone_rule_already_holds_at_one_value_is_no_tie_candidate
     space["stages"] = [{"sr_ratio": [1, 2], "depth": 2}, {"sr_ratio": 1}, {"sr_ratio": 1}, {"sr_ratio": 1}]
     population = make_population(tmp_path / "pop", n=40, space=space)  # depth 1-2 after a 2: always 2
     result = refine(study_data(load_run(population)), n_resamples=199).result
-    assert ("tie", "depth") not in {(s["kind"], s["knob"]) for s in result["steps"]}
-    assert ("tie", "mlp_ratio") in {(s["kind"], s["knob"]) for s in result["steps"]}
+    assert (RefineKind.TIE, "depth") not in {(s.kind, s.knob) for s in result.steps}
+    assert (RefineKind.TIE, "mlp_ratio") in {(s.kind, s.knob) for s in result.steps}
 
 
 @pytest.mark.slow
@@ -187,10 +232,10 @@ def test_a_constraint_that_leaves_too_few_models_is_not_applicable(population, m
     monkeypatch.setattr(refine_module, "CHECK_DRAWS", 50)
     monkeypatch.setattr(refine_module, "MIN_MODELS", 51)  # more than 50 draws can find: every space too small
     result = refine(study_data(load_run(population)), n_resamples=199).result
-    assert result["accepted"] == [] and result["knobs_after"] == result["knobs_before"]
-    passed = [s for s in result["steps"] if s["first_test"] is not None and s["order"] is not None]
-    assert passed and all(s["verdict"] == "not applicable" for s in passed)
-    assert all("fewer than 51 distinct in-budget models" in s["reason"] for s in passed)
+    assert result.accepted == [] and result.knobs_after == result.knobs_before
+    passed = [s for s in result.steps if s.first_test is not None and s.order is not None]
+    assert passed and all(s.verdict == Verdict.NOT_APPLICABLE for s in passed)
+    assert all("fewer than 51 distinct in-budget models" in s.reason for s in passed)
 
 
 @pytest.mark.slow
@@ -274,14 +319,12 @@ RULE_SPACE = {  # non-decreasing widths already (a second round, as pycls's AnyN
 
 @pytest.mark.slow
 def test_the_width_rule_is_fitted_and_written_when_rule_networks_are_better(tmp_path):
-    import xnetspace.search.refine as refine_module
-
     grid = {"w0": np.arange(8, 129, 8.0), "wa": np.linspace(0.5, 128, 64), "wm": np.linspace(1.2, 4.0, 29)}
     cache: dict = {}
 
     def follows(spec) -> bool:  # pycls's quantum 8: these stages (heads 1, attn_ratio 0.5) need no more
         blocks = [s.embed_dim for s in spec.stages for _ in range(s.depth)]
-        return fit_width_rule(blocks, 8, 4, grid, cache)[0] <= refine_module.FIT_TOLERANCE
+        return fit_width_rule(blocks, 8, 4, grid, cache)[0] <= FIT_TOLERANCE
 
     global known_error
     plain = known_error
@@ -293,8 +336,8 @@ def test_the_width_rule_is_fitted_and_written_when_rule_networks_are_better(tmp_
     result = runner.invoke(app, ["refine", str(folder), "--out", str(tmp_path / "out"), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    step = next(s for s in report["steps"] if s["kind"] == "width_rule")
-    assert step["verdict"] == "accepted" and step["first_test"]["mean_difference_ci95"][1] < 0
+    step = next(s for s in report["steps"] if s["kind"] == RefineKind.WIDTH_RULE)
+    assert step["verdict"] == Verdict.ACCEPTED and step["first_test"]["mean_difference_ci95"][1] < 0
     space = load_space(tmp_path / "out" / "refined_space.yaml")
     assert space.name == "pop_refined2" and space.rules.width is not None and space.rules.width.quantum == 8
     assert "embed_dim" not in space.rules.monotone and "depth" not in space.rules.monotone  # the rule sets both

@@ -258,7 +258,7 @@ def test_space_command_prints_parameters_and_acceptance():
 def test_a_network_field_given_choices_is_searched_and_fixed_ones_reach_the_baseline():
     """stem_stride (issue 29) as a knob: network.stem_stride, its draws, refine's fix, the baseline."""
     from xnetspace.search.confirmation import baseline_spec
-    from xnetspace.search.refine import _set_param
+    from xnetspace.search.refine_constraints import set_param
 
     space = SearchSpace.model_validate(space_dict(network={"stem_stride": [1, 2, 4], "drop_path_rate": 0.0}))
     assert "network.stem_stride" in space.param_names()
@@ -267,7 +267,7 @@ def test_a_network_field_given_choices_is_searched_and_fixed_ones_reach_the_base
     assert all(s.stage_sizes(32)[0] == (32 // s.stem_stride,) * 2 for s in specs)
     assert space.fixed_network == {"drop_path_rate": 0.0}
     data = space_data(space)
-    _set_param(data, "network.stem_stride", 2)
+    set_param(data, "network.stem_stride", 2)
     fixed = SearchSpace.model_validate(data)
     assert "network.stem_stride" not in fixed.param_names() and fixed.network["stem_stride"] == 2
     assert {s.stem_stride for s in fixed.random_specs(5, seed=0, feasible_only=False)} == {2}

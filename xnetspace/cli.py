@@ -2,7 +2,7 @@
 
 A command parses its options, calls the library and maps the library's errors (:func:`_answers`);
 the rules and the words it prints live beside the code that makes each result (``report_lines``
-of :mod:`xnetspace.build_report`, :mod:`.search.analysis`, :mod:`.search.refine`, ...), so that
+of :mod:`xnetspace.build_report`, :mod:`.search.analysis`, :mod:`.search.refine_report`, ...), so that
 Python callers get the same. tests/test_cli.py keeps every command body within 40 lines.
 
 SPEC is a spec file (``.yaml``/``.json``) or a preset name (``transxnet_t``). Bad input (spec,
@@ -703,7 +703,7 @@ def refine(
     RegNet width rule, fixing knobs of nil importance) against the population's EDFs, and write the
     refined space with the accepted ones. The rule and its reasons: docs/design_spaces.md."""
     from .paths import folder_option
-    from .search.refine import report_lines
+    from .search.refine_report import report_lines
     from .search.refine_verify import refine_run
 
     with _answers(writing="the refinement", place=out):
@@ -711,7 +711,7 @@ def refine(
             run, folder_option(out), verify, force, seed, _devices(devices), workers_per_device, progress=not as_json
         )
     if as_json:
-        typer.echo(to_json(result, indent=2))
+        typer.echo(result.json_text())
         return
     for line in report_lines(result, files):
         console.print(line, markup=False, highlight=False)

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..strict_json import to_json
+from .names import StrEnum
 from .summary import Summary
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "MarginalRow",
     "RefineResult",
     "RefineStep",
+    "RefineKind",
+    "Verdict",
     "Evidence",
     "Verification",
     "schemas",
@@ -166,6 +170,26 @@ class AnalysisResult(_Strict):
 
 
 # -- refine.json ---------------------------------------------------------------------------------------
+class Verdict(StrEnum):
+    """What the acceptance rule says of a candidate constraint (:func:`~.refine_evidence.verdict`);
+    a member is its string, so refine.json holds the words."""
+
+    ACCEPTED = "accepted"  # at least MIN_SUBSET members satisfy it and it is not detectably worse
+    REJECTED = "rejected"  # detectably worse: the CI of the mean difference lies above 0
+    UNDECIDED = "undecided"  # too few members satisfy it, or no CI could be computed
+    NOT_APPLICABLE = "not applicable"  # it cannot be written into the space (with those accepted before it)
+
+
+class RefineKind(StrEnum):
+    """The kinds of candidate constraint ``xnetspace refine`` tests (:mod:`.refine_constraints`)."""
+
+    TIE = "tie"  # a knob takes one value in every stage
+    MONOTONE = "monotone"  # a knob never decreases from one stage to the next
+    SCHEDULE = "schedule"  # the attention share runs linearly from the first to the last stage
+    WIDTH_RULE = "width_rule"  # stage widths and depths from RegNet's quantized linear rule
+    FIX = "fix"  # a knob of nil importance fixed at its best value
+
+
 class Evidence(_Strict):
     """A constrained subset against the members it was drawn from (errors in the score's unit)."""
 
@@ -188,7 +212,7 @@ class Evidence(_Strict):
 class RefineStep(_Strict):
     """One candidate constraint: what it is, the evidence, the verdict."""
 
-    kind: Literal["tie", "monotone", "schedule", "width_rule", "fix"]
+    kind: RefineKind
     knob: str
     description: str
     order: int | None = Field(None, description="its place in the greedy order (None: never tested there)")
@@ -200,7 +224,7 @@ class RefineStep(_Strict):
             "before it, a fix against all members"
         ),
     )
-    verdict: Literal["accepted", "rejected", "undecided", "not applicable"]
+    verdict: Verdict
     reason: str
     details: dict[str, Any] = Field(default_factory=dict)
 
@@ -236,6 +260,11 @@ class RefineResult(_Strict):
     importance: dict[str, float] = Field(description="fANOVA importance of each varying knob over the members")
     warnings: list[str]
     verify: Verification | None = None
+
+    def json_text(self) -> str:
+        """refine.json's text (and ``xnetspace refine --json``'s): the fields set, 2-space indented,
+        non-finite floats as null (:func:`~xnetspace.strict_json.to_json`)."""
+        return to_json(self.model_dump(exclude_unset=True), indent=2)
 
 
 def schemas() -> dict[str, dict]:

@@ -8,14 +8,14 @@ import math
 from pathlib import Path
 
 from ..paths import output_folder
-from ..strict_json import to_json
 from .analysis_plots import axis_label
-from .analysis_schema import ScoreInfo
+from .analysis_schema import Evidence, RefineResult
 from .analysis_stats import complexity_weights, edf
-from .refine import Refinement, bins_for
+from .refine import Refinement
+from .refine_evidence import bins_for
 from .space import space_yaml
 
-__all__ = ["write_refine", "MAX_PANELS", "REFINE_FILES"]
+__all__ = ["write_refine", "write_result", "MAX_PANELS", "REFINE_FILES"]
 
 REFINE_FILES = ("refine.json", "refined_space.yaml", "refine_edf.png")
 
@@ -28,18 +28,23 @@ def write_refine(refinement: Refinement, out: Path) -> dict[str, Path]:
     ``{"json": ..., "space": ..., "edf": ...}``."""
     out = output_folder(out, "--out", REFINE_FILES)
     result = refinement.result
-    files = {"json": out / "refine.json", "space": out / result["refined_space_file"], "edf": out / "refine_edf.png"}
-    files["json"].write_text(to_json(result, indent=2) + "\n")
+    files = {"json": out / "refine.json", "space": out / result.refined_space_file, "edf": out / "refine_edf.png"}
+    write_result(result, files["json"])
     header = [
-        f"{result['refined_space']}: refined by `xnetspace refine` from study {result['study']} "
-        f"({result['members']} members, {result['score']['label']}).",
-        f"Knobs: {len(result['knobs_before'])} before, {len(result['knobs_after'])} after. Accepted, in order:",
+        f"{result.refined_space}: refined by `xnetspace refine` from study {result.study} "
+        f"({result.members} members, {result.score.label}).",
+        f"Knobs: {len(result.knobs_before)} before, {len(result.knobs_after)} after. Accepted, in order:",
     ]
-    header += [f"  {i}. {a}" for i, a in enumerate(result["accepted"], start=1)] or ["  (none)"]
+    header += [f"  {i}. {a}" for i, a in enumerate(result.accepted, start=1)] or ["  (none)"]
     header += ["Evidence for each step: refine.json beside this file; the rule: docs/design_spaces.md."]
     files["space"].write_text(space_yaml(refinement.space, "\n".join(header)))
     _plot(refinement, files["edf"])
     return files
+
+
+def write_result(result: RefineResult, path: Path) -> None:
+    """Write ``refine.json`` (:meth:`~.analysis_schema.RefineResult.json_text`) to ``path``."""
+    path.write_text(result.json_text() + "\n")
 
 
 def _plot(refinement: Refinement, path: Path) -> None:
@@ -49,19 +54,19 @@ def _plot(refinement: Refinement, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     result = refinement.result
-    tested = [s for s in result["steps"] if s["first_test"] is not None]
-    tested.sort(key=lambda s: (s["order"] is None, s["order"] or 0))
-    panels = [("all accepted constraints", "all accepted constraints", result.get("final_test"))]
-    panels += [
-        (s["description"], f"{s['kind']} {s['knob']}: {s['verdict']}", s["test"] or s["first_test"]) for s in tested
+    tested = [s for s in result.steps if s.first_test is not None]
+    tested.sort(key=lambda s: (s.order is None, s.order or 0))
+    panels: list[tuple[str, str, Evidence | None]] = [
+        ("all accepted constraints", "all accepted constraints", result.final_test)
     ]
+    panels += [(s.description, f"{s.kind} {s.knob}: {s.verdict}", s.test or s.first_test) for s in tested]
     panels = panels[:MAX_PANELS]
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.set_axis_off()
-    digits = 4 if result["score"]["unit"] == "nats" else 2
+    digits = 4 if result.score.unit == "nats" else 2
     for ax, (key, title, test) in zip(axes.flat, panels):
         mask, within = refinement.masks.get(key), refinement.within.get(key)
         if mask is None or test is None or mask[within].sum() == 0:
@@ -78,8 +83,8 @@ def _plot(refinement: Refinement, path: Path) -> None:
             ax.step(*edf(e[m], ws), where="post", color="C1", linestyle="--", alpha=0.6)
         except ValueError:
             pass  # no shared FLOP bin: the plain EDFs only
-        ci = test.get("mean_difference_ci95")
-        extra = f"\ndiff {test['mean_difference']:+.{digits}f} [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]" if ci else ""
+        ci = test.mean_difference_ci95
+        extra = f"\ndiff {test.mean_difference:+.{digits}f} [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]" if ci else ""
         ax.set_title(_wrap(title, 44) + extra, fontsize=7)
         ax.tick_params(labelsize=6)
         ax.set_ylim(0, 1.02)
@@ -87,8 +92,8 @@ def _plot(refinement: Refinement, path: Path) -> None:
         ax.legend(fontsize=6, loc="lower right")
     for ax in axes[-1]:
         if ax.axison:
-            ax.set_xlabel(axis_label(ScoreInfo.model_validate(result["score"])), fontsize=7)
-    fig.suptitle(f"refine: EDFs of {result['study']} (solid plain, dashed complexity-normalised)", fontsize=9)
+            ax.set_xlabel(axis_label(result.score), fontsize=7)
+    fig.suptitle(f"refine: EDFs of {result.study} (solid plain, dashed complexity-normalised)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

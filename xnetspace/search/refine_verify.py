@@ -16,13 +16,12 @@ import optuna
 
 from ..paths import output_folder
 from ..spec import MAX_SEED
-from ..strict_json import to_json
 from .analysis import analyze
 from .analysis_data import StudyData, load_run, study_data
 from .analysis_plots import write_analysis
-from .analysis_schema import Comparison, RefineResult
+from .analysis_schema import Comparison, RefineResult, Verification
 from .refine import Refinement, refine
-from .refine_plots import REFINE_FILES, write_refine
+from .refine_plots import REFINE_FILES, write_refine, write_result
 from .runner import run_search
 from .study import RunOptions, check_devices, check_workers
 
@@ -38,14 +37,14 @@ def refine_run(
     devices: str | Sequence[str] = ("cpu",),
     workers_per_device: int | None = None,
     progress: bool = True,
-) -> tuple[dict, dict[str, Path]]:
+) -> tuple[RefineResult, dict[str, Path]]:
     """Refine the population study in the folder ``run`` (:func:`~.refine.refine`), write
     ``refine.json``, the refined space and its figure into ``out``, and with ``n_verify`` train
     and compare a fresh population of that many members (:func:`verify`; its ``devices`` and
     ``workers_per_device`` are checked before anything is refined), adding it to ``refine.json``.
 
     Returns:
-        ``(refine.json's object, {"json": ..., "space": ..., "edf": ...})``.
+        ``(refine.json's object, a RefineResult; {"json": ..., "space": ..., "edf": ...})``.
 
     Raises:
         AnalysisError: not a study folder, too few members, not a population study (without ``force``).
@@ -70,9 +69,8 @@ def refine_run(
     files = write_refine(refinement, out)
     if n_verify:
         checked = verify(refinement, data, out, n_verify, list(devices), workers_per_device, seed, progress=progress)
-        refinement.result["verify"] = checked
-        refinement.result = RefineResult.model_validate(refinement.result).model_dump(exclude_unset=True)
-        files["json"].write_text(to_json(refinement.result, indent=2) + "\n")
+        refinement.result.verify = checked
+        write_result(refinement.result, files["json"])  # refine.json again, now with its verify
     return refinement.result, files
 
 
@@ -85,14 +83,15 @@ def verify(
     workers_per_device: int | None = None,
     seed: int = 0,
     progress: bool = True,
-) -> dict:
+) -> Verification:
     """Sample and train ``n`` members of the refined space in ``out/verify`` (resumable: the same
     command continues it) and compare them with ``original``.
 
     Returns:
-        ``refine.json``'s ``verify`` object: ``folder``, ``requested``, ``members``, ``comparison``
-        (a: the refined space's population, b: the original; see :func:`~.analysis.analyze`),
-        ``knobs_before``, ``knobs_after``. ``out/verify`` also gets ``analysis.json`` and figures.
+        ``refine.json``'s ``verify`` (a :class:`~.analysis_schema.Verification`): ``folder``,
+        ``requested``, ``members``, ``comparison`` (a: the refined space's population, b: the
+        original; see :func:`~.analysis.analyze`), ``knobs_before``, ``knobs_after``.
+        ``out/verify`` also gets ``analysis.json`` and figures.
 
     Raises:
         what :func:`~.runner.run_search` and :func:`~.analysis.analyze` raise.
@@ -116,11 +115,11 @@ def verify(
     result = analyze([fresh, original], seed=seed)
     write_analysis(result, folder)
     comparison = cast(Comparison, result.comparison)  # two studies: always compared
-    return {
-        "folder": str(folder),
-        "requested": n,
-        "members": len(fresh.candidates),
-        "comparison": comparison.model_dump(exclude_unset=True),  # refine.json is still built as a dict
-        "knobs_before": len(refinement.result["knobs_before"]),
-        "knobs_after": len(refinement.result["knobs_after"]),
-    }
+    return Verification(
+        folder=str(folder),
+        requested=n,
+        members=len(fresh.candidates),
+        comparison=comparison,
+        knobs_before=len(refinement.result.knobs_before),
+        knobs_after=len(refinement.result.knobs_after),
+    )
