@@ -2,6 +2,7 @@
 
     python benchmarks/house.py                 # the working tree
     python benchmarks/house.py a25fd55^        # any commit: its xnetspace/ read through git archive
+    python benchmarks/house.py --layers        # and each floor's modules, bottom up
 
 Prints, for ``xnetspace/``: modules ("rooms") and lines, the search half's share of the lines,
 intra-package imports (lazy ones inside functions included, as tests/test_imports.py counts them),
@@ -69,12 +70,15 @@ def imports(modules: dict[str, str]) -> dict[str, set[str]]:
     return edges
 
 
-def floors(edges: dict[str, set[str]]) -> int:
+def floor_of(edges: dict[str, set[str]]) -> dict[str, int]:
+    """Each module's floor: 1 for a module that imports no package module, else one above the
+    highest it imports."""
+
     @cache
     def floor(name: str) -> int:
         return 1 + max((floor(t) for t in edges[name]), default=0)
 
-    return max(floor(n) for n in edges)
+    return {n: floor(n) for n in edges}
 
 
 def has_cycle(edges: dict[str, set[str]]) -> bool:
@@ -112,7 +116,9 @@ def functions(modules: dict[str, str]) -> list[tuple[int, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", nargs="?", help="a git commit (default: the working tree)")
-    modules = sources(parser.parse_args().rev)
+    parser.add_argument("--layers", action="store_true", help="also print each floor's modules, bottom up")
+    args = parser.parse_args()
+    modules = sources(args.rev)
     edges = imports(modules)
     lines = {n: len(t.splitlines()) for n, t in modules.items()}
     search = sum(v for n, v in lines.items() if n.startswith("xnetspace.search"))
@@ -123,11 +129,16 @@ def main() -> None:
     options = sorted(n for n, t in modules.items() if "RunOptions" in t and not n.endswith("study"))
     total = sum(lines.values())
     print(f"modules: {len(modules)}, lines: {total}, search half: {search} ({search / total:.0%})")
-    print(f"imports: {sum(map(len, edges.values()))}, floors: {floors(edges)}, cycle: {has_cycle(edges)}")
+    floors = floor_of(edges)
+    print(f"imports: {sum(map(len, edges.values()))}, floors: {max(floors.values())}, cycle: {has_cycle(edges)}")
     print(f"model imports upward: {len(upward)} {upward}")
     print(f"functions over 60 lines: {sum(n > 60 for n, _ in longest)}, over 100: {sum(n > 100 for n, _ in longest)}")
     print("longest: " + ", ".join(f"{name.rsplit('.', 1)[-1]} {n}" for n, name in longest[:6]))
     print(f"modules naming RunOptions (besides study, where it is defined): {len(options)} {options}")
+    if args.layers:
+        for level in range(1, max(floors.values()) + 1):
+            names = sorted(n.removeprefix("xnetspace.") for n, f in floors.items() if f == level)
+            print(f"{level:>2}  " + ", ".join(names))
 
 
 if __name__ == "__main__":
