@@ -307,14 +307,14 @@ def test_the_protocol_is_charged_for_every_run_it_trains(wide_table):
     fidelity = fidelity_positions(oracle, study, options)
     row = run_protocol(oracle, 8, 4, 1, study, fidelity)
     search = run_search(
-        oracle, make_sampler(study, options, 0), 1, lambda t: len(t.chosen) >= 8, make_pruner(study, options)
+        oracle, make_sampler(study, options, 0), 1, lambda t: len(t.chosen) >= 8, make_pruner(study, options.pruner)
     )
     control = run_search(
         oracle,
         optuna.samplers.RandomSampler(seed=4 + 500_000),
         1,
         lambda t: t.spent >= search.spent or len(t.chosen) >= 100,
-        make_pruner(study, options),
+        make_pruner(study, options.pruner),
     )
     ranked = sorted(search.candidates, key=lambda c: (c[0], oracle.flops[c[1]], c[2]))[:5]
     best_control = min(control.candidates, key=lambda c: (c[0], oracle.flops[c[1]], c[2]))[1]

@@ -485,7 +485,7 @@ def test_a_study_on_an_image_folder_decodes_each_image_once(tmp_path, cache, ope
     second = study("second", confirm_top=1)
     assert len(opened) == 40  # a second study reads the cache: no decode at all
     assert any(t.state.name == "COMPLETE" for t in second.get_trials())
-    confirm = open_confirm_study(RunOptions(out=tmp_path / "second", study_name="second"), score_of("loss"))
+    confirm = open_confirm_study(RunOptions(out=tmp_path / "second", study_name="second").address, score_of("loss"))
     jobs = [read_job(t) for t in confirm.get_trials() if t.state.name == "COMPLETE"]
     assert jobs and all(j.runs and j.runs[0].loss for j in jobs)  # confirmed on the held-out split, decoding nothing
     assert len(opened) == 40

@@ -47,7 +47,7 @@ from .records import JobRecord, read_trial
 from .score import TOP1, Metric
 from .space import SearchSpace
 from .stats import mean_difference, noise_ceiling, pooled_seed_std, rank_fidelity, seed_summary, separation
-from .study import RunOptions, StudyConfig, candidates, pareto_front
+from .study import RunOptions, StudyAddress, StudyConfig, candidates, pareto_front
 
 __all__ = [
     "ConfirmError",
@@ -103,10 +103,9 @@ def check_options(options: RunOptions) -> None:
         )
 
 
-def open_confirm_study(options: RunOptions, score: Metric) -> optuna.Study:
-    """The study ``NAME:confirm`` beside the search's, holding the confirmation jobs."""
-    assert options.study_name is not None  # options resolved for the study (RunOptions.resolved)
-    return open_job_study(options.storage_url, options.study_name + CONFIRM_SUFFIX, options.heartbeat, score)
+def open_confirm_study(address: StudyAddress, score: Metric) -> optuna.Study:
+    """The study ``NAME:confirm`` beside the search's at ``address``, holding the confirmation jobs."""
+    return open_job_study(address.storage_url, address.study_name + CONFIRM_SUFFIX, address.heartbeat, score)
 
 
 def confirm_seeds(config: StudyConfig, options: RunOptions) -> tuple[int, ...]:

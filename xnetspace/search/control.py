@@ -19,24 +19,25 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .records import is_live, read_trial, slot_attrs
 from .storage import connect_storage
-from .study import RunOptions, StudyConfig, candidates, live_slots, make_pruner
+from .study import StudyAddress, StudyConfig, candidates, live_slots, make_pruner
 
 __all__ = ["CONTROL_SUFFIX", "open_control_study", "spent", "control_top_up", "control_best"]
 
 CONTROL_SUFFIX = ":random"
 
 
-def open_control_study(config: StudyConfig, options: RunOptions, worker: int = 0) -> optuna.Study:
-    """The study ``NAME:random``: the search's objective with a random sampler (seeded apart from
-    the search's) and the search's pruner."""
-    assert options.study_name is not None  # options resolved for the study (RunOptions.resolved)
+def open_control_study(
+    config: StudyConfig, address: StudyAddress, seed: int, pruner: str | None, worker: int = 0
+) -> optuna.Study:
+    """The study ``NAME:random`` beside the search's at ``address``: the search's objective with a
+    random sampler (seeded apart from the search's ``seed``) and the search's ``pruner``."""
     return optuna.create_study(
-        storage=connect_storage(options.storage_url, options.heartbeat),
-        study_name=options.study_name + CONTROL_SUFFIX,
+        storage=connect_storage(address.storage_url, address.heartbeat),
+        study_name=address.study_name + CONTROL_SUFFIX,
         directions=config.directions,
         load_if_exists=True,
-        sampler=optuna.samplers.RandomSampler(seed=options.seed + 1000 * worker + 500_000),
-        pruner=make_pruner(config, options),
+        sampler=optuna.samplers.RandomSampler(seed=seed + 1000 * worker + 500_000),
+        pruner=make_pruner(config, pruner),
     )
 
 

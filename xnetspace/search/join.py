@@ -19,6 +19,7 @@ from typing import cast
 
 import optuna
 
+from .confirmation import open_confirm_study
 from .control import open_control_study
 from .data import DataError, DataSplit, load_dataset
 from .progress import Monitor, log
@@ -195,7 +196,7 @@ def join_study(
     study = open_study(config, options, first)
     dataset_name(config, dataset)  # another dataset is refused, finished study or not
     if facts is not None and study_finished(study, config, options, facts):
-        log(options, f"study '{study_name}' in {shown_url(storage_url)} is finished: nothing left to do")
+        log(options.progress, f"study '{study_name}' in {shown_url(storage_url)} is finished: nothing left to do")
         return options
     data = local_data(config, facts, dataset)
     _work_on(study, config, options, data, dataset, first)
@@ -214,12 +215,17 @@ def _work_on(
     """
     count = len(worker_devices(options))
     log(
-        options,
+        options.progress,
         f"{data}\njoined study '{options.study_name}' in {shown_url(options.storage_url)} as worker {first}"
         f"{'' if count == 1 else f'..{first + count - 1}'}",
     )
-    control = open_control_study(config, options, first) if "random:auto" in options.baselines else None
-    monitor = Monitor(study, options, config, control)
+    control = (
+        open_control_study(config, options.address, options.seed, options.pruner, first)
+        if "random:auto" in options.baselines
+        else None
+    )
+    cstudy = open_confirm_study(options.address, config.score)
+    monitor = Monitor(study, cstudy, options.n_trials, config.score, options.progress, control)
     lost, since = [], datetime.now()
     try:
         if count == 1:

@@ -15,21 +15,21 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .confirmation import control_finished, open_confirm_study
+from .confirmation import control_finished
 from .control import spent
 from .records import counts_as_job, is_live, read_job, read_trial
 from .score import Metric
 from .space import human_count
-from .study import RunOptions, StudyConfig, slot_state
+from .study import slot_state
 
 __all__ = ["Monitor", "JobMonitor", "remaining_seconds", "log", "trial_line", "POLL_SECONDS"]
 
 POLL_SECONDS = 3.0  # each poll reads every trial from the storage: at 1 s the head took ~20% of a core
 
 
-def log(options: RunOptions, message: str) -> None:
-    """Print a line above the progress bar (nothing when ``options.progress`` is off)."""
-    if options.progress:
+def log(show: bool, message: str) -> None:
+    """Print a line above the progress bar (nothing when ``show``, the run's ``progress``, is off)."""
+    if show:
         from tqdm import tqdm
 
         tqdm.write(message)
@@ -40,13 +40,20 @@ class Monitor:
     ETA) and a line per finished item: the search's N trials; the random-search control's trials
     (``control``, :mod:`.control`; its bar counts replica-epochs up to the search's); the
     confirmation's jobs (the total grows as jobs that wait on others are planned), a line per
-    confirmed spec. Items finished before this run started are not announced again."""
+    confirmed spec (by ``score``). Items finished before this run started are not announced again.
+    ``show``: print anything at all (the run's ``progress``)."""
 
     def __init__(
-        self, study: optuna.Study, options: RunOptions, config: StudyConfig, control: optuna.Study | None = None
+        self,
+        study: optuna.Study,
+        cstudy: optuna.Study,
+        n_trials: int,
+        score: Metric,
+        show: bool = True,
+        control: optuna.Study | None = None,
     ):
-        self.study, self.options, self.config, self.control = study, options, config, control
-        self.cstudy = open_confirm_study(options, config.score)
+        self.study, self.cstudy, self.control = study, cstudy, control
+        self.n_trials, self.score, self.show = n_trials, score, show
         self.phase = "trials"
         self.seen: set[tuple[str, int]] = {
             (s.study_name, t.number)
@@ -58,7 +65,7 @@ class Monitor:
         self.confirmed: set[str] = {
             label for label, jobs in _job_groups(self.cstudy).items() if all(t.state.is_finished() for t in jobs)
         }
-        self.bar = self._bar(options.n_trials, "trials", "trial", slot_state(study, options.n_trials).done)
+        self.bar = self._bar(n_trials, "trials", "trial", slot_state(study, n_trials).done)
 
     def _bar(self, total: int, desc: str, unit: str, initial: int):
         from tqdm import tqdm
@@ -67,7 +74,7 @@ class Monitor:
             total=total,
             desc=desc,
             unit=unit,
-            disable=not self.options.progress,
+            disable=not self.show,
             initial=initial,
             dynamic_ncols=True,
             mininterval=0,
@@ -86,11 +93,11 @@ class Monitor:
 
     def log(self, message: str) -> None:
         """A line above the bar (nothing when progress output is off)."""
-        if self.options.progress:
+        if self.show:
             self.bar.write(message)
 
     def poll(self) -> None:
-        if self.phase == "trials" and self._poll_trials(self.study, self.options.n_trials):
+        if self.phase == "trials" and self._poll_trials(self.study, self.n_trials):
             self.phase = "control" if self.control is not None else "confirmation"
             if self.control is not None:
                 self._next_bar(spent(self.study), "random control", "epoch", spent(self.control))
@@ -131,7 +138,7 @@ class Monitor:
         for label, jobs in groups.items():
             if label not in self.confirmed and all(t.state.is_finished() for t in jobs):
                 self.confirmed.add(label)
-                self.log(confirmed_line(label, jobs, self.config.score))
+                self.log(confirmed_line(label, jobs, self.score))
 
     @contextlib.contextmanager
     def running(self):

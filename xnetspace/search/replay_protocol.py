@@ -56,7 +56,7 @@ def run_protocol(
     ``{"winner", "control", "epochs", "seconds", "confirmed", "control_confirmed"}`` (table
     positions, -1 for none; the charge; the confirmed test scores)."""
     options = RunOptions(n_trials=budget, seed=seed).resolved(study)
-    pruner = make_pruner(study, options)
+    pruner = make_pruner(study, options.pruner)
     search = run_search(
         oracle, make_sampler(study, options, 0), position, lambda t: len(t.chosen) >= budget, pruner=pruner
     )
@@ -66,7 +66,7 @@ def run_protocol(
         optuna.samplers.RandomSampler(seed=options.seed + _CONTROL_SEED),
         position,
         lambda t: t.spent >= search.spent or len(t.chosen) >= cap,
-        pruner=make_pruner(study, options),
+        pruner=make_pruner(study, options.pruner),
     )
     k = oracle.test.shape[1]
     seeds = [(position + 1 + i) % k for i in range(min(options.confirm_seeds, k - 1))] or [position]

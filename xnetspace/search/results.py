@@ -30,7 +30,7 @@ from .progress import log
 from .records import TrialRecord, read_trial
 from .score import LOSS, PROXIES, TOP1, Metric
 from .space import human_count
-from .study import RunOptions, StudyConfig, candidates, pareto_front
+from .study import StudyConfig, candidates, pareto_front
 from .summary import Summary
 from .zero_cost import ZERO_COST
 
@@ -70,12 +70,18 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def write_results(
-    study: optuna.Study, config: StudyConfig, options: RunOptions, summary: dict | None = None
+    study: optuna.Study,
+    config: StudyConfig,
+    summary: dict | None,
+    out: Path,
+    study_name: str,
+    show: bool = True,
+    device: str = "cpu",
 ) -> SearchOutcome:
-    """Write the result files into ``options.out`` and print the report; ``summary`` is the
-    confirmation's (:func:`xnetspace.search.confirmation.summarize`), None without one."""
-    assert options.out is not None  # options resolved for the study (RunOptions.resolved)
-    out = Path(options.out)
+    """Write the result files into the folder ``out`` and print the report (when ``show``);
+    ``summary`` is the confirmation's (:func:`xnetspace.search.confirmation.summarize`), None
+    without one; ``device`` is where a latency study measures its front."""
+    out = Path(out)
     files = {
         "trials": _write_trials_csv(study, out / "trials.csv", summary),
         "history": _plot_history(study, config.score, out / "history.png"),
@@ -101,7 +107,7 @@ def write_results(
             else f"proxy {score.label} {score.format(best.values[0])} (one run)"
         )
         header = (
-            f"# Best of study '{options.study_name}' (space {config.space.name}, dataset {config.dataset}): "
+            f"# Best of study '{study_name}' (space {config.space.name}, dataset {config.dataset}): "
             f"trial {best.number}, {score_words},\n# {record.flops:,} FLOPs at "
             f"{'x'.join(map(str, parse_image_size(config.space.constraints.image_size)))}, "
             f"{record.params:,} params.\n"
@@ -109,15 +115,15 @@ def write_results(
         files["best_spec"] = out / "best_spec.yaml"
         files["best_spec"].write_text(header + spec.to_yaml())
     for line in report_lines(summary, best, score):
-        log(options, line)
-    front = latency_front(study, config, summary, options.devices[0])
+        log(show, line)
+    front = latency_front(study, config, summary, device)
     if front is not None:  # a latency study's answer: its confirmed front beside the controls, measured
         files["pareto_json"] = out / "pareto.json"
         files["pareto_json"].write_text(to_json(front, indent=2) + "\n")
         files["confirmed_latency"] = plot_latency_front(front, score, out / "confirmed_latency.png")
         for line in latency_lines(front, score):
-            log(options, line)
-    log(options, "results: " + ", ".join(str(p) for p in files.values()))
+            log(show, line)
+    log(show, "results: " + ", ".join(str(p) for p in files.values()))
     return SearchOutcome(study, best, files, summary)
 
 

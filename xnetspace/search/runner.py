@@ -62,8 +62,13 @@ def run_search(config: StudyConfig, options: RunOptions, task: str | None = None
     record_dataset(study, data)
     _log_start(study, config, options, data, check, task)
 
-    control = open_control_study(config, options) if "random:auto" in options.baselines else None
-    monitor = Monitor(study, options, config, control)
+    control = (
+        open_control_study(config, options.address, options.seed, options.pruner)
+        if "random:auto" in options.baselines
+        else None
+    )
+    cstudy = open_confirm_study(options.address, config.score)
+    monitor = Monitor(study, cstudy, options.n_trials, config.score, options.progress, control)
     lost, since = [], datetime.now()
     try:
         if processes == 1:
@@ -73,8 +78,11 @@ def run_search(config: StudyConfig, options: RunOptions, task: str | None = None
             lost = run_processes(config, options, monitor)
     finally:
         monitor.close()
-        summary = summarize(study, open_confirm_study(options, config.score), config, options, data, control)
-        outcome = write_results(study, config, options, summary)
+        summary = summarize(study, cstudy, config, options, data, control)
+        assert options.out is not None and options.study_name is not None  # resolved() sets them
+        outcome = write_results(
+            study, config, summary, options.out, options.study_name, options.progress, options.devices[0]
+        )
     check_lost(lost, study, options, config.score)
     check_progress(study, options, since)
     return outcome
@@ -107,9 +115,9 @@ def _log_start(
     """Log how other machines join (a shared storage only), the dataset, the space's check and the
     study's progress so far."""
     if not options.storage_url.startswith("sqlite"):
-        log(options, f"other machines join with:\n  {worker_command(options)}")
+        log(options.progress, f"other machines join with:\n  {worker_command(options)}")
     log(
-        options,
+        options.progress,
         f"{data}" + (f" ({task})" if task else "") + f"\nspace {config.space.name}: {check.summary()}\n"
         f"study '{options.study_name}' in {options.storage_url}: "
         f"{slot_state(study, options.n_trials).done} of {options.n_trials} trials done",

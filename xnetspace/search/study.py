@@ -161,6 +161,17 @@ def default_out(study_name: str) -> Path:
     return Path("runs") / path_name(study_name)
 
 
+@dataclass(frozen=True)
+class StudyAddress:
+    """Where a study lives: its storage URL, its name, and the heartbeat (seconds) of the trials
+    run on it. The studies beside it (``NAME:confirm``, ``NAME:control``) share the storage and
+    heartbeat; a module that opens one gets this, not the whole :class:`RunOptions`."""
+
+    storage_url: str
+    study_name: str
+    heartbeat: int
+
+
 class RunOptions(BaseModel):
     """How this run works on the study (may change between runs). Numbers are finite."""
 
@@ -243,6 +254,13 @@ class RunOptions(BaseModel):
         if self.out is None:
             raise SearchError("these run options have no output folder yet: resolve them for a study first")
         return f"sqlite:///{(self.out / 'study.db').resolve()}"
+
+    @property
+    def address(self) -> StudyAddress:
+        """Where the study lives (options resolved for the study: :meth:`resolved`)."""
+        if self.study_name is None:
+            raise SearchError("these run options have no study name yet: resolve them for a study first")
+        return StudyAddress(self.storage_url, self.study_name, self.heartbeat)
 
     @field_validator("devices", mode="before")
     @classmethod
@@ -415,7 +433,7 @@ def open_study(config: StudyConfig, options: RunOptions, worker: int = 0) -> opt
         directions=config.directions,
         load_if_exists=True,
         sampler=make_sampler(config, options, worker),
-        pruner=make_pruner(config, options),
+        pruner=make_pruner(config, options.pruner),
     )
     stored = study.user_attrs.get(_CONFIG_ATTR)
     mine = config.model_dump(mode="json")
@@ -464,12 +482,12 @@ def make_sampler(config: StudyConfig, options: RunOptions, worker: int) -> optun
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, options.n_trials // 4)))
 
 
-def make_pruner(config: StudyConfig, options: RunOptions) -> optuna.pruners.BasePruner:
-    """``options.pruner`` (median: Optuna's MedianPruner after 5 trials and 1 epoch; hyperband over
-    the proxy's epochs); none for two-objective studies, which Optuna cannot prune."""
-    if len(config.directions) > 1 or options.pruner == "none":
+def make_pruner(config: StudyConfig, pruner: str | None) -> optuna.pruners.BasePruner:
+    """The run's ``pruner`` (median: Optuna's MedianPruner after 5 trials and 1 epoch; hyperband
+    over the proxy's epochs); none for two-objective studies, which Optuna cannot prune."""
+    if len(config.directions) > 1 or pruner == "none":
         return optuna.pruners.NopPruner()  # multi-objective studies cannot prune
-    if options.pruner == "hyperband":
+    if pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.train.epochs, reduction_factor=3)
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
 

@@ -141,7 +141,7 @@ def _run_search_trials(run: _WorkerRun, study: optuna.Study) -> bool:
 def _run_control_trials(run: _WorkerRun, study: optuna.Study) -> optuna.Study:
     """The random-search control's trials until it has spent the search's compute (or holds its
     most trials, or stalls, or the deadline passes); returns the control study."""
-    control = open_control_study(run.config, run.options, run.worker)
+    control = open_control_study(run.config, run.options.address, run.options.seed, run.options.pruner, run.worker)
     cap = control_max_trials(run.options)
     objective = Objective(run.config, run.data, cap, run.device, run.worker)
     target, per_trial = spent(study), run.config.proxy_seeds * run.config.train.epochs
@@ -162,7 +162,7 @@ def _run_control_trials(run: _WorkerRun, study: optuna.Study) -> optuna.Study:
 def _run_confirmation_jobs(run: _WorkerRun, study: optuna.Study, control: optuna.Study | None) -> None:
     """The confirmation jobs until they are all done or the deadline passes."""
     config, data = run.config, run.data
-    cstudy = open_confirm_study(run.options, config.score)
+    cstudy = open_confirm_study(run.options.address, config.score)
     objective = JobObjective(config.train, data, config.score, run.device, run.worker)
     while time.monotonic() < run.deadline:
         fail_stale(cstudy)
@@ -474,10 +474,10 @@ def study_finished(study: optuna.Study, config: StudyConfig, options: RunOptions
         return False
     control = None
     if "random:auto" in options.baselines:
-        control = open_control_study(config, options)
+        control = open_control_study(config, options.address, options.seed, options.pruner)
         if not control_finished(control, study):
             return False
-    cstudy = open_confirm_study(options, config.score)
+    cstudy = open_confirm_study(options.address, config.score)
     plan = plan_jobs(study, cstudy, config, options, facts["num_classes"], facts["in_chans"], control)
     queued = set(job_results(cstudy))
     _, running, waiting = job_state(cstudy)
@@ -488,7 +488,7 @@ def work_left(study: optuna.Study, options: RunOptions, score) -> bool:
     """Does the study still have trials or queued/running confirmation runs to do?"""
     if slot_state(study, options.n_trials).done < options.n_trials:
         return True
-    _, running, waiting = job_state(open_confirm_study(options, score))
+    _, running, waiting = job_state(open_confirm_study(options.address, score))
     return running + waiting > 0
 
 
