@@ -21,6 +21,7 @@ from xnetspace.latency_table import LatencyTable
 from xnetspace.model.network import TransXNet
 from xnetspace.pack import Pack
 from xnetspace.search import analysis_schema as A
+from xnetspace.search import fidelity_schema as F
 from xnetspace.search import summary as S
 from xnetspace.search.names import ObjectiveName
 from xnetspace.search.space import SearchSpace
@@ -74,8 +75,8 @@ ObjectiveName.TOP1_FLOPS, ObjectiveName.TOP1_LATENCY, ObjectiveName.LOSS_LATENCY
 # Written to the latency table's file by LatencyTable.to_dict (dataclasses.fields), read by people.
 LatencyTable.torch_version
 
-# Fields of the JSON files xnetspace writes (summary.json, analysis.json, refine.json): filled
-# from dicts by model_validate, read by whoever reads the files, exported as JSON Schemas.
+# Fields of the JSON files xnetspace writes (summary.json, analysis.json, refine.json, fidelity.json): filled
+# from dicts by model_validate or set by keyword, read by whoever reads the files, exported as JSON Schemas.
 S.Confirm.ci95
 S.Difference.ci95, S.Difference.distinguishable
 S._Confirmed.confirm_top1
@@ -102,3 +103,7 @@ A.RefineStep.first_test
 A.Verification.requested, A.Verification.comparison, A.Verification.knobs_before, A.Verification.knobs_after
 A.RefineResult.refined_space, A.RefineResult.refined_space_file, A.RefineResult.knobs_before
 A.RefineResult.knobs_after, A.RefineResult.members_left, A.RefineResult.final_test
+F.ScoreRow.precision_at_5_ci95
+F.FidelityNoise.proxy_architecture_std, F.FidelityNoise.confirm_seed_std
+F.RacingRow.best_ranked_first
+F.FidelityResult.seconds_this_run, F.FidelityResult.seconds_trained

@@ -845,12 +845,6 @@ class _Dumped:
 
 # (command line, module, function, what the stub returns): each command's --json over a NaN-laden result
 JSON_COMMANDS = [
-    (
-        ["fidelity", "tiny_cpu", "--out", "out", "--json"],
-        "xnetspace.search.fidelity",
-        "run_fidelity",
-        dict(NAN_RESULT, out=Path("out")),
-    ),
     (["analyze", "run", "--json"], "xnetspace.search.analysis_run", "run_analysis", (_Dumped(), {}, [])),
     (
         ["prepare", "imagefolder:one_image", "--image-size", "16", "--json"],
@@ -919,6 +913,62 @@ def test_issue28_item21_refines_json_output_is_strict_json(hostile, monkeypatch)
     assert data["importance"]["precision_at_5"] is None and test["mean_difference_ci95"] == [None, None, 0.5]
     assert test["mean_difference_plain_ci95"] == [1.0, None]
     assert test["ks_statistic"] is None and test["edf_gap"] is None and test["mean_difference"] is None
+
+
+def _nan_fidelity_result():
+    """A fidelity.json (FidelityResult) holding NAN_RESULT's non-finite values in its float fields."""
+    from xnetspace.search.fidelity_schema import FidelityNoise, FidelityResult, RacingRow, ScoreRow
+    from xnetspace.search.summary import Ceiling, TauRho
+
+    nan, inf = float("nan"), float("inf")
+    row = ScoreRow(
+        name="loss@1",
+        label="proxy cross-entropy, mean of 1 seed",
+        kendall_tau=inf,
+        spearman_rho=-inf,
+        ci95=TauRho(kendall_tau=[inf, -inf], spearman_rho=[0.5, nan]),
+        n=3,
+        precision_at_5=nan,
+        precision_at_5_ci95=[1.0, nan],
+        fraction_of_ceiling=nan,
+    )
+    racing = RacingRow(
+        z=0.5,
+        first_seeds=1,
+        seeds=2,
+        fraction_of_runs=1.0,
+        kendall_tau=nan,
+        best_kept_all_seeds=1.0,
+        best_ranked_first=0.0,
+    )
+    return FidelityResult(
+        target="confirmed cross-entropy",
+        n_specs=3,
+        seeds=2,
+        ceiling=Ceiling(kendall_tau=nan, ci95=[nan, 0.5], n=3, seeds=2, splits=1),
+        scores=[row],
+        noise=FidelityNoise(proxy_seed_std=nan, proxy_architecture_std=inf, confirm_seed_std=0.5),
+        racing=[racing],
+        seconds_this_run=nan,
+    )
+
+
+def test_issue28_item21_fidelitys_json_output_is_strict_json(hostile, monkeypatch):
+    # as test_issue28_item21_every_json_output_is_strict_json, over run_fidelity's FidelityResult
+    import xnetspace.search.fidelity as fidelity
+
+    monkeypatch.setattr(fidelity, "run_fidelity", lambda *a, **k: _nan_fidelity_result())
+    result = runner.invoke(app, ["fidelity", "tiny_cpu", "--out", "out", "--json"])
+    assert result.exit_code == 0, result.output
+    data = _strict_json(result.stdout)
+    score = data["scores"][0]
+    assert score["precision_at_5"] is None and score["ci95"]["kendall_tau"] == [None, None]
+    assert score["ci95"]["spearman_rho"] == [0.5, None] and score["precision_at_5_ci95"] == [1.0, None]
+    assert score["kendall_tau"] is None and score["spearman_rho"] is None and score["fraction_of_ceiling"] is None
+    assert data["ceiling"]["kendall_tau"] is None and data["ceiling"]["ci95"] == [None, 0.5]
+    assert data["noise"] == {"proxy_seed_std": None, "proxy_architecture_std": None, "confirm_seed_std": 0.5}
+    assert data["racing"][0]["kendall_tau"] is None and data["seconds_this_run"] is None
+    assert "seconds_trained" not in data and "config" not in data  # fields never set are not written
 
 
 def test_issue28_item21_the_cost_commands_json_is_strict_and_one_helper_writes_it(hostile):

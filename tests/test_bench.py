@@ -19,8 +19,11 @@ import xnetspace.search.jobs as jobs_module
 from xnetspace import bench
 from xnetspace.cli import app
 from xnetspace.cost import cost_report
+from xnetspace.search.bench_fidelity import table_fidelity
 from xnetspace.search.data import load_dataset
 from xnetspace.search.evolution import RegularizedEvolutionSampler
+from xnetspace.search.fidelity_report import report_lines
+from xnetspace.search.fidelity_schema import FidelityResult, TableInfo
 from xnetspace.search.progress import remaining_seconds
 from xnetspace.search.replay import ReplayConfig, run_replay
 from xnetspace.search.replay_protocol import fidelity_positions, run_protocol
@@ -274,6 +277,27 @@ def test_gp_replays_with_fewer_repeats(tmp_path):
     assert rows["gp"]["repeats"] == 2 and rows["random"]["repeats"] == 4 and rows["gp"]["vs_random"]["n"] == 2
 
 
+@pytest.mark.slow  # two analyses of the table: about 30 s
+def test_a_tables_fidelity_is_one_result_written_once_and_read_back(tmp_path):
+    """``xnetspace fidelity --table --out --json``: fidelity.json is the text --json prints, the
+    returned FidelityResult's; precision@5 of 4 specs is undefined (NaN, null in the file); the file
+    reads back into its model, which writes and reports it as the result did."""
+    folder = synthetic_table(SearchSpace.model_validate(TINY), tmp_path / "t", seeds=2, epochs=2).parent
+    result = table_fidelity(bench.load(folder))
+    assert isinstance(result.config, TableInfo) and result.config.seeds == 2 and result.seconds_trained is None
+    assert result.n_specs == 4 and all(math.isnan(s.precision_at_5) for s in result.scores)
+    printed = runner.invoke(app, ["fidelity", "--table", str(folder), "--out", str(tmp_path / "o"), "--json"])
+    assert printed.exit_code == 0, printed.output
+    text = (tmp_path / "o" / "fidelity.json").read_text()
+    assert text == printed.output == result.json_text() + "\n"
+    data = json.loads(text)
+    assert list(data) == ["target", "n_specs", "seeds", "ceiling", "scores", "noise", "racing", "config"]
+    assert all(s["precision_at_5"] is None for s in data["scores"]) and "NaN" not in text
+    read = FidelityResult.model_validate_json(text)
+    assert read.scores[0].precision_at_5 is None and read.json_text() == result.json_text()
+    assert report_lines(read) == report_lines(result) and "precision@5 nan" in report_lines(result)[1]
+
+
 class _Always(optuna.samplers.BaseSampler):
     """Proposes the same parameters every time (as GPSampler does once pruned trials teach it nothing)."""
 
@@ -375,6 +399,8 @@ def test_replay_and_fidelity_commands_on_a_real_table(table, tmp_path):
     names = {s["name"] for s in fid["scores"]}
     assert {"loss@1", "loss@2", "tse@1", "top1@1", "params", "flops", "naswot"} <= names
     assert fid["n_specs"] == 4 and fid["ceiling"]["seeds"] == 2
+    read = FidelityResult.model_validate(fid)  # --json is fidelity.json's text: it reads back into its model
+    assert isinstance(read.config, TableInfo) and read.config.seeds == 2
 
 
 @pytest.mark.parametrize(

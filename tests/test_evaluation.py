@@ -18,6 +18,7 @@ from xnetspace.search import RunOptions, StudyConfig, run_search
 from xnetspace.search.control import CONTROL_SUFFIX, spent
 from xnetspace.search.fidelity import FidelityConfig, run_fidelity
 from xnetspace.search.fidelity_runs import read_runs
+from xnetspace.search.fidelity_schema import FidelityResult, StudyInfo
 from xnetspace.search.fidelity_stats import analyze_runs
 from xnetspace.search.records import read_trial
 from xnetspace.search.space import SearchSpace
@@ -227,12 +228,17 @@ def test_the_fidelity_study_writes_its_runs_and_resumes_without_training(tmp_pat
     assert all(r.zero_cost["naswot"] for r in runs if r.recipe == "proxy")
     assert sorted({r.spec_index for r in runs}) == list(range(6))  # each spec's place in the pool
     again = analyze_runs(runs, seed=config.seed)  # the analysis from runs.csv alone
-    assert [s["kendall_tau"] for s in again["scores"]] == pytest.approx([s["kendall_tau"] for s in result["scores"]])
-    names = [s["name"] for s in result["scores"]]
+    assert [s.kendall_tau for s in again.scores] == pytest.approx([s.kendall_tau for s in result.scores])
+    names = [s.name for s in result.scores]
     assert {"loss@1", "loss@2", "tse@1", "params", "flops", *ZERO_COST} <= set(names)
-    loss = next(s for s in result["scores"] if s["name"] == "loss@2")
-    assert loss["kendall_tau"] > 0.5  # the fake proxy ranks as the confirmation does, up to its noise
-    assert json.loads((tmp_path / "f" / "fidelity.json").read_text())["ceiling"]["seeds"] == 2
+    loss = next(s for s in result.scores if s.name == "loss@2")
+    assert loss.kendall_tau > 0.5  # the fake proxy ranks as the confirmation does, up to its noise
+    text = (tmp_path / "f" / "fidelity.json").read_text()
+    assert json.loads(text)["ceiling"]["seeds"] == 2
+    assert text == result.json_text() + "\n"  # the file is the returned result, written once
+    read = FidelityResult.model_validate_json(text)  # and reads back into its model, field by field
+    assert isinstance(read.config, StudyInfo) and read.config.n_specs == 6 and read.config.split == "val"
+    assert [s.name for s in read.scores] == names and read.seconds_trained == result.seconds_trained
     assert (tmp_path / "f" / "fidelity.png").stat().st_size > 0
     calls = len(trainer.calls)
     run_fidelity(config, tmp_path / "f", progress=False)

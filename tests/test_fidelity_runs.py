@@ -145,8 +145,8 @@ def test_racing_replay_on_typed_runs_spends_every_run_at_a_huge_threshold():
     proxy = {i: s.proxy for i, s in grouped.items()}
     target = [s.confirm[0].loss[-1] for _, s in sorted(grouped.items())]
     wide = racing_replay(proxy, target, z=1e9, orders=3)
-    assert wide["fraction_of_runs"] == 1.0 and wide["best_kept_all_seeds"] == 1.0
-    assert wide["kendall_tau"] == pytest.approx(1.0)  # the proxy ranks as the target here
+    assert wide.fraction_of_runs == 1.0 and wide.best_kept_all_seeds == 1.0
+    assert wide.kendall_tau == pytest.approx(1.0)  # the proxy ranks as the target here
 
 
 def _config() -> FidelityConfig:

@@ -35,6 +35,7 @@ from .spec import MAX_CLASSES, MAX_IN_CHANS, MAX_SEED, NetworkSpec, format_valid
 from .strict_json import to_json
 
 if TYPE_CHECKING:
+    from .search.fidelity_schema import FidelityResult
     from .search.space import SearchSpace
 
 app = typer.Typer(
@@ -512,12 +513,12 @@ def fidelity(
         folder = folder_option(out)
         result = run_fidelity(config, folder, _devices(devices), workers_per_device, progress=not as_json)
     if as_json:
-        typer.echo(to_json(result, indent=2, default=str))
+        typer.echo(result.json_text())
         return
     _print_fidelity(result, folder)
 
 
-def _print_fidelity(result: dict, folder: Path | None) -> None:
+def _print_fidelity(result: FidelityResult, folder: Path | None) -> None:
     """The lines ``xnetspace fidelity`` prints of a study's or a table's analysis (files in ``folder``)."""
     from .search.fidelity_report import report_lines
 
@@ -732,10 +733,10 @@ def _fidelity_of_table(table: Path | None, space: str | None, out: str | None, s
         result = table_fidelity(load(table), seed=seed)
         if folder is not None:
             output_folder(folder, "--out", ["fidelity.json"])
-            text = to_json(result, indent=2) + "\n"
+            text = result.json_text() + "\n"
             write_atomically(folder / "fidelity.json", lambda path: path.write_text(text), "write the fidelity")
     if as_json:
-        typer.echo(to_json(result, indent=2))
+        typer.echo(result.json_text())
         return
     _print_fidelity(result, None)
 

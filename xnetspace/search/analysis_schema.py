@@ -1,7 +1,8 @@
 """The files of the design-space tools as Pydantic models: ``analysis.json`` (``xnetspace analyze``,
 :class:`AnalysisResult`) and ``refine.json`` (``xnetspace refine``, :class:`RefineResult`); and
 the place every JSON Schema of the files xnetspace writes is exported from (:func:`schemas`: these
-two and ``summary.json``'s, :class:`~.summary.Summary`).
+two, ``summary.json``'s (:class:`~.summary.Summary`) and ``fidelity.json``'s
+(:class:`~.fidelity_schema.FidelityResult`)).
 
 Every model forbids unknown fields, so a file parsed back into its model is checked field by field
 (the tests do this with real outputs). Their JSON Schemas are kept in ``docs/schemas/``:
@@ -19,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..strict_json import to_json
+from .fidelity_schema import FidelityResult
 from .names import StrEnum
 from .summary import Summary
 
@@ -268,10 +270,11 @@ class RefineResult(_Strict):
 
 
 def schemas() -> dict[str, dict]:
-    """File name -> JSON Schema of each file model (``analysis.schema.json``, ``refine.schema.json``,
-    ``summary.schema.json``)."""
+    """File name -> JSON Schema of each file model (``analysis.schema.json``, ``fidelity.schema.json``,
+    ``refine.schema.json``, ``summary.schema.json``)."""
     return {
         "analysis.schema.json": AnalysisResult.model_json_schema(),
+        "fidelity.schema.json": FidelityResult.model_json_schema(),
         "refine.schema.json": RefineResult.model_json_schema(),
         "summary.schema.json": Summary.model_json_schema(),
     }

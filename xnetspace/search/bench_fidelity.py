@@ -22,6 +22,7 @@ import math
 
 from ..bench import ZERO_COST_COLUMNS, Bench
 from .fidelity_runs import FidelityRun
+from .fidelity_schema import FidelityResult, TableInfo
 from .fidelity_stats import analyze_runs
 from .records import RunRecord
 
@@ -50,17 +51,17 @@ def table_runs(bench: Bench) -> list[FidelityRun]:
     return runs
 
 
-def table_fidelity(bench: Bench, seed: int = 0) -> dict:
-    """The fidelity analysis of a table (the keys of :func:`~.fidelity_stats.analyze_runs`, with
-    ``target`` saying what it is here and ``config`` the table's space, dataset, seeds, epochs)."""
+def table_fidelity(bench: Bench, seed: int = 0) -> FidelityResult:
+    """The fidelity analysis of a table (:func:`~.fidelity_stats.analyze_runs`'s, with ``target``
+    saying what it is here and ``config`` the table's space, dataset, seeds, epochs)."""
     result = analyze_runs(table_runs(bench), seed=seed)
-    result["target"] = f"mean test cross-entropy over the table's {len(bench.seeds)} seeds (the proxy's own runs)"
-    result["config"] = {
-        "table": str(bench.folder),
-        "space": bench.meta["space"]["name"],
-        "dataset": bench.meta["dataset"],
-        "seeds": len(bench.seeds),
-        "proxy_epochs": bench.epochs,
-        "split": bench.meta.get("score", {}).get("test", "test split"),
-    }
+    result.target = f"mean test cross-entropy over the table's {len(bench.seeds)} seeds (the proxy's own runs)"
+    result.config = TableInfo(
+        table=str(bench.folder),
+        space=bench.meta["space"]["name"],
+        dataset=bench.meta["dataset"],
+        seeds=len(bench.seeds),
+        proxy_epochs=bench.epochs,
+        split=bench.meta.get("score", {}).get("test", "test split"),
+    )
     return result

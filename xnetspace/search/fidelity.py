@@ -41,12 +41,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..cost import cost_report
 from ..paths import output_folder
 from ..spec import MAX_SEED, NetworkSpec
-from ..strict_json import to_json
 from .confirmation import CONFIRM_SEED_OFFSET
 from .data import DataSplit, load_dataset
 from .errors import SearchError, WorkerCrashed
 from .fidelity_report import plot_fidelity
 from .fidelity_runs import FidelityRun, write_runs
+from .fidelity_schema import FidelityResult, StudyInfo
 from .fidelity_stats import analyze_runs
 from .jobs import Job, enqueue_jobs, finished_record, job_results, job_state, open_job_study
 from .names import JobRole
@@ -169,9 +169,10 @@ def run_fidelity(
     devices: str | Sequence[str] = ("cpu",),
     workers_per_device: int | None = None,
     progress: bool = True,
-) -> dict:
+) -> FidelityResult:
     """Train (or resume) the fidelity study in ``out`` and write ``runs.csv``, ``fidelity.json``
-    and ``fidelity.png``; returns the analysis (:func:`~.fidelity_stats.analyze_runs`).
+    and ``fidelity.png``; returns the analysis (:func:`~.fidelity_stats.analyze_runs`) with the
+    times and the study's definition (``config``), as ``fidelity.json`` holds it.
 
     ``devices``: a list or a comma-separated text (cpu, cuda, cuda:K); ``workers_per_device``
     worker processes on each (default: one per CPU core on the CPU, at most 8; one per GPU).
@@ -202,10 +203,10 @@ def run_fidelity(
     runs = _runs(study, jobs, pool, costs, config)
     write_runs(runs, out / "runs.csv")
     result = analyze_runs(runs, seed=config.seed)
-    result["seconds_this_run"] = round(time.perf_counter() - start, 1)
-    result["seconds_trained"] = round(sum(r.seconds for r in runs if r.first_of_job), 1)
-    result["config"] = _config_summary(config, data)
-    (out / "fidelity.json").write_text(to_json(result, indent=2) + "\n")
+    result.seconds_this_run = round(time.perf_counter() - start, 1)
+    result.seconds_trained = round(sum(r.seconds for r in runs if r.first_of_job), 1)
+    result.config = _config_summary(config, data)
+    (out / "fidelity.json").write_text(result.json_text() + "\n")
     plot_fidelity(result, out / "fidelity.png")
     return result
 
@@ -249,17 +250,17 @@ def _train_jobs(
         )
 
 
-def _config_summary(config: FidelityConfig, data: DataSplit) -> dict:
+def _config_summary(config: FidelityConfig, data: DataSplit) -> StudyInfo:
     """What ``fidelity.json`` records of the study's definition."""
-    return {
-        "space": config.space.name,
-        "dataset": config.dataset,
-        "n_specs": config.n_specs,
-        "seeds": config.seeds,
-        "proxy_epochs": config.train.epochs,
-        "confirm_epochs": config.epochs,
-        "split": "test" if data.test is not None else "val",
-    }
+    return StudyInfo(
+        space=config.space.name,
+        dataset=config.dataset,
+        n_specs=config.n_specs,
+        seeds=config.seeds,
+        proxy_epochs=config.train.epochs,
+        confirm_epochs=config.epochs,
+        split="test" if data.test is not None else "val",
+    )
 
 
 def _runs(

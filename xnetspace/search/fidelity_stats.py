@@ -15,29 +15,43 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from .fidelity_runs import FidelityRun, SpecRuns, runs_by_spec
+from .fidelity_schema import FidelityNoise, FidelityResult, RacingRow, ScoreRow
 from .records import RunRecord
 from .stats import noise_ceiling, pooled_seed_std, precision_at_k, rank_fidelity
+from .summary import Ceiling, TauRho
 from .zero_cost import ZERO_COST
 
 __all__ = ["analyze_runs", "racing_replay"]
 
 
-def _score(name: str, label: str, values: Sequence[float], target: Sequence[float], maximize: bool, seed: int) -> dict:
+def _score(
+    name: str,
+    label: str,
+    values: Sequence[float],
+    target: Sequence[float],
+    maximize: bool,
+    seed: int,
+    ceiling_tau: float,
+) -> ScoreRow:
     sign = -1.0 if maximize else 1.0  # oriented so that +1 means: ranks the specs as the confirmation does
     fid = rank_fidelity([sign * v for v in values], target, seed=seed)
-    return {
-        "name": name,
-        "label": label,
-        "kendall_tau": fid["kendall_tau"],
-        "spearman_rho": fid["spearman_rho"],
-        "ci95": fid["ci95"],
-        "n": fid["n"],
-        "precision_at_5": precision_at_k([sign * v for v in values], target, k=5),
-        "precision_at_5_ci95": _bootstrap_precision([sign * v for v in values], target, seed),
-    }
+    tau = fid["kendall_tau"]
+    return ScoreRow(
+        name=name,
+        label=label,
+        kendall_tau=tau,
+        spearman_rho=fid["spearman_rho"],
+        ci95=TauRho(**fid["ci95"]),
+        n=fid["n"],
+        precision_at_5=precision_at_k([sign * v for v in values], target, k=5),
+        precision_at_5_ci95=_bootstrap_precision([sign * v for v in values], target, seed),
+        fraction_of_ceiling=(tau / ceiling_tau if ceiling_tau and ceiling_tau > 0 and math.isfinite(tau) else math.nan),
+    )
 
 
-def _bootstrap_precision(values: Sequence[float], target: Sequence[float], seed: int, resamples: int = 1000) -> list:
+def _bootstrap_precision(
+    values: Sequence[float], target: Sequence[float], seed: int, resamples: int = 1000
+) -> list[float]:
     x, y = np.asarray(values, dtype=float), np.asarray(target, dtype=float)
     if len(x) < 5:
         return [math.nan, math.nan]
@@ -46,45 +60,42 @@ def _bootstrap_precision(values: Sequence[float], target: Sequence[float], seed:
     return [float(v) for v in np.percentile(draws, [2.5, 97.5])]
 
 
-def analyze_runs(runs: list[FidelityRun], seed: int = 0) -> dict:
+def analyze_runs(runs: list[FidelityRun], seed: int = 0) -> FidelityResult:
     """Rank fidelity of every score against the K-seed confirmed mean cross-entropy, the noise
     ceiling, and racing replayed on the recorded runs, from the runs alone (``runs.csv``:
     :func:`~.fidelity_runs.read_runs`). Specs missing a recipe's runs are left out.
 
-    Returns ``{"target", "n_specs", "seeds", "ceiling", "scores": [...], "racing": [...],
-    "noise"}``; each score: ``name``, ``label``, ``kendall_tau``, ``spearman_rho``, ``ci95``
-    (paired bootstrap over specs), ``precision_at_5`` (with ``precision_at_5_ci95``),
-    ``fraction_of_ceiling``.
+    Returns the analysis without ``config`` and the times (the caller sets them): each score's
+    Kendall tau, Spearman rho, their paired-bootstrap 95% intervals, precision@5 and the fraction of
+    the noise ceiling (:class:`~.fidelity_schema.ScoreRow`).
     """
     specs_ = {k: v for k, v in runs_by_spec(runs).items() if v.proxy and v.confirm}
     keys = sorted(specs_)
     k = min(len(specs_[i].proxy) for i in keys) if keys else 0
     target = [statistics.fmean(r.loss[-1] for r in specs_[i].confirm) for i in keys]
     proxy = {i: specs_[i].proxy for i in keys}
+    ceiling = Ceiling(**noise_ceiling([[r.loss[-1] for r in specs_[i].confirm] for i in keys], seed=seed))
+    c = ceiling.kendall_tau if ceiling.kendall_tau is not None else math.nan
     scores = [
-        _score(name, label, values, target, maximize, seed)
+        _score(name, label, values, target, maximize, seed, c)
         for name, label, values, maximize in (*_proxy_candidates(proxy, keys, k), *_cost_candidates(specs_, keys))
     ]
-    scores += _self_scores(specs_, keys, seed)
-    ceiling = noise_ceiling([[r.loss[-1] for r in specs_[i].confirm] for i in keys], seed=seed)
-    for entry in scores:
-        c, t = ceiling["kendall_tau"], entry["kendall_tau"]
-        entry["fraction_of_ceiling"] = t / c if c and c > 0 and math.isfinite(t) else math.nan
+    scores += _self_scores(specs_, keys, seed, c)
     seed_std = pooled_seed_std([[r.loss[-1] for r in proxy[i]] for i in keys])
-    return {
-        "target": f"confirmed cross-entropy, mean of {min(len(specs_[i].confirm) for i in keys) if keys else 0} "
+    return FidelityResult(
+        target=f"confirmed cross-entropy, mean of {min(len(specs_[i].confirm) for i in keys) if keys else 0} "
         f"seeds, held-out split",
-        "n_specs": len(keys),
-        "seeds": k,
-        "ceiling": ceiling,
-        "scores": scores,
-        "noise": {
-            "proxy_seed_std": seed_std,
-            "proxy_architecture_std": _architecture_std(proxy, keys, k, seed_std),
-            "confirm_seed_std": pooled_seed_std([[r.loss[-1] for r in specs_[i].confirm] for i in keys]),
-        },
-        "racing": [racing_replay(proxy, target, z, seed=seed) for z in (0.5, 1.0, 2.0)] if k >= 2 else [],
-    }
+        n_specs=len(keys),
+        seeds=k,
+        ceiling=ceiling,
+        scores=scores,
+        noise=FidelityNoise(
+            proxy_seed_std=seed_std,
+            proxy_architecture_std=_architecture_std(proxy, keys, k, seed_std),
+            confirm_seed_std=pooled_seed_std([[r.loss[-1] for r in specs_[i].confirm] for i in keys]),
+        ),
+        racing=[racing_replay(proxy, target, z, seed=seed) for z in (0.5, 1.0, 2.0)] if k >= 2 else [],
+    )
 
 
 # A score to rank by before it is compared with the target: name, label, one value per spec, and
@@ -163,7 +174,7 @@ def _cost_candidates(specs_: dict[int, SpecRuns], keys: list[int]) -> list[_Cand
     return out
 
 
-def _self_scores(specs_: dict[int, SpecRuns], keys: list[int], seed: int) -> list[dict]:
+def _self_scores(specs_: dict[int, SpecRuns], keys: list[int], seed: int, ceiling_tau: float) -> list[ScoreRow]:
     """Each recipe against itself: s seeds against the mean of its other K - s (so no seed is on both
     sides). For the confirmation recipe, what a proxy as long as the target buys; for the proxy
     recipe, how well one seed ranks the objective a study of that recipe confirms."""
@@ -181,6 +192,7 @@ def _self_scores(specs_: dict[int, SpecRuns], keys: list[int], seed: int) -> lis
                     [statistics.fmean(r.loss[-1] for r in runs[i][s:]) for i in keys],
                     False,
                     seed,
+                    ceiling_tau,
                 )
             )
     return scores
@@ -197,7 +209,7 @@ def _architecture_std(proxy: dict[int, list[RunRecord]], keys: list[int], k: int
 
 def racing_replay(
     proxy: dict[int, list[RunRecord]], target: Sequence[float], z: float, seed: int = 0, orders: int = 20
-) -> dict:
+) -> RacingRow:
     """Racing over seeds replayed on recorded runs: specs arrive in a random order; each gets its
     first half of the seeds; it gets the rest unless its mean proxy cross-entropy is worse than the
     incumbent's (the best fully evaluated so far) by more than ``z`` standard errors (the pooled
@@ -231,12 +243,12 @@ def racing_replay(
         taus.append(float(scipy_stats.kendalltau(scores, target).statistic))
         kept_best.append(len(seen[best_true]) == k)
         found_best.append(keys[int(np.argmin(scores))] == best_true)
-    return {
-        "z": z,
-        "first_seeds": first,
-        "seeds": k,
-        "fraction_of_runs": statistics.fmean(spent),
-        "kendall_tau": statistics.fmean(taus),
-        "best_kept_all_seeds": statistics.fmean(kept_best),
-        "best_ranked_first": statistics.fmean(found_best),
-    }
+    return RacingRow(
+        z=z,
+        first_seeds=first,
+        seeds=k,
+        fraction_of_runs=statistics.fmean(spent),
+        kendall_tau=statistics.fmean(taus),
+        best_kept_all_seeds=statistics.fmean(kept_best),
+        best_ranked_first=statistics.fmean(found_best),
+    )

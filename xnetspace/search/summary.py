@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Summary"]
+__all__ = ["Summary", "Ceiling", "TauRho"]
 
 Number = float | None  # null where undefined
 
