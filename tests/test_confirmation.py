@@ -214,27 +214,23 @@ def test_a_loss_study_ranks_and_confirms_by_cross_entropy(tmp_path, trainer):
     outcome = run_search(config, options)
     summary = outcome.summary
     assert outcome.study.direction == optuna.study.StudyDirection.MINIMIZE
-    assert summary["score"] == {"name": "loss", "unit": "nats", "direction": "minimize"}
-    cands = summary["candidates"]
+    assert summary.score.model_dump() == {"name": "loss", "unit": "nats", "direction": "minimize"}
+    cands = summary.candidates
     searched = sorted(t.value for t in candidates(outcome.study))
-    assert sorted(c["proxy_score"] for c in cands) == pytest.approx(searched[:3])  # the lowest proxy losses
+    assert sorted(c.proxy_score for c in cands) == pytest.approx(searched[:3])  # the lowest proxy losses
     # lowest confirmed cross-entropy wins (the widest), where top-1 would have picked the narrowest
-    assert summary["best"]["trial"] == min(cands, key=lambda c: c["confirm"]["mean"])["trial"]
-    assert summary["best"]["trial"] != max(cands, key=lambda c: c["confirm_top1"]["mean"])["trial"]
+    assert summary.best.trial == min(cands, key=lambda c: c.confirm.mean).trial
+    assert summary.best.trial != max(cands, key=lambda c: c.confirm_top1.mean).trial
     assert all(
-        c["confirm"]["scores"] == pytest.approx([10 / (2 * c["proxy_top1"]) + 0.01 * s for s in (1000, 1001)])
-        for c in cands
+        c.confirm.scores == pytest.approx([10 / (2 * c.proxy_top1) + 0.01 * s for s in (1000, 1001)]) for c in cands
     )
     assert all(
-        c["confirm_top1"]["scores"] == pytest.approx([100 - c["proxy_top1"] + 0.1 * s for s in (1000, 1001)])
-        for c in cands
+        c.confirm_top1.scores == pytest.approx([100 - c.proxy_top1 + 0.1 * s for s in (1000, 1001)]) for c in cands
     )
-    assert summary["difference"]["mean"] == pytest.approx(
-        summary["best"]["confirm"]["mean"] - summary["baseline"]["confirm"]["mean"]
-    )
-    assert summary["fidelity"]["kendall_tau"] == pytest.approx(1.0)  # the proxy loss ranks as the confirmed one
-    assert summary["separation_top1"]["candidates"] == separation([c["confirm_top1"]["scores"] for c in cands])
-    assert outcome.best.number == summary["best"]["trial"]
+    assert summary.difference.mean == pytest.approx(summary.best.confirm.mean - summary.baseline.confirm.mean)
+    assert summary.fidelity.kendall_tau == pytest.approx(1.0)  # the proxy loss ranks as the confirmed one
+    assert summary.separation_top1.candidates.model_dump() == separation([c.confirm_top1.scores for c in cands])
+    assert outcome.best.number == summary.best.trial
     assert "confirmed cross-entropy" in (tmp_path / "out" / "best_spec.yaml").read_text()
     header = (tmp_path / "out" / "trials.csv").read_text().splitlines()[0].split(",")
     assert header[3:5] == ["top1", "loss"]
@@ -245,22 +241,22 @@ def test_random_control_and_fidelity_sample(tmp_path, trainer):
     config, options = make(tmp_path, n_trials=5, confirm_top=2, confirm_seeds=2, baseline="random:3", fidelity_sample=2)
     outcome = run_search(config, options)
     summary = outcome.summary
-    assert summary["baseline"]["name"].startswith("best of random:3") and summary["baseline"]["confirm"]["n"] == 2
-    assert summary["fidelity"]["n"] == 2 + 2  # the confirmed candidates and the random sample
-    assert len(summary["fidelity_sample"]) == 2 and all(x["confirm"]["n"] == 2 for x in summary["fidelity_sample"])
-    assert summary["separation"]["candidates"]["n"] == 2
-    assert summary["separation"]["all"]["n"] == 2 + 2 + 1  # candidates, random sample, baseline
+    assert summary.baseline.name.startswith("best of random:3") and summary.baseline.confirm.n == 2
+    assert summary.fidelity.n == 2 + 2  # the confirmed candidates and the random sample
+    assert len(summary.fidelity_sample) == 2 and all(x.confirm.n == 2 for x in summary.fidelity_sample)
+    assert summary.separation.candidates.n == 2
+    assert summary.separation.all.n == 2 + 2 + 1  # candidates, random sample, baseline
     searched = len([t for t in outcome.study.get_trials() if read_trial(t).runs and read_trial(t).duplicate_of is None])
     proxy_runs = [c for c in trainer.calls if c[1] == 0]
     assert len(proxy_runs) == searched + 3  # each of the 3 random specs got one proxy run
-    assert summary["pending"] == 0
+    assert summary.pending == 0
 
 
 def test_more_candidates_asked_than_completed_confirms_what_there_is(tmp_path, trainer, capsys):
     config, options = make(tmp_path, n_trials=2, confirm_top=5, confirm_seeds=2)
     options.progress = True
     summary = run_search(config, options).summary
-    assert len(summary["candidates"]) <= 2
+    assert len(summary.candidates) <= 2
     assert "completed candidates to confirm (--confirm-top 5)" in capsys.readouterr().out
 
 
@@ -278,7 +274,7 @@ def test_an_interrupted_confirmation_resumes_without_training_twice(tmp_path, mo
     assert [c for c in second.calls if c[1] == 0] == []  # no search trial retrained
     assert not set(done_before) & set(second.calls)  # no finished confirmation job retrained
     assert len(second.calls) == len(set(second.calls)) == 3  # the interrupted job, whole (its seeds train as one pack)
-    assert all(c["confirm"]["n"] == 3 for c in summary["candidates"]) and summary["pending"] == 0
+    assert all(c.confirm.n == 3 for c in summary.candidates) and summary.pending == 0
     storage = options.storage_url
     jobs = optuna.load_study(study_name="s" + CONFIRM_SUFFIX, storage=storage).get_trials()
     assert sum(len(read_job(t).runs) for t in jobs if t.state == optuna.trial.TrialState.COMPLETE) == 6
@@ -287,8 +283,16 @@ def test_an_interrupted_confirmation_resumes_without_training_twice(tmp_path, mo
 def test_population_studies_still_measure_the_seed_noise(tmp_path, trainer):
     config, options = make(tmp_path, n_trials=4, confirm_top=0, confirm_seeds=3)
     summary = run_search(config, options).summary
-    assert summary["candidates"] == [] and summary["best"] is None
-    assert summary["noise"]["proxy_seed_std"] == pytest.approx(0.1)  # seeds 1, 2, 3 at the proxy recipe
+    assert summary.candidates == [] and summary.best is None
+    assert summary.noise.proxy_seed_std == pytest.approx(0.1)  # seeds 1, 2, 3 at the proxy recipe
+    # an undefined statistic is NaN in the summary built and null in the file, which strict parsers read
+    assert math.isnan(summary.noise.between_std)
+
+    def refuse(word):
+        raise ValueError(f"{word} is not JSON")
+
+    written = json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=refuse)
+    assert written["noise"]["between_std"] is None and written["noise"]["seed_std"] == summary.noise.seed_std
 
 
 def test_scores_know_their_direction():
@@ -337,7 +341,7 @@ def test_a_latency_study_confirms_its_front_and_measures_it(tmp_path, trainer, m
     config = config.model_copy(update={"objective": "loss-latency", "space": SearchSpace.model_validate(space)})
     outcome = run_search(config, options)
     front = sorted(pareto_front(outcome.study), key=lambda t: t.values[0])
-    confirmed = {c["trial"] for c in outcome.summary["candidates"]}
+    confirmed = {c.trial for c in outcome.summary.candidates}
     assert len(confirmed) == 3 and confirmed <= {t.number for t in front} and front[0].number in confirmed
     data = json.loads((tmp_path / "out" / "pareto.json").read_text())
     rows = data["rows"]

@@ -158,19 +158,18 @@ def test_random_search_at_equal_compute_is_the_default_control(tmp_path, monkeyp
     summary = outcome.summary
     control = optuna.load_study(study_name="s" + CONTROL_SUFFIX, storage=options.storage_url)
     search_spent, control_spent = spent(outcome.study), spent(control)
-    assert summary["compute"]["search"] == search_spent and summary["compute"]["control"] == control_spent
+    assert summary.compute.search == search_spent and summary.compute.control == control_spent
     assert search_spent <= control_spent < search_spent + config.proxy_seeds * config.train.epochs
-    (base,) = summary["baselines"]
-    assert base["name"].startswith("random search at equal compute: trial ") and base["confirm"]["n"] == 2
-    assert summary["baseline"] == base and summary["difference"] == base["difference"]
+    (base,) = summary.baselines
+    assert base.name.startswith("random search at equal compute: trial ") and base.confirm.n == 2
+    assert summary.baseline == base and summary.difference == base.difference
     best_control = min(candidates(control), key=lambda t: t.value)
-    assert base["name"].endswith(f"trial {best_control.number}")
-    ceiling = summary["fidelity"]["ceiling"]
-    assert ceiling["n"] == 2 + 3 and ceiling["seeds"] == 2 and -1 <= ceiling["kendall_tau"] <= 1
+    assert base.name.endswith(f"trial {best_control.number}")
+    ceiling = summary.fidelity.ceiling
+    assert ceiling.n == 2 + 3 and ceiling.seeds == 2 and -1 <= ceiling.kendall_tau <= 1
     assert (
-        summary["fidelity"]["fraction_of_ceiling"]
-        == pytest.approx(summary["fidelity"]["kendall_tau"] / ceiling["kendall_tau"])
-        if ceiling["kendall_tau"] > 0
+        summary.fidelity.fraction_of_ceiling == pytest.approx(summary.fidelity.kendall_tau / ceiling.kendall_tau)
+        if ceiling.kendall_tau > 0
         else True
     )
 
@@ -180,9 +179,9 @@ def test_a_preset_and_the_random_control_together(tmp_path, monkeypatch):
     use_trainer(monkeypatch, NoisyTrainer())
     config, options = make(tmp_path, n_trials=4, confirm_top=1, baseline="transxnet_t,random:auto")
     summary = run_search(config, options).summary
-    names = [b["name"] for b in summary["baselines"]]
+    names = [b.name for b in summary.baselines]
     assert names[0].startswith("transxnet_t_x") and names[1].startswith("random search at equal compute")
-    assert summary["baseline"]["name"] == names[0]
+    assert summary.baseline.name == names[0]
 
 
 def test_noise_ceiling_and_precision_on_known_numbers():

@@ -48,6 +48,25 @@ from .score import TOP1, Metric
 from .space import SearchSpace
 from .stats import mean_difference, noise_ceiling, pooled_seed_std, rank_fidelity, seed_summary, separation
 from .study import RunOptions, StudyAddress, StudyConfig, candidates, pareto_front
+from .summary import (
+    Baseline,
+    Candidate,
+    Ceiling,
+    Compute,
+    Confirm,
+    Difference,
+    Fidelity,
+    Noise,
+    Protocol,
+    ProxyInfo,
+    Sampled,
+    ScoreInfo,
+    Separation,
+    Separations,
+    Summary,
+    TauRho,
+    as_float,
+)
 
 __all__ = [
     "ConfirmError",
@@ -120,7 +139,7 @@ def _random_pool(config: StudyConfig, count: int, num_classes: int, in_chans: in
     )
 
 
-def _proxy_value(config: StudyConfig, record: JobRecord, spec: dict) -> float | None:
+def _proxyas_float(config: StudyConfig, record: JobRecord, spec: dict) -> float | None:
     """The study's proxy score of a random spec's proxy job (params and FLOPs from the spec)."""
     if config.proxy.name in ("params", "flops"):
         report = cost_report(NetworkSpec.model_validate(spec), config.space.constraints.image_size)
@@ -249,7 +268,7 @@ def _best_of_random_jobs(
     records = [finished_record(results.get(job.key(config.train, config.dataset), [])) for job in proxy_jobs[:n]]
     if not all(r is not None for r in records):
         return []
-    values = [_proxy_value(config, cast(JobRecord, r), job.spec) for r, job in zip(records, proxy_jobs)]
+    values = [_proxyas_float(config, cast(JobRecord, r), job.spec) for r, job in zip(records, proxy_jobs)]
     pick = min(range(n), key=lambda i: (config.proxy.rank_key(cast(float, values[i])), i))  # finished: scored
     label = f"best of {name}: {pool[pick].name}"
     return [_confirm_job(config, options, JobRole.BASELINE, label, pool[pick].model_dump(mode="json"))]
@@ -269,29 +288,10 @@ def summarize(
     options: RunOptions,
     data: DataSplit,
     control: optuna.Study | None = None,
-) -> dict | None:
-    """The confirmation's results as ``summary.json`` holds them (None before any job finished).
-
-    Keys: ``score`` (``name``: ``top1`` or ``loss``, ``unit``, ``direction``: the score every
-    ``confirm``, difference and ranking below is in) and ``proxy`` (the score the search ranked
-    by: ``name``, ``direction``), ``candidates`` (one per confirmed candidate: ``trial``,
-    ``spec_digest``, ``proxy_top1``, ``proxy_score``, ``proxy_seeds``, ``flops``, ``params``,
-    ``confirm``), ``best`` (the candidate with the best confirmed mean; ties: fewer FLOPs),
-    ``baselines`` (one per control: ``name``, ``flops``, ``params``, ``confirm``, ``difference``:
-    best minus it, ``mean``, ``ci95``, ``distinguishable``), ``baseline`` and ``difference`` (the
-    first control's), ``leaders`` (best minus runner-up), ``noise`` (``seed_std``: pooled over
-    every spec confirmed with 2+ seeds; ``between_std``: the std of the candidates' confirmed
-    means), ``separation`` (whether confirmed specs differ beyond seed noise,
-    :func:`~.stats.separation`: ``candidates`` over the top K, ``all`` over every confirmed spec;
-    in a ``loss`` study ``separation_top1`` beside it), ``fidelity_sample`` (the random specs
-    confirmed for ``fidelity``: ``label``, ``proxy_top1``, ``proxy_score``, ``spec_digest``,
-    ``flops``, ``params``, ``confirm``), ``fidelity`` (proxy score against confirmed mean:
-    ``kendall_tau``, ``spearman_rho``, ``n``, ``ci95``, ``ceiling``: the noise ceiling,
-    :func:`~.stats.noise_ceiling` over the same specs, and ``fraction_of_ceiling``), ``compute``
-    (replica-epochs of proxy training: ``search``, ``control``), ``protocol`` (seeds, epochs,
-    split) and ``pending``. Every ``confirm`` is ``{mean, std, ci95, n, scores}``, one score per
-    seed, with ``confirm_top1`` (the same runs' top-1) beside it in a ``loss`` study.
-    """
+) -> Summary | None:
+    """The confirmation's evidence, ``summary.json`` (:class:`~.summary.Summary`, whose fields
+    describe every entry); None before any job finished. Undefined statistics are NaN here and
+    ``null`` in the file."""
     score = config.score
     jobs = plan_jobs(study, cstudy, config, options, data.num_classes, data.in_chans, control)
     results = job_results(cstudy)
@@ -299,29 +299,31 @@ def summarize(
     if not any(g["scores"] for (role, _), g in groups.items() if role != JobRole.RANDOM):
         return None
     confirmed = _confirmed_candidates(groups, study, config)
-    ranked = sorted(confirmed, key=lambda c: (score.rank_key(c["confirm"]["mean"]), c["flops"]))
+    ranked = sorted(confirmed, key=lambda c: (score.rank_key(as_float(c.confirm.mean)), c.flops))
     best = ranked[0] if ranked else None
     baselines = _confirmed_baselines(groups, best, config)
     sampled = _confirmed_fidelity_sample(groups, config)
-    fidelity = _fidelity(confirmed, sampled, config)
-    return {
-        **_score_names(config),
-        "candidates": confirmed,
-        "fidelity_sample": sampled,
-        "best": best,
-        "baselines": baselines,
-        "baseline": baselines[0] if baselines else None,
-        "difference": baselines[0]["difference"] if baselines else None,
-        "leaders": mean_difference(ranked[0]["confirm"]["scores"], ranked[1]["confirm"]["scores"])
-        if len(ranked) > 1
+    others: list[Sampled | Baseline] = [*sampled, *baselines]
+    return Summary(
+        score=ScoreInfo(name=score.name, unit=score.unit, direction=score.direction),
+        proxy=_proxy_info(config),
+        candidates=confirmed,
+        fidelity_sample=sampled,
+        best=best,
+        baselines=baselines,
+        baseline=baselines[0] if baselines else None,
+        difference=baselines[0].difference if baselines else None,
+        leaders=_difference(ranked[0].confirm, ranked[1].confirm.scores) if len(ranked) > 1 else None,
+        noise=_noise(groups, confirmed),
+        separation=_separations([c.confirm for c in confirmed], [x.confirm for x in others]),
+        separation_top1=_separations([c.confirm_top1 for c in confirmed], [x.confirm_top1 for x in others])
+        if score.name != "top1"
         else None,
-        "noise": _noise(groups, confirmed),
-        **_separations(score, confirmed, sampled + baselines),
-        "fidelity": fidelity,
-        "compute": _compute(study, control),
-        "protocol": _protocol(config, options, data),
-        "pending": _pending(jobs, results, config),
-    }
+        fidelity=_fidelity(confirmed, sampled, config),
+        compute=_compute(study, control),
+        protocol=_protocol(config, options, data),
+        pending=_pending(jobs, results, config),
+    )
 
 
 def _job_groups(
@@ -340,22 +342,30 @@ def _job_groups(
 
 
 def _described(g: dict, config: StudyConfig) -> dict:
-    """A confirmed group's spec digest, cost, and confirmed scores (top-1 beside a ``loss`` score)."""
+    """A confirmed group's fields common to every confirmed entry: its spec, digest, cost, and
+    confirmed scores (top-1 beside a ``loss`` score)."""
     spec = NetworkSpec.model_validate(g["job"].spec)
     report = cost_report(spec, config.space.constraints.image_size)
-    out = {
+    return {
         "spec": g["job"].spec,
         "spec_digest": spec.digest(),
         "flops": report.flops,
         "params": report.params,
-        "confirm": seed_summary(g["scores"]),
+        "confirm": _confirm(g["scores"]),
+        "confirm_top1": _confirm(g["top1"]) if config.score.name != "top1" else None,
     }
-    if config.score.name != "top1":
-        out["confirm_top1"] = seed_summary(g["top1"])
-    return out
 
 
-def _confirmed_candidates(groups: dict, study: optuna.Study, config: StudyConfig) -> list[dict]:
+def _confirm(scores: list[float]) -> Confirm:
+    return Confirm(**seed_summary(scores))
+
+
+def _difference(a: Confirm, b: list[float]) -> Difference:
+    """The confirmed scores ``a`` minus the scores ``b`` (:func:`~.stats.mean_difference`)."""
+    return Difference(**mean_difference(a.scores, b))
+
+
+def _confirmed_candidates(groups: dict, study: optuna.Study, config: StudyConfig) -> list[Candidate]:
     """The ``candidates`` entries: each confirmed candidate beside its proxy trial's scores."""
     trials = {t.number: t for t in candidates(study)}
     confirmed = []
@@ -364,29 +374,31 @@ def _confirmed_candidates(groups: dict, study: optuna.Study, config: StudyConfig
             t = trials[g["job"].trial]
             proxy_record = read_trial(t)
             confirmed.append(
-                {
-                    "trial": t.number,
-                    "proxy_top1": proxy_record.final("top1"),
-                    "proxy_score": t.values[0],
-                    "proxy_seeds": len(proxy_record.runs),
+                Candidate(
+                    trial=t.number,
+                    proxy_top1=proxy_record.final("top1"),
+                    proxy_score=t.values[0],
+                    proxy_seeds=len(proxy_record.runs),
                     **_described(g, config),
-                }
+                )
             )
     return confirmed
 
 
-def _confirmed_baselines(groups: dict, best: dict | None, config: StudyConfig) -> list[dict]:
+def _confirmed_baselines(groups: dict, best: Candidate | None, config: StudyConfig) -> list[Baseline]:
     """The ``baselines`` entries, each with the best candidate's difference from it."""
-    baselines = []
-    for (role, label), g in groups.items():
-        if role == JobRole.BASELINE and g["scores"]:
-            entry = {"name": label, **_described(g, config)}
-            entry["difference"] = mean_difference(best["confirm"]["scores"], g["scores"]) if best else None
-            baselines.append(entry)
-    return baselines
+    return [
+        Baseline(
+            name=label,
+            difference=_difference(best.confirm, g["scores"]) if best else None,
+            **_described(g, config),
+        )
+        for (role, label), g in groups.items()
+        if role == JobRole.BASELINE and g["scores"]
+    ]
 
 
-def _confirmed_fidelity_sample(groups: dict, config: StudyConfig) -> list[dict]:
+def _confirmed_fidelity_sample(groups: dict, config: StudyConfig) -> list[Sampled]:
     """The ``fidelity_sample`` entries: each confirmed random spec beside its proxy scores."""
     proxies = {
         g["job"].label: g for (role, _), g in groups.items() if role == JobRole.RANDOM and g["record"] is not None
@@ -396,54 +408,53 @@ def _confirmed_fidelity_sample(groups: dict, config: StudyConfig) -> list[dict]:
         if role == JobRole.FIDELITY and g["scores"]:
             p = proxies.get(label)
             sampled.append(
-                {
-                    "label": label,
-                    "proxy_top1": p["record"].final("top1") if p else None,
-                    "proxy_score": _proxy_value(config, p["record"], p["job"].spec) if p else None,
+                Sampled(
+                    label=label,
+                    proxy_top1=p["record"].final("top1") if p else None,
+                    proxy_score=_proxyas_float(config, p["record"], p["job"].spec) if p else None,
                     **_described(g, config),
-                }
+                )
             )
     return sampled
 
 
-def _fidelity(confirmed: list[dict], sampled: list[dict], config: StudyConfig) -> dict:
+def _fidelity(confirmed: list[Candidate], sampled: list[Sampled], config: StudyConfig) -> Fidelity:
     """Rank fidelity of the proxy score against the confirmed means, with the noise ceiling over
     the same specs."""
-    fid = [(c["proxy_score"], c["confirm"]) for c in confirmed]
-    fid += [(x["proxy_score"], x["confirm"]) for x in sampled if x["proxy_score"] is not None]
+    fid = [(as_float(c.proxy_score), c.confirm) for c in confirmed]
+    fid += [(x.proxy_score, x.confirm) for x in sampled if x.proxy_score is not None]
     # The rank correlation is oriented so that +1 means the proxy ranks as the confirmation does.
     sign = 1.0 if config.proxy.maximize == config.score.maximize else -1.0
-    fidelity = rank_fidelity([sign * p for p, _ in fid], [c["mean"] for _, c in fid], seed=config.train.seed)
-    fidelity["ceiling"] = noise_ceiling([c["scores"] for _, c in fid], seed=config.train.seed)
-    tau, ceiling = fidelity["kendall_tau"], fidelity["ceiling"]["kendall_tau"]
-    fidelity["fraction_of_ceiling"] = tau / ceiling if ceiling and math.isfinite(tau) and ceiling > 0 else math.nan
-    return fidelity
+    ranks = rank_fidelity([sign * p for p, _ in fid], [as_float(c.mean) for _, c in fid], seed=config.train.seed)
+    ceiling = Ceiling(**noise_ceiling([c.scores for _, c in fid], seed=config.train.seed))
+    tau, top = ranks["kendall_tau"], as_float(ceiling.kendall_tau)
+    return Fidelity(
+        kendall_tau=tau,
+        spearman_rho=ranks["spearman_rho"],
+        n=ranks["n"],
+        ci95=TauRho(**ranks["ci95"]),
+        ceiling=ceiling,
+        fraction_of_ceiling=tau / top if top and math.isfinite(tau) and top > 0 else math.nan,
+    )
 
 
-def _score_names(config: StudyConfig) -> dict:
-    """The ``score`` and ``proxy`` entries: what the confirmation and the search ranked by."""
-    score, proxy = config.score, config.proxy
-    return {
-        "score": {"name": score.name, "unit": score.unit, "direction": score.direction},
-        "proxy": {
-            "name": proxy.name,
-            "label": proxy.label,
-            "direction": proxy.direction,
-            "seeds": config.proxy_seeds,
-            "race": config.race,
-        },
-    }
+def _proxy_info(config: StudyConfig) -> ProxyInfo:
+    """The ``proxy`` entry: what the search ranked by."""
+    proxy = config.proxy
+    return ProxyInfo(
+        name=proxy.name, label=proxy.label, direction=proxy.direction, seeds=config.proxy_seeds, race=config.race
+    )
 
 
-def _noise(groups: dict, confirmed: list[dict]) -> dict:
+def _noise(groups: dict, confirmed: list[Candidate]) -> Noise:
     """The ``noise`` entry: pooled seed std, the spread of the candidates' means, and the proxy's
     own seed std where it was measured."""
     noise_groups = [g["scores"] for (role, _), g in groups.items() if role != JobRole.RANDOM and len(g["scores"]) > 1]
-    means = [c["confirm"]["mean"] for c in confirmed]
-    return {
-        "seed_std": pooled_seed_std(noise_groups),
-        "between_std": statistics.stdev(means) if len(means) > 1 else math.nan,
-        "proxy_seed_std": next(
+    means = [as_float(c.confirm.mean) for c in confirmed]
+    return Noise(
+        seed_std=pooled_seed_std(noise_groups),
+        between_std=statistics.stdev(means) if len(means) > 1 else math.nan,
+        proxy_seed_std=next(
             (
                 statistics.stdev(g["scores"])
                 for (role, _), g in groups.items()
@@ -451,43 +462,37 @@ def _noise(groups: dict, confirmed: list[dict]) -> dict:
             ),
             None,
         ),
-    }
+    )
 
 
-def _separations(score: Metric, confirmed: list[dict], others: list[dict]) -> dict:
-    """The ``separation`` entry (and ``separation_top1`` in a ``loss`` study): over the top
-    candidates, and over every confirmed spec (``others``: the fidelity sample and controls)."""
-
-    def over(key: str) -> dict:
-        top = [c[key]["scores"] for c in confirmed if key in c]
-        rest = [x[key]["scores"] for x in others if key in x]
-        return {"candidates": separation(top), "all": separation(top + rest)}
-
-    return {
-        "separation": over("confirm"),
-        **({"separation_top1": over("confirm_top1")} if score.name != "top1" else {}),
-    }
+def _separations(top: list[Confirm | None], others: list[Confirm | None]) -> Separations:
+    """A ``separation`` entry (``separation_top1`` by top-1 in a ``loss`` study): over the top
+    candidates' confirmed scores, and over every confirmed spec's (``others``: the fidelity sample
+    and controls)."""
+    first = [c.scores for c in top if c is not None]
+    rest = [c.scores for c in others if c is not None]
+    return Separations(candidates=Separation(**separation(first)), all=Separation(**separation(first + rest)))
 
 
-def _protocol(config: StudyConfig, options: RunOptions, data: DataSplit) -> dict:
+def _protocol(config: StudyConfig, options: RunOptions, data: DataSplit) -> Protocol:
     """The ``protocol`` entry: the confirmation's seeds, epochs and split, beside the proxy's."""
-    return {
-        "seeds": list(confirm_seeds(config, options)),
-        "epochs": options.epochs_to_confirm(config.train),
-        "split": "test" if data.test is not None else "val",
-        "proxy_epochs": config.train.epochs,
-        "proxy_seeds": list(config.proxy_seed_list),
-        "confirm_top": options.confirm_top,
-    }
+    return Protocol(
+        seeds=list(confirm_seeds(config, options)),
+        epochs=options.epochs_to_confirm(config.train),
+        split="test" if data.test is not None else "val",
+        proxy_epochs=config.train.epochs,
+        proxy_seeds=list(config.proxy_seed_list),
+        confirm_top=options.confirm_top,
+    )
 
 
-def _compute(study: optuna.Study, control: optuna.Study | None) -> dict:
+def _compute(study: optuna.Study, control: optuna.Study | None) -> Compute:
     """The ``compute`` entry: the proxy training the search and the random control spent."""
-    return {
-        "search": spent(study),
-        "control": spent(control) if control is not None else None,
-        "unit": "replica-epochs of proxy training",
-    }
+    return Compute(
+        search=spent(study),
+        control=spent(control) if control is not None else None,
+        unit="replica-epochs of proxy training",
+    )
 
 
 def _pending(jobs: list[Job], results: dict[str, list[FrozenTrial]], config: StudyConfig) -> int:

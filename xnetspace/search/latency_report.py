@@ -27,25 +27,26 @@ from .names import SecondObjective
 from .plots import pyplot, save_figure
 from .score import Metric
 from .study import StudyConfig, pareto_front
+from .summary import Baseline, Candidate, Sampled, Summary
 
 __all__ = ["latency_front", "latency_lines", "plot_latency_front"]
 
 
-def _rows(study: optuna.Study, summary: dict) -> list[dict]:
+def _rows(study: optuna.Study, summary: Summary) -> list[dict]:
     """The confirmed specs to place: the front's candidates, the controls, the random specs."""
     front = {t.number for t in pareto_front(study)}
     rows = [
-        dict(role="front", label=f"trial {c['trial']}", predicted_ms=_trial_latency(study, c["trial"]), **_kept(c))
-        for c in summary["candidates"]
-        if c["trial"] in front
+        dict(role="front", label=f"trial {c.trial}", predicted_ms=_trial_latency(study, c.trial), **_kept(c))
+        for c in summary.candidates
+        if c.trial in front
     ]
-    rows += [dict(role="baseline", label=b["name"], **_kept(b)) for b in summary["baselines"]]
-    rows += [dict(role="random", label=x["label"], **_kept(x)) for x in summary["fidelity_sample"]]
+    rows += [dict(role="baseline", label=b.name, **_kept(b)) for b in summary.baselines]
+    rows += [dict(role="random", label=x.label, **_kept(x)) for x in summary.fidelity_sample]
     return [r for r in rows if r["spec"] is not None]
 
 
-def _kept(entry: dict) -> dict:
-    return dict(spec=entry.get("spec"), flops=entry["flops"], confirm=entry["confirm"])
+def _kept(entry: Candidate | Baseline | Sampled) -> dict:
+    return dict(spec=entry.spec, flops=entry.flops, confirm=entry.confirm.model_dump())
 
 
 def _trial_latency(study: optuna.Study, number: int) -> float:
@@ -53,7 +54,7 @@ def _trial_latency(study: optuna.Study, number: int) -> float:
 
 
 def latency_front(
-    study: optuna.Study, config: StudyConfig, summary: dict | None, device: str = "cpu", rounds: int = 3
+    study: optuna.Study, config: StudyConfig, summary: Summary | None, device: str = "cpu", rounds: int = 3
 ) -> dict | None:
     """The confirmed front, controls and random specs with their measured latency (ms), and the
     fastest front member not detectably worse than the first control; None for a study that is

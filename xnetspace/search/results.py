@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..cost import parse_image_size
 from ..spec import NetworkSpec
-from ..strict_json import json_safe, to_json
+from ..strict_json import to_json
 from .latency_report import latency_front, latency_lines, plot_latency_front
 from .names import SecondObjective
 from .plots import pyplot, save_figure
@@ -31,7 +31,7 @@ from .records import TrialRecord, read_trial
 from .score import LOSS, PROXIES, TOP1, Metric
 from .space import human_count
 from .study import StudyConfig, candidates, pareto_front
-from .summary import Summary
+from .summary import Candidate, Confirm, Difference, Sampled, Summary, as_float
 from .zero_cost import ZERO_COST
 
 __all__ = ["SearchOutcome", "write_results", "best_trial", "pareto_front", "RESULT_FILES"]
@@ -58,7 +58,7 @@ class SearchOutcome:
     study: optuna.Study
     best: FrozenTrial | None
     files: dict[str, Path] = field(default_factory=dict)
-    summary: dict | None = None
+    summary: Summary | None = None
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -72,7 +72,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 def write_results(
     study: optuna.Study,
     config: StudyConfig,
-    summary: dict | None,
+    summary: Summary | None,
     out: Path,
     study_name: str,
     show: bool = True,
@@ -90,19 +90,19 @@ def write_results(
         files["pareto"] = _plot_pareto(study, config, out / "pareto.png")
     if summary is not None:
         files["summary"] = out / "summary.json"
-        files["summary"].write_text(Summary.model_validate(json_safe(summary)).model_dump_json(indent=2) + "\n")
-        if summary["fidelity"]["n"] >= 3:
+        files["summary"].write_text(summary.model_dump_json(indent=2) + "\n")
+        if summary.fidelity.n >= 3:
             files["fidelity"] = _plot_fidelity(summary, out / "fidelity.png")
     best = best_trial(study)
-    confirmed = summary["best"] if summary and summary["best"] else None
+    confirmed = summary.best if summary else None
     if confirmed is not None:
-        best = next(t for t in candidates(study) if t.number == confirmed["trial"])
+        best = next(t for t in candidates(study) if t.number == confirmed.trial)
     score = config.score
     if best is not None:
         record = read_trial(best)
         spec = NetworkSpec.model_validate(record.spec)
         score_words = (
-            f"confirmed {score.label} {_ci(confirmed['confirm'], score)} over {confirmed['confirm']['n']} seeds"
+            f"confirmed {score.label} {_ci(confirmed.confirm, score)} over {confirmed.confirm.n} seeds"
             if confirmed
             else f"proxy {score.label} {score.format(best.values[0])} (one run)"
         )
@@ -127,11 +127,11 @@ def write_results(
     return SearchOutcome(study, best, files, summary)
 
 
-def report_lines(summary: dict | None, best: FrozenTrial | None, score: Metric = TOP1) -> list[str]:
+def report_lines(summary: Summary | None, best: FrozenTrial | None, score: Metric = TOP1) -> list[str]:
     """The end-of-search report: the winner with its interval, the noise, the baseline, the
     fidelity, and plain words where the differences are within noise. Scores are ``score``'s
     (top-1 in percent, or cross-entropy in nats)."""
-    if summary is None or summary["best"] is None:
+    if summary is None or summary.best is None:
         return _proxy_report(summary, best, score)
     return [
         *_confirmation_header(summary, score),
@@ -143,13 +143,13 @@ def report_lines(summary: dict | None, best: FrozenTrial | None, score: Metric =
     ]
 
 
-def _proxy_report(summary: dict | None, best: FrozenTrial | None, score: Metric) -> list[str]:
+def _proxy_report(summary: Summary | None, best: FrozenTrial | None, score: Metric) -> list[str]:
     """The report without a confirmed winner: the best by proxy score, with the proxy's seed noise
     where it was measured."""
     if best is None:
         return ["no completed candidate"]
-    noise = (summary or {}).get("noise", {}).get("proxy_seed_std")
-    seeds = len((summary or {}).get("protocol", {}).get("seeds", []))
+    noise = summary.noise.proxy_seed_std if summary else None
+    seeds = len(summary.protocol.seeds) if summary else 0
     record = read_trial(best)
     assert record.flops is not None and record.params is not None  # a candidate was counted before training
     runs = len(record.runs)
@@ -166,119 +166,127 @@ def _proxy_report(summary: dict | None, best: FrozenTrial | None, score: Metric)
     ]
 
 
-def _confirmation_header(summary: dict, score: Metric) -> list[str]:
+def _confirmation_header(summary: Summary, score: Metric) -> list[str]:
     """What the confirmation ran and how it scores, and what did not finish or was missing."""
-    p = summary["protocol"]
+    p = summary.protocol
     lines = [
-        f"confirmation: {len(summary['candidates'])} candidates x {len(p['seeds'])} seeds, {p['epochs']} epochs, "
+        f"confirmation: {len(summary.candidates)} candidates x {len(p.seeds)} seeds, {p.epochs} epochs, "
         f"scored by {score.label} ({score.unit}, {'higher' if score.maximize else 'lower'} is better) on the "
-        f"{p['split']} split" + (f" ({summary['pending']} runs not finished)" if summary["pending"] else "")
+        f"{p.split} split" + (f" ({summary.pending} runs not finished)" if summary.pending else "")
     ]
-    if len(summary["candidates"]) < p["confirm_top"]:
-        lines.append(
-            f"only {len(summary['candidates'])} completed candidates to confirm (--confirm-top {p['confirm_top']})"
-        )
+    if len(summary.candidates) < p.confirm_top:
+        lines.append(f"only {len(summary.candidates)} completed candidates to confirm (--confirm-top {p.confirm_top})")
     return lines
 
 
-def _row(entry: dict, score: Metric) -> str:
+def _row(entry: Candidate | Sampled, score: Metric) -> str:
     """A confirmed spec's cost, proxy score and confirmed score, in aligned columns."""
-    proxy = "-" if entry.get("proxy_score") is None else _num(entry["proxy_score"])
-    top1 = f"  top-1 {entry['confirm_top1']['mean']:.2f}" if "confirm_top1" in entry else ""
+    proxy = "-" if entry.proxy_score is None else _num(entry.proxy_score)
+    top1 = f"  top-1 {entry.confirm_top1.mean:.2f}" if entry.confirm_top1 is not None else ""
     return (
-        f"{human_count(entry['flops']):>7s} FLOPs  {human_count(entry['params']):>7s} params  "
-        f"proxy {proxy:>7s}  confirmed {_ci(entry['confirm'], score)}{top1}"
+        f"{human_count(entry.flops):>7s} FLOPs  {human_count(entry.params):>7s} params  "
+        f"proxy {proxy:>7s}  confirmed {_ci(entry.confirm, score)}{top1}"
     )
 
 
-def _confirmed_rows(summary: dict, score: Metric) -> list[str]:
+def _confirmed_rows(summary: Summary, score: Metric) -> list[str]:
     """The confirmed candidates (best first), the winner, the seed noise, and the random specs of
     the fidelity sample."""
     fmt = score.format
     lines = [
-        f"  trial {c['trial']:4d}  " + _row(c, score)
-        for c in sorted(summary["candidates"], key=lambda c: score.rank_key(c["confirm"]["mean"]))
+        f"  trial {c.trial:4d}  " + _row(c, score)
+        for c in sorted(summary.candidates, key=lambda c: score.rank_key(as_float(c.confirm.mean)))
     ]
-    b, noise = summary["best"], summary["noise"]
+    b, noise = summary.best, summary.noise
+    assert b is not None  # report_lines reports a summary without a winner by proxy score
     lines.append(
-        f"best: trial {b['trial']}, {human_count(b['flops'])} FLOPs, {human_count(b['params'])} params, "
-        f"{score.label} {_ci(b['confirm'], score)}"
+        f"best: trial {b.trial}, {human_count(b.flops)} FLOPs, {human_count(b.params)} params, "
+        f"{score.label} {_ci(b.confirm, score)}"
     )
-    spread = (
-        ""
-        if math.isnan(noise["between_std"])
-        else f"; spread of the candidates' means (std) {fmt(noise['between_std'])}"
-    )
-    lines.append(f"seed noise (pooled std over seeds) {fmt(noise['seed_std'])}{spread}")
-    for x in sorted(summary.get("fidelity_sample", []), key=lambda x: score.rank_key(x["confirm"]["mean"])):
-        lines.append(f"  random {x['label']:>10s}  " + _row(x, score))
+    between = as_float(noise.between_std)
+    spread = "" if math.isnan(between) else f"; spread of the candidates' means (std) {fmt(between)}"
+    lines.append(f"seed noise (pooled std over seeds) {fmt(as_float(noise.seed_std))}{spread}")
+    for x in sorted(summary.fidelity_sample, key=lambda x: score.rank_key(as_float(x.confirm.mean))):
+        lines.append(f"  random {x.label:>10s}  " + _row(x, score))
     return lines
 
 
-def _separation_lines(summary: dict, score: Metric) -> list[str]:
+def _separation_lines(summary: Summary, score: Metric) -> list[str]:
     """Whether the top candidates, and all confirmed specs, differ beyond seed noise (by the
     study's score, and by top-1 in a ``loss`` study)."""
     lines = []
-    for section, by, by_fmt in (("separation", "", score.format), ("separation_top1", " by top-1", TOP1.format)):
-        for key, words in (("candidates", "the top candidates"), ("all", "all confirmed specs")):
-            sep = summary.get(section, {}).get(key)
+    for section, by, by_fmt in (
+        (summary.separation, "", score.format),
+        (summary.separation_top1, " by top-1", TOP1.format),
+    ):
+        if section is None:  # no top-1 section in a top-1 study
+            continue
+        for sep, words, over_all in (
+            (section.candidates, "the top candidates", False),
+            (section.all, "all confirmed specs", True),
+        ):
             # "all" over no more specs than the candidates would repeat their line
-            if sep and sep["n"] >= 2 and not (key == "all" and sep["n"] == len(summary["candidates"])):
-                verdict = "they differ beyond seed noise" if sep["separated"] else "no difference beyond seed noise"
+            if sep.n >= 2 and not (over_all and sep.n == len(summary.candidates)):
+                verdict = "they differ beyond seed noise" if sep.separated else "no difference beyond seed noise"
+                between, alone, noise = (
+                    by_fmt(as_float(v)) for v in (sep.between_std, sep.architecture_std, sep.seed_std)
+                )
                 lines.append(
-                    f"{words} ({sep['n']}){by}: spread of means {by_fmt(sep['between_std'])} (architectures "
-                    f"alone {by_fmt(sep['architecture_std'])}) against seed noise {by_fmt(sep['seed_std'])}, "
-                    f"one-way ANOVA F {sep['f']:.2f}, p {sep['p']:.3g}: {verdict}"
+                    f"{words} ({sep.n}){by}: spread of means {between} (architectures "
+                    f"alone {alone}) against seed noise {noise}, "
+                    f"one-way ANOVA F {sep.f:.2f}, p {sep.p:.3g}: {verdict}"
                 )
     return lines
 
 
-def _comparison_lines(summary: dict, score: Metric) -> list[str]:
+def _comparison_lines(summary: Summary, score: Metric) -> list[str]:
     """The winner against the runner-up and against each baseline, with plain verdicts."""
     lines = []
-    leaders = summary["leaders"]
+    leaders = summary.leaders
     if leaders is not None:
-        verdict = "distinguishable" if leaders["distinguishable"] else "NOT distinguishable (within seed noise)"
+        verdict = "distinguishable" if leaders.distinguishable else "NOT distinguishable (within seed noise)"
         lines.append(f"best minus runner-up: {_diff(leaders, score)}: {verdict}")
-    for base in summary.get("baselines", []):
-        d = base["difference"]
+    for base in summary.baselines:
+        d = base.difference
+        assert d is not None  # a summary with a winner has its difference from every baseline
         lines.append(
-            f"baseline {base['name']}: {human_count(base['flops'])} FLOPs, {human_count(base['params'])} params, "
-            f"{score.label} {_ci(base['confirm'], score)}"
+            f"baseline {base.name}: {human_count(base.flops)} FLOPs, {human_count(base.params)} params, "
+            f"{score.label} {_ci(base.confirm, score)}"
         )
         verdict = (
-            ("the winner is better" if score.improves(d["mean"]) else "the baseline is better")
-            if d["distinguishable"]
+            ("the winner is better" if score.improves(as_float(d.mean)) else "the baseline is better")
+            if d.distinguishable
             else "not distinguishable"
         )
         lines.append(f"  winner minus it: {_diff(d, score)}: {verdict}")
     return lines
 
 
-def _compute_lines(summary: dict) -> list[str]:
+def _compute_lines(summary: Summary) -> list[str]:
     """The proxy training the search and the random control spent (with a control only)."""
-    compute = summary.get("compute") or {}
-    if compute.get("control") is None:
+    compute = summary.compute
+    if compute.control is None:
         return []
-    return [f"proxy training spent: search {compute['search']}, random control {compute['control']} replica-epochs"]
+    return [f"proxy training spent: search {compute.search}, random control {compute.control} replica-epochs"]
 
 
-def _fidelity_lines(summary: dict) -> list[str]:
+def _fidelity_lines(summary: Summary) -> list[str]:
     """The proxy's rank fidelity and the noise ceiling, over 3 specs or more."""
-    f = summary["fidelity"]
-    if f["n"] < 3 or math.isnan(f["kendall_tau"]):
+    f = summary.fidelity
+    if f.n < 3 or math.isnan(as_float(f.kendall_tau)):
         return []
+    ci = f.ci95
     lines = [
-        f"proxy fidelity over {f['n']} specs: Kendall tau {f['kendall_tau']:.2f} "
-        f"[{f['ci95']['kendall_tau'][0]:.2f}, {f['ci95']['kendall_tau'][1]:.2f}], Spearman rho "
-        f"{f['spearman_rho']:.2f} [{f['ci95']['spearman_rho'][0]:.2f}, {f['ci95']['spearman_rho'][1]:.2f}]"
+        f"proxy fidelity over {f.n} specs: Kendall tau {f.kendall_tau:.2f} "
+        f"[{ci.kendall_tau[0]:.2f}, {ci.kendall_tau[1]:.2f}], Spearman rho "
+        f"{f.spearman_rho:.2f} [{ci.spearman_rho[0]:.2f}, {ci.spearman_rho[1]:.2f}]"
     ]
-    c = f.get("ceiling") or {}
-    if c.get("kendall_tau") is not None and math.isfinite(c["kendall_tau"]):
+    c = f.ceiling
+    if c.kendall_tau is not None and math.isfinite(c.kendall_tau):
         lines.append(
-            f"noise ceiling (Kendall tau between the means of two halves of the {c['seeds']} confirmation "
-            f"seeds, over the same {c['n']} specs): {c['kendall_tau']:.2f} [{c['ci95'][0]:.2f}, "
-            f"{c['ci95'][1]:.2f}]; the proxy reaches {100 * f['fraction_of_ceiling']:.0f}% of it"
+            f"noise ceiling (Kendall tau between the means of two halves of the {c.seeds} confirmation "
+            f"seeds, over the same {c.n} specs): {c.kendall_tau:.2f} [{c.ci95[0]:.2f}, "
+            f"{c.ci95[1]:.2f}]; the proxy reaches {100 * as_float(f.fraction_of_ceiling):.0f}% of it"
         )
     return lines
 
@@ -288,24 +296,25 @@ def _num(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _ci(c: dict, score: Metric = TOP1) -> str:
+def _ci(c: Confirm, score: Metric = TOP1) -> str:
     fmt = score.format
-    if c["n"] < 2:
-        return f"{fmt(c['mean'])} (1 seed)"
-    return f"{fmt(c['mean'])} +- {fmt(c['std'])} (95% CI {fmt(c['ci95'][0])}-{fmt(c['ci95'][1])})"
+    lo, hi = (as_float(v) for v in c.ci95)
+    if c.n < 2:
+        return f"{fmt(as_float(c.mean))} (1 seed)"
+    return f"{fmt(as_float(c.mean))} +- {fmt(as_float(c.std))} (95% CI {fmt(lo)}-{fmt(hi)})"
 
 
-def _diff(d: dict, score: Metric = TOP1) -> str:
+def _diff(d: Difference, score: Metric = TOP1) -> str:
     unit = "points" if score.name == "top1" else score.unit
     sign = f"+.{score.digits}f"
-    return f"{d['mean']:{sign}} {unit} (95% CI {d['ci95'][0]:{sign}} to {d['ci95'][1]:{sign}})"
+    return f"{d.mean:{sign}} {unit} (95% CI {d.ci95[0]:{sign}} to {d.ci95[1]:{sign}})"
 
 
 def _state(trial: FrozenTrial) -> str:
     return "REJECTED" if read_trial(trial).rejected else trial.state.name
 
 
-def _write_trials_csv(study: optuna.Study, path: Path, summary: dict | None = None) -> Path:
+def _write_trials_csv(study: optuna.Study, path: Path, summary: Summary | None = None) -> Path:
     """One row per trial (surplus ones left out): state, reason, the proxy score and how many seeds
     it is the mean of, the last epoch's validation top-1 and cross-entropy (means over seeds),
     TSE, zero-cost scores, FLOPs, params, one column per proxy seed (its validation cross-entropy
@@ -315,7 +324,7 @@ def _write_trials_csv(study: optuna.Study, path: Path, summary: dict | None = No
     knobs = sorted({name for t, _ in trials for name in t.params})
     seeds = sorted({run.seed for _, r in trials for run in r.runs})
     front = {t.number for t in pareto_front(study)} if len(study.directions) > 1 else set()
-    confirmed = {c["trial"]: c["confirm"] for c in (summary or {}).get("candidates", [])}
+    confirmed = {c.trial: c.confirm for c in summary.candidates} if summary else {}
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=_trials_csv_fields(seeds, knobs))
         writer.writeheader()
@@ -401,54 +410,55 @@ def _blank(value) -> object:
     return "" if value is None else value
 
 
-def _confirm_columns(confirm: dict | None) -> dict:
+def _confirm_columns(confirm: Confirm | None) -> dict:
     if confirm is None:
         return {"confirm_mean": "", "confirm_std": "", "confirm_ci95_lo": "", "confirm_ci95_hi": "", "confirm_n": ""}
     return {
-        "confirm_mean": f"{confirm['mean']:.4f}",
-        "confirm_std": f"{confirm['std']:.4f}",
-        "confirm_ci95_lo": f"{confirm['ci95'][0]:.4f}",
-        "confirm_ci95_hi": f"{confirm['ci95'][1]:.4f}",
-        "confirm_n": confirm["n"],
+        "confirm_mean": f"{confirm.mean:.4f}",
+        "confirm_std": f"{confirm.std:.4f}",
+        "confirm_ci95_lo": f"{confirm.ci95[0]:.4f}",
+        "confirm_ci95_hi": f"{confirm.ci95[1]:.4f}",
+        "confirm_n": confirm.n,
     }
 
 
-def _plot_fidelity(summary: dict, path: Path) -> Path:
+def _plot_fidelity(summary: Summary, path: Path) -> Path:
     """Proxy score against confirmed mean (95% CI bars): the confirmed candidates (labelled by
     trial) and the random fidelity sample, the specs the rank correlation is computed over."""
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    score = LOSS if summary.get("score", {}).get("name") == "loss" else TOP1
-    sampled = [x for x in summary.get("fidelity_sample", []) if x.get("proxy_score") is not None]
-    for entries, fmt, label in ((summary["candidates"], "o", "confirmed candidates"), (sampled, "s", "random specs")):
+    score = LOSS if summary.score.name == "loss" else TOP1
+    sampled = [x for x in summary.fidelity_sample if x.proxy_score is not None]
+    entries: list[Candidate] | list[Sampled]
+    for entries, fmt, label in ((summary.candidates, "o", "confirmed candidates"), (sampled, "s", "random specs")):
         if not entries:
             continue
-        means = [e["confirm"]["mean"] for e in entries]
+        means = [as_float(e.confirm.mean) for e in entries]
         ax.errorbar(
-            [e["proxy_score"] for e in entries],
+            [as_float(e.proxy_score) for e in entries],
             means,
             fmt=fmt,
             capsize=3,
             label=f"{label} (95% CI)",
             yerr=[
-                [m - e["confirm"]["ci95"][0] for m, e in zip(means, entries)],
-                [e["confirm"]["ci95"][1] - m for m, e in zip(means, entries)],
+                [m - as_float(e.confirm.ci95[0]) for m, e in zip(means, entries)],
+                [as_float(e.confirm.ci95[1]) - m for m, e in zip(means, entries)],
             ],
         )
-    for c in summary["candidates"]:
+    for c in summary.candidates:
         ax.annotate(
-            str(c["trial"]),
-            (c["proxy_score"], c["confirm"]["mean"]),
+            str(c.trial),
+            (as_float(c.proxy_score), as_float(c.confirm.mean)),
             textcoords="offset points",
             xytext=(4, 4),
             fontsize=8,
         )
-    f, p = summary["fidelity"], summary["protocol"]
+    f, p = summary.fidelity, summary.protocol
     ax.set(
         xlabel=f"proxy {score.label} ({score.unit}), one run",
-        ylabel=f"confirmed {score.label} ({score.unit}), {p['split']} split",
-        title=f"proxy fidelity: Kendall tau {f['kendall_tau']:.2f}, Spearman rho {f['spearman_rho']:.2f} (n={f['n']})",
+        ylabel=f"confirmed {score.label} ({score.unit}), {p.split} split",
+        title=f"proxy fidelity: Kendall tau {f.kendall_tau:.2f}, Spearman rho {f.spearman_rho:.2f} (n={f.n})",
     )
     ax.legend(loc="best", fontsize=8)
     return save_figure(fig, path)

@@ -1,25 +1,33 @@
 """``summary.json``, the evidence of a study (:func:`~.confirmation.summarize`), as a Pydantic model.
 
-Every model forbids unknown fields, so ``Summary.model_validate_json(text)`` checks a file field
-by field; :func:`~.results.write_results` validates the summary before writing it. A statistic
-that is undefined (an interval from one seed, a rank correlation of a constant) is ``null``. Its
+:func:`~.confirmation.summarize` builds the summary as these models and
+:func:`~.results.write_results` writes it as it is. Every model forbids unknown fields, so
+``Summary.model_validate_json(text)`` checks a file field by field. A statistic that is undefined
+(an interval from one seed, a rank correlation of a constant) is NaN in a summary as built and
+``null`` in the file (``ser_json_inf_nan``: no bare ``NaN`` that strict parsers refuse). Its
 JSON Schema is kept in ``docs/schemas/summary.schema.json`` (``python -m
 xnetspace.search.analysis_schema docs/schemas`` writes every schema; a test fails when one is stale).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Summary", "Ceiling", "TauRho"]
+__all__ = ["Summary", "Ceiling", "TauRho", "as_float"]
 
 Number = float | None  # null where undefined
 
 
+def as_float(x: Number) -> float:
+    """A statistic as a float: NaN where it is undefined (``null`` in a file read back)."""
+    return math.nan if x is None else x
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="null")
 
 
 class ScoreInfo(_Strict):
