@@ -327,42 +327,41 @@ def _schedule_constraints(space: SearchSpace, members: list[Member]) -> list[Con
     ]
 
 
+_WIDTH_RULE = "stage widths and depths from RegNet's quantized linear rule"
+
+
+def _width_rule_not_applicable(members: int, why: str, details: dict | None = None) -> Constraint:
+    """The width rule as a constraint no member satisfies and that cannot be written, for ``why``."""
+    return Constraint(
+        RefineKind.WIDTH_RULE,
+        "embed_dim",
+        _WIDTH_RULE,
+        np.zeros(members, bool),
+        lambda d: None,
+        details or {},
+        not_applicable=why,
+    )
+
+
 def _width_constraint(space: SearchSpace, members: list[Member], errors: np.ndarray) -> list[Constraint]:
     n = len(space.stages)
-    description = "stage widths and depths from RegNet's quantized linear rule"
     if space.rules.width is not None or n < 2:
         return []
     sets = [{k: space.stage_values(i, k) for k in ("attn_ratio", "num_heads", "mlp_ratio")} for i in range(n)]
     smallest = smallest_quantum(sets)
     if smallest is None:
-        return [
-            Constraint(
-                RefineKind.WIDTH_RULE,
-                "embed_dim",
-                description,
-                np.zeros(len(members), bool),
-                lambda d: None,
-                not_applicable="no quantum keeps every stage's heads and ratios valid",
-            )
-        ]
+        return [_width_rule_not_applicable(len(members), "no quantum keeps every stage's heads and ratios valid")]
     quantum = smallest * 8 // math.gcd(smallest, 8)  # pycls's 8, or a multiple the stages need
     grid = _width_grid(members, quantum)
     cache: dict = {}
     fits = [fit_width_rule(_blocks(m.spec), quantum, n, grid, cache) for m in members]
     best = _best_fits(fits, errors)
     if len(best) < 3:
-        return [
-            Constraint(
-                RefineKind.WIDTH_RULE,
-                "embed_dim",
-                description,
-                np.zeros(len(members), bool),
-                lambda d: None,
-                {"quantum": quantum, "fit_tolerance": FIT_TOLERANCE},
-                not_applicable=f"{len(best)} of the best {BEST_FRACTION:.0%} of the members follow a "
-                f"{n}-stage rule within e_fit {FIT_TOLERANCE} (3 needed to fit ranges)",
-            )
-        ]
+        why = (
+            f"{len(best)} of the best {BEST_FRACTION:.0%} of the members follow a "
+            f"{n}-stage rule within e_fit {FIT_TOLERANCE} (3 needed to fit ranges)"
+        )
+        return [_width_rule_not_applicable(len(members), why, {"quantum": quantum, "fit_tolerance": FIT_TOLERANCE})]
     ranges = {k: (min(b[k] for b in best), max(b[k] for b in best)) for k in ("w0", "wa", "wm", "depth")}
     rule = {k: _rule_range(k, *ranges[k], quantum) for k in ("w0", "wa", "wm", "depth")} | {"quantum": quantum}
     details = {
@@ -376,7 +375,7 @@ def _width_constraint(space: SearchSpace, members: list[Member], errors: np.ndar
         Constraint(
             RefineKind.WIDTH_RULE,
             "embed_dim",
-            f"{description} (w0 {_span(ranges['w0'])}, wa {_span(ranges['wa'])}, "
+            f"{_WIDTH_RULE} (w0 {_span(ranges['w0'])}, wa {_span(ranges['wa'])}, "
             f"wm {_span(ranges['wm'])}, depth {_span(ranges['depth'])}, "
             f"quantum {quantum})",
             _follow_fitted_rules(members, ranges, grid, quantum, n),
