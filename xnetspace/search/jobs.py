@@ -54,7 +54,8 @@ class Job(BaseModel):
     With ``zero_cost`` the job also records the spec's zero-cost scores (:mod:`.zero_cost`); with
     ``test`` (a tabular benchmark's job, :mod:`.tabulate`) every epoch is also scored on the
     held-out test split, and each run keeps its per-epoch wall seconds. ``spec_index`` is the
-    spec's place in the pool it was drawn from (the fidelity study's, :mod:`.fidelity`).
+    spec's place in the pool it was drawn from (the fidelity study's, :mod:`.fidelity`; a
+    tabulation's enumeration, :mod:`.tabulate`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -120,11 +120,11 @@ def space_hash(space: SearchSpace) -> str:
 
 
 def plan(config: TabulateConfig, found: Enumeration, reference: NetworkSpec | None) -> list[Job]:
-    """One job per spec (its K seeds as one pack, both splits scored each epoch, zero-cost scores),
-    and one for the reference."""
+    """One job per spec (its K seeds as one pack, both splits scored each epoch, zero-cost scores;
+    ``spec_index`` its place in the enumeration), and one for the reference."""
     common = dict(seeds=config.seed_list, epochs=config.train.epochs, proxy=True, zero_cost=True, test=True)
     jobs = [
-        Job(role=JobRole.SPEC, label=f"spec {i}", spec=spec.model_dump(mode="json"), **common)
+        Job(role=JobRole.SPEC, label=f"spec {i}", spec=spec.model_dump(mode="json"), spec_index=i, **common)
         for i, spec in enumerate(found.specs)
     ]
     if reference is not None:
@@ -440,7 +440,7 @@ def _entry(
     """A table entry of a finished job (test columns: the validation scores without a test split)."""
     record = cast(JobRecord, record)
     report = cost_report(spec, config.space.constraints.image_size)
-    index = -1 if job.role == JobRole.REFERENCE else int(job.label.split()[-1])
+    index = -1 if job.spec_index is None else job.spec_index  # the reference has no place in the space
     runs = tuple(
         Run(
             seed=r.seed,
