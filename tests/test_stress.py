@@ -291,14 +291,13 @@ def test_issue28_item16_ctrl_c_while_workers_start_ends_the_started_ones(monkeyp
 
 def test_issue28_item16_a_study_starts_no_more_workers_than_it_can_use():
     from xnetspace.search import RunOptions
-    from xnetspace.search.workers import worker_devices
 
     one = RunOptions(n_trials=1, workers_per_device=8, confirm_top=0)
-    assert worker_devices(one) == ["cpu"]
+    assert one.worker_devices == ["cpu"]
     two_gpus = RunOptions(n_trials=3, devices=["cuda:0", "cuda:1"], workers_per_device=4, confirm_top=0)
-    assert worker_devices(two_gpus) == ["cuda:0", "cuda:1", "cuda:0"]  # dealt round-robin
+    assert two_gpus.worker_devices == ["cuda:0", "cuda:1", "cuda:0"]  # dealt round-robin
     confirmed = RunOptions(n_trials=2, workers_per_device=8, confirm_top=3, fidelity_sample=0, baseline="none")
-    assert len(worker_devices(confirmed)) == 4  # 3 confirmed candidates and the noise check can run at once
+    assert len(confirmed.worker_devices) == 4  # 3 confirmed candidates and the noise check can run at once
 
 
 def test_issue28_item20_ctrl_c_in_optunas_bookkeeping_exits_130(tmp_path, monkeypatch, capsys):

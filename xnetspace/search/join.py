@@ -34,7 +34,7 @@ from .study import (
     open_study,
     stored_settings,
 )
-from .workers import check_lost, check_progress, run_processes, run_worker, study_finished, worker_devices
+from .workers import check_lost, check_progress, run_processes, run_worker, study_finished
 
 __all__ = [
     "record_dataset",
@@ -213,7 +213,7 @@ def _work_on(
         WorkerCrashed: worker processes crashed and left the study unfinished.
         StudyStalled: the study's trials kept failing.
     """
-    count = len(worker_devices(options))
+    count = len(options.worker_devices)
     log(
         options.progress,
         f"{data}\njoined study '{options.study_name}' in {shown_url(options.storage_url)} as worker {first}"

@@ -23,7 +23,7 @@ from .results import RESULT_FILES, SearchOutcome, write_results
 from .space import SpaceCheck
 from .study import RunOptions, StudyConfig, open_study, slot_state, store_run_options, top_up_slots
 from .train import check_recipe
-from .workers import SLOTS_AHEAD, check_lost, check_progress, run_processes, run_worker, worker_devices
+from .workers import SLOTS_AHEAD, check_lost, check_progress, run_processes, run_worker
 
 __all__ = ["run_search", "progress_summary"]
 
@@ -56,7 +56,7 @@ def run_search(config: StudyConfig, options: RunOptions, task: str | None = None
     data, check = _checked_inputs(config, options, option)
     output_folder(options.out, option, RESULT_FILES)
     study = open_study(config, options)
-    processes = len(worker_devices(options))
+    processes = len(options.worker_devices)
     top_up_slots(study, options.n_trials, SLOTS_AHEAD * processes)
     store_run_options(study, options)  # what joining workers read (join.read_study)
     record_dataset(study, data)

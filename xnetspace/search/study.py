@@ -248,6 +248,26 @@ class RunOptions(BaseModel):
         return device_workers(self.devices, self.workers_per_device)
 
     @property
+    def worker_devices(self) -> list[str]:
+        """The device of each worker process a study starts: :attr:`workers` per entry of
+        ``devices``, dealt round-robin, and no more than the study can keep busy
+        (:attr:`parallelism`): a 1-trial study starts no thousand processes."""
+        dealt = [d for _ in range(self.workers) for d in self.devices]
+        return dealt[: max(1, self.parallelism)]
+
+    @property
+    def parallelism(self) -> int:
+        """The most trials or jobs a study can run at once: its N trials (the random control's come
+        after them, as many), or its confirmation jobs, at most the top K, two per random spec
+        (``random:N``, the fidelity sample), one per control and one noise check."""
+        n_random = max(
+            [int(b.split(":")[1]) for b in self.baselines if b.startswith("random:") and b != "random:auto"], default=0
+        )
+        n_fidelity = self.fidelity_sample if self.confirm_top else 0  # plan_jobs: no confirmed set to add to
+        jobs = self.confirm_top + 2 * max(n_random, n_fidelity) + len(self.baselines) + 1
+        return max(self.n_trials, jobs)
+
+    @property
     def storage_url(self) -> str:
         if self.storage:
             return self.storage
@@ -386,7 +406,7 @@ def check_workers(devices: Sequence[str], asked: int | None) -> int:
     at most :data:`MAX_WORKERS_PER_CORE` CPU worker processes per usable core, and no more worker
     processes in all than the available memory holds at :data:`WORKER_MEMORY` each (1,000 of them
     would start for minutes and then run out of memory). How many of them a study starts is then
-    capped by the work it has (:func:`~.workers.worker_devices`).
+    capped by the work it has (:attr:`RunOptions.worker_devices`).
 
     Raises:
         ValueError: ``asked`` below 1, or above what the machine can hold (the message says why).

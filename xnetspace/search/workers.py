@@ -54,8 +54,6 @@ __all__ = [
     "work_left",
     "check_lost",
     "control_max_trials",
-    "worker_devices",
-    "study_parallelism",
     "check_progress",
     "study_finished",
 ]
@@ -349,7 +347,7 @@ def run_processes(
     first_worker: int = 0,
 ) -> list[LostWorker]:
     """``options.workers`` worker processes per entry of ``options.devices`` (a device repeated
-    in the list gets as many more; no more than the study can use, :func:`worker_devices`)
+    in the list gets as many more; no more than the study can use, :attr:`~.study.RunOptions.worker_devices`)
     running :func:`run_worker`, polled by ``monitor``; returns the workers that ended with an
     error (each reported by ``monitor`` when it happened).
 
@@ -358,7 +356,7 @@ def run_processes(
     which fails it and queues it again for the others; they keep running. Whether the study got
     done anyway is the caller's to judge.
     """
-    devices = worker_devices(options)
+    devices = options.worker_devices
     return spawn_workers(
         worker_process,
         devices,
@@ -433,26 +431,6 @@ def _stop_started(procs: list) -> None:
             p.terminate()
     for p in started:
         p.join()
-
-
-def worker_devices(options: RunOptions) -> list[str]:
-    """The device of each worker process a study starts: ``options.workers`` per entry of
-    ``options.devices``, dealt round-robin, and no more than the study can keep busy
-    (:func:`study_parallelism`): a 1-trial study starts no thousand processes."""
-    dealt = [d for _ in range(options.workers) for d in options.devices]
-    return dealt[: max(1, study_parallelism(options))]
-
-
-def study_parallelism(options: RunOptions) -> int:
-    """The most trials or jobs a study can run at once: its N trials (the random control's come
-    after them, as many), or its confirmation jobs, at most the top K, two per random spec
-    (``random:N``, the fidelity sample), one per control and one noise check."""
-    n_random = max(
-        [int(b.split(":")[1]) for b in options.baselines if b.startswith("random:") and b != "random:auto"], default=0
-    )
-    n_fidelity = options.fidelity_sample if options.confirm_top else 0  # plan_jobs: no confirmed set to add to
-    jobs = options.confirm_top + 2 * max(n_random, n_fidelity) + len(options.baselines) + 1
-    return max(options.n_trials, jobs)
 
 
 def check_progress(study: optuna.Study, options: RunOptions, since: datetime) -> None:
